@@ -1,0 +1,127 @@
+import swagger from "@fastify/swagger";
+import { EVENT_TYPES, eventSchemas } from "@klen/webhooks/schemas";
+import { Ajv } from "ajv";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from "fastify";
+import { ApiError } from "../errors.js";
+import { httpRequests, registry } from "../metrics.js";
+import type { Db } from "../storage/types.js";
+import { Authenticator, RateLimiter } from "./auth.js";
+import { type AppContext, announceWork } from "./context.js";
+import { installErrorHandler } from "./errors.js";
+import { digest, type Outcome, runIdempotent } from "./idempotency.js";
+import { registerRoutes } from "./routes/index.js";
+
+// Bodies are validated strictly: no type coercion ("5" is not an agent id) and unknown fields are
+// errors, not silently dropped. Query strings arrive as text, so they are coerced.
+const bodyAjv = new Ajv({
+  coerceTypes: false,
+  useDefaults: true,
+  removeAdditional: false,
+  allErrors: false,
+  strict: false,
+});
+const queryAjv = new Ajv({ coerceTypes: "array", useDefaults: true, removeAdditional: false, strict: false });
+
+export interface RouteHelpers {
+  /** Runs a state-changing handler with Idempotency-Key semantics and sends its outcome. */
+  mutate(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    fn: (trx: Db) => Promise<Outcome>,
+    opts?: { work?: boolean },
+  ): Promise<FastifyReply>;
+}
+
+/**
+ * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
+ * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
+ */
+export async function buildApp(
+  ctx: AppContext,
+  opts: { logger?: boolean; workerOnly?: boolean } = {},
+): Promise<FastifyInstance> {
+  const app = Fastify({
+    // Requests are counted in /metrics rather than logged one by one; the HTTP layer logs warnings.
+    ...(opts.logger === false
+      ? { logger: false }
+      : {
+          loggerInstance: ctx.log.child(
+            { component: "http" },
+            { level: "warn" },
+          ) as unknown as FastifyBaseLogger,
+        }),
+    bodyLimit: ctx.config.maxBody,
+    trustProxy: false,
+    ajv: { customOptions: { removeAdditional: false } },
+  });
+  app.setValidatorCompiler(({ schema, httpPart }) =>
+    httpPart === "body" ? bodyAjv.compile(schema) : queryAjv.compile(schema),
+  );
+  installErrorHandler(app);
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: "Klen call webhooks API", version: ctx.version },
+      components: {
+        securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
+        schemas: Object.fromEntries(
+          EVENT_TYPES.map((t) => {
+            const { $id: _id, ...rest } = eventSchemas[t];
+            return [t.replace(".", "_"), rest];
+          }),
+        ) as never,
+      },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  const auth = new Authenticator(ctx.store);
+  const limiter = new RateLimiter(ctx.config.rateLimit);
+  app.decorateRequest("account", undefined as never);
+  app.addHook("onRequest", async (req) => {
+    if (!req.url.startsWith("/v1/") || req.url.startsWith("/v1/blobs/")) return;
+    req.account = await auth.authenticate(req);
+    const wait = limiter.take(req.account.id);
+    if (wait > 0)
+      throw new ApiError(429, "rate_limited", "too many requests for this API key", { retry_after: wait });
+  });
+
+  const helpers: RouteHelpers = {
+    async mutate(req, reply, fn, o = {}) {
+      const header = req.headers["idempotency-key"];
+      const key = Array.isArray(header) ? header[0] : header;
+      const raw =
+        (req as { rawBodyDigest?: string }).rawBodyDigest ??
+        digest(req.body === undefined ? "" : JSON.stringify(req.body));
+      const out = await runIdempotent(
+        ctx.store,
+        { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest: raw },
+        fn,
+        ctx.clock.now(),
+      );
+      if (out.replayed) reply.header("idempotent-replayed", "true");
+      else if (o.work && out.status < 300) await announceWork(ctx);
+      return reply.status(out.status).send(out.body);
+    },
+  };
+
+  app.get("/healthz", { schema: { hide: true } }, async () => {
+    await ctx.store.db.selectFrom("accounts").select("id").limit(1).execute();
+    return { ok: true, version: ctx.version };
+  });
+  app.get("/metrics", { schema: { hide: true } }, async (_req, reply) =>
+    reply.header("content-type", registry.contentType).send(await registry.metrics()),
+  );
+  app.addHook("onResponse", async (req, reply) => {
+    httpRequests.inc({ method: req.method, status: `${Math.floor(reply.statusCode / 100)}xx` });
+  });
+  if (opts.workerOnly) return app;
+  app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
+  await registerRoutes(app, ctx, helpers);
+  return app;
+}

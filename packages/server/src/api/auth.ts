@@ -1,0 +1,62 @@
+import type { FastifyRequest } from "fastify";
+import { type Account, accountByKey } from "../accounts/accounts.js";
+import { ApiError } from "../errors.js";
+import type { Store } from "../storage/store.js";
+
+declare module "fastify" {
+  interface FastifyRequest {
+    account: Account;
+  }
+}
+
+/**
+ * Bearer API keys. Lookups are cached for a few seconds, keyed by the raw key in memory only, so
+ * a hot sender does not pay a database read per request; a deleted key stops working within the
+ * cache's lifetime.
+ */
+export class Authenticator {
+  private cache = new Map<string, { account: Account; until: number }>();
+  constructor(
+    private store: Store,
+    private ttlMs = 5_000,
+  ) {}
+
+  async authenticate(req: FastifyRequest): Promise<Account> {
+    const header = req.headers.authorization;
+    const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    if (!m) throw new ApiError(401, "unauthorized", "send Authorization: Bearer <api key>");
+    const key = m[1]!;
+    const now = Date.now();
+    const hit = this.cache.get(key);
+    if (hit && hit.until > now) return hit.account;
+    const account = await accountByKey(this.store.db, key);
+    if (!account) throw new ApiError(401, "unauthorized", "invalid API key");
+    if (this.cache.size > 10_000) this.cache.clear();
+    this.cache.set(key, { account, until: now + this.ttlMs });
+    return account;
+  }
+
+  forget(accountId: number): void {
+    for (const [k, v] of this.cache) if (v.account.id === accountId) this.cache.delete(k);
+  }
+}
+
+/** Token bucket per API key (`KLEN_RATE_LIMIT` requests per second, bursts up to one second's worth). */
+export class RateLimiter {
+  private buckets = new Map<number, { tokens: number; at: number }>();
+  constructor(private perSecond: number) {}
+
+  /** Seconds to wait, or 0 when the request may pass. */
+  take(accountId: number, now = Date.now()): number {
+    if (this.perSecond <= 0) return 0;
+    const b = this.buckets.get(accountId) ?? { tokens: this.perSecond, at: now };
+    b.tokens = Math.min(this.perSecond, b.tokens + ((now - b.at) / 1000) * this.perSecond);
+    b.at = now;
+    this.buckets.set(accountId, b);
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return 0;
+    }
+    return Math.max(1, Math.ceil((1 - b.tokens) / this.perSecond));
+  }
+}

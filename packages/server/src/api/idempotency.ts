@@ -1,0 +1,113 @@
+import { createHash } from "node:crypto";
+import { ApiError } from "../errors.js";
+import type { Store } from "../storage/store.js";
+import type { Db } from "../storage/types.js";
+
+/** A stored response is replayed to repeats of the same request for this long. */
+export const IDEMPOTENCY_TTL_MS = 24 * 3_600_000;
+
+export interface Outcome {
+  status: number;
+  body: unknown;
+}
+
+export interface IdempotentRequest {
+  accountId: number;
+  key: string | undefined;
+  method: string;
+  path: string;
+  /** Raw request body (or its digest for uploads), so a changed request is told apart. */
+  bodyDigest: string;
+}
+
+export function digest(body: string | Buffer | undefined): string {
+  return createHash("sha256")
+    .update(body ?? "")
+    .digest("hex");
+}
+
+/**
+ * Runs a state-changing request in one transaction with its idempotency record (PRODUCT.md §4).
+ * The first non-5xx outcome is stored in the same transaction as the change it describes, so a
+ * key exists exactly when its change happened. A repeat of the same method, path and body gets
+ * the stored outcome and changes nothing; the same key on a different request is a 422.
+ * ApiErrors (4xx) are outcomes too: they are stored and replayed, and their transaction commits
+ * nothing else because the handler throws before writing.
+ */
+export async function runIdempotent(
+  store: Store,
+  req: IdempotentRequest,
+  handler: (trx: Db) => Promise<Outcome>,
+  now = Date.now(),
+): Promise<Outcome & { replayed: boolean }> {
+  if (req.key === undefined) {
+    const out = await store.db.transaction().execute(handler);
+    return { ...out, replayed: false };
+  }
+  if (req.key.length === 0 || req.key.length > 255) {
+    throw new ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 characters", {
+      field: "Idempotency-Key",
+    });
+  }
+  const key = req.key;
+  const requestHash = digest(`${req.method} ${req.path}\n${req.bodyDigest}`);
+  const attempt = () =>
+    store.db.transaction().execute(async (trx) => {
+      const prior = await trx
+        .selectFrom("idempotency_keys")
+        .selectAll()
+        .where("account_id", "=", req.accountId)
+        .where("key", "=", key)
+        .executeTakeFirst();
+      if (prior && Number(prior.created_at) > now - IDEMPOTENCY_TTL_MS) {
+        if (prior.request_hash !== requestHash) {
+          throw new ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+            {
+              field: "Idempotency-Key",
+            },
+          );
+        }
+        return { status: prior.status_code, body: JSON.parse(prior.response_body), replayed: true };
+      }
+      if (prior)
+        await trx
+          .deleteFrom("idempotency_keys")
+          .where("account_id", "=", req.accountId)
+          .where("key", "=", key)
+          .execute();
+      let out: Outcome;
+      try {
+        out = await handler(trx);
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status >= 500) throw err;
+        out = { status: err.status, body: err.toJSON() };
+      }
+      if (out.status < 500) {
+        await trx
+          .insertInto("idempotency_keys")
+          .values({
+            account_id: req.accountId,
+            key,
+            method: req.method,
+            path: req.path,
+            request_hash: requestHash,
+            status_code: out.status,
+            response_body: JSON.stringify(out.body),
+            created_at: now,
+          })
+          .execute();
+      }
+      return { ...out, replayed: false };
+    });
+  try {
+    return await attempt();
+  } catch (err) {
+    // Two requests with one key raced: the loser's insert hit the primary key and rolled back
+    // everything it did. Running again finds the winner's record and replays it.
+    if (store.isUniqueViolation(err)) return attempt();
+    throw err;
+  }
+}

@@ -1,0 +1,211 @@
+import { FAILURE_REASONS } from "@klen/webhooks/schemas";
+import { textContent } from "../../calls/content.js";
+import { applyTransition, callObject, normalizeCall } from "../../calls/service.js";
+import type { Action, TransitionInput } from "../../calls/transitions.js";
+import { badRequest, notFound } from "../../errors.js";
+import { parseIso } from "../../util/time.js";
+import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { findAgent } from "./agents.js";
+import { e164, idParam, isoTimestamp } from "./common.js";
+import { findContact } from "./contacts.js";
+import type { RouteModule } from "./index.js";
+
+const obj = (properties: Record<string, unknown>, required: string[] = []) =>
+  ({ type: "object", additionalProperties: false, required, properties }) as const;
+
+function time(field: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = parseIso(value);
+  if (ms === undefined) throw badRequest(field, `"${field}" is not an ISO-8601 timestamp`);
+  return ms;
+}
+
+/** The bodies of the lifecycle steps (PRODUCT.md §6). */
+const stepBodies: Record<Exclude<Action, "recording">, ReturnType<typeof obj>> = {
+  start: obj({ started_at: isoTimestamp, assistant_id: { type: ["string", "null"], maxLength: 200 } }),
+  end: obj({ ended_at: isoTimestamp, summary: { type: "string", maxLength: 100_000 } }),
+  fail: obj(
+    {
+      failure_reason: { type: "string", enum: FAILURE_REASONS },
+      ended_reason: { type: "string", minLength: 1, maxLength: 500 },
+      ended_at: isoTimestamp,
+    },
+    ["failure_reason"],
+  ),
+  transcript: obj({ transcript: { type: "string", minLength: 1 } }, ["transcript"]),
+  summary: obj({ summary: { type: "string", minLength: 1 } }, ["summary"]),
+};
+
+export const callRoutes: RouteModule = (app, ctx, h) => {
+  app.post(
+    "/v1/calls",
+    {
+      schema: {
+        body: obj(
+          {
+            agent_id: { type: "integer", minimum: 1 },
+            type: { type: "string", enum: ["inbound", "outbound"] },
+            phone_number: e164,
+            contact_id: { type: ["integer", "null"], minimum: 1 },
+            klen_call_id: { type: ["string", "null"], minLength: 1, maxLength: 200 },
+          },
+          ["agent_id", "type", "phone_number"],
+        ),
+      },
+    },
+    (req, reply) =>
+      h.mutate(req, reply, async (trx) => {
+        const b = req.body as {
+          agent_id: number;
+          type: string;
+          phone_number: string;
+          contact_id?: number | null;
+          klen_call_id?: string | null;
+        };
+        const accountId = req.account.id;
+        await findAgent(trx, accountId, b.agent_id).catch(() => {
+          throw badRequest("agent_id", `agent ${b.agent_id} not found`);
+        });
+        let contactId: number | null = null;
+        if (b.contact_id != null) {
+          await findContact(trx, accountId, b.contact_id).catch(() => {
+            throw badRequest("contact_id", `contact ${b.contact_id} not found`);
+          });
+          contactId = b.contact_id;
+        } else {
+          // A call is linked to the account's contact with the same phone number, if there is one.
+          const match = await trx
+            .selectFrom("contacts")
+            .select("id")
+            .where("account_id", "=", accountId)
+            .where("phone_number", "=", b.phone_number)
+            .where("deleted_at", "is", null)
+            .orderBy("id", "asc")
+            .executeTakeFirst();
+          contactId = match ? Number(match.id) : null;
+        }
+        const now = ctx.clock.now();
+        const row = await trx
+          .insertInto("calls")
+          .values({
+            account_id: accountId,
+            agent_id: b.agent_id,
+            type: b.type,
+            phone_number: b.phone_number,
+            contact_id: contactId,
+            klen_call_id: b.klen_call_id ?? null,
+            status: "queued",
+            assistant_id: null,
+            started_at: null,
+            ended_at: null,
+            failure_reason: null,
+            ended_reason: null,
+            brief_summary: null,
+            transcript_at: null,
+            summary_at: null,
+            recording_at: null,
+            only_endpoint_id: null,
+            created_at: now,
+            updated_at: now,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        return { status: 201, body: callObject(normalizeCall(row)) };
+      }),
+  );
+
+  app.get(
+    "/v1/calls",
+    {
+      schema: {
+        querystring: {
+          type: "object",
+          properties: {
+            ...pageQuery,
+            status: { type: "string", enum: ["queued", "in-progress", "completed", "failed"] },
+            agent_id: { type: "integer", minimum: 1 },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query as { limit: number; cursor?: string; status?: string; agent_id?: number };
+      const before = decodeCursor(q.cursor, "int");
+      let sel = ctx.store.db.selectFrom("calls").selectAll().where("account_id", "=", req.account.id);
+      if (before !== undefined) sel = sel.where("id", "<", before);
+      if (q.status) sel = sel.where("status", "=", q.status);
+      if (q.agent_id) sel = sel.where("agent_id", "=", q.agent_id);
+      const rows = await sel
+        .orderBy("id", "desc")
+        .limit(q.limit + 1)
+        .execute();
+      return page(
+        rows,
+        q.limit,
+        (r) => Number(r.id),
+        (r) => callObject(normalizeCall(r)),
+      );
+    },
+  );
+
+  app.get("/v1/calls/:id", { schema: { params: idParam } }, async (req) => {
+    const id = (req.params as { id: number }).id;
+    const row = await ctx.store.db
+      .selectFrom("calls")
+      .selectAll()
+      .where("id", "=", id)
+      .where("account_id", "=", req.account.id)
+      .executeTakeFirst();
+    if (!row) throw notFound("call", id);
+    return callObject(normalizeCall(row));
+  });
+
+  for (const action of Object.keys(stepBodies) as Array<keyof typeof stepBodies>) {
+    app.post(
+      `/v1/calls/:id/${action}`,
+      { schema: { params: idParam, body: stepBodies[action] } },
+      (req, reply) =>
+        h.mutate(
+          req,
+          reply,
+          async (trx) => {
+            const id = (req.params as { id: number }).id;
+            const b = (req.body ?? {}) as Record<string, string | undefined>;
+            const now = ctx.clock.now();
+            const input: TransitionInput = { now };
+            const startedAt = time("started_at", b.started_at);
+            const endedAt = time("ended_at", b.ended_at);
+            if (startedAt !== undefined) input.started_at = startedAt;
+            if (endedAt !== undefined) input.ended_at = endedAt;
+            if (b.assistant_id !== undefined) input.assistant_id = b.assistant_id;
+            if (action === "end" && b.summary !== undefined) input.summary = b.summary;
+            if (b.failure_reason !== undefined)
+              input.failure_reason = b.failure_reason as TransitionInput["failure_reason"] & string;
+            if (b.ended_reason !== undefined) input.ended_reason = b.ended_reason;
+            const contentFor =
+              action === "transcript" || action === "summary"
+                ? () =>
+                    textContent(ctx, trx, {
+                      accountId: req.account.id,
+                      callId: id,
+                      kind: action,
+                      text: b[action]!,
+                      now,
+                    })
+                : undefined;
+            const { call } = await applyTransition(
+              trx,
+              ctx.store.caps,
+              req.account.id,
+              id,
+              action,
+              input,
+              contentFor,
+            );
+            return { status: 200, body: callObject(call) };
+          },
+          { work: true },
+        ),
+    );
+  }
+};

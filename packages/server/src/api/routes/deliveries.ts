@@ -1,0 +1,146 @@
+import type { Selectable } from "kysely";
+import { notFound } from "../../errors.js";
+import type { Database } from "../../storage/schema.js";
+import type { Db } from "../../storage/types.js";
+import { isoMillis } from "../../util/time.js";
+import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { stringIdParam } from "./common.js";
+import type { RouteModule } from "./index.js";
+
+type DeliveryRow = Selectable<Database["deliveries"]>;
+type AttemptRow = Selectable<Database["attempts"]>;
+
+const attemptObject = (a: AttemptRow) => ({
+  number: a.number,
+  started_at: isoMillis(Number(a.started_at)),
+  url: a.url,
+  request_headers: JSON.parse(a.request_headers) as Record<string, string>,
+  status_code: a.status_code,
+  duration_ms: a.duration_ms,
+  error: a.error,
+  response_body: a.response_body,
+});
+
+const deliveryObject = (d: DeliveryRow, attempts: AttemptRow[]) => ({
+  id: d.id,
+  event_id: d.event_id,
+  endpoint_id: d.endpoint_id,
+  call_id: Number(d.call_id),
+  status: d.status,
+  attempt_count: d.attempt_count,
+  next_attempt_at:
+    d.status === "pending" && d.next_attempt_at !== null ? isoMillis(Number(d.next_attempt_at)) : null,
+  last_error: d.last_error,
+  created_at: isoMillis(Number(d.created_at)),
+  updated_at: isoMillis(Number(d.updated_at)),
+  attempts: attempts.map(attemptObject),
+});
+
+/** Attempts of several deliveries in one query, each list in ascending `number` order. */
+async function attemptsOf(db: Db, ids: string[]): Promise<Map<string, AttemptRow[]>> {
+  const out = new Map<string, AttemptRow[]>();
+  if (ids.length === 0) return out;
+  const rows = await db
+    .selectFrom("attempts")
+    .selectAll()
+    .where("delivery_id", "in", ids)
+    .orderBy("number")
+    .orderBy("id")
+    .execute();
+  for (const r of rows) {
+    const list = out.get(r.delivery_id) ?? [];
+    list.push(r);
+    out.set(r.delivery_id, list);
+  }
+  return out;
+}
+
+async function findDelivery(db: Db, accountId: number, id: string): Promise<DeliveryRow> {
+  const d = await db
+    .selectFrom("deliveries")
+    .selectAll()
+    .where("id", "=", id)
+    .where("account_id", "=", accountId)
+    .executeTakeFirst();
+  if (!d) throw notFound("delivery", id);
+  return d;
+}
+
+const idParam = stringIdParam("dlv");
+
+export const deliveryRoutes: RouteModule = (app, ctx, h) => {
+  app.get(
+    "/v1/deliveries",
+    {
+      schema: {
+        querystring: {
+          type: "object",
+          properties: {
+            ...pageQuery,
+            endpoint_id: { type: "string", maxLength: 40 },
+            event_id: { type: "string", maxLength: 40 },
+            status: { type: "string", enum: ["pending", "succeeded", "failed"] },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query as {
+        limit: number;
+        cursor?: string;
+        endpoint_id?: string;
+        event_id?: string;
+        status?: string;
+      };
+      const before = decodeCursor(q.cursor, "string");
+      let sel = ctx.store.db.selectFrom("deliveries").selectAll().where("account_id", "=", req.account.id);
+      if (before !== undefined) sel = sel.where("id", "<", before);
+      if (q.endpoint_id) sel = sel.where("endpoint_id", "=", q.endpoint_id);
+      if (q.event_id) sel = sel.where("event_id", "=", q.event_id);
+      if (q.status) sel = sel.where("status", "=", q.status);
+      const rows = await sel
+        .orderBy("id", "desc")
+        .limit(q.limit + 1)
+        .execute();
+      const attempts = await attemptsOf(
+        ctx.store.db,
+        rows.slice(0, q.limit).map((r) => r.id),
+      );
+      return page(
+        rows,
+        q.limit,
+        (r) => r.id,
+        (r) => deliveryObject(r, attempts.get(r.id) ?? []),
+      );
+    },
+  );
+
+  app.get("/v1/deliveries/:id", { schema: { params: idParam } }, async (req) => {
+    const d = await findDelivery(ctx.store.db, req.account.id, (req.params as { id: string }).id);
+    const attempts = await attemptsOf(ctx.store.db, [d.id]);
+    return deliveryObject(d, attempts.get(d.id) ?? []);
+  });
+
+  app.post("/v1/deliveries/:id/retry", { schema: { params: idParam } }, (req, reply) =>
+    h.mutate(
+      req,
+      reply,
+      async (trx) => {
+        const d = await findDelivery(trx, req.account.id, (req.params as { id: string }).id);
+        const now = ctx.clock.now();
+        // One new attempt now. A delivery already pending is simply made due; a finished one is
+        // re-opened for one attempt (its schedule is spent, so a failure ends it again).
+        await trx
+          .updateTable("deliveries")
+          .set({ status: "pending", next_attempt_at: now, updated_at: now })
+          .where("id", "=", d.id)
+          .execute();
+        return {
+          status: 202,
+          body: deliveryObject({ ...d, status: "pending", next_attempt_at: now, updated_at: now }, []),
+        };
+      },
+      { work: true },
+    ),
+  );
+};

@@ -1,0 +1,283 @@
+import { EVENT_TYPES } from "@klen/webhooks/schemas";
+import type { Selectable } from "kysely";
+import { RESERVED_HEADERS } from "../../delivery/sign.js";
+import { checkEndpointUrl } from "../../endpoints/url.js";
+import { ApiError, badRequest, notFound } from "../../errors.js";
+import type { Database } from "../../storage/schema.js";
+import type { Db } from "../../storage/types.js";
+import { newEndpointSecret, newId } from "../../util/ids.js";
+import { isoMillis, parseIso } from "../../util/time.js";
+import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { isoTimestamp, stringIdParam } from "./common.js";
+import type { RouteModule } from "./index.js";
+
+type EndpointRow = Selectable<Database["endpoints"]>;
+
+export const endpointObject = (e: EndpointRow) => ({
+  id: e.id,
+  url: e.url,
+  description: e.description,
+  event_types: JSON.parse(e.event_types) as string[],
+  agent_ids: JSON.parse(e.agent_ids) as number[],
+  headers: JSON.parse(e.headers) as Record<string, string>,
+  disabled: e.disabled === 1,
+  disabled_reason: e.disabled_reason,
+  failing_since: e.failing_since === null ? null : isoMillis(Number(e.failing_since)),
+  created_at: isoMillis(Number(e.created_at)),
+  updated_at: isoMillis(Number(e.updated_at)),
+});
+
+const endpointProps = {
+  url: { type: "string", minLength: 1, maxLength: 2000 },
+  description: { type: "string", maxLength: 1000 },
+  event_types: {
+    type: "array",
+    uniqueItems: true,
+    maxItems: EVENT_TYPES.length,
+    items: { type: "string", enum: EVENT_TYPES },
+  },
+  agent_ids: { type: "array", uniqueItems: true, maxItems: 1000, items: { type: "integer", minimum: 1 } },
+  headers: {
+    type: "object",
+    maxProperties: 20,
+    propertyNames: { pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$" },
+    additionalProperties: { type: "string", maxLength: 4000, pattern: "^[^\\r\\n]*$" },
+  },
+  disabled: { type: "boolean" },
+} as const;
+
+type EndpointBody = {
+  url?: string;
+  description?: string;
+  event_types?: string[];
+  agent_ids?: number[];
+  headers?: Record<string, string>;
+  disabled?: boolean;
+};
+
+function checkHeaders(headers: Record<string, string> | undefined): void {
+  for (const name of Object.keys(headers ?? {})) {
+    if (RESERVED_HEADERS.has(name.toLowerCase())) {
+      throw badRequest(`headers.${name}`, `header "${name}" is set by Klen and cannot be overridden`);
+    }
+  }
+}
+
+export async function findEndpoint(db: Db, accountId: number, id: string): Promise<EndpointRow> {
+  const e = await db
+    .selectFrom("endpoints")
+    .selectAll()
+    .where("id", "=", id)
+    .where("account_id", "=", accountId)
+    .where("deleted_at", "is", null)
+    .executeTakeFirst();
+  if (!e) throw notFound("endpoint", id);
+  return e;
+}
+
+const idParam = stringIdParam("ep");
+
+export const endpointRoutes: RouteModule = (app, ctx, h) => {
+  const dev = ctx.config.dev;
+
+  app.post(
+    "/v1/endpoints",
+    {
+      schema: {
+        body: { type: "object", additionalProperties: false, required: ["url"], properties: endpointProps },
+      },
+    },
+    (req, reply) =>
+      h.mutate(req, reply, async (trx) => {
+        const b = req.body as EndpointBody & { url: string };
+        const url = checkEndpointUrl(b.url, dev);
+        checkHeaders(b.headers);
+        const now = ctx.clock.now();
+        const row = await trx
+          .insertInto("endpoints")
+          .values({
+            id: newId("ep", now),
+            account_id: req.account.id,
+            url,
+            description: b.description ?? "",
+            event_types: JSON.stringify(b.event_types ?? []),
+            agent_ids: JSON.stringify(b.agent_ids ?? []),
+            headers: JSON.stringify(b.headers ?? {}),
+            secret: newEndpointSecret(),
+            previous_secret: null,
+            previous_secret_expires_at: null,
+            disabled: b.disabled ? 1 : 0,
+            disabled_reason: b.disabled ? "disabled by user" : null,
+            failing_since: null,
+            created_at: now,
+            updated_at: now,
+            deleted_at: null,
+          })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+        return { status: 201, body: { ...endpointObject(row), secret: row.secret } };
+      }),
+  );
+
+  app.get(
+    "/v1/endpoints",
+    { schema: { querystring: { type: "object", properties: pageQuery } } },
+    async (req) => {
+      const q = req.query as { limit: number; cursor?: string };
+      const before = decodeCursor(q.cursor, "string");
+      let sel = ctx.store.db
+        .selectFrom("endpoints")
+        .selectAll()
+        .where("account_id", "=", req.account.id)
+        .where("deleted_at", "is", null);
+      if (before !== undefined) sel = sel.where("id", "<", before);
+      const rows = await sel
+        .orderBy("id", "desc")
+        .limit(q.limit + 1)
+        .execute();
+      return page(rows, q.limit, (r) => r.id, endpointObject);
+    },
+  );
+
+  app.get("/v1/endpoints/:id", { schema: { params: idParam } }, async (req) =>
+    endpointObject(await findEndpoint(ctx.store.db, req.account.id, (req.params as { id: string }).id)),
+  );
+
+  app.patch(
+    "/v1/endpoints/:id",
+    {
+      schema: {
+        params: idParam,
+        body: { type: "object", additionalProperties: false, properties: endpointProps },
+      },
+    },
+    (req, reply) =>
+      h.mutate(req, reply, async (trx) => {
+        const id = (req.params as { id: string }).id;
+        const current = await findEndpoint(trx, req.account.id, id);
+        const b = req.body as EndpointBody;
+        const set: Partial<EndpointRow> = { updated_at: ctx.clock.now() };
+        if (b.url !== undefined) set.url = checkEndpointUrl(b.url, dev);
+        if (b.headers !== undefined) {
+          checkHeaders(b.headers);
+          set.headers = JSON.stringify(b.headers);
+        }
+        if (b.description !== undefined) set.description = b.description;
+        if (b.event_types !== undefined) set.event_types = JSON.stringify(b.event_types);
+        if (b.agent_ids !== undefined) set.agent_ids = JSON.stringify(b.agent_ids);
+        if (b.disabled === true && current.disabled === 0) {
+          set.disabled = 1;
+          set.disabled_reason = "disabled by user";
+        }
+        if (b.disabled === false && current.disabled === 1) {
+          // Re-enabling starts the failure clock afresh.
+          set.disabled = 0;
+          set.disabled_reason = null;
+          set.failing_since = null;
+        }
+        await trx.updateTable("endpoints").set(set).where("id", "=", id).execute();
+        return { status: 200, body: endpointObject(await findEndpoint(trx, req.account.id, id)) };
+      }),
+  );
+
+  app.delete("/v1/endpoints/:id", { schema: { params: idParam } }, (req, reply) =>
+    h.mutate(req, reply, async (trx) => {
+      const id = (req.params as { id: string }).id;
+      const e = await findEndpoint(trx, req.account.id, id);
+      const now = ctx.clock.now();
+      await trx
+        .updateTable("endpoints")
+        .set({ deleted_at: now, updated_at: now })
+        .where("id", "=", id)
+        .execute();
+      return { status: 200, body: { ...endpointObject(e), deleted: true } };
+    }),
+  );
+
+  app.get("/v1/endpoints/:id/secret", { schema: { params: idParam } }, async (req) => {
+    const e = await findEndpoint(ctx.store.db, req.account.id, (req.params as { id: string }).id);
+    const now = ctx.clock.now();
+    const previousValid = e.previous_secret !== null && Number(e.previous_secret_expires_at) > now;
+    return {
+      secret: e.secret,
+      ...(previousValid
+        ? { previous_secret_expires_at: isoMillis(Number(e.previous_secret_expires_at)) }
+        : {}),
+    };
+  });
+
+  app.post(
+    "/v1/endpoints/:id/rotate-secret",
+    {
+      schema: {
+        params: idParam,
+        body: {
+          type: ["object", "null"],
+          additionalProperties: false,
+          properties: { grace_seconds: { type: "integer", minimum: 0, maximum: 30 * 86400 } },
+        },
+      },
+    },
+    (req, reply) =>
+      h.mutate(req, reply, async (trx) => {
+        const id = (req.params as { id: string }).id;
+        const e = await findEndpoint(trx, req.account.id, id);
+        const grace = (req.body as { grace_seconds?: number } | null)?.grace_seconds ?? 86_400;
+        const now = ctx.clock.now();
+        const secret = newEndpointSecret();
+        await trx
+          .updateTable("endpoints")
+          .set({
+            secret,
+            previous_secret: grace > 0 ? e.secret : null,
+            previous_secret_expires_at: grace > 0 ? now + grace * 1000 : null,
+            updated_at: now,
+          })
+          .where("id", "=", id)
+          .execute();
+        return { status: 200, body: { secret } };
+      }),
+  );
+
+  app.post(
+    "/v1/endpoints/:id/recover",
+    {
+      schema: {
+        params: idParam,
+        body: {
+          type: "object",
+          additionalProperties: false,
+          required: ["since"],
+          properties: { since: isoTimestamp, until: isoTimestamp },
+        },
+      },
+    },
+    (req, reply) =>
+      h.mutate(
+        req,
+        reply,
+        async (trx) => {
+          const id = (req.params as { id: string }).id;
+          await findEndpoint(trx, req.account.id, id);
+          const b = req.body as { since: string; until?: string };
+          const since = parseIso(b.since);
+          if (since === undefined) throw badRequest("since", `"since" is not an ISO-8601 timestamp`);
+          const until = b.until === undefined ? ctx.clock.now() : parseIso(b.until);
+          if (until === undefined) throw badRequest("until", `"until" is not an ISO-8601 timestamp`);
+          if (until < since)
+            throw new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
+          const now = ctx.clock.now();
+          const res = await trx
+            .updateTable("deliveries")
+            .set({ status: "pending", next_attempt_at: now, updated_at: now })
+            .where("endpoint_id", "=", id)
+            .where("status", "=", "failed")
+            .where("created_at", ">=", since)
+            .where("created_at", "<=", until)
+            .executeTakeFirst();
+          return { status: 202, body: { queued: Number(res.numUpdatedRows) } };
+        },
+        { work: true },
+      ),
+  );
+};

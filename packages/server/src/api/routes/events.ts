@@ -1,0 +1,60 @@
+import { EVENT_TYPES } from "@klen/webhooks/schemas";
+import type { Selectable } from "kysely";
+import { notFound } from "../../errors.js";
+import type { Database } from "../../storage/schema.js";
+import { isoMillis } from "../../util/time.js";
+import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { stringIdParam } from "./common.js";
+import type { RouteModule } from "./index.js";
+
+type EventRow = Selectable<Database["events"]>;
+export const eventObject = (e: EventRow) => ({
+  id: e.id,
+  event_type: e.event_type,
+  call_id: Number(e.call_id),
+  payload: JSON.parse(e.payload) as unknown,
+  created_at: isoMillis(Number(e.created_at)),
+});
+
+export const eventRoutes: RouteModule = (app, ctx) => {
+  app.get(
+    "/v1/events",
+    {
+      schema: {
+        querystring: {
+          type: "object",
+          properties: {
+            ...pageQuery,
+            event_type: { type: "string", enum: EVENT_TYPES },
+            call_id: { type: "integer", minimum: 1 },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query as { limit: number; cursor?: string; event_type?: string; call_id?: number };
+      const before = decodeCursor(q.cursor, "string");
+      let sel = ctx.store.db.selectFrom("events").selectAll().where("account_id", "=", req.account.id);
+      if (before !== undefined) sel = sel.where("id", "<", before);
+      if (q.event_type) sel = sel.where("event_type", "=", q.event_type);
+      if (q.call_id) sel = sel.where("call_id", "=", q.call_id);
+      const rows = await sel
+        .orderBy("id", "desc")
+        .limit(q.limit + 1)
+        .execute();
+      return page(rows, q.limit, (r) => r.id, eventObject);
+    },
+  );
+
+  app.get("/v1/events/:id", { schema: { params: stringIdParam("evt") } }, async (req) => {
+    const id = (req.params as { id: string }).id;
+    const row = await ctx.store.db
+      .selectFrom("events")
+      .selectAll()
+      .where("id", "=", id)
+      .where("account_id", "=", req.account.id)
+      .executeTakeFirst();
+    if (!row) throw notFound("event", id);
+    return eventObject(row);
+  });
+};

@@ -1,0 +1,27 @@
+import type { FastifyInstance } from "fastify";
+import type { RouteHelpers } from "../app.js";
+import type { AppContext } from "../context.js";
+import { accountRoutes } from "./account.js";
+import { agentRoutes } from "./agents.js";
+import { callRoutes } from "./calls.js";
+import { contactRoutes } from "./contacts.js";
+import { deliveryRoutes } from "./deliveries.js";
+import { endpointRoutes } from "./endpoints.js";
+import { eventRoutes } from "./events.js";
+
+export type RouteModule = (app: FastifyInstance, ctx: AppContext, h: RouteHelpers) => void | Promise<void>;
+
+/** Every `/v1` route, one module per resource. Extra modules (blobs, test calls, streams) join here. */
+export const routeModules: RouteModule[] = [
+  accountRoutes,
+  agentRoutes,
+  contactRoutes,
+  callRoutes,
+  endpointRoutes,
+  eventRoutes,
+  deliveryRoutes,
+];
+
+export async function registerRoutes(app: FastifyInstance, ctx: AppContext, h: RouteHelpers): Promise<void> {
+  for (const m of routeModules) await m(app, ctx, h);
+}

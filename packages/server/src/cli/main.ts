@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+import { Command, Option } from "commander";
+import { createAccount } from "../accounts/accounts.js";
+import { ConfigError, loadConfig } from "../config.js";
+import { createLogger } from "../log.js";
+import { type Role, startServer } from "../server.js";
+import { migrate } from "../storage/migrate.js";
+import { openStore } from "../storage/store.js";
+import { formatDuration } from "../util/units.js";
+import { VERSION } from "../version.js";
+import { registerClientCommands } from "./client-commands.js";
+
+function config() {
+  try {
+    return loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`klen-webhooks: invalid configuration: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+const program = new Command()
+  .name("klen-webhooks")
+  .description("Klen call webhooks: signed, ordered, retried call.* events for AI voice agents")
+  .version(VERSION);
+
+program
+  .command("serve")
+  .description("run the API, dashboard and dispatcher (configured by KLEN_* environment variables)")
+  .option("--dev", "development mode: allow http:// and loopback/private endpoint URLs (same as KLEN_DEV=1)")
+  .addOption(
+    new Option("--role <role>", "which part to run").choices(["all", "api", "worker"]).default("all"),
+  )
+  .action(async (opts: { dev?: boolean; role: Role }) => {
+    if (opts.dev) process.env.KLEN_DEV = "1";
+    const cfg = config();
+    const log = createLogger();
+    const running = await startServer(cfg, log, { role: opts.role });
+    const where = running.address ?? "(no port: set KLEN_WORKER_PORT for /healthz and /metrics)";
+    log.info(
+      {
+        role: opts.role,
+        address: running.address,
+        database: cfg.databaseUrl.startsWith("sqlite:") ? cfg.databaseUrl : "postgres",
+        retry_schedule: cfg.retrySchedule.map(formatDuration).join(","),
+      },
+      "klen-webhooks started",
+    );
+    if (process.stderr.isTTY || process.env.CI !== "true") {
+      process.stderr.write(`\nKlen call webhooks ${VERSION} — ${opts.role} on ${where}\n`);
+      if (cfg.dev)
+        process.stderr.write("DEV MODE: http:// and loopback/private endpoint URLs are allowed.\n");
+      if (running.generatedKey) {
+        process.stderr.write(
+          `\nCreated the default account. Its API key (shown once, store it now):\n\n  ${running.generatedKey}\n\n`,
+        );
+      }
+    }
+    let stopping = false;
+    const stop = async (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, "stopping: finishing in-flight attempts");
+      await running.stop(cfg.deliveryTimeoutMs);
+      process.exit(0);
+    };
+    process.on("SIGTERM", () => void stop("SIGTERM"));
+    process.on("SIGINT", () => void stop("SIGINT"));
+  });
+
+program
+  .command("migrate")
+  .description("apply database migrations (serve also applies them at start)")
+  .action(async () => {
+    const cfg = config();
+    const store = await openStore(cfg.databaseUrl);
+    const ran = await migrate(store);
+    await store.close();
+    process.stdout.write(ran.length ? `applied migrations ${ran.join(", ")}\n` : "database is up to date\n");
+  });
+
+const accounts = program.command("accounts").description("manage accounts");
+accounts
+  .command("create")
+  .description("create an account and print its API key (shown once)")
+  .requiredOption("--name <name>", "account name")
+  .option("--json", "print JSON")
+  .action(async (opts: { name: string; json?: boolean }) => {
+    const cfg = config();
+    const store = await openStore(cfg.databaseUrl);
+    await migrate(store);
+    const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, opts.name));
+    await store.close();
+    if (opts.json) process.stdout.write(`${JSON.stringify({ ...account, api_key: apiKey })}\n`);
+    else process.stdout.write(`account ${account.id} "${account.name}"\nAPI key (shown once): ${apiKey}\n`);
+  });
+
+registerClientCommands(program);
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`klen-webhooks: ${(err as Error).message}\n`);
+  process.exit(1);
+});

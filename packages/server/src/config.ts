@@ -1,0 +1,126 @@
+import { resolve } from "node:path";
+import { parseDuration, parseSchedule, parseSize } from "./util/units.js";
+
+/** Every setting of PRODUCT.md §12, parsed once at start-up. */
+export interface Config {
+  port: number;
+  host: string;
+  databaseUrl: string;
+  dataDir: string;
+  apiKey: string | undefined;
+  dev: boolean;
+  workerPort: number | undefined;
+  publicUrl: string;
+  /** Delays after the immediate first attempt, in ms. */
+  retrySchedule: number[];
+  deliveryTimeoutMs: number;
+  leaseMs: number;
+  disableAfterMs: number;
+  inlineLimit: number;
+  urlTtlMs: number;
+  retentionMs: number;
+  encryptionKey: string | undefined;
+  maxBody: number;
+  maxRecording: number;
+  rateLimit: number;
+  summary: { url: string; model: string; apiKey: string } | undefined;
+  benchDatabaseUrl: string | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function read<T>(env: Env, name: string, fallback: string, parse: (v: string) => T): T {
+  const raw = env[name];
+  const text = raw === undefined || raw === "" ? fallback : raw;
+  try {
+    return parse(text);
+  } catch (err) {
+    throw new ConfigError(name, (err as Error).message);
+  }
+}
+
+function bool(v: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(v)) return true;
+  if (/^(0|false|no|off|)$/i.test(v)) return false;
+  throw new Error(`not a boolean: "${v}" (use 1/true or 0/false)`);
+}
+
+function port(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`not a port: "${v}"`);
+  return n;
+}
+
+function nonNegativeInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`not a non-negative number: "${v}"`);
+  return n;
+}
+
+function databaseUrl(v: string): string {
+  if (/^sqlite:.+/.test(v) || /^postgres(ql)?:\/\/.+/.test(v)) return v;
+  throw new Error(`expected sqlite:<path> or postgres://…, got "${v}"`);
+}
+
+function schedule(v: string): number[] {
+  const s = parseSchedule(v);
+  if (s.length === 0 && v.trim() !== "") throw new Error("empty schedule");
+  return s;
+}
+
+/** Reads the configuration from the environment; throws ConfigError naming the variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const dataDir = resolve(env.KLEN_DATA_DIR || "./data");
+  const p = read(env, "PORT", "8080", port);
+  const timeout = read(env, "KLEN_DELIVERY_TIMEOUT", "15s", parseDuration);
+  if (timeout <= 0) throw new ConfigError("KLEN_DELIVERY_TIMEOUT", "must be positive");
+  const summaryUrl = env.KLEN_SUMMARY_URL || undefined;
+  const summaryModel = env.KLEN_SUMMARY_MODEL || undefined;
+  const summaryKey = env.KLEN_SUMMARY_API_KEY || undefined;
+  if (summaryUrl && !/^https?:\/\//.test(summaryUrl)) {
+    throw new ConfigError("KLEN_SUMMARY_URL", `not an http(s) URL: "${summaryUrl}"`);
+  }
+  if (summaryUrl && !summaryModel)
+    throw new ConfigError("KLEN_SUMMARY_MODEL", "required with KLEN_SUMMARY_URL");
+  const workerPort = env.KLEN_WORKER_PORT ? read(env, "KLEN_WORKER_PORT", "", port) : undefined;
+  const publicUrl = (env.KLEN_PUBLIC_URL || `http://localhost:${p}`).replace(/\/+$/, "");
+  if (!/^https?:\/\/[^/]+/.test(publicUrl)) {
+    throw new ConfigError("KLEN_PUBLIC_URL", `not an http(s) URL: "${publicUrl}"`);
+  }
+  const encryptionKey = env.KLEN_ENCRYPTION_KEY || undefined;
+  if (encryptionKey !== undefined && encryptionKey.length < 16) {
+    throw new ConfigError("KLEN_ENCRYPTION_KEY", "must be at least 16 characters");
+  }
+  return {
+    port: p,
+    host: env.KLEN_HOST || "127.0.0.1",
+    databaseUrl: read(env, "KLEN_DATABASE_URL", `sqlite:${dataDir}/klen.db`, databaseUrl),
+    dataDir,
+    apiKey: env.KLEN_API_KEY || undefined,
+    dev: read(env, "KLEN_DEV", "0", bool),
+    workerPort,
+    publicUrl,
+    retrySchedule: read(env, "KLEN_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", schedule),
+    deliveryTimeoutMs: timeout,
+    leaseMs: env.KLEN_LEASE ? read(env, "KLEN_LEASE", "", parseDuration) : timeout + 30_000,
+    disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", parseDuration),
+    inlineLimit: read(env, "KLEN_INLINE_LIMIT", "64KiB", parseSize),
+    urlTtlMs: read(env, "KLEN_URL_TTL", "7d", parseDuration),
+    retentionMs: read(env, "KLEN_RETENTION", "30d", parseDuration),
+    encryptionKey,
+    maxBody: read(env, "KLEN_MAX_BODY", "1MiB", parseSize),
+    maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", parseSize),
+    rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
+    summary: summaryUrl ? { url: summaryUrl, model: summaryModel!, apiKey: summaryKey ?? "" } : undefined,
+    benchDatabaseUrl: env.KLEN_BENCH_DATABASE_URL || undefined,
+  };
+}

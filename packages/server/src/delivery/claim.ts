@@ -1,0 +1,100 @@
+import { type Selectable, sql } from "kysely";
+import type { Database } from "../storage/schema.js";
+import type { Store } from "../storage/store.js";
+
+/** A delivery this worker holds a lease on, with what it needs to make the attempt. */
+export interface Claimed {
+  id: string;
+  eventId: string;
+  endpointId: string;
+  callId: number;
+  attemptCount: number;
+  claimToken: number;
+  payload: string;
+  endpoint: Selectable<Database["endpoints"]> | undefined;
+}
+
+/**
+ * Claims up to `limit` due deliveries as short leases, in one statement, and commits at once: no
+ * transaction stays open across the HTTP request. Claiming moves `next_attempt_at` to the lease's
+ * end, so a delivery whose worker dies becomes due again when the lease runs out, and bumps
+ * `claim_token`, the fence that stops a late finisher from overwriting a newer attempt.
+ * Deliveries of endpoints this worker is already saturating are left for later (isolation).
+ */
+export async function claimDue(
+  store: Store,
+  opts: { now: number; limit: number; leaseMs: number; exclude: readonly string[] },
+): Promise<Claimed[]> {
+  const { db, caps } = store;
+  let due = db
+    .selectFrom("deliveries")
+    .select("id")
+    .where("status", "=", "pending")
+    .where("next_attempt_at", "<=", opts.now);
+  if (opts.exclude.length > 0) due = due.where("endpoint_id", "not in", opts.exclude);
+  due = due.orderBy("next_attempt_at").limit(opts.limit);
+  if (caps.skipLocked) due = due.forUpdate().skipLocked();
+  const rows = await db
+    .updateTable("deliveries")
+    .set({
+      next_attempt_at: opts.now + opts.leaseMs,
+      claim_token: sql`claim_token + 1`,
+      updated_at: opts.now,
+    })
+    .where("id", "in", due)
+    .returning(["id", "event_id", "endpoint_id", "call_id", "attempt_count", "claim_token"])
+    .execute();
+  if (rows.length === 0) return [];
+
+  const eventIds = [...new Set(rows.map((r) => r.event_id))];
+  const endpointIds = [...new Set(rows.map((r) => r.endpoint_id))];
+  const [events, endpoints] = await Promise.all([
+    db.selectFrom("events").select(["id", "payload"]).where("id", "in", eventIds).execute(),
+    db.selectFrom("endpoints").selectAll().where("id", "in", endpointIds).execute(),
+  ]);
+  const payloadOf = new Map(events.map((e) => [e.id, e.payload]));
+  const endpointOf = new Map(endpoints.map((e) => [e.id, e]));
+  return rows.map((r) => ({
+    id: r.id,
+    eventId: r.event_id,
+    endpointId: r.endpoint_id,
+    callId: Number(r.call_id),
+    attemptCount: Number(r.attempt_count),
+    claimToken: Number(r.claim_token),
+    payload: payloadOf.get(r.event_id) ?? "",
+    endpoint: endpointOf.get(r.endpoint_id),
+  }));
+}
+
+/**
+ * Safety net for ordering: releases parked deliveries whose chain has no earlier pending delivery.
+ * The completion path releases the next delivery itself; this catches anything a crash between
+ * processes left parked.
+ */
+export async function releaseOrphans(store: Store, now: number): Promise<number> {
+  const res = await sql`
+    UPDATE deliveries SET next_attempt_at = ${now}
+    WHERE status = 'pending' AND next_attempt_at IS NULL
+      AND NOT EXISTS (
+        SELECT 1 FROM deliveries e
+        WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
+          AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)`.execute(store.db);
+  return Number(res.numAffectedRows ?? 0);
+}
+
+/** Gives leases back (graceful shutdown), so another worker can take them at once. */
+export async function releaseLeases(
+  store: Store,
+  held: Array<{ id: string; claimToken: number }>,
+  now: number,
+): Promise<void> {
+  for (const h of held) {
+    await store.db
+      .updateTable("deliveries")
+      .set({ next_attempt_at: now, updated_at: now })
+      .where("id", "=", h.id)
+      .where("claim_token", "=", h.claimToken)
+      .where("status", "=", "pending")
+      .execute();
+  }
+}

@@ -1,0 +1,180 @@
+import { sql } from "kysely";
+import type { Store } from "../storage/store.js";
+import type { Db } from "../storage/types.js";
+import type { Claimed } from "./claim.js";
+import { nextAttempt } from "./schedule.js";
+import type { SendResult } from "./send.js";
+
+/** One finished attempt, or a delivery settled without an attempt (its endpoint is gone or disabled). */
+export interface Outcome {
+  claimed: Claimed;
+  startedAt: number;
+  url: string;
+  requestHeaders: Record<string, string>;
+  result: SendResult | null;
+  /** Why a delivery was settled without an attempt. */
+  skipped?: string;
+  retryAfterMs?: number;
+}
+
+export interface CompletionPolicy {
+  schedule: readonly number[];
+  disableAfterMs: number;
+  random: () => number;
+}
+
+/**
+ * Records a batch of outcomes in one transaction: the attempt log rows, each delivery's new state
+ * (fenced on its claim token, so a lease that ran out and was re-claimed is not overwritten), the
+ * release of the next delivery of each finished chain, and the endpoints' failure clocks
+ * (automatic disable after `disableAfterMs` of continuous failure, at once on 410 Gone).
+ * Batching is what keeps the database from being the limit: one commit per batch, not per attempt.
+ */
+export async function completeBatch(
+  store: Store,
+  outcomes: Outcome[],
+  policy: CompletionPolicy,
+  now: number,
+): Promise<void> {
+  if (outcomes.length === 0) return;
+  await store.db.transaction().execute(async (trx) => {
+    const attempts = outcomes.filter((o) => o.result !== null);
+    if (attempts.length > 0) {
+      await trx
+        .insertInto("attempts")
+        .values(
+          attempts.map((o) => ({
+            delivery_id: o.claimed.id,
+            number: o.claimed.attemptCount + 1,
+            started_at: o.startedAt,
+            url: o.url,
+            request_headers: JSON.stringify(o.requestHeaders),
+            status_code: o.result!.statusCode,
+            response_body: o.result!.responseBody,
+            duration_ms: o.result!.durationMs,
+            error:
+              o.result!.error === null
+                ? null
+                : o.result!.errorMessage
+                  ? `${o.result!.error}: ${o.result!.errorMessage}`
+                  : o.result!.error,
+          })),
+        )
+        .execute();
+    }
+
+    const succeeded = attempts.filter((o) => o.result!.error === null);
+    const finished: Claimed[] = [];
+    if (succeeded.length > 0) {
+      await fencedUpdate(
+        trx,
+        succeeded,
+        { status: "succeeded", next_attempt_at: null, last_error: null },
+        now,
+      );
+      finished.push(...succeeded.map((o) => o.claimed));
+    }
+
+    const failingEndpoints = new Set<string>();
+    const goneEndpoints = new Set<string>();
+    for (const o of outcomes) {
+      if (o.result?.error === null) continue;
+      const error =
+        o.skipped ?? `${o.result!.error}${o.result!.statusCode ? ` ${o.result!.statusCode}` : ""}`;
+      const made = o.claimed.attemptCount + (o.result ? 1 : 0);
+      const next = o.skipped
+        ? ({ final: true } as const)
+        : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
+      await fencedUpdate(
+        trx,
+        [o],
+        next.final
+          ? { status: "failed", next_attempt_at: null, last_error: error }
+          : { status: "pending", next_attempt_at: now + next.delayMs, last_error: error },
+        now,
+      );
+      if (next.final) finished.push(o.claimed);
+      if (o.result) failingEndpoints.add(o.claimed.endpointId);
+      if (o.result?.statusCode === 410) goneEndpoints.add(o.claimed.endpointId);
+    }
+
+    if (finished.length > 0) await releaseNext(trx, store, finished, now);
+
+    if (failingEndpoints.size > 0) {
+      const ids = [...failingEndpoints];
+      await trx
+        .updateTable("endpoints")
+        .set({ failing_since: sql`COALESCE(failing_since, ${now})` })
+        .where("id", "in", ids)
+        .execute();
+      await trx
+        .updateTable("endpoints")
+        .set({
+          disabled: 1,
+          disabled_reason: `every attempt failed for ${Math.round(policy.disableAfterMs / 3_600_000)} h`,
+          updated_at: now,
+        })
+        .where("id", "in", ids)
+        .where("disabled", "=", 0)
+        .where("failing_since", "<=", now - policy.disableAfterMs)
+        .execute();
+    }
+    if (goneEndpoints.size > 0) {
+      await trx
+        .updateTable("endpoints")
+        .set({ disabled: 1, disabled_reason: "endpoint answered 410 Gone", updated_at: now })
+        .where("id", "in", [...goneEndpoints])
+        .where("disabled", "=", 0)
+        .execute();
+    }
+    // A success clears the failure clock (after the failures above, so a batch with both ends healthy).
+    if (succeeded.length > 0) {
+      await trx
+        .updateTable("endpoints")
+        .set({ failing_since: null })
+        .where("id", "in", [...new Set(succeeded.map((o) => o.claimed.endpointId))])
+        .where("failing_since", "is not", null)
+        .execute();
+    }
+  });
+}
+
+async function fencedUpdate(
+  trx: Db,
+  outcomes: Outcome[],
+  set: { status: string; next_attempt_at: number | null; last_error: string | null },
+  now: number,
+): Promise<void> {
+  const attempted = outcomes.some((o) => o.result !== null);
+  const pairs = sql.join(outcomes.map((o) => sql`(${o.claimed.id}, ${o.claimed.claimToken})`));
+  await trx
+    .updateTable("deliveries")
+    .set({
+      ...set,
+      updated_at: now,
+      ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
+    })
+    .where(sql<boolean>`(id, claim_token) IN (VALUES ${pairs})`)
+    .execute();
+}
+
+/**
+ * Releases the next parked delivery of every chain (endpoint, call) that just finished. On
+ * PostgreSQL the calls' rows are share-locked first, which orders this against a transition of the
+ * same call fanning out a new delivery (it holds the row for update): one of the two sees the other.
+ */
+async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<void> {
+  if (store.caps.rowLocks) {
+    const callIds = [...new Set(finished.map((c) => c.callId))].sort((a, b) => a - b);
+    await trx.selectFrom("calls").select("id").where("id", "in", callIds).orderBy("id").forShare().execute();
+  }
+  const ids = finished.map((c) => c.id);
+  await sql`
+    UPDATE deliveries SET next_attempt_at = ${now}
+    WHERE status = 'pending' AND next_attempt_at IS NULL AND id IN (
+      SELECT (
+        SELECT n.id FROM deliveries n
+        WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
+        ORDER BY n.event_seq LIMIT 1)
+      FROM deliveries d WHERE d.id IN (${sql.join(ids)}))`.execute(trx);
+}

@@ -1,0 +1,291 @@
+import type { AppContext } from "../api/context.js";
+import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
+import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "./claim.js";
+import { completeBatch, type Outcome } from "./complete.js";
+import { parseRetryAfter } from "./schedule.js";
+import { Sender } from "./send.js";
+import { attemptHeaders, secretKey } from "./sign.js";
+
+export interface DispatcherOptions {
+  /** Attempts in flight at once in this process. */
+  concurrency: number;
+  /** In-flight attempts one endpoint may hold, so a slow endpoint cannot take every slot. */
+  perEndpoint: number;
+  /** Deliveries claimed per query. */
+  batchSize: number;
+  /** How often to look for due work when nothing wakes the dispatcher (retries coming due). */
+  pollMs: number;
+  /** How often the ordering safety net runs. */
+  sweepMs: number;
+}
+
+export const defaultDispatcherOptions: DispatcherOptions = {
+  concurrency: 256,
+  perEndpoint: 64,
+  batchSize: 256,
+  pollMs: 250,
+  sweepMs: 30_000,
+};
+
+const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
+
+/**
+ * The dispatcher: claims due deliveries in batches, sends them concurrently over keep-alive
+ * pools, and records outcomes in batches. It wakes at once when the API commits new work (or a
+ * completion releases the next delivery of a call) and polls as the safety net.
+ */
+export class Dispatcher {
+  private readonly opts: DispatcherOptions;
+  private readonly sender: Sender;
+  private running = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private dirty = true;
+  private wakeUp: (() => void) | undefined;
+  private inflight = new Map<string, Claimed>();
+  private perEndpoint = new Map<string, number>();
+  private buffer: Outcome[] = [];
+  private flushing: Promise<void> | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private readonly onWork = () => this.wake();
+  private readonly keys = new Map<string, Buffer>();
+
+  constructor(
+    private ctx: AppContext,
+    opts: Partial<DispatcherOptions> = {},
+  ) {
+    this.opts = { ...defaultDispatcherOptions, ...opts };
+    this.sender = new Sender({
+      dev: ctx.config.dev,
+      timeoutMs: ctx.config.deliveryTimeoutMs,
+      connectionsPerOrigin: this.opts.perEndpoint,
+    });
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.ctx.work.on("work", this.onWork);
+    this.ctx.store.onWork(this.onWork);
+    this.sweepTimer = setInterval(() => {
+      releaseOrphans(this.ctx.store, this.ctx.clock.now())
+        .then((n) => {
+          if (n > 0) {
+            this.ctx.log.warn({ released: n }, "released parked deliveries with no earlier pending delivery");
+            this.wake();
+          }
+        })
+        .catch((err) => this.ctx.log.warn({ err }, "ordering sweep failed"));
+    }, this.opts.sweepMs);
+    this.sweepTimer.unref();
+    this.loopDone = this.loop();
+  }
+
+  wake(): void {
+    this.dirty = true;
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  /** Attempts currently in flight (for metrics and tests). */
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  /**
+   * Graceful stop: claims nothing more, lets in-flight attempts finish for up to `graceMs`, records
+   * them, then hands any still running back to the queue so another worker takes them at once.
+   */
+  async stop(graceMs = 10_000): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.ctx.work.off("work", this.onWork);
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.wake();
+    await this.loopDone;
+    const deadline = Date.now() + graceMs;
+    while (this.inflight.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.flushing) await this.flushing;
+    if (this.buffer.length > 0) await this.flush();
+    if (this.inflight.size > 0) {
+      const held = [...this.inflight.values()].map((c) => ({ id: c.id, claimToken: c.claimToken }));
+      await releaseLeases(this.ctx.store, held, this.ctx.clock.now()).catch((err) =>
+        this.ctx.log.warn({ err }, "could not release leases; they expire on their own"),
+      );
+    }
+    await this.sender.close().catch(() => {});
+  }
+
+  private async loop(): Promise<void> {
+    while (this.running) {
+      const free = this.opts.concurrency - this.inflight.size;
+      if (free <= 0 || !this.dirty) {
+        await this.sleep(this.opts.pollMs);
+        if (free > 0) this.dirty = true;
+        continue;
+      }
+      this.dirty = false;
+      const want = Math.min(free, this.opts.batchSize);
+      let claimed: Claimed[];
+      try {
+        const saturated = [...this.perEndpoint]
+          .filter(([, n]) => n >= this.opts.perEndpoint)
+          .map(([id]) => id);
+        claimed = await claimDue(this.ctx.store, {
+          now: this.ctx.clock.now(),
+          limit: want,
+          leaseMs: this.ctx.config.leaseMs,
+          exclude: saturated,
+        });
+      } catch (err) {
+        this.ctx.log.warn({ err }, "claim failed; retrying");
+        await this.sleep(Math.max(this.opts.pollMs, 500));
+        this.dirty = true;
+        continue;
+      }
+      for (const c of claimed) this.attempt(c);
+      // A full batch means more may be waiting: claim again at once.
+      if (claimed.length === want) this.dirty = true;
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    if (this.dirty || !this.running) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wakeUp = undefined;
+        this.dirty = true;
+        resolve();
+      }, ms);
+      this.wakeUp = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private keyOf(secret: string): Buffer {
+    let k = this.keys.get(secret);
+    if (!k) {
+      if (this.keys.size > 10_000) this.keys.clear();
+      k = secretKey(secret);
+      this.keys.set(secret, k);
+    }
+    return k;
+  }
+
+  private attempt(c: Claimed): void {
+    this.inflight.set(c.id, c);
+    inflightGauge.set(this.inflight.size);
+    this.perEndpoint.set(c.endpointId, (this.perEndpoint.get(c.endpointId) ?? 0) + 1);
+    this.run(c).then(
+      (o) => this.record(o),
+      (err) => {
+        // A bug, not an endpoint failure: leave the lease to expire so the delivery is retried.
+        this.ctx.log.error({ err, delivery: c.id }, "attempt crashed");
+        this.settle([c]);
+      },
+    );
+  }
+
+  private async run(c: Claimed): Promise<Outcome> {
+    const now = this.ctx.clock.now();
+    const ep = c.endpoint;
+    if (!ep || ep.deleted_at !== null) {
+      return {
+        claimed: c,
+        startedAt: now,
+        url: "",
+        requestHeaders: {},
+        result: null,
+        skipped: "endpoint_deleted",
+      };
+    }
+    if (ep.disabled === 1) {
+      return {
+        claimed: c,
+        startedAt: now,
+        url: ep.url,
+        requestHeaders: {},
+        result: null,
+        skipped: "endpoint_disabled",
+      };
+    }
+    const keys = [this.keyOf(ep.secret)];
+    if (ep.previous_secret !== null && Number(ep.previous_secret_expires_at) > now)
+      keys.push(this.keyOf(ep.previous_secret));
+    const headers = attemptHeaders({
+      id: c.eventId,
+      timestampSeconds: Math.floor(now / 1000),
+      body: c.payload,
+      keys,
+      userAgent: `Klen-Webhooks/${this.ctx.version}`,
+      custom: JSON.parse(ep.headers) as Record<string, string>,
+    });
+    const result = await this.sender.send(ep.url, headers, c.payload);
+    const logged: Record<string, string> = {};
+    for (const [k, v] of Object.entries(headers)) logged[k] = SENSITIVE.test(k) ? "[redacted]" : v;
+    const outcome: Outcome = { claimed: c, startedAt: now, url: ep.url, requestHeaders: logged, result };
+    if (result.statusCode === 429 || result.statusCode === 503) {
+      const ra = parseRetryAfter(result.responseHeaders["retry-after"], now);
+      if (ra !== undefined) outcome.retryAfterMs = ra;
+    }
+    return outcome;
+  }
+
+  private record(o: Outcome): void {
+    if (o.result) {
+      attemptsTotal.inc({ outcome: o.result.error ?? "success" });
+      attemptSeconds.observe(o.result.durationMs / 1000);
+    }
+    this.buffer.push(o);
+    if (!this.flushing) this.flushing = this.flush();
+  }
+
+  /** Writes buffered outcomes; retries while the database is unreachable, holding the slots. */
+  private async flush(): Promise<void> {
+    // Let outcomes that finish in the same tick join the batch.
+    await new Promise((r) => setImmediate(r));
+    while (this.buffer.length > 0) {
+      const batch = this.buffer.splice(0, 500);
+      try {
+        await completeBatch(
+          this.ctx.store,
+          batch,
+          {
+            schedule: this.ctx.config.retrySchedule,
+            disableAfterMs: this.ctx.config.disableAfterMs,
+            random: Math.random,
+          },
+          this.ctx.clock.now(),
+        );
+        this.settle(batch.map((o) => o.claimed));
+      } catch (err) {
+        this.ctx.log.warn({ err, outcomes: batch.length }, "recording outcomes failed; retrying");
+        this.buffer.unshift(...batch);
+        await new Promise((r) => setTimeout(r, 500));
+        // Past the lease another worker may have taken them: drop what cannot be recorded safely.
+        const leaseEnd = this.ctx.clock.now() - this.ctx.config.leaseMs;
+        const stale = this.buffer.filter((o) => o.startedAt < leaseEnd);
+        if (stale.length > 0) {
+          this.buffer = this.buffer.filter((o) => o.startedAt >= leaseEnd);
+          this.settle(stale.map((o) => o.claimed));
+        }
+      }
+    }
+    this.flushing = undefined;
+  }
+
+  private settle(done: Claimed[]): void {
+    for (const c of done) {
+      this.inflight.delete(c.id);
+      const n = (this.perEndpoint.get(c.endpointId) ?? 1) - 1;
+      if (n <= 0) this.perEndpoint.delete(c.endpointId);
+      else this.perEndpoint.set(c.endpointId, n);
+    }
+    inflightGauge.set(this.inflight.size);
+    this.wake();
+  }
+}

@@ -1,0 +1,38 @@
+import { classifyAddress, isLiteralIp } from "../delivery/address.js";
+import { badRequest } from "../errors.js";
+
+/**
+ * Checks an endpoint URL when it is created or changed (PRODUCT.md §11). Outside dev mode the URL
+ * must be https and a literal non-global IP is refused here; a host name is resolved and checked
+ * at connect time instead (so DNS rebinding cannot get past it).
+ */
+export function checkEndpointUrl(text: string, dev: boolean): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw badRequest("url", `"url" is not a valid URL`, "invalid_url");
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    throw badRequest("url", `"url" must be http(s), not ${url.protocol}`, "invalid_url");
+  }
+  if (url.username || url.password)
+    throw badRequest("url", `"url" must not carry credentials; use headers`, "invalid_url");
+  if (url.hash) throw badRequest("url", `"url" must not have a #fragment`, "invalid_url");
+  if (!dev) {
+    if (url.protocol !== "https:") {
+      throw badRequest(
+        "url",
+        `"url" must use https:// (http:// is allowed only with KLEN_DEV=1)`,
+        "invalid_url",
+      );
+    }
+    if (isLiteralIp(url.hostname)) {
+      const cls = classifyAddress(url.hostname);
+      if (cls !== "global") {
+        throw badRequest("url", `"url" points at a ${cls} address, which is not allowed`, "blocked_address");
+      }
+    }
+  }
+  return url.toString();
+}

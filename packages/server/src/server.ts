@@ -1,0 +1,79 @@
+import type { FastifyInstance } from "fastify";
+import { createAccount, ensureAccountForKey } from "./accounts/accounts.js";
+import { buildApp } from "./api/app.js";
+import { type AppContext, WorkSignal } from "./api/context.js";
+import type { Config } from "./config.js";
+import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
+import type { Logger } from "./log.js";
+import { migrate } from "./storage/migrate.js";
+import { openStore } from "./storage/store.js";
+import { systemClock } from "./util/time.js";
+import { VERSION } from "./version.js";
+
+export type Role = "all" | "api" | "worker";
+
+export interface Running {
+  ctx: AppContext;
+  app: FastifyInstance | undefined;
+  dispatcher: Dispatcher | undefined;
+  /** The API key printed at first start when no KLEN_API_KEY was given. */
+  generatedKey: string | undefined;
+  address: string | undefined;
+  stop(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
+ * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
+ */
+export async function startServer(
+  config: Config,
+  log: Logger,
+  opts: { role?: Role; dispatcher?: Partial<DispatcherOptions> } = {},
+): Promise<Running> {
+  const role = opts.role ?? "all";
+  const store = await openStore(config.databaseUrl);
+  await migrate(store);
+  const ctx: AppContext = {
+    store,
+    config,
+    log,
+    clock: systemClock,
+    work: new WorkSignal(),
+    version: VERSION,
+  };
+
+  let generatedKey: string | undefined;
+  if (config.apiKey) {
+    await ensureAccountForKey(store, config.apiKey);
+  } else if (role !== "worker") {
+    const any = await store.db.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
+    if (!any)
+      generatedKey = (await store.db.transaction().execute((trx) => createAccount(trx, "default"))).apiKey;
+  }
+
+  const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
+  let app: FastifyInstance | undefined;
+  let address: string | undefined;
+  if (role !== "worker") {
+    app = await buildApp(ctx);
+    address = await app.listen({ port: config.port, host: config.host });
+  } else if (config.workerPort !== undefined) {
+    app = await buildApp(ctx, { workerOnly: true });
+    address = await app.listen({ port: config.workerPort, host: config.host });
+  }
+  dispatcher?.start();
+
+  return {
+    ctx,
+    app,
+    dispatcher,
+    generatedKey,
+    address,
+    async stop(graceMs = 10_000) {
+      await app?.close();
+      await dispatcher?.stop(graceMs);
+      await store.close();
+    },
+  };
+}

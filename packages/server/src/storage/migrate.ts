@@ -1,0 +1,29 @@
+import { sql } from "kysely";
+import { type MigrationDialect, migrations } from "./migrations.js";
+import type { Store } from "./store.js";
+
+const DIALECTS: Record<Store["caps"]["name"], MigrationDialect> = {
+  sqlite: { serial: "INTEGER PRIMARY KEY AUTOINCREMENT", bigint: "INTEGER" },
+  postgres: { serial: "BIGSERIAL PRIMARY KEY", bigint: "BIGINT" },
+};
+
+/** Applies the migrations not yet applied, each in its own transaction; returns their ids. */
+export async function migrate(store: Store): Promise<number[]> {
+  const dialect = DIALECTS[store.caps.name];
+  return store.withMigrationLock(async () => {
+    await store.execScript(
+      `CREATE TABLE IF NOT EXISTS klen_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at ${dialect.bigint} NOT NULL)`,
+    );
+    const done = await sql<{ id: number }>`SELECT id FROM klen_migrations`.execute(store.db);
+    const applied = new Set(done.rows.map((r) => Number(r.id)));
+    const ran: number[] = [];
+    for (const m of migrations) {
+      if (applied.has(m.id)) continue;
+      await store.execScript(
+        `BEGIN;\n${m.sql(dialect)}\nINSERT INTO klen_migrations (id, name, applied_at) VALUES (${m.id}, '${m.name}', ${Date.now()});\nCOMMIT;`,
+      );
+      ran.push(m.id);
+    }
+    return ran;
+  });
+}

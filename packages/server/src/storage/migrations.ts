@@ -1,0 +1,165 @@
+/**
+ * Numbered plain-SQL migrations, written once for both dialects. The two differences are the
+ * auto-increment key and the 64-bit integer type, substituted from the dialect's table.
+ * A migration is never edited once released: add the next number instead.
+ */
+export interface MigrationDialect {
+  /** Column definition of an auto-increment integer primary key. */
+  serial: string;
+  /** 64-bit integer type (times in ms do not fit PostgreSQL's INTEGER). */
+  bigint: string;
+}
+
+export const migrations: Array<{ id: number; name: string; sql: (d: MigrationDialect) => string }> = [
+  {
+    id: 1,
+    name: "initial",
+    sql: (d) => `
+CREATE TABLE accounts (
+  id ${d.serial},
+  name TEXT NOT NULL,
+  auto_summary INTEGER NOT NULL DEFAULT 0,
+  created_at ${d.bigint} NOT NULL
+);
+CREATE TABLE api_keys (
+  id ${d.serial},
+  account_id INTEGER NOT NULL REFERENCES accounts(id),
+  key_hash TEXT NOT NULL UNIQUE,
+  prefix TEXT NOT NULL,
+  created_at ${d.bigint} NOT NULL
+);
+CREATE TABLE agents (
+  id ${d.serial},
+  account_id INTEGER NOT NULL REFERENCES accounts(id),
+  name TEXT NOT NULL,
+  assistant_id TEXT,
+  created_at ${d.bigint} NOT NULL,
+  deleted_at ${d.bigint}
+);
+CREATE INDEX agents_account ON agents (account_id, id);
+CREATE TABLE contacts (
+  id ${d.serial},
+  account_id INTEGER NOT NULL REFERENCES accounts(id),
+  name TEXT NOT NULL,
+  email TEXT,
+  phone_number TEXT,
+  created_at ${d.bigint} NOT NULL,
+  deleted_at ${d.bigint}
+);
+CREATE INDEX contacts_account ON contacts (account_id, id);
+CREATE INDEX contacts_phone ON contacts (account_id, phone_number);
+CREATE TABLE calls (
+  id ${d.serial},
+  account_id INTEGER NOT NULL REFERENCES accounts(id),
+  agent_id INTEGER NOT NULL REFERENCES agents(id),
+  type TEXT NOT NULL,
+  phone_number TEXT NOT NULL,
+  contact_id INTEGER REFERENCES contacts(id),
+  klen_call_id TEXT,
+  status TEXT NOT NULL,
+  assistant_id TEXT,
+  started_at ${d.bigint},
+  ended_at ${d.bigint},
+  failure_reason TEXT,
+  ended_reason TEXT,
+  brief_summary TEXT,
+  transcript_at ${d.bigint},
+  summary_at ${d.bigint},
+  recording_at ${d.bigint},
+  only_endpoint_id TEXT,
+  created_at ${d.bigint} NOT NULL,
+  updated_at ${d.bigint} NOT NULL
+);
+CREATE INDEX calls_account ON calls (account_id, id);
+CREATE TABLE events (
+  seq ${d.serial},
+  id TEXT NOT NULL UNIQUE,
+  account_id INTEGER NOT NULL,
+  call_id INTEGER NOT NULL,
+  event_type TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  created_at ${d.bigint} NOT NULL
+);
+CREATE INDEX events_account ON events (account_id, seq);
+CREATE INDEX events_call ON events (call_id, seq);
+CREATE TABLE endpoints (
+  id TEXT PRIMARY KEY,
+  account_id INTEGER NOT NULL REFERENCES accounts(id),
+  url TEXT NOT NULL,
+  description TEXT NOT NULL DEFAULT '',
+  event_types TEXT NOT NULL DEFAULT '[]',
+  agent_ids TEXT NOT NULL DEFAULT '[]',
+  headers TEXT NOT NULL DEFAULT '{}',
+  secret TEXT NOT NULL,
+  previous_secret TEXT,
+  previous_secret_expires_at ${d.bigint},
+  disabled INTEGER NOT NULL DEFAULT 0,
+  disabled_reason TEXT,
+  failing_since ${d.bigint},
+  created_at ${d.bigint} NOT NULL,
+  updated_at ${d.bigint} NOT NULL,
+  deleted_at ${d.bigint}
+);
+CREATE INDEX endpoints_account ON endpoints (account_id, id);
+CREATE TABLE deliveries (
+  id TEXT PRIMARY KEY,
+  account_id INTEGER NOT NULL,
+  event_id TEXT NOT NULL,
+  event_seq ${d.bigint} NOT NULL,
+  endpoint_id TEXT NOT NULL,
+  call_id INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  attempt_count INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at ${d.bigint},
+  claim_token ${d.bigint} NOT NULL DEFAULT 0,
+  last_error TEXT,
+  created_at ${d.bigint} NOT NULL,
+  updated_at ${d.bigint} NOT NULL
+);
+-- The claim query's index: only pending rows, ordered by when they are due. A row waiting behind
+-- an earlier delivery of its call (ordering) has next_attempt_at NULL and sorts out of the way.
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+-- The ordering chain: one endpoint, one call, in event order.
+CREATE INDEX deliveries_chain ON deliveries (endpoint_id, call_id, event_seq) WHERE status = 'pending';
+CREATE INDEX deliveries_account ON deliveries (account_id, id);
+CREATE INDEX deliveries_endpoint ON deliveries (endpoint_id, id);
+CREATE INDEX deliveries_event ON deliveries (event_id);
+CREATE TABLE attempts (
+  id ${d.serial},
+  delivery_id TEXT NOT NULL,
+  number INTEGER NOT NULL,
+  started_at ${d.bigint} NOT NULL,
+  url TEXT NOT NULL,
+  request_headers TEXT NOT NULL,
+  status_code INTEGER,
+  response_body TEXT,
+  duration_ms INTEGER NOT NULL,
+  error TEXT
+);
+CREATE INDEX attempts_delivery ON attempts (delivery_id, number);
+CREATE TABLE idempotency_keys (
+  account_id INTEGER NOT NULL,
+  key TEXT NOT NULL,
+  method TEXT NOT NULL,
+  path TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  status_code INTEGER NOT NULL,
+  response_body TEXT NOT NULL,
+  created_at ${d.bigint} NOT NULL,
+  PRIMARY KEY (account_id, key)
+);
+CREATE INDEX idempotency_created ON idempotency_keys (created_at);
+CREATE TABLE blobs (
+  id TEXT PRIMARY KEY,
+  account_id INTEGER NOT NULL,
+  call_id INTEGER,
+  kind TEXT NOT NULL,
+  content_type TEXT NOT NULL,
+  size ${d.bigint} NOT NULL,
+  path TEXT NOT NULL,
+  created_at ${d.bigint} NOT NULL
+);
+CREATE INDEX blobs_created ON blobs (created_at);
+`,
+  },
+];

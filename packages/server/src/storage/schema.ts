@@ -1,0 +1,131 @@
+import type { Generated } from "kysely";
+
+/**
+ * Table types for Kysely. Times are integer milliseconds since the epoch in both dialects
+ * (BIGINT in PostgreSQL, parsed back to numbers); booleans are 0/1 integers so that one query
+ * serves both dialects.
+ */
+export interface Database {
+  accounts: { id: Generated<number>; name: string; auto_summary: number; created_at: number };
+  api_keys: {
+    id: Generated<number>;
+    account_id: number;
+    key_hash: string;
+    prefix: string;
+    created_at: number;
+  };
+  agents: {
+    id: Generated<number>;
+    account_id: number;
+    name: string;
+    assistant_id: string | null;
+    created_at: number;
+    deleted_at: number | null;
+  };
+  contacts: {
+    id: Generated<number>;
+    account_id: number;
+    name: string;
+    email: string | null;
+    phone_number: string | null;
+    created_at: number;
+    deleted_at: number | null;
+  };
+  calls: {
+    id: Generated<number>;
+    account_id: number;
+    agent_id: number;
+    type: string;
+    phone_number: string;
+    contact_id: number | null;
+    klen_call_id: string | null;
+    status: string;
+    assistant_id: string | null;
+    started_at: number | null;
+    ended_at: number | null;
+    failure_reason: string | null;
+    ended_reason: string | null;
+    brief_summary: string | null;
+    transcript_at: number | null;
+    summary_at: number | null;
+    recording_at: number | null;
+    /** Test calls aimed at one endpoint deliver only there. */
+    only_endpoint_id: string | null;
+    created_at: number;
+    updated_at: number;
+  };
+  events: {
+    seq: Generated<number>;
+    id: string;
+    account_id: number;
+    call_id: number;
+    event_type: string;
+    payload: string;
+    created_at: number;
+  };
+  endpoints: {
+    id: string;
+    account_id: number;
+    url: string;
+    description: string;
+    event_types: string;
+    agent_ids: string;
+    headers: string;
+    secret: string;
+    previous_secret: string | null;
+    previous_secret_expires_at: number | null;
+    disabled: number;
+    disabled_reason: string | null;
+    failing_since: number | null;
+    created_at: number;
+    updated_at: number;
+    deleted_at: number | null;
+  };
+  deliveries: {
+    id: string;
+    account_id: number;
+    event_id: string;
+    event_seq: number;
+    endpoint_id: string;
+    call_id: number;
+    status: string;
+    attempt_count: number;
+    next_attempt_at: number | null;
+    claim_token: number;
+    last_error: string | null;
+    created_at: number;
+    updated_at: number;
+  };
+  attempts: {
+    id: Generated<number>;
+    delivery_id: string;
+    number: number;
+    started_at: number;
+    url: string;
+    request_headers: string;
+    status_code: number | null;
+    response_body: string | null;
+    duration_ms: number;
+    error: string | null;
+  };
+  idempotency_keys: {
+    account_id: number;
+    key: string;
+    method: string;
+    path: string;
+    request_hash: string;
+    status_code: number;
+    response_body: string;
+    created_at: number;
+  };
+  blobs: {
+    id: string;
+    account_id: number;
+    call_id: number | null;
+    kind: string;
+    content_type: string;
+    size: number;
+    path: string;
+    created_at: number;
+  };
+}

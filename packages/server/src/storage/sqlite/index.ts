@@ -1,0 +1,45 @@
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import BetterSqlite3 from "better-sqlite3";
+import { Kysely, SqliteDialect } from "kysely";
+import type { Database } from "../schema.js";
+import type { DialectCaps, Store } from "../store.js";
+
+const caps: DialectCaps = { name: "sqlite", skipLocked: false, rowLocks: false, crossProcessNotify: false };
+
+/** Opens (creating if needed) the SQLite file at `path`, relative to the working directory. */
+export function openSqlite(path: string): Store {
+  const file = path === ":memory:" ? path : resolve(path);
+  if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
+  const raw = new BetterSqlite3(file);
+  // WAL lets readers run beside the one writer; synchronous=NORMAL keeps every commit durable
+  // against a process crash (kill -9), which is the failure the delivery guarantee is about, and
+  // avoids an fsync per commit. busy_timeout covers a second process (CLI, split roles).
+  raw.pragma("journal_mode = WAL");
+  raw.pragma("synchronous = NORMAL");
+  raw.pragma("busy_timeout = 5000");
+  raw.pragma("foreign_keys = ON");
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: raw }) });
+  return {
+    db,
+    caps,
+    async execScript(script) {
+      raw.exec(script);
+    },
+    async withMigrationLock(fn) {
+      return fn();
+    },
+    async notifyWork() {},
+    onWork() {},
+    isUniqueViolation(err) {
+      return (
+        typeof err === "object" &&
+        err !== null &&
+        String((err as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")
+      );
+    },
+    async close() {
+      await db.destroy();
+    },
+  };
+}

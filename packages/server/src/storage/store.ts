@@ -1,0 +1,46 @@
+import type { Kysely } from "kysely";
+import type { Database } from "./schema.js";
+
+/**
+ * What differs between the backends, as data rather than `if`s through the code (pg-boss style).
+ * Queries above this line are written once; they consult these flags where SQL must differ.
+ */
+export interface DialectCaps {
+  name: "sqlite" | "postgres";
+  /** `FOR UPDATE SKIP LOCKED` on claims; SQLite has one writer at a time and needs none. */
+  skipLocked: boolean;
+  /** Row locks (`FOR SHARE`) to order a completion against a concurrent fan-out of the same call. */
+  rowLocks: boolean;
+  /** Other processes may share the database, so a wake-up must cross process boundaries. */
+  crossProcessNotify: boolean;
+}
+
+/** The narrow storage interface: a Kysely handle plus the few things Kysely does not cover. */
+export interface Store {
+  readonly db: Kysely<Database>;
+  readonly caps: DialectCaps;
+  /** Runs a multi-statement SQL script (migrations). */
+  execScript(sql: string): Promise<void>;
+  /** Runs `fn` while holding a database-wide lock, so that concurrent starts migrate once. */
+  withMigrationLock<T>(fn: () => Promise<T>): Promise<T>;
+  /** Tells dispatchers in other processes that work is due (no-op where there are none). */
+  notifyWork(): Promise<void>;
+  /** Registers a listener for other processes' wake-ups. */
+  onWork(listener: () => void): void;
+  /** True when `err` is a unique-constraint violation. */
+  isUniqueViolation(err: unknown): boolean;
+  close(): Promise<void>;
+}
+
+/** Opens the store named by `KLEN_DATABASE_URL`; only the chosen backend's driver is loaded. */
+export async function openStore(url: string): Promise<Store> {
+  if (url.startsWith("sqlite:")) {
+    const { openSqlite } = await import("./sqlite/index.js");
+    return openSqlite(url.slice("sqlite:".length));
+  }
+  if (/^postgres(ql)?:\/\//.test(url)) {
+    const { openPostgres } = await import("./postgres/index.js");
+    return openPostgres(url);
+  }
+  throw new Error(`unsupported database URL: ${url.replace(/\/\/[^@]*@/, "//***@")}`);
+}

@@ -1,0 +1,101 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { type ApiClient, apiClient } from "./api.js";
+import { waitFor } from "./wait.js";
+
+/** The compiled CLI, so tests run the same binary users run. */
+export const CLI = resolve(fileURLToPath(import.meta.url), "../../../src/cli/main.js");
+
+export async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const p = (s.address() as import("node:net").AddressInfo).port;
+      s.close(() => res(p));
+    });
+    s.on("error", rej);
+  });
+}
+
+export function tempDir(prefix = "klen-test-"): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+export interface ServerProcess {
+  url: string;
+  port: number;
+  apiKey: string;
+  api: ApiClient;
+  proc: ChildProcess;
+  output(): string;
+  /** Sends a signal and waits for the process to exit. */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * Starts `klen-webhooks serve` as a real child process and waits for /healthz. Fast retry
+ * schedules and dev mode (loopback receivers) are the defaults; `env` overrides anything.
+ */
+export async function spawnServer(opts: {
+  dataDir: string;
+  env?: Record<string, string>;
+  role?: "all" | "api" | "worker";
+  apiKey?: string;
+}): Promise<ServerProcess> {
+  const port = await freePort();
+  const apiKey = opts.apiKey ?? "klen_test_key_0123456789";
+  const env: Record<string, string> = {
+    ...(process.env as Record<string, string>),
+    PORT: String(port),
+    KLEN_HOST: "127.0.0.1",
+    KLEN_DATA_DIR: opts.dataDir,
+    KLEN_API_KEY: apiKey,
+    KLEN_DEV: "1",
+    KLEN_RETRY_SCHEDULE: "100ms,200ms,300ms",
+    KLEN_DELIVERY_TIMEOUT: "2s",
+    LOG_LEVEL: "warn",
+    ...(opts.env ?? {}),
+  };
+  let out = "";
+  const proc = spawn(process.execPath, [CLI, "serve", "--role", opts.role ?? "all"], {
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  proc.stdout!.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  proc.stderr!.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  const url = `http://127.0.0.1:${port}`;
+  if ((opts.role ?? "all") !== "worker") {
+    await waitFor(
+      `server on ${url} (output: ${out.slice(-500)})`,
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}: ${out}`);
+        const r = await fetch(`${url}/healthz`).catch(() => undefined);
+        return r?.ok;
+      },
+      20_000,
+      50,
+    );
+  }
+  return {
+    url,
+    port,
+    apiKey,
+    api: apiClient(url, apiKey),
+    proc,
+    output: () => out,
+    async kill(signal: NodeJS.Signals = "SIGTERM") {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      await exited;
+    },
+  };
+}
