@@ -1,0 +1,53 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ConfigError, loadConfig } from "../src/config.js";
+
+test("defaults follow PRODUCT.md §12", () => {
+  const c = loadConfig({ KLEN_DATA_DIR: "/tmp/klen-x" });
+  assert.equal(c.port, 8080);
+  assert.equal(c.host, "127.0.0.1");
+  assert.equal(c.databaseUrl, "sqlite:/tmp/klen-x/klen.db");
+  assert.equal(c.publicUrl, "http://localhost:8080");
+  assert.equal(c.deliveryTimeoutMs, 15_000);
+  assert.equal(c.leaseMs, 45_000);
+  assert.equal(c.disableAfterMs, 5 * 86_400_000);
+  assert.equal(c.inlineLimit, 65_536);
+  assert.equal(c.urlTtlMs, 7 * 86_400_000);
+  assert.equal(c.retentionMs, 30 * 86_400_000);
+  assert.equal(c.maxBody, 1_048_576);
+  assert.equal(c.maxRecording, 200 * 1_048_576);
+  assert.equal(c.rateLimit, 0);
+  assert.equal(c.dev, false);
+  assert.equal(c.summary, undefined);
+});
+
+test("a bad value stops start-up with a message naming the variable", () => {
+  const bad: Record<string, string> = {
+    PORT: "eighty",
+    KLEN_DELIVERY_TIMEOUT: "soon",
+    KLEN_RETRY_SCHEDULE: "5s,often",
+    KLEN_INLINE_LIMIT: "big",
+    KLEN_DATABASE_URL: "mysql://x",
+    KLEN_DEV: "maybe",
+    KLEN_RATE_LIMIT: "-3",
+  };
+  for (const [name, value] of Object.entries(bad)) {
+    assert.throws(
+      () => loadConfig({ [name]: value }),
+      (err: unknown) =>
+        err instanceof ConfigError && err.variable === name && err.message.startsWith(`${name}:`),
+      name,
+    );
+  }
+});
+
+test("dev mode, PostgreSQL URLs and an explicit schedule are read", () => {
+  const c = loadConfig({
+    KLEN_DEV: "true",
+    KLEN_DATABASE_URL: "postgresql://u@127.0.0.1/db",
+    KLEN_RETRY_SCHEDULE: "1s,2s",
+  });
+  assert.equal(c.dev, true);
+  assert.equal(c.databaseUrl, "postgresql://u@127.0.0.1/db");
+  assert.deepEqual(c.retrySchedule, [1000, 2000]);
+});

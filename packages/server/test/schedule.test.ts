@@ -1,0 +1,51 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { JITTER, nextAttempt, parseRetryAfter } from "../src/delivery/schedule.js";
+import { parseDuration, parseSchedule, parseSize } from "../src/util/units.js";
+
+const schedule = parseSchedule("5s,5m,30m,2h,5h,10h,10h");
+
+test("the default schedule parses to the documented delays", () => {
+  assert.deepEqual(schedule, [5e3, 3e5, 18e5, 72e5, 18e6, 36e6, 36e6]);
+});
+
+test("each delay is jittered within ±20 % and the schedule ends after its last attempt", () => {
+  for (let made = 1; made <= schedule.length; made++) {
+    const delay = (r: number) => {
+      const n = nextAttempt(schedule, made, () => r);
+      assert.equal(n.final, false);
+      return n.final ? { delayMs: Number.NaN } : n;
+    };
+    const low = delay(0);
+    const high = delay(0.999999);
+    const mid = delay(0.5);
+    const base = schedule[made - 1]!;
+    assert.equal(low.delayMs, Math.round(base * (1 - JITTER)));
+    assert.ok(high.delayMs <= Math.round(base * (1 + JITTER)) && high.delayMs > base);
+    assert.equal(mid.delayMs, base);
+  }
+  // 1 immediate attempt + 7 retries = 8 attempts; after the 8th it is final.
+  assert.deepEqual(nextAttempt(schedule, schedule.length + 1, Math.random), { final: true });
+});
+
+test("Retry-After replaces the delay but stays within the schedule's bounds", () => {
+  const r = (ms: number) => nextAttempt(schedule, 1, () => 0.5, ms);
+  assert.deepEqual(r(60_000), { final: false, delayMs: 60_000 });
+  assert.deepEqual(r(10), { final: false, delayMs: 5_000 }); // never sooner than the shortest delay
+  assert.deepEqual(r(100 * 3_600_000), { final: false, delayMs: 36_000_000 }); // never later than the longest
+  assert.equal(parseRetryAfter("120", 0), 120_000);
+  assert.equal(parseRetryAfter(new Date(10_000).toUTCString(), 0), 10_000);
+  assert.equal(parseRetryAfter("soon", 0), undefined);
+  assert.equal(parseRetryAfter(undefined, 0), undefined);
+});
+
+test("durations and sizes accept the documented units and reject anything else", () => {
+  assert.equal(parseDuration("500ms"), 500);
+  assert.equal(parseDuration("15s"), 15_000);
+  assert.equal(parseDuration("7d"), 7 * 86_400_000);
+  assert.equal(parseSize("64KiB"), 65_536);
+  assert.equal(parseSize("1MiB"), 1_048_576);
+  assert.equal(parseSize("200MiB"), 200 * 1_048_576);
+  assert.throws(() => parseDuration("5 minutes"));
+  assert.throws(() => parseSize("lots"));
+});
