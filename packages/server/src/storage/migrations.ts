@@ -162,4 +162,31 @@ CREATE TABLE blobs (
 CREATE INDEX blobs_created ON blobs (created_at);
 `,
   },
+  {
+    id: 2,
+    name: "settings_and_summary_jobs",
+    sql: (d) => `
+-- Server-wide values every process must agree on (the blob URL signing key).
+CREATE TABLE settings (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  created_at ${d.bigint} NOT NULL
+);
+-- Durable summary work: written in the transcript's transaction, deleted in the summary's, so a
+-- crash in between loses nothing. status 'pending' until done; 'failed' once given up (kept for
+-- the log until retention).
+CREATE TABLE summary_jobs (
+  call_id INTEGER PRIMARY KEY,
+  account_id INTEGER NOT NULL,
+  transcript TEXT NOT NULL,
+  status TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at ${d.bigint} NOT NULL,
+  last_error TEXT,
+  created_at ${d.bigint} NOT NULL,
+  updated_at ${d.bigint} NOT NULL
+);
+CREATE INDEX summary_jobs_due ON summary_jobs (next_attempt_at) WHERE status = 'pending';
+`,
+  },
 ];

@@ -128,4 +128,16 @@ export interface Database {
     path: string;
     created_at: number;
   };
+  settings: { name: string; value: string; created_at: number };
+  summary_jobs: {
+    call_id: number;
+    account_id: number;
+    transcript: string;
+    status: string;
+    attempts: number;
+    next_attempt_at: number;
+    last_error: string | null;
+    created_at: number;
+    updated_at: number;
+  };
 }
