@@ -16,7 +16,9 @@ export interface Received {
 /** What the receiver answers to its n-th request (1-based): status, optional headers, optional body. */
 export type Responder = (
   req: Received,
-) => { status: number; headers?: Record<string, string>; body?: string; hang?: boolean } | number;
+) =>
+  | { status: number; headers?: Record<string, string>; body?: string; hang?: boolean; delayMs?: number }
+  | number;
 
 /**
  * A real HTTP receiver on loopback that records every request. With a secret it verifies each one
@@ -58,8 +60,12 @@ export async function startReceiver(opts: { secret?: string; respond?: Responder
       const r = opts.respond ? opts.respond(rec) : 200;
       const spec = typeof r === "number" ? { status: r } : r;
       if (spec.hang) return; // never answer: the sender's timeout must fire
-      res.writeHead(spec.status, { "content-type": "text/plain", ...(spec.headers ?? {}) });
-      res.end(spec.body ?? "ok");
+      const answer = () => {
+        res.writeHead(spec.status, { "content-type": "text/plain", ...(spec.headers ?? {}) });
+        res.end(spec.body ?? "ok");
+      };
+      if (spec.delayMs) setTimeout(answer, spec.delayMs);
+      else answer();
     });
   });
   server.on("connection", (s) => {
