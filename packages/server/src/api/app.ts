@@ -63,6 +63,8 @@ export async function buildApp(
     httpPart === "body" ? bodyAjv.compile(schema) : queryAjv.compile(schema),
   );
   installErrorHandler(app);
+  // The API speaks JSON (and raw audio on the recording route); plain text is a 415, not a string body.
+  app.removeContentTypeParser("text/plain");
 
   await app.register(swagger, {
     openapi: {

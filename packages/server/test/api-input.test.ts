@@ -1,0 +1,295 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { apiClient, setupAccount } from "./helpers/api.js";
+import { startReceiver } from "./helpers/receiver.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+const expectError = (r: { status: number; body: any }, status: number, code: string, field?: string) => {
+  assert.equal(r.status, status, JSON.stringify(r.body));
+  assert.equal(r.body.error.code, code, JSON.stringify(r.body));
+  assert.equal(typeof r.body.error.message, "string");
+  assert.doesNotMatch(JSON.stringify(r.body), /at .*\.js:\d+/, "no stack trace");
+  if (field !== undefined) assert.equal(r.body.error.details?.field, field, JSON.stringify(r.body));
+};
+
+describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => {
+  const dir = tempDir();
+  let server: ServerProcess;
+  let agentId: number;
+  before(async () => {
+    server = await spawnServer({ dataDir: dir.path });
+    ({ agentId } = await setupAccount(server.api));
+  });
+  after(async () => {
+    await server.kill();
+    dir.remove();
+  });
+
+  test("authentication", async () => {
+    const none = await fetch(`${server.url}/v1/calls`);
+    assert.equal(none.status, 401);
+    assert.equal(((await none.json()) as any).error.code, "unauthorized");
+    expectError(await apiClient(server.url, "wrong").get("/v1/calls"), 401, "unauthorized");
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+    const openapi = (await (await fetch(`${server.url}/openapi.json`)).json()) as any;
+    assert.equal(openapi.openapi.slice(0, 2), "3.");
+    assert.ok(openapi.paths["/v1/calls/{id}/start"], "OpenAPI documents the routes");
+    assert.ok(openapi.components.schemas.call_ended, "OpenAPI embeds the event schemas");
+  });
+
+  test("malformed JSON, wrong types, missing and unknown fields name the field", async () => {
+    const malformed = await server.api.raw("POST", "/v1/calls", '{"agent_id": 1,', {});
+    expectError(malformed, 400, "invalid_json");
+    expectError(
+      await server.api.post("/v1/calls", { agent_id: "1", type: "inbound", phone_number: "+15551234567" }),
+      400,
+      "invalid_request",
+      "agent_id",
+    );
+    expectError(
+      await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "sideways",
+        phone_number: "+15551234567",
+      }),
+      400,
+      "invalid_request",
+      "type",
+    );
+    expectError(
+      await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "555-1234" }),
+      400,
+      "invalid_request",
+      "phone_number",
+    );
+    expectError(
+      await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound" }),
+      400,
+      "invalid_request",
+      "phone_number",
+    );
+    expectError(
+      await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15551234567",
+        colour: "red",
+      }),
+      400,
+      "invalid_request",
+      "colour",
+    );
+    expectError(
+      await server.api.post("/v1/calls", { agent_id: 999999, type: "inbound", phone_number: "+15551234567" }),
+      400,
+      "invalid_request",
+      "agent_id",
+    );
+    expectError(await server.api.post("/v1/agents", { name: "" }), 400, "invalid_request", "name");
+    expectError(
+      await server.api.post("/v1/contacts", { name: "X", email: "not-an-email" }),
+      400,
+      "invalid_request",
+      "email",
+    );
+    expectError(await server.api.get("/v1/calls?limit=0"), 400, "invalid_request", "limit");
+    expectError(await server.api.get("/v1/calls?status=lost"), 400, "invalid_request", "status");
+    expectError(await server.api.get("/v1/events?cursor=%%%"), 400, "invalid_request", "cursor");
+    const text = await server.api.raw("POST", "/v1/agents", "name=x", { "content-type": "text/plain" });
+    expectError(text, 415, "unsupported_media_type");
+    const huge = await server.api.post("/v1/agents", { name: "x".repeat(2 * 1024 * 1024) });
+    expectError(huge, 413, "payload_too_large");
+    expectError(await server.api.get("/v1/nothing-here"), 404, "not_found");
+    const calls = await server.api.get("/v1/calls");
+    assert.equal(calls.body.data.length, 0, "no call was created by any bad request");
+  });
+
+  test("invalid transitions are 409 or 404 and emit nothing", async () => {
+    const call = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    const id = call.body.id;
+    expectError(await server.api.post(`/v1/calls/${id}/end`, {}), 409, "invalid_transition");
+    expectError(
+      await server.api.post(`/v1/calls/${id}/transcript`, { transcript: "early" }),
+      409,
+      "invalid_transition",
+    );
+    expectError(
+      await server.api.post(`/v1/calls/${id}/fail`, { failure_reason: "exploded" }),
+      400,
+      "invalid_request",
+      "failure_reason",
+    );
+    expectError(await server.api.post(`/v1/calls/${id}/fail`, {}), 400, "invalid_request", "failure_reason");
+    expectError(
+      await server.api.post(`/v1/calls/${id}/start`, { started_at: "yesterday" }),
+      400,
+      "invalid_request",
+      "started_at",
+    );
+    expectError(await server.api.post("/v1/calls/987654/start", {}), 404, "not_found");
+    expectError(await server.api.post("/v1/calls/abc/start", {}), 400, "invalid_request", "id");
+    assert.equal((await server.api.post(`/v1/calls/${id}/start`, {})).status, 200);
+    expectError(
+      await server.api.post(`/v1/calls/${id}/end`, { ended_at: "2000-01-01T00:00:00Z" }),
+      400,
+      "invalid_request",
+      "ended_at",
+    );
+    assert.equal((await server.api.post(`/v1/calls/${id}/end`, {})).status, 200);
+    expectError(await server.api.post(`/v1/calls/${id}/end`, {}), 409, "invalid_transition");
+    expectError(
+      await server.api.post(`/v1/calls/${id}/fail`, { failure_reason: "busy" }),
+      409,
+      "invalid_transition",
+    );
+    const events = await server.api.get(`/v1/events?call_id=${id}`);
+    assert.deepEqual(events.body.data.map((e: { event_type: string }) => e.event_type).sort(), [
+      "call.ended",
+      "call.started",
+    ]);
+  });
+
+  test("bad endpoint input: URL, reserved headers, unknown event types", async () => {
+    expectError(await server.api.post("/v1/endpoints", { url: "not a url" }), 400, "invalid_url", "url");
+    expectError(
+      await server.api.post("/v1/endpoints", { url: "ftp://example.com/x" }),
+      400,
+      "invalid_url",
+      "url",
+    );
+    expectError(
+      await server.api.post("/v1/endpoints", { url: "https://example.com", event_types: ["call.exploded"] }),
+      400,
+      "invalid_request",
+    );
+    expectError(
+      await server.api.post("/v1/endpoints", {
+        url: "https://example.com",
+        headers: { "webhook-signature": "forged" },
+      }),
+      400,
+      "invalid_request",
+      "headers.webhook-signature",
+    );
+    expectError(await server.api.get("/v1/endpoints/ep_nope"), 400, "invalid_request", "id");
+    expectError(await server.api.get("/v1/endpoints/ep_00000000000000000000000000"), 404, "not_found");
+  });
+
+  test("another account's resources are 404, and lists show only one's own", async () => {
+    const rx = await startReceiver();
+    const mine = await server.api.post("/v1/endpoints", { url: rx.url });
+    const call = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    // A second account, created by the CLI against the same database.
+    const { spawnSync } = await import("node:child_process");
+    const { CLI } = await import("./helpers/server.js");
+    const out = spawnSync(process.execPath, [CLI, "accounts", "create", "--name", "Other", "--json"], {
+      env: { ...process.env, KLEN_DATA_DIR: dir.path },
+      encoding: "utf8",
+    });
+    assert.equal(out.status, 0, out.stderr);
+    const other = apiClient(server.url, JSON.parse(out.stdout).api_key);
+    expectError(await other.get(`/v1/endpoints/${mine.body.id}`), 404, "not_found");
+    expectError(await other.get(`/v1/calls/${call.body.id}`), 404, "not_found");
+    expectError(await other.post(`/v1/calls/${call.body.id}/start`, {}), 404, "not_found");
+    expectError(await other.get(`/v1/agents/${agentId}`), 404, "not_found");
+    expectError(
+      await other.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" }),
+      400,
+      "invalid_request",
+      "agent_id",
+    );
+    assert.equal((await other.get("/v1/endpoints")).body.data.length, 0);
+    assert.equal((await other.get("/v1/calls")).body.data.length, 0);
+    const theirs = await other.get("/v1/account");
+    assert.equal(theirs.body.name, "Other");
+    await rx.close();
+  });
+
+  test("pagination walks every item once, newest first", async () => {
+    const created: number[] = [];
+    for (let i = 0; i < 7; i++)
+      created.push((await server.api.post("/v1/agents", { name: `Agent ${i}` })).body.id);
+    const seen: number[] = [];
+    let cursor: string | null = null;
+    do {
+      const r: { body: { data: Array<{ id: number }>; next_cursor: string | null } } = await server.api.get(
+        `/v1/agents?limit=3${cursor ? `&cursor=${cursor}` : ""}`,
+      );
+      seen.push(...r.body.data.map((a) => a.id));
+      cursor = r.body.next_cursor;
+    } while (cursor);
+    assert.deepEqual(
+      seen.filter((id) => created.includes(id)),
+      [...created].reverse(),
+    );
+    assert.equal(new Set(seen).size, seen.length);
+  });
+
+  test("the server is still healthy after all of the above", async () => {
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+    assert.equal(server.proc.exitCode, null);
+  });
+});
+
+describe("address blocking without dev mode (loopback forms only)", () => {
+  const dir = tempDir();
+  let server: ServerProcess;
+  before(async () => {
+    server = await spawnServer({ dataDir: dir.path, env: { KLEN_DEV: "0", KLEN_RETRY_SCHEDULE: "20ms" } });
+  });
+  after(async () => {
+    await server.kill();
+    dir.remove();
+  });
+
+  test("http:// and literal non-global IPs are refused at creation", async () => {
+    expectError(
+      await server.api.post("/v1/endpoints", { url: "http://example.com/hook" }),
+      400,
+      "invalid_url",
+      "url",
+    );
+    for (const url of [
+      "https://127.0.0.1/x",
+      "https://127.1/x",
+      "https://[::1]/x",
+      "https://[::ffff:127.0.0.1]/x",
+      "https://0x7f000001/x",
+    ]) {
+      expectError(await server.api.post("/v1/endpoints", { url }), 400, "blocked_address", "url");
+    }
+  });
+
+  test("a host name that resolves to loopback fails the attempt at connect time with blocked_address", async () => {
+    const rx = await startReceiver();
+    const { agentId } = await setupAccount(server.api);
+    const ep = await server.api.post("/v1/endpoints", { url: `https://localhost:${rx.port}/hook` });
+    assert.equal(ep.status, 201, "a host name is accepted at creation");
+    const call = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+    const d = await waitFor("delivery failed", async () => {
+      const x = (await server.api.get(`/v1/deliveries?endpoint_id=${ep.body.id}`)).body.data[0];
+      return x?.status === "failed" ? x : undefined;
+    });
+    assert.ok(d.attempts.length >= 1);
+    assert.ok(
+      d.attempts.every((a: { error: string }) => a.error.startsWith("blocked_address")),
+      JSON.stringify(d.attempts),
+    );
+    assert.equal(rx.requests.length, 0, "nothing reached the loopback receiver");
+    await rx.close();
+  });
+});
