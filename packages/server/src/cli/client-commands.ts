@@ -1,7 +1,237 @@
-import type { Command } from "commander";
+import { EVENT_TYPES, FAILURE_REASONS } from "@klen/webhooks/schemas";
+import { type Command, InvalidArgumentError, Option } from "commander";
+import { ApiRequestError, apiClient } from "./api-client.js";
+import { checkSecret, listen, newLocalSecret, parseEventList } from "./listen.js";
+import { createOutput } from "./output.js";
+import { followCall, followExitCode, startTestCall, type TestCallRequest } from "./test-call.js";
+import { checkEventType, checkFailureReason, trigger } from "./trigger.js";
+
+interface ApiOpts {
+  apiUrl: string;
+  apiKey?: string;
+  json?: boolean;
+}
+
+const positiveInt = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+  return n;
+};
+
+/** The options every API-client command shares: where the server is, the key, JSON output. */
+function withApiOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option("--api-url <url>", "base URL of the server's API")
+        .env("KLEN_API_URL")
+        .default("http://localhost:8080"),
+    )
+    .addOption(new Option("--api-key <key>", "the account's API key").env("KLEN_API_KEY"))
+    .option("--json", "machine-readable output on stdout (no colour, no progress)");
+}
+
+/** Runs a command body, turning API and usage errors into one clear line and exit status 1. */
+function run<O extends ApiOpts>(body: (opts: O, cmd: Command) => Promise<number | undefined>) {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const opts = cmd.opts<O>();
+    try {
+      const code = await body(opts, cmd);
+      process.exitCode = code ?? 0;
+    } catch (err) {
+      const field = err instanceof ApiRequestError && err.field ? ` (field: ${err.field})` : "";
+      if (opts.json && err instanceof ApiRequestError)
+        process.stdout.write(
+          `${JSON.stringify({ error: { code: err.code, message: err.message, status: err.status, field: err.field } })}\n`,
+        );
+      process.stderr.write(`klen-webhooks ${cmd.name()}: ${(err as Error).message}${field}\n`);
+      process.exitCode = 1;
+    }
+  };
+}
 
 /**
  * Commands that talk to a running server over its API (`test-call`, `trigger`, `listen`).
  * Registered here so main.ts stays the map of the CLI.
  */
-export function registerClientCommands(_program: Command): void {}
+export function registerClientCommands(program: Command): void {
+  withApiOptions(
+    program
+      .command("test-call")
+      .description("start a simulated call on the server (POST /v1/test-calls) and optionally follow it")
+      .option(
+        "--agent-id <id>",
+        "agent to place the call with (default: the server picks one)",
+        positiveInt("--agent-id"),
+      )
+      .addOption(
+        new Option("--outcome <outcome>", "how the call ends").choices(["completed", ...FAILURE_REASONS]),
+      )
+      .option("--endpoint-id <id>", "deliver only to this endpoint (ep_…), else to every matching one")
+      .option(
+        "--transcript-bytes <n>",
+        "make the generated transcript at least this long",
+        positiveInt("--transcript-bytes"),
+      )
+      .option("--wait", "follow the call's events and deliveries until the workflow is done")
+      .addOption(
+        new Option("--timeout <seconds>", "with --wait: give up after this long")
+          .argParser(positiveInt("--timeout"))
+          .default(60),
+      ),
+  )
+    .addHelpText(
+      "after",
+      `
+With --wait the exit status is 0 when every delivery succeeded, 1 otherwise (or on timeout).
+
+Examples:
+  $ klen-webhooks test-call --wait
+  $ klen-webhooks test-call --outcome no-answer --endpoint-id ep_01j9z3… --wait
+  $ klen-webhooks test-call --transcript-bytes 100000 --json`,
+    )
+    .action(
+      run<
+        ApiOpts & {
+          agentId?: number;
+          outcome?: string;
+          endpointId?: string;
+          transcriptBytes?: number;
+          wait?: boolean;
+          timeout: number;
+        }
+      >(async (o) => {
+        const out = createOutput({ json: o.json });
+        const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+        const body: TestCallRequest = {};
+        if (o.agentId !== undefined) body.agent_id = o.agentId;
+        if (o.outcome !== undefined) body.outcome = o.outcome;
+        if (o.endpointId !== undefined) body.endpoint_id = o.endpointId;
+        if (o.transcriptBytes !== undefined) body.transcript_bytes = o.transcriptBytes;
+        const callId = await startTestCall(client, body);
+        if (!o.wait) {
+          if (out.json) out.data({ call_id: callId });
+          else out.line(`test call ${callId} started (follow it with --wait, or in the dashboard)`);
+          return 0;
+        }
+        out.line(`test call ${out.bold(String(callId))} started; following its events…`);
+        const r = await followCall(client, out, callId, o.timeout * 1000);
+        if (out.json) out.data(r);
+        else if (!r.done)
+          out.warn(
+            out.yellow(`gave up after ${o.timeout} s: the call is ${r.status}, deliveries still pending`),
+          );
+        else out.line(`call ${callId} ${r.status}: ${r.events.length} events`);
+        return followExitCode(r);
+      }),
+    );
+
+  withApiOptions(
+    program
+      .command("trigger")
+      .description("make the server emit an event of one type, by driving a new call through the API")
+      .argument("<event_type>", `one of ${EVENT_TYPES.join(", ")}`, checkEventType)
+      .option(
+        "--agent-id <id>",
+        `agent to use (default: an agent named "klen-webhooks trigger", created once)`,
+        positiveInt("--agent-id"),
+      )
+      .addOption(
+        new Option("--reason <failure_reason>", "failure reason for call.failed")
+          .argParser(checkFailureReason)
+          .default("no-answer"),
+      )
+      .option("--phone-number <e164>", "the call's phone number", "+15551234567"),
+  )
+    .addHelpText(
+      "after",
+      `
+Transitions per event type (each emits its own event, so earlier ones are emitted too):
+  call.started     create → start
+  call.ended       create → start → end
+  call.failed      create → fail (--reason)
+  call.transcript  create → start → end → transcript
+  call.summary     create → start → end → transcript → summary
+  call.recording   create → start → end → transcript → summary → recording (a short WAV)
+
+Examples:
+  $ klen-webhooks trigger call.ended
+  $ klen-webhooks trigger call.failed --reason busy
+  $ klen-webhooks trigger call.recording --json`,
+    )
+    .action(
+      run<ApiOpts & { agentId?: number; reason: string; phoneNumber: string }>(async (o, cmd) => {
+        const type = cmd.processedArgs[0] as ReturnType<typeof checkEventType>;
+        const out = createOutput({ json: o.json });
+        const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+        const r = await trigger(client, {
+          type,
+          reason: o.reason,
+          phoneNumber: o.phoneNumber,
+          ...(o.agentId !== undefined ? { agentId: o.agentId } : {}),
+          progress: (s) => out.progress(s),
+        });
+        if (out.json) out.data(r);
+        else {
+          out.line(`call ${r.call_id} (agent ${r.agent_id}) emitted:`);
+          for (const e of r.events)
+            out.line(`  ${(e.event_type === type ? out.bold : out.dim)(e.event_type.padEnd(15))} ${e.id}`);
+        }
+        return 0;
+      }),
+    );
+
+  withApiOptions(
+    program
+      .command("listen")
+      .description("stream the account's events from the server and forward them, signed, to a local URL")
+      .requiredOption("--forward-to <url>", "local URL to POST each event to")
+      .option(
+        "--events <types>",
+        `comma-separated event types to forward (default: all; ${EVENT_TYPES.join(",")})`,
+      )
+      .option("--secret <whsec>", "signing secret to use (default: a new whsec_ secret, printed at start)"),
+  )
+    .addHelpText(
+      "after",
+      `
+Each event is POSTed with the body exactly as the server stored it and Standard Webhooks headers
+(webhook-id, webhook-timestamp, webhook-signature) signed with the local secret, so your handler
+verifies it with the SDK or any Standard Webhooks library. The listener reconnects on its own when
+the server restarts and resumes after the last event it saw; a local URL that is down is reported
+and skipped. --json prints one JSON line per forwarded event.
+
+Examples:
+  $ klen-webhooks listen --forward-to http://localhost:3000/webhooks
+  $ klen-webhooks listen --forward-to http://localhost:3000/webhooks --events call.ended,call.failed
+  $ KLEN_API_URL=https://webhooks.example.com klen-webhooks listen --forward-to http://127.0.0.1:4000/hook --json`,
+    )
+    .action(
+      run<ApiOpts & { forwardTo: string; events?: string; secret?: string }>(async (o) => {
+        const out = createOutput({ json: o.json });
+        let target: URL;
+        try {
+          target = new URL(o.forwardTo);
+        } catch {
+          throw new Error(`--forward-to "${o.forwardTo}" is not a URL (e.g. http://localhost:3000/webhooks)`);
+        }
+        if (target.protocol !== "http:" && target.protocol !== "https:")
+          throw new Error("--forward-to must be an http:// or https:// URL");
+        const events = parseEventList(o.events);
+        const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
+        const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+        const stop = new AbortController();
+        const onSignal = () => stop.abort();
+        process.once("SIGINT", onSignal);
+        process.once("SIGTERM", onSignal);
+        try {
+          await listen({ client, forwardTo: target.toString(), events, secret, out, signal: stop.signal });
+        } finally {
+          process.off("SIGINT", onSignal);
+          process.off("SIGTERM", onSignal);
+        }
+        // Pooled keep-alive sockets would hold the process open for a few more seconds.
+        process.exit(0);
+      }),
+    );
+}

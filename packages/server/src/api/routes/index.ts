@@ -8,6 +8,7 @@ import { contactRoutes } from "./contacts.js";
 import { deliveryRoutes } from "./deliveries.js";
 import { endpointRoutes } from "./endpoints.js";
 import { eventRoutes } from "./events.js";
+import { streamRoutes } from "./stream.js";
 
 export type RouteModule = (app: FastifyInstance, ctx: AppContext, h: RouteHelpers) => void | Promise<void>;
 
@@ -19,6 +20,7 @@ export const routeModules: RouteModule[] = [
   callRoutes,
   endpointRoutes,
   eventRoutes,
+  streamRoutes,
   deliveryRoutes,
 ];
 

@@ -1,0 +1,244 @@
+import { EventEmitter } from "node:events";
+import type { ServerResponse } from "node:http";
+import { EVENT_TYPES } from "@klen/webhooks/schemas";
+import { badRequest } from "../../errors.js";
+import type { Db } from "../../storage/types.js";
+import type { RouteModule } from "./index.js";
+
+/** Sorts before every real event id: "from the beginning" for an account with no events yet. */
+export const ORIGIN_EVENT_ID = `evt_${"0".repeat(26)}`;
+const EVENT_ID = /^evt_[0-9a-z]{26}$/;
+
+// Why these numbers: the in-process wake-up makes delivery immediate for events committed by this
+// process; the slow poll is the safety net for events committed by other processes (split API
+// processes, a worker's generated summaries) at the cost of one indexed query per connection per
+// 500 ms. 15 s heartbeats stay under the usual 30–60 s idle timeouts of proxies.
+const POLL_MS = 500;
+const HEARTBEAT_MS = 15_000;
+const BATCH = 200;
+// On PostgreSQL `seq` is handed out at insert but rows become visible at commit, so a lower seq
+// can appear after a higher one. Holes are re-checked for this long before they are given up as
+// rolled-back inserts; no transition transaction runs anywhere near this long.
+const GAP_TTL_MS = 30_000;
+const MAX_GAPS = 10_000;
+
+interface Row {
+  seq: number;
+  id: string;
+  event_type: string;
+  payload: string;
+}
+
+/** The SSE frame of one event: the body is the stored payload byte for byte (it has no newlines). */
+export function sseFrame(r: Pick<Row, "id" | "event_type" | "payload">): string {
+  return `id: ${r.id}\nevent: ${r.event_type}\ndata: ${r.payload}\n\n`;
+}
+
+function parseTypes(raw: string | undefined): Set<string> | undefined {
+  if (raw === undefined || raw.trim() === "") return undefined;
+  const types = raw.split(",").map((t) => t.trim());
+  for (const t of types) {
+    if (!(EVENT_TYPES as readonly string[]).includes(t))
+      throw badRequest(
+        "event_types",
+        `"event_types" has unknown event type "${t}"; use ${EVENT_TYPES.join(", ")}`,
+      );
+  }
+  return new Set(types);
+}
+
+/** The seq after which to start: that of the cursor event, or (purged or origin id) the nearest older one. */
+async function seqOf(db: Db, accountId: number, id: string): Promise<number> {
+  const exact = await db
+    .selectFrom("events")
+    .select("seq")
+    .where("account_id", "=", accountId)
+    .where("id", "=", id)
+    .executeTakeFirst();
+  if (exact) return Number(exact.seq);
+  const older = await db
+    .selectFrom("events")
+    .select((eb) => eb.fn.max("seq").as("seq"))
+    .where("account_id", "=", accountId)
+    .where("id", "<=", id)
+    .executeTakeFirst();
+  return Number(older?.seq ?? 0);
+}
+
+/**
+ * `GET /v1/events/stream`: the account's events as Server-Sent Events, for `klen-webhooks listen`.
+ * With a cursor (`after` or `Last-Event-ID`) it sends the events after it, then new ones as they
+ * are committed; without one it starts at the tail, first sending a `ready` frame whose `id` is the
+ * newest event so that a client reconnecting with it skips nothing. Order is the events table's
+ * `seq` (commit order across processes), not the id.
+ */
+export const streamRoutes: RouteModule = (app, ctx) => {
+  // One shared fan-out of wake-ups: store.onWork has no "off", so connections subscribe here.
+  const bell = new EventEmitter().setMaxListeners(0);
+  const ring = () => bell.emit("ring");
+  ctx.work.on("work", ring);
+  ctx.store.onWork(ring);
+  const open = new Set<ServerResponse>();
+  // Streams never end by themselves; without this app.close() would wait for every listener.
+  app.addHook("preClose", async () => {
+    for (const res of open) res.end();
+  });
+
+  app.get(
+    "/v1/events/stream",
+    {
+      schema: {
+        querystring: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            event_types: { type: "string", maxLength: 500 },
+            after: { type: "string", pattern: EVENT_ID.source },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      const q = req.query as { event_types?: string; after?: string };
+      const types = parseTypes(q.event_types);
+      const header = req.headers["last-event-id"];
+      const lastId = (Array.isArray(header) ? header[0] : header)?.trim();
+      if (lastId && !EVENT_ID.test(lastId))
+        throw badRequest("Last-Event-ID", '"Last-Event-ID" must be an event id (evt_…)');
+      const accountId = req.account.id;
+      const db = ctx.store.db;
+      const cursorId = q.after ?? lastId;
+
+      let cursor: number;
+      let ready: string | undefined;
+      if (cursorId) cursor = await seqOf(db, accountId, cursorId);
+      else {
+        const newest = await db
+          .selectFrom("events")
+          .select(["seq", "id"])
+          .where("account_id", "=", accountId)
+          .orderBy("seq", "desc")
+          .limit(1)
+          .executeTakeFirst();
+        cursor = newest ? Number(newest.seq) : 0;
+        const id = newest?.id ?? ORIGIN_EVENT_ID;
+        ready = `id: ${id}\nevent: ready\ndata: ${JSON.stringify({ cursor: id })}\n\n`;
+      }
+
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache, no-transform",
+        connection: "keep-alive",
+        "x-accel-buffering": "no",
+      });
+      res.write(`retry: 1000\n${ready ?? ": resumed\n\n"}`);
+      open.add(res);
+
+      let closed = false;
+      let wake: (() => void) | undefined;
+      const ringHandler = () => wake?.();
+      const heartbeat = setInterval(() => res.write(": ping\n\n"), HEARTBEAT_MS);
+      const close = () => {
+        if (closed) return;
+        closed = true;
+        clearInterval(heartbeat);
+        bell.off("ring", ringHandler);
+        open.delete(res);
+        wake?.();
+      };
+      res.on("close", close);
+      bell.on("ring", ringHandler);
+
+      const gaps = new Map<number, number>(); // seq → when the hole was noticed (ms)
+      const send = async (r: Row) => {
+        if (types && !types.has(r.event_type)) return;
+        if (!res.write(sseFrame(r))) await new Promise<void>((ok) => res.once("drain", ok).once("close", ok));
+      };
+      const rowsOf = (seqs: number[]) =>
+        db
+          .selectFrom("events")
+          .select(["seq", "id", "event_type", "payload"])
+          .where("account_id", "=", accountId)
+          .where("seq", "in", seqs)
+          .orderBy("seq", "asc")
+          .execute();
+
+      try {
+        while (!closed) {
+          let rung = false;
+          wake = () => {
+            rung = true;
+          };
+          let rows: Row[];
+          let scanned: number;
+          if (ctx.store.caps.name === "postgres") {
+            // Holes must be seen in the global sequence (seq is shared by all accounts), so scan the
+            // narrow (seq, account_id) columns of every account, then read this account's rows.
+            const heads = await db
+              .selectFrom("events")
+              .select(["seq", "account_id"])
+              .where("seq", ">", cursor)
+              .orderBy("seq", "asc")
+              .limit(BATCH)
+              .execute();
+            scanned = heads.length;
+            const now = Date.now();
+            const mine: number[] = [];
+            for (const h of heads) {
+              const s = Number(h.seq);
+              for (let g = cursor + 1; g < s && gaps.size < MAX_GAPS; g++) gaps.set(g, now);
+              cursor = s;
+              if (Number(h.account_id) === accountId) mine.push(s);
+            }
+            if (gaps.size > 0) {
+              const holes = [...gaps.keys()].slice(0, 500);
+              const filled = await db
+                .selectFrom("events")
+                .select(["seq", "account_id"])
+                .where("seq", "in", holes)
+                .execute();
+              for (const f of filled) {
+                gaps.delete(Number(f.seq));
+                if (Number(f.account_id) === accountId) mine.push(Number(f.seq));
+              }
+              for (const [g, at] of gaps) if (now - at > GAP_TTL_MS) gaps.delete(g);
+            }
+            rows = mine.length ? await rowsOf(mine) : [];
+          } else {
+            // SQLite has one writer: rows become visible in seq order, there are no holes to wait for.
+            rows = await db
+              .selectFrom("events")
+              .select(["seq", "id", "event_type", "payload"])
+              .where("account_id", "=", accountId)
+              .where("seq", ">", cursor)
+              .orderBy("seq", "asc")
+              .limit(BATCH)
+              .execute();
+            scanned = rows.length;
+            const last = rows[rows.length - 1];
+            if (last) cursor = Number(last.seq);
+          }
+          for (const r of rows) {
+            if (closed) break;
+            await send(r);
+          }
+          if (scanned === BATCH || rung || closed) continue;
+          await new Promise<void>((resolve) => {
+            const t = setTimeout(resolve, POLL_MS);
+            wake = () => {
+              clearTimeout(t);
+              resolve();
+            };
+          });
+        }
+      } catch (err) {
+        req.log.warn({ err }, "event stream stopped");
+        res.destroy();
+      } finally {
+        close();
+      }
+    },
+  );
+};

@@ -1,0 +1,155 @@
+import { randomUUID } from "node:crypto";
+import { VERSION } from "../version.js";
+
+/** A failed API call: the server's stable error `code` and the field at fault, when it named one. */
+export class ApiRequestError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "ApiRequestError";
+  }
+}
+
+export interface ClientOptions {
+  apiUrl: string;
+  apiKey: string | undefined;
+}
+
+/** `--api-url` without a trailing slash, checked early so a typo is an error, not a hang. */
+export function normalizeApiUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`--api-url "${raw}" is not a URL (e.g. http://localhost:8080)`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new Error(`--api-url must be http:// or https://, got "${raw}"`);
+  return url.toString().replace(/\/+$/, "");
+}
+
+/**
+ * The CLI's client for the server's API: bearer auth, JSON in and out, errors as
+ * {@link ApiRequestError}. Every state-changing POST carries a fresh Idempotency-Key so that a
+ * retried request never drives a call twice.
+ */
+export function apiClient(opts: ClientOptions) {
+  const base = normalizeApiUrl(opts.apiUrl);
+  if (!opts.apiKey) throw new Error("no API key: pass --api-key or set KLEN_API_KEY");
+  const key = opts.apiKey;
+  const headers = (extra: Record<string, string> = {}) => ({
+    authorization: `Bearer ${key}`,
+    "user-agent": `klen-webhooks-cli/${VERSION}`,
+    ...extra,
+  });
+
+  async function request<T>(
+    method: string,
+    path: string,
+    body?: { json: unknown } | { bytes: Uint8Array; contentType: string },
+  ): Promise<T> {
+    const extra: Record<string, string> = {};
+    let payload: string | Blob | undefined;
+    if (body && "json" in body) {
+      extra["content-type"] = "application/json";
+      payload = JSON.stringify(body.json);
+    } else if (body) {
+      extra["content-type"] = body.contentType;
+      payload = new Blob([new Uint8Array(body.bytes)]);
+    }
+    if (method === "POST") extra["idempotency-key"] = randomUUID();
+    let res: Response;
+    try {
+      res = await fetch(`${base}${path}`, { method, headers: headers(extra), body: payload });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      throw new ApiRequestError(
+        0,
+        "connection_failed",
+        `cannot reach the server at ${base} (${cause?.code ?? cause?.message ?? (err as Error).message}); is it running? (--api-url)`,
+        undefined,
+        { cause: err },
+      );
+    }
+    const text = await res.text();
+    let json: unknown;
+    try {
+      json = text ? JSON.parse(text) : undefined;
+    } catch {
+      json = undefined;
+    }
+    if (!res.ok) {
+      const e = (json as { error?: { code?: string; message?: string; details?: { field?: string } } })
+        ?.error;
+      throw new ApiRequestError(
+        res.status,
+        e?.code ?? `http_${res.status}`,
+        `${method} ${path}: ${res.status} ${e?.message ?? (text.slice(0, 200) || res.statusText)}`,
+        e?.details?.field,
+      );
+    }
+    return json as T;
+  }
+
+  return {
+    base,
+    key,
+    get: <T>(path: string) => request<T>("GET", path),
+    post: <T>(path: string, json: unknown = {}) => request<T>("POST", path, { json }),
+    upload: <T>(path: string, bytes: Uint8Array, contentType: string) =>
+      request<T>("POST", path, { bytes, contentType }),
+    /** A raw streaming GET (the event stream), with auth. */
+    stream: (path: string, extra: Record<string, string>, signal: AbortSignal) =>
+      fetch(`${base}${path}`, { headers: headers({ accept: "text/event-stream", ...extra }), signal }),
+  };
+}
+export type ApiClient = ReturnType<typeof apiClient>;
+
+/** The API's objects as far as the CLI reads them. */
+export interface CallObject {
+  id: number;
+  status: string;
+  started_at: string | null;
+  has_transcript?: boolean;
+  has_summary?: boolean;
+  has_recording?: boolean;
+}
+export interface EventObject {
+  id: string;
+  event_type: string;
+  call_id: number;
+  payload: unknown;
+  created_at: string;
+}
+export interface DeliveryObject {
+  id: string;
+  event_id: string;
+  endpoint_id: string;
+  status: string;
+  attempts: Array<{ number: number; status_code: number | null; error: string | null; duration_ms: number }>;
+  next_attempt_at: string | null;
+}
+export interface Page<T> {
+  data: T[];
+  next_cursor: string | null;
+}
+
+/** Every item of a list route, following `next_cursor` (lists are newest first). */
+export async function listAll<T>(client: ApiClient, path: string, max = 1000): Promise<T[]> {
+  const out: T[] = [];
+  let cursor: string | null = null;
+  const sep = path.includes("?") ? "&" : "?";
+  do {
+    const page: Page<T> = await client.get<Page<T>>(
+      `${path}${sep}limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
+    );
+    out.push(...page.data);
+    cursor = page.next_cursor;
+  } while (cursor && out.length < max);
+  return out;
+}

@@ -1,0 +1,217 @@
+import { randomBytes } from "node:crypto";
+import { EVENT_TYPES } from "@klen/webhooks/schemas";
+import { attemptHeaders, secretKey } from "../delivery/sign.js";
+import { VERSION } from "../version.js";
+import { type ApiClient, ApiRequestError } from "./api-client.js";
+import { type Output, statusText } from "./output.js";
+import { type SseMessage, SseParser } from "./sse.js";
+
+/** A local signing secret like an endpoint's: `whsec_` + base64 of 32 random bytes. */
+export function newLocalSecret(): string {
+  return `whsec_${randomBytes(32).toString("base64")}`;
+}
+
+/** Checks a `--secret`: `whsec_<base64>` of at least 24 bytes, what verifying libraries expect. */
+export function checkSecret(secret: string): string {
+  const m = /^whsec_([A-Za-z0-9+/]+={0,2})$/.exec(secret);
+  if (!m || Buffer.from(m[1]!, "base64").length < 24)
+    throw new Error("--secret must be whsec_ followed by the base64 of at least 24 bytes");
+  return secret;
+}
+
+/** `--events call.started,call.ended` → the list, checked against the six event types. */
+export function parseEventList(raw: string | undefined): string[] | undefined {
+  if (raw === undefined || raw.trim() === "" || raw.trim() === "*") return undefined;
+  const list = raw.split(",").map((s) => s.trim());
+  for (const t of list)
+    if (!(EVENT_TYPES as readonly string[]).includes(t))
+      throw new Error(`--events: unknown event type "${t}"; use ${EVENT_TYPES.join(", ")}`);
+  return list;
+}
+
+export interface ListenOptions {
+  client: ApiClient;
+  forwardTo: string;
+  events: string[] | undefined;
+  secret: string;
+  out: Output;
+  /** Aborting stops the loop (Ctrl-C). */
+  signal: AbortSignal;
+  /** Per forwarded request. */
+  forwardTimeoutMs?: number;
+  /** Reconnect backoff bounds. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** The server heartbeats every 15 s; silence this long means a dead connection. */
+  idleTimeoutMs?: number;
+}
+
+export interface Forwarded {
+  event_id: string;
+  event_type: string;
+  url: string;
+  status: number | null;
+  error: string | null;
+  duration_ms: number;
+}
+
+/** POSTs one event, signed with the local secret, to the local URL. Never throws. */
+export async function forwardEvent(
+  opts: Pick<ListenOptions, "forwardTo" | "secret" | "forwardTimeoutMs">,
+  msg: { id: string; type: string; body: string },
+): Promise<Forwarded> {
+  const headers = attemptHeaders({
+    id: msg.id,
+    timestampSeconds: Math.floor(Date.now() / 1000),
+    body: msg.body,
+    keys: [secretKey(opts.secret)],
+    userAgent: `klen-webhooks-cli/${VERSION} (listen)`,
+    custom: {},
+  });
+  const t0 = performance.now();
+  const result = (status: number | null, error: string | null): Forwarded => ({
+    event_id: msg.id,
+    event_type: msg.type,
+    url: opts.forwardTo,
+    status,
+    error,
+    duration_ms: Math.round(performance.now() - t0),
+  });
+  try {
+    const res = await fetch(opts.forwardTo, {
+      method: "POST",
+      headers,
+      body: msg.body,
+      redirect: "manual",
+      signal: AbortSignal.timeout(opts.forwardTimeoutMs ?? 30_000),
+    });
+    await res.arrayBuffer().catch(() => undefined);
+    return result(res.status, null);
+  } catch (err) {
+    const e = err as Error & { cause?: { code?: string; message?: string } };
+    if (e.name === "TimeoutError") return result(null, "timeout");
+    return result(null, e.cause?.code ?? e.cause?.message ?? e.message);
+  }
+}
+
+const time = () => new Date().toISOString().slice(11, 19);
+
+/**
+ * The `stripe listen` loop: streams the account's events from `GET /v1/events/stream` and forwards
+ * each one to `forwardTo`. The connection is re-opened with exponential backoff whenever it drops
+ * (server restart, network), resuming with `Last-Event-ID` after the last event seen, so nothing
+ * is skipped and nothing is forwarded twice by one listener. Resolves when `signal` aborts; rejects
+ * only on errors a retry cannot fix (bad API key, bad request).
+ */
+export async function listen(opts: ListenOptions): Promise<void> {
+  const { client, out, signal } = opts;
+  const minBackoff = opts.minBackoffMs ?? 250;
+  const maxBackoff = opts.maxBackoffMs ?? 3_000;
+  const idleTimeout = opts.idleTimeoutMs ?? 45_000;
+  const query = opts.events ? `?event_types=${encodeURIComponent(opts.events.join(","))}` : "";
+  let lastId: string | undefined;
+  let backoff = minBackoff;
+  let connectedOnce = false;
+  let lostSince: number | undefined;
+
+  const handle = async (m: SseMessage) => {
+    if (m.event === "ready") {
+      if (m.id) lastId = m.id;
+      return;
+    }
+    if (!m.id || !(EVENT_TYPES as readonly string[]).includes(m.event)) return;
+    const f = await forwardEvent(opts, { id: m.id, type: m.event, body: m.data });
+    lastId = m.id;
+    if (out.json) out.data({ type: "forwarded", ...f });
+    else
+      out.line(
+        `${out.dim(time())}  ${m.event.padEnd(15)} ${out.dim(m.id)}  → ${statusText(out, f.status, f.error)} ${out.dim(`POST ${f.url} (${f.duration_ms} ms)`)}`,
+      );
+  };
+
+  while (!signal.aborted) {
+    const conn = new AbortController();
+    const stop = () => conn.abort();
+    signal.addEventListener("abort", stop, { once: true });
+    let idle: NodeJS.Timeout | undefined;
+    const touch = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => conn.abort(), idleTimeout);
+    };
+    let reason = "connection closed";
+    try {
+      const res = await client.stream(
+        `/v1/events/stream${query}`,
+        lastId ? { "last-event-id": lastId } : {},
+        conn.signal,
+      );
+      if (res.status === 401 || res.status === 400 || res.status === 403 || res.status === 404) {
+        const body = (await res.json().catch(() => undefined)) as {
+          error?: { code?: string; message?: string };
+        };
+        throw new ApiRequestError(
+          res.status,
+          body?.error?.code ?? `http_${res.status}`,
+          `event stream: ${res.status} ${body?.error?.message ?? res.statusText}`,
+        );
+      }
+      if (!res.ok || !res.body) throw new Error(`event stream answered ${res.status}`);
+      backoff = minBackoff;
+      if (!connectedOnce) {
+        connectedOnce = true;
+        if (out.json) out.data({ type: "ready", secret: opts.secret, forward_to: opts.forwardTo });
+        else {
+          out.line(
+            `${out.green("Ready!")} Forwarding ${opts.events ? opts.events.join(", ") : "all events"} from ${client.base} to ${out.bold(opts.forwardTo)}`,
+          );
+          out.line(`Your local webhook signing secret is ${out.bold(opts.secret)} (^C to quit)`);
+        }
+      } else {
+        const gone =
+          lostSince === undefined ? "" : ` after ${((Date.now() - lostSince) / 1000).toFixed(1)} s`;
+        if (out.json) out.data({ type: "reconnected", after_event_id: lastId ?? null });
+        else out.warn(`reconnected to ${client.base}${gone}; resuming after ${lastId ?? "the start"}`);
+      }
+      lostSince = undefined;
+      touch();
+      const queue: SseMessage[] = [];
+      const parser = new SseParser((m) => queue.push(m));
+      const decoder = new TextDecoder();
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        touch();
+        parser.push(decoder.decode(chunk, { stream: true }));
+        while (queue.length) await handle(queue.shift()!);
+      }
+    } catch (err) {
+      if (err instanceof ApiRequestError) throw err;
+      if (signal.aborted) break;
+      const e = err as Error & { cause?: { code?: string } };
+      reason = e.name === "AbortError" ? "no heartbeat" : (e.cause?.code ?? e.message);
+    } finally {
+      clearTimeout(idle);
+      signal.removeEventListener("abort", stop);
+    }
+    if (signal.aborted) break;
+    lostSince ??= Date.now();
+    const wait = Math.round(backoff * (0.8 + Math.random() * 0.4));
+    if (out.json) out.data({ type: "disconnected", reason, retry_in_ms: wait });
+    else
+      out.warn(
+        out.yellow(
+          `${connectedOnce ? "lost the event stream" : `cannot reach ${client.base}`} (${reason}); retrying in ${(wait / 1000).toFixed(1)} s`,
+        ),
+      );
+    await new Promise<void>((r) => {
+      const t = setTimeout(r, wait);
+      signal.addEventListener(
+        "abort",
+        () => {
+          clearTimeout(t);
+          r();
+        },
+        { once: true },
+      );
+    });
+    backoff = Math.min(maxBackoff, backoff * 2);
+  }
+}

@@ -1,0 +1,112 @@
+import {
+  type ApiClient,
+  type CallObject,
+  type DeliveryObject,
+  type EventObject,
+  listAll,
+} from "./api-client.js";
+import { type Output, statusText } from "./output.js";
+
+export interface TestCallRequest {
+  agent_id?: number;
+  outcome?: string;
+  endpoint_id?: string;
+  transcript_bytes?: number;
+}
+
+export interface FollowedEvent {
+  id: string;
+  event_type: string;
+  deliveries: Array<Pick<DeliveryObject, "id" | "endpoint_id" | "status" | "attempts">>;
+}
+
+export interface FollowResult {
+  call_id: number;
+  status: string;
+  done: boolean;
+  events: FollowedEvent[];
+}
+
+/**
+ * The simulated workflow is over when the call reached its last step: a completed call has its
+ * transcript, summary and recording; a failed one has its `call.failed` (and, when it had
+ * connected, whatever follow-ups it got by then).
+ */
+export function workflowDone(call: CallObject, events: Array<{ event_type: string }>): boolean {
+  if (call.status === "completed") return !!(call.has_transcript && call.has_summary && call.has_recording);
+  if (call.status === "failed") return events.some((e) => e.event_type === "call.failed");
+  return false;
+}
+
+/**
+ * Follows a call until its workflow is done and every delivery of its events has left `pending`
+ * (or `timeoutMs` passes), printing each event as it appears and each delivery attempt's outcome.
+ */
+export async function followCall(
+  client: ApiClient,
+  out: Output,
+  callId: number,
+  timeoutMs: number,
+): Promise<FollowResult> {
+  const deadline = Date.now() + timeoutMs;
+  const seen = new Map<string, FollowedEvent>();
+  const printedAttempts = new Map<string, number>();
+  const printedFinal = new Set<string>();
+  let call: CallObject;
+  let lastNote = "";
+  for (let delay = 100; ; delay = Math.min(1_000, delay * 1.5)) {
+    call = await client.get<CallObject>(`/v1/calls/${callId}`);
+    const events = (await listAll<EventObject>(client, `/v1/events?call_id=${callId}`)).reverse();
+    for (const e of events) {
+      let f = seen.get(e.id);
+      if (!f) {
+        f = { id: e.id, event_type: e.event_type, deliveries: [] };
+        seen.set(e.id, f);
+        out.line(`${out.bold(e.event_type.padEnd(15))} ${out.dim(e.id)}`);
+      }
+      if (f.deliveries.length > 0 && f.deliveries.every((d) => d.status !== "pending")) continue;
+      const ds = (await listAll<DeliveryObject>(client, `/v1/deliveries?event_id=${e.id}`)).reverse();
+      f.deliveries = ds.map((d) => ({
+        id: d.id,
+        endpoint_id: d.endpoint_id,
+        status: d.status,
+        attempts: d.attempts,
+      }));
+      for (const d of ds) {
+        const shown = printedAttempts.get(d.id) ?? 0;
+        for (const a of d.attempts.slice(shown))
+          out.line(
+            `    → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)}`,
+          );
+        printedAttempts.set(d.id, d.attempts.length);
+        if (d.status !== "pending" && !printedFinal.has(d.id)) {
+          printedFinal.add(d.id);
+          out.line(
+            `    ${d.status === "succeeded" ? out.green("✓") : out.red("✗")} ${d.endpoint_id} ${d.status}`,
+          );
+        }
+      }
+    }
+    const all = [...seen.values()];
+    const settled = all.every((f) => f.deliveries.every((d) => d.status !== "pending"));
+    if (workflowDone(call, all) && settled)
+      return { call_id: callId, status: call.status, done: true, events: all };
+    if (Date.now() > deadline) return { call_id: callId, status: call.status, done: false, events: all };
+    const note = `call ${callId} ${call.status}: ${all.length} events so far…`;
+    if (note !== lastNote) out.progress(note);
+    lastNote = note;
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+/** Exit status of `test-call --wait`: 0 when everything was delivered, 1 otherwise. */
+export function followExitCode(r: FollowResult): number {
+  if (!r.done) return 1;
+  return r.events.every((e) => e.deliveries.every((d) => d.status === "succeeded")) ? 0 : 1;
+}
+
+/** Starts a simulated call (POST /v1/test-calls → 202 {call_id}). */
+export async function startTestCall(client: ApiClient, body: TestCallRequest): Promise<number> {
+  const r = await client.post<{ call_id: number }>("/v1/test-calls", body);
+  return r.call_id;
+}
