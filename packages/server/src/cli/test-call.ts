@@ -28,13 +28,13 @@ export interface FollowResult {
 }
 
 /**
- * The simulated workflow is over when the call reached its last step: a completed call has its
- * transcript, summary and recording; a failed one has its `call.failed` (and, when it had
- * connected, whatever follow-ups it got by then).
+ * The simulated workflow is over at its last step (src/simulator/run.ts): the recording, for a
+ * completed call or one that failed mid-call; `call.failed`, for one that failed before connecting.
  */
 export function workflowDone(call: CallObject, events: Array<{ event_type: string }>): boolean {
-  if (call.status === "completed") return !!(call.has_transcript && call.has_summary && call.has_recording);
-  if (call.status === "failed") return events.some((e) => e.event_type === "call.failed");
+  if (call.status === "failed" && call.started_at === null)
+    return events.some((e) => e.event_type === "call.failed");
+  if (call.status === "completed" || call.status === "failed") return call.has_recording === true;
   return false;
 }
 
@@ -51,7 +51,6 @@ export async function followCall(
   const deadline = Date.now() + timeoutMs;
   const seen = new Map<string, FollowedEvent>();
   const printedAttempts = new Map<string, number>();
-  const printedFinal = new Set<string>();
   let call: CallObject;
   let lastNote = "";
   for (let delay = 100; ; delay = Math.min(1_000, delay * 1.5)) {
@@ -74,17 +73,16 @@ export async function followCall(
       }));
       for (const d of ds) {
         const shown = printedAttempts.get(d.id) ?? 0;
-        for (const a of d.attempts.slice(shown))
+        d.attempts.slice(shown).forEach((a, i) => {
+          const last = shown + i === d.attempts.length - 1;
+          const final = last && d.status !== "pending";
+          const mark = !final ? out.yellow("↻") : d.status === "succeeded" ? out.green("✓") : out.red("✗");
+          const tail = final ? d.status : "will retry";
           out.line(
-            `    → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)}`,
+            `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}`,
           );
+        });
         printedAttempts.set(d.id, d.attempts.length);
-        if (d.status !== "pending" && !printedFinal.has(d.id)) {
-          printedFinal.add(d.id);
-          out.line(
-            `    ${d.status === "succeeded" ? out.green("✓") : out.red("✗")} ${d.endpoint_id} ${d.status}`,
-          );
-        }
       }
     }
     const all = [...seen.values()];
