@@ -2,11 +2,14 @@ import type { FastifyInstance } from "fastify";
 import { createAccount, ensureAccountForKey } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
+import { signingKey } from "./blobs/key.js";
 import type { Config } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
+import { RetentionJob } from "./retention/job.js";
 import { migrate } from "./storage/migrate.js";
 import { openStore } from "./storage/store.js";
+import { SummaryWorker } from "./summaries/worker.js";
 import { systemClock } from "./util/time.js";
 import { VERSION } from "./version.js";
 
@@ -34,6 +37,8 @@ export async function startServer(
   const role = opts.role ?? "all";
   const store = await openStore(config.databaseUrl);
   await migrate(store);
+  // Created (or read) outside any transaction, so every process agrees on it from the start.
+  await signingKey(store, store.db);
   const ctx: AppContext = {
     store,
     config,
@@ -63,6 +68,11 @@ export async function startServer(
     address = await app.listen({ port: config.workerPort, host: config.host });
   }
   dispatcher?.start();
+  // Background work of worker processes: generated summaries and the retention purge.
+  const summaries = role === "api" ? undefined : new SummaryWorker(ctx);
+  const retention = role === "api" ? undefined : new RetentionJob(ctx);
+  summaries?.start();
+  retention?.start();
 
   return {
     ctx,
@@ -73,6 +83,8 @@ export async function startServer(
     async stop(graceMs = 10_000) {
       await app?.close();
       await dispatcher?.stop(graceMs);
+      await summaries?.stop();
+      await retention?.stop();
       await store.close();
     },
   };

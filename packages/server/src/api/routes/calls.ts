@@ -3,6 +3,7 @@ import { textContent } from "../../calls/content.js";
 import { applyTransition, callObject, normalizeCall } from "../../calls/service.js";
 import type { Action, TransitionInput } from "../../calls/transitions.js";
 import { badRequest, notFound } from "../../errors.js";
+import { enqueueIfAutoSummary } from "../../summaries/jobs.js";
 import { parseIso } from "../../util/time.js";
 import { decodeCursor, page, pageQuery } from "../pagination.js";
 import { findAgent } from "./agents.js";
@@ -202,6 +203,14 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
               input,
               contentFor,
             );
+            // With auto-summary on, the transcript's transaction also queues its summary (§5).
+            if (action === "transcript")
+              await enqueueIfAutoSummary(trx, {
+                accountId: req.account.id,
+                callId: id,
+                transcript: b.transcript!,
+                now,
+              });
             return { status: 200, body: callObject(call) };
           },
           { work: true },

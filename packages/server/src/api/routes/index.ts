@@ -3,11 +3,14 @@ import type { RouteHelpers } from "../app.js";
 import type { AppContext } from "../context.js";
 import { accountRoutes } from "./account.js";
 import { agentRoutes } from "./agents.js";
+import { blobRoutes } from "./blobs.js";
 import { callRoutes } from "./calls.js";
 import { contactRoutes } from "./contacts.js";
 import { deliveryRoutes } from "./deliveries.js";
 import { endpointRoutes } from "./endpoints.js";
 import { eventRoutes } from "./events.js";
+import { recordingRoutes } from "./recording.js";
+import { testCallRoutes } from "./test-calls.js";
 import { streamRoutes } from "./stream.js";
 
 export type RouteModule = (app: FastifyInstance, ctx: AppContext, h: RouteHelpers) => void | Promise<void>;
@@ -18,6 +21,9 @@ export const routeModules: RouteModule[] = [
   agentRoutes,
   contactRoutes,
   callRoutes,
+  recordingRoutes,
+  testCallRoutes,
+  blobRoutes,
   endpointRoutes,
   eventRoutes,
   streamRoutes,

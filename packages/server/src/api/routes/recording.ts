@@ -1,0 +1,113 @@
+import { unlink } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import { blobStoreFor, insertBlob, newBlobId, presignedUrl } from "../../blobs/blobs.js";
+import { AUDIO_TYPES, mediaType, streamToTemp } from "../../blobs/upload.js";
+import { applyTransition, callObject, lockCall } from "../../calls/service.js";
+import { transition } from "../../calls/transitions.js";
+import { ApiError, badRequest } from "../../errors.js";
+import { idParam } from "./common.js";
+import type { RouteModule } from "./index.js";
+
+const unsupported = (type: string) =>
+  new ApiError(
+    415,
+    "unsupported_media_type",
+    `a recording must be audio (${AUDIO_TYPES.join(", ")}), not "${type || "none"}"`,
+    { field: "content-type" },
+  );
+
+/**
+ * `POST /v1/calls/{id}/recording` with a raw audio body → the call; emits `call.recording`
+ * (PRODUCT.md §6). The body is never buffered: a content-type parser hands the raw request
+ * stream over, which is written to a temp file in the blob store (hashing and counting on the
+ * way), then, inside the transition's transaction, renamed into place. An invalid transition,
+ * a replayed Idempotency-Key or any failure leaves no file behind: whatever has no `blobs` row
+ * when the request is over is deleted.
+ */
+export const recordingRoutes: RouteModule = async (app, ctx, h) => {
+  // Encapsulated so that the audio parser applies to this route only.
+  await app.register(async (scope) => {
+    scope.addContentTypeParser([...AUDIO_TYPES], (_req, payload, done) => done(null, payload));
+    scope.post(
+      "/v1/calls/:id/recording",
+      { schema: { params: idParam }, bodyLimit: ctx.config.maxRecording },
+      async (req, reply) => {
+        const type = mediaType(req.headers["content-type"]);
+        const body = req.body as Readable | undefined;
+        if (!(AUDIO_TYPES as readonly string[]).includes(type) || typeof body?.pipe !== "function")
+          throw unsupported(type);
+        const declared = Number(req.headers["content-length"] ?? Number.NaN);
+        if (declared > ctx.config.maxRecording) {
+          throw new ApiError(
+            413,
+            "payload_too_large",
+            `the recording is larger than ${ctx.config.maxRecording} bytes`,
+          );
+        }
+        const id = (req.params as { id: number }).id;
+        const accountId = req.account.id;
+        // Without an Idempotency-Key nothing can be replayed, so a step that cannot happen is
+        // refused before a possibly large upload is read. With one, the stored answer for
+        // these exact bytes must win, so the body is read first.
+        if (req.headers["idempotency-key"] === undefined) {
+          const call = await lockCall(ctx.store.db, { ...ctx.store.caps, rowLocks: false }, accountId, id);
+          const check = transition(call, "recording", { now: ctx.clock.now() });
+          if (!check.ok) throw new ApiError(check.status, check.code, check.message);
+        }
+        const store = blobStoreFor(ctx.config);
+        const blobId = newBlobId();
+        const upload = await streamToTemp(body, store, blobId, ctx.config.maxRecording);
+        if (upload.size === 0) {
+          await unlink(upload.tempFile).catch(() => undefined);
+          throw badRequest("body", "the recording is empty");
+        }
+        (req as { rawBodyDigest?: string }).rawBodyDigest = `sha256:${upload.sha256}:${type}`;
+        let adopted = false;
+        try {
+          return await h.mutate(
+            req,
+            reply,
+            async (trx) => {
+              const now = ctx.clock.now();
+              const { call } = await applyTransition(
+                trx,
+                ctx.store.caps,
+                accountId,
+                id,
+                "recording",
+                { now },
+                async () => {
+                  // The transaction may be retried (idempotency race): rename only once.
+                  if (!adopted) await store.adopt(upload.tempFile, blobId);
+                  adopted = true;
+                  await insertBlob(trx, {
+                    id: blobId,
+                    accountId,
+                    callId: id,
+                    kind: "recording",
+                    contentType: type,
+                    size: upload.size,
+                    now,
+                  });
+                  return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
+                },
+              );
+              return { status: 200, body: callObject(call) };
+            },
+            { work: true },
+          );
+        } finally {
+          if (!adopted) await unlink(upload.tempFile).catch(() => undefined);
+          else {
+            const kept = await ctx.store.db
+              .selectFrom("blobs")
+              .select("id")
+              .where("id", "=", blobId)
+              .executeTakeFirst();
+            if (!kept) await store.remove(blobId);
+          }
+        }
+      },
+    );
+  });
+};

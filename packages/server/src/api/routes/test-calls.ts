@@ -1,0 +1,134 @@
+import { FAILURE_REASONS } from "@klen/webhooks/schemas";
+import { badRequest } from "../../errors.js";
+import { type Outcome, runTestCall } from "../../simulator/run.js";
+import type { Db } from "../../storage/types.js";
+import { randomToken } from "../../util/ids.js";
+import { findAgent } from "./agents.js";
+import type { RouteModule } from "./index.js";
+
+/** Longest generated transcript a test call may ask for. */
+export const MAX_TRANSCRIPT_BYTES = 10 * 1024 * 1024;
+
+const TEST_AGENT = "Test Agent";
+
+/** The agent of a test call: the one named, else the account's "Test Agent" (created once). */
+async function testAgent(trx: Db, accountId: number, agentId: number | undefined, now: number) {
+  if (agentId !== undefined) {
+    const a = await findAgent(trx, accountId, agentId).catch(() => {
+      throw badRequest("agent_id", `agent ${agentId} not found`);
+    });
+    return { id: Number(a.id), name: a.name };
+  }
+  const found = await trx
+    .selectFrom("agents")
+    .select(["id", "name"])
+    .where("account_id", "=", accountId)
+    .where("name", "=", TEST_AGENT)
+    .where("deleted_at", "is", null)
+    .orderBy("id")
+    .executeTakeFirst();
+  if (found) return { id: Number(found.id), name: found.name };
+  const made = await trx
+    .insertInto("agents")
+    .values({ account_id: accountId, name: TEST_AGENT, assistant_id: "assistant_test", created_at: now })
+    .returning(["id", "name"])
+    .executeTakeFirstOrThrow();
+  return { id: Number(made.id), name: made.name };
+}
+
+/**
+ * `POST /v1/test-calls` → 202 `{call_id}` (PRODUCT.md §4, §6): creates an outbound call and
+ * drives it through the workflow in the background (src/simulator/run.ts). With `endpoint_id`
+ * its events go to that endpoint only. The background run starts only after the creating
+ * transaction committed, and not for a replayed Idempotency-Key; its errors are logged, never
+ * thrown into the process.
+ */
+export const testCallRoutes: RouteModule = (app, ctx, h) => {
+  app.post(
+    "/v1/test-calls",
+    {
+      schema: {
+        body: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            agent_id: { type: "integer", minimum: 1 },
+            outcome: { type: "string", enum: ["completed", ...FAILURE_REASONS] },
+            endpoint_id: { type: "string", minLength: 1, maxLength: 100 },
+            transcript_bytes: { type: "integer", minimum: 1, maximum: MAX_TRANSCRIPT_BYTES },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      const b = (req.body ?? {}) as {
+        agent_id?: number;
+        outcome?: Outcome;
+        endpoint_id?: string;
+        transcript_bytes?: number;
+      };
+      const accountId = req.account.id;
+      const outcome: Outcome = b.outcome ?? "completed";
+      let agentName = TEST_AGENT;
+      let created: number | undefined;
+      await h.mutate(req, reply, async (trx) => {
+        const now = ctx.clock.now();
+        if (b.endpoint_id !== undefined) {
+          const ep = await trx
+            .selectFrom("endpoints")
+            .select("id")
+            .where("id", "=", b.endpoint_id)
+            .where("account_id", "=", accountId)
+            .where("deleted_at", "is", null)
+            .executeTakeFirst();
+          if (!ep) throw badRequest("endpoint_id", `endpoint ${b.endpoint_id} not found`);
+        }
+        const agent = await testAgent(trx, accountId, b.agent_id, now);
+        agentName = agent.name;
+        const call = await trx
+          .insertInto("calls")
+          .values({
+            account_id: accountId,
+            agent_id: agent.id,
+            type: "outbound",
+            // 555-01xx numbers are reserved for fiction; E.164 all the same.
+            phone_number: `+1555010${String(Math.floor(Math.random() * 10000)).padStart(4, "0")}`,
+            contact_id: null,
+            klen_call_id: `call_test_${randomToken(9)}`,
+            status: "queued",
+            assistant_id: null,
+            started_at: null,
+            ended_at: null,
+            failure_reason: null,
+            ended_reason: null,
+            brief_summary: null,
+            transcript_at: null,
+            summary_at: null,
+            recording_at: null,
+            only_endpoint_id: b.endpoint_id ?? null,
+            created_at: now,
+            updated_at: now,
+          })
+          .returning("id")
+          .executeTakeFirstOrThrow();
+        created = Number(call.id);
+        return { status: 202, body: { call_id: created } };
+      });
+      if (reply.statusCode === 202 && reply.getHeader("idempotent-replayed") === undefined && created) {
+        const plan = {
+          accountId,
+          callId: created,
+          agentName,
+          outcome,
+          ...(b.transcript_bytes !== undefined ? { transcriptBytes: b.transcript_bytes } : {}),
+        };
+        setImmediate(() => {
+          runTestCall(ctx, plan).catch((err: unknown) =>
+            ctx.log.error({ component: "simulator", call_id: plan.callId, err }, "test call failed"),
+          );
+        });
+      }
+      return reply;
+    },
+  );
+};

@@ -1,0 +1,131 @@
+import type { AppContext } from "../api/context.js";
+import { blobStoreFor } from "../blobs/blobs.js";
+
+const BATCH = 500;
+/** A file with no `blobs` row is an orphan (a rolled-back transaction, a crash) once this old. */
+export const ORPHAN_AGE_MS = 3_600_000;
+
+export interface PurgeCounts {
+  blobs: number;
+  orphans: number;
+  attempts: number;
+  deliveries: number;
+  events: number;
+  summaries: number;
+  jobs: number;
+}
+
+/**
+ * Deletes payloads and media older than KLEN_RETENTION (PRODUCT.md §11), as of `now`:
+ * - blobs (recordings, large transcripts/summaries): file and row; their URLs then answer 404;
+ * - the delivery log — attempts (with their request headers and response bodies), finished
+ *   deliveries and then events (their bodies carry transcripts, summaries, phone numbers) —
+ *   whole rows, not emptied skeletons: an event body that no longer validates could not be
+ *   replayed anyway. Deliveries still pending are never touched, nor are their events;
+ * - the brief summary kept on old calls, and summary jobs (they hold a transcript copy);
+ * - orphaned blob files (bytes with no row, older than an hour).
+ * Calls themselves (ids, status, times) stay: they are the index of what happened.
+ * Works in batches so one run never holds a long transaction.
+ */
+export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Promise<PurgeCounts> {
+  const db = ctx.store.db;
+  const cutoff = now - ctx.config.retentionMs;
+  const store = blobStoreFor(ctx.config);
+  const counts: PurgeCounts = {
+    blobs: 0,
+    orphans: 0,
+    attempts: 0,
+    deliveries: 0,
+    events: 0,
+    summaries: 0,
+    jobs: 0,
+  };
+
+  for (;;) {
+    const rows = await db
+      .selectFrom("blobs")
+      .select(["id", "path"])
+      .where("created_at", "<", cutoff)
+      .limit(BATCH)
+      .execute();
+    if (rows.length === 0) break;
+    // Rows go first: a URL stops working at once, and a file whose delete fails is swept later.
+    await db
+      .deleteFrom("blobs")
+      .where(
+        "id",
+        "in",
+        rows.map((r) => r.id),
+      )
+      .execute();
+    for (const r of rows) await store.remove(r.path).catch(() => undefined);
+    counts.blobs += rows.length;
+  }
+  for (;;) {
+    const ids = (
+      await db
+        .selectFrom("deliveries")
+        .select("id")
+        .where("created_at", "<", cutoff)
+        .where("status", "<>", "pending")
+        .limit(BATCH)
+        .execute()
+    ).map((r) => r.id);
+    if (ids.length === 0) break;
+    await db.transaction().execute(async (trx) => {
+      const a = await trx.deleteFrom("attempts").where("delivery_id", "in", ids).executeTakeFirst();
+      const d = await trx
+        .deleteFrom("deliveries")
+        .where("id", "in", ids)
+        .where("status", "<>", "pending")
+        .executeTakeFirst();
+      counts.attempts += Number(a.numDeletedRows);
+      counts.deliveries += Number(d.numDeletedRows);
+    });
+  }
+  for (;;) {
+    const ids = (
+      await db
+        .selectFrom("events")
+        .select("id")
+        .where("created_at", "<", cutoff)
+        .where(({ not, exists, selectFrom }) =>
+          not(
+            exists(
+              selectFrom("deliveries")
+                .select("deliveries.id")
+                .whereRef("deliveries.event_id", "=", "events.id"),
+            ),
+          ),
+        )
+        .limit(BATCH)
+        .execute()
+    ).map((r) => r.id);
+    if (ids.length === 0) break;
+    const r = await db.deleteFrom("events").where("id", "in", ids).executeTakeFirst();
+    counts.events += Number(r.numDeletedRows);
+  }
+  const s = await db
+    .updateTable("calls")
+    .set({ brief_summary: null })
+    .where("updated_at", "<", cutoff)
+    .where("brief_summary", "is not", null)
+    .executeTakeFirst();
+  counts.summaries = Number(s.numUpdatedRows);
+  const j = await db.deleteFrom("summary_jobs").where("created_at", "<", cutoff).executeTakeFirst();
+  counts.jobs = Number(j.numDeletedRows);
+
+  const old = await store.listOlderThan(Math.min(now, Date.now()) - ORPHAN_AGE_MS);
+  for (let i = 0; i < old.length; i += BATCH) {
+    const keys = old.slice(i, i + BATCH);
+    const known = new Set(
+      (await db.selectFrom("blobs").select("path").where("path", "in", keys).execute()).map((r) => r.path),
+    );
+    for (const k of keys) {
+      if (known.has(k)) continue;
+      await store.remove(k).catch(() => undefined);
+      counts.orphans++;
+    }
+  }
+  return counts;
+}

@@ -1,0 +1,127 @@
+/**
+ * The built-in summarizer: extractive, deterministic and offline. It scores each sentence of a
+ * transcript by how many of the conversation's frequent content words it carries (a classic
+ * Luhn-style summarizer), favours the opening (where callers state why they call) and the close
+ * (where outcomes are agreed), and returns the best sentences in their original order within a
+ * length bound. Pure.
+ */
+
+const STOPWORDS = new Set(
+  (
+    "a about above after again against all am an and any are as at be because been before being below " +
+    "between both but by can could did do does doing down during each few for from further had has have " +
+    "having he her here hers herself him himself his how i if in into is it its itself just let me more " +
+    "most my myself no nor not now of off on once only or other our ours ourselves out over own same she " +
+    "should so some such than that the their theirs them themselves then there these they this those " +
+    "through to too under until up very was we were what when where which while who whom why will with " +
+    "would you your yours yourself yourselves yes yeah okay ok oh um uh hello hi thanks thank please sure " +
+    "great right well got get go going know like really also one see today day help sounds good im youre " +
+    "ill thats dont ive"
+  ).split(" "),
+);
+
+export interface Sentence {
+  speaker: string | undefined;
+  text: string;
+  index: number;
+}
+
+/** Splits "Speaker: text" lines into sentences, keeping who said each. */
+export function sentences(transcript: string): Sentence[] {
+  const out: Sentence[] = [];
+  for (const rawLine of transcript.split(/\r?\n/)) {
+    const line = rawLine.trim();
+    if (!line) continue;
+    const m = /^([A-Z][\w .'-]{0,40}):\s+(.*)$/.exec(line);
+    const speaker = m ? m[1] : undefined;
+    const body = m ? m[2]! : line;
+    for (const s of body.split(/(?<=[.!?])\s+(?=[A-Z0-9"'(])/)) {
+      const text = s.trim();
+      if (text) out.push({ speaker, text, index: out.length });
+    }
+  }
+  return out;
+}
+
+const words = (text: string) =>
+  text
+    .toLowerCase()
+    .replace(/[’']/g, "")
+    .split(/[^a-z0-9]+/)
+    .filter((w) => w.length > 2 && !STOPWORDS.has(w));
+
+/**
+ * Summarizes `transcript` in at most `maxChars` characters (and at most `maxSentences`
+ * sentences). Ties break on position, so the same input always gives the same summary.
+ */
+export function summarizeExtractive(
+  transcript: string,
+  opts: { maxChars?: number; maxSentences?: number } = {},
+): string {
+  const maxChars = opts.maxChars ?? 800;
+  const maxSentences = opts.maxSentences ?? 5;
+  const all = sentences(transcript);
+  if (all.length === 0) return "";
+  // The caller's first substantive sentence: usually why they call.
+  const firstCustomer = all.find(
+    (s) =>
+      s.speaker !== undefined && !/^(agent|assistant|bot)$/i.test(s.speaker) && words(s.text).length >= 3,
+  )?.index;
+  const freq = new Map<string, number>();
+  for (const s of all) for (const w of new Set(words(s.text))) freq.set(w, (freq.get(w) ?? 0) + 1);
+  // Only words the conversation comes back to carry signal; one-offs are noise.
+  const score = (s: Sentence) => {
+    const ws = words(s.text);
+    if (ws.length < 3) return 0;
+    let sum = 0;
+    for (const w of new Set(ws)) {
+      const f = freq.get(w) ?? 0;
+      if (f > 1) sum += Math.log(1 + f);
+    }
+    // The caller's first words say why they call; the last exchanges say how it ended.
+    const position = s.index === firstCustomer ? 2 : s.index < 4 ? 1.4 : s.index >= all.length - 4 ? 1.2 : 1;
+    // Long sentences win on sum alone; dividing by sqrt(length) keeps crisp ones competitive.
+    return (sum / Math.sqrt(ws.length)) * position;
+  };
+  const ranked = all
+    .map((s) => ({ s, score: score(s) }))
+    .filter((r) => r.score > 0)
+    .sort((a, b) => b.score - a.score || a.s.index - b.s.index);
+  const picked: Sentence[] = [];
+  const pickedWords: Array<Set<string>> = [];
+  let length = 0;
+  for (const { s } of ranked) {
+    if (picked.length >= maxSentences) break;
+    // Redundancy check (as in MMR): a sentence that mostly repeats one already chosen adds
+    // nothing; long conversations restate the same point with different numbers.
+    const ws = new Set(words(s.text.replace(/[0-9]+/g, " ")));
+    if (pickedWords.some((p) => overlap(p, ws) >= 0.5)) continue;
+    const line = render(s);
+    if (length + line.length + 1 > maxChars) continue;
+    picked.push(s);
+    pickedWords.push(ws);
+    length += line.length + 1;
+  }
+  if (picked.length === 0) return clip(render(all[0]!), maxChars);
+  return picked
+    .sort((a, b) => a.index - b.index)
+    .map(render)
+    .join(" ");
+}
+
+/** Jaccard similarity of two word sets. */
+function overlap(a: Set<string>, b: Set<string>): number {
+  if (a.size === 0 || b.size === 0) return 0;
+  let common = 0;
+  for (const w of a) if (b.has(w)) common++;
+  return common / (a.size + b.size - common);
+}
+
+function render(s: Sentence): string {
+  const text = /[.!?]$/.test(s.text) ? s.text : `${s.text}.`;
+  return s.speaker ? `${s.speaker}: ${text}` : text;
+}
+
+function clip(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, Math.max(0, max - 1)).trimEnd()}…`;
+}

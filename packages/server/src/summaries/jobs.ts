@@ -1,0 +1,207 @@
+import type { AppContext } from "../api/context.js";
+import { announceWork } from "../api/context.js";
+import { textContent } from "../calls/content.js";
+import { applyTransition } from "../calls/service.js";
+import { ApiError } from "../errors.js";
+import type { Db } from "../storage/types.js";
+import type { Summarizer } from "./summarizer.js";
+
+/** How long a claimed job belongs to its worker before another may take it (a crash mid-call). */
+export const JOB_LEASE_MS = 120_000;
+/** Delays between job runs after a failed one; after the last the job is given up (and logged). */
+export const JOB_BACKOFF_MS = [5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000, 7_200_000];
+
+/**
+ * Queues a generated summary for a call, in the transcript's transaction: the job exists if and
+ * only if the transcript does, so a crash between `call.transcript` and `call.summary` loses
+ * nothing. The transcript text rides along (the event may carry only a URL to it).
+ */
+export async function enqueueSummary(
+  trx: Db,
+  job: { accountId: number; callId: number; transcript: string; now: number },
+): Promise<void> {
+  await trx
+    .insertInto("summary_jobs")
+    .values({
+      call_id: job.callId,
+      account_id: job.accountId,
+      transcript: job.transcript,
+      status: "pending",
+      attempts: 0,
+      next_attempt_at: job.now,
+      last_error: null,
+      created_at: job.now,
+      updated_at: job.now,
+    })
+    .onConflict((oc) => oc.column("call_id").doNothing())
+    .execute();
+}
+
+/** Queues a summary when the account has `auto_summary` on; returns whether it did. */
+export async function enqueueIfAutoSummary(
+  trx: Db,
+  job: { accountId: number; callId: number; transcript: string; now: number },
+): Promise<boolean> {
+  const acc = await trx
+    .selectFrom("accounts")
+    .select("auto_summary")
+    .where("id", "=", job.accountId)
+    .executeTakeFirst();
+  if (Number(acc?.auto_summary) !== 1) return false;
+  await enqueueSummary(trx, job);
+  return true;
+}
+
+interface Claimed {
+  callId: number;
+  accountId: number;
+  transcript: string;
+  attempts: number;
+  /** The lease end written by the claim: the fence every later write checks. */
+  lease: number;
+}
+
+/** Claims one due job (optionally of one call) with a lease; undefined if none or lost the race. */
+async function claim(ctx: AppContext, now: number, callId?: number): Promise<Claimed | undefined> {
+  let q = ctx.store.db
+    .selectFrom("summary_jobs")
+    .select(["call_id", "account_id", "transcript", "attempts", "next_attempt_at"])
+    .where("status", "=", "pending")
+    .where("next_attempt_at", "<=", now);
+  if (callId !== undefined) q = q.where("call_id", "=", callId);
+  const job = await q.orderBy("next_attempt_at").limit(1).executeTakeFirst();
+  if (!job) return undefined;
+  const lease = now + JOB_LEASE_MS;
+  // Compare-and-set on next_attempt_at: of two workers seeing the same row, one wins.
+  const res = await ctx.store.db
+    .updateTable("summary_jobs")
+    .set({ next_attempt_at: lease, attempts: Number(job.attempts) + 1, updated_at: now })
+    .where("call_id", "=", job.call_id)
+    .where("status", "=", "pending")
+    .where("next_attempt_at", "=", job.next_attempt_at)
+    .executeTakeFirst();
+  if (Number(res.numUpdatedRows) !== 1) return undefined;
+  return {
+    callId: Number(job.call_id),
+    accountId: Number(job.account_id),
+    transcript: job.transcript,
+    attempts: Number(job.attempts) + 1,
+    lease,
+  };
+}
+
+/**
+ * Runs one claimed job: asks the summarizer (outside any transaction: it may take seconds), then
+ * applies the `summary` step, which emits `call.summary`, and deletes the job in one transaction.
+ * A failure schedules the next run; after the last the job is marked failed and logged as an
+ * error. A call that got a summary meanwhile (posted by the client) just drops the job.
+ */
+async function run(
+  ctx: AppContext,
+  summarize: Summarizer,
+  job: Claimed,
+): Promise<"done" | "retry" | "failed"> {
+  const log = ctx.log.child({ component: "summaries", call_id: job.callId });
+  let summary: string;
+  try {
+    summary = (await summarize(job.transcript)).trim();
+    if (!summary) throw new Error("the summarizer returned an empty summary");
+  } catch (err) {
+    const now = ctx.clock.now();
+    const delay = JOB_BACKOFF_MS[job.attempts - 1];
+    const message = (err as Error).message.slice(0, 500);
+    await ctx.store.db
+      .updateTable("summary_jobs")
+      .set(
+        delay === undefined
+          ? { status: "failed", last_error: message, updated_at: now }
+          : { next_attempt_at: now + delay, last_error: message, updated_at: now },
+      )
+      .where("call_id", "=", job.callId)
+      .where("next_attempt_at", "=", job.lease)
+      .execute();
+    if (delay === undefined) {
+      log.error(
+        { attempts: job.attempts, err: message },
+        "summary generation failed; giving up on this call",
+      );
+      return "failed";
+    }
+    log.warn(
+      { attempts: job.attempts, retry_in_ms: delay, err: message },
+      "summary generation failed; will retry",
+    );
+    return "retry";
+  }
+  let emitted = false;
+  await ctx.store.db.transaction().execute(async (trx) => {
+    const mine = await trx
+      .deleteFrom("summary_jobs")
+      .where("call_id", "=", job.callId)
+      .where("next_attempt_at", "=", job.lease)
+      .executeTakeFirst();
+    // Lease lost (this worker was too slow and another took over): the other one finishes it.
+    if (Number(mine.numDeletedRows) !== 1) return;
+    const now = ctx.clock.now();
+    try {
+      await applyTransition(trx, ctx.store.caps, job.accountId, job.callId, "summary", { now }, () =>
+        textContent(ctx, trx, {
+          accountId: job.accountId,
+          callId: job.callId,
+          kind: "summary",
+          text: summary,
+          now,
+        }),
+      );
+      emitted = true;
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status >= 500) throw err;
+      log.info({ err: err.message }, "summary not applied (the call has one already, or is gone)");
+    }
+  });
+  if (emitted) await announceWork(ctx);
+  return "done";
+}
+
+/** Runs up to `limit` due jobs; returns how many it ran. */
+export async function runDueSummaries(ctx: AppContext, summarize: Summarizer, limit = 10): Promise<number> {
+  let n = 0;
+  while (n < limit) {
+    const job = await claim(ctx, ctx.clock.now());
+    if (!job) break;
+    n++;
+    await run(ctx, summarize, job);
+  }
+  return n;
+}
+
+/**
+ * Runs the summary job of one call now, for a caller that needs `call.summary` before its next
+ * step (the test-call simulator): claims it itself, or, when a worker holds it, waits until the
+ * call has its summary or the job has failed. Returns whether the call got a summary.
+ */
+export async function summarizeCallNow(
+  ctx: AppContext,
+  summarize: Summarizer,
+  callId: number,
+  timeoutMs = 60_000,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await claim(ctx, ctx.clock.now(), callId);
+    if (job && (await run(ctx, summarize, job)) === "failed") return false;
+    const call = await ctx.store.db
+      .selectFrom("calls")
+      .select("summary_at")
+      .where("id", "=", callId)
+      .executeTakeFirst();
+    if (call?.summary_at != null) return true;
+    const left = await ctx.store.db
+      .selectFrom("summary_jobs")
+      .select("status")
+      .where("call_id", "=", callId)
+      .executeTakeFirst();
+    if (!left || left.status === "failed" || Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -1,0 +1,62 @@
+import type { AppContext } from "../api/context.js";
+import { runDueSummaries } from "./jobs.js";
+import { type Summarizer, summarizerFor } from "./summarizer.js";
+
+/** The safety-net poll; a transcript in this process or a NOTIFY from another wakes it sooner. */
+const POLL_MS = 1_000;
+
+/**
+ * Runs queued summary jobs in worker processes (roles `all` and `worker`). It sleeps until woken
+ * by new work or the poll, runs what is due, and never lets an error escape the loop: a failed
+ * round is logged and the next round tries again.
+ */
+export class SummaryWorker {
+  private stopped = true;
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private readonly summarize: Summarizer;
+  private readonly poke = () => this.wake?.();
+
+  constructor(
+    private readonly ctx: AppContext,
+    summarize?: Summarizer,
+  ) {
+    this.summarize = summarize ?? summarizerFor(ctx.config, ctx.log);
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.ctx.work.on("work", this.poke);
+    this.ctx.store.onWork(this.poke);
+    this.loop = this.run();
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        // Keep going while there is a backlog; sleep when a round found nothing.
+        if ((await runDueSummaries(this.ctx, this.summarize)) > 0) continue;
+      } catch (err) {
+        this.ctx.log.error({ component: "summaries", err }, "summary worker round failed");
+      }
+      if (this.stopped) break;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, POLL_MS);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
+  }
+
+  /** Stops after the job in hand (a job interrupted by exit is re-run after its lease). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.ctx.work.off("work", this.poke);
+    this.wake?.();
+    await this.loop;
+  }
+}
