@@ -76,7 +76,7 @@ program
   .description("apply database migrations (serve also applies them at start)")
   .action(async () => {
     const cfg = config();
-    const store = await openStore(cfg.databaseUrl);
+    const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
     const ran = await migrate(store);
     await store.close();
     process.stdout.write(ran.length ? `applied migrations ${ran.join(", ")}\n` : "database is up to date\n");
@@ -90,7 +90,7 @@ accounts
   .option("--json", "print JSON")
   .action(async (opts: { name: string; json?: boolean }) => {
     const cfg = config();
-    const store = await openStore(cfg.databaseUrl);
+    const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
     await migrate(store);
     const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, opts.name));
     await store.close();

@@ -32,8 +32,21 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** Opens the store named by `KLEN_DATABASE_URL`; only the chosen backend's driver is loaded. */
-export async function openStore(url: string): Promise<Store> {
+/**
+ * Opens the store named by `KLEN_DATABASE_URL`; only the chosen backend's driver is loaded. With an
+ * encryption key, the sensitive columns are sealed at rest by a Kysely plugin (encryption.ts).
+ */
+export async function openStore(
+  url: string,
+  opts: { encryptionKey?: string | undefined } = {},
+): Promise<Store> {
+  const store = await openBackend(url);
+  if (!opts.encryptionKey) return store;
+  const { EncryptionPlugin, FieldCipher } = await import("./encryption.js");
+  return { ...store, db: store.db.withPlugin(new EncryptionPlugin(new FieldCipher(opts.encryptionKey))) };
+}
+
+async function openBackend(url: string): Promise<Store> {
   if (url.startsWith("sqlite:")) {
     const { openSqlite } = await import("./sqlite/index.js");
     return openSqlite(url.slice("sqlite:".length));

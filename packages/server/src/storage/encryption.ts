@@ -1,0 +1,153 @@
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync } from "node:crypto";
+import {
+  type BinaryOperationNode,
+  ColumnNode,
+  type ColumnUpdateNode,
+  type InsertQueryNode,
+  type KyselyPlugin,
+  OperationNodeTransformer,
+  type PluginTransformQueryArgs,
+  type PluginTransformResultArgs,
+  PrimitiveValueListNode,
+  type QueryResult,
+  type RootOperationNode,
+  type UnknownRow,
+  type UpdateQueryNode,
+  ValueListNode,
+  ValueNode,
+  ValuesNode,
+} from "kysely";
+
+/** The columns encrypted at rest when KLEN_ENCRYPTION_KEY is set (PRODUCT.md §11). */
+export const ENCRYPTED_COLUMNS: Record<string, readonly string[]> = {
+  endpoints: ["secret", "previous_secret"],
+  // The event body holds transcripts, summaries and phone numbers.
+  events: ["payload"],
+  calls: ["phone_number", "brief_summary"],
+  contacts: ["phone_number"],
+};
+
+const PREFIX = "enc1:";
+const SEALED_NAMES = new Set(Object.values(ENCRYPTED_COLUMNS).flat());
+
+/**
+ * AES-256-GCM for columns at rest, with the nonce derived from the plaintext (SIV-style: an HMAC of
+ * the plaintext under a second key). Equal plaintexts give equal ciphertexts, which is what lets
+ * `WHERE phone_number = ?` keep working; the only thing it reveals is equality. Values written
+ * before encryption was turned on stay readable (no prefix, returned as they are).
+ */
+export class FieldCipher {
+  private readonly encKey: Buffer;
+  private readonly nonceKey: Buffer;
+  constructor(secret: string) {
+    const ikm = Buffer.from(secret, "utf8");
+    this.encKey = Buffer.from(hkdfSync("sha256", ikm, "klen", "field-encryption", 32));
+    this.nonceKey = Buffer.from(hkdfSync("sha256", ikm, "klen", "field-nonce", 32));
+  }
+
+  seal(plaintext: string): string {
+    if (plaintext.startsWith(PREFIX)) return plaintext;
+    const iv = createHmac("sha256", this.nonceKey).update(plaintext).digest().subarray(0, 12);
+    const c = createCipheriv("aes-256-gcm", this.encKey, iv);
+    const body = Buffer.concat([c.update(plaintext, "utf8"), c.final()]);
+    return PREFIX + Buffer.concat([iv, body, c.getAuthTag()]).toString("base64");
+  }
+
+  open(stored: string): string {
+    if (!stored.startsWith(PREFIX)) return stored;
+    const raw = Buffer.from(stored.slice(PREFIX.length), "base64");
+    const d = createDecipheriv("aes-256-gcm", this.encKey, raw.subarray(0, 12));
+    d.setAuthTag(raw.subarray(raw.length - 16));
+    return Buffer.concat([d.update(raw.subarray(12, raw.length - 16)), d.final()]).toString("utf8");
+  }
+}
+
+const tableName = (node: { into?: unknown; table?: unknown }): string | undefined => {
+  const t = (node.into ?? node.table) as
+    | { kind?: string; table?: { identifier?: { name?: string } } }
+    | undefined;
+  return t?.kind === "TableNode" ? t.table?.identifier?.name : undefined;
+};
+const columnName = (node: unknown): string | undefined =>
+  ColumnNode.is(node as never) ? (node as ColumnNode).column.name : undefined;
+
+class SealValues extends OperationNodeTransformer {
+  constructor(private cipher: FieldCipher) {
+    super();
+  }
+  private seal(v: unknown): unknown {
+    return typeof v === "string" ? this.cipher.seal(v) : v;
+  }
+
+  protected override transformInsertQuery(node: InsertQueryNode): InsertQueryNode {
+    const cols = ENCRYPTED_COLUMNS[tableName(node) ?? ""];
+    if (!cols || !node.columns || !node.values || !ValuesNode.is(node.values))
+      return super.transformInsertQuery(node);
+    const idx = node.columns.map((c, i) => (cols.includes(c.column.name) ? i : -1)).filter((i) => i >= 0);
+    if (idx.length === 0) return super.transformInsertQuery(node);
+    const rows = node.values.values.map((row) => {
+      if (PrimitiveValueListNode.is(row)) {
+        return PrimitiveValueListNode.create(row.values.map((v, i) => (idx.includes(i) ? this.seal(v) : v)));
+      }
+      if (ValueListNode.is(row)) {
+        return ValueListNode.create(
+          row.values.map((v, i) =>
+            idx.includes(i) && ValueNode.is(v) ? ValueNode.create(this.seal(v.value)) : v,
+          ),
+        );
+      }
+      return row;
+    });
+    return super.transformInsertQuery({ ...node, values: ValuesNode.create(rows) });
+  }
+
+  /** `phone_number = ?` compares sealed values: equal plaintexts seal equally. */
+  protected override transformBinaryOperation(node: BinaryOperationNode): BinaryOperationNode {
+    const left = node.leftOperand as { kind?: string; column?: unknown };
+    const op = node.operator as { kind?: string; operator?: string };
+    const name = left.kind === "ReferenceNode" ? columnName(left.column) : columnName(left);
+    if (name && SEALED_NAMES.has(name) && op.operator === "=" && ValueNode.is(node.rightOperand)) {
+      return { ...node, rightOperand: ValueNode.create(this.seal(node.rightOperand.value)) };
+    }
+    return super.transformBinaryOperation(node);
+  }
+
+  protected override transformUpdateQuery(node: UpdateQueryNode): UpdateQueryNode {
+    const cols = ENCRYPTED_COLUMNS[tableName(node) ?? ""];
+    if (!cols || !node.updates) return super.transformUpdateQuery(node);
+    const updates = node.updates.map((u): ColumnUpdateNode => {
+      const name = columnName(u.column);
+      if (name && cols.includes(name) && ValueNode.is(u.value)) {
+        return { ...u, value: ValueNode.create(this.seal(u.value.value)) };
+      }
+      return u;
+    });
+    return super.transformUpdateQuery({ ...node, updates });
+  }
+}
+
+/**
+ * Kysely plugin: seals the encrypted columns on INSERT and UPDATE built with the query builder,
+ * and opens any sealed value in results, so no query or route needs to know about encryption.
+ * Raw `sql` statements are not rewritten: none of them writes an encrypted column.
+ */
+export class EncryptionPlugin implements KyselyPlugin {
+  private readonly transformer: SealValues;
+  constructor(readonly cipher: FieldCipher) {
+    this.transformer = new SealValues(cipher);
+  }
+
+  transformQuery(args: PluginTransformQueryArgs): RootOperationNode {
+    return this.transformer.transformNode(args.node);
+  }
+
+  async transformResult(args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+    for (const row of args.result.rows) {
+      for (const key of Object.keys(row)) {
+        const v = row[key];
+        if (typeof v === "string" && v.startsWith(PREFIX)) row[key] = this.cipher.open(v);
+      }
+    }
+    return args.result;
+  }
+}
