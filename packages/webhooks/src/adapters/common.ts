@@ -1,0 +1,123 @@
+/**
+ * What every adapter does once it has the raw body: verify, run the handler at most once,
+ * and turn the outcome into a status and a JSON body. Framework files only move bytes.
+ */
+import { WebhookVerificationError } from "../errors.js";
+import type { CallEvent } from "../events.js";
+import { getHeader, type HeadersInput } from "../headers.js";
+import type { Idempotency } from "../idempotency.js";
+import type { VerifyOptions } from "../tolerance.js";
+import type { Webhook } from "../webhook.js";
+import { BodyTooLargeError } from "./body.js";
+
+/** A verified delivery. */
+export interface WebhookDelivery {
+  /** `webhook-id`: the event id, the same on every retry — the idempotency key. */
+  readonly id: string;
+  /** `webhook-timestamp` of this attempt, Unix seconds. */
+  readonly timestamp: number;
+  readonly event: CallEvent;
+}
+
+/** Called with each verified event; throw to answer 500 so the sender retries. */
+export type EventHandler<Req> = (
+  event: CallEvent,
+  delivery: WebhookDelivery & { readonly request: Req },
+) => unknown;
+
+/** Options shared by the adapters. */
+export interface AdapterOptions {
+  /** `now` and `toleranceSeconds` for verification (tests; clock-skewed hosts). */
+  readonly verify?: VerifyOptions;
+  /** Largest accepted body; default 1 MiB. */
+  readonly maxBodyBytes?: number;
+  /** Runs the handler at most once per `webhook-id`; without it every delivery runs it. */
+  readonly idempotency?: Idempotency;
+  /**
+   * Told about an error before the adapter answers 500 (the error never reaches the sender):
+   * a handler error with its delivery, or an unexpected one without. Default: `console.error`.
+   */
+  readonly onError?: (error: unknown, delivery?: WebhookDelivery) => void;
+}
+
+/** Options of an adapter that runs a handler and answers the request itself. */
+export interface HandlerOptions<Req> extends AdapterOptions {
+  readonly onEvent: EventHandler<Req>;
+}
+
+/** A response to send: status and JSON text. */
+export interface AdapterResponse {
+  readonly status: number;
+  readonly body: string;
+}
+
+/** `{"error":{"code":…}}`: the code only. Why a signature failed is for the receiver's logs, not for whoever sent it. */
+export function errorResponse(status: number, code: string): AdapterResponse {
+  return { status, body: JSON.stringify({ error: { code } }) };
+}
+
+/** 400 for a verification failure, 413 for an oversized body; `undefined` for anything else (a bug, rethrown). */
+export function rejection(err: unknown): AdapterResponse | undefined {
+  if (err instanceof WebhookVerificationError) return errorResponse(400, err.code);
+  if (err instanceof BodyTooLargeError) return errorResponse(413, "payload_too_large");
+  return undefined;
+}
+
+/** Builds the delivery from a verified event and its headers (already checked present). */
+export function deliveryOf(event: CallEvent, headers: HeadersInput): WebhookDelivery {
+  return {
+    id: getHeader(headers, "webhook-id")!.trim(),
+    timestamp: Number(getHeader(headers, "webhook-timestamp")!.trim()),
+    event,
+  };
+}
+
+/** Verifies synchronously (Node adapters); returns the delivery or the rejection to send. */
+export function verifySync(
+  wh: Webhook,
+  body: Uint8Array,
+  headers: HeadersInput,
+  opts: AdapterOptions,
+): WebhookDelivery | AdapterResponse {
+  try {
+    return deliveryOf(wh.verify(body, headers, opts.verify), headers);
+  } catch (err) {
+    const r = rejection(err);
+    if (r) return r;
+    throw err;
+  }
+}
+
+/** Runs the handler (once per id when idempotency is on) and answers 200, or 500 on error. */
+export async function runHandler<Req>(
+  delivery: WebhookDelivery,
+  request: Req,
+  opts: HandlerOptions<Req>,
+): Promise<AdapterResponse> {
+  const call = () => opts.onEvent(delivery.event, { ...delivery, request });
+  try {
+    if (opts.idempotency) {
+      const { duplicate } = await opts.idempotency.run(delivery.id, call);
+      if (duplicate) return { status: 200, body: JSON.stringify({ received: true, duplicate: true }) };
+    } else {
+      await call();
+    }
+    return { status: 200, body: JSON.stringify({ received: true }) };
+  } catch (err) {
+    reportError(opts, err, delivery);
+    return errorResponse(500, "handler_failed");
+  }
+}
+
+/** Hands an error to `onError`, or logs it: a swallowed handler error would be invisible. */
+export function reportError(opts: AdapterOptions, error: unknown, delivery?: WebhookDelivery): void {
+  if (opts.onError) opts.onError(error, delivery);
+  else if (delivery)
+    console.error(`@klen/webhooks: handler failed for ${delivery.id} (${delivery.event.event_type})`, error);
+  else console.error("@klen/webhooks: unexpected error", error);
+}
+
+/** Type guard: a response rather than a delivery. */
+export function isResponse(value: WebhookDelivery | AdapterResponse): value is AdapterResponse {
+  return "status" in value;
+}

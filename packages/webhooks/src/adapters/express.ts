@@ -1,0 +1,115 @@
+/**
+ * Express (4 and 5). Typed structurally on Node's `http` types, so using it imports nothing
+ * from Express and the emitted `.d.ts` does not require `@types/express`.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Webhook } from "../webhook.js";
+import { readNodeBody } from "./body.js";
+import {
+  type AdapterOptions,
+  type EventHandler,
+  isResponse,
+  rejection,
+  runHandler,
+  verifySync,
+  type WebhookDelivery,
+} from "./common.js";
+import { sendNode } from "./node.js";
+
+/** Express's `req` as far as this adapter needs it: a Node request plus body-parser's `body`. */
+export type ExpressLikeRequest = IncomingMessage & { body?: unknown };
+/** Express's `next`. */
+export type ExpressLikeNext = (err?: unknown) => void;
+
+/** Options of `expressWebhook`. */
+export interface ExpressWebhookOptions extends AdapterOptions {
+  /**
+   * Run this and answer the request (200, or 500 when it throws). Without it the middleware
+   * calls `next()` and the route handler reads the event with `webhookDelivery(req)`.
+   */
+  readonly onEvent?: EventHandler<ExpressLikeRequest>;
+}
+
+const deliveries = new WeakMap<object, WebhookDelivery>();
+
+/**
+ * The delivery `expressWebhook` verified for this request.
+ *
+ * @example
+ * ```ts
+ * app.post("/webhooks/klen", expressWebhook(wh), (req, res) => {
+ *   const { id, event } = webhookDelivery(req);
+ *   res.sendStatus(204);
+ * });
+ * ```
+ */
+export function webhookDelivery(req: object): WebhookDelivery {
+  const d = deliveries.get(req);
+  if (!d)
+    throw new Error("No verified webhook on this request: is expressWebhook() mounted before this handler?");
+  return d;
+}
+
+/** The raw bytes, from express.raw()/express.text() if one ran, else from the stream itself. */
+async function rawBody(req: ExpressLikeRequest, maxBytes: number | undefined): Promise<Uint8Array> {
+  const body = req.body;
+  if (body instanceof Uint8Array) return body; // express.raw(): a Buffer
+  if (typeof body === "string") return new TextEncoder().encode(body); // express.text()
+  // Express 5 leaves `body` undefined when no parser ran; 4 sets `{}` for an unread body.
+  const unparsed = body === undefined || (isEmptyObject(body) && !req.readableEnded);
+  if (unparsed && !req.readableEnded) return readNodeBody(req, maxBytes);
+  throw new Error(
+    "The request body was already parsed (express.json() ran before expressWebhook()); the signature " +
+      "covers the raw bytes. Mount expressWebhook() before express.json(), or use express.raw({ type: '*/*' }) on this route.",
+  );
+}
+
+function isEmptyObject(value: unknown): boolean {
+  return typeof value === "object" && value !== null && Object.keys(value).length === 0;
+}
+
+/**
+ * Express middleware: reads the raw body (or takes it from `express.raw()`), verifies it, and
+ * either runs `onEvent` and answers, or stores the delivery for `webhookDelivery(req)` and
+ * calls `next()`. A failed verification answers 400 `{"error":{"code":…}}`.
+ *
+ * @example
+ * ```ts
+ * import express from "express";
+ * import { Webhook } from "@klen/webhooks";
+ * import { expressWebhook } from "@klen/webhooks/express";
+ *
+ * const wh = new Webhook(process.env.KLEN_WEBHOOK_SECRET!);
+ * const app = express();
+ * app.post("/webhooks/klen", expressWebhook(wh, {
+ *   onEvent: async (event) => { if (event.event_type === "call.ended") await save(event.call); },
+ * }));
+ * app.use(express.json()); // other routes may parse JSON; mount the webhook route first
+ * ```
+ */
+export function expressWebhook(
+  wh: Webhook,
+  opts: ExpressWebhookOptions = {},
+): (req: ExpressLikeRequest, res: ServerResponse, next: ExpressLikeNext) => Promise<void> {
+  return async (req, res, next) => {
+    try {
+      let body: Uint8Array;
+      try {
+        body = await rawBody(req, opts.maxBodyBytes);
+      } catch (err) {
+        const r = rejection(err);
+        if (!r) throw err;
+        return sendNode(res, r);
+      }
+      const result = verifySync(wh, body, req.headers, opts);
+      if (isResponse(result)) return sendNode(res, result);
+      if (!opts.onEvent) {
+        deliveries.set(req, result);
+        return next();
+      }
+      sendNode(res, await runHandler(result, req, { ...opts, onEvent: opts.onEvent }));
+    } catch (err) {
+      next(err); // Express's error handling: a misconfiguration or a bug, not the sender's fault
+    }
+  };
+}

@@ -1,0 +1,95 @@
+/**
+ * Node's `http` (and anything built on it that leaves the request stream unread).
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Webhook } from "../webhook.js";
+import { readNodeBody } from "./body.js";
+import {
+  type AdapterResponse,
+  errorResponse,
+  type HandlerOptions,
+  isResponse,
+  rejection,
+  reportError,
+  runHandler,
+  verifySync,
+  type WebhookDelivery,
+} from "./common.js";
+
+/**
+ * Writes an adapter response (status and JSON body) to a Node response.
+ *
+ * @example
+ * ```ts
+ * const result = await verifyNodeRequest(wh, req);
+ * if ("status" in result) return sendNode(res, result);
+ * ```
+ */
+export function sendNode(res: ServerResponse, r: AdapterResponse): void {
+  res.statusCode = r.status;
+  res.setHeader("content-type", "application/json; charset=utf-8");
+  // An oversized body was not read to the end: closing is cheaper than draining it.
+  if (r.status === 413) res.setHeader("connection", "close");
+  res.end(r.body);
+}
+
+/**
+ * Reads and verifies a Node request; resolves to the delivery, or to the rejection to send
+ * (400/413) when it must be refused.
+ *
+ * @example
+ * ```ts
+ * const result = await verifyNodeRequest(wh, req);
+ * if ("status" in result) return sendNode(res, result);
+ * console.log(result.event.event_type);
+ * ```
+ */
+export async function verifyNodeRequest(
+  wh: Webhook,
+  req: IncomingMessage,
+  opts: { maxBodyBytes?: number; verify?: HandlerOptions<unknown>["verify"] } = {},
+): Promise<WebhookDelivery | AdapterResponse> {
+  let body: Uint8Array;
+  try {
+    body = await readNodeBody(req, opts.maxBodyBytes);
+  } catch (err) {
+    const r = rejection(err);
+    if (r) return r;
+    throw err;
+  }
+  return verifySync(wh, body, req.headers, opts);
+}
+
+/**
+ * A `(req, res)` listener for `http.createServer` that verifies each request and runs
+ * `onEvent`: 200 after the handler, 400 `{"error":{"code"}}` on a failed verification, 413 on
+ * an oversized body, 500 when the handler throws (so Klen retries).
+ *
+ * @example
+ * ```ts
+ * import { createServer } from "node:http";
+ * import { Webhook, createIdempotency } from "@klen/webhooks";
+ * import { nodeWebhookHandler } from "@klen/webhooks/node";
+ *
+ * const wh = new Webhook(process.env.KLEN_WEBHOOK_SECRET!);
+ * createServer(nodeWebhookHandler(wh, {
+ *   idempotency: createIdempotency(),
+ *   onEvent: async (event) => console.log(event.event_type, event.call.id),
+ * })).listen(3000);
+ * ```
+ */
+export function nodeWebhookHandler(
+  wh: Webhook,
+  opts: HandlerOptions<IncomingMessage>,
+): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  return async (req, res) => {
+    try {
+      const result = await verifyNodeRequest(wh, req, opts);
+      sendNode(res, isResponse(result) ? result : await runHandler(result, req, opts));
+    } catch (err) {
+      // Only a bug or a broken connection lands here; never let it crash the server.
+      reportError(opts, err);
+      if (!res.headersSent) sendNode(res, errorResponse(500, "internal_error"));
+    }
+  };
+}

@@ -1,0 +1,139 @@
+/**
+ * The full transcript or summary of an event, whether it came inline or, past the sender's
+ * inline limit (64 KiB by default), behind a pre-signed `transcript_url` / `summary_url`.
+ */
+import type { CallEndedEvent, CallSummaryEvent, CallTranscriptEvent } from "./events.js";
+
+/** Events that carry text content. */
+export type ContentEvent = CallTranscriptEvent | CallSummaryEvent | CallEndedEvent;
+
+/** Options of `fetchContent`. */
+export interface FetchContentOptions {
+  /**
+   * Largest body accepted, in bytes. Default 10 MiB: far above any real transcript, low
+   * enough that a wrong URL cannot fill the receiver's memory.
+   */
+  readonly maxBytes?: number;
+  /** Timeout of the whole download, in milliseconds. Default 30 000. */
+  readonly timeoutMs?: number;
+  /** Aborts the download. */
+  readonly signal?: AbortSignal;
+  /** The `fetch` to use. Default: the global one. */
+  readonly fetch?: typeof fetch;
+}
+
+/** Why `fetchContent` failed. */
+export type ContentFetchErrorCode = "http_status" | "too_large" | "timeout" | "network" | "no_content";
+
+/**
+ * Raised by `fetchContent`; `cause` holds the underlying error where there is one.
+ *
+ * @example
+ * ```ts
+ * catch (err) { if (err instanceof ContentFetchError && err.code === "http_status" && err.status === 403) … }
+ * ```
+ */
+export class ContentFetchError extends Error {
+  override readonly name = "ContentFetchError";
+  readonly code: ContentFetchErrorCode;
+  /** The HTTP status, for `http_status`. */
+  readonly status: number | undefined;
+
+  constructor(code: ContentFetchErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.status = options?.status;
+  }
+}
+
+const MiB = 1024 * 1024;
+
+/** The inline text or the URL to fetch it from. */
+function source(event: ContentEvent): { text: string } | { url: string } {
+  const call = event.call as {
+    transcript?: string;
+    transcript_url?: string;
+    summary?: string;
+    summary_url?: string;
+  };
+  if (event.event_type === "call.transcript") {
+    if (typeof call.transcript === "string") return { text: call.transcript };
+    if (typeof call.transcript_url === "string") return { url: call.transcript_url };
+  } else {
+    if (typeof call.summary === "string") return { text: call.summary };
+    if (typeof call.summary_url === "string") return { url: call.summary_url };
+  }
+  throw new ContentFetchError("no_content", `${event.event_type} event carries no content`);
+}
+
+/**
+ * Returns the full transcript (`call.transcript`) or summary (`call.summary`, or the brief one
+ * of `call.ended`), downloading it when the event only has a URL.
+ *
+ * @example
+ * ```ts
+ * if (event.event_type === "call.transcript") {
+ *   const transcript = await fetchContent(event, { timeoutMs: 10_000 });
+ * }
+ * ```
+ */
+export async function fetchContent(event: ContentEvent, opts: FetchContentOptions = {}): Promise<string> {
+  const src = source(event);
+  if ("text" in src) return src.text;
+
+  const maxBytes = opts.maxBytes ?? 10 * MiB;
+  const timeout = AbortSignal.timeout(opts.timeoutMs ?? 30_000);
+  const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+  const doFetch = opts.fetch ?? globalThis.fetch;
+  const fail = (cause: unknown): ContentFetchError =>
+    cause instanceof ContentFetchError
+      ? cause
+      : timeout.aborted
+        ? new ContentFetchError("timeout", "Downloading the content timed out", { cause })
+        : new ContentFetchError("network", "Downloading the content failed", { cause });
+
+  let response: Response;
+  try {
+    response = await doFetch(src.url, {
+      signal,
+      headers: { accept: "text/plain, application/json;q=0.9, */*;q=0.1" },
+    });
+  } catch (cause) {
+    throw fail(cause);
+  }
+  try {
+    if (!response.ok) {
+      throw new ContentFetchError("http_status", `Content URL answered ${response.status}`, {
+        status: response.status,
+      });
+    }
+    const declared = Number(response.headers.get("content-length"));
+    if (declared > maxBytes) throw tooLarge(maxBytes);
+    return await readText(response, maxBytes);
+  } catch (cause) {
+    // Stop the transfer rather than let it run to the end in the background.
+    await response.body?.cancel().catch(() => {});
+    throw fail(cause);
+  }
+}
+
+function tooLarge(maxBytes: number): ContentFetchError {
+  return new ContentFetchError("too_large", `Content is larger than ${maxBytes} bytes`);
+}
+
+/** Reads the body as UTF-8, stopping as soon as it passes `maxBytes` (Content-Length may lie or be absent). */
+async function readText(response: Response, maxBytes: number): Promise<string> {
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let received = 0;
+  let text = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    received += value.byteLength;
+    if (received > maxBytes) throw tooLarge(maxBytes);
+    text += decoder.decode(value, { stream: true });
+  }
+  return text + decoder.decode();
+}

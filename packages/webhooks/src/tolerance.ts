@@ -1,0 +1,45 @@
+import { WebhookVerificationError } from "./errors.js";
+
+/** Options of `verify` and `verifySignature`. */
+export interface VerifyOptions {
+  /** The current time, as Unix seconds or a `Date`. `0` is a valid time. Default: the clock. */
+  readonly now?: number | Date;
+  /** How far `webhook-timestamp` may be from `now`, either way, inclusive. Default 300 (5 min). */
+  readonly toleranceSeconds?: number;
+}
+
+/**
+ * Five minutes, as in the Standard Webhooks spec and every reference library.
+ *
+ * @example
+ * ```ts
+ * wh.verify(body, headers, { toleranceSeconds: DEFAULT_TOLERANCE_SECONDS * 2 });
+ * ```
+ */
+export const DEFAULT_TOLERANCE_SECONDS = 300;
+
+/** `now` as whole Unix seconds. Whole seconds, because the header has whole seconds: comparing
+ * against a fractional clock makes the inclusive bound flaky (the Go/Python divergence in the
+ * conformance vectors). */
+export function nowSeconds(now: number | Date | undefined): number {
+  const value = now === undefined ? Date.now() / 1000 : now instanceof Date ? now.getTime() / 1000 : now;
+  if (typeof value !== "number" || !Number.isFinite(value))
+    throw new TypeError("`now` must be Unix seconds or a valid Date");
+  return Math.floor(value);
+}
+
+/**
+ * Rejects a timestamp outside `now ± tolerance` (bounds included). Runs before the signature
+ * check, as in the reference libraries, so a replayed old delivery is reported as too old.
+ */
+export function checkTimestamp(timestamp: number, opts: VerifyOptions | undefined): void {
+  const now = nowSeconds(opts?.now);
+  const tolerance = opts?.toleranceSeconds ?? DEFAULT_TOLERANCE_SECONDS;
+  if (!(tolerance >= 0)) throw new TypeError("`toleranceSeconds` must be a non-negative number");
+  if (now - timestamp > tolerance) {
+    throw new WebhookVerificationError("timestamp_too_old", "webhook-timestamp is too old");
+  }
+  if (timestamp - now > tolerance) {
+    throw new WebhookVerificationError("timestamp_too_new", "webhook-timestamp is too far in the future");
+  }
+}

@@ -1,0 +1,144 @@
+/** Each adapter against a real server of its framework on 127.0.0.1, port 0. */
+import * as assert from "node:assert/strict";
+import { once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { serve } from "@hono/node-server";
+import express from "express";
+import Fastify from "fastify";
+import { Hono } from "hono";
+import { expressWebhook, webhookDelivery } from "../src/adapters/express.js";
+import { fastifyWebhook } from "../src/adapters/fastify.js";
+import { fetchWebhookHandler, verifyRequest } from "../src/adapters/fetch.js";
+import { nodeWebhookHandler } from "../src/adapters/node.js";
+import { WebhookVerificationError } from "../src/index.js";
+import { adapterContract } from "./adapter-contract.js";
+import { baseUrl, seedBody, seedEvent, signedHeaders, webhook } from "./helpers.js";
+
+async function listen(server: ReturnType<typeof createServer>) {
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return baseUrl(server.address());
+}
+
+function closer(server: ReturnType<typeof createServer>) {
+  return async () => {
+    server.closeAllConnections();
+    server.close();
+    await once(server, "close");
+  };
+}
+
+adapterContract("node:http", async (opts) => {
+  const server = createServer(nodeWebhookHandler(webhook, opts));
+  return { url: `${await listen(server)}/`, close: closer(server) };
+});
+
+adapterContract("express", async (opts) => {
+  const app = express();
+  app.post("/webhooks/klen", expressWebhook(webhook, opts));
+  app.use(express.json()); // the rest of the app parses JSON; the webhook route is mounted first
+  const server = createServer(app);
+  return { url: `${await listen(server)}/webhooks/klen`, close: closer(server) };
+});
+
+adapterContract("fastify", async (opts) => {
+  const app = Fastify();
+  await app.register(fastifyWebhook, { ...opts, prefix: "/webhooks/klen", webhook });
+  app.post("/other", async (req) => ({ parsed: req.body })); // outside the plugin: JSON still parsed
+  await app.listen({ port: 0, host: "127.0.0.1" });
+  return { url: `${baseUrl(app.server.address())}/webhooks/klen`, close: () => app.close() };
+});
+
+adapterContract("hono (fetch Request/Response)", async (opts) => {
+  const app = new Hono();
+  const handler = fetchWebhookHandler(webhook, opts);
+  app.post("/webhooks/klen", (c) => handler(c.req.raw));
+  const server = serve({ fetch: app.fetch, port: 0, hostname: "127.0.0.1" });
+  await once(server, "listening");
+  const url = `${baseUrl(server.address() as AddressInfo)}/webhooks/klen`;
+  return {
+    url,
+    close: async () => {
+      (server as ReturnType<typeof createServer>).closeAllConnections();
+      server.close();
+      await once(server, "close");
+    },
+  };
+});
+
+describe("express middleware mode", () => {
+  let server: ReturnType<typeof createServer>;
+  let url: string;
+  before(async () => {
+    const app = express();
+    // With express.raw() on the route the middleware takes the Buffer it left.
+    app.post("/raw", express.raw({ type: "*/*" }), expressWebhook(webhook), (req, res) => {
+      res.json({ type: webhookDelivery(req).event.event_type, id: webhookDelivery(req).id });
+    });
+    app.post("/stream", expressWebhook(webhook), (req, res) => {
+      res.json({ type: webhookDelivery(req).event.event_type });
+    });
+    // The classic mistake: express.json() first. Reported loudly to the developer, never a pass.
+    app.post("/parsed", express.json(), expressWebhook(webhook), (_req, res) => {
+      res.json({ ok: true });
+    });
+    app.use((err: Error, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      res.status(500).json({ misconfigured: /express\.json/.test(err.message) });
+    });
+    server = createServer(app);
+    url = await listen(server);
+  });
+  after(() => closer(server)());
+
+  test("after express.raw(), and reading the stream itself, next() sees the typed event", async () => {
+    const body = seedBody();
+    for (const path of ["/raw", "/stream"]) {
+      const res = await fetch(`${url}${path}`, {
+        method: "POST",
+        body,
+        headers: signedHeaders(body, "evt_mw"),
+      });
+      assert.equal(res.status, 200, path);
+      assert.equal(((await res.json()) as { type: string }).type, "call.ended");
+    }
+  });
+
+  test("re-serialised JSON after express.raw() is 400", async () => {
+    const body = seedBody();
+    const res = await fetch(`${url}/raw`, {
+      method: "POST",
+      body: JSON.stringify(seedEvent()),
+      headers: signedHeaders(body, "evt_mw2"),
+    });
+    assert.equal(res.status, 400);
+    assert.deepEqual(await res.json(), { error: { code: "no_matching_signature" } });
+  });
+
+  test("express.json() before the middleware is reported as a misconfiguration", async () => {
+    const body = seedBody();
+    const res = await fetch(`${url}/parsed`, {
+      method: "POST",
+      body,
+      headers: signedHeaders(body, "evt_mw3"),
+    });
+    assert.equal(res.status, 500);
+    assert.deepEqual(await res.json(), { misconfigured: true });
+  });
+});
+
+describe("fetch verifyRequest", () => {
+  test("verifies a Request built in-process and throws WebhookVerificationError on tampering", async () => {
+    const body = seedBody();
+    const headers = signedHeaders(body, "evt_req");
+    const ok = await verifyRequest(
+      webhook,
+      new Request("http://127.0.0.1/", { method: "POST", body, headers }),
+    );
+    assert.equal(ok.id, "evt_req");
+    assert.deepEqual(ok.event, seedEvent());
+    const bad = new Request("http://127.0.0.1/", { method: "POST", body: `${body} `, headers });
+    await assert.rejects(verifyRequest(webhook, bad), WebhookVerificationError);
+  });
+});

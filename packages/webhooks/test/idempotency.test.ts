@@ -1,0 +1,118 @@
+/** The once-per-webhook-id helper and its in-memory store. */
+import * as assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import {
+  createIdempotency,
+  type IdempotencyStore,
+  IdempotencyTimeoutError,
+  MemoryIdempotencyStore,
+} from "../src/index.js";
+import { deferred } from "./helpers.js";
+
+describe("idempotency", () => {
+  test("runs once per key; later duplicates are reported", async () => {
+    const once = createIdempotency();
+    let runs = 0;
+    assert.deepEqual(await once.run("evt_1", () => ++runs), { duplicate: false, value: 1 });
+    assert.deepEqual(await once.run("evt_1", () => ++runs), { duplicate: true, value: undefined });
+    assert.deepEqual(await once.run("evt_2", () => ++runs), { duplicate: false, value: 2 });
+    assert.equal(runs, 2);
+  });
+
+  test("concurrent duplicates wait for and share the first run", async () => {
+    const once = createIdempotency();
+    const gate = deferred();
+    let runs = 0;
+    const first = once.run("evt_1", async () => {
+      runs++;
+      await gate.promise;
+      return "done";
+    });
+    const second = once.run("evt_1", async () => {
+      runs++;
+      return "second";
+    });
+    gate.resolve();
+    assert.deepEqual(await first, { duplicate: false, value: "done" });
+    assert.deepEqual(await second, { duplicate: true, value: "done" });
+    assert.equal(runs, 1);
+  });
+
+  test("a failed handler releases the key: waiters share the error, a retry runs", async () => {
+    const once = createIdempotency();
+    const gate = deferred();
+    const first = once.run("evt_1", async () => {
+      await gate.promise;
+      throw new Error("db down");
+    });
+    const concurrent = once.run("evt_1", () => "never");
+    gate.resolve();
+    await assert.rejects(first, /db down/);
+    await assert.rejects(concurrent, /db down/);
+    assert.deepEqual(await once.run("evt_1", () => "retried"), { duplicate: false, value: "retried" });
+  });
+
+  test("a shared store: a second process waits for the first one's claim, then sees it done", async () => {
+    const store = new MemoryIdempotencyStore();
+    let claims = 0;
+    const counting: IdempotencyStore = {
+      claim: (k, l) => {
+        claims++;
+        return store.claim(k, l);
+      },
+      complete: (k, t) => store.complete(k, t),
+      release: (k) => store.release(k),
+    };
+    const a = createIdempotency({ store: counting });
+    const b = createIdempotency({ store: counting, pollIntervalMs: 1 });
+    const gate = deferred();
+    const started = deferred();
+    const first = a.run("evt_1", async () => {
+      started.resolve();
+      await gate.promise;
+      return "a";
+    });
+    await started.promise;
+    const second = b.run("evt_1", () => "b");
+    // Let b observe the pending claim at least once before a finishes: wait on the claim count.
+    while (claims < 2) await new Promise((r) => setImmediate(r));
+    gate.resolve();
+    assert.deepEqual(await first, { duplicate: false, value: "a" });
+    assert.deepEqual(await second, { duplicate: true, value: undefined });
+  });
+
+  test("a claim held elsewhere past waitTimeoutMs raises IdempotencyTimeoutError", async () => {
+    const store = new MemoryIdempotencyStore();
+    store.claim("evt_1", 60_000);
+    const once = createIdempotency({ store, waitTimeoutMs: 0 });
+    await assert.rejects(
+      once.run("evt_1", () => 1),
+      IdempotencyTimeoutError,
+    );
+  });
+
+  test("memory store: TTL and lease expiry with an injected clock", () => {
+    let now = 1_000;
+    const store = new MemoryIdempotencyStore({ now: () => now });
+    assert.equal(store.claim("k", 100), "claimed");
+    assert.equal(store.claim("k", 100), "pending");
+    now += 100; // a lease that ran out: the worker crashed
+    assert.equal(store.claim("k", 100), "claimed");
+    store.complete("k", 500);
+    assert.equal(store.claim("k", 100), "done");
+    now += 499;
+    assert.equal(store.claim("k", 100), "done");
+    now += 1;
+    assert.equal(store.claim("k", 100), "claimed");
+    store.release("k");
+    assert.equal(store.claim("k", 100), "claimed");
+  });
+
+  test("memory store is bounded: the oldest keys go first", () => {
+    const store = new MemoryIdempotencyStore({ maxEntries: 3 });
+    for (const k of ["a", "b", "c", "d"]) store.complete(k, 60_000);
+    assert.equal(store.size, 3);
+    assert.equal(store.claim("a", 1), "claimed", "a was evicted");
+    assert.equal(store.claim("d", 1), "done");
+  });
+});
