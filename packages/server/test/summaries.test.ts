@@ -1,0 +1,257 @@
+import assert from "node:assert/strict";
+import { createServer, type IncomingMessage } from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { generateConversation } from "../src/simulator/conversation.js";
+import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
+import { completionsUrl } from "../src/summaries/openai.js";
+import { DETAILED } from "../src/summaries/summarizer.js";
+import { type Receiver, startReceiver } from "./helpers/receiver.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+const TRANSCRIPT = [
+  "Agent: Thank you for calling Acme Internet, how can I help you today?",
+  "Customer: Hi. My internet connection has been dropping every evening since Monday.",
+  "Agent: I am sorry to hear that. Let me run a line test on your connection.",
+  "Customer: Sure, go ahead.",
+  "Agent: The line test shows packet loss on your connection after 6 PM.",
+  "Agent: I will send a technician to replace the modem on Thursday between 9 and 11 AM.",
+  "Customer: Thursday morning works. Will the technician call before coming?",
+  "Agent: Yes, the technician will call 30 minutes before arriving.",
+  "Customer: Great, thanks.",
+  "Agent: You are welcome. Have a nice evening.",
+].join("\n");
+
+describe("built-in extractive summarizer", () => {
+  test("picks the key sentences, in order, within its bounds, deterministically", () => {
+    const s = summarizeExtractive(TRANSCRIPT, { maxChars: 400, maxSentences: 3 });
+    assert.equal(s, summarizeExtractive(TRANSCRIPT, { maxChars: 400, maxSentences: 3 }));
+    assert.ok(s.length <= 400);
+    assert.match(s, /internet connection has been dropping/, "why the customer called");
+    assert.match(s, /connection/);
+    assert.doesNotMatch(s, /Sure, go ahead|Great, thanks/, "no filler");
+    const picked = s.split(/ (?=Agent:|Customer:)/);
+    assert.ok(picked.length >= 2 && picked.length <= 3, s);
+    const order = picked.map((p) => TRANSCRIPT.indexOf(p.replace(/^(Agent|Customer): /, "")));
+    assert.ok(order.every((i) => i >= 0));
+    assert.deepEqual(
+      order,
+      [...order].sort((a, b) => a - b),
+      "original order",
+    );
+  });
+
+  test("long repetitive conversations are summarized without repeating themselves", () => {
+    const { transcript } = generateConversation({ seed: 42, agentName: "Acme", minBytes: 200_000 });
+    const s = summarizeExtractive(transcript, DETAILED);
+    assert.ok(s.length <= DETAILED.maxChars && s.length > 100);
+    const normalized = s.split(/ (?=Agent:|Customer:)/).map((p) => p.replace(/[0-9$.,]+/g, "#"));
+    assert.equal(new Set(normalized).size, normalized.length);
+  });
+
+  test("edge cases: empty, one line, no speakers", () => {
+    assert.equal(summarizeExtractive(""), "");
+    assert.equal(summarizeExtractive("Customer: Hi."), "Customer: Hi.");
+    assert.equal(sentences("First one. Second one!\nThird?").length, 3);
+    assert.ok(summarizeExtractive("word ".repeat(5000), { maxChars: 100 }).length <= 100);
+  });
+
+  test("KLEN_SUMMARY_URL is a base URL: /chat/completions is appended", () => {
+    assert.equal(completionsUrl("https://api.openai.com/v1"), "https://api.openai.com/v1/chat/completions");
+    assert.equal(completionsUrl("http://127.0.0.1:8000/v1/"), "http://127.0.0.1:8000/v1/chat/completions");
+  });
+});
+
+const prepared = new WeakMap<Receiver, (transcript?: string) => Promise<number>>();
+
+/**
+ * Sets up (once per receiver) an endpoint at `rx` and an agent, and returns a helper that runs
+ * a call up to its transcript.
+ */
+async function prepare(srv: ServerProcess, rx: Receiver) {
+  const known = prepared.get(rx);
+  if (known) return known;
+  const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
+  rx.setSecret(ep.body.secret);
+  const agent = await srv.api.post("/v1/agents", { name: "Support" });
+  const run = async (transcript = TRANSCRIPT) => {
+    const c = await srv.api.post("/v1/calls", {
+      agent_id: agent.body.id,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    const id = c.body.id as number;
+    for (const [step, body] of [
+      ["start", {}],
+      ["end", { summary: "Evening outages; technician booked." }],
+      ["transcript", { transcript }],
+    ] as const) {
+      assert.equal((await srv.api.post(`/v1/calls/${id}/${step}`, body)).status, 200);
+    }
+    return id;
+  };
+  prepared.set(rx, run);
+  return run;
+}
+const typesOf = (rx: Receiver, callId: number) =>
+  rx.requests.filter((q) => q.json?.call?.id === callId).map((q) => q.json.event_type as string);
+
+describe("auto-summary with the built-in summarizer", () => {
+  const dir = tempDir();
+  let srv: ServerProcess;
+  let rx: Receiver;
+  before(async () => {
+    srv = await spawnServer({ dataDir: dir.path });
+    rx = await startReceiver();
+  });
+  after(async () => {
+    await srv.kill();
+    await rx.close();
+    dir.remove();
+  });
+
+  test("off by default; on, call.summary follows call.transcript", async () => {
+    const run = await prepare(srv, rx);
+    assert.equal((await srv.api.get("/v1/account")).body.auto_summary, false);
+    const off = await run();
+    assert.equal((await srv.api.patch("/v1/account", { auto_summary: true })).body.auto_summary, true);
+    const on = await run();
+    await waitFor("call.summary", () => typesOf(rx, on).includes("call.summary"));
+    assert.deepEqual(typesOf(rx, on), ["call.started", "call.ended", "call.transcript", "call.summary"]);
+    const body = rx.requests.find((q) => q.json.call.id === on && q.json.event_type === "call.summary")!.json;
+    assert.equal(body.call.summary, summarizeExtractive(TRANSCRIPT, DETAILED));
+    assert.deepEqual(rx.verifyFailures, []);
+    // The call with auto-summary off got no summary (its transcript queued nothing).
+    await waitFor("off call's transcript", () => typesOf(rx, off).length === 3);
+    assert.equal(
+      (await srv.api.get(`/v1/events?call_id=${off}&event_type=call.summary`)).body.data.length,
+      0,
+    );
+    assert.equal((await srv.api.get(`/v1/calls/${off}`)).body.has_summary, false);
+    // A summary posted by the client is still possible for it, once.
+    assert.equal((await srv.api.post(`/v1/calls/${off}/summary`, { summary: "Manual." })).status, 200);
+  });
+});
+
+describe("auto-summary through an OpenAI-compatible endpoint", () => {
+  const dir = tempDir();
+  let srv: ServerProcess;
+  let rx: Receiver;
+  let llm: ReturnType<typeof createServer>;
+  const seen: Array<{ path: string; auth: string | undefined; body: any }> = [];
+  let failuresLeft = 2;
+
+  before(async () => {
+    llm = createServer((req: IncomingMessage, res) => {
+      let raw = "";
+      req.on("data", (c: Buffer) => {
+        raw += c;
+      });
+      req.on("end", () => {
+        seen.push({ path: req.url ?? "", auth: req.headers.authorization, body: JSON.parse(raw) });
+        if (failuresLeft > 0) {
+          failuresLeft--;
+          res
+            .writeHead(500, { "content-type": "application/json" })
+            .end('{"error":{"message":"overloaded"}}');
+          return;
+        }
+        res.writeHead(200, { "content-type": "application/json" }).end(
+          JSON.stringify({
+            id: "chatcmpl-1",
+            object: "chat.completion",
+            model: "tiny-summarizer",
+            choices: [
+              {
+                index: 0,
+                finish_reason: "stop",
+                message: {
+                  role: "assistant",
+                  content: "  The customer reported evening outages; a technician visit was booked.  ",
+                },
+              },
+            ],
+          }),
+        );
+      });
+    });
+    await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
+    const port = (llm.address() as AddressInfo).port;
+    srv = await spawnServer({
+      dataDir: dir.path,
+      env: {
+        KLEN_SUMMARY_URL: `http://127.0.0.1:${port}/v1`,
+        KLEN_SUMMARY_MODEL: "tiny-summarizer",
+        KLEN_SUMMARY_API_KEY: "sk-test-123",
+        LOG_LEVEL: "warn",
+      },
+    });
+    rx = await startReceiver();
+  });
+  after(async () => {
+    await srv.kill();
+    await rx.close();
+    await new Promise((r) => llm.close(r));
+    dir.remove();
+  });
+
+  test("two 500s are retried and logged, then call.summary carries the model's summary", async () => {
+    const run = await prepare(srv, rx);
+    await srv.api.patch("/v1/account", { auto_summary: true });
+    const id = await run();
+    await waitFor("call.summary", () => typesOf(rx, id).includes("call.summary"));
+    assert.deepEqual(typesOf(rx, id), ["call.started", "call.ended", "call.transcript", "call.summary"]);
+    const body = rx.requests.find((q) => q.json.call.id === id && q.json.event_type === "call.summary")!.json;
+    assert.equal(body.call.summary, "The customer reported evening outages; a technician visit was booked.");
+    assert.equal(seen.length, 3);
+    for (const s of seen) {
+      assert.equal(s.path, "/v1/chat/completions");
+      assert.equal(s.auth, "Bearer sk-test-123");
+      assert.equal(s.body.model, "tiny-summarizer");
+      assert.equal(s.body.messages[0].role, "system");
+      assert.ok(s.body.messages.at(-1).content.includes("dropping every evening"));
+    }
+    assert.match(srv.output(), /summarizer request failed; retrying/);
+    assert.doesNotMatch(srv.output(), /sk-test-123/, "the API key is never logged");
+  });
+
+  test("a failing summarizer is retried by the durable job, not dropped", async () => {
+    failuresLeft = 3; // one whole job run (three tries) fails; the job's next run succeeds
+    const run = await prepare(srv, rx);
+    const id = await run();
+    await waitFor("job failure logged", () => /summary generation failed; will retry/.test(srv.output()));
+    // The job waits its backoff (5 s) and runs again.
+    await waitFor("call.summary after job retry", () => typesOf(rx, id).includes("call.summary"), 20_000);
+    assert.equal(typesOf(rx, id).at(-1), "call.summary");
+  });
+});
+
+describe("a summary survives the death of the process that received the transcript", () => {
+  const dir = tempDir();
+  let rx: Receiver;
+  before(async () => {
+    rx = await startReceiver();
+  });
+  after(async () => {
+    await rx.close();
+    dir.remove();
+  });
+
+  test("transcript on an API-only process that is killed; a worker started later emits call.summary", async () => {
+    // An API-only process runs no summary worker, so the job is queued and nothing more.
+    const api = await spawnServer({ dataDir: dir.path, role: "api" });
+    const run = await prepare(api, rx);
+    await api.api.patch("/v1/account", { auto_summary: true });
+    const id = await run();
+    await api.kill("SIGKILL");
+    const all = await spawnServer({ dataDir: dir.path });
+    try {
+      await waitFor("call.summary", () => typesOf(rx, id).includes("call.summary"));
+      assert.deepEqual(typesOf(rx, id), ["call.started", "call.ended", "call.transcript", "call.summary"]);
+      assert.deepEqual(rx.verifyFailures, []);
+    } finally {
+      await all.kill();
+    }
+  });
+});
