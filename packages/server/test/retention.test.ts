@@ -1,0 +1,135 @@
+import assert from "node:assert/strict";
+import { readdirSync, utimesSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { newBlobId } from "../src/blobs/blobs.js";
+import { loadConfig } from "../src/config.js";
+import { createLogger } from "../src/log.js";
+import { purgeExpired } from "../src/retention/purge.js";
+import { type Running, startServer } from "../src/server.js";
+import { type ApiClient, apiClient } from "./helpers/api.js";
+import { onServer } from "./helpers/content.js";
+import { type Receiver, startReceiver } from "./helpers/receiver.js";
+import { tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+const DAY = 86_400_000;
+
+describe("retention: payloads and media older than KLEN_RETENTION are purged", () => {
+  const dir = tempDir();
+  let running: Running;
+  let api: ApiClient;
+  let base: string;
+  let rx: Receiver;
+
+  before(async () => {
+    // In-process, so the purge can be run with an injected "now" instead of waiting days.
+    const config = loadConfig({
+      PORT: "0",
+      KLEN_DATA_DIR: dir.path,
+      KLEN_API_KEY: "klen_test_key_retention",
+      KLEN_DEV: "1",
+      KLEN_RETENTION: "30d",
+      KLEN_RETRY_SCHEDULE: "100ms",
+    });
+    running = await startServer(config, createLogger({ level: "silent" }));
+    base = running.address!.replace("[::1]", "127.0.0.1");
+    api = apiClient(base, "klen_test_key_retention");
+    rx = await startReceiver();
+    assert.equal((await api.post("/v1/endpoints", { url: rx.url })).status, 201);
+  });
+  after(async () => {
+    await running.stop(1000);
+    await rx.close();
+    dir.remove();
+  });
+
+  test("nothing younger than the retention period is touched; older blobs, events and logs go", async () => {
+    const tc = await api.post("/v1/test-calls", { transcript_bytes: 100_000 });
+    const callId = tc.body.call_id as number;
+    await waitFor(
+      "five deliveries",
+      () => rx.requests.filter((q) => q.json?.call?.id === callId).length === 5,
+    );
+    await waitFor("deliveries finished", async () => {
+      const d = await api.get("/v1/deliveries?status=pending");
+      return d.body.data.length === 0;
+    });
+    const events = (await api.get(`/v1/events?call_id=${callId}`)).body.data;
+    const byType = Object.fromEntries(events.map((e: any) => [e.event_type, e.payload.call]));
+    const urls = [byType["call.transcript"].transcript_url, byType["call.recording"].recording_url].map(
+      (u: string) => onServer(base, u),
+    );
+    for (const u of urls) assert.equal((await fetch(u)).status, 200);
+
+    // An orphaned file (a rolled-back upload) older than an hour is swept; a fresh one is not.
+    const blobsDir = join(dir.path, "blobs");
+    const oldOrphan = newBlobId();
+    const newOrphan = newBlobId();
+    writeFileSync(join(blobsDir, oldOrphan), "orphan");
+    writeFileSync(join(blobsDir, newOrphan), "in flight");
+    const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000);
+    utimesSync(join(blobsDir, oldOrphan), twoHoursAgo, twoHoursAgo);
+
+    const now = Date.now();
+    const early = await purgeExpired(running.ctx, now + 29 * DAY);
+    assert.deepEqual(
+      { ...early, orphans: 0 },
+      { blobs: 0, orphans: 0, attempts: 0, deliveries: 0, events: 0, summaries: 0, jobs: 0 },
+    );
+    assert.equal(early.orphans, 1);
+    for (const u of urls) assert.equal((await fetch(u)).status, 200);
+    assert.equal((await api.get(`/v1/events?call_id=${callId}`)).body.data.length, 5);
+
+    const counts = await purgeExpired(running.ctx, now + 31 * DAY);
+    assert.equal(counts.blobs, 2, "transcript and recording");
+    assert.equal(counts.events, 5);
+    assert.equal(counts.deliveries, 5);
+    assert.ok(counts.attempts >= 5);
+    assert.equal(counts.summaries, 1, "the brief summary kept on the call");
+    for (const u of urls) {
+      const res = await fetch(u);
+      assert.equal(res.status, 404);
+      assert.doesNotMatch(await res.text(), /Agent:|RIFF/);
+    }
+    assert.equal((await api.get(`/v1/events?call_id=${callId}`)).body.data.length, 0);
+    assert.equal((await api.get(`/v1/deliveries?event_id=${events[0].id}`)).body.data.length, 0);
+    const call = (await api.get(`/v1/calls/${callId}`)).body;
+    assert.equal(call.status, "completed", "the call itself stays");
+    assert.equal(call.summary, null);
+    assert.deepEqual(
+      readdirSync(blobsDir).filter((f) => f.startsWith("blb_")),
+      [newOrphan],
+    );
+    // A second run finds nothing left to do.
+    const again = await purgeExpired(running.ctx, now + 31 * DAY);
+    assert.equal(
+      Object.values(again).reduce((a, b) => a + b, 0),
+      0,
+    );
+  });
+
+  test("a delivery still pending keeps its event, however old", async () => {
+    // A receiver that never answers holds the delivery in flight (timeout 15 s by default).
+    const slow = await startReceiver({ respond: () => ({ status: 200, hang: true }) });
+    try {
+      for (const e of (await api.get("/v1/endpoints")).body.data) await api.del(`/v1/endpoints/${e.id}`);
+      const ep = await api.post("/v1/endpoints", { url: slow.url });
+      const agent = await api.post("/v1/agents", { name: "Old" });
+      const c = await api.post("/v1/calls", {
+        agent_id: agent.body.id,
+        type: "inbound",
+        phone_number: "+15551234567",
+      });
+      await api.post(`/v1/calls/${c.body.id}/start`, {});
+      await slow.waitForCount(1);
+      const pending = (await api.get(`/v1/deliveries?endpoint_id=${ep.body.id}&status=pending`)).body.data[0];
+      assert.ok(pending, "the delivery is pending while its attempt hangs");
+      await purgeExpired(running.ctx, Date.now() + 365 * DAY);
+      assert.equal((await api.get(`/v1/deliveries/${pending.id}`)).body.status, "pending");
+      assert.equal((await api.get(`/v1/events/${pending.event_id}`)).status, 200);
+    } finally {
+      await slow.close();
+    }
+  });
+});
