@@ -1,0 +1,442 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { after, before, describe, test } from "node:test";
+import { promisify } from "node:util";
+import Database from "better-sqlite3";
+import { Webhook } from "standardwebhooks";
+import { type SseMessage, SseParser } from "../src/cli/sse.js";
+import { apiClient, runCall, setupAccount } from "./helpers/api.js";
+import { startReceiver } from "./helpers/receiver.js";
+import { CLI, freePort, type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+const exec = promisify(execFile);
+
+/** The environment of a CLI child: no inherited KLEN_* so only what a test passes applies. */
+function cliEnv(extra: Record<string, string>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("KLEN_") && v !== undefined) env[k] = v;
+  return { ...env, NO_COLOR: "1", ...extra };
+}
+
+/** Runs the compiled CLI to completion; never throws on a non-zero exit. */
+async function cli(args: string[], env: Record<string, string> = {}) {
+  try {
+    const r = await exec(process.execPath, [CLI, ...args], { env: cliEnv(env), timeout: 30_000 });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : -1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
+
+/** A long-running CLI child (listen) whose stdout JSON lines are collected as they arrive. */
+function spawnCli(args: string[], env: Record<string, string>) {
+  const proc: ChildProcess = spawn(process.execPath, [CLI, ...args], {
+    env: cliEnv(env),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const lines: any[] = [];
+  let out = "";
+  let err = "";
+  proc.stdout!.on("data", (d: Buffer) => {
+    out += d.toString();
+    let nl = out.indexOf("\n");
+    while (nl >= 0) {
+      lines.push(JSON.parse(out.slice(0, nl)));
+      out = out.slice(nl + 1);
+      nl = out.indexOf("\n");
+    }
+  });
+  proc.stderr!.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
+  return {
+    proc,
+    lines,
+    stderr: () => err,
+    forwarded: () => lines.filter((l) => l.type === "forwarded"),
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGINT");
+      return exited;
+    },
+  };
+}
+
+/** `klen-webhooks serve` on a given port (a restart must come back where the listener looks). */
+async function serveOnPort(port: number, dataDir: string, apiKey: string) {
+  const proc = spawn(process.execPath, [CLI, "serve"], {
+    env: {
+      ...cliEnv({}),
+      PORT: String(port),
+      KLEN_HOST: "127.0.0.1",
+      KLEN_DATA_DIR: dataDir,
+      KLEN_API_KEY: apiKey,
+      KLEN_DEV: "1",
+      KLEN_RETRY_SCHEDULE: "100ms,200ms,300ms",
+      LOG_LEVEL: "warn",
+    },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let out = "";
+  proc.stderr!.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(
+    `server on ${url}`,
+    async () => {
+      if (proc.exitCode !== null) throw new Error(`server exited: ${out}`);
+      const r = await fetch(`${url}/healthz`).catch(() => undefined);
+      await r?.arrayBuffer();
+      return r?.ok;
+    },
+    20_000,
+    50,
+  );
+  return {
+    url,
+    api: apiClient(url, apiKey),
+    async kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+describe("SSE parser (pure)", () => {
+  test("messages split across chunks, CRLF across chunks, comments and multi-line data", () => {
+    const got: SseMessage[] = [];
+    const p = new SseParser((m) => got.push(m));
+    const text =
+      'retry: 1000\r\n: ping\r\n\r\nid: evt_1\r\nevent: call.started\r\ndata: {"a":1}\r\n\r\ndata: x\ndata: y\n\n';
+    for (let i = 0; i < text.length; i += 3) p.push(text.slice(i, i + 3));
+    assert.deepEqual(got, [
+      { id: "evt_1", event: "call.started", data: '{"a":1}' },
+      { id: undefined, event: "message", data: "x\ny" },
+    ]);
+  });
+});
+
+// Each case is a separate CLI start (~0.5 s on a busy runner): they run concurrently.
+describe("klen-webhooks --help", { concurrency: true }, () => {
+  for (const [args, mentions] of [
+    [["--help"], ["serve", "migrate", "accounts", "test-call", "trigger", "listen"]],
+    [
+      ["serve", "--help"],
+      ["--dev", "--role"],
+    ],
+    [["migrate", "--help"], ["migrations"]],
+    [
+      ["accounts", "create", "--help"],
+      ["--name", "--json"],
+    ],
+    [
+      ["test-call", "--help"],
+      [
+        "--agent-id",
+        "--outcome",
+        "--endpoint-id",
+        "--transcript-bytes",
+        "--wait",
+        "--api-url",
+        "--api-key",
+        "--json",
+        "Examples:",
+      ],
+    ],
+    [
+      ["trigger", "--help"],
+      ["<event_type>", "--reason", "call.recording", "--api-url", "--json", "Examples:"],
+    ],
+    [
+      ["listen", "--help"],
+      ["--forward-to", "--events", "--secret", "KLEN_API_KEY", "--json", "Examples:"],
+    ],
+  ] as const) {
+    test(args.join(" "), async () => {
+      const r = await cli([...args]);
+      assert.equal(r.code, 0, r.stderr);
+      for (const m of mentions)
+        assert.ok(r.stdout.includes(m), `${args.join(" ")} mentions ${m}:\n${r.stdout}`);
+    });
+  }
+
+  test("usage errors exit non-zero with a clear message", async () => {
+    const [bad, reason, nokey, forward] = await Promise.all([
+      cli(["trigger", "call.nope", "--api-key", "x"]),
+      cli(["trigger", "call.failed", "--reason", "bored", "--api-key", "x"]),
+      cli(["trigger", "call.ended", "--api-url", "http://127.0.0.1:9"]),
+      cli(["listen", "--forward-to", "not a url", "--api-key", "x"]),
+    ]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /unknown event type "call\.nope"/);
+    assert.notEqual(reason.code, 0);
+    assert.match(reason.stderr, /unknown failure reason "bored"/);
+    assert.equal(nokey.code, 1);
+    assert.match(nokey.stderr, /no API key/);
+    assert.equal(forward.code, 1);
+    assert.match(forward.stderr, /--forward-to/);
+  });
+});
+
+describe("accounts create", () => {
+  const dir = tempDir();
+  let server: ServerProcess | undefined;
+  after(async () => {
+    await server?.kill();
+    dir.remove();
+  });
+
+  test("--json prints a key that works against the API", async () => {
+    const db = `sqlite:${dir.path}/klen.db`;
+    const r = await cli(["accounts", "create", "--name", "Acme Voice", "--json"], { KLEN_DATABASE_URL: db });
+    assert.equal(r.code, 0, r.stderr);
+    const created = JSON.parse(r.stdout) as { id: number; name: string; api_key: string };
+    assert.equal(created.name, "Acme Voice");
+    assert.match(created.api_key, /^klen_sk_/);
+    server = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db } });
+    const me = await apiClient(server.url, created.api_key).get("/v1/account");
+    assert.equal(me.status, 200, JSON.stringify(me.body));
+    assert.equal(me.body.name, "Acme Voice");
+    assert.equal(me.body.id, created.id);
+    assert.equal((await apiClient(server.url, `${created.api_key}x`).get("/v1/account")).status, 401);
+  });
+});
+
+describe("client commands against a running server", () => {
+  const dir = tempDir();
+  let server: ServerProcess;
+  let env: Record<string, string>;
+  before(async () => {
+    server = await spawnServer({ dataDir: dir.path });
+    env = { KLEN_API_URL: server.url, KLEN_API_KEY: server.apiKey };
+  });
+  after(async () => {
+    await server.kill();
+    dir.remove();
+  });
+
+  test("trigger call.ended --json emits call.started and call.ended", async () => {
+    const r = await cli(["trigger", "call.ended", "--json"], env);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    assert.deepEqual(
+      out.events.map((e: any) => e.event_type),
+      ["call.started", "call.ended"],
+    );
+    const listed = await server.api.get(`/v1/events?call_id=${out.call_id}`);
+    assert.deepEqual(
+      listed.body.data.map((e: any) => e.id).reverse(),
+      out.events.map((e: any) => e.id),
+    );
+    assert.equal(listed.body.data[0].payload.call.status, "completed");
+    // The agent is created once and reused.
+    const again = JSON.parse((await cli(["trigger", "call.started", "--json"], env)).stdout);
+    assert.equal(again.agent_id, out.agent_id);
+  });
+
+  test("trigger call.failed --reason and call.recording drive the matching transitions", async () => {
+    const failed = await cli(["trigger", "call.failed", "--reason", "busy", "--json"], env);
+    assert.equal(failed.code, 0, failed.stderr);
+    const f = JSON.parse(failed.stdout);
+    assert.deepEqual(
+      f.events.map((e: any) => e.event_type),
+      ["call.failed"],
+    );
+    const ev = await server.api.get(`/v1/events/${f.events[0].id}`);
+    assert.equal(ev.body.payload.call.failure_reason, "busy");
+
+    const rec = await cli(["trigger", "call.recording", "--json"], env);
+    assert.equal(rec.code, 0, rec.stderr);
+    const r = JSON.parse(rec.stdout);
+    assert.deepEqual(
+      r.events.map((e: any) => e.event_type),
+      ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"],
+    );
+    const recording = await server.api.get(`/v1/events/${r.events[4].id}`);
+    const audio = await fetch(recording.body.payload.call.recording_url);
+    assert.equal(audio.status, 200);
+    assert.match(audio.headers.get("content-type") ?? "", /^audio\/wav/);
+    const bytes = Buffer.from(await audio.arrayBuffer());
+    assert.equal(bytes.subarray(0, 4).toString("ascii"), "RIFF");
+    assert.equal(bytes.subarray(8, 12).toString("ascii"), "WAVE");
+  });
+
+  test("listen forwards each event signed with its printed secret, body byte-identical to the stored one", async () => {
+    const receiver = await startReceiver();
+    const listener = spawnCli(["listen", "--forward-to", `${receiver.url}/hooks`, "--json"], env);
+    try {
+      await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
+      const ready = listener.lines.find((l) => l.type === "ready");
+      assert.match(ready.secret, /^whsec_/);
+      assert.equal(Buffer.from(ready.secret.slice(6), "base64").length, 32);
+      receiver.setSecret(ready.secret);
+      const { agentId } = await setupAccount(server.api);
+      const callId = await runCall(server.api, agentId);
+      await receiver.waitForCount(4);
+      assert.deepEqual(receiver.verifyFailures, []);
+      const sqlite = new Database(`${dir.path}/klen.db`, { readonly: true });
+      try {
+        const stored = sqlite
+          .prepare("SELECT id, event_type, payload FROM events WHERE call_id = ? ORDER BY seq")
+          .all(callId) as Array<{ id: string; event_type: string; payload: string }>;
+        assert.equal(stored.length, 4);
+        assert.deepEqual(
+          receiver.requests.map((q) => q.id),
+          stored.map((s) => s.id),
+          "in order, once each",
+        );
+        for (const [i, q] of receiver.requests.entries()) {
+          assert.equal(q.body, stored[i]!.payload, "same body bytes as stored");
+          assert.equal(q.path, "/hooks");
+          assert.equal(q.headers["content-type"], "application/json");
+          assert.match(String(q.headers["user-agent"]), /^klen-webhooks-cli\//);
+          // An independent verifier with the printed secret, and a wrong one fails.
+          new Webhook(ready.secret).verify(q.body, q.headers as Record<string, string>);
+          assert.throws(() =>
+            new Webhook(`whsec_${Buffer.alloc(32, 1).toString("base64")}`).verify(
+              q.body,
+              q.headers as Record<string, string>,
+            ),
+          );
+        }
+      } finally {
+        sqlite.close();
+      }
+      await waitFor("4 forwarded lines", () => listener.forwarded().length >= 4);
+      for (const f of listener.forwarded()) assert.equal(f.status, 200);
+    } finally {
+      assert.equal(await listener.stop(), 0, listener.stderr());
+      await receiver.close();
+    }
+  });
+
+  test("listen --events filters, uses a given --secret and survives a local target that is down", async () => {
+    const port = await freePort(); // nothing listens here
+    const secret = `whsec_${Buffer.alloc(24, 7).toString("base64")}`;
+    const listener = spawnCli(
+      [
+        "listen",
+        "--forward-to",
+        `http://127.0.0.1:${port}/down`,
+        "--events",
+        "call.ended,call.failed",
+        "--secret",
+        secret,
+        "--json",
+      ],
+      env,
+    );
+    try {
+      await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
+      assert.equal(listener.lines[0].secret, secret);
+      const { agentId } = await setupAccount(server.api);
+      await runCall(server.api, agentId);
+      const failed = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "outbound",
+        phone_number: "+15550001111",
+      });
+      await server.api.post(`/v1/calls/${failed.body.id}/fail`, { failure_reason: "no-answer" });
+      await waitFor("2 forwarding attempts", () => listener.forwarded().length >= 2);
+      const f = listener.forwarded();
+      assert.deepEqual(
+        f.map((l) => l.event_type),
+        ["call.ended", "call.failed"],
+      );
+      for (const l of f) {
+        assert.equal(l.status, null);
+        assert.equal(l.error, "ECONNREFUSED");
+      }
+      assert.equal(listener.proc.exitCode, null, "still running");
+    } finally {
+      assert.equal(await listener.stop(), 0, listener.stderr());
+    }
+  });
+
+  test("test-call --wait follows the simulated workflow to its deliveries", async () => {
+    const receiver = await startReceiver();
+    try {
+      const ep = await server.api.post("/v1/endpoints", { url: `${receiver.url}/tc` });
+      assert.equal(ep.status, 201);
+      receiver.setSecret(ep.body.secret);
+      const r = await cli(["test-call", "--endpoint-id", ep.body.id, "--wait", "--json"], env);
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      const out = JSON.parse(r.stdout);
+      assert.equal(out.done, true);
+      assert.equal(out.status, "completed");
+      assert.deepEqual(
+        out.events.map((e: any) => e.event_type),
+        ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"],
+      );
+      for (const e of out.events) {
+        assert.equal(e.deliveries.length, 1);
+        assert.equal(e.deliveries[0].endpoint_id, ep.body.id);
+        assert.equal(e.deliveries[0].status, "succeeded");
+      }
+      assert.deepEqual(
+        receiver.requests.map((q) => q.id),
+        out.events.map((e: any) => e.id),
+      );
+      assert.deepEqual(receiver.verifyFailures, []);
+
+      const busy = await cli(["test-call", "--outcome", "busy", "--endpoint-id", ep.body.id, "--wait"], env);
+      assert.equal(busy.code, 0, busy.stderr);
+      assert.match(busy.stdout, /call\.failed/);
+      assert.match(busy.stdout, /✓ call\.failed\s+→ ep_\S+ attempt 1: 200/);
+      assert.doesNotMatch(busy.stdout, /call\.started/);
+    } finally {
+      await receiver.close();
+    }
+  });
+});
+
+describe("listen across a server restart", () => {
+  const dir = tempDir();
+  const apiKey = "klen_test_restart_0123456789";
+  let server: Awaited<ReturnType<typeof serveOnPort>> | undefined;
+  after(async () => {
+    await server?.kill();
+    dir.remove();
+  });
+
+  test("reconnects, resumes after the last event and forwards what was emitted meanwhile", async () => {
+    const port = await freePort();
+    server = await serveOnPort(port, dir.path, apiKey);
+    const receiver = await startReceiver();
+    const listener = spawnCli(["listen", "--forward-to", receiver.url, "--json"], {
+      KLEN_API_URL: server.url,
+      KLEN_API_KEY: apiKey,
+    });
+    try {
+      await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
+      receiver.setSecret(listener.lines[0].secret);
+      const { agentId } = await setupAccount(server.api);
+      await runCall(server.api, agentId);
+      await receiver.waitForCount(4);
+
+      await server.kill();
+      await waitFor("the listener to notice", () => listener.lines.some((l) => l.type === "disconnected"));
+      server = await serveOnPort(port, dir.path, apiKey);
+      const second = await runCall(server.api, agentId);
+      await receiver.waitForCount(8, 20_000);
+      await waitFor("a reconnected line", () => listener.lines.some((l) => l.type === "reconnected"));
+      const ids = (await server.api.get(`/v1/events?call_id=${second}`)).body.data
+        .map((e: any) => e.id)
+        .reverse();
+      assert.deepEqual(
+        receiver.requests.slice(4).map((q) => q.id),
+        ids,
+        "the second call's events, once each, in order",
+      );
+      assert.equal(new Set(receiver.requests.map((q) => q.id)).size, 8, "nothing forwarded twice");
+      assert.deepEqual(receiver.verifyFailures, []);
+    } finally {
+      assert.equal(await listener.stop(), 0, listener.stderr());
+      await receiver.close();
+    }
+  });
+});

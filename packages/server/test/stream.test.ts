@@ -1,0 +1,204 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { type SseMessage, SseParser } from "../src/cli/sse.js";
+import { type ApiClient, runCall, setupAccount } from "./helpers/api.js";
+import { backends } from "./helpers/backends.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+const ORIGIN = `evt_${"0".repeat(26)}`;
+
+/** Opens `GET /v1/events/stream` with fetch and records every message until closed. */
+async function openStream(server: ServerProcess, query = "", headers: Record<string, string> = {}) {
+  const ctl = new AbortController();
+  const res = await fetch(`${server.url}/v1/events/stream${query}`, {
+    headers: { authorization: `Bearer ${server.apiKey}`, ...headers },
+    signal: ctl.signal,
+  });
+  assert.equal(res.status, 200, await (res.status === 200 ? "" : res.text()));
+  assert.match(res.headers.get("content-type") ?? "", /^text\/event-stream/);
+  const messages: SseMessage[] = [];
+  const parser = new SseParser((m) => messages.push(m));
+  let ended = false;
+  const pump = (async () => {
+    const decoder = new TextDecoder();
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>)
+        parser.push(decoder.decode(chunk, { stream: true }));
+    } catch {
+      /* aborted */
+    }
+    ended = true;
+  })();
+  return {
+    messages,
+    /** Messages that are events (not the `ready` frame). */
+    events: () => messages.filter((m) => m.event !== "ready"),
+    ended: () => ended,
+    async close() {
+      ctl.abort();
+      await pump;
+    },
+  };
+}
+
+/** The account's events oldest first, as the API lists them. */
+async function eventsOf(api: ApiClient, callId: number) {
+  const r = await api.get(`/v1/events?call_id=${callId}&limit=100`);
+  assert.equal(r.status, 200);
+  return (r.body.data as Array<{ id: string; event_type: string; payload: unknown }>).reverse();
+}
+
+for (const backend of backends()) {
+  describe(`GET /v1/events/stream (${backend.name})`, () => {
+    const dir = tempDir();
+    let db: Awaited<ReturnType<typeof backend.fresh>>;
+    let server: ServerProcess;
+    let agentId: number;
+    before(async () => {
+      db = await backend.fresh();
+      server = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+      ({ agentId } = await setupAccount(server.api));
+    });
+    after(async () => {
+      await server?.kill();
+      await db?.cleanup();
+      dir.remove();
+    });
+
+    test("requires the API key", async () => {
+      const none = await fetch(`${server.url}/v1/events/stream`);
+      assert.equal(none.status, 401);
+      assert.equal(((await none.json()) as any).error.code, "unauthorized");
+      const wrong = await fetch(`${server.url}/v1/events/stream`, {
+        headers: { authorization: "Bearer nope" },
+      });
+      assert.equal(wrong.status, 401);
+    });
+
+    test("bad query or cursor is a 400 naming the field", async () => {
+      const get = async (q: string, headers: Record<string, string> = {}) => {
+        const r = await fetch(`${server.url}/v1/events/stream${q}`, {
+          headers: { authorization: `Bearer ${server.apiKey}`, ...headers },
+        });
+        return { status: r.status, body: (await r.json()) as any };
+      };
+      for (const [q, field, headers] of [
+        ["?event_types=call.ended,call.nope", "event_types", {}],
+        ["?after=evt_nope", "after", {}],
+        ["?after=", "after", {}],
+        ["?since=yesterday", "since", {}],
+        ["", "Last-Event-ID", { "last-event-id": "42" }],
+      ] as const) {
+        const r = await get(q, headers);
+        assert.equal(r.status, 400, `${q} ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.error.code, "invalid_request");
+        assert.equal(r.body.error.details.field, field, JSON.stringify(r.body));
+      }
+      // The static route does not shadow GET /v1/events/{id}, nor the other way round.
+      const one = await server.api.get(`/v1/events/${ORIGIN}`);
+      assert.equal(one.status, 404);
+    });
+
+    test("starts at the tail, then streams new events with the stored body byte for byte", async () => {
+      const earlier = await runCall(server.api, agentId);
+      const before = await eventsOf(server.api, earlier);
+      const s = await openStream(server);
+      try {
+        await waitFor("ready frame", () => s.messages.length >= 1);
+        const ready = s.messages[0]!;
+        assert.equal(ready.event, "ready");
+        assert.equal(ready.id, before[before.length - 1]!.id, "ready carries the newest event id");
+        const callId = await runCall(server.api, agentId);
+        const stored = await eventsOf(server.api, callId);
+        assert.equal(stored.length, 4);
+        await waitFor("4 streamed events", () => s.events().length >= 4);
+        const got = s.events();
+        assert.deepEqual(
+          got.map((m) => m.id),
+          stored.map((e) => e.id),
+          "only the new call's events, in order",
+        );
+        for (const [i, m] of got.entries()) {
+          assert.equal(m.event, stored[i]!.event_type);
+          assert.equal(m.data, JSON.stringify(stored[i]!.payload));
+          const one = await server.api.get(`/v1/events/${m.id}`);
+          assert.equal(one.status, 200, "GET /v1/events/{id} still works beside /stream");
+        }
+      } finally {
+        await s.close();
+      }
+    });
+
+    test("resumes after Last-Event-ID or ?after, skipping what was seen", async () => {
+      const callId = await runCall(server.api, agentId);
+      const stored = await eventsOf(server.api, callId);
+      const second = stored[1]!.id;
+      const byHeader = await openStream(server, "", { "last-event-id": second });
+      const byQuery = await openStream(server, `?after=${second}`);
+      try {
+        for (const s of [byHeader, byQuery]) {
+          await waitFor("the events after the cursor", () => s.events().length >= 2);
+          assert.equal(s.messages[0]!.event, "call.transcript", "no ready frame when resuming");
+          assert.deepEqual(
+            s.events().map((m) => m.id),
+            stored.slice(2).map((e) => e.id),
+          );
+        }
+        // The origin id means "from the beginning": every event of the account, oldest first.
+        const all = await openStream(server, `?after=${ORIGIN}`);
+        try {
+          const total = (await server.api.get("/v1/events?limit=100")).body.data.length as number;
+          await waitFor("every event", () => all.events().length >= total);
+          assert.equal(all.events()[all.events().length - 1]!.id, stored[3]!.id);
+        } finally {
+          await all.close();
+        }
+      } finally {
+        await byHeader.close();
+        await byQuery.close();
+      }
+    });
+
+    test("event_types filters the stream", async () => {
+      const s = await openStream(server, "?event_types=call.ended,call.summary,call.failed");
+      try {
+        await waitFor("ready", () => s.messages.length >= 1);
+        const callId = await runCall(server.api, agentId);
+        const failed = await server.api.post("/v1/calls", {
+          agent_id: agentId,
+          type: "outbound",
+          phone_number: "+15557654321",
+        });
+        const fail = await server.api.post(`/v1/calls/${failed.body.id}/fail`, { failure_reason: "busy" });
+        assert.equal(fail.status, 200);
+        const wanted = [
+          ...(await eventsOf(server.api, callId)),
+          ...(await eventsOf(server.api, failed.body.id)),
+        ].filter((e) => e.event_type !== "call.started" && e.event_type !== "call.transcript");
+        assert.deepEqual(
+          wanted.map((e) => e.event_type),
+          ["call.ended", "call.summary", "call.failed"],
+        );
+        // call.failed is the newest event: once it arrived the stream has caught up, so the
+        // absence of call.started and call.transcript is meaningful.
+        await waitFor("the call.failed", () => s.events().some((m) => m.event === "call.failed"));
+        assert.deepEqual(
+          s.events().map((m) => [m.event, m.id]),
+          wanted.map((e) => [e.event_type, e.id]),
+        );
+      } finally {
+        await s.close();
+      }
+    });
+
+    test("a server stopping with open streams ends them and exits", async () => {
+      const s = await openStream(server);
+      await waitFor("ready", () => s.messages.length >= 1);
+      await server.kill("SIGTERM");
+      await waitFor("the stream to end", () => s.ended());
+      assert.notEqual(server.proc.exitCode ?? server.proc.signalCode, null);
+      await s.close();
+    });
+  });
+}
