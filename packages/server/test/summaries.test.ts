@@ -6,6 +6,7 @@ import { generateConversation } from "../src/simulator/conversation.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
 import { completionsUrl } from "../src/summaries/openai.js";
 import { DETAILED } from "../src/summaries/summarizer.js";
+import { backends } from "./helpers/backends.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -227,31 +228,34 @@ describe("auto-summary through an OpenAI-compatible endpoint", () => {
   });
 });
 
-describe("a summary survives the death of the process that received the transcript", () => {
-  const dir = tempDir();
-  let rx: Receiver;
-  before(async () => {
-    rx = await startReceiver();
-  });
-  after(async () => {
-    await rx.close();
-    dir.remove();
-  });
+for (const backend of backends())
+  describe(`a summary survives the death of the process that received the transcript (${backend.name})`, () => {
+    let db: Awaited<ReturnType<typeof backend.fresh>>;
+    let rx: Receiver;
+    before(async () => {
+      db = await backend.fresh();
+      rx = await startReceiver();
+    });
+    after(async () => {
+      await rx.close();
+      await db.cleanup();
+    });
 
-  test("transcript on an API-only process that is killed; a worker started later emits call.summary", async () => {
-    // An API-only process runs no summary worker, so the job is queued and nothing more.
-    const api = await spawnServer({ dataDir: dir.path, role: "api" });
-    const run = await prepare(api, rx);
-    await api.api.patch("/v1/account", { auto_summary: true });
-    const id = await run();
-    await api.kill("SIGKILL");
-    const all = await spawnServer({ dataDir: dir.path });
-    try {
-      await waitFor("call.summary", () => typesOf(rx, id).includes("call.summary"));
-      assert.deepEqual(typesOf(rx, id), ["call.started", "call.ended", "call.transcript", "call.summary"]);
-      assert.deepEqual(rx.verifyFailures, []);
-    } finally {
-      await all.kill();
-    }
+    test("transcript on an API-only process that is killed; a worker started later emits call.summary", async () => {
+      const env = { KLEN_DATABASE_URL: db.databaseUrl };
+      // An API-only process runs no summary worker, so the job is queued and nothing more.
+      const api = await spawnServer({ dataDir: db.dataDir, role: "api", env });
+      const run = await prepare(api, rx);
+      await api.api.patch("/v1/account", { auto_summary: true });
+      const id = await run();
+      await api.kill("SIGKILL");
+      const all = await spawnServer({ dataDir: db.dataDir, env });
+      try {
+        await waitFor("call.summary", () => typesOf(rx, id).includes("call.summary"));
+        assert.deepEqual(typesOf(rx, id), ["call.started", "call.ended", "call.transcript", "call.summary"]);
+        assert.deepEqual(rx.verifyFailures, []);
+      } finally {
+        await all.kill();
+      }
+    });
   });
-});

@@ -1,171 +1,174 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { generateConversation } from "../src/simulator/conversation.js";
+import { backends } from "./helpers/backends.js";
 import { onServer, parseWav } from "./helpers/content.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { type ServerProcess, spawnServer } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 const WORKFLOW = ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"];
 
-describe("POST /v1/test-calls", () => {
-  const dir = tempDir();
-  let srv: ServerProcess;
-  let rx: Receiver;
-  let other: Receiver;
-  let endpointId: string;
+for (const backend of backends())
+  describe(`POST /v1/test-calls (${backend.name})`, () => {
+    let db: Awaited<ReturnType<typeof backend.fresh>>;
+    let srv: ServerProcess;
+    let rx: Receiver;
+    let other: Receiver;
+    let endpointId: string;
 
-  before(async () => {
-    srv = await spawnServer({ dataDir: dir.path });
-    rx = await startReceiver();
-    other = await startReceiver();
-    const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
-    assert.equal(ep.status, 201);
-    rx.setSecret(ep.body.secret);
-    endpointId = ep.body.id;
-    assert.equal((await srv.api.post("/v1/endpoints", { url: `${other.url}/hooks` })).status, 201);
+    before(async () => {
+      db = await backend.fresh();
+      srv = await spawnServer({ dataDir: db.dataDir, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+      rx = await startReceiver();
+      other = await startReceiver();
+      const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
+      assert.equal(ep.status, 201);
+      rx.setSecret(ep.body.secret);
+      endpointId = ep.body.id;
+      assert.equal((await srv.api.post("/v1/endpoints", { url: `${other.url}/hooks` })).status, 201);
+    });
+    after(async () => {
+      await srv.kill();
+      await rx.close();
+      await other.close();
+      await db.cleanup();
+    });
+
+    const eventsOf = (r: Receiver, callId: number) => r.requests.filter((q) => q.json?.call?.id === callId);
+
+    test("a completed test call delivers the whole workflow, in order, signed, with real content", async () => {
+      const res = await srv.api.post("/v1/test-calls", { endpoint_id: endpointId, transcript_bytes: 70_000 });
+      assert.equal(res.status, 202);
+      const callId = res.body.call_id as number;
+      assert.equal(typeof callId, "number");
+      await waitFor("five events", () => eventsOf(rx, callId).length >= 5, 10_000);
+      const got = eventsOf(rx, callId);
+      assert.deepEqual(
+        got.map((q) => q.json.event_type),
+        WORKFLOW,
+      );
+      assert.deepEqual(rx.verifyFailures, [], "every delivery verifies with the endpoint's secret");
+      assert.equal(new Set(got.map((q) => q.id)).size, 5);
+      const [started, ended, transcript, summary, recording] = got.map((q) => q.json.call);
+      assert.equal(started.agent_name, "Test Agent");
+      assert.equal(started.status, "in-progress");
+      assert.equal(ended.status, "completed");
+      assert.ok(ended.duration >= 45 && ended.duration === ended.duration_seconds);
+      assert.ok(ended.summary.length > 20, "call.ended carries a brief summary");
+      assert.match(started.phone_number, /^\+[0-9]{8,15}$/);
+
+      // The oversized transcript is behind a URL and comes back exactly as generated.
+      assert.equal("transcript" in transcript, false);
+      const text = await (await fetch(onServer(srv.url, transcript.transcript_url))).text();
+      const expected = generateConversation({ seed: callId, agentName: "Test Agent", minBytes: 70_000 });
+      assert.equal(text, expected.transcript);
+      assert.ok(Buffer.byteLength(text) >= 70_000);
+      assert.equal(ended.summary, expected.brief);
+
+      // A detailed generated summary, made of the conversation's own sentences, inline.
+      assert.ok(summary.summary.length > ended.summary.length);
+      for (const sentence of summary.summary.split(/(?<=[.!?]) (?=Agent:|Customer:)/)) {
+        assert.ok(text.includes(sentence.replace(/^(Agent|Customer): /, "")), sentence);
+      }
+
+      // A real WAV: header, 8 kHz mono 16-bit PCM, a few seconds; and ranges work.
+      const url = onServer(srv.url, recording.recording_url);
+      const audio = await fetch(url);
+      assert.equal(audio.headers.get("content-type"), "audio/wav");
+      const wav = Buffer.from(await audio.arrayBuffer());
+      const info = parseWav(wav);
+      assert.deepEqual(
+        { format: info.format, channels: info.channels, rate: info.sampleRate, bits: info.bitsPerSample },
+        { format: 1, channels: 1, rate: 8000, bits: 16 },
+      );
+      assert.ok(info.durationSeconds >= 2 && info.durationSeconds <= 10, String(info.durationSeconds));
+      const head = await fetch(url, { headers: { range: "bytes=0-43" } });
+      assert.equal(head.status, 206);
+      assert.equal(head.headers.get("content-range"), `bytes 0-43/${wav.length}`);
+      const header = Buffer.from(await head.arrayBuffer());
+      assert.ok(header.equals(wav.subarray(0, 44)));
+
+      // Aimed at one endpoint: the account's other endpoint got none of it.
+      assert.equal(eventsOf(other, callId).length, 0);
+      const call = await srv.api.get(`/v1/calls/${callId}`);
+      assert.equal(call.body.status, "completed");
+      assert.deepEqual(
+        [call.body.has_transcript, call.body.has_summary, call.body.has_recording],
+        [true, true, true],
+      );
+    });
+
+    test("failures: before connecting only call.failed; cut off mid-call, the rest follows", async () => {
+      const early = await srv.api.post("/v1/test-calls", { outcome: "no-answer" });
+      const late = await srv.api.post("/v1/test-calls", { outcome: "disconnected" });
+      assert.equal(early.status, 202);
+      assert.equal(late.status, 202);
+      const lateId = late.body.call_id as number;
+      const earlyId = early.body.call_id as number;
+      // Without endpoint_id, every matching endpoint receives it.
+      await waitFor(
+        "late call's five events",
+        () => eventsOf(other, lateId).length >= 5 && eventsOf(rx, lateId).length >= 5,
+      );
+      await waitFor("early call's event", () => eventsOf(rx, earlyId).length >= 1);
+      const failed = eventsOf(rx, earlyId).map((q) => q.json);
+      assert.deepEqual(
+        failed.map((e) => e.event_type),
+        ["call.failed"],
+      );
+      assert.equal(failed[0].call.failure_reason, "no-answer");
+      assert.equal(failed[0].call.started_at, null);
+      assert.equal(typeof failed[0].call.ended_reason, "string");
+      const cut = eventsOf(other, lateId).map((q) => q.json);
+      assert.deepEqual(
+        cut.map((e) => e.event_type),
+        ["call.started", "call.failed", "call.transcript", "call.summary", "call.recording"],
+      );
+      assert.equal(cut[1].call.failure_reason, "disconnected");
+      assert.match(cut[2].call.transcript, /\[call disconnected\]$/);
+      // Nothing after the failure for the early one, even once the later call has finished.
+      assert.equal((await srv.api.get(`/v1/events?call_id=${earlyId}`)).body.data.length, 1);
+    });
+
+    test("an agent of the account is used by id; the Test Agent is created once and reused", async () => {
+      const agent = await srv.api.post("/v1/agents", { name: "Billing Bot" });
+      const a = await srv.api.post("/v1/test-calls", { agent_id: agent.body.id, outcome: "busy" });
+      assert.equal(a.status, 202);
+      const call = await srv.api.get(`/v1/calls/${a.body.call_id}`);
+      assert.equal(call.body.agent_id, agent.body.id);
+      const agents = await srv.api.get("/v1/agents?limit=100");
+      assert.equal(agents.body.data.filter((x: { name: string }) => x.name === "Test Agent").length, 1);
+    });
+
+    test("bad input is a 400 naming the field, and creates no call", async () => {
+      const calls = (await srv.api.get("/v1/calls?limit=100")).body.data.length;
+      const cases: Array<[unknown, string]> = [
+        [{ endpoint_id: "ep_doesnotexist" }, "endpoint_id"],
+        [{ agent_id: 987654 }, "agent_id"],
+        [{ outcome: "exploded" }, "outcome"],
+        [{ transcript_bytes: 0 }, "transcript_bytes"],
+        [{ transcript_bytes: 1e9 }, "transcript_bytes"],
+        [{ transcript_bytes: "big" }, "transcript_bytes"],
+        [{ color: "red" }, "color"],
+      ];
+      for (const [body, field] of cases) {
+        const r = await srv.api.post("/v1/test-calls", body);
+        assert.equal(r.status, 400, JSON.stringify(body));
+        assert.equal(r.body.error.details.field, field, JSON.stringify(r.body));
+      }
+      assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, calls);
+    });
+
+    test("Idempotency-Key: a repeat replays the same call id and runs nothing twice", async () => {
+      const h = { "idempotency-key": "test-call-1" };
+      const first = await srv.api.post("/v1/test-calls", { outcome: "rejected", endpoint_id: endpointId }, h);
+      const again = await srv.api.post("/v1/test-calls", { outcome: "rejected", endpoint_id: endpointId }, h);
+      assert.equal(again.status, 202);
+      assert.equal(again.body.call_id, first.body.call_id);
+      await waitFor("rejected event", () => eventsOf(rx, first.body.call_id).length >= 1);
+      assert.equal((await srv.api.get(`/v1/events?call_id=${first.body.call_id}`)).body.data.length, 1);
+      // A second run of the same call would have failed its first transition and logged it.
+      assert.doesNotMatch(srv.output(), /test call failed/);
+    });
   });
-  after(async () => {
-    await srv.kill();
-    await rx.close();
-    await other.close();
-    dir.remove();
-  });
-
-  const eventsOf = (r: Receiver, callId: number) => r.requests.filter((q) => q.json?.call?.id === callId);
-
-  test("a completed test call delivers the whole workflow, in order, signed, with real content", async () => {
-    const res = await srv.api.post("/v1/test-calls", { endpoint_id: endpointId, transcript_bytes: 70_000 });
-    assert.equal(res.status, 202);
-    const callId = res.body.call_id as number;
-    assert.equal(typeof callId, "number");
-    await waitFor("five events", () => eventsOf(rx, callId).length >= 5, 10_000);
-    const got = eventsOf(rx, callId);
-    assert.deepEqual(
-      got.map((q) => q.json.event_type),
-      WORKFLOW,
-    );
-    assert.deepEqual(rx.verifyFailures, [], "every delivery verifies with the endpoint's secret");
-    assert.equal(new Set(got.map((q) => q.id)).size, 5);
-    const [started, ended, transcript, summary, recording] = got.map((q) => q.json.call);
-    assert.equal(started.agent_name, "Test Agent");
-    assert.equal(started.status, "in-progress");
-    assert.equal(ended.status, "completed");
-    assert.ok(ended.duration >= 45 && ended.duration === ended.duration_seconds);
-    assert.ok(ended.summary.length > 20, "call.ended carries a brief summary");
-    assert.match(started.phone_number, /^\+[0-9]{8,15}$/);
-
-    // The oversized transcript is behind a URL and comes back exactly as generated.
-    assert.equal("transcript" in transcript, false);
-    const text = await (await fetch(onServer(srv.url, transcript.transcript_url))).text();
-    const expected = generateConversation({ seed: callId, agentName: "Test Agent", minBytes: 70_000 });
-    assert.equal(text, expected.transcript);
-    assert.ok(Buffer.byteLength(text) >= 70_000);
-    assert.equal(ended.summary, expected.brief);
-
-    // A detailed generated summary, made of the conversation's own sentences, inline.
-    assert.ok(summary.summary.length > ended.summary.length);
-    for (const sentence of summary.summary.split(/(?<=[.!?]) (?=Agent:|Customer:)/)) {
-      assert.ok(text.includes(sentence.replace(/^(Agent|Customer): /, "")), sentence);
-    }
-
-    // A real WAV: header, 8 kHz mono 16-bit PCM, a few seconds; and ranges work.
-    const url = onServer(srv.url, recording.recording_url);
-    const audio = await fetch(url);
-    assert.equal(audio.headers.get("content-type"), "audio/wav");
-    const wav = Buffer.from(await audio.arrayBuffer());
-    const info = parseWav(wav);
-    assert.deepEqual(
-      { format: info.format, channels: info.channels, rate: info.sampleRate, bits: info.bitsPerSample },
-      { format: 1, channels: 1, rate: 8000, bits: 16 },
-    );
-    assert.ok(info.durationSeconds >= 2 && info.durationSeconds <= 10, String(info.durationSeconds));
-    const head = await fetch(url, { headers: { range: "bytes=0-43" } });
-    assert.equal(head.status, 206);
-    assert.equal(head.headers.get("content-range"), `bytes 0-43/${wav.length}`);
-    const header = Buffer.from(await head.arrayBuffer());
-    assert.ok(header.equals(wav.subarray(0, 44)));
-
-    // Aimed at one endpoint: the account's other endpoint got none of it.
-    assert.equal(eventsOf(other, callId).length, 0);
-    const call = await srv.api.get(`/v1/calls/${callId}`);
-    assert.equal(call.body.status, "completed");
-    assert.deepEqual(
-      [call.body.has_transcript, call.body.has_summary, call.body.has_recording],
-      [true, true, true],
-    );
-  });
-
-  test("failures: before connecting only call.failed; cut off mid-call, the rest follows", async () => {
-    const early = await srv.api.post("/v1/test-calls", { outcome: "no-answer" });
-    const late = await srv.api.post("/v1/test-calls", { outcome: "disconnected" });
-    assert.equal(early.status, 202);
-    assert.equal(late.status, 202);
-    const lateId = late.body.call_id as number;
-    const earlyId = early.body.call_id as number;
-    // Without endpoint_id, every matching endpoint receives it.
-    await waitFor(
-      "late call's five events",
-      () => eventsOf(other, lateId).length >= 5 && eventsOf(rx, lateId).length >= 5,
-    );
-    await waitFor("early call's event", () => eventsOf(rx, earlyId).length >= 1);
-    const failed = eventsOf(rx, earlyId).map((q) => q.json);
-    assert.deepEqual(
-      failed.map((e) => e.event_type),
-      ["call.failed"],
-    );
-    assert.equal(failed[0].call.failure_reason, "no-answer");
-    assert.equal(failed[0].call.started_at, null);
-    assert.equal(typeof failed[0].call.ended_reason, "string");
-    const cut = eventsOf(other, lateId).map((q) => q.json);
-    assert.deepEqual(
-      cut.map((e) => e.event_type),
-      ["call.started", "call.failed", "call.transcript", "call.summary", "call.recording"],
-    );
-    assert.equal(cut[1].call.failure_reason, "disconnected");
-    assert.match(cut[2].call.transcript, /\[call disconnected\]$/);
-    // Nothing after the failure for the early one, even once the later call has finished.
-    assert.equal((await srv.api.get(`/v1/events?call_id=${earlyId}`)).body.data.length, 1);
-  });
-
-  test("an agent of the account is used by id; the Test Agent is created once and reused", async () => {
-    const agent = await srv.api.post("/v1/agents", { name: "Billing Bot" });
-    const a = await srv.api.post("/v1/test-calls", { agent_id: agent.body.id, outcome: "busy" });
-    assert.equal(a.status, 202);
-    const call = await srv.api.get(`/v1/calls/${a.body.call_id}`);
-    assert.equal(call.body.agent_id, agent.body.id);
-    const agents = await srv.api.get("/v1/agents?limit=100");
-    assert.equal(agents.body.data.filter((x: { name: string }) => x.name === "Test Agent").length, 1);
-  });
-
-  test("bad input is a 400 naming the field, and creates no call", async () => {
-    const calls = (await srv.api.get("/v1/calls?limit=100")).body.data.length;
-    const cases: Array<[unknown, string]> = [
-      [{ endpoint_id: "ep_doesnotexist" }, "endpoint_id"],
-      [{ agent_id: 987654 }, "agent_id"],
-      [{ outcome: "exploded" }, "outcome"],
-      [{ transcript_bytes: 0 }, "transcript_bytes"],
-      [{ transcript_bytes: 1e9 }, "transcript_bytes"],
-      [{ transcript_bytes: "big" }, "transcript_bytes"],
-      [{ color: "red" }, "color"],
-    ];
-    for (const [body, field] of cases) {
-      const r = await srv.api.post("/v1/test-calls", body);
-      assert.equal(r.status, 400, JSON.stringify(body));
-      assert.equal(r.body.error.details.field, field, JSON.stringify(r.body));
-    }
-    assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, calls);
-  });
-
-  test("Idempotency-Key: a repeat replays the same call id and runs nothing twice", async () => {
-    const h = { "idempotency-key": "test-call-1" };
-    const first = await srv.api.post("/v1/test-calls", { outcome: "rejected", endpoint_id: endpointId }, h);
-    const again = await srv.api.post("/v1/test-calls", { outcome: "rejected", endpoint_id: endpointId }, h);
-    assert.equal(again.status, 202);
-    assert.equal(again.body.call_id, first.body.call_id);
-    await waitFor("rejected event", () => eventsOf(rx, first.body.call_id).length >= 1);
-    assert.equal((await srv.api.get(`/v1/events?call_id=${first.body.call_id}`)).body.data.length, 1);
-    // A second run of the same call would have failed its first transition and logged it.
-    assert.doesNotMatch(srv.output(), /test call failed/);
-  });
-});
