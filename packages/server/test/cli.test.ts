@@ -123,15 +123,18 @@ describe("SSE parser (pure)", () => {
 // Each case is a separate CLI start (~0.5 s on a busy runner): they run concurrently.
 describe("klen-webhooks --help", { concurrency: true }, () => {
   for (const [args, mentions] of [
-    [["--help"], ["serve", "migrate", "accounts", "test-call", "trigger", "listen"]],
+    [["--help"], ["serve", "migrate", "accounts", "test-call", "trigger", "listen", "Examples:"]],
     [
       ["serve", "--help"],
-      ["--dev", "--role"],
+      ["--dev", "--role", "Examples:"],
     ],
-    [["migrate", "--help"], ["migrations"]],
+    [
+      ["migrate", "--help"],
+      ["migrations", "Examples:"],
+    ],
     [
       ["accounts", "create", "--help"],
-      ["--name", "--json"],
+      ["--name", "--json", "Examples:"],
     ],
     [
       ["test-call", "--help"],

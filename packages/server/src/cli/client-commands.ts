@@ -55,13 +55,14 @@ function run<O extends ApiOpts>(body: (opts: O, cmd: Command) => Promise<number 
  * Registered here so main.ts stays the map of the CLI.
  */
 export function registerClientCommands(program: Command): void {
+  addServerExamples(program);
   withApiOptions(
     program
       .command("test-call")
       .description("start a simulated call on the server (POST /v1/test-calls) and optionally follow it")
       .option(
         "--agent-id <id>",
-        "agent to place the call with (default: the server picks one)",
+        'agent to place the call with (default: the account\'s "Test Agent", created once)',
         positiveInt("--agent-id"),
       )
       .addOption(
@@ -234,4 +235,44 @@ Examples:
         process.exit(0);
       }),
     );
+}
+
+/** Examples for the commands main.ts defines, so that every `--help` ends with some. */
+function addServerExamples(program: Command): void {
+  const find = (...path: string[]) =>
+    path.reduce<Command | undefined>((c, name) => c?.commands.find((x) => x.name() === name), program);
+  program.addHelpText(
+    "after",
+    `
+Server commands read KLEN_* environment variables (see the README); client commands (test-call,
+trigger, listen) take --api-url / KLEN_API_URL and --api-key / KLEN_API_KEY.
+
+Examples:
+  $ klen-webhooks serve --dev
+  $ KLEN_API_KEY=... klen-webhooks trigger call.ended
+  $ klen-webhooks listen --forward-to http://localhost:3000/webhooks
+  $ klen-webhooks <command> --help`,
+  );
+  find("serve")?.addHelpText(
+    "after",
+    `
+Examples:
+  $ klen-webhooks serve --dev                      # SQLite in ./data, http://127.0.0.1:8080
+  $ KLEN_DATABASE_URL=postgres://... klen-webhooks serve --role api
+  $ KLEN_DATABASE_URL=postgres://... KLEN_WORKER_PORT=9090 klen-webhooks serve --role worker`,
+  );
+  find("migrate")?.addHelpText(
+    "after",
+    `
+Examples:
+  $ klen-webhooks migrate
+  $ KLEN_DATABASE_URL=postgres://user@db/klen klen-webhooks migrate`,
+  );
+  find("accounts", "create")?.addHelpText(
+    "after",
+    `
+Examples:
+  $ klen-webhooks accounts create --name "Acme Voice"
+  $ KLEN_DATABASE_URL=sqlite:./data/klen.db klen-webhooks accounts create --name Acme --json`,
+  );
 }
