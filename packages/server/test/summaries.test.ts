@@ -1,11 +1,18 @@
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
+import { Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
+import { pino } from "pino";
+import { loadConfig } from "../src/config.js";
+import type { Logger } from "../src/log.js";
+import { type Running, startServer } from "../src/server.js";
 import { generateConversation } from "../src/simulator/conversation.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
+import { JOB_BACKOFF_MS, runDueSummaries } from "../src/summaries/jobs.js";
 import { completionsUrl } from "../src/summaries/openai.js";
 import { DETAILED } from "../src/summaries/summarizer.js";
+import { type ApiClient, apiClient } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
@@ -259,3 +266,96 @@ for (const backend of backends())
       }
     });
   });
+
+describe("summary jobs: retried on a schedule, then given up and logged (injected clock)", () => {
+  const dir = tempDir();
+  let running: Running;
+  let api: ApiClient;
+  const logs: string[] = [];
+
+  before(async () => {
+    const config = loadConfig({
+      PORT: "0",
+      KLEN_DATA_DIR: dir.path,
+      KLEN_API_KEY: "klen_test_key_jobs",
+      KLEN_DEV: "1",
+    });
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        logs.push(String(chunk));
+        done();
+      },
+    });
+    // API role: no summary worker of its own, so this test alone decides when jobs run.
+    running = await startServer(config, pino({ level: "info" }, sink) as unknown as Logger, { role: "api" });
+    api = apiClient(running.address!, "klen_test_key_jobs");
+    await api.patch("/v1/account", { auto_summary: true });
+  });
+  after(async () => {
+    await running.stop(1000);
+    dir.remove();
+  });
+
+  async function transcribed(): Promise<number> {
+    const agent = await api.post("/v1/agents", { name: "Support" });
+    const c = await api.post("/v1/calls", {
+      agent_id: agent.body.id,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    for (const [step, body] of [
+      ["start", {}],
+      ["end", {}],
+      ["transcript", { transcript: TRANSCRIPT }],
+    ] as const)
+      assert.equal((await api.post(`/v1/calls/${c.body.id}/${step}`, body)).status, 200);
+    return c.body.id;
+  }
+
+  test("every failure reschedules by the backoff; after the last the job is failed and logged", async () => {
+    const id = await transcribed();
+    let now = Date.now();
+    const ctx = { ...running.ctx, clock: { now: () => now } };
+    let asked = 0;
+    const failing = async () => {
+      asked++;
+      throw new Error("model unavailable");
+    };
+    for (const delay of [...JOB_BACKOFF_MS, undefined]) {
+      assert.equal(await runDueSummaries(ctx, failing), 1);
+      // Not due again before its delay is over.
+      assert.equal(await runDueSummaries(ctx, failing), 0);
+      if (delay !== undefined) now += delay;
+    }
+    assert.equal(asked, JOB_BACKOFF_MS.length + 1);
+    const job = await running.ctx.store.db
+      .selectFrom("summary_jobs")
+      .selectAll()
+      .where("call_id", "=", id)
+      .executeTakeFirstOrThrow();
+    assert.equal(job.status, "failed");
+    assert.equal(job.last_error, "model unavailable");
+    now += 365 * 86_400_000;
+    assert.equal(await runDueSummaries(ctx, failing), 0, "a given-up job is not run again");
+    assert.equal(logs.filter((l) => l.includes("will retry")).length, JOB_BACKOFF_MS.length);
+    assert.ok(
+      logs.some((l) => l.includes('"level":50') && l.includes("giving up") && l.includes(`"call_id":${id}`)),
+    );
+    assert.equal((await api.get(`/v1/calls/${id}`)).body.has_summary, false);
+  });
+
+  test("a summary posted meanwhile wins: the job is dropped, no second call.summary", async () => {
+    const id = await transcribed();
+    assert.equal((await api.post(`/v1/calls/${id}/summary`, { summary: "By hand." })).status, 200);
+    assert.equal(await runDueSummaries(running.ctx, async () => "Generated."), 1);
+    const left = await running.ctx.store.db
+      .selectFrom("summary_jobs")
+      .select("call_id")
+      .where("call_id", "=", id)
+      .execute();
+    assert.deepEqual(left, []);
+    const events = await api.get(`/v1/events?call_id=${id}&event_type=call.summary`);
+    assert.equal(events.body.data.length, 1);
+    assert.equal(events.body.data[0].payload.call.summary, "By hand.");
+  });
+});
