@@ -146,7 +146,11 @@ async function fencedUpdate(
   now: number,
 ): Promise<void> {
   const attempted = outcomes.some((o) => o.result !== null);
-  const pairs = sql.join(outcomes.map((o) => sql`(${o.claimed.id}, ${o.claimed.claimToken})`));
+  // PostgreSQL types untyped parameters in VALUES as text, and `bigint = text` does not exist:
+  // the cast (valid in both dialects) makes the token compare as the integer it is.
+  const pairs = sql.join(
+    outcomes.map((o) => sql`(${o.claimed.id}, CAST(${o.claimed.claimToken} AS BIGINT))`),
+  );
   await trx
     .updateTable("deliveries")
     .set({

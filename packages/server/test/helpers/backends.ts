@@ -1,3 +1,4 @@
+import { startPostgres } from "./postgres.js";
 import { tempDir } from "./server.js";
 
 /**
@@ -24,7 +25,28 @@ export const sqliteBackend: Backend = {
   },
 };
 
-/** SQLite always; PostgreSQL joins this list where the suite has a server (see postgres.ts). */
+/**
+ * PostgreSQL: a fresh database on this test process's server (KLEN_TEST_DATABASE_URL, or a
+ * throwaway server started on first use, see postgres.ts), dropped again by `cleanup`.
+ */
+export const postgresBackend: Backend = {
+  name: "postgres",
+  async fresh() {
+    const server = await startPostgres();
+    const db = await server.freshDatabase();
+    const dir = tempDir();
+    return {
+      databaseUrl: db.url,
+      dataDir: dir.path,
+      async cleanup() {
+        await db.drop();
+        dir.remove();
+      },
+    };
+  },
+};
+
+/** Every backend: the suites that loop over this list run on SQLite and on PostgreSQL. */
 export function backends(): Backend[] {
-  return [sqliteBackend];
+  return [sqliteBackend, postgresBackend];
 }

@@ -18,9 +18,23 @@ const MIGRATION_LOCK = 724_311_001;
  * the listener reconnects after a database restart) delays work by one poll, never loses it.
  */
 export function openPostgres(url: string, opts: { poolSize?: number } = {}): Store {
-  const pool = new pg.Pool({ connectionString: url, max: opts.poolSize ?? 10, idleTimeoutMillis: 30_000 });
-  // A dropped connection emits on the pool; without a listener it would crash the process.
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: opts.poolSize ?? 10,
+    idleTimeoutMillis: 30_000,
+    // While the database is unreachable a request fails after this instead of waiting forever
+    // for a connection (the API answers 503, the dispatcher retries).
+    connectionTimeoutMillis: 5_000,
+    // Detects a peer that vanished without closing the socket (a host failover).
+    keepAlive: true,
+  });
+  // A dropped connection emits "error" on the pool (idle clients) and on the client itself (one
+  // checked out, say between the statements of a transaction). An "error" with no listener would
+  // crash the process; the query in progress is rejected either way, and its caller retries.
   pool.on("error", () => {});
+  pool.on("connect", (client) => {
+    client.on("error", () => {});
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const listeners: Array<() => void> = [];
   let listener: pg.Client | undefined;
