@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import pg from "pg";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
 import { type ApiClient, runCall, setupAccount } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
@@ -191,6 +192,41 @@ for (const backend of backends()) {
         await s.close();
       }
     });
+
+    if (backend.name === "postgres")
+      test("an event whose transaction commits after a later one's is still sent (seq holes)", async () => {
+        const s = await openStream(server);
+        const held = new pg.Client({ connectionString: db.databaseUrl });
+        await held.connect();
+        try {
+          await waitFor("ready", () => s.messages.length >= 1);
+          const account = (await server.api.get("/v1/account")).body as { id: number };
+          const heldId = `evt_${"h".repeat(26)}`;
+          const body = '{"event_type":"call.started","held":true}';
+          // Takes the next seq but stays invisible until COMMIT, like a slow transition.
+          await held.query("BEGIN");
+          await held.query(
+            "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
+            [heldId, account.id, body, Date.now()],
+          );
+          const call = await server.api.post("/v1/calls", {
+            agent_id: agentId,
+            type: "outbound",
+            phone_number: "+15550002222",
+          });
+          assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+          await waitFor("the later event", () => s.events().length >= 1);
+          assert.equal(s.events()[0]!.event, "call.started");
+          assert.notEqual(s.events()[0]!.id, heldId);
+          await held.query("COMMIT");
+          await waitFor("the held event once committed", () => s.events().find((m) => m.id === heldId));
+          assert.equal(s.events().find((m) => m.id === heldId)!.data, body);
+          assert.equal(s.events().length, 2);
+        } finally {
+          await held.end();
+          await s.close();
+        }
+      });
 
     test("a server stopping with open streams ends them and exits", async () => {
       const s = await openStream(server);
