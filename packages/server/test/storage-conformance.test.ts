@@ -1,0 +1,490 @@
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { createAccount } from "../src/accounts/accounts.js";
+import { runIdempotent } from "../src/api/idempotency.js";
+import { applyTransition } from "../src/calls/service.js";
+import type { Action } from "../src/calls/transitions.js";
+import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
+import { completeBatch, type Outcome } from "../src/delivery/complete.js";
+import type { SendResult } from "../src/delivery/send.js";
+import { migrate } from "../src/storage/migrate.js";
+import { migrations } from "../src/storage/migrations.js";
+import { openStore, type Store } from "../src/storage/store.js";
+import { newEndpointSecret, newId } from "../src/util/ids.js";
+import { backends } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
+
+// One contract, every backend (Kysely's way): the queries the dispatcher and the API rely on must
+// behave the same on SQLite and PostgreSQL, including under concurrency where PostgreSQL has it.
+
+after(() => stopPostgres());
+
+const LEASE = 60_000;
+const policy = { schedule: [1_000, 2_000], disableAfterMs: 5 * 86_400_000, random: () => 0.5 };
+
+function ok(): SendResult {
+  return {
+    statusCode: 200,
+    responseBody: "ok",
+    responseHeaders: {},
+    error: null,
+    errorMessage: null,
+    durationMs: 3,
+  };
+}
+
+function failed(status = 500): SendResult {
+  return {
+    statusCode: status,
+    responseBody: "no",
+    responseHeaders: {},
+    error: "http_status",
+    errorMessage: null,
+    durationMs: 3,
+  };
+}
+
+function outcome(claimed: Claimed, result: SendResult | null, now: number): Outcome {
+  return { claimed, startedAt: now, url: "http://127.0.0.1:9/", requestHeaders: {}, result };
+}
+
+interface Fixture {
+  store: Store;
+  url: string;
+  accountId: number;
+  agentId: number;
+  endpointIds: string[];
+  /** Another store on the same database: a separate pool, as another process would have. */
+  other(): Promise<Store>;
+  /**
+   * Where a concurrent request comes from: another pool on PostgreSQL (another process), the same
+   * store on SQLite, whose deployment is one process with one writer connection.
+   */
+  peer(): Promise<Store>;
+  newCall(): Promise<number>;
+  step(callId: number, action: Action, db?: Store): Promise<string>;
+  delivery(id: string): Promise<{ status: string; next_attempt_at: number | null; claim_token: number }>;
+}
+
+for (const backend of backends()) {
+  describe(`storage conformance: ${backend.name}`, () => {
+    const cleanups: Array<() => Promise<void>> = [];
+    after(async () => {
+      for (const c of cleanups.reverse()) await c();
+    });
+
+    async function fixture(endpoints = 1): Promise<Fixture> {
+      const fresh = await backend.fresh();
+      const store = await openStore(fresh.databaseUrl);
+      const stores = [store];
+      cleanups.push(async () => {
+        for (const s of stores) await s.close();
+        await fresh.cleanup();
+      });
+      await migrate(store);
+      const now = Date.now();
+      const { account } = await store.db.transaction().execute((trx) => createAccount(trx, "conformance"));
+      const agent = await store.db
+        .insertInto("agents")
+        .values({
+          account_id: account.id,
+          name: "Agent",
+          assistant_id: null,
+          created_at: now,
+          deleted_at: null,
+        })
+        .returning("id")
+        .executeTakeFirstOrThrow();
+      const endpointIds: string[] = [];
+      for (let i = 0; i < endpoints; i++) {
+        const id = newId("ep", now);
+        await store.db
+          .insertInto("endpoints")
+          .values({
+            id,
+            account_id: account.id,
+            url: `http://127.0.0.1:9/${i}`,
+            secret: newEndpointSecret(),
+            created_at: now,
+            updated_at: now,
+          } as never)
+          .execute();
+        endpointIds.push(id);
+      }
+      const f: Fixture = {
+        store,
+        url: fresh.databaseUrl,
+        accountId: account.id,
+        agentId: agent.id,
+        endpointIds,
+        async other() {
+          const s = await openStore(fresh.databaseUrl);
+          stores.push(s);
+          return s;
+        },
+        async peer() {
+          return store.caps.crossProcessNotify ? f.other() : store;
+        },
+        async newCall() {
+          const t = Date.now();
+          const row = await store.db
+            .insertInto("calls")
+            .values({
+              account_id: account.id,
+              agent_id: agent.id,
+              type: "inbound",
+              phone_number: "+15551234567",
+              contact_id: null,
+              klen_call_id: null,
+              status: "queued",
+              assistant_id: null,
+              started_at: null,
+              ended_at: null,
+              failure_reason: null,
+              ended_reason: null,
+              brief_summary: null,
+              transcript_at: null,
+              summary_at: null,
+              recording_at: null,
+              only_endpoint_id: null,
+              created_at: t,
+              updated_at: t,
+            })
+            .returning("id")
+            .executeTakeFirstOrThrow();
+          return row.id;
+        },
+        async step(callId, action, db = store) {
+          const r = await db.db
+            .transaction()
+            .execute((trx) =>
+              applyTransition(
+                trx,
+                db.caps,
+                account.id,
+                callId,
+                action,
+                { now: Date.now() },
+                action === "transcript" ? async () => ({ transcript: "Agent: Hello." }) : undefined,
+              ),
+            );
+          return r.eventId;
+        },
+        async delivery(id) {
+          return store.db
+            .selectFrom("deliveries")
+            .select(["status", "next_attempt_at", "claim_token"])
+            .where("id", "=", id)
+            .executeTakeFirstOrThrow();
+        },
+      };
+      return f;
+    }
+
+    test("migrations are idempotent and integer columns come back as numbers", async () => {
+      const f = await fixture();
+      assert.deepEqual(await migrate(f.store), [], "a second migrate applies nothing");
+      const applied = await f.store.db
+        .selectFrom("klen_migrations" as never)
+        .select("id" as never)
+        .execute();
+      assert.equal(applied.length, migrations.length);
+      assert.equal(typeof f.accountId, "number");
+      assert.equal(typeof f.agentId, "number");
+      const callId = await f.newCall();
+      assert.equal(typeof callId, "number");
+      await f.step(callId, "start");
+      const d = await f.store.db.selectFrom("deliveries").selectAll().executeTakeFirstOrThrow();
+      for (const k of ["event_seq", "call_id", "next_attempt_at", "claim_token", "created_at"] as const) {
+        assert.equal(typeof d[k], "number", `deliveries.${k} is a number`);
+      }
+      const count = await f.store.db
+        .selectFrom("deliveries")
+        .select((eb) => eb.fn.countAll<number>().as("n"))
+        .executeTakeFirstOrThrow();
+      assert.equal(Number(count.n), 1);
+    });
+
+    test("concurrent first starts migrate exactly once", async (t) => {
+      if (!backend.name.startsWith("postgres")) {
+        // SQLite is one process's file: there is no second process starting at the same moment.
+        t.diagnostic("single-process backend: concurrent migration not applicable");
+        return;
+      }
+      const fresh = await backend.fresh();
+      const stores = await Promise.all([1, 2, 3].map(() => openStore(fresh.databaseUrl)));
+      try {
+        const ran = await Promise.all(stores.map((s) => migrate(s)));
+        assert.deepEqual(
+          ran.flat().sort((a, b) => a - b),
+          migrations.map((m) => m.id),
+          "each migration ran once in all",
+        );
+      } finally {
+        for (const s of stores) await s.close();
+        await fresh.cleanup();
+      }
+    });
+
+    test("concurrent claimers get every due delivery exactly once", async () => {
+      const f = await fixture(2);
+      for (let i = 0; i < 60; i++) await f.step(await f.newCall(), "start");
+      const total = 120;
+      const claimers = await Promise.all([f.store, await f.other(), await f.other(), await f.other()]);
+      const now = Date.now() + 1_000;
+      const got: string[] = [];
+      await Promise.all(
+        claimers.map(async (s) => {
+          for (;;) {
+            const batch = await claimDue(s, { now, limit: 7, leaseMs: LEASE, exclude: [] });
+            if (batch.length === 0) return;
+            got.push(...batch.map((c) => c.id));
+          }
+        }),
+      );
+      assert.equal(got.length, total, "every due delivery claimed");
+      assert.equal(new Set(got).size, total, "no delivery claimed twice");
+      const again = await claimDue(f.store, { now, limit: 500, leaseMs: LEASE, exclude: [] });
+      assert.equal(again.length, 0, "claimed deliveries are not due until their lease ends");
+    });
+
+    test("claims carry payload and endpoint, and skip saturated endpoints", async () => {
+      const f = await fixture(2);
+      await f.step(await f.newCall(), "start");
+      const now = Date.now() + 1_000;
+      const first = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [f.endpointIds[0]!] });
+      assert.equal(first.length, 1);
+      assert.equal(first[0]!.endpointId, f.endpointIds[1]);
+      assert.equal(first[0]!.endpoint?.id, f.endpointIds[1]);
+      assert.equal(JSON.parse(first[0]!.payload).event_type, "call.started");
+      assert.equal(first[0]!.claimToken, 1);
+      const rest = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
+      assert.deepEqual(
+        rest.map((c) => c.endpointId),
+        [f.endpointIds[0]],
+      );
+    });
+
+    test("an expired lease makes a claimed delivery due again, with a new fence", async () => {
+      const f = await fixture();
+      await f.step(await f.newCall(), "start");
+      const t0 = Date.now() + 1_000;
+      const [a] = await claimDue(f.store, { now: t0, limit: 10, leaseMs: 5_000, exclude: [] });
+      assert.ok(a);
+      assert.equal(
+        (await claimDue(f.store, { now: t0 + 4_999, limit: 10, leaseMs: 5_000, exclude: [] })).length,
+        0,
+        "not due while the lease runs",
+      );
+      const [b] = await claimDue(f.store, { now: t0 + 5_000, limit: 10, leaseMs: 5_000, exclude: [] });
+      assert.equal(b?.id, a.id, "due again when the lease ends");
+      assert.equal(b.claimToken, a.claimToken + 1);
+    });
+
+    test("fencing: a stale completion does not overwrite the newer attempt", async () => {
+      const f = await fixture();
+      await f.step(await f.newCall(), "start");
+      const t0 = Date.now() + 1_000;
+      const [stale] = await claimDue(f.store, { now: t0, limit: 1, leaseMs: 1_000, exclude: [] });
+      const [fresh] = await claimDue(f.store, { now: t0 + 1_000, limit: 1, leaseMs: LEASE, exclude: [] });
+      assert.ok(stale && fresh && stale.id === fresh.id);
+      // The first worker finishes late with a failure: it must not reschedule the delivery.
+      await completeBatch(f.store, [outcome(stale, failed(), t0 + 2_000)], policy, t0 + 2_000);
+      let d = await f.delivery(fresh.id);
+      assert.equal(d.status, "pending");
+      assert.equal(d.next_attempt_at, t0 + 1_000 + LEASE, "the newer lease is untouched");
+      await completeBatch(f.store, [outcome(fresh, ok(), t0 + 3_000)], policy, t0 + 3_000);
+      d = await f.delivery(fresh.id);
+      assert.equal(d.status, "succeeded");
+      // A stale failure arriving after the success changes nothing either.
+      await completeBatch(f.store, [outcome(stale, failed(), t0 + 4_000)], policy, t0 + 4_000);
+      assert.equal((await f.delivery(fresh.id)).status, "succeeded");
+    });
+
+    test("a parked delivery is released when its predecessor succeeds or is given up", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      await f.step(callId, "start");
+      await f.step(callId, "end");
+      await f.step(callId, "transcript");
+      const rows = await f.store.db
+        .selectFrom("deliveries")
+        .select(["id", "next_attempt_at"])
+        .orderBy("event_seq")
+        .execute();
+      assert.equal(rows.length, 3);
+      assert.ok(rows[0]!.next_attempt_at !== null);
+      assert.equal(rows[1]!.next_attempt_at, null, "second event waits behind the first");
+      assert.equal(rows[2]!.next_attempt_at, null, "third event waits too");
+      const now = Date.now() + 1_000;
+      const [first] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
+      assert.equal(first?.id, rows[0]!.id, "only the head of the chain is due");
+      await completeBatch(f.store, [outcome(first, ok(), now)], policy, now);
+      const [second, ...none] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
+      assert.equal(second?.id, rows[1]!.id, "released by the predecessor's success");
+      assert.equal(none.length, 0);
+      // Given up (the last attempt of a one-step schedule fails): the next one is released too.
+      const giveUp = { ...policy, schedule: [] };
+      await completeBatch(f.store, [outcome(second, failed(), now)], giveUp, now);
+      assert.equal((await f.delivery(second.id)).status, "failed");
+      const [third] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
+      assert.equal(third?.id, rows[2]!.id, "released when the predecessor was given up");
+    });
+
+    test("a completion racing a new event of the same call never strands it parked", async () => {
+      const f = await fixture();
+      const other = await f.peer();
+      let stranded = 0;
+      for (let i = 0; i < 15; i++) {
+        const callId = await f.newCall();
+        await f.step(callId, "start");
+        const now = Date.now() + 1_000;
+        const [head] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        assert.ok(head);
+        // The next event is emitted while the head's success is being recorded.
+        await Promise.all([
+          completeBatch(f.store, [outcome(head, ok(), now)], policy, now),
+          f.step(callId, "end", other),
+        ]);
+        const next = await f.store.db
+          .selectFrom("deliveries")
+          .select(["next_attempt_at"])
+          .where("call_id", "=", callId)
+          .where("status", "=", "pending")
+          .executeTakeFirstOrThrow();
+        if (next.next_attempt_at === null) stranded++;
+      }
+      assert.equal(stranded, 0, "the next delivery is due, whichever transaction went first");
+    });
+
+    test("releaseOrphans releases parked deliveries with no earlier pending one", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      await f.step(callId, "start");
+      await f.step(callId, "end");
+      const [head, parked] = await f.store.db
+        .selectFrom("deliveries")
+        .select(["id"])
+        .orderBy("event_seq")
+        .execute();
+      assert.ok(head && parked);
+      const now = Date.now();
+      assert.equal(await releaseOrphans(f.store, now), 0, "nothing to release while the head is pending");
+      // A crash left the head settled without releasing its successor.
+      await f.store.db
+        .updateTable("deliveries")
+        .set({ status: "succeeded" })
+        .where("id", "=", head.id)
+        .execute();
+      assert.equal(await releaseOrphans(f.store, now), 1);
+      const d = await f.delivery(parked.id);
+      assert.equal(d.next_attempt_at, now);
+    });
+
+    test("releaseLeases hands held deliveries back at once, fenced", async () => {
+      const f = await fixture(2);
+      await f.step(await f.newCall(), "start");
+      const now = Date.now() + 1_000;
+      const held = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
+      assert.equal(held.length, 2);
+      // One of them was meanwhile re-claimed by someone else (its lease ran out): not released.
+      const [h0, h1] = held as [Claimed, Claimed];
+      await f.store.db
+        .updateTable("deliveries")
+        .set({ claim_token: h1.claimToken + 1, next_attempt_at: now + LEASE })
+        .where("id", "=", h1.id)
+        .execute();
+      await releaseLeases(f.store, held, now);
+      assert.equal((await f.delivery(h0.id)).next_attempt_at, now);
+      assert.equal((await f.delivery(h1.id)).next_attempt_at, now + LEASE);
+    });
+
+    test("batched completion records many outcomes in one go", async () => {
+      const f = await fixture(3);
+      for (let i = 0; i < 40; i++) await f.step(await f.newCall(), "start");
+      const now = Date.now() + 1_000;
+      const claimed = await claimDue(f.store, { now, limit: 500, leaseMs: LEASE, exclude: [] });
+      assert.equal(claimed.length, 120);
+      const outcomes = claimed.map((c, i) => outcome(c, i % 3 === 0 ? failed(503) : ok(), now));
+      await completeBatch(f.store, outcomes, policy, now);
+      const byStatus = await f.store.db
+        .selectFrom("deliveries")
+        .select(["status", (eb) => eb.fn.countAll<number>().as("n")])
+        .groupBy("status")
+        .execute();
+      const counts = Object.fromEntries(byStatus.map((r) => [r.status, Number(r.n)]));
+      assert.deepEqual(counts, { pending: 40, succeeded: 80 });
+      const attempts = await f.store.db
+        .selectFrom("attempts")
+        .select((eb) => eb.fn.countAll<number>().as("n"))
+        .executeTakeFirstOrThrow();
+      assert.equal(Number(attempts.n), 120);
+      const retry = await f.store.db
+        .selectFrom("deliveries")
+        .select(["next_attempt_at", "attempt_count"])
+        .where("status", "=", "pending")
+        .execute();
+      for (const r of retry) {
+        assert.equal(r.attempt_count, 1);
+        assert.equal(r.next_attempt_at, now + 1_000, "scheduled by the retry schedule, not the lease");
+      }
+    });
+
+    test("idempotency key race: two identical requests, one transition, one replay", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      const second = await f.peer();
+      const request = {
+        accountId: f.accountId,
+        key: "same-key",
+        method: "POST",
+        path: `/v1/calls/${callId}/start`,
+        bodyDigest: "{}",
+      };
+      const handler = (s: Store) => async (trx: Parameters<Parameters<typeof runIdempotent>[2]>[0]) => {
+        const r = await applyTransition(trx, s.caps, f.accountId, callId, "start", { now: Date.now() });
+        return { status: 200, body: { event: r.eventId } };
+      };
+      const results = await Promise.all([
+        runIdempotent(f.store, request, handler(f.store)),
+        runIdempotent(second, request, handler(second)),
+      ]);
+      assert.deepEqual(results.map((r) => r.replayed).sort(), [false, true]);
+      assert.equal(results[0].status, 200);
+      assert.equal(results[1].status, 200);
+      assert.deepEqual(results[0].body, results[1].body, "the replay is the stored response");
+      const events = await f.store.db
+        .selectFrom("events")
+        .select("id")
+        .where("call_id", "=", callId)
+        .execute();
+      assert.equal(events.length, 1, "one transition, one event");
+    });
+
+    test("unique violations are told apart from other errors", async () => {
+      const f = await fixture();
+      const row = { account_id: f.accountId, key_hash: "h", prefix: "p", created_at: 1 };
+      await f.store.db.insertInto("api_keys").values(row).execute();
+      const dup = await f.store.db
+        .insertInto("api_keys")
+        .values(row)
+        .execute()
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      assert.ok(dup, "duplicate insert fails");
+      assert.equal(f.store.isUniqueViolation(dup), true);
+      const other = await f.store.db
+        .insertInto("api_keys")
+        .values({ ...row, key_hash: null as never })
+        .execute()
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      assert.ok(other, "NOT NULL violation fails");
+      assert.equal(f.store.isUniqueViolation(other), false);
+    });
+  });
+}
