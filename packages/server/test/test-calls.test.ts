@@ -160,6 +160,20 @@ for (const backend of backends())
       assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, calls);
     });
 
+    test("a bodiless POST is a completed test call with defaults", async () => {
+      const res = await fetch(`${srv.url}/v1/test-calls`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${srv.apiKey}` },
+      });
+      assert.equal(res.status, 202);
+      const { call_id } = await res.json();
+      await waitFor("the bodiless test call's events", () => eventsOf(rx, call_id).length >= 5);
+      assert.deepEqual(
+        eventsOf(rx, call_id).map((q) => q.json.event_type),
+        WORKFLOW,
+      );
+    });
+
     test("Idempotency-Key: a repeat replays the same call id and runs nothing twice", async () => {
       const h = { "idempotency-key": "test-call-1" };
       const first = await srv.api.post("/v1/test-calls", { outcome: "rejected", endpoint_id: endpointId }, h);

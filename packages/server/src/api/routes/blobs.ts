@@ -14,53 +14,69 @@ const gone = () => new ApiError(404, "not_found", "this content does not exist o
  * Audio is served with its stored content type and single byte-range support (206/416).
  */
 export const blobRoutes: RouteModule = (app, ctx) => {
-  app.get("/v1/blobs/:id", { schema: { hide: true } }, async (req, reply) => {
-    const id = (req.params as { id: string }).id;
-    const q = req.query as Record<string, unknown>;
-    const key = await signingKey(ctx.store, ctx.store.db);
-    const check = checkBlobUrl(key, id, q.expires, q.signature, ctx.clock.now());
-    if (!check.ok) {
-      const message = check.reason === "expired" ? "this URL has expired" : "this URL is not validly signed";
-      throw new ApiError(403, "forbidden", message, { reason: check.reason });
-    }
-    const row = await ctx.store.db
-      .selectFrom("blobs")
-      .select(["path", "content_type", "size"])
-      .where("id", "=", id)
-      .executeTakeFirst();
-    if (!row) throw gone();
-    const store = blobStoreFor(ctx.config);
-    const size = await store.size(row.path);
-    if (size === undefined) throw gone();
-    const range = parseRange(req.headers.range, size);
-    if (range.kind === "unsatisfiable") {
-      return reply
-        .status(416)
-        .header("content-range", `bytes */${size}`)
-        .send(
-          new ApiError(
-            416,
-            "range_not_satisfiable",
-            `the range is outside the ${size} bytes of content`,
-          ).toJSON(),
-        );
-    }
-    const part = range.kind === "partial" ? { start: range.start, end: range.end } : undefined;
-    // A zero-length file cannot be read with an inclusive range; it is sent empty.
-    const stream = size === 0 ? undefined : await store.read(row.path, part ?? { start: 0, end: size - 1 });
-    if (size > 0 && !stream) throw gone();
-    reply
-      .header("content-type", row.content_type)
-      .header("accept-ranges", "bytes")
-      // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
-      .header("cache-control", "private, max-age=3600")
-      .header("x-content-type-options", "nosniff");
-    if (part) {
-      reply.status(206).header("content-range", `bytes ${part.start}-${part.end}/${size}`);
-      reply.header("content-length", String(part.end - part.start + 1));
-    } else {
-      reply.header("content-length", String(size));
-    }
-    return reply.send(stream ?? "");
-  });
+  app.get(
+    "/v1/blobs/:id",
+    {
+      schema: {
+        summary: "Download a transcript, summary or recording by its pre-signed URL",
+        description:
+          "No API key: the `expires` (Unix seconds) and `signature` query parameters of the URL in the event " +
+          "authorize it. 403 when tampered, malformed or expired; 404 when unknown or purged. Audio supports " +
+          "`Range` (206/416).",
+        // The query is checked by the handler (a bad one is a 403, not a 400), so it has no schema here.
+        params: { type: "object", properties: { id: { type: "string" } } },
+        security: [],
+      },
+    },
+    async (req, reply) => {
+      const id = (req.params as { id: string }).id;
+      const q = req.query as Record<string, unknown>;
+      const key = await signingKey(ctx.store, ctx.store.db);
+      const check = checkBlobUrl(key, id, q.expires, q.signature, ctx.clock.now());
+      if (!check.ok) {
+        const message =
+          check.reason === "expired" ? "this URL has expired" : "this URL is not validly signed";
+        throw new ApiError(403, "forbidden", message, { reason: check.reason });
+      }
+      const row = await ctx.store.db
+        .selectFrom("blobs")
+        .select(["path", "content_type", "size"])
+        .where("id", "=", id)
+        .executeTakeFirst();
+      if (!row) throw gone();
+      const store = blobStoreFor(ctx.config);
+      const size = await store.size(row.path);
+      if (size === undefined) throw gone();
+      const range = parseRange(req.headers.range, size);
+      if (range.kind === "unsatisfiable") {
+        return reply
+          .status(416)
+          .header("content-range", `bytes */${size}`)
+          .send(
+            new ApiError(
+              416,
+              "range_not_satisfiable",
+              `the range is outside the ${size} bytes of content`,
+            ).toJSON(),
+          );
+      }
+      const part = range.kind === "partial" ? { start: range.start, end: range.end } : undefined;
+      // A zero-length file cannot be read with an inclusive range; it is sent empty.
+      const stream = size === 0 ? undefined : await store.read(row.path, part ?? { start: 0, end: size - 1 });
+      if (size > 0 && !stream) throw gone();
+      reply
+        .header("content-type", row.content_type)
+        .header("accept-ranges", "bytes")
+        // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
+        .header("cache-control", "private, max-age=3600")
+        .header("x-content-type-options", "nosniff");
+      if (part) {
+        reply.status(206).header("content-range", `bytes ${part.start}-${part.end}/${size}`);
+        reply.header("content-length", String(part.end - part.start + 1));
+      } else {
+        reply.header("content-length", String(size));
+      }
+      return reply.send(stream ?? "");
+    },
+  );
 };

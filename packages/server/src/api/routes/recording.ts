@@ -30,7 +30,14 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
     scope.addContentTypeParser([...AUDIO_TYPES], (_req, payload, done) => done(null, payload));
     scope.post(
       "/v1/calls/:id/recording",
-      { schema: { params: idParam }, bodyLimit: ctx.config.maxRecording },
+      {
+        schema: {
+          summary: "Upload the call's audio recording (raw body); emits call.recording",
+          description: `Raw audio body, one of: ${AUDIO_TYPES.join(", ")}. At most KLEN_MAX_RECORDING bytes (413).`,
+          params: idParam,
+        },
+        bodyLimit: ctx.config.maxRecording,
+      },
       async (req, reply) => {
         const type = mediaType(req.headers["content-type"]);
         const body = req.body as Readable | undefined;

@@ -47,6 +47,10 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
   app.post(
     "/v1/test-calls",
     {
+      // Every field is optional, so a bodiless POST (no content-type) means `{}`.
+      preValidation: async (req) => {
+        if (req.body === undefined || req.body === null) req.body = {};
+      },
       schema: {
         body: {
           type: "object",
