@@ -96,6 +96,15 @@ export function loadConfig(env: Env = process.env): Config {
   if (!/^https?:\/\/[^/]+/.test(publicUrl)) {
     throw new ConfigError("KLEN_PUBLIC_URL", `not an http(s) URL: "${publicUrl}"`);
   }
+  // A lease that can end while its attempt is still allowed to run would let a second worker send
+  // the same delivery while the first is still waiting for the answer: a duplicate by design.
+  const leaseMs = env.KLEN_LEASE ? read(env, "KLEN_LEASE", "", parseDuration) : timeout + 30_000;
+  if (leaseMs <= timeout) {
+    throw new ConfigError(
+      "KLEN_LEASE",
+      `must be longer than KLEN_DELIVERY_TIMEOUT (${timeout} ms), with a margin for recording the outcome; default is the timeout + 30s`,
+    );
+  }
   const encryptionKey = env.KLEN_ENCRYPTION_KEY || undefined;
   if (encryptionKey !== undefined && encryptionKey.length < 16) {
     throw new ConfigError("KLEN_ENCRYPTION_KEY", "must be at least 16 characters");
@@ -111,7 +120,7 @@ export function loadConfig(env: Env = process.env): Config {
     publicUrl,
     retrySchedule: read(env, "KLEN_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", schedule),
     deliveryTimeoutMs: timeout,
-    leaseMs: env.KLEN_LEASE ? read(env, "KLEN_LEASE", "", parseDuration) : timeout + 30_000,
+    leaseMs,
     disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", parseDuration),
     inlineLimit: read(env, "KLEN_INLINE_LIMIT", "64KiB", parseSize),
     urlTtlMs: read(env, "KLEN_URL_TTL", "7d", parseDuration),

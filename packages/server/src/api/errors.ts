@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance } from "fastify";
 import { ApiError } from "../errors.js";
+import { isDatabaseUnavailable } from "../storage/store.js";
 
 /** Turns an Ajv error into the name of the field at fault (`phone_number`, `call.agent_id`, `limit`). */
 function fieldOf(err: FastifyError): string | undefined {
@@ -45,6 +46,17 @@ export function installErrorHandler(app: FastifyInstance): void {
           location,
         }).toJSON(),
       );
+    }
+    if (isDatabaseUnavailable(err)) {
+      // Down or restarting: say so at once rather than hang or claim an internal error. Nothing
+      // was committed (or the Idempotency-Key replays it), so the client may simply retry.
+      req.log.warn({ err: { message: err.message, code: err.code } }, "database unavailable");
+      return reply
+        .status(503)
+        .header("retry-after", "1")
+        .send(
+          new ApiError(503, "database_unavailable", "the database is unavailable; retry shortly").toJSON(),
+        );
     }
     const status = err.statusCode ?? 500;
     const known: Record<string, [number, string, string]> = {

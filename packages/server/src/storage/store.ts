@@ -57,3 +57,37 @@ async function openBackend(url: string): Promise<Store> {
   }
   throw new Error(`unsupported database URL: ${url.replace(/\/\/[^@]*@/, "//***@")}`);
 }
+
+// Connection-level failures: the database is down, restarting or unreachable, as opposed to a
+// query it rejected. PostgreSQL SQLSTATE class 08 and the shutdown/start-up states, socket errors,
+// pg's own messages for a dropped or unobtainable connection, and SQLite's lock timeout.
+const UNAVAILABLE_CODES = new Set([
+  "57P01",
+  "57P02",
+  "57P03",
+  "53300",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAI_AGAIN",
+  "SQLITE_BUSY",
+]);
+const UNAVAILABLE_MESSAGE =
+  /Connection terminated|timeout exceeded when trying to connect|not queryable|Connection ended unexpectedly/;
+
+/**
+ * True when `err` means the database cannot be reached right now (retry later), not that a query
+ * was wrong. The API maps it to 503 `database_unavailable`; the dispatcher simply retries.
+ */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  for (let e = err, depth = 0; e && typeof e === "object" && depth < 3; depth++) {
+    const { code, message, cause } = e as { code?: unknown; message?: unknown; cause?: unknown };
+    if (typeof code === "string" && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"))) return true;
+    if (typeof message === "string" && UNAVAILABLE_MESSAGE.test(message)) return true;
+    e = cause;
+  }
+  return false;
+}
