@@ -29,6 +29,19 @@ export function mediaType(header: string | undefined): string {
   return (header ?? "").split(";")[0]!.trim().toLowerCase();
 }
 
+/**
+ * Discards the rest of a refused body so the client can read the answer; a client that keeps
+ * sending more than `limit` further bytes is cut off.
+ */
+function drain(body: Readable, limit: number): void {
+  let discarded = 0;
+  body.on("data", (c: Buffer) => {
+    discarded += c.length;
+    if (discarded > limit) body.destroy();
+  });
+  body.resume();
+}
+
 export interface Upload {
   tempFile: string;
   size: number;
@@ -50,10 +63,12 @@ export async function streamToTemp(
   const tempFile = await store.tempPath(name);
   const hash = createHash("sha256");
   let size = 0;
+  let tooLarge = false;
   const meter = new Transform({
     transform(chunk: Buffer, _enc, done) {
       size += chunk.length;
       if (size > limit) {
+        tooLarge = true;
         done(new ApiError(413, "payload_too_large", `the recording is larger than ${limit} bytes`));
         return;
       }
@@ -61,15 +76,26 @@ export async function streamToTemp(
       done(null, chunk);
     },
   });
+  // The body is piped by hand rather than through pipeline(): on a 413 the request must stay
+  // open long enough to carry the answer, so it is unpiped and drained, not destroyed.
+  const onAbort = () => meter.destroy(new Error("the client aborted the upload"));
+  body.once("aborted", onAbort);
+  body.once("error", onAbort);
+  body.pipe(meter);
   try {
-    await pipeline(body, meter, writeStream(tempFile));
+    await pipeline(meter, writeStream(tempFile));
   } catch (err) {
+    body.unpipe(meter);
+    if (tooLarge) drain(body, limit);
     await unlink(tempFile).catch(() => undefined);
     if (err instanceof ApiError) throw err;
     // The client went away mid-upload (or the disk failed): nothing was stored.
     throw new ApiError(400, "upload_incomplete", "the recording upload did not complete", undefined, {
       cause: err,
     });
+  } finally {
+    body.off("aborted", onAbort);
+    body.off("error", onAbort);
   }
   return { tempFile, size, sha256: hash.digest("hex") };
 }

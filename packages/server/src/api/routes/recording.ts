@@ -63,7 +63,13 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
         }
         const store = blobStoreFor(ctx.config);
         const blobId = newBlobId();
-        const upload = await streamToTemp(body, store, blobId, ctx.config.maxRecording);
+        // A refused oversize upload closes the connection after the 413: the rest is not read.
+        const upload = await streamToTemp(body, store, blobId, ctx.config.maxRecording).catch(
+          (err: unknown) => {
+            if (err instanceof ApiError && err.status === 413) reply.header("connection", "close");
+            throw err;
+          },
+        );
         if (upload.size === 0) {
           await unlink(upload.tempFile).catch(() => undefined);
           throw badRequest("body", "the recording is empty");
