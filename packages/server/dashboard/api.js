@@ -1,0 +1,87 @@
+// The dashboard's only way to the server: same-origin fetches to /v1 with the signed-in API key.
+// The key lives in sessionStorage, so it is gone when the tab closes and never leaves this origin.
+
+const KEY = "klen.apiKey";
+
+/** An error answer of the API: `{"error":{code,message,details}}`. */
+export class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export const session = {
+  get key() {
+    return sessionStorage.getItem(KEY);
+  },
+  set(key) {
+    sessionStorage.setItem(KEY, key);
+  },
+  clear() {
+    sessionStorage.removeItem(KEY);
+  },
+};
+
+let onUnauthorized = () => {};
+/** Called when the key stops working (revoked, or a new server): the app signs out. */
+export function setUnauthorizedHandler(fn) {
+  onUnauthorized = fn;
+}
+
+/**
+ * Calls the API and returns the parsed JSON body; throws ApiError for non-2xx answers.
+ * @param {string} method
+ * @param {string} path e.g. `/v1/endpoints`
+ * @param {unknown} [body]
+ * @param {{key?: string}} [opts] `key` to try a key before it is stored (sign-in)
+ */
+export async function api(method, path, body, opts = {}) {
+  const key = opts.key ?? session.key;
+  const headers = { authorization: `Bearer ${key ?? ""}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (method === "POST") headers["idempotency-key"] = crypto.randomUUID();
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (err) {
+    throw new ApiError(0, "network_error", `Cannot reach the server (${err.message})`);
+  }
+  const text = await res.text();
+  let json;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  if (!res.ok) {
+    const e = json?.error ?? {};
+    const err = new ApiError(
+      res.status,
+      e.code ?? "http_error",
+      e.message ?? `HTTP ${res.status}`,
+      e.details,
+    );
+    if (res.status === 401 && opts.key === undefined) onUnauthorized(err);
+    throw err;
+  }
+  return json;
+}
+
+/** Builds `/v1/x?a=1` leaving out empty values. */
+export function withQuery(path, params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params))
+    if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+  const s = q.toString();
+  return s ? `${path}?${s}` : path;
+}
+
+/** A human sentence for an error, naming the field when the API did. */
+export function describe(err) {
+  if (!(err instanceof ApiError)) return String(err?.message ?? err);
+  const field = err.details?.field ? ` (${err.details.field})` : "";
+  return `${err.message}${field}`;
+}

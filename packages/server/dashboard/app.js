@@ -1,0 +1,158 @@
+import { ApiError, api, describe, session, setUnauthorizedHandler } from "./api.js";
+import { h, mount } from "./dom.js";
+import { renderCall, renderCalls } from "./views/calls.js";
+import { renderDeliveries } from "./views/deliveries.js";
+import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
+import { renderEvents } from "./views/events.js";
+import { renderOverview } from "./views/overview.js";
+
+// Hash routes keep the dashboard a set of static files: `#/endpoints/ep_…`, `#/deliveries?status=failed`.
+const NAV = [
+  ["overview", "Overview"],
+  ["endpoints", "Endpoints"],
+  ["events", "Events"],
+  ["deliveries", "Deliveries"],
+  ["calls", "Calls"],
+];
+
+const root = document.getElementById("app");
+let account = null;
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [path, query = ""] = raw.split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  return { section: parts[0] || "overview", id: parts[1], query: new URLSearchParams(query) };
+}
+
+function signIn(message) {
+  account = null;
+  const input = h("input", {
+    id: "api-key",
+    name: "api-key",
+    type: "password",
+    autocomplete: "off",
+    spellcheck: "false",
+    placeholder: "klen_…",
+    required: true,
+  });
+  const error = h("p", { class: "note note-error", role: "alert", hidden: !message }, message ?? "");
+  const button = h("button", { class: "btn btn-primary btn-block", type: "submit" }, "Sign in");
+  const form = h(
+    "form",
+    {
+      class: "signin-card",
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        const key = input.value.trim();
+        if (!key) return;
+        button.disabled = true;
+        try {
+          account = await api("GET", "/v1/account", undefined, { key });
+          session.set(key);
+          if (!location.hash || location.hash === "#/") location.hash = "#/overview";
+          route();
+        } catch (err) {
+          const text =
+            err instanceof ApiError && err.status === 401
+              ? "That API key was not accepted. Check it and try again."
+              : describe(err);
+          error.textContent = text;
+          error.hidden = false;
+          input.focus();
+        } finally {
+          button.disabled = false;
+        }
+      },
+    },
+    h(
+      "div",
+      { class: "brand brand-lg" },
+      h("span", { class: "logo", "aria-hidden": "true" }, "K"),
+      "Klen Webhooks",
+    ),
+    h("h1", {}, "Sign in"),
+    h("p", { class: "muted" }, "Use your account's API key. It is kept in this browser tab only."),
+    h("label", { for: "api-key" }, "API key"),
+    input,
+    error,
+    button,
+  );
+  mount(root, h("main", { class: "signin" }, form));
+  input.focus();
+}
+
+function signOut() {
+  session.clear();
+  signIn();
+}
+
+setUnauthorizedHandler(() => {
+  session.clear();
+  signIn("Your API key is no longer accepted. Sign in again.");
+});
+
+function shell(section) {
+  const nav = h(
+    "nav",
+    { class: "nav", "aria-label": "Sections" },
+    NAV.map(([id, label]) =>
+      h("a", { href: `#/${id}`, class: "nav-link", "aria-current": id === section ? "page" : false }, label),
+    ),
+  );
+  const main = h("main", { class: "content", id: "content", tabindex: "-1" });
+  const frame = h(
+    "div",
+    { class: "frame" },
+    h(
+      "aside",
+      { class: "sidebar" },
+      h("div", { class: "brand" }, h("span", { class: "logo", "aria-hidden": "true" }, "K"), "Klen Webhooks"),
+      nav,
+      h(
+        "div",
+        { class: "sidebar-foot" },
+        h("div", { class: "account-name", title: `Account ${account?.id ?? ""}` }, account?.name ?? ""),
+        h("button", { class: "btn btn-ghost btn-sm", type: "button", onclick: signOut }, "Sign out"),
+      ),
+    ),
+    main,
+  );
+  mount(root, frame);
+  return main;
+}
+
+let routing = 0;
+async function route() {
+  if (!session.key) return signIn();
+  const seq = ++routing;
+  if (!account) {
+    try {
+      account = await api("GET", "/v1/account");
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) return;
+      mount(root, h("p", { class: "note note-error" }, describe(err)));
+      return;
+    }
+  }
+  const { section, id, query } = parseHash();
+  const main = shell(section);
+  const views = {
+    overview: () => renderOverview(main),
+    endpoints: () =>
+      id === "new" ? renderNewEndpoint(main) : id ? renderEndpoint(main, id) : renderEndpoints(main),
+    events: () => renderEvents(main, query),
+    deliveries: () => renderDeliveries(main, query),
+    calls: () => (id ? renderCall(main, id) : renderCalls(main, query)),
+  };
+  try {
+    await (views[section] ?? views.overview)();
+  } catch (err) {
+    if (seq !== routing) return;
+    if (err instanceof ApiError && err.status === 401) return;
+    main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,173 @@
+import { fmtMs, h, s } from "./dom.js";
+
+// Inline SVG drawn from GET /v1/stats/deliveries: attempts per bucket as stacked bars (succeeded
+// below, failed on top) and p50/p95 attempt latency as lines underneath, on a shared time axis.
+
+const W = 880;
+const PAD_L = 52;
+const PAD_R = 16;
+const BARS_TOP = 14;
+const BARS_H = 130;
+const LAT_TOP = BARS_TOP + BARS_H + 34;
+const LAT_H = 80;
+const H = LAT_TOP + LAT_H + 26;
+
+/** A "nice" upper bound for an axis: 1, 2 or 5 × 10^n at or above `v`. */
+function niceMax(v) {
+  if (v <= 0) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function timeLabel(iso, bucketSeconds) {
+  const d = new Date(iso);
+  if (bucketSeconds >= 86400) return d.toLocaleDateString(undefined, { month: "short", day: "numeric" });
+  const hm = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", hour12: false });
+  if (bucketSeconds >= 3600)
+    return `${d.toLocaleDateString(undefined, { day: "numeric", month: "short" })} ${hm}`;
+  if (bucketSeconds < 60)
+    return d.toLocaleTimeString(undefined, {
+      hour: "2-digit",
+      minute: "2-digit",
+      second: "2-digit",
+      hour12: false,
+    });
+  return hm;
+}
+
+/**
+ * The delivery chart.
+ * @param {{bucket_seconds: number, buckets: Array<{start: string, succeeded: number, failed: number, p50_ms: number|null, p95_ms: number|null}>}} stats
+ * @returns {SVGElement}
+ */
+export function deliveryChart(stats) {
+  const buckets = stats.buckets;
+  const n = Math.max(buckets.length, 1);
+  const plotW = W - PAD_L - PAD_R;
+  const step = plotW / n;
+  const barW = Math.max(1, Math.min(step * 0.72, 28));
+  const x = (i) => PAD_L + i * step + step / 2;
+
+  const maxCount = niceMax(Math.max(0, ...buckets.map((b) => b.succeeded + b.failed)));
+  const maxLat = niceMax(Math.max(0, ...buckets.map((b) => b.p95_ms ?? 0)));
+  const yCount = (v) => BARS_TOP + BARS_H - (v / maxCount) * BARS_H;
+  const yLat = (v) => LAT_TOP + LAT_H - (v / maxLat) * LAT_H;
+
+  const grid = [];
+  for (const f of [0, 0.5, 1]) {
+    const v = maxCount * f;
+    grid.push(
+      s("line", { class: "grid", x1: PAD_L, x2: W - PAD_R, y1: yCount(v), y2: yCount(v) }),
+      s(
+        "text",
+        { class: "axis", x: PAD_L - 8, y: yCount(v) + 4, "text-anchor": "end" },
+        String(Math.round(v)),
+      ),
+    );
+    const l = maxLat * f;
+    grid.push(
+      s("line", { class: "grid", x1: PAD_L, x2: W - PAD_R, y1: yLat(l), y2: yLat(l) }),
+      s("text", { class: "axis", x: PAD_L - 8, y: yLat(l) + 4, "text-anchor": "end" }, fmtMs(l)),
+    );
+  }
+
+  const bars = buckets.map((b, i) => {
+    const total = b.succeeded + b.failed;
+    const label = `${timeLabel(b.start, stats.bucket_seconds)} — ${b.succeeded} succeeded, ${b.failed} failed${
+      b.p50_ms === null ? "" : `, p50 ${fmtMs(b.p50_ms)}, p95 ${fmtMs(b.p95_ms)}`
+    }`;
+    const okTop = yCount(b.succeeded);
+    const failTop = yCount(total);
+    return s(
+      "g",
+      { class: "bucket" },
+      s("title", {}, label),
+      // A full-height transparent column makes the tooltip easy to hit on thin bars.
+      s("rect", {
+        class: "hit",
+        x: x(i) - step / 2,
+        y: BARS_TOP,
+        width: step,
+        height: LAT_TOP + LAT_H - BARS_TOP,
+      }),
+      b.succeeded > 0
+        ? s("rect", {
+            class: "bar-ok",
+            x: x(i) - barW / 2,
+            y: okTop,
+            width: barW,
+            height: BARS_TOP + BARS_H - okTop,
+          })
+        : null,
+      b.failed > 0
+        ? s("rect", {
+            class: "bar-fail",
+            x: x(i) - barW / 2,
+            y: failTop,
+            width: barW,
+            height: okTop - failTop,
+          })
+        : null,
+    );
+  });
+
+  const line = (key, cls) => {
+    const segments = [];
+    let cur = [];
+    buckets.forEach((b, i) => {
+      if (b[key] === null) {
+        if (cur.length) segments.push(cur);
+        cur = [];
+      } else cur.push(`${x(i).toFixed(1)},${yLat(b[key]).toFixed(1)}`);
+    });
+    if (cur.length) segments.push(cur);
+    return segments.map((pts) =>
+      pts.length === 1
+        ? s("circle", { class: `${cls}-dot`, cx: pts[0].split(",")[0], cy: pts[0].split(",")[1], r: 2.5 })
+        : s("polyline", { class: cls, points: pts.join(" ") }),
+    );
+  };
+
+  const ticks = [];
+  const every = Math.max(1, Math.ceil(n / 6));
+  for (let i = 0; i < buckets.length; i += every) {
+    ticks.push(
+      s(
+        "text",
+        { class: "axis", x: x(i), y: H - 6, "text-anchor": "middle" },
+        timeLabel(buckets[i].start, stats.bucket_seconds),
+      ),
+    );
+  }
+
+  return s(
+    "svg",
+    {
+      class: "chart",
+      viewBox: `0 0 ${W} ${H}`,
+      role: "img",
+      "aria-label": "Delivery attempts and latency over time",
+      preserveAspectRatio: "xMidYMid meet",
+    },
+    s("text", { class: "panel-title", x: PAD_L, y: BARS_TOP - 2 }, ""),
+    grid,
+    s("text", { class: "panel-title", x: PAD_L, y: LAT_TOP - 10 }, "Attempt latency"),
+    bars,
+    line("p95_ms", "lat-p95"),
+    line("p50_ms", "lat-p50"),
+    ticks,
+  );
+}
+
+/** The chart's legend, as HTML so it wraps on narrow screens. */
+export function chartLegend() {
+  return h(
+    "div",
+    { class: "legend" },
+    h("span", { class: "key key-ok" }, "Succeeded"),
+    h("span", { class: "key key-fail" }, "Failed"),
+    h("span", { class: "key key-p50" }, "p50 latency"),
+    h("span", { class: "key key-p95" }, "p95 latency"),
+  );
+}

@@ -1,0 +1,92 @@
+import { api, withQuery } from "../api.js";
+import { ago, badge, fmtTime, h, mount } from "../dom.js";
+import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { eventTable } from "./events.js";
+
+function duration(c) {
+  if (c.duration_seconds === null || c.duration_seconds === undefined) return "—";
+  const m = Math.floor(c.duration_seconds / 60);
+  const s = c.duration_seconds % 60;
+  return m ? `${m}m ${String(s).padStart(2, "0")}s` : `${s}s`;
+}
+
+/** `#/calls?status=…` */
+export async function renderCalls(main, query) {
+  const status = select(
+    "status",
+    [
+      ["", "All statuses"],
+      ["queued", "Queued"],
+      ["in-progress", "In progress"],
+      ["completed", "Completed"],
+      ["failed", "Failed"],
+    ],
+    query.get("status") ?? "",
+  );
+  status.addEventListener("change", () => {
+    location.hash = status.value ? `#/calls?status=${status.value}` : "#/calls";
+  });
+  const table = pagedTable({
+    label: "Calls",
+    columns: ["Call", "Status", "Type", "Phone number", "Agent", "Started", "Duration"],
+    empty: "No calls match.",
+    load: (cursor) => api("GET", withQuery("/v1/calls", { status: status.value, cursor, limit: 25 })),
+    row: (c) =>
+      h(
+        "tr",
+        { class: "call", dataset: { call: String(c.id) } },
+        h(
+          "td",
+          {},
+          h("a", { href: `#/calls/${c.id}`, class: "strong" }, `#${c.id}`),
+          c.klen_call_id ? h("div", { class: "muted small mono" }, c.klen_call_id) : null,
+        ),
+        h("td", {}, badge(c.status)),
+        h("td", {}, c.type),
+        h("td", { class: "mono nowrap" }, c.phone_number),
+        h("td", { class: "num" }, String(c.agent_id)),
+        h("td", { class: "nowrap" }, c.started_at ? ago(c.started_at) : h("span", { class: "muted" }, "—")),
+        h("td", { class: "nowrap" }, duration(c)),
+      ),
+  });
+  mount(
+    main,
+    pageHeader("Calls", "Calls reported by your agents, and the events each one produced."),
+    h("div", { class: "filters" }, field("Status", status)),
+    card(null, table.el),
+  );
+  await table.reload();
+}
+
+/** `#/calls/{id}`: the call and its events. */
+export async function renderCall(main, id) {
+  const c = await api("GET", `/v1/calls/${encodeURIComponent(id)}`);
+  const facts = [
+    ["Status", badge(c.status)],
+    ["Type", c.type],
+    ["Phone number", h("span", { class: "mono" }, c.phone_number)],
+    ["Agent", String(c.agent_id)],
+    ["Klen call id", c.klen_call_id ? mono(c.klen_call_id) : "—"],
+    ["Started", fmtTime(c.started_at)],
+    ["Ended", fmtTime(c.ended_at)],
+    ["Duration", duration(c)],
+    ...(c.failure_reason ? [["Failure reason", c.failure_reason]] : []),
+    ...(c.summary ? [["Summary", c.summary]] : []),
+  ];
+  const events = eventTable({ call_id: c.id }, `Events of call ${c.id}`);
+  mount(
+    main,
+    h("a", { href: "#/calls", class: "back" }, "← Calls"),
+    pageHeader(`Call #${c.id}`, `Created ${fmtTime(c.created_at)}`),
+    card(
+      null,
+      h(
+        "dl",
+        { class: "facts" },
+        facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v))),
+      ),
+    ),
+    card("Events", events.el),
+  );
+  await events.reload();
+}

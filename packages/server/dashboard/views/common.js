@@ -1,0 +1,108 @@
+import { describe } from "../api.js";
+import { h, mount } from "../dom.js";
+
+/** A page header: title, optional subtitle and actions on the right. */
+export function pageHeader(title, subtitle, ...actions) {
+  return h(
+    "header",
+    { class: "page-header" },
+    h("div", {}, h("h1", {}, title), subtitle ? h("p", { class: "muted" }, subtitle) : null),
+    actions.length ? h("div", { class: "actions" }, actions) : null,
+  );
+}
+
+/** A titled white card. */
+export function card(title, ...children) {
+  return h("section", { class: "card" }, title ? h("h2", { class: "card-title" }, title) : null, children);
+}
+
+/**
+ * A table filled page by page from a list route (`{data, next_cursor}`), with "Load more".
+ * `row(item)` returns one or more `<tr>`.
+ * @param {{columns: string[], load: (cursor?: string) => Promise<{data: any[], next_cursor: string|null}>, row: (item: any) => Node|Node[], empty: string, label: string, after?: (items: any[]) => Promise<void>}} opts
+ */
+export function pagedTable(opts) {
+  const body = h("tbody");
+  const status = h("p", { class: "muted table-status", hidden: true });
+  const more = h("button", { class: "btn btn-secondary", type: "button", hidden: true }, "Load more");
+  let cursor = null;
+  let count = 0;
+
+  const loadPage = async (reset) => {
+    more.disabled = true;
+    try {
+      const page = await opts.load(reset ? undefined : (cursor ?? undefined));
+      if (opts.after) await opts.after(page.data);
+      if (reset) {
+        body.replaceChildren();
+        count = 0;
+      }
+      for (const item of page.data) {
+        const r = opts.row(item);
+        for (const tr of Array.isArray(r) ? r : [r]) body.appendChild(tr);
+      }
+      count += page.data.length;
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      mount(status, count === 0 ? opts.empty : "");
+      status.hidden = count !== 0;
+      status.className = "muted table-status";
+    } catch (err) {
+      mount(status, describe(err));
+      status.className = "note note-error";
+      status.hidden = false;
+    } finally {
+      more.disabled = false;
+    }
+  };
+  more.addEventListener("click", () => loadPage(false));
+
+  const el = h(
+    "div",
+    { class: "table-wrap" },
+    h(
+      "table",
+      { class: "table", "aria-label": opts.label },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          opts.columns.map((c) => h("th", { scope: "col" }, c)),
+        ),
+      ),
+      body,
+    ),
+    status,
+    h("div", { class: "table-foot" }, more),
+  );
+  return { el, reload: () => loadPage(true), loadMore: () => loadPage(false) };
+}
+
+/** A labelled form control. */
+export function field(label, control, hint) {
+  const id = control.id || `f-${Math.random().toString(36).slice(2, 9)}`;
+  control.id = id;
+  return h(
+    "div",
+    { class: "field" },
+    h("label", { for: id }, label),
+    control,
+    hint ? h("p", { class: "hint" }, hint) : null,
+  );
+}
+
+/** A `<select>` of [value, label] pairs. */
+export function select(name, options, value) {
+  return h(
+    "select",
+    { name },
+    options.map(([v, label]) => h("option", { value: v, selected: v === (value ?? "") }, label)),
+  );
+}
+
+/** Monospace id text. */
+export function mono(text) {
+  return h("code", { class: "mono" }, text);
+}

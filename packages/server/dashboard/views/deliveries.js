@@ -1,0 +1,276 @@
+import { api, describe, withQuery } from "../api.js";
+import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
+import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+
+// Deliveries carry event and endpoint ids; their types and URLs are looked up once per page and
+// cached for the session of this page.
+const eventTypes = new Map();
+const endpointUrls = new Map();
+
+async function lookup(deliveries) {
+  const missing = [...new Set(deliveries.map((d) => d.event_id))].filter((id) => !eventTypes.has(id));
+  await Promise.all(
+    missing.map((id) =>
+      api("GET", `/v1/events/${id}`)
+        .then((e) => eventTypes.set(id, e.event_type))
+        .catch(() => eventTypes.set(id, null)),
+    ),
+  );
+  if (deliveries.some((d) => !endpointUrls.has(d.endpoint_id))) await loadEndpoints();
+}
+
+/** All endpoints (first 100) for names and filters. */
+export async function loadEndpoints() {
+  const r = await api("GET", "/v1/endpoints?limit=100");
+  for (const e of r.data) endpointUrls.set(e.id, e.url);
+  return r.data;
+}
+
+function lastResponse(d) {
+  const a = d.attempts.at(-1);
+  if (!a) return h("span", { class: "muted" }, d.status === "pending" ? "waiting" : "—");
+  if (a.status_code !== null) {
+    const ok = a.status_code >= 200 && a.status_code < 300;
+    return h("span", { class: ok ? "code-ok" : "code-bad" }, String(a.status_code));
+  }
+  return h("span", { class: "code-bad" }, (a.error ?? "error").split(":")[0]);
+}
+
+function attemptsTable(d) {
+  if (d.attempts.length === 0)
+    return h(
+      "p",
+      { class: "muted small" },
+      d.next_attempt_at ? `First attempt due ${fmtTime(d.next_attempt_at)}.` : "No attempt yet.",
+    );
+  return h(
+    "table",
+    { class: "table table-inner", "aria-label": `Attempts of ${d.id}` },
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ["#", "Time", "Status", "Duration", "Error", "Response body"].map((c) =>
+          h("th", { scope: "col" }, c),
+        ),
+      ),
+    ),
+    h(
+      "tbody",
+      {},
+      d.attempts.map((a) =>
+        h(
+          "tr",
+          { class: "attempt", dataset: { number: String(a.number) } },
+          h("td", {}, String(a.number)),
+          h("td", { class: "nowrap" }, fmtTime(a.started_at)),
+          h(
+            "td",
+            {},
+            a.status_code === null
+              ? h("span", { class: "muted" }, "—")
+              : h(
+                  "span",
+                  { class: a.status_code >= 200 && a.status_code < 300 ? "code-ok" : "code-bad" },
+                  String(a.status_code),
+                ),
+          ),
+          h("td", { class: "nowrap" }, fmtMs(a.duration_ms)),
+          h("td", { class: "small" }, a.error ?? h("span", { class: "muted" }, "—")),
+          h(
+            "td",
+            {},
+            a.response_body
+              ? h("pre", { class: "code code-sm" }, a.response_body)
+              : h("span", { class: "muted" }, "—"),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+/** The two rows of one delivery: the summary and its (initially collapsed) attempts. */
+function deliveryRows(d, opts, expanded = false) {
+  const colspan = opts.showEndpoint ? 7 : 6;
+  const toggle = h(
+    "button",
+    {
+      class: "expander",
+      type: "button",
+      "aria-expanded": String(expanded),
+      "aria-label": `Attempts of ${d.id}`,
+    },
+    "▸",
+  );
+  const status = h("p", { class: "note", role: "status", hidden: true });
+  const retry = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Retry now");
+  const detail = h(
+    "tr",
+    { class: "detail", hidden: !expanded },
+    h(
+      "td",
+      { colspan: String(colspan) },
+      h(
+        "div",
+        { class: "detail-head" },
+        h(
+          "span",
+          { class: "muted small" },
+          "Delivery ",
+          mono(d.id),
+          " · event ",
+          h("a", { href: `#/events?event_id=${d.event_id}` }, mono(d.event_id)),
+        ),
+        h("span", { class: "spacer" }),
+        d.next_attempt_at && d.status === "pending"
+          ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
+          : null,
+        retry,
+      ),
+      status,
+      attemptsTable(d),
+    ),
+  );
+  const main = h(
+    "tr",
+    { class: "delivery", dataset: { delivery: d.id, status: d.status } },
+    h("td", { class: "nowrap" }, toggle, badge(d.status)),
+    h(
+      "td",
+      {},
+      eventTypes.get(d.event_id)
+        ? h("span", { class: "event-type" }, eventTypes.get(d.event_id))
+        : mono(d.event_id),
+    ),
+    opts.showEndpoint
+      ? h("td", { class: "small ellipsis" }, endpointUrls.get(d.endpoint_id) ?? d.endpoint_id)
+      : null,
+    h("td", {}, h("a", { href: `#/calls/${d.call_id}` }, `#${d.call_id}`)),
+    h("td", { class: "num" }, String(d.attempts.length)),
+    h("td", {}, lastResponse(d)),
+    h("td", { class: "nowrap" }, ago(d.created_at)),
+  );
+  const flip = () => {
+    const open = detail.hidden;
+    detail.hidden = !open;
+    toggle.setAttribute("aria-expanded", String(open));
+    main.classList.toggle("open", open);
+  };
+  toggle.addEventListener("click", flip);
+  main.classList.toggle("open", expanded);
+
+  retry.addEventListener("click", async () => {
+    retry.disabled = true;
+    const before = d.attempts.length;
+    try {
+      await api("POST", `/v1/deliveries/${d.id}/retry`);
+      note(status, "Retry queued; waiting for the attempt…");
+      // Show the new attempt as soon as the dispatcher has logged it.
+      const deadline = Date.now() + 20_000;
+      let fresh = d;
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 400));
+        fresh = await api("GET", `/v1/deliveries/${d.id}`);
+        if (fresh.attempts.length > before && fresh.status !== "pending") break;
+      }
+      const [m2, d2] = deliveryRows(fresh, opts, true);
+      main.replaceWith(m2);
+      detail.replaceWith(d2);
+    } catch (err) {
+      note(status, describe(err), "error");
+      retry.disabled = false;
+    }
+  });
+  return [main, detail];
+}
+
+/**
+ * A paged deliveries table with expandable attempts and per-delivery retry.
+ * @param {{status?: string, endpoint_id?: string, event_id?: string}} filters
+ * @param {{showEndpoint?: boolean, label?: string, limit?: number, paged?: boolean}} [opts]
+ */
+export function deliveryTable(filters, opts = {}) {
+  const o = { showEndpoint: true, label: "Deliveries", ...opts };
+  return pagedTable({
+    label: o.label,
+    columns: [
+      "Status",
+      "Event",
+      ...(o.showEndpoint ? ["Endpoint"] : []),
+      "Call",
+      "Attempts",
+      "Response",
+      "Created",
+    ],
+    empty: "No deliveries match.",
+    load: async (cursor) => {
+      const page = await api(
+        "GET",
+        withQuery("/v1/deliveries", { ...filters, cursor, limit: o.limit ?? 20 }),
+      );
+      return o.paged === false ? { ...page, next_cursor: null } : page;
+    },
+    after: lookup,
+    row: (d) => deliveryRows(d, o),
+  });
+}
+
+/** `#/deliveries?status=…&endpoint_id=…&event_id=…` */
+export async function renderDeliveries(main, query) {
+  const filters = {
+    status: query.get("status") ?? "",
+    endpoint_id: query.get("endpoint_id") ?? "",
+    event_id: query.get("event_id") ?? "",
+  };
+  const endpoints = await loadEndpoints();
+  const status = select(
+    "status",
+    [
+      ["", "All statuses"],
+      ["succeeded", "Succeeded"],
+      ["failed", "Failed"],
+      ["pending", "Pending"],
+    ],
+    filters.status,
+  );
+  const endpoint = select(
+    "endpoint_id",
+    [["", "All endpoints"], ...endpoints.map((e) => [e.id, e.url])],
+    filters.endpoint_id,
+  );
+  const apply = () => {
+    const q = new URLSearchParams();
+    if (status.value) q.set("status", status.value);
+    if (endpoint.value) q.set("endpoint_id", endpoint.value);
+    if (filters.event_id) q.set("event_id", filters.event_id);
+    location.hash = `#/deliveries${q.toString() ? `?${q}` : ""}`;
+  };
+  status.addEventListener("change", apply);
+  endpoint.addEventListener("change", apply);
+  const table = deliveryTable(filters);
+  mount(
+    main,
+    pageHeader("Deliveries", "Every event sent to every endpoint, with each attempt's response."),
+    h(
+      "div",
+      { class: "filters" },
+      field("Status", status),
+      field("Endpoint", endpoint),
+      filters.event_id
+        ? h(
+            "div",
+            { class: "chip" },
+            "Event ",
+            mono(filters.event_id),
+            " ",
+            h("a", { href: "#/deliveries", "aria-label": "Clear event filter" }, "×"),
+          )
+        : null,
+    ),
+    card(null, table.el),
+  );
+  await table.reload();
+}

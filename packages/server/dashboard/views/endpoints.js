@@ -1,0 +1,379 @@
+import { api, describe, withQuery } from "../api.js";
+import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
+import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { deliveryTable } from "./deliveries.js";
+
+export const EVENT_TYPES = [
+  "call.started",
+  "call.ended",
+  "call.failed",
+  "call.transcript",
+  "call.recording",
+  "call.summary",
+];
+
+/** `Name: value` lines ⇄ a headers object. */
+function headersText(headers) {
+  return Object.entries(headers ?? {})
+    .map(([k, v]) => `${k}: ${v}`)
+    .join("\n");
+}
+function parseHeaders(text) {
+  const out = {};
+  for (const [i, line] of text.split("\n").entries()) {
+    if (!line.trim()) continue;
+    const at = line.indexOf(":");
+    if (at <= 0) throw new Error(`Custom headers, line ${i + 1}: use "Name: value"`);
+    out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return out;
+}
+function parseAgentIds(text) {
+  const parts = text
+    .split(/[\s,]+/)
+    .map((p) => p.trim())
+    .filter(Boolean);
+  return parts.map((p) => {
+    const n = Number(p);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`Agent ids: "${p}" is not an agent id`);
+    return n;
+  });
+}
+
+function filterSummary(e) {
+  const types = e.event_types.length === 0 ? "All events" : e.event_types.join(", ");
+  return e.agent_ids.length ? `${types} · agents ${e.agent_ids.join(", ")}` : types;
+}
+
+function endpointStatus(e) {
+  return e.disabled ? badge("disabled") : badge("enabled");
+}
+
+/**
+ * The create / edit form: URL, description, event type checkboxes, agent ids, custom headers.
+ * `submit(body)` sends it; the form shows the API's error, naming the field.
+ */
+function endpointForm(initial, submitLabel, submit) {
+  const url = h("input", {
+    name: "url",
+    type: "url",
+    required: true,
+    value: initial.url ?? "",
+    placeholder: "https://example.com/webhooks/klen",
+  });
+  const description = h("input", {
+    name: "description",
+    type: "text",
+    value: initial.description ?? "",
+    maxlength: "1000",
+  });
+  const boxes = EVENT_TYPES.map((t) =>
+    h("input", {
+      type: "checkbox",
+      name: "event_types",
+      value: t,
+      checked: (initial.event_types ?? []).includes(t),
+    }),
+  );
+  const agents = h("input", {
+    name: "agent_ids",
+    type: "text",
+    value: (initial.agent_ids ?? []).join(", "),
+    placeholder: "e.g. 1, 2",
+    inputmode: "numeric",
+  });
+  const headers = h(
+    "textarea",
+    { name: "headers", rows: "3", placeholder: "X-Team: voice", spellcheck: "false" },
+    headersText(initial.headers),
+  );
+  const status = h("p", { class: "note", role: "status", hidden: true });
+  const button = h("button", { class: "btn btn-primary", type: "submit" }, submitLabel);
+
+  return h(
+    "form",
+    {
+      class: "form",
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        let body;
+        try {
+          body = {
+            url: url.value.trim(),
+            description: description.value,
+            event_types: boxes.filter((b) => b.checked).map((b) => b.value),
+            agent_ids: parseAgentIds(agents.value),
+            headers: parseHeaders(headers.value),
+          };
+        } catch (err) {
+          return note(status, err.message, "error");
+        }
+        button.disabled = true;
+        try {
+          await submit(body, status);
+        } catch (err) {
+          note(status, describe(err), "error");
+        } finally {
+          button.disabled = false;
+        }
+      },
+    },
+    field("Endpoint URL", url),
+    field("Description", description),
+    h(
+      "fieldset",
+      { class: "field" },
+      h("legend", {}, "Event types"),
+      h("p", { class: "hint" }, "Leave all unchecked to receive every event type."),
+      h(
+        "div",
+        { class: "checks" },
+        boxes.map((b) => h("label", { class: "check" }, b, h("span", {}, b.value))),
+      ),
+    ),
+    field("Agent ids", agents, "Only calls of these agents; empty for all agents."),
+    field("Custom headers", headers, "One per line, sent with every delivery."),
+    status,
+    h("div", { class: "form-actions" }, button),
+  );
+}
+
+/** `#/endpoints` */
+export async function renderEndpoints(main) {
+  const table = pagedTable({
+    label: "Endpoints",
+    columns: ["Endpoint", "Events", "Status", "Created"],
+    empty: "No endpoints yet. Add one to start receiving call events.",
+    load: (cursor) => api("GET", withQuery("/v1/endpoints", { cursor, limit: 50 })),
+    row: (e) =>
+      h(
+        "tr",
+        { dataset: { endpoint: e.id } },
+        h(
+          "td",
+          {},
+          h("a", { href: `#/endpoints/${e.id}`, class: "strong" }, e.url),
+          e.description ? h("div", { class: "muted small" }, e.description) : null,
+        ),
+        h("td", { class: "small" }, filterSummary(e)),
+        h("td", {}, endpointStatus(e)),
+        h("td", { class: "nowrap" }, ago(e.created_at)),
+      ),
+  });
+  mount(
+    main,
+    pageHeader(
+      "Endpoints",
+      "Where Klen sends your call events, signed and retried.",
+      h("a", { class: "btn btn-primary", href: "#/endpoints/new" }, "Add endpoint"),
+    ),
+    card(null, table.el),
+  );
+  await table.reload();
+}
+
+/** `#/endpoints/new` */
+export async function renderNewEndpoint(main) {
+  mount(
+    main,
+    pageHeader("Add endpoint", "Klen signs every delivery with the endpoint's secret (Standard Webhooks)."),
+    card(
+      null,
+      endpointForm({}, "Create endpoint", async (body) => {
+        const e = await api("POST", "/v1/endpoints", body);
+        location.hash = `#/endpoints/${e.id}`;
+      }),
+    ),
+  );
+}
+
+function secretCard(e) {
+  const masked = "whsec_••••••••••••••••••••••••";
+  const value = h("code", { class: "secret mono", "aria-label": "Signing secret" }, masked);
+  let shown = false;
+  const status = h("p", { class: "note", role: "status", hidden: true });
+  const reveal = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Reveal");
+  reveal.addEventListener("click", async () => {
+    if (shown) {
+      mount(value, masked);
+      mount(reveal, "Reveal");
+      shown = false;
+      return;
+    }
+    try {
+      const r = await api("GET", `/v1/endpoints/${e.id}/secret`);
+      mount(value, r.secret);
+      mount(reveal, "Hide");
+      shown = true;
+      note(
+        status,
+        r.previous_secret_expires_at
+          ? `The previous secret is also valid until ${fmtTime(r.previous_secret_expires_at)}.`
+          : "",
+      );
+    } catch (err) {
+      note(status, describe(err), "error");
+    }
+  });
+  const grace = select("grace", [
+    ["86400", "Keep old secret 24 hours"],
+    ["3600", "Keep old secret 1 hour"],
+    ["604800", "Keep old secret 7 days"],
+    ["0", "Expire old secret now"],
+  ]);
+  grace.setAttribute("aria-label", "Grace period for the old secret");
+  const rotate = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Rotate secret");
+  rotate.addEventListener("click", async () => {
+    rotate.disabled = true;
+    try {
+      const seconds = Number(grace.value);
+      const r = await api("POST", `/v1/endpoints/${e.id}/rotate-secret`, { grace_seconds: seconds });
+      mount(value, r.secret);
+      mount(reveal, "Hide");
+      shown = true;
+      note(
+        status,
+        seconds > 0
+          ? `Secret rotated. Deliveries are signed with both secrets until ${fmtTime(new Date(Date.now() + seconds * 1000).toISOString())}.`
+          : "Secret rotated. The old secret no longer verifies.",
+      );
+    } catch (err) {
+      note(status, describe(err), "error");
+    } finally {
+      rotate.disabled = false;
+    }
+  });
+  return card(
+    "Signing secret",
+    h(
+      "p",
+      { class: "muted small" },
+      "Verify the webhook-signature header with this secret, e.g. with @klen/webhooks.",
+    ),
+    h("div", { class: "secret-row" }, value, reveal),
+    h("div", { class: "inline-form" }, grace, rotate),
+    status,
+  );
+}
+
+function recoverCard(e) {
+  const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
+  const d = new Date(Date.now() - 24 * 3600 * 1000);
+  since.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  const status = h("p", { class: "note", role: "status", hidden: true });
+  const button = h("button", { class: "btn btn-secondary", type: "submit" }, "Recover failed deliveries");
+  return card(
+    "Recover",
+    h(
+      "p",
+      { class: "muted small" },
+      "Queue another attempt for every failed delivery to this endpoint since a time.",
+    ),
+    h(
+      "form",
+      {
+        class: "inline-form",
+        onsubmit: async (ev) => {
+          ev.preventDefault();
+          const when = new Date(since.value);
+          if (Number.isNaN(when.getTime())) return note(status, "Pick a time to recover from.", "error");
+          button.disabled = true;
+          try {
+            const r = await api("POST", `/v1/endpoints/${e.id}/recover`, { since: when.toISOString() });
+            note(
+              status,
+              `Queued ${r.queued} ${r.queued === 1 ? "delivery" : "deliveries"} for another attempt.`,
+            );
+          } catch (err) {
+            note(status, describe(err), "error");
+          } finally {
+            button.disabled = false;
+          }
+        },
+      },
+      field("Since", since),
+      button,
+    ),
+    status,
+  );
+}
+
+/** `#/endpoints/{id}` */
+export async function renderEndpoint(main, id) {
+  const e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
+  const status = h("p", { class: "note", role: "status", hidden: true });
+
+  const testButton = h("button", { class: "btn btn-secondary", type: "button" }, "Send test call");
+  testButton.addEventListener("click", async () => {
+    testButton.disabled = true;
+    try {
+      const r = await api("POST", "/v1/test-calls", { endpoint_id: e.id });
+      mount(
+        status,
+        "Test call started: ",
+        h("a", { href: `#/calls/${r.call_id}` }, `call #${r.call_id}`),
+        ". Its events arrive here in a few seconds.",
+      );
+      status.className = "note note-ok";
+      status.hidden = false;
+    } catch (err) {
+      note(status, describe(err), "error");
+    } finally {
+      testButton.disabled = false;
+    }
+  });
+
+  const toggle = h(
+    "button",
+    { class: e.disabled ? "btn btn-primary" : "btn btn-danger", type: "button" },
+    e.disabled ? "Enable endpoint" : "Disable endpoint",
+  );
+  toggle.addEventListener("click", async () => {
+    toggle.disabled = true;
+    try {
+      await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !e.disabled });
+      await renderEndpoint(main, id);
+    } catch (err) {
+      note(status, describe(err), "error");
+      toggle.disabled = false;
+    }
+  });
+
+  const deliveries = deliveryTable(
+    { endpoint_id: e.id },
+    { showEndpoint: false, label: "Deliveries to this endpoint" },
+  );
+
+  mount(
+    main,
+    h("a", { href: "#/endpoints", class: "back" }, "← Endpoints"),
+    pageHeader(e.description || "Endpoint", null, testButton, toggle),
+    h(
+      "div",
+      { class: "endpoint-meta" },
+      h("span", { class: "mono url" }, e.url),
+      endpointStatus(e),
+      e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
+      h("span", { class: "muted small" }, "ID ", mono(e.id)),
+      e.failing_since
+        ? h("span", { class: "badge badge-warn" }, "failing since ", fmtTime(e.failing_since))
+        : null,
+    ),
+    status,
+    h(
+      "div",
+      { class: "grid-2" },
+      h("div", { class: "stack" }, secretCard(e), recoverCard(e)),
+      card(
+        "Settings and filters",
+        endpointForm(e, "Save changes", async (body, st) => {
+          const { url, ...rest } = body;
+          await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
+          note(st, "Saved.");
+        }),
+      ),
+    ),
+    card("Recent deliveries", deliveries.el),
+  );
+  await deliveries.reload();
+}

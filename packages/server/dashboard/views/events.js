@@ -1,0 +1,122 @@
+import { api, withQuery } from "../api.js";
+import { ago, h, jsonBlock, mount } from "../dom.js";
+import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { EVENT_TYPES } from "./endpoints.js";
+
+/** One event: a summary row and a collapsed row with its JSON body. */
+export function eventRows(e, expanded = false) {
+  const toggle = h(
+    "button",
+    { class: "expander", type: "button", "aria-expanded": String(expanded), "aria-label": `Body of ${e.id}` },
+    "▸",
+  );
+  const detail = h(
+    "tr",
+    { class: "detail", hidden: !expanded },
+    h(
+      "td",
+      { colspan: "4" },
+      h(
+        "div",
+        { class: "detail-head" },
+        h("span", { class: "muted small" }, "Body as delivered (", mono("webhook-id: "), mono(e.id), ")"),
+        h("span", { class: "spacer" }),
+        h("a", { class: "btn btn-secondary btn-sm", href: `#/deliveries?event_id=${e.id}` }, "Deliveries"),
+      ),
+      jsonBlock(e.payload, `Body of ${e.id}`),
+    ),
+  );
+  const row = h(
+    "tr",
+    { class: "event", dataset: { event: e.id, type: e.event_type } },
+    h("td", { class: "nowrap" }, toggle, h("span", { class: "event-type" }, e.event_type)),
+    h("td", {}, mono(e.id)),
+    h("td", {}, h("a", { href: `#/calls/${e.call_id}` }, `#${e.call_id}`)),
+    h("td", { class: "nowrap" }, ago(e.created_at)),
+  );
+  row.classList.toggle("open", expanded);
+  toggle.addEventListener("click", () => {
+    const open = detail.hidden;
+    detail.hidden = !open;
+    toggle.setAttribute("aria-expanded", String(open));
+    row.classList.toggle("open", open);
+  });
+  return [row, detail];
+}
+
+/** A paged events table, optionally filtered. */
+export function eventTable(filters, label = "Events") {
+  return pagedTable({
+    label,
+    columns: ["Event", "ID", "Call", "Created"],
+    empty: "No events match.",
+    load: (cursor) => api("GET", withQuery("/v1/events", { ...filters, cursor, limit: 25 })),
+    row: (e) => eventRows(e),
+  });
+}
+
+/** `#/events?event_type=…&call_id=…` (or `?event_id=…` for one event, opened). */
+export async function renderEvents(main, query) {
+  const eventId = query.get("event_id");
+  if (eventId) {
+    const e = await api("GET", `/v1/events/${encodeURIComponent(eventId)}`);
+    mount(
+      main,
+      h("a", { href: "#/events", class: "back" }, "← Events"),
+      pageHeader(e.event_type, null),
+      card(
+        null,
+        h(
+          "table",
+          { class: "table", "aria-label": "Event" },
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              ["Event", "ID", "Call", "Created"].map((c) => h("th", { scope: "col" }, c)),
+            ),
+          ),
+          h("tbody", {}, eventRows(e, true)),
+        ),
+      ),
+    );
+    return;
+  }
+  const filters = { event_type: query.get("event_type") ?? "", call_id: query.get("call_id") ?? "" };
+  const type = select(
+    "event_type",
+    [["", "All event types"], ...EVENT_TYPES.map((t) => [t, t])],
+    filters.event_type,
+  );
+  const callId = h("input", {
+    name: "call_id",
+    type: "number",
+    min: "1",
+    value: filters.call_id,
+    placeholder: "Any call",
+  });
+  const apply = (ev) => {
+    ev?.preventDefault();
+    const q = new URLSearchParams();
+    if (type.value) q.set("event_type", type.value);
+    if (callId.value) q.set("call_id", callId.value);
+    location.hash = `#/events${q.toString() ? `?${q}` : ""}`;
+  };
+  type.addEventListener("change", apply);
+  const table = eventTable(filters);
+  mount(
+    main,
+    pageHeader("Events", "Every call event generated for your account, newest first."),
+    h(
+      "form",
+      { class: "filters", onsubmit: apply },
+      field("Event type", type),
+      field("Call id", callId),
+      h("button", { class: "btn btn-secondary", type: "submit" }, "Filter"),
+    ),
+    card(null, table.el),
+  );
+  await table.reload();
+}

@@ -1,0 +1,118 @@
+import { api, describe, withQuery } from "../api.js";
+import { chartLegend, deliveryChart } from "../chart.js";
+import { badge, fmtMs, h, mount } from "../dom.js";
+import { card, pageHeader, select } from "./common.js";
+import { deliveryTable } from "./deliveries.js";
+
+// Range → bucket width: about 60 bars whatever the range.
+const RANGES = [
+  ["5m", "Last 5 minutes", "5s"],
+  ["1h", "Last hour", "1m"],
+  ["24h", "Last 24 hours", "30m"],
+  ["7d", "Last 7 days", "3h"],
+];
+const RANGE_MS = { "5m": 300_000, "1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000 };
+const RANGE_KEY = "klen.range";
+
+function tile(label, value, sub) {
+  return h(
+    "div",
+    { class: "tile" },
+    h("div", { class: "tile-label" }, label),
+    h("div", { class: "tile-value" }, value),
+    sub ? h("div", { class: "tile-sub" }, sub) : null,
+  );
+}
+
+async function loadStats(range) {
+  const [, , bucket] = RANGES.find((r) => r[0] === range) ?? RANGES[2];
+  // Align the window to the bucket width so that bars do not shift between reloads.
+  const width = { "5s": 5e3, "1m": 6e4, "30m": 18e5, "3h": 108e5 }[bucket];
+  const until = Math.ceil(Date.now() / width) * width;
+  const since = until - RANGE_MS[range];
+  return api(
+    "GET",
+    withQuery("/v1/stats/deliveries", {
+      since: new Date(since).toISOString(),
+      until: new Date(until).toISOString(),
+      bucket,
+    }),
+  );
+}
+
+/** `#/overview`: delivery health over time, recent failures, endpoints. */
+export async function renderOverview(main) {
+  const range = select(
+    "range",
+    RANGES.map(([v, label]) => [v, label]),
+    sessionStorage.getItem(RANGE_KEY) ?? "24h",
+  );
+  range.setAttribute("aria-label", "Time range");
+  const tiles = h("div", { class: "tiles" });
+  const chartBox = h("div", { class: "chart-box" });
+  const draw = async () => {
+    sessionStorage.setItem(RANGE_KEY, range.value);
+    try {
+      const stats = await loadStats(range.value);
+      const t = stats.totals;
+      const total = t.succeeded + t.failed;
+      mount(
+        tiles,
+        tile(
+          "Success rate",
+          total ? `${((100 * t.succeeded) / total).toFixed(1)}%` : "—",
+          `${t.succeeded} of ${total} attempts`,
+        ),
+        tile(
+          "Failed attempts",
+          String(t.failed),
+          t.failed ? "see failed deliveries below" : "none in this range",
+        ),
+        tile("Median latency", fmtMs(t.p50_ms), "p50 of attempt duration"),
+        tile("p95 latency", fmtMs(t.p95_ms), "95th percentile"),
+      );
+      mount(chartBox, deliveryChart(stats), chartLegend());
+    } catch (err) {
+      mount(chartBox, h("p", { class: "note note-error" }, describe(err)));
+    }
+  };
+  range.addEventListener("change", draw);
+
+  const failed = deliveryTable(
+    { status: "failed" },
+    { label: "Recent failed deliveries", limit: 5, paged: false },
+  );
+  const endpointsList = h("ul", { class: "list" });
+  const endpoints = await api("GET", "/v1/endpoints?limit=8");
+  mount(
+    endpointsList,
+    endpoints.data.length
+      ? endpoints.data.map((e) =>
+          h(
+            "li",
+            {},
+            h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
+            e.disabled ? badge("disabled") : badge("enabled"),
+          ),
+        )
+      : h("li", { class: "muted" }, "No endpoints yet."),
+  );
+
+  mount(
+    main,
+    pageHeader("Overview", "Delivery health across all your endpoints.", range),
+    tiles,
+    card("Delivery attempts", chartBox),
+    h(
+      "div",
+      { class: "grid-2 grid-wide" },
+      card(
+        "Recent failed deliveries",
+        failed.el,
+        h("a", { href: "#/deliveries?status=failed", class: "small" }, "All failed deliveries →"),
+      ),
+      card("Endpoints", endpointsList, h("a", { href: "#/endpoints/new", class: "small" }, "Add endpoint →")),
+    ),
+  );
+  await Promise.all([draw(), failed.reload()]);
+}
