@@ -6,12 +6,14 @@ import { agentRoutes } from "./agents.js";
 import { blobRoutes } from "./blobs.js";
 import { callRoutes } from "./calls.js";
 import { contactRoutes } from "./contacts.js";
+import { dashboardRoutes } from "./dashboard.js";
 import { deliveryRoutes } from "./deliveries.js";
 import { endpointRoutes } from "./endpoints.js";
 import { eventRoutes } from "./events.js";
 import { recordingRoutes } from "./recording.js";
-import { testCallRoutes } from "./test-calls.js";
+import { statsRoutes } from "./stats.js";
 import { streamRoutes } from "./stream.js";
+import { testCallRoutes } from "./test-calls.js";
 
 export type RouteModule = (app: FastifyInstance, ctx: AppContext, h: RouteHelpers) => void | Promise<void>;
 
@@ -28,6 +30,8 @@ export const routeModules: RouteModule[] = [
   eventRoutes,
   streamRoutes,
   deliveryRoutes,
+  statsRoutes,
+  dashboardRoutes,
 ];
 
 export async function registerRoutes(app: FastifyInstance, ctx: AppContext, h: RouteHelpers): Promise<void> {
