@@ -24,6 +24,10 @@ export interface PgServer {
   freshDatabase(): Promise<{ url: string; drop(): Promise<void> }>;
   /** Restarts the server (`fast` or `immediate`, as `pg_ctl restart -m`); same port and data. */
   restart(mode?: "fast" | "immediate"): Promise<void>;
+  /** Stops the server but keeps its data (an outage), until `up()`. */
+  down(mode?: "fast" | "immediate"): Promise<void>;
+  /** Starts a server stopped by `down()` again, on the same port. */
+  up(): Promise<void>;
   /** Stops an owned server and removes its folder; a no-op for an external one. */
   stop(): Promise<void>;
 }
@@ -96,6 +100,10 @@ function external(url: string): PgServer {
         "cannot restart an external PostgreSQL (KLEN_TEST_DATABASE_URL); this test needs initdb",
       );
     },
+    async down() {
+      throw new Error("cannot stop an external PostgreSQL (KLEN_TEST_DATABASE_URL); this test needs initdb");
+    },
+    async up() {},
     async stop() {},
   };
 }
@@ -176,6 +184,14 @@ async function throwaway(): Promise<PgServer> {
     freshDatabase: databaseFactory(adminUrl, "klen"),
     async restart(mode = "fast") {
       const [cmd, args] = pgCtl("-m", mode, "-w", "-t", "30", "restart");
+      await run(cmd, args);
+    },
+    async down(mode = "fast") {
+      const [cmd, args] = pgCtl("-m", mode, "-w", "-t", "30", "stop");
+      await run(cmd, args);
+    },
+    async up() {
+      const [cmd, args] = pgCtl("-w", "-t", "30", "start");
       await run(cmd, args);
     },
     async stop() {

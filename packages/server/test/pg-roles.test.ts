@@ -1,0 +1,180 @@
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import { loadConfig } from "../src/config.js";
+import { createLogger } from "../src/log.js";
+import { startServer } from "../src/server.js";
+import { runCall, setupAccount } from "./helpers/api.js";
+import { postgresBackend } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
+import { startReceiver } from "./helpers/receiver.js";
+import { freePort, type ServerProcess, spawnServer } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// Split roles on PostgreSQL (PRODUCT.md §10): `--role api` serves and never dispatches,
+// `--role worker` dispatches and serves nothing (or only /healthz and /metrics with
+// KLEN_WORKER_PORT), and a worker stopped with SIGTERM finishes or hands back its work.
+
+const ORDER = ["call.started", "call.ended", "call.transcript", "call.summary"];
+
+/** TCP ports the process is listening on, from its socket inodes and /proc/net/tcp{,6}. */
+function listeningPorts(pid: number): number[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  const ports: number[] = [];
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      // cols: sl local remote st … inode; st 0A is LISTEN
+      if (cols[3] === "0A" && inodes.has(cols[9] ?? ""))
+        ports.push(Number.parseInt(cols[1]!.split(":")[1]!, 16));
+    }
+  }
+  return ports;
+}
+
+function attemptsIn(metrics: string): number {
+  let n = 0;
+  for (const line of metrics.split("\n")) {
+    if (line.startsWith("klen_delivery_attempts_total")) n += Number(line.split(" ").pop());
+  }
+  return n;
+}
+
+describe("split roles on PostgreSQL", () => {
+  let databaseUrl = "";
+  let cleanup: () => Promise<void> = async () => {};
+  let dataDir = "";
+  const procs: ServerProcess[] = [];
+  before(async () => {
+    const fresh = await postgresBackend.fresh();
+    databaseUrl = fresh.databaseUrl;
+    dataDir = fresh.dataDir;
+    cleanup = fresh.cleanup;
+  });
+  after(async () => {
+    for (const p of procs) await p.kill("SIGKILL");
+    await cleanup();
+    await stopPostgres();
+  });
+  const spawn = async (role: "api" | "worker", env: Record<string, string> = {}) => {
+    const p = await spawnServer({ dataDir, role, env: { KLEN_DATABASE_URL: databaseUrl, ...env } });
+    procs.push(p);
+    return p;
+  };
+
+  test("the api role only serves, workers only dispatch, every event arrives in order", async () => {
+    const api = await spawn("api");
+    const rx = await startReceiver();
+    after(() => rx.close());
+    const { agentId, endpoint } = await setupAccount(api.api, { endpointUrl: rx.url });
+    rx.setSecret(endpoint.secret);
+    const workerPort = await freePort();
+    const w1 = await spawn("worker", { KLEN_WORKER_PORT: String(workerPort) });
+    const w2 = await spawn("worker");
+
+    const calls = await Promise.all(Array.from({ length: 12 }, () => runCall(api.api, agentId)));
+    await rx.waitForCount(calls.length * 4, 20_000);
+    assert.deepEqual(rx.verifyFailures, []);
+    for (const id of calls) {
+      const types = rx.requests.filter((r) => r.json?.call?.id === id).map((r) => r.json.event_type);
+      assert.deepEqual(types, ORDER, `call ${id} in order`);
+    }
+
+    // The worker's port has health and metrics and nothing else; the other worker binds nothing.
+    const wurl = `http://127.0.0.1:${workerPort}`;
+    assert.equal((await fetch(`${wurl}/healthz`)).status, 200);
+    const wm = await (await fetch(`${wurl}/metrics`)).text();
+    const apiOnWorker = await fetch(`${wurl}/v1/account`, {
+      headers: { authorization: `Bearer ${api.apiKey}` },
+    });
+    assert.equal(apiOnWorker.status, 404, "no API on a worker");
+    assert.deepEqual(listeningPorts(w1.proc.pid!), [workerPort]);
+    assert.deepEqual(
+      listeningPorts(w2.proc.pid!),
+      [],
+      "a worker without KLEN_WORKER_PORT listens on nothing",
+    );
+
+    // Every attempt was made by a worker: the api process counted none.
+    const am = await (await fetch(`${api.url}/metrics`)).text();
+    assert.equal(attemptsIn(am), 0, "the api role made no delivery attempt");
+    assert.ok(attemptsIn(wm) > 0, "the worker with a port made attempts");
+    await w1.kill("SIGKILL");
+    await w2.kill("SIGKILL");
+  });
+
+  test("SIGTERM: a worker finishes its in-flight attempts, records them, and exits 0", async () => {
+    const api = await spawn("api");
+    const rx = await startReceiver({ respond: () => ({ status: 200, delayMs: 1_500 }) });
+    after(() => rx.close());
+    const { agentId, endpoint } = await setupAccount(api.api, { endpointUrl: rx.url });
+    rx.setSecret(endpoint.secret);
+    const worker = await spawn("worker");
+    const ids: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const c = await api.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "outbound",
+        phone_number: "+15551230000",
+      });
+      await api.api.post(`/v1/calls/${c.body.id}/start`, {});
+      ids.push(c.body.id);
+    }
+    await rx.waitForCount(3); // all three are now waiting for the slow receiver
+    await worker.kill("SIGTERM");
+    assert.equal(worker.proc.exitCode, 0, worker.output());
+    const list = await api.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`);
+    assert.equal(list.body.data.length, 3);
+    for (const d of list.body.data) {
+      assert.equal(d.status, "succeeded", "the stopping worker recorded the outcome before exiting");
+      assert.equal(d.attempts.length, 1);
+    }
+  });
+
+  test("graceful stop past the grace period hands in-flight deliveries to another worker at once", async () => {
+    const api = await spawn("api");
+    // The first request never gets an answer; later ones are answered at once.
+    const rx = await startReceiver({ respond: (r) => (r.n === 1 ? { status: 200, hang: true } : 200) });
+    after(() => rx.close());
+    const { agentId, endpoint } = await setupAccount(api.api, { endpointUrl: rx.url });
+    rx.setSecret(endpoint.secret);
+    // An in-process worker, so its dispatcher can be stopped with a short grace period.
+    const config = loadConfig({
+      KLEN_DATABASE_URL: databaseUrl,
+      KLEN_DATA_DIR: dataDir,
+      KLEN_DEV: "1",
+      KLEN_DELIVERY_TIMEOUT: "5s",
+      KLEN_API_KEY: api.apiKey,
+    });
+    const inproc = await startServer(config, createLogger({ level: "silent" }), { role: "worker" });
+    const c = await api.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "outbound",
+      phone_number: "+15551230001",
+    });
+    await api.api.post(`/v1/calls/${c.body.id}/start`, {});
+    await rx.waitForCount(1);
+    // Another worker is up, but the lease (timeout + 30 s) keeps it off the held delivery...
+    await spawn("worker");
+    // ...until the stopping worker gives the lease back.
+    const stopping = inproc.stop(100);
+    await rx.waitForCount(2, 10_000);
+    assert.equal(rx.requests[1]!.id, rx.requests[0]!.id, "the same event, the same webhook-id");
+    await waitFor("delivery succeeded", async () => {
+      const d = await api.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`);
+      return d.body.data[0]?.status === "succeeded";
+    });
+    await rx.close(); // lets the hung attempt end so the in-process stop completes
+    await stopping;
+    const d = await api.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`);
+    assert.equal(d.body.data[0].status, "succeeded", "the released attempt's late outcome is fenced out");
+  });
+});
