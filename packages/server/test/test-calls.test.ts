@@ -37,12 +37,14 @@ for (const backend of backends())
 
     const eventsOf = (r: Receiver, callId: number) => r.requests.filter((q) => q.json?.call?.id === callId);
 
-    test("a completed test call delivers the whole workflow, in order, signed, with real content", async () => {
+    test("a completed test call delivers the whole workflow, in order, signed, with real content", async (t) => {
       const res = await srv.api.post("/v1/test-calls", { endpoint_id: endpointId, transcript_bytes: 70_000 });
       assert.equal(res.status, 202);
       const callId = res.body.call_id as number;
       assert.equal(typeof callId, "number");
+      const t0 = Date.now();
       await waitFor("five events", () => eventsOf(rx, callId).length >= 5, 10_000);
+      t.diagnostic(`${backend.name}: 202 to the fifth delivered event in ${Date.now() - t0} ms`);
       const got = eventsOf(rx, callId);
       assert.deepEqual(
         got.map((q) => q.json.event_type),
