@@ -88,6 +88,9 @@ export const streamRoutes: RouteModule = (app, ctx) => {
     "/v1/events/stream",
     {
       schema: {
+        summary: "Stream the account's events (Server-Sent Events)",
+        description:
+          "text/event-stream of the account's events in commit order: `id:` the event id, `event:` its type, `data:` the stored body. Without a cursor it starts at the tail with a `ready` frame; `after` or `Last-Event-ID` resumes after an event. Used by `klen-webhooks listen`.",
         querystring: {
           type: "object",
           additionalProperties: false,
