@@ -50,8 +50,9 @@ function signIn(message) {
         try {
           account = await api("GET", "/v1/account", undefined, { key });
           session.set(key);
+          // A hash change routes by itself; otherwise route now.
           if (!location.hash || location.hash === "#/") location.hash = "#/overview";
-          route();
+          else route();
         } catch (err) {
           const text =
             err instanceof ApiError && err.status === 401

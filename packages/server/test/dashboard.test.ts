@@ -1,0 +1,273 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { runCall, setupAccount } from "./helpers/api.js";
+import { type Receiver, startReceiver } from "./helpers/receiver.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// The dashboard in real Chromium (Debian's package) against the real server process and a real
+// loopback receiver. Every step waits on what the page or the receiver shows, never on time.
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const XSS = "<img src=x onerror=alert(1)>";
+
+describe("dashboard in Chromium", () => {
+  const dir = tempDir();
+  let server: ServerProcess;
+  let receiver: Receiver;
+  let browser: Browser;
+  let page: Page;
+  let agentId: number;
+  let endpointId: string;
+  let callId: number;
+  const dialogs: string[] = [];
+  const pageErrors: string[] = [];
+  const foreignRequests: string[] = [];
+
+  before(async () => {
+    server = await spawnServer({ dataDir: dir.path });
+    receiver = await startReceiver();
+    ({ agentId } = await setupAccount(server.api));
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    });
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.setDefaultTimeout(15_000);
+    page.on("dialog", (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    page.on("pageerror", (err) => pageErrors.push(err.message));
+    page.on("request", (req) => {
+      if (!req.url().startsWith(server.url)) foreignRequests.push(req.url());
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.kill();
+    await receiver?.close();
+    dir.remove();
+  });
+
+  const section = (name: string) =>
+    page.getByRole("navigation").getByRole("link", { name, exact: true }).click();
+
+  test("the static files are served locally with content types, CSP and revalidation", async () => {
+    const index = await fetch(`${server.url}/`);
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get("content-type")!, /^text\/html/);
+    assert.match(index.headers.get("content-security-policy")!, /default-src 'self'/);
+    const html = await index.text();
+    assert.doesNotMatch(html, /(src|href)="(https?:)?\/\//, "no asset from another origin");
+    const js = await fetch(`${server.url}/app.js`);
+    assert.match(js.headers.get("content-type")!, /^text\/javascript/);
+    assert.equal(js.headers.get("cache-control"), "no-cache");
+    const etag = js.headers.get("etag")!;
+    const again = await fetch(`${server.url}/app.js`, { headers: { "if-none-match": etag } });
+    assert.equal(again.status, 304);
+    assert.match((await fetch(`${server.url}/styles.css`)).headers.get("content-type")!, /^text\/css/);
+    assert.equal((await fetch(`${server.url}/views/common.js`)).status, 200);
+    assert.equal((await fetch(`${server.url}/package.json`)).status, 404);
+    assert.equal((await fetch(`${server.url}/nope.js`)).status, 404);
+  });
+
+  test("a wrong API key shows an error and stores nothing", async () => {
+    await page.goto(server.url);
+    await page.getByLabel("API key").fill("klen_wrong_key_0000000000");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "not accepted" }).waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+  });
+
+  test("signs in with the API key and creates an endpoint through the form", async () => {
+    await page.getByLabel("API key").fill(server.apiKey);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("klen.apiKey")), server.apiKey);
+
+    await section("Endpoints");
+    await page.getByRole("link", { name: "Add endpoint" }).click();
+    await page.getByLabel("Endpoint URL").fill(`${receiver.url}/hooks`);
+    await page.getByLabel("Description").fill("CRM sync");
+    await page.getByLabel("Custom headers").fill("X-Team: voice");
+    await page.getByRole("button", { name: "Create endpoint" }).click();
+    await page.getByRole("heading", { name: "CRM sync" }).waitFor();
+    endpointId = new URL(page.url()).hash.split("/")[2]!;
+    assert.match(endpointId, /^ep_/);
+
+    const e = await server.api.get(`/v1/endpoints/${endpointId}`);
+    assert.equal(e.body.url, `${receiver.url}/hooks`);
+    assert.deepEqual(e.body.headers, { "X-Team": "voice" });
+    assert.deepEqual(e.body.event_types, []);
+
+    await section("Endpoints");
+    await page.locator(`tr[data-endpoint="${endpointId}"]`).getByText(`${receiver.url}/hooks`).waitFor();
+    await page.locator(`tr[data-endpoint="${endpointId}"]`).getByText("enabled").waitFor();
+  });
+
+  test("reveals the endpoint's signing secret", async () => {
+    await page.getByRole("link", { name: `${receiver.url}/hooks` }).click();
+    const secret = page.locator("code.secret");
+    await secret.filter({ hasText: "••••" }).waitFor();
+    await page.getByRole("button", { name: "Reveal" }).click();
+    await secret.filter({ hasText: /^whsec_[A-Za-z0-9+/]+=*$/ }).waitFor();
+    const shown = await secret.textContent();
+    const api = await server.api.get(`/v1/endpoints/${endpointId}/secret`);
+    assert.equal(shown, api.body.secret);
+    receiver.setSecret(shown!); // from here on, every delivery is verified with standardwebhooks
+  });
+
+  test("a call's events and succeeded deliveries with their attempts appear", async () => {
+    callId = await runCall(server.api, agentId);
+    const deliveries = await waitFor("4 succeeded deliveries", async () => {
+      const r = await server.api.get(`/v1/deliveries?endpoint_id=${endpointId}&status=succeeded`);
+      return r.body.data.length === 4 ? (r.body.data as Array<{ id: string; event_id: string }>) : undefined;
+    });
+
+    await section("Calls");
+    await page.getByRole("link", { name: `#${callId}`, exact: true }).click();
+    await page.getByRole("heading", { name: `Call #${callId}` }).waitFor();
+    for (const type of ["call.started", "call.ended", "call.transcript", "call.summary"])
+      await page.locator(`tr.event[data-type="${type}"]`).waitFor();
+    await page.locator('tr.event[data-type="call.ended"]').getByRole("button").click();
+    await page
+      .locator("pre.code")
+      .filter({ hasText: '"summary": "Customer asked about billing."' })
+      .filter({ hasText: '"klen_call_id": "call_abc123"' })
+      .waitFor();
+
+    await section("Deliveries");
+    await page.getByLabel("Status").selectOption("succeeded");
+    for (const d of deliveries) await page.locator(`tr.delivery[data-delivery="${d.id}"]`).waitFor();
+    const first = deliveries[0]!;
+    const row = page.locator(`tr.delivery[data-delivery="${first.id}"]`);
+    assert.equal(await row.getAttribute("data-status"), "succeeded");
+    await row.getByRole("button", { name: `Attempts of ${first.id}` }).click();
+    const attempt = page.locator(
+      `tr.delivery[data-delivery="${first.id}"] + tr.detail tr.attempt[data-number="1"]`,
+    );
+    await attempt.waitFor();
+    const text = (await attempt.locator("td").allTextContents()).join(" | ");
+    assert.match(text, /\b200\b/);
+    assert.match(text, /\d+ ms/);
+    assert.match(text, /\bok\b/, "the receiver's response body");
+  });
+
+  test("retrying a delivery from the UI sends a new attempt to the receiver", async () => {
+    const r = await server.api.get(`/v1/deliveries?endpoint_id=${endpointId}&status=succeeded`);
+    const delivery = r.body.data[0] as { id: string; event_id: string };
+    const before = receiver.requests.length;
+    const detail = page.locator(`tr.delivery[data-delivery="${delivery.id}"] + tr.detail`);
+    if (await detail.isHidden())
+      await page.getByRole("button", { name: `Attempts of ${delivery.id}` }).click();
+    await detail.getByRole("button", { name: "Retry now" }).click();
+    await receiver.waitForCount(before + 1);
+    assert.equal(receiver.requests[before]!.id, delivery.event_id, "same webhook-id as the original");
+    // The page shows the new attempt once the dispatcher has logged it.
+    await page
+      .locator(`tr.delivery[data-delivery="${delivery.id}"] + tr.detail tr.attempt[data-number="2"]`)
+      .waitFor();
+    assert.deepEqual(receiver.verifyFailures, []);
+  });
+
+  test("the overview charts delivery attempts", async () => {
+    await section("Overview");
+    await page.locator("svg.chart rect.bar-ok").first().waitFor();
+    await page.locator(".tile").filter({ hasText: "Success rate" }).filter({ hasText: "100.0%" }).waitFor();
+  });
+
+  test("sends a test call to the endpoint", async () => {
+    await section("Endpoints");
+    await page.getByRole("link", { name: `${receiver.url}/hooks` }).click();
+    await page.getByRole("heading", { name: "CRM sync" }).waitFor();
+    await page.getByRole("button", { name: "Send test call" }).click();
+    const link = page.getByRole("status").getByRole("link", { name: /^call #\d+$/ });
+    await link.waitFor();
+    const testCallId = Number((await link.textContent())!.replace("call #", ""));
+    const ended = await waitFor("the test call's call.ended at the receiver", () =>
+      receiver.requests.find((r) => r.json?.call?.id === testCallId && r.json.event_type === "call.ended"),
+    );
+    assert.equal(ended.json.call.status, "completed");
+    assert.deepEqual(receiver.verifyFailures, []);
+  });
+
+  test("edits the endpoint's filters, rotates its secret and recovers", async () => {
+    await page.getByLabel("call.ended").check();
+    await page.getByLabel("call.failed").check();
+    await page.getByLabel("Agent ids").fill(String(agentId));
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText("Saved.").waitFor();
+    const e = await server.api.get(`/v1/endpoints/${endpointId}`);
+    assert.deepEqual([...e.body.event_types].sort(), ["call.ended", "call.failed"]);
+    assert.deepEqual(e.body.agent_ids, [agentId]);
+
+    const old = (await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret as string;
+    await page.getByRole("button", { name: "Rotate secret" }).click();
+    await page.getByText("Secret rotated.").waitFor();
+    const shown = await page.locator("code.secret").textContent();
+    const now = await server.api.get(`/v1/endpoints/${endpointId}/secret`);
+    assert.notEqual(shown, old);
+    assert.equal(shown, now.body.secret);
+    assert.ok(now.body.previous_secret_expires_at, "the old secret stays valid for the grace period");
+
+    await page.getByRole("button", { name: "Recover failed deliveries" }).click();
+    await page.getByText(/Queued 0 deliveries/).waitFor();
+  });
+
+  test("disables the endpoint", async () => {
+    await page.getByRole("button", { name: "Disable endpoint" }).click();
+    await page.getByRole("button", { name: "Enable endpoint" }).waitFor();
+    await page.locator(".endpoint-meta .badge", { hasText: "disabled" }).waitFor();
+    const e = await server.api.get(`/v1/endpoints/${endpointId}`);
+    assert.equal(e.body.disabled, true);
+    assert.equal(e.body.disabled_reason, "disabled by user");
+  });
+
+  test("user data renders as text, never as markup", async () => {
+    await section("Endpoints");
+    await page.getByRole("link", { name: "Add endpoint" }).click();
+    await page.getByLabel("Endpoint URL").fill(`${receiver.url}/xss?q="><script>alert(2)</script>`);
+    await page.getByLabel("Description").fill(XSS);
+    await page.getByRole("button", { name: "Create endpoint" }).click();
+    await page.getByRole("heading", { name: XSS }).waitFor();
+    await section("Endpoints");
+    await page.getByText(XSS, { exact: true }).waitFor();
+    assert.equal(await page.locator("main img, main script").count(), 0);
+    assert.deepEqual(dialogs, []);
+  });
+
+  test("lists page with Load more", async () => {
+    for (let i = 0; i < 6; i++) await runCall(server.api, agentId, `+1555000${1000 + i}`);
+    let total = 0;
+    let cursor: string | null = null;
+    do {
+      const r = await server.api.get(`/v1/events?limit=100${cursor ? `&cursor=${cursor}` : ""}`);
+      total += r.body.data.length;
+      cursor = r.body.next_cursor;
+    } while (cursor);
+    assert.ok(total > 25, `${total} events`);
+    await section("Events");
+    const rows = page.locator("tr.event");
+    await waitFor("the first page of events", async () => (await rows.count()) === 25);
+    await page.getByRole("button", { name: "Load more" }).click();
+    await waitFor(`all ${total} events`, async () => (await rows.count()) === total);
+    await page.getByRole("button", { name: "Load more" }).waitFor({ state: "hidden" });
+  });
+
+  test("the page made no request to another origin and threw no error", () => {
+    assert.deepEqual(foreignRequests, []);
+    assert.deepEqual(pageErrors, []);
+  });
+});
