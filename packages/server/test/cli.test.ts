@@ -4,7 +4,11 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
 import { Webhook } from "standardwebhooks";
+import { checkSecret, parseEventList } from "../src/cli/listen.js";
+import { createOutput } from "../src/cli/output.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
+import { workflowDone } from "../src/cli/test-call.js";
+import { toneWav } from "../src/cli/wav.js";
 import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { CLI, freePort, type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
@@ -105,6 +109,60 @@ async function serveOnPort(port: number, dataDir: string, apiKey: string) {
     },
   };
 }
+
+describe("CLI helpers (pure)", () => {
+  test("--secret and --events are checked before anything is sent", () => {
+    assert.equal(checkSecret(`whsec_${Buffer.alloc(24).toString("base64")}`).length, 38);
+    assert.throws(() => checkSecret(`whsec_${Buffer.alloc(16).toString("base64")}`), /at least 24 bytes/);
+    assert.throws(() => checkSecret("not-a-secret"), /whsec_/);
+    assert.deepEqual(parseEventList("call.ended, call.failed"), ["call.ended", "call.failed"]);
+    assert.equal(parseEventList(undefined), undefined);
+    assert.equal(parseEventList("*"), undefined);
+    assert.throws(() => parseEventList("call.ended,call.nope"), /unknown event type "call\.nope"/);
+  });
+
+  test("colour only on a terminal and never with NO_COLOR or --json", () => {
+    const tty = { isTTY: true, write: () => true } as unknown as NodeJS.WriteStream;
+    const pipe = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream;
+    assert.equal(createOutput({ stdout: tty, stderr: tty, env: {} }).color, true);
+    assert.equal(createOutput({ stdout: tty, stderr: tty, env: { NO_COLOR: "1" } }).color, false);
+    assert.equal(createOutput({ stdout: tty, stderr: tty, env: {}, json: true }).color, false);
+    assert.equal(createOutput({ stdout: pipe, stderr: pipe, env: {} }).color, false);
+    assert.equal(createOutput({ stdout: pipe, stderr: pipe, env: {} }).green("ok"), "ok");
+  });
+
+  test("the uploaded recording is a well-formed PCM WAV", () => {
+    const wav = toneWav(0.25);
+    assert.equal(wav.toString("ascii", 0, 4), "RIFF");
+    assert.equal(wav.readUInt32LE(4), wav.length - 8);
+    assert.equal(wav.toString("ascii", 8, 16), "WAVEfmt ");
+    assert.equal(wav.readUInt16LE(20), 1, "PCM");
+    assert.equal(wav.readUInt32LE(24), 8000, "sample rate");
+    assert.equal(wav.toString("ascii", 36, 40), "data");
+    assert.equal(wav.readUInt32LE(40), 2000 * 2, "0.25 s of 16-bit mono");
+  });
+
+  test("test-call --wait knows the simulator's last step", () => {
+    const call = (o: Record<string, unknown>) => ({ id: 1, status: "queued", started_at: null, ...o });
+    const failed = [{ event_type: "call.failed" }];
+    assert.equal(workflowDone(call({ status: "failed" }), failed), true, "failed before connecting");
+    assert.equal(
+      workflowDone(call({ status: "failed", started_at: "x" }), failed),
+      false,
+      "mid-call: more follows",
+    );
+    assert.equal(
+      workflowDone(call({ status: "failed", started_at: "x", has_recording: true }), failed),
+      true,
+    );
+    assert.equal(
+      workflowDone(call({ status: "completed", started_at: "x", has_transcript: true }), []),
+      false,
+    );
+    assert.equal(workflowDone(call({ status: "completed", started_at: "x", has_recording: true }), []), true);
+    assert.equal(workflowDone(call({ status: "in-progress", started_at: "x" }), []), false);
+  });
+});
 
 describe("SSE parser (pure)", () => {
   test("messages split across chunks, CRLF across chunks, comments and multi-line data", () => {
