@@ -4,7 +4,7 @@
 //
 //   npm run build && node scripts/screenshot.mjs [out.png]
 //
-// Needs Debian's `chromium` (apt-get install chromium). Takes about a minute and a half, because the
+// Needs Debian's `chromium` (apt-get install chromium). Takes about four minutes, because the
 // chart plots real attempts over real time. SCREENSHOT_TRAFFIC_SECONDS shortens or lengthens that.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -16,7 +16,7 @@ import { chromium } from "playwright-core";
 
 const root = resolve(fileURLToPath(import.meta.url), "../..");
 const out = resolve(process.argv[2] ?? join(root, "docs/dashboard.png"));
-const trafficMs = Number(process.env.SCREENSHOT_TRAFFIC_SECONDS ?? 75) * 1000;
+const trafficMs = Number(process.env.SCREENSHOT_TRAFFIC_SECONDS ?? 210) * 1000;
 const apiKey = "klen_live_demo_7f3a9c2e5b814d06";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -68,7 +68,10 @@ async function main() {
   let browser;
   try {
     for (let i = 0; ; i++) {
-      const ok = await fetch(`${base}/healthz`).then((r) => r.ok, () => false);
+      const ok = await fetch(`${base}/healthz`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (ok) break;
       if (i > 200) throw new Error("server did not start");
       await sleep(50);
@@ -76,7 +79,10 @@ async function main() {
     const api = async (method, path, body) => {
       const res = await fetch(`${base}${path}`, {
         method,
-        headers: { authorization: `Bearer ${apiKey}`, ...(body ? { "content-type": "application/json" } : {}) },
+        headers: {
+          authorization: `Bearer ${apiKey}`,
+          ...(body ? { "content-type": "application/json" } : {}),
+        },
         body: body ? JSON.stringify(body) : undefined,
       });
       const json = await res.json();
@@ -86,7 +92,11 @@ async function main() {
 
     const jitter = (lo, hi) => () => lo + Math.random() * (hi - lo);
     const healthy = await receiver(() => 200, jitter(15, 90));
-    const flaky = await receiver(() => (Math.random() < 0.15 ? 503 : 200), jitter(40, 260), "Service Unavailable");
+    const flaky = await receiver(
+      () => (Math.random() < 0.15 ? 503 : 200),
+      jitter(40, 260),
+      "Service Unavailable",
+    );
     const down = await receiver(() => 500, jitter(5, 30), '{"error":"database connection refused"}');
     receivers.push(healthy, flaky, down);
 
@@ -125,7 +135,9 @@ async function main() {
         await api("POST", `/v1/calls/${call.id}/fail`, { failure_reason: reasons[n % reasons.length] });
       } else {
         await api("POST", `/v1/calls/${call.id}/start`, {});
-        await api("POST", `/v1/calls/${call.id}/end`, { summary: "Patient rescheduled a cleaning to Thursday." });
+        await api("POST", `/v1/calls/${call.id}/end`, {
+          summary: "Patient rescheduled a cleaning to Thursday.",
+        });
         await api("POST", `/v1/calls/${call.id}/transcript`, {
           transcript: "Agent: Thanks for calling Acme Dental.\nCaller: I need to move my appointment.",
         });
@@ -168,6 +180,40 @@ async function main() {
     await page.mouse.move(0, 0);
     await page.screenshot({ path: out, fullPage: true });
     console.log(`wrote ${out} (${n} calls)`);
+    // For reviewing the other pages: SCREENSHOT_PAGES_DIR=/tmp/pages writes one PNG per page.
+    const pagesDir = process.env.SCREENSHOT_PAGES_DIR;
+    if (pagesDir) {
+      const shots = [
+        ["endpoints", "#/endpoints", "tr[data-endpoint]"],
+        ["deliveries", "#/deliveries", "tr.delivery"],
+        ["events", "#/events", "tr.event"],
+        ["calls", "#/calls", "tr.call"],
+      ];
+      for (const [name, hash, ready] of shots) {
+        await page.goto(`${base}/${hash}`);
+        await page.locator(ready).first().waitFor();
+        if (name === "events") await page.locator("tr.event .expander").first().click();
+        await page.screenshot({ path: join(pagesDir, `${name}.png`), fullPage: true });
+      }
+      await page.goto(`${base}/#/endpoints`);
+      await page.locator("tr[data-endpoint] a").first().click();
+      await page.getByRole("button", { name: "Reveal" }).click();
+      await page.locator("tr.delivery").first().waitFor();
+      await page.screenshot({ path: join(pagesDir, "endpoint.png"), fullPage: true });
+      await page.goto(`${base}/#/calls/1`);
+      await page.locator("tr.event").first().waitFor();
+      await page.screenshot({ path: join(pagesDir, "call.png"), fullPage: true });
+      await page.setViewportSize({ width: 420, height: 900 });
+      await page.goto(`${base}/#/overview`);
+      await page.locator("svg.chart").waitFor();
+      await page.screenshot({ path: join(pagesDir, "narrow.png"), fullPage: false });
+      await page.evaluate(() => sessionStorage.clear());
+      await page.setViewportSize({ width: 1000, height: 700 });
+      await page.goto(`${base}/`);
+      await page.reload();
+      await page.getByLabel("API key").waitFor();
+      await page.screenshot({ path: join(pagesDir, "signin.png") });
+    }
   } finally {
     await browser?.close();
     proc.kill("SIGTERM");

@@ -108,13 +108,22 @@ function shell(section) {
     h(
       "aside",
       { class: "sidebar" },
-      h("div", { class: "brand" }, h("span", { class: "logo", "aria-hidden": "true" }, "K"), "Klen Webhooks"),
-      nav,
       h(
         "div",
-        { class: "sidebar-foot" },
-        h("div", { class: "account-name", title: `Account ${account?.id ?? ""}` }, account?.name ?? ""),
-        h("button", { class: "btn btn-ghost btn-sm", type: "button", onclick: signOut }, "Sign out"),
+        { class: "sidebar-inner" },
+        h(
+          "div",
+          { class: "brand" },
+          h("span", { class: "logo", "aria-hidden": "true" }, "K"),
+          "Klen Webhooks",
+        ),
+        nav,
+        h(
+          "div",
+          { class: "sidebar-foot" },
+          h("div", { class: "account-name", title: `Account ${account?.id ?? ""}` }, account?.name ?? ""),
+          h("button", { class: "btn btn-ghost btn-sm", type: "button", onclick: signOut }, "Sign out"),
+        ),
       ),
     ),
     main,

@@ -3,12 +3,12 @@ import { fmtMs, h, s } from "./dom.js";
 // Inline SVG drawn from GET /v1/stats/deliveries: attempts per bucket as stacked bars (succeeded
 // below, failed on top) and p50/p95 attempt latency as lines underneath, on a shared time axis.
 
-const W = 880;
+const W = 760;
 const PAD_L = 52;
 const PAD_R = 16;
-const BARS_TOP = 14;
+const BARS_TOP = 28;
 const BARS_H = 130;
-const LAT_TOP = BARS_TOP + BARS_H + 34;
+const LAT_TOP = BARS_TOP + BARS_H + 44;
 const LAT_H = 80;
 const H = LAT_TOP + LAT_H + 26;
 
@@ -34,6 +34,12 @@ function timeLabel(iso, bucketSeconds) {
       hour12: false,
     });
   return hm;
+}
+
+function bucketName(seconds) {
+  if (seconds % 3600 === 0) return seconds === 3600 ? "hour" : `${seconds / 3600} hours`;
+  if (seconds % 60 === 0) return seconds === 60 ? "minute" : `${seconds / 60} minutes`;
+  return seconds === 1 ? "second" : `${seconds} seconds`;
 }
 
 /**
@@ -150,9 +156,9 @@ export function deliveryChart(stats) {
       "aria-label": "Delivery attempts and latency over time",
       preserveAspectRatio: "xMidYMid meet",
     },
-    s("text", { class: "panel-title", x: PAD_L, y: BARS_TOP - 2 }, ""),
     grid,
-    s("text", { class: "panel-title", x: PAD_L, y: LAT_TOP - 10 }, "Attempt latency"),
+    s("text", { class: "panel-title", x: PAD_L, y: 12 }, `Attempts per ${bucketName(stats.bucket_seconds)}`),
+    s("text", { class: "panel-title", x: PAD_L, y: LAT_TOP - 16 }, "Attempt latency (p50, p95)"),
     bars,
     line("p95_ms", "lat-p95"),
     line("p50_ms", "lat-p50"),

@@ -3,6 +3,18 @@ import { ago, badge, fmtTime, h, mount } from "../dom.js";
 import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
 import { eventTable } from "./events.js";
 
+// Agent names for display, fetched once per page (first 100 agents; others show their id).
+const agentNames = new Map();
+async function loadAgents() {
+  try {
+    const r = await api("GET", "/v1/agents?limit=100");
+    for (const a of r.data) agentNames.set(a.id, a.name);
+  } catch {
+    /* names are a nicety: ids still show */
+  }
+}
+const agentLabel = (id) => agentNames.get(id) ?? `Agent ${id}`;
+
 function duration(c) {
   if (c.duration_seconds === null || c.duration_seconds === undefined) return "—";
   const m = Math.floor(c.duration_seconds / 60);
@@ -12,6 +24,7 @@ function duration(c) {
 
 /** `#/calls?status=…` */
 export async function renderCalls(main, query) {
+  await loadAgents();
   const status = select(
     "status",
     [
@@ -44,7 +57,7 @@ export async function renderCalls(main, query) {
         h("td", {}, badge(c.status)),
         h("td", {}, c.type),
         h("td", { class: "mono nowrap" }, c.phone_number),
-        h("td", { class: "num" }, String(c.agent_id)),
+        h("td", {}, agentLabel(c.agent_id)),
         h("td", { class: "nowrap" }, c.started_at ? ago(c.started_at) : h("span", { class: "muted" }, "—")),
         h("td", { class: "nowrap" }, duration(c)),
       ),
@@ -60,12 +73,12 @@ export async function renderCalls(main, query) {
 
 /** `#/calls/{id}`: the call and its events. */
 export async function renderCall(main, id) {
-  const c = await api("GET", `/v1/calls/${encodeURIComponent(id)}`);
+  const [c] = await Promise.all([api("GET", `/v1/calls/${encodeURIComponent(id)}`), loadAgents()]);
   const facts = [
     ["Status", badge(c.status)],
     ["Type", c.type],
     ["Phone number", h("span", { class: "mono" }, c.phone_number)],
-    ["Agent", String(c.agent_id)],
+    ["Agent", `${agentLabel(c.agent_id)} (id ${c.agent_id})`],
     ["Klen call id", c.klen_call_id ? mono(c.klen_call_id) : "—"],
     ["Started", fmtTime(c.started_at)],
     ["Ended", fmtTime(c.ended_at)],

@@ -222,7 +222,7 @@ function secretCard(e) {
     ["0", "Expire old secret now"],
   ]);
   grace.setAttribute("aria-label", "Grace period for the old secret");
-  const rotate = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Rotate secret");
+  const rotate = h("button", { class: "btn btn-secondary", type: "button" }, "Rotate secret");
   rotate.addEventListener("click", async () => {
     rotate.disabled = true;
     try {

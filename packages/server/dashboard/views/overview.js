@@ -102,16 +102,20 @@ export async function renderOverview(main) {
     main,
     pageHeader("Overview", "Delivery health across all your endpoints.", range),
     tiles,
-    card("Delivery attempts", chartBox),
     h(
       "div",
       { class: "grid-2 grid-wide" },
-      card(
-        "Recent failed deliveries",
-        failed.el,
+      card("Delivery attempts", chartBox),
+      card("Endpoints", endpointsList, h("a", { href: "#/endpoints/new", class: "small" }, "Add endpoint →")),
+    ),
+    card(
+      "Recent failed deliveries",
+      failed.el,
+      h(
+        "div",
+        { class: "card-foot" },
         h("a", { href: "#/deliveries?status=failed", class: "small" }, "All failed deliveries →"),
       ),
-      card("Endpoints", endpointsList, h("a", { href: "#/endpoints/new", class: "small" }, "Add endpoint →")),
     ),
   );
   await Promise.all([draw(), failed.reload()]);
