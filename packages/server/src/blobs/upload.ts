@@ -30,14 +30,16 @@ export function mediaType(header: string | undefined): string {
 }
 
 /**
- * Discards the rest of a refused body so the client can read the answer; a client that keeps
- * sending more than `limit` further bytes is cut off.
+ * After a refusal, the rest of the body is read and discarded (up to 16 MiB, or the limit if
+ * larger) so that the client, still sending, reads the 4xx on a healthy connection instead of a
+ * reset. A client that keeps sending past that is cut off.
  */
-function drain(body: Readable, limit: number): void {
+export function discardRest(body: Readable, limit: number): void {
+  const cap = Math.max(limit, 16 * 1024 * 1024);
   let discarded = 0;
   body.on("data", (c: Buffer) => {
     discarded += c.length;
-    if (discarded > limit) body.destroy();
+    if (discarded > cap) body.destroy();
   });
   body.resume();
 }
@@ -86,7 +88,7 @@ export async function streamToTemp(
     await pipeline(meter, writeStream(tempFile));
   } catch (err) {
     body.unpipe(meter);
-    if (tooLarge) drain(body, limit);
+    if (tooLarge) discardRest(body, limit);
     await unlink(tempFile).catch(() => undefined);
     if (err instanceof ApiError) throw err;
     // The client went away mid-upload (or the disk failed): nothing was stored.

@@ -1,7 +1,7 @@
 import { unlink } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { blobStoreFor, insertBlob, newBlobId, presignedUrl } from "../../blobs/blobs.js";
-import { AUDIO_TYPES, mediaType, streamToTemp } from "../../blobs/upload.js";
+import { AUDIO_TYPES, discardRest, mediaType, streamToTemp } from "../../blobs/upload.js";
 import { applyTransition, callObject, lockCall } from "../../calls/service.js";
 import { transition } from "../../calls/transitions.js";
 import { ApiError, badRequest } from "../../errors.js";
@@ -43,33 +43,33 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
         const body = req.body as Readable | undefined;
         if (!(AUDIO_TYPES as readonly string[]).includes(type) || typeof body?.pipe !== "function")
           throw unsupported(type);
-        const declared = Number(req.headers["content-length"] ?? Number.NaN);
-        if (declared > ctx.config.maxRecording) {
-          throw new ApiError(
-            413,
-            "payload_too_large",
-            `the recording is larger than ${ctx.config.maxRecording} bytes`,
-          );
-        }
         const id = (req.params as { id: number }).id;
         const accountId = req.account.id;
-        // Without an Idempotency-Key nothing can be replayed, so a step that cannot happen is
-        // refused before a possibly large upload is read. With one, the stored answer for
-        // these exact bytes must win, so the body is read first.
-        if (req.headers["idempotency-key"] === undefined) {
-          const call = await lockCall(ctx.store.db, { ...ctx.store.caps, rowLocks: false }, accountId, id);
-          const check = transition(call, "recording", { now: ctx.clock.now() });
-          if (!check.ok) throw new ApiError(check.status, check.code, check.message);
+        try {
+          const declared = Number(req.headers["content-length"] ?? Number.NaN);
+          if (declared > ctx.config.maxRecording) {
+            throw new ApiError(
+              413,
+              "payload_too_large",
+              `the recording is larger than ${ctx.config.maxRecording} bytes`,
+            );
+          }
+          // Without an Idempotency-Key nothing can be replayed, so a step that cannot happen is
+          // refused before a possibly large upload is read. With one, the stored answer for
+          // these exact bytes must win, so the body is read first.
+          if (req.headers["idempotency-key"] === undefined) {
+            const call = await lockCall(ctx.store.db, { ...ctx.store.caps, rowLocks: false }, accountId, id);
+            const check = transition(call, "recording", { now: ctx.clock.now() });
+            if (!check.ok) throw new ApiError(check.status, check.code, check.message);
+          }
+        } catch (err) {
+          // Refused unread: discard (boundedly) what the client is still sending.
+          discardRest(body, ctx.config.maxRecording);
+          throw err;
         }
         const store = blobStoreFor(ctx.config);
         const blobId = newBlobId();
-        // A refused oversize upload closes the connection after the 413: the rest is not read.
-        const upload = await streamToTemp(body, store, blobId, ctx.config.maxRecording).catch(
-          (err: unknown) => {
-            if (err instanceof ApiError && err.status === 413) reply.header("connection", "close");
-            throw err;
-          },
-        );
+        const upload = await streamToTemp(body, store, blobId, ctx.config.maxRecording);
         if (upload.size === 0) {
           await unlink(upload.tempFile).catch(() => undefined);
           throw badRequest("body", "the recording is empty");
