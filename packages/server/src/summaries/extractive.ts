@@ -62,26 +62,29 @@ export function summarizeExtractive(
   const maxSentences = opts.maxSentences ?? 5;
   const all = sentences(transcript);
   if (all.length === 0) return "";
+  // Tokenised once: a 10 MB transcript has ~150,000 sentences.
+  const tokens = all.map((s) => words(s.text));
+  const distinct = tokens.map((t) => new Set(t));
   // The caller's first substantive sentence: usually why they call.
   const firstCustomer = all.find(
     (s) =>
-      s.speaker !== undefined && !/^(agent|assistant|bot)$/i.test(s.speaker) && words(s.text).length >= 3,
+      s.speaker !== undefined && !/^(agent|assistant|bot)$/i.test(s.speaker) && tokens[s.index]!.length >= 3,
   )?.index;
   const freq = new Map<string, number>();
-  for (const s of all) for (const w of new Set(words(s.text))) freq.set(w, (freq.get(w) ?? 0) + 1);
+  for (const set of distinct) for (const w of set) freq.set(w, (freq.get(w) ?? 0) + 1);
   // Only words the conversation comes back to carry signal; one-offs are noise.
   const score = (s: Sentence) => {
-    const ws = words(s.text);
-    if (ws.length < 3) return 0;
+    const length = tokens[s.index]!.length;
+    if (length < 3) return 0;
     let sum = 0;
-    for (const w of new Set(ws)) {
+    for (const w of distinct[s.index]!) {
       const f = freq.get(w) ?? 0;
       if (f > 1) sum += Math.log(1 + f);
     }
     // The caller's first words say why they call; the last exchanges say how it ended.
     const position = s.index === firstCustomer ? 2 : s.index < 4 ? 1.4 : s.index >= all.length - 4 ? 1.2 : 1;
     // Long sentences win on sum alone; dividing by sqrt(length) keeps crisp ones competitive.
-    return (sum / Math.sqrt(ws.length)) * position;
+    return (sum / Math.sqrt(length)) * position;
   };
   const ranked = all
     .map((s) => ({ s, score: score(s) }))
