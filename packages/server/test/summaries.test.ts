@@ -58,6 +58,19 @@ describe("built-in extractive summarizer", () => {
     assert.equal(new Set(normalized).size, normalized.length);
   });
 
+  test("very long transcripts are read at their start and end only", () => {
+    const opening = "Customer: I am calling because my refrigerator stopped cooling overnight.";
+    const closing = "Agent: A refrigerator technician will come tomorrow morning to repair the cooling.";
+    const filler = "Agent: Let me check that for you.\nCustomer: Okay.\n".repeat(60_000);
+    const s = summarizeExtractive(`${opening}\n${filler}${closing}`, DETAILED);
+    assert.match(s, /refrigerator stopped cooling/);
+    assert.match(s, /technician will come tomorrow/);
+    assert.ok(
+      summarizeExtractive("refrigerator cooling ".repeat(100_000)).length <= 800,
+      "no line breaks at all",
+    );
+  });
+
   test("edge cases: empty, one line, no speakers", () => {
     assert.equal(summarizeExtractive(""), "");
     assert.equal(summarizeExtractive("Customer: Hi."), "Customer: Hi.");
