@@ -112,12 +112,15 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
         } finally {
           if (!adopted) await unlink(upload.tempFile).catch(() => undefined);
           else {
+            // If the database cannot say (it is down), the file stays: the retention sweep
+            // removes it later if it has no row, and the request's own error is what matters.
             const kept = await ctx.store.db
               .selectFrom("blobs")
               .select("id")
               .where("id", "=", blobId)
-              .executeTakeFirst();
-            if (!kept) await store.remove(blobId);
+              .executeTakeFirst()
+              .catch(() => true);
+            if (!kept) await store.remove(blobId).catch(() => undefined);
           }
         }
       },
