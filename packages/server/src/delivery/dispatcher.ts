@@ -122,6 +122,9 @@ export class Dispatcher {
     while (this.running) {
       const free = this.opts.concurrency - this.inflight.size;
       if (free <= 0 || !this.dirty) {
+        // Every slot busy: wait for settle() to wake us. Leaving `dirty` set here would make
+        // sleep() resolve at once, a microtask loop that starves the event loop (no I/O, no signals).
+        if (free <= 0) this.dirty = false;
         await this.sleep(this.opts.pollMs);
         if (free > 0) this.dirty = true;
         continue;
