@@ -1,0 +1,461 @@
+import { randomBytes } from "node:crypto";
+import { tempDir } from "../test/helpers/server.js";
+import { checkLedger, type LedgerCheck, ledgerLine } from "./ledger.js";
+import {
+  Api,
+  closedLoop,
+  createCalls,
+  type LoadResult,
+  latencies,
+  now,
+  openLoop,
+  percentile,
+  rawLimit,
+} from "./load.js";
+import { benchPostgres } from "./postgres.js";
+import { queueBacklog } from "./queue.js";
+import type { ReceiverProcess } from "./receiver-client.js";
+import {
+  BENCH_API_KEY,
+  cpuSeconds,
+  peakRssMb,
+  type ServerProcess,
+  startServerProcess,
+} from "./server-proc.js";
+
+export interface BenchConfig {
+  quick: boolean;
+  workers: number | undefined;
+  say: (line: string) => void;
+  receiver: ReceiverProcess;
+  ledgers: Array<{ scenario: string; ok: boolean }>;
+}
+
+/** How long a scenario may see no new arrival before its run is declared void. */
+const STALL_MS = 30_000;
+
+function fmt(n: number, digits = 0): string {
+  return n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+function record(cfg: BenchConfig, scenario: string, l: LedgerCheck): void {
+  cfg.ledgers.push({ scenario, ok: l.ok });
+  cfg.say(`    ${ledgerLine(l)}`);
+}
+
+/** 1. The raw limit: the best of a few concurrencies. */
+export async function scenarioRaw(cfg: BenchConfig): Promise<number> {
+  const secret = `whsec_${randomBytes(32).toString("base64")}`;
+  const ms = cfg.quick ? 2_000 : 5_000;
+  let best = 0;
+  // Warm-up (JIT, connections), not counted.
+  await cfg.receiver.reset({ "/raw": secret });
+  await rawLimit(cfg.receiver, secret, 64, 1_000);
+  for (const lanes of [16, 32, 64, 128]) {
+    await cfg.receiver.reset({ "/raw": secret });
+    const cpu0 = process.cpuUsage();
+    const rcpu0 = cpuSeconds(cfg.receiver.pid);
+    const r = await rawLimit(cfg.receiver, secret, lanes, ms);
+    const cpu = process.cpuUsage(cpu0);
+    const clientUs = (cpu.user + cpu.system) / Math.max(1, r.sent);
+    const receiverUs = ((cpuSeconds(cfg.receiver.pid) - rcpu0) / Math.max(1, r.sent)) * 1e6;
+    const got = await cfg.receiver.digest();
+    const at = got.paths["/raw"];
+    const ok = r.failed === 0 && at !== undefined && at.distinct === r.sent && got.badSignatures === 0;
+    cfg.ledgers.push({ scenario: `raw@${lanes}`, ok });
+    cfg.say(
+      `    concurrency ${String(lanes).padStart(3)}: ${fmt(r.rps)} req/s  (ledger ${ok ? "OK" : "FAILED"}: ${at?.distinct ?? 0}/${r.sent} ids received, ${got.badSignatures} bad signatures; CPU per request: sender ${fmt(clientUs)} µs, receiver ${fmt(receiverUs)} µs)`,
+    );
+    if (ok && r.rps > best) best = r.rps;
+  }
+  return best;
+}
+
+interface Drained {
+  rps: number;
+  drainS: number;
+  /** From spawning the server process(es) to the last arrival (includes start-up and migration check). */
+  sinceSpawnS: number;
+  /** Server CPU time (all its processes, start-up included) per delivery, in µs: robust to a busy machine. */
+  serverCpuUs: number;
+  deliveries: number;
+  peakRssMb: number | undefined;
+  ledger: LedgerCheck;
+}
+
+/**
+ * Queues a backlog with no dispatcher running (in this process, through the server's own
+ * emitEvent), starts the real server process(es) on it and times until the ledger balances.
+ */
+async function drain(
+  cfg: BenchConfig,
+  opts: { databaseUrl: string; dataDir: string; deliveries: number; endpoints: number; workers?: number },
+): Promise<Drained> {
+  const paths = Array.from({ length: opts.endpoints }, (_, i) => `/d/${i}`);
+  const urls = paths.map((p, i) => cfg.receiver.url(i, p));
+  const events = Math.ceil(opts.deliveries / opts.endpoints);
+  let lastShown = 0;
+  const backlog = await queueBacklog({
+    databaseUrl: opts.databaseUrl,
+    events,
+    endpointUrls: urls,
+    onProgress: (done) => {
+      if (done - lastShown >= 100_000) {
+        lastShown = done;
+        cfg.say(`      queued ${fmt(done * opts.endpoints)} deliveries…`);
+      }
+    },
+  });
+  cfg.say(
+    `    queued ${fmt(backlog.deliveries)} deliveries (${fmt(events)} events × ${opts.endpoints} endpoints) in ${fmt(backlog.queueSeconds, 1)} s; dispatcher stopped`,
+  );
+  await cfg.receiver.reset(backlog.secrets);
+  const procs: ServerProcess[] = [];
+  const spawnedAt = now();
+  let peak: number | undefined;
+  let cpu = 0;
+  try {
+    const env = { KLEN_DELIVERY_TIMEOUT: "15s" };
+    if (opts.workers === undefined) {
+      procs.push(await startServerProcess({ dataDir: opts.dataDir, databaseUrl: opts.databaseUrl, env }));
+    } else {
+      procs.push(
+        await startServerProcess({ dataDir: opts.dataDir, databaseUrl: opts.databaseUrl, role: "api", env }),
+      );
+      const workers = await Promise.all(
+        Array.from({ length: opts.workers }, () =>
+          startServerProcess({ dataDir: opts.dataDir, databaseUrl: opts.databaseUrl, role: "worker", env }),
+        ),
+      );
+      procs.push(...workers);
+    }
+    await cfg.receiver.waitForDistinct(backlog.deliveries, STALL_MS);
+    peak = Math.max(...procs.map((p) => peakRssMb(p.proc.pid) ?? 0));
+    cpu = procs.reduce((a, p) => a + cpuSeconds(p.proc.pid), 0);
+  } finally {
+    await Promise.all(procs.map((p) => p.kill()));
+  }
+  const got = await cfg.receiver.digest();
+  const ledger = await checkLedger({
+    databaseUrl: opts.databaseUrl,
+    paths,
+    received: got,
+    expectCount: backlog.deliveries,
+  });
+  const drainS = (got.lastAt - got.firstAt) / 1000;
+  return {
+    rps: ledger.received / drainS,
+    drainS,
+    deliveries: backlog.deliveries,
+    sinceSpawnS: (got.lastAt - spawnedAt) / 1000,
+    serverCpuUs: (cpu / backlog.deliveries) * 1e6,
+    peakRssMb: peak,
+    ledger,
+  };
+}
+
+/** 2. Backlog drain on SQLite and PostgreSQL. */
+export async function scenarioDrain(cfg: BenchConfig, raw: number) {
+  const n = cfg.quick ? 20_000 : 100_000;
+  const out = {
+    sqlite_rps: 0,
+    postgres_rps: 0,
+    sqlite_cpu_us_per_delivery: 0,
+    postgres_cpu_us_per_delivery: 0,
+    deliveries: n,
+    postgres_workers: "",
+  };
+  {
+    const dir = tempDir("klen-bench-");
+    try {
+      cfg.say("  SQLite (server: one `serve` process, role all):");
+      const d = await drain(cfg, {
+        databaseUrl: `sqlite:${dir.path}/klen.db`,
+        dataDir: dir.path,
+        deliveries: n,
+        endpoints: 10,
+      });
+      record(cfg, "drain sqlite", d.ledger);
+      if (d.ledger.ok) out.sqlite_rps = d.rps;
+      cfg.say(
+        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s, first to last arrival) = ${fmt((d.rps / raw) * 100, 1)} % of raw; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
+      );
+      out.sqlite_cpu_us_per_delivery = d.serverCpuUs;
+    } finally {
+      dir.remove();
+    }
+  }
+  let pgs: Awaited<ReturnType<typeof benchPostgres>> | undefined;
+  try {
+    pgs = await benchPostgres();
+    const db = await pgs.fresh();
+    const dir = tempDir("klen-bench-");
+    try {
+      const who =
+        cfg.workers === undefined
+          ? "one `serve` process, role all"
+          : `${cfg.workers} \`serve --role worker\` processes + one \`--role api\``;
+      out.postgres_workers = cfg.workers === undefined ? "all-in-one" : String(cfg.workers);
+      cfg.say(`  PostgreSQL (${pgs.describe}; server: ${who}):`);
+      const d = await drain(cfg, {
+        databaseUrl: db.url,
+        dataDir: dir.path,
+        deliveries: n,
+        endpoints: 10,
+        ...(cfg.workers !== undefined ? { workers: cfg.workers } : {}),
+      });
+      record(cfg, "drain postgres", d.ledger);
+      if (d.ledger.ok) out.postgres_rps = d.rps;
+      cfg.say(
+        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s) = ${fmt((d.rps / raw) * 100, 1)} % of raw; server CPU ${fmt(d.serverCpuUs)} µs per delivery (all processes)`,
+      );
+      out.postgres_cpu_us_per_delivery = d.serverCpuUs;
+    } finally {
+      dir.remove();
+      await db.drop().catch(() => {});
+    }
+  } catch (err) {
+    cfg.say(`    PostgreSQL row not run: ${(err as Error).message}`);
+    cfg.ledgers.push({ scenario: "drain postgres", ok: false });
+  } finally {
+    await pgs?.stop();
+  }
+  return out;
+}
+
+interface ApiRig {
+  server: ServerProcess;
+  api: Api;
+  agentId: number;
+  databaseUrl: string;
+  done(): Promise<void>;
+}
+
+/** A fresh server process on a fresh SQLite file, an agent, and endpoints at the given URLs. */
+async function apiRig(
+  cfg: BenchConfig,
+  endpoints: Array<{ url: string; path: string }>,
+  opts: { keys?: boolean; env?: Record<string, string>; connections?: number } = {},
+): Promise<ApiRig> {
+  const dir = tempDir("klen-bench-");
+  const databaseUrl = `sqlite:${dir.path}/klen.db`;
+  const server = await startServerProcess({ dataDir: dir.path, databaseUrl, env: opts.env ?? {} });
+  const api = new Api(server.url, BENCH_API_KEY, opts.connections ?? 64);
+  const agent = await api.post("/v1/agents", { name: "Customer Support", assistant_id: "assistant_abc123" });
+  if (agent.status !== 201) throw new Error(`agent: ${agent.status}`);
+  const secrets: Record<string, string> = {};
+  for (const e of endpoints) {
+    const r = await api.post("/v1/endpoints", { url: e.url });
+    if (r.status !== 201) throw new Error(`endpoint: ${r.status} ${JSON.stringify(r.json)}`);
+    secrets[e.path] = r.json.secret as string;
+  }
+  await cfg.receiver.reset(secrets, opts.keys ?? false);
+  return {
+    server,
+    api,
+    agentId: agent.json.id as number,
+    databaseUrl,
+    async done() {
+      await api.close();
+      await server.kill();
+      dir.remove();
+    },
+  };
+}
+
+/** Waits for every expected arrival, stops the server, checks the ledger. */
+async function settle(
+  cfg: BenchConfig,
+  rig: ApiRig,
+  paths: string[],
+  expected: number,
+): Promise<{ ledger: LedgerCheck; firstAt: number; lastAt: number; cpuUs: number }> {
+  await cfg.receiver.waitForDistinct(expected, STALL_MS);
+  const cpu = cpuSeconds(rig.server.proc.pid);
+  await rig.api.close();
+  await rig.server.kill();
+  const got = await cfg.receiver.digest();
+  const ledger = await checkLedger({
+    databaseUrl: rig.databaseUrl,
+    paths,
+    received: got,
+    expectCount: expected,
+  });
+  return { ledger, firstAt: got.firstAt, lastAt: got.lastAt, cpuUs: (cpu / Math.max(1, expected)) * 1e6 };
+}
+
+/** 3. End to end through the API, closed loop at the highest rate it sustains. */
+export async function scenarioE2E(cfg: BenchConfig, raw: number) {
+  const lanes = 16;
+  const ms = cfg.quick ? 6_000 : 15_000;
+  const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/e2e"), path: "/e2e" }]);
+  try {
+    const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 3_000 : 8_000);
+    const load = await closedLoop(rig.api, calls, lanes, ms);
+    const s = await settle(cfg, rig, ["/e2e"], load.events);
+    record(cfg, "e2e", s.ledger);
+    const posted = (load.events / (load.lastAckAt - load.firstPostAt)) * 1000;
+    const rps = (load.events / (s.lastAt - load.firstPostAt)) * 1000;
+    cfg.say(
+      `    ${fmt(load.events)} transitions by ${lanes} concurrent clients (${load.errors} errors): API accepted ${fmt(posted)} events/s; first post → last arrival ${fmt(rps)} events/s = ${fmt((rps / raw) * 100, 1)} % of raw; server CPU ${fmt(s.cpuUs)} µs per event (API + delivery, setup included)`,
+    );
+    return {
+      rps: s.ledger.ok ? rps : 0,
+      api_rps: posted,
+      events: load.events,
+      server_cpu_us_per_event: s.cpuUs,
+    };
+  } finally {
+    await rig.done();
+  }
+}
+
+function latencyLine(l: number[]): string {
+  return `p50 ${fmt(percentile(l, 50), 1)} ms, p99 ${fmt(percentile(l, 99), 1)} ms, max ${fmt(l[l.length - 1] ?? Number.NaN, 1)} ms`;
+}
+
+/** 4. Latency at fixed offered loads: API 2xx → arrival. */
+export async function scenarioLatency(cfg: BenchConfig) {
+  const ms = cfg.quick ? 4_000 : 10_000;
+  const out: Array<{
+    offered_rps: number;
+    achieved_rps: number;
+    p50_ms: number;
+    p99_ms: number;
+    max_ms: number;
+    samples: number;
+  }> = [];
+  for (const rate of [500, 2000]) {
+    const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/lat"), path: "/lat" }], { keys: true });
+    try {
+      const calls = await createCalls(rig.api, rig.agentId, Math.ceil((rate * ms) / 1000 / 4 + 50));
+      const load = await openLoop(rig.api, calls, rate, ms);
+      const arrivals = await arrivalsAfter(cfg, load.events);
+      const s = await settle(cfg, rig, ["/lat"], load.events);
+      record(cfg, `latency@${rate}`, s.ledger);
+      const l = latencies(load.acks, arrivals, ["/lat"]);
+      const achieved = (load.events / ms) * 1000;
+      cfg.say(
+        `    offered ${rate}/s (sent ${fmt(achieved)}/s${load.behind ? `, ${load.behind} behind schedule` : ""}, ${load.errors} errors): ${latencyLine(l)} over ${l.length} events`,
+      );
+      out.push({
+        offered_rps: rate,
+        achieved_rps: achieved,
+        p50_ms: percentile(l, 50),
+        p99_ms: percentile(l, 99),
+        max_ms: l[l.length - 1] ?? Number.NaN,
+        samples: l.length,
+      });
+    } finally {
+      await rig.done();
+    }
+  }
+  return out;
+}
+
+async function arrivalsAfter(cfg: BenchConfig, expected: number): Promise<Map<string, number>> {
+  await cfg.receiver.waitForDistinct(expected, STALL_MS);
+  return cfg.receiver.arrivals();
+}
+
+/** 5. Fan-out: each event to 100 endpoints. */
+export async function scenarioFanout(cfg: BenchConfig) {
+  const endpoints = 100;
+  const events = cfg.quick ? 200 : 1_000;
+  const eps = Array.from({ length: endpoints }, (_, i) => ({
+    path: `/f/${i}`,
+    url: cfg.receiver.url(i, `/f/${i}`),
+  }));
+  const rig = await apiRig(cfg, eps);
+  try {
+    const calls = await createCalls(rig.api, rig.agentId, Math.ceil(events / 4));
+    const load = await closedLoop(rig.api, calls, 4, 600_000);
+    const s = await settle(
+      cfg,
+      rig,
+      eps.map((e) => e.path),
+      load.events * endpoints,
+    );
+    record(cfg, "fanout", s.ledger);
+    const rps = ((load.events * endpoints) / (s.lastAt - load.firstPostAt)) * 1000;
+    cfg.say(
+      `    ${fmt(load.events)} events × ${endpoints} endpoints = ${fmt(load.events * endpoints)} deliveries: ${fmt(rps)} deliveries/s (first post → last arrival)`,
+    );
+    return { endpoints, events: load.events, deliveries_per_s: s.ledger.ok ? rps : 0 };
+  } finally {
+    await rig.done();
+  }
+}
+
+/** 6. Isolation: healthy endpoints alone, then beside one that never answers. */
+export async function scenarioIsolation(cfg: BenchConfig) {
+  const healthy = Array.from({ length: 4 }, (_, i) => ({
+    path: `/h/${i}`,
+    url: cfg.receiver.url(i, `/h/${i}`),
+  }));
+  const dead = { path: "/dead", url: cfg.receiver.deadUrl("/dead") };
+  const ms = cfg.quick ? 5_000 : 12_000;
+  const run = async (withDead: boolean) => {
+    const rig = await apiRig(cfg, withDead ? [...healthy, dead] : healthy, {
+      keys: true,
+      env: { KLEN_DELIVERY_TIMEOUT: "1s" },
+    });
+    try {
+      const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 1_500 : 3_500);
+      const load: LoadResult = await closedLoop(rig.api, calls, 8, ms);
+      const paths = healthy.map((h) => h.path);
+      const arrivals = await arrivalsAfter(cfg, load.events * healthy.length);
+      const s = await settle(cfg, rig, paths, load.events * healthy.length);
+      record(cfg, withDead ? "isolation beside dead" : "isolation alone", s.ledger);
+      const l = latencies(load.acks, arrivals, paths);
+      const rps = ((load.events * healthy.length) / (s.lastAt - load.firstPostAt)) * 1000;
+      cfg.say(
+        `    ${withDead ? "beside a dead endpoint" : "alone                 "}: ${fmt(rps)} healthy deliveries/s, ${latencyLine(l)} (${fmt(load.events)} events × ${healthy.length})`,
+      );
+      return { rps: s.ledger.ok ? rps : 0, p50: percentile(l, 50), p99: percentile(l, 99) };
+    } finally {
+      await rig.done();
+    }
+  };
+  const alone = await run(false);
+  const beside = await run(true);
+  const loss = alone.rps > 0 ? (1 - beside.rps / alone.rps) * 100 : Number.NaN;
+  cfg.say(`    healthy throughput change beside the dead endpoint: ${fmt(-loss, 1)} %`);
+  return {
+    healthy_endpoints: healthy.length,
+    healthy_rps_alone: alone.rps,
+    healthy_rps_beside_dead: beside.rps,
+    p50_ms_alone: alone.p50,
+    p99_ms_alone: alone.p99,
+    p50_ms_beside_dead: beside.p50,
+    p99_ms_beside_dead: beside.p99,
+    loss_pct: loss,
+  };
+}
+
+/** 7. Memory: peak RSS of the server process while it drains a large SQLite backlog. */
+export async function scenarioMemory(cfg: BenchConfig) {
+  const backlog = cfg.quick ? 50_000 : 1_000_000;
+  const dir = tempDir("klen-bench-");
+  try {
+    const d = await drain(cfg, {
+      databaseUrl: `sqlite:${dir.path}/klen.db`,
+      dataDir: dir.path,
+      deliveries: backlog,
+      endpoints: 10,
+    });
+    record(cfg, "memory", d.ledger);
+    cfg.say(
+      `    peak RSS of the server process ${fmt(d.peakRssMb ?? Number.NaN, 1)} MB; server CPU ${fmt(d.serverCpuUs)} µs per delivery; drained ${fmt(d.deliveries)} in ${fmt(d.drainS, 1)} s first to last arrival (${fmt(d.sinceSpawnS, 1)} s from process spawn; ${fmt(d.rps)} deliveries/s)`,
+    );
+    return {
+      backlog: d.deliveries,
+      peak_rss_mb: d.peakRssMb ?? 0,
+      drain_s: d.ledger.ok ? d.drainS : 0,
+      drain_s_from_spawn: d.sinceSpawnS,
+      deliveries_per_s: d.rps,
+    };
+  } finally {
+    dir.remove();
+  }
+}
