@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
 import Database from "better-sqlite3";
 import { FieldCipher } from "../src/storage/encryption.js";
@@ -25,7 +27,7 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
   const dir = tempDir();
   const server = await spawnServer({
     dataDir: dir.path,
-    env: { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" },
+    env: { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789", KLEN_INLINE_LIMIT: "2KiB" },
   });
   const rx = await startReceiver();
   try {
@@ -50,8 +52,51 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
     assert.equal(call.phone_number, "+15557654321");
     assert.equal((await server.api.get(`/v1/endpoints/${endpoint.id}/secret`)).body.secret, endpoint.secret);
 
+    // A transcript past the inline limit and a recording: blob files are sealed too, served in clear.
+    const long = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "outbound",
+      phone_number: "+15550009999",
+    });
+    await server.api.post(`/v1/calls/${long.body.id}/start`, {});
+    await server.api.post(`/v1/calls/${long.body.id}/end`, {});
+    const transcript = `Agent: Thanks for calling about your confidential-order-4711.\n`.repeat(60);
+    assert.equal((await server.api.post(`/v1/calls/${long.body.id}/transcript`, { transcript })).status, 200);
+    const audio = Buffer.concat([
+      Buffer.from("RIFF"),
+      Buffer.alloc(4000, 7),
+      Buffer.from("secret-audio-tail"),
+    ]);
+    const rec = await fetch(`${server.url}/v1/calls/${long.body.id}/recording`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "audio/wav" },
+      body: audio,
+    });
+    assert.equal(rec.status, 200);
+    await rx.waitForCount(8);
+    const byType = (t: string) =>
+      rx.requests.find((r) => r.json.call.id === long.body.id && r.json.event_type === t)!.json.call;
+    assert.ok(
+      byType("call.transcript").transcript_url,
+      JSON.stringify(byType("call.transcript")).slice(0, 300),
+    );
+    const fetched = await fetch(byType("call.transcript").transcript_url);
+    assert.equal(await fetched.text(), transcript);
+    const ranged = await fetch(byType("call.recording").recording_url, {
+      headers: { range: "bytes=4004-4020" },
+    });
+    assert.equal(ranged.status, 206);
+    assert.equal(Buffer.from(await ranged.arrayBuffer()).toString(), "secret-audio-tail");
+    const files = readdirSync(join(dir.path, "blobs")).filter((f) => f.startsWith("blb_"));
+    assert.ok(files.length >= 2);
+    for (const f of files) {
+      const bytes = readFileSync(join(dir.path, "blobs", f));
+      assert.equal(bytes.includes("confidential-order-4711"), false, "transcript blob sealed");
+      assert.equal(bytes.includes("secret-audio-tail"), false, "recording blob sealed");
+    }
+
     const db = new Database(`${dir.path}/klen.db`, { readonly: true });
-    const dump = ["events", "endpoints", "calls", "contacts"]
+    const dump = ["events", "endpoints", "calls", "contacts", "summary_jobs"]
       .flatMap((t) => db.prepare(`SELECT * FROM ${t}`).all() as Array<Record<string, unknown>>)
       .map((row) => JSON.stringify(row))
       .join("\n");

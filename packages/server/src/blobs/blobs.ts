@@ -2,6 +2,7 @@ import type { AppContext } from "../api/context.js";
 import type { Config } from "../config.js";
 import type { Db } from "../storage/types.js";
 import { randomToken } from "../util/ids.js";
+import { encryptedBlobStore } from "./encrypted.js";
 import { signingKey } from "./key.js";
 import { blobUrl, expiryOf } from "./signing.js";
 import { type BlobStore, localBlobStore } from "./store.js";
@@ -12,7 +13,8 @@ const stores = new WeakMap<Config, BlobStore>();
 export function blobStoreFor(config: Config): BlobStore {
   let s = stores.get(config);
   if (!s) {
-    s = localBlobStore(config.dataDir);
+    const local = localBlobStore(config.dataDir);
+    s = config.encryptionKey ? encryptedBlobStore(local, config.encryptionKey) : local;
     stores.set(config, s);
   }
   return s;

@@ -25,6 +25,8 @@ export const ENCRYPTED_COLUMNS: Record<string, readonly string[]> = {
   events: ["payload"],
   calls: ["phone_number", "brief_summary"],
   contacts: ["phone_number"],
+  // A transcript waiting for its generated summary.
+  summary_jobs: ["transcript"],
 };
 
 const PREFIX = "enc1:";

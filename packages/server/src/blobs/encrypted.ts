@@ -1,0 +1,65 @@
+import { createCipheriv, createHmac, hkdfSync } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { unlink } from "node:fs/promises";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { BlobStore } from "./store.js";
+
+/**
+ * Encryption at rest for blob bytes (transcripts, summaries, recordings) with AES-256-CTR.
+ * CTR keeps the size and allows decrypting any byte range on its own, which HTTP range requests
+ * on recordings need; each blob has its own IV (derived from its unguessable key), so no two
+ * blobs share a key stream. Integrity comes from the pre-signed URL and the database row, not
+ * from the file.
+ */
+export function encryptedBlobStore(inner: BlobStore, secret: string): BlobStore {
+  const key = Buffer.from(hkdfSync("sha256", Buffer.from(secret, "utf8"), "klen", "blob-encryption", 32));
+  const ivOf = (blobKey: string) => createHmac("sha256", key).update(blobKey).digest().subarray(0, 16);
+
+  /** A cipher positioned at byte `offset` of the blob's key stream. */
+  const cipherAt = (blobKey: string, offset: number) => {
+    const iv = Buffer.from(ivOf(blobKey));
+    // Add the block index to the 128-bit big-endian counter.
+    let carry = BigInt(Math.floor(offset / 16));
+    for (let i = 15; i >= 0 && carry > 0n; i--) {
+      const sum = BigInt(iv[i]!) + (carry & 0xffn);
+      iv[i] = Number(sum & 0xffn);
+      carry = (carry >> 8n) + (sum >> 8n);
+    }
+    const c = createCipheriv("aes-256-ctr", key, iv);
+    const skip = offset % 16;
+    if (skip > 0) c.update(Buffer.alloc(skip));
+    return c;
+  };
+
+  return {
+    ...inner,
+    async writeBuffer(blobKey, data) {
+      const c = cipherAt(blobKey, 0);
+      await inner.writeBuffer(blobKey, Buffer.concat([c.update(Buffer.from(data)), c.final()]));
+    },
+    async adopt(tempFile, blobKey) {
+      // Uploads arrive in clear in the temp area; encrypt them into a second temp file, then adopt that.
+      const sealed = await inner.tempPath(`${blobKey}-enc`);
+      await pipeline(
+        createReadStream(tempFile),
+        cipherAt(blobKey, 0),
+        createWriteStream(sealed, { flags: "wx" }),
+      );
+      await unlink(tempFile);
+      await inner.adopt(sealed, blobKey);
+    },
+    async read(blobKey, range) {
+      const stream = await inner.read(blobKey, range);
+      if (!stream) return undefined;
+      const c = cipherAt(blobKey, range?.start ?? 0);
+      return stream.pipe(
+        new Transform({
+          transform(chunk: Buffer, _enc, done) {
+            done(null, c.update(chunk));
+          },
+        }),
+      );
+    },
+  };
+}
