@@ -12,11 +12,12 @@ const LAT_TOP = BARS_TOP + BARS_H + 44;
 const LAT_H = 80;
 const H = LAT_TOP + LAT_H + 26;
 
-/** A "nice" upper bound for an axis: 1, 2 or 5 × 10^n at or above `v`. */
+/** A "nice" upper bound for an axis, a little above `v` so the tallest bar does not touch the top. */
 function niceMax(v) {
   if (v <= 0) return 1;
-  const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  const target = v * 1.05;
+  const p = 10 ** Math.floor(Math.log10(target));
+  for (const m of [1, 2, 3, 4, 5, 6, 8, 10]) if (m * p >= target) return m * p;
   return 10 * p;
 }
 
@@ -68,7 +69,7 @@ export function deliveryChart(stats) {
       s(
         "text",
         { class: "axis", x: PAD_L - 8, y: yCount(v) + 4, "text-anchor": "end" },
-        String(Math.round(v)),
+        String(Math.round(v * 10) / 10),
       ),
     );
     const l = maxLat * f;

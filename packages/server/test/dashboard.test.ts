@@ -248,7 +248,7 @@ describe("dashboard in Chromium", () => {
     assert.deepEqual(dialogs, []);
   });
 
-  test("lists page with Load more", async () => {
+  test("long lists page with Load more", async () => {
     for (let i = 0; i < 6; i++) await runCall(server.api, agentId, `+1555000${1000 + i}`);
     let total = 0;
     let cursor: string | null = null;
