@@ -71,7 +71,17 @@ export function openPostgres(url: string, opts: { poolSize?: number } = {}): Sto
     db,
     caps,
     async execScript(script) {
-      await pool.query(script);
+      // A dedicated connection: a script that fails after its own BEGIN leaves the session in an
+      // aborted transaction, which must be rolled back before the connection is reused.
+      const client = await pool.connect();
+      try {
+        await client.query(script);
+      } catch (err) {
+        await client.query("ROLLBACK").catch(() => {});
+        throw err;
+      } finally {
+        client.release();
+      }
     },
     async withMigrationLock(fn) {
       const client = await pool.connect();

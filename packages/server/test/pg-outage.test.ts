@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { runCall, setupAccount } from "./helpers/api.js";
+import { startPostgres } from "./helpers/postgres.js";
+import { startReceiver } from "./helpers/receiver.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// A database outage (PRODUCT.md §3: "no event is lost when the database connection drops"):
+// while PostgreSQL is down the API answers 503 `database_unavailable` at once (no hang, no
+// 500), no process exits, and once it is back every event is delivered without a restart.
+
+test("PostgreSQL down and back: 503 while down, no process exits, nothing lost", async () => {
+  const server = await startPostgres({ own: true }); // this test stops it
+  const db = await server.freshDatabase();
+  const dir = tempDir();
+  const rx = await startReceiver();
+  const procs: ServerProcess[] = [];
+  after(async () => {
+    for (const p of procs) await p.kill("SIGKILL");
+    await rx.close();
+    await server.stop();
+    dir.remove();
+  });
+  const env = { KLEN_DATABASE_URL: db.url, KLEN_DELIVERY_TIMEOUT: "2s", KLEN_LEASE: "5s" };
+  const api = await spawnServer({ dataDir: dir.path, role: "api", env });
+  const worker = await spawnServer({ dataDir: dir.path, role: "worker", env });
+  procs.push(api, worker);
+  const { agentId, endpoint } = await setupAccount(api.api, { endpointUrl: rx.url });
+  rx.setSecret(endpoint.secret);
+  await runCall(api.api, agentId);
+  await rx.waitForCount(4);
+
+  await server.down("immediate");
+  const health = await fetch(`${api.url}/healthz`);
+  assert.equal(health.status, 503);
+  const create = await api.api.post(
+    "/v1/calls",
+    { agent_id: agentId, type: "inbound", phone_number: "+15551234567" },
+    { "idempotency-key": "during-outage" },
+  );
+  assert.equal(create.status, 503, JSON.stringify(create.body));
+  assert.equal(create.body.error.code, "database_unavailable");
+  assert.equal(create.headers.get("retry-after"), "1");
+  const list = await api.api.get("/v1/calls");
+  assert.equal(list.status, 503);
+  assert.equal(api.proc.exitCode, null, "the API process keeps running");
+  assert.equal(worker.proc.exitCode, null, "the worker keeps running");
+
+  await server.up();
+  // The same request, retried with its key, now goes through (the 503 was not stored).
+  const retried = await waitFor("the API to answer again", async () => {
+    const r = await api.api.post(
+      "/v1/calls",
+      { agent_id: agentId, type: "inbound", phone_number: "+15551234567" },
+      { "idempotency-key": "during-outage" },
+    );
+    return r.status === 201 ? r : undefined;
+  });
+  for (const step of ["start", "end"]) {
+    const r = await api.api.post(`/v1/calls/${retried.body.id}/${step}`, {});
+    assert.equal(r.status, 200);
+  }
+  // The worker reconnects on its own (its pool and its LISTEN connection) and delivers.
+  await runCall(api.api, agentId);
+  await rx.waitForCount(10);
+  const ids = new Set(rx.requests.map((r) => r.id));
+  assert.equal(ids.size, 10, "every event delivered once the database is back");
+  assert.deepEqual(rx.verifyFailures, []);
+  assert.equal(api.proc.exitCode, null);
+  assert.equal(worker.proc.exitCode, null);
+});
