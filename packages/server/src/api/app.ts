@@ -57,6 +57,15 @@ export async function buildApp(
         }),
     bodyLimit: ctx.config.maxBody,
     trustProxy: false,
+    // Malformed percent-encoding or an over-long path segment is rejected by the router before
+    // the error handler runs; without this Fastify answers in its own shape, not the API's.
+    frameworkErrors: (err, _req, reply) => {
+      const tooLong = err.code === "FST_ERR_MAX_PARAM_LENGTH";
+      const status = tooLong ? 414 : 400;
+      const message = tooLong ? "a path segment is too long" : "the URL is not validly encoded";
+      const body = new ApiError(status, tooLong ? "uri_too_long" : "invalid_url", message).toJSON();
+      return (reply as FastifyReply).status(status).send(body);
+    },
     ajv: { customOptions: { removeAdditional: false } },
   });
   app.setValidatorCompiler(({ schema, httpPart }) =>
@@ -86,7 +95,12 @@ export async function buildApp(
   const limiter = new RateLimiter(ctx.config.rateLimit);
   app.decorateRequest("account", undefined as never);
   app.addHook("onRequest", async (req) => {
-    if (!req.url.startsWith("/v1/") || req.url.startsWith("/v1/blobs/")) return;
+    // Decided by the matched route, not the raw URL: an absolute-form request target
+    // (`GET http://host/v1/calls`) is routed to /v1/calls while req.url starts with "http".
+    const route = req.routeOptions.url;
+    if (route === undefined) {
+      if (!req.url.startsWith("/v1/") || req.url.startsWith("/v1/blobs/")) return;
+    } else if (!route.startsWith("/v1/") || route === "/v1/blobs/:id") return;
     req.account = await auth.authenticate(req);
     const wait = limiter.take(req.account.id);
     if (wait > 0)
