@@ -1,11 +1,36 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import BetterSqlite3 from "better-sqlite3";
-import { Kysely, SqliteDialect } from "kysely";
+import { Kysely, type SqliteDatabase, SqliteDialect } from "kysely";
 import type { Database } from "../schema.js";
 import type { DialectCaps, Store } from "../store.js";
 
 const caps: DialectCaps = { name: "sqlite", skipLocked: false, rowLocks: false, crossProcessNotify: false };
+
+/**
+ * Kysely's SQLite driver prepares every query afresh, and SQLite's parse and plan of a statement
+ * cost more than running the small indexed statements of the hot path (profile of the API under
+ * load: `prepare` was 12 % of the server's CPU). Statements are cached by SQL text, least recently
+ * used out first. Safe with one connection: Kysely runs one query at a time on it, and a streamed
+ * query holds the connection until its iterator is done.
+ */
+function cachingStatements(raw: BetterSqlite3.Database, max = 500): SqliteDatabase {
+  const cache = new Map<string, BetterSqlite3.Statement>();
+  return {
+    close: () => raw.close(),
+    prepare(text: string) {
+      let st = cache.get(text);
+      if (st) {
+        cache.delete(text);
+      } else {
+        st = raw.prepare(text);
+        if (cache.size >= max) cache.delete(cache.keys().next().value as string);
+      }
+      cache.set(text, st);
+      return st;
+    },
+  };
+}
 
 /** Opens (creating if needed) the SQLite file at `path`, relative to the working directory. */
 export function openSqlite(path: string): Store {
@@ -19,7 +44,7 @@ export function openSqlite(path: string): Store {
   raw.pragma("synchronous = NORMAL");
   raw.pragma("busy_timeout = 5000");
   raw.pragma("foreign_keys = ON");
-  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: raw }) });
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingStatements(raw) }) });
   return {
     db,
     caps,
