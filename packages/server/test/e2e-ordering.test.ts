@@ -119,3 +119,77 @@ test("calls do not wait on each other: many calls interleave at one endpoint, ea
   }
   await rx.close();
 });
+
+test("retry and recover keep a call's order: a waiting delivery is not sent early, recovered events go one at a time", async () => {
+  const dir3 = tempDir();
+  const s3 = await spawnServer({ dataDir: dir3.path, env: { KLEN_RETRY_SCHEDULE: "20ms,20ms" } });
+  let healthy = false;
+  let open = 0;
+  const arrivals: Array<{ type: string; overlapped: boolean }> = [];
+  const { createServer } = await import("node:http");
+  // A receiver that notes whether a request arrives while another is still unanswered.
+  const srv = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => {
+      body += c;
+    });
+    req.on("end", () => {
+      arrivals.push({ type: JSON.parse(body).event_type, overlapped: open > 0 });
+      open++;
+      setTimeout(() => {
+        open--;
+        res.writeHead(healthy ? 200 : 500).end();
+      }, 30);
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const url = `http://127.0.0.1:${(srv.address() as import("node:net").AddressInfo).port}`;
+  try {
+    const { agentId, endpoint } = await setupAccount(s3.api, { endpointUrl: url });
+    const call = await s3.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15550100004",
+    });
+    for (const step of ["start", "end"] as const) await s3.api.post(`/v1/calls/${call.body.id}/${step}`, {});
+    await s3.api.post(`/v1/calls/${call.body.id}/transcript`, { transcript: "hi" });
+    // While call.started is being retried, call.ended waits; retrying it by hand is refused.
+    const waiting = await waitFor("a parked delivery", async () => {
+      const list = (await s3.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=pending`)).body.data;
+      return list.find(
+        (d: { attempt_count: number; next_attempt_at: string | null }) =>
+          d.attempt_count === 0 && d.next_attempt_at === null,
+      );
+    });
+    const refused = await s3.api.post(`/v1/deliveries/${waiting.id}/retry`);
+    assert.equal(refused.status, 409);
+    assert.equal(refused.body.error.code, "delivery_waiting");
+    await waitFor("all three failed", async () => {
+      const list = (await s3.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed`)).body.data;
+      return list.length === 3;
+    });
+    assert.deepEqual(
+      [...new Set(arrivals.map((a) => a.type))],
+      ["call.started", "call.ended", "call.transcript"],
+    );
+    healthy = true;
+    arrivals.length = 0;
+    const rec = await s3.api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+      since: new Date(Date.now() - 60_000).toISOString(),
+    });
+    assert.equal(rec.body.queued, 3);
+    await waitFor("three recovered deliveries", () => arrivals.length >= 3);
+    assert.deepEqual(
+      arrivals.map((a) => a.type),
+      ["call.started", "call.ended", "call.transcript"],
+    );
+    assert.ok(
+      arrivals.every((a) => !a.overlapped),
+      "each recovered event was sent only after the previous one was answered",
+    );
+  } finally {
+    await new Promise<void>((r) => srv.close(() => r()));
+    await s3.kill();
+    dir3.remove();
+  }
+});

@@ -18,7 +18,7 @@ export function decodeCursor<T extends "int" | "string">(
   if (cursor === undefined || cursor === "") return undefined;
   const text = Buffer.from(cursor, "base64url").toString();
   if (kind === "int") {
-    const n = Number(text);
+    const n = /^\d{1,16}$/.test(text) ? Number(text) : Number.NaN;
     if (!Number.isSafeInteger(n)) throw badRequest("cursor", "cursor is not valid");
     return n as never;
   }

@@ -1,5 +1,6 @@
 import type { Selectable } from "kysely";
-import { notFound } from "../../errors.js";
+import { releaseChainHeads } from "../../delivery/chains.js";
+import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
@@ -128,17 +129,27 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       async (trx) => {
         const d = await findDelivery(trx, req.account.id, (req.params as { id: string }).id);
         const now = ctx.clock.now();
-        // One new attempt now. A delivery already pending is simply made due; a finished one is
-        // re-opened for one attempt (its schedule is spent, so a failure ends it again).
+        if (d.status === "pending" && d.next_attempt_at === null) {
+          // Sending it now would overtake an earlier event of its call that is still being retried.
+          throw new ApiError(
+            409,
+            "delivery_waiting",
+            `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
+          );
+        }
+        // One new attempt: a delivery waiting for its next retry is made due now; a finished one is
+        // re-opened (its schedule is spent, so a failure ends it again) and goes out at once unless
+        // an earlier event of its call to this endpoint is still pending, which it then follows.
         await trx
           .updateTable("deliveries")
-          .set({ status: "pending", next_attempt_at: now, updated_at: now })
+          .set({ status: "pending", next_attempt_at: d.status === "pending" ? now : null, updated_at: now })
           .where("id", "=", d.id)
           .execute();
-        return {
-          status: 202,
-          body: deliveryObject({ ...d, status: "pending", next_attempt_at: now, updated_at: now }, []),
-        };
+        if (d.status !== "pending") {
+          await releaseChainHeads(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
+        }
+        const after = await findDelivery(trx, req.account.id, d.id);
+        return { status: 202, body: deliveryObject(after, []) };
       },
       { work: true },
     ),

@@ -1,5 +1,6 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
+import { releaseChainHeads } from "../../delivery/chains.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
 import { ApiError, badRequest, notFound } from "../../errors.js";
@@ -269,12 +270,15 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           const now = ctx.clock.now();
           const res = await trx
             .updateTable("deliveries")
-            .set({ status: "pending", next_attempt_at: now, updated_at: now })
+            // Re-opened deliveries start parked; then the first of each call's chain is released,
+            // so a call's recovered events still go out one at a time, in order.
+            .set({ status: "pending", next_attempt_at: null, updated_at: now })
             .where("endpoint_id", "=", id)
             .where("status", "=", "failed")
             .where("created_at", ">=", since)
             .where("created_at", "<=", until)
             .executeTakeFirst();
+          await releaseChainHeads(trx, { endpointId: id }, now);
           return { status: 202, body: { queued: Number(res.numUpdatedRows) } };
         },
         { work: true },
