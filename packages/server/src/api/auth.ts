@@ -49,8 +49,11 @@ export class RateLimiter {
   /** Seconds to wait, or 0 when the request may pass. */
   take(accountId: number, now = Date.now()): number {
     if (this.perSecond <= 0) return 0;
-    const b = this.buckets.get(accountId) ?? { tokens: this.perSecond, at: now };
-    b.tokens = Math.min(this.perSecond, b.tokens + ((now - b.at) / 1000) * this.perSecond);
+    // The bucket holds at least one request, or a rate below 1/s (KLEN_RATE_LIMIT=0.5) would
+    // never refill to a whole token and refuse every request forever.
+    const capacity = Math.max(1, this.perSecond);
+    const b = this.buckets.get(accountId) ?? { tokens: capacity, at: now };
+    b.tokens = Math.min(capacity, b.tokens + ((now - b.at) / 1000) * this.perSecond);
     b.at = now;
     this.buckets.set(accountId, b);
     if (b.tokens >= 1) {
