@@ -55,7 +55,8 @@ function bool(v: string): boolean {
 }
 
 function port(v: string): number {
-  const n = Number(v);
+  // Decimal digits only: Number() would also take "0x50", "1e3" or " 80 ".
+  const n = /^\d{1,5}$/.test(v) ? Number(v) : Number.NaN;
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`not a port: "${v}"`);
   return n;
 }

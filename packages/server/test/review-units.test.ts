@@ -1,0 +1,61 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { RateLimiter } from "../src/api/auth.js";
+import { ConfigError, loadConfig } from "../src/config.js";
+import { parseIso } from "../src/util/time.js";
+
+/** Adversarial review: pure pieces whose edge cases the HTTP tests cannot reach cheaply. */
+
+test("a rate below one request per second still lets requests through (KLEN_RATE_LIMIT=0.5)", () => {
+  const limiter = new RateLimiter(0.5);
+  const t0 = 1_000_000;
+  assert.equal(limiter.take(1, t0), 0, "the first request passes");
+  const wait = limiter.take(1, t0);
+  assert.ok(wait >= 1, "the second at once waits");
+  // Two seconds later the bucket has refilled one whole token.
+  assert.equal(limiter.take(1, t0 + 2_000), 0);
+  assert.ok(limiter.take(1, t0 + 2_000) > 0);
+  // Rates of 1/s and above keep their one-second burst.
+  const ten = new RateLimiter(10);
+  let passed = 0;
+  for (let i = 0; i < 20; i++) if (ten.take(7, t0) === 0) passed++;
+  assert.equal(passed, 10);
+});
+
+test("PORT takes decimal digits only", () => {
+  for (const bad of ["0x50", "1e3", "80.0", "-1", "65536", " 80"]) {
+    assert.throws(
+      () => loadConfig({ PORT: bad }),
+      (e: unknown) => e instanceof ConfigError && e.variable === "PORT",
+      bad,
+    );
+  }
+  assert.equal(loadConfig({ PORT: "0" }).port, 0);
+  assert.equal(loadConfig({ PORT: "8081" }).port, 8081);
+});
+
+test("parseIso refuses impossible calendar fields and instants without a four-digit UTC year", () => {
+  for (const bad of [
+    "2020-02-30T00:00:00Z",
+    "2021-02-29T00:00:00Z",
+    "2020-04-31T00:00:00Z",
+    "2020-00-10T00:00:00Z",
+    "2020-01-01T24:00:00Z",
+    "2020-01-01T23:60:00Z",
+    "2020-01-01T23:59:60Z",
+    "2020-01-01T00:00:00+24:00",
+    "2020-01-01T00:00:00+05:60",
+    "1969-12-31T23:59:59Z",
+    "9999-12-31T23:59:59-00:01",
+    "2020-01-01",
+    "yesterday",
+  ]) {
+    assert.equal(parseIso(bad), undefined, bad);
+  }
+  assert.equal(parseIso("2020-02-29T12:00:00Z"), Date.UTC(2020, 1, 29, 12));
+  assert.equal(parseIso("2025-04-23T14:30:45+02:00"), Date.UTC(2025, 3, 23, 12, 30, 45));
+  assert.equal(parseIso("2025-04-23T14:30Z"), Date.UTC(2025, 3, 23, 14, 30));
+  assert.equal(parseIso("2025-04-23T14:30:45.123456Z"), Date.UTC(2025, 3, 23, 14, 30, 45, 123));
+  assert.equal(parseIso("1970-01-01T00:00:00Z"), 0);
+  assert.equal(parseIso("9999-12-31T23:59:59Z"), Date.UTC(9999, 11, 31, 23, 59, 59));
+});
