@@ -42,7 +42,9 @@ const endpointProps = {
     type: "object",
     maxProperties: 20,
     propertyNames: { pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$" },
-    additionalProperties: { type: "string", maxLength: 4000, pattern: "^[^\\r\\n]*$" },
+    // Visible ASCII, space and tab: anything else (CR, LF, NUL, other controls) cannot be sent, so
+    // every attempt would fail; it is refused when the endpoint is saved instead.
+    additionalProperties: { type: "string", maxLength: 4000, pattern: "^[\\t\\x20-\\x7e]*$" },
   },
   disabled: { type: "boolean" },
 } as const;
@@ -56,10 +58,16 @@ type EndpointBody = {
   disabled?: boolean;
 };
 
+/** Headers the HTTP client refuses to send: an endpoint with one would fail every attempt. */
+const UNSENDABLE_HEADERS = new Set(["expect", "upgrade", "keep-alive"]);
+
 function checkHeaders(headers: Record<string, string> | undefined): void {
   for (const name of Object.keys(headers ?? {})) {
     if (RESERVED_HEADERS.has(name.toLowerCase())) {
       throw badRequest(`headers.${name}`, `header "${name}" is set by Klen and cannot be overridden`);
+    }
+    if (UNSENDABLE_HEADERS.has(name.toLowerCase())) {
+      throw badRequest(`headers.${name}`, `header "${name}" is a connection header and cannot be set`);
     }
   }
 }
