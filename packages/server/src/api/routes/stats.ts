@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import { ApiError, badRequest } from "../../errors.js";
+import { ApiError, badRequest, notFound } from "../../errors.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis, parseIso } from "../../util/time.js";
 import { parseDuration } from "../../util/units.js";
@@ -155,6 +155,17 @@ export const statsRoutes: RouteModule = (app, ctx) => {
         throw new ApiError(400, "invalid_request", `"since" must be before "until"`, { field: "since" });
       if (Math.ceil((until - since) / bucketMs) > MAX_BUCKETS)
         throw badRequest("bucket", `at most ${MAX_BUCKETS} buckets: use a larger bucket or a shorter range`);
+      if (q.endpoint_id !== undefined) {
+        // Another account's endpoint is a 404 like everywhere else (§6), not an empty chart. A
+        // deleted endpoint of this account still has its history.
+        const own = await ctx.store.db
+          .selectFrom("endpoints")
+          .select("id")
+          .where("id", "=", q.endpoint_id)
+          .where("account_id", "=", req.account.id)
+          .executeTakeFirst();
+        if (!own) throw notFound("endpoint", q.endpoint_id);
+      }
       return deliveryStats(ctx.store.db, {
         accountId: req.account.id,
         since,
