@@ -105,6 +105,16 @@ describe("review: request targets, URLs and garbage", () => {
     assert.ok(JSON.stringify(body).length < 300, "the path is not echoed back");
   });
 
+  test("a request Node's parser refuses still gets the API's error shape", async () => {
+    const badByte = await rawRequest(server.port, "/v1/account", { "idempotency-key": "a\u0001b" });
+    assert.equal(badByte.status, 400, badByte.body);
+    assert.ok(isApiError(badByte.body), badByte.body);
+    const huge = await rawRequest(server.port, "/v1/account", { "x-big": "y".repeat(64 * 1024) });
+    assert.equal(huge.status, 431, huge.body);
+    assert.ok(isApiError(huge.body), huge.body);
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+  });
+
   test("impossible or out-of-range timestamps are a 400 naming the field, never a 500", async () => {
     const cases: Array<[string, Record<string, string>]> = [
       ["start", { started_at: "2020-02-30T00:00:00Z" }],

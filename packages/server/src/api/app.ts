@@ -59,6 +59,29 @@ export async function buildApp(
     trustProxy: false,
     // Malformed percent-encoding or an over-long path segment is rejected by the router before
     // the error handler runs; without this Fastify answers in its own shape, not the API's.
+    // A request Node's parser refuses (bad header bytes, headers too large) never reaches the
+    // router either: answer it in the API's shape too, then close as Node would.
+    clientErrorHandler: (err, socket) => {
+      if ((err as NodeJS.ErrnoException).code === "ECONNRESET" || socket.destroyed) return;
+      const code = (err as NodeJS.ErrnoException).code;
+      const [status, reason, apiCode, message] =
+        code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "Request Timeout", "request_timeout", "the request took too long to arrive"]
+          : code === "HPE_HEADER_OVERFLOW"
+            ? [
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                "the request headers are too large",
+              ]
+            : [400, "Bad Request", "invalid_request", "the HTTP request is malformed"];
+      const body = JSON.stringify(new ApiError(status, apiCode, message).toJSON());
+      if (socket.writable)
+        socket.write(
+          `HTTP/1.1 ${status} ${reason}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+        );
+      socket.destroy(err);
+    },
     frameworkErrors: (err, _req, reply) => {
       const tooLong = err.code === "FST_ERR_MAX_PARAM_LENGTH";
       const status = tooLong ? 414 : 400;
