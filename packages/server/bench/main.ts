@@ -4,7 +4,7 @@
  * run, so the ratios hold on any machine. See docs/performance.md.
  */
 import { writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { parseArgs } from "node:util";
 import { VERSION } from "../src/version.js";
 import { ReceiverProcess } from "./receiver-client.js";
@@ -68,6 +68,12 @@ async function main(): Promise<void> {
   say(
     `        Backlogs are queued in this process through the server's own emitEvent with no dispatcher running, then a server process drains them.`,
   );
+  // Other work on the machine skews every wall-clock figure; the CPU-per-delivery figures less so.
+  say(
+    `load average at start: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
   if (machine.cores <= 2)
     say(
       `        Note: on ${machine.cores} cores the receiver, the server and the load generator share the CPU.`,
@@ -80,6 +86,7 @@ async function main(): Promise<void> {
     quick,
     machine,
     config: { receiver_ports: 4, workers: workers ?? null, started_at: new Date(started).toISOString() },
+    load_average_start: loadavg(),
   };
   try {
     say("\n1. Raw limit: signed ~1 KB POSTs, one Node process → loopback receiver (undici, keep-alive)");
@@ -113,7 +120,7 @@ async function main(): Promise<void> {
     }
     if (only.has("isolation")) {
       say(
-        "\n6. Isolation: 4 healthy endpoints, alone and beside one that never answers (timeout 1 s; SQLite)",
+        "\n6. Isolation: 4 healthy endpoints, alone and beside one that never answers (timeout 1 s, fast retries; SQLite)",
       );
       result.isolation = await scenarioIsolation(cfg);
     }
@@ -129,6 +136,12 @@ async function main(): Promise<void> {
   result.ledger_ok = ledgerOk;
   result.ledgers = cfg.ledgers;
   result.duration_s = (Date.now() - started) / 1000;
+  result.load_average_end = loadavg();
+  say(
+    `load average at end: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
   say(
     `\nledger: ${
       ledgerOk

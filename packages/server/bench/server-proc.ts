@@ -17,7 +17,14 @@ export async function startServerProcess(opts: {
     dataDir: opts.dataDir,
     role: opts.role ?? "all",
     apiKey: BENCH_API_KEY,
-    env: { KLEN_DATABASE_URL: opts.databaseUrl, LOG_LEVEL: "error", ...(opts.env ?? {}) },
+    // The product's own delivery defaults (the test helper shortens them); scenarios override.
+    env: {
+      KLEN_DATABASE_URL: opts.databaseUrl,
+      LOG_LEVEL: "error",
+      KLEN_DELIVERY_TIMEOUT: "15s",
+      KLEN_RETRY_SCHEDULE: "5s,5m,30m,2h,5h,10h,10h",
+      ...(opts.env ?? {}),
+    },
   });
   live.add(p);
   p.proc.once("exit", () => live.delete(p));
