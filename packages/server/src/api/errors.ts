@@ -47,7 +47,8 @@ export function installErrorHandler(app: FastifyInstance): void {
         }).toJSON(),
       );
     }
-    if (isDatabaseUnavailable(err)) {
+    // SQLITE_BUSY_SNAPSHOT (and other extended busy codes) is SQLite's lock contention too.
+    if (isDatabaseUnavailable(err) || /^SQLITE_BUSY/.test(String((err as { code?: unknown }).code))) {
       // Down or restarting: say so at once rather than hang or claim an internal error. Nothing
       // was committed (or the Idempotency-Key replays it), so the client may simply retry.
       req.log.warn({ err: { message: err.message, code: err.code } }, "database unavailable");
