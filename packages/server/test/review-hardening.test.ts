@@ -109,10 +109,41 @@ describe("review: request targets, URLs and garbage", () => {
     const badByte = await rawRequest(server.port, "/v1/account", { "idempotency-key": "a\u0001b" });
     assert.equal(badByte.status, 400, badByte.body);
     assert.ok(isApiError(badByte.body), badByte.body);
-    const huge = await rawRequest(server.port, "/v1/account", { "x-big": "y".repeat(64 * 1024) });
-    assert.equal(huge.status, 431, huge.body);
-    assert.ok(isApiError(huge.body), huge.body);
+    const space = await rawRequest(server.port, "/v1/account", { "bad header name": "x" });
+    assert.equal(space.status, 400, space.body);
+    assert.ok(isApiError(space.body), space.body);
     assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+  });
+
+  test("a bodiless POST means an empty object, with or without a JSON content-type", async () => {
+    for (const headers of [{}, { "content-type": "application/json" }] as Array<Record<string, string>>) {
+      const c = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15551234567",
+      });
+      const post = (path: string) =>
+        fetch(`${server.url}${path}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${server.apiKey}`, ...headers },
+        });
+      const start = await post(`/v1/calls/${c.body.id}/start`);
+      assert.equal(start.status, 200, await start.clone().text());
+      assert.equal(((await start.json()) as any).status, "in-progress");
+      // A step with a required field names it, rather than complaining about the body.
+      const transcript = await post(`/v1/calls/${c.body.id}/transcript`);
+      assert.equal(transcript.status, 400);
+      assert.equal(((await transcript.json()) as any).error.details.field, "transcript");
+      const end = await post(`/v1/calls/${c.body.id}/end`);
+      assert.equal(end.status, 200, await end.clone().text());
+      const test = await post("/v1/test-calls");
+      assert.equal(test.status, 202, await test.clone().text());
+    }
+    // A JSON body that is not an object is still refused, and so is a poisoned one.
+    const nul = await server.api.raw("POST", "/v1/agents", "null");
+    assert.equal(nul.status, 400);
+    const proto = await server.api.raw("POST", "/v1/agents", '{"name":"x","__proto__":{"admin":true}}');
+    assert.equal(proto.status, 400);
   });
 
   test("impossible or out-of-range timestamps are a 400 naming the field, never a 500", async () => {

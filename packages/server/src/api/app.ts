@@ -97,6 +97,20 @@ export async function buildApp(
   installErrorHandler(app);
   // The API speaks JSON (and raw audio on the recording route); plain text is a 415, not a string body.
   app.removeContentTypeParser("text/plain");
+  // An empty body sent with `content-type: application/json` (curl -X POST -H …, many HTTP
+  // clients) is no body at all rather than a parse error; anything else parses as before.
+  const json = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    const text = body.toString();
+    if (text.trim() === "") return done(null, undefined);
+    json(req, text, done);
+  });
+  // A bodiless POST/PATCH to a route with a body schema means `{}`: steps whose fields are all
+  // optional (start, end, rotate-secret) just work, and the others name the missing field.
+  app.addHook("preValidation", async (req) => {
+    if (req.body === undefined && req.method !== "GET" && req.routeOptions.schema?.body) req.body = {};
+  });
 
   await app.register(swagger, {
     openapi: {
