@@ -1,0 +1,62 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { ConfigError, loadConfig } from "../src/config.js";
+import { isDatabaseUnavailable } from "../src/storage/store.js";
+import { CLI } from "./helpers/server.js";
+
+// The settings and error classes the scale-out design leans on: a lease longer than an attempt,
+// and connection failures told apart from rejected queries (503 rather than 500).
+
+test("KLEN_LEASE defaults to the delivery timeout + 30 s and must exceed the timeout", () => {
+  assert.equal(loadConfig({ KLEN_DELIVERY_TIMEOUT: "15s" }).leaseMs, 45_000);
+  assert.equal(loadConfig({ KLEN_DELIVERY_TIMEOUT: "15s", KLEN_LEASE: "20s" }).leaseMs, 20_000);
+  for (const lease of ["15s", "10s"]) {
+    assert.throws(
+      () => loadConfig({ KLEN_DELIVERY_TIMEOUT: "15s", KLEN_LEASE: lease }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.variable === "KLEN_LEASE" &&
+        /KLEN_DELIVERY_TIMEOUT/.test(err.message),
+    );
+  }
+  // A lease that only looks long enough against the default timeout is refused too.
+  assert.throws(() => loadConfig({ KLEN_LEASE: "10s" }), /KLEN_LEASE/);
+});
+
+test("the CLI refuses to start with a lease not longer than the timeout, naming KLEN_LEASE", () => {
+  const r = spawnSync(process.execPath, [CLI, "migrate"], {
+    env: {
+      ...process.env,
+      KLEN_DELIVERY_TIMEOUT: "5s",
+      KLEN_LEASE: "5s",
+      KLEN_DATABASE_URL: "sqlite::memory:",
+    },
+    encoding: "utf8",
+  });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /invalid configuration: KLEN_LEASE: must be longer than KLEN_DELIVERY_TIMEOUT/);
+});
+
+test("connection failures are classified as database unavailable, query errors are not", () => {
+  const unavailable = [
+    Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" }),
+    Object.assign(new Error("terminating connection due to administrator command"), { code: "57P01" }),
+    Object.assign(new Error("the database system is starting up"), { code: "57P03" }),
+    Object.assign(new Error("connection failure"), { code: "08006" }),
+    new Error("Connection terminated unexpectedly"),
+    new Error("timeout exceeded when trying to connect"),
+    new Error("wrapped", { cause: Object.assign(new Error("reset"), { code: "ECONNRESET" }) }),
+    Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" }),
+  ];
+  for (const e of unavailable) assert.equal(isDatabaseUnavailable(e), true, e.message);
+  const other = [
+    Object.assign(new Error("duplicate key value"), { code: "23505" }),
+    Object.assign(new Error("syntax error"), { code: "42601" }),
+    Object.assign(new Error("UNIQUE constraint failed"), { code: "SQLITE_CONSTRAINT_UNIQUE" }),
+    new Error("something else"),
+    undefined,
+    "text",
+  ];
+  for (const e of other) assert.equal(isDatabaseUnavailable(e), false, String(e));
+});
