@@ -60,7 +60,7 @@ describe("split roles on PostgreSQL", () => {
     cleanup = fresh.cleanup;
   });
   after(async () => {
-    for (const p of procs) await p.kill("SIGKILL");
+    await endAll();
     await cleanup();
     await stopPostgres();
   });
@@ -69,8 +69,13 @@ describe("split roles on PostgreSQL", () => {
     procs.push(p);
     return p;
   };
+  // Each test's processes end with it, so a failure cannot leave workers that serve the next one.
+  const endAll = async () => {
+    for (const p of procs.splice(0)) await p.kill("SIGKILL");
+  };
 
-  test("the api role only serves, workers only dispatch, every event arrives in order", async () => {
+  test("the api role only serves, workers only dispatch, every event arrives in order", async (t) => {
+    t.after(endAll);
     const api = await spawn("api");
     const rx = await startReceiver();
     after(() => rx.close());
@@ -90,7 +95,11 @@ describe("split roles on PostgreSQL", () => {
 
     // The worker's port has health and metrics and nothing else; the other worker binds nothing.
     const wurl = `http://127.0.0.1:${workerPort}`;
-    assert.equal((await fetch(`${wurl}/healthz`)).status, 200);
+    // (The other worker may have done all the work while this one was still starting.)
+    await waitFor(
+      "the worker's port",
+      async () => (await fetch(`${wurl}/healthz`).catch(() => undefined))?.ok,
+    );
     const wm = await (await fetch(`${wurl}/metrics`)).text();
     const apiOnWorker = await fetch(`${wurl}/v1/account`, {
       headers: { authorization: `Bearer ${api.apiKey}` },
@@ -108,11 +117,10 @@ describe("split roles on PostgreSQL", () => {
     assert.match(am, /# TYPE klen_delivery_attempts_total counter/, "the api would count attempts");
     assert.equal(attemptsIn(am), 0, "the api role made no delivery attempt");
     assert.match(wm, /# TYPE klen_delivery_attempts_total counter/);
-    await w1.kill("SIGKILL");
-    await w2.kill("SIGKILL");
   });
 
-  test("SIGTERM: a worker finishes its in-flight attempts, records them, and exits 0", async () => {
+  test("SIGTERM: a worker finishes its in-flight attempts, records them, and exits 0", async (t) => {
+    t.after(endAll);
     const api = await spawn("api");
     const rx = await startReceiver({ respond: () => ({ status: 200, delayMs: 1_500 }) });
     after(() => rx.close());
@@ -144,7 +152,8 @@ describe("split roles on PostgreSQL", () => {
     }
   });
 
-  test("graceful stop past the grace period hands in-flight deliveries to another worker at once", async () => {
+  test("graceful stop past the grace period hands in-flight deliveries to another worker at once", async (t) => {
+    t.after(endAll);
     const api = await spawn("api");
     // The first request never gets an answer; later ones are answered at once.
     const rx = await startReceiver({ respond: (r) => (r.n === 1 ? { status: 200, hang: true } : 200) });
