@@ -12,13 +12,16 @@ const caps: DialectCaps = { name: "sqlite", skipLocked: false, rowLocks: false, 
  * cost more than running the small indexed statements of the hot path (profile of the API under
  * load: `prepare` was 12 % of the server's CPU). Statements are cached by SQL text, least recently
  * used out first. Safe with one connection: Kysely runs one query at a time on it, and a streamed
- * query holds the connection until its iterator is done.
+ * query holds the connection until its iterator is done. Long statements (the dispatcher's batch
+ * inserts and IN lists, a different text for every batch size) are not kept: they seldom repeat
+ * and each compiled one holds tens of KB of native memory.
  */
-function cachingStatements(raw: BetterSqlite3.Database, max = 500): SqliteDatabase {
+function cachingStatements(raw: BetterSqlite3.Database, max = 200, maxLength = 2_048): SqliteDatabase {
   const cache = new Map<string, BetterSqlite3.Statement>();
   return {
     close: () => raw.close(),
     prepare(text: string) {
+      if (text.length > maxLength) return raw.prepare(text);
       let st = cache.get(text);
       if (st) {
         cache.delete(text);
