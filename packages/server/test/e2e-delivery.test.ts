@@ -415,3 +415,65 @@ describe("automatic disable after continuous failure", () => {
     await down.close();
   });
 });
+
+describe("manual retry beside an attempt in flight", () => {
+  const dir = tempDir();
+  let server: ServerProcess;
+  before(async () => {
+    server = await spawnServer({ dataDir: dir.path, env: { KLEN_DELIVERY_TIMEOUT: "60s" } });
+  });
+  after(async () => {
+    await server.kill();
+    dir.remove();
+  });
+
+  test("is refused with 409 delivery_in_flight, so no second copy is sent beside the running one", async () => {
+    const { createServer } = await import("node:http");
+    const held: Array<import("node:http").ServerResponse> = [];
+    let received = 0;
+    const srv = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        received++;
+        held.push(res);
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(srv.address() as import("node:net").AddressInfo).port}`;
+    try {
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: url });
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15550005555",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await waitFor("the attempt to arrive", () => received === 1);
+      const d = (await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`)).body.data[0];
+      const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
+      assert.equal(retry.status, 409);
+      assert.equal(retry.body.error.code, "delivery_in_flight");
+      for (const res of held.splice(0)) res.writeHead(200).end();
+      const done = await waitFor("succeeded", async () => {
+        const x = (await server.api.get(`/v1/deliveries/${d.id}`)).body;
+        return x.status === "succeeded" ? x : undefined;
+      });
+      assert.equal(done.attempts.length, 1);
+      // Once finished, a retry goes through: one more attempt, numbered 2.
+      assert.equal((await server.api.post(`/v1/deliveries/${d.id}/retry`)).status, 202);
+      await waitFor("second attempt", () => received === 2);
+      for (const res of held.splice(0)) res.writeHead(200).end();
+      const again = await waitFor("second attempt logged", async () => {
+        const x = (await server.api.get(`/v1/deliveries/${d.id}`)).body;
+        return x.attempts.length === 2 && x.status === "succeeded" ? x : undefined;
+      });
+      assert.deepEqual(
+        again.attempts.map((a: { number: number }) => a.number),
+        [1, 2],
+      );
+    } finally {
+      for (const res of held.splice(0)) res.writeHead(200).end();
+      await new Promise<void>((r) => srv.close(() => r()));
+    }
+  });
+});

@@ -38,6 +38,7 @@ export async function claimDue(
     .updateTable("deliveries")
     .set({
       next_attempt_at: opts.now + opts.leaseMs,
+      leased_until: opts.now + opts.leaseMs,
       claim_token: sql`claim_token + 1`,
       updated_at: opts.now,
     })
@@ -91,7 +92,7 @@ export async function releaseLeases(
   for (const h of held) {
     await store.db
       .updateTable("deliveries")
-      .set({ next_attempt_at: now, updated_at: now })
+      .set({ next_attempt_at: now, leased_until: null, updated_at: now })
       .where("id", "=", h.id)
       .where("claim_token", "=", h.claimToken)
       .where("status", "=", "pending")

@@ -155,6 +155,7 @@ async function fencedUpdate(
     .updateTable("deliveries")
     .set({
       ...set,
+      leased_until: null,
       updated_at: now,
       ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
     })

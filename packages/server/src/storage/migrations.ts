@@ -189,4 +189,14 @@ CREATE TABLE summary_jobs (
 CREATE INDEX summary_jobs_due ON summary_jobs (next_attempt_at) WHERE status = 'pending';
 `,
   },
+  {
+    id: 3,
+    name: "delivery_lease",
+    sql: (d) => `
+-- When an attempt is in flight, until when its lease runs (NULL otherwise). A leased delivery and
+-- one waiting for its next retry both have next_attempt_at in the future; this tells them apart,
+-- so a manual retry never sends a second copy beside an attempt still running.
+ALTER TABLE deliveries ADD COLUMN leased_until ${d.bigint};
+`,
+  },
 ];

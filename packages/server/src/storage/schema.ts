@@ -92,6 +92,8 @@ export interface Database {
     attempt_count: number;
     next_attempt_at: number | null;
     claim_token: number;
+    /** End of the lease while an attempt is in flight; null otherwise. */
+    leased_until: Generated<number | null>;
     last_error: string | null;
     created_at: number;
     updated_at: number;

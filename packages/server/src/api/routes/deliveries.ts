@@ -137,6 +137,13 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
           );
         }
+        if (d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > now) {
+          throw new ApiError(
+            409,
+            "delivery_in_flight",
+            `an attempt of delivery ${d.id} is in flight; retry once it has finished`,
+          );
+        }
         // One new attempt: a delivery waiting for its next retry is made due now; a finished one is
         // re-opened (its schedule is spent, so a failure ends it again) and goes out at once unless
         // an earlier event of its call to this endpoint is still pending, which it then follows.
