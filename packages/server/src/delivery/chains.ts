@@ -1,5 +1,24 @@
 import { sql } from "kysely";
+import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
+
+/**
+ * On PostgreSQL, share-locks the rows of the calls whose deliveries are about to be re-opened, as
+ * the completion path does: a transition of one of these calls (which holds its row for update
+ * while it fans out) then either sees the re-opened delivery and parks behind it, or has
+ * committed before and is seen here.
+ */
+export async function lockCallsOfEndpoint(
+  trx: Db,
+  caps: DialectCaps,
+  scope: { endpointId: string; callId?: number; status?: string },
+): Promise<void> {
+  if (!caps.rowLocks) return;
+  let calls = trx.selectFrom("deliveries").select("call_id").where("endpoint_id", "=", scope.endpointId);
+  if (scope.callId !== undefined) calls = calls.where("call_id", "=", scope.callId);
+  if (scope.status !== undefined) calls = calls.where("status", "=", scope.status);
+  await trx.selectFrom("calls").select("id").where("id", "in", calls).orderBy("id").forShare().execute();
+}
 
 /**
  * Makes due the first pending delivery of each (endpoint, call) chain in scope that is parked and

@@ -1,5 +1,5 @@
 import type { Selectable } from "kysely";
-import { releaseChainHeads } from "../../delivery/chains.js";
+import { lockCallsOfEndpoint, releaseChainHeads } from "../../delivery/chains.js";
 import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
@@ -153,6 +153,10 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           .where("id", "=", d.id)
           .execute();
         if (d.status !== "pending") {
+          await lockCallsOfEndpoint(trx, ctx.store.caps, {
+            endpointId: d.endpoint_id,
+            callId: Number(d.call_id),
+          });
           await releaseChainHeads(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
         }
         const after = await findDelivery(trx, req.account.id, d.id);

@@ -1,6 +1,6 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
-import { releaseChainHeads } from "../../delivery/chains.js";
+import { lockCallsOfEndpoint, releaseChainHeads } from "../../delivery/chains.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
 import { ApiError, badRequest, notFound } from "../../errors.js";
@@ -276,10 +276,11 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           if (until < since)
             throw new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
           const now = ctx.clock.now();
+          await lockCallsOfEndpoint(trx, ctx.store.caps, { endpointId: id, status: "failed" });
+          // Re-opened deliveries start parked; then the first of each call's chain is released,
+          // so a call's recovered events still go out one at a time, in order.
           const res = await trx
             .updateTable("deliveries")
-            // Re-opened deliveries start parked; then the first of each call's chain is released,
-            // so a call's recovered events still go out one at a time, in order.
             .set({ status: "pending", next_attempt_at: null, updated_at: now })
             .where("endpoint_id", "=", id)
             .where("status", "=", "failed")
