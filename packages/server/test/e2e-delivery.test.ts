@@ -4,6 +4,8 @@ import { type EventType, eventSchemas } from "@klen/webhooks/schemas";
 import { Ajv } from "ajv";
 import { Webhook } from "standardwebhooks";
 import { runCall, setupAccount } from "./helpers/api.js";
+import { backends } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -24,304 +26,310 @@ async function deliveryOf(server: ServerProcess, eventId: string, endpointId: st
   return r.body.data[0];
 }
 
-describe("end to end on a real server process (SQLite)", () => {
-  const dir = tempDir();
-  let server: ServerProcess;
-  before(async () => {
-    server = await spawnServer({ dataDir: dir.path });
+after(() => stopPostgres());
+
+for (const backend of backends())
+  describe(`end to end on a real server process (${backend.name})`, () => {
+    let server: ServerProcess;
+    let db: Awaited<ReturnType<typeof backend.fresh>>;
+    before(async () => {
+      db = await backend.fresh();
+      server = await spawnServer({ dataDir: db.dataDir, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+    });
+    after(async () => {
+      await server.kill();
+      await db.cleanup();
+    });
+
+    test("a call's workflow arrives in order, signed and in the seed's format; a filtered endpoint gets only call.ended", async () => {
+      const all = await startReceiver();
+      const endedOnly = await startReceiver();
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: `${all.url}/hooks` });
+      all.setSecret(endpoint.secret);
+      const filtered = await server.api.post("/v1/endpoints", {
+        url: endedOnly.url,
+        event_types: ["call.ended"],
+      });
+      assert.equal(filtered.status, 201);
+      endedOnly.setSecret(filtered.body.secret);
+      const contact = await server.api.post("/v1/contacts", {
+        name: "John Doe",
+        email: "john@example.com",
+        phone_number: "+15559876543",
+      });
+      assert.equal(contact.status, 201);
+
+      const callId = await runCall(server.api, agentId, "+15559876543");
+      await all.waitForCount(4);
+      await endedOnly.waitForCount(1);
+
+      assert.deepEqual(all.verifyFailures, [], "every request verifies with the standardwebhooks package");
+      assert.deepEqual(endedOnly.verifyFailures, []);
+      assert.deepEqual(
+        all.requests.map((r) => r.json.event_type),
+        ["call.started", "call.ended", "call.transcript", "call.summary"],
+      );
+      assert.deepEqual(
+        endedOnly.requests.map((r) => r.json.event_type),
+        ["call.ended"],
+      );
+
+      const events = (await server.api.get(`/v1/events?call_id=${callId}`)).body.data as Array<{
+        id: string;
+        event_type: string;
+        payload: unknown;
+      }>;
+      assert.equal(events.length, 4);
+      const call = (await server.api.get(`/v1/calls/${callId}`)).body;
+      for (const req of all.requests) {
+        assert.equal(validate(req.json), "", `${req.json.event_type} validates against its schema`);
+        assert.equal(req.path, "/hooks");
+        assert.equal(req.headers["content-type"], "application/json");
+        assert.match(String(req.headers["user-agent"]), /^Klen-Webhooks\/\d+\.\d+\.\d+/);
+        assert.match(String(req.headers["webhook-timestamp"]), /^\d+$/);
+        const ev = events.find((e) => e.id === req.id);
+        assert.ok(ev, `webhook-id ${req.id} is the event's id`);
+        assert.equal(req.body, JSON.stringify(ev.payload), "the body is the stored event, byte for byte");
+        const c = req.json.call;
+        assert.deepEqual(Object.keys(c).slice(0, 10), [
+          "id",
+          "klen_call_id",
+          "agent_id",
+          "agent_name",
+          "status",
+          "type",
+          "phone_number",
+          "started_at",
+          "ended_at",
+          "duration_seconds",
+        ]);
+        assert.equal(c.id, callId);
+        assert.equal(c.klen_call_id, "call_abc123");
+        assert.equal(c.agent_id, agentId);
+        assert.equal(c.agent_name, "Customer Support");
+        assert.equal(c.type, "inbound");
+        assert.equal(c.phone_number, "+15559876543");
+        assert.equal(c.started_at, call.started_at);
+        assert.deepEqual(c.contact, { id: contact.body.id, name: "John Doe", email: "john@example.com" });
+        assert.match(req.json.timestamp, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
+      }
+      const [started, ended, transcript, summary] = all.requests.map((r) => r.json.call);
+      assert.equal(started.status, "in-progress");
+      assert.equal(started.assistant_id, "assistant_abc123");
+      assert.equal(started.ended_at, null);
+      assert.equal(ended.status, "completed");
+      assert.equal(ended.duration, ended.duration_seconds);
+      assert.equal(ended.summary, "Customer asked about billing.");
+      assert.equal(transcript.transcript, "Agent: Hello!\nCustomer: Hi, I have a billing question.");
+      assert.match(summary.summary, /billing discrepancy/);
+      // One body, every endpoint: the filtered endpoint's call.ended is the same bytes and id.
+      const endedAtAll = all.requests[1]!;
+      assert.equal(endedOnly.requests[0]!.body, endedAtAll.body);
+      assert.equal(endedOnly.requests[0]!.id, endedAtAll.id);
+      await all.close();
+      await endedOnly.close();
+    });
+
+    test("an endpoint that answers 500 twice then 200 ends succeeded after 3 logged attempts", async () => {
+      const flaky = await startReceiver({
+        respond: (r) => (r.n <= 2 ? { status: 500, body: `failure ${r.n}` } : 200),
+      });
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: flaky.url });
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "outbound",
+        phone_number: "+15551112222",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await flaky.waitForCount(3);
+      const eventId = flaky.requests[0]!.id;
+      const d = await waitFor("delivery succeeded", async () => {
+        const x = await deliveryOf(server, eventId, endpoint.id);
+        return x?.status === "succeeded" ? x : undefined;
+      });
+      assert.equal(d.attempts.length, 3);
+      assert.deepEqual(
+        d.attempts.map((a: { number: number }) => a.number),
+        [1, 2, 3],
+      );
+      assert.deepEqual(
+        d.attempts.map((a: { status_code: number }) => a.status_code),
+        [500, 500, 200],
+      );
+      assert.match(d.attempts[0].error, /^http_status/);
+      assert.equal(d.attempts[0].response_body, "failure 1");
+      assert.equal(d.attempts[2].error, null);
+      assert.equal(d.attempts[0].request_headers["webhook-id"], eventId);
+      assert.ok(
+        d.attempts.every(
+          (a: { duration_ms: number }) => Number.isInteger(a.duration_ms) && a.duration_ms >= 0,
+        ),
+      );
+      assert.deepEqual(
+        new Set(flaky.requests.map((r) => r.id)).size,
+        1,
+        "every retry carries the same webhook-id",
+      );
+      await flaky.close();
+    });
+
+    test("Idempotency-Key replays the first response and emits nothing new; reuse with another body is a 422", async () => {
+      const rx = await startReceiver();
+      const { agentId } = await setupAccount(server.api, { endpointUrl: rx.url });
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15553334444",
+      });
+      const key = { "idempotency-key": `start-${call.body.id}` };
+      const first = await server.api.post(`/v1/calls/${call.body.id}/start`, {}, key);
+      const again = await server.api.post(`/v1/calls/${call.body.id}/start`, {}, key);
+      assert.equal(first.status, 200);
+      assert.equal(again.status, 200);
+      assert.deepEqual(again.body, first.body);
+      assert.equal(again.headers.get("idempotent-replayed"), "true");
+      const other = await server.api.post(`/v1/calls/${call.body.id}/start`, { assistant_id: "other" }, key);
+      assert.equal(other.status, 422);
+      assert.equal(other.body.error.code, "idempotency_key_reused");
+      // Without the key, a second start is an invalid transition.
+      const second = await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      assert.equal(second.status, 409);
+      const events = await server.api.get(`/v1/events?call_id=${call.body.id}`);
+      assert.equal(events.body.data.length, 1, "exactly one call.started");
+      // Concurrent duplicates: many identical requests at once still make one transition.
+      const endKey = { "idempotency-key": `end-${call.body.id}` };
+      const burst = await Promise.all(
+        Array.from({ length: 8 }, () => server.api.post(`/v1/calls/${call.body.id}/end`, {}, endKey)),
+      );
+      assert.ok(burst.every((r) => r.status === 200));
+      const after2 = await server.api.get(`/v1/events?call_id=${call.body.id}`);
+      assert.equal(after2.body.data.length, 2, "one call.ended for eight identical requests");
+      await rx.close();
+    });
+
+    test("during a secret rotation both signatures are sent, so old and new secrets verify", async () => {
+      const rx = await startReceiver();
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+      const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
+        grace_seconds: 3600,
+      });
+      assert.equal(rotated.status, 200);
+      assert.notEqual(rotated.body.secret, endpoint.secret);
+      assert.match(rotated.body.secret, /^whsec_[A-Za-z0-9+/]{40,}={0,2}$/);
+      const revealed = await server.api.get(`/v1/endpoints/${endpoint.id}/secret`);
+      assert.equal(revealed.body.secret, rotated.body.secret);
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15555556666",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await rx.waitForCount(1);
+      const req = rx.requests[0]!;
+      assert.equal(String(req.headers["webhook-signature"]).split(" ").length, 2);
+      const headers = req.headers as Record<string, string>;
+      assert.ok(new Webhook(endpoint.secret).verify(req.body, headers));
+      assert.ok(new Webhook(rotated.body.secret).verify(req.body, headers));
+      // Without a grace period only the new secret signs.
+      const rotatedNow = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
+        grace_seconds: 0,
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/end`, {});
+      await rx.waitForCount(2);
+      const second = rx.requests[1]!;
+      assert.equal(String(second.headers["webhook-signature"]).split(" ").length, 1);
+      assert.ok(
+        new Webhook(rotatedNow.body.secret).verify(second.body, second.headers as Record<string, string>),
+      );
+      assert.throws(() =>
+        new Webhook(rotated.body.secret).verify(second.body, second.headers as Record<string, string>),
+      );
+      await rx.close();
+    });
+
+    test("410 Gone disables the endpoint at once, with the reason recorded; later events are not attempted", async () => {
+      const gone = await startReceiver({ respond: () => 410 });
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: gone.url });
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15557778888",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      const ep = await waitFor("endpoint disabled", async () => {
+        const e = (await server.api.get(`/v1/endpoints/${endpoint.id}`)).body;
+        return e.disabled ? e : undefined;
+      });
+      assert.match(ep.disabled_reason, /410/);
+      await server.api.post(`/v1/calls/${call.body.id}/end`, {});
+      const events = (await server.api.get(`/v1/events?call_id=${call.body.id}`)).body.data;
+      assert.equal(events.length, 2);
+      const endedEvent = events.find((e: { event_type: string }) => e.event_type === "call.ended");
+      assert.equal(
+        await deliveryOf(server, endedEvent.id, endpoint.id),
+        undefined,
+        "a disabled endpoint gets no new deliveries",
+      );
+      assert.equal(gone.requests.length, 1);
+      // Re-enabling clears the reason.
+      const enabled = await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false });
+      assert.equal(enabled.body.disabled, false);
+      assert.equal(enabled.body.disabled_reason, null);
+      await gone.close();
+    });
+
+    test("429 with Retry-After sets the next attempt by the header, within the schedule's bounds", async () => {
+      const busy = await startReceiver({
+        respond: (r) => (r.n === 1 ? { status: 429, headers: { "retry-after": "0" } } : 200),
+      });
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: busy.url });
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15550001111",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await busy.waitForCount(2);
+      const d = await waitFor("delivery succeeded", async () => {
+        const x = await deliveryOf(server, busy.requests[0]!.id, endpoint.id);
+        return x?.status === "succeeded" ? x : undefined;
+      });
+      assert.deepEqual(
+        d.attempts.map((a: { status_code: number }) => a.status_code),
+        [429, 200],
+      );
+      await busy.close();
+    });
+
+    test("manual retry makes one new attempt now, with the same webhook-id", async () => {
+      const rx = await startReceiver();
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15550002222",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await rx.waitForCount(1);
+      const d = await waitFor("succeeded", async () => {
+        const x = await deliveryOf(server, rx.requests[0]!.id, endpoint.id);
+        return x?.status === "succeeded" ? x : undefined;
+      });
+      const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
+      assert.equal(retry.status, 202);
+      await rx.waitForCount(2);
+      assert.equal(rx.requests[1]!.id, rx.requests[0]!.id);
+      const again = await waitFor("second attempt logged", async () => {
+        const x = (await server.api.get(`/v1/deliveries/${d.id}`)).body;
+        return x.attempts.length === 2 && x.status === "succeeded" ? x : undefined;
+      });
+      assert.deepEqual(
+        again.attempts.map((a: { number: number }) => a.number),
+        [1, 2],
+      );
+      await rx.close();
+    });
   });
-  after(async () => {
-    await server.kill();
-    dir.remove();
-  });
-
-  test("a call's workflow arrives in order, signed and in the seed's format; a filtered endpoint gets only call.ended", async () => {
-    const all = await startReceiver();
-    const endedOnly = await startReceiver();
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: `${all.url}/hooks` });
-    all.setSecret(endpoint.secret);
-    const filtered = await server.api.post("/v1/endpoints", {
-      url: endedOnly.url,
-      event_types: ["call.ended"],
-    });
-    assert.equal(filtered.status, 201);
-    endedOnly.setSecret(filtered.body.secret);
-    const contact = await server.api.post("/v1/contacts", {
-      name: "John Doe",
-      email: "john@example.com",
-      phone_number: "+15559876543",
-    });
-    assert.equal(contact.status, 201);
-
-    const callId = await runCall(server.api, agentId, "+15559876543");
-    await all.waitForCount(4);
-    await endedOnly.waitForCount(1);
-
-    assert.deepEqual(all.verifyFailures, [], "every request verifies with the standardwebhooks package");
-    assert.deepEqual(endedOnly.verifyFailures, []);
-    assert.deepEqual(
-      all.requests.map((r) => r.json.event_type),
-      ["call.started", "call.ended", "call.transcript", "call.summary"],
-    );
-    assert.deepEqual(
-      endedOnly.requests.map((r) => r.json.event_type),
-      ["call.ended"],
-    );
-
-    const events = (await server.api.get(`/v1/events?call_id=${callId}`)).body.data as Array<{
-      id: string;
-      event_type: string;
-      payload: unknown;
-    }>;
-    assert.equal(events.length, 4);
-    const call = (await server.api.get(`/v1/calls/${callId}`)).body;
-    for (const req of all.requests) {
-      assert.equal(validate(req.json), "", `${req.json.event_type} validates against its schema`);
-      assert.equal(req.path, "/hooks");
-      assert.equal(req.headers["content-type"], "application/json");
-      assert.match(String(req.headers["user-agent"]), /^Klen-Webhooks\/\d+\.\d+\.\d+/);
-      assert.match(String(req.headers["webhook-timestamp"]), /^\d+$/);
-      const ev = events.find((e) => e.id === req.id);
-      assert.ok(ev, `webhook-id ${req.id} is the event's id`);
-      assert.equal(req.body, JSON.stringify(ev.payload), "the body is the stored event, byte for byte");
-      const c = req.json.call;
-      assert.deepEqual(Object.keys(c).slice(0, 10), [
-        "id",
-        "klen_call_id",
-        "agent_id",
-        "agent_name",
-        "status",
-        "type",
-        "phone_number",
-        "started_at",
-        "ended_at",
-        "duration_seconds",
-      ]);
-      assert.equal(c.id, callId);
-      assert.equal(c.klen_call_id, "call_abc123");
-      assert.equal(c.agent_id, agentId);
-      assert.equal(c.agent_name, "Customer Support");
-      assert.equal(c.type, "inbound");
-      assert.equal(c.phone_number, "+15559876543");
-      assert.equal(c.started_at, call.started_at);
-      assert.deepEqual(c.contact, { id: contact.body.id, name: "John Doe", email: "john@example.com" });
-      assert.match(req.json.timestamp, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/);
-    }
-    const [started, ended, transcript, summary] = all.requests.map((r) => r.json.call);
-    assert.equal(started.status, "in-progress");
-    assert.equal(started.assistant_id, "assistant_abc123");
-    assert.equal(started.ended_at, null);
-    assert.equal(ended.status, "completed");
-    assert.equal(ended.duration, ended.duration_seconds);
-    assert.equal(ended.summary, "Customer asked about billing.");
-    assert.equal(transcript.transcript, "Agent: Hello!\nCustomer: Hi, I have a billing question.");
-    assert.match(summary.summary, /billing discrepancy/);
-    // One body, every endpoint: the filtered endpoint's call.ended is the same bytes and id.
-    const endedAtAll = all.requests[1]!;
-    assert.equal(endedOnly.requests[0]!.body, endedAtAll.body);
-    assert.equal(endedOnly.requests[0]!.id, endedAtAll.id);
-    await all.close();
-    await endedOnly.close();
-  });
-
-  test("an endpoint that answers 500 twice then 200 ends succeeded after 3 logged attempts", async () => {
-    const flaky = await startReceiver({
-      respond: (r) => (r.n <= 2 ? { status: 500, body: `failure ${r.n}` } : 200),
-    });
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: flaky.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "outbound",
-      phone_number: "+15551112222",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    await flaky.waitForCount(3);
-    const eventId = flaky.requests[0]!.id;
-    const d = await waitFor("delivery succeeded", async () => {
-      const x = await deliveryOf(server, eventId, endpoint.id);
-      return x?.status === "succeeded" ? x : undefined;
-    });
-    assert.equal(d.attempts.length, 3);
-    assert.deepEqual(
-      d.attempts.map((a: { number: number }) => a.number),
-      [1, 2, 3],
-    );
-    assert.deepEqual(
-      d.attempts.map((a: { status_code: number }) => a.status_code),
-      [500, 500, 200],
-    );
-    assert.match(d.attempts[0].error, /^http_status/);
-    assert.equal(d.attempts[0].response_body, "failure 1");
-    assert.equal(d.attempts[2].error, null);
-    assert.equal(d.attempts[0].request_headers["webhook-id"], eventId);
-    assert.ok(
-      d.attempts.every((a: { duration_ms: number }) => Number.isInteger(a.duration_ms) && a.duration_ms >= 0),
-    );
-    assert.deepEqual(
-      new Set(flaky.requests.map((r) => r.id)).size,
-      1,
-      "every retry carries the same webhook-id",
-    );
-    await flaky.close();
-  });
-
-  test("Idempotency-Key replays the first response and emits nothing new; reuse with another body is a 422", async () => {
-    const rx = await startReceiver();
-    const { agentId } = await setupAccount(server.api, { endpointUrl: rx.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15553334444",
-    });
-    const key = { "idempotency-key": `start-${call.body.id}` };
-    const first = await server.api.post(`/v1/calls/${call.body.id}/start`, {}, key);
-    const again = await server.api.post(`/v1/calls/${call.body.id}/start`, {}, key);
-    assert.equal(first.status, 200);
-    assert.equal(again.status, 200);
-    assert.deepEqual(again.body, first.body);
-    assert.equal(again.headers.get("idempotent-replayed"), "true");
-    const other = await server.api.post(`/v1/calls/${call.body.id}/start`, { assistant_id: "other" }, key);
-    assert.equal(other.status, 422);
-    assert.equal(other.body.error.code, "idempotency_key_reused");
-    // Without the key, a second start is an invalid transition.
-    const second = await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    assert.equal(second.status, 409);
-    const events = await server.api.get(`/v1/events?call_id=${call.body.id}`);
-    assert.equal(events.body.data.length, 1, "exactly one call.started");
-    // Concurrent duplicates: many identical requests at once still make one transition.
-    const endKey = { "idempotency-key": `end-${call.body.id}` };
-    const burst = await Promise.all(
-      Array.from({ length: 8 }, () => server.api.post(`/v1/calls/${call.body.id}/end`, {}, endKey)),
-    );
-    assert.ok(burst.every((r) => r.status === 200));
-    const after2 = await server.api.get(`/v1/events?call_id=${call.body.id}`);
-    assert.equal(after2.body.data.length, 2, "one call.ended for eight identical requests");
-    await rx.close();
-  });
-
-  test("during a secret rotation both signatures are sent, so old and new secrets verify", async () => {
-    const rx = await startReceiver();
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
-    const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
-      grace_seconds: 3600,
-    });
-    assert.equal(rotated.status, 200);
-    assert.notEqual(rotated.body.secret, endpoint.secret);
-    assert.match(rotated.body.secret, /^whsec_[A-Za-z0-9+/]{40,}={0,2}$/);
-    const revealed = await server.api.get(`/v1/endpoints/${endpoint.id}/secret`);
-    assert.equal(revealed.body.secret, rotated.body.secret);
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15555556666",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    await rx.waitForCount(1);
-    const req = rx.requests[0]!;
-    assert.equal(String(req.headers["webhook-signature"]).split(" ").length, 2);
-    const headers = req.headers as Record<string, string>;
-    assert.ok(new Webhook(endpoint.secret).verify(req.body, headers));
-    assert.ok(new Webhook(rotated.body.secret).verify(req.body, headers));
-    // Without a grace period only the new secret signs.
-    const rotatedNow = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
-      grace_seconds: 0,
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/end`, {});
-    await rx.waitForCount(2);
-    const second = rx.requests[1]!;
-    assert.equal(String(second.headers["webhook-signature"]).split(" ").length, 1);
-    assert.ok(
-      new Webhook(rotatedNow.body.secret).verify(second.body, second.headers as Record<string, string>),
-    );
-    assert.throws(() =>
-      new Webhook(rotated.body.secret).verify(second.body, second.headers as Record<string, string>),
-    );
-    await rx.close();
-  });
-
-  test("410 Gone disables the endpoint at once, with the reason recorded; later events are not attempted", async () => {
-    const gone = await startReceiver({ respond: () => 410 });
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: gone.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15557778888",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    const ep = await waitFor("endpoint disabled", async () => {
-      const e = (await server.api.get(`/v1/endpoints/${endpoint.id}`)).body;
-      return e.disabled ? e : undefined;
-    });
-    assert.match(ep.disabled_reason, /410/);
-    await server.api.post(`/v1/calls/${call.body.id}/end`, {});
-    const events = (await server.api.get(`/v1/events?call_id=${call.body.id}`)).body.data;
-    assert.equal(events.length, 2);
-    const endedEvent = events.find((e: { event_type: string }) => e.event_type === "call.ended");
-    assert.equal(
-      await deliveryOf(server, endedEvent.id, endpoint.id),
-      undefined,
-      "a disabled endpoint gets no new deliveries",
-    );
-    assert.equal(gone.requests.length, 1);
-    // Re-enabling clears the reason.
-    const enabled = await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false });
-    assert.equal(enabled.body.disabled, false);
-    assert.equal(enabled.body.disabled_reason, null);
-    await gone.close();
-  });
-
-  test("429 with Retry-After sets the next attempt by the header, within the schedule's bounds", async () => {
-    const busy = await startReceiver({
-      respond: (r) => (r.n === 1 ? { status: 429, headers: { "retry-after": "0" } } : 200),
-    });
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: busy.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15550001111",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    await busy.waitForCount(2);
-    const d = await waitFor("delivery succeeded", async () => {
-      const x = await deliveryOf(server, busy.requests[0]!.id, endpoint.id);
-      return x?.status === "succeeded" ? x : undefined;
-    });
-    assert.deepEqual(
-      d.attempts.map((a: { status_code: number }) => a.status_code),
-      [429, 200],
-    );
-    await busy.close();
-  });
-
-  test("manual retry makes one new attempt now, with the same webhook-id", async () => {
-    const rx = await startReceiver();
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15550002222",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    await rx.waitForCount(1);
-    const d = await waitFor("succeeded", async () => {
-      const x = await deliveryOf(server, rx.requests[0]!.id, endpoint.id);
-      return x?.status === "succeeded" ? x : undefined;
-    });
-    const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
-    assert.equal(retry.status, 202);
-    await rx.waitForCount(2);
-    assert.equal(rx.requests[1]!.id, rx.requests[0]!.id);
-    const again = await waitFor("second attempt logged", async () => {
-      const x = (await server.api.get(`/v1/deliveries/${d.id}`)).body;
-      return x.attempts.length === 2 && x.status === "succeeded" ? x : undefined;
-    });
-    assert.deepEqual(
-      again.attempts.map((a: { number: number }) => a.number),
-      [1, 2],
-    );
-    await rx.close();
-  });
-});
 
 describe("failure settings (separate server: short timeout, short schedule)", () => {
   const dir = tempDir();
