@@ -1,4 +1,4 @@
-import type { Selectable } from "kysely";
+import type { Insertable, Selectable } from "kysely";
 import { ApiError, notFound } from "../errors.js";
 import { emitEvent } from "../events/emit.js";
 import type { Database } from "../storage/schema.js";
@@ -10,6 +10,40 @@ import { durationSeconds } from "./payload.js";
 import { type Action, type TransitionInput, transition } from "./transitions.js";
 
 export type CallRow = Selectable<Database["calls"]>;
+
+/** A new call row: `queued`, nothing happened yet. */
+export function newCallRow(f: {
+  accountId: number;
+  agentId: number;
+  type: string;
+  phoneNumber: string;
+  contactId: number | null;
+  klenCallId: string | null;
+  onlyEndpointId?: string | null;
+  now: number;
+}): Insertable<Database["calls"]> {
+  return {
+    account_id: f.accountId,
+    agent_id: f.agentId,
+    type: f.type,
+    phone_number: f.phoneNumber,
+    contact_id: f.contactId,
+    klen_call_id: f.klenCallId,
+    status: "queued",
+    assistant_id: null,
+    started_at: null,
+    ended_at: null,
+    failure_reason: null,
+    ended_reason: null,
+    brief_summary: null,
+    transcript_at: null,
+    summary_at: null,
+    recording_at: null,
+    only_endpoint_id: f.onlyEndpointId ?? null,
+    created_at: f.now,
+    updated_at: f.now,
+  };
+}
 
 /** Reads a call of the account, locking its row where the dialect has row locks. */
 export async function lockCall(

@@ -44,6 +44,21 @@ const conflict = (call: CallState, action: Action, need: string): TransitionResu
   message: `call ${call.id} is ${call.status}; ${action} needs ${need}`,
 });
 
+/** When an ending step ends the call: as given (not before it started), or now. */
+function endTime(call: CallState, input: TransitionInput): number | TransitionResult {
+  const endedAt = input.ended_at ?? Math.max(input.now, call.started_at ?? input.now);
+  if (call.started_at !== null && endedAt < call.started_at) {
+    return {
+      ok: false,
+      status: 400,
+      code: "invalid_request",
+      message: "ended_at is before started_at",
+      field: "ended_at",
+    };
+  }
+  return endedAt;
+}
+
 /**
  * The call lifecycle (PRODUCT.md §4): queued → in-progress → completed, or → failed from either
  * earlier state; transcript, summary and recording follow a completed call or a failed call that
@@ -66,16 +81,8 @@ export function transition(call: CallState, action: Action, input: TransitionInp
     }
     case "end": {
       if (call.status !== "in-progress") return conflict(call, action, "a call in-progress");
-      const endedAt = input.ended_at ?? Math.max(now, call.started_at ?? now);
-      if (call.started_at !== null && endedAt < call.started_at) {
-        return {
-          ok: false,
-          status: 400,
-          code: "invalid_request",
-          message: "ended_at is before started_at",
-          field: "ended_at",
-        };
-      }
+      const endedAt = endTime(call, input);
+      if (typeof endedAt !== "number") return endedAt;
       return {
         ok: true,
         event: "call.ended",
@@ -86,16 +93,8 @@ export function transition(call: CallState, action: Action, input: TransitionInp
       if (call.status !== "queued" && call.status !== "in-progress") {
         return conflict(call, action, "a queued call or a call in-progress");
       }
-      const endedAt = input.ended_at ?? Math.max(now, call.started_at ?? now);
-      if (call.started_at !== null && endedAt < call.started_at) {
-        return {
-          ok: false,
-          status: 400,
-          code: "invalid_request",
-          message: "ended_at is before started_at",
-          field: "ended_at",
-        };
-      }
+      const endedAt = endTime(call, input);
+      if (typeof endedAt !== "number") return endedAt;
       const reason = input.failure_reason ?? "failed";
       return {
         ok: true,

@@ -1,6 +1,6 @@
 import { FAILURE_REASONS } from "@klen/webhooks/schemas";
 import { textContent } from "../../calls/content.js";
-import { applyTransition, callObject, normalizeCall } from "../../calls/service.js";
+import { applyTransition, callObject, newCallRow, normalizeCall } from "../../calls/service.js";
 import type { Action, TransitionInput } from "../../calls/transitions.js";
 import { badRequest, notFound } from "../../errors.js";
 import { enqueueIfAutoSummary } from "../../summaries/jobs.js";
@@ -88,27 +88,17 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
         const now = ctx.clock.now();
         const row = await trx
           .insertInto("calls")
-          .values({
-            account_id: accountId,
-            agent_id: b.agent_id,
-            type: b.type,
-            phone_number: b.phone_number,
-            contact_id: contactId,
-            klen_call_id: b.klen_call_id ?? null,
-            status: "queued",
-            assistant_id: null,
-            started_at: null,
-            ended_at: null,
-            failure_reason: null,
-            ended_reason: null,
-            brief_summary: null,
-            transcript_at: null,
-            summary_at: null,
-            recording_at: null,
-            only_endpoint_id: null,
-            created_at: now,
-            updated_at: now,
-          })
+          .values(
+            newCallRow({
+              accountId,
+              agentId: b.agent_id,
+              type: b.type,
+              phoneNumber: b.phone_number,
+              contactId,
+              klenCallId: b.klen_call_id ?? null,
+              now,
+            }),
+          )
           .returningAll()
           .executeTakeFirstOrThrow();
         return { status: 201, body: callObject(normalizeCall(row)) };

@@ -1,4 +1,5 @@
 import { FAILURE_REASONS } from "@klen/webhooks/schemas";
+import { newCallRow } from "../../calls/service.js";
 import { badRequest } from "../../errors.js";
 import { type Outcome, runTestCall } from "../../simulator/run.js";
 import type { Db } from "../../storage/types.js";
@@ -91,28 +92,19 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
         agentName = agent.name;
         const call = await trx
           .insertInto("calls")
-          .values({
-            account_id: accountId,
-            agent_id: agent.id,
-            type: "outbound",
-            // 555-01xx numbers are reserved for fiction; E.164 all the same.
-            phone_number: `+1555010${String(Math.floor(Math.random() * 10000)).padStart(4, "0")}`,
-            contact_id: null,
-            klen_call_id: `call_test_${randomToken(9)}`,
-            status: "queued",
-            assistant_id: null,
-            started_at: null,
-            ended_at: null,
-            failure_reason: null,
-            ended_reason: null,
-            brief_summary: null,
-            transcript_at: null,
-            summary_at: null,
-            recording_at: null,
-            only_endpoint_id: b.endpoint_id ?? null,
-            created_at: now,
-            updated_at: now,
-          })
+          .values(
+            newCallRow({
+              accountId,
+              agentId: agent.id,
+              type: "outbound",
+              // 555-01xx numbers are reserved for fiction; E.164 all the same.
+              phoneNumber: `+1555010${String(Math.floor(Math.random() * 10000)).padStart(4, "0")}`,
+              contactId: null,
+              klenCallId: `call_test_${randomToken(9)}`,
+              onlyEndpointId: b.endpoint_id ?? null,
+              now,
+            }),
+          )
           .returning("id")
           .executeTakeFirstOrThrow();
         created = Number(call.id);
