@@ -46,7 +46,7 @@ function record(cfg: BenchConfig, scenario: string, l: LedgerCheck): void {
 /** 1. The raw limit: the best of a few concurrencies. */
 export async function scenarioRaw(cfg: BenchConfig): Promise<number> {
   const secret = `whsec_${randomBytes(32).toString("base64")}`;
-  const ms = cfg.quick ? 2_000 : 5_000;
+  const ms = cfg.quick ? 1_500 : 5_000;
   let best = 0;
   // Warm-up (JIT, connections), not counted.
   await cfg.receiver.reset({ "/raw": secret });
@@ -167,7 +167,7 @@ async function drain(
 
 /** 2. Backlog drain on SQLite and PostgreSQL. */
 export async function scenarioDrain(cfg: BenchConfig, raw: number) {
-  const n = cfg.quick ? 20_000 : 100_000;
+  const n = cfg.quick ? 10_000 : 100_000;
   const out = {
     sqlite_rps: 0,
     postgres_rps: 0,
@@ -298,10 +298,10 @@ async function settle(
 /** 3. End to end through the API, closed loop at the highest rate it sustains. */
 export async function scenarioE2E(cfg: BenchConfig, raw: number) {
   const lanes = 16;
-  const ms = cfg.quick ? 6_000 : 15_000;
+  const ms = cfg.quick ? 5_000 : 15_000;
   const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/e2e"), path: "/e2e" }]);
   try {
-    const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 3_000 : 8_000);
+    const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 1_200 : 8_000);
     const load = await closedLoop(rig.api, calls, lanes, ms);
     const s = await settle(cfg, rig, ["/e2e"], load.events);
     record(cfg, "e2e", s.ledger);
@@ -327,7 +327,7 @@ function latencyLine(l: number[]): string {
 
 /** 4. Latency at fixed offered loads: API 2xx → arrival. */
 export async function scenarioLatency(cfg: BenchConfig) {
-  const ms = cfg.quick ? 4_000 : 10_000;
+  const ms = cfg.quick ? 3_000 : 10_000;
   const out: Array<{
     offered_rps: number;
     achieved_rps: number;
@@ -421,7 +421,7 @@ export async function scenarioIsolation(cfg: BenchConfig) {
       const d = await drain(cfg, {
         databaseUrl: `sqlite:${dir.path}/klen.db`,
         dataDir: dir.path,
-        deliveries: cfg.quick ? 20_000 : 100_000,
+        deliveries: cfg.quick ? 16_000 : 100_000,
         endpoints: healthy.length,
         dead: withDead,
         env,
