@@ -60,11 +60,9 @@ export function openSqlite(path: string): Store {
     async notifyWork() {},
     onWork() {},
     isUniqueViolation(err) {
-      return (
-        typeof err === "object" &&
-        err !== null &&
-        String((err as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")
-      );
+      // Only UNIQUE and PRIMARY KEY: a NOT NULL or CHECK violation is a bug, not a race to replay.
+      const code = typeof err === "object" && err !== null ? (err as { code?: string }).code : undefined;
+      return code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY";
     },
     async close() {
       await db.destroy();
