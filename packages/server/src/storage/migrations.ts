@@ -199,4 +199,16 @@ CREATE INDEX summary_jobs_due ON summary_jobs (next_attempt_at) WHERE status = '
 ALTER TABLE deliveries ADD COLUMN leased_until ${d.bigint};
 `,
   },
+  {
+    id: 4,
+    name: "claim_index_with_endpoint",
+    sql: () => `
+-- The claim skips endpoints this worker already saturates (endpoint_id NOT IN …). With only
+-- next_attempt_at in the index, every skipped row cost a table lookup, and a dead endpoint's due
+-- rows pile up at the front of the queue: 4 ms per claim at 25,000 of them, 0.23 ms with
+-- endpoint_id in the index (bench: isolation scenario).
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, endpoint_id) WHERE status = 'pending';
+`,
+  },
 ];
