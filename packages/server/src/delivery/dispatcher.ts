@@ -41,6 +41,7 @@ export class Dispatcher {
   private loopDone: Promise<void> = Promise.resolve();
   private dirty = true;
   private wakeUp: (() => void) | undefined;
+  private wakeQueued = false;
   private inflight = new Map<string, Claimed>();
   private perEndpoint = new Map<string, number>();
   private buffer: Outcome[] = [];
@@ -82,9 +83,17 @@ export class Dispatcher {
 
   wake(): void {
     this.dirty = true;
-    const w = this.wakeUp;
-    this.wakeUp = undefined;
-    w?.();
+    if (this.wakeQueued || !this.wakeUp) return;
+    // Resume a sleeping loop after the current I/O phase, not at once: every commit and every
+    // completion that lands in the same turn then shares one claim query. Under load this turns
+    // one claim per event into one per turn; idle, it costs nothing (the next turn is immediate).
+    this.wakeQueued = true;
+    setImmediate(() => {
+      this.wakeQueued = false;
+      const w = this.wakeUp;
+      this.wakeUp = undefined;
+      w?.();
+    });
   }
 
   /** Attempts currently in flight (for metrics and tests). */
