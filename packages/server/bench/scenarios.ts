@@ -250,7 +250,12 @@ async function apiRig(
 ): Promise<ApiRig> {
   const dir = tempDir("klen-bench-");
   const databaseUrl = `sqlite:${dir.path}/klen.db`;
-  const server = await startServerProcess({ dataDir: dir.path, databaseUrl, env: opts.env ?? {} });
+  const server = await startServerProcess({ dataDir: dir.path, databaseUrl, env: opts.env ?? {} }).catch(
+    (err: unknown) => {
+      dir.remove();
+      throw err;
+    },
+  );
   const api = new Api(server.url, BENCH_API_KEY, opts.connections ?? 64);
   const agent = await api.post("/v1/agents", { name: "Customer Support", assistant_id: "assistant_abc123" });
   if (agent.status !== 201) throw new Error(`agent: ${agent.status}`);
