@@ -5,7 +5,6 @@ import {
   Api,
   closedLoop,
   createCalls,
-  type LoadResult,
   latencies,
   now,
   openLoop,
