@@ -1,3 +1,4 @@
+import type { SelectQueryBuilder } from "kysely";
 import { badRequest } from "../errors.js";
 
 /** Query-string schema shared by every list route. */
@@ -32,4 +33,23 @@ export function page<R, O>(rows: R[], limit: number, idOf: (r: R) => string | nu
   const data = (more ? rows.slice(0, limit) : rows).map(map);
   const last = more ? rows[limit - 1] : undefined;
   return { data, next_cursor: last === undefined ? null : encodeCursor(idOf(last)) };
+}
+
+/**
+ * One page of a list, newest first: the rows below the cursor's id, `limit + 1` of them, as
+ * `{data, next_cursor}`. `sel` is the list's query with its own filters already applied.
+ */
+export async function listPage<R extends { id: number | string }, O>(
+  sel: SelectQueryBuilder<any, any, R>,
+  q: { limit: number; cursor?: string | undefined },
+  kind: "int" | "string",
+  map: (r: R) => O,
+) {
+  const before = decodeCursor(q.cursor, kind);
+  const filtered = before === undefined ? sel : sel.where("id" as never, "<", before as never);
+  const rows = (await filtered
+    .orderBy("id" as never, "desc")
+    .limit(q.limit + 1)
+    .execute()) as R[];
+  return page(rows, q.limit, (r) => (kind === "int" ? Number(r.id) : r.id), map);
 }

@@ -3,7 +3,7 @@ import { notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
-import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { listPage, pageQuery } from "../pagination.js";
 import { idParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
@@ -61,18 +61,12 @@ export const agentRoutes: RouteModule = (app, ctx, h) => {
     { schema: { querystring: { type: "object", properties: pageQuery } } },
     async (req) => {
       const q = req.query as { limit: number; cursor?: string };
-      const before = decodeCursor(q.cursor, "int");
-      let sel = ctx.store.db
+      const sel = ctx.store.db
         .selectFrom("agents")
         .selectAll()
         .where("account_id", "=", req.account.id)
         .where("deleted_at", "is", null);
-      if (before !== undefined) sel = sel.where("id", "<", before);
-      const rows = await sel
-        .orderBy("id", "desc")
-        .limit(q.limit + 1)
-        .execute();
-      return page(rows, q.limit, (r) => Number(r.id), agentObject);
+      return listPage(sel, q, "int", agentObject);
     },
   );
 

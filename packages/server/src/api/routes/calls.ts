@@ -5,7 +5,7 @@ import type { Action, TransitionInput } from "../../calls/transitions.js";
 import { badRequest, notFound } from "../../errors.js";
 import { enqueueIfAutoSummary } from "../../summaries/jobs.js";
 import { parseIso } from "../../util/time.js";
-import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { listPage, pageQuery } from "../pagination.js";
 import { findAgent } from "./agents.js";
 import { e164, idParam, isoTimestamp } from "./common.js";
 import { findContact } from "./contacts.js";
@@ -121,21 +121,10 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
     },
     async (req) => {
       const q = req.query as { limit: number; cursor?: string; status?: string; agent_id?: number };
-      const before = decodeCursor(q.cursor, "int");
       let sel = ctx.store.db.selectFrom("calls").selectAll().where("account_id", "=", req.account.id);
-      if (before !== undefined) sel = sel.where("id", "<", before);
       if (q.status) sel = sel.where("status", "=", q.status);
       if (q.agent_id) sel = sel.where("agent_id", "=", q.agent_id);
-      const rows = await sel
-        .orderBy("id", "desc")
-        .limit(q.limit + 1)
-        .execute();
-      return page(
-        rows,
-        q.limit,
-        (r) => Number(r.id),
-        (r) => callObject(normalizeCall(r)),
-      );
+      return listPage(sel, q, "int", (r) => callObject(normalizeCall(r)));
     },
   );
 

@@ -3,7 +3,7 @@ import { notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
-import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { listPage, pageQuery } from "../pagination.js";
 import { e164, idParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
@@ -64,18 +64,12 @@ export const contactRoutes: RouteModule = (app, ctx, h) => {
     { schema: { querystring: { type: "object", properties: pageQuery } } },
     async (req) => {
       const q = req.query as { limit: number; cursor?: string };
-      const before = decodeCursor(q.cursor, "int");
-      let sel = ctx.store.db
+      const sel = ctx.store.db
         .selectFrom("contacts")
         .selectAll()
         .where("account_id", "=", req.account.id)
         .where("deleted_at", "is", null);
-      if (before !== undefined) sel = sel.where("id", "<", before);
-      const rows = await sel
-        .orderBy("id", "desc")
-        .limit(q.limit + 1)
-        .execute();
-      return page(rows, q.limit, (r) => Number(r.id), contactObject);
+      return listPage(sel, q, "int", contactObject);
     },
   );
 

@@ -8,7 +8,7 @@ import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { newEndpointSecret, newId } from "../../util/ids.js";
 import { isoMillis, parseIso } from "../../util/time.js";
-import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { listPage, pageQuery } from "../pagination.js";
 import { isoTimestamp, stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
@@ -133,18 +133,12 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
     { schema: { querystring: { type: "object", properties: pageQuery } } },
     async (req) => {
       const q = req.query as { limit: number; cursor?: string };
-      const before = decodeCursor(q.cursor, "string");
-      let sel = ctx.store.db
+      const sel = ctx.store.db
         .selectFrom("endpoints")
         .selectAll()
         .where("account_id", "=", req.account.id)
         .where("deleted_at", "is", null);
-      if (before !== undefined) sel = sel.where("id", "<", before);
-      const rows = await sel
-        .orderBy("id", "desc")
-        .limit(q.limit + 1)
-        .execute();
-      return page(rows, q.limit, (r) => r.id, endpointObject);
+      return listPage(sel, q, "string", endpointObject);
     },
   );
 

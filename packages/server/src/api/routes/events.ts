@@ -3,7 +3,7 @@ import type { Selectable } from "kysely";
 import { notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import { isoMillis } from "../../util/time.js";
-import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { listPage, pageQuery } from "../pagination.js";
 import { stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
@@ -33,16 +33,10 @@ export const eventRoutes: RouteModule = (app, ctx) => {
     },
     async (req) => {
       const q = req.query as { limit: number; cursor?: string; event_type?: string; call_id?: number };
-      const before = decodeCursor(q.cursor, "string");
       let sel = ctx.store.db.selectFrom("events").selectAll().where("account_id", "=", req.account.id);
-      if (before !== undefined) sel = sel.where("id", "<", before);
       if (q.event_type) sel = sel.where("event_type", "=", q.event_type);
       if (q.call_id) sel = sel.where("call_id", "=", q.call_id);
-      const rows = await sel
-        .orderBy("id", "desc")
-        .limit(q.limit + 1)
-        .execute();
-      return page(rows, q.limit, (r) => r.id, eventObject);
+      return listPage(sel, q, "string", eventObject);
     },
   );
 
