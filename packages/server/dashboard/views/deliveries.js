@@ -78,7 +78,15 @@ function attemptsTable(d) {
                 ),
           ),
           h("td", { class: "nowrap" }, fmtMs(a.duration_ms)),
-          h("td", { class: "small" }, a.error ?? h("span", { class: "muted" }, "—")),
+          h(
+            "td",
+            { class: "small" },
+            a.error
+              ? a.error_message
+                ? `${a.error}: ${a.error_message}`
+                : a.error
+              : h("span", { class: "muted" }, "—"),
+          ),
           h(
             "td",
             {},

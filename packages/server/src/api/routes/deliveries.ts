@@ -18,7 +18,10 @@ const attemptObject = (a: AttemptRow) => ({
   request_headers: JSON.parse(a.request_headers) as Record<string, string>,
   status_code: a.status_code,
   duration_ms: a.duration_ms,
-  error: a.error,
+  // The log row keeps "class: detail"; the API gives the stable class and the detail apart.
+  error: a.error === null ? null : a.error.split(": ", 1)[0]!,
+  error_message:
+    a.error === null || !a.error.includes(": ") ? null : a.error.slice(a.error.indexOf(": ") + 2),
   response_body: a.response_body,
 });
 
