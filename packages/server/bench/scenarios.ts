@@ -1,16 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { tempDir } from "../test/helpers/server.js";
 import { checkLedger, type LedgerCheck, ledgerLine } from "./ledger.js";
-import {
-  Api,
-  closedLoop,
-  createCalls,
-  latencies,
-  now,
-  openLoop,
-  percentile,
-  rawLimit,
-} from "./load.js";
+import { Api, closedLoop, createCalls, latencies, now, openLoop, percentile, rawLimit } from "./load.js";
 import { benchPostgres } from "./postgres.js";
 import { queueBacklog } from "./queue.js";
 import type { ReceiverProcess } from "./receiver-client.js";
