@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { createAccount } from "../src/accounts/accounts.js";
 import { runIdempotent } from "../src/api/idempotency.js";
-import { applyTransition } from "../src/calls/service.js";
+import { applyTransition, newCallRow } from "../src/calls/service.js";
 import type { Action } from "../src/calls/transitions.js";
 import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch, type Outcome } from "../src/delivery/complete.js";
@@ -129,27 +129,17 @@ for (const backend of backends()) {
           const t = Date.now();
           const row = await store.db
             .insertInto("calls")
-            .values({
-              account_id: account.id,
-              agent_id: agent.id,
-              type: "inbound",
-              phone_number: "+15551234567",
-              contact_id: null,
-              klen_call_id: null,
-              status: "queued",
-              assistant_id: null,
-              started_at: null,
-              ended_at: null,
-              failure_reason: null,
-              ended_reason: null,
-              brief_summary: null,
-              transcript_at: null,
-              summary_at: null,
-              recording_at: null,
-              only_endpoint_id: null,
-              created_at: t,
-              updated_at: t,
-            })
+            .values(
+              newCallRow({
+                accountId: account.id,
+                agentId: agent.id,
+                type: "inbound",
+                phoneNumber: "+15551234567",
+                contactId: null,
+                klenCallId: null,
+                now: t,
+              }),
+            )
             .returning("id")
             .executeTakeFirstOrThrow();
           return row.id;
