@@ -89,13 +89,14 @@ export async function releaseLeases(
   held: Array<{ id: string; claimToken: number }>,
   now: number,
 ): Promise<void> {
-  for (const h of held) {
-    await store.db
-      .updateTable("deliveries")
-      .set({ next_attempt_at: now, leased_until: null, updated_at: now })
-      .where("id", "=", h.id)
-      .where("claim_token", "=", h.claimToken)
-      .where("status", "=", "pending")
-      .execute();
-  }
+  if (held.length === 0) return;
+  // One statement, fenced per delivery on its claim token (the cast makes the token compare as the
+  // integer it is on PostgreSQL, as in complete.ts).
+  const pairs = sql.join(held.map((h) => sql`(${h.id}, CAST(${h.claimToken} AS BIGINT))`));
+  await store.db
+    .updateTable("deliveries")
+    .set({ next_attempt_at: now, leased_until: null, updated_at: now })
+    .where(sql<boolean>`(id, claim_token) IN (VALUES ${pairs})`)
+    .where("status", "=", "pending")
+    .execute();
 }

@@ -157,7 +157,19 @@ export class Dispatcher {
         this.dirty = true;
         continue;
       }
-      for (const c of claimed) this.attempt(c);
+      // One batch can hold more of an endpoint's deliveries than its share of the slots (the
+      // exclusion above only covers endpoints already at their cap). Those are handed back at once,
+      // so a slow or dead endpoint never holds more than `perEndpoint` slots of this process.
+      const excess: Claimed[] = [];
+      for (const c of claimed) {
+        if ((this.perEndpoint.get(c.endpointId) ?? 0) >= this.opts.perEndpoint) excess.push(c);
+        else this.attempt(c);
+      }
+      if (excess.length > 0) {
+        await releaseLeases(this.ctx.store, excess, this.ctx.clock.now()).catch((err) =>
+          this.ctx.log.warn({ err }, "could not hand back excess claims; their leases expire on their own"),
+        );
+      }
       // A full batch means more may be waiting: claim again at once.
       if (claimed.length === want) this.dirty = true;
     }
