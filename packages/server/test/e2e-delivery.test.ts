@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { type EventType, eventSchemas } from "@klen/webhooks/schemas";
 import { Ajv } from "ajv";
 import { Webhook } from "standardwebhooks";
-import { runCall, setupAccount } from "./helpers/api.js";
+import { runCall, setupAccount, startedCall } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
@@ -24,6 +24,14 @@ const validate = (body: { event_type: EventType }) => {
 async function deliveryOf(server: ServerProcess, eventId: string, endpointId: string) {
   const r = await server.api.get(`/v1/deliveries?event_id=${eventId}&endpoint_id=${endpointId}`);
   return r.body.data[0];
+}
+
+/** Waits until the delivery of an event to an endpoint reaches `status`, and returns it. */
+function deliveryWithStatus(server: ServerProcess, eventId: string, endpointId: string, status: string) {
+  return waitFor(`delivery ${status}`, async () => {
+    const x = await deliveryOf(server, eventId, endpointId);
+    return x?.status === status ? x : undefined;
+  });
 }
 
 after(() => stopPostgres());
@@ -135,18 +143,10 @@ for (const backend of backends())
         respond: (r) => (r.n <= 2 ? { status: 500, body: `failure ${r.n}` } : 200),
       });
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: flaky.url });
-      const call = await server.api.post("/v1/calls", {
-        agent_id: agentId,
-        type: "outbound",
-        phone_number: "+15551112222",
-      });
-      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await startedCall(server.api, agentId, "+15551112222", "outbound");
       await flaky.waitForCount(3);
       const eventId = flaky.requests[0]!.id;
-      const d = await waitFor("delivery succeeded", async () => {
-        const x = await deliveryOf(server, eventId, endpoint.id);
-        return x?.status === "succeeded" ? x : undefined;
-      });
+      const d = await deliveryWithStatus(server, eventId, endpoint.id, "succeeded");
       assert.equal(d.attempts.length, 3);
       assert.deepEqual(
         d.attempts.map((a: { number: number }) => a.number),
@@ -219,12 +219,7 @@ for (const backend of backends())
       assert.match(rotated.body.secret, /^whsec_[A-Za-z0-9+/]{40,}={0,2}$/);
       const revealed = await server.api.get(`/v1/endpoints/${endpoint.id}/secret`);
       assert.equal(revealed.body.secret, rotated.body.secret);
-      const call = await server.api.post("/v1/calls", {
-        agent_id: agentId,
-        type: "inbound",
-        phone_number: "+15555556666",
-      });
-      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      const callId = await startedCall(server.api, agentId, "+15555556666");
       await rx.waitForCount(1);
       const req = rx.requests[0]!;
       assert.equal(String(req.headers["webhook-signature"]).split(" ").length, 2);
@@ -235,7 +230,7 @@ for (const backend of backends())
       const rotatedNow = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
         grace_seconds: 0,
       });
-      await server.api.post(`/v1/calls/${call.body.id}/end`, {});
+      await server.api.post(`/v1/calls/${callId}/end`, {});
       await rx.waitForCount(2);
       const second = rx.requests[1]!;
       assert.equal(String(second.headers["webhook-signature"]).split(" ").length, 1);
@@ -251,19 +246,14 @@ for (const backend of backends())
     test("410 Gone disables the endpoint at once, with the reason recorded; later events are not attempted", async () => {
       const gone = await startReceiver({ respond: () => 410 });
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: gone.url });
-      const call = await server.api.post("/v1/calls", {
-        agent_id: agentId,
-        type: "inbound",
-        phone_number: "+15557778888",
-      });
-      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      const callId = await startedCall(server.api, agentId, "+15557778888");
       const ep = await waitFor("endpoint disabled", async () => {
         const e = (await server.api.get(`/v1/endpoints/${endpoint.id}`)).body;
         return e.disabled ? e : undefined;
       });
       assert.match(ep.disabled_reason, /410/);
-      await server.api.post(`/v1/calls/${call.body.id}/end`, {});
-      const events = (await server.api.get(`/v1/events?call_id=${call.body.id}`)).body.data;
+      await server.api.post(`/v1/calls/${callId}/end`, {});
+      const events = (await server.api.get(`/v1/events?call_id=${callId}`)).body.data;
       assert.equal(events.length, 2);
       const endedEvent = events.find((e: { event_type: string }) => e.event_type === "call.ended");
       assert.equal(
@@ -284,17 +274,9 @@ for (const backend of backends())
         respond: (r) => (r.n === 1 ? { status: 429, headers: { "retry-after": "0" } } : 200),
       });
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: busy.url });
-      const call = await server.api.post("/v1/calls", {
-        agent_id: agentId,
-        type: "inbound",
-        phone_number: "+15550001111",
-      });
-      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await startedCall(server.api, agentId, "+15550001111");
       await busy.waitForCount(2);
-      const d = await waitFor("delivery succeeded", async () => {
-        const x = await deliveryOf(server, busy.requests[0]!.id, endpoint.id);
-        return x?.status === "succeeded" ? x : undefined;
-      });
+      const d = await deliveryWithStatus(server, busy.requests[0]!.id, endpoint.id, "succeeded");
       assert.deepEqual(
         d.attempts.map((a: { status_code: number }) => a.status_code),
         [429, 200],
@@ -305,17 +287,9 @@ for (const backend of backends())
     test("manual retry makes one new attempt now, with the same webhook-id", async () => {
       const rx = await startReceiver();
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
-      const call = await server.api.post("/v1/calls", {
-        agent_id: agentId,
-        type: "inbound",
-        phone_number: "+15550002222",
-      });
-      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await startedCall(server.api, agentId, "+15550002222");
       await rx.waitForCount(1);
-      const d = await waitFor("succeeded", async () => {
-        const x = await deliveryOf(server, rx.requests[0]!.id, endpoint.id);
-        return x?.status === "succeeded" ? x : undefined;
-      });
+      const d = await deliveryWithStatus(server, rx.requests[0]!.id, endpoint.id, "succeeded");
       const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
       assert.equal(retry.status, 202);
       await rx.waitForCount(2);
@@ -349,17 +323,9 @@ describe("failure settings (separate server: short timeout, short schedule)", ()
   test("an endpoint that never answers ends failed after the whole schedule, each attempt a timeout", async () => {
     const silent = await startReceiver({ respond: () => ({ status: 200, hang: true }) });
     const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: silent.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15550003333",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-    const eventId = (await server.api.get(`/v1/events?call_id=${call.body.id}`)).body.data[0].id;
-    const d = await waitFor("delivery failed", async () => {
-      const x = await deliveryOf(server, eventId, endpoint.id);
-      return x?.status === "failed" ? x : undefined;
-    });
+    const callId = await startedCall(server.api, agentId, "+15550003333");
+    const eventId = (await server.api.get(`/v1/events?call_id=${callId}`)).body.data[0].id;
+    const d = await deliveryWithStatus(server, eventId, endpoint.id, "failed");
     assert.equal(d.attempts.length, 3, "1 immediate attempt + 2 retries");
     assert.ok(
       d.attempts.every(
@@ -383,10 +349,7 @@ describe("failure settings (separate server: short timeout, short schedule)", ()
     assert.equal(rec.body.queued, 1);
     await healthy.waitForCount(1);
     assert.equal(healthy.requests[0]!.id, eventId);
-    const fixed = await waitFor("recovered delivery succeeded", async () => {
-      const x = await deliveryOf(server, eventId, endpoint.id);
-      return x?.status === "succeeded" ? x : undefined;
-    });
+    const fixed = await deliveryWithStatus(server, eventId, endpoint.id, "succeeded");
     assert.equal(fixed.attempts.length, 4);
     const epAfter = (await server.api.get(`/v1/endpoints/${endpoint.id}`)).body;
     assert.equal(epAfter.failing_since, null, "a success clears the failure clock");
@@ -411,12 +374,7 @@ describe("automatic disable after continuous failure", () => {
   test("an endpoint failing every attempt for KLEN_DISABLE_AFTER is disabled with the reason", async () => {
     const down = await startReceiver({ respond: () => 503 });
     const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: down.url });
-    const call = await server.api.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15550004444",
-    });
-    await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+    await startedCall(server.api, agentId, "+15550004444");
     const ep = await waitFor("endpoint auto-disabled", async () => {
       const e = (await server.api.get(`/v1/endpoints/${endpoint.id}`)).body;
       return e.disabled ? e : undefined;
@@ -452,12 +410,7 @@ describe("manual retry beside an attempt in flight", () => {
     const url = `http://127.0.0.1:${(srv.address() as import("node:net").AddressInfo).port}`;
     try {
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: url });
-      const call = await server.api.post("/v1/calls", {
-        agent_id: agentId,
-        type: "inbound",
-        phone_number: "+15550005555",
-      });
-      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      await startedCall(server.api, agentId, "+15550005555");
       await waitFor("the attempt to arrive", () => received === 1);
       const d = (await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`)).body.data[0];
       const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);

@@ -72,3 +72,17 @@ export async function runCall(api: ApiClient, agentId: number, phone = "+1555123
   }
   return id;
 }
+
+/** Creates a call and starts it (emits call.started); returns the call's id. */
+export async function startedCall(
+  api: ApiClient,
+  agentId: number,
+  phone: string,
+  type = "inbound",
+): Promise<number> {
+  const c = await api.post("/v1/calls", { agent_id: agentId, type, phone_number: phone });
+  if (c.status !== 201) throw new Error(`call: ${c.status} ${JSON.stringify(c.body)}`);
+  const s = await api.post(`/v1/calls/${c.body.id}/start`, {});
+  if (s.status !== 200) throw new Error(`start: ${s.status} ${JSON.stringify(s.body)}`);
+  return c.body.id as number;
+}
