@@ -17,6 +17,14 @@ export async function startServerProcess(opts: {
     dataDir: opts.dataDir,
     role: opts.role ?? "all",
     apiKey: BENCH_API_KEY,
+    // KLEN_BENCH_PROFILE=DIR: every server process writes a V8 CPU profile there when it exits.
+    nodeArgs: process.env.KLEN_BENCH_PROFILE
+      ? [
+          "--cpu-prof",
+          `--cpu-prof-dir=${process.env.KLEN_BENCH_PROFILE}`,
+          ...(process.env.KLEN_BENCH_X ? ["--import", process.env.KLEN_BENCH_X] : []),
+        ]
+      : [],
     // The product's own delivery defaults (the test helper shortens them); scenarios override.
     env: {
       KLEN_DATABASE_URL: opts.databaseUrl,

@@ -148,9 +148,12 @@ export async function buildApp(
     async mutate(req, reply, fn, o = {}) {
       const header = req.headers["idempotency-key"];
       const key = Array.isArray(header) ? header[0] : header;
+      // Only a request with a key is ever compared with another, so only then is its body hashed.
       const raw =
-        (req as { rawBodyDigest?: string }).rawBodyDigest ??
-        digest(req.body === undefined ? "" : JSON.stringify(req.body));
+        key === undefined
+          ? ""
+          : ((req as { rawBodyDigest?: string }).rawBodyDigest ??
+            digest(req.body === undefined ? "" : JSON.stringify(req.body)));
       const out = await runIdempotent(
         ctx.store,
         { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest: raw },

@@ -1,6 +1,7 @@
 import { type Selectable, sql } from "kysely";
 import type { Database } from "../storage/schema.js";
 import type { Store } from "../storage/store.js";
+import { PENDING } from "../storage/types.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -29,7 +30,7 @@ export async function claimDue(
   let due = db
     .selectFrom("deliveries")
     .select("id")
-    .where("status", "=", "pending")
+    .where("status", "=", PENDING)
     .where("next_attempt_at", "<=", opts.now);
   if (opts.exclude.length > 0) due = due.where("endpoint_id", "not in", opts.exclude);
   due = due.orderBy("next_attempt_at").limit(opts.limit);
@@ -97,6 +98,6 @@ export async function releaseLeases(
     .updateTable("deliveries")
     .set({ next_attempt_at: now, leased_until: null, updated_at: now })
     .where(sql<boolean>`(id, claim_token) IN (VALUES ${pairs})`)
-    .where("status", "=", "pending")
+    .where("status", "=", PENDING)
     .execute();
 }

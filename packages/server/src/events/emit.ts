@@ -1,7 +1,7 @@
 import type { EventType } from "@klen/webhooks/schemas";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
 import { matches } from "../endpoints/filter.js";
-import type { Db } from "../storage/types.js";
+import { type Db, PENDING } from "../storage/types.js";
 import { newId } from "../util/ids.js";
 import { assertValidEvent } from "../validate.js";
 
@@ -62,7 +62,7 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
     .select("endpoint_id")
     .distinct()
     .where("call_id", "=", input.callId)
-    .where("status", "=", "pending")
+    .where("status", "=", PENDING)
     .where(
       "endpoint_id",
       "in",

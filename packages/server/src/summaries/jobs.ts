@@ -3,7 +3,7 @@ import { announceWork } from "../api/context.js";
 import { textContent } from "../calls/content.js";
 import { applyTransition } from "../calls/service.js";
 import { ApiError } from "../errors.js";
-import type { Db } from "../storage/types.js";
+import { type Db, PENDING } from "../storage/types.js";
 import type { Summarizer } from "./summarizer.js";
 
 /** How long a claimed job belongs to its worker before another may take it (a crash mid-call). */
@@ -66,7 +66,7 @@ async function claim(ctx: AppContext, now: number, callId?: number): Promise<Cla
   let q = ctx.store.db
     .selectFrom("summary_jobs")
     .select(["call_id", "account_id", "transcript", "attempts", "next_attempt_at"])
-    .where("status", "=", "pending")
+    .where("status", "=", PENDING)
     .where("next_attempt_at", "<=", now);
   if (callId !== undefined) q = q.where("call_id", "=", callId);
   const job = await q.orderBy("next_attempt_at").limit(1).executeTakeFirst();
@@ -77,7 +77,7 @@ async function claim(ctx: AppContext, now: number, callId?: number): Promise<Cla
     .updateTable("summary_jobs")
     .set({ next_attempt_at: lease, attempts: Number(job.attempts) + 1, updated_at: now })
     .where("call_id", "=", job.call_id)
-    .where("status", "=", "pending")
+    .where("status", "=", PENDING)
     .where("next_attempt_at", "=", job.next_attempt_at)
     .executeTakeFirst();
   if (Number(res.numUpdatedRows) !== 1) return undefined;

@@ -4,6 +4,12 @@ import { type Summarizer, summarizerFor } from "./summarizer.js";
 
 /** The safety-net poll; a transcript in this process or a NOTIFY from another wakes it sooner. */
 const POLL_MS = 1_000;
+/**
+ * Rounds start at most this often. Every committed event wakes the worker (the wake-up is shared
+ * with the dispatcher, and other processes' NOTIFYs carry no detail), so at API rates an
+ * unthrottled worker ran one empty query per transition.
+ */
+const MIN_GAP_MS = 50;
 
 /**
  * Runs queued summary jobs in worker processes (roles `all` and `worker`). It sleeps until woken
@@ -34,6 +40,7 @@ export class SummaryWorker {
 
   private async run(): Promise<void> {
     while (!this.stopped) {
+      const roundStarted = Date.now();
       try {
         // Keep going while there is a backlog; sleep when a round found nothing.
         if ((await runDueSummaries(this.ctx, this.summarize)) > 0) continue;
@@ -49,6 +56,8 @@ export class SummaryWorker {
         };
       });
       this.wake = undefined;
+      const gap = MIN_GAP_MS - (Date.now() - roundStarted);
+      if (gap > 0 && !this.stopped) await new Promise((r) => setTimeout(r, gap));
     }
   }
 

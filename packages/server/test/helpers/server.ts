@@ -46,6 +46,8 @@ export async function spawnServer(opts: {
   env?: Record<string, string>;
   role?: "all" | "api" | "worker";
   apiKey?: string;
+  /** Extra options for node itself (the bench's `--cpu-prof`). */
+  nodeArgs?: string[];
 }): Promise<ServerProcess> {
   const port = await freePort();
   const apiKey = opts.apiKey ?? "klen_test_key_0123456789";
@@ -62,10 +64,14 @@ export async function spawnServer(opts: {
     ...(opts.env ?? {}),
   };
   let out = "";
-  const proc = spawn(process.execPath, [CLI, "serve", "--role", opts.role ?? "all"], {
-    env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const proc = spawn(
+    process.execPath,
+    [...(opts.nodeArgs ?? []), CLI, "serve", "--role", opts.role ?? "all"],
+    {
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   proc.stdout!.on("data", (d: Buffer) => {
     out += d.toString();
   });
