@@ -1,7 +1,9 @@
 import { type Selectable, sql } from "kysely";
+import { valueList } from "../storage/lists.js";
 import type { Database } from "../storage/schema.js";
 import type { Store } from "../storage/store.js";
 import { PENDING } from "../storage/types.js";
+import { claimedPairs } from "./complete.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -51,8 +53,16 @@ export async function claimDue(
   const eventIds = [...new Set(rows.map((r) => r.event_id))];
   const endpointIds = [...new Set(rows.map((r) => r.endpoint_id))];
   const [events, endpoints] = await Promise.all([
-    db.selectFrom("events").select(["id", "payload"]).where("id", "in", eventIds).execute(),
-    db.selectFrom("endpoints").selectAll().where("id", "in", endpointIds).execute(),
+    db
+      .selectFrom("events")
+      .select(["id", "payload"])
+      .where(sql<boolean>`id IN ${valueList(caps, eventIds, "text")}`)
+      .execute(),
+    db
+      .selectFrom("endpoints")
+      .selectAll()
+      .where(sql<boolean>`id IN ${valueList(caps, endpointIds, "text")}`)
+      .execute(),
   ]);
   const payloadOf = new Map(events.map((e) => [e.id, e.payload]));
   const endpointOf = new Map(endpoints.map((e) => [e.id, e]));
@@ -91,13 +101,11 @@ export async function releaseLeases(
   now: number,
 ): Promise<void> {
   if (held.length === 0) return;
-  // One statement, fenced per delivery on its claim token (the cast makes the token compare as the
-  // integer it is on PostgreSQL, as in complete.ts).
-  const pairs = sql.join(held.map((h) => sql`(${h.id}, CAST(${h.claimToken} AS BIGINT))`));
+  // One statement, fenced per delivery on its claim token.
   await store.db
     .updateTable("deliveries")
     .set({ next_attempt_at: now, leased_until: null, updated_at: now })
-    .where(sql<boolean>`(id, claim_token) IN (VALUES ${pairs})`)
+    .where(sql<boolean>`(id, claim_token) IN ${claimedPairs(store, held)}`)
     .where("status", "=", PENDING)
     .execute();
 }

@@ -1,4 +1,5 @@
 import { sql } from "kysely";
+import { type ColumnType, rowList, valueList } from "../storage/lists.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import type { Claimed } from "./claim.js";
@@ -23,6 +24,19 @@ export interface CompletionPolicy {
   random: () => number;
 }
 
+/** Column types of an attempt row, in the INSERT's column order. */
+const ATTEMPT_TYPES: ColumnType[] = [
+  "text",
+  "integer",
+  "bigint",
+  "text",
+  "text",
+  "integer",
+  "text",
+  "integer",
+  "text",
+];
+
 /**
  * Records a batch of outcomes in one transaction: the attempt log rows, each delivery's new state
  * (fenced on its claim token, so a lease that ran out and was re-claimed is not overwritten), the
@@ -40,27 +54,24 @@ export async function completeBatch(
   await store.db.transaction().execute(async (trx) => {
     const attempts = outcomes.filter((o) => o.result !== null);
     if (attempts.length > 0) {
-      await trx
-        .insertInto("attempts")
-        .values(
-          attempts.map((o) => ({
-            delivery_id: o.claimed.id,
-            number: o.claimed.attemptCount + 1,
-            started_at: o.startedAt,
-            url: o.url,
-            request_headers: JSON.stringify(o.requestHeaders),
-            status_code: o.result!.statusCode,
-            response_body: o.result!.responseBody,
-            duration_ms: o.result!.durationMs,
-            error:
-              o.result!.error === null
-                ? null
-                : o.result!.errorMessage
-                  ? `${o.result!.error}: ${o.result!.errorMessage}`
-                  : o.result!.error,
-          })),
-        )
-        .execute();
+      const rows = attempts.map((o) => {
+        const r = o.result!;
+        return [
+          o.claimed.id,
+          o.claimed.attemptCount + 1,
+          o.startedAt,
+          o.url,
+          JSON.stringify(o.requestHeaders),
+          r.statusCode,
+          r.responseBody,
+          r.durationMs,
+          r.error === null ? null : r.errorMessage ? `${r.error}: ${r.errorMessage}` : r.error,
+        ];
+      });
+      await sql`
+        INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
+                              response_body, duration_ms, error)
+        SELECT * FROM ${rowList(store.caps, rows, ATTEMPT_TYPES)} AS a`.execute(trx);
     }
 
     const succeeded = attempts.filter((o) => o.result!.error === null);
@@ -68,6 +79,7 @@ export async function completeBatch(
     if (succeeded.length > 0) {
       await fencedUpdate(
         trx,
+        store,
         succeeded,
         { status: "succeeded", next_attempt_at: null, last_error: null },
         now,
@@ -87,6 +99,7 @@ export async function completeBatch(
         : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
       await fencedUpdate(
         trx,
+        store,
         [o],
         next.final
           ? { status: "failed", next_attempt_at: null, last_error: error }
@@ -141,16 +154,12 @@ export async function completeBatch(
 
 async function fencedUpdate(
   trx: Db,
+  store: Store,
   outcomes: Outcome[],
   set: { status: string; next_attempt_at: number | null; last_error: string | null },
   now: number,
 ): Promise<void> {
   const attempted = outcomes.some((o) => o.result !== null);
-  // PostgreSQL types untyped parameters in VALUES as text, and `bigint = text` does not exist:
-  // the cast (valid in both dialects) makes the token compare as the integer it is.
-  const pairs = sql.join(
-    outcomes.map((o) => sql`(${o.claimed.id}, CAST(${o.claimed.claimToken} AS BIGINT))`),
-  );
   await trx
     .updateTable("deliveries")
     .set({
@@ -159,8 +168,22 @@ async function fencedUpdate(
       updated_at: now,
       ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
     })
-    .where(sql<boolean>`(id, claim_token) IN (VALUES ${pairs})`)
+    .where(
+      sql<boolean>`(id, claim_token) IN ${claimedPairs(
+        store,
+        outcomes.map((o) => o.claimed),
+      )}`,
+    )
     .execute();
+}
+
+/** `(id, claim_token)` of each claimed delivery, as a row list: the fence of every write after a claim. */
+export function claimedPairs(store: Store, held: ReadonlyArray<{ id: string; claimToken: number }>) {
+  return rowList(
+    store.caps,
+    held.map((h) => [h.id, h.claimToken]),
+    ["text", "bigint"],
+  );
 }
 
 /**
@@ -174,12 +197,13 @@ async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: numb
     await trx.selectFrom("calls").select("id").where("id", "in", callIds).orderBy("id").forShare().execute();
   }
   const ids = finished.map((c) => c.id);
+  // `+next_attempt_at`: SQLite would otherwise walk the due index over every parked row.
   await sql`
     UPDATE deliveries SET next_attempt_at = ${now}
-    WHERE status = 'pending' AND next_attempt_at IS NULL AND id IN (
+    WHERE status = 'pending' AND +next_attempt_at IS NULL AND id IN (
       SELECT (
         SELECT n.id FROM deliveries n
         WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
         ORDER BY n.event_seq LIMIT 1)
-      FROM deliveries d WHERE d.id IN (${sql.join(ids)}))`.execute(trx);
+      FROM deliveries d WHERE d.id IN ${valueList(store.caps, ids, "text")})`.execute(trx);
 }

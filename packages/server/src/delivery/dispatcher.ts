@@ -49,6 +49,7 @@ export class Dispatcher {
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly onWork = () => this.wake();
   private readonly keys = new Map<string, Buffer>();
+  private readonly headerCache = new Map<string, Record<string, string>>();
 
   constructor(
     private ctx: AppContext,
@@ -190,6 +191,17 @@ export class Dispatcher {
     });
   }
 
+  /** An endpoint's custom headers, parsed once per distinct JSON text rather than per attempt. */
+  private customHeaders(json: string): Record<string, string> {
+    let h = this.headerCache.get(json);
+    if (!h) {
+      if (this.headerCache.size > 10_000) this.headerCache.clear();
+      h = JSON.parse(json) as Record<string, string>;
+      this.headerCache.set(json, h);
+    }
+    return h;
+  }
+
   private keyOf(secret: string): Buffer {
     let k = this.keys.get(secret);
     if (!k) {
@@ -246,7 +258,7 @@ export class Dispatcher {
       body: c.payload,
       keys,
       userAgent: `Klen-Webhooks/${this.ctx.version}`,
-      custom: JSON.parse(ep.headers) as Record<string, string>,
+      custom: this.customHeaders(ep.headers),
     });
     const result = await this.sender.send(ep.url, headers, c.payload);
     const logged: Record<string, string> = {};
