@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import { ensureAccountForKey } from "../src/accounts/accounts.js";
 import type { PayloadSource } from "../src/calls/payload.js";
 import { emitEvent } from "../src/events/emit.js";
@@ -123,6 +124,11 @@ export async function queueBacklog(opts: {
       });
       opts.onProgress?.(last);
     }
+    // A backlog built up over time has statistics (autovacuum analyzes a table after about a tenth
+    // of it changed, within a minute); one queued in seconds into a fresh database has none, and
+    // PostgreSQL then plans the claim as a bitmap scan and sort of every pending row (35 ms per
+    // claim of 100 on 50,000 rows, against 4 ms with statistics). Give it what time would have.
+    if (store.caps.name === "postgres") await sql`ANALYZE deliveries`.execute(store.db);
     return { secrets, deliveries, queueSeconds: (performance.now() - started) / 1000 };
   } finally {
     await store.close();
