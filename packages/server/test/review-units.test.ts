@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RateLimiter } from "../src/api/auth.js";
 import { ConfigError, loadConfig } from "../src/config.js";
+import { newId } from "../src/util/ids.js";
 import { parseIso } from "../src/util/time.js";
 
 /** Adversarial review: pure pieces whose edge cases the HTTP tests cannot reach cheaply. */
@@ -58,4 +59,16 @@ test("parseIso refuses impossible calendar fields and instants without a four-di
   assert.equal(parseIso("2025-04-23T14:30:45.123456Z"), Date.UTC(2025, 3, 23, 14, 30, 45, 123));
   assert.equal(parseIso("1970-01-01T00:00:00Z"), 0);
   assert.equal(parseIso("9999-12-31T23:59:59Z"), Date.UTC(9999, 11, 31, 23, 59, 59));
+});
+
+test("ids made in the same millisecond sort in the order they were made; time still leads", () => {
+  const ms = 1_700_000_000_000;
+  const same = Array.from({ length: 1_000 }, () => newId("evt", ms));
+  assert.equal(new Set(same).size, same.length, "all distinct");
+  assert.deepEqual([...same].sort(), same, "made order is sort order");
+  // A later millisecond sorts after all of them whatever its random part; an earlier one before.
+  const later = newId("evt", ms + 1);
+  const earlier = newId("evt", ms - 1);
+  assert.ok(same.every((id) => id < later && id > earlier));
+  assert.match(later, /^evt_[0-9a-hjkmnp-tv-z]{26}$/);
 });
