@@ -1,6 +1,7 @@
 import type { Insertable, Selectable } from "kysely";
 import { ApiError, notFound } from "../errors.js";
 import { emitEvent } from "../events/emit.js";
+import { prepared } from "../storage/prepared.js";
 import type { Database } from "../storage/schema.js";
 import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
@@ -45,6 +46,12 @@ export function newCallRow(f: {
   };
 }
 
+const selectCall = prepared<"id" | "account", CallRow>((db, p, dialect) => {
+  const q = db.selectFrom("calls").selectAll().where("id", "=", p.id).where("account_id", "=", p.account);
+  // Row locks exist on PostgreSQL only (DialectCaps.rowLocks).
+  return dialect === "postgres" ? q.forUpdate() : q;
+});
+
 /** Reads a call of the account, locking its row where the dialect has row locks. */
 export async function lockCall(
   trx: Db,
@@ -52,9 +59,7 @@ export async function lockCall(
   accountId: number,
   callId: number,
 ): Promise<CallRow> {
-  let q = trx.selectFrom("calls").selectAll().where("id", "=", callId).where("account_id", "=", accountId);
-  if (caps.rowLocks) q = q.forUpdate();
-  const call = await q.executeTakeFirst();
+  const [call] = await selectCall(trx, caps.name, { id: callId, account: accountId });
   if (!call) throw notFound("call", callId);
   return normalizeCall(call);
 }
@@ -69,26 +74,28 @@ export function normalizeCall(c: CallRow): CallRow {
   };
 }
 
+const selectAgent = prepared<"id", { id: number; name: string; assistant_id: string | null }>((db, p) =>
+  db.selectFrom("agents").select(["id", "name", "assistant_id"]).where("id", "=", p.id),
+);
+const selectContact = prepared<"id", { id: number; name: string; email: string | null }>((db, p) =>
+  db
+    .selectFrom("contacts")
+    .select(["id", "name", "email"])
+    .where("id", "=", p.id)
+    .where("deleted_at", "is", null),
+);
+
 /** The payload's inputs for a call: its agent (even if since deleted) and its contact, if any. */
 export async function payloadSource(
   trx: Db,
   call: CallRow,
-  content?: PayloadSource["content"],
+  content: PayloadSource["content"] | undefined,
+  dialect: DialectCaps["name"],
 ): Promise<PayloadSource> {
-  const agent = await trx
-    .selectFrom("agents")
-    .select(["id", "name"])
-    .where("id", "=", call.agent_id)
-    .executeTakeFirstOrThrow();
-  const contact =
-    call.contact_id === null
-      ? undefined
-      : await trx
-          .selectFrom("contacts")
-          .select(["id", "name", "email"])
-          .where("id", "=", call.contact_id)
-          .where("deleted_at", "is", null)
-          .executeTakeFirst();
+  const [agent] = await selectAgent(trx, dialect, { id: call.agent_id });
+  if (!agent) throw new Error(`agent ${call.agent_id} of call ${call.id} is missing`);
+  const [contact] =
+    call.contact_id === null ? [] : await selectContact(trx, dialect, { id: call.contact_id });
   return {
     call,
     agent: { id: Number(agent.id), name: agent.name },
@@ -122,11 +129,7 @@ export async function applyTransition(
     );
   }
   if (action === "start" && input.assistant_id === undefined) {
-    const agent = await trx
-      .selectFrom("agents")
-      .select("assistant_id")
-      .where("id", "=", call.agent_id)
-      .executeTakeFirst();
+    const [agent] = await selectAgent(trx, caps.name, { id: call.agent_id });
     result.patch.assistant_id = agent?.assistant_id ?? null;
   }
   const updated = { ...call, ...result.patch, updated_at: input.now } as CallRow;
@@ -135,7 +138,7 @@ export async function applyTransition(
     .set({ ...result.patch, updated_at: input.now })
     .where("id", "=", callId)
     .execute();
-  const source = await payloadSource(trx, updated, contentFor ? await contentFor() : undefined);
+  const source = await payloadSource(trx, updated, contentFor ? await contentFor() : undefined, caps.name);
   const event = await emitEvent(trx, {
     accountId,
     callId,
@@ -144,6 +147,7 @@ export async function applyTransition(
     source,
     now: input.now,
     onlyEndpointId: updated.only_endpoint_id,
+    dialect: caps.name,
   });
   return { call: updated, eventId: event.id };
 }

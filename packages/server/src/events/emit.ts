@@ -1,7 +1,11 @@
 import type { EventType } from "@klen/webhooks/schemas";
+import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
 import { matches } from "../endpoints/filter.js";
-import { type Db, PENDING } from "../storage/types.js";
+import { type ColumnType, rowList, valueList } from "../storage/lists.js";
+import { prepared } from "../storage/prepared.js";
+import type { DialectCaps } from "../storage/store.js";
+import type { Db } from "../storage/types.js";
 import { newId } from "../util/ids.js";
 import { assertValidEvent } from "../validate.js";
 
@@ -14,7 +18,40 @@ export interface EmitInput {
   now: number;
   /** A test call aimed at one endpoint delivers there only. */
   onlyEndpointId: string | null;
+  dialect: DialectCaps["name"];
 }
+
+/** Column types of a new delivery row, in the INSERT's column order (the rest are constants). */
+const DELIVERY_TYPES: ColumnType[] = [
+  "text",
+  "integer",
+  "text",
+  "bigint",
+  "text",
+  "integer",
+  "bigint",
+  "bigint",
+  "bigint",
+];
+
+type EndpointFilterRow = { id: string; event_types: string; agent_ids: string };
+const enabledEndpoints = prepared<"account", EndpointFilterRow>((db, p) =>
+  db
+    .selectFrom("endpoints")
+    .select(["id", "event_types", "agent_ids"])
+    .where("account_id", "=", p.account)
+    .where("deleted_at", "is", null)
+    .where("disabled", "=", 0),
+);
+const enabledEndpoint = prepared<"account" | "id", EndpointFilterRow>((db, p) =>
+  db
+    .selectFrom("endpoints")
+    .select(["id", "event_types", "agent_ids"])
+    .where("account_id", "=", p.account)
+    .where("deleted_at", "is", null)
+    .where("disabled", "=", 0)
+    .where("id", "=", p.id),
+);
 
 /**
  * The outbox step of a transition: inside the caller's transaction, builds the event body once
@@ -41,14 +78,11 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
     .returning("seq")
     .executeTakeFirstOrThrow();
 
-  let q = trx
-    .selectFrom("endpoints")
-    .select(["id", "event_types", "agent_ids"])
-    .where("account_id", "=", input.accountId)
-    .where("deleted_at", "is", null)
-    .where("disabled", "=", 0);
-  if (input.onlyEndpointId !== null) q = q.where("id", "=", input.onlyEndpointId);
-  const endpoints = (await q.execute()).filter((e) =>
+  const candidates =
+    input.onlyEndpointId === null
+      ? await enabledEndpoints(trx, input.dialect, { account: input.accountId })
+      : await enabledEndpoint(trx, input.dialect, { account: input.accountId, id: input.onlyEndpointId });
+  const endpoints = candidates.filter((e) =>
     matches(
       { id: e.id, event_types: JSON.parse(e.event_types), agent_ids: JSON.parse(e.agent_ids) },
       input.type,
@@ -57,38 +91,31 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
   );
   if (endpoints.length === 0) return { id, deliveries: 0 };
 
-  const busy = await trx
-    .selectFrom("deliveries")
-    .select("endpoint_id")
-    .distinct()
-    .where("call_id", "=", input.callId)
-    .where("status", "=", PENDING)
-    .where(
-      "endpoint_id",
-      "in",
-      endpoints.map((e) => e.id),
-    )
-    .execute();
-  const parked = new Set(busy.map((b) => b.endpoint_id));
-  await trx
-    .insertInto("deliveries")
-    .values(
-      endpoints.map((e) => ({
-        id: newId("dlv", input.now),
-        account_id: input.accountId,
-        event_id: id,
-        event_seq: Number(inserted.seq),
-        endpoint_id: e.id,
-        call_id: input.callId,
-        status: "pending",
-        attempt_count: 0,
-        next_attempt_at: parked.has(e.id) ? null : input.now,
-        claim_token: 0,
-        last_error: null,
-        created_at: input.now,
-        updated_at: input.now,
-      })),
-    )
-    .execute();
+  // Fixed SQL text whatever the number of endpoints (storage/lists.ts).
+  const dialect = { name: input.dialect };
+  const busy = await sql<{ endpoint_id: string }>`
+    SELECT DISTINCT endpoint_id FROM deliveries
+    WHERE call_id = ${input.callId} AND status = 'pending'
+      AND endpoint_id IN ${valueList(
+        dialect,
+        endpoints.map((e) => e.id),
+        "text",
+      )}`.execute(trx);
+  const parked = new Set(busy.rows.map((b) => b.endpoint_id));
+  const rows = endpoints.map((e) => [
+    newId("dlv", input.now),
+    input.accountId,
+    id,
+    Number(inserted.seq),
+    e.id,
+    input.callId,
+    parked.has(e.id) ? null : input.now,
+    input.now,
+    input.now,
+  ]);
+  await sql`
+    INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
+                            created_at, updated_at, status, attempt_count, claim_token, last_error)
+    SELECT d.*, 'pending', 0, 0, NULL FROM ${rowList(dialect, rows, DELIVERY_TYPES)} AS d`.execute(trx);
   return { id, deliveries: endpoints.length };
 }

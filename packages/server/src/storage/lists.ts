@@ -13,7 +13,7 @@ export type ColumnType = "text" | "bigint" | "integer";
 
 /** `(SELECT …)` yielding `values` as one column: the right-hand side of `x IN …`. */
 export function valueList(
-  caps: DialectCaps,
+  caps: Pick<DialectCaps, "name">,
   values: readonly (string | number)[],
   type: ColumnType,
 ): RawBuilder<unknown> {
@@ -27,7 +27,7 @@ export function valueList(
  * in `types`): the right-hand side of `(a, b) IN …` or the source of `INSERT … SELECT`.
  */
 export function rowList(
-  caps: DialectCaps,
+  caps: Pick<DialectCaps, "name">,
   rows: ReadonlyArray<ReadonlyArray<string | number | null>>,
   types: readonly ColumnType[],
 ): RawBuilder<unknown> {
