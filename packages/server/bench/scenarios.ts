@@ -296,7 +296,7 @@ export async function scenarioE2E(cfg: BenchConfig, raw: number) {
   const ms = cfg.quick ? 5_000 : 15_000;
   const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/e2e"), path: "/e2e" }]);
   try {
-    const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 1_200 : 8_000);
+    const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 2_000 : 10_000);
     const load = await closedLoop(rig.api, calls, lanes, ms);
     const s = await settle(cfg, rig, ["/e2e"], load.events);
     record(cfg, "e2e", s.ledger);
