@@ -29,9 +29,12 @@ export async function claimDue(
   opts: { now: number; limit: number; leaseMs: number; exclude: readonly string[] },
 ): Promise<Claimed[]> {
   const { db, caps } = store;
+  // SQLite: the due index holds each row's rowid, so selecting rowids needs no table lookup and
+  // the update finds its rows without going through the text primary key's index.
+  const key = caps.name === "sqlite" ? sql<string>`rowid` : sql<string>`id`;
   let due = db
     .selectFrom("deliveries")
-    .select("id")
+    .select(key.as("k"))
     .where("status", "=", PENDING)
     .where("next_attempt_at", "<=", opts.now);
   if (opts.exclude.length > 0) due = due.where("endpoint_id", "not in", opts.exclude);
@@ -45,7 +48,7 @@ export async function claimDue(
       claim_token: sql`claim_token + 1`,
       updated_at: opts.now,
     })
-    .where("id", "in", due)
+    .where(key, "in", due)
     .returning(["id", "event_id", "endpoint_id", "call_id", "attempt_count", "claim_token"])
     .execute();
   if (rows.length === 0) return [];
