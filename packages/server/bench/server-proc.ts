@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { type ServerProcess, spawnServer } from "../test/helpers/server.js";
 
 export type { ServerProcess };
@@ -17,14 +18,16 @@ export async function startServerProcess(opts: {
     dataDir: opts.dataDir,
     role: opts.role ?? "all",
     apiKey: BENCH_API_KEY,
-    // KLEN_BENCH_PROFILE=DIR: every server process writes a V8 CPU profile there when it exits.
-    nodeArgs: process.env.KLEN_BENCH_PROFILE
-      ? [
-          "--cpu-prof",
-          `--cpu-prof-dir=${process.env.KLEN_BENCH_PROFILE}`,
-          ...(process.env.KLEN_BENCH_X ? ["--import", process.env.KLEN_BENCH_X] : []),
-        ]
-      : [],
+    // Instruments (docs/performance.md): KLEN_BENCH_PROFILE=DIR, a V8 CPU profile of every server
+    // process; KLEN_BENCH_SQL_TIMING=DIR, CPU time per SQLite statement (bench/sql-timing.ts).
+    nodeArgs: [
+      ...(process.env.KLEN_BENCH_PROFILE
+        ? ["--cpu-prof", `--cpu-prof-dir=${process.env.KLEN_BENCH_PROFILE}`]
+        : []),
+      ...(process.env.KLEN_BENCH_SQL_TIMING
+        ? ["--import", fileURLToPath(new URL("./sql-timing.js", import.meta.url))]
+        : []),
+    ],
     // The product's own delivery defaults (the test helper shortens them); scenarios override.
     env: {
       KLEN_DATABASE_URL: opts.databaseUrl,
