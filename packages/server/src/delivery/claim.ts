@@ -1,5 +1,5 @@
 import { type Selectable, sql } from "kysely";
-import { valueList } from "../storage/lists.js";
+import { inList } from "../storage/lists.js";
 import type { Database } from "../storage/schema.js";
 import type { Store } from "../storage/store.js";
 import { PENDING } from "../storage/types.js";
@@ -62,12 +62,12 @@ export async function claimDue(
     db
       .selectFrom("events")
       .select(["id", "payload"])
-      .where(sql<boolean>`id IN ${valueList(caps, eventIds, "text")}`)
+      .where(inList(caps, "id", eventIds, "text"))
       .execute(),
     db
       .selectFrom("endpoints")
       .selectAll()
-      .where(sql<boolean>`id IN ${valueList(caps, endpointIds, "text")}`)
+      .where(inList(caps, "id", endpointIds, "text"))
       .execute(),
   ]);
   const payloadOf = new Map(events.map((e) => [e.id, e.payload]));

@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import { type ColumnType, rowList, valueList } from "../storage/lists.js";
+import { type ColumnType, inList, rowList } from "../storage/lists.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import type { Claimed } from "./claim.js";
@@ -205,5 +205,5 @@ async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: numb
         SELECT n.id FROM deliveries n
         WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
         ORDER BY n.event_seq LIMIT 1)
-      FROM deliveries d WHERE d.id IN ${valueList(store.caps, ids, "text")})`.execute(trx);
+      FROM deliveries d WHERE ${inList(store.caps, "d.id", ids, "text")})`.execute(trx);
 }

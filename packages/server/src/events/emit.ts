@@ -2,7 +2,7 @@ import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
 import { matches } from "../endpoints/filter.js";
-import { type ColumnType, rowList, valueList } from "../storage/lists.js";
+import { type ColumnType, inList, rowList } from "../storage/lists.js";
 import { prepared } from "../storage/prepared.js";
 import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
@@ -96,8 +96,9 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
   const busy = await sql<{ endpoint_id: string }>`
     SELECT DISTINCT endpoint_id FROM deliveries
     WHERE call_id = ${input.callId} AND status = 'pending'
-      AND endpoint_id IN ${valueList(
+      AND ${inList(
         dialect,
+        "endpoint_id",
         endpoints.map((e) => e.id),
         "text",
       )}`.execute(trx);
