@@ -57,9 +57,21 @@ describe("Sender", () => {
   const post = (sender: Sender, path: string) =>
     sender.send(`${base}${path}`, { "content-type": "application/json" }, '{"type":"call.started"}');
 
-  test("keeps the first 8 KiB of a body, and a body too large to drain leaves the answer standing", async () => {
-    const sender = new Sender({ dev: true, timeoutMs: 5_000 });
+  /** A sender for one test, closed after it whatever happens. */
+  async function withSender(
+    opts: ConstructorParameters<typeof Sender>[0],
+    fn: (sender: Sender) => Promise<void>,
+  ): Promise<void> {
+    const sender = new Sender(opts);
     try {
+      await fn(sender);
+    } finally {
+      await sender.close();
+    }
+  }
+
+  test("keeps the first 8 KiB of a body, and a body too large to drain leaves the answer standing", async () => {
+    await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
       const big = await post(sender, "/big");
       assert.equal(big.statusCode, 200);
       assert.equal(big.error, null);
@@ -72,28 +84,22 @@ describe("Sender", () => {
       const next = await post(sender, "/ok");
       assert.equal(next.statusCode, 200);
       assert.equal(next.responseBody, "ok");
-    } finally {
-      await sender.close();
-    }
+    });
   });
 
   test("a redirect is a failed attempt and is not followed", async () => {
-    const sender = new Sender({ dev: true, timeoutMs: 5_000 });
-    try {
+    await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
       const before = seen.length;
       const r = await post(sender, "/redirect");
       assert.equal(r.statusCode, 302);
       assert.equal(r.error, "redirect");
       assert.equal(r.errorMessage, "HTTP 302");
       assert.deepEqual(seen.slice(before), ["/redirect"]);
-    } finally {
-      await sender.close();
-    }
+    });
   });
 
   test("response headers reach the caller (Retry-After), and a 1xx is not the answer", async () => {
-    const sender = new Sender({ dev: true, timeoutMs: 5_000 });
-    try {
+    await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
       const busy = await post(sender, "/busy");
       assert.equal(busy.statusCode, 429);
       assert.equal(busy.error, "http_status");
@@ -102,15 +108,12 @@ describe("Sender", () => {
       const processing = await post(sender, "/processing");
       assert.equal(processing.statusCode, 200);
       assert.equal(processing.responseBody, "done");
-    } finally {
-      await sender.close();
-    }
+    });
   });
 
   test("one timeout covers the attempt, including the wait for a free connection", async () => {
     // One connection per origin: the second attempt waits behind the first, which never ends.
-    const sender = new Sender({ dev: true, timeoutMs: 300, connectionsPerOrigin: 1 });
-    try {
+    await withSender({ dev: true, timeoutMs: 300, connectionsPerOrigin: 1 }, async (sender) => {
       const [first, second] = await Promise.all([post(sender, "/never"), post(sender, "/never")]);
       for (const r of [first, second]) {
         assert.equal(r.error, "timeout");
@@ -120,14 +123,11 @@ describe("Sender", () => {
       // The connection the first one held is gone; a healthy path answers again.
       const ok = await post(sender, "/ok");
       assert.equal(ok.error, null);
-    } finally {
-      await sender.close();
-    }
+    });
   });
 
   test("a closed port is connection_refused; a malformed URL is a network error", async () => {
-    const sender = new Sender({ dev: true, timeoutMs: 2_000 });
-    try {
+    await withSender({ dev: true, timeoutMs: 2_000 }, async (sender) => {
       const closed = createServer();
       await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
       const port = (closed.address() as AddressInfo).port;
@@ -137,8 +137,6 @@ describe("Sender", () => {
       const bad = await sender.send("not a url", {}, "{}");
       assert.equal(bad.error, "network");
       assert.equal(bad.errorMessage, "invalid URL");
-    } finally {
-      await sender.close();
-    }
+    });
   });
 });
