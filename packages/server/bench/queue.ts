@@ -117,7 +117,7 @@ export async function queueBacklog(opts: {
             source: sampleSource(i + 1, Number(agent.id), t),
             now: t,
             onlyEndpointId: null,
-            dialect: store.caps.name,
+            caps: store.caps,
           });
           n += r.deliveries;
         }

@@ -35,7 +35,7 @@ export async function textContent(
     .where("id", "=", input.callId)
     .where("account_id", "=", input.accountId)
     .executeTakeFirstOrThrow();
-  const source = await payloadSource(trx, normalizeCall(row), inline, ctx.store.caps.name);
+  const source = await payloadSource(trx, normalizeCall(row), inline, ctx.store.caps);
   const size = Buffer.byteLength(
     JSON.stringify(buildPayload(EVENT_OF[input.kind], source, input.now)),
     "utf8",

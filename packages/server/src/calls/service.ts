@@ -46,10 +46,9 @@ export function newCallRow(f: {
   };
 }
 
-const selectCall = prepared<"id" | "account", CallRow>((db, p, dialect) => {
+const selectCall = prepared<"id" | "account", CallRow>((db, p, caps) => {
   const q = db.selectFrom("calls").selectAll().where("id", "=", p.id).where("account_id", "=", p.account);
-  // Row locks exist on PostgreSQL only (DialectCaps.rowLocks).
-  return dialect === "postgres" ? q.forUpdate() : q;
+  return caps.rowLocks ? q.forUpdate() : q;
 });
 
 /** Reads a call of the account, locking its row where the dialect has row locks. */
@@ -59,7 +58,7 @@ export async function lockCall(
   accountId: number,
   callId: number,
 ): Promise<CallRow> {
-  const [call] = await selectCall(trx, caps.name, { id: callId, account: accountId });
+  const [call] = await selectCall(trx, caps, { id: callId, account: accountId });
   if (!call) throw notFound("call", callId);
   return normalizeCall(call);
 }
@@ -90,12 +89,11 @@ export async function payloadSource(
   trx: Db,
   call: CallRow,
   content: PayloadSource["content"] | undefined,
-  dialect: DialectCaps["name"],
+  caps: DialectCaps,
 ): Promise<PayloadSource> {
-  const [agent] = await selectAgent(trx, dialect, { id: call.agent_id });
+  const [agent] = await selectAgent(trx, caps, { id: call.agent_id });
   if (!agent) throw new Error(`agent ${call.agent_id} of call ${call.id} is missing`);
-  const [contact] =
-    call.contact_id === null ? [] : await selectContact(trx, dialect, { id: call.contact_id });
+  const [contact] = call.contact_id === null ? [] : await selectContact(trx, caps, { id: call.contact_id });
   return {
     call,
     agent: { id: Number(agent.id), name: agent.name },
@@ -129,7 +127,7 @@ export async function applyTransition(
     );
   }
   if (action === "start" && input.assistant_id === undefined) {
-    const [agent] = await selectAgent(trx, caps.name, { id: call.agent_id });
+    const [agent] = await selectAgent(trx, caps, { id: call.agent_id });
     result.patch.assistant_id = agent?.assistant_id ?? null;
   }
   const updated = { ...call, ...result.patch, updated_at: input.now } as CallRow;
@@ -138,7 +136,7 @@ export async function applyTransition(
     .set({ ...result.patch, updated_at: input.now })
     .where("id", "=", callId)
     .execute();
-  const source = await payloadSource(trx, updated, contentFor ? await contentFor() : undefined, caps.name);
+  const source = await payloadSource(trx, updated, contentFor ? await contentFor() : undefined, caps);
   const event = await emitEvent(trx, {
     accountId,
     callId,
@@ -147,7 +145,7 @@ export async function applyTransition(
     source,
     now: input.now,
     onlyEndpointId: updated.only_endpoint_id,
-    dialect: caps.name,
+    caps,
   });
   return { call: updated, eventId: event.id };
 }

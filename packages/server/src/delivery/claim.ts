@@ -1,9 +1,8 @@
 import { type Selectable, sql } from "kysely";
-import { inList } from "../storage/lists.js";
+import { inList, rowList } from "../storage/lists.js";
 import type { Database } from "../storage/schema.js";
 import type { Store } from "../storage/store.js";
 import { PENDING } from "../storage/types.js";
-import { claimedPairs } from "./complete.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -114,4 +113,13 @@ export async function releaseLeases(
     .where(sql<boolean>`(id, claim_token) IN ${claimedPairs(store, held)}`)
     .where("status", "=", PENDING)
     .execute();
+}
+
+/** `(id, claim_token)` of each claimed delivery, as a row list: the fence of every write after a claim. */
+export function claimedPairs(store: Store, held: ReadonlyArray<{ id: string; claimToken: number }>) {
+  return rowList(
+    store.caps,
+    held.map((h) => [h.id, h.claimToken]),
+    ["text", "bigint"],
+  );
 }

@@ -2,7 +2,7 @@ import { sql } from "kysely";
 import { type ColumnType, inList, rowList } from "../storage/lists.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
-import type { Claimed } from "./claim.js";
+import { type Claimed, claimedPairs } from "./claim.js";
 import { nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
 
@@ -175,15 +175,6 @@ async function fencedUpdate(
       )}`,
     )
     .execute();
-}
-
-/** `(id, claim_token)` of each claimed delivery, as a row list: the fence of every write after a claim. */
-export function claimedPairs(store: Store, held: ReadonlyArray<{ id: string; claimToken: number }>) {
-  return rowList(
-    store.caps,
-    held.map((h) => [h.id, h.claimToken]),
-    ["text", "bigint"],
-  );
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { AppContext } from "../api/context.js";
 import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
+import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
 import { parseRetryAfter } from "./schedule.js";
@@ -48,8 +49,9 @@ export class Dispatcher {
   private flushing: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly onWork = () => this.wake();
-  private readonly keys = new Map<string, Buffer>();
-  private readonly headerCache = new Map<string, Record<string, string>>();
+  /** An endpoint's secret key bytes and custom headers, worked out once per distinct text. */
+  private readonly keyOf = memo(secretKey);
+  private readonly customHeaders = memo((json) => JSON.parse(json) as Record<string, string>);
 
   constructor(
     private ctx: AppContext,
@@ -193,27 +195,6 @@ export class Dispatcher {
         resolve();
       };
     });
-  }
-
-  /** An endpoint's custom headers, parsed once per distinct JSON text rather than per attempt. */
-  private customHeaders(json: string): Record<string, string> {
-    let h = this.headerCache.get(json);
-    if (!h) {
-      if (this.headerCache.size > 10_000) this.headerCache.clear();
-      h = JSON.parse(json) as Record<string, string>;
-      this.headerCache.set(json, h);
-    }
-    return h;
-  }
-
-  private keyOf(secret: string): Buffer {
-    let k = this.keys.get(secret);
-    if (!k) {
-      if (this.keys.size > 10_000) this.keys.clear();
-      k = secretKey(secret);
-      this.keys.set(secret, k);
-    }
-    return k;
   }
 
   private attempt(c: Claimed): void {

@@ -1,6 +1,7 @@
 import { lookup as dnsLookup } from "node:dns";
 import type { LookupFunction } from "node:net";
 import { Agent, type Dispatcher, errors as undiciErrors } from "undici";
+import { memo } from "../util/memo.js";
 import { classifyAddress, isLiteralIp } from "./address.js";
 
 /** How much of a response body an attempt keeps (PRODUCT.md §3). */
@@ -112,22 +113,14 @@ export class Sender {
     });
   }
 
-  /** Parsed targets by URL: every attempt to an endpoint would otherwise parse its URL again. */
-  private targets = new Map<string, URL | null>();
-
-  private target(url: string): URL | null {
-    let t = this.targets.get(url);
-    if (t === undefined) {
-      try {
-        t = new URL(url);
-      } catch {
-        t = null;
-      }
-      if (this.targets.size >= 10_000) this.targets.clear();
-      this.targets.set(url, t);
+  /** Parsed targets by URL (null: not a URL): every attempt would otherwise parse it again. */
+  private readonly target = memo((url): URL | null => {
+    try {
+      return new URL(url);
+    } catch {
+      return null;
     }
-    return t;
-  }
+  });
 
   /**
    * One attempt. Uses undici's dispatch interface with a handler of its own rather than

@@ -18,7 +18,7 @@ export interface EmitInput {
   now: number;
   /** A test call aimed at one endpoint delivers there only. */
   onlyEndpointId: string | null;
-  dialect: DialectCaps["name"];
+  caps: DialectCaps;
 }
 
 /** Column types of a new delivery row, in the INSERT's column order (the rest are constants). */
@@ -34,23 +34,17 @@ const DELIVERY_TYPES: ColumnType[] = [
   "bigint",
 ];
 
-type EndpointFilterRow = { id: string; event_types: string; agent_ids: string };
-const enabledEndpoints = prepared<"account", EndpointFilterRow>((db, p) =>
+/** The account's enabled endpoints with their filters (prepared: storage/prepared.ts). */
+const enabledEndpoints = (db: Db, account: never) =>
   db
     .selectFrom("endpoints")
     .select(["id", "event_types", "agent_ids"])
-    .where("account_id", "=", p.account)
+    .where("account_id", "=", account)
     .where("deleted_at", "is", null)
-    .where("disabled", "=", 0),
-);
-const enabledEndpoint = prepared<"account" | "id", EndpointFilterRow>((db, p) =>
-  db
-    .selectFrom("endpoints")
-    .select(["id", "event_types", "agent_ids"])
-    .where("account_id", "=", p.account)
-    .where("deleted_at", "is", null)
-    .where("disabled", "=", 0)
-    .where("id", "=", p.id),
+    .where("disabled", "=", 0);
+const allEnabled = prepared((db, p: Record<"account", never>) => enabledEndpoints(db, p.account));
+const oneEnabled = prepared((db, p: Record<"account" | "id", never>) =>
+  enabledEndpoints(db, p.account).where("id", "=", p.id),
 );
 
 /**
@@ -80,8 +74,8 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
 
   const candidates =
     input.onlyEndpointId === null
-      ? await enabledEndpoints(trx, input.dialect, { account: input.accountId })
-      : await enabledEndpoint(trx, input.dialect, { account: input.accountId, id: input.onlyEndpointId });
+      ? await allEnabled(trx, input.caps, { account: input.accountId })
+      : await oneEnabled(trx, input.caps, { account: input.accountId, id: input.onlyEndpointId });
   const endpoints = candidates.filter((e) =>
     matches(
       { id: e.id, event_types: JSON.parse(e.event_types), agent_ids: JSON.parse(e.agent_ids) },
@@ -92,12 +86,11 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
   if (endpoints.length === 0) return { id, deliveries: 0 };
 
   // Fixed SQL text whatever the number of endpoints (storage/lists.ts).
-  const dialect = { name: input.dialect };
   const busy = await sql<{ endpoint_id: string }>`
     SELECT DISTINCT endpoint_id FROM deliveries
     WHERE call_id = ${input.callId} AND status = 'pending'
       AND ${inList(
-        dialect,
+        input.caps,
         "endpoint_id",
         endpoints.map((e) => e.id),
         "text",
@@ -117,6 +110,6 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
   await sql`
     INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
                             created_at, updated_at, status, attempt_count, claim_token, last_error)
-    SELECT d.*, 'pending', 0, 0, NULL FROM ${rowList(dialect, rows, DELIVERY_TYPES)} AS d`.execute(trx);
+    SELECT d.*, 'pending', 0, 0, NULL FROM ${rowList(input.caps, rows, DELIVERY_TYPES)} AS d`.execute(trx);
   return { id, deliveries: endpoints.length };
 }

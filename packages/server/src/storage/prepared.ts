@@ -13,24 +13,24 @@ class Slot {
  * ~11 µs to build and compile, ~7 µs to run), and the API's transition path runs a dozen of them.
  *
  * `build` receives `p`, whose properties are placeholders: use `p.name` wherever the value goes;
- * and the dialect's name, for what differs between dialects (row locks).
+ * and the dialect's capabilities, for what differs between dialects (row locks).
  * Only for queries whose values are not encrypted at rest: the encryption plugin seals values
  * while the query compiles, and a placeholder is not a value (reading encrypted columns is fine;
  * results are opened as usual).
  */
 export function prepared<P extends string, R>(
-  build: (db: Db, p: Record<P, never>, dialect: DialectCaps["name"]) => Compilable<R>,
-): (db: Db, dialect: DialectCaps["name"], values: Record<P, unknown>) => Promise<R[]> {
+  build: (db: Db, p: Record<P, never>, caps: DialectCaps) => Compilable<R>,
+): (db: Db, caps: DialectCaps, values: Record<P, unknown>) => Promise<R[]> {
   // By dialect: one process may hold a SQLite and a PostgreSQL store at once (the bench does).
   const compiled = new Map<string, CompiledQuery<R>>();
   const slots = new Proxy({} as Record<P, never>, {
     get: (_target, name) => new Slot(String(name)) as never,
   });
-  return async (db, dialect, values) => {
-    let c = compiled.get(dialect);
+  return async (db, caps, values) => {
+    let c = compiled.get(caps.name);
     if (!c) {
-      c = build(db, slots, dialect).compile();
-      compiled.set(dialect, c);
+      c = build(db, slots, caps).compile();
+      compiled.set(caps.name, c);
     }
     const parameters = c.parameters.map((v) => (v instanceof Slot ? values[v.name as P] : v));
     const res = await db.executeQuery<R>({
