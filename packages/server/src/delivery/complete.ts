@@ -1,8 +1,9 @@
 import { sql } from "kysely";
-import { type ColumnType, inList, rowList } from "../storage/lists.js";
-import type { Store } from "../storage/store.js";
+import { type ColumnType, inListOf, listValue, rowListOf, rowListValues } from "../storage/lists.js";
+import { prepared, rowSlots, rowValues } from "../storage/prepared.js";
+import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
-import { type Claimed, claimedPairs } from "./claim.js";
+import { type Claimed, PAIR_TYPES } from "./claim.js";
 import { nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
 
@@ -68,10 +69,11 @@ export async function completeBatch(
           r.error === null ? null : r.errorMessage ? `${r.error}: ${r.errorMessage}` : r.error,
         ];
       });
-      await sql`
-        INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
-                              response_body, duration_ms, error)
-        SELECT * FROM ${rowList(store.caps, rows, ATTEMPT_TYPES)} AS a`.execute(trx);
+      await insertAttempts(
+        trx,
+        store.caps,
+        rowValues("rows", rowListValues(store.caps, rows, ATTEMPT_TYPES)),
+      );
     }
 
     const succeeded = attempts.filter((o) => o.result!.error === null);
@@ -142,15 +144,48 @@ export async function completeBatch(
     }
     // A success clears the failure clock (after the failures above, so a batch with both ends healthy).
     if (succeeded.length > 0) {
-      await trx
-        .updateTable("endpoints")
-        .set({ failing_since: null })
-        .where("id", "in", [...new Set(succeeded.map((o) => o.claimed.endpointId))])
-        .where("failing_since", "is not", null)
-        .execute();
+      const ids = [...new Set(succeeded.map((o) => o.claimed.endpointId))];
+      await clearFailing(trx, store.caps, { ids: listValue(store.caps, ids) });
     }
   });
 }
+
+// The statements of every completion, prepared (storage/prepared.ts): at one attempt per batch
+// (an event at a time through the API) building them through Kysely cost more than running them.
+const insertAttempts = prepared(
+  (_db, p: Record<string, never>, caps) =>
+    sql`
+    INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
+                          response_body, duration_ms, error)
+    SELECT * FROM ${rowListOf(caps, rowSlots(p, "rows", ATTEMPT_TYPES.length), ATTEMPT_TYPES)} AS a`,
+);
+
+const clearFailing = prepared((db, p: Record<"ids", never>, caps) =>
+  db
+    .updateTable("endpoints")
+    .set({ failing_since: null })
+    .where(inListOf(caps, "id", p.ids, "text"))
+    .where("failing_since", "is not", null),
+);
+
+type FenceSlots = Record<"status" | "next" | "error" | "now", never>;
+function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean) {
+  return db
+    .updateTable("deliveries")
+    .set({
+      status: p.status,
+      next_attempt_at: p.next,
+      last_error: p.error,
+      leased_until: null,
+      updated_at: p.now,
+      ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
+    })
+    .where(
+      sql<boolean>`(id, claim_token) IN ${rowListOf(caps, rowSlots(p, "pairs", PAIR_TYPES.length), PAIR_TYPES)}`,
+    );
+}
+const fencedAttempted = prepared((db, p: FenceSlots, caps) => fenced(db, p, caps, true));
+const fencedSkipped = prepared((db, p: FenceSlots, caps) => fenced(db, p, caps, false));
 
 async function fencedUpdate(
   trx: Db,
@@ -160,22 +195,36 @@ async function fencedUpdate(
   now: number,
 ): Promise<void> {
   const attempted = outcomes.some((o) => o.result !== null);
-  await trx
-    .updateTable("deliveries")
-    .set({
-      ...set,
-      leased_until: null,
-      updated_at: now,
-      ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
-    })
-    .where(
-      sql<boolean>`(id, claim_token) IN ${claimedPairs(
-        store,
-        outcomes.map((o) => o.claimed),
-      )}`,
-    )
-    .execute();
+  const pairs = outcomes.map((o) => [o.claimed.id, o.claimed.claimToken]);
+  await (attempted ? fencedAttempted : fencedSkipped)(trx, store.caps, {
+    status: set.status,
+    next: set.next_attempt_at,
+    error: set.last_error,
+    now,
+    ...rowValues("pairs", rowListValues(store.caps, pairs, PAIR_TYPES)),
+  } as Record<keyof FenceSlots, unknown>);
 }
+
+const lockCalls = prepared((db, p: Record<"ids", never>, caps) =>
+  db
+    .selectFrom("calls")
+    .select("id")
+    .where(inListOf(caps, "id", p.ids, "bigint"))
+    .orderBy("id")
+    .forShare(),
+);
+// `+next_attempt_at`: SQLite would otherwise walk the due index over every parked row.
+const releaseChains = prepared(
+  (_db, p: Record<"now" | "ids", never>, caps) =>
+    sql`
+    UPDATE deliveries SET next_attempt_at = ${p.now}
+    WHERE status = 'pending' AND +next_attempt_at IS NULL AND id IN (
+      SELECT (
+        SELECT n.id FROM deliveries n
+        WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
+        ORDER BY n.event_seq LIMIT 1)
+      FROM deliveries d WHERE ${inListOf(caps, "d.id", p.ids, "text")})`,
+);
 
 /**
  * Releases the next parked delivery of every chain (endpoint, call) that just finished. On
@@ -185,16 +234,8 @@ async function fencedUpdate(
 async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<void> {
   if (store.caps.rowLocks) {
     const callIds = [...new Set(finished.map((c) => c.callId))].sort((a, b) => a - b);
-    await trx.selectFrom("calls").select("id").where("id", "in", callIds).orderBy("id").forShare().execute();
+    await lockCalls(trx, store.caps, { ids: listValue(store.caps, callIds) });
   }
   const ids = finished.map((c) => c.id);
-  // `+next_attempt_at`: SQLite would otherwise walk the due index over every parked row.
-  await sql`
-    UPDATE deliveries SET next_attempt_at = ${now}
-    WHERE status = 'pending' AND +next_attempt_at IS NULL AND id IN (
-      SELECT (
-        SELECT n.id FROM deliveries n
-        WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
-        ORDER BY n.event_seq LIMIT 1)
-      FROM deliveries d WHERE ${inList(store.caps, "d.id", ids, "text")})`.execute(trx);
+  await releaseChains(trx, store.caps, { now, ids: listValue(store.caps, ids) });
 }

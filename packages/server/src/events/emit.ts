@@ -2,8 +2,8 @@ import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
 import { matches } from "../endpoints/filter.js";
-import { type ColumnType, inList, rowList } from "../storage/lists.js";
-import { prepared } from "../storage/prepared.js";
+import { type ColumnType, inListOf, listValue, rowListOf, rowListValues } from "../storage/lists.js";
+import { prepared, rowSlots, rowValues } from "../storage/prepared.js";
 import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { newId } from "../util/ids.js";
@@ -47,6 +47,20 @@ const oneEnabled = prepared((db, p: Record<"account" | "id", never>) =>
   enabledEndpoints(db, p.account).where("id", "=", p.id),
 );
 
+// Fixed SQL text whatever the number of endpoints (storage/lists.ts), prepared once.
+const busyChains = prepared<"call" | "ids", { endpoint_id: string }>(
+  (_db, p, caps) => sql<{ endpoint_id: string }>`
+    SELECT DISTINCT endpoint_id FROM deliveries
+    WHERE call_id = ${p.call} AND status = 'pending' AND ${inListOf(caps, "endpoint_id", p.ids, "text")}`,
+);
+const insertDeliveries = prepared(
+  (_db, p: Record<string, never>, caps) => sql`
+    INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
+                            created_at, updated_at, status, attempt_count, claim_token, last_error)
+    SELECT d.*, 'pending', 0, 0, NULL
+    FROM ${rowListOf(caps, rowSlots(p, "rows", DELIVERY_TYPES.length), DELIVERY_TYPES)} AS d`,
+);
+
 /**
  * The outbox step of a transition: inside the caller's transaction, builds the event body once
  * (byte-identical for every endpoint and attempt), stores it, and creates one delivery per
@@ -85,17 +99,14 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
   );
   if (endpoints.length === 0) return { id, deliveries: 0 };
 
-  // Fixed SQL text whatever the number of endpoints (storage/lists.ts).
-  const busy = await sql<{ endpoint_id: string }>`
-    SELECT DISTINCT endpoint_id FROM deliveries
-    WHERE call_id = ${input.callId} AND status = 'pending'
-      AND ${inList(
-        input.caps,
-        "endpoint_id",
-        endpoints.map((e) => e.id),
-        "text",
-      )}`.execute(trx);
-  const parked = new Set(busy.rows.map((b) => b.endpoint_id));
+  const busy = await busyChains(trx, input.caps, {
+    call: input.callId,
+    ids: listValue(
+      input.caps,
+      endpoints.map((e) => e.id),
+    ),
+  });
+  const parked = new Set(busy.map((b) => b.endpoint_id));
   const rows = endpoints.map((e) => [
     newId("dlv", input.now),
     input.accountId,
@@ -107,9 +118,6 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
     input.now,
     input.now,
   ]);
-  await sql`
-    INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
-                            created_at, updated_at, status, attempt_count, claim_token, last_error)
-    SELECT d.*, 'pending', 0, 0, NULL FROM ${rowList(input.caps, rows, DELIVERY_TYPES)} AS d`.execute(trx);
+  await insertDeliveries(trx, input.caps, rowValues("rows", rowListValues(input.caps, rows, DELIVERY_TYPES)));
   return { id, deliveries: endpoints.length };
 }

@@ -11,20 +11,26 @@ import type { DialectCaps } from "./store.js";
 
 export type ColumnType = "text" | "bigint" | "integer";
 
+/** The one bound value of a list: the array itself (PostgreSQL) or its JSON text (SQLite). */
+export function listValue(caps: Pick<DialectCaps, "name">, values: readonly (string | number)[]): unknown {
+  return caps.name === "postgres" ? values : JSON.stringify(values);
+}
+
 /**
- * `column IN (the values)`, the values as one parameter: `json_each` on SQLite, `= ANY(array)` on
- * PostgreSQL (which plans it as an index condition: 0.06 ms against 0.22 ms for `IN (SELECT
- * unnest(…))` in the per-event check of emitEvent).
+ * `column IN (the list)`, the list as one parameter made by `listValue` (or a placeholder for one,
+ * storage/prepared.ts): `json_each` on SQLite, `= ANY(array)` on PostgreSQL (which plans it as an
+ * index condition: 0.06 ms against 0.22 ms for `IN (SELECT unnest(…))` in the per-event check of
+ * emitEvent).
  */
-export function inList(
+export function inListOf(
   caps: Pick<DialectCaps, "name">,
   column: string,
-  values: readonly (string | number)[],
+  list: unknown,
   type: ColumnType,
 ): RawBuilder<boolean> {
   return caps.name === "postgres"
-    ? sql<boolean>`${sql.ref(column)} = ANY(CAST(${values} AS ${sql.raw(type)}[]))`
-    : sql<boolean>`${sql.ref(column)} IN (SELECT value FROM json_each(${JSON.stringify(values)}))`;
+    ? sql<boolean>`${sql.ref(column)} = ANY(CAST(${list} AS ${sql.raw(type)}[]))`
+    : sql<boolean>`${sql.ref(column)} IN (SELECT value FROM json_each(${list}))`;
 }
 
 /**
@@ -36,10 +42,30 @@ export function rowList(
   rows: ReadonlyArray<ReadonlyArray<string | number | null>>,
   types: readonly ColumnType[],
 ): RawBuilder<unknown> {
+  return rowListOf(caps, rowListValues(caps, rows, types), types);
+}
+
+/** The bound values of a row list: one array per column (PostgreSQL) or one JSON text (SQLite). */
+export function rowListValues(
+  caps: Pick<DialectCaps, "name">,
+  rows: ReadonlyArray<ReadonlyArray<string | number | null>>,
+  types: readonly ColumnType[],
+): unknown[] {
+  return caps.name === "postgres"
+    ? types.map((_, i) => rows.map((r) => r[i] ?? null))
+    : [JSON.stringify(rows)];
+}
+
+/** `rowList` over values made by `rowListValues`, or placeholders for them (storage/prepared.ts). */
+export function rowListOf(
+  caps: Pick<DialectCaps, "name">,
+  values: readonly unknown[],
+  types: readonly ColumnType[],
+): RawBuilder<unknown> {
   if (caps.name === "postgres") {
-    const columns = types.map((t, i) => sql`CAST(${rows.map((r) => r[i] ?? null)} AS ${sql.raw(t)}[])`);
+    const columns = types.map((t, i) => sql`CAST(${values[i]} AS ${sql.raw(t)}[])`);
     return sql`(SELECT * FROM unnest(${sql.join(columns)}))`;
   }
   const columns = types.map((_, i) => sql.raw(`value ->> ${i}`));
-  return sql`(SELECT ${sql.join(columns)} FROM json_each(${JSON.stringify(rows)}))`;
+  return sql`(SELECT ${sql.join(columns)} FROM json_each(${values[0]}))`;
 }

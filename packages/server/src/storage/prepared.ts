@@ -1,4 +1,4 @@
-import { type Compilable, type CompiledQuery, createQueryId } from "kysely";
+import { type Compilable, type CompiledQuery, createQueryId, type RawBuilder } from "kysely";
 import type { DialectCaps } from "./store.js";
 import type { Db } from "./types.js";
 
@@ -19,7 +19,7 @@ class Slot {
  * results are opened as usual).
  */
 export function prepared<P extends string, R>(
-  build: (db: Db, p: Record<P, never>, caps: DialectCaps) => Compilable<R>,
+  build: (db: Db, p: Record<P, never>, caps: DialectCaps) => Compilable<R> | RawBuilder<R>,
 ): (db: Db, caps: DialectCaps, values: Record<P, unknown>) => Promise<R[]> {
   // By dialect: one process may hold a SQLite and a PostgreSQL store at once (the bench does).
   const compiled = new Map<string, CompiledQuery<R>>();
@@ -29,7 +29,8 @@ export function prepared<P extends string, R>(
   return async (db, caps, values) => {
     let c = compiled.get(caps.name);
     if (!c) {
-      c = build(db, slots, caps).compile();
+      // A query builder compiles by itself, an `sql` template against the database it runs on.
+      c = (build(db, slots, caps) as { compile(db: Db): CompiledQuery<R> }).compile(db);
       compiled.set(caps.name, c);
     }
     const parameters = c.parameters.map((v) => (v instanceof Slot ? values[v.name as P] : v));
@@ -41,4 +42,16 @@ export function prepared<P extends string, R>(
     });
     return res.rows;
   };
+}
+
+/**
+ * Placeholders for the values of a row list (`rowListOf` in storage/lists.ts): `name0`, `name1`, …,
+ * one per value `rowListValues` makes on this dialect; `rowValues` names the real ones alike.
+ */
+export function rowSlots(p: object, name: string, count: number): unknown[] {
+  return Array.from({ length: count }, (_, i) => (p as Record<string, unknown>)[`${name}${i}`]);
+}
+
+export function rowValues(name: string, values: readonly unknown[]): Record<string, unknown> {
+  return Object.fromEntries(values.map((v, i) => [`${name}${i}`, v]));
 }
