@@ -249,14 +249,19 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[i]!;
 }
 
-/** Latencies (ms) from each 2xx to its arrival at the receiver, for the given endpoint paths. */
+/**
+ * Latencies (ms) from each 2xx to its arrival at the receiver, for the given endpoint paths, of the
+ * transitions answered from `from` on (the warm-up before it is not measured).
+ */
 export function latencies(
   acks: Map<string, number>,
   arrivals: Map<string, number>,
   paths: string[],
+  from = 0,
 ): number[] {
   const out: number[] = [];
   for (const [k, ackAt] of acks) {
+    if (ackAt < from) continue;
     for (const p of paths) {
       const at = arrivals.get(`${k}:${p}`);
       if (at !== undefined) out.push(at - ackAt);

@@ -19,8 +19,10 @@ export async function startServerProcess(opts: {
     role: opts.role ?? "all",
     apiKey: BENCH_API_KEY,
     // Instruments (docs/performance.md): KLEN_BENCH_PROFILE=DIR, a V8 CPU profile of every server
-    // process; KLEN_BENCH_SQL_TIMING=DIR, CPU time per SQLite statement (bench/sql-timing.ts).
+    // process; KLEN_BENCH_SQL_TIMING=DIR, CPU time per SQLite statement (bench/sql-timing.ts);
+    // KLEN_BENCH_NODE_ARGS, more node options for the server processes (GC sizes, say).
     nodeArgs: [
+      ...(process.env.KLEN_BENCH_NODE_ARGS ? process.env.KLEN_BENCH_NODE_ARGS.split(" ") : []),
       ...(process.env.KLEN_BENCH_PROFILE
         ? ["--cpu-prof", `--cpu-prof-dir=${process.env.KLEN_BENCH_PROFILE}`]
         : []),
