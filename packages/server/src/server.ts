@@ -58,6 +58,7 @@ export async function startServer(
   }
 
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
+  if (dispatcher) ctx.handoff = dispatcher;
   let app: FastifyInstance | undefined;
   let address: string | undefined;
   if (role !== "worker") {

@@ -14,7 +14,8 @@ export interface Claimed {
   attemptCount: number;
   claimToken: number;
   payload: string;
-  endpoint: Selectable<Database["endpoints"]> | undefined;
+  /** The endpoint's row; undefined once it is gone; "load" for a hand-off (the dispatcher reads it). */
+  endpoint: Selectable<Database["endpoints"]> | undefined | "load";
 }
 
 /**
@@ -27,7 +28,7 @@ export interface Claimed {
 export async function claimDue(
   store: Store,
   opts: { now: number; limit: number; leaseMs: number; exclude: readonly string[] },
-): Promise<Claimed[]> {
+): Promise<Array<Claimed & { endpoint: Selectable<Database["endpoints"]> | undefined }>> {
   const { db, caps } = store;
   const leaseEnd = opts.now + opts.leaseMs;
   const rows = await (opts.exclude.length > 0 ? claimExcluding : claimAny)(db, caps, {
@@ -97,7 +98,7 @@ const selectPayloads = prepared((db, p: Record<"ids", never>, caps) =>
     .select(["id", "payload"])
     .where(inListOf(caps, "id", p.ids, "text")),
 );
-const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
+export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
   db
     .selectFrom("endpoints")
     .selectAll()
