@@ -58,7 +58,6 @@ export async function startServer(
   }
 
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
-  if (dispatcher) ctx.handoff = dispatcher;
   let app: FastifyInstance | undefined;
   let address: string | undefined;
   if (role !== "worker") {

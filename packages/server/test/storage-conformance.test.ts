@@ -6,7 +6,6 @@ import { applyTransition, newCallRow } from "../src/calls/service.js";
 import type { Action } from "../src/calls/transitions.js";
 import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch, type Outcome } from "../src/delivery/complete.js";
-import { Handoff, type HandoffTarget, handOffIn } from "../src/delivery/handoff.js";
 import type { SendResult } from "../src/delivery/send.js";
 import { migrate } from "../src/storage/migrate.js";
 import { migrations } from "../src/storage/migrations.js";
@@ -268,30 +267,6 @@ for (const backend of backends()) {
       const [b] = await claimDue(f.store, { now: t0 + 5_000, limit: 10, leaseMs: 5_000, exclude: [] });
       assert.equal(b?.id, a.id, "due again when the lease ends");
       assert.equal(b.claimToken, a.claimToken + 1);
-    });
-
-    test("a delivery leased by its INSERT (hand-off) whose process died is claimed when the lease ends", async () => {
-      const f = await fixture();
-      const callId = await f.newCall();
-      // The process that made it reserved a slot and then died before its attempt.
-      const died: HandoffTarget = { reserve: () => true, cancel() {}, adopt() {} };
-      const handoff = new Handoff(died, LEASE);
-      const t0 = Date.now();
-      const eventId = await f.store.db.transaction().execute(async (trx) => {
-        handOffIn(trx, handoff);
-        return (await applyTransition(trx, f.store.caps, f.accountId, callId, "start", { now: t0 })).eventId;
-      });
-      handoff.commit();
-      const early = await claimDue(f.store, { now: t0 + LEASE - 1, limit: 10, leaseMs: LEASE, exclude: [] });
-      assert.deepEqual(early, [], "not claimable while its lease runs");
-      const [c] = await claimDue(f.store, { now: t0 + LEASE, limit: 10, leaseMs: LEASE, exclude: [] });
-      assert.equal(c?.eventId, eventId, "claimable once it ends");
-      assert.equal(c.claimToken, 2, "a new fence over the hand-off's token 1");
-      // A late outcome under the hand-off's token changes nothing.
-      await completeBatch(f.store, [outcome({ ...c, claimToken: 1 }, ok(), t0 + LEASE)], policy, t0 + LEASE);
-      assert.equal((await f.delivery(c.id)).status, "pending");
-      await completeBatch(f.store, [outcome(c, ok(), t0 + LEASE)], policy, t0 + LEASE);
-      assert.equal((await f.delivery(c.id)).status, "succeeded");
     });
 
     test("fencing: a stale completion does not overwrite the newer attempt", async () => {

@@ -7,7 +7,6 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from "fastify";
-import { Handoff, handOffIn } from "../delivery/handoff.js";
 import { ApiError } from "../errors.js";
 import { httpRequests, registry } from "../metrics.js";
 import type { Db } from "../storage/types.js";
@@ -155,37 +154,14 @@ export async function buildApp(
           ? ""
           : ((req as { rawBodyDigest?: string }).rawBodyDigest ??
             digest(req.body === undefined ? "" : JSON.stringify(req.body)));
-      // Deliveries this request creates go straight to this process's dispatcher (delivery/handoff.ts).
-      const handoff = o.work && ctx.handoff ? new Handoff(ctx.handoff, ctx.config.leaseMs) : undefined;
-      const run = handoff
-        ? (trx: Db) => {
-            handoff.cancel(); // a run again after a rolled-back one starts from nothing
-            handOffIn(trx, handoff);
-            return fn(trx);
-          }
-        : fn;
-      let out: Awaited<ReturnType<typeof runIdempotent>>;
-      try {
-        out = await runIdempotent(
-          ctx.store,
-          {
-            accountId: req.account.id,
-            key,
-            method: req.method,
-            path: req.url.split("?")[0]!,
-            bodyDigest: raw,
-          },
-          run,
-          ctx.clock.now(),
-        );
-      } catch (err) {
-        handoff?.cancel();
-        throw err;
-      }
-      if (!out.replayed && out.status < 300) handoff?.commit();
-      else handoff?.cancel();
+      const out = await runIdempotent(
+        ctx.store,
+        { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest: raw },
+        fn,
+        ctx.clock.now(),
+      );
       if (out.replayed) reply.header("idempotent-replayed", "true");
-      else if (o.work && out.status < 300) await announceWork(ctx, handoff?.needsClaim ?? true);
+      else if (o.work && out.status < 300) await announceWork(ctx);
       return reply.status(out.status).send(out.body);
     },
   };

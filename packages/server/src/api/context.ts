@@ -1,6 +1,5 @@
 import { EventEmitter } from "node:events";
 import type { Config } from "../config.js";
-import type { HandoffTarget } from "../delivery/handoff.js";
 import type { Logger } from "../log.js";
 import type { Store } from "../storage/store.js";
 import type { Clock } from "../util/time.js";
@@ -11,9 +10,8 @@ import type { Clock } from "../util/time.js";
  * about work through `store.notifyWork()` (LISTEN/NOTIFY on PostgreSQL).
  */
 export class WorkSignal extends EventEmitter {
-  /** `claim` false: nothing new for a claim to find (every delivery was handed over). */
-  wake(claim = true): void {
-    this.emit("work", claim);
+  wake(): void {
+    this.emit("work");
   }
 }
 
@@ -25,12 +23,10 @@ export interface AppContext {
   clock: Clock;
   work: WorkSignal;
   version: string;
-  /** This process's dispatcher, which takes the deliveries the API creates directly (delivery/handoff.ts). */
-  handoff?: HandoffTarget;
 }
 
 /** Called after a transaction that created deliveries has committed. */
-export async function announceWork(ctx: AppContext, claim = true): Promise<void> {
-  ctx.work.wake(claim);
+export async function announceWork(ctx: AppContext): Promise<void> {
+  ctx.work.wake();
   if (ctx.store.caps.crossProcessNotify) await ctx.store.notifyWork();
 }

@@ -14,8 +14,7 @@ export interface Claimed {
   attemptCount: number;
   claimToken: number;
   payload: string;
-  /** The endpoint's row; undefined once it is gone; "load" for a hand-off (the dispatcher reads it). */
-  endpoint: Selectable<Database["endpoints"]> | undefined | "load";
+  endpoint: Selectable<Database["endpoints"]> | undefined;
 }
 
 /**
@@ -28,7 +27,7 @@ export interface Claimed {
 export async function claimDue(
   store: Store,
   opts: { now: number; limit: number; leaseMs: number; exclude: readonly string[] },
-): Promise<Array<Claimed & { endpoint: Selectable<Database["endpoints"]> | undefined }>> {
+): Promise<Claimed[]> {
   const { db, caps } = store;
   const leaseEnd = opts.now + opts.leaseMs;
   const rows = await (opts.exclude.length > 0 ? claimExcluding : claimAny)(db, caps, {
@@ -98,7 +97,7 @@ const selectPayloads = prepared((db, p: Record<"ids", never>, caps) =>
     .select(["id", "payload"])
     .where(inListOf(caps, "id", p.ids, "text")),
 );
-export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
+const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
   db
     .selectFrom("endpoints")
     .selectAll()

@@ -1,10 +1,8 @@
 import type { AppContext } from "../api/context.js";
 import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
-import { listValue } from "../storage/lists.js";
 import { memo } from "../util/memo.js";
-import { type Claimed, claimDue, releaseLeases, releaseOrphans, selectEndpoints } from "./claim.js";
+import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
-import type { HandoffTarget } from "./handoff.js";
 import { parseRetryAfter } from "./schedule.js";
 import { Sender } from "./send.js";
 import { attemptHeaders, secretKey } from "./sign.js";
@@ -30,9 +28,6 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   sweepMs: 30_000,
 };
 
-/** An endpoint's row as an attempt needs it; undefined once the endpoint is gone. */
-type EndpointRow = Exclude<Claimed["endpoint"], "load">;
-
 const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
 
 /**
@@ -40,7 +35,7 @@ const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
  * pools, and records outcomes in batches. It wakes at once when the API commits new work (or a
  * completion releases the next delivery of a call) and polls as the safety net.
  */
-export class Dispatcher implements HandoffTarget {
+export class Dispatcher {
   private readonly opts: DispatcherOptions;
   private readonly sender: Sender;
   private running = false;
@@ -50,17 +45,10 @@ export class Dispatcher implements HandoffTarget {
   private wakeQueued = false;
   private inflight = new Map<string, Claimed>();
   private perEndpoint = new Map<string, number>();
-  /** Slots held for hand-offs whose transaction has not committed yet, in all and per endpoint. */
-  private reserved = 0;
-  private reservedFor = new Map<string, number>();
-  /** Endpoint rows wanted by handed-off attempts, read once per turn. */
-  private endpointWaiters = new Map<string, Array<(row: EndpointRow | Error) => void>>();
   private buffer: Outcome[] = [];
   private flushing: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private readonly onWork = (claim?: boolean) => {
-    if (claim !== false) this.wake();
-  };
+  private readonly onWork = () => this.wake();
   /** An endpoint's secret key bytes and custom headers, worked out once per distinct text. */
   private readonly keyOf = memo(secretKey);
   private readonly customHeaders = memo((json) => JSON.parse(json) as Record<string, string>);
@@ -144,7 +132,7 @@ export class Dispatcher implements HandoffTarget {
 
   private async loop(): Promise<void> {
     while (this.running) {
-      const free = this.opts.concurrency - this.inflight.size - this.reserved;
+      const free = this.opts.concurrency - this.inflight.size;
       if (free <= 0 || !this.dirty) {
         // Every slot busy: wait for settle() to wake us. Leaving `dirty` set here would make
         // sleep() resolve at once, a microtask loop that starves the event loop (no I/O, no signals).
@@ -209,68 +197,6 @@ export class Dispatcher implements HandoffTarget {
     });
   }
 
-  reserve(endpointId: string): boolean {
-    if (!this.running || this.inflight.size + this.reserved >= this.opts.concurrency) return false;
-    const held = this.reservedFor.get(endpointId) ?? 0;
-    if ((this.perEndpoint.get(endpointId) ?? 0) + held >= this.opts.perEndpoint) return false;
-    this.reserved++;
-    this.reservedFor.set(endpointId, held + 1);
-    return true;
-  }
-
-  cancel(endpointIds: readonly string[]): void {
-    for (const id of endpointIds) {
-      this.reserved--;
-      const n = (this.reservedFor.get(id) ?? 1) - 1;
-      if (n <= 0) this.reservedFor.delete(id);
-      else this.reservedFor.set(id, n);
-    }
-  }
-
-  adopt(claimed: readonly Claimed[]): void {
-    this.cancel(claimed.map((c) => c.endpointId));
-    if (this.running) {
-      for (const c of claimed) this.attempt(c);
-      return;
-    }
-    // Stopping: give the leases back so that another worker takes them at once.
-    releaseLeases(this.ctx.store, [...claimed], this.ctx.clock.now()).catch((err) =>
-      this.ctx.log.warn(
-        { err },
-        "could not hand back handed-off deliveries; their leases expire on their own",
-      ),
-    );
-  }
-
-  /** Slots held for hand-offs not yet committed (for tests). */
-  get reservedSlots(): number {
-    return this.reserved;
-  }
-
-  /** The endpoint row of a handed-off attempt: the rows wanted in one turn are read in one query. */
-  private endpointOf(id: string): Promise<EndpointRow> {
-    return new Promise((resolve, reject) => {
-      const waiting = this.endpointWaiters.get(id);
-      const done = (row: EndpointRow | Error) => (row instanceof Error ? reject(row) : resolve(row));
-      if (waiting) return waiting.push(done);
-      this.endpointWaiters.set(id, [done]);
-      if (this.endpointWaiters.size === 1) setImmediate(() => this.readEndpoints());
-    });
-  }
-
-  private async readEndpoints(): Promise<void> {
-    const waiters = this.endpointWaiters;
-    this.endpointWaiters = new Map();
-    const { db, caps } = this.ctx.store;
-    try {
-      const rows = await selectEndpoints(db, caps, { ids: listValue(caps, [...waiters.keys()]) });
-      const byId = new Map(rows.map((r) => [r.id, r]));
-      for (const [id, ws] of waiters) for (const w of ws) w(byId.get(id));
-    } catch (err) {
-      for (const ws of waiters.values()) for (const w of ws) w(err as Error);
-    }
-  }
-
   private attempt(c: Claimed): void {
     this.inflight.set(c.id, c);
     inflightGauge.set(this.inflight.size);
@@ -286,8 +212,8 @@ export class Dispatcher implements HandoffTarget {
   }
 
   private async run(c: Claimed): Promise<Outcome> {
-    const ep = c.endpoint === "load" ? await this.endpointOf(c.endpointId) : c.endpoint;
     const now = this.ctx.clock.now();
+    const ep = c.endpoint;
     if (!ep || ep.deleted_at !== null) {
       return {
         claimed: c,

@@ -1,7 +1,6 @@
 import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
-import { handoffOf } from "../delivery/handoff.js";
 import { matches } from "../endpoints/filter.js";
 import { type ColumnType, inListOf, listValue, rowListOf, rowListValues } from "../storage/lists.js";
 import { prepared, rowSlots, rowValues } from "../storage/prepared.js";
@@ -33,8 +32,6 @@ const DELIVERY_TYPES: ColumnType[] = [
   "bigint",
   "bigint",
   "bigint",
-  "bigint",
-  "bigint",
 ];
 
 /** The account's enabled endpoints with their filters (prepared: storage/prepared.ts). */
@@ -59,40 +56,10 @@ const busyChains = prepared<"call" | "ids", { endpoint_id: string }>(
 const insertDeliveries = prepared(
   (_db, p: Record<string, never>, caps) => sql`
     INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
-                            leased_until, claim_token, created_at, updated_at, status, attempt_count,
-                            last_error)
-    SELECT d.*, 'pending', 0, NULL
+                            created_at, updated_at, status, attempt_count, claim_token, last_error)
+    SELECT d.*, 'pending', 0, 0, NULL
     FROM ${rowListOf(caps, rowSlots(p, "rows", DELIVERY_TYPES.length), DELIVERY_TYPES)} AS d`,
 );
-
-/**
- * One new delivery row: due at `next` (null: parked behind an earlier delivery of its chain), or
- * leased until `leasedUntil` with claim token 1 when handed straight to this process's dispatcher.
- */
-function delivery(
-  id: string,
-  input: EmitInput,
-  eventId: string,
-  eventSeq: number | string,
-  endpointId: string,
-  next: number | null,
-  claimToken: number,
-  leasedUntil: number | null = null,
-) {
-  return [
-    id,
-    input.accountId,
-    eventId,
-    Number(eventSeq),
-    endpointId,
-    input.callId,
-    next,
-    leasedUntil,
-    claimToken,
-    input.now,
-    input.now,
-  ];
-}
 
 /**
  * The outbox step of a transition: inside the caller's transaction, builds the event body once
@@ -140,24 +107,17 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
     ),
   });
   const parked = new Set(busy.map((b) => b.endpoint_id));
-  const handoff = handoffOf(trx);
-  const rows = endpoints.map((e) => {
-    const deliveryId = newId("dlv", input.now);
-    if (parked.has(e.id)) return delivery(deliveryId, input, id, inserted.seq, e.id, null, 0);
-    if (!handoff?.reserve(e.id)) return delivery(deliveryId, input, id, inserted.seq, e.id, input.now, 0);
-    const leaseEnd = input.now + handoff.leaseMs;
-    handoff.took({
-      id: deliveryId,
-      eventId: id,
-      endpointId: e.id,
-      callId: input.callId,
-      attemptCount: 0,
-      claimToken: 1,
-      payload,
-      endpoint: "load",
-    });
-    return delivery(deliveryId, input, id, inserted.seq, e.id, leaseEnd, 1, leaseEnd);
-  });
+  const rows = endpoints.map((e) => [
+    newId("dlv", input.now),
+    input.accountId,
+    id,
+    Number(inserted.seq),
+    e.id,
+    input.callId,
+    parked.has(e.id) ? null : input.now,
+    input.now,
+    input.now,
+  ]);
   await insertDeliveries(trx, input.caps, rowValues("rows", rowListValues(input.caps, rows, DELIVERY_TYPES)));
   return { id, deliveries: endpoints.length };
 }
