@@ -5,7 +5,7 @@
  * most expensive first. SQLite runs on the main thread, so the CPU time around a call is the
  * statement's own (plus whatever other threads did meanwhile: a little GC).
  */
-import { writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import type BetterSqlite3 from "better-sqlite3";
@@ -48,6 +48,7 @@ if (dir) {
         ([k, s]) =>
           `${(s.us / 1000).toFixed(0).padStart(7)} ms ${String(s.calls).padStart(8)} × ${(s.us / s.calls).toFixed(1).padStart(8)} µs  ${k}`,
       );
+    mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, `sql-${process.pid}.txt`), `${lines.join("\n")}\n`);
   });
 }
