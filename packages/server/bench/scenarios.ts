@@ -430,10 +430,8 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   const env = { KLEN_DELIVERY_TIMEOUT: "1s", KLEN_RETRY_SCHEDULE: "100ms,200ms,500ms,1s,1s,1s,1s,1s" };
   const rate = 500;
   const ms = cfg.quick ? 3_000 : 8_000;
-  const run = async (withDead: boolean) => {
-    const label = withDead ? "beside a dead endpoint" : "alone                 ";
+  const drainRps = async (withDead: boolean, round: number) => {
     const dir = tempDir("klen-bench-");
-    let rps = 0;
     try {
       const d = await drain(cfg, {
         databaseUrl: `sqlite:${dir.path}/klen.db`,
@@ -443,33 +441,49 @@ export async function scenarioIsolation(cfg: BenchConfig) {
         dead: withDead,
         env,
       });
-      record(cfg, `isolation drain ${withDead ? "beside dead" : "alone"}`, d.ledger);
-      rps = d.ledger.ok ? d.rps : 0;
+      record(cfg, `isolation drain ${withDead ? "beside dead" : "alone"} #${round}`, d.ledger);
+      return d.ledger.ok ? d.rps : 0;
     } finally {
       dir.remove();
     }
+  };
+  const latency = async (withDead: boolean) => {
     const rig = await apiRig(cfg, withDead ? [...healthy, dead] : healthy, { keys: true, env });
     try {
       const paths = healthy.map((h) => h.path);
       const { load, sent, latencies: l } = await measuredOpenLoop(rig, cfg, rate, ms, paths);
       const s = await settle(cfg, rig, paths, load.events * healthy.length);
       record(cfg, `isolation latency ${withDead ? "beside dead" : "alone"}`, s.ledger);
-      cfg.say(
-        `    ${label}: drain ${fmt(rps)} healthy deliveries/s; at ${rate} events/s offered (sent ${fmt(sent)}/s): ${latencyLine(l)}`,
-      );
-      return { rps, p50: percentile(l, 50), p99: percentile(l, 99) };
+      return { sent, p50: percentile(l, 50), p99: percentile(l, 99), line: latencyLine(l) };
     } finally {
       await rig.done();
     }
   };
-  const alone = await run(false);
-  const beside = await run(true);
+  // Throughput: each drain twice, in the order alone, beside, beside, alone, so that the VM's
+  // speed drifting during the scenario weighs on both sides alike; each side's figure is its mean.
+  const drains = { alone: [] as number[], beside: [] as number[] };
+  for (const [i, withDead] of [false, true, true, false].entries()) {
+    drains[withDead ? "beside" : "alone"].push(await drainRps(withDead, i < 2 ? 1 : 2));
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const alone = { rps: mean(drains.alone), ...(await latency(false)) };
+  const beside = { rps: mean(drains.beside), ...(await latency(true)) };
+  for (const [label, r, xs] of [
+    ["alone                 ", alone, drains.alone],
+    ["beside a dead endpoint", beside, drains.beside],
+  ] as const) {
+    cfg.say(
+      `    ${label}: drain ${fmt(r.rps)} healthy deliveries/s (${xs.map((x) => fmt(x)).join(", ")}); at ${rate} events/s offered (sent ${fmt(r.sent)}/s): ${r.line}`,
+    );
+  }
   const loss = alone.rps > 0 ? (1 - beside.rps / alone.rps) * 100 : Number.NaN;
   cfg.say(`    healthy drain throughput lost beside the dead endpoint: ${fmt(loss, 1)} %`);
   return {
     healthy_endpoints: healthy.length,
     healthy_rps_alone: alone.rps,
     healthy_rps_beside_dead: beside.rps,
+    healthy_rps_alone_runs: drains.alone,
+    healthy_rps_beside_dead_runs: drains.beside,
     p50_ms_alone: alone.p50,
     p99_ms_alone: alone.p99,
     p50_ms_beside_dead: beside.p50,
