@@ -50,9 +50,9 @@ export async function completeBatch(
   outcomes: Outcome[],
   policy: CompletionPolicy,
   now: number,
-): Promise<void> {
-  if (outcomes.length === 0) return;
-  await store.db.transaction().execute(async (trx) => {
+): Promise<{ released: number }> {
+  if (outcomes.length === 0) return { released: 0 };
+  return store.db.transaction().execute(async (trx) => {
     const attempts = outcomes.filter((o) => o.result !== null);
     if (attempts.length > 0) {
       const rows = attempts.map((o) => {
@@ -113,7 +113,7 @@ export async function completeBatch(
       if (o.result?.statusCode === 410) goneEndpoints.add(o.claimed.endpointId);
     }
 
-    if (finished.length > 0) await releaseNext(trx, store, finished, now);
+    const released = finished.length > 0 ? await releaseNext(trx, store, finished, now) : 0;
 
     if (failingEndpoints.size > 0) {
       const ids = [...failingEndpoints];
@@ -147,6 +147,7 @@ export async function completeBatch(
       const ids = [...new Set(succeeded.map((o) => o.claimed.endpointId))];
       await clearFailing(trx, store.caps, { ids: listValue(store.caps, ids) });
     }
+    return { released };
   });
 }
 
@@ -223,19 +224,21 @@ const releaseChains = prepared(
         SELECT n.id FROM deliveries n
         WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
         ORDER BY n.event_seq LIMIT 1)
-      FROM deliveries d WHERE ${inListOf(caps, "d.id", p.ids, "text")})`,
+      FROM deliveries d WHERE ${inListOf(caps, "d.id", p.ids, "text")})
+    RETURNING id`,
 );
 
 /**
- * Releases the next parked delivery of every chain (endpoint, call) that just finished. On
+ * Releases the next parked delivery of every chain (endpoint, call) that just finished, and says
+ * how many it released. On
  * PostgreSQL the calls' rows are share-locked first, which orders this against a transition of the
  * same call fanning out a new delivery (it holds the row for update): one of the two sees the other.
  */
-async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<void> {
+async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<number> {
   if (store.caps.rowLocks) {
     const callIds = [...new Set(finished.map((c) => c.callId))].sort((a, b) => a - b);
     await lockCalls(trx, store.caps, { ids: listValue(store.caps, callIds) });
   }
   const ids = finished.map((c) => c.id);
-  await releaseChains(trx, store.caps, { now, ids: listValue(store.caps, ids) });
+  return (await releaseChains(trx, store.caps, { now, ids: listValue(store.caps, ids) })).length;
 }

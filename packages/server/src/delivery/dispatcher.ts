@@ -12,6 +12,8 @@ export interface DispatcherOptions {
   concurrency: number;
   /** In-flight attempts one endpoint may hold, so a slow endpoint cannot take every slot. */
   perEndpoint: number;
+  /** The same for an endpoint whose last attempt failed, until one succeeds again. */
+  perFailingEndpoint: number;
   /** Deliveries claimed per query. */
   batchSize: number;
   /** How often to look for due work when nothing wakes the dispatcher (retries coming due). */
@@ -23,6 +25,7 @@ export interface DispatcherOptions {
 export const defaultDispatcherOptions: DispatcherOptions = {
   concurrency: 256,
   perEndpoint: 64,
+  perFailingEndpoint: 8,
   batchSize: 256,
   pollMs: 250,
   sweepMs: 30_000,
@@ -45,7 +48,16 @@ export class Dispatcher {
   private wakeQueued = false;
   private inflight = new Map<string, Claimed>();
   private perEndpoint = new Map<string, number>();
+  /** Endpoints whose last attempt in this process failed: they get `perFailingEndpoint` slots. */
+  private failing = new Set<string>();
   private buffer: Outcome[] = [];
+  /**
+   * After a claim that found fewer deliveries than it asked for: the endpoints it left out (near
+   * their cap, or handed back as excess). Until one of them is back under its threshold, new work
+   * is announced (a commit, a released delivery, the sweep) or the poll fires, another claim could
+   * only find the same nothing, and to find it would step over every due row of those endpoints.
+   */
+  private exhausted: Set<string> | undefined;
   private flushing: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly onWork = () => this.wake();
@@ -84,7 +96,9 @@ export class Dispatcher {
     this.loopDone = this.loop();
   }
 
-  wake(): void {
+  /** `newWork` false: only slots were freed (an attempt settled), no delivery became due. */
+  wake(newWork = true): void {
+    if (newWork) this.exhausted = undefined;
     this.dirty = true;
     if (this.wakeQueued || !this.wakeUp) return;
     // Resume a sleeping loop after the current I/O phase, not at once: every commit and every
@@ -143,15 +157,25 @@ export class Dispatcher {
       }
       this.dirty = false;
       const want = Math.min(free, this.opts.batchSize);
+      // An endpoint close to its cap sits out the claim until a quarter of its slots are free.
+      // Its due rows are usually the oldest (a slow or dead endpoint's backlog), so a claim that
+      // includes it takes a whole batch of them and hands back all but the few that fit: with
+      // one free slot as the threshold, every settled attempt of a dead endpoint cost a claim
+      // and a hand-back of ~250 rows (bench: latency of healthy endpoints beside a dead one).
+      const saturated = [...this.perEndpoint]
+        .filter(([id, n]) => {
+          const cap = this.capOf(id);
+          return n > cap - Math.ceil(cap / 4);
+        })
+        .map(([id]) => id);
+      const exhausted = this.exhausted;
+      if (exhausted && saturated.length >= exhausted.size) {
+        const still = new Set(saturated);
+        // Every endpoint the last claim could not serve still sits out: wait for news.
+        if ([...exhausted].every((id) => still.has(id))) continue;
+      }
       let claimed: Claimed[];
       try {
-        // An endpoint close to its cap sits out the claim until a quarter of its slots are free.
-        // Its due rows are usually the oldest (a slow or dead endpoint's backlog), so a claim that
-        // includes it takes a whole batch of them and hands back all but the few that fit: with
-        // one free slot as the threshold, every settled attempt of a dead endpoint cost a claim
-        // and a hand-back of ~250 rows (bench: latency of healthy endpoints beside a dead one).
-        const threshold = this.opts.perEndpoint - Math.ceil(this.opts.perEndpoint / 4);
-        const saturated = [...this.perEndpoint].filter(([, n]) => n > threshold).map(([id]) => id);
         claimed = await claimDue(this.ctx.store, {
           now: this.ctx.clock.now(),
           limit: want,
@@ -166,10 +190,10 @@ export class Dispatcher {
       }
       // One batch can hold more of an endpoint's deliveries than its share of the slots (the
       // exclusion above only covers endpoints already at their cap). Those are handed back at once,
-      // so a slow or dead endpoint never holds more than `perEndpoint` slots of this process.
+      // so a slow or dead endpoint never holds more than its cap of this process's slots.
       const excess: Claimed[] = [];
       for (const c of claimed) {
-        if ((this.perEndpoint.get(c.endpointId) ?? 0) >= this.opts.perEndpoint) excess.push(c);
+        if ((this.perEndpoint.get(c.endpointId) ?? 0) >= this.capOf(c.endpointId)) excess.push(c);
         else this.attempt(c);
       }
       if (excess.length > 0) {
@@ -177,9 +201,21 @@ export class Dispatcher {
           this.ctx.log.warn({ err }, "could not hand back excess claims; their leases expire on their own"),
         );
       }
-      // A full batch means more may be waiting: claim again at once.
+      // A full batch means more may be waiting: claim again at once. A short one took every due
+      // delivery of the endpoints it could serve.
       if (claimed.length === want) this.dirty = true;
+      else this.exhausted = new Set([...saturated, ...excess.map((c) => c.endpointId)]);
     }
+  }
+
+  /**
+   * The slots an endpoint may hold. A failing one (its last attempt failed: down, timing out,
+   * answering 5xx) gets few, so that while it fails it holds a small share of the slots instead of
+   * a quarter of them, and healthy endpoints keep their throughput; its first success gives it
+   * back its full share. Its deliveries are still attempted as slots free up, in order.
+   */
+  private capOf(endpointId: string): number {
+    return this.failing.has(endpointId) ? this.opts.perFailingEndpoint : this.opts.perEndpoint;
   }
 
   private sleep(ms: number): Promise<void> {
@@ -188,6 +224,7 @@ export class Dispatcher {
       const t = setTimeout(() => {
         this.wakeUp = undefined;
         this.dirty = true;
+        this.exhausted = undefined; // retries come due with time
         resolve();
       }, ms);
       this.wakeUp = () => {
@@ -258,6 +295,8 @@ export class Dispatcher {
 
   private record(o: Outcome): void {
     if (o.result) {
+      if (o.result.error === null) this.failing.delete(o.claimed.endpointId);
+      else this.failing.add(o.claimed.endpointId);
       attemptsTotal.inc({ outcome: o.result.error ?? "success" });
       attemptSeconds.observe(o.result.durationMs / 1000);
     }
@@ -272,7 +311,7 @@ export class Dispatcher {
     while (this.buffer.length > 0) {
       const batch = this.buffer.splice(0, 500);
       try {
-        await completeBatch(
+        const { released } = await completeBatch(
           this.ctx.store,
           batch,
           {
@@ -282,7 +321,10 @@ export class Dispatcher {
           },
           this.ctx.clock.now(),
         );
-        this.settle(batch.map((o) => o.claimed));
+        this.settle(
+          batch.map((o) => o.claimed),
+          released > 0,
+        );
       } catch (err) {
         this.ctx.log.warn({ err, outcomes: batch.length }, "recording outcomes failed; retrying");
         this.buffer.unshift(...batch);
@@ -299,7 +341,8 @@ export class Dispatcher {
     this.flushing = undefined;
   }
 
-  private settle(done: Claimed[]): void {
+  /** Frees the slots of finished attempts; `released`: the completion made parked deliveries due. */
+  private settle(done: Claimed[], released = false): void {
     for (const c of done) {
       this.inflight.delete(c.id);
       const n = (this.perEndpoint.get(c.endpointId) ?? 1) - 1;
@@ -307,6 +350,6 @@ export class Dispatcher {
       else this.perEndpoint.set(c.endpointId, n);
     }
     inflightGauge.set(this.inflight.size);
-    this.wake();
+    this.wake(released);
   }
 }

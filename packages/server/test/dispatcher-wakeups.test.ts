@@ -1,0 +1,194 @@
+import assert from "node:assert/strict";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { test } from "node:test";
+import { loadConfig } from "../src/config.js";
+import { Dispatcher } from "../src/delivery/dispatcher.js";
+import { createLogger } from "../src/log.js";
+import { startServer } from "../src/server.js";
+import { apiClient, setupAccount } from "./helpers/api.js";
+import { freePort, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// After a claim that found less than it asked for, the dispatcher does not claim again on every
+// settled attempt (that claim would find nothing, stepping over every due row of the endpoints at
+// their cap); it claims when an endpoint it left out is back under its threshold, or when a
+// completion releases a parked delivery. These tests poll once an hour, so a missed claim would
+// strand the work and time out.
+
+/** A receiver that holds every request until told to answer, recording what arrived. */
+async function holdingReceiver() {
+  const held: ServerResponse[] = [];
+  const arrived: string[] = [];
+  const server = createServer((req: IncomingMessage, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      arrived.push(JSON.parse(Buffer.concat(chunks).toString("utf8")).event_type);
+      held.push(res);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+    arrived,
+    held,
+    answerAll() {
+      for (const res of held.splice(0)) res.end("ok");
+    },
+    async close() {
+      for (const res of held.splice(0)) res.destroy();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+async function rig(endpointUrl: string) {
+  const dir = tempDir();
+  const config = loadConfig({
+    KLEN_DATA_DIR: dir.path,
+    KLEN_DEV: "1",
+    KLEN_API_KEY: "klen_wakeups_key",
+    PORT: String(await freePort()),
+    KLEN_DELIVERY_TIMEOUT: "60s",
+    KLEN_RETRY_SCHEDULE: Array(30).fill("200ms").join(","),
+  });
+  // API only: the work is queued first; the dispatcher under test is our own.
+  const api = await startServer(config, createLogger({ level: "silent" }), { role: "api" });
+  const client = apiClient(`http://127.0.0.1:${config.port}`, "klen_wakeups_key");
+  const { agentId } = await setupAccount(client, { endpointUrl });
+  const newCall = async () => {
+    const c = await client.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15550300000",
+    });
+    return c.body.id as number;
+  };
+  return {
+    api,
+    client,
+    newCall,
+    async done() {
+      await api.stop();
+      dir.remove();
+    },
+  };
+}
+
+test("an endpoint at its cap gets its remaining deliveries as its slots free up, with no poll", async () => {
+  const receiver = await holdingReceiver();
+  const r = await rig(receiver.url);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    for (let i = 0; i < 6; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
+    // Cap 2 per endpoint: the first claim takes what fits and hands the rest back.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 4,
+      perEndpoint: 2,
+      batchSize: 4,
+      pollMs: 3_600_000,
+    });
+    dispatcher.start();
+    let answered = 0;
+    while (answered < 6) {
+      await waitFor("a held request", () => receiver.held.length > 0);
+      answered += receiver.held.length;
+      receiver.answerAll();
+    }
+    assert.deepEqual(receiver.arrived, Array(6).fill("call.started"));
+    await waitFor("every delivery recorded", async () => {
+      const pending = await r.api.ctx.store.db
+        .selectFrom("deliveries")
+        .select("id")
+        .where("status", "!=", "succeeded")
+        .execute();
+      return pending.length === 0;
+    });
+  } finally {
+    await dispatcher?.stop(100);
+    await receiver.close();
+    await r.done();
+  }
+});
+
+test("a completion that releases a parked delivery makes the dispatcher claim it, with no poll", async () => {
+  const receiver = await holdingReceiver();
+  const r = await rig(receiver.url);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    const id = await r.newCall();
+    await r.client.post(`/v1/calls/${id}/start`, {});
+    await r.client.post(`/v1/calls/${id}/end`, {});
+    dispatcher = new Dispatcher(r.api.ctx, { pollMs: 3_600_000 });
+    dispatcher.start();
+    // The first claim finds only the started event (the ended one waits behind it) and is short.
+    await waitFor("the first event", () => receiver.held.length === 1);
+    assert.deepEqual(receiver.arrived, ["call.started"]);
+    receiver.answerAll();
+    await waitFor("the released second event", () => receiver.held.length === 1);
+    assert.deepEqual(receiver.arrived, ["call.started", "call.ended"]);
+    receiver.answerAll();
+  } finally {
+    await dispatcher?.stop(100);
+    await receiver.close();
+    await r.done();
+  }
+});
+
+test("a failing endpoint holds few slots until it succeeds again; none of its deliveries is dropped", async () => {
+  // Counts the requests open at the endpoint; answers 500 until told to recover.
+  let open = 0;
+  let maxOpen = 0;
+  let healthy = false;
+  const server = createServer((req, res) => {
+    open++;
+    maxOpen = Math.max(maxOpen, open);
+    res.on("close", () => open--);
+    req.resume();
+    req.on("end", () => setTimeout(() => res.writeHead(healthy ? 200 : 500).end(), 20));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const r = await rig(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    for (let i = 0; i < 24; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
+    const attempts = async () =>
+      Number(
+        (
+          await r.api.ctx.store.db
+            .selectFrom("attempts")
+            .select((eb) => eb.fn.countAll().as("n"))
+            .executeTakeFirstOrThrow()
+        ).n,
+      );
+    dispatcher = new Dispatcher(r.api.ctx, { perEndpoint: 8, perFailingEndpoint: 2, pollMs: 50 });
+    dispatcher.start();
+    // The first wave runs at the full cap; once it has failed, the endpoint holds 2 at most.
+    await waitFor("the first wave failed", async () => (await attempts()) >= 8);
+    await waitFor("the first wave settled", () => open <= 2);
+    maxOpen = open;
+    const seen = await attempts();
+    await waitFor("more failed attempts", async () => (await attempts()) >= seen + 10);
+    assert.ok(maxOpen <= 2, `a failing endpoint held ${maxOpen} requests at once (cap 2 while failing)`);
+    healthy = true;
+    await waitFor(
+      "every delivery succeeded",
+      async () =>
+        (
+          await r.api.ctx.store.db
+            .selectFrom("deliveries")
+            .select("id")
+            .where("status", "!=", "succeeded")
+            .execute()
+        ).length === 0,
+      30_000,
+    );
+  } finally {
+    await dispatcher?.stop(100);
+    server.closeAllConnections();
+    await new Promise<void>((res) => server.close(() => res()));
+    await r.done();
+  }
+});
