@@ -2,16 +2,11 @@ import assert from "node:assert/strict";
 import { createServer, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { test } from "node:test";
-import { loadConfig } from "../src/config.js";
 import { Dispatcher } from "../src/delivery/dispatcher.js";
-import { createLogger } from "../src/log.js";
-import { startServer } from "../src/server.js";
-import { apiClient, setupAccount } from "./helpers/api.js";
+import { apiOnlyServer } from "./helpers/api-only.js";
 import { startReceiver } from "./helpers/receiver.js";
-import { freePort, tempDir } from "./helpers/server.js";
 
 test("a dead endpoint never holds more than its share of the slots, even when one claim batch is all its own", async () => {
-  const dir = tempDir();
   // The dead endpoint: accepts requests and never answers (the delivery timeout is long).
   let open = 0;
   let maxOpen = 0;
@@ -25,36 +20,21 @@ test("a dead endpoint never holds more than its share of the slots, even when on
   });
   await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
   const healthy = await startReceiver();
-  const config = loadConfig({
-    KLEN_DATA_DIR: dir.path,
-    KLEN_DEV: "1",
-    KLEN_API_KEY: "klen_isolation_key",
-    PORT: String(await freePort()),
-    KLEN_DELIVERY_TIMEOUT: "60s",
-  });
   // An API-only process queues the work first, so the dispatcher's first batch is all the dead
   // endpoint's: 4 claimed, cap 2 per endpoint.
-  const api = await startServer(config, createLogger({ level: "silent" }), { role: "api" });
+  const r = await apiOnlyServer(`http://127.0.0.1:${(dead.address() as AddressInfo).port}/`);
   let dispatcher: Dispatcher | undefined;
   try {
-    const client = apiClient(`http://127.0.0.1:${config.port}`, "klen_isolation_key");
-    const { agentId } = await setupAccount(client, {
-      endpointUrl: `http://127.0.0.1:${(dead.address() as AddressInfo).port}/`,
-    });
     const calls: number[] = [];
     for (let i = 0; i < 6; i++) {
-      const c = await client.post("/v1/calls", {
-        agent_id: agentId,
-        type: "inbound",
-        phone_number: `+1555030000${i}`,
-      });
-      await client.post(`/v1/calls/${c.body.id}/start`, {});
-      calls.push(c.body.id);
+      const id = await r.newCall(`+1555030000${i}`);
+      await r.client.post(`/v1/calls/${id}/start`, {});
+      calls.push(id);
     }
-    await client.post("/v1/endpoints", { url: healthy.url });
-    for (const id of calls) await client.post(`/v1/calls/${id}/end`, {});
+    await r.client.post("/v1/endpoints", { url: healthy.url });
+    for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
 
-    dispatcher = new Dispatcher(api.ctx, { concurrency: 4, perEndpoint: 2, batchSize: 4, pollMs: 50 });
+    dispatcher = new Dispatcher(r.api.ctx, { concurrency: 4, perEndpoint: 2, batchSize: 4, pollMs: 50 });
     dispatcher.start();
     await healthy.waitForCount(6);
     assert.deepEqual(
@@ -66,9 +46,8 @@ test("a dead endpoint never holds more than its share of the slots, even when on
   } finally {
     for (const res of held) res.destroy();
     await dispatcher?.stop(100);
-    await api.stop();
+    await r.done();
     await healthy.close();
-    await new Promise<void>((r) => dead.close(() => r()));
-    dir.remove();
+    await new Promise<void>((res) => dead.close(() => res()));
   }
 });

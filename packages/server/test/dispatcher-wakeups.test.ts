@@ -2,12 +2,8 @@ import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { test } from "node:test";
-import { loadConfig } from "../src/config.js";
 import { Dispatcher } from "../src/delivery/dispatcher.js";
-import { createLogger } from "../src/log.js";
-import { startServer } from "../src/server.js";
-import { apiClient, setupAccount } from "./helpers/api.js";
-import { freePort, tempDir } from "./helpers/server.js";
+import { apiOnlyServer } from "./helpers/api-only.js";
 import { waitFor } from "./helpers/wait.js";
 
 // After a claim that found less than it asked for, the dispatcher does not claim again on every
@@ -44,42 +40,9 @@ async function holdingReceiver() {
   };
 }
 
-async function rig(endpointUrl: string) {
-  const dir = tempDir();
-  const config = loadConfig({
-    KLEN_DATA_DIR: dir.path,
-    KLEN_DEV: "1",
-    KLEN_API_KEY: "klen_wakeups_key",
-    PORT: String(await freePort()),
-    KLEN_DELIVERY_TIMEOUT: "60s",
-    KLEN_RETRY_SCHEDULE: Array(30).fill("200ms").join(","),
-  });
-  // API only: the work is queued first; the dispatcher under test is our own.
-  const api = await startServer(config, createLogger({ level: "silent" }), { role: "api" });
-  const client = apiClient(`http://127.0.0.1:${config.port}`, "klen_wakeups_key");
-  const { agentId } = await setupAccount(client, { endpointUrl });
-  const newCall = async () => {
-    const c = await client.post("/v1/calls", {
-      agent_id: agentId,
-      type: "inbound",
-      phone_number: "+15550300000",
-    });
-    return c.body.id as number;
-  };
-  return {
-    api,
-    client,
-    newCall,
-    async done() {
-      await api.stop();
-      dir.remove();
-    },
-  };
-}
-
 test("an endpoint at its cap gets its remaining deliveries as its slots free up, with no poll", async () => {
   const receiver = await holdingReceiver();
-  const r = await rig(receiver.url);
+  const r = await apiOnlyServer(receiver.url);
   let dispatcher: Dispatcher | undefined;
   try {
     for (let i = 0; i < 6; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
@@ -115,7 +78,7 @@ test("an endpoint at its cap gets its remaining deliveries as its slots free up,
 
 test("a completion that releases a parked delivery makes the dispatcher claim it, with no poll", async () => {
   const receiver = await holdingReceiver();
-  const r = await rig(receiver.url);
+  const r = await apiOnlyServer(receiver.url);
   let dispatcher: Dispatcher | undefined;
   try {
     const id = await r.newCall();
@@ -150,7 +113,7 @@ test("a failing endpoint holds few slots until it succeeds again; none of its de
     req.on("end", () => setTimeout(() => res.writeHead(healthy ? 200 : 500).end(), 20));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const r = await rig(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+  const r = await apiOnlyServer(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
   let dispatcher: Dispatcher | undefined;
   try {
     for (let i = 0; i < 24; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
