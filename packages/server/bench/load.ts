@@ -156,6 +156,8 @@ export interface LoadResult {
   acks: Map<string, number>;
   /** Events the schedule wanted but could not send because every call was busy (open loop). */
   behind: number;
+  /** Open loop: the longest gap between two turns of the schedule (ms), i.e. how long this process stalled. */
+  maxGapMs: number;
 }
 
 async function step(api: Api, r: LoadResult, callId: number, s: (typeof STEPS)[number]): Promise<boolean> {
@@ -183,6 +185,7 @@ export async function closedLoop(api: Api, calls: number[], lanes: number, ms: n
     lastAckAt: 0,
     acks: new Map(),
     behind: 0,
+    maxGapMs: 0,
   };
   const end = r.firstPostAt + ms;
   const pool = [...calls];
@@ -210,14 +213,18 @@ export async function openLoop(api: Api, calls: number[], rate: number, ms: numb
     lastAckAt: 0,
     acks: new Map(),
     behind: 0,
+    maxGapMs: 0,
   };
   const ready: Array<[number, number]> = calls.map((id) => [id, 0]);
   let head = 0;
   let sent = 0;
   const inflight = new Set<Promise<void>>();
   const start = r.firstPostAt;
+  let last = start;
   for (;;) {
     const t = now();
+    r.maxGapMs = Math.max(r.maxGapMs, t - last);
+    last = t;
     if (t - start >= ms) break;
     const due = Math.floor(((t - start) * rate) / 1000);
     while (sent < due) {

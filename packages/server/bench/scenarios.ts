@@ -356,6 +356,7 @@ export async function scenarioLatency(cfg: BenchConfig) {
     p99_ms: number;
     max_ms: number;
     samples: number;
+    generator_max_pause_ms: number;
   }> = [];
   for (const rate of [500, 2000]) {
     const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/lat"), path: "/lat" }], { keys: true });
@@ -364,7 +365,7 @@ export async function scenarioLatency(cfg: BenchConfig) {
       const s = await settle(cfg, rig, ["/lat"], load.events);
       record(cfg, `latency@${rate}`, s.ledger);
       cfg.say(
-        `    offered ${rate}/s (sent ${fmt(achieved)}/s${load.behind ? `, ${load.behind} behind schedule` : ""}, ${load.errors} errors): ${latencyLine(l)} over the ${l.length} events after a ${WARMUP_MS / 1000} s warm-up`,
+        `    offered ${rate}/s (sent ${fmt(achieved)}/s${load.behind ? `, ${load.behind} behind schedule` : ""}, ${load.errors} errors): ${latencyLine(l)} over the ${l.length} events after a ${WARMUP_MS / 1000} s warm-up; the load generator's longest pause ${fmt(load.maxGapMs, 1)} ms`,
       );
       out.push({
         offered_rps: rate,
@@ -373,6 +374,7 @@ export async function scenarioLatency(cfg: BenchConfig) {
         p99_ms: percentile(l, 99),
         max_ms: l[l.length - 1] ?? Number.NaN,
         samples: l.length,
+        generator_max_pause_ms: load.maxGapMs,
       });
     } finally {
       await rig.done();

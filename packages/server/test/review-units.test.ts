@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RateLimiter } from "../src/api/auth.js";
 import { ConfigError, loadConfig } from "../src/config.js";
-import { newId } from "../src/util/ids.js";
+import { idFloor, newId } from "../src/util/ids.js";
 import { parseIso } from "../src/util/time.js";
 
 /** Adversarial review: pure pieces whose edge cases the HTTP tests cannot reach cheaply. */
@@ -71,4 +71,11 @@ test("ids made in the same millisecond sort in the order they were made; time st
   const earlier = newId("evt", ms - 1);
   assert.ok(same.every((id) => id < later && id > earlier));
   assert.match(later, /^evt_[0-9a-hjkmnp-tv-z]{26}$/);
+});
+
+test("idFloor(ms) sorts above every id made before ms and below every id made at or after it", () => {
+  const ms = 1_700_000_000_000;
+  const floor = idFloor("dlv", ms);
+  for (const t of [0, 1, ms - 86_400_000, ms - 1]) assert.ok(newId("dlv", t) < floor, `made at ${t}`);
+  for (const t of [ms, ms + 1, ms + 86_400_000]) assert.ok(newId("dlv", t) > floor, `made at ${t}`);
 });

@@ -50,6 +50,14 @@ export function newId(prefix: string, now = Date.now()): string {
   return `${prefix}_${base32(lastMs, 10)}${base32(hi, 8)}${base32(lo, 8)}`;
 }
 
+/**
+ * The lowest id `newId(prefix)` can make at `ms`: every id made earlier sorts below it. Lets a
+ * query select rows made before a time by a range on the id's index.
+ */
+export function idFloor(prefix: string, ms: number): string {
+  return `${prefix}_${base32(ms, 10)}`;
+}
+
 /** Endpoint secrets: `whsec_` and the base64 of 32 random bytes (the rule allows 24–64). */
 export function newEndpointSecret(): string {
   return `whsec_${randomBytes(32).toString("base64")}`;
