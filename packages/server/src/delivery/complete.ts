@@ -1,6 +1,6 @@
 import { sql } from "kysely";
-import { type ColumnType, inListOf, listValue, rowListOf, rowListValues } from "../storage/lists.js";
-import { prepared, rowSlots, rowValues } from "../storage/prepared.js";
+import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
+import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { type Claimed, PAIR_TYPES } from "./claim.js";
@@ -69,11 +69,7 @@ export async function completeBatch(
           r.error === null ? null : r.errorMessage ? `${r.error}: ${r.errorMessage}` : r.error,
         ];
       });
-      await insertAttempts(
-        trx,
-        store.caps,
-        rowValues("rows", rowListValues(store.caps, rows, ATTEMPT_TYPES)),
-      );
+      await insertAttempts(trx, store.caps, rowListArgs(store.caps, "rows", rows, ATTEMPT_TYPES));
     }
 
     const succeeded = attempts.filter((o) => o.result!.error === null);
@@ -158,7 +154,7 @@ const insertAttempts = prepared(
     sql`
     INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
                           response_body, duration_ms, error)
-    SELECT * FROM ${rowListOf(caps, rowSlots(p, "rows", ATTEMPT_TYPES.length), ATTEMPT_TYPES)} AS a`,
+    SELECT * FROM ${rowListSlot(p, "rows", caps, ATTEMPT_TYPES)} AS a`,
 );
 
 const clearFailing = prepared((db, p: Record<"ids", never>, caps) =>
@@ -181,9 +177,7 @@ function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean) {
       updated_at: p.now,
       ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
     })
-    .where(
-      sql<boolean>`(id, claim_token) IN ${rowListOf(caps, rowSlots(p, "pairs", PAIR_TYPES.length), PAIR_TYPES)}`,
-    );
+    .where(sql<boolean>`(id, claim_token) IN ${rowListSlot(p, "pairs", caps, PAIR_TYPES)}`);
 }
 const fencedAttempted = prepared((db, p: FenceSlots, caps) => fenced(db, p, caps, true));
 const fencedSkipped = prepared((db, p: FenceSlots, caps) => fenced(db, p, caps, false));
@@ -202,7 +196,7 @@ async function fencedUpdate(
     next: set.next_attempt_at,
     error: set.last_error,
     now,
-    ...rowValues("pairs", rowListValues(store.caps, pairs, PAIR_TYPES)),
+    ...rowListArgs(store.caps, "pairs", pairs, PAIR_TYPES),
   } as Record<keyof FenceSlots, unknown>);
 }
 

@@ -2,8 +2,8 @@ import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
 import { matches } from "../endpoints/filter.js";
-import { type ColumnType, inListOf, listValue, rowListOf, rowListValues } from "../storage/lists.js";
-import { prepared, rowSlots, rowValues } from "../storage/prepared.js";
+import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
+import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
 import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { newId } from "../util/ids.js";
@@ -58,7 +58,7 @@ const insertDeliveries = prepared(
     INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
                             created_at, updated_at, status, attempt_count, claim_token, last_error)
     SELECT d.*, 'pending', 0, 0, NULL
-    FROM ${rowListOf(caps, rowSlots(p, "rows", DELIVERY_TYPES.length), DELIVERY_TYPES)} AS d`,
+    FROM ${rowListSlot(p, "rows", caps, DELIVERY_TYPES)} AS d`,
 );
 
 /**
@@ -118,6 +118,6 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
     input.now,
     input.now,
   ]);
-  await insertDeliveries(trx, input.caps, rowValues("rows", rowListValues(input.caps, rows, DELIVERY_TYPES)));
+  await insertDeliveries(trx, input.caps, rowListArgs(input.caps, "rows", rows, DELIVERY_TYPES));
   return { id, deliveries: endpoints.length };
 }

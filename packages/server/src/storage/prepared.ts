@@ -1,4 +1,5 @@
 import { type Compilable, type CompiledQuery, createQueryId, type RawBuilder } from "kysely";
+import { type ColumnType, rowListOf, rowListValues } from "./lists.js";
 import type { DialectCaps } from "./store.js";
 import type { Db } from "./types.js";
 
@@ -45,13 +46,25 @@ export function prepared<P extends string, R>(
 }
 
 /**
- * Placeholders for the values of a row list (`rowListOf` in storage/lists.ts): `name0`, `name1`, …,
- * one per value `rowListValues` makes on this dialect; `rowValues` names the real ones alike.
+ * A row list (storage/lists.ts) in a prepared query: `rowListSlot` stands where the list goes in
+ * `build`, `rowListArgs` gives the rows at each run. Its bound values (one JSON text on SQLite, one
+ * array per column on PostgreSQL) travel as the placeholders `name0`, `name1`, ….
  */
-export function rowSlots(p: object, name: string, count: number): unknown[] {
-  return Array.from({ length: count }, (_, i) => (p as Record<string, unknown>)[`${name}${i}`]);
+export function rowListSlot(
+  p: object,
+  name: string,
+  caps: Pick<DialectCaps, "name">,
+  types: readonly ColumnType[],
+): RawBuilder<unknown> {
+  const slots = types.map((_, i) => (p as Record<string, unknown>)[`${name}${i}`]);
+  return rowListOf(caps, slots, types);
 }
 
-export function rowValues(name: string, values: readonly unknown[]): Record<string, unknown> {
-  return Object.fromEntries(values.map((v, i) => [`${name}${i}`, v]));
+export function rowListArgs(
+  caps: Pick<DialectCaps, "name">,
+  name: string,
+  rows: ReadonlyArray<ReadonlyArray<string | number | null>>,
+  types: readonly ColumnType[],
+): Record<string, unknown> {
+  return Object.fromEntries(rowListValues(caps, rows, types).map((v, i) => [`${name}${i}`, v]));
 }
