@@ -101,6 +101,12 @@ export class Api {
     return { status: res.statusCode, json: text ? JSON.parse(text) : undefined };
   }
 
+  /** GET of a path outside the API (no key): the body as text. */
+  async text(path: string): Promise<string> {
+    const res = await this.pool.request({ path, method: "GET" });
+    return res.body.text();
+  }
+
   async close(): Promise<void> {
     if (this.pool.closed || this.pool.destroyed) return;
     await this.pool.close();
@@ -203,9 +209,16 @@ export async function closedLoop(api: Api, calls: number[], lanes: number, ms: n
 /**
  * Open loop at a fixed offered rate: every millisecond, sends as many transitions as the schedule
  * says are due, each to a call whose previous step has been answered (steps of one call stay in
- * order). What could not be sent on time is counted in `behind`.
+ * order). What could not be sent on time is counted in `behind`. `mark` runs once `atMs` into the
+ * loop (the end of a warm-up), and `maxGapMs` counts from there.
  */
-export async function openLoop(api: Api, calls: number[], rate: number, ms: number): Promise<LoadResult> {
+export async function openLoop(
+  api: Api,
+  calls: number[],
+  rate: number,
+  ms: number,
+  mark?: { atMs: number; fn: () => void },
+): Promise<LoadResult> {
   const r: LoadResult = {
     events: 0,
     errors: 0,
@@ -221,11 +234,17 @@ export async function openLoop(api: Api, calls: number[], rate: number, ms: numb
   const inflight = new Set<Promise<void>>();
   const start = r.firstPostAt;
   let last = start;
+  let marked = mark === undefined;
   for (;;) {
     const t = now();
     r.maxGapMs = Math.max(r.maxGapMs, t - last);
     last = t;
     if (t - start >= ms) break;
+    if (!marked && t - start >= mark!.atMs) {
+      marked = true;
+      r.maxGapMs = 0;
+      mark!.fn();
+    }
     const due = Math.floor(((t - start) * rate) / 1000);
     while (sent < due) {
       const item = ready[head];

@@ -86,6 +86,13 @@ export class ReceiverProcess {
     return new Map(r.arrivals);
   }
 
+  /** The receiver's longest event-loop pause (ms) since the previous call. */
+  async maxPause(): Promise<number> {
+    const r = await this.ask({ type: "pause" });
+    if (r.type !== "pause") throw new Error("bad reply");
+    return r.maxMs;
+  }
+
   /**
    * Waits until distinct webhook arrivals (summed over paths) reach `n`; gives up when nothing new
    * arrived for `stallMs` (the ledger check then reports what is missing).

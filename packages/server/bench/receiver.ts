@@ -12,6 +12,7 @@
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 
 export type ReceiverRequest =
   | { type: "start"; ports: number }
@@ -20,6 +21,7 @@ export type ReceiverRequest =
   | { type: "count" }
   | { type: "digest" }
   | { type: "arrivals" }
+  | { type: "pause" }
   | { type: "stop" };
 
 export interface PathDigest {
@@ -40,7 +42,8 @@ export type ReceiverReply =
       firstAt: number;
       lastAt: number;
     }
-  | { type: "arrivals"; arrivals: Array<[string, number]> };
+  | { type: "arrivals"; arrivals: Array<[string, number]> }
+  | { type: "pause"; maxMs: number };
 
 /** The digest of one id, as a number that XORs exactly (48 bits fit a double). */
 export function idHash(id: string): number {
@@ -71,6 +74,9 @@ let total = 0;
 let firstAt = 0;
 let lastAt = 0;
 const servers: Server[] = [];
+/** This process's event-loop delay: its longest pause since the last `pause` request. */
+const delay = monitorEventLoopDelay({ resolution: 5 });
+delay.enable();
 const sockets = new Set<Socket>();
 
 // `{"event_type":"call.started","call":{"id":12,` — the key the load generator also knows.
@@ -184,6 +190,10 @@ process.on("message", async (msg: ReceiverRequest) => {
     }
     case "arrivals":
       reply({ type: "arrivals", arrivals: keys ? [...keys] : [] });
+      break;
+    case "pause":
+      reply({ type: "pause", maxMs: delay.max / 1e6 });
+      delay.reset();
       break;
     case "stop":
       for (const s of sockets) s.destroy();

@@ -332,18 +332,83 @@ function latencyLine(l: number[]): string {
  */
 const WARMUP_MS = 1_000;
 
-/** An open loop at `rate` for the warm-up and then `ms`, and the latencies measured after the warm-up. */
+/** What the server's /metrics says about its pauses: event-loop delay and garbage collection. */
+interface ServerPauses {
+  /** Longest event-loop delay since the previous scrape (prom-client resets it on each scrape). */
+  maxLagMs: number;
+  /** Collections so far and their total time, by kind (major, minor, incremental, weakcb). */
+  gc: Record<string, { count: number; seconds: number; over100ms: number }>;
+}
+
+async function serverPauses(api: Api): Promise<ServerPauses> {
+  const text = await api.text("/metrics");
+  const lag = /^klen_nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(text);
+  const gc: ServerPauses["gc"] = {};
+  const kind = (k: string) => {
+    gc[k] ??= { count: 0, seconds: 0, over100ms: 0 };
+    return gc[k];
+  };
+  for (const m of text.matchAll(/^klen_nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
+    if (m[1] === "count") kind(m[2]!).count = Number(m[3]);
+    else kind(m[2]!).seconds = Number(m[3]);
+  }
+  for (const m of text.matchAll(
+    /^klen_nodejs_gc_duration_seconds_bucket\{le="0\.1",kind="(\w+)"\} (\S+)$/gm,
+  )) {
+    kind(m[1]!).over100ms = -Number(m[2]);
+  }
+  for (const g of Object.values(gc)) g.over100ms += g.count;
+  return { maxLagMs: Number(lag?.[1] ?? Number.NaN) * 1000, gc };
+}
+
+/** Pauses over a window: each process's longest, and the server's collections in it. */
+interface WindowPauses {
+  generator_ms: number;
+  server_ms: number;
+  receiver_ms: number;
+  server_major_gcs: number;
+  server_gc_ms: number;
+  server_gcs_over_100ms: number;
+}
+
+/**
+ * An open loop at `rate` for the warm-up and then `ms`, and the latencies measured after the
+ * warm-up, with each process's longest pause over the measured window (the load generator, the
+ * server's event loop from its /metrics, the receiver's), to tell whose pause a tail is.
+ */
 async function measuredOpenLoop(rig: ApiRig, cfg: BenchConfig, rate: number, ms: number, paths: string[]) {
   const calls = await createCalls(rig.api, rig.agentId, Math.ceil((rate * (WARMUP_MS + ms)) / 1000 / 4 + 50));
-  const load = await openLoop(rig.api, calls, rate, WARMUP_MS + ms);
+  let before: Promise<[ServerPauses, number]> | undefined;
+  const load = await openLoop(rig.api, calls, rate, WARMUP_MS + ms, {
+    atMs: WARMUP_MS,
+    fn: () => {
+      before = Promise.all([serverPauses(rig.api), cfg.receiver.maxPause()]);
+    },
+  });
   const arrivals = await arrivalsAfter(cfg, load.events * paths.length);
+  const [[s0], s1, receiverMs] = await Promise.all([before!, serverPauses(rig.api), cfg.receiver.maxPause()]);
+  const sum = (p: ServerPauses, f: (g: ServerPauses["gc"][string]) => number) =>
+    Object.values(p.gc).reduce((a, g) => a + f(g), 0);
+  const pauses: WindowPauses = {
+    generator_ms: load.maxGapMs,
+    server_ms: s1.maxLagMs,
+    receiver_ms: receiverMs,
+    server_major_gcs: (s1.gc.major?.count ?? 0) - (s0.gc.major?.count ?? 0),
+    server_gc_ms: (sum(s1, (g) => g.seconds) - sum(s0, (g) => g.seconds)) * 1000,
+    server_gcs_over_100ms: sum(s1, (g) => g.over100ms) - sum(s0, (g) => g.over100ms),
+  };
   const sent = (load.events / (WARMUP_MS + ms)) * 1000;
   return {
     load,
     arrivals,
     sent,
+    pauses,
     latencies: latencies(load.acks, arrivals, paths, load.firstPostAt + WARMUP_MS),
   };
+}
+
+function pausesLine(p: WindowPauses): string {
+  return `longest pauses: load generator ${fmt(p.generator_ms, 1)} ms, server ${fmt(p.server_ms, 1)} ms, receiver ${fmt(p.receiver_ms, 1)} ms; server GC ${fmt(p.server_gc_ms)} ms (${p.server_major_gcs} major, ${p.server_gcs_over_100ms} over 100 ms)`;
 }
 
 /** 4. Latency at fixed offered loads: API 2xx → arrival, after a warm-up at the same rate. */
@@ -357,16 +422,23 @@ export async function scenarioLatency(cfg: BenchConfig) {
     max_ms: number;
     samples: number;
     generator_max_pause_ms: number;
+    pauses: WindowPauses;
   }> = [];
   for (const rate of [500, 2000]) {
     const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/lat"), path: "/lat" }], { keys: true });
     try {
-      const { load, sent: achieved, latencies: l } = await measuredOpenLoop(rig, cfg, rate, ms, ["/lat"]);
+      const {
+        load,
+        sent: achieved,
+        latencies: l,
+        pauses,
+      } = await measuredOpenLoop(rig, cfg, rate, ms, ["/lat"]);
       const s = await settle(cfg, rig, ["/lat"], load.events);
       record(cfg, `latency@${rate}`, s.ledger);
       cfg.say(
-        `    offered ${rate}/s (sent ${fmt(achieved)}/s${load.behind ? `, ${load.behind} behind schedule` : ""}, ${load.errors} errors): ${latencyLine(l)} over the ${l.length} events after a ${WARMUP_MS / 1000} s warm-up; the load generator's longest pause ${fmt(load.maxGapMs, 1)} ms`,
+        `    offered ${rate}/s (sent ${fmt(achieved)}/s${load.behind ? `, ${load.behind} behind schedule` : ""}, ${load.errors} errors): ${latencyLine(l)} over the ${l.length} events after a ${WARMUP_MS / 1000} s warm-up`,
       );
+      cfg.say(`      ${pausesLine(pauses)}`);
       out.push({
         offered_rps: rate,
         achieved_rps: achieved,
@@ -375,6 +447,7 @@ export async function scenarioLatency(cfg: BenchConfig) {
         max_ms: l[l.length - 1] ?? Number.NaN,
         samples: l.length,
         generator_max_pause_ms: load.maxGapMs,
+        pauses,
       });
     } finally {
       await rig.done();
