@@ -35,7 +35,7 @@ export async function startServer(
   opts: { role?: Role; dispatcher?: Partial<DispatcherOptions> } = {},
 ): Promise<Running> {
   const role = opts.role ?? "all";
-  const store = await openStore(config.databaseUrl, { encryptionKey: config.encryptionKey });
+  const store = await openStore(config.databaseUrl, { encryptionKey: config.encryptionKey, server: true });
   await migrate(store);
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await signingKey(store, store.db);

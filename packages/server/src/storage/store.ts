@@ -35,21 +35,22 @@ export interface Store {
 /**
  * Opens the store named by `KLEN_DATABASE_URL`; only the chosen backend's driver is loaded. With an
  * encryption key, the sensitive columns are sealed at rest by a Kysely plugin (encryption.ts).
+ * `server`: a long-running server process (SQLite then checkpoints on a thread of its own).
  */
 export async function openStore(
   url: string,
-  opts: { encryptionKey?: string | undefined } = {},
+  opts: { encryptionKey?: string | undefined; server?: boolean } = {},
 ): Promise<Store> {
-  const store = await openBackend(url);
+  const store = await openBackend(url, opts.server ?? false);
   if (!opts.encryptionKey) return store;
   const { EncryptionPlugin, FieldCipher } = await import("./encryption.js");
   return { ...store, db: store.db.withPlugin(new EncryptionPlugin(new FieldCipher(opts.encryptionKey))) };
 }
 
-async function openBackend(url: string): Promise<Store> {
+async function openBackend(url: string, server: boolean): Promise<Store> {
   if (url.startsWith("sqlite:")) {
     const { openSqlite } = await import("./sqlite/index.js");
-    return openSqlite(url.slice("sqlite:".length));
+    return openSqlite(url.slice("sqlite:".length), { checkpointThread: server });
   }
   if (/^postgres(ql)?:\/\//.test(url)) {
     const { openPostgres } = await import("./postgres/index.js");

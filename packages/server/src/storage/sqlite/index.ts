@@ -4,6 +4,7 @@ import BetterSqlite3 from "better-sqlite3";
 import { Kysely, type SqliteDatabase, SqliteDialect } from "kysely";
 import type { Database } from "../schema.js";
 import type { DialectCaps, Store } from "../store.js";
+import { Checkpointer } from "./checkpointer.js";
 
 const caps: DialectCaps = { name: "sqlite", skipLocked: false, rowLocks: false, crossProcessNotify: false };
 
@@ -35,8 +36,17 @@ function cachingStatements(raw: BetterSqlite3.Database, max = 200, maxLength = 2
   };
 }
 
-/** Opens (creating if needed) the SQLite file at `path`, relative to the working directory. */
-export function openSqlite(path: string): Store {
+/** Pages of WAL at which the writer checkpoints itself when the checkpoint thread has fallen behind. */
+const BACKSTOP_PAGES = 4_000;
+/** How often the checkpoint thread looks for WAL to copy back. */
+const CHECKPOINT_MS = 20;
+
+/**
+ * Opens (creating if needed) the SQLite file at `path`, relative to the working directory. With
+ * `checkpointThread`, WAL checkpoints run on a thread of their own (checkpointer.ts): what a server
+ * process wants; a short CLI command does not.
+ */
+export function openSqlite(path: string, opts: { checkpointThread?: boolean } = {}): Store {
   const file = path === ":memory:" ? path : resolve(path);
   if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
   const raw = new BetterSqlite3(file);
@@ -47,6 +57,9 @@ export function openSqlite(path: string): Store {
   raw.pragma("synchronous = NORMAL");
   raw.pragma("busy_timeout = 5000");
   raw.pragma("foreign_keys = ON");
+  const checkpointer =
+    opts.checkpointThread && file !== ":memory:" ? new Checkpointer(file, CHECKPOINT_MS) : undefined;
+  if (checkpointer) raw.pragma(`wal_autocheckpoint = ${BACKSTOP_PAGES}`);
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingStatements(raw) }) });
   return {
     db,
@@ -65,6 +78,7 @@ export function openSqlite(path: string): Store {
       return code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY";
     },
     async close() {
+      await checkpointer?.close();
       await db.destroy();
     },
   };
