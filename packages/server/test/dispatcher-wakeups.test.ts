@@ -155,3 +155,72 @@ test("a failing endpoint holds few slots until it succeeds again; none of its de
     await r.done();
   }
 });
+
+test("claims that leave out busy endpoints start past their backlog, and find it again once one is served", async () => {
+  // Two slow endpoints take call.started (each holds its requests until told), a third takes
+  // call.ended and answers at once. The started events are older, so once the slow endpoints sit at
+  // their cap the claims for the third start at its first delivery (the floor), past their rows.
+  const slow1 = await holdingReceiver();
+  const slow2 = await holdingReceiver();
+  let fastGot = 0;
+  const fast = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      fastGot++;
+      res.end("ok");
+    });
+  });
+  await new Promise<void>((r) => fast.listen(0, "127.0.0.1", r));
+  const r = await apiOnlyServer(slow1.url, { event_types: ["call.started"] });
+  let dispatcher: Dispatcher | undefined;
+  try {
+    const more = [
+      { url: slow2.url, event_types: ["call.started"] },
+      { url: `http://127.0.0.1:${(fast.address() as AddressInfo).port}/`, event_types: ["call.ended"] },
+    ];
+    for (const e of more) assert.equal((await r.client.post("/v1/endpoints", e)).status, 201);
+    const calls: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      calls.push(await r.newCall());
+      await r.client.post(`/v1/calls/${calls[i]}/start`, {});
+    }
+    for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
+    // Cap 2 per endpoint; a floor trusted for an hour, so only a correct invalidation finds the rows.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 16,
+      perEndpoint: 2,
+      batchSize: 4,
+      pollMs: 3_600_000,
+      floorMs: 3_600_000,
+    });
+    dispatcher.start();
+    await waitFor(
+      "both slow endpoints at their cap",
+      () => slow1.held.length === 2 && slow2.held.length === 2,
+    );
+    await waitFor("every call.ended at the fast endpoint", () => fastGot === 6);
+    // The second slow endpoint is served again: its remaining rows lie before the floor.
+    let answered = 0;
+    while (answered < 6) {
+      await waitFor("a held request at the second endpoint", () => slow2.held.length > 0);
+      answered += slow2.held.length;
+      slow2.answerAll();
+    }
+    assert.deepEqual(slow2.arrived, Array(6).fill("call.started"));
+    assert.equal(slow1.arrived.length, 2, "the first stays at its cap, unanswered");
+    answered = 0;
+    while (answered < 6) {
+      await waitFor("a held request at the first endpoint", () => slow1.held.length > 0);
+      answered += slow1.held.length;
+      slow1.answerAll();
+    }
+    assert.deepEqual(slow1.arrived, Array(6).fill("call.started"));
+  } finally {
+    await dispatcher?.stop(100);
+    await slow1.close();
+    await slow2.close();
+    fast.closeAllConnections();
+    await new Promise<void>((res) => fast.close(() => res()));
+    await r.done();
+  }
+});

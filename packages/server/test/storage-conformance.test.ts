@@ -4,7 +4,7 @@ import { createAccount } from "../src/accounts/accounts.js";
 import { runIdempotent } from "../src/api/idempotency.js";
 import { applyTransition, newCallRow } from "../src/calls/service.js";
 import type { Action } from "../src/calls/transitions.js";
-import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
+import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch, type Outcome } from "../src/delivery/complete.js";
 import type { SendResult } from "../src/delivery/send.js";
 import { migrate } from "../src/storage/migrate.js";
@@ -251,6 +251,46 @@ for (const backend of backends()) {
         rest.map((c) => c.endpointId),
         [f.endpointIds[0]],
       );
+    });
+
+    test("a claim that leaves endpoints out can start at the first due delivery of the others", async () => {
+      const f = await fixture(2);
+      const [a, b] = f.endpointIds as [string, string];
+      for (let i = 0; i < 2; i++) await f.step(await f.newCall(), "start");
+      // Endpoint a's deliveries due at 1,000 and 2,000; b's at 1,500 and 2,500.
+      const rows = await f.store.db
+        .selectFrom("deliveries")
+        .select(["id", "endpoint_id"])
+        .orderBy("id")
+        .execute();
+      const due = { [a]: [1_000, 2_000], [b]: [1_500, 2_500] };
+      for (const r of rows) {
+        await f.store.db
+          .updateTable("deliveries")
+          .set({ next_attempt_at: due[r.endpoint_id]!.shift()! })
+          .where("id", "=", r.id)
+          .execute();
+      }
+      assert.equal(await dueHead(f.store, { now: 3_000, exclude: [a] }), 1_500);
+      assert.equal(await dueHead(f.store, { now: 3_000, exclude: [b] }), 1_000);
+      assert.equal(await dueHead(f.store, { now: 1_400, exclude: [a] }), undefined, "b has nothing due yet");
+      assert.equal(await dueHead(f.store, { now: 3_000, exclude: [a, b] }), undefined);
+      const from = await claimDue(f.store, {
+        now: 3_000,
+        limit: 10,
+        leaseMs: LEASE,
+        exclude: [a],
+        from: 2_000,
+      });
+      assert.deepEqual(
+        from.map((c) => c.endpointId),
+        [b],
+        "only b's delivery due at 2,500: the floor is the caller's promise, 1,500 is not looked at",
+      );
+      const rest = await claimDue(f.store, { now: 3_000, limit: 10, leaseMs: LEASE, exclude: [a] });
+      assert.equal(rest.length, 1, "without a floor b's delivery due at 1,500 is found");
+      assert.notEqual(rest[0]!.id, from[0]!.id);
+      assert.equal(await dueHead(f.store, { now: 3_000, exclude: [a] }), undefined, "b has nothing left due");
     });
 
     test("an expired lease makes a claimed delivery due again, with a new fence", async () => {

@@ -26,7 +26,17 @@ export interface Claimed {
  */
 export async function claimDue(
   store: Store,
-  opts: { now: number; limit: number; leaseMs: number; exclude: readonly string[] },
+  opts: {
+    now: number;
+    limit: number;
+    leaseMs: number;
+    exclude: readonly string[];
+    /**
+     * With `exclude`: only deliveries due at or after this time (`dueHead`). The caller promises
+     * that every due delivery before it belongs to an excluded endpoint.
+     */
+    from?: number;
+  },
 ): Promise<Claimed[]> {
   const { db, caps } = store;
   const leaseEnd = opts.now + opts.leaseMs;
@@ -35,6 +45,7 @@ export async function claimDue(
     leaseEnd,
     limit: opts.limit,
     exclude: listValue(caps, opts.exclude),
+    from: opts.from ?? 0,
   });
   if (rows.length === 0) return [];
 
@@ -58,7 +69,35 @@ export async function claimDue(
   }));
 }
 
-type ClaimSlots = Record<"now" | "leaseEnd" | "limit" | "exclude", never>;
+/**
+ * When the earliest due delivery of an endpoint not in `exclude` is due (undefined: none is).
+ * A claim that leaves endpoints out steps over their due rows to find the others; when those rows
+ * are the oldest (a dead endpoint's backlog), every claim steps over all of them. The dispatcher
+ * asks this once and claims from there while the same endpoints stay left out (dispatcher.ts).
+ */
+export async function dueHead(
+  store: Store,
+  opts: { now: number; exclude: readonly string[] },
+): Promise<number | undefined> {
+  const [row] = await selectDueHead(store.db, store.caps, {
+    now: opts.now,
+    exclude: listValue(store.caps, opts.exclude),
+  });
+  return row === undefined ? undefined : Number(row.next_attempt_at);
+}
+
+const selectDueHead = prepared((db, p: Record<"now" | "exclude", never>, caps) =>
+  db
+    .selectFrom("deliveries")
+    .select("next_attempt_at")
+    .where("status", "=", PENDING)
+    .where("next_attempt_at", "<=", p.now)
+    .where(sql<boolean>`NOT ${inListOf(caps, "endpoint_id", p.exclude, "text")}`)
+    .orderBy("next_attempt_at")
+    .limit(1),
+);
+
+type ClaimSlots = Record<"now" | "leaseEnd" | "limit" | "exclude" | "from", never>;
 
 // The claim, prepared (storage/prepared.ts): building and compiling it through Kysely cost more
 // than running it when a claim takes one or two deliveries (an API event at a time).
@@ -74,7 +113,10 @@ function claimQuery(db: Db, p: ClaimSlots, caps: DialectCaps, excluding: boolean
     .select(key.as("k"))
     .where("status", "=", PENDING)
     .where("next_attempt_at", "<=", p.now);
-  if (excluding) due = due.where(sql<boolean>`NOT ${inListOf(caps, "endpoint_id", p.exclude, "text")}`);
+  if (excluding)
+    due = due
+      .where("next_attempt_at", ">=", p.from)
+      .where(sql<boolean>`NOT ${inListOf(caps, "endpoint_id", p.exclude, "text")}`);
   due = due.orderBy("next_attempt_at").limit(p.limit);
   if (caps.skipLocked) due = due.forUpdate().skipLocked();
   return db

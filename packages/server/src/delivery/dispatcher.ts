@@ -1,7 +1,7 @@
 import type { AppContext } from "../api/context.js";
 import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
 import { memo } from "../util/memo.js";
-import { type Claimed, claimDue, releaseLeases, releaseOrphans } from "./claim.js";
+import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
 import { parseRetryAfter } from "./schedule.js";
 import { Sender } from "./send.js";
@@ -20,6 +20,8 @@ export interface DispatcherOptions {
   pollMs: number;
   /** How often the ordering safety net runs. */
   sweepMs: number;
+  /** How long a claim floor (`Dispatcher.floor`) is trusted before it is looked up again. */
+  floorMs: number;
 }
 
 export const defaultDispatcherOptions: DispatcherOptions = {
@@ -29,6 +31,7 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   batchSize: 256,
   pollMs: 250,
   sweepMs: 30_000,
+  floorMs: 1_000,
 };
 
 const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
@@ -58,6 +61,13 @@ export class Dispatcher {
    * only find the same nothing, and to find it would step over every due row of those endpoints.
    */
   private exhausted: Set<string> | undefined;
+  /**
+   * Claims that leave endpoints out start at `value`: when it was looked up (`at`), every due
+   * delivery before it belonged to one of `excluded` (claim.ts, `dueHead`). Rows come due after
+   * that only at "now" or later (retries, handed-back leases), except new work from elsewhere, which
+   * forgets the floor (`wake`), as does any of `excluded` being served again, or `floorMs` passing.
+   */
+  private floor: { value: number; at: number; excluded: ReadonlySet<string> } | undefined;
   private flushing: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly onWork = () => this.wake();
@@ -98,7 +108,10 @@ export class Dispatcher {
 
   /** `newWork` false: only slots were freed (an attempt settled), no delivery became due. */
   wake(newWork = true): void {
-    if (newWork) this.exhausted = undefined;
+    if (newWork) {
+      this.exhausted = undefined;
+      this.floor = undefined;
+    }
     this.dirty = true;
     if (this.wakeQueued || !this.wakeUp) return;
     // Resume a sleeping loop after the current I/O phase, not at once: every commit and every
@@ -176,12 +189,7 @@ export class Dispatcher {
       }
       let claimed: Claimed[];
       try {
-        claimed = await claimDue(this.ctx.store, {
-          now: this.ctx.clock.now(),
-          limit: want,
-          leaseMs: this.ctx.config.leaseMs,
-          exclude: saturated,
-        });
+        claimed = await this.claim(want, saturated);
       } catch (err) {
         this.ctx.log.warn({ err }, "claim failed; retrying");
         await this.sleep(Math.max(this.opts.pollMs, 500));
@@ -206,6 +214,27 @@ export class Dispatcher {
       if (claimed.length === want) this.dirty = true;
       else this.exhausted = new Set([...saturated, ...excess.map((c) => c.endpointId)]);
     }
+  }
+
+  /**
+   * One claim of up to `want` due deliveries of endpoints not in `saturated`. Leaving endpoints out,
+   * it starts at the floor: without one, a dead endpoint's backlog at the front of the due order
+   * would be stepped over by every claim, at a cost growing with that backlog (bench: isolation).
+   */
+  private async claim(want: number, saturated: string[]): Promise<Claimed[]> {
+    const now = this.ctx.clock.now();
+    const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
+    if (saturated.length === 0) return claimDue(this.ctx.store, opts);
+    const left = new Set(saturated);
+    let floor = this.floor;
+    if (!floor || now - floor.at >= this.opts.floorMs || ![...floor.excluded].every((id) => left.has(id))) {
+      const head = await dueHead(this.ctx.store, { now, exclude: saturated });
+      // Nothing due but the left-out endpoints' deliveries: the claim would find nothing.
+      if (head === undefined) return [];
+      floor = { value: head, at: now, excluded: left };
+      this.floor = floor;
+    }
+    return claimDue(this.ctx.store, { ...opts, from: floor.value });
   }
 
   /**

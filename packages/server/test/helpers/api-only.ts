@@ -9,7 +9,7 @@ import { freePort, tempDir } from "./server.js";
  * that queue work first and then run a Dispatcher of their own on `api.ctx`. Deliveries time out
  * after 60 s and are retried every 200 ms (30 times).
  */
-export async function apiOnlyServer(endpointUrl: string) {
+export async function apiOnlyServer(endpointUrl: string, endpoint: Record<string, unknown> = {}) {
   const dir = tempDir();
   const config = loadConfig({
     KLEN_DATA_DIR: dir.path,
@@ -21,7 +21,7 @@ export async function apiOnlyServer(endpointUrl: string) {
   });
   const api = await startServer(config, createLogger({ level: "silent" }), { role: "api" });
   const client = apiClient(`http://127.0.0.1:${config.port}`, "klen_api_only_key");
-  const { agentId } = await setupAccount(client, { endpointUrl });
+  const { agentId } = await setupAccount(client, { endpointUrl, endpoint });
   return {
     api,
     client,
