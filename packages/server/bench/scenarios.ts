@@ -505,6 +505,8 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   const env = { KLEN_DELIVERY_TIMEOUT: "1s", KLEN_RETRY_SCHEDULE: "100ms,200ms,500ms,1s,1s,1s,1s,1s" };
   const rate = 500;
   const ms = cfg.quick ? 3_000 : 8_000;
+  /** Server CPU per healthy delivery of each drain (µs). */
+  const cpu = { alone: [] as number[], beside: [] as number[] };
   const drainRps = async (withDead: boolean, round: number) => {
     const dir = tempDir("klen-bench-");
     try {
@@ -517,6 +519,7 @@ export async function scenarioIsolation(cfg: BenchConfig) {
         env,
       });
       record(cfg, `isolation drain ${withDead ? "beside dead" : "alone"} #${round}`, d.ledger);
+      cpu[withDead ? "beside" : "alone"].push(d.serverCpuUs);
       return d.ledger.ok ? d.rps : 0;
     } finally {
       dir.remove();
@@ -543,12 +546,12 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const alone = { rps: mean(drains.alone), ...(await latency(false)) };
   const beside = { rps: mean(drains.beside), ...(await latency(true)) };
-  for (const [label, r, xs] of [
-    ["alone                 ", alone, drains.alone],
-    ["beside a dead endpoint", beside, drains.beside],
+  for (const [label, r, xs, us] of [
+    ["alone                 ", alone, drains.alone, cpu.alone],
+    ["beside a dead endpoint", beside, drains.beside, cpu.beside],
   ] as const) {
     cfg.say(
-      `    ${label}: drain ${fmt(r.rps)} healthy deliveries/s (${xs.map((x) => fmt(x)).join(", ")}); at ${rate} events/s offered (sent ${fmt(r.sent)}/s): ${r.line}`,
+      `    ${label}: drain ${fmt(r.rps)} healthy deliveries/s (${xs.map((x) => fmt(x)).join(", ")}; server CPU ${us.map((x) => fmt(x)).join(", ")} µs per healthy delivery); at ${rate} events/s offered (sent ${fmt(r.sent)}/s): ${r.line}`,
     );
   }
   const loss = alone.rps > 0 ? (1 - beside.rps / alone.rps) * 100 : Number.NaN;
@@ -559,6 +562,8 @@ export async function scenarioIsolation(cfg: BenchConfig) {
     healthy_rps_beside_dead: beside.rps,
     healthy_rps_alone_runs: drains.alone,
     healthy_rps_beside_dead_runs: drains.beside,
+    server_cpu_us_alone_runs: cpu.alone,
+    server_cpu_us_beside_dead_runs: cpu.beside,
     p50_ms_alone: alone.p50,
     p99_ms_alone: alone.p99,
     p50_ms_beside_dead: beside.p50,
