@@ -12,8 +12,11 @@ import { waitFor } from "./helpers/wait.js";
 // completion releases a parked delivery. These tests poll once an hour, so a missed claim would
 // strand the work and time out.
 
-/** A receiver that holds every request until told to answer, recording what arrived. */
-async function holdingReceiver() {
+/**
+ * A receiver that holds every request until told to answer, recording what arrived; the first
+ * `failFirst` requests are answered 500 at once.
+ */
+async function holdingReceiver(failFirst = 0) {
   const held: ServerResponse[] = [];
   const arrived: string[] = [];
   const server = createServer((req: IncomingMessage, res) => {
@@ -21,16 +24,27 @@ async function holdingReceiver() {
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
       arrived.push(JSON.parse(Buffer.concat(chunks).toString("utf8")).event_type);
-      held.push(res);
+      if (arrived.length <= failFirst) res.writeHead(500).end();
+      else held.push(res);
     });
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  let answered = 0;
+  const answerAll = () => {
+    answered += held.length;
+    for (const res of held.splice(0)) res.end("ok");
+  };
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
     arrived,
     held,
-    answerAll() {
-      for (const res of held.splice(0)) res.end("ok");
+    answerAll,
+    /** Answers requests as they arrive until `n` have been answered in all. */
+    async answerUntil(n: number) {
+      while (answered < n) {
+        await waitFor(`request ${answered + 1} of ${n}`, () => held.length > 0);
+        answerAll();
+      }
     },
     async close() {
       for (const res of held.splice(0)) res.destroy();
@@ -54,12 +68,7 @@ test("an endpoint at its cap gets its remaining deliveries as its slots free up,
       pollMs: 3_600_000,
     });
     dispatcher.start();
-    let answered = 0;
-    while (answered < 6) {
-      await waitFor("a held request", () => receiver.held.length > 0);
-      answered += receiver.held.length;
-      receiver.answerAll();
-    }
+    await receiver.answerUntil(6);
     assert.deepEqual(receiver.arrived, Array(6).fill("call.started"));
     await waitFor("every delivery recorded", async () => {
       const pending = await r.api.ctx.store.db
@@ -156,12 +165,13 @@ test("a failing endpoint holds few slots until it succeeds again; none of its de
   }
 });
 
-test("claims that leave out busy endpoints start past their backlog, and find it again once one is served", async () => {
-  // Two slow endpoints take call.started (each holds its requests until told), a third takes
-  // call.ended and answers at once. The started events are older, so once the slow endpoints sit at
-  // their cap the claims for the third start at its first delivery (the floor), past their rows.
-  const slow1 = await holdingReceiver();
-  const slow2 = await holdingReceiver();
+test("claims that leave out failing endpoints start past their backlog, and find it again once one is served", async () => {
+  // Two endpoints take call.started, fail their first two requests and then hold every request
+  // until told to answer; a third takes call.ended and answers at once. The started events are
+  // older, so once the failing endpoints sit at their cap the claims for the third start at its
+  // first delivery (the floor), past their rows.
+  const slow1 = await holdingReceiver(2);
+  const slow2 = await holdingReceiver(2);
   let fastGot = 0;
   const fast = createServer((req, res) => {
     req.resume();
@@ -185,36 +195,35 @@ test("claims that leave out busy endpoints start past their backlog, and find it
       await r.client.post(`/v1/calls/${calls[i]}/start`, {});
     }
     for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
-    // Cap 2 per endpoint; a floor trusted for an hour, so only a correct invalidation finds the rows.
+    // Cap 2 per endpoint; a floor trusted for an hour, so only a correct check finds the rows.
     dispatcher = new Dispatcher(r.api.ctx, {
       concurrency: 16,
       perEndpoint: 2,
+      perFailingEndpoint: 2,
       batchSize: 4,
-      pollMs: 3_600_000,
+      pollMs: 100,
       floorMs: 3_600_000,
     });
     dispatcher.start();
     await waitFor(
-      "both slow endpoints at their cap",
+      "both failing endpoints at their cap",
       () => slow1.held.length === 2 && slow2.held.length === 2,
     );
     await waitFor("every call.ended at the fast endpoint", () => fastGot === 6);
-    // The second slow endpoint is served again: its remaining rows lie before the floor.
-    let answered = 0;
-    while (answered < 6) {
-      await waitFor("a held request at the second endpoint", () => slow2.held.length > 0);
-      answered += slow2.held.length;
-      slow2.answerAll();
-    }
-    assert.deepEqual(slow2.arrived, Array(6).fill("call.started"));
-    assert.equal(slow1.arrived.length, 2, "the first stays at its cap, unanswered");
-    answered = 0;
-    while (answered < 6) {
-      await waitFor("a held request at the first endpoint", () => slow1.held.length > 0);
-      answered += slow1.held.length;
-      slow1.answerAll();
-    }
-    assert.deepEqual(slow1.arrived, Array(6).fill("call.started"));
+    // The second endpoint is served again: its remaining rows lie before the floor. Six to answer:
+    // the two that failed (retried) and four more.
+    await slow2.answerUntil(6);
+    assert.equal(slow2.arrived.length, 8);
+    assert.equal(slow1.arrived.length, 4, "the first stays at its cap, unanswered");
+    await slow1.answerUntil(6);
+    await waitFor("every delivery succeeded", async () => {
+      const left = await r.api.ctx.store.db
+        .selectFrom("deliveries")
+        .select("id")
+        .where("status", "!=", "succeeded")
+        .execute();
+      return left.length === 0;
+    });
   } finally {
     await dispatcher?.stop(100);
     await slow1.close();

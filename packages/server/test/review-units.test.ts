@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RateLimiter } from "../src/api/auth.js";
 import { ConfigError, loadConfig } from "../src/config.js";
+import { floorPlan } from "../src/delivery/dispatcher.js";
 import { idFloor, newId } from "../src/util/ids.js";
 import { parseIso } from "../src/util/time.js";
 
@@ -78,4 +79,34 @@ test("idFloor(ms) sorts above every id made before ms and below every id made at
   const floor = idFloor("dlv", ms);
   for (const t of [0, 1, ms - 86_400_000, ms - 1]) assert.ok(newId("dlv", t) < floor, `made at ${t}`);
   for (const t of [ms, ms + 1, ms + 86_400_000]) assert.ok(newId("dlv", t) > floor, `made at ${t}`);
+});
+
+test("a claim starts at the floor only while every endpoint the floor was found without is still left out", () => {
+  const failing = new Set(["dead1", "dead2"]);
+  const floor = { value: 5_000, at: 10_000, excluded: new Set(["dead1", "dead2"]) };
+  const MS = 1_000;
+  // No failing endpoint left out: from the front, no floor needed (healthy ones at their cap come and go).
+  assert.deepEqual(floorPlan(floor, ["busy"], failing, 10_100, MS), { kind: "none" });
+  assert.deepEqual(floorPlan(undefined, [], failing, 10_100, MS), { kind: "none" });
+  // No floor yet, or an old one: look it up without the failing endpoints left out (not "busy").
+  assert.deepEqual(floorPlan(undefined, ["dead1", "busy"], failing, 10_100, MS), {
+    kind: "lookup",
+    failing: ["dead1"],
+  });
+  assert.deepEqual(floorPlan(floor, ["dead1", "dead2"], failing, 11_000, MS), {
+    kind: "lookup",
+    failing: ["dead1", "dead2"],
+  });
+  // Both still left out (and others besides): from the floor.
+  assert.deepEqual(floorPlan(floor, ["dead2", "busy", "dead1"], failing, 10_999, MS), {
+    kind: "use",
+    from: 5_000,
+  });
+  // dead2 is served this time: rows before the floor may be its; from the front, floor kept.
+  assert.deepEqual(floorPlan(floor, ["dead1"], failing, 10_100, MS), { kind: "front" });
+  // dead2 recovered (no longer failing) but sits at its cap: still left out, the floor holds.
+  assert.deepEqual(floorPlan(floor, ["dead1", "dead2"], new Set(["dead1"]), 10_100, MS), {
+    kind: "use",
+    from: 5_000,
+  });
 });

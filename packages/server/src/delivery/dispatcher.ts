@@ -36,6 +36,38 @@ export const defaultDispatcherOptions: DispatcherOptions = {
 
 const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
 
+/** Where a claim that leaves endpoints out starts, with the floor as it is (`Dispatcher.floor`). */
+export type FloorPlan =
+  /** No failing endpoint is left out: from the front, as always. */
+  | { kind: "none" }
+  /** Look the floor up again, leaving out these failing endpoints, and claim from it. */
+  | { kind: "lookup"; failing: string[] }
+  /** Claim from the floor. */
+  | { kind: "use"; from: number }
+  /** One of the floor's endpoints is served this time: from the front; the floor stays good. */
+  | { kind: "front" };
+
+/**
+ * Decides a claim's start (pure, for tests). Only failing endpoints count for the floor: healthy
+ * ones near their cap come and go from one claim to the next, and looking the floor up again each
+ * time cost what it saved (bench: a dead endpoint's backlog stepped over by every lookup).
+ */
+export function floorPlan(
+  floor: { value: number; at: number; excluded: ReadonlySet<string> } | undefined,
+  saturated: readonly string[],
+  failing: ReadonlySet<string>,
+  now: number,
+  floorMs: number,
+): FloorPlan {
+  const left = saturated.filter((id) => failing.has(id));
+  if (left.length === 0) return { kind: "none" };
+  if (!floor || now - floor.at >= floorMs) return { kind: "lookup", failing: left };
+  const out = new Set(saturated);
+  return [...floor.excluded].every((id) => out.has(id))
+    ? { kind: "use", from: floor.value }
+    : { kind: "front" };
+}
+
 /**
  * The dispatcher: claims due deliveries in batches, sends them concurrently over keep-alive
  * pools, and records outcomes in batches. It wakes at once when the API commits new work (or a
@@ -62,10 +94,11 @@ export class Dispatcher {
    */
   private exhausted: Set<string> | undefined;
   /**
-   * Claims that leave endpoints out start at `value`: when it was looked up (`at`), every due
-   * delivery before it belonged to one of `excluded` (claim.ts, `dueHead`). Rows come due after
-   * that only at "now" or later (retries, handed-back leases), except new work from elsewhere, which
-   * forgets the floor (`wake`), as does any of `excluded` being served again, or `floorMs` passing.
+   * Claims that leave all of `excluded` out start at `value`: when it was looked up (`at`), every
+   * due delivery before it belonged to one of them (claim.ts, `dueHead`). Rows come due after that
+   * only at "now" or later (retries, handed-back leases), and claims only take rows away, so it
+   * stays good, except against new work from elsewhere, which forgets it (`wake`), as does
+   * `floorMs` passing. A claim that serves one of `excluded` starts from the front.
    */
   private floor: { value: number; at: number; excluded: ReadonlySet<string> } | undefined;
   private flushing: Promise<void> | undefined;
@@ -217,24 +250,23 @@ export class Dispatcher {
   }
 
   /**
-   * One claim of up to `want` due deliveries of endpoints not in `saturated`. Leaving endpoints out,
-   * it starts at the floor: without one, a dead endpoint's backlog at the front of the due order
-   * would be stepped over by every claim, at a cost growing with that backlog (bench: isolation).
+   * One claim of up to `want` due deliveries of endpoints not in `saturated`. When failing endpoints
+   * are left out it starts at the floor (`floorPlan`): without one, a dead endpoint's backlog at the
+   * front of the due order would be stepped over by every claim, at a cost growing with that backlog
+   * (bench: isolation).
    */
   private async claim(want: number, saturated: string[]): Promise<Claimed[]> {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
-    if (saturated.length === 0) return claimDue(this.ctx.store, opts);
-    const left = new Set(saturated);
-    let floor = this.floor;
-    if (!floor || now - floor.at >= this.opts.floorMs || ![...floor.excluded].every((id) => left.has(id))) {
-      const head = await dueHead(this.ctx.store, { now, exclude: saturated });
-      // Nothing due but the left-out endpoints' deliveries: the claim would find nothing.
+    const plan = floorPlan(this.floor, saturated, this.failing, now, this.opts.floorMs);
+    if (plan.kind === "lookup") {
+      const head = await dueHead(this.ctx.store, { now, exclude: plan.failing });
+      // Nothing due but the failing endpoints' deliveries: the claim would find nothing.
       if (head === undefined) return [];
-      floor = { value: head, at: now, excluded: left };
-      this.floor = floor;
+      this.floor = { value: head, at: now, excluded: new Set(plan.failing) };
+      return claimDue(this.ctx.store, { ...opts, from: head });
     }
-    return claimDue(this.ctx.store, { ...opts, from: floor.value });
+    return claimDue(this.ctx.store, plan.kind === "use" ? { ...opts, from: plan.from } : opts);
   }
 
   /**
