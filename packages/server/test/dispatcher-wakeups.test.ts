@@ -54,6 +54,22 @@ async function holdingReceiver(failFirst = 0) {
   };
 }
 
+/** Waits until every delivery in the server's database has succeeded. */
+async function everyDeliverySucceeded(r: Awaited<ReturnType<typeof apiOnlyServer>>, timeoutMs?: number) {
+  await waitFor(
+    "every delivery succeeded",
+    async () =>
+      (
+        await r.api.ctx.store.db
+          .selectFrom("deliveries")
+          .select("id")
+          .where("status", "!=", "succeeded")
+          .execute()
+      ).length === 0,
+    timeoutMs,
+  );
+}
+
 test("an endpoint at its cap gets its remaining deliveries as its slots free up, with no poll", async () => {
   const receiver = await holdingReceiver();
   const r = await apiOnlyServer(receiver.url);
@@ -70,14 +86,7 @@ test("an endpoint at its cap gets its remaining deliveries as its slots free up,
     dispatcher.start();
     await receiver.answerUntil(6);
     assert.deepEqual(receiver.arrived, Array(6).fill("call.started"));
-    await waitFor("every delivery recorded", async () => {
-      const pending = await r.api.ctx.store.db
-        .selectFrom("deliveries")
-        .select("id")
-        .where("status", "!=", "succeeded")
-        .execute();
-      return pending.length === 0;
-    });
+    await everyDeliverySucceeded(r);
   } finally {
     await dispatcher?.stop(100);
     await receiver.close();
@@ -145,18 +154,7 @@ test("a failing endpoint holds few slots until it succeeds again; none of its de
     await waitFor("more failed attempts", async () => (await attempts()) >= seen + 10);
     assert.ok(maxOpen <= 2, `a failing endpoint held ${maxOpen} requests at once (cap 2 while failing)`);
     healthy = true;
-    await waitFor(
-      "every delivery succeeded",
-      async () =>
-        (
-          await r.api.ctx.store.db
-            .selectFrom("deliveries")
-            .select("id")
-            .where("status", "!=", "succeeded")
-            .execute()
-        ).length === 0,
-      30_000,
-    );
+    await everyDeliverySucceeded(r, 30_000);
   } finally {
     await dispatcher?.stop(100);
     server.closeAllConnections();
@@ -216,14 +214,7 @@ test("claims that leave out failing endpoints start past their backlog, and find
     assert.equal(slow2.arrived.length, 8);
     assert.equal(slow1.arrived.length, 4, "the first stays at its cap, unanswered");
     await slow1.answerUntil(6);
-    await waitFor("every delivery succeeded", async () => {
-      const left = await r.api.ctx.store.db
-        .selectFrom("deliveries")
-        .select("id")
-        .where("status", "!=", "succeeded")
-        .execute();
-      return left.length === 0;
-    });
+    await everyDeliverySucceeded(r);
   } finally {
     await dispatcher?.stop(100);
     await slow1.close();
