@@ -336,29 +336,27 @@ const WARMUP_MS = 1_000;
 interface ServerPauses {
   /** Longest event-loop delay since the previous scrape (prom-client resets it on each scrape). */
   maxLagMs: number;
-  /** Collections so far and their total time, by kind (major, minor, incremental, weakcb). */
-  gc: Record<string, { count: number; seconds: number; over100ms: number }>;
+  /** Since the process started: major collections, time in all collections, collections over 100 ms. */
+  majorGcs: number;
+  gcSeconds: number;
+  gcsOver100ms: number;
 }
 
 async function serverPauses(api: Api): Promise<ServerPauses> {
   const text = await api.text("/metrics");
+  /** The sum of the GC histogram's lines matching `series` (a pattern: every kind, or one). */
+  const total = (series: string) =>
+    [...text.matchAll(new RegExp(`^klen_nodejs_gc_duration_seconds_${series} (\\S+)$`, "gm"))].reduce(
+      (a, m) => a + Number(m[1]),
+      0,
+    );
   const lag = /^klen_nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(text);
-  const gc: ServerPauses["gc"] = {};
-  const kind = (k: string) => {
-    gc[k] ??= { count: 0, seconds: 0, over100ms: 0 };
-    return gc[k];
+  return {
+    maxLagMs: Number(lag?.[1] ?? Number.NaN) * 1000,
+    majorGcs: total('count\\{kind="major"\\}'),
+    gcSeconds: total('sum\\{kind="\\w+"\\}'),
+    gcsOver100ms: total('count\\{kind="\\w+"\\}') - total('bucket\\{le="0\\.1",kind="\\w+"\\}'),
   };
-  for (const m of text.matchAll(/^klen_nodejs_gc_duration_seconds_(count|sum)\{kind="(\w+)"\} (\S+)$/gm)) {
-    if (m[1] === "count") kind(m[2]!).count = Number(m[3]);
-    else kind(m[2]!).seconds = Number(m[3]);
-  }
-  for (const m of text.matchAll(
-    /^klen_nodejs_gc_duration_seconds_bucket\{le="0\.1",kind="(\w+)"\} (\S+)$/gm,
-  )) {
-    kind(m[1]!).over100ms = -Number(m[2]);
-  }
-  for (const g of Object.values(gc)) g.over100ms += g.count;
-  return { maxLagMs: Number(lag?.[1] ?? Number.NaN) * 1000, gc };
 }
 
 /** Pauses over a window: each process's longest, and the server's collections in it. */
@@ -387,15 +385,13 @@ async function measuredOpenLoop(rig: ApiRig, cfg: BenchConfig, rate: number, ms:
   });
   const arrivals = await arrivalsAfter(cfg, load.events * paths.length);
   const [[s0], s1, receiverMs] = await Promise.all([before!, serverPauses(rig.api), cfg.receiver.maxPause()]);
-  const sum = (p: ServerPauses, f: (g: ServerPauses["gc"][string]) => number) =>
-    Object.values(p.gc).reduce((a, g) => a + f(g), 0);
   const pauses: WindowPauses = {
     generator_ms: load.maxGapMs,
     server_ms: s1.maxLagMs,
     receiver_ms: receiverMs,
-    server_major_gcs: (s1.gc.major?.count ?? 0) - (s0.gc.major?.count ?? 0),
-    server_gc_ms: (sum(s1, (g) => g.seconds) - sum(s0, (g) => g.seconds)) * 1000,
-    server_gcs_over_100ms: sum(s1, (g) => g.over100ms) - sum(s0, (g) => g.over100ms),
+    server_major_gcs: s1.majorGcs - s0.majorGcs,
+    server_gc_ms: (s1.gcSeconds - s0.gcSeconds) * 1000,
+    server_gcs_over_100ms: s1.gcsOver100ms - s0.gcsOver100ms,
   };
   const sent = (load.events / (WARMUP_MS + ms)) * 1000;
   return {
@@ -505,9 +501,9 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   const env = { KLEN_DELIVERY_TIMEOUT: "1s", KLEN_RETRY_SCHEDULE: "100ms,200ms,500ms,1s,1s,1s,1s,1s" };
   const rate = 500;
   const ms = cfg.quick ? 3_000 : 8_000;
-  /** Server CPU per healthy delivery of each drain (µs). */
-  const cpu = { alone: [] as number[], beside: [] as number[] };
-  const drainRps = async (withDead: boolean, round: number) => {
+  /** One drain: healthy deliveries/s, and the server's CPU per healthy delivery (µs). */
+  type Drain = { rps: number; cpuUs: number };
+  const drainRps = async (withDead: boolean, round: number): Promise<Drain> => {
     const dir = tempDir("klen-bench-");
     try {
       const d = await drain(cfg, {
@@ -519,8 +515,7 @@ export async function scenarioIsolation(cfg: BenchConfig) {
         env,
       });
       record(cfg, `isolation drain ${withDead ? "beside dead" : "alone"} #${round}`, d.ledger);
-      cpu[withDead ? "beside" : "alone"].push(d.serverCpuUs);
-      return d.ledger.ok ? d.rps : 0;
+      return { rps: d.ledger.ok ? d.rps : 0, cpuUs: d.serverCpuUs };
     } finally {
       dir.remove();
     }
@@ -539,19 +534,20 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   };
   // Throughput: each drain twice, in the order alone, beside, beside, alone, so that the VM's
   // speed drifting during the scenario weighs on both sides alike; each side's figure is its mean.
-  const drains = { alone: [] as number[], beside: [] as number[] };
+  const drains = { alone: [] as Drain[], beside: [] as Drain[] };
   for (const [i, withDead] of [false, true, true, false].entries()) {
     drains[withDead ? "beside" : "alone"].push(await drainRps(withDead, i < 2 ? 1 : 2));
   }
+  const rpsOf = (xs: Drain[]) => xs.map((x) => x.rps);
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-  const alone = { rps: mean(drains.alone), ...(await latency(false)) };
-  const beside = { rps: mean(drains.beside), ...(await latency(true)) };
-  for (const [label, r, xs, us] of [
-    ["alone                 ", alone, drains.alone, cpu.alone],
-    ["beside a dead endpoint", beside, drains.beside, cpu.beside],
+  const alone = { rps: mean(rpsOf(drains.alone)), ...(await latency(false)) };
+  const beside = { rps: mean(rpsOf(drains.beside)), ...(await latency(true)) };
+  for (const [label, r, xs] of [
+    ["alone                 ", alone, drains.alone],
+    ["beside a dead endpoint", beside, drains.beside],
   ] as const) {
     cfg.say(
-      `    ${label}: drain ${fmt(r.rps)} healthy deliveries/s (${xs.map((x) => fmt(x)).join(", ")}; server CPU ${us.map((x) => fmt(x)).join(", ")} µs per healthy delivery); at ${rate} events/s offered (sent ${fmt(r.sent)}/s): ${r.line}`,
+      `    ${label}: drain ${fmt(r.rps)} healthy deliveries/s (${xs.map((x) => fmt(x.rps)).join(", ")}; server CPU ${xs.map((x) => fmt(x.cpuUs)).join(", ")} µs per healthy delivery); at ${rate} events/s offered (sent ${fmt(r.sent)}/s): ${r.line}`,
     );
   }
   const loss = alone.rps > 0 ? (1 - beside.rps / alone.rps) * 100 : Number.NaN;
@@ -560,10 +556,10 @@ export async function scenarioIsolation(cfg: BenchConfig) {
     healthy_endpoints: healthy.length,
     healthy_rps_alone: alone.rps,
     healthy_rps_beside_dead: beside.rps,
-    healthy_rps_alone_runs: drains.alone,
-    healthy_rps_beside_dead_runs: drains.beside,
-    server_cpu_us_alone_runs: cpu.alone,
-    server_cpu_us_beside_dead_runs: cpu.beside,
+    healthy_rps_alone_runs: rpsOf(drains.alone),
+    healthy_rps_beside_dead_runs: rpsOf(drains.beside),
+    server_cpu_us_alone_runs: drains.alone.map((x) => x.cpuUs),
+    server_cpu_us_beside_dead_runs: drains.beside.map((x) => x.cpuUs),
     p50_ms_alone: alone.p50,
     p99_ms_alone: alone.p99,
     p50_ms_beside_dead: beside.p50,

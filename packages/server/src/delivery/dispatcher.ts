@@ -20,7 +20,7 @@ export interface DispatcherOptions {
   pollMs: number;
   /** How often the ordering safety net runs. */
   sweepMs: number;
-  /** How long a claim floor (`Dispatcher.floor`) is trusted before it is looked up again. */
+  /** How long a claim floor (`ClaimFloor`) is trusted before it is looked up again. */
   floorMs: number;
 }
 
@@ -36,7 +36,20 @@ export const defaultDispatcherOptions: DispatcherOptions = {
 
 const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
 
-/** Where a claim that leaves endpoints out starts, with the floor as it is (`Dispatcher.floor`). */
+/**
+ * Claims that leave all of `excluded` out start at `value`: when it was looked up (`at`), every due
+ * delivery before it belonged to one of them (claim.ts, `dueHead`). Rows come due after that only
+ * at "now" or later (retries, handed-back leases), and claims only take rows away, so it stays good,
+ * except against new work from elsewhere, which forgets it (`Dispatcher.wake`), as does `floorMs`
+ * passing. A claim that serves one of `excluded` starts from the front.
+ */
+export interface ClaimFloor {
+  value: number;
+  at: number;
+  excluded: ReadonlySet<string>;
+}
+
+/** Where a claim that leaves endpoints out starts, with the floor as it is. */
 export type FloorPlan =
   /** No failing endpoint is left out: from the front, as always. */
   | { kind: "none" }
@@ -53,7 +66,7 @@ export type FloorPlan =
  * time cost what it saved (bench: a dead endpoint's backlog stepped over by every lookup).
  */
 export function floorPlan(
-  floor: { value: number; at: number; excluded: ReadonlySet<string> } | undefined,
+  floor: ClaimFloor | undefined,
   saturated: readonly string[],
   failing: ReadonlySet<string>,
   now: number,
@@ -93,14 +106,8 @@ export class Dispatcher {
    * only find the same nothing, and to find it would step over every due row of those endpoints.
    */
   private exhausted: Set<string> | undefined;
-  /**
-   * Claims that leave all of `excluded` out start at `value`: when it was looked up (`at`), every
-   * due delivery before it belonged to one of them (claim.ts, `dueHead`). Rows come due after that
-   * only at "now" or later (retries, handed-back leases), and claims only take rows away, so it
-   * stays good, except against new work from elsewhere, which forgets it (`wake`), as does
-   * `floorMs` passing. A claim that serves one of `excluded` starts from the front.
-   */
-  private floor: { value: number; at: number; excluded: ReadonlySet<string> } | undefined;
+  /** Where claims that leave failing endpoints out start (`ClaimFloor`). */
+  private floor: ClaimFloor | undefined;
   private flushing: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly onWork = () => this.wake();
