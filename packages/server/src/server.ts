@@ -35,7 +35,10 @@ export async function startServer(
   opts: { role?: Role; dispatcher?: Partial<DispatcherOptions> } = {},
 ): Promise<Running> {
   const role = opts.role ?? "all";
-  const store = await openStore(config.databaseUrl, { encryptionKey: config.encryptionKey, server: true });
+  const store = await openStore(config.databaseUrl, {
+    encryptionKey: config.encryptionKey,
+    server: { onBackgroundError: (err) => log.warn({ err }, "database background work failed") },
+  });
   await migrate(store);
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await signingKey(store, store.db);

@@ -3,6 +3,7 @@ import { statSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { sql } from "kysely";
+import { Checkpointer } from "../src/storage/sqlite/checkpointer.js";
 import { openSqlite } from "../src/storage/sqlite/index.js";
 import type { Store } from "../src/storage/store.js";
 import { tempDir } from "./helpers/server.js";
@@ -36,7 +37,8 @@ const size = (file: string) => {
 test("sqlite: the checkpoint thread copies committed pages into the database file", async () => {
   const dir = tempDir();
   const file = join(dir.path, "ckpt.db");
-  const store = openSqlite(file, { checkpointThread: true });
+  const failures: Error[] = [];
+  const store = openSqlite(file, { checkpointThread: { onBackgroundError: (err) => failures.push(err) } });
   try {
     await store.execScript("CREATE TABLE blobs_t (id INTEGER PRIMARY KEY, chunk INTEGER, body TEXT)");
     const start = size(file);
@@ -56,6 +58,7 @@ test("sqlite: the checkpoint thread copies committed pages into the database fil
     assert.ok(walMax < 4 * CHUNK_ROWS * PAGE, `WAL grew to ${walMax} bytes`);
     const rows = await sql<{ n: number }>`SELECT count(*) AS n FROM blobs_t`.execute(store.db);
     assert.equal(rows.rows[0]!.n, chunks * CHUNK_ROWS);
+    assert.deepEqual(failures, []);
   } finally {
     await store.close();
     dir.remove();
@@ -78,6 +81,20 @@ test("sqlite: without the checkpoint thread the same writes stay in the WAL unti
     assert.ok(size(file) - start < CHUNK_ROWS * PAGE, "and not yet in the database file");
   } finally {
     await store.close();
+    dir.remove();
+  }
+});
+
+test("sqlite: a checkpoint thread that cannot run says so instead of failing silently", async () => {
+  const dir = tempDir();
+  const failures: Error[] = [];
+  // Its connection cannot open a file in a folder that does not exist; the server logs what it hears.
+  const ckpt = new Checkpointer(join(dir.path, "missing", "x.db"), 20, (err) => failures.push(err));
+  try {
+    await waitFor("the failure reported", () => failures.length > 0);
+    assert.match(failures[0]!.message, /SQLite checkpoint thread stopped: .*directory does not exist/);
+  } finally {
+    await ckpt.close();
     dir.remove();
   }
 });

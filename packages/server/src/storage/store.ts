@@ -35,22 +35,28 @@ export interface Store {
 /**
  * Opens the store named by `KLEN_DATABASE_URL`; only the chosen backend's driver is loaded. With an
  * encryption key, the sensitive columns are sealed at rest by a Kysely plugin (encryption.ts).
- * `server`: a long-running server process (SQLite then checkpoints on a thread of its own).
+ * `server`: a long-running server process (SQLite then checkpoints on a thread of its own, whose
+ * failures go to `onBackgroundError`).
  */
 export async function openStore(
   url: string,
-  opts: { encryptionKey?: string | undefined; server?: boolean } = {},
+  opts: { encryptionKey?: string | undefined; server?: ServerStoreOptions } = {},
 ): Promise<Store> {
-  const store = await openBackend(url, opts.server ?? false);
+  const store = await openBackend(url, opts.server);
   if (!opts.encryptionKey) return store;
   const { EncryptionPlugin, FieldCipher } = await import("./encryption.js");
   return { ...store, db: store.db.withPlugin(new EncryptionPlugin(new FieldCipher(opts.encryptionKey))) };
 }
 
-async function openBackend(url: string, server: boolean): Promise<Store> {
+export interface ServerStoreOptions {
+  /** Work the store does on its own (SQLite's checkpoint thread) failed; the store carries on. */
+  onBackgroundError(err: Error): void;
+}
+
+async function openBackend(url: string, server: ServerStoreOptions | undefined): Promise<Store> {
   if (url.startsWith("sqlite:")) {
     const { openSqlite } = await import("./sqlite/index.js");
-    return openSqlite(url.slice("sqlite:".length), { checkpointThread: server });
+    return openSqlite(url.slice("sqlite:".length), server ? { checkpointThread: server } : {});
   }
   if (/^postgres(ql)?:\/\//.test(url)) {
     const { openPostgres } = await import("./postgres/index.js");

@@ -13,12 +13,19 @@ export class Checkpointer {
   private readonly worker: Worker;
   private readonly exited: Promise<void>;
 
-  constructor(file: string, intervalMs: number) {
+  /**
+   * `onError` hears of a thread that stopped (it could not open the file, say) and of the first
+   * failed checkpoint of each run of failures. Either costs speed, not data: the writer's backstop
+   * checkpoint carries on.
+   */
+  constructor(file: string, intervalMs: number, onError: (err: Error) => void) {
     this.worker = new Worker(new URL("./checkpoint-worker.js", import.meta.url), {
       workerData: { file, intervalMs },
     });
-    // A failed checkpoint thread costs speed, not data: the backstop checkpoint carries on.
-    this.worker.on("error", () => {});
+    this.worker.on("error", (err) => onError(new Error(`SQLite checkpoint thread stopped: ${err.message}`)));
+    this.worker.on("message", (m: { failed?: string }) => {
+      if (m.failed) onError(new Error(`SQLite checkpoint failed: ${m.failed}`));
+    });
     this.worker.unref();
     this.exited = new Promise((resolve) => this.worker.once("exit", () => resolve()));
   }

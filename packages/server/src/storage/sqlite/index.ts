@@ -43,10 +43,13 @@ const CHECKPOINT_MS = 20;
 
 /**
  * Opens (creating if needed) the SQLite file at `path`, relative to the working directory. With
- * `checkpointThread`, WAL checkpoints run on a thread of their own (checkpointer.ts): what a server
- * process wants; a short CLI command does not.
+ * `checkpointThread`, WAL checkpoints run on a thread of their own (checkpointer.ts), which reports
+ * its failures to `onBackgroundError`: what a server process wants; a short CLI command does not.
  */
-export function openSqlite(path: string, opts: { checkpointThread?: boolean } = {}): Store {
+export function openSqlite(
+  path: string,
+  opts: { checkpointThread?: { onBackgroundError(err: Error): void } } = {},
+): Store {
   const file = path === ":memory:" ? path : resolve(path);
   if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
   const raw = new BetterSqlite3(file);
@@ -58,7 +61,9 @@ export function openSqlite(path: string, opts: { checkpointThread?: boolean } = 
   raw.pragma("busy_timeout = 5000");
   raw.pragma("foreign_keys = ON");
   const checkpointer =
-    opts.checkpointThread && file !== ":memory:" ? new Checkpointer(file, CHECKPOINT_MS) : undefined;
+    opts.checkpointThread && file !== ":memory:"
+      ? new Checkpointer(file, CHECKPOINT_MS, opts.checkpointThread.onBackgroundError)
+      : undefined;
   if (checkpointer) raw.pragma(`wal_autocheckpoint = ${BACKSTOP_PAGES}`);
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingStatements(raw) }) });
   return {
