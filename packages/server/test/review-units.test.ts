@@ -83,30 +83,64 @@ test("idFloor(ms) sorts above every id made before ms and below every id made at
 
 test("a claim starts at the floor only while every endpoint the floor was found without is still left out", () => {
   const failing = new Set(["dead1", "dead2"]);
-  const floor = { value: 5_000, at: 10_000, excluded: new Set(["dead1", "dead2"]) };
-  const MS = 1_000;
+  const floor = { value: 50_000, at: 60_000, excluded: new Set(["dead1", "dead2"]), fullAt: 30_000 };
+  const O = { floorMs: 1_000, floorSlackMs: 10_000, fullFloorMs: 60_000 };
   // No failing endpoint left out: from the front, no floor needed (healthy ones at their cap come and go).
-  assert.deepEqual(floorPlan(floor, ["busy"], failing, 10_100, MS), { kind: "none" });
-  assert.deepEqual(floorPlan(undefined, [], failing, 10_100, MS), { kind: "none" });
-  // No floor yet, or an old one: look it up without the failing endpoints left out (not "busy").
-  assert.deepEqual(floorPlan(undefined, ["dead1", "busy"], failing, 10_100, MS), {
+  assert.deepEqual(floorPlan(floor, ["busy"], failing, 60_100, O), { kind: "none" });
+  assert.deepEqual(floorPlan(undefined, [], failing, 60_100, O), { kind: "none" });
+  // No floor yet: look it up from the front without the failing endpoints left out (not "busy").
+  assert.deepEqual(floorPlan(undefined, ["dead1", "busy"], failing, 60_100, O), {
     kind: "lookup",
     failing: ["dead1"],
-  });
-  assert.deepEqual(floorPlan(floor, ["dead1", "dead2"], failing, 11_000, MS), {
-    kind: "lookup",
-    failing: ["dead1", "dead2"],
+    from: 0,
   });
   // Both still left out (and others besides): from the floor.
-  assert.deepEqual(floorPlan(floor, ["dead2", "busy", "dead1"], failing, 10_999, MS), {
+  assert.deepEqual(floorPlan(floor, ["dead2", "busy", "dead1"], failing, 60_999, O), {
     kind: "use",
-    from: 5_000,
+    from: 50_000,
   });
   // dead2 is served this time: rows before the floor may be its; from the front, floor kept.
-  assert.deepEqual(floorPlan(floor, ["dead1"], failing, 10_100, MS), { kind: "front" });
+  assert.deepEqual(floorPlan(floor, ["dead1"], failing, 60_100, O), { kind: "front" });
   // dead2 recovered (no longer failing) but sits at its cap: still left out, the floor holds.
-  assert.deepEqual(floorPlan(floor, ["dead1", "dead2"], new Set(["dead1"]), 10_100, MS), {
+  assert.deepEqual(floorPlan(floor, ["dead1", "dead2"], new Set(["dead1"]), 60_100, O), {
     kind: "use",
-    from: 5_000,
+    from: 50_000,
+  });
+});
+
+test("a floor looked up again builds on the old one, but not across an endpoint served since or for ever", () => {
+  const failing = new Set(["dead1", "dead2", "dead3"]);
+  const floor = { value: 50_000, at: 60_000, excluded: new Set(["dead1", "dead2"]), fullAt: 30_000 };
+  const O = { floorMs: 1_000, floorSlackMs: 10_000, fullFloorMs: 60_000 };
+  // Trusted for floorMs; then looked up from the slack before it, not over the dead backlog again.
+  assert.deepEqual(floorPlan(floor, ["dead1", "dead2"], failing, 61_000, O), {
+    kind: "lookup",
+    failing: ["dead1", "dead2"],
+    from: 40_000,
+  });
+  // New work made it stale (Dispatcher.wake): the same, at once.
+  const stale = { ...floor, at: Number.NEGATIVE_INFINITY };
+  assert.deepEqual(floorPlan(stale, ["dead2", "dead1"], failing, 60_001, O), {
+    kind: "lookup",
+    failing: ["dead2", "dead1"],
+    from: 40_000,
+  });
+  // More endpoints left out than the floor was found without: still builds on it.
+  assert.deepEqual(floorPlan(stale, ["dead1", "dead2", "dead3"], failing, 60_001, O).kind, "lookup");
+  assert.equal(
+    (floorPlan(stale, ["dead1", "dead2", "dead3"], failing, 60_001, O) as { from: number }).from,
+    40_000,
+  );
+  // dead2 no longer left out: its rows may lie before the floor, so from the front.
+  assert.deepEqual(floorPlan(stale, ["dead1"], failing, 60_001, O), {
+    kind: "lookup",
+    failing: ["dead1"],
+    from: 0,
+  });
+  // The last lookup from the front was fullFloorMs ago: from the front all the same.
+  assert.deepEqual(floorPlan(stale, ["dead1", "dead2"], failing, 90_000, O), {
+    kind: "lookup",
+    failing: ["dead1", "dead2"],
+    from: 0,
   });
 });

@@ -275,6 +275,13 @@ for (const backend of backends()) {
       assert.equal(await dueHead(f.store, { now: 3_000, exclude: [b] }), 1_000);
       assert.equal(await dueHead(f.store, { now: 1_400, exclude: [a] }), undefined, "b has nothing due yet");
       assert.equal(await dueHead(f.store, { now: 3_000, exclude: [a, b] }), undefined);
+      // From a time on: what lies before it is not looked at.
+      assert.equal(await dueHead(f.store, { now: 3_000, exclude: [a], from: 1_600 }), 2_500);
+      assert.equal(
+        await dueHead(f.store, { now: 3_000, exclude: [b], from: 1_000 }),
+        1_000,
+        "from is inclusive",
+      );
       const from = await claimDue(f.store, {
         now: 3_000,
         limit: 10,

@@ -77,21 +77,28 @@ export async function claimDue(
  */
 export async function dueHead(
   store: Store,
-  opts: { now: number; exclude: readonly string[] },
+  opts: {
+    now: number;
+    exclude: readonly string[];
+    /** Only deliveries due at or after this time: the caller knows the earlier ones are excluded. */
+    from?: number;
+  },
 ): Promise<number | undefined> {
   const [row] = await selectDueHead(store.db, store.caps, {
     now: opts.now,
     exclude: listValue(store.caps, opts.exclude),
+    from: opts.from ?? 0,
   });
   return row === undefined ? undefined : Number(row.next_attempt_at);
 }
 
-const selectDueHead = prepared((db, p: Record<"now" | "exclude", never>, caps) =>
+const selectDueHead = prepared((db, p: Record<"now" | "exclude" | "from", never>, caps) =>
   db
     .selectFrom("deliveries")
     .select("next_attempt_at")
     .where("status", "=", PENDING)
     .where("next_attempt_at", "<=", p.now)
+    .where("next_attempt_at", ">=", p.from)
     .where(sql<boolean>`NOT ${inListOf(caps, "endpoint_id", p.exclude, "text")}`)
     .orderBy("next_attempt_at")
     .limit(1),

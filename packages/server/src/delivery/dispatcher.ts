@@ -22,6 +22,12 @@ export interface DispatcherOptions {
   sweepMs: number;
   /** How long a claim floor (`ClaimFloor`) is trusted before it is looked up again. */
   floorMs: number;
+  /**
+   * How far before the floor a lookup starts when it can build on the floor, and how often one
+   * starts from the front all the same (`floorPlan`).
+   */
+  floorSlackMs: number;
+  fullFloorMs: number;
 }
 
 export const defaultDispatcherOptions: DispatcherOptions = {
@@ -32,6 +38,8 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   pollMs: 250,
   sweepMs: 30_000,
   floorMs: 1_000,
+  floorSlackMs: 10_000,
+  fullFloorMs: 60_000,
 };
 
 const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
@@ -40,21 +48,27 @@ const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
  * Claims that leave all of `excluded` out start at `value`: when it was looked up (`at`), every due
  * delivery before it belonged to one of them (claim.ts, `dueHead`). Rows come due after that only
  * at "now" or later (retries, handed-back leases), and claims only take rows away, so it stays good,
- * except against new work from elsewhere, which forgets it (`Dispatcher.wake`), as does `floorMs`
- * passing. A claim that serves one of `excluded` starts from the front.
+ * except against new work, stamped when its request ran (and committed maybe a little later): new
+ * work makes it stale (`Dispatcher.wake`), as does `floorMs` passing, and it is looked up again.
+ * A claim that serves one of `excluded` starts from the front.
  */
 export interface ClaimFloor {
   value: number;
   at: number;
   excluded: ReadonlySet<string>;
+  /** When a lookup last started from the front rather than from an earlier floor. */
+  fullAt: number;
 }
 
 /** Where a claim that leaves endpoints out starts, with the floor as it is. */
 export type FloorPlan =
   /** No failing endpoint is left out: from the front, as always. */
   | { kind: "none" }
-  /** Look the floor up again, leaving out these failing endpoints, and claim from it. */
-  | { kind: "lookup"; failing: string[] }
+  /**
+   * Look the floor up again, leaving out these failing endpoints, from `from` (0: from the front),
+   * and claim from it.
+   */
+  | { kind: "lookup"; failing: string[]; from: number }
   /** Claim from the floor. */
   | { kind: "use"; from: number }
   /** One of the floor's endpoints is served this time: from the front; the floor stays good. */
@@ -64,17 +78,30 @@ export type FloorPlan =
  * Decides a claim's start (pure, for tests). Only failing endpoints count for the floor: healthy
  * ones near their cap come and go from one claim to the next, and looking the floor up again each
  * time cost what it saved (bench: a dead endpoint's backlog stepped over by every lookup).
+ *
+ * A lookup builds on the floor it replaces while that floor's endpoints are all still left out:
+ * the rows before it were theirs, and work that came since is stamped at most `floorSlackMs`
+ * before it showed (its request's time), so the lookup starts that far before the old floor
+ * instead of stepping over the whole backlog of a dead endpoint (a million rows after a day of
+ * timeouts: ~135 ms a lookup, one per announced event). Every `fullFloorMs` one starts from the
+ * front all the same, for work stamped by a slower transaction or another host's clock.
  */
 export function floorPlan(
   floor: ClaimFloor | undefined,
   saturated: readonly string[],
   failing: ReadonlySet<string>,
   now: number,
-  floorMs: number,
+  o: Pick<DispatcherOptions, "floorMs" | "floorSlackMs" | "fullFloorMs">,
 ): FloorPlan {
   const left = saturated.filter((id) => failing.has(id));
   if (left.length === 0) return { kind: "none" };
-  if (!floor || now - floor.at >= floorMs) return { kind: "lookup", failing: left };
+  if (!floor || now - floor.at >= o.floorMs) {
+    const builds =
+      floor !== undefined &&
+      now - floor.fullAt < o.fullFloorMs &&
+      [...floor.excluded].every((id) => left.includes(id));
+    return { kind: "lookup", failing: left, from: builds ? Math.max(0, floor.value - o.floorSlackMs) : 0 };
+  }
   const out = new Set(saturated);
   return [...floor.excluded].every((id) => out.has(id))
     ? { kind: "use", from: floor.value }
@@ -150,7 +177,8 @@ export class Dispatcher {
   wake(newWork = true): void {
     if (newWork) {
       this.exhausted = undefined;
-      this.floor = undefined;
+      // Looked up again before its next use, from a little before where it is (`floorPlan`).
+      if (this.floor) this.floor = { ...this.floor, at: Number.NEGATIVE_INFINITY };
     }
     this.dirty = true;
     if (this.wakeQueued || !this.wakeUp) return;
@@ -265,12 +293,18 @@ export class Dispatcher {
   private async claim(want: number, saturated: string[]): Promise<Claimed[]> {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
-    const plan = floorPlan(this.floor, saturated, this.failing, now, this.opts.floorMs);
+    const plan = floorPlan(this.floor, saturated, this.failing, now, this.opts);
     if (plan.kind === "lookup") {
-      const head = await dueHead(this.ctx.store, { now, exclude: plan.failing });
-      // Nothing due but the failing endpoints' deliveries: the claim would find nothing.
+      const head = await dueHead(this.ctx.store, { now, exclude: plan.failing, from: plan.from });
+      // With nothing due but the failing endpoints' deliveries, every other due row is still to
+      // come, at `now` or later: the floor is `now`, and this claim would find nothing.
+      this.floor = {
+        value: head ?? now,
+        at: now,
+        excluded: new Set(plan.failing),
+        fullAt: plan.from === 0 || !this.floor ? now : this.floor.fullAt,
+      };
       if (head === undefined) return [];
-      this.floor = { value: head, at: now, excluded: new Set(plan.failing) };
       return claimDue(this.ctx.store, { ...opts, from: head });
     }
     return claimDue(this.ctx.store, plan.kind === "use" ? { ...opts, from: plan.from } : opts);
