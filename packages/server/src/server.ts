@@ -7,6 +7,7 @@ import type { Config } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
 import { RetentionJob } from "./retention/job.js";
+import { TestCallResumer } from "./simulator/resumer.js";
 import { migrate } from "./storage/migrate.js";
 import { openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
@@ -71,11 +72,14 @@ export async function startServer(
     address = await app.listen({ port: config.workerPort, host: config.host });
   }
   dispatcher?.start();
-  // Background work of worker processes: generated summaries and the retention purge.
+  // Background work of worker processes: generated summaries, the retention purge, and test
+  // calls whose process died mid-run.
   const summaries = role === "api" ? undefined : new SummaryWorker(ctx);
   const retention = role === "api" ? undefined : new RetentionJob(ctx);
+  const testCalls = role === "api" ? undefined : new TestCallResumer(ctx);
   summaries?.start();
   retention?.start();
+  testCalls?.start();
 
   return {
     ctx,
@@ -88,6 +92,7 @@ export async function startServer(
       await dispatcher?.stop(graceMs);
       await summaries?.stop();
       await retention?.stop();
+      await testCalls?.stop();
       await store.close();
     },
   };

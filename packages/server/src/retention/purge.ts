@@ -23,7 +23,8 @@ export interface PurgeCounts {
  *   deliveries and then events (their bodies carry transcripts, summaries, phone numbers) —
  *   whole rows, not emptied skeletons: an event body that no longer validates could not be
  *   replayed anyway. Deliveries still pending are never touched, nor are their events;
- * - the brief summary kept on old calls, and summary jobs (they hold a transcript copy);
+ * - the brief summary kept on old calls, summary jobs (they hold a transcript copy) and test-call
+ *   runs left unfinished;
  * - orphaned blob files (bytes with no row, older than an hour).
  * Calls themselves (ids, status, times) stay: they are the index of what happened.
  * Works in batches so one run never holds a long transaction.
@@ -119,7 +120,8 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
     .executeTakeFirst();
   counts.summaries = Number(s.numUpdatedRows);
   const j = await db.deleteFrom("summary_jobs").where("created_at", "<", cutoff).executeTakeFirst();
-  counts.jobs = Number(j.numDeletedRows);
+  const r = await db.deleteFrom("test_call_runs").where("created_at", "<", cutoff).executeTakeFirst();
+  counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows);
 
   const old = await store.listOlderThan(Math.min(now, Date.now()) - ORPHAN_AGE_MS);
   for (let i = 0; i < old.length; i += BATCH) {

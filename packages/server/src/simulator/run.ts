@@ -5,6 +5,7 @@ import { textContent } from "../calls/content.js";
 import type { PayloadSource } from "../calls/payload.js";
 import { applyTransition } from "../calls/service.js";
 import type { Action, TransitionInput } from "../calls/transitions.js";
+import { ApiError } from "../errors.js";
 import type { Db } from "../storage/types.js";
 import { enqueueSummary, summarizeCallNow } from "../summaries/jobs.js";
 import { type Summarizer, summarizerFor } from "../summaries/summarizer.js";
@@ -44,28 +45,61 @@ export interface TestCallPlan {
   transcriptBytes?: number;
 }
 
+/** A run that failed this many times (a bug, the database gone) is given up and logged. */
+export const MAX_RUN_ATTEMPTS = 5;
+
+/** Another process took the run over (this one's lease ran out): it carries the run on. */
+class LeaseLost extends Error {}
+
 /**
- * Drives a created (queued) test call through the seed's workflow, each step a real transition
- * with its real event: started → ended (brief summary) → transcript → summary (generated, as
- * with auto-summary) → recording (a synthesized WAV); or a failure — before connecting
- * (queued → failed), or mid-call (started → failed, then transcript, summary and recording of
- * the part that happened). The content is a pure function of the call id (see
- * generateConversation), so it can be reproduced.
+ * Drives a test call through the seed's workflow, each step a real transition with its real
+ * event: started → ended (brief summary) → transcript → summary (generated, as with auto-summary)
+ * → recording (a synthesized WAV); or a failure — before connecting (queued → failed), or mid-call
+ * (started → failed, then transcript, summary and recording of the part that happened). The
+ * content is a pure function of the call id (see generateConversation), so it can be reproduced.
+ *
+ * Resumable: steps the call already has are skipped, so a run carried on after a crash
+ * (`resumeDueTestCalls`) emits each event once. The caller holds the run's lease (`lease`, the
+ * `leased_until` it wrote); each step renews it in its own transaction, which fails on a lease
+ * another process has taken since, and the last step deletes the run. `summaryWaitMs` bounds the
+ * wait for a summary job another process holds (one that died holding it: the summary then
+ * follows the recording, when the job's own lease runs out).
  */
 export async function runTestCall(
   ctx: AppContext,
   plan: TestCallPlan,
-  summarize?: Summarizer,
+  lease: number,
+  opts: { summarize?: Summarizer; summaryWaitMs?: number } = {},
 ): Promise<void> {
   const { accountId, callId } = plan;
+  let held = lease;
+  /** The run's lease renewed (or, last, the run deleted) in `trx`; LeaseLost if taken over. */
+  const renew = async (trx: Db, now: number, last: boolean): Promise<number> => {
+    const next = now + ctx.config.leaseMs;
+    const q = last
+      ? trx.deleteFrom("test_call_runs").where("call_id", "=", callId).where("leased_until", "=", held)
+      : trx
+          .updateTable("test_call_runs")
+          .set({ leased_until: next })
+          .where("call_id", "=", callId)
+          .where("leased_until", "=", held);
+    const res = await q.executeTakeFirst();
+    const n = "numDeletedRows" in res ? res.numDeletedRows : res.numUpdatedRows;
+    if (Number(n) !== 1) throw new LeaseLost();
+    return next;
+  };
   const step = async (
     action: Action,
     input: Omit<TransitionInput, "now">,
-    content?: (trx: Db, now: number) => Promise<PayloadSource["content"]>,
-    after?: (trx: Db, now: number) => Promise<void>,
+    o: {
+      content?: (trx: Db, now: number) => Promise<PayloadSource["content"]>;
+      after?: (trx: Db, now: number) => Promise<void>;
+      last?: boolean;
+    } = {},
   ) => {
-    await ctx.store.db.transaction().execute(async (trx) => {
+    held = await ctx.store.db.transaction().execute(async (trx) => {
       const now = ctx.clock.now();
+      const next = await renew(trx, now, o.last ?? false);
       await applyTransition(
         trx,
         ctx.store.caps,
@@ -73,69 +107,179 @@ export async function runTestCall(
         callId,
         action,
         { ...input, now },
-        content && (() => content(trx, now)),
+        o.content && (() => o.content!(trx, now)),
       );
-      await after?.(trx, now);
+      await o.after?.(trx, now);
+      return next;
     });
     await announceWork(ctx);
   };
+  /** Nothing left to do: the run is deleted. */
+  const finish = () => ctx.store.db.transaction().execute((trx) => renew(trx, ctx.clock.now(), true));
 
-  if (BEFORE_CONNECT.has(plan.outcome)) {
-    const reason = plan.outcome as FailureReason;
-    await step("fail", { failure_reason: reason, ended_reason: PROVIDER_REASON[reason] });
-    return;
-  }
-  const rnd = seededRandom(callId * 7919);
-  const durationMs = (45 + Math.floor(rnd() * 240)) * 1000;
-  const cutOff = plan.outcome !== "completed";
-  const convo = generateConversation({
-    seed: callId,
-    agentName: plan.agentName,
-    cutOff,
-    ...(plan.transcriptBytes !== undefined ? { minBytes: plan.transcriptBytes } : {}),
-  });
-  // The call "happened" over the last few minutes: it connected `durationMs` ago and ends now.
-  await step("start", { started_at: ctx.clock.now() - durationMs });
-  if (cutOff) {
-    const reason = plan.outcome as FailureReason;
-    await step("fail", { failure_reason: reason, ended_reason: PROVIDER_REASON[reason] });
-  } else {
-    await step("end", { summary: convo.brief });
-  }
-  // Test calls always use auto-summary: the job is queued with the transcript, as for real calls.
-  await step(
-    "transcript",
-    {},
-    (trx, now) =>
-      textContent(ctx, trx, { accountId, callId, kind: "transcript", text: convo.transcript, now }),
-    (trx, now) => enqueueSummary(trx, { accountId, callId, transcript: convo.transcript, now }),
-  );
-  const summarized = await summarizeCallNow(ctx, summarize ?? summarizerFor(ctx.config, ctx.log), callId);
-  if (!summarized)
-    ctx.log.warn(
-      { component: "simulator", call_id: callId },
-      "test call has no summary; recording follows anyway",
-    );
-
-  const store = blobStoreFor(ctx.config);
-  const blobId = newBlobId();
-  const wav = synthesizeWav({ seconds: 3, sampleRate: 8000, seed: callId });
-  await store.writeBuffer(blobId, wav);
   try {
-    await step("recording", {}, async (trx, now) => {
-      await insertBlob(trx, {
-        id: blobId,
-        accountId,
-        callId,
-        kind: "recording",
-        contentType: "audio/wav",
-        size: wav.length,
-        now,
-      });
-      return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
+    const call = await ctx.store.db
+      .selectFrom("calls")
+      .select(["status", "transcript_at", "summary_at", "recording_at"])
+      .where("id", "=", callId)
+      .executeTakeFirst();
+    if (!call) return void (await finish());
+    let status = call.status;
+
+    if (BEFORE_CONNECT.has(plan.outcome)) {
+      const reason = plan.outcome as FailureReason;
+      if (status !== "queued") return void (await finish());
+      await step("fail", { failure_reason: reason, ended_reason: PROVIDER_REASON[reason] }, { last: true });
+      return;
+    }
+    const rnd = seededRandom(callId * 7919);
+    const durationMs = (45 + Math.floor(rnd() * 240)) * 1000;
+    const cutOff = plan.outcome !== "completed";
+    const convo = generateConversation({
+      seed: callId,
+      agentName: plan.agentName,
+      cutOff,
+      ...(plan.transcriptBytes !== undefined ? { minBytes: plan.transcriptBytes } : {}),
     });
+    // The call "happened" over the last few minutes: it connected `durationMs` ago and ends now.
+    if (status === "queued") {
+      await step("start", { started_at: ctx.clock.now() - durationMs });
+      status = "in-progress";
+    }
+    if (status === "in-progress") {
+      if (cutOff) {
+        const reason = plan.outcome as FailureReason;
+        await step("fail", { failure_reason: reason, ended_reason: PROVIDER_REASON[reason] });
+      } else {
+        await step("end", { summary: convo.brief });
+      }
+    }
+    // Test calls always use auto-summary: the job is queued with the transcript, as for real calls.
+    if (call.transcript_at === null)
+      await step(
+        "transcript",
+        {},
+        {
+          content: (trx, now) =>
+            textContent(ctx, trx, { accountId, callId, kind: "transcript", text: convo.transcript, now }),
+          after: (trx, now) => enqueueSummary(trx, { accountId, callId, transcript: convo.transcript, now }),
+        },
+      );
+    if (call.summary_at === null) {
+      const summarized = await summarizeCallNow(
+        ctx,
+        opts.summarize ?? summarizerFor(ctx.config, ctx.log),
+        callId,
+        opts.summaryWaitMs,
+      );
+      if (!summarized)
+        ctx.log.warn(
+          { component: "simulator", call_id: callId },
+          "test call has no summary yet; recording follows anyway",
+        );
+    }
+    if (call.recording_at !== null) return void (await finish());
+
+    const store = blobStoreFor(ctx.config);
+    const blobId = newBlobId();
+    const wav = synthesizeWav({ seconds: 3, sampleRate: 8000, seed: callId });
+    await store.writeBuffer(blobId, wav);
+    try {
+      await step(
+        "recording",
+        {},
+        {
+          content: async (trx, now) => {
+            await insertBlob(trx, {
+              id: blobId,
+              accountId,
+              callId,
+              kind: "recording",
+              contentType: "audio/wav",
+              size: wav.length,
+              now,
+            });
+            return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
+          },
+          last: true,
+        },
+      );
+    } catch (err) {
+      await store.remove(blobId).catch(() => undefined);
+      throw err;
+    }
   } catch (err) {
-    await store.remove(blobId).catch(() => undefined);
+    if (err instanceof LeaseLost) {
+      ctx.log.info({ component: "simulator", call_id: callId }, "test call carried on by another process");
+      return;
+    }
+    if (err instanceof ApiError && err.status < 500) {
+      // The call went its own way (someone posted its steps through the API): nothing to carry on.
+      ctx.log.warn({ component: "simulator", call_id: callId, err: err.message }, "test call stopped");
+      await finish().catch(() => undefined);
+      return;
+    }
     throw err;
   }
 }
+
+/**
+ * Carries on test-call runs whose lease ran out (the process running them died, or failed): up to
+ * `limit` of them, one after another. A run that failed `MAX_RUN_ATTEMPTS` times is given up.
+ * Returns how many it ran.
+ */
+export async function resumeDueTestCalls(ctx: AppContext, limit = 5): Promise<number> {
+  const now = ctx.clock.now();
+  const due = await ctx.store.db
+    .selectFrom("test_call_runs")
+    .selectAll()
+    .where("leased_until", "<", now)
+    .orderBy("leased_until")
+    .limit(limit)
+    .execute();
+  let ran = 0;
+  for (const r of due) {
+    const log = ctx.log.child({ component: "simulator", call_id: Number(r.call_id) });
+    const given = Number(r.attempts) >= MAX_RUN_ATTEMPTS;
+    const lease = now + ctx.config.leaseMs;
+    // Compare-and-set on the lease: of two processes seeing the same run, one takes it.
+    const res = given
+      ? await ctx.store.db
+          .deleteFrom("test_call_runs")
+          .where("call_id", "=", r.call_id)
+          .where("leased_until", "=", r.leased_until)
+          .executeTakeFirst()
+      : await ctx.store.db
+          .updateTable("test_call_runs")
+          .set({ leased_until: lease, attempts: Number(r.attempts) + 1 })
+          .where("call_id", "=", r.call_id)
+          .where("leased_until", "=", r.leased_until)
+          .executeTakeFirst();
+    const won = Number("numDeletedRows" in res ? res.numDeletedRows : res.numUpdatedRows) === 1;
+    if (!won) continue;
+    if (given) {
+      log.error({ attempts: Number(r.attempts) }, "test call failed too often; given up");
+      continue;
+    }
+    ran++;
+    log.warn({ attempt: Number(r.attempts) + 1 }, "carrying on an interrupted test call");
+    await runTestCall(
+      ctx,
+      {
+        accountId: Number(r.account_id),
+        callId: Number(r.call_id),
+        agentName: r.agent_name,
+        outcome: r.outcome as Outcome,
+        ...(r.transcript_bytes !== null ? { transcriptBytes: Number(r.transcript_bytes) } : {}),
+      },
+      lease,
+      { summaryWaitMs: RESUMED_SUMMARY_WAIT_MS },
+    ).catch((err: unknown) =>
+      log.error({ err }, "test call failed; it is tried again when its lease runs out"),
+    );
+  }
+  return ran;
+}
+
+/** A resumed run waits this long for a summary job another process holds before the recording. */
+const RESUMED_SUMMARY_WAIT_MS = 5_000;

@@ -211,4 +211,25 @@ DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due ON deliveries (next_attempt_at, endpoint_id) WHERE status = 'pending';
 `,
   },
+  {
+    id: 5,
+    name: "test_call_runs",
+    sql: (d) => `
+-- A test call's run through its workflow (simulator/run.ts), written in the transaction that
+-- creates the call and deleted in the one that makes its last step. Whoever runs it holds a lease,
+-- renewed by each step in that step's transaction: a process that dies mid-run leaves the lease to
+-- run out, and another process (or the same one restarted) carries the run on from the call's state.
+CREATE TABLE test_call_runs (
+  call_id INTEGER PRIMARY KEY,
+  account_id INTEGER NOT NULL,
+  agent_name TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  transcript_bytes INTEGER,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  leased_until ${d.bigint} NOT NULL,
+  created_at ${d.bigint} NOT NULL
+);
+CREATE INDEX test_call_runs_lease ON test_call_runs (leased_until);
+`,
+  },
 ];

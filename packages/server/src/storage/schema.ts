@@ -131,6 +131,16 @@ export interface Database {
     created_at: number;
   };
   settings: { name: string; value: string; created_at: number };
+  test_call_runs: {
+    call_id: number;
+    account_id: number;
+    agent_name: string;
+    outcome: string;
+    transcript_bytes: number | null;
+    attempts: number;
+    leased_until: number;
+    created_at: number;
+  };
   summary_jobs: {
     call_id: number;
     account_id: number;

@@ -42,7 +42,9 @@ async function testAgent(trx: Db, accountId: number, agentId: number | undefined
  * drives it through the workflow in the background (src/simulator/run.ts). With `endpoint_id`
  * its events go to that endpoint only. The background run starts only after the creating
  * transaction committed, and not for a replayed Idempotency-Key; its errors are logged, never
- * thrown into the process.
+ * thrown into the process. The run is recorded and leased in that transaction
+ * (`test_call_runs`): if this process dies mid-run, a worker process carries it on once the lease
+ * runs out (`TestCallResumer`).
  */
 export const testCallRoutes: RouteModule = (app, ctx, h) => {
   app.post(
@@ -76,6 +78,7 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
       const outcome: Outcome = b.outcome ?? "completed";
       let agentName = TEST_AGENT;
       let created: number | undefined;
+      let lease = 0;
       await h.mutate(req, reply, async (trx) => {
         const now = ctx.clock.now();
         if (b.endpoint_id !== undefined) {
@@ -108,6 +111,21 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
           .returning("id")
           .executeTakeFirstOrThrow();
         created = Number(call.id);
+        // The run itself, leased to this process: should it die mid-run, another carries it on.
+        lease = now + ctx.config.leaseMs;
+        await trx
+          .insertInto("test_call_runs")
+          .values({
+            call_id: created,
+            account_id: accountId,
+            agent_name: agentName,
+            outcome,
+            transcript_bytes: b.transcript_bytes ?? null,
+            attempts: 1,
+            leased_until: lease,
+            created_at: now,
+          })
+          .execute();
         return { status: 202, body: { call_id: created } };
       });
       if (reply.statusCode === 202 && reply.getHeader("idempotent-replayed") === undefined && created) {
@@ -119,8 +137,11 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
           ...(b.transcript_bytes !== undefined ? { transcriptBytes: b.transcript_bytes } : {}),
         };
         setImmediate(() => {
-          runTestCall(ctx, plan).catch((err: unknown) =>
-            ctx.log.error({ component: "simulator", call_id: plan.callId, err }, "test call failed"),
+          runTestCall(ctx, plan, lease).catch((err: unknown) =>
+            ctx.log.error(
+              { component: "simulator", call_id: plan.callId, err },
+              "test call failed; it is tried again when its lease runs out",
+            ),
           );
         });
       }
