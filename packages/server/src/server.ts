@@ -8,6 +8,7 @@ import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
 import { RetentionJob } from "./retention/job.js";
 import { TestCallResumer } from "./simulator/resumer.js";
+import { handOverTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
 import { openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
@@ -93,6 +94,7 @@ export async function startServer(
       await summaries?.stop();
       await retention?.stop();
       await testCalls?.stop();
+      await handOverTestCalls(ctx);
       await store.close();
     },
   };

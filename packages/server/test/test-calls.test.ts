@@ -193,77 +193,94 @@ for (const backend of backends())
   });
 
 for (const backend of backends())
-  describe(`a test call whose process is killed mid-run (${backend.name})`, () => {
-    test("is carried on after a restart: each remaining step once, nothing repeated, the summary job kept", async (t) => {
-      const db = await backend.fresh();
-      // A summarizer that takes the request and never answers: the run stops there, mid-workflow.
-      const held: ServerResponse[] = [];
-      const llm = createServer((req, res) => {
-        req.resume();
-        held.push(res);
-      });
-      await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
-      const rx = await startReceiver();
-      const apiKey = "klen_test_call_crash_key";
-      // KLEN_LEASE also bounds a test call's run lease: a short one, so the restart carries it on soon.
-      const env = { KLEN_DATABASE_URL: db.databaseUrl, KLEN_DELIVERY_TIMEOUT: "500ms", KLEN_LEASE: "1s" };
-      let srv = await spawnServer({
-        dataDir: db.dataDir,
-        apiKey,
-        env: {
-          ...env,
-          KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
-          KLEN_SUMMARY_MODEL: "hangs",
-        },
-      });
-      try {
-        const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
-        rx.setSecret(ep.body.secret);
-        const res = await srv.api.post("/v1/test-calls", { endpoint_id: ep.body.id });
-        assert.equal(res.status, 202);
-        const callId = res.body.call_id as number;
-        const typesOf = () => {
-          // At-least-once: a delivery cut off by the kill may come twice, with the same webhook-id.
-          const byId = new Map(
-            rx.requests.filter((q) => q.json?.call?.id === callId).map((q) => [q.id, q.json.event_type]),
-          );
-          return [...byId.values()];
-        };
-        await waitFor("the run waiting on the summarizer", () => held.length > 0 && typesOf().length >= 3);
-        await srv.kill("SIGKILL");
-        assert.deepEqual(typesOf(), ["call.started", "call.ended", "call.transcript"]);
-
-        // Restarted with the built-in summarizer; the killed process's run lease runs out and the
-        // new process carries the call on from its state.
-        srv = await spawnServer({ dataDir: db.dataDir, apiKey, env });
-        await waitFor("call.recording", () => typesOf().includes("call.recording"), 30_000);
-        const types = typesOf();
-        t.diagnostic(`${backend.name}: after the restart ${types.join(", ")}`);
-        for (const type of ["call.started", "call.ended", "call.transcript", "call.recording"])
-          assert.equal(types.filter((x) => x === type).length, 1, `${type} once`);
-        const events = await srv.api.get(`/v1/events?call_id=${callId}&limit=100`);
-        assert.equal(events.body.data.length, types.length, "no event made twice");
-        assert.match(srv.output(), /carrying on an interrupted test call/);
-
-        const store = await openStore(db.databaseUrl);
+  describe(`a test call whose process stops mid-run (${backend.name})`, () => {
+    for (const signal of ["SIGKILL", "SIGTERM"] as const)
+      test(`${signal}: carried on after a restart, each remaining step once, nothing repeated, the summary job kept`, async (t) => {
+        const db = await backend.fresh();
+        // A summarizer that takes the request and never answers: the run stops there, mid-workflow.
+        const held: ServerResponse[] = [];
+        const llm = createServer((req, res) => {
+          req.resume();
+          held.push(res);
+        });
+        await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
+        const rx = await startReceiver();
+        const apiKey = "klen_test_call_crash_key";
+        // KLEN_LEASE also bounds a test call's run lease: a short one, so the restart carries it on soon.
+        const env = { KLEN_DATABASE_URL: db.databaseUrl, KLEN_DELIVERY_TIMEOUT: "500ms", KLEN_LEASE: "1s" };
+        let srv = await spawnServer({
+          dataDir: db.dataDir,
+          apiKey,
+          env: {
+            ...env,
+            KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
+            KLEN_SUMMARY_MODEL: "hangs",
+          },
+        });
         try {
-          // The run is done; the summary job the killed process held is kept, and runs when its
-          // own lease (two minutes) runs out.
-          assert.equal((await store.db.selectFrom("test_call_runs").selectAll().execute()).length, 0);
-          const jobs = await store.db.selectFrom("summary_jobs").select(["call_id", "status"]).execute();
-          assert.deepEqual(
-            jobs.map((j) => [Number(j.call_id), j.status]),
-            types.includes("call.summary") ? [] : [[callId, "pending"]],
-          );
+          const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
+          rx.setSecret(ep.body.secret);
+          const res = await srv.api.post("/v1/test-calls", { endpoint_id: ep.body.id });
+          assert.equal(res.status, 202);
+          const callId = res.body.call_id as number;
+          const typesOf = () => {
+            // At-least-once: a delivery cut off by the kill may come twice, with the same webhook-id.
+            const byId = new Map(
+              rx.requests.filter((q) => q.json?.call?.id === callId).map((q) => [q.id, q.json.event_type]),
+            );
+            return [...byId.values()];
+          };
+          await waitFor("the run waiting on the summarizer", () => held.length > 0 && typesOf().length >= 3);
+          // Two leases and two looks of the resumer pass: a live run renews its lease while it
+          // waits, so its own process does not take it for an interrupted one.
+          await new Promise((r) => setTimeout(r, 2_500));
+          assert.doesNotMatch(srv.output(), /carrying on an interrupted test call/);
+          await srv.kill(signal);
+          assert.deepEqual(typesOf(), ["call.started", "call.ended", "call.transcript"]);
+          // A graceful stop gives the run's lease back (0: any worker may take it at once); a
+          // killed process leaves it to run out.
+          const left = await openStore(db.databaseUrl);
+          try {
+            const [run] = await left.db.selectFrom("test_call_runs").select("leased_until").execute();
+            assert.ok(run, "the unfinished run is recorded");
+            if (signal === "SIGTERM") assert.equal(Number(run.leased_until), 0);
+            else assert.ok(Number(run.leased_until) > 0);
+          } finally {
+            await left.close();
+          }
+          assert.doesNotMatch(srv.output(), /test call failed/);
+
+          // Restarted with the built-in summarizer; the stopped process's run lease runs out (or
+          // was given back) and the new process carries the call on from its state.
+          srv = await spawnServer({ dataDir: db.dataDir, apiKey, env });
+          await waitFor("call.recording", () => typesOf().includes("call.recording"), 30_000);
+          const types = typesOf();
+          t.diagnostic(`${backend.name}, ${signal}: after the restart ${types.join(", ")}`);
+          for (const type of ["call.started", "call.ended", "call.transcript", "call.recording"])
+            assert.equal(types.filter((x) => x === type).length, 1, `${type} once`);
+          const events = await srv.api.get(`/v1/events?call_id=${callId}&limit=100`);
+          assert.equal(events.body.data.length, types.length, "no event made twice");
+          assert.match(srv.output(), /carrying on an interrupted test call/);
+
+          const store = await openStore(db.databaseUrl);
+          try {
+            // The run is done; the summary job the stopped process held is kept, and runs when its
+            // own lease (two minutes) runs out.
+            assert.equal((await store.db.selectFrom("test_call_runs").selectAll().execute()).length, 0);
+            const jobs = await store.db.selectFrom("summary_jobs").select(["call_id", "status"]).execute();
+            assert.deepEqual(
+              jobs.map((j) => [Number(j.call_id), j.status]),
+              types.includes("call.summary") ? [] : [[callId, "pending"]],
+            );
+          } finally {
+            await store.close();
+          }
         } finally {
-          await store.close();
+          await srv.kill();
+          for (const r of held) r.destroy();
+          llm.close();
+          await rx.close();
+          await db.cleanup();
         }
-      } finally {
-        await srv.kill();
-        for (const r of held) r.destroy();
-        llm.close();
-        await rx.close();
-        await db.cleanup();
-      }
-    });
+      });
   });

@@ -17,7 +17,7 @@ export class TestCallResumer {
 
   start(): void {
     const tick = () => {
-      this.running = resumeDueTestCalls(this.ctx)
+      this.running = resumeDueTestCalls(this.ctx, 5, () => this.timer === undefined)
         .catch((err: unknown) =>
           this.ctx.log.error({ component: "simulator", err }, "looking for interrupted test calls failed"),
         )
@@ -28,7 +28,7 @@ export class TestCallResumer {
     this.timer = setTimeout(tick, POLL_MS).unref();
   }
 
-  /** Stops after the run in hand (one interrupted by exit is carried on after its lease). */
+  /** Stops after the run in hand (one interrupted by exit is handed over: `handOverTestCalls`). */
   async stop(): Promise<void> {
     clearTimeout(this.timer);
     this.timer = undefined;

@@ -51,6 +51,40 @@ export const MAX_RUN_ATTEMPTS = 5;
 /** Another process took the run over (this one's lease ran out): it carries the run on. */
 class LeaseLost extends Error {}
 
+/** The runs in progress in a process, and whether it is shutting down (`handOverTestCalls`). */
+interface Runs {
+  active: Set<{ callId: number; held(): number }>;
+  stopping: boolean;
+}
+const runsOf = new WeakMap<AppContext, Runs>();
+function runs(ctx: AppContext): Runs {
+  let r = runsOf.get(ctx);
+  if (!r) {
+    r = { active: new Set(), stopping: false };
+    runsOf.set(ctx, r);
+  }
+  return r;
+}
+
+/**
+ * At shutdown, before the store closes: gives back the leases of the runs still in progress, so a
+ * worker process carries them on at once instead of after the lease; their steps after this fail
+ * (the lease is no longer theirs) and are not logged as errors.
+ */
+export async function handOverTestCalls(ctx: AppContext): Promise<void> {
+  const r = runs(ctx);
+  r.stopping = true;
+  for (const run of r.active) {
+    await ctx.store.db
+      .updateTable("test_call_runs")
+      .set({ leased_until: 0 })
+      .where("call_id", "=", run.callId)
+      .where("leased_until", "=", run.held())
+      .execute()
+      .catch(() => undefined);
+  }
+}
+
 /**
  * Drives a test call through the seed's workflow, each step a real transition with its real
  * event: started → ended (brief summary) → transcript → summary (generated, as with auto-summary)
@@ -61,9 +95,10 @@ class LeaseLost extends Error {}
  * Resumable: steps the call already has are skipped, so a run carried on after a crash
  * (`resumeDueTestCalls`) emits each event once. The caller holds the run's lease (`lease`, the
  * `leased_until` it wrote); each step renews it in its own transaction, which fails on a lease
- * another process has taken since, and the last step deletes the run. `summaryWaitMs` bounds the
- * wait for a summary job another process holds (one that died holding it: the summary then
- * follows the recording, when the job's own lease runs out).
+ * another process has taken since, and the last step deletes the run; while the run waits for its
+ * summary the lease is renewed every third of its length. `summaryWaitMs` bounds the wait for a
+ * summary job another process holds (one that died holding it: the summary then follows the
+ * recording, when the job's own lease runs out).
  */
 export async function runTestCall(
   ctx: AppContext,
@@ -73,6 +108,9 @@ export async function runTestCall(
 ): Promise<void> {
   const { accountId, callId } = plan;
   let held = lease;
+  const mine = runs(ctx);
+  const handle = { callId, held: () => held };
+  mine.active.add(handle);
   /** The run's lease renewed (or, last, the run deleted) in `trx`; LeaseLost if taken over. */
   const renew = async (trx: Db, now: number, last: boolean): Promise<number> => {
     const next = now + ctx.config.leaseMs;
@@ -166,12 +204,30 @@ export async function runTestCall(
         },
       );
     if (call.summary_at === null) {
-      const summarized = await summarizeCallNow(
-        ctx,
-        opts.summarize ?? summarizerFor(ctx.config, ctx.log),
-        callId,
-        opts.summaryWaitMs,
+      // The summarizer may take longer than the lease: renewed meanwhile, so that a live run is
+      // not taken for an interrupted one (a lost lease shows at the next step).
+      let beat: Promise<unknown> = Promise.resolve();
+      const heartbeat = setInterval(
+        () => {
+          beat = beat.then(async () => {
+            held = await ctx.store.db.transaction().execute((trx) => renew(trx, ctx.clock.now(), false));
+          });
+          beat = beat.catch(() => clearInterval(heartbeat));
+        },
+        Math.max(1, Math.floor(ctx.config.leaseMs / 3)),
       );
+      let summarized: boolean;
+      try {
+        summarized = await summarizeCallNow(
+          ctx,
+          opts.summarize ?? summarizerFor(ctx.config, ctx.log),
+          callId,
+          opts.summaryWaitMs,
+        );
+      } finally {
+        clearInterval(heartbeat);
+        await beat;
+      }
       if (!summarized)
         ctx.log.warn(
           { component: "simulator", call_id: callId },
@@ -209,8 +265,11 @@ export async function runTestCall(
       throw err;
     }
   } catch (err) {
-    if (err instanceof LeaseLost) {
-      ctx.log.info({ component: "simulator", call_id: callId }, "test call carried on by another process");
+    if (err instanceof LeaseLost || mine.stopping) {
+      ctx.log.info(
+        { component: "simulator", call_id: callId },
+        mine.stopping ? "test call handed over at shutdown" : "test call carried on by another process",
+      );
       return;
     }
     if (err instanceof ApiError && err.status < 500) {
@@ -220,28 +279,35 @@ export async function runTestCall(
       return;
     }
     throw err;
+  } finally {
+    mine.active.delete(handle);
   }
 }
 
 /**
  * Carries on test-call runs whose lease ran out (the process running them died, or failed): up to
- * `limit` of them, one after another. A run that failed `MAX_RUN_ATTEMPTS` times is given up.
- * Returns how many it ran.
+ * `limit` of them, one after another, until `stopped()`. A run that failed `MAX_RUN_ATTEMPTS` times
+ * is given up. Returns how many it ran.
  */
-export async function resumeDueTestCalls(ctx: AppContext, limit = 5): Promise<number> {
-  const now = ctx.clock.now();
+export async function resumeDueTestCalls(
+  ctx: AppContext,
+  limit = 5,
+  stopped: () => boolean = () => false,
+): Promise<number> {
   const due = await ctx.store.db
     .selectFrom("test_call_runs")
     .selectAll()
-    .where("leased_until", "<", now)
+    .where("leased_until", "<", ctx.clock.now())
     .orderBy("leased_until")
     .limit(limit)
     .execute();
   let ran = 0;
   for (const r of due) {
+    if (stopped()) break;
     const log = ctx.log.child({ component: "simulator", call_id: Number(r.call_id) });
     const given = Number(r.attempts) >= MAX_RUN_ATTEMPTS;
-    const lease = now + ctx.config.leaseMs;
+    // The time now, not when the list was read: the runs before this one may have taken a while.
+    const lease = ctx.clock.now() + ctx.config.leaseMs;
     // Compare-and-set on the lease: of two processes seeing the same run, one takes it.
     const res = given
       ? await ctx.store.db

@@ -6,18 +6,21 @@ const { file, intervalMs } = workerData as { file: string; intervalMs: number };
 const db = new BetterSqlite3(file);
 db.pragma("busy_timeout = 1000");
 db.pragma("synchronous = NORMAL");
-/** In a run of failed checkpoints, only the first is reported. */
-let failing = false;
+/** Failures are reported at most this often (a checkpoint runs every `intervalMs`). */
+const REPORT_EVERY_MS = 60_000;
+let lastReport = Number.NEGATIVE_INFINITY;
 const timer = setInterval(() => {
   try {
     db.pragma("wal_checkpoint(PASSIVE)");
-    failing = false;
   } catch (err) {
     // The next tick tries again, and the writer's backstop holds meanwhile. Busy is expected
     // beside another process's checkpoint; anything else (I/O error, disk full) is reported.
     const code = (err as { code?: string }).code ?? "";
-    if (!failing && !code.startsWith("SQLITE_BUSY")) parentPort?.postMessage({ failed: String(err) });
-    failing = true;
+    if (code.startsWith("SQLITE_BUSY")) return;
+    const now = Date.now();
+    if (now - lastReport < REPORT_EVERY_MS) return;
+    lastReport = now;
+    parentPort?.postMessage({ failed: String(err) });
   }
 }, intervalMs);
 parentPort?.on("message", () => {

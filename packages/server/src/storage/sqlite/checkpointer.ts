@@ -14,8 +14,8 @@ export class Checkpointer {
   private readonly exited: Promise<void>;
 
   /**
-   * `onError` hears of a thread that stopped (it could not open the file, say) and of the first
-   * failed checkpoint of each run of failures. Either costs speed, not data: the writer's backstop
+   * `onError` hears of a thread that stopped (it could not open the file, say) and of failed
+   * checkpoints (not busy ones), at most one a minute. Either costs speed, not data: the writer's backstop
    * checkpoint carries on.
    */
   constructor(file: string, intervalMs: number, onError: (err: Error) => void) {
