@@ -2,10 +2,11 @@ import assert from "node:assert/strict";
 import { readdirSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { CompiledQuery } from "kysely";
 import { newBlobId } from "../src/blobs/blobs.js";
 import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
-import { purgeExpired } from "../src/retention/purge.js";
+import { expiredBriefSummaries, purgeExpired } from "../src/retention/purge.js";
 import { type Running, startServer } from "../src/server.js";
 import { type ApiClient, apiClient } from "./helpers/api.js";
 import { onServer } from "./helpers/content.js";
@@ -131,5 +132,16 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     } finally {
       await slow.close();
     }
+  });
+
+  test("the brief-summary purge reads only the calls that still hold one, not every call ever made", async () => {
+    const db = running.ctx.store.db;
+    const q = expiredBriefSummaries(db, Date.now() - 30 * DAY).compile();
+    const plan = await db.executeQuery<{ detail: string }>(
+      CompiledQuery.raw(`EXPLAIN QUERY PLAN ${q.sql}`, [...q.parameters]),
+    );
+    const details = plan.rows.map((r) => r.detail).join("; ");
+    assert.match(details, /USING INDEX calls_brief_summary_age/, details);
+    assert.doesNotMatch(details, /^SCAN calls\b/, details);
   });
 });

@@ -232,4 +232,15 @@ CREATE TABLE test_call_runs (
 CREATE INDEX test_call_runs_lease ON test_call_runs (leased_until);
 `,
   },
+  {
+    id: 6,
+    name: "calls_brief_summary_age",
+    sql: () => `
+-- The retention purge empties the brief summary of calls not updated within the retention period.
+-- Calls are never deleted, so without an index that purge read every call ever made on each run
+-- (121 ms at 1,000,000 calls, on the event loop of a SQLite server). Only calls still holding a
+-- brief summary are in this index: the recent ones.
+CREATE INDEX calls_brief_summary_age ON calls (updated_at) WHERE brief_summary IS NOT NULL;
+`,
+  },
 ];
