@@ -34,7 +34,7 @@ const size = (file: string) => {
 // The database file grows only when a checkpoint copies pages into it from the WAL. The writer's
 // own (backstop) checkpoint waits for 4,000 pages of WAL; these tests write far fewer, so the file
 // grows only if the checkpoint thread does its work.
-test("sqlite: the checkpoint thread copies committed pages into the database file", async () => {
+test("sqlite: the checkpoint thread copies committed pages into the database file", async (t) => {
   const dir = tempDir();
   const file = join(dir.path, "ckpt.db");
   const failures: Error[] = [];
@@ -53,9 +53,12 @@ test("sqlite: the checkpoint thread copies committed pages into the database fil
         () => size(file) - start >= (c + 1) * CHUNK_ROWS * PAGE,
       );
     }
-    // Each chunk found the WAL copied back and started it again from the beginning: the WAL
-    // holds a chunk or two, not all twenty (~1,200 pages, 5 MB).
-    assert.ok(walMax < 4 * CHUNK_ROWS * PAGE, `WAL grew to ${walMax} bytes`);
+    // The WAL was copied back and started again from the beginning along the way: it holds a few
+    // chunks, not all twenty (~1,200 pages, 5 MB). Not exactly one: the file may have grown while
+    // the thread's checkpoint was still finishing, and a chunk begun then is appended instead (seen
+    // on a loaded CI machine: 4.2 chunks).
+    t.diagnostic(`largest WAL: ${(walMax / (CHUNK_ROWS * PAGE)).toFixed(1)} chunks`);
+    assert.ok(walMax < 10 * CHUNK_ROWS * PAGE, `WAL grew to ${walMax} bytes`);
     const rows = await sql<{ n: number }>`SELECT count(*) AS n FROM blobs_t`.execute(store.db);
     assert.equal(rows.rows[0]!.n, chunks * CHUNK_ROWS);
     assert.deepEqual(failures, []);
