@@ -6,8 +6,8 @@ import { signingKey } from "./blobs/key.js";
 import type { Config } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
-import { RetentionJob } from "./retention/job.js";
-import { TestCallResumer } from "./simulator/resumer.js";
+import { retentionJob } from "./retention/job.js";
+import { testCallResumer } from "./simulator/resumer.js";
 import { handOverTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
 import { openStore } from "./storage/store.js";
@@ -76,8 +76,8 @@ export async function startServer(
   // Background work of worker processes: generated summaries, the retention purge, and test
   // calls whose process died mid-run.
   const summaries = role === "api" ? undefined : new SummaryWorker(ctx);
-  const retention = role === "api" ? undefined : new RetentionJob(ctx);
-  const testCalls = role === "api" ? undefined : new TestCallResumer(ctx);
+  const retention = role === "api" ? undefined : retentionJob(ctx);
+  const testCalls = role === "api" ? undefined : testCallResumer(ctx);
   summaries?.start();
   retention?.start();
   testCalls?.start();

@@ -1,4 +1,5 @@
 import type { AppContext } from "../api/context.js";
+import { Periodic } from "../util/periodic.js";
 import { purgeExpired } from "./purge.js";
 
 /**
@@ -6,37 +7,17 @@ import { purgeExpired } from "./purge.js";
  * period, between once a second (tiny retentions in tests) and once an hour. Several workers
  * may purge at once; every step is an idempotent delete, so they only share the work.
  */
-export class RetentionJob {
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<unknown> | undefined;
-
-  constructor(private readonly ctx: AppContext) {}
-
-  get intervalMs(): number {
-    return Math.min(3_600_000, Math.max(1_000, Math.floor(this.ctx.config.retentionMs / 10)));
-  }
-
-  start(): void {
-    const tick = () => {
-      this.running = purgeExpired(this.ctx)
+export function retentionJob(ctx: AppContext): Periodic {
+  const intervalMs = Math.min(3_600_000, Math.max(1_000, Math.floor(ctx.config.retentionMs / 10)));
+  return new Periodic(
+    () =>
+      purgeExpired(ctx)
         .then((c) => {
           const total = Object.values(c).reduce((a, b) => a + b, 0);
-          if (total > 0)
-            this.ctx.log.info({ component: "retention", ...c }, "purged expired payloads and media");
+          if (total > 0) ctx.log.info({ component: "retention", ...c }, "purged expired payloads and media");
         })
-        .catch((err: unknown) =>
-          this.ctx.log.error({ component: "retention", err }, "retention purge failed"),
-        )
-        .finally(() => {
-          if (this.timer !== undefined) this.timer = setTimeout(tick, this.intervalMs).unref();
-        });
-    };
-    this.timer = setTimeout(tick, Math.min(this.intervalMs, 10_000)).unref();
-  }
-
-  async stop(): Promise<void> {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    await this.running;
-  }
+        .catch((err: unknown) => ctx.log.error({ component: "retention", err }, "retention purge failed")),
+    () => intervalMs,
+    Math.min(intervalMs, 10_000),
+  );
 }

@@ -51,6 +51,39 @@ export const MAX_RUN_ATTEMPTS = 5;
 /** Another process took the run over (this one's lease ran out): it carries the run on. */
 class LeaseLost extends Error {}
 
+/**
+ * Compare-and-set on a run's lease: moves it from `held` to `next` (null: deletes the run), with
+ * `attempts` when given. False when the lease is not `held` any more (another process took it).
+ */
+async function swapLease(
+  db: Db,
+  callId: number,
+  held: number,
+  next: number | null,
+  attempts?: number,
+): Promise<boolean> {
+  const res =
+    next === null
+      ? await db
+          .deleteFrom("test_call_runs")
+          .where("call_id", "=", callId)
+          .where("leased_until", "=", held)
+          .executeTakeFirst()
+      : await db
+          .updateTable("test_call_runs")
+          .set({ leased_until: next, ...(attempts !== undefined ? { attempts } : {}) })
+          .where("call_id", "=", callId)
+          .where("leased_until", "=", held)
+          .executeTakeFirst();
+  return Number("numDeletedRows" in res ? res.numDeletedRows : res.numUpdatedRows) === 1;
+}
+
+/** What a failed step sends for a failure reason. */
+const failure = (reason: FailureReason) => ({
+  failure_reason: reason,
+  ended_reason: PROVIDER_REASON[reason],
+});
+
 /** The runs in progress in a process, and whether it is shutting down (`handOverTestCalls`). */
 interface Runs {
   active: Set<{ callId: number; held(): number }>;
@@ -74,15 +107,7 @@ function runs(ctx: AppContext): Runs {
 export async function handOverTestCalls(ctx: AppContext): Promise<void> {
   const r = runs(ctx);
   r.stopping = true;
-  for (const run of r.active) {
-    await ctx.store.db
-      .updateTable("test_call_runs")
-      .set({ leased_until: 0 })
-      .where("call_id", "=", run.callId)
-      .where("leased_until", "=", run.held())
-      .execute()
-      .catch(() => undefined);
-  }
+  for (const run of r.active) await swapLease(ctx.store.db, run.callId, run.held(), 0).catch(() => false);
 }
 
 /**
@@ -111,19 +136,10 @@ export async function runTestCall(
   const mine = runs(ctx);
   const handle = { callId, held: () => held };
   mine.active.add(handle);
-  /** The run's lease renewed (or, last, the run deleted) in `trx`; LeaseLost if taken over. */
-  const renew = async (trx: Db, now: number, last: boolean): Promise<number> => {
+  /** The run's lease renewed (or, last, the run deleted) in `db`; LeaseLost if taken over. */
+  const renew = async (db: Db, now: number, last: boolean): Promise<number> => {
     const next = now + ctx.config.leaseMs;
-    const q = last
-      ? trx.deleteFrom("test_call_runs").where("call_id", "=", callId).where("leased_until", "=", held)
-      : trx
-          .updateTable("test_call_runs")
-          .set({ leased_until: next })
-          .where("call_id", "=", callId)
-          .where("leased_until", "=", held);
-    const res = await q.executeTakeFirst();
-    const n = "numDeletedRows" in res ? res.numDeletedRows : res.numUpdatedRows;
-    if (Number(n) !== 1) throw new LeaseLost();
+    if (!(await swapLease(db, callId, held, last ? null : next))) throw new LeaseLost();
     return next;
   };
   const step = async (
@@ -153,7 +169,7 @@ export async function runTestCall(
     await announceWork(ctx);
   };
   /** Nothing left to do: the run is deleted. */
-  const finish = () => ctx.store.db.transaction().execute((trx) => renew(trx, ctx.clock.now(), true));
+  const finish = () => renew(ctx.store.db, ctx.clock.now(), true);
 
   try {
     const call = await ctx.store.db
@@ -165,9 +181,8 @@ export async function runTestCall(
     let status = call.status;
 
     if (BEFORE_CONNECT.has(plan.outcome)) {
-      const reason = plan.outcome as FailureReason;
       if (status !== "queued") return void (await finish());
-      await step("fail", { failure_reason: reason, ended_reason: PROVIDER_REASON[reason] }, { last: true });
+      await step("fail", failure(plan.outcome as FailureReason), { last: true });
       return;
     }
     const rnd = seededRandom(callId * 7919);
@@ -185,12 +200,8 @@ export async function runTestCall(
       status = "in-progress";
     }
     if (status === "in-progress") {
-      if (cutOff) {
-        const reason = plan.outcome as FailureReason;
-        await step("fail", { failure_reason: reason, ended_reason: PROVIDER_REASON[reason] });
-      } else {
-        await step("end", { summary: convo.brief });
-      }
+      if (cutOff) await step("fail", failure(plan.outcome as FailureReason));
+      else await step("end", { summary: convo.brief });
     }
     // Test calls always use auto-summary: the job is queued with the transcript, as for real calls.
     if (call.transcript_at === null)
@@ -210,7 +221,7 @@ export async function runTestCall(
       const heartbeat = setInterval(
         () => {
           beat = beat.then(async () => {
-            held = await ctx.store.db.transaction().execute((trx) => renew(trx, ctx.clock.now(), false));
+            held = await renew(ctx.store.db, ctx.clock.now(), false);
           });
           beat = beat.catch(() => clearInterval(heartbeat));
         },
@@ -309,19 +320,13 @@ export async function resumeDueTestCalls(
     // The time now, not when the list was read: the runs before this one may have taken a while.
     const lease = ctx.clock.now() + ctx.config.leaseMs;
     // Compare-and-set on the lease: of two processes seeing the same run, one takes it.
-    const res = given
-      ? await ctx.store.db
-          .deleteFrom("test_call_runs")
-          .where("call_id", "=", r.call_id)
-          .where("leased_until", "=", r.leased_until)
-          .executeTakeFirst()
-      : await ctx.store.db
-          .updateTable("test_call_runs")
-          .set({ leased_until: lease, attempts: Number(r.attempts) + 1 })
-          .where("call_id", "=", r.call_id)
-          .where("leased_until", "=", r.leased_until)
-          .executeTakeFirst();
-    const won = Number("numDeletedRows" in res ? res.numDeletedRows : res.numUpdatedRows) === 1;
+    const won = await swapLease(
+      ctx.store.db,
+      Number(r.call_id),
+      Number(r.leased_until),
+      given ? null : lease,
+      Number(r.attempts) + 1,
+    );
     if (!won) continue;
     if (given) {
       log.error({ attempts: Number(r.attempts) }, "test call failed too often; given up");

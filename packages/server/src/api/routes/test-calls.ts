@@ -44,7 +44,7 @@ async function testAgent(trx: Db, accountId: number, agentId: number | undefined
  * transaction committed, and not for a replayed Idempotency-Key; its errors are logged, never
  * thrown into the process. The run is recorded and leased in that transaction
  * (`test_call_runs`): if this process dies mid-run, a worker process carries it on once the lease
- * runs out (`TestCallResumer`).
+ * runs out (`testCallResumer`).
  */
 export const testCallRoutes: RouteModule = (app, ctx, h) => {
   app.post(
