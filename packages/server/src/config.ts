@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parseDuration, parseSchedule, parseSize } from "./util/units.js";
 
@@ -23,6 +24,8 @@ export interface Config {
   maxBody: number;
   maxRecording: number;
   rateLimit: number;
+  /** Webhooks are sent from a thread of their own (send-thread.ts) rather than the event loop. */
+  senderThread: boolean;
   summary: { url: string; model: string; apiKey: string } | undefined;
   benchDatabaseUrl: string | undefined;
 }
@@ -130,6 +133,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxBody: read(env, "KLEN_MAX_BODY", "1MiB", parseSize),
     maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", parseSize),
     rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
+    senderThread: read(env, "KLEN_SENDER_THREAD", availableParallelism() > 1 ? "1" : "0", bool),
     summary: summaryUrl ? { url: summaryUrl, model: summaryModel!, apiKey: summaryKey ?? "" } : undefined,
     benchDatabaseUrl: env.KLEN_BENCH_DATABASE_URL || undefined,
   };

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { availableParallelism } from "node:os";
 import { test } from "node:test";
 import { ConfigError, loadConfig } from "../src/config.js";
 
@@ -19,6 +20,8 @@ test("defaults follow PRODUCT.md §12", () => {
   assert.equal(c.rateLimit, 0);
   assert.equal(c.dev, false);
   assert.equal(c.summary, undefined);
+  // Its own thread for sending wherever there is a second core to run it on.
+  assert.equal(c.senderThread, availableParallelism() > 1);
 });
 
 test("a bad value stops start-up with a message naming the variable", () => {
@@ -30,6 +33,7 @@ test("a bad value stops start-up with a message naming the variable", () => {
     KLEN_DATABASE_URL: "mysql://x",
     KLEN_DEV: "maybe",
     KLEN_RATE_LIMIT: "-3",
+    KLEN_SENDER_THREAD: "sometimes",
   };
   for (const [name, value] of Object.entries(bad)) {
     assert.throws(
@@ -41,12 +45,15 @@ test("a bad value stops start-up with a message naming the variable", () => {
   }
 });
 
-test("dev mode, PostgreSQL URLs and an explicit schedule are read", () => {
+test("dev mode, PostgreSQL URLs, an explicit schedule and the sender thread setting are read", () => {
   const c = loadConfig({
     KLEN_DEV: "true",
     KLEN_DATABASE_URL: "postgresql://u@127.0.0.1/db",
     KLEN_RETRY_SCHEDULE: "1s,2s",
+    KLEN_SENDER_THREAD: "off",
   });
+  assert.equal(c.senderThread, false);
+  assert.equal(loadConfig({ KLEN_SENDER_THREAD: "1" }).senderThread, true);
   assert.equal(c.dev, true);
   assert.equal(c.databaseUrl, "postgresql://u@127.0.0.1/db");
   assert.deepEqual(c.retrySchedule, [1000, 2000]);

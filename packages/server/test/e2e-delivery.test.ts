@@ -36,13 +36,19 @@ function deliveryWithStatus(server: ServerProcess, eventId: string, endpointId: 
 
 after(() => stopPostgres());
 
-for (const backend of backends())
-  describe(`end to end on a real server process (${backend.name})`, () => {
+// Both ways of sending (KLEN_SENDER_THREAD): from a thread of its own on SQLite, from the event
+// loop on PostgreSQL.
+for (const backend of backends()) {
+  const sendsFromThread = backend.name === "sqlite";
+  describe(`end to end on a real server process (${backend.name}, ${sendsFromThread ? "sender thread" : "sending on the event loop"})`, () => {
     let server: ServerProcess;
     let db: Awaited<ReturnType<typeof backend.fresh>>;
     before(async () => {
       db = await backend.fresh();
-      server = await spawnServer({ dataDir: db.dataDir, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+      server = await spawnServer({
+        dataDir: db.dataDir,
+        env: { KLEN_DATABASE_URL: db.databaseUrl, KLEN_SENDER_THREAD: sendsFromThread ? "1" : "0" },
+      });
     });
     after(async () => {
       await server.kill();
@@ -305,6 +311,7 @@ for (const backend of backends())
       await rx.close();
     });
   });
+}
 
 describe("failure settings (separate server: short timeout, short schedule)", () => {
   const dir = tempDir();

@@ -1,49 +1,186 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { RESPONSE_BODY_LIMIT, Sender } from "../src/delivery/send.js";
+import type { Worker } from "node:worker_threads";
+import { type AttemptSender, RESPONSE_BODY_LIMIT, Sender, type SenderOptions } from "../src/delivery/send.js";
+import { ThreadSender } from "../src/delivery/send-thread.js";
+import { waitFor } from "./helpers/wait.js";
+
+const senders: Array<[string, (o: SenderOptions) => AttemptSender]> = [
+  ["Sender", (o) => new Sender(o)],
+  ["ThreadSender", (o) => new ThreadSender(o)],
+];
 
 /**
  * The attempt sender against real loopback servers: what it keeps of a response, what it does
- * with answers it must not follow or cannot read, and its one timeout for the whole attempt.
+ * with answers it must not follow or cannot read, and its one timeout for the whole attempt. The
+ * same on the event loop (`Sender`) and on a thread of its own (`ThreadSender`, KLEN_SENDER_THREAD).
  */
-describe("Sender", () => {
+for (const [name, makeSender] of senders)
+  describe(name, () => {
+    let server: Server;
+    let base = "";
+    const seen: string[] = [];
+    const held: ServerResponse[] = [];
+
+    before(async () => {
+      server = createServer((req: IncomingMessage, res: ServerResponse) => {
+        seen.push(req.url ?? "");
+        req.resume();
+        req.on("end", () => {
+          switch (req.url) {
+            case "/big":
+              res.end("x".repeat(20 * 1024));
+              return;
+            case "/huge":
+              // Far past what is drained: the sender drops the connection, the 200 stands.
+              res.end("y".repeat(1024 * 1024));
+              return;
+            case "/redirect":
+              res.writeHead(302, { location: `${base}/elsewhere` }).end();
+              return;
+            case "/busy":
+              res.writeHead(429, { "retry-after": "7" }).end("slow down");
+              return;
+            case "/processing":
+              res.writeProcessing();
+              res.end("done");
+              return;
+            case "/never":
+              held.push(res);
+              return;
+            case "/slow":
+              setTimeout(() => res.end("late"), 50);
+              return;
+            default:
+              res.end("ok");
+          }
+        });
+      });
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    });
+    after(async () => {
+      for (const r of held) r.destroy();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    });
+
+    const post = (sender: AttemptSender, path: string) =>
+      sender.send(`${base}${path}`, { "content-type": "application/json" }, '{"type":"call.started"}');
+
+    /** A sender for one test, closed after it whatever happens. */
+    async function withSender(
+      opts: SenderOptions,
+      fn: (sender: AttemptSender) => Promise<void>,
+    ): Promise<void> {
+      const sender = makeSender(opts);
+      try {
+        await fn(sender);
+      } finally {
+        await sender.close();
+      }
+    }
+
+    test("keeps the first 8 KiB of a body, and a body too large to drain leaves the answer standing", async () => {
+      await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
+        const big = await post(sender, "/big");
+        assert.equal(big.statusCode, 200);
+        assert.equal(big.error, null);
+        assert.equal(big.responseBody, "x".repeat(RESPONSE_BODY_LIMIT));
+        const huge = await post(sender, "/huge");
+        assert.equal(huge.statusCode, 200);
+        assert.equal(huge.error, null);
+        assert.equal(huge.responseBody?.length, RESPONSE_BODY_LIMIT);
+        // The dropped connection is replaced: the next attempt goes through.
+        const next = await post(sender, "/ok");
+        assert.equal(next.statusCode, 200);
+        assert.equal(next.responseBody, "ok");
+      });
+    });
+
+    test("a redirect is a failed attempt and is not followed", async () => {
+      await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
+        const before = seen.length;
+        const r = await post(sender, "/redirect");
+        assert.equal(r.statusCode, 302);
+        assert.equal(r.error, "redirect");
+        assert.equal(r.errorMessage, "HTTP 302");
+        assert.deepEqual(seen.slice(before), ["/redirect"]);
+      });
+    });
+
+    test("response headers reach the caller (Retry-After), and a 1xx is not the answer", async () => {
+      await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
+        const busy = await post(sender, "/busy");
+        assert.equal(busy.statusCode, 429);
+        assert.equal(busy.error, "http_status");
+        assert.equal(busy.responseHeaders["retry-after"], "7");
+        assert.equal(busy.responseBody, "slow down");
+        const processing = await post(sender, "/processing");
+        assert.equal(processing.statusCode, 200);
+        assert.equal(processing.responseBody, "done");
+      });
+    });
+
+    test("one timeout covers the attempt, including the wait for a free connection", async () => {
+      // One connection per origin: the second attempt waits behind the first, which never ends.
+      await withSender({ dev: true, timeoutMs: 300, connectionsPerOrigin: 1 }, async (sender) => {
+        const [first, second] = await Promise.all([post(sender, "/never"), post(sender, "/never")]);
+        for (const r of [first, second]) {
+          assert.equal(r.error, "timeout");
+          assert.equal(r.statusCode, null);
+          assert.equal(r.errorMessage, "no response within 300 ms");
+        }
+        // The connection the first one held is gone; a healthy path answers again.
+        const ok = await post(sender, "/ok");
+        assert.equal(ok.error, null);
+      });
+    });
+
+    test("a closed port is connection_refused; a malformed URL is a network error", async () => {
+      await withSender({ dev: true, timeoutMs: 2_000 }, async (sender) => {
+        const closed = createServer();
+        await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
+        const port = (closed.address() as AddressInfo).port;
+        await new Promise((r) => closed.close(r));
+        const refused = await sender.send(`http://127.0.0.1:${port}/x`, {}, "{}");
+        assert.equal(refused.error, "connection_refused");
+        const bad = await sender.send("not a url", {}, "{}");
+        assert.equal(bad.error, "network");
+        assert.equal(bad.errorMessage, "invalid URL");
+      });
+    });
+
+    test("many attempts at once: each gets its own answer", async () => {
+      await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
+        const paths = Array.from({ length: 300 }, (_, i) =>
+          i % 3 === 0 ? "/busy" : i % 3 === 1 ? "/slow" : `/p${i}`,
+        );
+        const results = await Promise.all(paths.map((p) => post(sender, p)));
+        results.forEach((r, i) => {
+          const p = paths[i];
+          assert.equal(r.statusCode, p === "/busy" ? 429 : 200, p);
+          assert.equal(r.responseBody, p === "/busy" ? "slow down" : p === "/slow" ? "late" : "ok", p);
+        });
+      });
+    });
+  });
+
+/** What only the thread adds: its death, and not keeping an idle process alive. */
+describe("ThreadSender's thread", { timeout: 30_000 }, () => {
   let server: Server;
   let base = "";
-  const seen: string[] = [];
   const held: ServerResponse[] = [];
-
   before(async () => {
-    server = createServer((req: IncomingMessage, res: ServerResponse) => {
-      seen.push(req.url ?? "");
+    server = createServer((req, res) => {
       req.resume();
-      req.on("end", () => {
-        switch (req.url) {
-          case "/big":
-            res.end("x".repeat(20 * 1024));
-            return;
-          case "/huge":
-            // Far past what is drained: the sender drops the connection, the 200 stands.
-            res.end("y".repeat(1024 * 1024));
-            return;
-          case "/redirect":
-            res.writeHead(302, { location: `${base}/elsewhere` }).end();
-            return;
-          case "/busy":
-            res.writeHead(429, { "retry-after": "7" }).end("slow down");
-            return;
-          case "/processing":
-            res.writeProcessing();
-            res.end("done");
-            return;
-          case "/never":
-            held.push(res);
-            return;
-          default:
-            res.end("ok");
-        }
-      });
+      req.on("end", () => (req.url === "/never" ? held.push(res) : res.end("ok")));
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -54,89 +191,56 @@ describe("Sender", () => {
     await new Promise((r) => server.close(r));
   });
 
-  const post = (sender: Sender, path: string) =>
-    sender.send(`${base}${path}`, { "content-type": "application/json" }, '{"type":"call.started"}');
-
-  /** A sender for one test, closed after it whatever happens. */
-  async function withSender(
-    opts: ConstructorParameters<typeof Sender>[0],
-    fn: (sender: Sender) => Promise<void>,
-  ): Promise<void> {
-    const sender = new Sender(opts);
+  test("a thread that stops fails the attempts it held; the next attempt starts a new thread", async () => {
+    const sender = new ThreadSender({ dev: true, timeoutMs: 30_000 });
     try {
-      await fn(sender);
+      const first = await sender.send(`${base}/ok`, {}, "{}");
+      assert.equal(first.statusCode, 200);
+      const stuck = [sender.send(`${base}/never`, {}, "{}"), sender.send(`${base}/never`, {}, "{}")];
+      await waitFor("both attempts at the receiver", () => held.length === 2);
+      // Reaching in: nothing outside stops the thread but a crash of it.
+      await (sender as unknown as { worker?: Worker }).worker?.terminate();
+      for (const p of stuck) await assert.rejects(p, /sender thread stopped/);
+      const next = await sender.send(`${base}/ok`, {}, "{}");
+      assert.equal(next.statusCode, 200);
+      assert.equal(next.responseBody, "ok");
     } finally {
       await sender.close();
     }
-  }
-
-  test("keeps the first 8 KiB of a body, and a body too large to drain leaves the answer standing", async () => {
-    await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
-      const big = await post(sender, "/big");
-      assert.equal(big.statusCode, 200);
-      assert.equal(big.error, null);
-      assert.equal(big.responseBody, "x".repeat(RESPONSE_BODY_LIMIT));
-      const huge = await post(sender, "/huge");
-      assert.equal(huge.statusCode, 200);
-      assert.equal(huge.error, null);
-      assert.equal(huge.responseBody?.length, RESPONSE_BODY_LIMIT);
-      // The dropped connection is replaced: the next attempt goes through.
-      const next = await post(sender, "/ok");
-      assert.equal(next.statusCode, 200);
-      assert.equal(next.responseBody, "ok");
-    });
   });
 
-  test("a redirect is a failed attempt and is not followed", async () => {
-    await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
-      const before = seen.length;
-      const r = await post(sender, "/redirect");
-      assert.equal(r.statusCode, 302);
-      assert.equal(r.error, "redirect");
-      assert.equal(r.errorMessage, "HTTP 302");
-      assert.deepEqual(seen.slice(before), ["/redirect"]);
-    });
+  test("close lets the attempts in flight finish, and later attempts are refused", async () => {
+    const sender = new ThreadSender({ dev: true, timeoutMs: 30_000 });
+    const before = held.length;
+    const inFlight = sender.send(`${base}/never`, {}, "{}");
+    await waitFor("the attempt at the receiver", () => held.length === before + 1);
+    const closed = sender.close();
+    held[before]?.end("finally");
+    const r = await inFlight;
+    assert.equal(r.statusCode, 200);
+    assert.equal(r.responseBody, "finally");
+    await closed;
+    await assert.rejects(sender.send(`${base}/ok`, {}, "{}"), /sender closed/);
   });
 
-  test("response headers reach the caller (Retry-After), and a 1xx is not the answer", async () => {
-    await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
-      const busy = await post(sender, "/busy");
-      assert.equal(busy.statusCode, 429);
-      assert.equal(busy.error, "http_status");
-      assert.equal(busy.responseHeaders["retry-after"], "7");
-      assert.equal(busy.responseBody, "slow down");
-      const processing = await post(sender, "/processing");
-      assert.equal(processing.statusCode, 200);
-      assert.equal(processing.responseBody, "done");
+  test("an idle thread does not hold the process open", async () => {
+    // A process whose only work was one attempt ends without closing the sender.
+    const module = new URL("../src/delivery/send-thread.js", import.meta.url).href;
+    const script = `const { ThreadSender } = await import(${JSON.stringify(module)});
+      const r = await new ThreadSender({ dev: true, timeoutMs: 5000 }).send(${JSON.stringify(`${base}/ok`)}, {}, "{}");
+      console.log(r.statusCode);`;
+    const dir = mkdtempSync(join(tmpdir(), "klen-sender-"));
+    const file = join(dir, "one-attempt.mjs");
+    writeFileSync(file, script);
+    // Killed if it is still up after 20 s: a thread holding it open would keep it forever.
+    const child = spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "inherit"], timeout: 20_000 });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
     });
-  });
-
-  test("one timeout covers the attempt, including the wait for a free connection", async () => {
-    // One connection per origin: the second attempt waits behind the first, which never ends.
-    await withSender({ dev: true, timeoutMs: 300, connectionsPerOrigin: 1 }, async (sender) => {
-      const [first, second] = await Promise.all([post(sender, "/never"), post(sender, "/never")]);
-      for (const r of [first, second]) {
-        assert.equal(r.error, "timeout");
-        assert.equal(r.statusCode, null);
-        assert.equal(r.errorMessage, "no response within 300 ms");
-      }
-      // The connection the first one held is gone; a healthy path answers again.
-      const ok = await post(sender, "/ok");
-      assert.equal(ok.error, null);
-    });
-  });
-
-  test("a closed port is connection_refused; a malformed URL is a network error", async () => {
-    await withSender({ dev: true, timeoutMs: 2_000 }, async (sender) => {
-      const closed = createServer();
-      await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
-      const port = (closed.address() as AddressInfo).port;
-      await new Promise((r) => closed.close(r));
-      const refused = await sender.send(`http://127.0.0.1:${port}/x`, {}, "{}");
-      assert.equal(refused.error, "connection_refused");
-      const bad = await sender.send("not a url", {}, "{}");
-      assert.equal(bad.error, "network");
-      assert.equal(bad.errorMessage, "invalid URL");
-    });
+    const code = await new Promise((r) => child.on("exit", r));
+    assert.equal(code, 0, "the process ended on its own");
+    rmSync(dir, { recursive: true, force: true });
+    assert.equal(out.trim(), "200");
   });
 });

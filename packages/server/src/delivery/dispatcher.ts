@@ -4,7 +4,8 @@ import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
 import { parseRetryAfter } from "./schedule.js";
-import { Sender } from "./send.js";
+import { type AttemptSender, Sender } from "./send.js";
+import { ThreadSender } from "./send-thread.js";
 import { attemptHeaders, secretKey } from "./sign.js";
 
 export interface DispatcherOptions {
@@ -115,7 +116,7 @@ export function floorPlan(
  */
 export class Dispatcher {
   private readonly opts: DispatcherOptions;
-  private readonly sender: Sender;
+  private readonly sender: AttemptSender;
   private running = false;
   private loopDone: Promise<void> = Promise.resolve();
   private dirty = true;
@@ -147,11 +148,12 @@ export class Dispatcher {
     opts: Partial<DispatcherOptions> = {},
   ) {
     this.opts = { ...defaultDispatcherOptions, ...opts };
-    this.sender = new Sender({
+    const sender = {
       dev: ctx.config.dev,
       timeoutMs: ctx.config.deliveryTimeoutMs,
       connectionsPerOrigin: this.opts.perEndpoint,
-    });
+    };
+    this.sender = ctx.config.senderThread ? new ThreadSender(sender) : new Sender(sender);
   }
 
   start(): void {

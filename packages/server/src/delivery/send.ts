@@ -93,13 +93,28 @@ function classify(err: unknown): ErrorClass {
   return "network";
 }
 
+export interface SenderOptions {
+  /** `KLEN_DEV`: loopback and private targets and plain `http://` allowed. */
+  dev: boolean;
+  /** One timeout for the whole attempt. */
+  timeoutMs: number;
+  connectionsPerOrigin?: number;
+}
+
+/** What the dispatcher sends attempts through: `Sender`, or `ThreadSender` (send-thread.ts). */
+export interface AttemptSender {
+  send(url: string, headers: Record<string, string>, body: string): Promise<SendResult>;
+  /** Lets attempts in flight finish, then closes the connections. */
+  close(): Promise<void>;
+}
+
 /**
  * Posts webhook bodies over keep-alive connection pools, one pool per origin (undici's Agent).
  * Redirects are never followed: a 3xx is a failed attempt.
  */
-export class Sender {
+export class Sender implements AttemptSender {
   private agent: Agent;
-  constructor(private opts: { dev: boolean; timeoutMs: number; connectionsPerOrigin?: number }) {
+  constructor(private opts: SenderOptions) {
     this.agent = new Agent({
       connections: opts.connectionsPerOrigin ?? 64,
       keepAliveTimeout: 30_000,

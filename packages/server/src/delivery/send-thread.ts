@@ -1,0 +1,92 @@
+import { Worker } from "node:worker_threads";
+import type { AttemptSender, SenderOptions, SendResult } from "./send.js";
+
+/** One attempt on its way to the sender thread: its number, URL, headers and body. */
+export type SendRequest = [number, string, Record<string, string>, string];
+
+interface Waiting {
+  resolve: (r: SendResult) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * A `Sender` on a thread of its own (send-worker.ts): the HTTP side of attempts — undici, the
+ * sockets, reading answers — runs beside the dispatcher's database work instead of taking turns
+ * with it on one event loop (docs/performance.md). Attempts and answers cross in batches, one
+ * message per tick each way. Should the thread stop, the attempts it held are rejected (the
+ * dispatcher then leaves their leases to run out, so they are tried again) and the next attempt
+ * starts a new thread. The thread holds the process open only while attempts are in flight.
+ */
+export class ThreadSender implements AttemptSender {
+  private worker: Worker | undefined;
+  private readonly waiting = new Map<number, Waiting>();
+  private nextId = 0;
+  private queued: SendRequest[] = [];
+  private closed = false;
+
+  constructor(private readonly opts: SenderOptions) {}
+
+  send(url: string, headers: Record<string, string>, body: string): Promise<SendResult> {
+    if (this.closed) return Promise.reject(new Error("sender closed"));
+    const id = this.nextId++;
+    return new Promise<SendResult>((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      if (this.queued.push([id, url, headers, body]) === 1) queueMicrotask(this.flush);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const w = this.worker;
+    if (!w) return;
+    w.ref();
+    const exited = new Promise<void>((resolve) => w.once("exit", () => resolve()));
+    w.postMessage("close");
+    await exited;
+  }
+
+  private readonly flush = () => {
+    const batch = this.queued;
+    this.queued = [];
+    try {
+      const w = this.thread();
+      w.ref();
+      w.postMessage(batch);
+    } catch (err) {
+      this.fail(
+        batch.map(([id]) => id),
+        new Error(`sender thread unavailable: ${(err as Error).message}`),
+      );
+    }
+  };
+
+  private thread(): Worker {
+    if (this.worker) return this.worker;
+    const w = new Worker(new URL("./send-worker.js", import.meta.url), { workerData: this.opts });
+    w.on("message", (answers: Array<[number, SendResult]>) => {
+      for (const [id, r] of answers) {
+        const waiting = this.waiting.get(id);
+        this.waiting.delete(id);
+        waiting?.resolve(r);
+      }
+      if (this.waiting.size === 0 && !this.closed) w.unref();
+    });
+    const stopped = (why: string) => {
+      if (this.worker !== w) return;
+      this.worker = undefined;
+      this.fail([...this.waiting.keys()], new Error(`sender thread stopped: ${why}`));
+    };
+    w.on("error", (err) => stopped(err.message));
+    w.on("exit", (code) => stopped(`exit code ${code}`));
+    this.worker = w;
+    return w;
+  }
+
+  private fail(ids: number[], err: Error): void {
+    for (const id of ids) {
+      const waiting = this.waiting.get(id);
+      this.waiting.delete(id);
+      waiting?.reject(err);
+    }
+  }
+}
