@@ -6,6 +6,7 @@
 import { writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { parseArgs } from "node:util";
+import { loadConfig } from "../src/config.js";
 import { VERSION } from "../src/version.js";
 import { ReceiverProcess } from "./receiver-client.js";
 import {
@@ -63,8 +64,10 @@ async function main(): Promise<void> {
   say(
     `machine: ${machine.cpu}, ${machine.cores} cores, ${machine.total_memory_mb} MB, Node ${machine.node}, ${machine.platform}`,
   );
+  // The server processes inherit this environment: their setting is the one worked out here.
+  const senderThread = loadConfig(process.env).senderThread;
   say(
-    `config: receiver = 1 forked process (${4} ports + 1 dead port, HMAC-verifies every request); server = the real CLI (\`serve\`, KLEN_DEV=1, LOG_LEVEL=error) as its own process; load generator = this process (undici keep-alive).`,
+    `config: receiver = 1 forked process (${4} ports + 1 dead port, HMAC-verifies every request); server = the real CLI (\`serve\`, KLEN_DEV=1, LOG_LEVEL=error) as its own process, sender thread ${senderThread ? "on" : "off"} (KLEN_SENDER_THREAD); load generator = this process (undici keep-alive).`,
   );
   say(
     `        Backlogs are queued in this process through the server's own emitEvent with no dispatcher running, then a server process drains them.`,
@@ -86,7 +89,12 @@ async function main(): Promise<void> {
     version: VERSION,
     quick,
     machine,
-    config: { receiver_ports: 4, workers: workers ?? null, started_at: new Date(started).toISOString() },
+    config: {
+      receiver_ports: 4,
+      workers: workers ?? null,
+      sender_thread: senderThread,
+      started_at: new Date(started).toISOString(),
+    },
     load_average_start: loadavg(),
   };
   try {
