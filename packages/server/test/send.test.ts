@@ -17,62 +17,66 @@ const senders: Array<[string, (o: SenderOptions) => AttemptSender]> = [
 ];
 
 /**
+ * A loopback server for one suite, up before its tests and closed after them: `answer` gets each
+ * request once its body is read, except those to /never, which are held (`held`) until the end.
+ */
+function suiteServer(answer: (req: IncomingMessage, res: ServerResponse) => void) {
+  const srv = { base: "", held: [] as ServerResponse[] };
+  let server: Server;
+  before(async () => {
+    server = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => (req.url === "/never" ? srv.held.push(res) : answer(req, res)));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    srv.base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(async () => {
+    for (const r of srv.held) r.destroy();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+  return srv;
+}
+
+/**
  * The attempt sender against real loopback servers: what it keeps of a response, what it does
  * with answers it must not follow or cannot read, and its one timeout for the whole attempt. The
  * same on the event loop (`Sender`) and on a thread of its own (`ThreadSender`, KLEN_SENDER_THREAD).
  */
 for (const [name, makeSender] of senders)
   describe(name, () => {
-    let server: Server;
-    let base = "";
     const seen: string[] = [];
-    const held: ServerResponse[] = [];
-
-    before(async () => {
-      server = createServer((req: IncomingMessage, res: ServerResponse) => {
-        seen.push(req.url ?? "");
-        req.resume();
-        req.on("end", () => {
-          switch (req.url) {
-            case "/big":
-              res.end("x".repeat(20 * 1024));
-              return;
-            case "/huge":
-              // Far past what is drained: the sender drops the connection, the 200 stands.
-              res.end("y".repeat(1024 * 1024));
-              return;
-            case "/redirect":
-              res.writeHead(302, { location: `${base}/elsewhere` }).end();
-              return;
-            case "/busy":
-              res.writeHead(429, { "retry-after": "7" }).end("slow down");
-              return;
-            case "/processing":
-              res.writeProcessing();
-              res.end("done");
-              return;
-            case "/never":
-              held.push(res);
-              return;
-            case "/slow":
-              setTimeout(() => res.end("late"), 50);
-              return;
-            default:
-              res.end("ok");
-          }
-        });
-      });
-      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-      base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    });
-    after(async () => {
-      for (const r of held) r.destroy();
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+    const srv = suiteServer((req, res) => {
+      seen.push(req.url ?? "");
+      switch (req.url) {
+        case "/big":
+          res.end("x".repeat(20 * 1024));
+          return;
+        case "/huge":
+          // Far past what is drained: the sender drops the connection, the 200 stands.
+          res.end("y".repeat(1024 * 1024));
+          return;
+        case "/redirect":
+          res.writeHead(302, { location: `${srv.base}/elsewhere` }).end();
+          return;
+        case "/busy":
+          res.writeHead(429, { "retry-after": "7" }).end("slow down");
+          return;
+        case "/processing":
+          res.writeProcessing();
+          res.end("done");
+          return;
+        case "/slow":
+          setTimeout(() => res.end("late"), 50);
+          return;
+        default:
+          res.end("ok");
+      }
     });
 
     const post = (sender: AttemptSender, path: string) =>
-      sender.send(`${base}${path}`, { "content-type": "application/json" }, '{"type":"call.started"}');
+      sender.send(`${srv.base}${path}`, { "content-type": "application/json" }, '{"type":"call.started"}');
 
     /** A sender for one test, closed after it whatever happens. */
     async function withSender(
@@ -174,34 +178,20 @@ for (const [name, makeSender] of senders)
 
 /** What only the thread adds: its death, and not keeping an idle process alive. */
 describe("ThreadSender's thread", { timeout: 30_000 }, () => {
-  let server: Server;
-  let base = "";
-  const held: ServerResponse[] = [];
-  before(async () => {
-    server = createServer((req, res) => {
-      req.resume();
-      req.on("end", () => (req.url === "/never" ? held.push(res) : res.end("ok")));
-    });
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  });
-  after(async () => {
-    for (const r of held) r.destroy();
-    server.closeAllConnections();
-    await new Promise((r) => server.close(r));
-  });
+  const srv = suiteServer((_req, res) => res.end("ok"));
+  const held = srv.held;
 
   test("a thread that stops fails the attempts it held; the next attempt starts a new thread", async () => {
     const sender = new ThreadSender({ dev: true, timeoutMs: 30_000 });
     try {
-      const first = await sender.send(`${base}/ok`, {}, "{}");
+      const first = await sender.send(`${srv.base}/ok`, {}, "{}");
       assert.equal(first.statusCode, 200);
-      const stuck = [sender.send(`${base}/never`, {}, "{}"), sender.send(`${base}/never`, {}, "{}")];
+      const stuck = [sender.send(`${srv.base}/never`, {}, "{}"), sender.send(`${srv.base}/never`, {}, "{}")];
       await waitFor("both attempts at the receiver", () => held.length === 2);
       // Reaching in: nothing outside stops the thread but a crash of it.
       await (sender as unknown as { worker?: Worker }).worker?.terminate();
       for (const p of stuck) await assert.rejects(p, /sender thread stopped/);
-      const next = await sender.send(`${base}/ok`, {}, "{}");
+      const next = await sender.send(`${srv.base}/ok`, {}, "{}");
       assert.equal(next.statusCode, 200);
       assert.equal(next.responseBody, "ok");
     } finally {
@@ -211,23 +201,23 @@ describe("ThreadSender's thread", { timeout: 30_000 }, () => {
 
   test("close lets the attempts in flight finish, and later attempts are refused", async () => {
     const sender = new ThreadSender({ dev: true, timeoutMs: 30_000 });
-    const before = held.length;
-    const inFlight = sender.send(`${base}/never`, {}, "{}");
-    await waitFor("the attempt at the receiver", () => held.length === before + 1);
+    const heldBefore = held.length;
+    const inFlight = sender.send(`${srv.base}/never`, {}, "{}");
+    await waitFor("the attempt at the receiver", () => held.length === heldBefore + 1);
     const closed = sender.close();
-    held[before]?.end("finally");
+    held[heldBefore]?.end("finally");
     const r = await inFlight;
     assert.equal(r.statusCode, 200);
     assert.equal(r.responseBody, "finally");
     await closed;
-    await assert.rejects(sender.send(`${base}/ok`, {}, "{}"), /sender closed/);
+    await assert.rejects(sender.send(`${srv.base}/ok`, {}, "{}"), /sender closed/);
   });
 
   test("an idle thread does not hold the process open", async () => {
     // A process whose only work was one attempt ends without closing the sender.
     const module = new URL("../src/delivery/send-thread.js", import.meta.url).href;
     const script = `const { ThreadSender } = await import(${JSON.stringify(module)});
-      const r = await new ThreadSender({ dev: true, timeoutMs: 5000 }).send(${JSON.stringify(`${base}/ok`)}, {}, "{}");
+      const r = await new ThreadSender({ dev: true, timeoutMs: 5000 }).send(${JSON.stringify(`${srv.base}/ok`)}, {}, "{}");
       console.log(r.statusCode);`;
     const dir = mkdtempSync(join(tmpdir(), "klen-sender-"));
     const file = join(dir, "one-attempt.mjs");
