@@ -161,6 +161,17 @@ for (const [name, makeSender] of senders)
       });
     });
 
+    test("outside dev mode a loopback target is refused without connecting, and plain http too", async () => {
+      await withSender({ dev: false, timeoutMs: 2_000 }, async (sender) => {
+        const loopback = await sender.send("https://127.0.0.1:9/x", {}, "{}");
+        assert.equal(loopback.error, "blocked_address");
+        assert.equal(loopback.errorMessage, "127.0.0.1 is a loopback address");
+        const plain = await sender.send("http://example.com/x", {}, "{}");
+        assert.equal(plain.error, "blocked_address");
+        assert.equal(plain.errorMessage, "https is required");
+      });
+    });
+
     test("many attempts at once: each gets its own answer", async () => {
       await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
         const paths = Array.from({ length: 300 }, (_, i) =>
@@ -213,24 +224,42 @@ describe("ThreadSender's thread", { timeout: 30_000 }, () => {
     await assert.rejects(sender.send(`${srv.base}/ok`, {}, "{}"), /sender closed/);
   });
 
-  test("an idle thread does not hold the process open", async () => {
-    // A process whose only work was one attempt ends without closing the sender.
+  /** Runs `script` (ThreadSender and `url` in scope) in a process of its own: its exit code and output. */
+  async function inProcess(script: string): Promise<{ code: number | null; out: string }> {
     const module = new URL("../src/delivery/send-thread.js", import.meta.url).href;
-    const script = `const { ThreadSender } = await import(${JSON.stringify(module)});
-      const r = await new ThreadSender({ dev: true, timeoutMs: 5000 }).send(${JSON.stringify(`${srv.base}/ok`)}, {}, "{}");
-      console.log(r.statusCode);`;
     const dir = mkdtempSync(join(tmpdir(), "klen-sender-"));
-    const file = join(dir, "one-attempt.mjs");
-    writeFileSync(file, script);
+    const file = join(dir, "script.mjs");
+    writeFileSync(
+      file,
+      `const { ThreadSender } = await import(${JSON.stringify(module)});\nconst url = ${JSON.stringify(`${srv.base}/ok`)};\n${script}`,
+    );
     // Killed if it is still up after 20 s: a thread holding it open would keep it forever.
     const child = spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "inherit"], timeout: 20_000 });
     let out = "";
     child.stdout.on("data", (d) => {
       out += d;
     });
-    const code = await new Promise((r) => child.on("exit", r));
-    assert.equal(code, 0, "the process ended on its own");
+    const code = await new Promise<number | null>((r) => child.on("exit", r));
     rmSync(dir, { recursive: true, force: true });
-    assert.equal(out.trim(), "200");
+    return { code, out: out.trim() };
+  }
+
+  test("an idle thread does not hold the process open", async () => {
+    // A process whose only work was one attempt ends without closing the sender.
+    const r =
+      await inProcess(`const r = await new ThreadSender({ dev: true, timeoutMs: 5000 }).send(url, {}, "{}");
+      console.log(r.statusCode);`);
+    assert.equal(r.code, 0, "the process ended on its own");
+    assert.equal(r.out, "200");
+  });
+
+  test("an attempt sent in the tick the sender closes goes out, and the process ends", async () => {
+    const r = await inProcess(`const s = new ThreadSender({ dev: true, timeoutMs: 5000 });
+      const p = s.send(url, {}, "{}");
+      await s.close();
+      const a = await p;
+      console.log(a.statusCode, a.error);`);
+    assert.equal(r.code, 0, "the process ended on its own");
+    assert.equal(r.out, "200 null");
   });
 });

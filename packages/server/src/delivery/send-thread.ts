@@ -37,6 +37,8 @@ export class ThreadSender implements AttemptSender {
 
   async close(): Promise<void> {
     this.closed = true;
+    // Attempts sent in this tick go out before the thread is told to close, as with `Sender`.
+    if (this.queued.length > 0) this.flush();
     const w = this.worker;
     if (!w) return;
     w.ref();
@@ -47,6 +49,7 @@ export class ThreadSender implements AttemptSender {
 
   private readonly flush = () => {
     const batch = this.queued;
+    if (batch.length === 0) return; // already sent by close()
     this.queued = [];
     try {
       const w = this.thread();
@@ -77,6 +80,8 @@ export class ThreadSender implements AttemptSender {
       this.fail([...this.waiting.keys()], new Error(`sender thread stopped: ${why}`));
     };
     w.on("error", (err) => stopped(err.message));
+    // An answer that cannot be read would leave its attempts waiting: end the thread, failing them.
+    w.on("messageerror", () => void w.terminate());
     w.on("exit", (code) => stopped(`exit code ${code}`));
     this.worker = w;
     return w;

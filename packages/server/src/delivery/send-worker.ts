@@ -22,8 +22,22 @@ port.on("message", (m: SendRequest[] | "close") => {
     return;
   }
   for (const [id, url, headers, body] of m) {
-    void sender.send(url, headers, body).then((r) => {
-      if (answers.push([id, r]) === 1) queueMicrotask(flush);
-    });
+    // `send` answers failures rather than throwing; should it throw all the same, that one attempt
+    // fails, not the thread and every attempt in flight on it.
+    sender
+      .send(url, headers, body)
+      .catch(
+        (err: unknown): SendResult => ({
+          statusCode: null,
+          responseBody: null,
+          responseHeaders: {},
+          error: "network",
+          errorMessage: String((err as Error)?.message ?? err),
+          durationMs: 0,
+        }),
+      )
+      .then((r) => {
+        if (answers.push([id, r]) === 1) queueMicrotask(flush);
+      });
   }
 });
