@@ -67,11 +67,7 @@ export class ThreadSender implements AttemptSender {
     if (this.worker) return this.worker;
     const w = new Worker(new URL("./send-worker.js", import.meta.url), { workerData: this.opts });
     w.on("message", (answers: Array<[number, SendResult]>) => {
-      for (const [id, r] of answers) {
-        const waiting = this.waiting.get(id);
-        this.waiting.delete(id);
-        waiting?.resolve(r);
-      }
+      for (const [id, r] of answers) this.take(id)?.resolve(r);
       if (this.waiting.size === 0 && !this.closed) w.unref();
     });
     const stopped = (why: string) => {
@@ -88,10 +84,13 @@ export class ThreadSender implements AttemptSender {
   }
 
   private fail(ids: number[], err: Error): void {
-    for (const id of ids) {
-      const waiting = this.waiting.get(id);
-      this.waiting.delete(id);
-      waiting?.reject(err);
-    }
+    for (const id of ids) this.take(id)?.reject(err);
+  }
+
+  /** The attempt waiting under `id`, no longer waiting. */
+  private take(id: number): Waiting | undefined {
+    const waiting = this.waiting.get(id);
+    this.waiting.delete(id);
+    return waiting;
   }
 }

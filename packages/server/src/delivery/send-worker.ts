@@ -1,6 +1,6 @@
 /** The sender thread of send-thread.ts: a `Sender` of its own, fed and answered in batches. */
 import { parentPort, workerData } from "node:worker_threads";
-import { Sender, type SenderOptions, type SendResult } from "./send.js";
+import { noAnswer, Sender, type SenderOptions, type SendResult } from "./send.js";
 import type { SendRequest } from "./send-thread.js";
 
 const port = parentPort;
@@ -28,11 +28,7 @@ port.on("message", (m: SendRequest[] | "close") => {
       .send(url, headers, body)
       .catch(
         (err: unknown): SendResult => ({
-          statusCode: null,
-          responseBody: null,
-          responseHeaders: {},
-          error: "network",
-          errorMessage: String((err as Error)?.message ?? err),
+          ...noAnswer("network", String((err as Error)?.message ?? err)),
           durationMs: 0,
         }),
       )

@@ -93,6 +93,11 @@ function classify(err: unknown): ErrorClass {
   return "network";
 }
 
+/** An attempt that got no HTTP answer, and why. */
+export function noAnswer(error: ErrorClass, errorMessage: string): Omit<SendResult, "durationMs"> {
+  return { statusCode: null, responseBody: null, responseHeaders: {}, error, errorMessage };
+}
+
 export interface SenderOptions {
   /** `KLEN_DEV`: loopback and private targets and plain `http://` allowed. */
   dev: boolean;
@@ -149,8 +154,7 @@ export class Sender implements AttemptSender {
       ...r,
       durationMs: Math.round(performance.now() - started),
     });
-    const failed = (error: ErrorClass, errorMessage: string) =>
-      done({ statusCode: null, responseBody: null, responseHeaders: {}, error, errorMessage });
+    const failed = (error: ErrorClass, errorMessage: string) => done(noAnswer(error, errorMessage));
     const target = this.target(url);
     if (target === null) return Promise.resolve(failed("network", "invalid URL"));
     if (!this.opts.dev) {
