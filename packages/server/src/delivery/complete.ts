@@ -208,17 +208,21 @@ const lockCalls = prepared((db, p: Record<"ids", never>, caps) =>
     .orderBy("id")
     .forShare(),
 );
+/** Column types of a chain, `(endpoint_id, call_id)`. */
+const CHAIN_TYPES: ColumnType[] = ["text", "bigint"];
+// The chains come from the claims in memory, so finding each one's next delivery is one descent of
+// the chain index, without first reading the finished delivery back through the primary key.
 // `+next_attempt_at`: SQLite would otherwise walk the due index over every parked row.
 const releaseChains = prepared(
-  (_db, p: Record<"now" | "ids", never>, caps) =>
+  (_db, p: Record<"now", never>, caps) =>
     sql`
     UPDATE deliveries SET next_attempt_at = ${p.now}
     WHERE status = 'pending' AND +next_attempt_at IS NULL AND id IN (
       SELECT (
         SELECT n.id FROM deliveries n
-        WHERE n.endpoint_id = d.endpoint_id AND n.call_id = d.call_id AND n.status = 'pending'
+        WHERE n.endpoint_id = c.endpoint_id AND n.call_id = c.call_id AND n.status = 'pending'
         ORDER BY n.event_seq LIMIT 1)
-      FROM deliveries d WHERE ${inListOf(caps, "d.id", p.ids, "text")})
+      FROM ${rowListSlot(p, "chains", caps, CHAIN_TYPES, ["endpoint_id", "call_id"])} AS c)
     RETURNING id`,
 );
 
@@ -233,6 +237,7 @@ async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: numb
     const callIds = [...new Set(finished.map((c) => c.callId))].sort((a, b) => a - b);
     await lockCalls(trx, store.caps, { ids: listValue(store.caps, callIds) });
   }
-  const ids = finished.map((c) => c.id);
-  return (await releaseChains(trx, store.caps, { now, ids: listValue(store.caps, ids) })).length;
+  const chains = new Map(finished.map((c) => [`${c.endpointId} ${c.callId}`, [c.endpointId, c.callId]]));
+  const args = rowListArgs(store.caps, "chains", [...chains.values()], CHAIN_TYPES);
+  return (await releaseChains(trx, store.caps, { now, ...args } as Record<"now", unknown>)).length;
 }

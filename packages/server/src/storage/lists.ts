@@ -61,11 +61,16 @@ export function rowListOf(
   caps: Pick<DialectCaps, "name">,
   values: readonly unknown[],
   types: readonly ColumnType[],
+  /** Column names, for a row list read by name (`FROM … AS c` then `c.name`). */
+  names?: readonly string[],
 ): RawBuilder<unknown> {
   if (caps.name === "postgres") {
     const columns = types.map((t, i) => sql`CAST(${values[i]} AS ${sql.raw(t)}[])`);
-    return sql`(SELECT * FROM unnest(${sql.join(columns)}))`;
+    const as = names ? sql` AS u(${sql.join(names.map((n) => sql.id(n)))})` : sql``;
+    return sql`(SELECT * FROM unnest(${sql.join(columns)})${as})`;
   }
-  const columns = types.map((_, i) => sql.raw(`value ->> ${i}`));
+  const columns = types.map((_, i) =>
+    names ? sql`${sql.raw(`value ->> ${i}`)} AS ${sql.id(names[i]!)}` : sql.raw(`value ->> ${i}`),
+  );
   return sql`(SELECT ${sql.join(columns)} FROM json_each(${values[0]}))`;
 }

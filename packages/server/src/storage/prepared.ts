@@ -55,9 +55,10 @@ export function rowListSlot(
   name: string,
   caps: Pick<DialectCaps, "name">,
   types: readonly ColumnType[],
+  names?: readonly string[],
 ): RawBuilder<unknown> {
   const slots = types.map((_, i) => (p as Record<string, unknown>)[`${name}${i}`]);
-  return rowListOf(caps, slots, types);
+  return rowListOf(caps, slots, types, names);
 }
 
 export function rowListArgs(
