@@ -103,7 +103,8 @@ async function main(): Promise<void> {
     const raw = first.rps;
     say(`    raw limit = ${Math.round(raw).toLocaleString("en-US")} requests/s`);
     result.raw_rps = raw;
-    const ratio = (x: number) => (raw > 0 ? x / raw : 0);
+    cfg.rawNow = (label) => scenarioRawAgain(cfg, first, label);
+    const ratio = (x: number, to = raw) => (to > 0 ? x / to : 0);
     const ratios: Record<string, number> = {};
 
     if (only.has("drain")) {
@@ -112,6 +113,8 @@ async function main(): Promise<void> {
       result.drain = d;
       ratios.drain_sqlite = ratio(d.sqlite_rps);
       ratios.drain_postgres = ratio(d.postgres_rps);
+      ratios.drain_sqlite_to_raw_before = ratio(d.sqlite_rps, d.sqlite_raw_before_rps);
+      ratios.drain_postgres_to_raw_before = ratio(d.postgres_rps, d.postgres_raw_before_rps);
     }
     if (only.has("e2e")) {
       say("\n3. End to end: call transitions through the API → received (SQLite, one `serve` process)");
@@ -119,6 +122,7 @@ async function main(): Promise<void> {
       result.e2e_rps = e.rps;
       result.e2e = e;
       ratios.e2e = ratio(e.rps);
+      ratios.e2e_to_raw_before = ratio(e.rps, e.raw_before_rps);
     }
     if (only.has("latency")) {
       say("\n4. Latency at a fixed offered load: API 2xx → arrival at the receiver (SQLite)");

@@ -19,6 +19,11 @@ export interface BenchConfig {
   say: (line: string) => void;
   receiver: ReceiverProcess;
   ledgers: Array<{ scenario: string; ok: boolean }>;
+  /**
+   * The raw limit measured once more, now, at the concurrency that was best (set once scenario 1
+   * ran): the ratio'd rows take one just before they start, beside their ratio to the first.
+   */
+  rawNow?: (label: string) => Promise<number>;
 }
 
 /** How long a scenario may see no new arrival before its run is declared void. */
@@ -34,7 +39,14 @@ function record(cfg: BenchConfig, scenario: string, l: LedgerCheck): void {
 }
 
 /** One raw-limit measurement at `lanes` concurrent requests, with its ledger and CPU per request. */
-async function rawRun(cfg: BenchConfig, secret: string, lanes: number, ms: number, scenario: string) {
+async function rawRun(
+  cfg: BenchConfig,
+  secret: string,
+  lanes: number,
+  ms: number,
+  scenario: string,
+  label = "",
+) {
   await cfg.receiver.reset({ "/raw": secret });
   const cpu0 = process.cpuUsage();
   const rcpu0 = cpuSeconds(cfg.receiver.pid);
@@ -47,7 +59,7 @@ async function rawRun(cfg: BenchConfig, secret: string, lanes: number, ms: numbe
   const ok = r.failed === 0 && at !== undefined && at.distinct === r.sent && got.badSignatures === 0;
   cfg.ledgers.push({ scenario, ok });
   cfg.say(
-    `    concurrency ${String(lanes).padStart(3)}: ${fmt(r.rps)} req/s  (ledger ${ok ? "OK" : "FAILED"}: ${at?.distinct ?? 0}/${r.sent} ids received, ${got.badSignatures} bad signatures; CPU per request: sender ${fmt(clientUs)} µs, receiver ${fmt(receiverUs)} µs)`,
+    `    ${label}concurrency ${String(lanes).padStart(3)}: ${fmt(r.rps)} req/s  (ledger ${ok ? "OK" : "FAILED"}: ${at?.distinct ?? 0}/${r.sent} ids received, ${got.badSignatures} bad signatures; CPU per request: sender ${fmt(clientUs)} µs, receiver ${fmt(receiverUs)} µs)`,
   );
   return { rps: ok ? r.rps : 0 };
 }
@@ -71,9 +83,30 @@ export async function scenarioRaw(cfg: BenchConfig): Promise<{ rps: number; lane
  * The raw limit measured again after the other scenarios, at the concurrency that was best: how
  * far the machine itself drifted during the run, which every ratio above is subject to.
  */
-export async function scenarioRawAgain(cfg: BenchConfig, first: { lanes: number; secret: string }) {
-  const r = await rawRun(cfg, first.secret, first.lanes, cfg.quick ? 1_500 : 5_000, "raw again");
+export async function scenarioRawAgain(
+  cfg: BenchConfig,
+  first: { lanes: number; secret: string },
+  /** When, e.g. "before the SQLite drain" (`BenchConfig.rawNow`); none: at the end of the run. */
+  when?: string,
+) {
+  const ms = cfg.quick ? 1_500 : 5_000;
+  const r = await rawRun(
+    cfg,
+    first.secret,
+    first.lanes,
+    ms,
+    when ? `raw ${when}` : "raw again",
+    when ? `raw limit just ${when}, ` : "",
+  );
   return r.rps;
+}
+
+/** `x` as a share of the run's raw limit and, when measured, of the one taken just before it. */
+function ofRaw(x: number, raw: number, before: number | undefined): string {
+  const first = `${fmt((x / raw) * 100, 1)} % of raw`;
+  return before
+    ? `${first} (${fmt((x / before) * 100, 1)} % of the ${fmt(before)} req/s measured just before)`
+    : first;
 }
 
 interface Drained {
@@ -86,6 +119,8 @@ interface Drained {
   deliveries: number;
   peakRssMb: number | undefined;
   ledger: LedgerCheck;
+  /** The raw limit measured after queueing, just before the server started (`rawBefore`). */
+  rawBefore: number | undefined;
 }
 
 /**
@@ -103,6 +138,8 @@ async function drain(
     /** Also subscribe an endpoint that never answers (isolation); its deliveries are not expected. */
     dead?: boolean;
     env?: Record<string, string>;
+    /** Measure the raw limit after queueing, before the server starts (`BenchConfig.rawNow`), under this label. */
+    rawBefore?: string;
   },
 ): Promise<Drained> {
   const paths = Array.from({ length: opts.endpoints }, (_, i) => `/d/${i}`);
@@ -125,6 +162,7 @@ async function drain(
   cfg.say(
     `    queued ${fmt(backlog.deliveries)} deliveries (${fmt(events)} events × ${urls.length} endpoints${opts.dead ? ", one of them dead" : ""}) in ${fmt(backlog.queueSeconds, 1)} s; dispatcher stopped`,
   );
+  const rawBefore = opts.rawBefore && cfg.rawNow ? await cfg.rawNow(opts.rawBefore) : undefined;
   await cfg.receiver.reset(backlog.secrets);
   const procs: ServerProcess[] = [];
   const spawnedAt = now();
@@ -167,6 +205,7 @@ async function drain(
     serverCpuUs: (cpu / expected) * 1e6,
     peakRssMb: peak,
     ledger,
+    rawBefore,
   };
 }
 
@@ -180,6 +219,9 @@ export async function scenarioDrain(cfg: BenchConfig, raw: number) {
     postgres_cpu_us_per_delivery: 0,
     deliveries: n,
     postgres_workers: "",
+    /** The raw limit measured just before each drain (0: not measured). */
+    sqlite_raw_before_rps: 0,
+    postgres_raw_before_rps: 0,
   };
   {
     const dir = tempDir("klen-bench-");
@@ -190,11 +232,13 @@ export async function scenarioDrain(cfg: BenchConfig, raw: number) {
         dataDir: dir.path,
         deliveries: n,
         endpoints: 10,
+        rawBefore: "before the SQLite drain",
       });
       record(cfg, "drain sqlite", d.ledger);
       if (d.ledger.ok) out.sqlite_rps = d.rps;
+      out.sqlite_raw_before_rps = d.rawBefore ?? 0;
       cfg.say(
-        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s, first to last arrival) = ${fmt((d.rps / raw) * 100, 1)} % of raw; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
+        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s, first to last arrival) = ${ofRaw(d.rps, raw, d.rawBefore)}; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
       );
       out.sqlite_cpu_us_per_delivery = d.serverCpuUs;
     } finally {
@@ -219,11 +263,13 @@ export async function scenarioDrain(cfg: BenchConfig, raw: number) {
         deliveries: n,
         endpoints: 10,
         ...(cfg.workers !== undefined ? { workers: cfg.workers } : {}),
+        rawBefore: "before the PostgreSQL drain",
       });
       record(cfg, "drain postgres", d.ledger);
       if (d.ledger.ok) out.postgres_rps = d.rps;
+      out.postgres_raw_before_rps = d.rawBefore ?? 0;
       cfg.say(
-        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s) = ${fmt((d.rps / raw) * 100, 1)} % of raw; server CPU ${fmt(d.serverCpuUs)} µs per delivery (all processes)`,
+        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s) = ${ofRaw(d.rps, raw, d.rawBefore)}; server CPU ${fmt(d.serverCpuUs)} µs per delivery (all processes)`,
       );
       out.postgres_cpu_us_per_delivery = d.serverCpuUs;
     } finally {
@@ -313,6 +359,7 @@ async function settle(
 export async function scenarioE2E(cfg: BenchConfig, raw: number) {
   const lanes = 16;
   const ms = cfg.quick ? 5_000 : 15_000;
+  const rawBefore = cfg.rawNow ? await cfg.rawNow("before this scenario") : undefined;
   const rig = await apiRig(cfg, [{ url: cfg.receiver.url(0, "/e2e"), path: "/e2e" }]);
   try {
     const calls = await createCalls(rig.api, rig.agentId, cfg.quick ? 2_000 : 10_000);
@@ -323,13 +370,14 @@ export async function scenarioE2E(cfg: BenchConfig, raw: number) {
     const posted = (load.events / (load.lastAckAt - load.firstPostAt)) * 1000;
     const rps = (load.events / (s.lastAt - load.firstPostAt)) * 1000;
     cfg.say(
-      `    ${fmt(load.events)} transitions by ${lanes} concurrent clients (${load.errors} errors): API accepted ${fmt(posted)} events/s; first post → last arrival ${fmt(rps)} events/s = ${fmt((rps / raw) * 100, 1)} % of raw; server CPU ${fmt(s.cpuUs)} µs per event (API + delivery, from the first transition)`,
+      `    ${fmt(load.events)} transitions by ${lanes} concurrent clients (${load.errors} errors): API accepted ${fmt(posted)} events/s; first post → last arrival ${fmt(rps)} events/s = ${ofRaw(rps, raw, rawBefore)}; server CPU ${fmt(s.cpuUs)} µs per event (API + delivery, from the first transition)`,
     );
     return {
       rps: s.ledger.ok ? rps : 0,
       api_rps: posted,
       events: load.events,
       server_cpu_us_per_event: s.cpuUs,
+      raw_before_rps: rawBefore ?? 0,
     };
   } finally {
     await rig.done();
