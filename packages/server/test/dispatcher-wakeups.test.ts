@@ -163,6 +163,37 @@ test("a failing endpoint holds few slots until it succeeds again; none of its de
   }
 });
 
+test("a failing endpoint that is deleted or disabled is forgotten; one still failing is not", async () => {
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => res.writeHead(500).end());
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const r = await apiOnlyServer(`${base}/a`);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    const b = await r.client.post("/v1/endpoints", { url: `${base}/b` });
+    const c = await r.client.post("/v1/endpoints", { url: `${base}/c` });
+    for (let i = 0; i < 3; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
+    dispatcher = new Dispatcher(r.api.ctx, { pollMs: 50, sweepMs: 50 });
+    dispatcher.start();
+    const d = dispatcher;
+    await waitFor("all three endpoints failing", () => d.failingEndpoints === 3);
+    assert.equal((await r.client.del(`/v1/endpoints/${b.body.id}`)).status, 200);
+    assert.equal((await r.client.patch(`/v1/endpoints/${c.body.id}`, { disabled: true })).status, 200);
+    await waitFor("the deleted and the disabled endpoint forgotten", () => d.failingEndpoints === 1);
+    // Sweeps go on; the endpoint that is still there and still failing stays held to its few slots.
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal(d.failingEndpoints, 1);
+  } finally {
+    await dispatcher?.stop(100);
+    server.closeAllConnections();
+    await new Promise<void>((res) => server.close(() => res()));
+    await r.done();
+  }
+});
+
 test("claims that leave out failing endpoints start past their backlog, and find it again once one is served", async () => {
   // Two endpoints take call.started, fail their first two requests and then hold every request
   // until told to answer; a third takes call.ended and answers at once. The started events are

@@ -1,5 +1,6 @@
 import type { AppContext } from "../api/context.js";
 import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
+import { inListOf, listValue } from "../storage/lists.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
@@ -162,6 +163,7 @@ export class Dispatcher {
     this.ctx.work.on("work", this.onWork);
     this.ctx.store.onWork(this.onWork);
     this.sweepTimer = setInterval(() => {
+      this.forgetGoneEndpoints().catch((err) => this.ctx.log.warn({ err }, "failing-endpoint sweep failed"));
       releaseOrphans(this.ctx.store, this.ctx.clock.now())
         .then((n) => {
           if (n > 0) {
@@ -199,6 +201,30 @@ export class Dispatcher {
   /** Attempts currently in flight (for metrics and tests). */
   get inFlight(): number {
     return this.inflight.size;
+  }
+
+  /** Endpoints held to `perFailingEndpoint` slots (for tests). */
+  get failingEndpoints(): number {
+    return this.failing.size;
+  }
+
+  /**
+   * Forgets failing endpoints that were deleted or disabled since: no attempt of theirs will ever
+   * succeed to take them out of `failing`, which would otherwise grow for as long as the process runs.
+   */
+  private async forgetGoneEndpoints(): Promise<void> {
+    if (this.failing.size === 0) return;
+    const ids = [...this.failing];
+    const { db, caps } = this.ctx.store;
+    const live = await db
+      .selectFrom("endpoints")
+      .select("id")
+      .where(inListOf(caps, "id", listValue(caps, ids), "text"))
+      .where("deleted_at", "is", null)
+      .where("disabled", "=", 0)
+      .execute();
+    const keep = new Set(live.map((e) => e.id));
+    for (const id of ids) if (!keep.has(id)) this.failing.delete(id);
   }
 
   /**
