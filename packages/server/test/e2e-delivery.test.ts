@@ -232,13 +232,31 @@ for (const backend of backends()) {
       const headers = req.headers as Record<string, string>;
       assert.ok(new Webhook(endpoint.secret).verify(req.body, headers));
       assert.ok(new Webhook(rotated.body.secret).verify(req.body, headers));
+      // A second rotation keeps the first one's grace: three secrets sign.
+      const again = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
+        grace_seconds: 60,
+      });
+      assert.equal(again.status, 200);
+      assert.equal(
+        again.body.previous_secret_expires_at,
+        revealed.body.previous_secret_expires_at,
+        "the first rotated-out secret signs longest",
+      );
+      await server.api.post(`/v1/calls/${callId}/end`, {});
+      await rx.waitForCount(2);
+      const third = rx.requests[1]!;
+      assert.equal(String(third.headers["webhook-signature"]).split(" ").length, 3);
+      for (const s of [endpoint.secret, rotated.body.secret, again.body.secret]) {
+        assert.ok(new Webhook(s).verify(third.body, third.headers as Record<string, string>));
+      }
       // Without a grace period only the new secret signs.
       const rotatedNow = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {
         grace_seconds: 0,
       });
-      await server.api.post(`/v1/calls/${callId}/end`, {});
-      await rx.waitForCount(2);
-      const second = rx.requests[1]!;
+      assert.equal(rotatedNow.body.previous_secret_expires_at, undefined);
+      await server.api.post(`/v1/calls/${callId}/transcript`, { transcript: "Agent: hello" });
+      await rx.waitForCount(3);
+      const second = rx.requests[2]!;
       assert.equal(String(second.headers["webhook-signature"]).split(" ").length, 1);
       assert.ok(
         new Webhook(rotatedNow.body.secret).verify(second.body, second.headers as Record<string, string>),

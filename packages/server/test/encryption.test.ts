@@ -95,6 +95,11 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
       assert.equal(bytes.includes("secret-audio-tail"), false, "recording blob sealed");
     }
 
+    // The rotated-out secret moves to the list of previous secrets, sealed like the current one.
+    const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {});
+    assert.equal(rotated.status, 200);
+    assert.ok(rotated.body.previous_secret_expires_at);
+
     const db = new Database(`${dir.path}/klen.db`, { readonly: true });
     const dump = ["events", "endpoints", "calls", "contacts", "summary_jobs"]
       .flatMap((t) => db.prepare(`SELECT * FROM ${t}`).all() as Array<Record<string, unknown>>)
@@ -106,6 +111,7 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
       "billing question",
       "billing discrepancy",
       endpoint.secret,
+      rotated.body.secret,
       "Customer asked about billing",
     ]) {
       assert.equal(dump.includes(secretText), false, `"${secretText}" is not stored in clear`);

@@ -1,4 +1,5 @@
 import type { AppContext } from "../api/context.js";
+import { previousSecrets } from "../endpoints/secrets.js";
 import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
 import { inListOf, listValue } from "../storage/lists.js";
 import { memo } from "../util/memo.js";
@@ -402,8 +403,7 @@ export class Dispatcher {
       };
     }
     const keys = [this.keyOf(ep.secret)];
-    if (ep.previous_secret !== null && Number(ep.previous_secret_expires_at) > now)
-      keys.push(this.keyOf(ep.previous_secret));
+    for (const p of previousSecrets(ep, now)) keys.push(this.keyOf(p.secret));
     const headers = attemptHeaders({
       id: c.eventId,
       timestampSeconds: Math.floor(now / 1000),

@@ -243,4 +243,14 @@ CREATE INDEX test_call_runs_lease ON test_call_runs (leased_until);
 CREATE INDEX calls_brief_summary_age ON calls (updated_at) WHERE brief_summary IS NOT NULL;
 `,
   },
+  {
+    id: 7,
+    name: "endpoint_previous_secrets",
+    sql: () => `
+-- Every rotated-out secret still within its grace period (JSON list, newest first), so a second
+-- rotation does not cut the first one's grace short. Rows rotated before this migration keep their
+-- one previous secret in previous_secret / previous_secret_expires_at, still read (endpoints/secrets.ts).
+ALTER TABLE endpoints ADD COLUMN previous_secrets TEXT;
+`,
+  },
 ];

@@ -74,6 +74,8 @@ export interface Database {
     secret: string;
     previous_secret: string | null;
     previous_secret_expires_at: number | null;
+    /** JSON list of rotated-out secrets still signing (endpoints/secrets.ts). */
+    previous_secrets: string | null;
     disabled: number;
     disabled_reason: string | null;
     failing_since: number | null;

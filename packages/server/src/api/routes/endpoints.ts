@@ -2,6 +2,7 @@ import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
 import { lockCallsOfEndpoint, releaseChainHeads } from "../../delivery/chains.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
+import { previousSecretsExpireAt, rotatedOut } from "../../endpoints/secrets.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
 import { ApiError, badRequest, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
@@ -86,6 +87,14 @@ export async function findEndpoint(db: Db, accountId: number, id: string): Promi
 
 const idParam = stringIdParam("ep");
 
+/** `{secret}`, plus when the last rotated-out secret stops signing while one still does. */
+function secretObject(secret: string, previousExpireAt: number | undefined) {
+  return {
+    secret,
+    ...(previousExpireAt !== undefined ? { previous_secret_expires_at: isoMillis(previousExpireAt) } : {}),
+  };
+}
+
 export const endpointRoutes: RouteModule = (app, ctx, h) => {
   const dev = ctx.config.dev;
 
@@ -115,6 +124,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
             secret: newEndpointSecret(),
             previous_secret: null,
             previous_secret_expires_at: null,
+            previous_secrets: null,
             disabled: b.disabled ? 1 : 0,
             disabled_reason: b.disabled ? "disabled by user" : null,
             failing_since: null,
@@ -200,13 +210,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
   app.get("/v1/endpoints/:id/secret", { schema: { params: idParam } }, async (req) => {
     const e = await findEndpoint(ctx.store.db, req.account.id, (req.params as { id: string }).id);
     const now = ctx.clock.now();
-    const previousValid = e.previous_secret !== null && Number(e.previous_secret_expires_at) > now;
-    return {
-      secret: e.secret,
-      ...(previousValid
-        ? { previous_secret_expires_at: isoMillis(Number(e.previous_secret_expires_at)) }
-        : {}),
-    };
+    return secretObject(e.secret, previousSecretsExpireAt(e, now));
   });
 
   app.post(
@@ -228,17 +232,13 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
         const grace = (req.body as { grace_seconds?: number } | null)?.grace_seconds ?? 86_400;
         const now = ctx.clock.now();
         const secret = newEndpointSecret();
+        const previous = rotatedOut(e, now, grace);
         await trx
           .updateTable("endpoints")
-          .set({
-            secret,
-            previous_secret: grace > 0 ? e.secret : null,
-            previous_secret_expires_at: grace > 0 ? now + grace * 1000 : null,
-            updated_at: now,
-          })
+          .set({ secret, ...previous, updated_at: now })
           .where("id", "=", id)
           .execute();
-        return { status: 200, body: { secret } };
+        return { status: 200, body: secretObject(secret, previousSecretsExpireAt(previous, now)) };
       }),
   );
 
