@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parseDuration, parseSchedule, parseSize } from "./util/units.js";
@@ -64,6 +65,16 @@ function port(v: string): number {
   return n;
 }
 
+/** An IP address or a host name (letters, digits, hyphens, dots): what a server can listen on. */
+function host(v: string): string {
+  if (
+    isIP(v) !== 0 ||
+    /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(v)
+  )
+    return v;
+  throw new Error(`not an IP address or host name: "${v}"`);
+}
+
 function nonNegativeInt(v: string): number {
   const n = Number(v);
   if (!Number.isFinite(n) || n < 0) throw new Error(`not a non-negative number: "${v}"`);
@@ -115,7 +126,7 @@ export function loadConfig(env: Env = process.env): Config {
   }
   return {
     port: p,
-    host: env.KLEN_HOST || "127.0.0.1",
+    host: read(env, "KLEN_HOST", "127.0.0.1", host),
     databaseUrl: read(env, "KLEN_DATABASE_URL", `sqlite:${dataDir}/klen.db`, databaseUrl),
     dataDir,
     apiKey: env.KLEN_API_KEY || undefined,

@@ -3,7 +3,7 @@ import { createAccount, ensureAccountForKey } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey } from "./blobs/key.js";
-import type { Config } from "./config.js";
+import { type Config, ConfigError } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
@@ -31,6 +31,24 @@ export interface Running {
  * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
  * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
  */
+/** Listens, or fails naming the variables to change (a port in use, a host that does not resolve). */
+async function listenOn(
+  app: FastifyInstance,
+  host: string,
+  port: number,
+  portVariable: string,
+): Promise<string> {
+  try {
+    return await app.listen({ port, host });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === "EADDRINUSE")
+      throw new ConfigError(portVariable, `port ${port} is already in use on ${host}`);
+    if (e.code === "EACCES") throw new ConfigError(portVariable, `no permission to listen on port ${port}`);
+    throw new ConfigError("KLEN_HOST", `cannot listen on "${host}": ${e.message}`);
+  }
+}
+
 export async function startServer(
   config: Config,
   log: Logger,
@@ -67,10 +85,10 @@ export async function startServer(
   let address: string | undefined;
   if (role !== "worker") {
     app = await buildApp(ctx);
-    address = await app.listen({ port: config.port, host: config.host });
+    address = await listenOn(app, config.host, config.port, "PORT");
   } else if (config.workerPort !== undefined) {
     app = await buildApp(ctx, { workerOnly: true });
-    address = await app.listen({ port: config.workerPort, host: config.host });
+    address = await listenOn(app, config.host, config.workerPort, "KLEN_WORKER_PORT");
   }
   dispatcher?.start();
   // Background work of worker processes: generated summaries, the retention purge, and test

@@ -241,6 +241,22 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
     assert.equal(forward.code, 1);
     assert.match(forward.stderr, /--forward-to/);
   });
+
+  test("serve on a port already in use fails naming PORT", async () => {
+    const { createServer } = await import("node:net");
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", r));
+    const dir = tempDir();
+    try {
+      const port = (taken.address() as { port: number }).port;
+      const r = await cli(["serve"], { KLEN_DATA_DIR: dir.path, PORT: String(port) });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`PORT: port ${port} is already in use on 127\\.0\\.0\\.1`));
+    } finally {
+      taken.close();
+      dir.remove();
+    }
+  });
 });
 
 describe("accounts create", () => {

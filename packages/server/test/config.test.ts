@@ -34,6 +34,7 @@ test("a bad value stops start-up with a message naming the variable", () => {
     KLEN_DEV: "maybe",
     KLEN_RATE_LIMIT: "-3",
     KLEN_SENDER_THREAD: "sometimes",
+    KLEN_HOST: "not_a_host!",
   };
   for (const [name, value] of Object.entries(bad)) {
     assert.throws(
@@ -41,6 +42,18 @@ test("a bad value stops start-up with a message naming the variable", () => {
       (err: unknown) =>
         err instanceof ConfigError && err.variable === name && err.message.startsWith(`${name}:`),
       name,
+    );
+  }
+});
+
+test("KLEN_HOST takes IP addresses and host names", () => {
+  for (const h of ["127.0.0.1", "::1", "0.0.0.0", "localhost", "api.internal", "host-1.example.com"]) {
+    assert.equal(loadConfig({ KLEN_HOST: h }).host, h);
+  }
+  for (const h of ["-lead.example", "a..b", "bad host", "x_y"]) {
+    assert.throws(
+      () => loadConfig({ KLEN_HOST: h }),
+      /^Error: KLEN_HOST: |KLEN_HOST: not an IP address or host name/,
     );
   }
 });
