@@ -234,6 +234,24 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     assert.equal(new Set(seen).size, seen.length);
   });
 
+  test("a blank brief summary on end is none: call.ended omits it and the call holds null", async () => {
+    for (const summary of ["", "   \n"]) {
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15551234567",
+      });
+      await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+      const ended = await server.api.post(`/v1/calls/${call.body.id}/end`, { summary });
+      assert.equal(ended.status, 200, JSON.stringify(ended.body));
+      assert.equal(ended.body.summary, null);
+      const events = await server.api.get(`/v1/events?call_id=${call.body.id}`);
+      const body = events.body.data.find((e: any) => e.event_type === "call.ended");
+      assert.ok(body, JSON.stringify(events.body));
+      assert.equal("summary" in body.payload.call, false, JSON.stringify(body.payload));
+    }
+  });
+
   test("the server is still healthy after all of the above", async () => {
     assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
     assert.equal(server.proc.exitCode, null);

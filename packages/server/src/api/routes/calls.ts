@@ -158,7 +158,9 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
             if (startedAt !== undefined) input.started_at = startedAt;
             if (endedAt !== undefined) input.ended_at = endedAt;
             if (b.assistant_id !== undefined) input.assistant_id = b.assistant_id;
-            if (action === "end" && b.summary !== undefined) input.summary = b.summary;
+            // A blank brief summary is none: `call.ended` omits the field rather than carry "".
+            if (action === "end" && b.summary !== undefined && b.summary.trim() !== "")
+              input.summary = b.summary;
             if (b.failure_reason !== undefined)
               input.failure_reason = b.failure_reason as TransitionInput["failure_reason"] & string;
             if (b.ended_reason !== undefined) input.ended_reason = b.ended_reason;
