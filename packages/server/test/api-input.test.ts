@@ -178,6 +178,19 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     );
     expectError(await server.api.get("/v1/endpoints/ep_nope"), 400, "invalid_request", "id");
     expectError(await server.api.get("/v1/endpoints/ep_00000000000000000000000000"), 404, "not_found");
+    // recover: the field named is the one that is wrong.
+    const ep = await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/recover-input" });
+    assert.equal(ep.status, 201);
+    const recover = (body: unknown) => server.api.post(`/v1/endpoints/${ep.body.id}/recover`, body);
+    expectError(await recover({ since: "9999-12-31T23:59:59Z" }), 400, "invalid_request", "since");
+    expectError(
+      await recover({ since: "2026-01-02T00:00:00Z", until: "2026-01-01T00:00:00Z" }),
+      400,
+      "invalid_request",
+      "until",
+    );
+    expectError(await recover({ since: "yesterday" }), 400, "invalid_request", "since");
+    assert.equal((await server.api.del(`/v1/endpoints/${ep.body.id}`)).status, 200);
   });
 
   test("another account's resources are 404, and lists show only one's own", async () => {

@@ -267,8 +267,12 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           if (since === undefined) throw badRequest("since", `"since" is not an ISO-8601 timestamp`);
           const until = b.until === undefined ? ctx.clock.now() : parseIso(b.until);
           if (until === undefined) throw badRequest("until", `"until" is not an ISO-8601 timestamp`);
-          if (until < since)
-            throw new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
+          if (until < since) {
+            // Without `until` it is now: then `since` is what is wrong.
+            throw b.until === undefined
+              ? badRequest("since", `"since" is in the future`)
+              : new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
+          }
           const now = ctx.clock.now();
           await lockCallsOfEndpoint(trx, ctx.store.caps, { endpointId: id, status: "failed" });
           // Re-opened deliveries start parked; then the first of each call's chain is released,
