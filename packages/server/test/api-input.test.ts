@@ -41,6 +41,15 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
   test("malformed JSON, wrong types, missing and unknown fields name the field", async () => {
     const malformed = await server.api.raw("POST", "/v1/calls", '{"agent_id": 1,', {});
     expectError(malformed, 400, "invalid_json");
+    assert.match(malformed.body.error.message, /not valid JSON/);
+    const poisoned = await server.api.raw(
+      "POST",
+      "/v1/agents",
+      '{"name":"a","__proto__":{"admin":true}}',
+      {},
+    );
+    expectError(poisoned, 400, "invalid_json");
+    assert.match(poisoned.body.error.message, /"__proto__" or "constructor" key/);
     expectError(
       await server.api.post("/v1/calls", { agent_id: "1", type: "inbound", phone_number: "+15551234567" }),
       400,

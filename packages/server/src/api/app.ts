@@ -104,7 +104,22 @@ export async function buildApp(
   app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
     const text = body.toString();
     if (text.trim() === "") return done(null, undefined);
-    json(req, text, done);
+    json(req, text, (err, value) => {
+      if (!err) return done(null, value);
+      // Valid JSON refused all the same: a "__proto__" or "constructor" key (prototype poisoning).
+      try {
+        JSON.parse(text);
+      } catch {
+        return done(err, undefined);
+      }
+      done(
+        new ApiError(
+          400,
+          "invalid_json",
+          `the body has a "__proto__" or "constructor" key, which is refused`,
+        ),
+      );
+    });
   });
   // A bodiless POST/PATCH to a route with a body schema means `{}`: steps whose fields are all
   // optional (start, end, rotate-secret) just work, and the others name the missing field.
