@@ -3,6 +3,7 @@ import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
 import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
+import { formatDuration } from "../util/units.js";
 import { type Claimed, PAIR_TYPES } from "./claim.js";
 import { nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
@@ -122,7 +123,7 @@ export async function completeBatch(
         .updateTable("endpoints")
         .set({
           disabled: 1,
-          disabled_reason: `every attempt failed for ${Math.round(policy.disableAfterMs / 3_600_000)} h`,
+          disabled_reason: `every attempt failed for ${formatDuration(policy.disableAfterMs)}`,
           updated_at: now,
         })
         .where("id", "in", ids)
