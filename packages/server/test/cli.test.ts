@@ -188,7 +188,7 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
     ],
     [
       ["migrate", "--help"],
-      ["migrations", "Examples:"],
+      ["migrations", "--json", "Examples:"],
     ],
     [
       ["accounts", "create", "--help"],
@@ -265,6 +265,26 @@ describe("accounts create", () => {
   after(async () => {
     await server?.kill();
     dir.remove();
+  });
+
+  test("migrate --json lists what it applied, then nothing", async () => {
+    const other = tempDir();
+    try {
+      const env = { KLEN_DATABASE_URL: `sqlite:${other.path}/klen.db` };
+      const first = await cli(["migrate", "--json"], env);
+      assert.equal(first.code, 0, first.stderr);
+      const applied = (JSON.parse(first.stdout) as { applied: number[] }).applied;
+      assert.deepEqual(
+        applied,
+        applied.map((_, i) => i + 1),
+        "every migration, in order",
+      );
+      assert.ok(applied.length >= 7);
+      const again = await cli(["migrate", "--json"], env);
+      assert.deepEqual(JSON.parse(again.stdout), { applied: [] });
+    } finally {
+      other.remove();
+    }
   });
 
   test("--json prints a key that works against the API", async () => {

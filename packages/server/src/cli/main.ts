@@ -74,12 +74,17 @@ program
 program
   .command("migrate")
   .description("apply database migrations (serve also applies them at start)")
-  .action(async () => {
+  .option("--json", 'print JSON: {"applied": [ids of the migrations applied now]}')
+  .action(async (opts: { json?: boolean }) => {
     const cfg = config();
     const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
     const ran = await migrate(store);
     await store.close();
-    process.stdout.write(ran.length ? `applied migrations ${ran.join(", ")}\n` : "database is up to date\n");
+    if (opts.json) process.stdout.write(`${JSON.stringify({ applied: ran })}\n`);
+    else
+      process.stdout.write(
+        ran.length ? `applied migrations ${ran.join(", ")}\n` : "database is up to date\n",
+      );
   });
 
 const accounts = program.command("accounts").description("manage accounts");
