@@ -186,6 +186,14 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       "headers.webhook-signature",
     );
     expectError(await server.api.get("/v1/endpoints/ep_nope"), 400, "invalid_request", "id");
+    // List filters take ids as the paths do.
+    expectError(await server.api.get("/v1/deliveries?event_id=bad"), 400, "invalid_request", "event_id");
+    expectError(
+      await server.api.get("/v1/deliveries?endpoint_id=ep_x"),
+      400,
+      "invalid_request",
+      "endpoint_id",
+    );
     expectError(await server.api.get("/v1/endpoints/ep_00000000000000000000000000"), 404, "not_found");
     // recover: the field named is the one that is wrong.
     const ep = await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/recover-input" });
