@@ -42,6 +42,24 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     const malformed = await server.api.raw("POST", "/v1/calls", '{"agent_id": 1,', {});
     expectError(malformed, 400, "invalid_json");
     assert.match(malformed.body.error.message, /not valid JSON/);
+    const infinite = await server.api.raw(
+      "POST",
+      "/v1/calls",
+      '{"agent_id":1e400,"type":"inbound","phone_number":"+15551234567"}',
+      {},
+    );
+    expectError(infinite, 400, "invalid_request", "agent_id");
+    expectError(
+      await server.api.raw(
+        "POST",
+        "/v1/endpoints",
+        '{"url":"http://127.0.0.1:9/x","agent_ids":[1,-1e999]}',
+        {},
+      ),
+      400,
+      "invalid_request",
+      "agent_ids[1]",
+    );
     const poisoned = await server.api.raw(
       "POST",
       "/v1/agents",
@@ -122,6 +140,24 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     });
     const id = call.body.id;
     expectError(await server.api.post(`/v1/calls/${id}/end`, {}), 409, "invalid_transition");
+    // A time well ahead of the server's clock is a mistake, not a call.
+    expectError(
+      await server.api.post(`/v1/calls/${id}/start`, { started_at: "2099-01-01T00:00:00Z" }),
+      400,
+      "invalid_request",
+      "started_at",
+    );
+    const soon = new Date(Date.now() + 60_000).toISOString();
+    const other = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    assert.equal(
+      (await server.api.post(`/v1/calls/${other.body.id}/start`, { started_at: soon })).status,
+      200,
+      "a minute of clock skew is fine",
+    );
     expectError(
       await server.api.post(`/v1/calls/${id}/transcript`, { transcript: "early" }),
       409,

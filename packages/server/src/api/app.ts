@@ -41,6 +41,17 @@ export interface RouteHelpers {
  * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
  * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
  */
+/** The path of the first number in `value` that is not finite, if any. */
+function nonFiniteAt(value: unknown, path: string): string | undefined {
+  if (typeof value === "number") return Number.isFinite(value) ? undefined : path || "body";
+  if (value === null || typeof value !== "object") return undefined;
+  for (const [k, v] of Object.entries(value)) {
+    const found = nonFiniteAt(v, Array.isArray(value) ? `${path}[${k}]` : path ? `${path}.${k}` : k);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
 export async function buildApp(
   ctx: AppContext,
   opts: { logger?: boolean; workerOnly?: boolean } = {},
@@ -105,7 +116,14 @@ export async function buildApp(
     const text = body.toString();
     if (text.trim() === "") return done(null, undefined);
     json(req, text, (err, value) => {
-      if (!err) return done(null, value);
+      if (!err) {
+        // JSON.parse reads 1e400 as Infinity, which passes an integer schema (Ajv) unnoticed.
+        const field = nonFiniteAt(value, "");
+        if (field === undefined) return done(null, value);
+        return done(
+          new ApiError(400, "invalid_request", `"${field}" is out of range`, { field, location: "body" }),
+        );
+      }
       // Valid JSON refused all the same: a "__proto__" or "constructor" key (prototype poisoning).
       try {
         JSON.parse(text);

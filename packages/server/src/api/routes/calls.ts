@@ -14,10 +14,14 @@ import type { RouteModule } from "./index.js";
 const obj = (properties: Record<string, unknown>, required: string[] = []) =>
   ({ type: "object", additionalProperties: false, required, properties }) as const;
 
-function time(field: string, value: string | undefined): number | undefined {
+/** How far ahead of this server's clock a reported time may be (the caller's clock may run ahead). */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
+function time(field: string, value: string | undefined, now: number): number | undefined {
   if (value === undefined) return undefined;
   const ms = parseIso(value);
   if (ms === undefined) throw badRequest(field, `"${field}" is not an ISO-8601 timestamp`);
+  if (ms > now + CLOCK_SKEW_MS) throw badRequest(field, `"${field}" is in the future`);
   return ms;
 }
 
@@ -153,8 +157,8 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
             const b = (req.body ?? {}) as Record<string, string | undefined>;
             const now = ctx.clock.now();
             const input: TransitionInput = { now };
-            const startedAt = time("started_at", b.started_at);
-            const endedAt = time("ended_at", b.ended_at);
+            const startedAt = time("started_at", b.started_at, now);
+            const endedAt = time("ended_at", b.ended_at, now);
             if (startedAt !== undefined) input.started_at = startedAt;
             if (endedAt !== undefined) input.ended_at = endedAt;
             if (b.assistant_id !== undefined) input.assistant_id = b.assistant_id;
