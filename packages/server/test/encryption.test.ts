@@ -2,11 +2,13 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
+import { Webhook } from "@klen/webhooks";
 import Database from "better-sqlite3";
 import { FieldCipher } from "../src/storage/encryption.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
 
 test("FieldCipher round-trips, seals equal values equally, and rejects tampering", () => {
   const c = new FieldCipher("correct horse battery staple");
@@ -99,6 +101,20 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
     const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {});
     assert.equal(rotated.status, 200);
     assert.ok(rotated.body.previous_secret_expires_at);
+    // Read back through the seal, both secrets sign the next delivery.
+    const next = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15557654321",
+    });
+    await server.api.post(`/v1/calls/${next.body.id}/start`, {});
+    const sent = await waitFor("the delivery after the rotation", () =>
+      rx.requests.find((r) => r.json.call.id === next.body.id),
+    );
+    assert.equal(String(sent.headers["webhook-signature"]).split(" ").length, 2);
+    for (const secret of [endpoint.secret, rotated.body.secret]) {
+      assert.ok(new Webhook(secret).verify(sent.body, sent.headers as Record<string, string>));
+    }
 
     const db = new Database(`${dir.path}/klen.db`, { readonly: true });
     const dump = ["events", "endpoints", "calls", "contacts", "summary_jobs"]

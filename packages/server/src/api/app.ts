@@ -37,10 +37,6 @@ export interface RouteHelpers {
   ): Promise<FastifyReply>;
 }
 
-/**
- * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
- * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
- */
 /** The path of the first number in `value` that is not finite, if any. */
 function nonFiniteAt(value: unknown, path: string): string | undefined {
   if (typeof value === "number") return Number.isFinite(value) ? undefined : path || "body";
@@ -52,6 +48,10 @@ function nonFiniteAt(value: unknown, path: string): string | undefined {
   return undefined;
 }
 
+/**
+ * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
+ * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
+ */
 export async function buildApp(
   ctx: AppContext,
   opts: { logger?: boolean; workerOnly?: boolean } = {},
