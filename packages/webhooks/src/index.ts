@@ -34,5 +34,5 @@ export {
 export { parseKey, type WebhookKey } from "./keys.js";
 export { isCallEvent, parseCallEvent, validateCallEvent } from "./parse-event.js";
 export { DEFAULT_TOLERANCE_SECONDS, type VerifyOptions } from "./tolerance.js";
-export { type SchemaIssue, validate } from "./validate.js";
+export { type SchemaIssue, type ValidateOptions, validate } from "./validate.js";
 export { Webhook } from "./webhook.js";

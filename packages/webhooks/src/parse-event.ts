@@ -15,6 +15,9 @@ function invalid(message: string, options?: { cause?: unknown; issues?: readonly
 /**
  * Issues of a parsed JSON value as a call event; empty when it is one. Picks the schema by
  * `event_type` so the issues name the real problem, not six failed `oneOf` branches.
+ * Fields the schema does not know are ignored, so a receiver on this SDK keeps accepting events
+ * from a newer server that adds fields; every field it does know must be as the schema says.
+ * (An event type it does not know is an issue: there is no schema to check it against.)
  *
  * @example
  * ```ts
@@ -29,7 +32,7 @@ export function validateCallEvent(value: unknown): SchemaIssue[] {
   if (!EVENT_TYPES.includes(type as EventType)) {
     return [{ path: "$.event_type", message: `must be one of ${EVENT_TYPES.join(", ")}` }];
   }
-  return validate(eventSchemas[type as EventType], value);
+  return validate(eventSchemas[type as EventType], value, "$", { unknownProperties: "ignore" });
 }
 
 /**

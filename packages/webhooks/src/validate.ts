@@ -90,7 +90,23 @@ function childPath(path: string, key: string): string {
   return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
 }
 
-function check(schema: JsonSchema, value: unknown, path: string, issues: SchemaIssue[]): void {
+/** How `validate` reads a schema. */
+export interface ValidateOptions {
+  /**
+   * `"ignore"`: a property the schema does not list passes even where it says
+   * `additionalProperties: false` (a tolerant reader: a newer producer may add fields). Default
+   * `"reject"`, the schema as written.
+   */
+  unknownProperties?: "reject" | "ignore";
+}
+
+function check(
+  schema: JsonSchema,
+  value: unknown,
+  path: string,
+  issues: SchemaIssue[],
+  opts: ValidateOptions,
+): void {
   for (const key of Object.keys(schema)) {
     if (!KEYWORDS.has(key) && !ANNOTATIONS.has(key))
       throw new Error(`Unsupported JSON Schema keyword "${key}" at ${path}`);
@@ -130,14 +146,14 @@ function check(schema: JsonSchema, value: unknown, path: string, issues: SchemaI
     }
     for (const [name, child] of Object.entries(value)) {
       const sub = Object.hasOwn(properties, name) ? properties[name] : undefined;
-      if (sub) check(sub, child, childPath(path, name), issues);
-      else if (schema.additionalProperties === false)
+      if (sub) check(sub, child, childPath(path, name), issues, opts);
+      else if (schema.additionalProperties === false && opts.unknownProperties !== "ignore")
         issues.push({ path: childPath(path, name), message: "is not allowed" });
     }
   }
   if (Array.isArray(schema.oneOf)) {
     const passing = (schema.oneOf as JsonSchema[]).filter(
-      (branch) => validate(branch, value, path).length === 0,
+      (branch) => validate(branch, value, path, opts).length === 0,
     ).length;
     if (passing !== 1)
       push(`must match exactly one of ${schema.oneOf.length} alternatives, matched ${passing}`);
@@ -153,8 +169,13 @@ function check(schema: JsonSchema, value: unknown, path: string, issues: SchemaI
  * validate(eventSchemas["call.ended"], JSON.parse(body)); // [] or [{ path: "$.call.id", message: "is required" }]
  * ```
  */
-export function validate(schema: JsonSchema, value: unknown, path = "$"): SchemaIssue[] {
+export function validate(
+  schema: JsonSchema,
+  value: unknown,
+  path = "$",
+  opts: ValidateOptions = {},
+): SchemaIssue[] {
   const issues: SchemaIssue[] = [];
-  check(schema, value, path, issues);
+  check(schema, value, path, issues, opts);
   return issues;
 }
