@@ -221,6 +221,12 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       "invalid_request",
       "headers.webhook-signature",
     );
+    const badName = await server.api.post("/v1/endpoints", {
+      url: "http://127.0.0.1:9/x",
+      headers: { "bad header": "x" },
+    });
+    expectError(badName, 400, "invalid_request", "headers.bad header");
+    assert.match(badName.body.error.message, /"headers\.bad header" is not a valid name/);
     expectError(await server.api.get("/v1/endpoints/ep_nope"), 400, "invalid_request", "id");
     // List filters take ids as the paths do.
     expectError(await server.api.get("/v1/deliveries?event_id=bad"), 400, "invalid_request", "event_id");

@@ -8,7 +8,11 @@ function fieldOf(err: FastifyError): string | undefined {
   if (!v) return undefined;
   const path = v.instancePath.replace(/^\//, "").replace(/\//g, ".");
   const params = v.params as Record<string, unknown>;
-  const extra = (params.missingProperty ?? params.additionalProperty) as string | undefined;
+  // A property name that fails `propertyNames` (a custom header's name): Ajv reports it aside.
+  const extra = (params.missingProperty ??
+    params.additionalProperty ??
+    (v as { propertyName?: string }).propertyName ??
+    params.propertyName) as string | undefined;
   if (extra !== undefined) return path ? `${path}.${extra}` : extra;
   return path || undefined;
 }
@@ -21,6 +25,8 @@ function messageOf(err: FastifyError, field: string | undefined): string {
   if (v.keyword === "required") return `"${field}" is required`;
   if (v.keyword === "enum")
     return `"${field}" must be one of: ${(params.allowedValues as string[]).join(", ")}`;
+  if ((v as { propertyName?: string }).propertyName !== undefined || v.keyword === "propertyNames")
+    return `"${field}" is not a valid name`;
   if (v.keyword === "pattern" && field?.endsWith("phone_number"))
     return `"${field}" must be E.164: + and 8 to 15 digits`;
   return `"${field ?? err.validationContext}" ${v.message ?? "is invalid"}`;
