@@ -105,6 +105,7 @@ describe("split roles on PostgreSQL", () => {
       headers: { authorization: `Bearer ${api.apiKey}` },
     });
     assert.equal(apiOnWorker.status, 404, "no API on a worker");
+    assert.equal((await fetch(`${wurl}/v1/calls`)).status, 404, "not a 401 without a key either");
     assert.deepEqual(listeningPorts(w1.proc.pid!), [workerPort]);
     assert.deepEqual(
       listeningPorts(w2.proc.pid!),

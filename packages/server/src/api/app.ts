@@ -165,6 +165,8 @@ export async function buildApp(
   const limiter = new RateLimiter(ctx.config.rateLimit);
   app.decorateRequest("account", undefined as never);
   app.addHook("onRequest", async (req) => {
+    // A worker's port serves no API: /v1/… there is a 404 with or without a key.
+    if (opts.workerOnly) return;
     // Decided by the matched route, not the raw URL: an absolute-form request target
     // (`GET http://host/v1/calls`) is routed to /v1/calls while req.url starts with "http".
     const route = req.routeOptions.url;
