@@ -67,7 +67,19 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       {},
     );
     expectError(poisoned, 400, "invalid_json");
-    assert.match(poisoned.body.error.message, /"__proto__" or "constructor" key/);
+    assert.match(poisoned.body.error.message, /"__proto__" key or a "constructor" key holding "prototype"/);
+    const viaConstructor = await server.api.raw(
+      "POST",
+      "/v1/agents",
+      '{"name":"a","constructor":{"prototype":{"admin":true}}}',
+      {},
+    );
+    expectError(viaConstructor, 400, "invalid_json");
+    // Nesting past what any body needs is refused before the schema walks it.
+    const deep = `{"name":"a","x":${"[".repeat(20_000)}${"]".repeat(20_000)}}`;
+    const nested = await server.api.raw("POST", "/v1/agents", deep, {});
+    expectError(nested, 400, "invalid_request");
+    assert.match(nested.body.error.message, /nested more than 32 levels/);
     expectError(
       await server.api.post("/v1/calls", { agent_id: "1", type: "inbound", phone_number: "+15551234567" }),
       400,

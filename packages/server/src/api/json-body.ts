@@ -1,0 +1,51 @@
+import { ApiError } from "../errors.js";
+
+/** Deeper than any body the API takes (its deepest is an endpoint's `headers` object, two levels). */
+const MAX_DEPTH = 32;
+
+const poisoned = () =>
+  new ApiError(
+    400,
+    "invalid_json",
+    'the body has a "__proto__" key or a "constructor" key holding "prototype", which is refused',
+  );
+
+/**
+ * Parses a JSON request body, refusing what a plain `JSON.parse` lets through but the API must
+ * not take: prototype-poisoning keys (as Fastify's own parser does), numbers JSON cannot hold
+ * (`1e400` parses as Infinity and passes an integer schema), and nesting past `MAX_DEPTH`.
+ */
+export function parseJsonBody(text: string): unknown {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ApiError(400, "invalid_json", "the body is not valid JSON");
+  }
+  check(value, "", 0);
+  return value;
+}
+
+function check(value: unknown, path: string, depth: number): void {
+  if (typeof value === "number") {
+    if (!Number.isFinite(value)) {
+      const field = path || "body";
+      throw new ApiError(400, "invalid_request", `"${field}" is out of range`, { field, location: "body" });
+    }
+    return;
+  }
+  if (value === null || typeof value !== "object") return;
+  if (depth >= MAX_DEPTH) {
+    throw new ApiError(400, "invalid_request", `the body is nested more than ${MAX_DEPTH} levels deep`);
+  }
+  const array = Array.isArray(value);
+  for (const [k, v] of Object.entries(value)) {
+    if (!array && (k === "__proto__" || (k === "constructor" && isObjectWith(v, "prototype"))))
+      throw poisoned();
+    check(v, array ? `${path}[${k}]` : path ? `${path}.${k}` : k, depth + 1);
+  }
+}
+
+function isObjectWith(v: unknown, key: string): boolean {
+  return v !== null && typeof v === "object" && Object.hasOwn(v, key);
+}
