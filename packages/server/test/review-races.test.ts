@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { previousSecrets } from "../src/endpoints/secrets.js";
+import { openStore } from "../src/storage/store.js";
 import { setupAccount } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
 import { type ServerProcess, spawnServer } from "./helpers/server.js";
@@ -53,6 +55,33 @@ for (const backend of backends()) {
       );
       assert.equal(reused.status, 422);
       assert.equal(reused.body.error.code, "idempotency_key_reused");
+    });
+
+    test("rotations raced from both processes: every secret handed out keeps signing", async () => {
+      const ep = await a.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/rotations" });
+      assert.equal(ep.status, 201);
+      const rs = await both(4, (s) =>
+        s.api.post(`/v1/endpoints/${ep.body.id}/rotate-secret`, { grace_seconds: 3600 }),
+      );
+      assert.deepEqual(
+        rs.map((r) => r.status),
+        [200, 200, 200, 200],
+      );
+      const store = await openStore(db.databaseUrl);
+      try {
+        const row = await store.db
+          .selectFrom("endpoints")
+          .selectAll()
+          .where("id", "=", ep.body.id)
+          .executeTakeFirstOrThrow();
+        const signing = new Set([row.secret, ...previousSecrets(row, Date.now()).map((p) => p.secret)]);
+        for (const secret of [ep.body.secret, ...rs.map((r) => r.body.secret)]) {
+          assert.ok(signing.has(secret), "a secret handed out by a rotation was lost");
+        }
+        assert.equal(signing.size, 5);
+      } finally {
+        await store.close();
+      }
     });
 
     test("racing transitions of one call: exactly one wins, one event each", async () => {

@@ -73,13 +73,20 @@ function checkHeaders(headers: Record<string, string> | undefined): void {
   }
 }
 
-export async function findEndpoint(db: Db, accountId: number, id: string): Promise<EndpointRow> {
+export async function findEndpoint(
+  db: Db,
+  accountId: number,
+  id: string,
+  /** Lock the row for the rest of the transaction (PostgreSQL; SQLite has one writer at a time). */
+  forUpdate = false,
+): Promise<EndpointRow> {
   const e = await db
     .selectFrom("endpoints")
     .selectAll()
     .where("id", "=", id)
     .where("account_id", "=", accountId)
     .where("deleted_at", "is", null)
+    .$if(forUpdate, (q) => q.forUpdate())
     .executeTakeFirst();
   if (!e) throw notFound("endpoint", id);
   return e;
@@ -228,7 +235,8 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
     (req, reply) =>
       h.mutate(req, reply, async (trx) => {
         const id = (req.params as { id: string }).id;
-        const e = await findEndpoint(trx, req.account.id, id);
+        // Locked: two rotations at once must each see the other's secret to keep it signing.
+        const e = await findEndpoint(trx, req.account.id, id, ctx.store.caps.rowLocks);
         const grace = (req.body as { grace_seconds?: number } | null)?.grace_seconds ?? 86_400;
         const now = ctx.clock.now();
         const secret = newEndpointSecret();
