@@ -27,10 +27,6 @@ export interface Running {
   stop(graceMs?: number): Promise<void>;
 }
 
-/**
- * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
- * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
- */
 /** Listens, or fails naming the variables to change (a port in use, a host that does not resolve). */
 async function listenOn(
   app: FastifyInstance,
@@ -49,6 +45,10 @@ async function listenOn(
   }
 }
 
+/**
+ * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
+ * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
+ */
 export async function startServer(
   config: Config,
   log: Logger,

@@ -248,6 +248,11 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       "invalid_request",
       "endpoint_id",
     );
+    assert.equal(
+      (await server.api.get("/v1/deliveries?endpoint_id=&event_id=")).status,
+      200,
+      "empty: no filter",
+    );
     expectError(await server.api.get("/v1/endpoints/ep_00000000000000000000000000"), 404, "not_found");
     // recover: the field named is the one that is wrong.
     const ep = await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/recover-input" });

@@ -208,7 +208,7 @@ function secretCard(e) {
       note(
         status,
         r.previous_secret_expires_at
-          ? `The previous secret is also valid until ${fmtTime(r.previous_secret_expires_at)}.`
+          ? `Secrets rotated out are also valid, the last of them until ${fmtTime(r.previous_secret_expires_at)}.`
           : "",
       );
     } catch (err) {
@@ -233,9 +233,9 @@ function secretCard(e) {
       shown = true;
       note(
         status,
-        seconds > 0
-          ? `Secret rotated. Deliveries are signed with both secrets until ${fmtTime(new Date(Date.now() + seconds * 1000).toISOString())}.`
-          : "Secret rotated. The old secret no longer verifies.",
+        r.previous_secret_expires_at
+          ? `Secret rotated. Deliveries are also signed with the secrets rotated out, the last of them until ${fmtTime(r.previous_secret_expires_at)}.`
+          : "Secret rotated. Earlier secrets no longer verify.",
       );
     } catch (err) {
       note(status, describe(err), "error");

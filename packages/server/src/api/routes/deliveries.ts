@@ -81,8 +81,9 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           type: "object",
           properties: {
             ...pageQuery,
-            endpoint_id: { type: "string", pattern: "^ep_[0-9a-z]{26}$" },
-            event_id: { type: "string", pattern: "^evt_[0-9a-z]{26}$" },
+            // Empty means no filter, as it always did (`?endpoint_id=` from an unset variable).
+            endpoint_id: { type: "string", pattern: "^(ep_[0-9a-z]{26})?$" },
+            event_id: { type: "string", pattern: "^(evt_[0-9a-z]{26})?$" },
             status: { type: "string", enum: ["pending", "succeeded", "failed"] },
           },
         },
