@@ -2,6 +2,11 @@
  * An endpoint's rotated-out secrets, still signing until each one's grace period ends. Rotating
  * again keeps the earlier ones until their own end (a second rotation does not cut the first one's
  * grace short); rotating with no grace drops them all, for a secret that leaked.
+ *
+ * The newest rotated-out secret is also written where code from before migration 7 reads it
+ * (`previous_secret`), so during a rolling upgrade older processes still sign with it. One gap is
+ * left: an older process rotating with no grace clears only that column, and newer ones go on
+ * signing with the list's secrets until their grace ends.
  */
 
 /** At most this many rotated-out secrets sign beside the current one (the oldest go first). */
@@ -26,7 +31,11 @@ export function previousSecrets(e: SecretColumns, now: number): PreviousSecret[]
   const all: PreviousSecret[] = e.previous_secrets
     ? (JSON.parse(e.previous_secrets) as PreviousSecret[])
     : [];
-  if (e.previous_secret !== null && e.previous_secret_expires_at !== null) {
+  if (
+    e.previous_secret !== null &&
+    e.previous_secret_expires_at !== null &&
+    !all.some((p) => p.secret === e.previous_secret)
+  ) {
     all.push({ secret: e.previous_secret, expires_at: Number(e.previous_secret_expires_at) });
   }
   return all.filter((p) => p.expires_at > now);
@@ -53,7 +62,7 @@ export function rotatedOut(
       : [];
   return {
     previous_secrets: kept.length > 0 ? JSON.stringify(kept) : null,
-    previous_secret: null,
-    previous_secret_expires_at: null,
+    previous_secret: kept[0]?.secret ?? null,
+    previous_secret_expires_at: kept[0]?.expires_at ?? null,
   };
 }
