@@ -7,7 +7,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { Worker } from "node:worker_threads";
-import { type AttemptSender, RESPONSE_BODY_LIMIT, Sender, type SenderOptions } from "../src/delivery/send.js";
+import {
+  type AttemptSender,
+  RESPONSE_BODY_LIMIT,
+  Sender,
+  type SenderOptions,
+  type SendResult,
+} from "../src/delivery/send.js";
 import { ThreadSender } from "../src/delivery/send-thread.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -20,6 +26,12 @@ const senders: Array<[string, (o: SenderOptions) => AttemptSender]> = [
  * A loopback server for one suite, up before its tests and closed after them: `answer` gets each
  * request once its body is read, except those to /never, which are held (`held`) until the end.
  */
+/** An attempt that got no HTTP answer: its error class and message. */
+function failedWith(r: SendResult, error: string, message: string): void {
+  assert.equal(r.error, error);
+  assert.equal(r.errorMessage, message);
+}
+
 function suiteServer(answer: (req: IncomingMessage, res: ServerResponse) => void) {
   const srv = { base: "", held: [] as ServerResponse[] };
   let server: Server;
@@ -155,20 +167,19 @@ for (const [name, makeSender] of senders)
         await new Promise((r) => closed.close(r));
         const refused = await sender.send(`http://127.0.0.1:${port}/x`, {}, "{}");
         assert.equal(refused.error, "connection_refused");
-        const bad = await sender.send("not a url", {}, "{}");
-        assert.equal(bad.error, "network");
-        assert.equal(bad.errorMessage, "invalid URL");
+        failedWith(await sender.send("not a url", {}, "{}"), "network", "invalid URL");
       });
     });
 
     test("outside dev mode a loopback target is refused without connecting, and plain http too", async () => {
       await withSender({ dev: false, timeoutMs: 2_000 }, async (sender) => {
         const loopback = await sender.send("https://127.0.0.1:9/x", {}, "{}");
-        assert.equal(loopback.error, "blocked_address");
-        assert.equal(loopback.errorMessage, "127.0.0.1 is a loopback address");
-        const plain = await sender.send("http://example.com/x", {}, "{}");
-        assert.equal(plain.error, "blocked_address");
-        assert.equal(plain.errorMessage, "https is required");
+        failedWith(loopback, "blocked_address", "127.0.0.1 is a loopback address");
+        failedWith(
+          await sender.send("http://example.com/x", {}, "{}"),
+          "blocked_address",
+          "https is required",
+        );
       });
     });
 

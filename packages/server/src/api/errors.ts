@@ -2,16 +2,18 @@ import type { FastifyError, FastifyInstance } from "fastify";
 import { ApiError } from "../errors.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
 
+/** A property name that failed `propertyNames` (a custom header's name): Ajv reports it aside. */
+const badPropertyName = (v: object): string | undefined => (v as { propertyName?: string }).propertyName;
+
 /** Turns an Ajv error into the name of the field at fault (`phone_number`, `call.agent_id`, `limit`). */
 function fieldOf(err: FastifyError): string | undefined {
   const v = err.validation?.[0];
   if (!v) return undefined;
   const path = v.instancePath.replace(/^\//, "").replace(/\//g, ".");
   const params = v.params as Record<string, unknown>;
-  // A property name that fails `propertyNames` (a custom header's name): Ajv reports it aside.
   const extra = (params.missingProperty ??
     params.additionalProperty ??
-    (v as { propertyName?: string }).propertyName ??
+    badPropertyName(v) ??
     params.propertyName) as string | undefined;
   if (extra !== undefined) return path ? `${path}.${extra}` : extra;
   return path || undefined;
@@ -25,7 +27,7 @@ function messageOf(err: FastifyError, field: string | undefined): string {
   if (v.keyword === "required") return `"${field}" is required`;
   if (v.keyword === "enum")
     return `"${field}" must be one of: ${(params.allowedValues as string[]).join(", ")}`;
-  if ((v as { propertyName?: string }).propertyName !== undefined || v.keyword === "propertyNames")
+  if (badPropertyName(v) !== undefined || v.keyword === "propertyNames")
     return `"${field}" is not a valid name`;
   if (v.keyword === "pattern" && field?.endsWith("phone_number"))
     return `"${field}" must be E.164: + and 8 to 15 digits`;
@@ -67,8 +69,6 @@ export function installErrorHandler(app: FastifyInstance): void {
     }
     const status = err.statusCode ?? 500;
     const known: Record<string, [number, string, string]> = {
-      FST_ERR_CTP_INVALID_JSON_BODY: [400, "invalid_json", "the body is not valid JSON"],
-      FST_ERR_CTP_EMPTY_JSON_BODY: [400, "invalid_json", "the body is empty; send a JSON object"],
       FST_ERR_CTP_BODY_TOO_LARGE: [413, "payload_too_large", "the body is larger than allowed"],
       FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, "unsupported_media_type", "unsupported content-type"],
       FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
