@@ -1,3 +1,5 @@
+import { memo } from "../util/memo.js";
+
 /**
  * An endpoint's rotated-out secrets, still signing until each one's grace period ends. Rotating
  * again keeps the earlier ones until their own end (a second rotation does not cut the first one's
@@ -26,19 +28,22 @@ interface SecretColumns {
   previous_secret_expires_at: number | null;
 }
 
+/**
+ * The stored list, parsed once per distinct text: the dispatcher asks for every attempt, and the
+ * column keeps its (expired) entries until the next rotation. Shared: never mutated.
+ */
+const parseList = memo((json): readonly PreviousSecret[] => JSON.parse(json) as PreviousSecret[]);
+
 /** The rotated-out secrets still valid at `now`, newest first. */
 export function previousSecrets(e: SecretColumns, now: number): PreviousSecret[] {
-  const all: PreviousSecret[] = e.previous_secrets
-    ? (JSON.parse(e.previous_secrets) as PreviousSecret[])
-    : [];
-  if (
+  const listed = e.previous_secrets ? parseList(e.previous_secrets) : [];
+  const legacy =
     e.previous_secret !== null &&
     e.previous_secret_expires_at !== null &&
-    !all.some((p) => p.secret === e.previous_secret)
-  ) {
-    all.push({ secret: e.previous_secret, expires_at: Number(e.previous_secret_expires_at) });
-  }
-  return all.filter((p) => p.expires_at > now);
+    !listed.some((p) => p.secret === e.previous_secret)
+      ? [{ secret: e.previous_secret, expires_at: Number(e.previous_secret_expires_at) }]
+      : [];
+  return [...listed, ...legacy].filter((p) => p.expires_at > now);
 }
 
 /** When the last rotated-out secret stops signing, or undefined when none signs any more. */
