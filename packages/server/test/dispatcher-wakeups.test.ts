@@ -94,6 +94,35 @@ test("an endpoint at its cap gets its remaining deliveries as its slots free up,
   }
 });
 
+test("one endpoint's backlog is claimed once per delivery: no claim takes more than the endpoint's free slots", async () => {
+  const receiver = await holdingReceiver();
+  const r = await apiOnlyServer(receiver.url);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    for (let i = 0; i < 12; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
+    // Eight slots in all, four per endpoint: a claim of eight would take four that cannot start.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 8,
+      perEndpoint: 4,
+      batchSize: 8,
+      pollMs: 3_600_000,
+    });
+    dispatcher.start();
+    await receiver.answerUntil(12);
+    await everyDeliverySucceeded(r);
+    // Every claim bumps the delivery's claim token: a delivery claimed and handed back shows 2.
+    const tokens = await r.api.ctx.store.db.selectFrom("deliveries").select("claim_token").execute();
+    assert.deepEqual(
+      tokens.map((t) => Number(t.claim_token)),
+      Array(12).fill(1),
+    );
+  } finally {
+    await dispatcher?.stop(100);
+    await receiver.close();
+    await r.done();
+  }
+});
+
 test("a completion that releases a parked delivery makes the dispatcher claim it, with no poll", async () => {
   const receiver = await holdingReceiver();
   const r = await apiOnlyServer(receiver.url);
