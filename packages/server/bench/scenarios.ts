@@ -160,7 +160,7 @@ async function drain(
   });
   const expected = events * opts.endpoints;
   cfg.say(
-    `    queued ${fmt(backlog.deliveries)} deliveries (${fmt(events)} events × ${urls.length} endpoints${opts.dead ? ", one of them dead" : ""}) in ${fmt(backlog.queueSeconds, 1)} s; dispatcher stopped`,
+    `    queued ${fmt(backlog.deliveries)} deliveries (${fmt(events)} events × ${urls.length} endpoint${urls.length === 1 ? "" : "s"}${opts.dead ? ", one of them dead" : ""}) in ${fmt(backlog.queueSeconds, 1)} s; dispatcher stopped`,
   );
   const rawBefore = opts.rawBefore && cfg.rawNow ? await cfg.rawNow(opts.rawBefore) : undefined;
   await cfg.receiver.reset(backlog.secrets);
@@ -222,6 +222,10 @@ export async function scenarioDrain(cfg: BenchConfig, raw: number) {
     /** The raw limit measured just before each drain (0: not measured). */
     sqlite_raw_before_rps: 0,
     postgres_raw_before_rps: 0,
+    /** SQLite, every delivery to one endpoint (its 64 slots are the only ones in use): no target. */
+    sqlite_one_endpoint_rps: 0,
+    sqlite_one_endpoint_cpu_us_per_delivery: 0,
+    one_endpoint_deliveries: cfg.quick ? 5_000 : 30_000,
   };
   {
     const dir = tempDir("klen-bench-");
@@ -241,6 +245,26 @@ export async function scenarioDrain(cfg: BenchConfig, raw: number) {
         `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s, first to last arrival) = ${ofRaw(d.rps, raw, d.rawBefore)}; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
       );
       out.sqlite_cpu_us_per_delivery = d.serverCpuUs;
+    } finally {
+      dir.remove();
+    }
+  }
+  {
+    const dir = tempDir("klen-bench-");
+    try {
+      cfg.say("  SQLite, one endpoint (a customer's backlog after an outage; no target):");
+      const d = await drain(cfg, {
+        databaseUrl: `sqlite:${dir.path}/klen.db`,
+        dataDir: dir.path,
+        deliveries: out.one_endpoint_deliveries,
+        endpoints: 1,
+      });
+      record(cfg, "drain sqlite, one endpoint", d.ledger);
+      if (d.ledger.ok) out.sqlite_one_endpoint_rps = d.rps;
+      cfg.say(
+        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s) = ${ofRaw(d.rps, raw, undefined)}; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
+      );
+      out.sqlite_one_endpoint_cpu_us_per_delivery = d.serverCpuUs;
     } finally {
       dir.remove();
     }
