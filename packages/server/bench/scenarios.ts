@@ -227,48 +227,51 @@ export async function scenarioDrain(cfg: BenchConfig, raw: number) {
     sqlite_one_endpoint_cpu_us_per_delivery: 0,
     one_endpoint_deliveries: cfg.quick ? 5_000 : 30_000,
   };
-  {
+  /** One SQLite drain in a fresh folder, printed; its figures, or 0 where its ledger failed. */
+  const sqliteDrain = async (
+    label: string,
+    scenario: string,
+    deliveries: number,
+    endpoints: number,
+    rawBefore?: string,
+  ) => {
     const dir = tempDir("klen-bench-");
     try {
-      cfg.say("  SQLite (server: one `serve` process, role all):");
+      cfg.say(`  ${label}:`);
       const d = await drain(cfg, {
         databaseUrl: `sqlite:${dir.path}/klen.db`,
         dataDir: dir.path,
-        deliveries: n,
-        endpoints: 10,
-        rawBefore: "before the SQLite drain",
+        deliveries,
+        endpoints,
+        ...(rawBefore ? { rawBefore } : {}),
       });
-      record(cfg, "drain sqlite", d.ledger);
-      if (d.ledger.ok) out.sqlite_rps = d.rps;
-      out.sqlite_raw_before_rps = d.rawBefore ?? 0;
+      record(cfg, scenario, d.ledger);
       cfg.say(
         `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s, first to last arrival) = ${ofRaw(d.rps, raw, d.rawBefore)}; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
       );
-      out.sqlite_cpu_us_per_delivery = d.serverCpuUs;
+      return { rps: d.ledger.ok ? d.rps : 0, cpuUs: d.serverCpuUs, rawBefore: d.rawBefore ?? 0 };
     } finally {
       dir.remove();
     }
-  }
-  {
-    const dir = tempDir("klen-bench-");
-    try {
-      cfg.say("  SQLite, one endpoint (a customer's backlog after an outage; no target):");
-      const d = await drain(cfg, {
-        databaseUrl: `sqlite:${dir.path}/klen.db`,
-        dataDir: dir.path,
-        deliveries: out.one_endpoint_deliveries,
-        endpoints: 1,
-      });
-      record(cfg, "drain sqlite, one endpoint", d.ledger);
-      if (d.ledger.ok) out.sqlite_one_endpoint_rps = d.rps;
-      cfg.say(
-        `    ${fmt(d.rps)} deliveries/s (${fmt(d.drainS, 2)} s) = ${ofRaw(d.rps, raw, undefined)}; server CPU ${fmt(d.serverCpuUs)} µs per delivery`,
-      );
-      out.sqlite_one_endpoint_cpu_us_per_delivery = d.serverCpuUs;
-    } finally {
-      dir.remove();
-    }
-  }
+  };
+  const all = await sqliteDrain(
+    "SQLite (server: one `serve` process, role all)",
+    "drain sqlite",
+    n,
+    10,
+    "before the SQLite drain",
+  );
+  out.sqlite_rps = all.rps;
+  out.sqlite_cpu_us_per_delivery = all.cpuUs;
+  out.sqlite_raw_before_rps = all.rawBefore;
+  const one = await sqliteDrain(
+    "SQLite, one endpoint (a customer's backlog after an outage; no target)",
+    "drain sqlite, one endpoint",
+    out.one_endpoint_deliveries,
+    1,
+  );
+  out.sqlite_one_endpoint_rps = one.rps;
+  out.sqlite_one_endpoint_cpu_us_per_delivery = one.cpuUs;
   let pgs: Awaited<ReturnType<typeof benchPostgres>> | undefined;
   try {
     pgs = await benchPostgres();
