@@ -123,6 +123,65 @@ test("one endpoint's backlog is claimed once per delivery: no claim takes more t
   }
 });
 
+test("an endpoint's retry is not held up behind another endpoint's backlog whose completions keep the dispatcher awake", async () => {
+  // A: holds every request; the test answers one every 40 ms, so A stays at its cap and its
+  // completions wake the dispatcher far more often than the poll interval.
+  const a = await holdingReceiver();
+  // E: the first request fails, every later one succeeds at once.
+  let eSeen = 0;
+  let aAnsweredWhenRetried = -1;
+  let aAnswered = 0;
+  const e = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      eSeen++;
+      if (eSeen === 1) return void res.writeHead(500).end();
+      if (aAnsweredWhenRetried < 0) aAnsweredWhenRetried = aAnswered;
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise<void>((r) => e.listen(0, "127.0.0.1", r));
+  const r = await apiOnlyServer(a.url, { event_types: ["call.started"] });
+  let dispatcher: Dispatcher | undefined;
+  let pacer: NodeJS.Timeout | undefined;
+  try {
+    // A's backlog: 60 started events. E takes only the one ended event, which fails once and is
+    // due again 200 ms later (the helper's retry schedule).
+    const calls: number[] = [];
+    for (let i = 0; i < 60; i++) {
+      const id = await r.newCall();
+      await r.client.post(`/v1/calls/${id}/start`, {});
+      calls.push(id);
+    }
+    await r.client.post("/v1/endpoints", {
+      url: `http://127.0.0.1:${(e.address() as AddressInfo).port}/`,
+      event_types: ["call.ended"],
+    });
+    await r.client.post(`/v1/calls/${calls[0]}/end`, {});
+    dispatcher = new Dispatcher(r.api.ctx, { concurrency: 8, perEndpoint: 4, batchSize: 8, pollMs: 300 });
+    dispatcher.start();
+    pacer = setInterval(() => {
+      const res = a.held.shift();
+      if (res) {
+        aAnswered++;
+        res.end("ok");
+      }
+    }, 40);
+    await waitFor("E's retry", () => aAnsweredWhenRetried >= 0, 20_000);
+    assert.ok(
+      aAnsweredWhenRetried < 50,
+      `E's retry waited until A had been answered ${aAnsweredWhenRetried} times of 60`,
+    );
+  } finally {
+    if (pacer) clearInterval(pacer);
+    await dispatcher?.stop(100);
+    await a.close();
+    e.closeAllConnections();
+    await new Promise<void>((res) => e.close(() => res()));
+    await r.done();
+  }
+});
+
 test("a completion that releases a parked delivery makes the dispatcher claim it, with no poll", async () => {
   const receiver = await holdingReceiver();
   const r = await apiOnlyServer(receiver.url);

@@ -141,6 +141,8 @@ export class Dispatcher {
    * was claimed 6.5 times over).
    */
   private mayHaveDue: Set<string> | undefined;
+  /** When `mayHaveDue` was last learned: it is forgotten after `pollMs`, as retries come due. */
+  private mayHaveDueAt = 0;
   /** Where claims that leave failing endpoints out start (`ClaimFloor`). */
   private floor: ClaimFloor | undefined;
   private flushing: Promise<void> | undefined;
@@ -286,6 +288,12 @@ export class Dispatcher {
           return n > cap - Math.ceil(cap / 4);
         })
         .map(([id]) => id);
+      // Retries come due with time, unannounced. The poll's timer forgets the set, but only when
+      // nothing wakes the loop for `pollMs`, and a busy endpoint's completions wake it all the
+      // time: without this, an endpoint's retry could wait behind another's whole backlog.
+      if (this.mayHaveDue && this.ctx.clock.now() - this.mayHaveDueAt >= this.opts.pollMs) {
+        this.mayHaveDue = undefined;
+      }
       const want = Math.min(free, this.opts.batchSize, this.claimRoom(new Set(saturated)));
       // Every endpoint that may have due work sits out: wait for news.
       if (want <= 0) continue;
@@ -316,7 +324,10 @@ export class Dispatcher {
       if (claimed.length === want) {
         this.dirty = true;
         if (this.mayHaveDue) for (const c of excess) this.mayHaveDue.add(c.endpointId);
-      } else this.mayHaveDue = new Set([...saturated, ...excess.map((c) => c.endpointId)]);
+      } else {
+        this.mayHaveDue = new Set([...saturated, ...excess.map((c) => c.endpointId)]);
+        this.mayHaveDueAt = this.ctx.clock.now();
+      }
     }
   }
 
