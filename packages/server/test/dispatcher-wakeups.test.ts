@@ -124,6 +124,7 @@ test("one endpoint's backlog is claimed once per delivery: no claim takes more t
 });
 
 test("an endpoint's retry is not held up behind another endpoint's backlog whose completions keep the dispatcher awake", async () => {
+  // Unlike the others here, this test polls (every 300 ms): the poll interval is what it is about.
   // A: holds every request; the test answers one every 40 ms, so A stays at its cap and its
   // completions wake the dispatcher far more often than the poll interval.
   const a = await holdingReceiver();
