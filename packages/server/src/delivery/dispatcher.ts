@@ -512,9 +512,6 @@ export class Dispatcher {
       else this.perEndpoint.set(c.endpointId, n);
     }
     inflightGauge.set(this.inflight.size);
-    this.wake(
-      released,
-      done.map((c) => c.endpointId),
-    );
+    this.wake(released, released ? done.map((c) => c.endpointId) : undefined);
   }
 }
