@@ -35,11 +35,15 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
   try {
     const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
     rx.setSecret(endpoint.secret);
-    const contact = await server.api.post("/v1/contacts", {
-      name: "Jane Roe",
-      email: "jane@example.com",
-      phone_number: "+15557654321",
-    });
+    const contact = await server.api.post(
+      "/v1/contacts",
+      {
+        name: "Jane Roe",
+        email: "jane@example.com",
+        phone_number: "+15557654321",
+      },
+      { "idempotency-key": "contact-1" },
+    );
     const callId = await runCall(server.api, agentId, "+15557654321");
     await rx.waitForCount(4);
     assert.deepEqual(rx.verifyFailures, [], "signed with the (decrypted) secret");
@@ -98,8 +102,14 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
     }
 
     // The rotated-out secret moves to the list of previous secrets, sealed like the current one.
-    const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {});
+    // With an Idempotency-Key the stored response (which shows the new secret) is sealed too, and
+    // the replay is read back through the seal.
+    const rotateKey = { "idempotency-key": "rotate-1" };
+    const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {}, rotateKey);
     assert.equal(rotated.status, 200);
+    const replayed = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {}, rotateKey);
+    assert.equal(replayed.body.secret, rotated.body.secret);
+    assert.equal(replayed.headers.get("idempotent-replayed"), "true");
     assert.ok(rotated.body.previous_secret_expires_at);
     // Read back through the seal, both secrets sign the next delivery.
     const next = await server.api.post("/v1/calls", {
@@ -117,10 +127,12 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
     }
 
     const db = new Database(`${dir.path}/klen.db`, { readonly: true });
-    const dump = ["events", "endpoints", "calls", "contacts", "summary_jobs"]
+    const dump = ["events", "endpoints", "calls", "contacts", "summary_jobs", "idempotency_keys"]
       .flatMap((t) => db.prepare(`SELECT * FROM ${t}`).all() as Array<Record<string, unknown>>)
       .map((row) => JSON.stringify(row))
       .join("\n");
+    const remembered = db.prepare("SELECT count(*) AS n FROM idempotency_keys").get() as { n: number };
+    assert.equal(remembered.n, 2, "both keyed responses are stored");
     db.close();
     for (const secretText of [
       "+15557654321",

@@ -27,6 +27,8 @@ export const ENCRYPTED_COLUMNS: Record<string, readonly string[]> = {
   contacts: ["phone_number"],
   // A transcript waiting for its generated summary.
   summary_jobs: ["transcript"],
+  // A stored answer replayed for an Idempotency-Key: a call's phone number, a new endpoint secret.
+  idempotency_keys: ["response_body"],
 };
 
 const PREFIX = "enc1:";
