@@ -328,6 +328,44 @@ for (const backend of backends()) {
       );
       await rx.close();
     });
+
+    test("retry and recover refuse a disabled or deleted endpoint (409) and queue nothing; the retry's answer lists the attempts", async () => {
+      const rx = await startReceiver();
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+      await startedCall(server.api, agentId, "+15550002323");
+      await rx.waitForCount(1);
+      const d = await deliveryWithStatus(server, rx.requests[0]!.id, endpoint.id, "succeeded");
+      await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true });
+      const refused = await server.api.post(`/v1/deliveries/${d.id}/retry`);
+      assert.equal(refused.status, 409);
+      assert.equal(refused.body.error.code, "endpoint_disabled");
+      assert.match(refused.body.error.message, /disabled by user/);
+      const recover = await server.api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+        since: new Date(Date.now() - 3_600_000).toISOString(),
+      });
+      assert.equal(recover.status, 409);
+      assert.equal(recover.body.error.code, "endpoint_disabled");
+      const unchanged = (await server.api.get(`/v1/deliveries/${d.id}`)).body;
+      assert.equal(unchanged.status, "succeeded");
+      assert.equal(unchanged.attempts.length, 1);
+
+      await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false });
+      const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
+      assert.equal(retry.status, 202);
+      assert.equal(retry.body.status, "pending");
+      assert.deepEqual(
+        retry.body.attempts.map((a: { number: number; status_code: number }) => [a.number, a.status_code]),
+        [[1, 200]],
+      );
+      await rx.waitForCount(2);
+      await deliveryWithStatus(server, rx.requests[0]!.id, endpoint.id, "succeeded");
+
+      assert.equal((await server.api.del(`/v1/endpoints/${endpoint.id}`)).status, 200);
+      const gone = await server.api.post(`/v1/deliveries/${d.id}/retry`);
+      assert.equal(gone.status, 409);
+      assert.equal(gone.body.error.code, "endpoint_deleted");
+      await rx.close();
+    });
   });
 }
 

@@ -6,6 +6,7 @@ import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
 import { decodeCursor, page, pageQuery } from "../pagination.js";
 import { stringIdParam } from "./common.js";
+import { assertSending } from "./endpoints.js";
 import type { RouteModule } from "./index.js";
 
 type DeliveryRow = Selectable<Database["deliveries"]>;
@@ -132,6 +133,16 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       reply,
       async (trx) => {
         const d = await findDelivery(trx, req.account.id, (req.params as { id: string }).id);
+        const endpoint = await trx
+          .selectFrom("endpoints")
+          .select(["id", "disabled", "disabled_reason", "deleted_at"])
+          .where("id", "=", d.endpoint_id)
+          .executeTakeFirstOrThrow();
+        if (endpoint.deleted_at !== null)
+          throw new ApiError(409, "endpoint_deleted", `endpoint ${d.endpoint_id} has been deleted`, {
+            endpoint_id: d.endpoint_id,
+          });
+        assertSending(endpoint);
         const now = ctx.clock.now();
         if (d.status === "pending" && d.next_attempt_at === null) {
           // Sending it now would overtake an earlier event of its call that is still being retried.
@@ -164,7 +175,8 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           await releaseChainHeads(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
         }
         const after = await findDelivery(trx, req.account.id, d.id);
-        return { status: 202, body: deliveryObject(after, []) };
+        const attempts = await attemptsOf(trx, [d.id]);
+        return { status: 202, body: deliveryObject(after, attempts.get(d.id) ?? []) };
       },
       { work: true },
     ),

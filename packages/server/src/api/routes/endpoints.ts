@@ -73,6 +73,20 @@ function checkHeaders(headers: Record<string, string> | undefined): void {
   }
 }
 
+/**
+ * Re-queued work for a disabled endpoint would only be settled as `endpoint_disabled` without an
+ * attempt, so retry and recover refuse it rather than answer 202 and send nothing.
+ */
+export function assertSending(e: Pick<EndpointRow, "id" | "disabled" | "disabled_reason">): void {
+  if (e.disabled === 1)
+    throw new ApiError(
+      409,
+      "endpoint_disabled",
+      `endpoint ${e.id} is disabled (${e.disabled_reason ?? "no reason recorded"}); enable it first with PATCH {"disabled": false}`,
+      { endpoint_id: e.id },
+    );
+}
+
 export async function findEndpoint(
   db: Db,
   accountId: number,
@@ -269,7 +283,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
         reply,
         async (trx) => {
           const id = (req.params as { id: string }).id;
-          await findEndpoint(trx, req.account.id, id);
+          assertSending(await findEndpoint(trx, req.account.id, id));
           const b = req.body as { since: string; until?: string };
           const since = parseIso(b.since);
           if (since === undefined) throw badRequest("since", `"since" is not an ISO-8601 timestamp`);
