@@ -15,11 +15,16 @@ export async function createAccount(db: Db, name: string, key = newApiKey(), now
     .values({ name, auto_summary: 0, created_at: now })
     .returning(["id", "name", "auto_summary"])
     .executeTakeFirstOrThrow();
+  await addApiKey(db, account.id, key, now);
+  return { account: toAccount(account), apiKey: key };
+}
+
+/** Another API key for an existing account. */
+export async function addApiKey(db: Db, accountId: number, key: string, now = Date.now()): Promise<void> {
   await db
     .insertInto("api_keys")
-    .values({ account_id: account.id, key_hash: hashApiKey(key), prefix: key.slice(0, 12), created_at: now })
+    .values({ account_id: accountId, key_hash: hashApiKey(key), prefix: key.slice(0, 12), created_at: now })
     .execute();
-  return { account: toAccount(account), apiKey: key };
 }
 
 export function toAccount(row: { id: number; name: string; auto_summary: number }): Account {
@@ -37,15 +42,28 @@ export async function accountByKey(db: Db, key: string): Promise<Account | undef
 }
 
 /**
- * `KLEN_API_KEY` bootstrap: makes sure an account answers to this key. Idempotent, and safe when
- * several processes start at once: the key hash is unique, so the losers of the race find the
- * winner's account.
+ * `KLEN_API_KEY` bootstrap: makes sure an account answers to this key. The key joins the account
+ * named `name` when there is one (the account a first start created and printed a key for), so
+ * setting the variable later does not leave the data of that account behind another; otherwise it
+ * creates that account. Idempotent, and safe when several processes start at once: the key hash is
+ * unique, so the losers of the race find the winner's account.
  */
 export async function ensureAccountForKey(store: Store, key: string, name = "default"): Promise<Account> {
   const existing = await accountByKey(store.db, key);
   if (existing) return existing;
   try {
-    return (await store.db.transaction().execute((trx) => createAccount(trx, name, key))).account;
+    return await store.db.transaction().execute(async (trx) => {
+      const named = await trx
+        .selectFrom("accounts")
+        .select(["id", "name", "auto_summary"])
+        .where("name", "=", name)
+        .orderBy("id")
+        .limit(1)
+        .executeTakeFirst();
+      if (!named) return (await createAccount(trx, name, key)).account;
+      await addApiKey(trx, Number(named.id), key);
+      return toAccount(named);
+    });
   } catch (err) {
     if (!store.isUniqueViolation(err)) throw err;
     const again = await accountByKey(store.db, key);
