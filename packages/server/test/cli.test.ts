@@ -226,9 +226,10 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
   }
 
   test("usage errors exit non-zero with a clear message", async () => {
-    const [bad, reason, nokey, forward] = await Promise.all([
+    const [bad, reason, misplaced, nokey, forward] = await Promise.all([
       cli(["trigger", "call.nope", "--api-key", "x"]),
       cli(["trigger", "call.failed", "--reason", "bored", "--api-key", "x"]),
+      cli(["trigger", "call.ended", "--reason", "busy", "--api-key", "x", "--api-url", "http://127.0.0.1:9"]),
       cli(["trigger", "call.ended", "--api-url", "http://127.0.0.1:9"]),
       cli(["listen", "--forward-to", "not a url", "--api-key", "x"]),
     ]);
@@ -236,6 +237,8 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
     assert.match(bad.stderr, /unknown event type "call\.nope"/);
     assert.notEqual(reason.code, 0);
     assert.match(reason.stderr, /unknown failure reason "bored"/);
+    assert.equal(misplaced.code, 1, "refused before any request (none could reach 127.0.0.1:9)");
+    assert.match(misplaced.stderr, /--reason applies to call\.failed only/);
     assert.equal(nokey.code, 1);
     assert.match(nokey.stderr, /no API key/);
     assert.equal(forward.code, 1);

@@ -163,6 +163,8 @@ Examples:
     .action(
       run<ApiOpts & { agentId?: number; reason: string; phoneNumber: string }>(async (o, cmd) => {
         const type = cmd.processedArgs[0] as ReturnType<typeof checkEventType>;
+        if (type !== "call.failed" && cmd.getOptionValueSource("reason") === "cli")
+          throw new Error(`--reason applies to call.failed only (a ${type} call does not fail)`);
         const out = createOutput({ json: o.json });
         const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
         const r = await trigger(client, {
@@ -256,8 +258,15 @@ Examples:
   find("serve")?.addHelpText(
     "after",
     `
+Where it listens and what it stores (all variables: the README's Configuration table):
+  PORT, KLEN_HOST      listen address (default 8080 on 127.0.0.1)
+  KLEN_DATA_DIR        SQLite file and blobs (default ./data)
+  KLEN_DATABASE_URL    sqlite:<path> or postgres://… (default sqlite:$KLEN_DATA_DIR/klen.db)
+  KLEN_API_KEY         an API key for the default account (created if there is none)
+
 Examples:
   $ klen-webhooks serve --dev                      # SQLite in ./data, http://127.0.0.1:8080
+  $ PORT=9000 KLEN_HOST=0.0.0.0 klen-webhooks serve
   $ KLEN_DATABASE_URL=postgres://... klen-webhooks serve --role api
   $ KLEN_DATABASE_URL=postgres://... KLEN_WORKER_PORT=9090 klen-webhooks serve --role worker`,
   );
@@ -267,6 +276,12 @@ Examples:
 Examples:
   $ klen-webhooks migrate
   $ KLEN_DATABASE_URL=postgres://user@db/klen klen-webhooks migrate`,
+  );
+  find("accounts")?.addHelpText(
+    "after",
+    `
+Examples:
+  $ klen-webhooks accounts create --name "Acme Voice"`,
   );
   find("accounts", "create")?.addHelpText(
     "after",
