@@ -253,6 +253,21 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       200,
       "empty: no filter",
     );
+    // An unknown or misspelt query parameter is an error, not a silently unfiltered list.
+    for (const path of [
+      "/v1/deliveries?endpoint=ep_x",
+      "/v1/events?type=call.ended",
+      "/v1/calls?agent=1",
+      "/v1/agents?sort=name",
+      "/v1/contacts?q=jane",
+      "/v1/endpoints?disabled=true",
+    ]) {
+      const r = await server.api.get(path);
+      const field = path.slice(path.indexOf("?") + 1, path.indexOf("="));
+      expectError(r, 400, "invalid_request", field);
+      assert.equal(r.body.error.message, `unknown query parameter "${field}"`, path);
+      assert.equal(r.body.error.details.location, "querystring");
+    }
     expectError(await server.api.get("/v1/endpoints/ep_00000000000000000000000000"), 404, "not_found");
     // recover: the field named is the one that is wrong.
     const ep = await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/recover-input" });

@@ -94,6 +94,14 @@ for (const backend of backends()) {
         payload: unknown;
       }>;
       assert.equal(events.length, 4);
+      // The call's deliveries: four to the all-events endpoint, one to the filtered one; no other call's.
+      const ofCall = (await server.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Array<{
+        call_id: number;
+        event_id: string;
+      }>;
+      assert.equal(ofCall.length, 5);
+      assert.ok(ofCall.every((d) => d.call_id === callId && events.some((e) => e.id === d.event_id)));
+      assert.equal((await server.api.get(`/v1/deliveries?call_id=${callId + 1000}`)).body.data.length, 0);
       const call = (await server.api.get(`/v1/calls/${callId}`)).body;
       for (const req of all.requests) {
         assert.equal(validate(req.json), "", `${req.json.event_type} validates against its schema`);

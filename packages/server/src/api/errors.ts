@@ -23,7 +23,10 @@ function messageOf(err: FastifyError, field: string | undefined): string {
   const v = err.validation?.[0];
   if (!v) return err.message;
   const params = v.params as Record<string, unknown>;
-  if (v.keyword === "additionalProperties") return `unknown field "${field}"`;
+  if (v.keyword === "additionalProperties")
+    return err.validationContext === "querystring"
+      ? `unknown query parameter "${field}"`
+      : `unknown field "${field}"`;
   if (v.keyword === "required") return `"${field}" is required`;
   if (v.keyword === "enum")
     return `"${field}" must be one of: ${(params.allowedValues as string[]).join(", ")}`;

@@ -58,7 +58,7 @@ export const agentRoutes: RouteModule = (app, ctx, h) => {
 
   app.get(
     "/v1/agents",
-    { schema: { querystring: { type: "object", properties: pageQuery } } },
+    { schema: { querystring: { type: "object", additionalProperties: false, properties: pageQuery } } },
     async (req) => {
       const q = req.query as { limit: number; cursor?: string };
       const sel = ctx.store.db

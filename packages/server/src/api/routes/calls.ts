@@ -115,6 +115,7 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
       schema: {
         querystring: {
           type: "object",
+          additionalProperties: false,
           properties: {
             ...pageQuery,
             status: { type: "string", enum: ["queued", "in-progress", "completed", "failed"] },

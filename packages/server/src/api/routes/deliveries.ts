@@ -80,12 +80,14 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       schema: {
         querystring: {
           type: "object",
+          additionalProperties: false,
           properties: {
             ...pageQuery,
             // Empty means no filter, as it always did (`?endpoint_id=` from an unset variable).
             endpoint_id: { type: "string", pattern: "^(ep_[0-9a-z]{26})?$" },
             event_id: { type: "string", pattern: "^(evt_[0-9a-z]{26})?$" },
             status: { type: "string", enum: ["pending", "succeeded", "failed"] },
+            call_id: { type: "integer", minimum: 1 },
           },
         },
       },
@@ -97,6 +99,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         endpoint_id?: string;
         event_id?: string;
         status?: string;
+        call_id?: number;
       };
       const before = decodeCursor(q.cursor, "string");
       let sel = ctx.store.db.selectFrom("deliveries").selectAll().where("account_id", "=", req.account.id);
@@ -104,6 +107,15 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       if (q.endpoint_id) sel = sel.where("endpoint_id", "=", q.endpoint_id);
       if (q.event_id) sel = sel.where("event_id", "=", q.event_id);
       if (q.status) sel = sel.where("status", "=", q.status);
+      // Through the call's events: both lookups are indexed (events_call, deliveries_event).
+      if (q.call_id)
+        sel = sel.where("event_id", "in", (eb) =>
+          eb
+            .selectFrom("events")
+            .select("events.id")
+            .where("events.account_id", "=", req.account.id)
+            .where("events.call_id", "=", q.call_id!),
+        );
       const rows = await sel
         .orderBy("id", "desc")
         .limit(q.limit + 1)

@@ -23,6 +23,7 @@ export const eventRoutes: RouteModule = (app, ctx) => {
       schema: {
         querystring: {
           type: "object",
+          additionalProperties: false,
           properties: {
             ...pageQuery,
             event_type: { type: "string", enum: EVENT_TYPES },
