@@ -38,6 +38,39 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     assert.ok(openapi.components.schemas.call_ended, "OpenAPI embeds the event schemas");
   });
 
+  test("the OpenAPI document states each operation's success status, its errors and the Idempotency-Key header", async () => {
+    // Fetched twice: the document is built once, and the second copy must not grow.
+    await fetch(`${server.url}/openapi.json`);
+    const doc = (await (await fetch(`${server.url}/openapi.json`)).json()) as any;
+    const statuses = (path: string, method: string) => Object.keys(doc.paths[path][method].responses);
+    assert.equal(statuses("/v1/calls", "post")[0], "201");
+    assert.equal(statuses("/v1/endpoints", "post")[0], "201");
+    assert.equal(statuses("/v1/test-calls", "post")[0], "202");
+    assert.equal(statuses("/v1/deliveries/{id}/retry", "post")[0], "202");
+    assert.equal(statuses("/v1/calls/{id}/start", "post")[0], "200");
+    assert.ok(statuses("/v1/calls/{id}/end", "post").includes("409"));
+    assert.ok(statuses("/v1/calls", "get").includes("401"));
+    assert.equal(
+      doc.paths["/v1/calls"].post.responses["400"].content["application/json"].schema.$ref,
+      "#/components/schemas/error",
+    );
+    assert.ok(doc.components.schemas.error.properties.error);
+    for (const [path, ops] of Object.entries<any>(doc.paths)) {
+      if (!path.startsWith("/v1/")) continue;
+      for (const [method, op] of Object.entries<any>(ops)) {
+        const keys = (op.parameters ?? []).filter((p: any) => p.name === "Idempotency-Key");
+        assert.equal(keys.length, method === "get" ? 0 : 1, `${method} ${path}`);
+      }
+    }
+    assert.ok(doc.paths["/v1/calls/{id}/recording"].post.requestBody.content["audio/*"]);
+    // Each webhook names its event's schema, and that schema is in the document.
+    for (const [type, hook] of Object.entries<any>(doc["x-webhooks"])) {
+      const ref: string = hook.post.requestBody.content["application/json"].schema.$ref;
+      assert.ok(doc.components.schemas[ref.split("/").pop()!], `${type} → ${ref}`);
+    }
+    assert.equal(Object.keys(doc["x-webhooks"]).length, 6);
+  });
+
   test("malformed JSON, wrong types, missing and unknown fields name the field", async () => {
     const malformed = await server.api.raw("POST", "/v1/calls", '{"agent_id": 1,', {});
     expectError(malformed, 400, "invalid_json");

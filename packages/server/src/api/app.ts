@@ -15,6 +15,7 @@ import { type AppContext, announceWork } from "./context.js";
 import { installErrorHandler } from "./errors.js";
 import { digest, type Outcome, runIdempotent } from "./idempotency.js";
 import { parseJsonBody } from "./json-body.js";
+import { completeOpenApi } from "./openapi.js";
 import { registerRoutes } from "./routes/index.js";
 
 // Bodies are validated strictly: no type coercion ("5" is not an agent id) and unknown fields are
@@ -133,6 +134,7 @@ export async function buildApp(
       },
       security: [{ bearer: [] }],
     },
+    transformObject: (d) => completeOpenApi(("openapiObject" in d ? d.openapiObject : {}) as never) as never,
   });
 
   const auth = new Authenticator(ctx.store);
