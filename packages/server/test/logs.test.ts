@@ -58,3 +58,64 @@ test("logs are JSON and never contain the API key or an endpoint secret, even at
     dir.remove();
   }
 });
+
+test("at LOG_LEVEL=debug each attempt is one line; an endpoint disabled by the dispatcher is a warning at the default level", async () => {
+  const dir = tempDir();
+  const gone = await startReceiver({ respond: () => 410 });
+  const ok = await startReceiver();
+  try {
+    const debug = await spawnServer({ dataDir: dir.path, env: { LOG_LEVEL: "debug" } });
+    let okEndpoint: string;
+    try {
+      const { agentId, endpoint } = await setupAccount(debug.api, { endpointUrl: ok.url });
+      okEndpoint = endpoint.id;
+      await runCall(debug.api, agentId);
+      await ok.waitForCount(4);
+    } finally {
+      await debug.kill("SIGTERM");
+    }
+    const attempts = debug
+      .output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l))
+      .filter((l) => l.msg === "attempt");
+    assert.equal(attempts.length, 4);
+    for (const a of attempts) {
+      assert.equal(a.level, 20);
+      assert.equal(a.endpoint_id, okEndpoint);
+      assert.equal(a.status_code, 200);
+      assert.equal(a.error, null);
+      assert.match(a.delivery_id, /^dlv_/);
+    }
+
+    const info = await spawnServer({ dataDir: dir.path });
+    try {
+      const { agentId } = await setupAccount(info.api);
+      const ep = await info.api.post("/v1/endpoints", { url: gone.url });
+      await runCall(info.api, agentId);
+      await gone.waitForCount(1);
+      await waitFor("the endpoint disabled", async () =>
+        (await info.api.get(`/v1/endpoints/${ep.body.id}`)).body.disabled ? true : undefined,
+      );
+      await info.kill("SIGTERM");
+      const lines = info
+        .output()
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l));
+      const warned = lines.filter((l) => l.msg === "endpoint disabled");
+      assert.deepEqual(
+        warned.map((l) => [l.level, l.endpoint_id, l.reason]),
+        [[40, ep.body.id, "endpoint answered 410 Gone"]],
+      );
+      assert.equal(lines.filter((l) => l.msg === "attempt").length, 0, "no attempt lines at info");
+    } finally {
+      await info.kill();
+    }
+  } finally {
+    await gone.close();
+    await ok.close();
+    dir.remove();
+  }
+});

@@ -51,8 +51,8 @@ export async function completeBatch(
   outcomes: Outcome[],
   policy: CompletionPolicy,
   now: number,
-): Promise<{ released: number }> {
-  if (outcomes.length === 0) return { released: 0 };
+): Promise<{ released: number; disabled: Array<{ id: string; reason: string }> }> {
+  if (outcomes.length === 0) return { released: 0, disabled: [] };
   return store.db.transaction().execute(async (trx) => {
     const attempts = outcomes.filter((o) => o.result !== null);
     if (attempts.length > 0) {
@@ -112,6 +112,8 @@ export async function completeBatch(
 
     const released = finished.length > 0 ? await releaseNext(trx, store, finished, now) : 0;
 
+    // The endpoints this batch disables, for the log.
+    const disabled: Array<{ id: string; reason: string }> = [];
     if (failingEndpoints.size > 0) {
       const ids = [...failingEndpoints];
       await trx
@@ -119,32 +121,34 @@ export async function completeBatch(
         .set({ failing_since: sql`COALESCE(failing_since, ${now})` })
         .where("id", "in", ids)
         .execute();
-      await trx
+      const reason = `every attempt failed for ${formatDuration(policy.disableAfterMs)}`;
+      const rows = await trx
         .updateTable("endpoints")
-        .set({
-          disabled: 1,
-          disabled_reason: `every attempt failed for ${formatDuration(policy.disableAfterMs)}`,
-          updated_at: now,
-        })
+        .set({ disabled: 1, disabled_reason: reason, updated_at: now })
         .where("id", "in", ids)
         .where("disabled", "=", 0)
         .where("failing_since", "<=", now - policy.disableAfterMs)
+        .returning("id")
         .execute();
+      for (const r of rows) disabled.push({ id: r.id, reason });
     }
     if (goneEndpoints.size > 0) {
-      await trx
+      const reason = "endpoint answered 410 Gone";
+      const rows = await trx
         .updateTable("endpoints")
-        .set({ disabled: 1, disabled_reason: "endpoint answered 410 Gone", updated_at: now })
+        .set({ disabled: 1, disabled_reason: reason, updated_at: now })
         .where("id", "in", [...goneEndpoints])
         .where("disabled", "=", 0)
+        .returning("id")
         .execute();
+      for (const r of rows) disabled.push({ id: r.id, reason });
     }
     // A success clears the failure clock (after the failures above, so a batch with both ends healthy).
     if (succeeded.length > 0) {
       const ids = [...new Set(succeeded.map((o) => o.claimed.endpointId))];
       await clearFailing(trx, store.caps, { ids: listValue(store.caps, ids) });
     }
-    return { released };
+    return { released, disabled };
   });
 }
 

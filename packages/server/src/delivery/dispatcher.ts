@@ -462,6 +462,20 @@ export class Dispatcher {
       attemptsTotal.inc({ outcome: o.result.error ?? "success" });
       attemptSeconds.observe(o.result.durationMs / 1000);
     }
+    // One line per attempt at LOG_LEVEL=debug; the check keeps the object unbuilt otherwise.
+    if (this.ctx.log.isLevelEnabled("debug"))
+      this.ctx.log.debug(
+        {
+          delivery_id: o.claimed.id,
+          event_id: o.claimed.eventId,
+          endpoint_id: o.claimed.endpointId,
+          attempt: o.claimed.attemptCount + (o.result ? 1 : 0),
+          status_code: o.result?.statusCode ?? null,
+          duration_ms: o.result?.durationMs ?? null,
+          error: o.result ? o.result.error : (o.skipped ?? null),
+        },
+        o.result ? "attempt" : "settled without an attempt",
+      );
     this.buffer.push(o);
     if (!this.flushing) this.flushing = this.flush();
   }
@@ -473,7 +487,7 @@ export class Dispatcher {
     while (this.buffer.length > 0) {
       const batch = this.buffer.splice(0, 500);
       try {
-        const { released } = await completeBatch(
+        const { released, disabled } = await completeBatch(
           this.ctx.store,
           batch,
           {
@@ -483,6 +497,8 @@ export class Dispatcher {
           },
           this.ctx.clock.now(),
         );
+        for (const d of disabled)
+          this.ctx.log.warn({ endpoint_id: d.id, reason: d.reason }, "endpoint disabled");
         this.settle(
           batch.map((o) => o.claimed),
           released > 0,
