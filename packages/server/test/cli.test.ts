@@ -181,7 +181,20 @@ describe("SSE parser (pure)", () => {
 // Each case is a separate CLI start (~0.5 s on a busy runner): they run concurrently.
 describe("klen-webhooks --help", { concurrency: true }, () => {
   for (const [args, mentions] of [
-    [["--help"], ["serve", "migrate", "accounts", "test-call", "trigger", "listen", "Examples:"]],
+    [
+      ["--help"],
+      [
+        "serve",
+        "migrate",
+        "accounts",
+        "endpoints",
+        "deliveries",
+        "test-call",
+        "trigger",
+        "listen",
+        "Examples:",
+      ],
+    ],
     [
       ["serve", "--help"],
       ["--dev", "--role", "Examples:"],
@@ -211,6 +224,18 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
     [
       ["trigger", "--help"],
       ["<event_type>", "--reason", "call.recording", "--api-url", "--json", "Examples:"],
+    ],
+    [
+      ["endpoints", "create", "--help"],
+      ["--url", "--event-types", "--description", "--api-key", "--json", "Examples:"],
+    ],
+    [
+      ["deliveries", "list", "--help"],
+      ["--status", "--endpoint-id", "--event-id", "--call-id", "--limit", "--json", "Examples:"],
+    ],
+    [
+      ["deliveries", "retry", "--help"],
+      ["<delivery_id>", "--api-url", "Examples:"],
     ],
     [
       ["listen", "--help"],
@@ -539,4 +564,86 @@ describe("listen across a server restart", () => {
       await receiver.close();
     }
   });
+});
+
+test("endpoints create/list and deliveries list/retry show and drive what the API has", async () => {
+  const dir = tempDir();
+  // Retries an hour apart: the second attempt below can only be the manual one.
+  const server = await spawnServer({ dataDir: dir.path, env: { KLEN_RETRY_SCHEDULE: "1h" } });
+  const rx = await startReceiver({ respond: () => 500 });
+  const env = { KLEN_API_URL: server.url, KLEN_API_KEY: server.apiKey };
+  try {
+    const created = await cli(
+      [
+        "endpoints",
+        "create",
+        "--url",
+        rx.url,
+        "--event-types",
+        "call.ended",
+        "--description",
+        "from the CLI",
+        "--json",
+      ],
+      env,
+    );
+    assert.equal(created.code, 0, created.stderr);
+    const ep = JSON.parse(created.stdout);
+    assert.match(ep.secret, /^whsec_/);
+    assert.deepEqual(ep.event_types, ["call.ended"]);
+    const human = await cli(["endpoints", "create", "--url", `${rx.url}/other`], env);
+    assert.match(human.stdout, /signing secret: whsec_/);
+    const listed = await cli(["endpoints", "list"], env);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.ok(
+      listed.stdout.includes(`${ep.id}  enabled  ${ep.url}  call.ended  from the CLI\n`),
+      listed.stdout,
+    );
+    assert.equal(listed.stdout.trim().split("\n").length, 2);
+    const badType = await cli(["endpoints", "create", "--url", rx.url, "--event-types", "call.nope"], env);
+    assert.equal(badType.code, 1);
+    assert.match(badType.stderr, /endpoints create: --event-types: unknown event type "call\.nope"/);
+
+    const trig = JSON.parse((await cli(["trigger", "call.ended", "--json"], env)).stdout);
+    // The receiver also gets the second endpoint's (`/other`) requests.
+    const toFirst = () => rx.requests.filter((r) => r.path === "/");
+    const one = await waitFor("the first attempt recorded", async () => {
+      const r = await cli(
+        ["deliveries", "list", "--call-id", String(trig.call_id), "--endpoint-id", ep.id, "--json"],
+        env,
+      );
+      const ds = JSON.parse(r.stdout);
+      return ds.length === 1 && ds[0].attempt_count === 1 ? ds[0] : undefined;
+    });
+    assert.equal(one.status, "pending");
+    assert.equal(one.attempts[0].status_code, 500);
+    const shown = await cli(
+      ["deliveries", "list", "--call-id", String(trig.call_id), "--endpoint-id", ep.id],
+      env,
+    );
+    assert.match(
+      shown.stdout,
+      new RegExp(
+        `^${one.id}  pending  event ${one.event_id} \\(call ${trig.call_id}\\) → ${ep.id}  1 attempt, next attempt `,
+        "m",
+      ),
+    );
+    assert.match(shown.stdout, /^ {2}#1 \S+ 500 \(\d+ ms\) HTTP 500$/m);
+
+    const retried = await cli(["deliveries", "retry", one.id], env);
+    assert.equal(retried.code, 0, retried.stderr);
+    assert.match(retried.stdout, new RegExp(`^${one.id} queued for one more attempt \\(pending\\)`));
+    await waitFor("the manual attempt", () => (toFirst().length >= 2 ? true : undefined));
+    assert.equal(toFirst().length, 2);
+    assert.equal(toFirst()[1]!.id, toFirst()[0]!.id, "the same webhook-id");
+
+    const unknown = await cli(["deliveries", "retry", "dlv_00000000000000000000000000", "--json"], env);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /^klen-webhooks deliveries retry: POST .*: 404 /m);
+    assert.equal(JSON.parse(unknown.stdout).error.code, "not_found");
+  } finally {
+    await rx.close();
+    await server.kill();
+    dir.remove();
+  }
 });

@@ -1,61 +1,21 @@
 import { EVENT_TYPES, FAILURE_REASONS } from "@klen/webhooks/schemas";
-import { type Command, InvalidArgumentError, Option } from "commander";
-import { ApiRequestError, apiClient } from "./api-client.js";
+import { type Command, Option } from "commander";
+import { apiClient } from "./api-client.js";
+import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { checkSecret, listen, newLocalSecret, parseEventList } from "./listen.js";
 import { createOutput } from "./output.js";
+import { registerResourceCommands } from "./resources.js";
 import { followCall, followExitCode, startTestCall, type TestCallRequest } from "./test-call.js";
 import { checkEventType, checkFailureReason, trigger } from "./trigger.js";
 
-interface ApiOpts {
-  apiUrl: string;
-  apiKey?: string;
-  json?: boolean;
-}
-
-const positiveInt = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
-  return n;
-};
-
-/** The options every API-client command shares: where the server is, the key, JSON output. */
-function withApiOptions(cmd: Command): Command {
-  return cmd
-    .addOption(
-      new Option("--api-url <url>", "base URL of the server's API")
-        .env("KLEN_API_URL")
-        .default("http://localhost:8080"),
-    )
-    .addOption(new Option("--api-key <key>", "the account's API key").env("KLEN_API_KEY"))
-    .option("--json", "machine-readable output on stdout (no colour, no progress)");
-}
-
-/** Runs a command body, turning API and usage errors into one clear line and exit status 1. */
-function run<O extends ApiOpts>(body: (opts: O, cmd: Command) => Promise<number | undefined>) {
-  return async (...args: unknown[]) => {
-    const cmd = args[args.length - 1] as Command;
-    const opts = cmd.opts<O>();
-    try {
-      const code = await body(opts, cmd);
-      process.exitCode = code ?? 0;
-    } catch (err) {
-      const field = err instanceof ApiRequestError && err.field ? ` (field: ${err.field})` : "";
-      if (opts.json && err instanceof ApiRequestError)
-        process.stdout.write(
-          `${JSON.stringify({ error: { code: err.code, message: err.message, status: err.status, field: err.field } })}\n`,
-        );
-      process.stderr.write(`klen-webhooks ${cmd.name()}: ${(err as Error).message}${field}\n`);
-      process.exitCode = 1;
-    }
-  };
-}
-
 /**
- * Commands that talk to a running server over its API (`test-call`, `trigger`, `listen`).
+ * Commands that talk to a running server over its API (`endpoints`, `deliveries`, `test-call`,
+ * `trigger`, `listen`).
  * Registered here so main.ts stays the map of the CLI.
  */
 export function registerClientCommands(program: Command): void {
   addServerExamples(program);
+  registerResourceCommands(program);
   withApiOptions(
     program
       .command("test-call")
@@ -246,8 +206,8 @@ function addServerExamples(program: Command): void {
   program.addHelpText(
     "after",
     `
-Server commands read KLEN_* environment variables (see the README); client commands (test-call,
-trigger, listen) take --api-url / KLEN_API_URL and --api-key / KLEN_API_KEY.
+Server commands read KLEN_* environment variables (see the README); client commands (endpoints,
+deliveries, test-call, trigger, listen) take --api-url / KLEN_API_URL and --api-key / KLEN_API_KEY.
 
 Examples:
   $ klen-webhooks serve --dev

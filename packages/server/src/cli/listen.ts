@@ -20,12 +20,12 @@ export function checkSecret(secret: string): string {
 }
 
 /** `--events call.started,call.ended` → the list, checked against the six event types. */
-export function parseEventList(raw: string | undefined): string[] | undefined {
+export function parseEventList(raw: string | undefined, option = "--events"): string[] | undefined {
   if (raw === undefined || raw.trim() === "" || raw.trim() === "*") return undefined;
   const list = raw.split(",").map((s) => s.trim());
   for (const t of list)
     if (!(EVENT_TYPES as readonly string[]).includes(t))
-      throw new Error(`--events: unknown event type "${t}"; use ${EVENT_TYPES.join(", ")}`);
+      throw new Error(`${option}: unknown event type "${t}"; use ${EVENT_TYPES.join(", ")}`);
   return list;
 }
 

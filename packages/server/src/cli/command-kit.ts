@@ -1,0 +1,54 @@
+import { type Command, InvalidArgumentError, Option } from "commander";
+import { ApiRequestError } from "./api-client.js";
+
+/** What every command that talks to a server over its API shares (client-commands.ts, resources.ts). */
+export interface ApiOpts {
+  apiUrl: string;
+  apiKey?: string;
+  json?: boolean;
+}
+
+export const positiveInt = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+  return n;
+};
+
+/** The options every API-client command shares: where the server is, the key, JSON output. */
+export function withApiOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option("--api-url <url>", "base URL of the server's API")
+        .env("KLEN_API_URL")
+        .default("http://localhost:8080"),
+    )
+    .addOption(new Option("--api-key <key>", "the account's API key").env("KLEN_API_KEY"))
+    .option("--json", "machine-readable output on stdout (no colour, no progress)");
+}
+
+/** Runs a command body, turning API and usage errors into one clear line and exit status 1. */
+export function run<O extends ApiOpts>(body: (opts: O, cmd: Command) => Promise<number | undefined>) {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const opts = cmd.opts<O>();
+    try {
+      const code = await body(opts, cmd);
+      process.exitCode = code ?? 0;
+    } catch (err) {
+      const field = err instanceof ApiRequestError && err.field ? ` (field: ${err.field})` : "";
+      if (opts.json && err instanceof ApiRequestError)
+        process.stdout.write(
+          `${JSON.stringify({ error: { code: err.code, message: err.message, status: err.status, field: err.field } })}\n`,
+        );
+      process.stderr.write(`klen-webhooks ${commandPath(cmd)}: ${(err as Error).message}${field}\n`);
+      process.exitCode = 1;
+    }
+  };
+}
+
+/** `deliveries list` for a subcommand, `trigger` for a command: its names below the program. */
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(" ");
+}

@@ -1,0 +1,204 @@
+import type { Command } from "commander";
+import { Option } from "commander";
+import { type ApiClient, apiClient, type DeliveryObject, type Page } from "./api-client.js";
+import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
+import { parseEventList } from "./listen.js";
+import { createOutput, type Output, statusText } from "./output.js";
+
+/** An endpoint as the API returns it, as far as these commands print it. */
+interface EndpointObject {
+  id: string;
+  url: string;
+  description: string;
+  event_types: string[];
+  disabled: boolean;
+  disabled_reason: string | null;
+  secret?: string;
+}
+
+/** Everything the API can say about a delivery, with each attempt's time and detail. */
+interface DeliveryDetail extends DeliveryObject {
+  call_id: number;
+  attempt_count: number;
+  last_error: string | null;
+  attempts: Array<DeliveryObject["attempts"][number] & { started_at: string; error_message: string | null }>;
+}
+
+const client = (o: ApiOpts): ApiClient => apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+
+function endpointLine(out: Output, e: EndpointObject): string {
+  const state = e.disabled ? out.red(`disabled (${e.disabled_reason ?? "no reason"})`) : out.green("enabled");
+  const types = e.event_types.length === 0 ? "all events" : e.event_types.join(",");
+  return `${e.id}  ${state}  ${e.url}  ${out.dim(types)}${e.description ? `  ${e.description}` : ""}`;
+}
+
+/** A delivery and, indented below it, every attempt. */
+function printDelivery(out: Output, d: DeliveryDetail): void {
+  const status =
+    d.status === "succeeded"
+      ? out.green(d.status)
+      : d.status === "failed"
+        ? out.red(d.status)
+        : out.yellow(d.status);
+  const next = d.next_attempt_at ? `, next attempt ${d.next_attempt_at}` : "";
+  out.line(
+    `${d.id}  ${status}  event ${d.event_id} (call ${d.call_id}) → ${d.endpoint_id}  ${d.attempt_count} attempt${d.attempt_count === 1 ? "" : "s"}${next}`,
+  );
+  for (const a of d.attempts)
+    out.line(
+      `  #${a.number} ${out.dim(a.started_at)} ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)}${a.error_message ? ` ${a.error_message}` : ""}`,
+    );
+}
+
+/**
+ * `endpoints` and `deliveries`: what the dashboard shows and does for them, from a terminal —
+ * create an endpoint and get its secret, see every delivery's attempts, retry one.
+ */
+export function registerResourceCommands(program: Command): void {
+  const endpoints = program
+    .command("endpoints")
+    .description("list and create webhook endpoints")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks endpoints create --url https://example.com/webhooks
+  $ klen-webhooks endpoints list`,
+    );
+  withApiOptions(endpoints.command("list").description("list the account's endpoints (GET /v1/endpoints)"))
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks endpoints list
+  $ klen-webhooks endpoints list --json`,
+    )
+    .action(
+      run<ApiOpts>(async (o) => {
+        const out = createOutput({ json: o.json });
+        const c = client(o);
+        const all: EndpointObject[] = [];
+        let cursor: string | null = null;
+        do {
+          const page: Page<EndpointObject> = await c.get(
+            `/v1/endpoints?limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
+          );
+          all.push(...page.data);
+          cursor = page.next_cursor;
+        } while (cursor);
+        if (out.json) out.data(all);
+        else if (all.length === 0) out.line("no endpoints yet: klen-webhooks endpoints create --url …");
+        else for (const e of all) out.line(endpointLine(out, e));
+        return 0;
+      }),
+    );
+  withApiOptions(
+    endpoints
+      .command("create")
+      .description("create an endpoint and print its signing secret (POST /v1/endpoints)")
+      .requiredOption("--url <url>", "where to send the events (https://, or http:// in dev mode)")
+      .option("--description <text>", "a note shown in the dashboard")
+      .option("--event-types <list>", "comma-separated event types to send (default: all)"),
+  )
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks endpoints create --url https://example.com/webhooks
+  $ klen-webhooks endpoints create --url http://localhost:3000/webhooks --event-types call.ended,call.failed --json`,
+    )
+    .action(
+      run<ApiOpts & { url: string; description?: string; eventTypes?: string }>(async (o) => {
+        const out = createOutput({ json: o.json });
+        const types = parseEventList(o.eventTypes, "--event-types");
+        const body: Record<string, unknown> = { url: o.url };
+        if (o.description !== undefined) body.description = o.description;
+        if (types !== undefined) body.event_types = types;
+        const e = await client(o).post<EndpointObject>("/v1/endpoints", body);
+        if (out.json) out.data(e);
+        else {
+          out.line(endpointLine(out, e));
+          out.line(`signing secret: ${out.bold(e.secret ?? "")}  (verify with new Webhook(secret))`);
+        }
+        return 0;
+      }),
+    );
+
+  const deliveries = program
+    .command("deliveries")
+    .description("inspect deliveries with every attempt, and retry one")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks deliveries list --status failed
+  $ klen-webhooks deliveries retry dlv_01j9z3…`,
+    );
+  withApiOptions(
+    deliveries
+      .command("list")
+      .description("recent deliveries, newest first, each with its attempts (GET /v1/deliveries)")
+      .addOption(
+        new Option("--status <status>", "only this status").choices(["pending", "succeeded", "failed"]),
+      )
+      .option("--endpoint-id <id>", "only this endpoint's (ep_…)")
+      .option("--event-id <id>", "only this event's (evt_…)")
+      .option("--call-id <id>", "only this call's", positiveInt("--call-id"))
+      .addOption(
+        new Option("--limit <n>", "how many (at most 100)").argParser(positiveInt("--limit")).default(20),
+      ),
+  )
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks deliveries list --status failed
+  $ klen-webhooks deliveries list --call-id 42
+  $ klen-webhooks deliveries list --endpoint-id ep_01j9z3… --limit 100 --json`,
+    )
+    .action(
+      run<
+        ApiOpts & { status?: string; endpointId?: string; eventId?: string; callId?: number; limit: number }
+      >(async (o) => {
+        const out = createOutput({ json: o.json });
+        const q = new URLSearchParams({ limit: String(Math.min(o.limit, 100)) });
+        if (o.status) q.set("status", o.status);
+        if (o.endpointId) q.set("endpoint_id", o.endpointId);
+        if (o.eventId) q.set("event_id", o.eventId);
+        if (o.callId !== undefined) q.set("call_id", String(o.callId));
+        const page = await client(o).get<Page<DeliveryDetail>>(`/v1/deliveries?${q}`);
+        if (out.json) out.data(page.data);
+        else if (page.data.length === 0) out.line("no deliveries");
+        else for (const d of page.data) printDelivery(out, d);
+        return 0;
+      }),
+    );
+  withApiOptions(
+    deliveries
+      .command("retry")
+      .description("make one more attempt of a delivery now (POST /v1/deliveries/{id}/retry)")
+      .argument("<delivery_id>", "the delivery (dlv_…)"),
+  )
+    .addHelpText(
+      "after",
+      `
+A delivery waiting behind an earlier event of its call, one with an attempt in flight, or one whose
+endpoint is disabled or deleted is refused (exit status 1, with the reason).
+
+Examples:
+  $ klen-webhooks deliveries retry dlv_01j9z3…`,
+    )
+    .action(
+      run<ApiOpts>(async (o, cmd) => {
+        const out = createOutput({ json: o.json });
+        const id = cmd.processedArgs[0] as string;
+        const d = await client(o).post<DeliveryDetail>(`/v1/deliveries/${encodeURIComponent(id)}/retry`);
+        if (out.json) out.data(d);
+        else
+          out.line(
+            `${d.id} queued for one more attempt (${d.status}); see it with: klen-webhooks deliveries list --event-id ${d.event_id}`,
+          );
+        return 0;
+      }),
+    );
+}
