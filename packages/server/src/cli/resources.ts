@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { Option } from "commander";
-import { type ApiClient, apiClient, type DeliveryObject, type Page } from "./api-client.js";
+import { type ApiClient, apiClient, type DeliveryObject, listAll, type Page } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
 import { createOutput, type Output, statusText } from "./output.js";
@@ -76,16 +76,7 @@ Examples:
     .action(
       run<ApiOpts>(async (o) => {
         const out = createOutput({ json: o.json });
-        const c = client(o);
-        const all: EndpointObject[] = [];
-        let cursor: string | null = null;
-        do {
-          const page: Page<EndpointObject> = await c.get(
-            `/v1/endpoints?limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
-          );
-          all.push(...page.data);
-          cursor = page.next_cursor;
-        } while (cursor);
+        const all = await listAll<EndpointObject>(client(o), "/v1/endpoints");
         if (out.json) out.data(all);
         else if (all.length === 0) out.line("no endpoints yet: klen-webhooks endpoints create --url …");
         else for (const e of all) out.line(endpointLine(out, e));
