@@ -1,5 +1,5 @@
 import type { FastifyInstance } from "fastify";
-import { createAccount, ensureAccountForKey } from "./accounts/accounts.js";
+import { createDefaultAccount, ensureAccountForKey } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey } from "./blobs/key.js";
@@ -77,7 +77,7 @@ export async function startServer(
   } else if (role !== "worker") {
     const any = await store.db.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
     if (!any)
-      generatedKey = (await store.db.transaction().execute((trx) => createAccount(trx, "default"))).apiKey;
+      generatedKey = (await store.db.transaction().execute((trx) => createDefaultAccount(trx))).apiKey;
   }
 
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);

@@ -1,3 +1,5 @@
+import { sql } from "kysely";
+import { retryStaleSnapshot } from "../storage/retry.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { hashApiKey, newApiKey } from "../util/ids.js";
@@ -41,29 +43,69 @@ export async function accountByKey(db: Db, key: string): Promise<Account | undef
   return row ? toAccount(row) : undefined;
 }
 
+/** The `settings` row naming the default account: the one a first start created. */
+const DEFAULT_ACCOUNT = "default_account_id";
+
+/** Creates the default account (first start, no `KLEN_API_KEY`) and records it as such. */
+export async function createDefaultAccount(db: Db, key = newApiKey(), now = Date.now()) {
+  const created = await createAccount(db, "default", key, now);
+  await recordDefault(db, created.account.id, now);
+  return created;
+}
+
+async function recordDefault(db: Db, id: number, now = Date.now()): Promise<void> {
+  await db
+    .insertInto("settings")
+    .values({ name: DEFAULT_ACCOUNT, value: String(id), created_at: now })
+    .onConflict((oc) => oc.column("name").doNothing())
+    .execute();
+}
+
 /**
- * `KLEN_API_KEY` bootstrap: makes sure an account answers to this key. The key joins the account
- * named `name` when there is one (the account a first start created and printed a key for), so
- * setting the variable later does not leave the data of that account behind another; otherwise it
- * creates that account. Idempotent, and safe when several processes start at once: the key hash is
- * unique, so the losers of the race find the winner's account.
+ * The default account: the one recorded at its creation, so a rename (`PATCH /v1/account`) keeps
+ * it and another account taking its name does not. Databases from before the record: the oldest
+ * account named "default", which is what a first start created.
  */
-export async function ensureAccountForKey(store: Store, key: string, name = "default"): Promise<Account> {
+async function defaultAccount(db: Db) {
+  const recorded = await db
+    .selectFrom("settings")
+    .innerJoin("accounts", (j) => j.on(sql`CAST(settings.value AS INTEGER)`, "=", sql.ref("accounts.id")))
+    .select(["accounts.id", "accounts.name", "accounts.auto_summary"])
+    .where("settings.name", "=", DEFAULT_ACCOUNT)
+    .executeTakeFirst();
+  if (recorded) return recorded;
+  return db
+    .selectFrom("accounts")
+    .select(["id", "name", "auto_summary"])
+    .where("name", "=", "default")
+    .orderBy("id")
+    .limit(1)
+    .executeTakeFirst();
+}
+
+/**
+ * `KLEN_API_KEY` bootstrap: makes sure an account answers to this key. The key joins the default
+ * account when there is one (the account a first start created and printed a key for), so setting
+ * the variable later does not leave that account's data behind another; otherwise it creates the
+ * default account. Idempotent, and safe when several processes start at once: the key hash is
+ * unique, so the losers of the race find the winner's account, and a SQLite transaction that lost
+ * its snapshot to another process's write runs again.
+ */
+export async function ensureAccountForKey(store: Store, key: string): Promise<Account> {
   const existing = await accountByKey(store.db, key);
   if (existing) return existing;
   try {
-    return await store.db.transaction().execute(async (trx) => {
-      const named = await trx
-        .selectFrom("accounts")
-        .select(["id", "name", "auto_summary"])
-        .where("name", "=", name)
-        .orderBy("id")
-        .limit(1)
-        .executeTakeFirst();
-      if (!named) return (await createAccount(trx, name, key)).account;
-      await addApiKey(trx, Number(named.id), key);
-      return toAccount(named);
-    });
+    return await retryStaleSnapshot(() =>
+      store.db.transaction().execute(async (trx) => {
+        const raced = await accountByKey(trx, key);
+        if (raced) return raced;
+        const d = await defaultAccount(trx);
+        if (!d) return (await createDefaultAccount(trx, key)).account;
+        await addApiKey(trx, Number(d.id), key);
+        await recordDefault(trx, Number(d.id));
+        return toAccount(d);
+      }),
+    );
   } catch (err) {
     if (!store.isUniqueViolation(err)) throw err;
     const again = await accountByKey(store.db, key);
