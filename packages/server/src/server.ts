@@ -73,7 +73,9 @@ export async function startServer(
 
   let generatedKey: string | undefined;
   if (config.apiKey) {
-    await ensureAccountForKey(store, config.apiKey);
+    const a = await ensureAccountForKey(store, config.apiKey);
+    // Say which: a key of another account (the CLI shares the variable) is used as it is.
+    log.info({ account_id: a.id, account_name: a.name }, "KLEN_API_KEY answers for this account");
   } else if (role !== "worker") {
     const any = await store.db.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
     if (!any)

@@ -1,4 +1,4 @@
-import type { Selectable } from "kysely";
+import { type Selectable, sql } from "kysely";
 import { lockCallsOfEndpoint, releaseChainHeads } from "../../delivery/chains.js";
 import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
@@ -102,12 +102,19 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         call_id?: number;
       };
       const before = decodeCursor(q.cursor, "string");
-      let sel = ctx.store.db.selectFrom("deliveries").selectAll().where("account_id", "=", req.account.id);
+      // With call_id, SQLite must not walk the account's or the endpoint's index testing every
+      // delivery against the call's events: `+column` (SQLite only; PostgreSQL plans by its
+      // statistics) leaves it the call's events (events_call), then their deliveries (deliveries_event).
+      const col = <T>(name: "account_id" | "endpoint_id") =>
+        q.call_id && ctx.store.caps.name === "sqlite" ? sql<T>`+${sql.ref(name)}` : sql<T>`${sql.ref(name)}`;
+      let sel = ctx.store.db
+        .selectFrom("deliveries")
+        .selectAll()
+        .where(col<number>("account_id"), "=", req.account.id);
       if (before !== undefined) sel = sel.where("id", "<", before);
-      if (q.endpoint_id) sel = sel.where("endpoint_id", "=", q.endpoint_id);
+      if (q.endpoint_id) sel = sel.where(col<string>("endpoint_id"), "=", q.endpoint_id);
       if (q.event_id) sel = sel.where("event_id", "=", q.event_id);
       if (q.status) sel = sel.where("status", "=", q.status);
-      // Through the call's events: both lookups are indexed (events_call, deliveries_event).
       if (q.call_id)
         sel = sel.where("event_id", "in", (eb) =>
           eb
