@@ -134,7 +134,8 @@ export async function buildApp(
       },
       security: [{ bearer: [] }],
     },
-    transformObject: (d) => completeOpenApi(("openapiObject" in d ? d.openapiObject : {}) as never) as never,
+    transformObject: (d) =>
+      ("openapiObject" in d ? completeOpenApi(d.openapiObject as never) : d.swaggerObject) as never,
   });
 
   const auth = new Authenticator(ctx.store);

@@ -67,15 +67,40 @@ type Doc = {
   [k: string]: unknown;
 };
 
-const errorResponse = (status: string) => ({
-  description: ERRORS[status],
-  content: { "application/json": { schema: { $ref: "#/components/schemas/error" } } },
-});
+const errorResponse = (status: string) => errorResponseOf(ERRORS[status]!);
+
+/** Routes that answer other than JSON, or without an API key: described whole here. */
+const OWN: Record<string, Record<string, unknown>> = {
+  "get /v1/blobs/{id}": {
+    "200": { description: "the blob (a transcript, summary or recording)" },
+    "206": { description: "the requested byte range (`Range`)" },
+    "403": errorResponseOf("malformed, tampered or expired signature (`details.reason`)"),
+    "404": errorResponseOf("unknown or purged blob"),
+    "416": errorResponseOf("range past the end"),
+  },
+  "get /v1/events/stream": {
+    "200": {
+      description: "the account's events as Server-Sent Events (heartbeats; resumes after `Last-Event-ID`)",
+      content: { "text/event-stream": { schema: { type: "string" } } },
+    },
+    "400": errorResponseOf(ERRORS["400"]!),
+    "401": errorResponseOf(ERRORS["401"]!),
+  },
+};
+
+function errorResponseOf(description: string) {
+  return { description, content: { "application/json": { schema: { $ref: "#/components/schemas/error" } } } };
+}
 
 export function completeOpenApi(doc: Doc): Doc {
   for (const [path, ops] of Object.entries(doc.paths ?? {})) {
     if (!path.startsWith("/v1/")) continue;
     for (const [method, op] of Object.entries(ops)) {
+      const own = OWN[`${method} ${path}`];
+      if (own) {
+        op.responses = own;
+        continue;
+      }
       const writes = method !== "get";
       const ok = SUCCESS[`${method} ${path}`] ?? { status: "200", description: "OK" };
       const responses: Record<string, unknown> = {
