@@ -612,7 +612,7 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
         ["deliveries", "list", "--call-id", String(trig.call_id), "--endpoint-id", ep.id, "--json"],
         env,
       );
-      const ds = JSON.parse(r.stdout);
+      const ds = JSON.parse(r.stdout).data;
       return ds.length === 1 && ds[0].attempt_count === 1 ? ds[0] : undefined;
     });
     assert.equal(one.status, "pending");
@@ -628,7 +628,7 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
         "m",
       ),
     );
-    assert.match(shown.stdout, /^ {2}#1 \S+ 500 \(\d+ ms\) HTTP 500$/m);
+    assert.match(shown.stdout, /^ {2}#1 \S+ 500 \(\d+ ms\)/m);
 
     const retried = await cli(["deliveries", "retry", one.id], env);
     assert.equal(retried.code, 0, retried.stderr);
@@ -636,6 +636,21 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     await waitFor("the manual attempt", () => (toFirst().length >= 2 ? true : undefined));
     assert.equal(toFirst().length, 2);
     assert.equal(toFirst()[1]!.id, toFirst()[0]!.id, "the same webhook-id");
+
+    // Disabled, the retry is refused with the reason; enabled again, it goes; the secret is shown.
+    const disabled = await cli(["endpoints", "disable", ep.id], env);
+    assert.match(disabled.stdout, new RegExp(`^${ep.id}  disabled \\(disabled by user\\)`));
+    const refused = await cli(["deliveries", "retry", one.id], env);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /409 endpoint .* is disabled \(disabled by user\); enable it first/);
+    assert.match((await cli(["endpoints", "enable", ep.id], env)).stdout, new RegExp(`^${ep.id}  enabled`));
+    assert.equal((await cli(["endpoints", "secret", ep.id], env)).stdout.trim(), ep.secret);
+    const tooMany = await cli(["deliveries", "list", "--limit", "101"], env);
+    assert.equal(tooMany.code, 1);
+    assert.match(tooMany.stderr, /--limit must be at most 100/);
+    const empty = await cli(["endpoints", "create", "--url", rx.url, "--event-types", ""], env);
+    assert.equal(empty.code, 1);
+    assert.match(empty.stderr, /--event-types: give at least one event type/);
 
     const unknown = await cli(["deliveries", "retry", "dlv_00000000000000000000000000", "--json"], env);
     assert.equal(unknown.code, 1);

@@ -62,7 +62,7 @@ export function apiClient(opts: ClientOptions) {
       extra["content-type"] = body.contentType;
       payload = new Blob([new Uint8Array(body.bytes)]);
     }
-    if (method === "POST") extra["idempotency-key"] = randomUUID();
+    if (method !== "GET") extra["idempotency-key"] = randomUUID();
     let res: Response;
     try {
       res = await fetch(`${base}${path}`, { method, headers: headers(extra), body: payload });
@@ -101,6 +101,7 @@ export function apiClient(opts: ClientOptions) {
     key,
     get: <T>(path: string) => request<T>("GET", path),
     post: <T>(path: string, json: unknown = {}) => request<T>("POST", path, { json }),
+    patch: <T>(path: string, json: unknown) => request<T>("PATCH", path, { json }),
     upload: <T>(path: string, bytes: Uint8Array, contentType: string) =>
       request<T>("POST", path, { bytes, contentType }),
     /** A raw streaming GET (the event stream), with auth. */

@@ -105,6 +105,12 @@ accounts
 
 registerClientCommands(program);
 
+// Output piped into `head` and the like: the reader left, which is no error of ours.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code === "EPIPE") process.exit(0);
+  throw err;
+});
+
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`klen-webhooks: ${(err as Error).message}\n`);
   process.exit(1);

@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { Option } from "commander";
+import { InvalidArgumentError, Option } from "commander";
 import { type ApiClient, apiClient, type DeliveryObject, listAll, type Page } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
@@ -21,15 +21,43 @@ interface DeliveryDetail extends DeliveryObject {
   call_id: number;
   attempt_count: number;
   last_error: string | null;
-  attempts: Array<DeliveryObject["attempts"][number] & { started_at: string; error_message: string | null }>;
+  attempts: Array<
+    DeliveryObject["attempts"][number] & {
+      started_at: string;
+      error_message: string | null;
+      response_body: string | null;
+    }
+  >;
 }
 
 const client = (o: ApiOpts): ApiClient => apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+
+const upTo100 = (name: string) => (v: string) => {
+  const n = positiveInt(name)(v);
+  if (n > 100) throw new InvalidArgumentError(`${name} must be at most 100 (a page); page on with --cursor`);
+  return n;
+};
 
 function endpointLine(out: Output, e: EndpointObject): string {
   const state = e.disabled ? out.red(`disabled (${e.disabled_reason ?? "no reason"})`) : out.green("enabled");
   const types = e.event_types.length === 0 ? "all events" : e.event_types.join(",");
   return `${e.id}  ${state}  ${e.url}  ${out.dim(types)}${e.description ? `  ${e.description}` : ""}`;
+}
+
+/** What a pending delivery waits for, or why a finished one failed. */
+function deliveryState(d: DeliveryDetail): string {
+  if (d.status === "pending")
+    return d.next_attempt_at
+      ? `, next attempt ${d.next_attempt_at}`
+      : ", waiting for an earlier event of its call to this endpoint";
+  return d.status === "failed" && d.last_error ? `, last error ${d.last_error}` : "";
+}
+
+/** An attempt's detail: the error's, or for an HTTP answer the start of the response body. */
+function attemptDetail(a: DeliveryDetail["attempts"][number]): string {
+  if (a.error !== null && a.error !== "http_status") return a.error_message ?? "";
+  const body = (a.response_body ?? "").replace(/\s+/g, " ").trim();
+  return body.length > 100 ? `${body.slice(0, 100)}…` : body;
 }
 
 /** A delivery and, indented below it, every attempt. */
@@ -40,24 +68,57 @@ function printDelivery(out: Output, d: DeliveryDetail): void {
       : d.status === "failed"
         ? out.red(d.status)
         : out.yellow(d.status);
-  const next = d.next_attempt_at ? `, next attempt ${d.next_attempt_at}` : "";
   out.line(
-    `${d.id}  ${status}  event ${d.event_id} (call ${d.call_id}) → ${d.endpoint_id}  ${d.attempt_count} attempt${d.attempt_count === 1 ? "" : "s"}${next}`,
+    `${d.id}  ${status}  event ${d.event_id} (call ${d.call_id}) → ${d.endpoint_id}  ${d.attempt_count} attempt${d.attempt_count === 1 ? "" : "s"}${deliveryState(d)}`,
   );
-  for (const a of d.attempts)
+  for (const a of d.attempts) {
+    const detail = attemptDetail(a);
     out.line(
-      `  #${a.number} ${out.dim(a.started_at)} ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)}${a.error_message ? ` ${a.error_message}` : ""}`,
+      `  #${a.number} ${out.dim(a.started_at)} ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)}${detail ? ` ${detail}` : ""}`,
+    );
+  }
+}
+
+/** `endpoints enable|disable <id>`: PATCH the endpoint, print its line. */
+function toggle(endpoints: Command, name: "enable" | "disable"): void {
+  withApiOptions(
+    endpoints
+      .command(name)
+      .description(
+        name === "enable"
+          ? "enable an endpoint again; it gets new events from now on (PATCH /v1/endpoints/{id})"
+          : "stop sending to an endpoint; its pending deliveries are settled failed (PATCH /v1/endpoints/{id})",
+      )
+      .argument("<endpoint_id>", "the endpoint (ep_…)"),
+  )
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks endpoints ${name} ep_01j9z3…`,
+    )
+    .action(
+      run<ApiOpts>(async (o, cmd) => {
+        const out = createOutput({ json: o.json });
+        const id = cmd.processedArgs[0] as string;
+        const e = await client(o).patch<EndpointObject>(`/v1/endpoints/${encodeURIComponent(id)}`, {
+          disabled: name === "disable",
+        });
+        if (out.json) out.data(e);
+        else out.line(endpointLine(out, e));
+        return 0;
+      }),
     );
 }
 
 /**
- * `endpoints` and `deliveries`: what the dashboard shows and does for them, from a terminal —
- * create an endpoint and get its secret, see every delivery's attempts, retry one.
+ * `endpoints` and `deliveries`, from a terminal: create, list, enable and disable endpoints and
+ * show a secret; see every delivery's attempts and retry one.
  */
 export function registerResourceCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
-    .description("list and create webhook endpoints")
+    .description("list, create, enable and disable webhook endpoints; show a secret")
     .addHelpText(
       "after",
       `
@@ -101,6 +162,8 @@ Examples:
     .action(
       run<ApiOpts & { url: string; description?: string; eventTypes?: string }>(async (o) => {
         const out = createOutput({ json: o.json });
+        if (o.eventTypes !== undefined && o.eventTypes.trim() === "")
+          throw new Error("--event-types: give at least one event type, or leave the option out for all");
         const types = parseEventList(o.eventTypes, "--event-types");
         const body: Record<string, unknown> = { url: o.url };
         if (o.description !== undefined) body.description = o.description;
@@ -111,6 +174,31 @@ Examples:
           out.line(endpointLine(out, e));
           out.line(`signing secret: ${out.bold(e.secret ?? "")}  (verify with new Webhook(secret))`);
         }
+        return 0;
+      }),
+    );
+
+  toggle(endpoints, "enable");
+  toggle(endpoints, "disable");
+  withApiOptions(
+    endpoints
+      .command("secret")
+      .description("print an endpoint's current signing secret (GET /v1/endpoints/{id}/secret)")
+      .argument("<endpoint_id>", "the endpoint (ep_…)"),
+  )
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks endpoints secret ep_01j9z3…`,
+    )
+    .action(
+      run<ApiOpts>(async (o, cmd) => {
+        const out = createOutput({ json: o.json });
+        const id = cmd.processedArgs[0] as string;
+        const r = await client(o).get<{ secret: string }>(`/v1/endpoints/${encodeURIComponent(id)}/secret`);
+        if (out.json) out.data(r);
+        else out.line(r.secret);
         return 0;
       }),
     );
@@ -135,9 +223,8 @@ Examples:
       .option("--endpoint-id <id>", "only this endpoint's (ep_…)")
       .option("--event-id <id>", "only this event's (evt_…)")
       .option("--call-id <id>", "only this call's", positiveInt("--call-id"))
-      .addOption(
-        new Option("--limit <n>", "how many (at most 100)").argParser(positiveInt("--limit")).default(20),
-      ),
+      .addOption(new Option("--limit <n>", "how many (1 to 100)").argParser(upTo100("--limit")).default(20))
+      .option("--cursor <cursor>", "the next page: the cursor the previous page printed"),
   )
     .addHelpText(
       "after",
@@ -149,18 +236,29 @@ Examples:
     )
     .action(
       run<
-        ApiOpts & { status?: string; endpointId?: string; eventId?: string; callId?: number; limit: number }
+        ApiOpts & {
+          status?: string;
+          endpointId?: string;
+          eventId?: string;
+          callId?: number;
+          limit: number;
+          cursor?: string;
+        }
       >(async (o) => {
         const out = createOutput({ json: o.json });
-        const q = new URLSearchParams({ limit: String(Math.min(o.limit, 100)) });
+        const q = new URLSearchParams({ limit: String(o.limit) });
+        if (o.cursor) q.set("cursor", o.cursor);
         if (o.status) q.set("status", o.status);
         if (o.endpointId) q.set("endpoint_id", o.endpointId);
         if (o.eventId) q.set("event_id", o.eventId);
         if (o.callId !== undefined) q.set("call_id", String(o.callId));
         const page = await client(o).get<Page<DeliveryDetail>>(`/v1/deliveries?${q}`);
-        if (out.json) out.data(page.data);
+        if (out.json) out.data(page);
         else if (page.data.length === 0) out.line("no deliveries");
-        else for (const d of page.data) printDelivery(out, d);
+        else {
+          for (const d of page.data) printDelivery(out, d);
+          if (page.next_cursor) out.line(out.dim(`more: --cursor ${page.next_cursor}`));
+        }
         return 0;
       }),
     );

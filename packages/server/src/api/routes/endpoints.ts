@@ -82,7 +82,7 @@ export function assertSending(e: Pick<EndpointRow, "id" | "disabled" | "disabled
     throw new ApiError(
       409,
       "endpoint_disabled",
-      `endpoint ${e.id} is disabled (${e.disabled_reason ?? "no reason recorded"}); enable it first with PATCH {"disabled": false}`,
+      `endpoint ${e.id} is disabled (${e.disabled_reason ?? "no reason recorded"}); enable it first (dashboard, klen-webhooks endpoints enable, or PATCH /v1/endpoints/${e.id} {"disabled": false})`,
       { endpoint_id: e.id },
     );
 }
