@@ -356,6 +356,22 @@ for (const backend of backends()) {
       const unchanged = (await server.api.get(`/v1/deliveries/${d.id}`)).body;
       assert.equal(unchanged.status, "succeeded");
       assert.equal(unchanged.attempts.length, 1);
+      // recover has something to re-queue here: a delivery that failed its whole schedule.
+      const down = await startReceiver({ respond: () => 500 });
+      const failing = await server.api.post("/v1/endpoints", { url: down.url });
+      await startedCall(server.api, agentId, "+15550002424");
+      await down.waitForCount(1);
+      const lost = await deliveryWithStatus(server, down.requests[0]!.id, failing.body.id, "failed");
+      await server.api.patch(`/v1/endpoints/${failing.body.id}`, { disabled: true });
+      const refusedRecover = await server.api.post(`/v1/endpoints/${failing.body.id}/recover`, {
+        since: new Date(Date.now() - 3_600_000).toISOString(),
+      });
+      assert.equal(refusedRecover.status, 409);
+      assert.equal(refusedRecover.body.error.code, "endpoint_disabled");
+      const stillLost = (await server.api.get(`/v1/deliveries/${lost.id}`)).body;
+      assert.equal(stillLost.status, "failed");
+      assert.equal(stillLost.attempts.length, lost.attempts.length);
+      await down.close();
 
       await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false });
       const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
