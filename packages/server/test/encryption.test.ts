@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -131,8 +132,22 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
       .flatMap((t) => db.prepare(`SELECT * FROM ${t}`).all() as Array<Record<string, unknown>>)
       .map((row) => JSON.stringify(row))
       .join("\n");
-    const remembered = db.prepare("SELECT count(*) AS n FROM idempotency_keys").get() as { n: number };
-    assert.equal(remembered.n, 2, "both keyed responses are stored");
+    const remembered = db.prepare("SELECT key, request_hash FROM idempotency_keys").all() as Array<{
+      key: string;
+      request_hash: string;
+    }>;
+    assert.equal(remembered.length, 2, "both keyed responses are stored");
+    // The request's hash is keyed: the plain SHA-256 of the request would let the phone number in
+    // the body be guessed offline.
+    const sha = (t: string) => createHash("sha256").update(t).digest("hex");
+    const contactBody = JSON.stringify({
+      name: "Jane Roe",
+      email: "jane@example.com",
+      phone_number: "+15557654321",
+    });
+    const stored = remembered.find((r) => r.key === "contact-1")!.request_hash;
+    assert.match(stored, /^[0-9a-f]{64}$/);
+    assert.notEqual(stored, sha(`POST /v1/contacts\n${sha(contactBody)}`));
     db.close();
     for (const secretText of [
       "+15557654321",

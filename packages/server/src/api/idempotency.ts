@@ -51,7 +51,9 @@ export async function runIdempotent(
     });
   }
   const key = req.key;
-  const requestHash = digest(`${req.method} ${req.path}\n${req.bodyDigest}`);
+  // Keyed when the database is encrypted: the stored hash then tells nothing of the body.
+  const fingerprint = `${req.method} ${req.path}\n${req.bodyDigest}`;
+  const requestHash = store.cipher ? store.cipher.mac(fingerprint) : digest(fingerprint);
   const attempt = () =>
     store.db.transaction().execute(async (trx) => {
       const prior = await trx

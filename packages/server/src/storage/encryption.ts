@@ -43,10 +43,21 @@ const SEALED_NAMES = new Set(Object.values(ENCRYPTED_COLUMNS).flat());
 export class FieldCipher {
   private readonly encKey: Buffer;
   private readonly nonceKey: Buffer;
+  private readonly macKey: Buffer;
   constructor(secret: string) {
     const ikm = Buffer.from(secret, "utf8");
     this.encKey = Buffer.from(hkdfSync("sha256", ikm, "klen", "field-encryption", 32));
     this.nonceKey = Buffer.from(hkdfSync("sha256", ikm, "klen", "field-nonce", 32));
+    this.macKey = Buffer.from(hkdfSync("sha256", ikm, "klen", "field-mac", 32));
+  }
+
+  /**
+   * A keyed fingerprint (HMAC-SHA256, hex) for values stored only to be compared, such as an
+   * idempotent request's hash: a plain hash of a body holding a phone number can be matched by
+   * guessing numbers offline.
+   */
+  mac(text: string): string {
+    return createHmac("sha256", this.macKey).update(text).digest("hex");
   }
 
   seal(plaintext: string): string {

@@ -1,4 +1,5 @@
 import type { Kysely } from "kysely";
+import type { FieldCipher } from "./encryption.js";
 import type { Database } from "./schema.js";
 
 /**
@@ -30,6 +31,8 @@ export interface Store {
   /** True when `err` is a unique-constraint violation. */
   isUniqueViolation(err: unknown): boolean;
   close(): Promise<void>;
+  /** With `KLEN_ENCRYPTION_KEY`: the field cipher, for keyed fingerprints (`mac`). */
+  readonly cipher?: FieldCipher;
 }
 
 /**
@@ -45,7 +48,8 @@ export async function openStore(
   const store = await openBackend(url, opts.server);
   if (!opts.encryptionKey) return store;
   const { EncryptionPlugin, FieldCipher } = await import("./encryption.js");
-  return { ...store, db: store.db.withPlugin(new EncryptionPlugin(new FieldCipher(opts.encryptionKey))) };
+  const cipher = new FieldCipher(opts.encryptionKey);
+  return { ...store, db: store.db.withPlugin(new EncryptionPlugin(cipher)), cipher };
 }
 
 export interface ServerStoreOptions {
