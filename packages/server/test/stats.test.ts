@@ -144,6 +144,9 @@ describe("delivery stats input", () => {
         assert.equal(r.status, 400, query);
         assert.equal(r.body.error.details?.field, field, `${query}: ${JSON.stringify(r.body)}`);
       }
+      // The hint names only buckets it accepts (whole seconds).
+      const hint = (await api.get("/v1/stats/deliveries?bucket=1hour")).body.error.message;
+      assert.equal(hint, 'not a duration: "1hour" (use e.g. 60s, 5m, 1h, 1d)');
       const unknown = await api.get("/v1/stats/deliveries?colour=red");
       assert.equal(unknown.status, 400);
       const defaults = await api.get("/v1/stats/deliveries");

@@ -142,8 +142,8 @@ export const statsRoutes: RouteModule = (app, ctx) => {
       let bucketMs: number;
       try {
         bucketMs = parseDuration(q.bucket);
-      } catch (err) {
-        throw badRequest("bucket", (err as Error).message);
+      } catch {
+        throw badRequest("bucket", `not a duration: "${q.bucket}" (use e.g. 60s, 5m, 1h, 1d)`);
       }
       if (bucketMs < 1000 || bucketMs % 1000 !== 0)
         throw badRequest("bucket", "bucket must be a whole number of seconds, at least 1s");
