@@ -624,7 +624,7 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     assert.match(
       shown.stdout,
       new RegExp(
-        `^${one.id}  pending  event ${one.event_id} \\(call ${trig.call_id}\\) → ${ep.id}  1 attempt, next attempt `,
+        `^${one.id}  pending  call\\.ended ${one.event_id} \\(call ${trig.call_id}\\) → ${ep.id}  1 attempt, next attempt `,
         "m",
       ),
     );

@@ -98,9 +98,16 @@ for (const backend of backends()) {
       const ofCall = (await server.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Array<{
         call_id: number;
         event_id: string;
+        event_type: string;
       }>;
       assert.equal(ofCall.length, 5);
-      assert.ok(ofCall.every((d) => d.call_id === callId && events.some((e) => e.id === d.event_id)));
+      assert.ok(
+        ofCall.every(
+          (d) =>
+            d.call_id === callId && events.some((e) => e.id === d.event_id && e.event_type === d.event_type),
+        ),
+        "each delivery names its event and the event's type",
+      );
       assert.equal((await server.api.get(`/v1/deliveries?call_id=${callId + 1000}`)).body.data.length, 0);
       const call = (await server.api.get(`/v1/calls/${callId}`)).body;
       for (const req of all.requests) {

@@ -18,6 +18,7 @@ interface EndpointObject {
 
 /** Everything the API can say about a delivery, with each attempt's time and detail. */
 interface DeliveryDetail extends DeliveryObject {
+  event_type: string | null;
   call_id: number;
   attempt_count: number;
   last_error: string | null;
@@ -69,7 +70,7 @@ function printDelivery(out: Output, d: DeliveryDetail): void {
         ? out.red(d.status)
         : out.yellow(d.status);
   out.line(
-    `${d.id}  ${status}  event ${d.event_id} (call ${d.call_id}) → ${d.endpoint_id}  ${d.attempt_count} attempt${d.attempt_count === 1 ? "" : "s"}${deliveryState(d)}`,
+    `${d.id}  ${status}  ${d.event_type ?? "event"} ${d.event_id} (call ${d.call_id}) → ${d.endpoint_id}  ${d.attempt_count} attempt${d.attempt_count === 1 ? "" : "s"}${deliveryState(d)}`,
   );
   for (const a of d.attempts) {
     const detail = attemptDetail(a);

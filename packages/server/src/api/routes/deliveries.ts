@@ -26,9 +26,10 @@ const attemptObject = (a: AttemptRow) => ({
   response_body: a.response_body,
 });
 
-const deliveryObject = (d: DeliveryRow, attempts: AttemptRow[]) => ({
+const deliveryObject = (d: DeliveryRow, x: Details) => ({
   id: d.id,
   event_id: d.event_id,
+  event_type: x.eventTypes.get(d.event_id) ?? null,
   endpoint_id: d.endpoint_id,
   call_id: Number(d.call_id),
   status: d.status,
@@ -38,25 +39,46 @@ const deliveryObject = (d: DeliveryRow, attempts: AttemptRow[]) => ({
   last_error: d.last_error,
   created_at: isoMillis(Number(d.created_at)),
   updated_at: isoMillis(Number(d.updated_at)),
-  attempts: attempts.map(attemptObject),
+  attempts: (x.attempts.get(d.id) ?? []).map(attemptObject),
 });
 
-/** Attempts of several deliveries in one query, each list in ascending `number` order. */
-async function attemptsOf(db: Db, ids: string[]): Promise<Map<string, AttemptRow[]>> {
-  const out = new Map<string, AttemptRow[]>();
-  if (ids.length === 0) return out;
-  const rows = await db
-    .selectFrom("attempts")
-    .selectAll()
-    .where("delivery_id", "in", ids)
-    .orderBy("number")
-    .orderBy("id")
-    .execute();
-  for (const r of rows) {
-    const list = out.get(r.delivery_id) ?? [];
+/** What a page of deliveries shows beside their rows: attempts (by delivery) and event types. */
+interface Details {
+  attempts: Map<string, AttemptRow[]>;
+  eventTypes: Map<string, string>;
+}
+
+/**
+ * The attempts of several deliveries (each list in ascending `number` order) and their events'
+ * types, in one query each.
+ */
+async function detailsOf(db: Db, deliveries: DeliveryRow[]): Promise<Details> {
+  const out: Details = { attempts: new Map(), eventTypes: new Map() };
+  if (deliveries.length === 0) return out;
+  const [attempts, events] = await Promise.all([
+    db
+      .selectFrom("attempts")
+      .selectAll()
+      .where(
+        "delivery_id",
+        "in",
+        deliveries.map((d) => d.id),
+      )
+      .orderBy("number")
+      .orderBy("id")
+      .execute(),
+    db
+      .selectFrom("events")
+      .select(["id", "event_type"])
+      .where("id", "in", [...new Set(deliveries.map((d) => d.event_id))])
+      .execute(),
+  ]);
+  for (const r of attempts) {
+    const list = out.attempts.get(r.delivery_id) ?? [];
     list.push(r);
-    out.set(r.delivery_id, list);
+    out.attempts.set(r.delivery_id, list);
   }
+  for (const e of events) out.eventTypes.set(e.id, e.event_type);
   return out;
 }
 
@@ -127,23 +149,19 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         .orderBy("id", "desc")
         .limit(q.limit + 1)
         .execute();
-      const attempts = await attemptsOf(
-        ctx.store.db,
-        rows.slice(0, q.limit).map((r) => r.id),
-      );
+      const details = await detailsOf(ctx.store.db, rows.slice(0, q.limit));
       return page(
         rows,
         q.limit,
         (r) => r.id,
-        (r) => deliveryObject(r, attempts.get(r.id) ?? []),
+        (r) => deliveryObject(r, details),
       );
     },
   );
 
   app.get("/v1/deliveries/:id", { schema: { params: idParam } }, async (req) => {
     const d = await findDelivery(ctx.store.db, req.account.id, (req.params as { id: string }).id);
-    const attempts = await attemptsOf(ctx.store.db, [d.id]);
-    return deliveryObject(d, attempts.get(d.id) ?? []);
+    return deliveryObject(d, await detailsOf(ctx.store.db, [d]));
   });
 
   app.post("/v1/deliveries/:id/retry", { schema: { params: idParam } }, (req, reply) =>
@@ -194,8 +212,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           await releaseChainHeads(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
         }
         const after = await findDelivery(trx, req.account.id, d.id);
-        const attempts = await attemptsOf(trx, [d.id]);
-        return { status: 202, body: deliveryObject(after, attempts.get(d.id) ?? []) };
+        return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after])) };
       },
       { work: true },
     ),
