@@ -355,7 +355,7 @@ for (const backend of backends()) {
       const [first] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
       assert.equal(first?.id, rows[0]!.id, "only the head of the chain is due");
       const done = await completeBatch(f.store, [outcome(first, ok(), now)], policy, now);
-      assert.deepEqual(done, { released: 1 }, "the completion says it released one");
+      assert.deepEqual(done, { released: 1, disabled: [] }, "the completion says it released one");
       const [second, ...none] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
       assert.equal(second?.id, rows[1]!.id, "released by the predecessor's success");
       assert.equal(none.length, 0);
@@ -366,7 +366,7 @@ for (const backend of backends()) {
       const [third] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
       assert.equal(third?.id, rows[2]!.id, "released when the predecessor was given up");
       const last = await completeBatch(f.store, [outcome(third, ok(), now)], policy, now);
-      assert.deepEqual(last, { released: 0 }, "nothing was waiting behind the last one");
+      assert.deepEqual(last, { released: 0, disabled: [] }, "nothing was waiting behind the last one");
     });
 
     test("a completion racing a new event of the same call never strands it parked", async () => {
