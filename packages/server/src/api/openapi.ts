@@ -83,8 +83,8 @@ const OWN: Record<string, Record<string, unknown>> = {
       description: "the account's events as Server-Sent Events (heartbeats; resumes after `Last-Event-ID`)",
       content: { "text/event-stream": { schema: { type: "string" } } },
     },
-    "400": errorResponseOf(ERRORS["400"]!),
-    "401": errorResponseOf(ERRORS["401"]!),
+    "400": errorResponse("400"),
+    "401": errorResponse("401"),
   },
 };
 

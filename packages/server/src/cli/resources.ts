@@ -1,5 +1,4 @@
-import type { Command } from "commander";
-import { InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ApiClient, apiClient, type DeliveryObject, listAll, type Page } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
