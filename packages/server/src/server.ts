@@ -1,5 +1,5 @@
 import type { FastifyInstance } from "fastify";
-import { createDefaultAccount, ensureAccountForKey } from "./accounts/accounts.js";
+import { createFirstAccount, ensureAccountForKey } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey } from "./blobs/key.js";
@@ -77,9 +77,7 @@ export async function startServer(
     // Say which: a key of another account (the CLI shares the variable) is used as it is.
     log.info({ account_id: a.id, account_name: a.name }, "KLEN_API_KEY answers for this account");
   } else if (role !== "worker") {
-    const any = await store.db.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
-    if (!any)
-      generatedKey = (await store.db.transaction().execute((trx) => createDefaultAccount(trx))).apiKey;
+    generatedKey = await createFirstAccount(store);
   }
 
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { test } from "node:test";
+import { after, describe, test } from "node:test";
 import {
   accountByKey,
   createAccount,
@@ -9,7 +9,11 @@ import {
 } from "../src/accounts/accounts.js";
 import { migrate } from "../src/storage/migrate.js";
 import { openStore } from "../src/storage/store.js";
+import { backends } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
 import { tempDir } from "./helpers/server.js";
+
+after(() => stopPostgres());
 
 test("KLEN_API_KEY joins the default account a first start created, even renamed, and never another account named default", async () => {
   const dir = tempDir();
@@ -68,42 +72,65 @@ test("KLEN_API_KEY on an empty database creates the default account", async () =
   }
 });
 
-test("processes starting at once on one fresh SQLite file with one KLEN_API_KEY all come up, on one account", async () => {
-  const dir = tempDir();
-  const url = `sqlite:${dir.path}/klen.db`;
-  const store = await openStore(url);
-  try {
-    await migrate(store);
-    const start = Date.now() + 2_000;
-    const script = `
-      const { openStore } = await import(${JSON.stringify(new URL("../src/storage/store.js", import.meta.url).href)});
-      const { ensureAccountForKey } = await import(${JSON.stringify(new URL("../src/accounts/accounts.js", import.meta.url).href)});
-      const store = await openStore(${JSON.stringify(url)});
-      // All at the same moment, once every process has loaded.
-      await new Promise((r) => setTimeout(r, ${start} - Date.now()));
-      const a = await ensureAccountForKey(store, "dev_key_0123456789");
-      await store.close();
-      process.stdout.write(String(a.id));`;
-    const runs = await Promise.all(
-      Array.from(
-        { length: 8 },
-        () =>
-          new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-            const p = spawn(process.execPath, ["--input-type=module", "-e", script]);
-            let out = "";
-            let err = "";
-            p.stdout.on("data", (d) => (out += d));
-            p.stderr.on("data", (d) => (err += d));
-            p.on("close", (code) => resolve({ code, out, err }));
-          }),
-      ),
-    );
-    for (const r of runs) assert.equal(r.code, 0, r.err);
-    assert.equal(new Set(runs.map((r) => r.out)).size, 1, "one account");
-    const accounts = await store.db.selectFrom("accounts").select("id").execute();
-    assert.equal(accounts.length, 1);
-  } finally {
+/**
+ * Starts `n` processes at the same moment on one fresh database, each running the start-up
+ * bootstrap (`KLEN_API_KEY` given, or the first start's account), and returns what each printed.
+ */
+async function startAtOnce(databaseUrl: string, n: number, key: string | undefined): Promise<string[]> {
+  const at = Date.now() + 2_000;
+  const mod = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+  const script = `
+    const { openStore } = await import(${mod("../src/storage/store.js")});
+    const { createFirstAccount, ensureAccountForKey } = await import(${mod("../src/accounts/accounts.js")});
+    const store = await openStore(${JSON.stringify(databaseUrl)});
+    // All at the same moment, once every process has loaded.
+    await new Promise((r) => setTimeout(r, ${at} - Date.now()));
+    const key = ${JSON.stringify(key ?? null)};
+    const out = key ? String((await ensureAccountForKey(store, key)).id) : String(await createFirstAccount(store) ?? "");
     await store.close();
-    dir.remove();
-  }
-});
+    process.stdout.write(out);`;
+  const runs = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+          const p = spawn(process.execPath, ["--input-type=module", "-e", script]);
+          let out = "";
+          let err = "";
+          p.stdout.on("data", (d) => (out += d));
+          p.stderr.on("data", (d) => (err += d));
+          p.on("close", (code) => resolve({ code, out, err }));
+        }),
+    ),
+  );
+  for (const r of runs) assert.equal(r.code, 0, r.err);
+  return runs.map((r) => r.out);
+}
+
+for (const backend of backends()) {
+  describe(`processes starting at once on one fresh database (${backend.name})`, () => {
+    for (const withKey of [true, false]) {
+      test(
+        withKey
+          ? "with one KLEN_API_KEY: all come up, on one account"
+          : "without KLEN_API_KEY: one account, its key printed once",
+        async () => {
+          const db = await backend.fresh();
+          const store = await openStore(db.databaseUrl);
+          try {
+            await migrate(store);
+            const outs = await startAtOnce(db.databaseUrl, 6, withKey ? "dev_key_0123456789" : undefined);
+            if (withKey) assert.equal(new Set(outs).size, 1, "one account id");
+            else
+              assert.equal(outs.filter((o) => o !== "").length, 1, "exactly one process created the account");
+            const accounts = await store.db.selectFrom("accounts").select("id").execute();
+            assert.equal(accounts.length, 1);
+          } finally {
+            await store.close();
+            await db.cleanup();
+          }
+        },
+      );
+    }
+  });
+}

@@ -88,23 +88,26 @@ async function defaultAccount(db: Db) {
  * account when there is one (the account a first start created and printed a key for), so setting
  * the variable later does not leave that account's data behind another; otherwise it creates the
  * default account. Idempotent, and safe when several processes start at once: the key hash is
- * unique, so the losers of the race find the winner's account, and a SQLite transaction that lost
- * its snapshot to another process's write runs again.
+ * unique, so the losers of the race find the winner's account; PostgreSQL starts take turns under
+ * the migration lock, and a SQLite transaction that lost its snapshot to another process's write
+ * runs again.
  */
 export async function ensureAccountForKey(store: Store, key: string): Promise<Account> {
   const existing = await accountByKey(store.db, key);
   if (existing) return existing;
   try {
-    return await retryStaleSnapshot(() =>
-      store.db.transaction().execute(async (trx) => {
-        const raced = await accountByKey(trx, key);
-        if (raced) return raced;
-        const d = await defaultAccount(trx);
-        if (!d) return (await createDefaultAccount(trx, key)).account;
-        await addApiKey(trx, Number(d.id), key);
-        await recordDefault(trx, Number(d.id));
-        return toAccount(d);
-      }),
+    return await store.withMigrationLock(() =>
+      retryStaleSnapshot(() =>
+        store.db.transaction().execute(async (trx) => {
+          const raced = await accountByKey(trx, key);
+          if (raced) return raced;
+          const d = await defaultAccount(trx);
+          if (!d) return (await createDefaultAccount(trx, key)).account;
+          await addApiKey(trx, Number(d.id), key);
+          await recordDefault(trx, Number(d.id));
+          return toAccount(d);
+        }),
+      ),
     );
   } catch (err) {
     if (!store.isUniqueViolation(err)) throw err;
@@ -112,4 +115,21 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
     if (!again) throw err;
     return again;
   }
+}
+
+/**
+ * The first start's account: without `KLEN_API_KEY`, creates the default account and returns its
+ * new key, once, however many processes start at once on an empty database. PostgreSQL: under the
+ * migration lock; SQLite: the check and the insert share a transaction, which a concurrent
+ * start's commit makes run again (and then find the account).
+ */
+export async function createFirstAccount(store: Store): Promise<string | undefined> {
+  return store.withMigrationLock(() =>
+    retryStaleSnapshot(() =>
+      store.db.transaction().execute(async (trx) => {
+        const any = await trx.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
+        return any ? undefined : (await createDefaultAccount(trx)).apiKey;
+      }),
+    ),
+  );
 }
