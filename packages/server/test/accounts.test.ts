@@ -9,9 +9,10 @@ import {
 } from "../src/accounts/accounts.js";
 import { migrate } from "../src/storage/migrate.js";
 import { openStore } from "../src/storage/store.js";
+import { apiClient } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
-import { tempDir } from "./helpers/server.js";
+import { spawnServer, tempDir } from "./helpers/server.js";
 
 after(() => stopPostgres());
 
@@ -134,3 +135,44 @@ for (const backend of backends()) {
     }
   });
 }
+
+test("API keys: a new key works and is shown once, lists show prefixes only, a revoked key stops working, the last one stays", async () => {
+  const dir = tempDir();
+  const server = await spawnServer({ dataDir: dir.path });
+  try {
+    const created = await server.api.post("/v1/api-keys", {});
+    assert.equal(created.status, 201);
+    assert.match(created.body.key, /^klen_sk_/);
+    assert.equal(created.body.prefix, created.body.key.slice(0, 12));
+    const second = apiClient(server.url, created.body.key);
+    assert.equal((await second.get("/v1/account")).body.id, (await server.api.get("/v1/account")).body.id);
+
+    const listed = (await second.get("/v1/api-keys")).body.data as Array<Record<string, unknown>>;
+    assert.equal(listed.length, 2);
+    assert.deepEqual(
+      listed.map((k) => [k.id, k.current]),
+      [
+        [created.body.id, true],
+        [listed[1]!.id, false],
+      ],
+    );
+    assert.ok(!JSON.stringify(listed).includes(created.body.key), "a key is never listed whole");
+    assert.ok(!JSON.stringify(listed).includes(server.apiKey));
+
+    // Revoke the first key with the new one: it stops working at once in this process.
+    const first = listed[1]!.id as number;
+    const revoked = await second.del(`/v1/api-keys/${first}`);
+    assert.equal(revoked.status, 200);
+    assert.equal(revoked.body.deleted, true);
+    assert.equal((await server.api.get("/v1/account")).status, 401);
+    // The last key cannot go; another account's key id is not found.
+    const last = await second.del(`/v1/api-keys/${created.body.id}`);
+    assert.equal(last.status, 409);
+    assert.equal(last.body.error.code, "last_api_key");
+    assert.equal((await second.del(`/v1/api-keys/${first}`)).status, 404);
+    assert.equal((await second.get("/v1/account")).status, 200);
+  } finally {
+    await server.kill();
+    dir.remove();
+  }
+});

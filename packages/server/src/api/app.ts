@@ -37,6 +37,8 @@ export interface RouteHelpers {
     fn: (trx: Db) => Promise<Outcome>,
     opts?: { work?: boolean },
   ): Promise<FastifyReply>;
+  /** Drops this process's cached key lookups of an account (after a key is revoked). */
+  forgetKeys(accountId: number): void;
 }
 
 /**
@@ -176,6 +178,7 @@ export async function buildApp(
       else if (o.work && out.status < 300) await announceWork(ctx);
       return reply.status(out.status).send(out.body);
     },
+    forgetKeys: (accountId) => auth.forget(accountId),
   };
 
   app.get("/healthz", { schema: { hide: true } }, async () => {

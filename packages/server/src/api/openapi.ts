@@ -10,6 +10,7 @@ import { EVENT_TYPES } from "@klen/webhooks/schemas";
 /** Operations whose success is not `200`. */
 const SUCCESS: Record<string, { status: string; description: string }> = {
   "post /v1/agents": { status: "201", description: "the agent" },
+  "post /v1/api-keys": { status: "201", description: "the key, shown this once" },
   "post /v1/contacts": { status: "201", description: "the contact" },
   "post /v1/calls": { status: "201", description: "the call" },
   "post /v1/endpoints": { status: "201", description: "the endpoint, with its secret" },

@@ -3,6 +3,7 @@ import type { RouteHelpers } from "../app.js";
 import type { AppContext } from "../context.js";
 import { accountRoutes } from "./account.js";
 import { agentRoutes } from "./agents.js";
+import { apiKeyRoutes } from "./api-keys.js";
 import { blobRoutes } from "./blobs.js";
 import { callRoutes } from "./calls.js";
 import { contactRoutes } from "./contacts.js";
@@ -20,6 +21,7 @@ export type RouteModule = (app: FastifyInstance, ctx: AppContext, h: RouteHelper
 /** Every `/v1` route, one module per resource. Extra modules (blobs, test calls, streams) join here. */
 export const routeModules: RouteModule[] = [
   accountRoutes,
+  apiKeyRoutes,
   agentRoutes,
   contactRoutes,
   callRoutes,

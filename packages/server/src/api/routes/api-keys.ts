@@ -1,0 +1,77 @@
+import { addApiKey } from "../../accounts/accounts.js";
+import { ApiError, notFound } from "../../errors.js";
+import { hashApiKey, newApiKey } from "../../util/ids.js";
+import { isoMillis } from "../../util/time.js";
+import { idParam } from "./common.js";
+import type { RouteModule } from "./index.js";
+
+/** The key the request was made with, hashed as stored. */
+function requestKeyHash(header: string | undefined): string {
+  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+  return m ? hashApiKey(m[1]!) : "";
+}
+
+/**
+ * The account's API keys: list (prefixes only: a key is shown once, when it is made), create, and
+ * revoke. Revoking takes effect at once in this process and within the authentication cache's few
+ * seconds in the others (auth.ts); the account's last key cannot be revoked, so it never locks
+ * itself out.
+ */
+export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
+  app.get("/v1/api-keys", async (req) => {
+    const current = requestKeyHash(req.headers.authorization);
+    const rows = await ctx.store.db
+      .selectFrom("api_keys")
+      .select(["id", "prefix", "key_hash", "created_at"])
+      .where("account_id", "=", req.account.id)
+      .orderBy("id", "desc")
+      .execute();
+    return {
+      data: rows.map((k) => ({
+        id: Number(k.id),
+        prefix: k.prefix,
+        created_at: isoMillis(Number(k.created_at)),
+        current: k.key_hash === current,
+      })),
+    };
+  });
+
+  app.post("/v1/api-keys", (req, reply) =>
+    h.mutate(req, reply, async (trx) => {
+      const key = newApiKey();
+      const now = ctx.clock.now();
+      await addApiKey(trx, req.account.id, key, now);
+      const row = await trx
+        .selectFrom("api_keys")
+        .select("id")
+        .where("key_hash", "=", hashApiKey(key))
+        .executeTakeFirstOrThrow();
+      return {
+        status: 201,
+        body: { id: Number(row.id), prefix: key.slice(0, 12), created_at: isoMillis(now), key },
+      };
+    }),
+  );
+
+  app.delete("/v1/api-keys/:id", { schema: { params: idParam } }, (req, reply) =>
+    h.mutate(req, reply, async (trx) => {
+      const id = (req.params as { id: number }).id;
+      const keys = await trx
+        .selectFrom("api_keys")
+        .select(["id", "prefix"])
+        .where("account_id", "=", req.account.id)
+        // Two revocations at once must not both see a second key left (SQLite: one writer).
+        .$if(ctx.store.caps.rowLocks, (q) => q.forUpdate())
+        .execute();
+      const key = keys.find((k) => Number(k.id) === id);
+      if (!key) throw notFound("api key", String(id));
+      if (keys.length === 1)
+        throw new ApiError(409, "last_api_key", "this is the account's only API key; create another first", {
+          id,
+        });
+      await trx.deleteFrom("api_keys").where("id", "=", id).execute();
+      h.forgetKeys(req.account.id);
+      return { status: 200, body: { id, prefix: key.prefix, deleted: true } };
+    }),
+  );
+};
