@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, describe, test } from "node:test";
+import Database from "better-sqlite3";
 import {
   accountByKey,
   createAccount,
@@ -140,8 +141,19 @@ test("API keys: a new key works and is shown once, lists show prefixes only, a r
   const dir = tempDir();
   const server = await spawnServer({ dataDir: dir.path });
   try {
-    const created = await server.api.post("/v1/api-keys", {});
+    const created = await server.api.post("/v1/api-keys", {}, { "idempotency-key": "new-key-1" });
     assert.equal(created.status, 201);
+    // A replay says which key was made, not the key: it is kept nowhere but as a hash.
+    const replay = await server.api.post("/v1/api-keys", {}, { "idempotency-key": "new-key-1" });
+    assert.equal(replay.status, 201);
+    assert.equal(replay.headers.get("idempotent-replayed"), "true");
+    assert.equal(replay.body.id, created.body.id);
+    assert.equal(replay.body.key, null);
+    const file = new Database(`${dir.path}/klen.db`, { readonly: true });
+    const stored = JSON.stringify(file.prepare("SELECT * FROM idempotency_keys").all());
+    file.close();
+    assert.ok(stored.includes(created.body.prefix), "the stored answer names the key");
+    assert.ok(!stored.includes(created.body.key), "but does not hold it");
     assert.match(created.body.key, /^klen_sk_/);
     assert.equal(created.body.prefix, created.body.key.slice(0, 12));
     const second = apiClient(server.url, created.body.key);

@@ -10,6 +10,8 @@ export const IDEMPOTENCY_TTL_MS = 24 * 3_600_000;
 export interface Outcome {
   status: number;
   body: unknown;
+  /** What a replay answers instead of `body`, when the body holds what must not be kept (a new API key). */
+  replayBody?: unknown;
 }
 
 export interface IdempotentRequest {
@@ -98,7 +100,7 @@ export async function runIdempotent(
             path: req.path,
             request_hash: requestHash,
             status_code: out.status,
-            response_body: JSON.stringify(out.body),
+            response_body: JSON.stringify(out.replayBody ?? out.body),
             created_at: now,
           })
           .execute();

@@ -46,10 +46,9 @@ export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
         .select("id")
         .where("key_hash", "=", hashApiKey(key))
         .executeTakeFirstOrThrow();
-      return {
-        status: 201,
-        body: { id: Number(row.id), prefix: key.slice(0, 12), created_at: isoMillis(now), key },
-      };
+      const made = { id: Number(row.id), prefix: key.slice(0, 12), created_at: isoMillis(now) };
+      // Keys are kept only hashed: an Idempotency-Key replay says which key was made, not the key.
+      return { status: 201, body: { ...made, key }, replayBody: { ...made, key: null } };
     }),
   );
 
