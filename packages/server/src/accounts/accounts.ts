@@ -21,12 +21,19 @@ export async function createAccount(db: Db, name: string, key = newApiKey(), now
   return { account: toAccount(account), apiKey: key };
 }
 
-/** Another API key for an existing account. */
-export async function addApiKey(db: Db, accountId: number, key: string, now = Date.now()): Promise<void> {
-  await db
+/** Another API key for an existing account; its id and the prefix that lists show of it. */
+export async function addApiKey(
+  db: Db,
+  accountId: number,
+  key: string,
+  now = Date.now(),
+): Promise<{ id: number; prefix: string }> {
+  const row = await db
     .insertInto("api_keys")
     .values({ account_id: accountId, key_hash: hashApiKey(key), prefix: key.slice(0, 12), created_at: now })
-    .execute();
+    .returning(["id", "prefix"])
+    .executeTakeFirstOrThrow();
+  return { id: Number(row.id), prefix: row.prefix };
 }
 
 export function toAccount(row: { id: number; name: string; auto_summary: number }): Account {
@@ -96,19 +103,15 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
   const existing = await accountByKey(store.db, key);
   if (existing) return existing;
   try {
-    return await store.withMigrationLock(() =>
-      retryStaleSnapshot(() =>
-        store.db.transaction().execute(async (trx) => {
-          const raced = await accountByKey(trx, key);
-          if (raced) return raced;
-          const d = await defaultAccount(trx);
-          if (!d) return (await createDefaultAccount(trx, key)).account;
-          await addApiKey(trx, Number(d.id), key);
-          await recordDefault(trx, Number(d.id));
-          return toAccount(d);
-        }),
-      ),
-    );
+    return await atStart(store, async (trx) => {
+      const raced = await accountByKey(trx, key);
+      if (raced) return raced;
+      const d = await defaultAccount(trx);
+      if (!d) return (await createDefaultAccount(trx, key)).account;
+      await addApiKey(trx, Number(d.id), key);
+      await recordDefault(trx, Number(d.id));
+      return toAccount(d);
+    });
   } catch (err) {
     if (!store.isUniqueViolation(err)) throw err;
     const again = await accountByKey(store.db, key);
@@ -124,12 +127,16 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
  * start's commit makes run again (and then find the account).
  */
 export async function createFirstAccount(store: Store): Promise<string | undefined> {
-  return store.withMigrationLock(() =>
-    retryStaleSnapshot(() =>
-      store.db.transaction().execute(async (trx) => {
-        const any = await trx.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
-        return any ? undefined : (await createDefaultAccount(trx)).apiKey;
-      }),
-    ),
-  );
+  return atStart(store, async (trx) => {
+    const any = await trx.selectFrom("accounts").select("id").limit(1).executeTakeFirst();
+    return any ? undefined : (await createDefaultAccount(trx)).apiKey;
+  });
+}
+
+/**
+ * A start-up transaction that processes starting together take in turns: under the migration lock
+ * (PostgreSQL), and run again when another process's commit made its snapshot stale (SQLite).
+ */
+function atStart<T>(store: Store, fn: (trx: Db) => Promise<T>): Promise<T> {
+  return store.withMigrationLock(() => retryStaleSnapshot(() => store.db.transaction().execute(fn)));
 }

@@ -9,6 +9,12 @@ declare module "fastify" {
   }
 }
 
+/** The API key of `Authorization: Bearer <key>`, if the request carries one. */
+export function bearerKey(req: FastifyRequest): string | undefined {
+  const header = req.headers.authorization;
+  return (header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null)?.[1];
+}
+
 /**
  * Bearer API keys. Lookups are cached for a few seconds, keyed by the raw key in memory only, so
  * a hot sender does not pay a database read per request; a deleted key stops working within the
@@ -22,10 +28,8 @@ export class Authenticator {
   ) {}
 
   async authenticate(req: FastifyRequest): Promise<Account> {
-    const header = req.headers.authorization;
-    const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-    if (!m) throw new ApiError(401, "unauthorized", "send Authorization: Bearer <api key>");
-    const key = m[1]!;
+    const key = bearerKey(req);
+    if (key === undefined) throw new ApiError(401, "unauthorized", "send Authorization: Bearer <api key>");
     const now = Date.now();
     const hit = this.cache.get(key);
     if (hit && hit.until > now) return hit.account;

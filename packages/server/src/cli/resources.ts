@@ -79,36 +79,53 @@ function printDelivery(out: Output, d: DeliveryDetail): void {
   }
 }
 
-/** `endpoints enable|disable <id>`: PATCH the endpoint, print its line. */
-function toggle(endpoints: Command, name: "enable" | "disable"): void {
+/**
+ * A command that takes one id, makes one request and prints one line (`--json`: the answer):
+ * `endpoints enable|disable|secret`, `deliveries retry`.
+ */
+function idCommand<T>(
+  parent: Command,
+  spec: {
+    name: string;
+    description: string;
+    argument: [string, string];
+    /** Help after the options: notes, then `Examples:`. */
+    help: string;
+    call: (c: ApiClient, id: string) => Promise<T>;
+    line: (out: Output, answer: T) => string;
+  },
+): void {
   withApiOptions(
-    endpoints
-      .command(name)
-      .description(
-        name === "enable"
-          ? "enable an endpoint again; it gets new events from now on (PATCH /v1/endpoints/{id})"
-          : "stop sending to an endpoint; its pending deliveries are settled failed (PATCH /v1/endpoints/{id})",
-      )
-      .argument("<endpoint_id>", "the endpoint (ep_…)"),
+    parent
+      .command(spec.name)
+      .description(spec.description)
+      .argument(...spec.argument),
   )
-    .addHelpText(
-      "after",
-      `
-Examples:
-  $ klen-webhooks endpoints ${name} ep_01j9z3…`,
-    )
+    .addHelpText("after", `\n${spec.help}`)
     .action(
       run<ApiOpts>(async (o, cmd) => {
         const out = createOutput({ json: o.json });
-        const id = cmd.processedArgs[0] as string;
-        const e = await client(o).patch<EndpointObject>(`/v1/endpoints/${encodeURIComponent(id)}`, {
-          disabled: name === "disable",
-        });
-        if (out.json) out.data(e);
-        else out.line(endpointLine(out, e));
+        const answer = await spec.call(client(o), encodeURIComponent(cmd.processedArgs[0] as string));
+        if (out.json) out.data(answer);
+        else out.line(spec.line(out, answer));
         return 0;
       }),
     );
+}
+
+/** `endpoints enable|disable <id>`: PATCH the endpoint, print its line. */
+function toggle(endpoints: Command, name: "enable" | "disable"): void {
+  idCommand(endpoints, {
+    name,
+    description:
+      name === "enable"
+        ? "enable an endpoint again; it gets new events from now on (PATCH /v1/endpoints/{id})"
+        : "stop sending to an endpoint; its pending deliveries are settled failed (PATCH /v1/endpoints/{id})",
+    argument: ["<endpoint_id>", "the endpoint (ep_…)"],
+    help: `Examples:\n  $ klen-webhooks endpoints ${name} ep_01j9z3…`,
+    call: (c, id) => c.patch<EndpointObject>(`/v1/endpoints/${id}`, { disabled: name === "disable" }),
+    line: endpointLine,
+  });
 }
 
 /**
@@ -180,28 +197,14 @@ Examples:
 
   toggle(endpoints, "enable");
   toggle(endpoints, "disable");
-  withApiOptions(
-    endpoints
-      .command("secret")
-      .description("print an endpoint's current signing secret (GET /v1/endpoints/{id}/secret)")
-      .argument("<endpoint_id>", "the endpoint (ep_…)"),
-  )
-    .addHelpText(
-      "after",
-      `
-Examples:
-  $ klen-webhooks endpoints secret ep_01j9z3…`,
-    )
-    .action(
-      run<ApiOpts>(async (o, cmd) => {
-        const out = createOutput({ json: o.json });
-        const id = cmd.processedArgs[0] as string;
-        const r = await client(o).get<{ secret: string }>(`/v1/endpoints/${encodeURIComponent(id)}/secret`);
-        if (out.json) out.data(r);
-        else out.line(r.secret);
-        return 0;
-      }),
-    );
+  idCommand(endpoints, {
+    name: "secret",
+    description: "print an endpoint's current signing secret (GET /v1/endpoints/{id}/secret)",
+    argument: ["<endpoint_id>", "the endpoint (ep_…)"],
+    help: "Examples:\n  $ klen-webhooks endpoints secret ep_01j9z3…",
+    call: (c, id) => c.get<{ secret: string }>(`/v1/endpoints/${id}/secret`),
+    line: (_out, r) => r.secret,
+  });
 
   const deliveries = program
     .command("deliveries")
@@ -262,32 +265,17 @@ Examples:
         return 0;
       }),
     );
-  withApiOptions(
-    deliveries
-      .command("retry")
-      .description("make one more attempt of a delivery now (POST /v1/deliveries/{id}/retry)")
-      .argument("<delivery_id>", "the delivery (dlv_…)"),
-  )
-    .addHelpText(
-      "after",
-      `
-A delivery waiting behind an earlier event of its call, one with an attempt in flight, or one whose
+  idCommand(deliveries, {
+    name: "retry",
+    description: "make one more attempt of a delivery now (POST /v1/deliveries/{id}/retry)",
+    argument: ["<delivery_id>", "the delivery (dlv_…)"],
+    help: `A delivery waiting behind an earlier event of its call, one with an attempt in flight, or one whose
 endpoint is disabled or deleted is refused (exit status 1, with the reason).
 
 Examples:
   $ klen-webhooks deliveries retry dlv_01j9z3…`,
-    )
-    .action(
-      run<ApiOpts>(async (o, cmd) => {
-        const out = createOutput({ json: o.json });
-        const id = cmd.processedArgs[0] as string;
-        const d = await client(o).post<DeliveryDetail>(`/v1/deliveries/${encodeURIComponent(id)}/retry`);
-        if (out.json) out.data(d);
-        else
-          out.line(
-            `${d.id} queued for one more attempt (${d.status}); see it with: klen-webhooks deliveries list --event-id ${d.event_id}`,
-          );
-        return 0;
-      }),
-    );
+    call: (c, id) => c.post<DeliveryDetail>(`/v1/deliveries/${id}/retry`),
+    line: (_out, d) =>
+      `${d.id} queued for one more attempt (${d.status}); see it with: klen-webhooks deliveries list --event-id ${d.event_id}`,
+  });
 }

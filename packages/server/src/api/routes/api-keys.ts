@@ -2,14 +2,9 @@ import { addApiKey } from "../../accounts/accounts.js";
 import { ApiError, notFound } from "../../errors.js";
 import { hashApiKey, newApiKey } from "../../util/ids.js";
 import { isoMillis } from "../../util/time.js";
+import { bearerKey } from "../auth.js";
 import { idParam } from "./common.js";
 import type { RouteModule } from "./index.js";
-
-/** The key the request was made with, hashed as stored. */
-function requestKeyHash(header: string | undefined): string {
-  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  return m ? hashApiKey(m[1]!) : "";
-}
 
 /**
  * The account's API keys: list (prefixes only: a key is shown once, when it is made), create, and
@@ -19,7 +14,8 @@ function requestKeyHash(header: string | undefined): string {
  */
 export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
   app.get("/v1/api-keys", async (req) => {
-    const current = requestKeyHash(req.headers.authorization);
+    // The route is authenticated, so the request carries a key.
+    const current = hashApiKey(bearerKey(req)!);
     const rows = await ctx.store.db
       .selectFrom("api_keys")
       .select(["id", "prefix", "key_hash", "created_at"])
@@ -40,13 +36,7 @@ export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
     h.mutate(req, reply, async (trx) => {
       const key = newApiKey();
       const now = ctx.clock.now();
-      await addApiKey(trx, req.account.id, key, now);
-      const row = await trx
-        .selectFrom("api_keys")
-        .select("id")
-        .where("key_hash", "=", hashApiKey(key))
-        .executeTakeFirstOrThrow();
-      const made = { id: Number(row.id), prefix: key.slice(0, 12), created_at: isoMillis(now) };
+      const made = { ...(await addApiKey(trx, req.account.id, key, now)), created_at: isoMillis(now) };
       // Keys are kept only hashed: an Idempotency-Key replay says which key was made, not the key.
       return { status: 201, body: { ...made, key }, replayBody: { ...made, key: null } };
     }),
