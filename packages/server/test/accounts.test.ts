@@ -188,3 +188,34 @@ test("API keys: a new key works and is shown once, lists show prefixes only, a r
     dir.remove();
   }
 });
+
+for (const backend of backends()) {
+  test(`${backend.name}: an operator's short KLEN_API_KEY is never listed whole, and migration 8 trims what older versions kept`, async () => {
+    const db = await backend.fresh();
+    const store = await openStore(db.databaseUrl);
+    try {
+      await migrate(store);
+      const account = await ensureAccountForKey(store, "dev_key");
+      const generated = await store.db.transaction().execute((trx) => createAccount(trx, "tenant"));
+      const prefixes = async () =>
+        (await store.db.selectFrom("api_keys").select("prefix").orderBy("id").execute()).map((r) => r.prefix);
+      assert.deepEqual(await prefixes(), ["de", generated.apiKey.slice(0, 12)]);
+
+      // A database from before: the short key kept whole, migration 8 not yet applied.
+      await store.db
+        .updateTable("api_keys")
+        .set({ prefix: "dev_key" })
+        .where("account_id", "=", account.id)
+        .execute();
+      await store.db
+        .deleteFrom("klen_migrations" as never)
+        .where("id" as never, "=", 8 as never)
+        .execute();
+      assert.deepEqual(await migrate(store), [8]);
+      assert.deepEqual(await prefixes(), ["de", generated.apiKey.slice(0, 12)]);
+    } finally {
+      await store.close();
+      await db.cleanup();
+    }
+  });
+}

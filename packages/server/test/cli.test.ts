@@ -662,3 +662,39 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     dir.remove();
   }
 });
+
+test("api-keys: create prints the new key once, list marks the key in use, revoke rolls the old one out, the last one stays", async () => {
+  const dir = tempDir();
+  const server = await spawnServer({ dataDir: dir.path });
+  try {
+    const old = { KLEN_API_URL: server.url, KLEN_API_KEY: server.apiKey };
+    const created = await cli(["api-keys", "create"], old);
+    assert.equal(created.code, 0, created.stderr);
+    const key = /API key \(shown once, store it now\): (klen_sk_\S+)/.exec(created.stdout)?.[1];
+    assert.ok(key, created.stdout);
+    const rolled = { ...old, KLEN_API_KEY: key };
+    const listed = JSON.parse((await cli(["api-keys", "list", "--json"], rolled)).stdout);
+    assert.equal(listed.length, 2);
+    assert.equal(listed[0].current, true);
+    assert.equal(listed[0].prefix, key.slice(0, 12));
+    assert.ok(!JSON.stringify(listed).includes(key), "never the key itself");
+    const human = await cli(["api-keys", "list"], rolled);
+    assert.match(
+      human.stdout,
+      new RegExp(`^${listed[0].id} {2}${key.slice(0, 12)}… {2}created \\S+ {2}\\(this key\\)$`, "m"),
+    );
+
+    const revoked = await cli(["api-keys", "revoke", String(listed[1].id)], rolled);
+    assert.equal(revoked.code, 0, revoked.stderr);
+    assert.match(revoked.stdout, new RegExp(`^revoked key ${listed[1].id} `));
+    const refused = await cli(["endpoints", "list"], old);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /401 invalid API key/);
+    const last = await cli(["api-keys", "revoke", String(listed[0].id), "--json"], rolled);
+    assert.equal(last.code, 1);
+    assert.equal(JSON.parse(last.stdout).error.code, "last_api_key");
+  } finally {
+    await server.kill();
+    dir.remove();
+  }
+});

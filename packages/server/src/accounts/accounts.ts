@@ -21,6 +21,12 @@ export async function createAccount(db: Db, name: string, key = newApiKey(), now
   return { account: toAccount(account), apiKey: key };
 }
 
+/**
+ * What lists show of a key: its first 12 characters, but never more than a third of it, so an
+ * operator's short `KLEN_API_KEY` is not shown whole (a generated key is 51 characters).
+ */
+export const keyPrefix = (key: string): string => key.slice(0, Math.min(12, Math.floor(key.length / 3)));
+
 /** Another API key for an existing account; its id and the prefix that lists show of it. */
 export async function addApiKey(
   db: Db,
@@ -30,7 +36,7 @@ export async function addApiKey(
 ): Promise<{ id: number; prefix: string }> {
   const row = await db
     .insertInto("api_keys")
-    .values({ account_id: accountId, key_hash: hashApiKey(key), prefix: key.slice(0, 12), created_at: now })
+    .values({ account_id: accountId, key_hash: hashApiKey(key), prefix: keyPrefix(key), created_at: now })
     .returning(["id", "prefix"])
     .executeTakeFirstOrThrow();
   return { id: Number(row.id), prefix: row.prefix };

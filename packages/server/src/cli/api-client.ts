@@ -102,6 +102,7 @@ export function apiClient(opts: ClientOptions) {
     get: <T>(path: string) => request<T>("GET", path),
     post: <T>(path: string, json: unknown = {}) => request<T>("POST", path, { json }),
     patch: <T>(path: string, json: unknown) => request<T>("PATCH", path, { json }),
+    delete: <T>(path: string) => request<T>("DELETE", path),
     upload: <T>(path: string, bytes: Uint8Array, contentType: string) =>
       request<T>("POST", path, { bytes, contentType }),
     /** A raw streaming GET (the event stream), with auth. */

@@ -4,6 +4,15 @@ import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js
 import { parseEventList } from "./listen.js";
 import { createOutput, type Output, statusText } from "./output.js";
 
+/** An API key as the API lists it: never the key itself, which is shown once, when it is made. */
+interface ApiKeyObject {
+  id: number;
+  prefix: string;
+  created_at: string;
+  current?: boolean;
+  key?: string | null;
+}
+
 /** An endpoint as the API returns it, as far as these commands print it. */
 interface EndpointObject {
   id: string;
@@ -129,10 +138,16 @@ function toggle(endpoints: Command, name: "enable" | "disable"): void {
 }
 
 /**
- * `endpoints` and `deliveries`, from a terminal: create, list, enable and disable endpoints and
- * show a secret; see every delivery's attempts and retry one.
+ * `endpoints`, `deliveries` and `api-keys`, from a terminal: create, list, enable and disable
+ * endpoints and show a secret; see every delivery's attempts and retry one; roll an API key.
  */
 export function registerResourceCommands(program: Command): void {
+  registerEndpointCommands(program);
+  registerDeliveryCommands(program);
+  registerApiKeyCommands(program);
+}
+
+function registerEndpointCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
     .description("list, create, enable and disable webhook endpoints; show a secret")
@@ -205,7 +220,9 @@ Examples:
     call: (c, id) => c.get<{ secret: string }>(`/v1/endpoints/${id}/secret`),
     line: (_out, r) => r.secret,
   });
+}
 
+function registerDeliveryCommands(program: Command): void {
   const deliveries = program
     .command("deliveries")
     .description("inspect deliveries with every attempt, and retry one")
@@ -277,5 +294,71 @@ Examples:
     call: (c, id) => c.post<DeliveryDetail>(`/v1/deliveries/${id}/retry`),
     line: (_out, d) =>
       `${d.id} queued for one more attempt (${d.status}); see it with: klen-webhooks deliveries list --event-id ${d.event_id}`,
+  });
+}
+
+const apiKeyLine = (out: Output, k: ApiKeyObject) =>
+  `${k.id}  ${k.prefix}…  ${out.dim(`created ${k.created_at}`)}${k.current ? `  ${out.green("(this key)")}` : ""}`;
+
+/** `api-keys list|create|revoke`: roll the account's key without a moment with none. */
+function registerApiKeyCommands(program: Command): void {
+  const keys = program
+    .command("api-keys")
+    .description("list, create and revoke the account's API keys (to roll a key: create, switch, revoke)")
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ klen-webhooks api-keys create
+  $ klen-webhooks api-keys list
+  $ klen-webhooks api-keys revoke 1`,
+    );
+  withApiOptions(
+    keys
+      .command("list")
+      .description("the account's keys, newest first: id and prefix only (GET /v1/api-keys)"),
+  )
+    .addHelpText(
+      "after",
+      "\nThe key this command used is marked (this key).\n\nExamples:\n  $ klen-webhooks api-keys list --json",
+    )
+    .action(
+      run<ApiOpts>(async (o) => {
+        const out = createOutput({ json: o.json });
+        const page = await client(o).get<{ data: ApiKeyObject[] }>("/v1/api-keys");
+        if (out.json) out.data(page.data);
+        else for (const k of page.data) out.line(apiKeyLine(out, k));
+        return 0;
+      }),
+    );
+  withApiOptions(
+    keys.command("create").description("make a new key and print it, this once (POST /v1/api-keys)"),
+  )
+    .addHelpText(
+      "after",
+      "\nThe key is stored only hashed: copy it now.\n\nExamples:\n  $ klen-webhooks api-keys create --json",
+    )
+    .action(
+      run<ApiOpts>(async (o) => {
+        const out = createOutput({ json: o.json });
+        const made = await client(o).post<ApiKeyObject>("/v1/api-keys");
+        if (out.json) out.data(made);
+        else {
+          out.line(apiKeyLine(out, made));
+          out.line(`API key (shown once, store it now): ${out.bold(made.key ?? "")}`);
+        }
+        return 0;
+      }),
+    );
+  idCommand(keys, {
+    name: "revoke",
+    description: "revoke a key at once (DELETE /v1/api-keys/{id}); the account's only key cannot be",
+    argument: ["<key_id>", "the key's id, from api-keys list"],
+    help: `Other server processes stop accepting it within 5 seconds.
+
+Examples:
+  $ klen-webhooks api-keys revoke 1`,
+    call: (c, id) => c.delete<{ id: number; prefix: string }>(`/v1/api-keys/${id}`),
+    line: (_out, k) => `revoked key ${k.id} (${k.prefix}…)`,
   });
 }
