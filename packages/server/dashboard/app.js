@@ -5,6 +5,7 @@ import { renderDeliveries } from "./views/deliveries.js";
 import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
 import { renderEvents } from "./views/events.js";
 import { renderOverview } from "./views/overview.js";
+import { renderSettings } from "./views/settings.js";
 
 // Hash routes keep the dashboard a set of static files: `#/endpoints/ep_…`, `#/deliveries?status=failed`.
 const NAV = [
@@ -13,6 +14,7 @@ const NAV = [
   ["events", "Events"],
   ["deliveries", "Deliveries"],
   ["calls", "Calls"],
+  ["settings", "Settings"],
 ];
 
 const root = document.getElementById("app");
@@ -154,6 +156,12 @@ async function route() {
     events: () => renderEvents(main, query),
     deliveries: () => renderDeliveries(main, query),
     calls: () => (id ? renderCall(main, id) : renderCalls(main, query)),
+    settings: () =>
+      renderSettings(main, account, (saved) => {
+        account = saved;
+        const name = root.querySelector(".account-name");
+        if (name) name.textContent = saved.name;
+      }),
   };
   try {
     await (views[section] ?? views.overview)();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { type Browser, chromium, type Page } from "playwright-core";
-import { runCall, setupAccount } from "./helpers/api.js";
+import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -264,6 +264,38 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Load more" }).click();
     await waitFor(`all ${total} events`, async () => (await rows.count()) === total);
     await page.getByRole("button", { name: "Load more" }).waitFor({ state: "hidden" });
+  });
+
+  test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
+    await section("Settings");
+    await page.getByLabel("Account name").fill("Acme Voice");
+    await page.getByLabel(/auto summary/).check();
+    await page.getByRole("button", { name: "Save account" }).click();
+    await page.getByText("Saved.").waitFor();
+    await page.locator(".account-name").filter({ hasText: "Acme Voice" }).waitFor();
+    const acct = await server.api.get("/v1/account");
+    assert.deepEqual([acct.body.name, acct.body.auto_summary], ["Acme Voice", true]);
+
+    // One key: nothing to revoke. A new key is shown once and works.
+    assert.equal(await page.getByRole("button", { name: /^Revoke/ }).count(), 0);
+    await page.getByRole("button", { name: "Create API key" }).click();
+    const shown = page.getByLabel("New API key");
+    await shown.waitFor();
+    const key = (await shown.textContent())!;
+    assert.match(key, /^klen_sk_/);
+    const fresh = apiClient(server.url, key);
+    assert.equal((await fresh.get("/v1/account")).body.name, "Acme Voice");
+    await page.locator("tr.api-key").nth(1).waitFor();
+    assert.ok(!(await page.locator("table[aria-label='API keys']").textContent())!.includes(key));
+
+    // Revoking the key this tab is signed in with takes a second click, then signs out.
+    const inUse = page.locator("tr.api-key").filter({ hasText: "this session" });
+    await inUse.getByRole("button", { name: /^Revoke/ }).click();
+    assert.equal((await server.api.get("/v1/account")).status, 200, "the first click only asks");
+    await inUse.getByRole("button", { name: /^Revoke/ }).click();
+    await page.getByRole("button", { name: "Sign in" }).waitFor();
+    assert.equal((await server.api.get("/v1/account")).status, 401);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("klen.apiKey")), null);
   });
 
   test("the page made no request to another origin and threw no error", () => {
