@@ -392,6 +392,99 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     }
   });
 
+  test("ids and query integers are decimal digits, unknown query parameters are refused on every route, and a body's integers fit 2^53", async () => {
+    const call = (
+      await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
+    ).body;
+    assert.equal((await server.api.get(`/v1/calls/${call.id}`)).status, 200);
+    for (const id of ["0x1", "1e0", "%201", "1%20", "+1", "01", "0b1", "1.0", ".1e1"]) {
+      const r = await server.api.get(`/v1/calls/${id}`);
+      expectError(r, 400, "invalid_request", "id");
+      assert.match(r.body.error.message, /"id" must be an integer/);
+    }
+    const before = (await server.api.get(`/v1/events?call_id=${call.id}`)).body.data.length;
+    expectError(
+      await server.api.post(`/v1/calls/0x${call.id.toString(16)}/start`, {}),
+      400,
+      "invalid_request",
+      "id",
+    );
+    assert.equal(
+      (await server.api.get(`/v1/events?call_id=${call.id}`)).body.data.length,
+      before,
+      "nothing emitted",
+    );
+    for (const q of ["limit=1e1", "limit=0x5", "agent_id=0x2", "limit=%205"])
+      expectError(await server.api.get(`/v1/calls?${q}`), 400, "invalid_request", q.split("=")[0]);
+    expectError(await server.api.get(`/v1/events?call_id=3e0`), 400, "invalid_request", "call_id");
+    assert.equal((await server.api.get(`/v1/calls?limit=5&agent_id=${agentId}`)).status, 200);
+
+    for (const path of ["/v1/account", `/v1/agents/${agentId}`, `/v1/calls/${call.id}`]) {
+      const r = await server.api.get(`${path}?verbose=1`);
+      expectError(r, 400, "invalid_request", "verbose");
+      assert.match(r.body.error.message, /unknown query parameter "verbose"/);
+    }
+    expectError(
+      await server.api.post(`/v1/agents?dry_run=1`, { name: "x" }),
+      400,
+      "invalid_request",
+      "dry_run",
+    );
+
+    expectError(
+      await server.api.raw(
+        "POST",
+        "/v1/calls",
+        '{"agent_id":9007199254740993,"type":"inbound","phone_number":"+15551234567"}',
+        {},
+      ),
+      400,
+      "invalid_request",
+      "agent_id",
+    );
+    expectError(
+      await server.api.raw("POST", "/v1/endpoints", '{"url":"http://127.0.0.1:9/x","agent_ids":[1e300]}', {}),
+      400,
+      "invalid_request",
+      "agent_ids[0]",
+    );
+    const invalid = await server.api.raw("POST", "/v1/agents", '{"name":', {});
+    expectError(invalid, 400, "invalid_json", "body");
+    const deep = await server.api.raw("POST", "/v1/agents", `${'{"a":'.repeat(40)}1${"}".repeat(40)}`, {});
+    expectError(deep, 400, "invalid_request");
+    assert.match(deep.body.error.details.field, /^a(\.a)+$/);
+    expectError(await server.api.get("/v1/calls/%zz"), 400, "invalid_url", "url");
+  });
+
+  test("API keys list as every list: limit, cursor, next_cursor", async () => {
+    const made = await server.api.post("/v1/api-keys", {});
+    assert.equal(made.status, 201);
+    const first = await server.api.get("/v1/api-keys?limit=1");
+    assert.equal(first.status, 200);
+    assert.deepEqual(
+      first.body.data.map((k: { id: number }) => k.id),
+      [made.body.id],
+    );
+    assert.ok(first.body.next_cursor);
+    const second = await server.api.get(`/v1/api-keys?limit=1&cursor=${first.body.next_cursor}`);
+    assert.equal(second.body.data.length, 1);
+    assert.ok(second.body.data[0].id < made.body.id);
+    expectError(await server.api.get("/v1/api-keys?cursor=abc"), 400, "invalid_request", "cursor");
+    expectError(await server.api.get("/v1/api-keys?foo=bar"), 400, "invalid_request", "foo");
+    assert.equal((await server.api.del(`/v1/api-keys/${made.body.id}`)).status, 200);
+  });
+
+  test("a recording labelled application/json is the wrong media type, whatever its bytes", async () => {
+    const call = (
+      await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
+    ).body;
+    await server.api.post(`/v1/calls/${call.id}/start`, {});
+    for (const bytes of ["RIFFxxxxWAVE", "{}"]) {
+      const r = await server.api.raw("POST", `/v1/calls/${call.id}/recording`, bytes, {});
+      expectError(r, 415, "unsupported_media_type", "content-type");
+    }
+  });
+
   test("the server is still healthy after all of the above", async () => {
     assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
     assert.equal(server.proc.exitCode, null);
@@ -449,5 +542,35 @@ describe("address blocking without dev mode (loopback forms only)", () => {
     );
     assert.equal(rx.requests.length, 0, "nothing reached the loopback receiver");
     await rx.close();
+  });
+});
+
+describe("rate limit (KLEN_RATE_LIMIT=1)", () => {
+  const dir = tempDir();
+  let server: ServerProcess;
+  before(async () => {
+    server = await spawnServer({ dataDir: dir.path, env: { KLEN_RATE_LIMIT: "1" } });
+  });
+  after(async () => {
+    await server.kill();
+    dir.remove();
+  });
+
+  test("over the limit a key gets 429 with Retry-After, and another key of the same account has its own budget", async () => {
+    // A second key, made first: its bucket is untouched by what follows.
+    const made = await server.api.post("/v1/api-keys", {});
+    assert.equal(made.status, 201);
+    const second = apiClient(server.url, made.body.key);
+    let limited: Awaited<ReturnType<typeof server.api.get>> | undefined;
+    for (let i = 0; i < 50 && !limited; i++) {
+      const r = await server.api.get("/v1/account");
+      if (r.status === 429) limited = r;
+      else assert.equal(r.status, 200);
+    }
+    assert.ok(limited, "the first key was limited");
+    expectError(limited, 429, "rate_limited");
+    assert.ok(Number(limited.headers.get("retry-after")) >= 1);
+    assert.equal(limited.body.error.details.retry_after, Number(limited.headers.get("retry-after")));
+    assert.equal((await second.get("/v1/account")).status, 200, "the second key's first request passes");
   });
 });

@@ -11,16 +11,16 @@ import { parseIso } from "../src/util/time.js";
 test("a rate below one request per second still lets requests through (KLEN_RATE_LIMIT=0.5)", () => {
   const limiter = new RateLimiter(0.5);
   const t0 = 1_000_000;
-  assert.equal(limiter.take(1, t0), 0, "the first request passes");
-  const wait = limiter.take(1, t0);
+  assert.equal(limiter.take("k1", t0), 0, "the first request passes");
+  const wait = limiter.take("k1", t0);
   assert.ok(wait >= 1, "the second at once waits");
   // Two seconds later the bucket has refilled one whole token.
-  assert.equal(limiter.take(1, t0 + 2_000), 0);
-  assert.ok(limiter.take(1, t0 + 2_000) > 0);
+  assert.equal(limiter.take("k1", t0 + 2_000), 0);
+  assert.ok(limiter.take("k1", t0 + 2_000) > 0);
   // Rates of 1/s and above keep their one-second burst.
   const ten = new RateLimiter(10);
   let passed = 0;
-  for (let i = 0; i < 20; i++) if (ten.take(7, t0) === 0) passed++;
+  for (let i = 0; i < 20; i++) if (ten.take("k7", t0) === 0) passed++;
   assert.equal(passed, 10);
 });
 

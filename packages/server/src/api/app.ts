@@ -10,7 +10,7 @@ import Fastify, {
 import { ApiError } from "../errors.js";
 import { httpRequests, registry } from "../metrics.js";
 import type { Db } from "../storage/types.js";
-import { Authenticator, RateLimiter } from "./auth.js";
+import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceWork } from "./context.js";
 import { installErrorHandler } from "./errors.js";
 import { digest, type Outcome, runIdempotent } from "./idempotency.js";
@@ -28,6 +28,55 @@ const bodyAjv = new Ajv({
   strict: false,
 });
 const queryAjv = new Ajv({ coerceTypes: "array", useDefaults: true, removeAdditional: false, strict: false });
+
+/** The integer-typed path and query parameters of a route's schema, found once per route. */
+const integerParams = new WeakMap<object, Array<["params" | "querystring", string]>>();
+
+function integersOf(schema: Record<string, unknown>): Array<["params" | "querystring", string]> {
+  let found = integerParams.get(schema);
+  if (found) return found;
+  found = [];
+  for (const part of ["params", "querystring"] as const) {
+    const props = (schema[part] as { properties?: Record<string, { type?: string }> } | undefined)
+      ?.properties;
+    for (const [name, s] of Object.entries(props ?? {})) if (s.type === "integer") found.push([part, name]);
+  }
+  integerParams.set(schema, found);
+  return found;
+}
+
+const INTEGER_TEXT = /^-?(0|[1-9][0-9]*)$/;
+
+/**
+ * What the schemas cannot say about a query string, checked on its raw text before validation:
+ * - a `/v1` route that takes no query parameter refuses any, as a list refuses an unknown one
+ *   (the pre-signed blob route checks its own);
+ * - path and query integers must be written as integers: the query validator coerces with
+ *   `Number()`, which would take `0x10`, `1e3`, ` 1`, `+1`, `01` or `1.0` as some id. A repeated
+ *   query parameter is left to the schema.
+ */
+function checkQueryText(req: FastifyRequest): void {
+  const schema = req.routeOptions.schema as Record<string, unknown> | undefined;
+  const route = req.routeOptions.url;
+  if (!schema?.querystring && route?.startsWith("/v1/") && route !== "/v1/blobs/:id") {
+    const [name] = Object.keys(req.query as object);
+    if (name !== undefined)
+      throw new ApiError(400, "invalid_request", `unknown query parameter "${name}"`, {
+        field: name,
+        location: "querystring",
+      });
+  }
+  if (!schema) return;
+  for (const [part, name] of integersOf(schema)) {
+    const raw = (part === "params" ? req.params : req.query) as Record<string, unknown> | undefined;
+    const text = raw?.[name];
+    if (typeof text === "string" && !INTEGER_TEXT.test(text))
+      throw new ApiError(400, "invalid_request", `"${name}" must be an integer, written in decimal digits`, {
+        field: name,
+        location: part,
+      });
+  }
+}
 
 export interface RouteHelpers {
   /** Runs a state-changing handler with Idempotency-Key semantics and sends its outcome. */
@@ -90,7 +139,9 @@ export async function buildApp(
       const tooLong = err.code === "FST_ERR_MAX_PARAM_LENGTH";
       const status = tooLong ? 414 : 400;
       const message = tooLong ? "a path segment is too long" : "the URL is not validly encoded";
-      const body = new ApiError(status, tooLong ? "uri_too_long" : "invalid_url", message).toJSON();
+      const body = new ApiError(status, tooLong ? "uri_too_long" : "invalid_url", message, {
+        field: "url",
+      }).toJSON();
       return (reply as FastifyReply).status(status).send(body);
     },
     ajv: { customOptions: { removeAdditional: false } },
@@ -120,6 +171,7 @@ export async function buildApp(
   // optional (start, end, rotate-secret) just work, and the others name the missing field.
   app.addHook("preValidation", async (req) => {
     if (req.body === undefined && req.method !== "GET" && req.routeOptions.schema?.body) req.body = {};
+    checkQueryText(req);
   });
 
   await app.register(swagger, {
@@ -153,7 +205,8 @@ export async function buildApp(
       if (!req.url.startsWith("/v1/") || req.url.startsWith("/v1/blobs/")) return;
     } else if (!route.startsWith("/v1/") || route === "/v1/blobs/:id") return;
     req.account = await auth.authenticate(req);
-    const wait = limiter.take(req.account.id);
+    // Authenticated, so the request carries a key.
+    const wait = limiter.take(bearerKey(req)!);
     if (wait > 0)
       throw new ApiError(429, "rate_limited", "too many requests for this API key", { retry_after: wait });
   });

@@ -45,21 +45,25 @@ export class Authenticator {
   }
 }
 
-/** Token bucket per API key (`KLEN_RATE_LIMIT` requests per second, bursts up to one second's worth). */
+/**
+ * Token bucket per API key (`KLEN_RATE_LIMIT` requests per second, bursts up to one second's
+ * worth): two keys of one account have a budget each. Keyed by the raw key in memory only, as the
+ * authentication cache is; only keys that authenticated get a bucket.
+ */
 export class RateLimiter {
-  private buckets = new Map<number, { tokens: number; at: number }>();
+  private buckets = new Map<string, { tokens: number; at: number }>();
   constructor(private perSecond: number) {}
 
   /** Seconds to wait, or 0 when the request may pass. */
-  take(accountId: number, now = Date.now()): number {
+  take(apiKey: string, now = Date.now()): number {
     if (this.perSecond <= 0) return 0;
     // The bucket holds at least one request, or a rate below 1/s (KLEN_RATE_LIMIT=0.5) would
     // never refill to a whole token and refuse every request forever.
     const capacity = Math.max(1, this.perSecond);
-    const b = this.buckets.get(accountId) ?? { tokens: capacity, at: now };
+    const b = this.buckets.get(apiKey) ?? { tokens: capacity, at: now };
     b.tokens = Math.min(capacity, b.tokens + ((now - b.at) / 1000) * this.perSecond);
     b.at = now;
-    this.buckets.set(accountId, b);
+    this.buckets.set(apiKey, b);
     if (b.tokens >= 1) {
       b.tokens -= 1;
       return 0;

@@ -13,14 +13,18 @@ const poisoned = () =>
 /**
  * Parses a JSON request body, refusing what a plain `JSON.parse` lets through but the API must
  * not take: prototype-poisoning keys (as Fastify's own parser does), numbers JSON cannot hold
- * (`1e400` parses as Infinity and passes an integer schema), and nesting past `MAX_DEPTH`.
+ * (`1e400` parses as Infinity and passes an integer schema) or holds only rounded (integers past
+ * 2^53 - 1), and nesting past `MAX_DEPTH`.
  */
 export function parseJsonBody(text: string): unknown {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch {
-    throw new ApiError(400, "invalid_json", "the body is not valid JSON");
+    throw new ApiError(400, "invalid_json", "the body is not valid JSON", {
+      field: "body",
+      location: "body",
+    });
   }
   check(value, "", 0);
   return value;
@@ -28,7 +32,9 @@ export function parseJsonBody(text: string): unknown {
 
 function check(value: unknown, path: string, depth: number): void {
   if (typeof value === "number") {
-    if (!Number.isFinite(value)) {
+    // Infinity, and integers past 2^53 - 1 that JSON.parse has already rounded (an id of
+    // 9007199254740993 would silently become another id).
+    if (!Number.isFinite(value) || (Number.isInteger(value) && !Number.isSafeInteger(value))) {
       const field = path || "body";
       throw new ApiError(400, "invalid_request", `"${field}" is out of range`, { field, location: "body" });
     }
@@ -36,7 +42,10 @@ function check(value: unknown, path: string, depth: number): void {
   }
   if (value === null || typeof value !== "object") return;
   if (depth >= MAX_DEPTH) {
-    throw new ApiError(400, "invalid_request", `the body is nested more than ${MAX_DEPTH} levels deep`);
+    throw new ApiError(400, "invalid_request", `the body is nested more than ${MAX_DEPTH} levels deep`, {
+      field: path || "body",
+      location: "body",
+    });
   }
   const array = Array.isArray(value);
   for (const [k, v] of Object.entries(value)) {

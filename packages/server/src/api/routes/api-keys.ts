@@ -3,6 +3,7 @@ import { ApiError, notFound } from "../../errors.js";
 import { hashApiKey, newApiKey } from "../../util/ids.js";
 import { isoMillis } from "../../util/time.js";
 import { bearerKey } from "../auth.js";
+import { listPage, pageQuery } from "../pagination.js";
 import { idParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
@@ -13,24 +14,24 @@ import type { RouteModule } from "./index.js";
  * itself out.
  */
 export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
-  app.get("/v1/api-keys", async (req) => {
-    // The route is authenticated, so the request carries a key.
-    const current = hashApiKey(bearerKey(req)!);
-    const rows = await ctx.store.db
-      .selectFrom("api_keys")
-      .select(["id", "prefix", "key_hash", "created_at"])
-      .where("account_id", "=", req.account.id)
-      .orderBy("id", "desc")
-      .execute();
-    return {
-      data: rows.map((k) => ({
+  app.get(
+    "/v1/api-keys",
+    { schema: { querystring: { type: "object", additionalProperties: false, properties: pageQuery } } },
+    async (req) => {
+      // The route is authenticated, so the request carries a key.
+      const current = hashApiKey(bearerKey(req)!);
+      const sel = ctx.store.db
+        .selectFrom("api_keys")
+        .select(["id", "prefix", "key_hash", "created_at"])
+        .where("account_id", "=", req.account.id);
+      return listPage(sel, req.query as { limit: number; cursor?: string }, "int", (k) => ({
         id: Number(k.id),
         prefix: k.prefix,
         created_at: isoMillis(Number(k.created_at)),
         current: k.key_hash === current,
-      })),
-    };
-  });
+      }));
+    },
+  );
 
   app.post("/v1/api-keys", (req, reply) =>
     h.mutate(req, reply, async (trx) => {

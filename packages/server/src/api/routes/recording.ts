@@ -28,6 +28,10 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
   // Encapsulated so that the audio parser applies to this route only.
   await app.register(async (scope) => {
     scope.addContentTypeParser([...AUDIO_TYPES], (_req, payload, done) => done(null, payload));
+    // Audio labelled JSON is refused as the wrong media type (415), not parsed and refused as
+    // bad JSON: the handler below names the content type whatever the bytes are.
+    scope.removeContentTypeParser("application/json");
+    scope.addContentTypeParser("application/json", (_req, payload, done) => done(null, payload));
     scope.post(
       "/v1/calls/:id/recording",
       {
