@@ -98,7 +98,8 @@ function apiKeysCard() {
   };
 
   const load = async () => {
-    const { data } = await api("GET", "/v1/api-keys");
+    // A first page of 100 holds every key of any account that rolls its keys.
+    const { data } = await api("GET", "/v1/api-keys?limit=100");
     mount(
       body,
       data.map((k) =>

@@ -325,9 +325,9 @@ Examples:
     .action(
       run<ApiOpts>(async (o) => {
         const out = createOutput({ json: o.json });
-        const page = await client(o).get<{ data: ApiKeyObject[] }>("/v1/api-keys");
-        if (out.json) out.data(page.data);
-        else for (const k of page.data) out.line(apiKeyLine(out, k));
+        const all = await listAll<ApiKeyObject>(client(o), "/v1/api-keys");
+        if (out.json) out.data(all);
+        else for (const k of all) out.line(apiKeyLine(out, k));
         return 0;
       }),
     );
