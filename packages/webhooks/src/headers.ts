@@ -83,7 +83,10 @@ export function parseTimestamp(text: string): number {
  */
 export function parseSignatureHeader(text: string): SignatureEntry[] {
   const entries: SignatureEntry[] = [];
-  for (const part of text.split(" ")) {
+  for (const token of text.split(" ")) {
+    // A header sent on several lines reaches us joined with ", " (Node, Fetch): "v1,a=, v1,b=".
+    // Base64 has no comma, so a trailing one is that separator, not part of the signature.
+    const part = token.replace(/,+$/, "");
     const comma = part.indexOf(",");
     if (comma <= 0) continue;
     entries.push({ version: part.slice(0, comma), signature: part.slice(comma + 1) });

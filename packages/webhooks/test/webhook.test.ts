@@ -48,6 +48,27 @@ describe("Webhook", () => {
       code(() => wh.verifySignature(BODY, new Headers(headers), now)),
       "verified",
     );
+    // Repeated header lines (a proxy split the list): every one is a candidate, the valid one first too.
+    assert.equal(
+      code(() => wh.verifySignature(BODY, { ...headers, "webhook-signature": [SIG, "v1,bogus"] }, now)),
+      "verified",
+    );
+    assert.equal(
+      code(() => wh.verifySignature(BODY, { ...headers, "webhook-signature": `${SIG}, v1,bogus` }, now)),
+      "verified",
+    );
+    const appended = new Headers(headers);
+    appended.append("webhook-signature", "v1,bogus");
+    assert.equal(
+      code(() => wh.verifySignature(BODY, appended, now)),
+      "verified",
+    );
+    assert.equal(
+      code(() =>
+        wh.verifySignature(BODY, { ...headers, "webhook-signature": ["v1,bogus", "v1,other"] }, now),
+      ),
+      "no_matching_signature",
+    );
     assert.equal(
       code(() => wh.verifySignature(BODY, { ...headers, "webhook-id": undefined }, now)),
       "missing_header",
