@@ -72,7 +72,10 @@ export function parseKey(key: string): WebhookKey {
 /** Parses a key, a list of keys (rotation) or already parsed keys. */
 export function parseKeys(keys: string | readonly string[]): WebhookKey[] {
   const list = typeof keys === "string" ? [keys] : keys;
-  if (!Array.isArray(list) || list.length === 0)
-    throw new WebhookKeyError("At least one webhook key is required");
+  if (!Array.isArray(list))
+    throw new WebhookKeyError(
+      `A webhook key must be a string ("whsec_…") or a list of them, not ${typeof keys}`,
+    );
+  if (list.length === 0) throw new WebhookKeyError("At least one webhook key is required");
   return list.map(parseKey);
 }

@@ -124,6 +124,7 @@ export function adapterContract(name: string, start: StartServer): void {
       const body = JSON.stringify({ pad: "x".repeat(MAX_BODY) });
       const res = await post(body, signedHeaders(body, "evt_big"));
       assert.equal(res.status, 413);
+      assert.deepEqual(await res.json(), { error: { code: "payload_too_large" } });
       assert.equal(callsFor("evt_big").length, 0);
     });
   });

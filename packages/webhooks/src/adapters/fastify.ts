@@ -6,7 +6,14 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { Webhook } from "../webhook.js";
 import { DEFAULT_MAX_BODY_BYTES } from "./body.js";
-import { type AdapterOptions, type EventHandler, isResponse, runHandler, verifySync } from "./common.js";
+import {
+  type AdapterOptions,
+  type EventHandler,
+  errorResponse,
+  isResponse,
+  runHandler,
+  verifySync,
+} from "./common.js";
 
 /** The part of a Fastify request the plugin reads. */
 export interface FastifyLikeRequest {
@@ -28,6 +35,7 @@ export interface FastifyLikeInstance {
     parser: (req: any, body: any, done: (err: Error | null, body?: unknown) => void) => void,
   ): void;
   post(path: string, handler: (request: any, reply: any) => Promise<unknown>): unknown;
+  setErrorHandler(handler: (error: any, request: any, reply: any) => unknown): unknown;
 }
 
 /** Options of `fastifyWebhook`. */
@@ -67,6 +75,13 @@ export async function fastifyWebhook(
     { parseAs: "buffer", bodyLimit: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES },
     (_req, body, done) => done(null, body),
   );
+  // Over maxBodyBytes Fastify's parser fails before the route: answer as the other adapters do;
+  // anything else goes on to the app's own error handler.
+  instance.setErrorHandler((error: { statusCode?: number }, _request: unknown, reply: FastifyLikeReply) => {
+    if (error?.statusCode !== 413) throw error;
+    const r = errorResponse(413, "payload_too_large");
+    return reply.code(r.status).header("content-type", "application/json; charset=utf-8").send(r.body);
+  });
   instance.post(opts.path ?? "/", async (request: FastifyLikeRequest, reply: FastifyLikeReply) => {
     // No body at all (no content-type) arrives as undefined: verify it as empty bytes.
     const body = request.body instanceof Uint8Array ? request.body : new Uint8Array(0);
