@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { getEventListeners } from "node:events";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
 import { Webhook } from "standardwebhooks";
-import { checkSecret, parseEventList } from "../src/cli/listen.js";
+import { apiClient as cliApiClient } from "../src/cli/api-client.js";
+import { checkSecret, listen, newLocalSecret, parseEventList } from "../src/cli/listen.js";
 import { createOutput } from "../src/cli/output.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
 import { workflowDone } from "../src/cli/test-call.js";
@@ -697,4 +699,89 @@ test("api-keys: create prints the new key once, list marks the key in use, revok
     await server.kill();
     dir.remove();
   }
+});
+
+describe("the CLI pointed at the wrong thing", () => {
+  test("another server at --api-url is named as such, for requests and for listen, instead of a TypeError or a reconnect loop", async () => {
+    const other = await startReceiver(); // answers every request 200 text/plain "ok"
+    try {
+      const env = { KLEN_API_URL: other.url, KLEN_API_KEY: "k" };
+      const listed = await cli(["endpoints", "list", "--json"], env);
+      assert.equal(listed.code, 1);
+      assert.match(
+        listed.stderr,
+        /answered 200 text\/plain, not the Klen API's JSON; is --api-url the Klen server\?/,
+      );
+      assert.equal(JSON.parse(listed.stdout).error.code, "not_klen_api");
+      const trig = await cli(["trigger", "call.started"], env);
+      assert.equal(trig.code, 1);
+      assert.doesNotMatch(trig.stderr, /Cannot read properties/);
+      const listen = await cli(["listen", "--forward-to", "http://127.0.0.1:9/hook"], env);
+      assert.equal(listen.code, 1);
+      assert.match(listen.stderr, /not text\/event-stream; is --api-url the Klen server\?/);
+      assert.doesNotMatch(listen.stdout, /Ready!/);
+    } finally {
+      await other.close();
+    }
+  });
+
+  test("URLs with a user name, password or query, and a blank account name, are usage errors", async () => {
+    const env = { KLEN_API_KEY: "k" };
+    const cred = await cli(["endpoints", "list", "--api-url", "http://user:pw@127.0.0.1:9"], env);
+    assert.equal(cred.code, 1);
+    assert.match(cred.stderr, /--api-url must not hold a user name or password/);
+    assert.doesNotMatch(cred.stderr, /pw/);
+    const query = await cli(["endpoints", "list", "--api-url", "http://127.0.0.1:9?x=1"], env);
+    assert.equal(query.code, 1);
+    assert.match(query.stderr, /without \?query or #fragment/);
+    const fwd = await cli(
+      ["listen", "--forward-to", "http://user:secretpw@127.0.0.1:9/x", "--api-url", "http://127.0.0.1:9"],
+      env,
+    );
+    assert.equal(fwd.code, 1);
+    assert.match(fwd.stderr, /--forward-to must not hold a user name or password/);
+    const dir = tempDir();
+    try {
+      const blank = await cli(["accounts", "create", "--name", "   "], {
+        KLEN_DATABASE_URL: `sqlite:${dir.path}/klen.db`,
+      });
+      assert.equal(blank.code, 1);
+      assert.match(blank.stderr, /--name must be 1 to 200 characters, not blank/);
+      const made = await cli(["accounts", "create", "--name", " Acme "], {
+        KLEN_DATABASE_URL: `sqlite:${dir.path}/klen.db`,
+      });
+      assert.equal(made.code, 0, made.stderr);
+      assert.match(made.stdout, new RegExp(`^account \\d+ "Acme" in sqlite:${dir.path}/klen\\.db$`, "m"));
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test("listen's reconnect waits leave no listener behind on its stop signal", async () => {
+    const port = await freePort(); // nothing listens: every connect is refused
+    const stop = new AbortController();
+    let disconnects = 0;
+    let mostListeners = 0;
+    const out = {
+      ...createOutput({ json: true }),
+      data(value: unknown) {
+        if ((value as { type?: string }).type !== "disconnected") return;
+        disconnects++;
+        mostListeners = Math.max(mostListeners, getEventListeners(stop.signal, "abort").length);
+        if (disconnects === 25) stop.abort();
+      },
+    };
+    await listen({
+      client: cliApiClient({ apiUrl: `http://127.0.0.1:${port}`, apiKey: "k" }),
+      forwardTo: "http://127.0.0.1:9/hook",
+      events: undefined,
+      secret: newLocalSecret(),
+      out,
+      signal: stop.signal,
+      minBackoffMs: 1,
+      maxBackoffMs: 2,
+    });
+    assert.equal(disconnects, 25);
+    assert.equal(mostListeners, 0, "between two connections nothing waits on the signal");
+  });
 });

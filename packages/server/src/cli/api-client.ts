@@ -30,6 +30,10 @@ export function normalizeApiUrl(raw: string): string {
   }
   if (url.protocol !== "http:" && url.protocol !== "https:")
     throw new Error(`--api-url must be http:// or https://, got "${raw}"`);
+  if (url.username || url.password)
+    throw new Error("--api-url must not hold a user name or password: the API key goes in --api-key");
+  if (url.search || url.hash)
+    throw new Error(`--api-url is the server's base URL, without ?query or #fragment (e.g. ${url.origin})`);
   return url.toString().replace(/\/+$/, "");
 }
 
@@ -83,6 +87,13 @@ export function apiClient(opts: ClientOptions) {
     } catch {
       json = undefined;
     }
+    // Every answer of the API is JSON: anything else is another server at --api-url.
+    if (res.ok && json === undefined)
+      throw new ApiRequestError(
+        res.status,
+        "not_klen_api",
+        `${method} ${path}: ${base} answered ${res.status} ${res.headers.get("content-type") ?? "without a content type"}, not the Klen API's JSON; is --api-url the Klen server?`,
+      );
     if (!res.ok) {
       const e = (json as { error?: { code?: string; message?: string; details?: { field?: string } } })
         ?.error;

@@ -180,6 +180,8 @@ Examples:
         }
         if (target.protocol !== "http:" && target.protocol !== "https:")
           throw new Error("--forward-to must be an http:// or https:// URL");
+        if (target.username || target.password)
+          throw new Error("--forward-to must not hold a user name or password (fetch refuses such a URL)");
         const events = parseEventList(o.events);
         const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
         const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });

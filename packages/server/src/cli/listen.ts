@@ -156,6 +156,16 @@ export async function listen(opts: ListenOptions): Promise<void> {
         );
       }
       if (!res.ok || !res.body) throw new Error(`event stream answered ${res.status}`);
+      // A 200 that is not an event stream is another server at --api-url: no retry fixes that.
+      const type = res.headers.get("content-type") ?? "";
+      if (!type.startsWith("text/event-stream")) {
+        await res.body.cancel().catch(() => undefined);
+        throw new ApiRequestError(
+          res.status,
+          "not_klen_api",
+          `event stream: ${client.base} answered ${res.status} ${type || "without a content type"}, not text/event-stream; is --api-url the Klen server?`,
+        );
+      }
       backoff = minBackoff;
       if (!connectedOnce) {
         connectedOnce = true;
@@ -202,15 +212,13 @@ export async function listen(opts: ListenOptions): Promise<void> {
         ),
       );
     await new Promise<void>((r) => {
-      const t = setTimeout(r, wait);
-      signal.addEventListener(
-        "abort",
-        () => {
-          clearTimeout(t);
-          r();
-        },
-        { once: true },
-      );
+      const wake = () => {
+        clearTimeout(t);
+        signal.removeEventListener("abort", wake);
+        r();
+      };
+      const t = setTimeout(wake, wait);
+      signal.addEventListener("abort", wake, { once: true });
     });
     backoff = Math.min(maxBackoff, backoff * 2);
   }

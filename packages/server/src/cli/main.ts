@@ -94,13 +94,23 @@ accounts
   .requiredOption("--name <name>", "account name")
   .option("--json", "print JSON")
   .action(async (opts: { name: string; json?: boolean }) => {
+    // The API's rule for an account's name (PATCH /v1/account).
+    const name = opts.name.trim();
+    if (name === "" || name.length > 200) {
+      process.stderr.write("klen-webhooks accounts create: --name must be 1 to 200 characters, not blank\n");
+      process.exit(1);
+    }
     const cfg = config();
     const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
     await migrate(store);
-    const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, opts.name));
+    const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, name));
     await store.close();
+    const where = cfg.databaseUrl.startsWith("sqlite:") ? cfg.databaseUrl : "PostgreSQL (KLEN_DATABASE_URL)";
     if (opts.json) process.stdout.write(`${JSON.stringify({ ...account, api_key: apiKey })}\n`);
-    else process.stdout.write(`account ${account.id} "${account.name}"\nAPI key (shown once): ${apiKey}\n`);
+    else
+      process.stdout.write(
+        `account ${account.id} "${account.name}" in ${where}\nAPI key (shown once): ${apiKey}\n`,
+      );
   });
 
 registerClientCommands(program);
