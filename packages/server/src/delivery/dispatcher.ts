@@ -160,7 +160,10 @@ export class Dispatcher {
     const sender = {
       dev: ctx.config.dev,
       timeoutMs: ctx.config.deliveryTimeoutMs,
-      connectionsPerOrigin: this.opts.perEndpoint,
+      // As many connections to one origin as attempts in flight: endpoints that share a host
+      // (several paths of one receiver service) must not queue behind each other's slow answers
+      // for a connection. What one endpoint holds is bounded by its slots (`capOf`).
+      connectionsPerOrigin: this.opts.concurrency,
     };
     this.sender = ctx.config.senderThread ? new ThreadSender(sender) : new Sender(sender);
   }
@@ -358,13 +361,20 @@ export class Dispatcher {
   }
 
   /**
-   * The slots an endpoint may hold. A failing one (its last attempt failed: down, timing out,
-   * answering 5xx) gets few, so that while it fails it holds a small share of the slots instead of
-   * a quarter of them, and healthy endpoints keep their throughput; its first success gives it
-   * back its full share. Its deliveries are still attempted as slots free up, in order.
+   * The slots an endpoint may hold: `perEndpoint`, or its fair share when more endpoints are in
+   * flight. A failing one (its last attempt failed: down, timing out, answering 5xx) gets few, so
+   * that while it fails it holds a small share of the slots instead of a quarter of them, and
+   * healthy endpoints keep their throughput; its first success gives it back its full share. Its
+   * deliveries are still attempted as slots free up, in order.
    */
   private capOf(endpointId: string): number {
-    return this.failing.has(endpointId) ? this.opts.perFailingEndpoint : this.opts.perEndpoint;
+    if (this.failing.has(endpointId)) return this.opts.perFailingEndpoint;
+    // A fair share, so that endpoints that are slow but succeed (never failing, none at its cap)
+    // cannot between them take every slot: the slots split between the endpoints in flight and
+    // one more, which keeps a share free for an endpoint that has nothing in flight yet.
+    const sharing = this.perEndpoint.size + (this.perEndpoint.has(endpointId) ? 1 : 2);
+    const share = Math.floor(this.opts.concurrency / sharing);
+    return Math.min(this.opts.perEndpoint, Math.max(this.opts.perFailingEndpoint, share));
   }
 
   /**
