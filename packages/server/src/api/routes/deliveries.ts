@@ -1,5 +1,5 @@
 import { type Selectable, sql } from "kysely";
-import { lockCallsOfEndpoint, releaseChainHeads } from "../../delivery/chains.js";
+import { lockCallsOfEndpoint, parkBehindEarlier, releaseChainHeads } from "../../delivery/chains.js";
 import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
@@ -82,12 +82,13 @@ async function detailsOf(db: Db, deliveries: DeliveryRow[]): Promise<Details> {
   return out;
 }
 
-async function findDelivery(db: Db, accountId: number, id: string): Promise<DeliveryRow> {
+async function findDelivery(db: Db, accountId: number, id: string, lock = false): Promise<DeliveryRow> {
   const d = await db
     .selectFrom("deliveries")
     .selectAll()
     .where("id", "=", id)
     .where("account_id", "=", accountId)
+    .$if(lock, (q) => q.forUpdate())
     .executeTakeFirst();
   if (!d) throw notFound("delivery", id);
   return d;
@@ -169,7 +170,14 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       req,
       reply,
       async (trx) => {
-        const d = await findDelivery(trx, req.account.id, (req.params as { id: string }).id);
+        // Locked on PostgreSQL: two retries at once, or a retry and the dispatcher's claim, must
+        // see each other, or a retry could make a claimed delivery due again while it is sent.
+        const d = await findDelivery(
+          trx,
+          req.account.id,
+          (req.params as { id: string }).id,
+          ctx.store.caps.rowLocks,
+        );
         const endpoint = await trx
           .selectFrom("endpoints")
           .select(["id", "disabled", "disabled_reason", "deleted_at"])
@@ -209,7 +217,9 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             endpointId: d.endpoint_id,
             callId: Number(d.call_id),
           });
-          await releaseChainHeads(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
+          const chain = { endpointId: d.endpoint_id, callId: Number(d.call_id) };
+          await parkBehindEarlier(trx, chain, now);
+          await releaseChainHeads(trx, chain, now);
         }
         const after = await findDelivery(trx, req.account.id, d.id);
         return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after])) };

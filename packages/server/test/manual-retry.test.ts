@@ -1,0 +1,157 @@
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { describe, test } from "node:test";
+import { openStore } from "../src/storage/store.js";
+import { runCall, setupAccount } from "./helpers/api.js";
+import { backends, postgresBackend } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
+import { startReceiver } from "./helpers/receiver.js";
+import { spawnServer } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// Manual retry and recover against what the dispatcher is doing at the same time: a re-opened
+// earlier event holds back the later events of its call again, and retries raced on one delivery
+// never send it twice at once nor log two attempts under one number.
+
+test.after(() => stopPostgres());
+
+interface Delivery {
+  id: string;
+  endpoint_id: string;
+  event_type: string;
+  status: string;
+  next_attempt_at: string | null;
+  attempt_count: number;
+  attempts: Array<{ number: number }>;
+}
+
+for (const backend of backends()) {
+  for (const how of ["retry", "recover"] as const) {
+    test(`${backend.name}: ${how} of a given-up call.started parks the call.ended that waits for its next retry, and started goes first`, async () => {
+      const db = await backend.fresh();
+      const rx = await startReceiver();
+      const env = { KLEN_DATABASE_URL: db.databaseUrl };
+      const api = await spawnServer({ dataDir: db.dataDir, env, role: "api" });
+      const store = await openStore(db.databaseUrl);
+      let worker: Awaited<ReturnType<typeof spawnServer>> | undefined;
+      try {
+        const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+        const callId = await runCall(api.api, agentId);
+        const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
+        const started = list.find((d) => d.event_type === "call.started")!;
+        const ended = list.find((d) => d.event_type === "call.ended")!;
+        // What the dispatcher leaves when started has spent its schedule while the endpoint was
+        // down: started failed, which released ended, now waiting an hour for its next retry.
+        const now = Date.now();
+        await store.db
+          .updateTable("deliveries")
+          .set({ status: "failed", next_attempt_at: null, attempt_count: 4 })
+          .where("id", "=", started.id)
+          .execute();
+        await store.db
+          .updateTable("deliveries")
+          .set({ status: "pending", next_attempt_at: now + 3_600_000, attempt_count: 1 })
+          .where("id", "=", ended.id)
+          .execute();
+
+        const r =
+          how === "retry"
+            ? await api.api.post(`/v1/deliveries/${started.id}/retry`)
+            : await api.api.post(`/v1/endpoints/${list[0]!.endpoint_id}/recover`, {
+                since: new Date(now - 60_000).toISOString(),
+              });
+        assert.equal(r.status, 202, JSON.stringify(r.body));
+        const after = async (id: string) => (await api.api.get(`/v1/deliveries/${id}`)).body as Delivery;
+        assert.equal(
+          (await after(ended.id)).next_attempt_at,
+          null,
+          "call.ended waits for call.started again",
+        );
+        assert.ok((await after(started.id)).next_attempt_at, "call.started is due");
+
+        worker = await spawnServer({ dataDir: db.dataDir, env, role: "worker" });
+        await waitFor("call.ended delivered", async () =>
+          (await after(ended.id)).status === "succeeded" ? true : undefined,
+        );
+        const order = rx.requests
+          .filter((q) => q.json?.call?.id === callId)
+          .map((q) => q.json.event_type as string);
+        const firstEnded = order.indexOf("call.ended");
+        assert.ok(order.lastIndexOf("call.started") < firstEnded, order.join(", "));
+        assert.equal((await after(started.id)).status, "succeeded");
+      } finally {
+        await worker?.kill();
+        await api.kill();
+        await store.close();
+        await rx.close();
+        await db.cleanup();
+      }
+    });
+  }
+}
+
+describe("retries raced on PostgreSQL", () => {
+  test("ten retries at once of each delivery: never two attempts of one delivery at once, one number each", async () => {
+    const db = await postgresBackend.fresh();
+    // Each answer takes a while, so a second attempt that overlapped would be seen.
+    let open = 0;
+    let overlaps = 0;
+    const openById = new Map<string, number>();
+    const rx = createServer((req, res) => {
+      req.resume();
+      const id = String(req.headers["webhook-id"]);
+      const n = (openById.get(id) ?? 0) + 1;
+      openById.set(id, n);
+      if (n > 1) overlaps++;
+      open++;
+      setTimeout(() => {
+        openById.set(id, (openById.get(id) ?? 1) - 1);
+        open--;
+        res.end("ok");
+      }, 150);
+    });
+    await new Promise<void>((r) => rx.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(rx.address() as AddressInfo).port}/`;
+    const server = await spawnServer({ dataDir: db.dataDir, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+    try {
+      const { agentId } = await setupAccount(server.api, { endpointUrl: url });
+      for (let i = 0; i < 12; i++) {
+        const c = await server.api.post("/v1/calls", {
+          agent_id: agentId,
+          type: "outbound",
+          phone_number: `+155506000${String(i).padStart(2, "0")}`,
+        });
+        await server.api.post(`/v1/calls/${c.body.id}/start`, {});
+      }
+      const all = async () => (await server.api.get("/v1/deliveries?limit=100")).body.data as Delivery[];
+      await waitFor("the first attempts", async () =>
+        (await all()).every((d) => d.status === "succeeded") ? true : undefined,
+      );
+      const answers = await Promise.all(
+        (await all()).flatMap((d) =>
+          Array.from({ length: 10 }, () => server.api.post(`/v1/deliveries/${d.id}/retry`)),
+        ),
+      );
+      for (const a of answers) assert.ok(a.status === 202 || a.status === 409, JSON.stringify(a.body));
+      await waitFor("every retry settled", async () =>
+        open === 0 && (await all()).every((d) => d.status === "succeeded") ? true : undefined,
+      );
+      assert.equal(overlaps, 0, "a delivery was sent again while an attempt of it was open");
+      for (const d of await all()) {
+        const numbers = d.attempts.map((a) => a.number);
+        assert.deepEqual(
+          numbers,
+          numbers.map((_, i) => i + 1),
+          `${d.id}: attempts ${numbers.join(",")}`,
+        );
+        assert.equal(d.attempt_count, numbers.length);
+        assert.ok(numbers.length >= 2, "at least one retry went out");
+      }
+    } finally {
+      await server.kill();
+      await new Promise<void>((r) => rx.close(() => r()));
+      await db.cleanup();
+    }
+  });
+});
