@@ -53,58 +53,62 @@ test("a dead endpoint never holds more than its share of the slots, even when on
   }
 });
 
-test("endpoints that are slow but succeed cannot between them take every slot: a healthy endpoint's events go out while they hold theirs", async () => {
-  // Three slow endpoints on one origin: every request is held until the test lets them answer 200.
-  let answering = false;
-  const held: ServerResponse[] = [];
-  const slowIds = new Set<string>();
+test("endpoints that are slow but succeed cannot between them take every slot: a healthy endpoint's events go out before their backlog", async () => {
+  // Three slow endpoints on one origin: every request is answered 200 after 300 ms.
+  const slowStarted = new Set<string>();
   const slow = createServer((req, res) => {
     req.resume();
-    slowIds.add(`${req.url} ${req.headers["webhook-id"]}`);
-    if (answering) res.end("ok");
-    else held.push(res);
+    if (req.headers["webhook-id"]) slowStarted.add(`${req.url} ${req.headers["webhook-id"]}`);
+    setTimeout(() => res.end("ok"), 300);
   });
   await new Promise<void>((r) => slow.listen(0, "127.0.0.1", r));
   const origin = `http://127.0.0.1:${(slow.address() as AddressInfo).port}`;
-  const healthy = await startReceiver();
+  // How many slow deliveries had been sent when the healthy endpoint got its first one.
+  let slowBeforeHealthy: number | undefined;
+  const healthy = await startReceiver({
+    respond: () => {
+      slowBeforeHealthy ??= slowStarted.size;
+      return 200;
+    },
+  });
   const r = await apiOnlyServer(`${origin}/s0`);
   let dispatcher: Dispatcher | undefined;
   try {
     await r.client.post("/v1/endpoints", { url: `${origin}/s1` });
     await r.client.post("/v1/endpoints", { url: `${origin}/s2` });
     const calls: number[] = [];
-    for (let i = 0; i < 4; i++) {
-      const id = await r.newCall(`+1555040000${i}`);
+    for (let i = 0; i < 10; i++) {
+      const id = await r.newCall(`+155504000${String(i).padStart(2, "0")}`);
       await r.client.post(`/v1/calls/${id}/start`, {});
       calls.push(id);
     }
-    // The healthy endpoint's deliveries come after all the slow ones' in the due order.
+    // The healthy endpoint's deliveries come after all 30 slow ones in the due order.
     await r.client.post("/v1/endpoints", { url: healthy.url });
     for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
 
-    // 8 slots and up to 8 per endpoint: without a fair share the slow endpoints' oldest
-    // deliveries would fill every slot and hold them.
+    // 8 slots and up to 8 per endpoint: without a fair share for slow endpoints their 30 oldest
+    // deliveries would all go before the healthy endpoint's first.
     dispatcher = new Dispatcher(r.api.ctx, {
       concurrency: 8,
       perEndpoint: 8,
       perFailingEndpoint: 2,
+      slowAttemptMs: 200,
       batchSize: 8,
       pollMs: 50,
     });
     dispatcher.start();
-    await healthy.waitForCount(4);
+    await healthy.waitForCount(10);
     assert.deepEqual(
       healthy.requests.map((q) => q.json.event_type),
-      Array(4).fill("call.ended"),
+      Array(10).fill("call.ended"),
     );
-    assert.ok(held.length >= 3, `the slow endpoints hold ${held.length} attempts`);
-
-    // Let them answer: every slow delivery goes out (4 calls × 3 endpoints × started and ended).
-    answering = true;
-    for (const res of held) res.end("ok");
-    await waitFor("every slow delivery", () => (slowIds.size === 24 ? true : undefined));
+    assert.ok(
+      slowBeforeHealthy !== undefined && slowBeforeHealthy <= 20,
+      `${slowBeforeHealthy} of the slow endpoints' 30 started deliveries went before the healthy endpoint's first`,
+    );
+    // And the slow ones all go out (10 calls × 3 endpoints × started and ended).
+    await waitFor("every slow delivery", () => (slowStarted.size === 60 ? true : undefined));
   } finally {
-    for (const res of held) res.destroy();
     await dispatcher?.stop(100);
     await r.done();
     await healthy.close();
