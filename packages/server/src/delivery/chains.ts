@@ -20,14 +20,22 @@ export async function lockCallsOfEndpoint(
   await trx.selectFrom("calls").select("id").where("id", "in", calls).orderBy("id").forShare().execute();
 }
 
+/** `EXISTS (…)` of this condition: a pending delivery of the same chain comes before this one. */
+const earlierPending = sql`
+  SELECT 1 FROM deliveries e
+  WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
+    AND e.status = 'pending' AND e.event_seq < deliveries.event_seq`;
+
 /**
- * Parks again the pending deliveries in scope that wait for their next retry, are not in flight,
- * and now have an earlier pending delivery in their (endpoint, call) chain: an earlier event
- * re-opened by hand (retry, recover) after it was given up had released them, and they must not
- * overtake it. `releaseChainHeads` then makes due whatever heads a chain; the rest follow as the
- * deliveries before them finish. An attempt already in flight cannot be called back.
+ * Puts the (endpoint, call) chains in scope back in order after deliveries were re-opened by hand
+ * (retry, recover), so that re-opened events still go out one at a time, in their call's order:
+ * - parks again the pending deliveries that wait for their next retry, are not in flight, and now
+ *   have an earlier pending delivery: a re-opened earlier event that had been given up released
+ *   them, and they must not overtake it (an attempt already in flight cannot be called back);
+ * - makes due the first pending delivery of each chain that is parked and has no earlier pending
+ *   one. The rest follow as the deliveries before them finish.
  */
-export async function parkBehindEarlier(
+export async function reorderChains(
   trx: Db,
   scope: { endpointId: string; callId?: number },
   now: number,
@@ -38,30 +46,10 @@ export async function parkBehindEarlier(
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND next_attempt_at IS NOT NULL
       AND (leased_until IS NULL OR leased_until <= ${now})
-      AND EXISTS (
-        SELECT 1 FROM deliveries e
-        WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
-          AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)`.execute(trx);
-}
-
-/**
- * Makes due the first pending delivery of each (endpoint, call) chain in scope that is parked and
- * has no earlier pending delivery. Used after re-opening deliveries by hand (retry, recover), so
- * that re-opened events still go out one at a time, in their call's order, behind anything of the
- * same call that is still pending.
- */
-export async function releaseChainHeads(
-  trx: Db,
-  scope: { endpointId: string; callId?: number },
-  now: number,
-): Promise<void> {
-  const call = scope.callId === undefined ? sql`` : sql`AND call_id = ${scope.callId}`;
+      AND EXISTS (${earlierPending})`.execute(trx);
   await sql`
     UPDATE deliveries SET next_attempt_at = ${now}, updated_at = ${now}
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND next_attempt_at IS NULL
-      AND NOT EXISTS (
-        SELECT 1 FROM deliveries e
-        WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
-          AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)`.execute(trx);
+      AND NOT EXISTS (${earlierPending})`.execute(trx);
 }

@@ -1,5 +1,5 @@
 import { type Selectable, sql } from "kysely";
-import { lockCallsOfEndpoint, parkBehindEarlier, releaseChainHeads } from "../../delivery/chains.js";
+import { lockCallsOfEndpoint, reorderChains } from "../../delivery/chains.js";
 import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
@@ -217,9 +217,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             endpointId: d.endpoint_id,
             callId: Number(d.call_id),
           });
-          const chain = { endpointId: d.endpoint_id, callId: Number(d.call_id) };
-          await parkBehindEarlier(trx, chain, now);
-          await releaseChainHeads(trx, chain, now);
+          await reorderChains(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
         }
         const after = await findDelivery(trx, req.account.id, d.id);
         return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after])) };

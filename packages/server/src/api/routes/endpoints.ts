@@ -1,6 +1,6 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
-import { lockCallsOfEndpoint, parkBehindEarlier, releaseChainHeads } from "../../delivery/chains.js";
+import { lockCallsOfEndpoint, reorderChains } from "../../delivery/chains.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
 import { previousSecretsExpireAt, rotatedOut } from "../../endpoints/secrets.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
@@ -307,8 +307,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
             .where("created_at", ">=", since)
             .where("created_at", "<=", until)
             .executeTakeFirst();
-          await parkBehindEarlier(trx, { endpointId: id }, now);
-          await releaseChainHeads(trx, { endpointId: id }, now);
+          await reorderChains(trx, { endpointId: id }, now);
           return { status: 202, body: { queued: Number(res.numUpdatedRows) } };
         },
         { work: true },
