@@ -165,6 +165,29 @@ describe("dashboard in Chromium", () => {
     assert.match(text, /\bok\b/, "the receiver's response body");
   });
 
+  test("delivery rows show their event type without fetching each event", async () => {
+    const lookups: string[] = [];
+    const onRequest = (req: { url(): string }) => {
+      const path = new URL(req.url()).pathname;
+      if (path.startsWith("/v1/events/")) lookups.push(path);
+    };
+    page.on("request", onRequest);
+    try {
+      await section("Endpoints");
+      await page.getByRole("link", { name: `${receiver.url}/hooks` }).click();
+      await page.getByRole("heading", { name: "CRM sync" }).waitFor();
+      await page.reload(); // a fresh page: nothing looked up earlier is cached
+      await page
+        .locator('table[aria-label="Deliveries to this endpoint"] .event-type', { hasText: "call.ended" })
+        .waitFor();
+      await section("Deliveries");
+      await page.locator('table[aria-label="Deliveries"] .event-type', { hasText: "call.ended" }).waitFor();
+      assert.deepEqual(lookups, [], "deliveries carry event_type");
+    } finally {
+      page.off("request", onRequest);
+    }
+  });
+
   test("retrying a delivery from the UI sends a new attempt to the receiver", async () => {
     const r = await server.api.get(`/v1/deliveries?endpoint_id=${endpointId}&status=succeeded`);
     const delivery = r.body.data[0] as { id: string; event_id: string };

@@ -2,20 +2,11 @@ import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
 import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
 
-// Deliveries carry event and endpoint ids; their types and URLs are looked up once per page and
-// cached for the session of this page.
-const eventTypes = new Map();
+// Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
+// (one request for the first 100) when a page shows an endpoint not seen yet.
 const endpointUrls = new Map();
 
 async function lookup(deliveries) {
-  const missing = [...new Set(deliveries.map((d) => d.event_id))].filter((id) => !eventTypes.has(id));
-  await Promise.all(
-    missing.map((id) =>
-      api("GET", `/v1/events/${id}`)
-        .then((e) => eventTypes.set(id, e.event_type))
-        .catch(() => eventTypes.set(id, null)),
-    ),
-  );
   if (deliveries.some((d) => !endpointUrls.has(d.endpoint_id))) await loadEndpoints();
 }
 
@@ -146,13 +137,7 @@ function deliveryRows(d, opts, expanded = false) {
     "tr",
     { class: "delivery", dataset: { delivery: d.id, status: d.status } },
     h("td", { class: "nowrap" }, toggle, badge(d.status)),
-    h(
-      "td",
-      {},
-      eventTypes.get(d.event_id)
-        ? h("span", { class: "event-type" }, eventTypes.get(d.event_id))
-        : mono(d.event_id),
-    ),
+    h("td", {}, d.event_type ? h("span", { class: "event-type" }, d.event_type) : mono(d.event_id)),
     opts.showEndpoint
       ? h("td", { class: "small ellipsis" }, endpointUrls.get(d.endpoint_id) ?? d.endpoint_id)
       : null,
@@ -221,7 +206,7 @@ export function deliveryTable(filters, opts = {}) {
       );
       return o.paged === false ? { ...page, next_cursor: null } : page;
     },
-    after: lookup,
+    after: o.showEndpoint ? lookup : undefined,
     row: (d) => deliveryRows(d, o),
   });
 }
