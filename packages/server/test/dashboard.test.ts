@@ -16,6 +16,7 @@ describe("dashboard in Chromium", () => {
   const dir = tempDir();
   let server: ServerProcess;
   let receiver: Receiver;
+  let failing: Receiver;
   let browser: Browser;
   let page: Page;
   let agentId: number;
@@ -26,8 +27,10 @@ describe("dashboard in Chromium", () => {
   const foreignRequests: string[] = [];
 
   before(async () => {
-    server = await spawnServer({ dataDir: dir.path });
+    // Retries far apart: a delivery that failed stays pending with retries left (Retry now).
+    server = await spawnServer({ dataDir: dir.path, env: { KLEN_RETRY_SCHEDULE: "10m,10m" } });
     receiver = await startReceiver();
+    failing = await startReceiver({ respond: () => ({ status: 500, body: "receiver down" }) });
     ({ agentId } = await setupAccount(server.api));
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -58,6 +61,7 @@ describe("dashboard in Chromium", () => {
     await browser?.close();
     await server?.kill();
     await receiver?.close();
+    await failing?.close();
     dir.remove();
   });
 
@@ -256,6 +260,36 @@ describe("dashboard in Chromium", () => {
     const e = await server.api.get(`/v1/endpoints/${endpointId}`);
     assert.equal(e.body.disabled, true);
     assert.equal(e.body.disabled_reason, "disabled by user");
+  });
+
+  test("Retry now shows a failed attempt at once when the delivery has retries left", async () => {
+    const ep = await server.api.post("/v1/endpoints", {
+      url: `${failing.url}/down`,
+      description: "Down receiver",
+      event_types: ["call.failed"],
+    });
+    const call = await server.api.post("/v1/test-calls", { endpoint_id: ep.body.id, outcome: "busy" });
+    const delivery = await waitFor("the failed first attempt", async () => {
+      const r = await server.api.get(`/v1/deliveries?call_id=${call.body.call_id}`);
+      const d = r.body.data[0];
+      return d?.attempts.length === 1 ? (d as { id: string; event_id: string; status: string }) : undefined;
+    });
+    assert.equal(delivery.status, "pending", "the next retry is 10 minutes away");
+
+    await page.evaluate((id) => {
+      location.hash = `#/deliveries?event_id=${id}`;
+    }, delivery.event_id);
+    await page.getByRole("button", { name: `Attempts of ${delivery.id}` }).click();
+    const detail = page.locator(`tr.delivery[data-delivery="${delivery.id}"] + tr.detail`);
+    await detail.getByRole("button", { name: "Retry now" }).click();
+    await failing.waitForCount(2);
+    // Within the default 15 s wait; the page used to wait 20 s for the delivery to leave pending.
+    await detail.locator('tr.attempt[data-number="2"]').waitFor();
+    assert.match((await detail.locator('tr.attempt[data-number="2"]').textContent())!, /500/);
+    assert.equal(
+      await page.locator(`tr.delivery[data-delivery="${delivery.id}"]`).getAttribute("data-status"),
+      "pending",
+    );
   });
 
   test("user data renders as text, never as markup", async () => {

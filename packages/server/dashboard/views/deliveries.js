@@ -161,17 +161,24 @@ function deliveryRows(d, opts, expanded = false) {
     try {
       await api("POST", `/v1/deliveries/${d.id}/retry`);
       note(status, "Retry queued; waiting for the attempt…");
-      // Show the new attempt as soon as the dispatcher has logged it.
+      // Show the new attempt as soon as the dispatcher has logged it, whatever the delivery's
+      // status then: a failed attempt with retries left leaves it pending.
       const deadline = Date.now() + 20_000;
       let fresh = d;
-      while (Date.now() < deadline) {
+      while (Date.now() < deadline && fresh.attempts.length <= before) {
         await new Promise((r) => setTimeout(r, 400));
         fresh = await api("GET", `/v1/deliveries/${d.id}`);
-        if (fresh.attempts.length > before && fresh.status !== "pending") break;
+      }
+      if (fresh.attempts.length <= before) {
+        // A re-opened delivery waits behind a pending earlier event of its call to this endpoint.
+        note(status, "Retry queued, but no attempt has been logged yet. Refresh later to see it.");
+        retry.disabled = false;
+        return;
       }
       const [m2, d2] = deliveryRows(fresh, opts, true);
       main.replaceWith(m2);
       detail.replaceWith(d2);
+      d2.querySelector(".detail-head button")?.focus(); // the clicked button is gone
     } catch (err) {
       note(status, describe(err), "error");
       retry.disabled = false;
