@@ -231,14 +231,21 @@ describe("dashboard in Chromium", () => {
   });
 
   test("edits the endpoint's filters, rotates its secret and recovers", async () => {
+    await page.getByLabel("Endpoint URL").fill(`${receiver.url}/hooks/v2`);
+    await page.getByLabel("Description").fill("CRM sync (edited)");
     await page.getByLabel("call.ended").check();
     await page.getByLabel("call.failed").check();
     await page.getByLabel("Agent ids").fill(String(agentId));
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.getByText("Saved.").waitFor();
     const e = await server.api.get(`/v1/endpoints/${endpointId}`);
+    assert.equal(e.body.url, `${receiver.url}/hooks/v2`);
+    assert.equal(e.body.description, "CRM sync (edited)");
     assert.deepEqual([...e.body.event_types].sort(), ["call.ended", "call.failed"]);
     assert.deepEqual(e.body.agent_ids, [agentId]);
+    // The header shows what was saved, without a reload.
+    assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "CRM sync (edited)");
+    assert.equal(await page.locator(".endpoint-meta .url").textContent(), `${receiver.url}/hooks/v2`);
 
     const old = (await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret as string;
     await page.getByRole("button", { name: "Rotate secret" }).click();

@@ -300,7 +300,7 @@ function recoverCard(e) {
 
 /** `#/endpoints/{id}` */
 export async function renderEndpoint(main, id) {
-  const e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
+  let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
   const status = h("p", { class: "note", role: "status", hidden: true });
 
   const testButton = h("button", { class: "btn btn-secondary", type: "button" }, "Send test call");
@@ -344,21 +344,30 @@ export async function renderEndpoint(main, id) {
     { showEndpoint: false, label: "Deliveries to this endpoint" },
   );
 
+  // The title and the facts under it, drawn again when the form saves the endpoint.
+  const header = h("div");
+  const drawHeader = () =>
+    mount(
+      header,
+      pageHeader(e.description || "Endpoint", null, testButton, toggle),
+      h(
+        "div",
+        { class: "endpoint-meta" },
+        h("span", { class: "mono url" }, e.url),
+        endpointStatus(e),
+        e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
+        h("span", { class: "muted small" }, "ID ", mono(e.id)),
+        e.failing_since
+          ? h("span", { class: "badge badge-warn" }, "failing since ", fmtTime(e.failing_since))
+          : null,
+      ),
+    );
+  drawHeader();
+
   mount(
     main,
     h("a", { href: "#/endpoints", class: "back" }, "← Endpoints"),
-    pageHeader(e.description || "Endpoint", null, testButton, toggle),
-    h(
-      "div",
-      { class: "endpoint-meta" },
-      h("span", { class: "mono url" }, e.url),
-      endpointStatus(e),
-      e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
-      h("span", { class: "muted small" }, "ID ", mono(e.id)),
-      e.failing_since
-        ? h("span", { class: "badge badge-warn" }, "failing since ", fmtTime(e.failing_since))
-        : null,
-    ),
+    header,
     status,
     h(
       "div",
@@ -368,7 +377,8 @@ export async function renderEndpoint(main, id) {
         "Settings and filters",
         endpointForm(e, "Save changes", async (body, st) => {
           const { url, ...rest } = body;
-          await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
+          e = await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
+          drawHeader();
           note(st, "Saved.");
         }),
       ),
