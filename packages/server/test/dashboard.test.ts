@@ -269,6 +269,27 @@ describe("dashboard in Chromium", () => {
     assert.equal(e.body.disabled_reason, "disabled by user");
   });
 
+  test("Send test call says why a disabled or filtered endpoint would get nothing, and starts no call", async () => {
+    const newestCall = async () => (await server.api.get("/v1/calls?limit=1")).body.data[0].id as number;
+    const before = await newestCall();
+    const status = page.getByRole("status");
+    await page.getByRole("button", { name: "Send test call" }).click();
+    await status
+      .filter({ hasText: "This endpoint is disabled, so a test call would send it nothing" })
+      .waitFor();
+
+    // Enabled, but its agent filter has only the account's agent, not the test calls' one.
+    await page.getByRole("button", { name: "Enable endpoint" }).click();
+    await page.getByRole("button", { name: "Disable endpoint" }).waitFor();
+    const agents = (await server.api.get("/v1/agents")).body.data as Array<{ id: number; name: string }>;
+    const testAgent = agents.find((a) => a.name === "Test Agent")!;
+    await page.getByRole("button", { name: "Send test call" }).click();
+    await status
+      .filter({ hasText: `leaves out test calls, which run as agent ${testAgent.id} (Test Agent)` })
+      .waitFor();
+    assert.equal(await newestCall(), before, "no test call was started");
+  });
+
   test("Retry now shows a failed attempt at once when the delivery has retries left", async () => {
     const ep = await server.api.post("/v1/endpoints", {
       url: `${failing.url}/down`,

@@ -2,6 +2,7 @@ import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
 import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
 import { deliveryTable } from "./deliveries.js";
+import { testCallButton } from "./test-call.js";
 
 export const EVENT_TYPES = [
   "call.started",
@@ -303,25 +304,7 @@ export async function renderEndpoint(main, id) {
   let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
   const status = h("p", { class: "note", role: "status", hidden: true });
 
-  const testButton = h("button", { class: "btn btn-secondary", type: "button" }, "Send test call");
-  testButton.addEventListener("click", async () => {
-    testButton.disabled = true;
-    try {
-      const r = await api("POST", "/v1/test-calls", { endpoint_id: e.id });
-      mount(
-        status,
-        "Test call started: ",
-        h("a", { href: `#/calls/${r.call_id}` }, `call #${r.call_id}`),
-        ". Its events arrive here in a few seconds.",
-      );
-      status.className = "note note-ok";
-      status.hidden = false;
-    } catch (err) {
-      note(status, describe(err), "error");
-    } finally {
-      testButton.disabled = false;
-    }
-  });
+  const testButton = testCallButton(e.id, status);
 
   const toggle = h(
     "button",
