@@ -228,6 +228,12 @@ describe("dashboard in Chromium", () => {
     );
     assert.equal(ended.json.call.status, "completed");
     assert.deepEqual(receiver.verifyFailures, []);
+    // The page follows the call: its deliveries show up without a reload.
+    await page
+      .locator('table[aria-label="Deliveries to this endpoint"] tr.delivery')
+      .filter({ has: page.getByRole("link", { name: `#${testCallId}`, exact: true }) })
+      .first()
+      .waitFor();
   });
 
   test("edits the endpoint's filters, rotates its secret and recovers", async () => {
@@ -314,10 +320,20 @@ describe("dashboard in Chromium", () => {
     // Within the default 15 s wait; the page used to wait 20 s for the delivery to leave pending.
     await detail.locator('tr.attempt[data-number="2"]').waitFor();
     assert.match((await detail.locator('tr.attempt[data-number="2"]').textContent())!, /500/);
-    assert.equal(
-      await page.locator(`tr.delivery[data-delivery="${delivery.id}"]`).getAttribute("data-status"),
-      "pending",
-    );
+    const row = page.locator(`tr.delivery[data-delivery="${delivery.id}"]`);
+    assert.equal(await row.getAttribute("data-status"), "pending");
+
+    // Refresh shows an attempt made meanwhile (the last retry: the delivery failed), and keeps the
+    // delivery open.
+    assert.equal((await server.api.post(`/v1/deliveries/${delivery.id}/retry`)).status, 202);
+    await failing.waitForCount(3);
+    await waitFor("the third attempt logged", async () => {
+      const r = await server.api.get(`/v1/deliveries/${delivery.id}`);
+      return r.body.attempts.length === 3;
+    });
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await detail.locator('tr.attempt[data-number="3"]').waitFor();
+    assert.equal(await row.getAttribute("data-status"), "failed");
   });
 
   test("user data renders as text, never as markup", async () => {

@@ -1,6 +1,6 @@
 import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { card, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 
 // Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
 // (one request for the first 100) when a page shows an endpoint not seen yet.
@@ -91,8 +91,12 @@ function attemptsTable(d) {
   );
 }
 
-/** The two rows of one delivery: the summary and its (initially collapsed) attempts. */
-function deliveryRows(d, opts, expanded = false) {
+/**
+ * The two rows of one delivery: the summary and its attempts, collapsed unless the table has
+ * them open (`opts.open`, kept across reloads).
+ */
+function deliveryRows(d, opts) {
+  const expanded = opts.open.has(d.id);
   const colspan = opts.showEndpoint ? 7 : 6;
   const toggle = h(
     "button",
@@ -150,6 +154,8 @@ function deliveryRows(d, opts, expanded = false) {
     const open = detail.hidden;
     detail.hidden = !open;
     toggle.setAttribute("aria-expanded", String(open));
+    if (open) opts.open.add(d.id);
+    else opts.open.delete(d.id);
     main.classList.toggle("open", open);
   };
   toggle.addEventListener("click", flip);
@@ -175,7 +181,7 @@ function deliveryRows(d, opts, expanded = false) {
         retry.disabled = false;
         return;
       }
-      const [m2, d2] = deliveryRows(fresh, opts, true);
+      const [m2, d2] = deliveryRows(fresh, opts);
       main.replaceWith(m2);
       detail.replaceWith(d2);
       d2.querySelector(".detail-head button")?.focus(); // the clicked button is gone
@@ -193,7 +199,7 @@ function deliveryRows(d, opts, expanded = false) {
  * @param {{showEndpoint?: boolean, label?: string, limit?: number, paged?: boolean}} [opts]
  */
 export function deliveryTable(filters, opts = {}) {
-  const o = { showEndpoint: true, label: "Deliveries", ...opts };
+  const o = { showEndpoint: true, label: "Deliveries", ...opts, open: new Set() };
   return pagedTable({
     label: o.label,
     columns: [
@@ -253,7 +259,11 @@ export async function renderDeliveries(main, query) {
   const table = deliveryTable(filters);
   mount(
     main,
-    pageHeader("Deliveries", "Every event sent to every endpoint, with each attempt's response."),
+    pageHeader(
+      "Deliveries",
+      "Every event sent to every endpoint, with each attempt's response.",
+      refreshButton(table.reload),
+    ),
     h(
       "div",
       { class: "filters" },

@@ -1,6 +1,6 @@
 import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { card, cardHead, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 import { deliveryTable } from "./deliveries.js";
 import { testCallButton } from "./test-call.js";
 
@@ -299,12 +299,30 @@ function recoverCard(e) {
   );
 }
 
+// After a test call the recent deliveries are reloaded until its deliveries are all there and
+// none is pending, every 1.5 s and at most 12 times: a test call's five events are usually
+// delivered within a few seconds; an endpoint that fails keeps them pending for its retries.
+const FOLLOW_EVERY_MS = 1500;
+const FOLLOW_TIMES = 12;
+
+async function followTestCall(table, callId, expected) {
+  for (let i = 0; i < FOLLOW_TIMES; i++) {
+    await new Promise((r) => setTimeout(r, FOLLOW_EVERY_MS));
+    if (!table.el.isConnected) return; // the page was left
+    const rows = await table.reload();
+    const mine = (rows ?? []).filter((d) => d.call_id === callId);
+    if (mine.length >= expected && mine.every((d) => d.status !== "pending")) return;
+  }
+}
+
 /** `#/endpoints/{id}` */
 export async function renderEndpoint(main, id) {
   let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
   const status = h("p", { class: "note", role: "status", hidden: true });
 
-  const testButton = testCallButton(e.id, status);
+  const testButton = testCallButton(e.id, status, (callId, expected) =>
+    followTestCall(deliveries, callId, expected),
+  );
 
   const toggle = h(
     "button",
@@ -366,7 +384,11 @@ export async function renderEndpoint(main, id) {
         }),
       ),
     ),
-    card("Recent deliveries", deliveries.el),
+    card(
+      null,
+      cardHead("Recent deliveries", refreshButton(deliveries.reload, { small: true })),
+      deliveries.el,
+    ),
   );
   await deliveries.reload();
 }

@@ -1,7 +1,7 @@
 import { api, describe, withQuery } from "../api.js";
 import { chartLegend, deliveryChart } from "../chart.js";
 import { badge, fmtMs, h, mount } from "../dom.js";
-import { card, pageHeader, select } from "./common.js";
+import { card, pageHeader, refreshButton, select } from "./common.js";
 import { deliveryTable } from "./deliveries.js";
 
 // Range → bucket width: about 60 bars whatever the range.
@@ -83,24 +83,31 @@ export async function renderOverview(main) {
     { label: "Recent failed deliveries", limit: 5, paged: false },
   );
   const endpointsList = h("ul", { class: "list" });
-  const endpoints = await api("GET", "/v1/endpoints?limit=8");
-  mount(
-    endpointsList,
-    endpoints.data.length
-      ? endpoints.data.map((e) =>
-          h(
-            "li",
-            {},
-            h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
-            e.disabled ? badge("disabled") : badge("enabled"),
-          ),
-        )
-      : h("li", { class: "muted" }, "No endpoints yet."),
-  );
+  const listEndpoints = async () => {
+    try {
+      const endpoints = await api("GET", "/v1/endpoints?limit=8");
+      mount(
+        endpointsList,
+        endpoints.data.length
+          ? endpoints.data.map((e) =>
+              h(
+                "li",
+                {},
+                h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
+                e.disabled ? badge("disabled") : badge("enabled"),
+              ),
+            )
+          : h("li", { class: "muted" }, "No endpoints yet."),
+      );
+    } catch (err) {
+      mount(endpointsList, h("li", { class: "note note-error" }, describe(err)));
+    }
+  };
+  const everything = () => Promise.all([draw(), failed.reload(), listEndpoints()]);
 
   mount(
     main,
-    pageHeader("Overview", "Delivery health across all your endpoints.", range),
+    pageHeader("Overview", "Delivery health across all your endpoints.", range, refreshButton(everything)),
     tiles,
     h(
       "div",
@@ -118,5 +125,5 @@ export async function renderOverview(main) {
       ),
     ),
   );
-  await Promise.all([draw(), failed.reload()]);
+  await everything();
 }

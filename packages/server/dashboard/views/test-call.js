@@ -52,8 +52,10 @@ export function testCallReach(e, agent) {
  * afresh and says why nothing would arrive instead of starting one that sends nothing.
  * @param {string} endpointId
  * @param {HTMLElement} status the page's status line
+ * @param {(callId: number, expected: number) => void} onStarted called with the number of
+ *   deliveries the call should bring this endpoint
  */
-export function testCallButton(endpointId, status) {
+export function testCallButton(endpointId, status, onStarted) {
   const button = h("button", { class: "btn btn-secondary", type: "button" }, "Send test call");
   button.addEventListener("click", async () => {
     button.disabled = true;
@@ -86,6 +88,7 @@ export function testCallButton(endpointId, status) {
             : ". Its events arrive here in a few seconds.",
         );
         status.className = "note note-ok";
+        onStarted(r.call_id, reach.types.length);
       }
       status.hidden = false;
     } catch (err) {
