@@ -349,6 +349,55 @@ describe("dashboard in Chromium", () => {
     assert.deepEqual(dialogs, []);
   });
 
+  test("a long URL and description wrap or are cut, so nothing scrolls sideways", async () => {
+    const url = `${receiver.url}/hooks/${"very-long-path-segment-".repeat(60)}?q=${"x".repeat(300)}`;
+    const description = "A very long description ".repeat(42).slice(0, 1000);
+    const long = await server.api.post("/v1/endpoints", { url, description });
+    assert.equal(long.status, 201);
+    const noSidewaysScroll = async (where: string) => {
+      const [scroll, width] = await page.evaluate(() => [document.documentElement.scrollWidth, innerWidth]);
+      assert.ok(scroll <= width, `${where}: page ${scroll} px wide in a ${width} px window`);
+    };
+
+    await section("Overview");
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await section("Endpoints");
+    const row = page.locator(`tr[data-endpoint="${long.body.id}"]`);
+    await row.waitFor();
+    await noSidewaysScroll("endpoints list");
+    const [wrapScroll, wrapWidth] = await page
+      .locator(".table-wrap")
+      .evaluate((el) => [el.scrollWidth, el.clientWidth]);
+    assert.ok(wrapScroll <= wrapWidth, `endpoints table ${wrapScroll} px wide in ${wrapWidth} px`);
+    const created = (await row.locator("td").last().boundingBox())!;
+    assert.ok(created.x + created.width <= 1280, "the Created column is on screen");
+
+    await row.getByRole("link").click();
+    const title = page.getByRole("heading", { level: 1 });
+    await title.filter({ hasText: "A very long description" }).waitFor();
+    await noSidewaysScroll("endpoint page");
+    assert.ok((await title.boundingBox())!.height < 100, "the description is cut to two lines");
+    assert.equal(await title.locator("[title]").getAttribute("title"), description, "all of it on hover");
+
+    await section("Deliveries");
+    const select = page.getByLabel("Endpoint");
+    await select.waitFor();
+    await noSidewaysScroll("deliveries page");
+    assert.ok((await select.boundingBox())!.width <= 400, "the endpoint filter is not stretched by URLs");
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await noSidewaysScroll("deliveries page, 390 px");
+      await page.evaluate((id) => {
+        location.hash = `#/endpoints/${id}`;
+      }, long.body.id);
+      await title.filter({ hasText: "A very long description" }).waitFor();
+      await noSidewaysScroll("endpoint page, 390 px");
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
+  });
+
   test("long lists page with Load more", async () => {
     for (let i = 0; i < 6; i++) await runCall(server.api, agentId, `+1555000${1000 + i}`);
     let total = 0;

@@ -224,6 +224,11 @@ export function deliveryTable(filters, opts = {}) {
   });
 }
 
+/** `text` cut to `max` characters with an ellipsis: a select's options cannot wrap. */
+function shorten(text, max) {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
 /** `#/deliveries?status=…&endpoint_id=…&event_id=…` */
 export async function renderDeliveries(main, query) {
   const filters = {
@@ -244,7 +249,7 @@ export async function renderDeliveries(main, query) {
   );
   const endpoint = select(
     "endpoint_id",
-    [["", "All endpoints"], ...endpoints.map((e) => [e.id, e.url])],
+    [["", "All endpoints"], ...endpoints.map((e) => [e.id, shorten(e.url, 70)])],
     filters.endpoint_id,
   );
   const apply = () => {

@@ -152,9 +152,11 @@ export async function renderEndpoints(main) {
         { dataset: { endpoint: e.id } },
         h(
           "td",
-          {},
-          h("a", { href: `#/endpoints/${e.id}`, class: "strong" }, e.url),
-          e.description ? h("div", { class: "muted small" }, e.description) : null,
+          { class: "endpoint-cell" },
+          h("a", { href: `#/endpoints/${e.id}`, class: "strong clamp-2", title: e.url }, e.url),
+          e.description
+            ? h("div", { class: "muted small clamp-2", title: e.description }, e.description)
+            : null,
         ),
         h("td", { class: "small" }, filterSummary(e)),
         h("td", {}, endpointStatus(e)),
@@ -350,11 +352,16 @@ export async function renderEndpoint(main, id) {
   const drawHeader = () =>
     mount(
       header,
-      pageHeader(e.description || "Endpoint", null, testButton, toggle),
+      pageHeader(
+        e.description ? h("span", { class: "clamp-2", title: e.description }, e.description) : "Endpoint",
+        null,
+        testButton,
+        toggle,
+      ),
       h(
         "div",
         { class: "endpoint-meta" },
-        h("span", { class: "mono url" }, e.url),
+        h("span", { class: "mono url clamp-3", title: e.url }, e.url),
         endpointStatus(e),
         e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
         h("span", { class: "muted small" }, "ID ", mono(e.id)),
