@@ -100,6 +100,15 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByRole("heading", { name: "Overview" }).waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem("klen.apiKey")), server.apiKey);
+    // No attempts yet: the value axes still read in whole, distinct steps.
+    await page.locator("svg.chart").waitFor();
+    const labels = await page.locator('svg.chart text.axis[text-anchor="end"]').allTextContents();
+    const counts = labels.filter((l) => !l.endsWith("ms"));
+    const latencies = labels.filter((l) => l.endsWith("ms"));
+    assert.ok(counts.length >= 2 && counts.every((l) => /^\d+$/.test(l)), counts.join(" / "));
+    assert.ok(latencies.length >= 2 && latencies.every((l) => /^\d+ ms$/.test(l)), latencies.join(" / "));
+    assert.equal(new Set(counts).size, counts.length, counts.join(" / "));
+    assert.equal(new Set(latencies).size, latencies.length, latencies.join(" / "));
 
     await section("Endpoints");
     await page.getByRole("link", { name: "Add endpoint" }).click();
