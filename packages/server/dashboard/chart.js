@@ -2,8 +2,12 @@ import { fmtMs, h, s } from "./dom.js";
 
 // Inline SVG drawn from GET /v1/stats/deliveries: attempts per bucket as stacked bars (succeeded
 // below, failed on top) and p50/p95 attempt latency as lines underneath, on a shared time axis.
+// It is drawn as wide as its box, one SVG unit per CSS pixel, so that its labels keep their size
+// on a phone (a fixed 760-wide drawing shrunk them to 5 px at 390 px) and the time axis shows as
+// many labels as fit.
 
-const W = 760;
+/** Narrower boxes scale the drawing down rather than squeeze the plot. */
+const MIN_W = 300;
 const PAD_L = 52;
 const PAD_R = 16;
 const BARS_TOP = 28;
@@ -53,9 +57,11 @@ function bucketName(seconds) {
 /**
  * The delivery chart.
  * @param {{bucket_seconds: number, buckets: Array<{start: string, succeeded: number, failed: number, p50_ms: number|null, p95_ms: number|null}>}} stats
+ * @param {number} [width] of its box in CSS pixels
  * @returns {SVGElement}
  */
-export function deliveryChart(stats) {
+export function deliveryChart(stats, width = 760) {
+  const W = Math.max(MIN_W, Math.round(width));
   const buckets = stats.buckets;
   const n = Math.max(buckets.length, 1);
   const plotW = W - PAD_L - PAD_R;
@@ -135,8 +141,10 @@ export function deliveryChart(stats) {
     );
   };
 
+  // At most 6 time labels, fewer when they would not fit (about 7 px a character, 20 px apart).
   const ticks = [];
-  const every = Math.max(1, Math.ceil(n / 6));
+  const labelW = 7 * (buckets.length ? timeLabel(buckets[0].start, stats.bucket_seconds).length : 5) + 20;
+  const every = Math.max(1, Math.ceil(n / Math.max(2, Math.min(6, Math.floor(plotW / labelW)))));
   for (let i = 0; i < buckets.length; i += every) {
     ticks.push(
       s(

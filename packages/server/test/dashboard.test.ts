@@ -222,6 +222,18 @@ describe("dashboard in Chromium", () => {
     await section("Overview");
     await page.locator("svg.chart rect.bar-ok").first().waitFor();
     await page.locator(".tile").filter({ hasText: "Success rate" }).filter({ hasText: "100.0%" }).waitFor();
+    // On a phone the chart is drawn to its width, so its labels keep a readable size.
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await waitFor("chart labels of 10 px or more at 390 px", () =>
+        page.evaluate(() => {
+          const label = document.querySelector("svg.chart text.axis");
+          return label !== null && label.getBoundingClientRect().height >= 10;
+        }),
+      );
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
   });
 
   test("sends a test call to the endpoint", async () => {

@@ -50,6 +50,17 @@ export async function renderOverview(main) {
   range.setAttribute("aria-label", "Time range");
   const tiles = h("div", { class: "tiles" });
   const chartBox = h("div", { class: "chart-box" });
+  let shown = null; // the stats drawn, and the width they were drawn for
+  const drawChart = (stats) => {
+    shown = { stats, width: chartBox.clientWidth };
+    mount(chartBox, deliveryChart(stats, shown.width || undefined), chartLegend());
+  };
+  // The chart is drawn to its box's width: drawn again when that changes (a rotated phone).
+  const resized = new ResizeObserver(() => {
+    if (!chartBox.isConnected) return resized.disconnect();
+    if (shown && Math.abs(chartBox.clientWidth - shown.width) >= 1) drawChart(shown.stats);
+  });
+  resized.observe(chartBox);
   const draw = async () => {
     sessionStorage.setItem(RANGE_KEY, range.value);
     try {
@@ -71,8 +82,9 @@ export async function renderOverview(main) {
         tile("Median latency", fmtMs(t.p50_ms), "p50 of attempt duration"),
         tile("p95 latency", fmtMs(t.p95_ms), "95th percentile"),
       );
-      mount(chartBox, deliveryChart(stats), chartLegend());
+      drawChart(stats);
     } catch (err) {
+      shown = null;
       mount(chartBox, h("p", { class: "note note-error" }, describe(err)));
     }
   };
