@@ -419,6 +419,27 @@ describe("dashboard in Chromium", () => {
     }
   });
 
+  test("on a phone, an open delivery's Retry now and response body are on screen", async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await page.evaluate(() => {
+        location.hash = "#/deliveries?status=succeeded";
+      });
+      const row = page.locator('tr.delivery[data-status="succeeded"]').first();
+      await row.getByRole("button", { name: /^Attempts of / }).click();
+      const detail = page.locator("tr.delivery.open + tr.detail");
+      for (const [what, el] of [
+        ["Retry now", detail.getByRole("button", { name: "Retry now" })],
+        ["the response body", detail.locator("tr.attempt pre").first()],
+      ] as const) {
+        const box = (await el.boundingBox())!;
+        assert.ok(box.x >= 0 && box.x + box.width <= 390, `${what} at x ${box.x}–${box.x + box.width}`);
+      }
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
+  });
+
   test("long lists page with Load more", async () => {
     for (let i = 0; i < 6; i++) await runCall(server.api, agentId, `+1555000${1000 + i}`);
     let total = 0;

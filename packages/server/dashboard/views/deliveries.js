@@ -55,11 +55,12 @@ function attemptsTable(d) {
         h(
           "tr",
           { class: "attempt", dataset: { number: String(a.number) } },
-          h("td", {}, String(a.number)),
-          h("td", { class: "nowrap" }, fmtTime(a.started_at)),
+          // data-label: the column's name where a narrow screen stacks the cells (styles.css).
+          h("td", { "data-label": "Attempt" }, String(a.number)),
+          h("td", { class: "nowrap", "data-label": "Time" }, fmtTime(a.started_at)),
           h(
             "td",
-            {},
+            { "data-label": "Status" },
             a.status_code === null
               ? h("span", { class: "muted" }, "—")
               : h(
@@ -68,10 +69,10 @@ function attemptsTable(d) {
                   String(a.status_code),
                 ),
           ),
-          h("td", { class: "nowrap" }, fmtMs(a.duration_ms)),
+          h("td", { class: "nowrap", "data-label": "Duration" }, fmtMs(a.duration_ms)),
           h(
             "td",
-            { class: "small" },
+            { class: "small", "data-label": "Error" },
             a.error
               ? a.error_message
                 ? `${a.error}: ${a.error_message}`
@@ -80,7 +81,7 @@ function attemptsTable(d) {
           ),
           h(
             "td",
-            {},
+            { "data-label": "Response body" },
             a.response_body
               ? h("pre", { class: "code code-sm" }, a.response_body)
               : h("span", { class: "muted" }, "—"),
@@ -118,23 +119,27 @@ function deliveryRows(d, opts) {
       { colspan: String(colspan) },
       h(
         "div",
-        { class: "detail-head" },
+        { class: "detail-body" },
         h(
-          "span",
-          { class: "muted small" },
-          "Delivery ",
-          mono(d.id),
-          " · event ",
-          h("a", { href: `#/events?event_id=${d.event_id}` }, mono(d.event_id)),
+          "div",
+          { class: "detail-head" },
+          h(
+            "span",
+            { class: "muted small" },
+            "Delivery ",
+            mono(d.id),
+            " · event ",
+            h("a", { href: `#/events?event_id=${d.event_id}` }, mono(d.event_id)),
+          ),
+          h("span", { class: "spacer" }),
+          d.next_attempt_at && d.status === "pending"
+            ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
+            : null,
+          retry,
         ),
-        h("span", { class: "spacer" }),
-        d.next_attempt_at && d.status === "pending"
-          ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
-          : null,
-        retry,
+        status,
+        attemptsTable(d),
       ),
-      status,
-      attemptsTable(d),
     ),
   );
   const main = h(

@@ -22,12 +22,16 @@ export function eventRows(e, expanded = false, open = new Set()) {
       { colspan: "4" },
       h(
         "div",
-        { class: "detail-head" },
-        h("span", { class: "muted small" }, "Body as delivered (", mono("webhook-id: "), mono(e.id), ")"),
-        h("span", { class: "spacer" }),
-        h("a", { class: "btn btn-secondary btn-sm", href: `#/deliveries?event_id=${e.id}` }, "Deliveries"),
+        { class: "detail-body" },
+        h(
+          "div",
+          { class: "detail-head" },
+          h("span", { class: "muted small" }, "Body as delivered (", mono("webhook-id: "), mono(e.id), ")"),
+          h("span", { class: "spacer" }),
+          h("a", { class: "btn btn-secondary btn-sm", href: `#/deliveries?event_id=${e.id}` }, "Deliveries"),
+        ),
+        jsonBlock(e.payload, `Body of ${e.id}`),
       ),
-      jsonBlock(e.payload, `Body of ${e.id}`),
     ),
   );
   const row = h(
