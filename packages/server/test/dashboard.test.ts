@@ -130,6 +130,24 @@ describe("dashboard in Chromium", () => {
     await page.locator(`tr[data-endpoint="${endpointId}"]`).getByText("enabled").waitFor();
   });
 
+  test("each page has its own title and takes focus to its heading; only status areas are live", async () => {
+    assert.equal(await page.locator("[aria-live]").count(), 0, "no live region but role=status/alert ones");
+    const focusedHeading = () =>
+      page.evaluate(() => {
+        const a = document.activeElement;
+        return a?.tagName === "H1" ? a.textContent : undefined;
+      });
+    for (const name of ["Deliveries", "Events", "Calls", "Endpoints"]) {
+      if (name === "Calls") {
+        // By keyboard: Enter on the nav link.
+        await page.getByRole("navigation").getByRole("link", { name, exact: true }).focus();
+        await page.keyboard.press("Enter");
+      } else await section(name);
+      await waitFor(`focus on the ${name} heading`, async () => (await focusedHeading()) === name);
+      assert.equal(await page.title(), `${name} · Klen Webhooks`);
+    }
+  });
+
   test("reveals the endpoint's signing secret", async () => {
     await page.getByRole("link", { name: `${receiver.url}/hooks` }).click();
     const secret = page.locator("code.secret");

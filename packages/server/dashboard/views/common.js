@@ -11,6 +11,12 @@ export function pageHeader(title, subtitle, ...actions) {
   );
 }
 
+/** The tab's title, e.g. "Deliveries · Klen Webhooks", so that history entries tell pages apart. */
+export function setTitle(text) {
+  const t = text.length > 60 ? `${text.slice(0, 59)}…` : text;
+  document.title = t ? `${t} · Klen Webhooks` : "Klen Webhooks";
+}
+
 /** A titled white card. */
 export function card(title, ...children) {
   return h("section", { class: "card" }, title ? h("h2", { class: "card-title" }, title) : null, children);
@@ -50,7 +56,7 @@ export function refreshButton(run, opts = {}) {
  */
 export function pagedTable(opts) {
   const body = h("tbody");
-  const status = h("p", { class: "muted table-status", hidden: true });
+  const status = h("p", { class: "muted table-status", role: "status", hidden: true });
   const more = h("button", { class: "btn btn-secondary", type: "button", hidden: true }, "Load more");
   let cursor = null;
   let count = 0;

@@ -1,6 +1,16 @@
 import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
-import { card, cardHead, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
+import {
+  card,
+  cardHead,
+  field,
+  mono,
+  pagedTable,
+  pageHeader,
+  refreshButton,
+  select,
+  setTitle,
+} from "./common.js";
 import { deliveryTable } from "./deliveries.js";
 import { testCallButton } from "./test-call.js";
 
@@ -336,6 +346,8 @@ export async function renderEndpoint(main, id) {
     try {
       await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !e.disabled });
       await renderEndpoint(main, id);
+      // The page is drawn anew: focus on its new Enable / Disable button, not lost.
+      main.querySelector(".page-header .actions button:last-child")?.focus();
     } catch (err) {
       note(status, describe(err), "error");
       toggle.disabled = false;
@@ -387,6 +399,7 @@ export async function renderEndpoint(main, id) {
           const { url, ...rest } = body;
           e = await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
           drawHeader();
+          setTitle(e.description || "Endpoint");
           note(st, "Saved.");
         }),
       ),
