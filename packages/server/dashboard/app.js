@@ -1,7 +1,7 @@
 import { ApiError, api, describe, session, setUnauthorizedHandler } from "./api.js";
 import { h, mount } from "./dom.js";
 import { renderCall, renderCalls } from "./views/calls.js";
-import { setTitle } from "./views/common.js";
+import { card, pageHeader, setTitle } from "./views/common.js";
 import { renderDeliveries } from "./views/deliveries.js";
 import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
 import { renderEvents } from "./views/events.js";
@@ -136,6 +136,33 @@ function shell(section) {
   return main;
 }
 
+// A deep link to something that is not there (`#/endpoints/ep_gone`, `#/calls/abc`): the API's
+// 404, or its 400 for an id of the wrong shape, shown as a page that leads back to the list.
+const FOUND_IN = {
+  endpoints: ["Endpoint", "Endpoints"],
+  calls: ["Call", "Calls"],
+  events: ["Event", "Events"],
+};
+
+function notFound(err, section, what) {
+  if (!FOUND_IN[section] || !what || !(err instanceof ApiError)) return false;
+  return err.status === 404 || (err.status === 400 && err.details?.location === "params");
+}
+
+function renderNotFound(main, section, what) {
+  const [noun, list] = FOUND_IN[section];
+  mount(
+    main,
+    h("a", { href: `#/${section}`, class: "back" }, `← ${list}`),
+    pageHeader(`${noun} not found`, null),
+    card(
+      null,
+      h("p", {}, `This account has no ${noun.toLowerCase()} `, h("code", { class: "mono" }, what), "."),
+      h("a", { href: `#/${section}` }, `All ${list.toLowerCase()} →`),
+    ),
+  );
+}
+
 /**
  * After a page is drawn: the tab's title from its heading, and focus on that heading (announced by
  * screen readers, and where Tab goes on from) unless the user has already moved it; a filter that
@@ -195,7 +222,9 @@ async function route() {
   } catch (err) {
     if (seq !== routing) return;
     if (err instanceof ApiError && err.status === 401) return;
-    main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
+    const what = id ?? query.get("event_id");
+    if (notFound(err, section, what)) renderNotFound(main, section, what);
+    else main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
   }
   if (seq === routing) settle(main, label, keep);
 }

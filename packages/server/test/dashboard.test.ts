@@ -137,6 +137,14 @@ describe("dashboard in Chromium", () => {
         const a = document.activeElement;
         return a?.tagName === "H1" ? a.textContent : undefined;
       });
+    // A bad deep link is a page of its own that leads back.
+    await page.evaluate(() => {
+      location.hash = "#/endpoints/ep_nonexistent";
+    });
+    await page.getByRole("heading", { name: "Endpoint not found" }).waitFor();
+    await page.getByRole("link", { name: "← Endpoints" }).waitFor();
+    assert.equal(await page.title(), "Endpoint not found · Klen Webhooks");
+
     for (const name of ["Deliveries", "Events", "Calls", "Endpoints"]) {
       if (name === "Calls") {
         // By keyboard: Enter on the nav link.
