@@ -169,6 +169,7 @@ function renderNotFound(main, section, what) {
  * changed the page's query keeps its focus on the same control of the new page.
  */
 function settle(main, label, keep) {
+  if (!main.isConnected) return; // signed out meanwhile (a 401 inside the page)
   const heading = main.querySelector("h1");
   setTitle(heading?.textContent || label);
   const active = document.activeElement;
