@@ -427,7 +427,7 @@ describe("dashboard in Chromium", () => {
     assert.equal(await title.locator("[title]").getAttribute("title"), description, "all of it on hover");
 
     await section("Deliveries");
-    const select = page.getByLabel("Endpoint");
+    const select = page.locator('select[name="endpoint_id"]'); // not the endpoint page's "Endpoint URL"
     await select.waitFor();
     await noSidewaysScroll("deliveries page");
     assert.ok((await select.boundingBox())!.width <= 400, "the endpoint filter is not stretched by URLs");
@@ -451,6 +451,7 @@ describe("dashboard in Chromium", () => {
       await page.evaluate(() => {
         location.hash = "#/deliveries?status=succeeded";
       });
+      await page.getByRole("heading", { name: "Deliveries" }).waitFor();
       const row = page.locator('tr.delivery[data-status="succeeded"]').first();
       await row.getByRole("button", { name: /^Attempts of / }).click();
       const detail = page.locator("tr.delivery.open + tr.detail");
