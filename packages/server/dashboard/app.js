@@ -1,6 +1,7 @@
 import { ApiError, api, describe, session, setUnauthorizedHandler } from "./api.js";
 import { h, mount } from "./dom.js";
 import { renderCall, renderCalls } from "./views/calls.js";
+import { card, pageHeader, setTitle } from "./views/common.js";
 import { renderDeliveries } from "./views/deliveries.js";
 import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
 import { renderEvents } from "./views/events.js";
@@ -82,6 +83,7 @@ function signIn(message) {
     button,
   );
   mount(root, h("main", { class: "signin" }, form));
+  setTitle("Sign in");
   input.focus();
 }
 
@@ -134,7 +136,52 @@ function shell(section) {
   return main;
 }
 
+// A deep link to something that is not there (`#/endpoints/ep_gone`, `#/calls/abc`): the API's
+// 404, or its 400 for an id of the wrong shape, shown as a page that leads back to the list.
+const FOUND_IN = {
+  endpoints: ["Endpoint", "Endpoints"],
+  calls: ["Call", "Calls"],
+  events: ["Event", "Events"],
+};
+
+function notFound(err, section, what) {
+  if (!FOUND_IN[section] || !what || !(err instanceof ApiError)) return false;
+  return err.status === 404 || (err.status === 400 && err.details?.location === "params");
+}
+
+function renderNotFound(main, section, what) {
+  const [noun, list] = FOUND_IN[section];
+  mount(
+    main,
+    h("a", { href: `#/${section}`, class: "back" }, `← ${list}`),
+    pageHeader(`${noun} not found`, null),
+    card(
+      null,
+      h("p", {}, `This account has no ${noun.toLowerCase()} `, h("code", { class: "mono" }, what), "."),
+      h("a", { href: `#/${section}` }, `All ${list.toLowerCase()} →`),
+    ),
+  );
+}
+
+/**
+ * After a page is drawn: the tab's title from its heading, and focus on that heading (announced by
+ * screen readers, and where Tab goes on from) unless the user has already moved it; a filter that
+ * changed the page's query keeps its focus on the same control of the new page.
+ */
+function settle(main, label, keep) {
+  if (!main.isConnected) return; // signed out meanwhile (a 401 inside the page)
+  const heading = main.querySelector("h1");
+  setTitle(heading?.textContent || label);
+  const active = document.activeElement;
+  if (active && active !== document.body && active.isConnected) return;
+  const control = keep ? main.querySelector(`[name="${CSS.escape(keep)}"]`) : null;
+  const target = control ?? heading ?? main;
+  if (target === heading) heading.tabIndex = -1;
+  target.focus();
+}
+
 let routing = 0;
+let shownSection = null;
 async function route() {
   if (!session.key) return signIn();
   const seq = ++routing;
@@ -148,7 +195,15 @@ async function route() {
     }
   }
   const { section, id, query } = parseHash();
+  // A named control of this section's page that had focus (a filter): focused again once redrawn.
+  const was = document.activeElement;
+  const keep =
+    section === shownSection && was?.closest?.("#content") && was.getAttribute("name")
+      ? was.getAttribute("name")
+      : null;
+  shownSection = section;
   const main = shell(section);
+  const label = (NAV.find(([s]) => s === section) ?? NAV[0])[1];
   const views = {
     overview: () => renderOverview(main),
     endpoints: () =>
@@ -168,8 +223,11 @@ async function route() {
   } catch (err) {
     if (seq !== routing) return;
     if (err instanceof ApiError && err.status === 401) return;
-    main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
+    const what = id ?? query.get("event_id");
+    if (notFound(err, section, what)) renderNotFound(main, section, what);
+    else main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
   }
+  if (seq === routing) settle(main, label, keep);
 }
 
 window.addEventListener("hashchange", route);

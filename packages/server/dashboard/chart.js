@@ -2,8 +2,12 @@ import { fmtMs, h, s } from "./dom.js";
 
 // Inline SVG drawn from GET /v1/stats/deliveries: attempts per bucket as stacked bars (succeeded
 // below, failed on top) and p50/p95 attempt latency as lines underneath, on a shared time axis.
+// It is drawn as wide as its box, one SVG unit per CSS pixel, so that its labels keep their size
+// on a phone (a fixed 760-wide drawing shrunk them to 5 px at 390 px) and the time axis shows as
+// many labels as fit.
 
-const W = 760;
+/** Narrower boxes scale the drawing down rather than squeeze the plot. */
+const MIN_W = 300;
 const PAD_L = 52;
 const PAD_R = 16;
 const BARS_TOP = 28;
@@ -12,13 +16,20 @@ const LAT_TOP = BARS_TOP + BARS_H + 44;
 const LAT_H = 80;
 const H = LAT_TOP + LAT_H + 26;
 
-/** A "nice" upper bound for an axis, a little above `v` so the tallest bar does not touch the top. */
-function niceMax(v) {
-  if (v <= 0) return 1;
-  const target = v * 1.05;
-  const p = 10 ** Math.floor(Math.log10(target));
-  for (const m of [1, 2, 3, 4, 5, 6, 8, 10]) if (m * p >= target) return m * p;
-  return 10 * p;
+/**
+ * A value axis from 0 in two equal whole steps (1, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k when whole; at least
+ * 1), a little above `dataMax` so the tallest bar does not touch the top: `{max, ticks}`. Whole
+ * steps keep the labels whole and distinct at low volume, where halves of a maximum of 1 read
+ * "0.5" attempts, and "1 ms" twice once rounded.
+ */
+export function axis(dataMax) {
+  const half = (Math.max(0, dataMax) * 1.05) / 2;
+  let step = 1;
+  if (half > 1) {
+    const p = 10 ** Math.floor(Math.log10(half));
+    step = [1, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * p).find((v) => v >= half && Number.isInteger(v));
+  }
+  return { max: 2 * step, ticks: [0, step, 2 * step] };
 }
 
 function timeLabel(iso, bucketSeconds) {
@@ -46,9 +57,11 @@ function bucketName(seconds) {
 /**
  * The delivery chart.
  * @param {{bucket_seconds: number, buckets: Array<{start: string, succeeded: number, failed: number, p50_ms: number|null, p95_ms: number|null}>}} stats
+ * @param {number} [width] of its box in CSS pixels
  * @returns {SVGElement}
  */
-export function deliveryChart(stats) {
+export function deliveryChart(stats, width = 760) {
+  const W = Math.max(MIN_W, Math.round(width));
   const buckets = stats.buckets;
   const n = Math.max(buckets.length, 1);
   const plotW = W - PAD_L - PAD_R;
@@ -56,28 +69,20 @@ export function deliveryChart(stats) {
   const barW = Math.max(1, Math.min(step * 0.72, 28));
   const x = (i) => PAD_L + i * step + step / 2;
 
-  const maxCount = niceMax(Math.max(0, ...buckets.map((b) => b.succeeded + b.failed)));
-  const maxLat = niceMax(Math.max(0, ...buckets.map((b) => b.p95_ms ?? 0)));
-  const yCount = (v) => BARS_TOP + BARS_H - (v / maxCount) * BARS_H;
-  const yLat = (v) => LAT_TOP + LAT_H - (v / maxLat) * LAT_H;
+  const counts = axis(Math.max(0, ...buckets.map((b) => b.succeeded + b.failed)));
+  const latencies = axis(Math.max(0, ...buckets.map((b) => b.p95_ms ?? 0)));
+  const yCount = (v) => BARS_TOP + BARS_H - (v / counts.max) * BARS_H;
+  const yLat = (v) => LAT_TOP + LAT_H - (v / latencies.max) * LAT_H;
 
   const grid = [];
-  for (const f of [0, 0.5, 1]) {
-    const v = maxCount * f;
+  const gridLine = (y, label) =>
     grid.push(
-      s("line", { class: "grid", x1: PAD_L, x2: W - PAD_R, y1: yCount(v), y2: yCount(v) }),
-      s(
-        "text",
-        { class: "axis", x: PAD_L - 8, y: yCount(v) + 4, "text-anchor": "end" },
-        String(Math.round(v * 10) / 10),
-      ),
+      s("line", { class: "grid", x1: PAD_L, x2: W - PAD_R, y1: y, y2: y }),
+      s("text", { class: "axis", x: PAD_L - 8, y: y + 4, "text-anchor": "end" }, label),
     );
-    const l = maxLat * f;
-    grid.push(
-      s("line", { class: "grid", x1: PAD_L, x2: W - PAD_R, y1: yLat(l), y2: yLat(l) }),
-      s("text", { class: "axis", x: PAD_L - 8, y: yLat(l) + 4, "text-anchor": "end" }, fmtMs(l)),
-    );
-  }
+  for (const v of counts.ticks) gridLine(yCount(v), String(v));
+  for (const l of latencies.ticks) gridLine(yLat(l), fmtMs(l));
+  const empty = buckets.every((b) => b.succeeded + b.failed === 0);
 
   const bars = buckets.map((b, i) => {
     const total = b.succeeded + b.failed;
@@ -136,8 +141,10 @@ export function deliveryChart(stats) {
     );
   };
 
+  // At most 6 time labels, fewer when they would not fit (about 7 px a character, 20 px apart).
   const ticks = [];
-  const every = Math.max(1, Math.ceil(n / 6));
+  const labelW = 7 * (buckets.length ? timeLabel(buckets[0].start, stats.bucket_seconds).length : 5) + 20;
+  const every = Math.max(1, Math.ceil(n / Math.max(2, Math.min(6, Math.floor(plotW / labelW)))));
   for (let i = 0; i < buckets.length; i += every) {
     ticks.push(
       s(
@@ -161,6 +168,13 @@ export function deliveryChart(stats) {
     s("text", { class: "panel-title", x: PAD_L, y: 12 }, `Attempts per ${bucketName(stats.bucket_seconds)}`),
     s("text", { class: "panel-title", x: PAD_L, y: LAT_TOP - 16 }, "Attempt latency (p50, p95)"),
     bars,
+    empty
+      ? s(
+          "text",
+          { class: "empty", x: PAD_L + plotW / 2, y: BARS_TOP + BARS_H / 2, "text-anchor": "middle" },
+          "No attempts in this range",
+        )
+      : null,
     line("p95_ms", "lat-p95"),
     line("p50_ms", "lat-p50"),
     ticks,

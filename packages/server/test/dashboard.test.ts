@@ -16,6 +16,7 @@ describe("dashboard in Chromium", () => {
   const dir = tempDir();
   let server: ServerProcess;
   let receiver: Receiver;
+  let failing: Receiver;
   let browser: Browser;
   let page: Page;
   let agentId: number;
@@ -26,8 +27,10 @@ describe("dashboard in Chromium", () => {
   const foreignRequests: string[] = [];
 
   before(async () => {
-    server = await spawnServer({ dataDir: dir.path });
+    // Retries far apart: a delivery that failed stays pending with retries left (Retry now).
+    server = await spawnServer({ dataDir: dir.path, env: { KLEN_RETRY_SCHEDULE: "10m,10m" } });
     receiver = await startReceiver();
+    failing = await startReceiver({ respond: () => ({ status: 500, body: "receiver down" }) });
     ({ agentId } = await setupAccount(server.api));
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -58,6 +61,7 @@ describe("dashboard in Chromium", () => {
     await browser?.close();
     await server?.kill();
     await receiver?.close();
+    await failing?.close();
     dir.remove();
   });
 
@@ -96,6 +100,15 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByRole("heading", { name: "Overview" }).waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.getItem("klen.apiKey")), server.apiKey);
+    // No attempts yet: the value axes still read in whole, distinct steps.
+    await page.locator("svg.chart").waitFor();
+    const labels = await page.locator('svg.chart text.axis[text-anchor="end"]').allTextContents();
+    const counts = labels.filter((l) => !l.endsWith("ms"));
+    const latencies = labels.filter((l) => l.endsWith("ms"));
+    assert.ok(counts.length >= 2 && counts.every((l) => /^\d+$/.test(l)), counts.join(" / "));
+    assert.ok(latencies.length >= 2 && latencies.every((l) => /^\d+ ms$/.test(l)), latencies.join(" / "));
+    assert.equal(new Set(counts).size, counts.length, counts.join(" / "));
+    assert.equal(new Set(latencies).size, latencies.length, latencies.join(" / "));
 
     await section("Endpoints");
     await page.getByRole("link", { name: "Add endpoint" }).click();
@@ -115,6 +128,32 @@ describe("dashboard in Chromium", () => {
     await section("Endpoints");
     await page.locator(`tr[data-endpoint="${endpointId}"]`).getByText(`${receiver.url}/hooks`).waitFor();
     await page.locator(`tr[data-endpoint="${endpointId}"]`).getByText("enabled").waitFor();
+  });
+
+  test("each page has its own title and takes focus to its heading; only status areas are live", async () => {
+    assert.equal(await page.locator("[aria-live]").count(), 0, "no live region but role=status/alert ones");
+    const focusedHeading = () =>
+      page.evaluate(() => {
+        const a = document.activeElement;
+        return a?.tagName === "H1" ? a.textContent : undefined;
+      });
+    // A bad deep link is a page of its own that leads back.
+    await page.evaluate(() => {
+      location.hash = "#/endpoints/ep_nonexistent";
+    });
+    await page.getByRole("heading", { name: "Endpoint not found" }).waitFor();
+    await page.getByRole("link", { name: "← Endpoints" }).waitFor();
+    assert.equal(await page.title(), "Endpoint not found · Klen Webhooks");
+
+    for (const name of ["Deliveries", "Events", "Calls", "Endpoints"]) {
+      if (name === "Calls") {
+        // By keyboard: Enter on the nav link.
+        await page.getByRole("navigation").getByRole("link", { name, exact: true }).focus();
+        await page.keyboard.press("Enter");
+      } else await section(name);
+      await waitFor(`focus on the ${name} heading`, async () => (await focusedHeading()) === name);
+      assert.equal(await page.title(), `${name} · Klen Webhooks`);
+    }
   });
 
   test("reveals the endpoint's signing secret", async () => {
@@ -165,6 +204,29 @@ describe("dashboard in Chromium", () => {
     assert.match(text, /\bok\b/, "the receiver's response body");
   });
 
+  test("delivery rows show their event type without fetching each event", async () => {
+    const lookups: string[] = [];
+    const onRequest = (req: { url(): string }) => {
+      const path = new URL(req.url()).pathname;
+      if (path.startsWith("/v1/events/")) lookups.push(path);
+    };
+    page.on("request", onRequest);
+    try {
+      await section("Endpoints");
+      await page.getByRole("link", { name: `${receiver.url}/hooks` }).click();
+      await page.getByRole("heading", { name: "CRM sync" }).waitFor();
+      await page.reload(); // a fresh page: nothing looked up earlier is cached
+      await page
+        .locator('table[aria-label="Deliveries to this endpoint"] .event-type', { hasText: "call.ended" })
+        .waitFor();
+      await section("Deliveries");
+      await page.locator('table[aria-label="Deliveries"] .event-type', { hasText: "call.ended" }).waitFor();
+      assert.deepEqual(lookups, [], "deliveries carry event_type");
+    } finally {
+      page.off("request", onRequest);
+    }
+  });
+
   test("retrying a delivery from the UI sends a new attempt to the receiver", async () => {
     const r = await server.api.get(`/v1/deliveries?endpoint_id=${endpointId}&status=succeeded`);
     const delivery = r.body.data[0] as { id: string; event_id: string };
@@ -186,6 +248,18 @@ describe("dashboard in Chromium", () => {
     await section("Overview");
     await page.locator("svg.chart rect.bar-ok").first().waitFor();
     await page.locator(".tile").filter({ hasText: "Success rate" }).filter({ hasText: "100.0%" }).waitFor();
+    // On a phone the chart is drawn to its width, so its labels keep a readable size.
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await waitFor("chart labels of 10 px or more at 390 px", () =>
+        page.evaluate(() => {
+          const label = document.querySelector("svg.chart text.axis");
+          return label !== null && label.getBoundingClientRect().height >= 10;
+        }),
+      );
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
   });
 
   test("sends a test call to the endpoint", async () => {
@@ -201,17 +275,30 @@ describe("dashboard in Chromium", () => {
     );
     assert.equal(ended.json.call.status, "completed");
     assert.deepEqual(receiver.verifyFailures, []);
+    // The page follows the call: its deliveries show up without a reload.
+    await page
+      .locator('table[aria-label="Deliveries to this endpoint"] tr.delivery')
+      .filter({ has: page.getByRole("link", { name: `#${testCallId}`, exact: true }) })
+      .first()
+      .waitFor();
   });
 
   test("edits the endpoint's filters, rotates its secret and recovers", async () => {
+    await page.getByLabel("Endpoint URL").fill(`${receiver.url}/hooks/v2`);
+    await page.getByLabel("Description").fill("CRM sync (edited)");
     await page.getByLabel("call.ended").check();
     await page.getByLabel("call.failed").check();
     await page.getByLabel("Agent ids").fill(String(agentId));
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.getByText("Saved.").waitFor();
     const e = await server.api.get(`/v1/endpoints/${endpointId}`);
+    assert.equal(e.body.url, `${receiver.url}/hooks/v2`);
+    assert.equal(e.body.description, "CRM sync (edited)");
     assert.deepEqual([...e.body.event_types].sort(), ["call.ended", "call.failed"]);
     assert.deepEqual(e.body.agent_ids, [agentId]);
+    // The header shows what was saved, without a reload.
+    assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "CRM sync (edited)");
+    assert.equal(await page.locator(".endpoint-meta .url").textContent(), `${receiver.url}/hooks/v2`);
 
     const old = (await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret as string;
     await page.getByRole("button", { name: "Rotate secret" }).click();
@@ -235,6 +322,67 @@ describe("dashboard in Chromium", () => {
     assert.equal(e.body.disabled_reason, "disabled by user");
   });
 
+  test("Send test call says why a disabled or filtered endpoint would get nothing, and starts no call", async () => {
+    const newestCall = async () => (await server.api.get("/v1/calls?limit=1")).body.data[0].id as number;
+    const before = await newestCall();
+    const status = page.getByRole("status");
+    await page.getByRole("button", { name: "Send test call" }).click();
+    await status
+      .filter({ hasText: "This endpoint is disabled, so a test call would send it nothing" })
+      .waitFor();
+
+    // Enabled, but its agent filter has only the account's agent, not the test calls' one.
+    await page.getByRole("button", { name: "Enable endpoint" }).click();
+    await page.getByRole("button", { name: "Disable endpoint" }).waitFor();
+    const agents = (await server.api.get("/v1/agents")).body.data as Array<{ id: number; name: string }>;
+    const testAgent = agents.find((a) => a.name === "Test Agent")!;
+    await page.getByRole("button", { name: "Send test call" }).click();
+    await status
+      .filter({ hasText: `leaves out test calls, which run as agent ${testAgent.id} (Test Agent)` })
+      .waitFor();
+    assert.equal(await newestCall(), before, "no test call was started");
+  });
+
+  test("Retry now shows a failed attempt at once when the delivery has retries left", async () => {
+    const ep = await server.api.post("/v1/endpoints", {
+      url: `${failing.url}/down`,
+      description: "Down receiver",
+      event_types: ["call.failed"],
+    });
+    const call = await server.api.post("/v1/test-calls", { endpoint_id: ep.body.id, outcome: "busy" });
+    const delivery = await waitFor("the failed first attempt", async () => {
+      const r = await server.api.get(`/v1/deliveries?call_id=${call.body.call_id}`);
+      const d = r.body.data[0];
+      return d?.attempts.length === 1 ? (d as { id: string; event_id: string; status: string }) : undefined;
+    });
+    assert.equal(delivery.status, "pending", "the next retry is 10 minutes away");
+
+    await page.evaluate((id) => {
+      location.hash = `#/deliveries?event_id=${id}`;
+    }, delivery.event_id);
+    await page.getByRole("button", { name: `Attempts of ${delivery.id}` }).click();
+    const detail = page.locator(`tr.delivery[data-delivery="${delivery.id}"] + tr.detail`);
+    await detail.getByRole("button", { name: "Retry now" }).click();
+    await failing.waitForCount(2);
+    // Within the default 15 s wait; the page used to wait 20 s for the delivery to leave pending.
+    await detail.locator('tr.attempt[data-number="2"]').waitFor();
+    assert.match((await detail.locator('tr.attempt[data-number="2"]').textContent())!, /500/);
+    const row = page.locator(`tr.delivery[data-delivery="${delivery.id}"]`);
+    assert.equal(await row.getAttribute("data-status"), "pending");
+
+    // Refresh shows an attempt made meanwhile (the last retry: the delivery failed), and keeps the
+    // delivery open.
+    assert.equal((await server.api.post(`/v1/deliveries/${delivery.id}/retry`)).status, 202);
+    await failing.waitForCount(3);
+    await waitFor("the third attempt logged", async () => {
+      const r = await server.api.get(`/v1/deliveries/${delivery.id}`);
+      return r.body.attempts.length === 3;
+    });
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await detail.locator('tr.attempt[data-number="3"]').waitFor();
+    assert.equal(await row.getAttribute("data-status"), "failed");
+  });
+
   test("user data renders as text, never as markup", async () => {
     await section("Endpoints");
     await page.getByRole("link", { name: "Add endpoint" }).click();
@@ -246,6 +394,77 @@ describe("dashboard in Chromium", () => {
     await page.getByText(XSS, { exact: true }).waitFor();
     assert.equal(await page.locator("main img, main script").count(), 0);
     assert.deepEqual(dialogs, []);
+  });
+
+  test("a long URL and description wrap or are cut, so nothing scrolls sideways", async () => {
+    const url = `${receiver.url}/hooks/${"very-long-path-segment-".repeat(60)}?q=${"x".repeat(300)}`;
+    const description = "A very long description ".repeat(42).slice(0, 1000);
+    const long = await server.api.post("/v1/endpoints", { url, description });
+    assert.equal(long.status, 201);
+    const noSidewaysScroll = async (where: string) => {
+      const [scroll, width] = await page.evaluate(() => [document.documentElement.scrollWidth, innerWidth]);
+      assert.ok(scroll <= width, `${where}: page ${scroll} px wide in a ${width} px window`);
+    };
+
+    await section("Overview");
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await section("Endpoints");
+    const row = page.locator(`tr[data-endpoint="${long.body.id}"]`);
+    await row.waitFor();
+    await noSidewaysScroll("endpoints list");
+    const [wrapScroll, wrapWidth] = await page
+      .locator(".table-wrap")
+      .evaluate((el) => [el.scrollWidth, el.clientWidth]);
+    assert.ok(wrapScroll <= wrapWidth, `endpoints table ${wrapScroll} px wide in ${wrapWidth} px`);
+    const created = (await row.locator("td").last().boundingBox())!;
+    assert.ok(created.x + created.width <= 1280, "the Created column is on screen");
+
+    await row.getByRole("link").click();
+    const title = page.getByRole("heading", { level: 1 });
+    await title.filter({ hasText: "A very long description" }).waitFor();
+    await noSidewaysScroll("endpoint page");
+    assert.ok((await title.boundingBox())!.height < 100, "the description is cut to two lines");
+    assert.equal(await title.locator("[title]").getAttribute("title"), description, "all of it on hover");
+
+    await section("Deliveries");
+    const select = page.locator('select[name="endpoint_id"]'); // not the endpoint page's "Endpoint URL"
+    await select.waitFor();
+    await noSidewaysScroll("deliveries page");
+    assert.ok((await select.boundingBox())!.width <= 400, "the endpoint filter is not stretched by URLs");
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await noSidewaysScroll("deliveries page, 390 px");
+      await page.evaluate((id) => {
+        location.hash = `#/endpoints/${id}`;
+      }, long.body.id);
+      await title.filter({ hasText: "A very long description" }).waitFor();
+      await noSidewaysScroll("endpoint page, 390 px");
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
+  });
+
+  test("on a phone, an open delivery's Retry now and response body are on screen", async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      await page.evaluate(() => {
+        location.hash = "#/deliveries?status=succeeded";
+      });
+      await page.getByRole("heading", { name: "Deliveries" }).waitFor();
+      const row = page.locator('tr.delivery[data-status="succeeded"]').first();
+      await row.getByRole("button", { name: /^Attempts of / }).click();
+      const detail = page.locator("tr.delivery.open + tr.detail");
+      for (const [what, el] of [
+        ["Retry now", detail.getByRole("button", { name: "Retry now" })],
+        ["the response body", detail.locator("tr.attempt pre").first()],
+      ] as const) {
+        const box = (await el.boundingBox())!;
+        assert.ok(box.x >= 0 && box.x + box.width <= 390, `${what} at x ${box.x}–${box.x + box.width}`);
+      }
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
   });
 
   test("long lists page with Load more", async () => {

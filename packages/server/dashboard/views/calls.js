@@ -1,6 +1,6 @@
 import { api, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { card, cardHead, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 import { eventTable } from "./events.js";
 
 // Agent names for display, fetched once per page (first 100 agents; others show their id).
@@ -64,7 +64,11 @@ export async function renderCalls(main, query) {
   });
   mount(
     main,
-    pageHeader("Calls", "Calls reported by your agents, and the events each one produced."),
+    pageHeader(
+      "Calls",
+      "Calls reported by your agents, and the events each one produced.",
+      refreshButton(table.reload),
+    ),
     h("div", { class: "filters" }, field("Status", status)),
     card(null, table.el),
   );
@@ -99,7 +103,7 @@ export async function renderCall(main, id) {
         facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v))),
       ),
     ),
-    card("Events", events.el),
+    card(null, cardHead("Events", refreshButton(events.reload, { small: true })), events.el),
   );
   await events.reload();
 }

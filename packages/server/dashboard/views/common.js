@@ -11,9 +11,42 @@ export function pageHeader(title, subtitle, ...actions) {
   );
 }
 
+/** The tab's title, e.g. "Deliveries · Klen Webhooks", so that history entries tell pages apart. */
+export function setTitle(text) {
+  const t = text.length > 60 ? `${text.slice(0, 59)}…` : text;
+  document.title = t ? `${t} · Klen Webhooks` : "Klen Webhooks";
+}
+
 /** A titled white card. */
 export function card(title, ...children) {
   return h("section", { class: "card" }, title ? h("h2", { class: "card-title" }, title) : null, children);
+}
+
+/** A card's title with actions on the right, for `card(null, cardHead("Title", button), …)`. */
+export function cardHead(title, ...actions) {
+  return h("div", { class: "card-head" }, h("h2", { class: "card-title" }, title), actions);
+}
+
+/**
+ * A "Refresh" button for a page whose data changes: disabled while `run()` reloads it.
+ * @param {() => Promise<unknown>} run
+ * @param {{small?: boolean}} [opts] `small` in a card's head
+ */
+export function refreshButton(run, opts = {}) {
+  const button = h(
+    "button",
+    { class: opts.small ? "btn btn-secondary btn-sm" : "btn btn-secondary", type: "button" },
+    "Refresh",
+  );
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      await run();
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
 }
 
 /**
@@ -23,16 +56,21 @@ export function card(title, ...children) {
  */
 export function pagedTable(opts) {
   const body = h("tbody");
-  const status = h("p", { class: "muted table-status", hidden: true });
+  const status = h("p", { class: "muted table-status", role: "status", hidden: true });
   const more = h("button", { class: "btn btn-secondary", type: "button", hidden: true }, "Load more");
   let cursor = null;
   let count = 0;
+  // A reload (Refresh, a poll) started later wins over one still in flight and over Load more.
+  let generation = 0;
 
+  /** Loads the first page again (`reset`) or the next one; returns the rows it added. */
   const loadPage = async (reset) => {
+    const mine = reset ? ++generation : generation;
     more.disabled = true;
     try {
       const page = await opts.load(reset ? undefined : (cursor ?? undefined));
       if (opts.after) await opts.after(page.data);
+      if (mine !== generation) return undefined;
       if (reset) {
         body.replaceChildren();
         count = 0;
@@ -47,7 +85,9 @@ export function pagedTable(opts) {
       mount(status, count === 0 ? opts.empty : "");
       status.hidden = count !== 0;
       status.className = "muted table-status";
+      return page.data;
     } catch (err) {
+      if (mine !== generation) return undefined;
       mount(status, describe(err));
       status.className = "note note-error";
       status.hidden = false;

@@ -1,21 +1,12 @@
 import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { card, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 
-// Deliveries carry event and endpoint ids; their types and URLs are looked up once per page and
-// cached for the session of this page.
-const eventTypes = new Map();
+// Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
+// (one request for the first 100) when a page shows an endpoint not seen yet.
 const endpointUrls = new Map();
 
 async function lookup(deliveries) {
-  const missing = [...new Set(deliveries.map((d) => d.event_id))].filter((id) => !eventTypes.has(id));
-  await Promise.all(
-    missing.map((id) =>
-      api("GET", `/v1/events/${id}`)
-        .then((e) => eventTypes.set(id, e.event_type))
-        .catch(() => eventTypes.set(id, null)),
-    ),
-  );
   if (deliveries.some((d) => !endpointUrls.has(d.endpoint_id))) await loadEndpoints();
 }
 
@@ -64,11 +55,12 @@ function attemptsTable(d) {
         h(
           "tr",
           { class: "attempt", dataset: { number: String(a.number) } },
-          h("td", {}, String(a.number)),
-          h("td", { class: "nowrap" }, fmtTime(a.started_at)),
+          // data-label: the column's name where a narrow screen stacks the cells (styles.css).
+          h("td", { "data-label": "Attempt" }, String(a.number)),
+          h("td", { class: "nowrap", "data-label": "Time" }, fmtTime(a.started_at)),
           h(
             "td",
-            {},
+            { "data-label": "Status" },
             a.status_code === null
               ? h("span", { class: "muted" }, "—")
               : h(
@@ -77,10 +69,10 @@ function attemptsTable(d) {
                   String(a.status_code),
                 ),
           ),
-          h("td", { class: "nowrap" }, fmtMs(a.duration_ms)),
+          h("td", { class: "nowrap", "data-label": "Duration" }, fmtMs(a.duration_ms)),
           h(
             "td",
-            { class: "small" },
+            { class: "small", "data-label": "Error" },
             a.error
               ? a.error_message
                 ? `${a.error}: ${a.error_message}`
@@ -89,7 +81,7 @@ function attemptsTable(d) {
           ),
           h(
             "td",
-            {},
+            { "data-label": "Response body" },
             a.response_body
               ? h("pre", { class: "code code-sm" }, a.response_body)
               : h("span", { class: "muted" }, "—"),
@@ -100,8 +92,12 @@ function attemptsTable(d) {
   );
 }
 
-/** The two rows of one delivery: the summary and its (initially collapsed) attempts. */
-function deliveryRows(d, opts, expanded = false) {
+/**
+ * The two rows of one delivery: the summary and its attempts, collapsed unless the table has
+ * them open (`opts.open`, kept across reloads).
+ */
+function deliveryRows(d, opts) {
+  const expanded = opts.open.has(d.id);
   const colspan = opts.showEndpoint ? 7 : 6;
   const toggle = h(
     "button",
@@ -123,36 +119,34 @@ function deliveryRows(d, opts, expanded = false) {
       { colspan: String(colspan) },
       h(
         "div",
-        { class: "detail-head" },
+        { class: "detail-body" },
         h(
-          "span",
-          { class: "muted small" },
-          "Delivery ",
-          mono(d.id),
-          " · event ",
-          h("a", { href: `#/events?event_id=${d.event_id}` }, mono(d.event_id)),
+          "div",
+          { class: "detail-head" },
+          h(
+            "span",
+            { class: "muted small" },
+            "Delivery ",
+            mono(d.id),
+            " · event ",
+            h("a", { href: `#/events?event_id=${d.event_id}` }, mono(d.event_id)),
+          ),
+          h("span", { class: "spacer" }),
+          d.next_attempt_at && d.status === "pending"
+            ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
+            : null,
+          retry,
         ),
-        h("span", { class: "spacer" }),
-        d.next_attempt_at && d.status === "pending"
-          ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
-          : null,
-        retry,
+        status,
+        attemptsTable(d),
       ),
-      status,
-      attemptsTable(d),
     ),
   );
   const main = h(
     "tr",
     { class: "delivery", dataset: { delivery: d.id, status: d.status } },
     h("td", { class: "nowrap" }, toggle, badge(d.status)),
-    h(
-      "td",
-      {},
-      eventTypes.get(d.event_id)
-        ? h("span", { class: "event-type" }, eventTypes.get(d.event_id))
-        : mono(d.event_id),
-    ),
+    h("td", {}, d.event_type ? h("span", { class: "event-type" }, d.event_type) : mono(d.event_id)),
     opts.showEndpoint
       ? h("td", { class: "small ellipsis" }, endpointUrls.get(d.endpoint_id) ?? d.endpoint_id)
       : null,
@@ -165,6 +159,8 @@ function deliveryRows(d, opts, expanded = false) {
     const open = detail.hidden;
     detail.hidden = !open;
     toggle.setAttribute("aria-expanded", String(open));
+    if (open) opts.open.add(d.id);
+    else opts.open.delete(d.id);
     main.classList.toggle("open", open);
   };
   toggle.addEventListener("click", flip);
@@ -176,17 +172,24 @@ function deliveryRows(d, opts, expanded = false) {
     try {
       await api("POST", `/v1/deliveries/${d.id}/retry`);
       note(status, "Retry queued; waiting for the attempt…");
-      // Show the new attempt as soon as the dispatcher has logged it.
+      // Show the new attempt as soon as the dispatcher has logged it, whatever the delivery's
+      // status then: a failed attempt with retries left leaves it pending.
       const deadline = Date.now() + 20_000;
       let fresh = d;
-      while (Date.now() < deadline) {
+      while (Date.now() < deadline && fresh.attempts.length <= before) {
         await new Promise((r) => setTimeout(r, 400));
         fresh = await api("GET", `/v1/deliveries/${d.id}`);
-        if (fresh.attempts.length > before && fresh.status !== "pending") break;
       }
-      const [m2, d2] = deliveryRows(fresh, opts, true);
+      if (fresh.attempts.length <= before) {
+        // A re-opened delivery waits behind a pending earlier event of its call to this endpoint.
+        note(status, "Retry queued, but no attempt has been logged yet. Refresh later to see it.");
+        retry.disabled = false;
+        return;
+      }
+      const [m2, d2] = deliveryRows(fresh, opts);
       main.replaceWith(m2);
       detail.replaceWith(d2);
+      d2.querySelector(".detail-head button")?.focus(); // the clicked button is gone
     } catch (err) {
       note(status, describe(err), "error");
       retry.disabled = false;
@@ -201,7 +204,7 @@ function deliveryRows(d, opts, expanded = false) {
  * @param {{showEndpoint?: boolean, label?: string, limit?: number, paged?: boolean}} [opts]
  */
 export function deliveryTable(filters, opts = {}) {
-  const o = { showEndpoint: true, label: "Deliveries", ...opts };
+  const o = { showEndpoint: true, label: "Deliveries", ...opts, open: new Set() };
   return pagedTable({
     label: o.label,
     columns: [
@@ -221,9 +224,14 @@ export function deliveryTable(filters, opts = {}) {
       );
       return o.paged === false ? { ...page, next_cursor: null } : page;
     },
-    after: lookup,
+    after: o.showEndpoint ? lookup : undefined,
     row: (d) => deliveryRows(d, o),
   });
+}
+
+/** `text` cut to `max` characters with an ellipsis: a select's options cannot wrap. */
+function shorten(text, max) {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
 /** `#/deliveries?status=…&endpoint_id=…&event_id=…` */
@@ -246,7 +254,7 @@ export async function renderDeliveries(main, query) {
   );
   const endpoint = select(
     "endpoint_id",
-    [["", "All endpoints"], ...endpoints.map((e) => [e.id, e.url])],
+    [["", "All endpoints"], ...endpoints.map((e) => [e.id, shorten(e.url, 70)])],
     filters.endpoint_id,
   );
   const apply = () => {
@@ -261,7 +269,11 @@ export async function renderDeliveries(main, query) {
   const table = deliveryTable(filters);
   mount(
     main,
-    pageHeader("Deliveries", "Every event sent to every endpoint, with each attempt's response."),
+    pageHeader(
+      "Deliveries",
+      "Every event sent to every endpoint, with each attempt's response.",
+      refreshButton(table.reload),
+    ),
     h(
       "div",
       { class: "filters" },

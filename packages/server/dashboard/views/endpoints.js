@@ -1,7 +1,18 @@
 import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import {
+  card,
+  cardHead,
+  field,
+  mono,
+  pagedTable,
+  pageHeader,
+  refreshButton,
+  select,
+  setTitle,
+} from "./common.js";
 import { deliveryTable } from "./deliveries.js";
+import { testCallButton } from "./test-call.js";
 
 export const EVENT_TYPES = [
   "call.started",
@@ -151,9 +162,11 @@ export async function renderEndpoints(main) {
         { dataset: { endpoint: e.id } },
         h(
           "td",
-          {},
-          h("a", { href: `#/endpoints/${e.id}`, class: "strong" }, e.url),
-          e.description ? h("div", { class: "muted small" }, e.description) : null,
+          { class: "endpoint-cell" },
+          h("a", { href: `#/endpoints/${e.id}`, class: "strong clamp-2", title: e.url }, e.url),
+          e.description
+            ? h("div", { class: "muted small clamp-2", title: e.description }, e.description)
+            : null,
         ),
         h("td", { class: "small" }, filterSummary(e)),
         h("td", {}, endpointStatus(e)),
@@ -298,30 +311,30 @@ function recoverCard(e) {
   );
 }
 
+// After a test call the recent deliveries are reloaded until its deliveries are all there and
+// none is pending, every 1.5 s and at most 12 times: a test call's five events are usually
+// delivered within a few seconds; an endpoint that fails keeps them pending for its retries.
+const FOLLOW_EVERY_MS = 1500;
+const FOLLOW_TIMES = 12;
+
+async function followTestCall(table, callId, expected) {
+  for (let i = 0; i < FOLLOW_TIMES; i++) {
+    await new Promise((r) => setTimeout(r, FOLLOW_EVERY_MS));
+    if (!table.el.isConnected) return; // the page was left
+    const rows = await table.reload();
+    const mine = (rows ?? []).filter((d) => d.call_id === callId);
+    if (mine.length >= expected && mine.every((d) => d.status !== "pending")) return;
+  }
+}
+
 /** `#/endpoints/{id}` */
 export async function renderEndpoint(main, id) {
-  const e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
+  let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
   const status = h("p", { class: "note", role: "status", hidden: true });
 
-  const testButton = h("button", { class: "btn btn-secondary", type: "button" }, "Send test call");
-  testButton.addEventListener("click", async () => {
-    testButton.disabled = true;
-    try {
-      const r = await api("POST", "/v1/test-calls", { endpoint_id: e.id });
-      mount(
-        status,
-        "Test call started: ",
-        h("a", { href: `#/calls/${r.call_id}` }, `call #${r.call_id}`),
-        ". Its events arrive here in a few seconds.",
-      );
-      status.className = "note note-ok";
-      status.hidden = false;
-    } catch (err) {
-      note(status, describe(err), "error");
-    } finally {
-      testButton.disabled = false;
-    }
-  });
+  const testButton = testCallButton(e.id, status, (callId, expected) =>
+    followTestCall(deliveries, callId, expected),
+  );
 
   const toggle = h(
     "button",
@@ -333,6 +346,8 @@ export async function renderEndpoint(main, id) {
     try {
       await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !e.disabled });
       await renderEndpoint(main, id);
+      // The page is drawn anew: focus on its new Enable / Disable button, not lost.
+      main.querySelector(".page-header .actions button:last-child")?.focus();
     } catch (err) {
       note(status, describe(err), "error");
       toggle.disabled = false;
@@ -344,21 +359,35 @@ export async function renderEndpoint(main, id) {
     { showEndpoint: false, label: "Deliveries to this endpoint" },
   );
 
+  // The title and the facts under it, drawn again when the form saves the endpoint.
+  const header = h("div");
+  const drawHeader = () =>
+    mount(
+      header,
+      pageHeader(
+        e.description ? h("span", { class: "clamp-2", title: e.description }, e.description) : "Endpoint",
+        null,
+        testButton,
+        toggle,
+      ),
+      h(
+        "div",
+        { class: "endpoint-meta" },
+        h("span", { class: "mono url clamp-3", title: e.url }, e.url),
+        endpointStatus(e),
+        e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
+        h("span", { class: "muted small" }, "ID ", mono(e.id)),
+        e.failing_since
+          ? h("span", { class: "badge badge-warn" }, "failing since ", fmtTime(e.failing_since))
+          : null,
+      ),
+    );
+  drawHeader();
+
   mount(
     main,
     h("a", { href: "#/endpoints", class: "back" }, "← Endpoints"),
-    pageHeader(e.description || "Endpoint", null, testButton, toggle),
-    h(
-      "div",
-      { class: "endpoint-meta" },
-      h("span", { class: "mono url" }, e.url),
-      endpointStatus(e),
-      e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
-      h("span", { class: "muted small" }, "ID ", mono(e.id)),
-      e.failing_since
-        ? h("span", { class: "badge badge-warn" }, "failing since ", fmtTime(e.failing_since))
-        : null,
-    ),
+    header,
     status,
     h(
       "div",
@@ -368,12 +397,18 @@ export async function renderEndpoint(main, id) {
         "Settings and filters",
         endpointForm(e, "Save changes", async (body, st) => {
           const { url, ...rest } = body;
-          await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
+          e = await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
+          drawHeader();
+          setTitle(e.description || "Endpoint");
           note(st, "Saved.");
         }),
       ),
     ),
-    card("Recent deliveries", deliveries.el),
+    card(
+      null,
+      cardHead("Recent deliveries", refreshButton(deliveries.reload, { small: true })),
+      deliveries.el,
+    ),
   );
   await deliveries.reload();
 }

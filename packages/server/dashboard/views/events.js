@@ -1,10 +1,14 @@
 import { api, withQuery } from "../api.js";
 import { ago, h, jsonBlock, mount } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, select } from "./common.js";
+import { card, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 import { EVENT_TYPES } from "./endpoints.js";
 
-/** One event: a summary row and a collapsed row with its JSON body. */
-export function eventRows(e, expanded = false) {
+/**
+ * One event: a summary row and a row with its JSON body, collapsed unless `expanded` or in `open`
+ * (a table's open events, kept across reloads).
+ */
+export function eventRows(e, expanded = false, open = new Set()) {
+  if (open.has(e.id)) expanded = true;
   const toggle = h(
     "button",
     { class: "expander", type: "button", "aria-expanded": String(expanded), "aria-label": `Body of ${e.id}` },
@@ -18,12 +22,16 @@ export function eventRows(e, expanded = false) {
       { colspan: "4" },
       h(
         "div",
-        { class: "detail-head" },
-        h("span", { class: "muted small" }, "Body as delivered (", mono("webhook-id: "), mono(e.id), ")"),
-        h("span", { class: "spacer" }),
-        h("a", { class: "btn btn-secondary btn-sm", href: `#/deliveries?event_id=${e.id}` }, "Deliveries"),
+        { class: "detail-body" },
+        h(
+          "div",
+          { class: "detail-head" },
+          h("span", { class: "muted small" }, "Body as delivered (", mono("webhook-id: "), mono(e.id), ")"),
+          h("span", { class: "spacer" }),
+          h("a", { class: "btn btn-secondary btn-sm", href: `#/deliveries?event_id=${e.id}` }, "Deliveries"),
+        ),
+        jsonBlock(e.payload, `Body of ${e.id}`),
       ),
-      jsonBlock(e.payload, `Body of ${e.id}`),
     ),
   );
   const row = h(
@@ -36,22 +44,25 @@ export function eventRows(e, expanded = false) {
   );
   row.classList.toggle("open", expanded);
   toggle.addEventListener("click", () => {
-    const open = detail.hidden;
-    detail.hidden = !open;
-    toggle.setAttribute("aria-expanded", String(open));
-    row.classList.toggle("open", open);
+    const opening = detail.hidden;
+    detail.hidden = !opening;
+    toggle.setAttribute("aria-expanded", String(opening));
+    row.classList.toggle("open", opening);
+    if (opening) open.add(e.id);
+    else open.delete(e.id);
   });
   return [row, detail];
 }
 
 /** A paged events table, optionally filtered. */
 export function eventTable(filters, label = "Events") {
+  const open = new Set();
   return pagedTable({
     label,
     columns: ["Event", "ID", "Call", "Created"],
     empty: "No events match.",
     load: (cursor) => api("GET", withQuery("/v1/events", { ...filters, cursor, limit: 25 })),
-    row: (e) => eventRows(e),
+    row: (e) => eventRows(e, false, open),
   });
 }
 
@@ -108,7 +119,11 @@ export async function renderEvents(main, query) {
   const table = eventTable(filters);
   mount(
     main,
-    pageHeader("Events", "Every call event generated for your account, newest first."),
+    pageHeader(
+      "Events",
+      "Every call event generated for your account, newest first.",
+      refreshButton(table.reload),
+    ),
     h(
       "form",
       { class: "filters", onsubmit: apply },

@@ -1,7 +1,7 @@
 import { api, describe, withQuery } from "../api.js";
 import { chartLegend, deliveryChart } from "../chart.js";
 import { badge, fmtMs, h, mount } from "../dom.js";
-import { card, pageHeader, select } from "./common.js";
+import { card, pageHeader, refreshButton, select } from "./common.js";
 import { deliveryTable } from "./deliveries.js";
 
 // Range → bucket width: about 60 bars whatever the range.
@@ -50,6 +50,17 @@ export async function renderOverview(main) {
   range.setAttribute("aria-label", "Time range");
   const tiles = h("div", { class: "tiles" });
   const chartBox = h("div", { class: "chart-box" });
+  let shown = null; // the stats drawn, and the width they were drawn for
+  const drawChart = (stats) => {
+    shown = { stats, width: chartBox.clientWidth };
+    mount(chartBox, deliveryChart(stats, shown.width || undefined), chartLegend());
+  };
+  // The chart is drawn to its box's width: drawn again when that changes (a rotated phone).
+  const resized = new ResizeObserver(() => {
+    if (!chartBox.isConnected) return resized.disconnect();
+    if (shown && Math.abs(chartBox.clientWidth - shown.width) >= 1) drawChart(shown.stats);
+  });
+  resized.observe(chartBox);
   const draw = async () => {
     sessionStorage.setItem(RANGE_KEY, range.value);
     try {
@@ -71,8 +82,9 @@ export async function renderOverview(main) {
         tile("Median latency", fmtMs(t.p50_ms), "p50 of attempt duration"),
         tile("p95 latency", fmtMs(t.p95_ms), "95th percentile"),
       );
-      mount(chartBox, deliveryChart(stats), chartLegend());
+      drawChart(stats);
     } catch (err) {
+      shown = null;
       mount(chartBox, h("p", { class: "note note-error" }, describe(err)));
     }
   };
@@ -83,24 +95,31 @@ export async function renderOverview(main) {
     { label: "Recent failed deliveries", limit: 5, paged: false },
   );
   const endpointsList = h("ul", { class: "list" });
-  const endpoints = await api("GET", "/v1/endpoints?limit=8");
-  mount(
-    endpointsList,
-    endpoints.data.length
-      ? endpoints.data.map((e) =>
-          h(
-            "li",
-            {},
-            h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
-            e.disabled ? badge("disabled") : badge("enabled"),
-          ),
-        )
-      : h("li", { class: "muted" }, "No endpoints yet."),
-  );
+  const listEndpoints = async () => {
+    try {
+      const endpoints = await api("GET", "/v1/endpoints?limit=8");
+      mount(
+        endpointsList,
+        endpoints.data.length
+          ? endpoints.data.map((e) =>
+              h(
+                "li",
+                {},
+                h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
+                e.disabled ? badge("disabled") : badge("enabled"),
+              ),
+            )
+          : h("li", { class: "muted" }, "No endpoints yet."),
+      );
+    } catch (err) {
+      mount(endpointsList, h("li", { class: "note note-error" }, describe(err)));
+    }
+  };
+  const everything = () => Promise.all([draw(), failed.reload(), listEndpoints()]);
 
   mount(
     main,
-    pageHeader("Overview", "Delivery health across all your endpoints.", range),
+    pageHeader("Overview", "Delivery health across all your endpoints.", range, refreshButton(everything)),
     tiles,
     h(
       "div",
@@ -118,5 +137,5 @@ export async function renderOverview(main) {
       ),
     ),
   );
-  await Promise.all([draw(), failed.reload()]);
+  await everything();
 }
