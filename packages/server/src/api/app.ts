@@ -48,24 +48,12 @@ function integersOf(schema: Record<string, unknown>): Array<["params" | "queryst
 const INTEGER_TEXT = /^-?(0|[1-9][0-9]*)$/;
 
 /**
- * What the schemas cannot say about a query string, checked on its raw text before validation:
- * - a `/v1` route that takes no query parameter refuses any, as a list refuses an unknown one
- *   (the pre-signed blob route checks its own);
- * - path and query integers must be written as integers: the query validator coerces with
- *   `Number()`, which would take `0x10`, `1e3`, ` 1`, `+1`, `01` or `1.0` as some id. A repeated
- *   query parameter is left to the schema.
+ * Path and query integers must be written as integers: the query validator coerces with
+ * `Number()`, which would take `0x10`, `1e3`, ` 1`, `+1`, `01` or `1.0` as some id. Checked on the
+ * raw text before validation; a repeated query parameter is left to the schema.
  */
-function checkQueryText(req: FastifyRequest): void {
+function checkIntegerText(req: FastifyRequest): void {
   const schema = req.routeOptions.schema as Record<string, unknown> | undefined;
-  const route = req.routeOptions.url;
-  if (!schema?.querystring && route?.startsWith("/v1/") && route !== "/v1/blobs/:id") {
-    const [name] = Object.keys(req.query as object);
-    if (name !== undefined)
-      throw new ApiError(400, "invalid_request", `unknown query parameter "${name}"`, {
-        field: name,
-        location: "querystring",
-      });
-  }
   if (!schema) return;
   for (const [part, name] of integersOf(schema)) {
     const raw = (part === "params" ? req.params : req.query) as Record<string, unknown> | undefined;
@@ -167,11 +155,19 @@ export async function buildApp(
     }
     done(null, value);
   });
+  // A `/v1` route that takes no query parameter refuses any, as the lists refuse an unknown one:
+  // it gets an empty query schema, so the validator says `unknown query parameter "…"`. The
+  // pre-signed blob route checks its own query (a bad one is a 403).
+  app.addHook("onRoute", (route) => {
+    if (!route.url.startsWith("/v1/") || route.url === "/v1/blobs/:id") return;
+    route.schema ??= {};
+    route.schema.querystring ??= { type: "object", additionalProperties: false, properties: {} };
+  });
   // A bodiless POST/PATCH to a route with a body schema means `{}`: steps whose fields are all
   // optional (start, end, rotate-secret) just work, and the others name the missing field.
   app.addHook("preValidation", async (req) => {
     if (req.body === undefined && req.method !== "GET" && req.routeOptions.schema?.body) req.body = {};
-    checkQueryText(req);
+    checkIntegerText(req);
   });
 
   await app.register(swagger, {

@@ -17,7 +17,7 @@ export class ApiRequestError extends Error {
 
 export interface ClientOptions {
   apiUrl: string;
-  apiKey: string | undefined;
+  apiKey?: string | undefined;
 }
 
 /** `--api-url` without a trailing slash, checked early so a typo is an error, not a hang. */

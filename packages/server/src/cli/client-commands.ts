@@ -3,7 +3,6 @@ import { type Command, Option } from "commander";
 import { apiClient } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { checkSecret, listen, newLocalSecret, parseEventList } from "./listen.js";
-import { createOutput } from "./output.js";
 import { registerResourceCommands } from "./resources.js";
 import { followCall, followExitCode, startTestCall, type TestCallRequest } from "./test-call.js";
 import { checkEventType, checkFailureReason, trigger } from "./trigger.js";
@@ -61,9 +60,8 @@ Examples:
           wait?: boolean;
           timeout: number;
         }
-      >(async (o) => {
-        const out = createOutput({ json: o.json });
-        const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+      >(async (o, out) => {
+        const client = apiClient(o);
         const body: TestCallRequest = {};
         if (o.agentId !== undefined) body.agent_id = o.agentId;
         if (o.outcome !== undefined) body.outcome = o.outcome;
@@ -121,12 +119,11 @@ Examples:
   $ klen-webhooks trigger call.recording --json`,
     )
     .action(
-      run<ApiOpts & { agentId?: number; reason: string; phoneNumber: string }>(async (o, cmd) => {
+      run<ApiOpts & { agentId?: number; reason: string; phoneNumber: string }>(async (o, out, cmd) => {
         const type = cmd.processedArgs[0] as ReturnType<typeof checkEventType>;
         if (type !== "call.failed" && cmd.getOptionValueSource("reason") === "cli")
           throw new Error(`--reason applies to call.failed only (a ${type} call does not fail)`);
-        const out = createOutput({ json: o.json });
-        const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+        const client = apiClient(o);
         const r = await trigger(client, {
           type,
           reason: o.reason,
@@ -170,8 +167,7 @@ Examples:
   $ KLEN_API_URL=https://webhooks.example.com klen-webhooks listen --forward-to http://127.0.0.1:4000/hook --json`,
     )
     .action(
-      run<ApiOpts & { forwardTo: string; events?: string; secret?: string }>(async (o) => {
-        const out = createOutput({ json: o.json });
+      run<ApiOpts & { forwardTo: string; events?: string; secret?: string }>(async (o, out) => {
         let target: URL;
         try {
           target = new URL(o.forwardTo);
@@ -184,7 +180,7 @@ Examples:
           throw new Error("--forward-to must not hold a user name or password (fetch refuses such a URL)");
         const events = parseEventList(o.events);
         const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
-        const client = apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
+        const client = apiClient(o);
         const stop = new AbortController();
         const onSignal = () => stop.abort();
         process.once("SIGINT", onSignal);

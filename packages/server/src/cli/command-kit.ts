@@ -1,5 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { ApiRequestError } from "./api-client.js";
+import { createOutput, type Output } from "./output.js";
 
 /** What every command that talks to a server over its API shares (client-commands.ts, resources.ts). */
 export interface ApiOpts {
@@ -26,13 +27,18 @@ export function withApiOptions(cmd: Command): Command {
     .option("--json", "machine-readable output on stdout (no colour, no progress)");
 }
 
-/** Runs a command body, turning API and usage errors into one clear line and exit status 1. */
-export function run<O extends ApiOpts>(body: (opts: O, cmd: Command) => Promise<number | undefined>) {
+/**
+ * Runs a command body with its output (`--json` or a terminal's), turning API and usage errors
+ * into one clear line and exit status 1.
+ */
+export function run<O extends ApiOpts>(
+  body: (opts: O, out: Output, cmd: Command) => Promise<number | undefined>,
+) {
   return async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
     const opts = cmd.opts<O>();
     try {
-      const code = await body(opts, cmd);
+      const code = await body(opts, createOutput({ json: opts.json }), cmd);
       process.exitCode = code ?? 0;
     } catch (err) {
       const field = err instanceof ApiRequestError && err.field ? ` (field: ${err.field})` : "";

@@ -2,7 +2,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ApiClient, apiClient, type DeliveryObject, listAll, type Page } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
-import { createOutput, type Output, statusText } from "./output.js";
+import { type Output, statusText } from "./output.js";
 
 /** An API key as the API lists it: never the key itself, which is shown once, when it is made. */
 interface ApiKeyObject {
@@ -38,8 +38,6 @@ interface DeliveryDetail extends DeliveryObject {
     }
   >;
 }
-
-const client = (o: ApiOpts): ApiClient => apiClient({ apiUrl: o.apiUrl, apiKey: o.apiKey });
 
 const upTo100 = (name: string) => (v: string) => {
   const n = positiveInt(name)(v);
@@ -112,9 +110,8 @@ function idCommand<T>(
   )
     .addHelpText("after", `\n${spec.help}`)
     .action(
-      run<ApiOpts>(async (o, cmd) => {
-        const out = createOutput({ json: o.json });
-        const answer = await spec.call(client(o), encodeURIComponent(cmd.processedArgs[0] as string));
+      run<ApiOpts>(async (o, out, cmd) => {
+        const answer = await spec.call(apiClient(o), encodeURIComponent(cmd.processedArgs[0] as string));
         if (out.json) out.data(answer);
         else out.line(spec.line(out, answer));
         return 0;
@@ -167,9 +164,8 @@ Examples:
   $ klen-webhooks endpoints list --json`,
     )
     .action(
-      run<ApiOpts>(async (o) => {
-        const out = createOutput({ json: o.json });
-        const all = await listAll<EndpointObject>(client(o), "/v1/endpoints");
+      run<ApiOpts>(async (o, out) => {
+        const all = await listAll<EndpointObject>(apiClient(o), "/v1/endpoints");
         if (out.json) out.data(all);
         else if (all.length === 0) out.line("no endpoints yet: klen-webhooks endpoints create --url …");
         else for (const e of all) out.line(endpointLine(out, e));
@@ -192,15 +188,14 @@ Examples:
   $ klen-webhooks endpoints create --url http://localhost:3000/webhooks --event-types call.ended,call.failed --json`,
     )
     .action(
-      run<ApiOpts & { url: string; description?: string; eventTypes?: string }>(async (o) => {
-        const out = createOutput({ json: o.json });
+      run<ApiOpts & { url: string; description?: string; eventTypes?: string }>(async (o, out) => {
         if (o.eventTypes !== undefined && o.eventTypes.trim() === "")
           throw new Error("--event-types: give at least one event type, or leave the option out for all");
         const types = parseEventList(o.eventTypes, "--event-types");
         const body: Record<string, unknown> = { url: o.url };
         if (o.description !== undefined) body.description = o.description;
         if (types !== undefined) body.event_types = types;
-        const e = await client(o).post<EndpointObject>("/v1/endpoints", body);
+        const e = await apiClient(o).post<EndpointObject>("/v1/endpoints", body);
         if (out.json) out.data(e);
         else {
           out.line(endpointLine(out, e));
@@ -264,15 +259,14 @@ Examples:
           limit: number;
           cursor?: string;
         }
-      >(async (o) => {
-        const out = createOutput({ json: o.json });
+      >(async (o, out) => {
         const q = new URLSearchParams({ limit: String(o.limit) });
         if (o.cursor) q.set("cursor", o.cursor);
         if (o.status) q.set("status", o.status);
         if (o.endpointId) q.set("endpoint_id", o.endpointId);
         if (o.eventId) q.set("event_id", o.eventId);
         if (o.callId !== undefined) q.set("call_id", String(o.callId));
-        const page = await client(o).get<Page<DeliveryDetail>>(`/v1/deliveries?${q}`);
+        const page = await apiClient(o).get<Page<DeliveryDetail>>(`/v1/deliveries?${q}`);
         if (out.json) out.data(page);
         else if (page.data.length === 0) out.line("no deliveries");
         else {
@@ -323,9 +317,8 @@ Examples:
       "\nThe key this command used is marked (this key).\n\nExamples:\n  $ klen-webhooks api-keys list --json",
     )
     .action(
-      run<ApiOpts>(async (o) => {
-        const out = createOutput({ json: o.json });
-        const all = await listAll<ApiKeyObject>(client(o), "/v1/api-keys");
+      run<ApiOpts>(async (o, out) => {
+        const all = await listAll<ApiKeyObject>(apiClient(o), "/v1/api-keys");
         if (out.json) out.data(all);
         else for (const k of all) out.line(apiKeyLine(out, k));
         return 0;
@@ -339,9 +332,8 @@ Examples:
       "\nThe key is stored only hashed: copy it now.\n\nExamples:\n  $ klen-webhooks api-keys create --json",
     )
     .action(
-      run<ApiOpts>(async (o) => {
-        const out = createOutput({ json: o.json });
-        const made = await client(o).post<ApiKeyObject>("/v1/api-keys");
+      run<ApiOpts>(async (o, out) => {
+        const made = await apiClient(o).post<ApiKeyObject>("/v1/api-keys");
         if (out.json) out.data(made);
         else {
           out.line(apiKeyLine(out, made));

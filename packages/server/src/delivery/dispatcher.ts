@@ -375,10 +375,11 @@ export class Dispatcher {
 
   /**
    * The slots an endpoint may hold: `perEndpoint`, or for a slow one (its last attempt took
-   * `slowAttemptMs` or more) its fair share when more endpoints are in flight. A failing one (its last attempt failed: down, timing out, answering 5xx) gets few, so
-   * that while it fails it holds a small share of the slots instead of a quarter of them, and
-   * healthy endpoints keep their throughput; its first success gives it back its full share. Its
-   * deliveries are still attempted as slots free up, in order.
+   * `slowAttemptMs` or more) its fair share when more endpoints are in flight. A failing one (its
+   * last attempt failed: down, timing out, answering 5xx) gets few, so that while it fails it
+   * holds a small share of the slots instead of a quarter of them, and healthy endpoints keep
+   * their throughput; its first success gives it back its full share. Its deliveries are still
+   * attempted as slots free up, in order.
    */
   private capOf(endpointId: string): number {
     if (this.failing.has(endpointId)) return this.opts.perFailingEndpoint;
