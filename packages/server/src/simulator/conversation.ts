@@ -16,6 +16,19 @@ const weekday = (r: () => number) => pick(r, ["Monday", "Tuesday", "Wednesday", 
 const hour = (r: () => number) =>
   pick(r, ["9:30 AM", "10:00 AM", "11:15 AM", "1:45 PM", "3:00 PM", "4:30 PM"]);
 const digits = (r: () => number, n: number) => Array.from({ length: n }, () => Math.floor(r() * 10)).join("");
+/** A day of the month as an ordinal: 1st, 2nd, 3rd, 4th … 11th … 21st, 22nd, 23rd … 27th. */
+export const dayOfMonth = (r: () => number) => {
+  const d = 1 + Math.floor(r() * 27);
+  const suffix =
+    d % 10 === 1 && d !== 11
+      ? "st"
+      : d % 10 === 2 && d !== 12
+        ? "nd"
+        : d % 10 === 3 && d !== 13
+          ? "rd"
+          : "th";
+  return `${d}${suffix}`;
+};
 
 const SCENARIOS: Scenario[] = [
   {
@@ -29,7 +42,7 @@ const SCENARIOS: Scenario[] = [
     middle: [
       (r) => [
         `Customer: Sure, the account number is ${digits(r, 8)}.`,
-        `Agent: Thank you. I see two charges of ${money(r)} on the invoice dated the ${1 + Math.floor(r() * 27)}th.`,
+        `Agent: Thank you. I see two charges of ${money(r)} on the invoice dated the ${dayOfMonth(r)}.`,
         "Customer: Yes, that is exactly the duplicate charge I mean.",
         "Agent: The second charge came from a payment retry after a temporary bank error. The invoice was paid twice.",
       ],
@@ -60,7 +73,7 @@ const SCENARIOS: Scenario[] = [
     ],
     middle: [
       (r) => [
-        `Customer: It is the ${1 + Math.floor(r() * 27)}th of ${pick(r, ["March", "June", "October"])}, ${1960 + Math.floor(r() * 40)}.`,
+        `Customer: It is the ${dayOfMonth(r)} of ${pick(r, ["March", "June", "October"])}, ${1960 + Math.floor(r() * 40)}.`,
         `Agent: Thank you. I see your appointment on ${weekday(r)} at ${hour(r)} for a cleaning.`,
         "Customer: Right, I cannot make it because of a work trip. Is there a slot next week?",
       ],
