@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { validate } from "@klen/webhooks";
+import { eventSchemas } from "@klen/webhooks/schemas";
 import { onServer } from "./helpers/content.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 
@@ -79,6 +81,33 @@ describe("inline limit: transcripts and summaries past KLEN_INLINE_LIMIT go behi
     const short = await event(other, "call.summary");
     assert.equal(short.call.summary, "Short and sweet.");
     assert.equal("summary_url" in short.call, false);
+  });
+
+  test("a brief summary too large for call.ended's body goes behind summary_url; a short one stays inline", async () => {
+    const call = async () =>
+      (await srv.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" }))
+        .body.id as number;
+    const big = await call();
+    await srv.api.post(`/v1/calls/${big}/start`);
+    const brief = `Kunde möchte die Rechnung prüfen. ${"Brief but long. ".repeat(LIMIT / 16)}`;
+    const ended = await srv.api.post(`/v1/calls/${big}/end`, { summary: brief });
+    assert.equal(ended.status, 200);
+    assert.equal(ended.body.summary, brief, "the call itself keeps the text");
+    const body = await event(big, "call.ended");
+    assert.equal("summary" in body.call, false, "at most one of summary / summary_url");
+    assert.ok(Buffer.byteLength(JSON.stringify(body)) <= LIMIT);
+    const res = await fetch(onServer(srv.url, body.call.summary_url));
+    assert.equal(await res.text(), brief);
+    // The seed's field order holds: the summary's place, then duration.
+    assert.deepEqual(Object.keys(body.call).slice(-2), ["summary_url", "duration"]);
+    assert.deepEqual(validate(eventSchemas["call.ended"], body), []);
+
+    const small = await call();
+    await srv.api.post(`/v1/calls/${small}/start`);
+    await srv.api.post(`/v1/calls/${small}/end`, { summary: "Asked about the invoice." });
+    const inline = await event(small, "call.ended");
+    assert.equal(inline.call.summary, "Asked about the invoice.");
+    assert.equal("summary_url" in inline.call, false);
   });
 
   test("the URL's expiry is fixed in the body: KLEN_URL_TTL after the event's timestamp", async () => {

@@ -73,6 +73,8 @@ export interface CallEndedCall {
   duration: number | null;
   /** Brief summary, when one exists */
   summary?: string;
+  /** Pre-signed URL of the brief summary, instead of summary, when it is too large to send inline */
+  summary_url?: string;
 }
 
 /** A `call.ended` webhook body. */

@@ -100,8 +100,14 @@ const specific = {
     properties: {
       duration: { type: ["integer", "null"], minimum: 0, description: "Equals duration_seconds" },
       summary: { type: "string", description: "Brief summary, when one exists" },
+      summary_url: {
+        ...url,
+        description:
+          "Pre-signed URL of the brief summary, instead of summary, when it is too large to send inline",
+      },
     },
     required: ["duration"],
+    not: { required: ["summary", "summary_url"] },
   },
   "call.failed": {
     properties: {
@@ -142,6 +148,7 @@ function eventSchema<T extends EventType>(type: T) {
         additionalProperties: false,
         properties: { ...commonCallProperties, ...s.properties },
         ...("oneOf" in s ? { oneOf: s.oneOf } : {}),
+        ...("not" in s ? { not: s.not } : {}),
       },
       timestamp: { ...timestamp, description: "When this event was generated" },
     },

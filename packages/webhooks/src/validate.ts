@@ -1,7 +1,7 @@
 /**
  * A small JSON Schema validator for exactly the subset the event schemas use: `type` (also as
  * a list), `const`, `enum`, `pattern`, `minimum`, `minLength`, `required`, `properties`,
- * `additionalProperties: false` and `oneOf`.
+ * `additionalProperties: false`, `oneOf` and `not`.
  *
  * Why not Ajv: the SDK has no runtime dependencies and must run on edge runtimes where Ajv's
  * code generation (`new Function`) is forbidden. Why it throws on any other keyword: a schema
@@ -29,6 +29,7 @@ const KEYWORDS = new Set([
   "properties",
   "additionalProperties",
   "oneOf",
+  "not",
 ]);
 
 const patterns = new Map<string, RegExp>();
@@ -158,6 +159,8 @@ function check(
     if (passing !== 1)
       push(`must match exactly one of ${schema.oneOf.length} alternatives, matched ${passing}`);
   }
+  if (schema.not !== undefined && validate(schema.not as JsonSchema, value, path, opts).length === 0)
+    push(`must not match ${JSON.stringify(schema.not)}`);
 }
 
 /**

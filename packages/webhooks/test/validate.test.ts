@@ -128,6 +128,22 @@ describe("call event validation", () => {
     assert.notDeepEqual(validateCallEvent(neither), []);
   });
 
+  test("call.ended: its brief summary inline or behind summary_url, never both", () => {
+    const ended = clone(seedEvent());
+    assert.equal(typeof ended.call.summary, "string");
+    const moved = clone(ended);
+    delete moved.call.summary;
+    moved.call.summary_url = "https://x.example/s";
+    assert.deepEqual(validateCallEvent(moved), []);
+    delete moved.call.summary_url;
+    assert.deepEqual(validateCallEvent(moved), [], "a call.ended without a summary");
+    ended.call.summary_url = "https://x.example/s";
+    assert.deepEqual(
+      validateCallEvent(ended).map((i) => i.path),
+      ["$.call"],
+    );
+  });
+
   test("url fields must be http(s) and non-empty", () => {
     const b = clone(validBodies[5]);
     b.call.recording_url = "";
@@ -174,6 +190,15 @@ describe("validate (JSON-Schema subset)", () => {
     const s = { oneOf: [{ type: "string" }, { type: "string", minLength: 1 }] };
     assert.equal(validate(s, "x").length, 1);
     assert.deepEqual(validate(s, ""), []);
+  });
+
+  test("not rejects what matches it", () => {
+    const s = { not: { required: ["a", "b"] } };
+    assert.deepEqual(validate(s, { a: 1 }), []);
+    assert.deepEqual(
+      validate(s, { a: 1, b: 2 }).map((i) => i.message),
+      ['must not match {"required":["a","b"]}'],
+    );
   });
 
   test("unsupported keywords throw instead of being ignored", () => {

@@ -11,12 +11,15 @@ export interface TextContentInput {
   kind: "transcript" | "summary";
   text: string;
   now: number;
+  /** The event that carries the text: `call.transcript` / `call.summary` by default; `call.ended` for the brief summary given with `end`. */
+  event?: "call.ended";
 }
 
 /**
  * The `transcript`/`summary` content of an event (PRODUCT.md §5). Inline when the whole event
  * body stays within KLEN_INLINE_LIMIT; otherwise the text is stored as a blob and the event
- * carries `transcript_url`/`summary_url` instead — exactly one of the pair. The size is the
+ * carries `transcript_url`/`summary_url` instead — exactly one of the pair. The brief summary of
+ * `call.ended` follows the same rule. The size is the
  * exact size of the body that would be sent: it is built here the same way emitEvent builds it
  * (the call row is already updated by the transition, and `now` is the event's time).
  */
@@ -37,7 +40,7 @@ export async function textContent(
     .executeTakeFirstOrThrow();
   const source = await payloadSource(trx, normalizeCall(row), inline, ctx.store.caps);
   const size = Buffer.byteLength(
-    JSON.stringify(buildPayload(EVENT_OF[input.kind], source, input.now)),
+    JSON.stringify(buildPayload(input.event ?? EVENT_OF[input.kind], source, input.now)),
     "utf8",
   );
   if (size <= ctx.config.inlineLimit) return inline;

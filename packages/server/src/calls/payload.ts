@@ -63,7 +63,9 @@ export function buildPayload(type: EventType, src: PayloadSource, now: number): 
       call.assistant_id = c.assistant_id;
       break;
     case "call.ended":
-      if (c.brief_summary !== null) call.summary = c.brief_summary;
+      // The brief summary, or its URL when it would take the body past the inline limit.
+      if (content.summary_url !== undefined) call.summary_url = content.summary_url;
+      else if (c.brief_summary !== null) call.summary = c.brief_summary;
       call.duration = duration;
       break;
     case "call.failed":

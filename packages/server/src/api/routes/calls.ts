@@ -169,17 +169,21 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
             if (b.failure_reason !== undefined)
               input.failure_reason = b.failure_reason as TransitionInput["failure_reason"] & string;
             if (b.ended_reason !== undefined) input.ended_reason = b.ended_reason;
+            const text = (kind: "transcript" | "summary", value: string, event?: "call.ended") => () =>
+              textContent(ctx, trx, {
+                accountId: req.account.id,
+                callId: id,
+                kind,
+                text: value,
+                now,
+                ...(event ? { event } : {}),
+              });
             const contentFor =
               action === "transcript" || action === "summary"
-                ? () =>
-                    textContent(ctx, trx, {
-                      accountId: req.account.id,
-                      callId: id,
-                      kind: action,
-                      text: b[action]!,
-                      now,
-                    })
-                : undefined;
+                ? text(action, b[action]!)
+                : input.summary !== undefined
+                  ? text("summary", input.summary, "call.ended")
+                  : undefined;
             const { call } = await applyTransition(
               trx,
               ctx.store.caps,
