@@ -383,6 +383,63 @@ describe("dashboard in Chromium", () => {
     assert.equal(await row.getAttribute("data-status"), "failed");
   });
 
+  test("a delivery waiting behind an earlier event of its call says so", async () => {
+    const ep = await server.api.post("/v1/endpoints", {
+      url: `${failing.url}/ordered`,
+      description: "Ordered receiver",
+      event_types: ["call.started", "call.ended"],
+    });
+    const call = await server.api.post("/v1/test-calls", { endpoint_id: ep.body.id });
+    type D = {
+      id: string;
+      event_id: string;
+      event_type: string;
+      status: string;
+      next_attempt_at: string | null;
+    };
+    // call.started failed and waits 10 minutes for its retry; call.ended waits behind it.
+    const ended = await waitFor("call.ended queued behind the failed call.started", async () => {
+      const r = await server.api.get(`/v1/deliveries?call_id=${call.body.call_id}`);
+      const ds = r.body.data as Array<D & { attempts: unknown[] }>;
+      const started = ds.find((d) => d.event_type === "call.started");
+      const end = ds.find((d) => d.event_type === "call.ended");
+      return started?.attempts.length === 1 && end ? end : undefined;
+    });
+    assert.equal(ended.status, "pending");
+    assert.equal(ended.next_attempt_at, null);
+
+    await page.evaluate((id) => {
+      location.hash = `#/deliveries?event_id=${id}`;
+    }, ended.event_id);
+    const row = page.locator(`tr.delivery[data-delivery="${ended.id}"]`);
+    await row.getByText("queued", { exact: true }).waitFor();
+    await page.getByRole("button", { name: `Attempts of ${ended.id}` }).click();
+    const detail = page.locator(`tr.delivery[data-delivery="${ended.id}"] + tr.detail`);
+    await detail.getByText("waits for an earlier event of its call").waitFor();
+    await detail
+      .getByText(
+        `No attempt yet: it is sent after the earlier events of call #${call.body.call_id} to this endpoint.`,
+      )
+      .waitFor();
+  });
+
+  test("Add endpoint can be cancelled; the overview links to every endpoint", async () => {
+    const count = async () => (await server.api.get("/v1/endpoints?limit=100")).body.data.length as number;
+    const before = await count();
+    await section("Endpoints");
+    await page.getByRole("link", { name: "Add endpoint" }).click();
+    await page.getByLabel("Endpoint URL").fill(`${receiver.url}/never`);
+    await page.getByRole("link", { name: "Cancel" }).click();
+    await page.getByRole("heading", { name: "Endpoints", level: 1 }).waitFor();
+    assert.equal(new URL(page.url()).hash, "#/endpoints");
+    assert.equal(await count(), before, "nothing was created");
+
+    await section("Overview");
+    await page.getByRole("link", { name: "All endpoints →" }).click();
+    await page.getByRole("heading", { name: "Endpoints", level: 1 }).waitFor();
+    assert.equal(new URL(page.url()).hash, "#/endpoints");
+  });
+
   test("user data renders as text, never as markup", async () => {
     await section("Endpoints");
     await page.getByRole("link", { name: "Add endpoint" }).click();

@@ -17,9 +17,16 @@ export async function loadEndpoints() {
   return r.data;
 }
 
+/**
+ * A pending delivery without a due time is parked: it waits until the earlier events of its call
+ * to the same endpoint are finished, so that they arrive in order (docs/api.md, Deliveries).
+ */
+const parked = (d) => d.status === "pending" && !d.next_attempt_at;
+
 function lastResponse(d) {
   const a = d.attempts.at(-1);
-  if (!a) return h("span", { class: "muted" }, d.status === "pending" ? "waiting" : "—");
+  if (!a)
+    return h("span", { class: "muted" }, parked(d) ? "queued" : d.status === "pending" ? "waiting" : "—");
   if (a.status_code !== null) {
     const ok = a.status_code >= 200 && a.status_code < 300;
     return h("span", { class: ok ? "code-ok" : "code-bad" }, String(a.status_code));
@@ -32,7 +39,11 @@ function attemptsTable(d) {
     return h(
       "p",
       { class: "muted small" },
-      d.next_attempt_at ? `First attempt due ${fmtTime(d.next_attempt_at)}.` : "No attempt yet.",
+      d.next_attempt_at
+        ? `First attempt due ${fmtTime(d.next_attempt_at)}.`
+        : parked(d)
+          ? `No attempt yet: it is sent after the earlier events of call #${d.call_id} to this endpoint.`
+          : "No attempt yet.",
     );
   return h(
     "table",
@@ -134,7 +145,9 @@ function deliveryRows(d, opts) {
           h("span", { class: "spacer" }),
           d.next_attempt_at && d.status === "pending"
             ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
-            : null,
+            : parked(d)
+              ? h("span", { class: "muted small parked" }, "waits for an earlier event of its call")
+              : null,
           retry,
         ),
         status,

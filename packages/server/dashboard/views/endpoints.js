@@ -62,9 +62,10 @@ function endpointStatus(e) {
 
 /**
  * The create / edit form: URL, description, event type checkboxes, agent ids, custom headers.
- * `submit(body)` sends it; the form shows the API's error, naming the field.
+ * `submit(body)` sends it; the form shows the API's error, naming the field. With `cancelHref`
+ * a Cancel link leads there without saving.
  */
-function endpointForm(initial, submitLabel, submit) {
+function endpointForm(initial, submitLabel, submit, cancelHref) {
   const url = h("input", {
     name: "url",
     type: "url",
@@ -145,7 +146,12 @@ function endpointForm(initial, submitLabel, submit) {
     field("Agent ids", agents, "Only calls of these agents; empty for all agents."),
     field("Custom headers", headers, "One per line, sent with every delivery."),
     status,
-    h("div", { class: "form-actions" }, button),
+    h(
+      "div",
+      { class: "form-actions" },
+      button,
+      cancelHref ? h("a", { class: "btn btn-secondary", href: cancelHref }, "Cancel") : null,
+    ),
   );
 }
 
@@ -192,10 +198,15 @@ export async function renderNewEndpoint(main) {
     pageHeader("Add endpoint", "Klen signs every delivery with the endpoint's secret (Standard Webhooks)."),
     card(
       null,
-      endpointForm({}, "Create endpoint", async (body) => {
-        const e = await api("POST", "/v1/endpoints", body);
-        location.hash = `#/endpoints/${e.id}`;
-      }),
+      endpointForm(
+        {},
+        "Create endpoint",
+        async (body) => {
+          const e = await api("POST", "/v1/endpoints", body);
+          location.hash = `#/endpoints/${e.id}`;
+        },
+        "#/endpoints",
+      ),
     ),
   );
 }

@@ -125,7 +125,16 @@ export async function renderOverview(main) {
       "div",
       { class: "grid-2 grid-wide" },
       card("Delivery attempts", chartBox),
-      card("Endpoints", endpointsList, h("a", { href: "#/endpoints/new", class: "small" }, "Add endpoint →")),
+      card(
+        "Endpoints",
+        endpointsList,
+        h(
+          "div",
+          { class: "card-foot card-links" },
+          h("a", { href: "#/endpoints", class: "small" }, "All endpoints →"),
+          h("a", { href: "#/endpoints/new", class: "small" }, "Add endpoint →"),
+        ),
+      ),
     ),
     card(
       "Recent failed deliveries",
