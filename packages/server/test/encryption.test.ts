@@ -19,7 +19,8 @@ test("FieldCipher round-trips, seals equal values equally, and rejects tampering
   assert.equal(c.open(sealed), "+15551234567");
   assert.equal(c.seal("+15551234567"), sealed, "deterministic, so equality lookups work");
   assert.notEqual(c.seal("+15551234568"), sealed);
-  assert.equal(c.seal(sealed), sealed, "sealing twice is a no-op");
+  assert.notEqual(c.seal(sealed), sealed, "text that looks sealed is sealed like any other");
+  assert.equal(c.open(c.seal(sealed)), sealed);
   assert.equal(c.open("plain text from before encryption"), "plain text from before encryption");
   const tampered = `${sealed.slice(0, -4)}AAA=`;
   assert.throws(() => c.open(tampered));
@@ -162,6 +163,50 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
     assert.match(dump, /enc1:/);
   } finally {
     await rx.close();
+    await server.kill();
+    dir.remove();
+  }
+});
+
+test("with KLEN_ENCRYPTION_KEY, text that looks sealed is stored and returned as written, never decrypted", async () => {
+  const dir = tempDir();
+  const server = await spawnServer({
+    dataDir: dir.path,
+    env: { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" },
+  });
+  try {
+    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: "http://127.0.0.1:9/hook" });
+    const db = new Database(`${dir.path}/klen.db`, { readonly: true });
+    const sealed = (
+      db.prepare("SELECT secret FROM endpoints WHERE id = ?").get(endpoint.id) as { secret: string }
+    ).secret;
+    db.close();
+    assert.match(sealed, /^enc1:/);
+
+    // Someone with a copy of the database and an API key must not get the API to decrypt it:
+    // neither in a column that is never sealed (an agent's name) nor in one that is (a brief summary).
+    const agent = await server.api.post("/v1/agents", { name: sealed });
+    assert.equal(agent.status, 201);
+    assert.equal(agent.body.name, sealed);
+    assert.equal((await server.api.get(`/v1/agents/${agent.body.id}`)).body.name, sealed);
+    const call = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    await server.api.post(`/v1/calls/${call.body.id}/start`);
+    const ended = await server.api.post(`/v1/calls/${call.body.id}/end`, { summary: sealed });
+    assert.equal(ended.body.summary, sealed);
+    const events = await server.api.get(`/v1/events?call_id=${call.body.id}&event_type=call.ended`);
+    assert.equal(events.body.data[0].payload.call.summary, sealed);
+    assert.notEqual(endpoint.secret, sealed);
+    for (const text of [agent.body.name, ended.body.summary]) assert.notEqual(text, endpoint.secret);
+
+    // Text that looks sealed but is not is no server error either.
+    const odd = await server.api.post("/v1/agents", { name: "enc1:AAAA" });
+    assert.equal(odd.status, 201);
+    assert.equal((await server.api.get(`/v1/agents/${odd.body.id}`)).body.name, "enc1:AAAA");
+  } finally {
     await server.kill();
     dir.remove();
   }

@@ -60,8 +60,11 @@ export class FieldCipher {
     return createHmac("sha256", this.macKey).update(text).digest("hex");
   }
 
+  /**
+   * Always encrypts, even text that already starts with `enc1:`: a caller's text must never pass
+   * into a sealed column as it is, or reading it back would decrypt someone else's ciphertext.
+   */
   seal(plaintext: string): string {
-    if (plaintext.startsWith(PREFIX)) return plaintext;
     const iv = createHmac("sha256", this.nonceKey).update(plaintext).digest().subarray(0, 12);
     const c = createCipheriv("aes-256-gcm", this.encKey, iv);
     const body = Buffer.concat([c.update(plaintext, "utf8"), c.final()]);
@@ -143,7 +146,9 @@ class SealValues extends OperationNodeTransformer {
 
 /**
  * Kysely plugin: seals the encrypted columns on INSERT and UPDATE built with the query builder,
- * and opens any sealed value in results, so no query or route needs to know about encryption.
+ * and opens the sealed values of those columns in results, so no query or route needs to know
+ * about encryption. Only columns named in ENCRYPTED_COLUMNS are opened: a value a caller stored
+ * elsewhere (an agent's name, say) that looks sealed is returned as written, never decrypted.
  * Raw `sql` statements are not rewritten: none of them writes an encrypted column.
  */
 export class EncryptionPlugin implements KyselyPlugin {
@@ -160,7 +165,8 @@ export class EncryptionPlugin implements KyselyPlugin {
     for (const row of args.result.rows) {
       for (const key of Object.keys(row)) {
         const v = row[key];
-        if (typeof v === "string" && v.startsWith(PREFIX)) row[key] = this.cipher.open(v);
+        if (typeof v === "string" && v.startsWith(PREFIX) && SEALED_NAMES.has(key))
+          row[key] = this.cipher.open(v);
       }
     }
     return args.result;
