@@ -131,6 +131,30 @@ for (const backend of backends()) {
       }
     });
 
+    test("revoking the stream's API key ends it with an error frame, before any later event", async () => {
+      const made = await server.api.post("/v1/api-keys");
+      assert.equal(made.status, 201);
+      const s = await openStream(server, "", { authorization: `Bearer ${made.body.key}` });
+      try {
+        await waitFor("ready frame", () => s.messages.length >= 1);
+        assert.equal((await server.api.del(`/v1/api-keys/${made.body.id}`)).status, 200);
+        await runCall(server.api, agentId);
+        await waitFor("the stream ended", () => s.ended());
+        assert.deepEqual(
+          s.messages.map((m) => m.event),
+          ["ready", "error"],
+          "no event after the revocation reached the stream",
+        );
+        assert.equal(JSON.parse(s.messages[1]!.data).error.code, "unauthorized");
+        const again = await fetch(`${server.url}/v1/events/stream`, {
+          headers: { authorization: `Bearer ${made.body.key}` },
+        });
+        assert.equal(again.status, 401);
+      } finally {
+        await s.close();
+      }
+    });
+
     test("resumes after Last-Event-ID or ?after, skipping what was seen", async () => {
       const callId = await runCall(server.api, agentId);
       const stored = await eventsOf(server.api, callId);

@@ -76,6 +76,14 @@ export interface RouteHelpers {
   ): Promise<FastifyReply>;
   /** Drops this process's cached key lookups of an account (after a key is revoked). */
   forgetKeys(accountId: number): void;
+  /**
+   * Whether the key a long-lived request (the event stream) was authenticated with still opens
+   * its account. A key revoked through this process is refused at once, one revoked through
+   * another within the lookup cache's lifetime (5 s).
+   */
+  keyStillValid(req: FastifyRequest): Promise<boolean>;
+  /** Counts `forgetKeys` calls: a change means some key of this process may have been revoked. */
+  keysForgotten(): number;
 }
 
 /**
@@ -207,6 +215,7 @@ export async function buildApp(
       throw new ApiError(429, "rate_limited", "too many requests for this API key", { retry_after: wait });
   });
 
+  let forgotten = 0;
   const helpers: RouteHelpers = {
     async mutate(req, reply, fn, o = {}) {
       const header = req.headers["idempotency-key"];
@@ -227,7 +236,19 @@ export async function buildApp(
       else if (o.work && out.status < 300) await announceWork(ctx);
       return reply.status(out.status).send(out.body);
     },
-    forgetKeys: (accountId) => auth.forget(accountId),
+    forgetKeys: (accountId) => {
+      forgotten++;
+      auth.forget(accountId);
+    },
+    keysForgotten: () => forgotten,
+    async keyStillValid(req) {
+      try {
+        return (await auth.authenticate(req)).id === req.account.id;
+      } catch (err) {
+        if (err instanceof ApiError && err.status === 401) return false;
+        throw err;
+      }
+    },
   };
 
   app.get("/healthz", { schema: { hide: true } }, async () => {

@@ -43,8 +43,8 @@ export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
     }),
   );
 
-  app.delete("/v1/api-keys/:id", { schema: { params: idParam } }, (req, reply) =>
-    h.mutate(req, reply, async (trx) => {
+  app.delete("/v1/api-keys/:id", { schema: { params: idParam } }, async (req, reply) => {
+    await h.mutate(req, reply, async (trx) => {
       const id = (req.params as { id: number }).id;
       const keys = await trx
         .selectFrom("api_keys")
@@ -60,8 +60,10 @@ export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
           id,
         });
       await trx.deleteFrom("api_keys").where("id", "=", id).execute();
-      h.forgetKeys(req.account.id);
       return { status: 200, body: { id, prefix: key.prefix, deleted: true } };
-    }),
-  );
+    });
+    // After the commit: a lookup between the delete and the commit would cache the key again.
+    if (reply.statusCode === 200) h.forgetKeys(req.account.id);
+    return reply;
+  });
 };

@@ -15,6 +15,11 @@ const EVENT_ID = /^evt_[0-9a-z]{26}$/;
 // 500 ms. 15 s heartbeats stay under the usual 30–60 s idle timeouts of proxies.
 const POLL_MS = 500;
 const HEARTBEAT_MS = 15_000;
+/** How often an open stream checks that its API key has not been revoked. */
+const KEY_CHECK_MS = 5_000;
+const REVOKED_FRAME = `event: error\ndata: ${JSON.stringify({
+  error: { code: "unauthorized", message: "the API key of this stream was revoked" },
+})}\n\n`;
 const BATCH = 200;
 // On PostgreSQL `seq` is handed out at insert but rows become visible at commit, so a lower seq
 // can appear after a higher one. Holes are re-checked for this long before they are given up as
@@ -72,7 +77,7 @@ async function seqOf(db: Db, accountId: number, id: string): Promise<number> {
  * newest event so that a client reconnecting with it skips nothing. Order is the events table's
  * `seq` (commit order across processes), not the id.
  */
-export const streamRoutes: RouteModule = (app, ctx) => {
+export const streamRoutes: RouteModule = (app, ctx, h) => {
   // One shared fan-out of wake-ups: store.onWork has no "off", so connections subscribe here.
   const bell = new EventEmitter().setMaxListeners(0);
   const ring = () => bell.emit("ring");
@@ -168,8 +173,20 @@ export const streamRoutes: RouteModule = (app, ctx) => {
           .orderBy("seq", "asc")
           .execute();
 
+      let keyCheckedAt = Date.now();
+      let forgotten = h.keysForgotten();
       try {
         while (!closed) {
+          // A revoked key stops the stream before it reads anything more: at once when the key was
+          // revoked through this process, else within KEY_CHECK_MS and the key cache's lifetime.
+          if (Date.now() - keyCheckedAt >= KEY_CHECK_MS || h.keysForgotten() !== forgotten) {
+            keyCheckedAt = Date.now();
+            forgotten = h.keysForgotten();
+            if (!(await h.keyStillValid(req))) {
+              res.end(REVOKED_FRAME);
+              break;
+            }
+          }
           let rung = false;
           wake = () => {
             rung = true;
