@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
+import pg from "pg";
 import { ConfigError, loadConfig } from "../src/config.js";
 import { isDatabaseUnavailable } from "../src/storage/store.js";
 import { CLI } from "./helpers/server.js";
@@ -36,6 +41,25 @@ test("the CLI refuses to start with a lease not longer than the timeout, naming 
   });
   assert.equal(r.status, 2, r.stderr);
   assert.match(r.stderr, /invalid configuration: KLEN_LEASE: must be longer than KLEN_DELIVERY_TIMEOUT/);
+});
+
+test("PostgreSQL on a Unix socket that is not there is unavailable; a missing file is not", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "klen-nosock-"));
+  try {
+    // What pg itself raises for `postgres://user@/db?host=<dir>` when no server listens there.
+    const client = new pg.Client({ host: dir, user: "postgres", database: "klen" });
+    const err = await client.connect().then(
+      () => assert.fail("connected to a socket that does not exist"),
+      (e: unknown) => e,
+    );
+    assert.equal((err as { code?: string }).code, "ENOENT");
+    assert.equal(isDatabaseUnavailable(err), true, String(err));
+    const missing = await readFile(join(dir, "blb_missing")).catch((e: unknown) => e);
+    assert.equal((missing as { code?: string }).code, "ENOENT");
+    assert.equal(isDatabaseUnavailable(missing), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("connection failures are classified as database unavailable, query errors are not", () => {

@@ -70,8 +70,8 @@ async function openBackend(url: string, server: ServerStoreOptions | undefined):
 }
 
 // Connection-level failures: the database is down, restarting or unreachable, as opposed to a
-// query it rejected. PostgreSQL SQLSTATE class 08 and the shutdown/start-up states, socket errors,
-// pg's own messages for a dropped or unobtainable connection, and SQLite's lock timeout.
+// query it rejected. PostgreSQL SQLSTATE class 08 and the shutdown/start-up states, socket errors
+// (also a Unix socket's missing file, below), pg's own messages for a dropped or unobtainable connection, and SQLite's lock timeout.
 const UNAVAILABLE_CODES = new Set([
   "57P01",
   "57P02",
@@ -95,8 +95,16 @@ const UNAVAILABLE_MESSAGE =
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   for (let e = err, depth = 0; e && typeof e === "object" && depth < 3; depth++) {
-    const { code, message, cause } = e as { code?: unknown; message?: unknown; cause?: unknown };
+    const { code, message, cause, syscall } = e as {
+      code?: unknown;
+      message?: unknown;
+      cause?: unknown;
+      syscall?: unknown;
+    };
     if (typeof code === "string" && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"))) return true;
+    // PostgreSQL on a Unix socket (`?host=/run/postgresql`) that is not running: no socket file.
+    // Only for a connect, so that a missing file elsewhere is not taken for a database outage.
+    if (code === "ENOENT" && syscall === "connect") return true;
     if (typeof message === "string" && UNAVAILABLE_MESSAGE.test(message)) return true;
     e = cause;
   }
