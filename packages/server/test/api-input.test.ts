@@ -541,6 +541,8 @@ describe("address blocking without dev mode (loopback forms only)", () => {
       JSON.stringify(d.attempts),
     );
     assert.equal(rx.requests.length, 0, "nothing reached the loopback receiver");
+    // The log says why, without the address the name resolved to.
+    assert.equal(d.attempts[0].error_message, "localhost resolves to a loopback address");
     await rx.close();
   });
 });

@@ -103,6 +103,7 @@ function classifyV6(g: number[]): AddressClass {
   if ((first & 0xffc0) === 0xfec0) return "private"; // deprecated site-local
   if ((first & 0xff00) === 0xff00) return "multicast";
   if (first === 0x2001 && g[1] === 0x0db8) return "reserved"; // documentation
+  if (first === 0x3fff && g[1]! < 0x1000) return "reserved"; // documentation 3fff::/20 (RFC 9637)
   if (first === 0x2001 && g[1]! < 0x0200) return "reserved"; // Teredo, ORCHID, benchmarking…
   if (first === 0x0100 && zeros(1, 4)) return "reserved"; // discard-only
   if ((first & 0xe000) !== 0x2000) return "reserved"; // outside global unicast 2000::/3

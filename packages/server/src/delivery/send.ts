@@ -50,10 +50,10 @@ export function guardedLookup(): LookupFunction {
       const list = addresses as Array<{ address: string; family: number }>;
       const bad = list.find((a) => classifyAddress(a.address) !== "global");
       if (bad) {
+        // The class, not the address: the attempt log must not turn the server into a DNS
+        // lookup of its own network for whoever owns the endpoint.
         return callback(
-          new BlockedAddressError(
-            `${hostname} resolves to ${classifyAddress(bad.address)} address ${bad.address}`,
-          ),
+          new BlockedAddressError(`${hostname} resolves to a ${classifyAddress(bad.address)} address`),
         );
       }
       const wantAll = (options as { all?: boolean }).all;
