@@ -7,7 +7,7 @@ import Database from "better-sqlite3";
 import { Webhook } from "standardwebhooks";
 import { apiClient as cliApiClient } from "../src/cli/api-client.js";
 import { checkSecret, listen, newLocalSecret, parseEventList } from "../src/cli/listen.js";
-import { createOutput } from "../src/cli/output.js";
+import { createOutput, printable } from "../src/cli/output.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
 import { workflowDone } from "../src/cli/test-call.js";
 import { toneWav } from "../src/cli/wav.js";
@@ -112,6 +112,13 @@ async function serveOnPort(port: number, dataDir: string, apiKey: string) {
   };
 }
 
+/** The control characters of `text` but tab and newline. */
+const controls = (text: string) =>
+  [...text].filter((c) => {
+    const n = c.charCodeAt(0);
+    return (n < 0x20 && n !== 0x09 && n !== 0x0a) || (n >= 0x7f && n <= 0x9f);
+  });
+
 describe("CLI helpers (pure)", () => {
   test("--secret and --events are checked before anything is sent", () => {
     assert.equal(checkSecret(`whsec_${Buffer.alloc(24).toString("base64")}`).length, 38);
@@ -131,6 +138,24 @@ describe("CLI helpers (pure)", () => {
     assert.equal(createOutput({ stdout: tty, stderr: tty, env: {}, json: true }).color, false);
     assert.equal(createOutput({ stdout: pipe, stderr: pipe, env: {} }).color, false);
     assert.equal(createOutput({ stdout: pipe, stderr: pipe, env: {} }).green("ok"), "ok");
+  });
+
+  test("control characters from API data reach the terminal escaped; only colour codes pass, and only on a terminal", () => {
+    const evil = "\x1b]52;c;cHduZWQ=\x07\x1b[2J\x1b[31mFAKE: all delivered\r\x9b";
+    assert.equal(
+      printable(evil, false),
+      "\\u001b]52;c;cHduZWQ=\\u0007\\u001b[2J\\u001b[31mFAKE: all delivered\\u000d\\u009b",
+    );
+    assert.equal(printable("a\tb\nc", false), "a\tb\nc");
+    const written: string[] = [];
+    const tty = { isTTY: true, write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;
+    const out = createOutput({ stdout: tty, stderr: tty, env: {} });
+    out.line(`${out.green("200")} ${evil}`);
+    assert.equal(written.length, 1);
+    assert.ok(written[0]!.startsWith("\x1b[32m200\x1b[39m "), JSON.stringify(written[0]));
+    // Past colour codes (SGR), not one control character is left: no clipboard, no clearing.
+    const sgr = new RegExp(`${String.fromCharCode(27)}\\[\\d+m`, "g");
+    assert.deepEqual(controls(written[0]!.replace(sgr, "")), []);
   });
 
   test("the uploaded recording is a well-formed PCM WAV", () => {
@@ -593,10 +618,16 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     const ep = JSON.parse(created.stdout);
     assert.match(ep.secret, /^whsec_/);
     assert.deepEqual(ep.event_types, ["call.ended"]);
-    const human = await cli(["endpoints", "create", "--url", `${rx.url}/other`], env);
+    // A description that would clear the terminal is listed escaped.
+    const human = await cli(
+      ["endpoints", "create", "--url", `${rx.url}/other`, "--description", "\x1b[2Jwiped"],
+      env,
+    );
     assert.match(human.stdout, /signing secret: whsec_/);
     const listed = await cli(["endpoints", "list"], env);
     assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual(controls(listed.stdout), []);
+    assert.ok(listed.stdout.includes("  \\u001b[2Jwiped\n"), listed.stdout);
     assert.ok(
       listed.stdout.includes(`${ep.id}  enabled  ${ep.url}  call.ended  from the CLI\n`),
       listed.stdout,

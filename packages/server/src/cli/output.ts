@@ -21,6 +21,22 @@ export interface Output {
   bold(s: string): string;
 }
 
+// C0 and C1 control characters but tab and newline, and the colour codes `paint` writes.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+const CONTROL = /\x1b\[\d+m|[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+
+/**
+ * Text as it may reach a terminal: control characters that came with API data (an endpoint's
+ * description, a response body) are shown escaped (`\u001b`), so they cannot clear the screen,
+ * set the clipboard or fake a status line. Only the colour codes of `paint` pass, and only when
+ * colour is on.
+ */
+export function printable(text: string, color: boolean): string {
+  return text.replace(CONTROL, (m) =>
+    m.length > 1 && color ? m : `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}${m.slice(1)}`,
+  );
+}
+
 export function createOutput(opts: {
   json?: boolean;
   stdout?: NodeJS.WriteStream;
@@ -38,16 +54,16 @@ export function createOutput(opts: {
     json,
     color,
     line(text) {
-      if (!json) stdout.write(`${text}\n`);
+      if (!json) stdout.write(`${printable(text, color)}\n`);
     },
     data(value) {
       stdout.write(`${JSON.stringify(value)}\n`);
     },
     progress(text) {
-      if (stderr.isTTY) stderr.write(`${paint(2, 22)(text)}\n`);
+      if (stderr.isTTY) stderr.write(`${paint(2, 22)(printable(text, false))}\n`);
     },
     warn(text) {
-      stderr.write(`${text}\n`);
+      stderr.write(`${printable(text, color)}\n`);
     },
     green: paint(32, 39),
     red: paint(31, 39),
