@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import BetterSqlite3 from "better-sqlite3";
 import { newBlobId } from "../src/blobs/blobs.js";
 import { parseRange } from "../src/blobs/range.js";
 import { blobUrl, checkBlobUrl, expiryOf, signBlob } from "../src/blobs/signing.js";
@@ -35,6 +36,15 @@ describe("blob URL signing (pure)", () => {
       reason: "bad_signature",
     });
     assert.equal(checkBlobUrl(Buffer.alloc(32, 8), id, String(exp), sig, now).ok, false);
+  });
+
+  test("a well-signed expiry further ahead than the TTL allows is refused", () => {
+    const sig = signBlob(key, id, exp);
+    assert.deepEqual(checkBlobUrl(key, id, String(exp), sig, now, 3_600_000), { ok: true });
+    assert.deepEqual(checkBlobUrl(key, id, String(exp), sig, now, 3_599_000), {
+      ok: false,
+      reason: "bad_signature",
+    });
   });
 
   test("malformed expiry or signature is refused before any comparison", () => {
@@ -178,5 +188,29 @@ describe("GET /v1/blobs/{id}", () => {
     assert.equal(await res.text(), secretText);
     const files = readdirSync(join(dir.path, "blobs")).filter((f) => f.startsWith("blb_"));
     assert.equal(files.length, 1);
+  });
+
+  test("with KLEN_ENCRYPTION_KEY turned on the signing key is sealed; old URLs work, none past the TTL", async () => {
+    const dbFile = join(dir.path, "klen.db");
+    const clearKey = signingKeyOf(dbFile);
+    await srv.kill();
+    srv = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_INLINE_LIMIT: "4KiB", KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" },
+    });
+    const raw = new BetterSqlite3(dbFile, { readonly: true });
+    const stored = raw.prepare("SELECT value FROM settings WHERE name = 'blob_signing_key'").get() as {
+      value: string;
+    };
+    raw.close();
+    assert.match(stored.value, /^enc1:/, "a copy of the database no longer holds the key in clear");
+    url = onServer(srv.url, url);
+    assert.equal(await (await fetch(url)).text(), secretText, "the same key, so old URLs still work");
+    // Whoever still has the key from an older copy cannot make a URL that outlives KLEN_URL_TTL.
+    const id = new URL(url).pathname.split("/").pop()!;
+    const inTtl = Math.floor(Date.now() / 1000) + 600;
+    assert.equal((await fetch(onServer(srv.url, blobUrl("http://x", clearKey, id, inTtl)))).status, 200);
+    const beyond = Math.floor(Date.now() / 1000) + 30 * 86_400;
+    await refused(onServer(srv.url, blobUrl("http://x", clearKey, id, beyond)), 403, "bad_signature");
   });
 });

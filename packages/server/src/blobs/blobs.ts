@@ -7,18 +7,29 @@ import { signingKey } from "./key.js";
 import { blobUrl, expiryOf } from "./signing.js";
 import { type BlobStore, localBlobStore } from "./store.js";
 
-const stores = new WeakMap<Config, BlobStore>();
+const stores = new WeakMap<Config, { plain: BlobStore; current: BlobStore }>();
 
-/** The blob store of this configuration (one per process; the local folder by default). */
-export function blobStoreFor(config: Config): BlobStore {
+/**
+ * The blob store of this configuration (one per process; the local folder by default), sealing
+ * what it writes when KLEN_ENCRYPTION_KEY is set. `sealed` is a stored blob's `blobs.sealed`:
+ * 0 (written in clear) is read in clear even with encryption on since, 1 needs the key, and
+ * `null` (written before the column existed) is read as the configuration says.
+ */
+export function blobStoreFor(config: Config, sealed?: number | null): BlobStore {
   let s = stores.get(config);
   if (!s) {
-    const local = localBlobStore(config.dataDir);
-    s = config.encryptionKey ? encryptedBlobStore(local, config.encryptionKey) : local;
+    const plain = localBlobStore(config.dataDir);
+    s = { plain, current: config.encryptionKey ? encryptedBlobStore(plain, config.encryptionKey) : plain };
     stores.set(config, s);
   }
-  return s;
+  if (sealed === 0) return s.plain;
+  if (sealed === 1 && !config.encryptionKey)
+    throw new Error("this blob is encrypted at rest: start with the KLEN_ENCRYPTION_KEY it was written with");
+  return s.current;
 }
+
+/** The `blobs.sealed` of a blob written now by this configuration. */
+export const sealedNow = (config: Config): number => (config.encryptionKey ? 1 : 0);
 
 /** Blob ids are 192 random bits (base64url): unguessable, and no account or call in them. */
 export function newBlobId(): string {
@@ -33,6 +44,8 @@ export interface BlobMeta {
   contentType: string;
   size: number;
   now: number;
+  /** `sealedNow(config)` of the process that wrote the bytes. */
+  sealed: number;
 }
 
 /** Records a blob whose bytes are already in the store, in the caller's transaction. */
@@ -49,6 +62,7 @@ export async function insertBlob(trx: Db, m: BlobMeta): Promise<void> {
       // The store key; the same as the id for the local store, kept separate so another store
       // may lay its objects out differently.
       path: m.id,
+      sealed: m.sealed,
       created_at: m.now,
     })
     .execute();
@@ -84,6 +98,7 @@ export async function storeTextBlob(
     contentType: "text/plain; charset=utf-8",
     size: bytes.length,
     now: input.now,
+    sealed: sealedNow(ctx.config),
   });
   return presignedUrl(ctx, trx, id, input.now);
 }

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 
 const NAME = "blob_signing_key";
@@ -8,36 +9,45 @@ const cache = new WeakMap<object, Buffer>();
  * The server's URL-signing key: 32 random bytes stored in `settings` on first use, so that every
  * process sharing the database (API, workers, restarts) signs and verifies with the same key.
  * Concurrent first starts race on the primary key; `ON CONFLICT DO NOTHING` and a re-read make
- * every process end up with the winner's key. `scope` (the Store) keys the in-memory cache; `db`
- * is whatever handle the caller holds (inside a transaction on SQLite's single connection the
- * outer handle would wait on itself).
+ * every process end up with the winner's key. `store` keys the in-memory cache; `db` is whatever
+ * handle the caller holds (inside a transaction on SQLite's single connection the outer handle
+ * would wait on itself).
+ *
+ * With KLEN_ENCRYPTION_KEY the key is stored sealed, like the endpoint secrets: a copy of the
+ * database alone must not be enough to sign URLs that the server would then serve decrypted. A
+ * key stored in clear before encryption was turned on is sealed at the next start.
  */
-export async function signingKey(scope: object, db: Db): Promise<Buffer> {
-  const hit = cache.get(scope);
+export async function signingKey(store: Store, db: Db): Promise<Buffer> {
+  const hit = cache.get(store);
   if (hit) return hit;
-  const existing = await db
-    .selectFrom("settings")
-    .select("value")
-    .where("name", "=", NAME)
-    .executeTakeFirst();
-  if (existing) {
-    const key = Buffer.from(existing.value, "base64");
-    cache.set(scope, key);
-    return key;
+  const { cipher } = store;
+  const read = async () =>
+    (await db.selectFrom("settings").select("value").where("name", "=", NAME).executeTakeFirst())?.value;
+  let stored = await read();
+  if (stored === undefined) {
+    const fresh = randomBytes(32).toString("base64");
+    await db
+      .insertInto("settings")
+      .values({ name: NAME, value: cipher ? cipher.seal(fresh) : fresh, created_at: Date.now() })
+      .onConflict((oc) => oc.column("name").doNothing())
+      .execute();
+    stored = await read();
+    if (stored === undefined) throw new Error("the blob signing key could not be stored");
+  } else if (cipher && !cipher.isSealed(stored) && !db.isTransaction) {
+    await db
+      .updateTable("settings")
+      .set({ value: cipher.seal(stored) })
+      .where("name", "=", NAME)
+      .where("value", "=", stored)
+      .execute();
   }
-  await db
-    .insertInto("settings")
-    .values({ name: NAME, value: randomBytes(32).toString("base64"), created_at: Date.now() })
-    .onConflict((oc) => oc.column("name").doNothing())
-    .execute();
-  const row = await db
-    .selectFrom("settings")
-    .select("value")
-    .where("name", "=", NAME)
-    .executeTakeFirstOrThrow();
-  const key = Buffer.from(row.value, "base64");
+  if (!cipher && stored.startsWith("enc1:"))
+    throw new Error(
+      "the blob signing key is stored encrypted: start with the KLEN_ENCRYPTION_KEY it was sealed with",
+    );
+  const key = Buffer.from(cipher ? cipher.open(stored) : stored, "base64");
   // A key inserted inside a transaction that may still roll back is not cached: another process
   // could then create a different one. Start-up calls this outside any transaction.
-  if (!db.isTransaction) cache.set(scope, key);
+  if (!db.isTransaction) cache.set(store, key);
   return key;
 }

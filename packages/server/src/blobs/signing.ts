@@ -26,6 +26,8 @@ export type UrlCheck = { ok: true } | { ok: false; reason: "malformed" | "bad_si
  * Checks a presented URL's query. `expires` must be plain decimal digits exactly as signed (no
  * sign, no exponent, no padding: "0017…" or "1e10" would otherwise parse to a signed number);
  * the signature is compared in constant time; an expired URL is refused even when well signed.
+ * An expiry further ahead than `maxAheadMs` (the URL TTL and some clock skew) is no URL this
+ * server made, however well signed: a leaked key cannot mint URLs that last for ever.
  */
 export function checkBlobUrl(
   key: Buffer,
@@ -33,6 +35,7 @@ export function checkBlobUrl(
   expires: unknown,
   signature: unknown,
   nowMs: number,
+  maxAheadMs = Number.POSITIVE_INFINITY,
 ): UrlCheck {
   if (typeof expires !== "string" || typeof signature !== "string") return { ok: false, reason: "malformed" };
   if (!/^[1-9][0-9]{0,11}$/.test(expires) || !/^[A-Za-z0-9_-]{43}$/.test(signature)) {
@@ -43,5 +46,6 @@ export function checkBlobUrl(
   if (want.length !== got.length || !timingSafeEqual(want, got))
     return { ok: false, reason: "bad_signature" };
   if (Number(expires) * 1000 <= nowMs) return { ok: false, reason: "expired" };
+  if (Number(expires) * 1000 > nowMs + maxAheadMs) return { ok: false, reason: "bad_signature" };
   return { ok: true };
 }

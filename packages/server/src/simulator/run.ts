@@ -1,6 +1,6 @@
 import type { FailureReason } from "@klen/webhooks/schemas";
 import { type AppContext, announceWork } from "../api/context.js";
-import { blobStoreFor, insertBlob, newBlobId, presignedUrl } from "../blobs/blobs.js";
+import { blobStoreFor, insertBlob, newBlobId, presignedUrl, sealedNow } from "../blobs/blobs.js";
 import { textContent } from "../calls/content.js";
 import type { PayloadSource } from "../calls/payload.js";
 import { applyTransition } from "../calls/service.js";
@@ -265,6 +265,7 @@ export async function runTestCall(
               contentType: "audio/wav",
               size: wav.length,
               now,
+              sealed: sealedNow(ctx.config),
             });
             return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
           },

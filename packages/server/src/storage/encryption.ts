@@ -71,6 +71,11 @@ export class FieldCipher {
     return PREFIX + Buffer.concat([iv, body, c.getAuthTag()]).toString("base64");
   }
 
+  /** True for text as `seal` writes it. */
+  isSealed(text: string): boolean {
+    return text.startsWith(PREFIX);
+  }
+
   open(stored: string): string {
     if (!stored.startsWith(PREFIX)) return stored;
     const raw = Buffer.from(stored.slice(PREFIX.length), "base64");

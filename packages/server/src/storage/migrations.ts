@@ -263,4 +263,14 @@ ALTER TABLE endpoints ADD COLUMN previous_secrets TEXT;
 UPDATE api_keys SET prefix = substr(prefix, 1, length(prefix) / 3) WHERE prefix NOT LIKE 'klen!_sk!_%' ESCAPE '!';
 `,
   },
+  {
+    id: 9,
+    name: "blob_sealed",
+    sql: () => `
+-- Whether a blob's bytes were encrypted at rest when written (1) or not (0), so that turning
+-- KLEN_ENCRYPTION_KEY on later does not serve the earlier, clear blobs "decrypted" into noise.
+-- Rows from before stay NULL and are read as the configuration says, as they always were.
+ALTER TABLE blobs ADD COLUMN sealed INTEGER;
+`,
+  },
 ];

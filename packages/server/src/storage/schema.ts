@@ -130,6 +130,8 @@ export interface Database {
     content_type: string;
     size: number;
     path: string;
+    /** 1: the bytes are encrypted at rest; 0: in clear; null: written before migration 9. */
+    sealed: number | null;
     created_at: number;
   };
   settings: { name: string; value: string; created_at: number };

@@ -13,6 +13,9 @@ const gone = () => new ApiError(404, "not_found", "this content does not exist o
  * about which ids exist (403 for tampered, malformed or expired; 404 only with a valid signature).
  * Audio is served with its stored content type and single byte-range support (206/416).
  */
+/** How far ahead of this process's clock another process may have made a URL's expiry. */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
 export const blobRoutes: RouteModule = (app, ctx) => {
   app.get(
     "/v1/blobs/:id",
@@ -32,7 +35,14 @@ export const blobRoutes: RouteModule = (app, ctx) => {
       const id = (req.params as { id: string }).id;
       const q = req.query as Record<string, unknown>;
       const key = await signingKey(ctx.store, ctx.store.db);
-      const check = checkBlobUrl(key, id, q.expires, q.signature, ctx.clock.now());
+      const check = checkBlobUrl(
+        key,
+        id,
+        q.expires,
+        q.signature,
+        ctx.clock.now(),
+        ctx.config.urlTtlMs + CLOCK_SKEW_MS,
+      );
       if (!check.ok) {
         const message =
           check.reason === "expired" ? "this URL has expired" : "this URL is not validly signed";
@@ -40,11 +50,11 @@ export const blobRoutes: RouteModule = (app, ctx) => {
       }
       const row = await ctx.store.db
         .selectFrom("blobs")
-        .select(["path", "content_type", "size"])
+        .select(["path", "content_type", "size", "sealed"])
         .where("id", "=", id)
         .executeTakeFirst();
       if (!row) throw gone();
-      const store = blobStoreFor(ctx.config);
+      const store = blobStoreFor(ctx.config, row.sealed === null ? null : Number(row.sealed));
       const size = await store.size(row.path);
       if (size === undefined) throw gone();
       const range = parseRange(req.headers.range, size);

@@ -1,6 +1,6 @@
 import { unlink } from "node:fs/promises";
 import type { Readable } from "node:stream";
-import { blobStoreFor, insertBlob, newBlobId, presignedUrl } from "../../blobs/blobs.js";
+import { blobStoreFor, insertBlob, newBlobId, presignedUrl, sealedNow } from "../../blobs/blobs.js";
 import { AUDIO_TYPES, discardRest, mediaType, streamToTemp } from "../../blobs/upload.js";
 import { applyTransition, callObject, lockCall } from "../../calls/service.js";
 import { transition } from "../../calls/transitions.js";
@@ -105,6 +105,7 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
                     contentType: type,
                     size: upload.size,
                     now,
+                    sealed: sealedNow(ctx.config),
                   });
                   return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
                 },
