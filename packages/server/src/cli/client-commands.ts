@@ -8,8 +8,8 @@ import { followCall, followExitCode, startTestCall, type TestCallRequest } from 
 import { checkEventType, checkFailureReason, trigger } from "./trigger.js";
 
 /**
- * Commands that talk to a running server over its API (`endpoints`, `deliveries`, `test-call`,
- * `trigger`, `listen`).
+ * Commands that talk to a running server over its API (`endpoints`, `deliveries` and `api-keys`
+ * from resources.ts; `test-call`, `trigger`, `listen`).
  * Registered here so main.ts stays the map of the CLI.
  */
 export function registerClientCommands(program: Command): void {
@@ -205,7 +205,8 @@ function addServerExamples(program: Command): void {
     "after",
     `
 Server commands read KLEN_* environment variables (see the README); client commands (endpoints,
-deliveries, test-call, trigger, listen) take --api-url / KLEN_API_URL and --api-key / KLEN_API_KEY.
+deliveries, api-keys, test-call, trigger, listen) take --api-url / KLEN_API_URL and --api-key /
+KLEN_API_KEY.
 
 Examples:
   $ klen-webhooks serve --dev
