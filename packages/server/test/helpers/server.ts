@@ -81,16 +81,25 @@ export async function spawnServer(opts: {
   const exited = new Promise<void>((r) => proc.once("exit", () => r()));
   const url = `http://127.0.0.1:${port}`;
   if ((opts.role ?? "all") !== "worker") {
-    await waitFor(
-      `server on ${url} (output: ${out.slice(-500)})`,
-      async () => {
-        if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}: ${out}`);
-        const r = await fetch(`${url}/healthz`).catch(() => undefined);
-        return r?.ok;
-      },
-      20_000,
-      50,
-    );
+    try {
+      // Generous: a start takes 1–2 s, but a disk saturated by another test file's writes has
+      // been seen to stretch it past 20 s.
+      await waitFor(
+        `server on ${url}`,
+        async () => {
+          if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}: ${out}`);
+          const r = await fetch(`${url}/healthz`).catch(() => undefined);
+          return r?.ok;
+        },
+        60_000,
+        50,
+      );
+    } catch (err) {
+      // A server left running would keep this test file's process, and so the whole run, alive.
+      proc.kill("SIGKILL");
+      await exited;
+      throw new Error(`${(err as Error).message} (output: ${out.slice(-500)})`);
+    }
   }
   return {
     url,
