@@ -35,7 +35,10 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
   });
   const rx = await startReceiver();
   try {
-    const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+    const { agentId, endpoint } = await setupAccount(server.api, {
+      endpointUrl: rx.url,
+      endpoint: { headers: { "X-Receiver-Pass": "hdr-credential-4711" } },
+    });
     rx.setSecret(endpoint.secret);
     const contact = await server.api.post(
       "/v1/contacts",
@@ -50,6 +53,7 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
     await rx.waitForCount(4);
     assert.deepEqual(rx.verifyFailures, [], "signed with the (decrypted) secret");
     assert.equal(rx.requests[0]!.json.call.phone_number, "+15557654321");
+    assert.equal(rx.requests[0]!.headers["x-receiver-pass"], "hdr-credential-4711", "custom headers opened");
     assert.equal(
       rx.requests[0]!.json.call.contact.id,
       contact.body.id,
@@ -157,6 +161,7 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
       endpoint.secret,
       rotated.body.secret,
       "Customer asked about billing",
+      "hdr-credential-4711",
     ]) {
       assert.equal(dump.includes(secretText), false, `"${secretText}" is not stored in clear`);
     }

@@ -18,7 +18,9 @@ test("logs are JSON and never contain the API key or an endpoint secret, even at
   try {
     const { agentId, endpoint } = await setupAccount(server.api, {
       endpointUrl: ok.url,
-      endpoint: { headers: { authorization: "Bearer receiver-token-xyz" } },
+      endpoint: {
+        headers: { authorization: "Bearer receiver-token-xyz", "X-Auth": "shared-pass-1", "X-Team": "voice" },
+      },
     });
     const bad = await server.api.post("/v1/endpoints", { url: failing.url });
     const rotated = await server.api.post(`/v1/endpoints/${endpoint.id}/rotate-secret`, {});
@@ -51,6 +53,8 @@ test("logs are JSON and never contain the API key or an endpoint secret, even at
       }
     })()) as { attempts: Array<{ request_headers: Record<string, string> }> };
     assert.equal(d.attempts[0]!.request_headers.authorization, "[redacted]");
+    assert.equal(d.attempts[0]!.request_headers["x-auth"], "[redacted]");
+    assert.equal(d.attempts[0]!.request_headers["x-team"], "voice");
     assert.match(d.attempts[0]!.request_headers["webhook-signature"]!, /^v1,/);
   } finally {
     await failing.close();

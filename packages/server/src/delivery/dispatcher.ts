@@ -51,7 +51,8 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   fullFloorMs: 60_000,
 };
 
-const SENSITIVE = /authorization|cookie|token|secret|key|password/i;
+// Header names whose values the attempt log does not keep: credentials a receiver asked for.
+const SENSITIVE = /auth|cookie|token|secret|key|pass|credential|session/i;
 
 /**
  * Claims that leave all of `excluded` out start at `value`: when it was looked up (`at`), every due

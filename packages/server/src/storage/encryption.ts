@@ -20,7 +20,8 @@ import {
 
 /** The columns encrypted at rest when KLEN_ENCRYPTION_KEY is set (PRODUCT.md §11). */
 export const ENCRYPTED_COLUMNS: Record<string, readonly string[]> = {
-  endpoints: ["secret", "previous_secret", "previous_secrets"],
+  // Custom headers are where receivers' own credentials go (docs/api.md).
+  endpoints: ["secret", "previous_secret", "previous_secrets", "headers"],
   // The event body holds transcripts, summaries and phone numbers.
   events: ["payload"],
   calls: ["phone_number", "brief_summary"],
