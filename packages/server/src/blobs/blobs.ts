@@ -11,9 +11,9 @@ const stores = new WeakMap<Config, { plain: BlobStore; current: BlobStore }>();
 
 /**
  * The blob store of this configuration (one per process; the local folder by default), sealing
- * what it writes when KLEN_ENCRYPTION_KEY is set. `sealed` is a stored blob's `blobs.sealed`:
- * 0 (written in clear) is read in clear even with encryption on since, 1 needs the key, and
- * `null` (written before the column existed) is read as the configuration says.
+ * what it writes when KLEN_ENCRYPTION_KEY is set. To read a stored blob, pass its `blobs.sealed`:
+ * 0 (written in clear) is read in clear even if encryption was turned on later, 1 needs the key,
+ * and `null` (written before the column existed) is read as the configuration says.
  */
 export function blobStoreFor(config: Config, sealed?: number | null): BlobStore {
   let s = stores.get(config);

@@ -11,7 +11,7 @@ export interface TextContentInput {
   kind: "transcript" | "summary";
   text: string;
   now: number;
-  /** The event that carries the text: `call.transcript` / `call.summary` by default; `call.ended` for the brief summary given with `end`. */
+  /** The event that carries the text when it is not the kind's own: `call.ended`'s brief summary. */
   event?: "call.ended";
 }
 
@@ -19,9 +19,9 @@ export interface TextContentInput {
  * The `transcript`/`summary` content of an event (PRODUCT.md §5). Inline when the whole event
  * body stays within KLEN_INLINE_LIMIT; otherwise the text is stored as a blob and the event
  * carries `transcript_url`/`summary_url` instead — exactly one of the pair. The brief summary of
- * `call.ended` follows the same rule. The size is the
- * exact size of the body that would be sent: it is built here the same way emitEvent builds it
- * (the call row is already updated by the transition, and `now` is the event's time).
+ * `call.ended` follows the same rule. The size is the exact size of the body that would be sent:
+ * it is built here the same way emitEvent builds it (the call row is already updated by the
+ * transition, and `now` is the event's time).
  */
 export async function textContent(
   ctx: AppContext,

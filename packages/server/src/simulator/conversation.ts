@@ -17,7 +17,7 @@ const hour = (r: () => number) =>
   pick(r, ["9:30 AM", "10:00 AM", "11:15 AM", "1:45 PM", "3:00 PM", "4:30 PM"]);
 const digits = (r: () => number, n: number) => Array.from({ length: n }, () => Math.floor(r() * 10)).join("");
 /** A day of the month as an ordinal: 1st, 2nd, 3rd, 4th … 11th … 21st, 22nd, 23rd … 27th. */
-export const dayOfMonth = (r: () => number) => {
+const dayOfMonth = (r: () => number) => {
   const d = 1 + Math.floor(r() * 27);
   const suffix =
     d % 10 === 1 && d !== 11

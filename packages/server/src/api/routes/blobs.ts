@@ -7,15 +7,15 @@ import type { RouteModule } from "./index.js";
 
 const gone = () => new ApiError(404, "not_found", "this content does not exist or was purged");
 
+/** How far ahead of this process's clock another process may have made a URL's expiry. */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
 /**
  * `GET /v1/blobs/{id}?expires=…&signature=…` (PRODUCT.md §5): pre-signed, no API key. The
  * signature is checked before anything is looked up, so an unsigned request learns nothing
  * about which ids exist (403 for tampered, malformed or expired; 404 only with a valid signature).
  * Audio is served with its stored content type and single byte-range support (206/416).
  */
-/** How far ahead of this process's clock another process may have made a URL's expiry. */
-const CLOCK_SKEW_MS = 5 * 60_000;
-
 export const blobRoutes: RouteModule = (app, ctx) => {
   app.get(
     "/v1/blobs/:id",
