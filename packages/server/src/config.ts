@@ -81,9 +81,27 @@ function nonNegativeInt(v: string): number {
   return n;
 }
 
+/** A database URL as it may be printed: the password of its user info, if any, as `***`. */
+export function withoutPassword(v: string): string {
+  const start = v.indexOf("://");
+  if (start < 0) return v;
+  const rest = v.slice(start + 3);
+  const end = rest.search(/[/?#]/);
+  const authority = end < 0 ? rest : rest.slice(0, end);
+  const at = authority.lastIndexOf("@");
+  const colon = authority.indexOf(":");
+  if (at < 0 || colon < 0 || colon > at) return v;
+  return `${v.slice(0, start + 3)}${authority.slice(0, colon)}:***${v.slice(start + 3 + at)}`;
+}
+
 function databaseUrl(v: string): string {
-  if (/^sqlite:.+/.test(v) || /^postgres(ql)?:\/\/.+/.test(v)) return v;
-  throw new Error(`expected sqlite:<path> or postgres://…, got "${v}"`);
+  if (/^sqlite:.+/.test(v)) return v;
+  if (/^postgres(ql)?:\/\/.+/.test(v)) {
+    // pg would otherwise fail later with a bare "Invalid URL" that names nothing.
+    if (!URL.canParse(v)) throw new Error(`not a valid postgres:// URL: "${withoutPassword(v)}"`);
+    return v;
+  }
+  throw new Error(`expected sqlite:<path> or postgres://…, got "${withoutPassword(v)}"`);
 }
 
 function schedule(v: string): number[] {

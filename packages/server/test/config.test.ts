@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { availableParallelism } from "node:os";
 import { test } from "node:test";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { ConfigError, loadConfig, withoutPassword } from "../src/config.js";
 
 test("defaults follow PRODUCT.md §12", () => {
   const c = loadConfig({ KLEN_DATA_DIR: "/tmp/klen-x" });
@@ -22,6 +22,27 @@ test("defaults follow PRODUCT.md §12", () => {
   assert.equal(c.summary, undefined);
   // Its own thread for sending wherever there is a second core to run it on.
   assert.equal(c.senderThread, availableParallelism() > 1);
+});
+
+test("a bad KLEN_DATABASE_URL is named, and its password never printed", () => {
+  for (const url of [
+    "mysql://klen:S3cretPw!x@127.0.0.1/klen",
+    "postgres://klen:S3cretPw!x@127.0.0.1:notaport/klen",
+    "postgres://klen:S3cretPw!x@[::1:5432/klen",
+  ]) {
+    assert.throws(
+      () => loadConfig({ KLEN_DATABASE_URL: url }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.variable === "KLEN_DATABASE_URL" &&
+        !err.message.includes("S3cretPw") &&
+        err.message.includes("klen:***@"),
+      url,
+    );
+  }
+  assert.equal(withoutPassword("postgres://u:p@w@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+  assert.equal(withoutPassword("postgres://u@h/db"), "postgres://u@h/db");
+  assert.equal(withoutPassword("sqlite:./data/klen.db"), "sqlite:./data/klen.db");
 });
 
 test("a bad value stops start-up with a message naming the variable", () => {
