@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
+import pg from "pg";
 import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 import { startServer } from "../src/server.js";
@@ -118,6 +119,32 @@ describe("split roles on PostgreSQL", () => {
     assert.match(am, /# TYPE klen_delivery_attempts_total counter/, "the api would count attempts");
     assert.equal(attemptsIn(am), 0, "the api role made no delivery attempt");
     assert.match(wm, /# TYPE klen_delivery_attempts_total counter/);
+  });
+
+  test("an api process opens a LISTEN session only once an event stream is open on it", async (t) => {
+    t.after(endAll);
+    const api = await spawn("api");
+    const db = new pg.Client({ connectionString: databaseUrl });
+    await db.connect();
+    t.after(() => db.end());
+    const listening = async () =>
+      Number(
+        (
+          await db.query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+          )
+        ).rows[0].n,
+      );
+    await setupAccount(api.api);
+    assert.equal(await listening(), 0, "serving requests needs no LISTEN session");
+    const ctl = new AbortController();
+    const stream = await fetch(`${api.url}/v1/events/stream`, {
+      headers: { authorization: `Bearer ${api.apiKey}` },
+      signal: ctl.signal,
+    });
+    assert.equal(stream.status, 200);
+    await waitFor("the stream's LISTEN session", async () => (await listening()) === 1);
+    ctl.abort();
   });
 
   test("SIGTERM: a worker finishes its in-flight attempts, records them, and exits 0", async (t) => {

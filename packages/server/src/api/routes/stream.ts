@@ -82,7 +82,14 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
   const bell = new EventEmitter().setMaxListeners(0);
   const ring = () => bell.emit("ring");
   ctx.work.on("work", ring);
-  ctx.store.onWork(ring);
+  // Other processes' work wakes streams through the store (on PostgreSQL a LISTEN session of its
+  // own), subscribed at the first stream: an API process nobody streams from holds no such session.
+  let listening = false;
+  const listenForWork = () => {
+    if (listening) return;
+    listening = true;
+    ctx.store.onWork(ring);
+  };
   const open = new Set<ServerResponse>();
   // Streams never end by themselves; without this app.close() would wait for every listener.
   app.addHook("preClose", async () => {
@@ -133,6 +140,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
         ready = `id: ${id}\nevent: ready\ndata: ${JSON.stringify({ cursor: id })}\n\n`;
       }
 
+      listenForWork();
       reply.hijack();
       const res = reply.raw;
       res.writeHead(200, {
