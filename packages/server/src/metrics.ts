@@ -26,7 +26,62 @@ export const inflightGauge = new Gauge({
 
 export const httpRequests = new Counter({
   name: "klen_http_requests_total",
-  help: "API requests answered, by method and status class",
+  help: "HTTP requests answered, by method and status class",
   labelNames: ["method", "status"] as const,
   registers: [registry],
+});
+
+export const claimErrors = new Counter({
+  name: "klen_dispatcher_claim_errors_total",
+  help: "Claims of due deliveries that failed (the database was unavailable or refused); the dispatcher retries",
+  registers: [registry],
+});
+
+/** The due backlog, counted up to this many deliveries so that a scrape stays cheap. */
+export const BACKLOG_COUNT_CAP = 100_000;
+
+export interface Backlog {
+  /** Pending deliveries due now (capped at BACKLOG_COUNT_CAP). */
+  due: number;
+  /** How long the longest-waiting due delivery has been due, in ms; 0 when none is. */
+  oldestDueMs: number;
+}
+
+// The database is read once per scrape for both gauges (each gauge collects on its own).
+let backlogSource: (() => Promise<Backlog>) | undefined;
+let lastRead: { at: number; value: Promise<Backlog | undefined> } | undefined;
+function backlog(): Promise<Backlog | undefined> {
+  const now = Date.now();
+  if (!backlogSource) return Promise.resolve(undefined);
+  if (!lastRead || now - lastRead.at > 1000) {
+    // A database that cannot answer leaves the gauges as they were; /metrics still answers.
+    lastRead = { at: now, value: backlogSource().catch(() => undefined) };
+  }
+  return lastRead.value;
+}
+
+/** Where /metrics reads the backlog from: the process's store (app.ts). */
+export function measureBacklogWith(source: () => Promise<Backlog>): void {
+  backlogSource = source;
+  lastRead = undefined;
+}
+
+new Gauge({
+  name: "klen_deliveries_due",
+  help: `Pending deliveries due now, in the whole database (counted up to ${BACKLOG_COUNT_CAP}): the backlog workers have yet to claim`,
+  registers: [registry],
+  async collect() {
+    const b = await backlog();
+    if (b) this.set(b.due);
+  },
+});
+
+new Gauge({
+  name: "klen_delivery_oldest_due_seconds",
+  help: "How long the longest-waiting due delivery has been due, in the whole database; 0 when none is",
+  registers: [registry],
+  async collect() {
+    const b = await backlog();
+    if (b) this.set(b.oldestDueMs / 1000);
+  },
 });

@@ -147,6 +147,35 @@ describe("split roles on PostgreSQL", () => {
     ctl.abort();
   });
 
+  test("/metrics shows the due backlog until a worker drains it", async (t) => {
+    t.after(endAll);
+    const api = await spawn("api");
+    const rx = await startReceiver();
+    t.after(() => rx.close());
+    // The database is shared with the tests before: their endpoints must not take deliveries here.
+    for (const e of (await api.api.get("/v1/endpoints?limit=100")).body.data)
+      assert.equal((await api.api.patch(`/v1/endpoints/${e.id}`, { disabled: true })).status, 200);
+    const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+    const gauge = async (name: string) => {
+      const text = await (await fetch(`${api.url}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+      assert.ok(line, `${name} in /metrics`);
+      return Number(line.split(" ")[1]);
+    };
+    await Promise.all(Array.from({ length: 3 }, () => runCall(api.api, agentId)));
+    // No worker yet: each call's first delivery is due (its later three wait behind it, in order),
+    // and the oldest has been waiting.
+    assert.equal(await gauge("klen_deliveries_due"), 3);
+    await waitFor(
+      "the oldest due delivery to age",
+      async () => (await gauge("klen_delivery_oldest_due_seconds")) > 0,
+    );
+    await spawn("worker");
+    await rx.waitForCount(12);
+    await waitFor("the backlog drained", async () => (await gauge("klen_deliveries_due")) === 0);
+    assert.equal(await gauge("klen_delivery_oldest_due_seconds"), 0);
+  });
+
   test("SIGTERM: a worker finishes its in-flight attempts, records them, and exits 0", async (t) => {
     t.after(endAll);
     const api = await spawn("api");

@@ -8,7 +8,7 @@ import Fastify, {
   type FastifyRequest,
 } from "fastify";
 import { ApiError } from "../errors.js";
-import { httpRequests, registry } from "../metrics.js";
+import { BACKLOG_COUNT_CAP, httpRequests, measureBacklogWith, registry } from "../metrics.js";
 import type { Db } from "../storage/types.js";
 import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceWork } from "./context.js";
@@ -254,6 +254,23 @@ export async function buildApp(
   app.get("/healthz", { schema: { hide: true } }, async () => {
     await ctx.store.db.selectFrom("accounts").select("id").limit(1).execute();
     return { ok: true, version: ctx.version };
+  });
+  measureBacklogWith(async () => {
+    const now = ctx.clock.now();
+    const db = ctx.store.db;
+    const due = db
+      .selectFrom("deliveries")
+      .where("status", "=", "pending")
+      .where("next_attempt_at", "<=", now);
+    const oldest = await due.select((eb) => eb.fn.min("next_attempt_at").as("t")).executeTakeFirst();
+    const counted = await db
+      .selectFrom(due.select("id").limit(BACKLOG_COUNT_CAP).as("d"))
+      .select((eb) => eb.fn.countAll().as("n"))
+      .executeTakeFirst();
+    return {
+      due: Number(counted?.n ?? 0),
+      oldestDueMs: oldest?.t == null ? 0 : Math.max(0, now - Number(oldest.t)),
+    };
   });
   app.get("/metrics", { schema: { hide: true } }, async (_req, reply) =>
     reply.header("content-type", registry.contentType).send(await registry.metrics()),

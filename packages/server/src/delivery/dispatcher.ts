@@ -1,6 +1,6 @@
 import type { AppContext } from "../api/context.js";
 import { previousSecrets } from "../endpoints/secrets.js";
-import { attemptSeconds, attemptsTotal, inflightGauge } from "../metrics.js";
+import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../metrics.js";
 import { inListOf, listValue } from "../storage/lists.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
@@ -318,6 +318,7 @@ export class Dispatcher {
       try {
         claimed = await this.claim(want, saturated);
       } catch (err) {
+        claimErrors.inc();
         this.ctx.log.warn({ err }, "claim failed; retrying");
         await this.sleep(Math.max(this.opts.pollMs, 500));
         this.dirty = true;
