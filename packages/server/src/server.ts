@@ -10,7 +10,7 @@ import { retentionJob } from "./retention/job.js";
 import { testCallResumer } from "./simulator/resumer.js";
 import { handOverTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
-import { openStore } from "./storage/store.js";
+import { isDatabaseUnavailable, openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
 import { systemClock } from "./util/time.js";
 import { VERSION } from "./version.js";
@@ -49,6 +49,22 @@ async function listenOn(
  * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
  * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
  */
+/** Runs `step` until the database answers: while it is unavailable, waits 0.5 s, 1 s, … up to 5 s. */
+async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T> {
+  for (let wait = 500; ; wait = Math.min(wait * 2, 5_000)) {
+    try {
+      return await step();
+    } catch (err) {
+      if (!isDatabaseUnavailable(err)) throw err;
+      log.warn(
+        { error: (err as Error).message, retry_in_ms: wait },
+        "database unavailable at start; waiting for it (KLEN_DATABASE_URL)",
+      );
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+}
+
 export async function startServer(
   config: Config,
   log: Logger,
@@ -59,7 +75,9 @@ export async function startServer(
     encryptionKey: config.encryptionKey,
     server: { onBackgroundError: (err) => log.warn({ err }, "database background work failed") },
   });
-  await migrate(store);
+  // A process started while PostgreSQL is down or still starting up (a restart, a supervisor
+  // bringing everything up at once) waits for it rather than exiting.
+  await untilAvailable(log, () => migrate(store));
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await signingKey(store, store.db);
   const ctx: AppContext = {

@@ -3,7 +3,7 @@ import { after, test } from "node:test";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { startPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { freePort, type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 // A database outage (PRODUCT.md §3: "no event is lost when the database connection drops"):
@@ -46,8 +46,25 @@ test("PostgreSQL down and back: 503 while down, no process exits, nothing lost",
   assert.equal(list.status, 503);
   assert.equal(api.proc.exitCode, null, "the API process keeps running");
   assert.equal(worker.proc.exitCode, null, "the worker keeps running");
+  // A process started during the outage waits for the database instead of exiting.
+  const latePort = await freePort();
+  const late = await spawnServer({
+    dataDir: dir.path,
+    role: "worker",
+    env: { ...env, KLEN_WORKER_PORT: String(latePort) },
+  });
+  procs.push(late);
+  await waitFor("the late worker to wait for the database", () =>
+    late.output().includes("database unavailable at start"),
+  );
+  assert.equal(late.proc.exitCode, null, "started during the outage, it waits");
 
   await server.up();
+  await waitFor(
+    "the late worker up once the database is",
+    async () => (await fetch(`http://127.0.0.1:${latePort}/healthz`).catch(() => undefined))?.ok,
+    30_000,
+  );
   // The same request, retried with its key, now goes through (the 503 was not stored).
   const retried = await waitFor("the API to answer again", async () => {
     const r = await api.api.post(
