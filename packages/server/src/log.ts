@@ -1,4 +1,5 @@
 import { pino } from "pino";
+import { isDatabaseUnavailable } from "./storage/store.js";
 
 /**
  * Structured logs. Secrets never reach them: the paths below are censored wherever they appear,
@@ -29,3 +30,35 @@ export function createLogger(opts: { level?: string; pretty?: boolean } = {}) {
   });
 }
 export type Logger = ReturnType<typeof createLogger>;
+
+const QUIET_MS = 30_000;
+const quiet = new Map<string, { until: number; suppressed: number }>();
+
+/**
+ * Logs a failed round of background work (claims, summaries, the retention purge…). While the
+ * database is unavailable that is one warning per 30 s for each kind of work, without a stack —
+ * an outage would otherwise log several stack traces a second per process — with the number of
+ * failures left out since the last one; any other failure is an error with its stack, every time.
+ */
+export function logBackgroundFailure(
+  log: Logger,
+  fields: Record<string, unknown>,
+  message: string,
+  err: unknown,
+): void {
+  if (!isDatabaseUnavailable(err)) {
+    log.error({ ...fields, err }, message);
+    return;
+  }
+  const now = Date.now();
+  const q = quiet.get(message);
+  if (q && now < q.until) {
+    q.suppressed++;
+    return;
+  }
+  log.warn(
+    { ...fields, error: (err as Error).message, ...(q?.suppressed ? { suppressed: q.suppressed } : {}) },
+    `${message}: the database is unavailable; retrying`,
+  );
+  quiet.set(message, { until: now + QUIET_MS, suppressed: 0 });
+}

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { pino } from "pino";
+import { type Logger, logBackgroundFailure } from "../src/log.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
@@ -122,4 +124,24 @@ test("at LOG_LEVEL=debug each attempt is one line; an endpoint disabled by the d
     await ok.close();
     dir.remove();
   }
+});
+
+test("background work that fails while the database is down logs one short warning per 30 s; other failures every time", () => {
+  const lines: Array<Record<string, unknown>> = [];
+  const log = pino(
+    { level: "info" },
+    { write: (l: string) => lines.push(JSON.parse(l)) },
+  ) as unknown as Logger;
+  const down = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" });
+  for (let i = 0; i < 50; i++) logBackgroundFailure(log, { component: "t" }, "test round A failed", down);
+  assert.equal(lines.length, 1, "one line for fifty failures in the same outage");
+  assert.equal(lines[0]!.level, 40);
+  assert.equal(lines[0]!.error, down.message);
+  assert.equal("err" in lines[0]!, false, "no stack");
+  const bug = new TypeError("x is not a function");
+  logBackgroundFailure(log, { component: "t" }, "test round B failed", bug);
+  logBackgroundFailure(log, { component: "t" }, "test round B failed", bug);
+  assert.equal(lines.length, 3, "a failure that is not an outage is logged every time");
+  assert.equal(lines[2]!.level, 50);
+  assert.match(String((lines[2]!.err as { stack: string }).stack), /TypeError/);
 });

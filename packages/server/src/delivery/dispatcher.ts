@@ -1,5 +1,6 @@
 import type { AppContext } from "../api/context.js";
 import { previousSecrets } from "../endpoints/secrets.js";
+import { logBackgroundFailure } from "../log.js";
 import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../metrics.js";
 import { inListOf, listValue } from "../storage/lists.js";
 import { memo } from "../util/memo.js";
@@ -319,7 +320,7 @@ export class Dispatcher {
         claimed = await this.claim(want, saturated);
       } catch (err) {
         claimErrors.inc();
-        this.ctx.log.warn({ err }, "claim failed; retrying");
+        logBackgroundFailure(this.ctx.log, {}, "claim failed", err);
         await this.sleep(Math.max(this.opts.pollMs, 500));
         this.dirty = true;
         continue;

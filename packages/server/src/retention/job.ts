@@ -1,4 +1,5 @@
 import type { AppContext } from "../api/context.js";
+import { logBackgroundFailure } from "../log.js";
 import { Periodic } from "../util/periodic.js";
 import { purgeExpired } from "./purge.js";
 
@@ -16,7 +17,9 @@ export function retentionJob(ctx: AppContext): Periodic {
           const total = Object.values(c).reduce((a, b) => a + b, 0);
           if (total > 0) ctx.log.info({ component: "retention", ...c }, "purged expired payloads and media");
         })
-        .catch((err: unknown) => ctx.log.error({ component: "retention", err }, "retention purge failed")),
+        .catch((err: unknown) =>
+          logBackgroundFailure(ctx.log, { component: "retention" }, "retention purge failed", err),
+        ),
     () => intervalMs,
     Math.min(intervalMs, 10_000),
   );

@@ -1,4 +1,5 @@
 import type { AppContext } from "../api/context.js";
+import { logBackgroundFailure } from "../log.js";
 import { Periodic } from "../util/periodic.js";
 import { resumeDueTestCalls } from "./run.js";
 
@@ -15,7 +16,12 @@ export function testCallResumer(ctx: AppContext): Periodic {
   return new Periodic(
     (stopped) =>
       resumeDueTestCalls(ctx, 5, stopped).catch((err: unknown) =>
-        ctx.log.error({ component: "simulator", err }, "looking for interrupted test calls failed"),
+        logBackgroundFailure(
+          ctx.log,
+          { component: "simulator" },
+          "looking for interrupted test calls failed",
+          err,
+        ),
       ),
     () => POLL_MS,
   );

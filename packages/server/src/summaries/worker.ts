@@ -1,4 +1,5 @@
 import type { AppContext } from "../api/context.js";
+import { logBackgroundFailure } from "../log.js";
 import { runDueSummaries } from "./jobs.js";
 import { type Summarizer, summarizerFor } from "./summarizer.js";
 
@@ -45,7 +46,7 @@ export class SummaryWorker {
         // Keep going while there is a backlog; sleep when a round found nothing.
         if ((await runDueSummaries(this.ctx, this.summarize)) > 0) continue;
       } catch (err) {
-        this.ctx.log.error({ component: "summaries", err }, "summary worker round failed");
+        logBackgroundFailure(this.ctx.log, { component: "summaries" }, "summary worker round failed", err);
       }
       if (this.stopped) break;
       await new Promise<void>((resolve) => {
