@@ -45,10 +45,6 @@ async function listenOn(
   }
 }
 
-/**
- * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
- * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
- */
 /** Runs `step` until the database answers: while it is unavailable, waits 0.5 s, 1 s, … up to 5 s. */
 async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T> {
   for (let wait = 500; ; wait = Math.min(wait * 2, 5_000)) {
@@ -65,6 +61,10 @@ async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T
   }
 }
 
+/**
+ * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
+ * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
+ */
 export async function startServer(
   config: Config,
   log: Logger,
