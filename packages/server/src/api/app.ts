@@ -215,7 +215,6 @@ export async function buildApp(
       throw new ApiError(429, "rate_limited", "too many requests for this API key", { retry_after: wait });
   });
 
-  let forgotten = 0;
   const helpers: RouteHelpers = {
     async mutate(req, reply, fn, o = {}) {
       const header = req.headers["idempotency-key"];
@@ -236,11 +235,8 @@ export async function buildApp(
       else if (o.work && out.status < 300) await announceWork(ctx);
       return reply.status(out.status).send(out.body);
     },
-    forgetKeys: (accountId) => {
-      forgotten++;
-      auth.forget(accountId);
-    },
-    keysForgotten: () => forgotten,
+    forgetKeys: (accountId) => auth.forget(accountId),
+    keysForgotten: () => auth.forgotten,
     async keyStillValid(req) {
       try {
         return (await auth.authenticate(req)).id === req.account.id;

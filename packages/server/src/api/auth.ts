@@ -22,6 +22,8 @@ export function bearerKey(req: FastifyRequest): string | undefined {
  */
 export class Authenticator {
   private cache = new Map<string, { account: Account; until: number }>();
+  /** Counts `forget` calls: a change means a key of this process may have been revoked since. */
+  forgotten = 0;
   constructor(
     private store: Store,
     private ttlMs = 5_000,
@@ -41,6 +43,7 @@ export class Authenticator {
   }
 
   forget(accountId: number): void {
+    this.forgotten++;
     for (const [k, v] of this.cache) if (v.account.id === accountId) this.cache.delete(k);
   }
 }

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { isSealed } from "../storage/encryption.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 
@@ -33,7 +34,7 @@ export async function signingKey(store: Store, db: Db): Promise<Buffer> {
       .execute();
     stored = await read();
     if (stored === undefined) throw new Error("the blob signing key could not be stored");
-  } else if (cipher && !cipher.isSealed(stored) && !db.isTransaction) {
+  } else if (cipher && !isSealed(stored) && !db.isTransaction) {
     await db
       .updateTable("settings")
       .set({ value: cipher.seal(stored) })
@@ -41,7 +42,7 @@ export async function signingKey(store: Store, db: Db): Promise<Buffer> {
       .where("value", "=", stored)
       .execute();
   }
-  if (!cipher && stored.startsWith("enc1:"))
+  if (!cipher && isSealed(stored))
     throw new Error(
       "the blob signing key is stored encrypted: start with the KLEN_ENCRYPTION_KEY it was sealed with",
     );

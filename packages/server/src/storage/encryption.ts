@@ -33,6 +33,9 @@ export const ENCRYPTED_COLUMNS: Record<string, readonly string[]> = {
 };
 
 const PREFIX = "enc1:";
+
+/** True for text as `FieldCipher.seal` writes it (whatever the key; the key opens it or not). */
+export const isSealed = (text: string): boolean => text.startsWith(PREFIX);
 const SEALED_NAMES = new Set(Object.values(ENCRYPTED_COLUMNS).flat());
 
 /**
@@ -72,13 +75,8 @@ export class FieldCipher {
     return PREFIX + Buffer.concat([iv, body, c.getAuthTag()]).toString("base64");
   }
 
-  /** True for text as `seal` writes it. */
-  isSealed(text: string): boolean {
-    return text.startsWith(PREFIX);
-  }
-
   open(stored: string): string {
-    if (!stored.startsWith(PREFIX)) return stored;
+    if (!isSealed(stored)) return stored;
     const raw = Buffer.from(stored.slice(PREFIX.length), "base64");
     const d = createDecipheriv("aes-256-gcm", this.encKey, raw.subarray(0, 12));
     d.setAuthTag(raw.subarray(raw.length - 16));
@@ -171,8 +169,7 @@ export class EncryptionPlugin implements KyselyPlugin {
     for (const row of args.result.rows) {
       for (const key of Object.keys(row)) {
         const v = row[key];
-        if (typeof v === "string" && v.startsWith(PREFIX) && SEALED_NAMES.has(key))
-          row[key] = this.cipher.open(v);
+        if (typeof v === "string" && isSealed(v) && SEALED_NAMES.has(key)) row[key] = this.cipher.open(v);
       }
     }
     return args.result;
