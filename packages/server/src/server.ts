@@ -15,6 +15,9 @@ import { SummaryWorker } from "./summaries/worker.js";
 import { systemClock } from "./util/time.js";
 import { VERSION } from "./version.js";
 
+/** Below this, a KLEN_API_KEY outside dev mode draws a warning at start (the README's `dev_key` is 7). */
+const MIN_OPERATOR_KEY_LENGTH = 16;
+
 export type Role = "all" | "api" | "worker";
 
 export interface Running {
@@ -94,6 +97,14 @@ export async function startServer(
     const a = await ensureAccountForKey(store, config.apiKey);
     // Say which: a key of another account (the CLI shares the variable) is used as it is.
     log.info({ account_id: a.id, account_name: a.name }, "KLEN_API_KEY answers for this account");
+    if (!config.dev && config.apiKey.length < MIN_OPERATOR_KEY_LENGTH) {
+      // Not refused: a short key is fine on a laptop and an operator may have reasons; but a
+      // guessable key on a reachable server is an account anyone can use.
+      log.warn(
+        { length: config.apiKey.length },
+        `KLEN_API_KEY is shorter than ${MIN_OPERATOR_KEY_LENGTH} characters: outside dev mode use a long random key (openssl rand -hex 24)`,
+      );
+    }
   } else if (role !== "worker") {
     generatedKey = await createFirstAccount(store);
   }

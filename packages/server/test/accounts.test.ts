@@ -74,6 +74,31 @@ test("KLEN_API_KEY on an empty database creates the default account", async () =
   }
 });
 
+test("a short KLEN_API_KEY outside dev mode is accepted with a warning at start; in dev mode, or long, no warning", async () => {
+  const warning = /KLEN_API_KEY is shorter than 16 characters/;
+  const starts = [
+    { apiKey: "dev_key", dev: "0", warns: true },
+    { apiKey: "dev_key", dev: "1", warns: false },
+    { apiKey: "klen_a_long_operator_key_0123", dev: "0", warns: false },
+  ];
+  for (const s of starts) {
+    const dir = tempDir();
+    const server = await spawnServer({ dataDir: dir.path, apiKey: s.apiKey, env: { KLEN_DEV: s.dev } });
+    try {
+      // The key works either way.
+      assert.equal((await server.api.get("/v1/account")).status, 200);
+      assert.equal(
+        warning.test(server.output()),
+        s.warns,
+        `${s.apiKey} with KLEN_DEV=${s.dev}: ${server.output()}`,
+      );
+    } finally {
+      await server.kill();
+      dir.remove();
+    }
+  }
+});
+
 /**
  * Starts `n` processes at the same moment on one fresh database, each running the start-up
  * bootstrap (`KLEN_API_KEY` given, or the first start's account), and returns what each printed.
