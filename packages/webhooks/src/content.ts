@@ -23,14 +23,23 @@ export interface FetchContentOptions {
 }
 
 /** Why `fetchContent` failed. */
-export type ContentFetchErrorCode = "http_status" | "too_large" | "timeout" | "network" | "no_content";
+export type ContentFetchErrorCode =
+  | "http_status"
+  | "too_large"
+  | "timeout"
+  | "aborted"
+  | "network"
+  | "no_content";
 
 /**
  * Raised by `fetchContent`; `cause` holds the underlying error where there is one.
  *
  * @example
  * ```ts
- * catch (err) { if (err instanceof ContentFetchError && err.code === "http_status" && err.status === 403) … }
+ * catch (err) {
+ *   // A URL past its validity (KLEN_URL_TTL, 7 days by default): the event is older than that.
+ *   if (err instanceof ContentFetchError && err.status === 403 && err.reason === "expired") …
+ * }
  * ```
  */
 export class ContentFetchError extends Error {
@@ -38,11 +47,21 @@ export class ContentFetchError extends Error {
   readonly code: ContentFetchErrorCode;
   /** The HTTP status, for `http_status`. */
   readonly status: number | undefined;
+  /**
+   * For `http_status`, the reason the Klen server gave, when it gave one: on a 403 `expired` (the
+   * URL outlived its validity), `bad_signature` or `malformed` (the URL was altered).
+   */
+  readonly reason: string | undefined;
 
-  constructor(code: ContentFetchErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
+  constructor(
+    code: ContentFetchErrorCode,
+    message: string,
+    options?: { cause?: unknown; status?: number; reason?: string },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.status = options?.status;
+    this.reason = options?.reason;
   }
 }
 
@@ -88,9 +107,11 @@ export async function fetchContent(event: ContentEvent, opts: FetchContentOption
   const fail = (cause: unknown): ContentFetchError =>
     cause instanceof ContentFetchError
       ? cause
-      : timeout.aborted
-        ? new ContentFetchError("timeout", "Downloading the content timed out", { cause })
-        : new ContentFetchError("network", "Downloading the content failed", { cause });
+      : opts.signal?.aborted
+        ? new ContentFetchError("aborted", "Downloading the content was aborted", { cause })
+        : timeout.aborted
+          ? new ContentFetchError("timeout", "Downloading the content timed out", { cause })
+          : new ContentFetchError("network", "Downloading the content failed", { cause });
 
   let response: Response;
   try {
@@ -102,11 +123,7 @@ export async function fetchContent(event: ContentEvent, opts: FetchContentOption
     throw fail(cause);
   }
   try {
-    if (!response.ok) {
-      throw new ContentFetchError("http_status", `Content URL answered ${response.status}`, {
-        status: response.status,
-      });
-    }
+    if (!response.ok) throw await statusError(response);
     const declared = Number(response.headers.get("content-length"));
     if (declared > maxBytes) throw tooLarge(maxBytes);
     return await readText(response, maxBytes);
@@ -115,6 +132,30 @@ export async function fetchContent(event: ContentEvent, opts: FetchContentOption
     await response.body?.cancel().catch(() => {});
     throw fail(cause);
   }
+}
+
+/**
+ * The error for a non-2xx answer, with the Klen server's own explanation when the body is its
+ * error JSON (`{"error":{"message","details":{"reason"}}}`), so that an expired URL can be told
+ * from an altered one.
+ */
+async function statusError(response: Response): Promise<ContentFetchError> {
+  let message: string | undefined;
+  let reason: string | undefined;
+  try {
+    const body = JSON.parse(await readText(response, 8 * 1024)) as {
+      error?: { message?: unknown; details?: { reason?: unknown } };
+    };
+    if (typeof body.error?.message === "string") message = body.error.message;
+    if (typeof body.error?.details?.reason === "string") reason = body.error.details.reason;
+  } catch {
+    // Not the server's error JSON (a proxy's page, say): the status alone.
+  }
+  return new ContentFetchError(
+    "http_status",
+    `Content URL answered ${response.status}${message ? `: ${message}` : ""}`,
+    { status: response.status, ...(reason ? { reason } : {}) },
+  );
 }
 
 function tooLarge(maxBytes: number): ContentFetchError {

@@ -33,8 +33,14 @@ describe("fetchContent", () => {
       } else if (req.url === "/big") {
         res.end(Buffer.alloc(4096, 97));
       } else if (req.url === "/expired") {
+        // The Klen server's answer to an expired pre-signed URL.
         res.statusCode = 403;
-        res.end('{"error":{"code":"forbidden"}}');
+        res.end(
+          '{"error":{"code":"forbidden","message":"this URL has expired","details":{"reason":"expired"}}}',
+        );
+      } else if (req.url === "/proxy-error") {
+        res.statusCode = 502;
+        res.end("<html>Bad Gateway</html>");
       } else if (req.url === "/hang") {
         res.write("partial");
         hang.promise.then(() => res.end());
@@ -86,5 +92,27 @@ describe("fetchContent", () => {
     assert.equal(await code(fetchContent(expired)), "http_status");
     const hanging = eventWith("call.transcript", { transcript_url: `${url}/hang` });
     assert.equal(await code(fetchContent(hanging, { timeoutMs: 50 })), "timeout");
+    // The caller's own abort is not a network failure.
+    const stop = new AbortController();
+    const aborted = fetchContent(hanging, { signal: stop.signal });
+    setImmediate(() => stop.abort());
+    assert.equal(await code(aborted), "aborted");
+  });
+
+  test("a refused URL says why when the server gave a reason: an expired URL is told from an altered one", async () => {
+    const failure = async (path: string) =>
+      fetchContent(eventWith("call.transcript", { transcript_url: `${url}${path}` })).then(
+        () => assert.fail("no error"),
+        (err: unknown) => err as ContentFetchError,
+      );
+    const expired = await failure("/expired");
+    assert.equal(expired.code, "http_status");
+    assert.equal(expired.status, 403);
+    assert.equal(expired.reason, "expired");
+    assert.equal(expired.message, "Content URL answered 403: this URL has expired");
+    const proxied = await failure("/proxy-error");
+    assert.equal(proxied.status, 502);
+    assert.equal(proxied.reason, undefined);
+    assert.equal(proxied.message, "Content URL answered 502");
   });
 });
