@@ -91,6 +91,20 @@ describe("idempotency", () => {
     );
   });
 
+  test("a duplicate in this process waits for a run that never ends no longer than waitTimeoutMs", async () => {
+    const once = createIdempotency({ waitTimeoutMs: 20 });
+    const never = deferred();
+    const first = once.run("evt_1", () => never.promise);
+    await assert.rejects(
+      once.run("evt_1", () => "second"),
+      (err: unknown) => err instanceof IdempotencyTimeoutError && /in this process/.test(err.message),
+    );
+    // The first run is still the one in flight: it completes normally once its handler does.
+    never.resolve();
+    assert.equal((await first).duplicate, false);
+    assert.deepEqual(await once.run("evt_1", () => "third"), { duplicate: true, value: undefined });
+  });
+
   test("memory store: TTL and lease expiry with an injected clock", () => {
     let now = 1_000;
     const store = new MemoryIdempotencyStore({ now: () => now });
