@@ -128,6 +128,76 @@ describe("express middleware mode", () => {
   });
 });
 
+describe("a body something else read first", () => {
+  /** Sends a signed seed event to `url`; returns the status and what `onError` was told. */
+  async function post(url: string, errors: unknown[]) {
+    const body = seedBody();
+    const res = await fetch(url, { method: "POST", body, headers: signedHeaders(body, "evt_read") });
+    return { status: res.status, body: await res.json(), told: errors.map((e) => (e as Error).message) };
+  }
+
+  test("node:http: a stream already read is reported as a setup mistake, not a signature mismatch", async () => {
+    const errors: unknown[] = [];
+    const handler = nodeWebhookHandler(webhook, { onEvent: () => {}, onError: (e) => errors.push(e) });
+    const server = createServer(async (req, res) => {
+      for await (const _ of req); // a middleware that consumed the body
+      await handler(req, res);
+    });
+    try {
+      const r = await post(`${await listen(server)}/`, errors);
+      assert.equal(r.status, 500);
+      assert.deepEqual(r.body, { error: { code: "internal_error" } });
+      assert.match(r.told.join(), /body was already read/);
+    } finally {
+      await closer(server)();
+    }
+  });
+
+  test("fetch: a Request whose body was used is reported as a setup mistake", async () => {
+    const errors: unknown[] = [];
+    const app = new Hono();
+    const handler = fetchWebhookHandler(webhook, { onEvent: () => {}, onError: (e) => errors.push(e) });
+    app.post("/webhooks/klen", async (c) => {
+      await c.req.raw.text(); // a middleware that read the body
+      return handler(c.req.raw);
+    });
+    const server = serve({ fetch: app.fetch, port: 0, hostname: "127.0.0.1" });
+    await once(server, "listening");
+    try {
+      const r = await post(`${baseUrl(server.address() as AddressInfo)}/webhooks/klen`, errors);
+      assert.equal(r.status, 500);
+      assert.deepEqual(r.body, { error: { code: "internal_error" } });
+      assert.match(r.told.join(), /body was already read/);
+    } finally {
+      (server as ReturnType<typeof createServer>).closeAllConnections();
+      server.close();
+    }
+  });
+
+  test("express.raw() with a larger limit: maxBodyBytes still answers 413", async () => {
+    const app = express();
+    app.post(
+      "/raw",
+      express.raw({ type: "*/*", limit: "5mb" }),
+      expressWebhook(webhook, { maxBodyBytes: 1_000, onEvent: () => {} }),
+    );
+    const server = createServer(app);
+    try {
+      const url = await listen(server);
+      const body = seedBody().padEnd(2_000, " ");
+      const res = await fetch(`${url}/raw`, {
+        method: "POST",
+        body,
+        headers: signedHeaders(body, "evt_big"),
+      });
+      assert.equal(res.status, 413);
+      assert.deepEqual(await res.json(), { error: { code: "payload_too_large" } });
+    } finally {
+      await closer(server)();
+    }
+  });
+});
+
 describe("fetch verifyRequest", () => {
   test("verifies a Request built in-process and throws WebhookVerificationError on tampering", async () => {
     const body = seedBody();

@@ -29,6 +29,19 @@ export class BodyTooLargeError extends Error {
 /** A Node readable request: what `http.IncomingMessage` (and Express's `req`) are. */
 export interface NodeReadableRequest extends AsyncIterable<unknown> {
   readonly headers: { readonly [name: string]: string | readonly string[] | undefined };
+  /** Node's stream flag: true once something read the body to its end. */
+  readonly readableEnded?: boolean;
+}
+
+/**
+ * Something read the body before the adapter could (a middleware parsed it): a mistake in the
+ * receiver's setup, reported as such rather than as a signature that does not match an empty body.
+ */
+function alreadyRead(what: string): Error {
+  return new Error(
+    `The request body was already read (${what}); the signature covers the raw bytes, so the webhook ` +
+      "handler must get the request before anything reads its body.",
+  );
 }
 
 function declaredLength(value: string | readonly string[] | null | undefined): number {
@@ -48,6 +61,7 @@ export async function readNodeBody(
   maxBytes = DEFAULT_MAX_BODY_BYTES,
 ): Promise<Uint8Array> {
   if (declaredLength(req.headers["content-length"]) > maxBytes) throw new BodyTooLargeError(maxBytes);
+  if (req.readableEnded) throw alreadyRead("the stream has ended");
   const chunks: Uint8Array[] = [];
   let total = 0;
   for await (const chunk of req) {
@@ -73,6 +87,7 @@ export async function readFetchBody(
   maxBytes = DEFAULT_MAX_BODY_BYTES,
 ): Promise<Uint8Array> {
   if (declaredLength(request.headers.get("content-length")) > maxBytes) throw new BodyTooLargeError(maxBytes);
+  if (request.bodyUsed) throw alreadyRead("request.bodyUsed is true: pass a request.clone() made before");
   if (!request.body) return new Uint8Array(0);
   const reader = request.body.getReader();
   const chunks: Uint8Array[] = [];

@@ -4,7 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Webhook } from "../webhook.js";
-import { readNodeBody } from "./body.js";
+import { BodyTooLargeError, DEFAULT_MAX_BODY_BYTES, readNodeBody } from "./body.js";
 import {
   type AdapterOptions,
   type EventHandler,
@@ -51,10 +51,15 @@ export function webhookDelivery(req: object): WebhookDelivery {
 }
 
 /** The raw bytes, from express.raw()/express.text() if one ran, else from the stream itself. */
-async function rawBody(req: ExpressLikeRequest, maxBytes: number | undefined): Promise<Uint8Array> {
+async function rawBody(req: ExpressLikeRequest, maxBytes = DEFAULT_MAX_BODY_BYTES): Promise<Uint8Array> {
   const body = req.body;
-  if (body instanceof Uint8Array) return body; // express.raw(): a Buffer
-  if (typeof body === "string") return new TextEncoder().encode(body); // express.text()
+  // express.raw() (a Buffer) or express.text(): their own `limit` ran first, ours still holds.
+  const buffered =
+    body instanceof Uint8Array ? body : typeof body === "string" ? new TextEncoder().encode(body) : undefined;
+  if (buffered) {
+    if (buffered.byteLength > maxBytes) throw new BodyTooLargeError(maxBytes);
+    return buffered;
+  }
   // Express 5 leaves `body` undefined when no parser ran; 4 sets `{}` for an unread body.
   const unparsed = body === undefined || (isEmptyObject(body) && !req.readableEnded);
   if (unparsed && !req.readableEnded) return readNodeBody(req, maxBytes);
