@@ -25,7 +25,20 @@ export function nowSeconds(now: number | Date | undefined): number {
   const value = now === undefined ? Date.now() / 1000 : now instanceof Date ? now.getTime() / 1000 : now;
   if (typeof value !== "number" || !Number.isFinite(value))
     throw new TypeError("`now` must be Unix seconds or a valid Date");
+  assertSeconds(value, "`now`");
   return Math.floor(value);
+}
+
+/**
+ * Past this, a number given as Unix seconds is milliseconds by mistake (`Date.now()`): as seconds
+ * it would be the year 5138. Caught here, it is a TypeError naming the mistake instead of every
+ * signature "too old" or "too new".
+ */
+const MAX_UNIX_SECONDS = 1e11;
+
+export function assertSeconds(value: number, what: string): void {
+  if (Math.abs(value) >= MAX_UNIX_SECONDS)
+    throw new TypeError(`${what} must be Unix seconds; ${value} looks like milliseconds (Date.now())`);
 }
 
 /**

@@ -11,7 +11,7 @@ import type { CallEvent } from "./events.js";
 import { type HeadersInput, readWebhookHeaders, type WebhookHeaders } from "./headers.js";
 import { parseKeys, type WebhookKey } from "./keys.js";
 import { parseCallEvent } from "./parse-event.js";
-import { checkTimestamp, type VerifyOptions } from "./tolerance.js";
+import { assertSeconds, checkTimestamp, type VerifyOptions } from "./tolerance.js";
 
 type NodeKeyObject = ReturnType<typeof nodeCrypto.ed25519PublicKey>;
 
@@ -241,6 +241,7 @@ function toSeconds(timestamp: number | Date): number {
   const value = timestamp instanceof Date ? Math.floor(timestamp.getTime() / 1000) : timestamp;
   if (!Number.isSafeInteger(value))
     throw new TypeError("timestamp must be whole Unix seconds or a valid Date");
+  assertSeconds(value, "timestamp");
   return value;
 }
 

@@ -253,6 +253,24 @@ describe("Webhook", () => {
     assert.throws(() => wh.verify(JSON.parse(seedBody()), headers, { now: TS }), /express\.raw/);
   });
 
+  test("milliseconds passed as seconds (Date.now()) are a TypeError naming the mistake", async () => {
+    const ms = TS * 1000;
+    assert.throws(() => wh.sign("e", ms, seedBody()), /timestamp must be Unix seconds.*milliseconds/);
+    await assert.rejects(wh.signAsync("e", ms, seedBody()), /milliseconds/);
+    assert.throws(
+      () => wh.verify(seedBody(), headers, { now: ms }),
+      /`now` must be Unix seconds.*milliseconds/,
+    );
+    // Seconds and Dates are unaffected, 0 included.
+    assert.match(wh.sign("e", 0, seedBody()), /^v1,/);
+    const h = {
+      "webhook-id": "e",
+      "webhook-timestamp": String(TS),
+      "webhook-signature": wh.sign("e", TS, seedBody()),
+    };
+    assert.equal(wh.verify(seedBody(), h, { now: new Date(TS * 1000) }).event_type, "call.ended");
+  });
+
   test("keys: errors never print the key", () => {
     try {
       new Webhook("whsec_!!!!secretish");
