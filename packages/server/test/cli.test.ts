@@ -130,32 +130,52 @@ describe("CLI helpers (pure)", () => {
     assert.throws(() => parseEventList("call.ended,call.nope"), /unknown event type "call\.nope"/);
   });
 
-  test("colour only on a terminal and never with NO_COLOR or --json", () => {
+  test("colour only on a terminal, each stream by its own, and never with NO_COLOR or --json", () => {
     const tty = { isTTY: true, write: () => true } as unknown as NodeJS.WriteStream;
     const pipe = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream;
     assert.equal(createOutput({ stdout: tty, stderr: tty, env: {} }).color, true);
     assert.equal(createOutput({ stdout: tty, stderr: tty, env: { NO_COLOR: "1" } }).color, false);
+    // no-color.org: an empty NO_COLOR does not count.
+    assert.equal(createOutput({ stdout: tty, stderr: tty, env: { NO_COLOR: "" } }).color, true);
     assert.equal(createOutput({ stdout: tty, stderr: tty, env: {}, json: true }).color, false);
     assert.equal(createOutput({ stdout: pipe, stderr: pipe, env: {} }).color, false);
     assert.equal(createOutput({ stdout: pipe, stderr: pipe, env: {} }).green("ok"), "ok");
+    // stdout on a terminal, stderr redirected to a file: the warning there carries no escape code.
+    const errs: string[] = [];
+    const file = { isTTY: false, write: (t: string) => errs.push(t) } as unknown as NodeJS.WriteStream;
+    const out = createOutput({ stdout: tty, stderr: file, env: {} });
+    out.warn(out.yellow("gave up"));
+    assert.deepEqual(errs, ["gave up\n"]);
   });
 
-  test("control characters from API data reach the terminal escaped; only colour codes pass, and only on a terminal", () => {
-    const evil = "\x1b]52;c;cHduZWQ=\x07\x1b[2J\x1b[31mFAKE: all delivered\r\x9b";
-    assert.equal(
-      printable(evil, false),
-      "\\u001b]52;c;cHduZWQ=\\u0007\\u001b[2J\\u001b[31mFAKE: all delivered\\u000d\\u009b",
-    );
-    assert.equal(printable("a\tb\nc", false), "a\tb\nc");
+  test("progress only on a terminal and never with --json", () => {
+    const written: string[] = [];
+    const tty = { isTTY: true, write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;
+    createOutput({ stdout: tty, stderr: tty, env: {}, json: true }).progress("call 1 queued…");
+    assert.deepEqual(written, []);
+    createOutput({ stdout: tty, stderr: tty, env: {} }).progress("call 1 queued…");
+    assert.equal(written.length, 1);
+  });
+
+  test("control characters from API data reach the terminal escaped, colour codes too; only the CLI's own colours pass", () => {
+    const evil =
+      "\x1b]52;c;cHduZWQ=\x07\x1b[2J\x1b[31mFAKE: all delivered\r\x9b\x1b[8mhidden\nforged line\u202eevil";
+    const escaped =
+      "\\u001b]52;c;cHduZWQ=\\u0007\\u001b[2J\\u001b[31mFAKE: all delivered\\u000d\\u009b\\u001b[8mhidden\\u000aforged line\\u202eevil";
+    assert.equal(printable(evil, false), escaped);
+    assert.equal(printable(evil, true), escaped);
+    assert.equal(printable("a\tb", false), "a\tb");
     const written: string[] = [];
     const tty = { isTTY: true, write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;
     const out = createOutput({ stdout: tty, stderr: tty, env: {} });
     out.line(`${out.green("200")} ${evil}`);
-    assert.equal(written.length, 1);
-    assert.ok(written[0]!.startsWith("\x1b[32m200\x1b[39m "), JSON.stringify(written[0]));
-    // Past colour codes (SGR), not one control character is left: no clipboard, no clearing.
-    const sgr = new RegExp(`${String.fromCharCode(27)}\\[\\d+m`, "g");
-    assert.deepEqual(controls(written[0]!.replace(sgr, "")), []);
+    assert.deepEqual(written, [`\x1b[32m200\x1b[39m ${escaped}\n`]);
+    // Without colour the CLI's own marks vanish and nothing else changes.
+    const plain: string[] = [];
+    const pipe = { isTTY: false, write: (t: string) => plain.push(t) } as unknown as NodeJS.WriteStream;
+    const piped = createOutput({ stdout: pipe, stderr: tty, env: {} });
+    piped.line(`${piped.green("200")} ${evil}`);
+    assert.deepEqual(plain, [`200 ${escaped}\n`]);
   });
 
   test("the uploaded recording is a well-formed PCM WAV", () => {

@@ -18,6 +18,16 @@ export class ApiRequestError extends Error {
 export interface ClientOptions {
   apiUrl: string;
   apiKey?: string | undefined;
+  /** Per request; a server that takes the connection and never answers is an error, not a hang. Default 30 s. */
+  timeoutMs?: number;
+  /** How long, in all, one request may wait out `429` answers' `Retry-After`. Default 60 s. */
+  maxRateLimitWaitMs?: number;
+}
+
+/** Seconds of a `Retry-After` header (the API sends whole seconds); 1 when absent or unreadable. */
+function retryAfterMs(value: string | null): number {
+  const seconds = Number(value);
+  return (Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 60) : 1) * 1000;
 }
 
 /** `--api-url` without a trailing slash, checked early so a typo is an error, not a hang. */
@@ -46,6 +56,8 @@ export function apiClient(opts: ClientOptions) {
   const base = normalizeApiUrl(opts.apiUrl);
   if (!opts.apiKey) throw new Error("no API key: pass --api-key or set KLEN_API_KEY");
   const key = opts.apiKey;
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const maxRateLimitWaitMs = opts.maxRateLimitWaitMs ?? 60_000;
   const headers = (extra: Record<string, string> = {}) => ({
     authorization: `Bearer ${key}`,
     "user-agent": `klen-webhooks-cli/${VERSION}`,
@@ -66,19 +78,42 @@ export function apiClient(opts: ClientOptions) {
       extra["content-type"] = body.contentType;
       payload = new Blob([new Uint8Array(body.bytes)]);
     }
+    // One key for every try of this request, so a POST retried after a 429 cannot act twice.
     if (method !== "GET") extra["idempotency-key"] = randomUUID();
     let res: Response;
-    try {
-      res = await fetch(`${base}${path}`, { method, headers: headers(extra), body: payload });
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      throw new ApiRequestError(
-        0,
-        "connection_failed",
-        `cannot reach the server at ${base} (${cause?.code ?? cause?.message ?? (err as Error).message}); is it running? (--api-url)`,
-        undefined,
-        { cause: err },
-      );
+    for (let waited = 0; ; ) {
+      try {
+        res = await fetch(`${base}${path}`, {
+          method,
+          headers: headers(extra),
+          body: payload,
+          signal: AbortSignal.timeout(timeoutMs),
+        });
+      } catch (err) {
+        if ((err as Error).name === "TimeoutError")
+          throw new ApiRequestError(
+            0,
+            "timeout",
+            `${method} ${path}: no answer from ${base} within ${timeoutMs / 1000} s; is --api-url the Klen server?`,
+            undefined,
+            { cause: err },
+          );
+        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+        throw new ApiRequestError(
+          0,
+          "connection_failed",
+          `cannot reach the server at ${base} (${cause?.code ?? cause?.message ?? (err as Error).message}); is it running? (--api-url)`,
+          undefined,
+          { cause: err },
+        );
+      }
+      // Over the server's KLEN_RATE_LIMIT: wait as told and try again, within a bound.
+      if (res.status !== 429) break;
+      const wait = retryAfterMs(res.headers.get("retry-after"));
+      if (waited + wait > maxRateLimitWaitMs) break;
+      await res.arrayBuffer().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, wait));
+      waited += wait;
     }
     const text = await res.text();
     let json: unknown;

@@ -80,7 +80,13 @@ Examples:
           out.warn(
             out.yellow(`gave up after ${o.timeout} s: the call is ${r.status}, deliveries still pending`),
           );
-        else out.line(`call ${callId} ${r.status}: ${r.events.length} events`);
+        else {
+          const failed = r.events.flatMap((e) => e.deliveries).filter((d) => d.status !== "succeeded").length;
+          const events = `${r.events.length} event${r.events.length === 1 ? "" : "s"}`;
+          out.line(
+            `call ${callId} ${r.status}: ${events}${failed ? `, ${out.red(`${failed} ${failed === 1 ? "delivery" : "deliveries"} failed`)}` : ""}`,
+          );
+        }
         return followExitCode(r);
       }),
     );

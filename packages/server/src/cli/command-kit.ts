@@ -1,6 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { ApiRequestError } from "./api-client.js";
-import { createOutput, type Output } from "./output.js";
+import { createOutput, type Output, printable } from "./output.js";
 
 /** What every command that talks to a server over its API shares (client-commands.ts, resources.ts). */
 export interface ApiOpts {
@@ -42,11 +42,18 @@ export function run<O extends ApiOpts>(
       process.exitCode = code ?? 0;
     } catch (err) {
       const field = err instanceof ApiRequestError && err.field ? ` (field: ${err.field})` : "";
-      if (opts.json && err instanceof ApiRequestError)
-        process.stdout.write(
-          `${JSON.stringify({ error: { code: err.code, message: err.message, status: err.status, field: err.field } })}\n`,
-        );
-      process.stderr.write(`klen-webhooks ${commandPath(cmd)}: ${(err as Error).message}${field}\n`);
+      if (opts.json) {
+        // Scripts read stdout: every failure is a JSON document there, not only the API's.
+        const e =
+          err instanceof ApiRequestError
+            ? { code: err.code, message: err.message, status: err.status, field: err.field }
+            : { code: "cli_error", message: (err as Error).message, status: 0 };
+        process.stdout.write(`${JSON.stringify({ error: e })}\n`);
+      }
+      // The message may quote a server's answer: escaped like any API data (output.ts).
+      process.stderr.write(
+        `${printable(`klen-webhooks ${commandPath(cmd)}: ${(err as Error).message}${field}`, false)}\n`,
+      );
       process.exitCode = 1;
     }
   };

@@ -44,6 +44,8 @@ export interface ListenOptions {
   maxBackoffMs?: number;
   /** The server heartbeats every 15 s; silence this long means a dead connection. */
   idleTimeoutMs?: number;
+  /** How long the server may take to answer the stream's request before the attempt counts as failed. */
+  connectTimeoutMs?: number;
 }
 
 export interface Forwarded {
@@ -55,9 +57,12 @@ export interface Forwarded {
   duration_ms: number;
 }
 
-/** POSTs one event, signed with the local secret, to the local URL. Never throws. */
+/**
+ * POSTs one event, signed with the local secret, to the local URL. Never throws. `signal` (Ctrl-C)
+ * ends a forward still waiting for the receiver, whose error is then `aborted`.
+ */
 export async function forwardEvent(
-  opts: Pick<ListenOptions, "forwardTo" | "secret" | "forwardTimeoutMs">,
+  opts: Pick<ListenOptions, "forwardTo" | "secret" | "forwardTimeoutMs"> & { signal?: AbortSignal },
   msg: { id: string; type: string; body: string },
 ): Promise<Forwarded> {
   const headers = attemptHeaders({
@@ -83,13 +88,17 @@ export async function forwardEvent(
       headers,
       body: msg.body,
       redirect: "manual",
-      signal: AbortSignal.timeout(opts.forwardTimeoutMs ?? 30_000),
+      signal: AbortSignal.any([
+        AbortSignal.timeout(opts.forwardTimeoutMs ?? 30_000),
+        ...(opts.signal ? [opts.signal] : []),
+      ]),
     });
     await res.arrayBuffer().catch(() => undefined);
     return result(res.status, null);
   } catch (err) {
     const e = err as Error & { cause?: { code?: string; message?: string } };
     if (e.name === "TimeoutError") return result(null, "timeout");
+    if (opts.signal?.aborted) return result(null, "aborted");
     return result(null, e.cause?.code ?? e.cause?.message ?? e.message);
   }
 }
@@ -108,6 +117,7 @@ export async function listen(opts: ListenOptions): Promise<void> {
   const minBackoff = opts.minBackoffMs ?? 250;
   const maxBackoff = opts.maxBackoffMs ?? 3_000;
   const idleTimeout = opts.idleTimeoutMs ?? 45_000;
+  const connectTimeout = opts.connectTimeoutMs ?? 10_000;
   const query = opts.events ? `?event_types=${encodeURIComponent(opts.events.join(","))}` : "";
   let lastId: string | undefined;
   let backoff = minBackoff;
@@ -120,7 +130,15 @@ export async function listen(opts: ListenOptions): Promise<void> {
       return;
     }
     if (!m.id || !(EVENT_TYPES as readonly string[]).includes(m.event)) return;
+    // The server filters by --events too; checked here as well, so no other server's stream can
+    // send more than was asked for.
+    if (opts.events && !opts.events.includes(m.event)) {
+      lastId = m.id;
+      return;
+    }
     const f = await forwardEvent(opts, { id: m.id, type: m.event, body: m.data });
+    // Ctrl-C during the forward: stop at once, print nothing more (the event was not seen through).
+    if (signal.aborted) return;
     lastId = m.id;
     if (out.json) out.data({ type: "forwarded", ...f });
     else
@@ -139,12 +157,17 @@ export async function listen(opts: ListenOptions): Promise<void> {
       idle = setTimeout(() => conn.abort(), idleTimeout);
     };
     let reason = "connection closed";
+    // A server that takes the connection and never answers is told apart from a silent stream.
+    let unanswered = true;
+    const connecting = setTimeout(() => conn.abort(), connectTimeout);
     try {
       const res = await client.stream(
         `/v1/events/stream${query}`,
         lastId ? { "last-event-id": lastId } : {},
         conn.signal,
       );
+      unanswered = false;
+      clearTimeout(connecting);
       if (res.status === 401 || res.status === 400 || res.status === 403 || res.status === 404) {
         const body = (await res.json().catch(() => undefined)) as {
           error?: { code?: string; message?: string };
@@ -188,16 +211,25 @@ export async function listen(opts: ListenOptions): Promise<void> {
       const parser = new SseParser((m) => queue.push(m));
       const decoder = new TextDecoder();
       for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        touch();
         parser.push(decoder.decode(chunk, { stream: true }));
-        while (queue.length) await handle(queue.shift()!);
+        // The time a slow receiver takes is not the server's silence: the idle clock stops while
+        // events are forwarded, and starts again after.
+        clearTimeout(idle);
+        while (queue.length && !signal.aborted) await handle(queue.shift()!);
+        touch();
       }
     } catch (err) {
       if (err instanceof ApiRequestError) throw err;
       if (signal.aborted) break;
       const e = err as Error & { cause?: { code?: string } };
-      reason = e.name === "AbortError" ? "no heartbeat" : (e.cause?.code ?? e.message);
+      reason =
+        e.name === "AbortError"
+          ? unanswered
+            ? `no answer within ${connectTimeout / 1000} s`
+            : "no heartbeat"
+          : (e.cause?.code ?? e.message);
     } finally {
+      clearTimeout(connecting);
       clearTimeout(idle);
       signal.removeEventListener("abort", stop);
     }

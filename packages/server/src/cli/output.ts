@@ -1,7 +1,8 @@
 /**
  * Where the client commands write. Results go to stdout (one JSON document, or JSON lines for the
- * streaming commands, with `--json`); progress goes to stderr and only on a terminal, so scripts
- * and pipes see results only. Colour only on a terminal, never with NO_COLOR set (no-color.org).
+ * streaming commands, with `--json`); progress goes to stderr and only on a terminal and without
+ * `--json`, so scripts and pipes see results only. Colour only on a terminal (each stream by its
+ * own), never with NO_COLOR set (no-color.org).
  */
 export interface Output {
   json: boolean;
@@ -21,20 +22,34 @@ export interface Output {
   bold(s: string): string;
 }
 
-// C0 and C1 control characters but tab and newline, and the colour codes `paint` writes.
+// C0 and C1 control characters but tab (ESC, newline and carriage return included), and the
+// bidirectional overrides that make text read differently from how it is stored.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
-const CONTROL = /\x1b\[\d+m|[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 
 /**
- * Text as it may reach a terminal: control characters that came with API data (an endpoint's
- * description, a response body) are shown escaped (`\u001b`), so they cannot clear the screen,
- * set the clipboard or fake a status line. Only the colour codes of `paint` pass, and only when
- * colour is on.
+ * The CLI's own colours travel through its text as marks (private-use characters around the SGR
+ * code) and become escape sequences only as a line is written, after every control character in
+ * it was escaped: so an escape sequence inside API data (an endpoint's description, a receiver's
+ * response body) never reaches the terminal as one, colour code or not.
+ */
+const MARK = /\uE000(\d{1,2})\uE001/g;
+const PAINT_CODES = new Set(["1", "2", "22", "31", "32", "33", "39"]);
+
+/**
+ * Text as it may reach a terminal: control characters that came with API data are shown escaped
+ * (`\u001b`, `\u000a`), so they cannot clear the screen, set the clipboard, conceal what follows or
+ * fake a line. The marks of `paint` become colour codes when `color` is on and vanish otherwise.
  */
 export function printable(text: string, color: boolean): string {
-  return text.replace(CONTROL, (m) =>
-    m.length > 1 && color ? m : `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}${m.slice(1)}`,
-  );
+  return text
+    .replace(CONTROL, (m) => `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}`)
+    .replace(MARK, (_, code: string) => (color && PAINT_CODES.has(code) ? `\x1b[${code}m` : ""));
+}
+
+/** Colour unless NO_COLOR is set to something (no-color.org: an empty value does not count) or TERM=dumb. */
+function colorOn(stream: NodeJS.WriteStream, env: NodeJS.ProcessEnv): boolean {
+  return stream.isTTY === true && !env.NO_COLOR && env.TERM !== "dumb";
 }
 
 export function createOutput(opts: {
@@ -47,9 +62,11 @@ export function createOutput(opts: {
   const stderr = opts.stderr ?? process.stderr;
   const env = opts.env ?? process.env;
   const json = opts.json === true;
-  const color = !json && stdout.isTTY === true && env.NO_COLOR === undefined && env.TERM !== "dumb";
+  // Each stream by its own terminal: `2>errors.log` gets no escape codes while stdout is coloured.
+  const color = !json && colorOn(stdout, env);
+  const errColor = !json && colorOn(stderr, env);
   const paint = (code: number, reset: number) => (s: string) =>
-    color ? `\x1b[${code}m${s}\x1b[${reset}m` : s;
+    color || errColor ? `\uE000${code}\uE001${s}\uE000${reset}\uE001` : s;
   return {
     json,
     color,
@@ -60,10 +77,10 @@ export function createOutput(opts: {
       stdout.write(`${JSON.stringify(value)}\n`);
     },
     progress(text) {
-      if (stderr.isTTY) stderr.write(`${paint(2, 22)(printable(text, false))}\n`);
+      if (!json && stderr.isTTY) stderr.write(`${printable(paint(2, 22)(text), errColor)}\n`);
     },
     warn(text) {
-      stderr.write(`${printable(text, color)}\n`);
+      stderr.write(`${printable(text, errColor)}\n`);
     },
     green: paint(32, 39),
     red: paint(31, 39),
