@@ -195,6 +195,25 @@ for (const backend of backends()) {
       await flaky.close();
     });
 
+    test("a receiver answering NUL bytes is logged with U+FFFD in their place, and holds up nobody's outcomes", async () => {
+      // PostgreSQL's text cannot hold NUL: stored as it came, it failed every outcome batch it was in.
+      const binary = await startReceiver({ respond: () => ({ status: 200, body: "ok\0bin\0" }) });
+      const healthy = await startReceiver();
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: binary.url });
+      const other = await server.api.post("/v1/endpoints", { url: healthy.url });
+      await startedCall(server.api, agentId, "+15551113333");
+      await binary.waitForCount(1);
+      const eventId = binary.requests[0]!.id;
+      const d = await deliveryWithStatus(server, eventId, endpoint.id, "succeeded");
+      assert.equal(d.attempts[0].response_body, "ok\uFFFDbin\uFFFD");
+      await deliveryWithStatus(server, eventId, other.body.id, "succeeded");
+      assert.equal(binary.requests.length, 1, "recorded at once, not re-sent when a lease ran out");
+      await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true });
+      await server.api.patch(`/v1/endpoints/${other.body.id}`, { disabled: true });
+      await binary.close();
+      await healthy.close();
+    });
+
     test("Idempotency-Key replays the first response and emits nothing new; reuse with another body is a 422", async () => {
       const rx = await startReceiver();
       const { agentId } = await setupAccount(server.api, { endpointUrl: rx.url });

@@ -69,6 +69,13 @@ for (const [name, makeSender] of senders)
           // Far past what is drained: the sender drops the connection, the 200 stands.
           res.end("y".repeat(1024 * 1024));
           return;
+        case "/split":
+          // "é" is two bytes; the 8 KiB cut falls between them.
+          res.end(`${"x".repeat(RESPONSE_BODY_LIMIT - 1)}é and more`);
+          return;
+        case "/binary":
+          res.end(Buffer.from([0x6f, 0x6b, 0x00, 0xff, 0x21]));
+          return;
         case "/redirect":
           res.writeHead(302, { location: `${srv.base}/elsewhere` }).end();
           return;
@@ -117,6 +124,13 @@ for (const [name, makeSender] of senders)
         const next = await post(sender, "/ok");
         assert.equal(next.statusCode, 200);
         assert.equal(next.responseBody, "ok");
+      });
+    });
+
+    test("a body is logged as text: NUL and invalid bytes as U+FFFD, a character the 8 KiB cut splits left out", async () => {
+      await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
+        assert.equal((await post(sender, "/binary")).responseBody, "ok\uFFFD\uFFFD!");
+        assert.equal((await post(sender, "/split")).responseBody, "x".repeat(RESPONSE_BODY_LIMIT - 1));
       });
     });
 

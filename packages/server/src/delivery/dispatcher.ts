@@ -3,6 +3,7 @@ import { previousSecrets } from "../endpoints/secrets.js";
 import { logBackgroundFailure } from "../log.js";
 import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../metrics.js";
 import { inListOf, listValue } from "../storage/lists.js";
+import { isDatabaseUnavailable } from "../storage/store.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
@@ -517,8 +518,12 @@ export class Dispatcher {
   private async flush(): Promise<void> {
     // Let outcomes that finish in the same tick join the batch.
     await new Promise((r) => setImmediate(r));
+    // After a batch the database refused for what it held (not for being unreachable), its
+    // outcomes are written one at a time, so one the database cannot take holds up only itself.
+    let oneByOne = 0;
     while (this.buffer.length > 0) {
-      const batch = this.buffer.splice(0, 500);
+      const batch = this.buffer.splice(0, oneByOne > 0 ? 1 : 500);
+      if (oneByOne > 0) oneByOne--;
       try {
         const { released, disabled } = await completeBatch(
           this.ctx.store,
@@ -537,6 +542,15 @@ export class Dispatcher {
           released > 0,
         );
       } catch (err) {
+        if (batch.length > 1 && !isDatabaseUnavailable(err)) {
+          this.ctx.log.warn(
+            { err, outcomes: batch.length },
+            "recording outcomes failed; writing them one by one",
+          );
+          this.buffer.unshift(...batch);
+          oneByOne = batch.length;
+          continue;
+        }
         this.ctx.log.warn({ err, outcomes: batch.length }, "recording outcomes failed; retrying");
         this.buffer.unshift(...batch);
         await new Promise((r) => setTimeout(r, 500));

@@ -6,8 +6,22 @@ import { classifyAddress, isLiteralIp } from "./address.js";
 
 /** How much of a response body an attempt keeps (PRODUCT.md §3). */
 export const RESPONSE_BODY_LIMIT = 8 * 1024;
+
 /** How much more is read and thrown away so the connection can be reused; past it, the socket is dropped. */
 const DRAIN_LIMIT = 256 * 1024;
+
+/**
+ * A receiver's bytes as text for the attempt log. Invalid UTF-8 (a binary body) becomes U+FFFD; a
+ * character the 8 KiB cut split in two is left out rather than shown broken; NUL becomes U+FFFD
+ * too, because PostgreSQL's text cannot hold it: one receiver answering a NUL byte made every
+ * outcome batch it was part of fail, for every endpoint of the process (delivery audit).
+ */
+function loggableText(bytes: Buffer, cut: boolean): string {
+  // `stream` holds back the bytes of an unfinished character; a fresh decoder, as it keeps them.
+  return withoutNul(cut ? new TextDecoder().decode(bytes, { stream: true }) : bytes.toString("utf8"));
+}
+
+const withoutNul = (text: string): string => text.replaceAll("\0", "\uFFFD");
 
 export type ErrorClass =
   | "timeout"
@@ -187,7 +201,7 @@ export class Sender implements AttemptSender {
         finish(
           done({
             statusCode,
-            responseBody: Buffer.concat(chunks).toString("utf8"),
+            responseBody: loggableText(Buffer.concat(chunks), read > kept),
             responseHeaders,
             error: ok ? null : statusCode >= 300 && statusCode < 400 ? "redirect" : "http_status",
             errorMessage: ok ? null : `HTTP ${statusCode}`,
@@ -227,7 +241,9 @@ export class Sender implements AttemptSender {
           if (settled) return;
           const cls = classify(err);
           const message =
-            cls === "timeout" ? `no response within ${this.opts.timeoutMs} ms` : String(err?.message ?? err);
+            cls === "timeout"
+              ? `no response within ${this.opts.timeoutMs} ms`
+              : withoutNul(String(err?.message ?? err));
           finish(failed(cls, message));
         },
       };
