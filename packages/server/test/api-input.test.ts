@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { apiClient, setupAccount } from "./helpers/api.js";
+import { backends } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -12,6 +14,8 @@ const expectError = (r: { status: number; body: any }, status: number, code: str
   assert.doesNotMatch(JSON.stringify(r.body), /at .*\.js:\d+/, "no stack trace");
   if (field !== undefined) assert.equal(r.body.error.details?.field, field, JSON.stringify(r.body));
 };
+
+after(() => stopPostgres());
 
 describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => {
   const dir = tempDir();
@@ -576,3 +580,52 @@ describe("rate limit (KLEN_RATE_LIMIT=1)", () => {
     assert.equal((await second.get("/v1/account")).status, 200, "the second key's first request passes");
   });
 });
+
+// PostgreSQL's text cannot hold NUL: there a string with one was a 500 on every route that stores text.
+for (const backend of backends()) {
+  describe(`NUL in a JSON string (${backend.name})`, () => {
+    let db: Awaited<ReturnType<typeof backend.fresh>>;
+    let server: ServerProcess;
+    before(async () => {
+      db = await backend.fresh();
+      server = await spawnServer({ dataDir: db.dataDir, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+    });
+    after(async () => {
+      await server.kill();
+      await db.cleanup();
+    });
+
+    test("is a 400 naming the field, and nothing is stored", async () => {
+      const { agentId } = await setupAccount(server.api);
+      const call = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15551234567",
+      });
+      assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+      const cases: Array<[string, unknown, string]> = [
+        ["/v1/agents", { name: "a\u0000b" }, "name"],
+        ["/v1/contacts", { name: "Ann", email: "ann\u0000@example.com" }, "email"],
+        [
+          "/v1/calls",
+          { agent_id: agentId, type: "inbound", phone_number: "+15551234567", klen_call_id: "k\u0000" },
+          "klen_call_id",
+        ],
+        [`/v1/calls/${call.body.id}/end`, { summary: "s\u0000" }, "summary"],
+        ["/v1/endpoints", { url: "http://127.0.0.1:9/x", headers: { "x-a": "v\u0000" } }, "headers.x-a"],
+      ];
+      for (const [path, body, field] of cases) {
+        expectError(await server.api.post(path, body), 400, "invalid_request", field);
+      }
+      expectError(
+        await server.api.patch("/v1/account", { name: "acc\u0000" }),
+        400,
+        "invalid_request",
+        "name",
+      );
+      assert.equal((await server.api.get("/v1/agents")).body.data.length, 1);
+      assert.equal((await server.api.get("/v1/calls")).body.data.length, 1);
+      assert.equal((await server.api.get(`/v1/calls/${call.body.id}`)).body.status, "in-progress");
+    });
+  });
+}

@@ -14,7 +14,7 @@ const poisoned = () =>
  * Parses a JSON request body, refusing what a plain `JSON.parse` lets through but the API must
  * not take: prototype-poisoning keys (as Fastify's own parser does), numbers JSON cannot hold
  * (`1e400` parses as Infinity and passes an integer schema) or holds only rounded (integers past
- * 2^53 - 1), and nesting past `MAX_DEPTH`.
+ * 2^53 - 1), strings holding NUL, and nesting past `MAX_DEPTH`.
  */
 export function parseJsonBody(text: string): unknown {
   let value: unknown;
@@ -31,6 +31,17 @@ export function parseJsonBody(text: string): unknown {
 }
 
 function check(value: unknown, path: string, depth: number): void {
+  if (typeof value === "string") {
+    // No text the API keeps has a use for NUL, and PostgreSQL's text cannot hold it (it was a 500).
+    if (value.includes("\0")) {
+      const field = path || "body";
+      throw new ApiError(400, "invalid_request", `"${field}" contains a NUL character (\\u0000)`, {
+        field,
+        location: "body",
+      });
+    }
+    return;
+  }
   if (typeof value === "number") {
     // Infinity, and integers past 2^53 - 1 that JSON.parse has already rounded (an id of
     // 9007199254740993 would silently become another id).
