@@ -10,7 +10,7 @@ import { type Running, startServer } from "../src/server.js";
 import { generateConversation } from "../src/simulator/conversation.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
 import { JOB_BACKOFF_MS, runDueSummaries } from "../src/summaries/jobs.js";
-import { completionsUrl } from "../src/summaries/openai.js";
+import { chatSummary, completionsUrl } from "../src/summaries/openai.js";
 import { DETAILED } from "../src/summaries/summarizer.js";
 import { type ApiClient, apiClient } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
@@ -76,6 +76,33 @@ describe("built-in extractive summarizer", () => {
     assert.equal(summarizeExtractive("Customer: Hi."), "Customer: Hi.");
     assert.equal(sentences("First one. Second one!\nThird?").length, 3);
     assert.ok(summarizeExtractive("word ".repeat(5000), { maxChars: 100 }).length <= 100);
+  });
+
+  test("a model's answer or error holding NUL comes back without it (PostgreSQL's text cannot hold NUL)", async () => {
+    const model = createServer((req, res) => {
+      if (req.url === "/bad/chat/completions") {
+        res.writeHead(500, { "content-type": "text/plain" });
+        res.end("upstream\u0000down");
+        return;
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ choices: [{ message: { content: "Billing\u0000 question." } }] }));
+    });
+    await new Promise<void>((r) => model.listen(0, "127.0.0.1", r));
+    const base = `http://127.0.0.1:${(model.address() as AddressInfo).port}`;
+    try {
+      const cfg = { url: base, model: "m", apiKey: "k" };
+      assert.equal(await chatSummary(cfg, "Agent: hi"), "Billing\uFFFD question.");
+      await assert.rejects(
+        chatSummary({ ...cfg, url: `${base}/bad` }, "Agent: hi", { attempts: 1 }),
+        (err: Error) => {
+          assert.equal(err.message, "HTTP 500: upstream\uFFFDdown");
+          return true;
+        },
+      );
+    } finally {
+      model.close();
+    }
   });
 
   test("KLEN_SUMMARY_URL is a base URL: /chat/completions is appended", () => {

@@ -108,7 +108,7 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
   const text = await res.text().catch(() => "");
   if (!res.ok) {
     const retryable = res.status >= 500 || res.status === 408 || res.status === 409 || res.status === 429;
-    throw new SummarizerError(`HTTP ${res.status}: ${text.slice(0, 200)}`, retryable);
+    throw new SummarizerError(`HTTP ${res.status}: ${storable(text.slice(0, 200))}`, retryable);
   }
   let content: unknown;
   try {
@@ -119,5 +119,8 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
   }
   if (typeof content !== "string" || content.trim() === "")
     throw new SummarizerError("the response has no choices[0].message.content", true);
-  return content.trim();
+  return storable(content.trim());
 }
+
+/** Another service's text as the database can keep it: PostgreSQL's text cannot hold NUL. */
+const storable = (text: string): string => text.replaceAll("\0", "\uFFFD");
