@@ -28,15 +28,24 @@ test("each delay is jittered within ±20 % and the schedule ends after its last 
   assert.deepEqual(nextAttempt(schedule, schedule.length + 1, Math.random), { final: true });
 });
 
-test("Retry-After replaces the delay but stays within the schedule's bounds", () => {
-  const r = (ms: number) => nextAttempt(schedule, 1, () => 0.5, ms);
-  assert.deepEqual(r(60_000), { final: false, delayMs: 60_000 });
-  assert.deepEqual(r(10), { final: false, delayMs: 5_000 }); // never sooner than the shortest delay
-  assert.deepEqual(r(100 * 3_600_000), { final: false, delayMs: 36_000_000 }); // never later than the longest
+test("Retry-After can only push the next attempt later, and no later than the schedule's longest delay", () => {
+  const after = (made: number, ms: number) => nextAttempt(schedule, made, () => 0.5, ms);
+  assert.deepEqual(after(1, 60_000), { final: false, delayMs: 60_000 }); // 5 s scheduled: later, as asked
+  assert.deepEqual(after(1, 10), { final: false, delayMs: 5_000 }); // never sooner than scheduled
+  // A short Retry-After does not shrink a long scheduled delay: the schedule still spans its hours.
+  assert.deepEqual(after(4, 1_000), { final: false, delayMs: 2 * 3_600_000 });
+  assert.deepEqual(after(1, 100 * 3_600_000), { final: false, delayMs: 36_000_000 }); // never later than the longest
+  assert.deepEqual(nextAttempt(schedule, schedule.length + 1, Math.random, 1_000), { final: true });
+});
+
+test("Retry-After is delay-seconds or an HTTP date; anything else is ignored", () => {
   assert.equal(parseRetryAfter("120", 0), 120_000);
-  assert.equal(parseRetryAfter(new Date(10_000).toUTCString(), 0), 10_000);
-  assert.equal(parseRetryAfter("soon", 0), undefined);
-  assert.equal(parseRetryAfter(undefined, 0), undefined);
+  assert.equal(parseRetryAfter(" 0 ", 0), 0);
+  assert.equal(parseRetryAfter(new Date(10_000).toUTCString(), 0), 10_000); // IMF-fixdate
+  assert.equal(parseRetryAfter("Thursday, 01-Jan-70 00:00:10 GMT", 0), 10_000); // RFC 850
+  assert.equal(parseRetryAfter("Thu Jan  1 00:00:10 1970", 0), 10_000); // asctime
+  for (const junk of ["soon", "-5", "5.5", "5, 7", "1e3", "", undefined])
+    assert.equal(parseRetryAfter(junk, 0), undefined, String(junk));
 });
 
 test("durations and sizes accept the documented units and reject anything else", () => {
