@@ -363,6 +363,25 @@ for (const backend of backends()) {
       await rx.close();
     });
 
+    test("a manual retry of a delivery that had succeeded is one attempt: when it fails, the delivery is failed, not back on its schedule", async () => {
+      const rx = await startReceiver({
+        respond: (r) => (r.n === 1 ? 200 : { status: 500, body: "down now" }),
+      });
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+      await startedCall(server.api, agentId, "+15550003434");
+      await rx.waitForCount(1);
+      const d = await deliveryWithStatus(server, rx.requests[0]!.id, endpoint.id, "succeeded");
+      assert.equal((await server.api.post(`/v1/deliveries/${d.id}/retry`)).status, 202);
+      const failed = await deliveryWithStatus(server, d.event_id, endpoint.id, "failed");
+      assert.deepEqual(
+        failed.attempts.map((a: { status_code: number }) => a.status_code),
+        [200, 500],
+      );
+      assert.equal(rx.requests.length, 2);
+      await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true });
+      await rx.close();
+    });
+
     test("retry and recover refuse a disabled or deleted endpoint (409) and queue nothing; the retry's answer lists the attempts", async () => {
       const rx = await startReceiver();
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });

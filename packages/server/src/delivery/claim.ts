@@ -12,6 +12,8 @@ export interface Claimed {
   endpointId: string;
   callId: number;
   attemptCount: number;
+  /** Re-opened by a manual retry or a recover: a failed attempt ends it (no schedule left to follow). */
+  oneAttempt: boolean;
   claimToken: number;
   payload: string;
   endpoint: Selectable<Database["endpoints"]> | undefined;
@@ -63,6 +65,7 @@ export async function claimDue(
     endpointId: r.endpoint_id,
     callId: Number(r.call_id),
     attemptCount: Number(r.attempt_count),
+    oneAttempt: Number(r.one_attempt) === 1,
     claimToken: Number(r.claim_token),
     payload: payloadOf.get(r.event_id) ?? "",
     endpoint: endpointOf.get(r.endpoint_id),
@@ -135,7 +138,7 @@ function claimQuery(db: Db, p: ClaimSlots, caps: DialectCaps, excluding: boolean
       updated_at: p.now,
     })
     .where(key, "in", due)
-    .returning(["id", "event_id", "endpoint_id", "call_id", "attempt_count", "claim_token"]);
+    .returning(["id", "event_id", "endpoint_id", "call_id", "attempt_count", "one_attempt", "claim_token"]);
 }
 const claimAny = prepared((db, p: ClaimSlots, caps) => claimQuery(db, p, caps, false));
 const claimExcluding = prepared((db, p: ClaimSlots, caps) => claimQuery(db, p, caps, true));

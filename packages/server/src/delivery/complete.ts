@@ -93,9 +93,10 @@ export async function completeBatch(
       const error =
         o.skipped ?? `${o.result!.error}${o.result!.statusCode ? ` ${o.result!.statusCode}` : ""}`;
       const made = o.claimed.attemptCount + (o.result ? 1 : 0);
-      const next = o.skipped
-        ? ({ final: true } as const)
-        : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
+      const next =
+        o.skipped || o.claimed.oneAttempt
+          ? ({ final: true } as const)
+          : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
       await fencedUpdate(
         trx,
         store,

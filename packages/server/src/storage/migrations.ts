@@ -273,4 +273,14 @@ UPDATE api_keys SET prefix = substr(prefix, 1, length(prefix) / 3) WHERE prefix 
 ALTER TABLE blobs ADD COLUMN sealed INTEGER;
 `,
   },
+  {
+    id: 10,
+    name: "delivery_one_attempt",
+    sql: () => `
+-- 1 while a delivery re-opened by a manual retry or a recover is on the one attempt those promise:
+-- if it fails, the delivery is failed again. Without it a delivery re-opened with retries left
+-- (one that had succeeded at its first attempt, say) resumed its schedule, for up to 28 hours.
+ALTER TABLE deliveries ADD COLUMN one_attempt INTEGER NOT NULL DEFAULT 0;
+`,
+  },
 ];

@@ -96,6 +96,8 @@ export interface Database {
     claim_token: number;
     /** End of the lease while an attempt is in flight; null otherwise. */
     leased_until: Generated<number | null>;
+    /** 1: re-opened by a manual retry or a recover, so one failed attempt fails it (migration 10). */
+    one_attempt: Generated<number>;
     last_error: string | null;
     created_at: number;
     updated_at: number;

@@ -204,12 +204,17 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             `an attempt of delivery ${d.id} is in flight; retry once it has finished`,
           );
         }
-        // One new attempt: a delivery waiting for its next retry is made due now; a finished one is
-        // re-opened (its schedule is spent, so a failure ends it again) and goes out at once unless
-        // an earlier event of its call to this endpoint is still pending, which it then follows.
+        // One new attempt: a delivery waiting for its next retry is made due now (and stays on its
+        // schedule); a finished one is re-opened for one attempt (a failure ends it again) and goes
+        // out at once unless an earlier event of its call to this endpoint is still pending, which
+        // it then follows.
         await trx
           .updateTable("deliveries")
-          .set({ status: "pending", next_attempt_at: d.status === "pending" ? now : null, updated_at: now })
+          .set(
+            d.status === "pending"
+              ? { next_attempt_at: now, updated_at: now }
+              : { status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now },
+          )
           .where("id", "=", d.id)
           .execute();
         if (d.status !== "pending") {

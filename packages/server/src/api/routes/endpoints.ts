@@ -301,7 +301,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           // so a call's recovered events still go out one at a time, in order.
           const res = await trx
             .updateTable("deliveries")
-            .set({ status: "pending", next_attempt_at: null, updated_at: now })
+            .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
             .where("endpoint_id", "=", id)
             .where("status", "=", "failed")
             .where("created_at", ">=", since)
