@@ -69,6 +69,14 @@ for (const [name, makeSender] of senders)
           // Far past what is drained: the sender drops the connection, the 200 stands.
           res.end("y".repeat(1024 * 1024));
           return;
+        case "/hang":
+          return; // never answers
+        case "/dribble":
+        case "/dribble-500":
+          // The status in time, the body never finished.
+          res.writeHead(req.url === "/dribble" ? 200 : 500);
+          res.write("partial");
+          return;
         case "/split":
           // "é" is two bytes; the 8 KiB cut falls between them.
           res.end(`${"x".repeat(RESPONSE_BODY_LIMIT - 1)}é and more`);
@@ -131,6 +139,17 @@ for (const [name, makeSender] of senders)
       await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
         assert.equal((await post(sender, "/binary")).responseBody, "ok\uFFFD\uFFFD!");
         assert.equal((await post(sender, "/split")).responseBody, "x".repeat(RESPONSE_BODY_LIMIT - 1));
+      });
+    });
+
+    test("a status that came in time stands when its body never finishes; no status in time is a timeout", async () => {
+      await withSender({ dev: true, timeoutMs: 300 }, async (sender) => {
+        const ok = await post(sender, "/dribble");
+        assert.deepEqual([ok.statusCode, ok.error, ok.responseBody], [200, null, "partial"]);
+        const bad = await post(sender, "/dribble-500");
+        assert.deepEqual([bad.statusCode, bad.error, bad.responseBody], [500, "http_status", "partial"]);
+        const none = await post(sender, "/hang");
+        assert.deepEqual([none.statusCode, none.error], [null, "timeout"]);
       });
     });
 

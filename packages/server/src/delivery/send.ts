@@ -209,7 +209,11 @@ export class Sender implements AttemptSender {
         );
       };
       const timer = setTimeout(() => {
-        finish(failed("timeout", `no response within ${this.opts.timeoutMs} ms`));
+        // An answer whose status came in time stands even if its body did not finish (a receiver
+        // that answers 200 and keeps the connection dribbling): as with a body too large to drain,
+        // the connection is dropped and the status is the outcome. No status in time: a timeout.
+        if (statusCode !== 0) answered();
+        else finish(failed("timeout", `no response within ${this.opts.timeoutMs} ms`));
         controller?.abort(new AttemptTimeout());
       }, this.opts.timeoutMs);
       const handler: Dispatcher.DispatchHandler = {
