@@ -115,3 +115,52 @@ test("endpoints that are slow but succeed cannot between them take every slot: a
     await new Promise<void>((res) => slow.close(() => res()));
   }
 });
+
+test("new endpoints that never answer cannot take every slot before their first answer: a healthy endpoint's events still go out", async () => {
+  // Five endpoints on one origin that accept requests and never answer (delivery timeout 60 s).
+  const held: ServerResponse[] = [];
+  const dead = createServer((req, res) => {
+    req.resume();
+    held.push(res);
+  });
+  await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
+  const origin = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
+  const healthy = await startReceiver();
+  const r = await apiOnlyServer(`${origin}/d0`);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    for (let i = 1; i < 5; i++) await r.client.post("/v1/endpoints", { url: `${origin}/d${i}` });
+    const calls: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const id = await r.newCall(`+155505000${i}`);
+      await r.client.post(`/v1/calls/${id}/start`, {});
+      calls.push(id);
+    }
+    // The healthy endpoint's deliveries come after the dead endpoints' 20 in the due order.
+    await r.client.post("/v1/endpoints", { url: healthy.url });
+    for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
+
+    // 16 slots and up to 16 per endpoint: new endpoints that were each given a healthy one's
+    // slots would fill all 16 with attempts that hang for a minute.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 16,
+      perEndpoint: 16,
+      perNewEndpoint: 2,
+      batchSize: 16,
+      pollMs: 50,
+    });
+    dispatcher.start();
+    await healthy.waitForCount(4);
+    assert.deepEqual(
+      healthy.requests.map((q) => q.json.event_type),
+      Array(4).fill("call.ended"),
+    );
+    assert.ok(held.length <= 10, `${held.length} attempts hang at the dead endpoints (5 × 2 at most)`);
+  } finally {
+    for (const res of held) res.destroy();
+    await dispatcher?.stop(100);
+    await r.done();
+    await healthy.close();
+    await new Promise<void>((res) => dead.close(() => res()));
+  }
+});

@@ -20,6 +20,11 @@ export interface DispatcherOptions {
   /** The same for an endpoint whose last attempt failed, until one succeeds again. */
   perFailingEndpoint: number;
   /**
+   * The same for an endpoint none of whose attempts has finished yet in this process: until its
+   * first answer says whether it is healthy, it is not given a healthy endpoint's slots.
+   */
+  perNewEndpoint: number;
+  /**
    * An attempt that took this long (and succeeded) makes its endpoint slow until a faster one:
    * a slow endpoint holds at most its fair share of the slots (`capOf`).
    */
@@ -43,7 +48,12 @@ export interface DispatcherOptions {
 export const defaultDispatcherOptions: DispatcherOptions = {
   concurrency: 256,
   perEndpoint: 64,
-  perFailingEndpoint: 8,
+  // Few, so that many endpoints down at once still leave the slots to those that answer: at 8
+  // each, 32 failing endpoints held all 256, and 4 new ones that never answered held them for a
+  // whole delivery timeout (delivery audit: a healthy endpoint's events waited 8-29 s behind
+  // 5-40 dead endpoints). Now 128 failing or 32 new endpoints would be needed to fill them.
+  perFailingEndpoint: 2,
+  perNewEndpoint: 8,
   slowAttemptMs: 1_000,
   batchSize: 256,
   pollMs: 250,
@@ -52,6 +62,9 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   floorSlackMs: 10_000,
   fullFloorMs: 60_000,
 };
+
+/** How many endpoints `Dispatcher.known` remembers. */
+const KNOWN_ENDPOINTS = 10_000;
 
 // Header names whose values the attempt log does not keep: credentials a receiver asked for.
 const SENSITIVE = /auth|cookie|token|secret|key|pass|credential|session/i;
@@ -139,6 +152,11 @@ export class Dispatcher {
   private failing = new Set<string>();
   /** Endpoints whose last attempt in this process took `slowAttemptMs` or longer. */
   private slow = new Set<string>();
+  /**
+   * Endpoints with a finished attempt in this process, most recent last; the oldest are forgotten
+   * past `KNOWN_ENDPOINTS` (one forgotten is new again until its next answer, a few milliseconds).
+   */
+  private known = new Map<string, true>();
   private buffer: Outcome[] = [];
   /**
    * The endpoints that may have due deliveries; undefined: any may. A claim that found fewer
@@ -382,11 +400,13 @@ export class Dispatcher {
    * `slowAttemptMs` or more) its fair share when more endpoints are in flight. A failing one (its
    * last attempt failed: down, timing out, answering 5xx) gets few, so that while it fails it
    * holds a small share of the slots instead of a quarter of them, and healthy endpoints keep
-   * their throughput; its first success gives it back its full share. Its deliveries are still
+   * their throughput; its first success gives it back its full share. One with no finished attempt
+   * yet in this process gets `perNewEndpoint` until its first answer. Its deliveries are still
    * attempted as slots free up, in order.
    */
   private capOf(endpointId: string): number {
     if (this.failing.has(endpointId)) return this.opts.perFailingEndpoint;
+    if (!this.known.has(endpointId)) return Math.min(this.opts.perNewEndpoint, this.opts.perEndpoint);
     if (!this.slow.has(endpointId)) return this.opts.perEndpoint;
     // A fair share, so that endpoints that are slow but succeed (never failing, none at its cap)
     // cannot between them take every slot: the slots split between the endpoints in flight and
@@ -489,6 +509,9 @@ export class Dispatcher {
 
   private record(o: Outcome): void {
     if (o.result) {
+      this.known.delete(o.claimed.endpointId);
+      this.known.set(o.claimed.endpointId, true);
+      if (this.known.size > KNOWN_ENDPOINTS) this.known.delete(this.known.keys().next().value as string);
       if (o.result.error === null) this.failing.delete(o.claimed.endpointId);
       else this.failing.add(o.claimed.endpointId);
       if (o.result.durationMs >= this.opts.slowAttemptMs) this.slow.add(o.claimed.endpointId);
