@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { describe, test } from "node:test";
 import { promisify } from "node:util";
 import { ApiRequestError, apiClient } from "../src/cli/api-client.js";
-import { listen, newLocalSecret } from "../src/cli/listen.js";
+import { type ListenOptions, listen, newLocalSecret } from "../src/cli/listen.js";
 import { createOutput } from "../src/cli/output.js";
 import { CLI } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -49,13 +49,32 @@ async function cli(args: string[], env: Record<string, string>) {
   }
 }
 
-/** An Output that keeps the JSON lines `listen` writes. */
-function recordingOutput() {
-  const lines: Array<Record<string, unknown>> = [];
-  return { lines, out: { ...createOutput({ json: true }), data: (v: unknown) => lines.push(v as never) } };
+const sse = (id: string, type: string) => `id: ${id}\nevent: ${type}\ndata: {"event_type":"${type}"}\n\n`;
+
+/** A server whose event stream sends `text` and stays open (`then` runs on each stream's response). */
+function streamServer(text: string, then: (res: ServerResponse) => void = () => {}) {
+  return serve((_req, res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(text);
+    then(res);
+  });
 }
 
-const sse = (id: string, type: string) => `id: ${id}\nevent: ${type}\ndata: {"event_type":"${type}"}\n\n`;
+/** Runs `listen` in-process with `--json` output kept in `lines`; `stop` is its Ctrl-C. */
+function startListening(apiUrl: string, forwardTo: string, extra: Partial<ListenOptions> = {}) {
+  const lines: Array<Record<string, unknown>> = [];
+  const ctrlC = new AbortController();
+  const done = listen({
+    client: apiClient({ apiUrl, apiKey: "k" }),
+    forwardTo,
+    events: undefined,
+    secret: newLocalSecret(),
+    out: { ...createOutput({ json: true }), data: (v: unknown) => lines.push(v as never) },
+    signal: ctrlC.signal,
+    ...extra,
+  });
+  return { lines, done, stop: () => ctrlC.abort() };
+}
 
 describe("the CLI's API client and errors", () => {
   test("a server's error text reaches the terminal escaped, on one line", async () => {
@@ -130,107 +149,72 @@ describe("the CLI's API client and errors", () => {
 
 describe("listen against odd streams and receivers", () => {
   test("--events is checked locally too: a stream that sends more forwards only what was asked", async () => {
-    const stream = await serve((_req, res) => {
-      res.writeHead(200, { "content-type": "text/event-stream" });
-      res.write(sse("evt_1", "call.started") + sse("evt_2", "call.ended") + sse("evt_3", "call.started"));
-    });
+    const stream = await streamServer(
+      sse("evt_1", "call.started") + sse("evt_2", "call.ended") + sse("evt_3", "call.started"),
+    );
     const got: string[] = [];
     const receiver = await serve((req, res) => {
       got.push(String(req.headers["webhook-id"]));
       res.end();
     });
-    const stop = new AbortController();
-    const { lines, out } = recordingOutput();
+    const l = startListening(stream.url, `${receiver.url}/hook`, { events: ["call.ended"] });
     try {
-      const done = listen({
-        client: apiClient({ apiUrl: stream.url, apiKey: "k" }),
-        forwardTo: `${receiver.url}/hook`,
-        events: ["call.ended"],
-        secret: newLocalSecret(),
-        out,
-        signal: stop.signal,
-      });
-      await waitFor("the forward of evt_2", () => lines.some((l) => l.type === "forwarded"));
-      stop.abort();
-      await done;
+      await waitFor("the forward of evt_2", () => l.lines.some((x) => x.type === "forwarded"));
+      l.stop();
+      await l.done;
       assert.deepEqual(got, ["evt_2"]);
     } finally {
-      stop.abort();
+      l.stop();
       await stream.close();
       await receiver.close();
     }
   });
 
   test("a receiver slower than the idle timeout is not taken for a silent server", async () => {
-    const stream = await serve((_req, res) => {
-      res.writeHead(200, { "content-type": "text/event-stream" });
-      res.write(sse("evt_1", "call.started") + sse("evt_2", "call.ended"));
+    const stream = await streamServer(sse("evt_1", "call.started") + sse("evt_2", "call.ended"), (res) => {
       const beat = setInterval(() => res.write(": ping\n\n"), 20);
       res.on("close", () => clearInterval(beat));
     });
     const receiver = await serve((_req, res) => {
       setTimeout(() => res.end(), 300); // each forward takes three idle timeouts
     });
-    const stop = new AbortController();
-    const { lines, out } = recordingOutput();
+    const l = startListening(stream.url, `${receiver.url}/hook`, { idleTimeoutMs: 100 });
     try {
-      const done = listen({
-        client: apiClient({ apiUrl: stream.url, apiKey: "k" }),
-        forwardTo: `${receiver.url}/hook`,
-        events: undefined,
-        secret: newLocalSecret(),
-        out,
-        signal: stop.signal,
-        idleTimeoutMs: 100,
-      });
-      await waitFor("both forwards", () => lines.filter((l) => l.type === "forwarded").length === 2);
-      stop.abort();
-      await done;
+      await waitFor("both forwards", () => l.lines.filter((x) => x.type === "forwarded").length === 2);
+      l.stop();
+      await l.done;
       assert.deepEqual(
-        lines.map((l) => l.type),
+        l.lines.map((x) => x.type),
         ["ready", "forwarded", "forwarded"],
       );
     } finally {
-      stop.abort();
+      l.stop();
       await stream.close();
       await receiver.close();
     }
   });
 
   test("Ctrl-C while a forward waits on a stuck receiver stops listen at once, printing nothing more", async () => {
-    const stream = await serve((_req, res) => {
-      res.writeHead(200, { "content-type": "text/event-stream" });
-      res.write(sse("evt_1", "call.started"));
-    });
+    const stream = await streamServer(sse("evt_1", "call.started"));
     let reached = false;
     const receiver = await serve(() => {
       reached = true; // and never answers
     });
-    const stop = new AbortController();
-    const { lines, out } = recordingOutput();
+    const l = startListening(stream.url, `${receiver.url}/hook`, { forwardTimeoutMs: 600_000 });
     try {
-      const done = listen({
-        client: apiClient({ apiUrl: stream.url, apiKey: "k" }),
-        forwardTo: `${receiver.url}/hook`,
-        events: undefined,
-        secret: newLocalSecret(),
-        out,
-        signal: stop.signal,
-        forwardTimeoutMs: 600_000,
-      });
       await waitFor("the forward to reach the receiver", () => reached);
-      stop.abort();
+      l.stop();
       let ended = false;
-      void done.then(() => {
+      void l.done.then(() => {
         ended = true;
       });
       await waitFor("listen to end", () => ended);
       assert.deepEqual(
-        lines.map((l) => l.type),
+        l.lines.map((x) => x.type),
         ["ready"],
       );
     } finally {
-      stop.abort();
+      l.stop();
       await stream.close();
       await receiver.close();
     }
@@ -238,24 +222,14 @@ describe("listen against odd streams and receivers", () => {
 
   test("a server that takes the stream's connection and never answers is reported, not waited on silently", async () => {
     const silent = await serve(() => {});
-    const stop = new AbortController();
-    const { lines, out } = recordingOutput();
+    const l = startListening(silent.url, "http://127.0.0.1:9/hook", { connectTimeoutMs: 100 });
     try {
-      const done = listen({
-        client: apiClient({ apiUrl: silent.url, apiKey: "k" }),
-        forwardTo: "http://127.0.0.1:9/hook",
-        events: undefined,
-        secret: newLocalSecret(),
-        out,
-        signal: stop.signal,
-        connectTimeoutMs: 100,
-      });
-      await waitFor("a disconnected line", () => lines.some((l) => l.type === "disconnected"));
-      stop.abort();
-      await done;
-      assert.equal(lines[0]?.reason, "no answer within 0.1 s");
+      await waitFor("a disconnected line", () => l.lines.some((x) => x.type === "disconnected"));
+      l.stop();
+      await l.done;
+      assert.equal(l.lines[0]?.reason, "no answer within 0.1 s");
     } finally {
-      stop.abort();
+      l.stop();
       await silent.close();
     }
   });

@@ -1,11 +1,62 @@
 import assert from "node:assert/strict";
-import { createServer, type ServerResponse } from "node:http";
+import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 import { Dispatcher } from "../src/delivery/dispatcher.js";
 import { apiOnlyServer } from "./helpers/api-only.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { waitFor } from "./helpers/wait.js";
+
+/**
+ * Adds endpoints at `urls` beside the one `r` has, starts `calls` calls (a `call.started` each for
+ * them all), then adds the endpoint at `lastUrl` and ends the calls: every `call.started` of the
+ * first endpoints comes before the last endpoint's first delivery in the due order.
+ */
+async function queueBehind(
+  r: Awaited<ReturnType<typeof apiOnlyServer>>,
+  urls: string[],
+  calls: number,
+  lastUrl: string,
+) {
+  for (const url of urls) await r.client.post("/v1/endpoints", { url });
+  const ids: number[] = [];
+  for (let i = 0; i < calls; i++) {
+    const id = await r.newCall(`+1555060${String(ids.length).padStart(4, "0")}`);
+    await r.client.post(`/v1/calls/${id}/start`, {});
+    ids.push(id);
+  }
+  await r.client.post("/v1/endpoints", { url: lastUrl });
+  for (const id of ids) await r.client.post(`/v1/calls/${id}/end`, {});
+}
+
+/** Starts `dispatcher` and waits for `n` deliveries at `healthy`, all of them `call.ended`. */
+async function endsArrive(
+  dispatcher: Dispatcher,
+  healthy: Awaited<ReturnType<typeof startReceiver>>,
+  n: number,
+) {
+  dispatcher.start();
+  await healthy.waitForCount(n);
+  assert.deepEqual(
+    healthy.requests.map((q) => q.json.event_type),
+    Array(n).fill("call.ended"),
+  );
+}
+
+/** Ends the held answers, then stops the dispatcher, the API server and both receivers. */
+async function tearDown(
+  held: ServerResponse[],
+  dispatcher: Dispatcher | undefined,
+  r: Awaited<ReturnType<typeof apiOnlyServer>>,
+  healthy: Awaited<ReturnType<typeof startReceiver>>,
+  dead: Server,
+) {
+  for (const res of held) res.destroy();
+  await dispatcher?.stop(100);
+  await r.done();
+  await healthy.close();
+  await new Promise<void>((res) => dead.close(() => res()));
+}
 
 test("a dead endpoint never holds more than its share of the slots, even when one claim batch is all its own", async () => {
   // The dead endpoint: accepts requests and never answers (the delivery timeout is long).
@@ -45,11 +96,7 @@ test("a dead endpoint never holds more than its share of the slots, even when on
     assert.ok(maxOpen <= 2, `the dead endpoint held ${maxOpen} slots at once (cap 2)`);
     assert.ok(maxOpen >= 1);
   } finally {
-    for (const res of held) res.destroy();
-    await dispatcher?.stop(100);
-    await r.done();
-    await healthy.close();
-    await new Promise<void>((res) => dead.close(() => res()));
+    await tearDown(held, dispatcher, r, healthy, dead);
   }
 });
 
@@ -74,17 +121,8 @@ test("endpoints that are slow but succeed cannot between them take every slot: a
   const r = await apiOnlyServer(`${origin}/s0`);
   let dispatcher: Dispatcher | undefined;
   try {
-    await r.client.post("/v1/endpoints", { url: `${origin}/s1` });
-    await r.client.post("/v1/endpoints", { url: `${origin}/s2` });
-    const calls: number[] = [];
-    for (let i = 0; i < 10; i++) {
-      const id = await r.newCall(`+155504000${String(i).padStart(2, "0")}`);
-      await r.client.post(`/v1/calls/${id}/start`, {});
-      calls.push(id);
-    }
     // The healthy endpoint's deliveries come after all 30 slow ones in the due order.
-    await r.client.post("/v1/endpoints", { url: healthy.url });
-    for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
+    await queueBehind(r, [`${origin}/s1`, `${origin}/s2`], 10, healthy.url);
 
     // 8 slots and up to 8 per endpoint: without a fair share for slow endpoints their 30 oldest
     // deliveries would all go before the healthy endpoint's first.
@@ -96,12 +134,7 @@ test("endpoints that are slow but succeed cannot between them take every slot: a
       batchSize: 8,
       pollMs: 50,
     });
-    dispatcher.start();
-    await healthy.waitForCount(10);
-    assert.deepEqual(
-      healthy.requests.map((q) => q.json.event_type),
-      Array(10).fill("call.ended"),
-    );
+    await endsArrive(dispatcher, healthy, 10);
     assert.ok(
       slowBeforeHealthy !== undefined && slowBeforeHealthy <= 20,
       `${slowBeforeHealthy} of the slow endpoints' 30 started deliveries went before the healthy endpoint's first`,
@@ -129,16 +162,9 @@ test("new endpoints that never answer cannot take every slot before their first 
   const r = await apiOnlyServer(`${origin}/d0`);
   let dispatcher: Dispatcher | undefined;
   try {
-    for (let i = 1; i < 5; i++) await r.client.post("/v1/endpoints", { url: `${origin}/d${i}` });
-    const calls: number[] = [];
-    for (let i = 0; i < 4; i++) {
-      const id = await r.newCall(`+155505000${i}`);
-      await r.client.post(`/v1/calls/${id}/start`, {});
-      calls.push(id);
-    }
     // The healthy endpoint's deliveries come after the dead endpoints' 20 in the due order.
-    await r.client.post("/v1/endpoints", { url: healthy.url });
-    for (const id of calls) await r.client.post(`/v1/calls/${id}/end`, {});
+    const more = [1, 2, 3, 4].map((i) => `${origin}/d${i}`);
+    await queueBehind(r, more, 4, healthy.url);
 
     // 16 slots and up to 16 per endpoint: new endpoints that were each given a healthy one's
     // slots would fill all 16 with attempts that hang for a minute.
@@ -149,18 +175,9 @@ test("new endpoints that never answer cannot take every slot before their first 
       batchSize: 16,
       pollMs: 50,
     });
-    dispatcher.start();
-    await healthy.waitForCount(4);
-    assert.deepEqual(
-      healthy.requests.map((q) => q.json.event_type),
-      Array(4).fill("call.ended"),
-    );
+    await endsArrive(dispatcher, healthy, 4);
     assert.ok(held.length <= 10, `${held.length} attempts hang at the dead endpoints (5 × 2 at most)`);
   } finally {
-    for (const res of held) res.destroy();
-    await dispatcher?.stop(100);
-    await r.done();
-    await healthy.close();
-    await new Promise<void>((res) => dead.close(() => res()));
+    await tearDown(held, dispatcher, r, healthy, dead);
   }
 });
