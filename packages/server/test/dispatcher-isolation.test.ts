@@ -181,3 +181,36 @@ test("new endpoints that never answer cannot take every slot before their first 
     await tearDown(held, dispatcher, r, healthy, dead);
   }
 });
+
+test("an outcome the database refuses holds up only itself: the others of its batch are recorded", async () => {
+  // Two endpoints on one receiver: /poison's answer is refused by a trigger when its attempt is
+  // logged; /ok answers a little later, so its outcome joins the refused one's retried batch.
+  const rx = await startReceiver({
+    respond: (q) => (q.path === "/poison" ? { status: 200, body: "poison" } : { status: 200, delayMs: 300 }),
+  });
+  const r = await apiOnlyServer(`${rx.url}/poison`);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    const ok = (await r.client.post("/v1/endpoints", { url: `${rx.url}/ok` })).body.id as string;
+    await r.api.ctx.store.execScript(
+      "CREATE TRIGGER poison BEFORE INSERT ON attempts WHEN NEW.response_body = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned attempt'); END;",
+    );
+    const call = await r.newCall("+15550700000");
+    await r.client.post(`/v1/calls/${call}/start`, {});
+    dispatcher = new Dispatcher(r.api.ctx, { pollMs: 50 });
+    dispatcher.start();
+    // The lease is 90 s: recorded well before it runs out means recorded apart from the refused one.
+    const recorded = await waitFor("the /ok delivery recorded", async () => {
+      const page = (await r.client.get(`/v1/deliveries?endpoint_id=${ok}`)).body;
+      return page.data[0]?.status === "succeeded" ? page.data[0] : undefined;
+    });
+    assert.equal(recorded.attempts.length, 1);
+    const all = (await r.client.get(`/v1/deliveries?call_id=${call}`)).body.data;
+    assert.deepEqual(all.map((d: { status: string }) => d.status).sort(), ["pending", "succeeded"]);
+  } finally {
+    await r.api.ctx.store.execScript("DROP TRIGGER IF EXISTS poison");
+    await dispatcher?.stop(100);
+    await r.done();
+    await rx.close();
+  }
+});

@@ -545,8 +545,9 @@ export class Dispatcher {
     // outcomes are written one at a time, so one the database cannot take holds up only itself.
     let oneByOne = 0;
     while (this.buffer.length > 0) {
-      const batch = this.buffer.splice(0, oneByOne > 0 ? 1 : 500);
-      if (oneByOne > 0) oneByOne--;
+      const single = oneByOne > 0;
+      const batch = this.buffer.splice(0, single ? 1 : 500);
+      if (single) oneByOne--;
       try {
         const { released, disabled } = await completeBatch(
           this.ctx.store,
@@ -565,13 +566,18 @@ export class Dispatcher {
           released > 0,
         );
       } catch (err) {
-        if (batch.length > 1 && !isDatabaseUnavailable(err)) {
+        if (!single && batch.length > 1 && !isDatabaseUnavailable(err)) {
           this.ctx.log.warn(
             { err, outcomes: batch.length },
             "recording outcomes failed; writing them one by one",
           );
           this.buffer.unshift(...batch);
           oneByOne = batch.length;
+          continue;
+        }
+        if (single && oneByOne > 0) {
+          // The rest of the refused batch goes first; this one is tried again after them.
+          this.buffer.splice(oneByOne, 0, ...batch);
           continue;
         }
         this.ctx.log.warn({ err, outcomes: batch.length }, "recording outcomes failed; retrying");
