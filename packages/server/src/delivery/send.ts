@@ -2,6 +2,7 @@ import { lookup as dnsLookup } from "node:dns";
 import type { LookupFunction } from "node:net";
 import { Agent, type Dispatcher, errors as undiciErrors } from "undici";
 import { memo } from "../util/memo.js";
+import { withoutNul } from "../util/text.js";
 import { classifyAddress, isLiteralIp } from "./address.js";
 
 /** How much of a response body an attempt keeps (PRODUCT.md §3). */
@@ -20,8 +21,6 @@ function loggableText(bytes: Buffer, cut: boolean): string {
   // `stream` holds back the bytes of an unfinished character; a fresh decoder, as it keeps them.
   return withoutNul(cut ? new TextDecoder().decode(bytes, { stream: true }) : bytes.toString("utf8"));
 }
-
-const withoutNul = (text: string): string => text.replaceAll("\0", "\uFFFD");
 
 export type ErrorClass =
   | "timeout"

@@ -5,6 +5,8 @@
  * few quick retries with exponential backoff for transient failures (network errors, 408, 409,
  * 429, 5xx); the durable job around it retries much later if those run out.
  */
+import { withoutNul } from "../util/text.js";
+
 export interface ChatConfig {
   url: string;
   model: string;
@@ -108,7 +110,7 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
   const text = await res.text().catch(() => "");
   if (!res.ok) {
     const retryable = res.status >= 500 || res.status === 408 || res.status === 409 || res.status === 429;
-    throw new SummarizerError(`HTTP ${res.status}: ${storable(text.slice(0, 200))}`, retryable);
+    throw new SummarizerError(`HTTP ${res.status}: ${withoutNul(text.slice(0, 200))}`, retryable);
   }
   let content: unknown;
   try {
@@ -119,8 +121,5 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
   }
   if (typeof content !== "string" || content.trim() === "")
     throw new SummarizerError("the response has no choices[0].message.content", true);
-  return storable(content.trim());
+  return withoutNul(content.trim());
 }
-
-/** Another service's text as the database can keep it: PostgreSQL's text cannot hold NUL. */
-const storable = (text: string): string => text.replaceAll("\0", "\uFFFD");
