@@ -131,9 +131,19 @@ describe("the CLI's API client and errors", () => {
   });
 
   test("a server that takes the connection and never answers is a timeout error, not a hang", async () => {
-    const silent = await serve(() => {});
+    const silent = await serve((req, res) => {
+      // /half: the status and the start of a body, then nothing.
+      if (req.url === "/half") {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.write('{"data":[');
+      }
+    });
     try {
       const client = apiClient({ apiUrl: silent.url, apiKey: "k", timeoutMs: 200 });
+      await assert.rejects(
+        client.get("/half"),
+        (err: unknown) => err instanceof ApiRequestError && err.code === "timeout",
+      );
       await assert.rejects(
         client.get("/v1/endpoints"),
         (err: unknown) =>

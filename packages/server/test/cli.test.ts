@@ -165,6 +165,8 @@ describe("CLI helpers (pure)", () => {
     assert.equal(printable(evil, false), escaped);
     assert.equal(printable(evil, true), escaped);
     assert.equal(printable("a\tb", false), "a\tb");
+    // API text cannot forge the CLI's own colour marks: their characters are escaped too.
+    assert.equal(printable("\uE00031\uE001ALL OK", true), "\\ue00031\\ue001ALL OK");
     const written: string[] = [];
     const tty = { isTTY: true, write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;
     const out = createOutput({ stdout: tty, stderr: tty, env: {} });

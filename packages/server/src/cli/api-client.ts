@@ -80,6 +80,16 @@ export function apiClient(opts: ClientOptions) {
     }
     // One key for every try of this request, so a POST retried after a 429 cannot act twice.
     if (method !== "GET") extra["idempotency-key"] = randomUUID();
+    const timedOut = (cause: unknown) =>
+      new ApiRequestError(
+        0,
+        "timeout",
+        `${method} ${path}: no answer from ${base} within ${timeoutMs / 1000} s`,
+        undefined,
+        {
+          cause,
+        },
+      );
     let res: Response;
     for (let waited = 0; ; ) {
       try {
@@ -90,14 +100,7 @@ export function apiClient(opts: ClientOptions) {
           signal: AbortSignal.timeout(timeoutMs),
         });
       } catch (err) {
-        if ((err as Error).name === "TimeoutError")
-          throw new ApiRequestError(
-            0,
-            "timeout",
-            `${method} ${path}: no answer from ${base} within ${timeoutMs / 1000} s; is --api-url the Klen server?`,
-            undefined,
-            { cause: err },
-          );
+        if ((err as Error).name === "TimeoutError") throw timedOut(err);
         const cause = (err as { cause?: { code?: string; message?: string } }).cause;
         throw new ApiRequestError(
           0,
@@ -115,7 +118,10 @@ export function apiClient(opts: ClientOptions) {
       await new Promise((r) => setTimeout(r, wait));
       waited += wait;
     }
-    const text = await res.text();
+    // The timeout covers the answer's body too.
+    const text = await res.text().catch((err: Error) => {
+      throw err.name === "TimeoutError" ? timedOut(err) : err;
+    });
     let json: unknown;
     try {
       json = text ? JSON.parse(text) : undefined;

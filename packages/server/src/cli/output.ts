@@ -1,3 +1,5 @@
+import { randomBytes } from "node:crypto";
+
 /**
  * Where the client commands write. Results go to stdout (one JSON document, or JSON lines for the
  * streaming commands, with `--json`); progress goes to stderr and only on a terminal and without
@@ -22,18 +24,21 @@ export interface Output {
   bold(s: string): string;
 }
 
-// C0 and C1 control characters but tab (ESC, newline and carriage return included), and the
-// bidirectional overrides that make text read differently from how it is stored.
+// C0 and C1 control characters but tab (ESC, newline and carriage return included), the
+// bidirectional overrides that make text read differently from how it is stored, and the two
+// private-use characters of the CLI's own colour marks (below), so API text cannot forge one.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
-const CONTROL = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\uE000\uE001]/g;
 
 /**
- * The CLI's own colours travel through its text as marks (private-use characters around the SGR
- * code) and become escape sequences only as a line is written, after every control character in
- * it was escaped: so an escape sequence inside API data (an endpoint's description, a receiver's
- * response body) never reaches the terminal as one, colour code or not.
+ * The CLI's own colours travel through its text as marks (private-use characters around a nonce of
+ * this process and the SGR code) and become escape sequences only as a line is written, after
+ * everything else in it was escaped: so an escape sequence inside API data (an endpoint's
+ * description, a receiver's response body) never reaches the terminal as one, colour code or not,
+ * and API text cannot forge a mark, not knowing the nonce (its mark characters are escaped).
  */
-const MARK = /\uE000(\d{1,2})\uE001/g;
+const NONCE = randomBytes(6).toString("hex");
+const MARK = new RegExp(`\uE000${NONCE}(\\d{1,2})\uE001`);
 const PAINT_CODES = new Set(["1", "2", "22", "31", "32", "33", "39"]);
 
 /**
@@ -42,9 +47,16 @@ const PAINT_CODES = new Set(["1", "2", "22", "31", "32", "33", "39"]);
  * fake a line. The marks of `paint` become colour codes when `color` is on and vanish otherwise.
  */
 export function printable(text: string, color: boolean): string {
-  return text
-    .replace(CONTROL, (m) => `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}`)
-    .replace(MARK, (_, code: string) => (color && PAINT_CODES.has(code) ? `\x1b[${code}m` : ""));
+  // Split on the marks (odd parts are their codes); the text between them is escaped.
+  const parts = text.split(MARK);
+  let out = "";
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    if (i % 2 === 0)
+      out += part.replace(CONTROL, (m) => `\\u${m.charCodeAt(0).toString(16).padStart(4, "0")}`);
+    else if (color && PAINT_CODES.has(part)) out += `\x1b[${part}m`;
+  }
+  return out;
 }
 
 /** Colour unless NO_COLOR is set to something (no-color.org: an empty value does not count) or TERM=dumb. */
@@ -66,7 +78,7 @@ export function createOutput(opts: {
   const color = !json && colorOn(stdout, env);
   const errColor = !json && colorOn(stderr, env);
   const paint = (code: number, reset: number) => (s: string) =>
-    color || errColor ? `\uE000${code}\uE001${s}\uE000${reset}\uE001` : s;
+    color || errColor ? `\uE000${NONCE}${code}\uE001${s}\uE000${NONCE}${reset}\uE001` : s;
   return {
     json,
     color,
