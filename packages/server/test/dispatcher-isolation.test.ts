@@ -130,6 +130,7 @@ test("endpoints that are slow but succeed cannot between them take every slot: a
       concurrency: 8,
       perEndpoint: 8,
       perFailingEndpoint: 2,
+      minSlowShare: 2,
       slowAttemptMs: 200,
       batchSize: 8,
       pollMs: 50,

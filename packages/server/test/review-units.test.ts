@@ -3,6 +3,7 @@ import { test } from "node:test";
 import { RateLimiter } from "../src/api/auth.js";
 import { ConfigError, loadConfig } from "../src/config.js";
 import { floorPlan } from "../src/delivery/dispatcher.js";
+import { isRefusedContent } from "../src/storage/store.js";
 import { idFloor, newId } from "../src/util/ids.js";
 import { parseIso } from "../src/util/time.js";
 
@@ -143,4 +144,35 @@ test("a floor looked up again builds on the old one, but not across an endpoint 
     failing: ["dead1", "dead2"],
     from: 0,
   });
+});
+
+test("only a write refused for its content sends outcomes one by one, never a database that refuses every write", () => {
+  const refused = (code: string) => isRefusedContent(Object.assign(new Error(code), { code }));
+  for (const code of [
+    "22P05",
+    "22021",
+    "23505",
+    "23514",
+    "SQLITE_CONSTRAINT_TRIGGER",
+    "SQLITE_CONSTRAINT_CHECK",
+    "SQLITE_TOOBIG",
+  ])
+    assert.equal(refused(code), true, code);
+  // Read-only standby, disk full, serialization failure, deadlock, statement timeout, lock wait,
+  // connection trouble, a busy or read-only SQLite file: every write would fail alike.
+  for (const code of [
+    "25006",
+    "53100",
+    "40001",
+    "40P01",
+    "57014",
+    "55P03",
+    "08006",
+    "ECONNRESET",
+    "SQLITE_BUSY",
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+  ])
+    assert.equal(refused(code), false, code);
+  assert.equal(isRefusedContent(new Error("no code")), false);
 });

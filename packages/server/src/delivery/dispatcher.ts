@@ -3,7 +3,7 @@ import { previousSecrets } from "../endpoints/secrets.js";
 import { logBackgroundFailure } from "../log.js";
 import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../metrics.js";
 import { inListOf, listValue } from "../storage/lists.js";
-import { isDatabaseUnavailable } from "../storage/store.js";
+import { isRefusedContent } from "../storage/store.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
@@ -29,6 +29,8 @@ export interface DispatcherOptions {
    * a slow endpoint holds at most its fair share of the slots (`capOf`).
    */
   slowAttemptMs: number;
+  /** The least a slow endpoint's fair share comes to, however many endpoints are in flight. */
+  minSlowShare: number;
   /** Deliveries claimed per query. */
   batchSize: number;
   /** How often to look for due work when nothing wakes the dispatcher (retries coming due). */
@@ -54,6 +56,7 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   // 5-40 dead endpoints). Now 128 failing or 32 new endpoints would be needed to fill them.
   perFailingEndpoint: 2,
   perNewEndpoint: 8,
+  minSlowShare: 8,
   slowAttemptMs: 1_000,
   batchSize: 256,
   pollMs: 250,
@@ -416,7 +419,7 @@ export class Dispatcher {
     // (SQLite drain: 13 % more CPU per delivery).
     const sharing = this.perEndpoint.size + (this.perEndpoint.has(endpointId) ? 1 : 2);
     const share = Math.floor(this.opts.concurrency / sharing);
-    return Math.min(this.opts.perEndpoint, Math.max(this.opts.perFailingEndpoint, share));
+    return Math.min(this.opts.perEndpoint, Math.max(this.opts.minSlowShare, share));
   }
 
   /**
@@ -541,8 +544,9 @@ export class Dispatcher {
   private async flush(): Promise<void> {
     // Let outcomes that finish in the same tick join the batch.
     await new Promise((r) => setImmediate(r));
-    // After a batch the database refused for what it held (not for being unreachable), its
-    // outcomes are written one at a time, so one the database cannot take holds up only itself.
+    // After a batch the database refused for what it held (a value or a constraint: not for being
+    // unreachable, read-only or busy, which every write would hit), its outcomes are written one
+    // at a time, so one the database cannot take holds up only itself.
     let oneByOne = 0;
     while (this.buffer.length > 0) {
       const single = oneByOne > 0;
@@ -566,7 +570,7 @@ export class Dispatcher {
           released > 0,
         );
       } catch (err) {
-        if (!single && batch.length > 1 && !isDatabaseUnavailable(err)) {
+        if (!single && batch.length > 1 && isRefusedContent(err)) {
           this.ctx.log.warn(
             { err, outcomes: batch.length },
             "recording outcomes failed; writing them one by one",
@@ -575,7 +579,7 @@ export class Dispatcher {
           oneByOne = batch.length;
           continue;
         }
-        if (single && oneByOne > 0) {
+        if (single && oneByOne > 0 && isRefusedContent(err)) {
           // The rest of the refused batch goes first; this one is tried again after them.
           this.buffer.splice(oneByOne, 0, ...batch);
           continue;

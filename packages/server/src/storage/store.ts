@@ -110,3 +110,16 @@ export function isDatabaseUnavailable(err: unknown): boolean {
   }
   return false;
 }
+
+/**
+ * True when the database refused a write for what it held — a value it cannot store or a
+ * constraint or trigger that rejects it (PostgreSQL classes 22 and 23, SQLite's constraint,
+ * mismatch and size errors) — so that the same write will fail again, and only that write.
+ * Not for a database that refuses every write (read-only, full, locked, busy).
+ */
+export function isRefusedContent(err: unknown): boolean {
+  const code = typeof err === "object" && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (typeof code !== "string") return false;
+  if (/^2[23][0-9A-Z]{3}$/.test(code)) return true;
+  return code.startsWith("SQLITE_CONSTRAINT") || code === "SQLITE_MISMATCH" || code === "SQLITE_TOOBIG";
+}
