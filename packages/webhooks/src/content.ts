@@ -2,6 +2,8 @@
  * The full transcript or summary of an event, whether it came inline or, past the sender's
  * inline limit (64 KiB by default), behind a pre-signed `transcript_url` / `summary_url`.
  */
+
+import { brand, isBranded } from "./errors.js";
 import type { CallEndedEvent, CallSummaryEvent, CallTranscriptEvent } from "./events.js";
 
 /** Events that carry text content. */
@@ -62,6 +64,11 @@ export class ContentFetchError extends Error {
     this.code = code;
     this.status = options?.status;
     this.reason = options?.reason;
+    brand(this, "ContentFetchError");
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isBranded(value, "ContentFetchError");
   }
 }
 
@@ -173,7 +180,11 @@ async function readText(response: Response, maxBytes: number): Promise<string> {
     const { done, value } = await reader.read();
     if (done) break;
     received += value.byteLength;
-    if (received > maxBytes) throw tooLarge(maxBytes);
+    if (received > maxBytes) {
+      // Stop the transfer: the caller's own cancel cannot, while this reader holds the stream.
+      await reader.cancel().catch(() => {});
+      throw tooLarge(maxBytes);
+    }
     text += decoder.decode(value, { stream: true });
   }
   return text + decoder.decode();

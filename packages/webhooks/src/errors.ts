@@ -1,5 +1,23 @@
 import type { SchemaIssue } from "./validate.js";
 
+/** The package's errors carry this, valued with their class's name, in both of its builds. */
+const BRAND = Symbol.for("@klen/webhooks.error");
+
+/**
+ * Marks `error` as an instance of the package's class `name`, for `isBranded`. The package ships an
+ * ES and a CommonJS build, two module instances with classes of their own: a receiver that imports
+ * one part and requires another would otherwise see `instanceof` fail across them (and an adapter
+ * answer 500 instead of 400 to a bad signature).
+ */
+export function brand(error: Error, name: string): void {
+  Object.defineProperty(error, BRAND, { value: name });
+}
+
+/** `instanceof` for the package's error classes, true across its two builds (their `Symbol.hasInstance`). */
+export function isBranded(value: unknown, name: string): boolean {
+  return typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[BRAND] === name;
+}
+
 /**
  * Why a webhook was rejected. Stable strings: match on them, log them, return them to the
  * sender; the human-readable `message` may change between versions.
@@ -47,6 +65,11 @@ export class WebhookVerificationError extends Error {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.issues = options?.issues ?? [];
+    brand(this, "WebhookVerificationError");
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isBranded(value, "WebhookVerificationError");
   }
 }
 
@@ -61,4 +84,12 @@ export class WebhookVerificationError extends Error {
  */
 export class WebhookKeyError extends Error {
   override readonly name = "WebhookKeyError";
+  constructor(message: string) {
+    super(message);
+    brand(this, "WebhookKeyError");
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isBranded(value, "WebhookKeyError");
+  }
 }

@@ -7,6 +7,8 @@
  * sender's next retry can run it again.
  */
 
+import { brand, isBranded } from "./errors.js";
+
 /** What `claim` found. */
 export type ClaimResult =
   /** The caller holds the key now and must run the handler. */
@@ -77,6 +79,14 @@ export type OnceResult<T> =
  */
 export class IdempotencyTimeoutError extends Error {
   override readonly name = "IdempotencyTimeoutError";
+  constructor(message: string) {
+    super(message);
+    brand(this, "IdempotencyTimeoutError");
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isBranded(value, "IdempotencyTimeoutError");
+  }
 }
 
 /** A once-per-key runner. */

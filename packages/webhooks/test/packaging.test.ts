@@ -50,6 +50,36 @@ describe("packaging", () => {
     });
   });
 
+  test("errors are instances across the two builds: a bad signature from one is a 400 in an adapter of the other", async () => {
+    const esm = await import("@klen/webhooks");
+    const cjs = require("@klen/webhooks") as typeof esm;
+    const headers = {
+      "webhook-id": "evt_1",
+      "webhook-timestamp": "1700000000",
+      "webhook-signature": "v1,AAAA",
+    };
+    const fromCjs = (() => {
+      try {
+        new cjs.Webhook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").verify("{}", headers, { now: 1700000000 });
+      } catch (err) {
+        return err;
+      }
+    })();
+    assert.ok(fromCjs instanceof esm.WebhookVerificationError);
+    assert.ok(fromCjs instanceof cjs.WebhookVerificationError);
+    assert.ok(!(fromCjs instanceof esm.WebhookKeyError));
+    assert.ok(!(new Error("x") instanceof esm.WebhookVerificationError));
+    // The CommonJS adapters' own check, given what the ES build threw.
+    const { rejection } = require(`${PACKAGE_DIR}dist/cjs/adapters/common.js`) as {
+      rejection(err: unknown): { status: number; body: string } | undefined;
+    };
+    assert.deepEqual(rejection(new esm.WebhookVerificationError("no_matching_signature", "x")), {
+      status: 400,
+      body: '{"error":{"code":"no_matching_signature"}}',
+    });
+    assert.equal(rejection(new esm.BodyTooLargeError(10))?.status, 413);
+  });
+
   test("TypeScript resolves every entry point and its types from CommonJS, ESM and node10 projects", () => {
     const dir = mkdtempSync(join(tmpdir(), "klen-sdk-ts-"));
     try {

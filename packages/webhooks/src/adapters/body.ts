@@ -4,6 +4,8 @@
  * different byte string (spacing, key order, escapes, number formats).
  */
 
+import { brand, isBranded } from "../errors.js";
+
 /**
  * Default largest body, 1 MiB (`maxBodyBytes` in the adapters' options). Klen moves transcripts and summaries over 64 KiB behind a URL,
  * so real events are far smaller; the bound keeps an unauthenticated sender from streaming
@@ -23,6 +25,11 @@ export class BodyTooLargeError extends Error {
   override readonly name = "BodyTooLargeError";
   constructor(readonly maxBytes: number) {
     super(`Request body is larger than ${maxBytes} bytes`);
+    brand(this, "BodyTooLargeError");
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isBranded(value, "BodyTooLargeError");
   }
 }
 
