@@ -69,6 +69,11 @@ for (const [name, makeSender] of senders)
           // Far past what is drained: the sender drops the connection, the 200 stands.
           res.end("y".repeat(1024 * 1024));
           return;
+        case "/reset-after-200":
+          res.writeHead(200);
+          res.write("partial");
+          setTimeout(() => res.socket?.destroy(), 20);
+          return;
         case "/hang":
           return; // never answers
         case "/dribble":
@@ -142,12 +147,14 @@ for (const [name, makeSender] of senders)
       });
     });
 
-    test("a status that came in time stands when its body never finishes; no status in time is a timeout", async () => {
+    test("a status that came in time stands when its body never finishes or its connection breaks; no status in time is a timeout", async () => {
       await withSender({ dev: true, timeoutMs: 300 }, async (sender) => {
         const ok = await post(sender, "/dribble");
         assert.deepEqual([ok.statusCode, ok.error, ok.responseBody], [200, null, "partial"]);
         const bad = await post(sender, "/dribble-500");
         assert.deepEqual([bad.statusCode, bad.error, bad.responseBody], [500, "http_status", "partial"]);
+        const reset = await post(sender, "/reset-after-200");
+        assert.deepEqual([reset.statusCode, reset.error], [200, null]);
         const none = await post(sender, "/hang");
         assert.deepEqual([none.statusCode, none.error], [null, "timeout"]);
       });

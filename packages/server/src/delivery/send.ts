@@ -240,7 +240,9 @@ export class Sender implements AttemptSender {
         },
         onResponseEnd: () => answered(),
         onResponseError: (_c, err) => {
-          if (truncated) return answered();
+          // The status had come (the connection broke in the body, or was dropped past the drain
+          // limit): it stands, as when the body outlasts the timeout.
+          if (truncated || statusCode !== 0) return answered();
           if (settled) return;
           const cls = classify(err);
           const message =
