@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { parseRetryAfter } from "../delivery/schedule.js";
 import { VERSION } from "../version.js";
 
 /** A failed API call: the server's stable error `code` and the field at fault, when it named one. */
@@ -24,10 +25,9 @@ export interface ClientOptions {
   maxRateLimitWaitMs?: number;
 }
 
-/** Seconds of a `Retry-After` header (the API sends whole seconds); 1 when absent or unreadable. */
+/** How long a `429`'s `Retry-After` asks to wait: between 1 and 60 s, 1 s when absent or unreadable. */
 function retryAfterMs(value: string | null): number {
-  const seconds = Number(value);
-  return (Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 60) : 1) * 1000;
+  return Math.min(60_000, Math.max(1_000, parseRetryAfter(value ?? undefined, Date.now()) ?? 0));
 }
 
 /** `--api-url` without a trailing slash, checked early so a typo is an error, not a hang. */

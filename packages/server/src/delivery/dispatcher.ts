@@ -584,7 +584,7 @@ export class Dispatcher {
           this.buffer.splice(oneByOne, 0, ...batch);
           continue;
         }
-        this.ctx.log.warn({ err, outcomes: batch.length }, "recording outcomes failed; retrying");
+        logBackgroundFailure(this.ctx.log, { outcomes: batch.length }, "recording outcomes failed", err);
         this.buffer.unshift(...batch);
         await new Promise((r) => setTimeout(r, 500));
         // Past the lease another worker may have taken them: drop what cannot be recorded safely.
