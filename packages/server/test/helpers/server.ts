@@ -37,19 +37,32 @@ export interface ServerProcess {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-/**
- * Starts `klen-webhooks serve` as a real child process and waits for /healthz. Fast retry
- * schedules and dev mode (loopback receivers) are the defaults; `env` overrides anything.
- */
-export async function spawnServer(opts: {
+export interface SpawnOptions {
   dataDir: string;
   env?: Record<string, string>;
   role?: "all" | "api" | "worker";
   apiKey?: string;
   /** Extra options for node itself (the bench's `--cpu-prof`). */
   nodeArgs?: string[];
-}): Promise<ServerProcess> {
-  const port = await freePort();
+}
+
+/**
+ * Starts `klen-webhooks serve` as a real child process and waits for /healthz. Fast retry
+ * schedules and dev mode (loopback receivers) are the defaults; `env` overrides anything.
+ * A port that `freePort` found free can be taken by another test file's server before this one
+ * binds it: the start then fails naming PORT and is made again on another port.
+ */
+export async function spawnServer(opts: SpawnOptions): Promise<ServerProcess> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await spawnOn(await freePort(), opts);
+    } catch (err) {
+      if (tries >= 5 || !/already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess> {
   const apiKey = opts.apiKey ?? "klen_test_key_0123456789";
   const env: Record<string, string> = {
     ...(process.env as Record<string, string>),
@@ -61,6 +74,8 @@ export async function spawnServer(opts: {
     KLEN_RETRY_SCHEDULE: "100ms,200ms,300ms",
     KLEN_DELIVERY_TIMEOUT: "2s",
     LOG_LEVEL: "warn",
+    // The start-up banner names the address the process bound (printed unless CI is "true").
+    CI: "false",
     ...(opts.env ?? {}),
   };
   let out = "";
@@ -88,6 +103,8 @@ export async function spawnServer(opts: {
         `server on ${url}`,
         async () => {
           if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}: ${out}`);
+          // This process's banner, not only some server answering on the port.
+          if (!out.includes(` on ${url}\n`)) return false;
           const r = await fetch(`${url}/healthz`).catch(() => undefined);
           return r?.ok;
         },
