@@ -393,6 +393,35 @@ describe("client commands against a running server", () => {
     dir.remove();
   });
 
+  test("trigger runs started at once on a fresh account share one agent; a deleted one is replaced", async () => {
+    const triggerAgents = async () =>
+      ((await server.api.get("/v1/agents?limit=100")).body.data as Array<{ id: number; name: string }>).filter(
+        (a) => a.name === "klen-webhooks trigger",
+      );
+    assert.deepEqual(await triggerAgents(), [], "a fresh account");
+    const runs = await Promise.all([1, 2, 3, 4].map(() => cli(["trigger", "call.started", "--json"], env)));
+    for (const r of runs) assert.equal(r.code, 0, r.stderr);
+    const ids = new Set(runs.map((r) => JSON.parse(r.stdout).agent_id as number));
+    assert.equal(ids.size, 1, `one agent for all four runs, got ${[...ids].join(", ")}`);
+    assert.deepEqual(
+      (await triggerAgents()).map((a) => a.id),
+      [...ids],
+    );
+
+    // Deleted within the 24 h the first creation is replayed for: the next run makes a new one.
+    const [first] = ids;
+    assert.equal((await server.api.del(`/v1/agents/${first}`)).status, 200);
+    const next = await Promise.all([1, 2].map(() => cli(["trigger", "call.started", "--json"], env)));
+    for (const r of next) assert.equal(r.code, 0, r.stderr);
+    const nextIds = new Set(next.map((r) => JSON.parse(r.stdout).agent_id as number));
+    assert.equal(nextIds.size, 1);
+    assert.notEqual([...nextIds][0], first);
+    assert.deepEqual(
+      (await triggerAgents()).map((a) => a.id),
+      [...nextIds],
+    );
+  });
+
   test("trigger call.ended --json emits call.started and call.ended", async () => {
     const r = await cli(["trigger", "call.ended", "--json"], env);
     assert.equal(r.code, 0, r.stderr);

@@ -153,5 +153,16 @@ for (const backend of backends()) {
       }
       assert.equal((await a.api.get(`/v1/events?call_id=${id}`)).body.data.length, 1);
     });
+
+    test('first test calls raced from both processes create one "Test Agent"', async () => {
+      const rs = await both(8, (s) => s.api.post("/v1/test-calls", { outcome: "busy" }));
+      assert.deepEqual(
+        rs.map((r) => r.status),
+        rs.map(() => 202),
+        JSON.stringify(rs.map((r) => r.body)),
+      );
+      const agents = (await a.api.get("/v1/agents?limit=100")).body.data as Array<{ name: string }>;
+      assert.equal(agents.filter((x) => x.name === "Test Agent").length, 1);
+    });
   });
 }

@@ -68,6 +68,7 @@ export function apiClient(opts: ClientOptions) {
     method: string,
     path: string,
     body?: { json: unknown } | { bytes: Uint8Array; contentType: string },
+    idempotencyKey: string = randomUUID(),
   ): Promise<T> {
     const extra: Record<string, string> = {};
     let payload: string | Blob | undefined;
@@ -79,7 +80,7 @@ export function apiClient(opts: ClientOptions) {
       payload = new Blob([new Uint8Array(body.bytes)]);
     }
     // One key for every try of this request, so a POST retried after a 429 cannot act twice.
-    if (method !== "GET") extra["idempotency-key"] = randomUUID();
+    if (method !== "GET") extra["idempotency-key"] = idempotencyKey;
     const timedOut = (cause: unknown) =>
       new ApiRequestError(
         0,
@@ -152,7 +153,9 @@ export function apiClient(opts: ClientOptions) {
     base,
     key,
     get: <T>(path: string) => request<T>("GET", path),
-    post: <T>(path: string, json: unknown = {}) => request<T>("POST", path, { json }),
+    /** A POST; `idempotencyKey` (default: a fresh one) makes concurrent or repeated runs one. */
+    post: <T>(path: string, json: unknown = {}, idempotencyKey?: string) =>
+      request<T>("POST", path, { json }, idempotencyKey),
     patch: <T>(path: string, json: unknown) => request<T>("PATCH", path, { json }),
     delete: <T>(path: string) => request<T>("DELETE", path),
     upload: <T>(path: string, bytes: Uint8Array, contentType: string) =>

@@ -1,6 +1,6 @@
 import { EVENT_TYPES, type EventType, FAILURE_REASONS } from "@klen/webhooks/schemas";
 import { InvalidArgumentError } from "commander";
-import { type ApiClient, type CallObject, type EventObject, listAll } from "./api-client.js";
+import { type ApiClient, ApiRequestError, type CallObject, type EventObject, listAll } from "./api-client.js";
 import { toneWav } from "./wav.js";
 
 /** The agent `trigger` creates once and reuses afterwards. */
@@ -44,17 +44,33 @@ const SAMPLE_TRANSCRIPT = [
   "Customer: Great, thanks for your help.",
 ].join("\n");
 
-/** The agent to use: `--agent-id`, else the trigger agent, created the first time. */
+/**
+ * The agent to use: `--agent-id`, else the trigger agent, created the first time. The creation
+ * carries a fixed Idempotency-Key, so runs that start at once on a fresh account get one agent
+ * (the server replays the first creation to the others for 24 h). When the replayed agent was
+ * deleted since, the next key is derived from its id, so concurrent runs still agree on one.
+ */
 export async function triggerAgent(client: ApiClient, agentId: number | undefined): Promise<number> {
   if (agentId !== undefined) return agentId;
   const agents = await listAll<{ id: number; name: string }>(client, "/v1/agents");
   const mine = agents.find((a) => a.name === TRIGGER_AGENT_NAME);
   if (mine) return mine.id;
-  const created = await client.post<{ id: number }>("/v1/agents", {
-    name: TRIGGER_AGENT_NAME,
-    assistant_id: "assistant_cli",
-  });
-  return created.id;
+  let key = "klen-webhooks-trigger-agent";
+  for (let tries = 0; ; tries++) {
+    const created = await client.post<{ id: number }>(
+      "/v1/agents",
+      { name: TRIGGER_AGENT_NAME, assistant_id: "assistant_cli" },
+      key,
+    );
+    if (tries === 4) return created.id;
+    try {
+      await client.get(`/v1/agents/${created.id}`);
+      return created.id;
+    } catch (err) {
+      if (!(err instanceof ApiRequestError) || err.status !== 404) throw err;
+      key = `klen-webhooks-trigger-agent-after-${created.id}`;
+    }
+  }
 }
 
 export interface TriggerResult {

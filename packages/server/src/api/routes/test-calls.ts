@@ -13,13 +13,22 @@ export const MAX_TRANSCRIPT_BYTES = 10 * 1024 * 1024;
 const TEST_AGENT = "Test Agent";
 
 /** The agent of a test call: the one named, else the account's "Test Agent" (created once). */
-async function testAgent(trx: Db, accountId: number, agentId: number | undefined, now: number) {
+async function testAgent(
+  trx: Db,
+  accountId: number,
+  agentId: number | undefined,
+  now: number,
+  rowLocks: boolean,
+) {
   if (agentId !== undefined) {
     const a = await findAgent(trx, accountId, agentId).catch(() => {
       throw badRequest("agent_id", `agent ${agentId} not found`);
     });
     return { id: Number(a.id), name: a.name };
   }
+  // Two first test calls at once must not both create it (SQLite: one writer at a time).
+  if (rowLocks)
+    await trx.selectFrom("accounts").select("id").where("id", "=", accountId).forUpdate().execute();
   const found = await trx
     .selectFrom("agents")
     .select(["id", "name"])
@@ -91,7 +100,7 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
             .executeTakeFirst();
           if (!ep) throw badRequest("endpoint_id", `endpoint ${b.endpoint_id} not found`);
         }
-        const agent = await testAgent(trx, accountId, b.agent_id, now);
+        const agent = await testAgent(trx, accountId, b.agent_id, now, ctx.store.caps.rowLocks);
         agentName = agent.name;
         const call = await trx
           .insertInto("calls")
