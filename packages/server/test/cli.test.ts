@@ -395,9 +395,9 @@ describe("client commands against a running server", () => {
 
   test("trigger runs started at once on a fresh account share one agent; a deleted one is replaced", async () => {
     const triggerAgents = async () =>
-      ((await server.api.get("/v1/agents?limit=100")).body.data as Array<{ id: number; name: string }>).filter(
-        (a) => a.name === "klen-webhooks trigger",
-      );
+      (
+        (await server.api.get("/v1/agents?limit=100")).body.data as Array<{ id: number; name: string }>
+      ).filter((a) => a.name === "klen-webhooks trigger");
     assert.deepEqual(await triggerAgents(), [], "a fresh account");
     const runs = await Promise.all([1, 2, 3, 4].map(() => cli(["trigger", "call.started", "--json"], env)));
     for (const r of runs) assert.equal(r.code, 0, r.stderr);
