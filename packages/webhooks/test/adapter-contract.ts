@@ -120,6 +120,50 @@ export function adapterContract(name: string, start: StartServer): void {
       assert.equal(callsFor("evt_fail_once").length, 1);
     });
 
+    test("unknownEvents: a signed event of a type this SDK does not know is 400 by default, 200 when acknowledged", async () => {
+      const newer = JSON.stringify({ ...JSON.parse(seedBody()), event_type: "call.transferred" });
+      const res = await post(newer, signedHeaders(newer, "evt_newer_default"));
+      assert.equal(res.status, 400);
+      assert.deepEqual(await res.json(), { error: { code: "invalid_body" } });
+
+      const seen: unknown[] = [];
+      const acking = await start({
+        unknownEvents: "acknowledge",
+        onError: (err) => errors.push(err),
+        onEvent: (event) => {
+          seen.push(event);
+        },
+      });
+      try {
+        const to = (body: string, headers: Record<string, string>) =>
+          fetch(acking.url, { method: "POST", body, headers });
+        const acked = await to(newer, signedHeaders(newer, "evt_newer"));
+        assert.equal(acked.status, 200);
+        assert.deepEqual(await acked.json(), { received: true, ignored: "unknown_event_type" });
+        assert.deepEqual(seen, [], "the handler does not run for it");
+        // Everything else is refused as before: a forged one, a known type with a bad field, not JSON.
+        const forged = await to(newer, {
+          ...signedHeaders(newer, "evt_forged"),
+          "webhook-signature": "v1,AAAA",
+        });
+        assert.equal(forged.status, 400);
+        assert.deepEqual(await forged.json(), { error: { code: "no_matching_signature" } });
+        const broken = JSON.stringify({ ...JSON.parse(seedBody()), call: "nope" });
+        const bad = await to(broken, signedHeaders(broken, "evt_broken"));
+        assert.equal(bad.status, 400);
+        for (const body of ["not json", '{"event_type":42}', '{"event_type":""}']) {
+          const r = await to(body, signedHeaders(body, "evt_odd"));
+          assert.equal(r.status, 400, body);
+        }
+        const body = seedBody();
+        const known = await to(body, signedHeaders(body, "evt_known"));
+        assert.equal(known.status, 200);
+        assert.equal(seen.length, 1);
+      } finally {
+        await acking.close();
+      }
+    });
+
     test("an oversized body is refused with 413", async () => {
       const body = JSON.stringify({ pad: "x".repeat(MAX_BODY) });
       const res = await post(body, signedHeaders(body, "evt_big"));

@@ -6,6 +6,7 @@ import { WebhookVerificationError } from "../errors.js";
 import type { CallEvent } from "../events.js";
 import { getHeader, type HeadersInput } from "../headers.js";
 import type { Idempotency } from "../idempotency.js";
+import { EVENT_TYPES } from "../schemas.js";
 import type { VerifyOptions } from "../tolerance.js";
 import type { Webhook } from "../webhook.js";
 import { BodyTooLargeError } from "./body.js";
@@ -38,6 +39,15 @@ export interface AdapterOptions {
    * a handler error with its delivery, or an unexpected one without. Default: `console.error`.
    */
   readonly onError?: (error: unknown, delivery?: WebhookDelivery) => void;
+  /**
+   * What to answer a correctly signed event whose `event_type` this SDK does not know (one a
+   * newer server added). `"reject"` (default): 400 `invalid_body`, as `verify` throws, so the
+   * sender retries it. `"acknowledge"`: 200 `{"received":true,"ignored":"unknown_event_type"}`
+   * without running the handler, so a server that adds an event type does not see its deliveries
+   * to this receiver fail. Either way a body that is not JSON, or a known type with a wrong field,
+   * is a 400.
+   */
+  readonly unknownEvents?: "reject" | "acknowledge";
 }
 
 /** Options of an adapter that runs a handler and answers the request itself. */
@@ -63,6 +73,30 @@ export function rejection(err: unknown): AdapterResponse | undefined {
   return undefined;
 }
 
+/**
+ * The 200 for a correctly signed event of a type this SDK does not know, when the options
+ * acknowledge those; `undefined` for any other failure. `err` came from `verify`, which checks the
+ * signature before the body, so an `invalid_body` error means the signature matched.
+ */
+export function unknownEventAck(
+  err: unknown,
+  body: Uint8Array,
+  opts: AdapterOptions,
+): AdapterResponse | undefined {
+  if (opts.unknownEvents !== "acknowledge") return undefined;
+  if (!(err instanceof WebhookVerificationError) || err.code !== "invalid_body") return undefined;
+  let type: unknown;
+  try {
+    type = (JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(body)) as { event_type?: unknown })
+      ?.event_type;
+  } catch {
+    return undefined;
+  }
+  if (typeof type !== "string" || type === "" || (EVENT_TYPES as readonly string[]).includes(type))
+    return undefined;
+  return { status: 200, body: JSON.stringify({ received: true, ignored: "unknown_event_type" }) };
+}
+
 /** Builds the delivery from a verified event and its headers (already checked present). */
 export function deliveryOf(event: CallEvent, headers: HeadersInput): WebhookDelivery {
   return {
@@ -82,7 +116,7 @@ export function verifySync(
   try {
     return deliveryOf(wh.verify(body, headers, opts.verify), headers);
   } catch (err) {
-    const r = rejection(err);
+    const r = unknownEventAck(err, body, opts) ?? rejection(err);
     if (r) return r;
     throw err;
   }

@@ -14,6 +14,7 @@ import {
   rejection,
   reportError,
   runHandler,
+  unknownEventAck,
   type WebhookDelivery,
 } from "./common.js";
 
@@ -68,11 +69,13 @@ export function fetchWebhookHandler(
   opts: HandlerOptions<Request>,
 ): (request: Request) => Promise<Response> {
   return async (request) => {
+    let body: Uint8Array | undefined;
     let delivery: WebhookDelivery;
     try {
-      delivery = await verifyRequest(wh, request, opts);
+      body = await readFetchBody(request, opts.maxBodyBytes);
+      delivery = deliveryOf(await wh.verifyAsync(body, request.headers, opts.verify), request.headers);
     } catch (err) {
-      const r = rejection(err);
+      const r = (body && unknownEventAck(err, body, opts)) ?? rejection(err);
       if (r) return toResponse(r);
       reportError(opts, err);
       return toResponse(errorResponse(500, "internal_error"));
