@@ -31,6 +31,14 @@ export function setUnauthorizedHandler(fn) {
   onUnauthorized = fn;
 }
 
+const RATE_LIMIT_WAIT_MS = 10_000;
+
+/** `Retry-After` in delay-seconds as milliseconds, 1 s when absent or not a number. */
+function retryAfterMs(value) {
+  const seconds = Number(value);
+  return Number.isFinite(seconds) && seconds >= 0 ? Math.max(seconds, 0.2) * 1000 : 1000;
+}
+
 /**
  * Calls the API and returns the parsed JSON body; throws ApiError for non-2xx answers.
  * @param {string} method
@@ -42,12 +50,27 @@ export async function api(method, path, body, opts = {}) {
   const key = opts.key ?? session.key;
   const headers = { authorization: `Bearer ${key ?? ""}` };
   if (body !== undefined) headers["content-type"] = "application/json";
+  // One key for every try of this request, so a POST tried again after a 429 acts once.
   if (method === "POST") headers["idempotency-key"] = crypto.randomUUID();
   let res;
-  try {
-    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (err) {
-    throw new ApiError(0, "network_error", `Cannot reach the server (${err.message})`);
+  for (let waited = 0; ; ) {
+    try {
+      res = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new ApiError(0, "network_error", `Cannot reach the server (${err.message})`);
+    }
+    // Over the server's rate limit (KLEN_RATE_LIMIT): wait as its Retry-After says and try again,
+    // up to RATE_LIMIT_WAIT_MS in all; past that the 429 is shown, with the wait it asked for.
+    if (res.status !== 429) break;
+    const wait = retryAfterMs(res.headers.get("retry-after"));
+    if (waited + wait > RATE_LIMIT_WAIT_MS) break;
+    await res.arrayBuffer().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, wait));
+    waited += wait;
   }
   const text = await res.text();
   let json;
@@ -58,10 +81,13 @@ export async function api(method, path, body, opts = {}) {
   }
   if (!res.ok) {
     const e = json?.error ?? {};
+    const retry = res.status === 429 ? res.headers.get("retry-after") : null;
     const err = new ApiError(
       res.status,
       e.code ?? "http_error",
-      e.message ?? `HTTP ${res.status}`,
+      retry
+        ? `${e.message ?? "Too many requests"}: try again in ${retry} s`
+        : (e.message ?? `HTTP ${res.status}`),
       e.details,
     );
     if (res.status === 401 && opts.key === undefined) onUnauthorized(err);

@@ -24,7 +24,17 @@ let account = null;
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, "");
   const [path, query = ""] = raw.split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  // A stray `%` in a hand-edited link is kept as typed: the page then says it was not found.
+  const parts = path
+    .split("/")
+    .filter(Boolean)
+    .map((p) => {
+      try {
+        return decodeURIComponent(p);
+      } catch {
+        return p;
+      }
+    });
   return { section: parts[0] || "overview", id: parts[1], query: new URLSearchParams(query) };
 }
 
@@ -49,6 +59,13 @@ function signIn(message) {
         ev.preventDefault();
         const key = input.value.trim();
         if (!key) return;
+        // A key is printable ASCII; anything else could not even be sent in the header.
+        if (!/^[\x21-\x7e]+$/.test(key)) {
+          error.textContent = "That API key was not accepted. Check it and try again.";
+          error.hidden = false;
+          input.focus();
+          return;
+        }
         button.disabled = true;
         try {
           account = await api("GET", "/v1/account", undefined, { key });
@@ -125,7 +142,11 @@ function shell(section) {
         h(
           "div",
           { class: "sidebar-foot" },
-          h("div", { class: "account-name", title: `Account ${account?.id ?? ""}` }, account?.name ?? ""),
+          h(
+            "div",
+            { class: "account-name", title: `${account?.name ?? ""} (account ${account?.id ?? ""})` },
+            account?.name ?? "",
+          ),
           h("button", { class: "btn btn-ghost btn-sm", type: "button", onclick: signOut }, "Sign out"),
         ),
       ),
@@ -215,7 +236,10 @@ async function route() {
       renderSettings(main, account, (saved) => {
         account = saved;
         const name = root.querySelector(".account-name");
-        if (name) name.textContent = saved.name;
+        if (name) {
+          name.textContent = saved.name;
+          name.title = `${saved.name} (account ${saved.id})`;
+        }
       }),
   };
   try {

@@ -93,6 +93,13 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByRole("alert").filter({ hasText: "not accepted" }).waitFor();
     assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+    // A key that could not even be sent in a header is "not accepted" too, not "cannot reach".
+    await page.evaluate(() => {
+      document.querySelector('[role="alert"]')!.textContent = "";
+    });
+    await page.getByLabel("API key").fill("ключ-клен");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "not accepted" }).waitFor();
   });
 
   test("signs in with the API key and creates an endpoint through the form", async () => {
@@ -309,12 +316,29 @@ describe("dashboard in Chromium", () => {
     assert.equal(shown, now.body.secret);
     assert.ok(now.body.previous_secret_expires_at, "the old secret stays valid for the grace period");
 
+    // Expiring the old secret at once breaks receivers still on it: a double-click only asks.
+    await page.getByLabel("Grace period for the old secret").selectOption("0");
+    const rotate = page.locator("button", { hasText: /^(Rotate secret|Confirm rotate)$/ });
+    await rotate.dblclick();
+    await page.getByText("Click Confirm rotate to rotate with no grace period").waitFor();
+    assert.equal((await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret, now.body.secret);
+    await page.locator("button[data-armed=ready]", { hasText: "Confirm rotate" }).click();
+    await page.getByText("Secret rotated. Earlier secrets no longer verify.").waitFor();
+    const expired = await server.api.get(`/v1/endpoints/${endpointId}/secret`);
+    assert.notEqual(expired.body.secret, now.body.secret);
+    assert.equal(await page.locator("code.secret").textContent(), expired.body.secret);
+
     await page.getByRole("button", { name: "Recover failed deliveries" }).click();
     await page.getByText(/Queued 0 deliveries/).waitFor();
   });
 
-  test("disables the endpoint", async () => {
-    await page.getByRole("button", { name: "Disable endpoint" }).click();
+  test("disables the endpoint after a second click; a double-click only asks", async () => {
+    const disable = page.locator(".page-header .actions button:last-child");
+    await disable.dblclick();
+    await page.getByText("Click Confirm disable to stop deliveries").waitFor();
+    assert.equal(await disable.textContent(), "Confirm disable");
+    assert.equal((await server.api.get(`/v1/endpoints/${endpointId}`)).body.disabled, false);
+    await page.locator(".page-header .actions button[data-armed=ready]").click();
     await page.getByRole("button", { name: "Enable endpoint" }).waitFor();
     await page.locator(".endpoint-meta .badge", { hasText: "disabled" }).waitFor();
     const e = await server.api.get(`/v1/endpoints/${endpointId}`);
@@ -381,6 +405,69 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Refresh" }).click();
     await detail.locator('tr.attempt[data-number="3"]').waitFor();
     assert.equal(await row.getAttribute("data-status"), "failed");
+  });
+
+  test("hostile shapes: failing endpoints flagged, a malformed link is not found, long ids wrap, RTL names isolated, a 429 waited out", async () => {
+    // The endpoint whose every attempt failed (above) is flagged in the list, not "enabled".
+    await section("Endpoints");
+    const down = page.locator("tr", { hasText: "Down receiver" });
+    await down.locator(".badge", { hasText: "failing" }).waitFor();
+
+    // A stray % in a hand-edited link: the not-found page, not a blank app.
+    await page.evaluate(() => {
+      location.hash = "#/calls/%";
+    });
+    await page.getByRole("heading", { name: "Call not found" }).waitFor();
+
+    // An agent name and a Klen call id of 190 characters with no space, and a right-to-left
+    // override in the ended reason: the call page wraps them and does not scroll sideways.
+    const agent = await server.api.post("/v1/agents", { name: `${"W".repeat(190)}\u202e` });
+    const call = await server.api.post("/v1/calls", {
+      agent_id: agent.body.id,
+      type: "outbound",
+      phone_number: "+15551234567",
+      klen_call_id: "k".repeat(190),
+    });
+    assert.equal(call.status, 201, JSON.stringify(call.body));
+    const failed = await server.api.post(`/v1/calls/${call.body.id}/fail`, {
+      failure_reason: "busy",
+      ended_reason: "line busy \u202e(1 di)",
+    });
+    assert.equal(failed.status, 200, JSON.stringify(failed.body));
+    await page.evaluate((id) => {
+      location.hash = `#/calls/${id}`;
+    }, call.body.id);
+    await page.getByRole("heading", { name: `Call #${call.body.id}` }).waitFor();
+    await page.getByText("Ended reason").waitFor();
+    const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(widths[0]! <= widths[1]!, `page ${widths[0]} px wide in a ${widths[1]} px window`);
+    assert.equal(
+      await page.locator(".facts dd bdi").first().textContent(),
+      `${"W".repeat(190)}\u202e`,
+      "the agent's name in its own bidi isolate",
+    );
+
+    // Over the rate limit: the page waits out Retry-After and shows the answer, not the 429.
+    let limited = 0;
+    await page.route("**/v1/calls?**", (route) => {
+      if (limited++ === 0)
+        return route.fulfill({
+          status: 429,
+          headers: { "retry-after": "1", "content-type": "application/json" },
+          body: JSON.stringify({
+            error: { code: "rate_limited", message: "too many requests for this API key" },
+          }),
+        });
+      return route.continue();
+    });
+    try {
+      await section("Calls");
+      await page.locator(`tr.call[data-call="${call.body.id}"]`).waitFor();
+      assert.equal(limited, 2, "one 429, then the list");
+      assert.equal(await page.getByText("too many requests").count(), 0);
+    } finally {
+      await page.unroute("**/v1/calls?**");
+    }
   });
 
   test("a delivery waiting behind an earlier event of its call says so", async () => {
@@ -564,11 +651,13 @@ describe("dashboard in Chromium", () => {
     await page.locator("tr.api-key").nth(1).waitFor();
     assert.ok(!(await page.locator("table[aria-label='API keys']").textContent())!.includes(key));
 
-    // Revoking the key this tab is signed in with takes a second click, then signs out.
+    // Revoking the key this tab is signed in with takes a second click, then signs out; the two
+    // clicks of a double-click only ask.
     const inUse = page.locator("tr.api-key").filter({ hasText: "this session" });
-    await inUse.getByRole("button", { name: /^Revoke/ }).click();
-    assert.equal((await server.api.get("/v1/account")).status, 200, "the first click only asks");
-    await inUse.getByRole("button", { name: /^Revoke/ }).click();
+    await inUse.getByRole("button", { name: /^Revoke/ }).dblclick();
+    await page.getByText("is the key this tab is signed in with").waitFor();
+    assert.equal((await server.api.get("/v1/account")).status, 200, "a double-click only asks");
+    await inUse.locator("button[data-armed=ready]").click();
     await page.getByRole("button", { name: "Sign in" }).waitFor();
     assert.equal((await server.api.get("/v1/account")).status, 401);
     assert.equal(await page.evaluate(() => sessionStorage.getItem("klen.apiKey")), null);

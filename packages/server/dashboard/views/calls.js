@@ -52,12 +52,14 @@ export async function renderCalls(main, query) {
           "td",
           {},
           h("a", { href: `#/calls/${c.id}`, class: "strong" }, `#${c.id}`),
-          c.klen_call_id ? h("div", { class: "muted small mono" }, c.klen_call_id) : null,
+          c.klen_call_id
+            ? h("div", { class: "muted small mono clamp-2 id-under", title: c.klen_call_id }, c.klen_call_id)
+            : null,
         ),
         h("td", {}, badge(c.status)),
         h("td", {}, c.type),
         h("td", { class: "mono nowrap" }, c.phone_number),
-        h("td", {}, agentLabel(c.agent_id)),
+        h("td", {}, h("bdi", { class: "clamp-2", title: agentLabel(c.agent_id) }, agentLabel(c.agent_id))),
         h("td", { class: "nowrap" }, c.started_at ? ago(c.started_at) : h("span", { class: "muted" }, "—")),
         h("td", { class: "nowrap" }, duration(c)),
       ),
@@ -82,12 +84,14 @@ export async function renderCall(main, id) {
     ["Status", badge(c.status)],
     ["Type", c.type],
     ["Phone number", h("span", { class: "mono" }, c.phone_number)],
-    ["Agent", `${agentLabel(c.agent_id)} (id ${c.agent_id})`],
+    // The name isolated: right-to-left characters in it cannot reorder the "(id …)" after it.
+    ["Agent", [h("bdi", {}, agentLabel(c.agent_id)), ` (id ${c.agent_id})`]],
     ["Klen call id", c.klen_call_id ? mono(c.klen_call_id) : "—"],
     ["Started", fmtTime(c.started_at)],
     ["Ended", fmtTime(c.ended_at)],
     ["Duration", duration(c)],
     ...(c.failure_reason ? [["Failure reason", c.failure_reason]] : []),
+    ...(c.ended_reason ? [["Ended reason", h("bdi", {}, c.ended_reason)]] : []),
     ...(c.summary ? [["Summary", c.summary]] : []),
   ];
   const events = eventTable({ call_id: c.id }, `Events of call ${c.id}`);

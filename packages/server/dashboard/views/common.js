@@ -146,3 +146,55 @@ export function select(name, options, value) {
 export function mono(text) {
   return h("code", { class: "mono" }, text);
 }
+
+// A second click on an armed button confirms only after this long: a double-click is one click.
+const CONFIRM_AFTER_MS = 600;
+// An armed button left alone goes back to its first state.
+const DISARM_AFTER_MS = 10_000;
+
+/**
+ * Asks for a second click before a destructive action (revoke a key, expire a secret, disable an
+ * endpoint), as Stripe's roll and delete do. The first click arms the button: its label becomes
+ * `armedLabel` and `warn(message)` says what the second click will do; a click within 600 ms of
+ * arming (the rest of a double-click) is ignored (`data-armed="arming"`, then `"ready"`); after
+ * 10 s unconfirmed it disarms. `needed()`
+ * (default always) tells whether this click needs confirming at all.
+ * @param {HTMLButtonElement} button
+ * @param {{armedLabel: string, warning: () => string, warn: (message: string) => void, action: () => Promise<void>, needed?: () => boolean}} opts
+ */
+export function confirmFirst(button, opts) {
+  const label = button.textContent;
+  let timers = [];
+  // `data-armed`: absent, "arming" (clicks ignored), then "ready" (the next click acts).
+  const reset = () => {
+    for (const t of timers) clearTimeout(t);
+    timers = [];
+    delete button.dataset.armed;
+    mount(button, label);
+    button.classList.remove("btn-danger-armed");
+  };
+  button.addEventListener("click", async () => {
+    if (opts.needed && !opts.needed()) return opts.action();
+    if (!button.dataset.armed) {
+      button.dataset.armed = "arming";
+      mount(button, opts.armedLabel);
+      button.classList.add("btn-danger-armed");
+      opts.warn(opts.warning());
+      timers = [
+        setTimeout(() => {
+          button.dataset.armed = "ready";
+        }, CONFIRM_AFTER_MS),
+        setTimeout(() => {
+          if (!button.isConnected) return;
+          reset();
+          opts.warn("");
+        }, DISARM_AFTER_MS),
+      ];
+      return;
+    }
+    if (button.dataset.armed !== "ready") return;
+    reset();
+    await opts.action();
+  });
+  return button;
+}

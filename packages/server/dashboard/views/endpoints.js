@@ -3,6 +3,7 @@ import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
 import {
   card,
   cardHead,
+  confirmFirst,
   field,
   mono,
   pagedTable,
@@ -56,8 +57,16 @@ function filterSummary(e) {
   return e.agent_ids.length ? `${types} · agents ${e.agent_ids.join(", ")}` : types;
 }
 
-function endpointStatus(e) {
-  return e.disabled ? badge("disabled") : badge("enabled");
+/** Disabled, failing (every attempt since `failing_since` failed; retried) or enabled. */
+export function endpointStatus(e) {
+  if (e.disabled) return badge("disabled");
+  if (e.failing_since)
+    return h(
+      "span",
+      { class: "badge badge-warn", title: `every attempt failed since ${fmtTime(e.failing_since)}` },
+      "failing",
+    );
+  return badge("enabled");
 }
 
 /**
@@ -247,25 +256,34 @@ function secretCard(e) {
   ]);
   grace.setAttribute("aria-label", "Grace period for the old secret");
   const rotate = h("button", { class: "btn btn-secondary", type: "button" }, "Rotate secret");
-  rotate.addEventListener("click", async () => {
-    rotate.disabled = true;
-    try {
-      const seconds = Number(grace.value);
-      const r = await api("POST", `/v1/endpoints/${e.id}/rotate-secret`, { grace_seconds: seconds });
-      mount(value, r.secret);
-      mount(reveal, "Hide");
-      shown = true;
-      note(
-        status,
-        r.previous_secret_expires_at
-          ? `Secret rotated. Deliveries are also signed with the secrets rotated out, the last of them until ${fmtTime(r.previous_secret_expires_at)}.`
-          : "Secret rotated. Earlier secrets no longer verify.",
-      );
-    } catch (err) {
-      note(status, describe(err), "error");
-    } finally {
-      rotate.disabled = false;
-    }
+  confirmFirst(rotate, {
+    // Keeping the old secret for a while needs no confirming; expiring it at once breaks every
+    // receiver that has not got the new one.
+    needed: () => grace.value === "0",
+    armedLabel: "Confirm rotate",
+    warn: (message) => note(status, message, "warn"),
+    warning: () =>
+      "Click Confirm rotate to rotate with no grace period: receivers still on the current secret fail to verify from then on.",
+    action: async () => {
+      rotate.disabled = true;
+      try {
+        const seconds = Number(grace.value);
+        const r = await api("POST", `/v1/endpoints/${e.id}/rotate-secret`, { grace_seconds: seconds });
+        mount(value, r.secret);
+        mount(reveal, "Hide");
+        shown = true;
+        note(
+          status,
+          r.previous_secret_expires_at
+            ? `Secret rotated. Deliveries are also signed with the secrets rotated out, the last of them until ${fmtTime(r.previous_secret_expires_at)}.`
+            : "Secret rotated. Earlier secrets no longer verify.",
+        );
+      } catch (err) {
+        note(status, describe(err), "error");
+      } finally {
+        rotate.disabled = false;
+      }
+    },
   });
   return card(
     "Signing secret",
@@ -352,17 +370,25 @@ export async function renderEndpoint(main, id) {
     { class: e.disabled ? "btn btn-primary" : "btn btn-danger", type: "button" },
     e.disabled ? "Enable endpoint" : "Disable endpoint",
   );
-  toggle.addEventListener("click", async () => {
-    toggle.disabled = true;
-    try {
-      await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !e.disabled });
-      await renderEndpoint(main, id);
-      // The page is drawn anew: focus on its new Enable / Disable button, not lost.
-      main.querySelector(".page-header .actions button:last-child")?.focus();
-    } catch (err) {
-      note(status, describe(err), "error");
-      toggle.disabled = false;
-    }
+  confirmFirst(toggle, {
+    // Enabling needs no confirming; disabling stops deliveries, and events meanwhile never arrive.
+    needed: () => !e.disabled,
+    armedLabel: "Confirm disable",
+    warn: (message) => note(status, message, "warn"),
+    warning: () =>
+      "Click Confirm disable to stop deliveries to this endpoint: events created while it is disabled are never sent to it.",
+    action: async () => {
+      toggle.disabled = true;
+      try {
+        await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !e.disabled });
+        await renderEndpoint(main, id);
+        // The page is drawn anew: focus on its new Enable / Disable button, not lost.
+        main.querySelector(".page-header .actions button:last-child")?.focus();
+      } catch (err) {
+        note(status, describe(err), "error");
+        toggle.disabled = false;
+      }
+    },
   });
 
   const deliveries = deliveryTable(
@@ -389,7 +415,7 @@ export async function renderEndpoint(main, id) {
         e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
         h("span", { class: "muted small" }, "ID ", mono(e.id)),
         e.failing_since
-          ? h("span", { class: "badge badge-warn" }, "failing since ", fmtTime(e.failing_since))
+          ? h("span", { class: "muted small" }, "every attempt failed since ", fmtTime(e.failing_since))
           : null,
       ),
     );

@@ -3,6 +3,7 @@ import { chartLegend, deliveryChart } from "../chart.js";
 import { badge, fmtMs, h, mount } from "../dom.js";
 import { card, pageHeader, refreshButton, select } from "./common.js";
 import { deliveryTable } from "./deliveries.js";
+import { endpointStatus } from "./endpoints.js";
 
 // Range → bucket width: about 60 bars whatever the range.
 const RANGES = [
@@ -77,7 +78,14 @@ export async function renderOverview(main) {
         tile(
           "Failed attempts",
           String(t.failed),
-          t.failed ? "see failed deliveries below" : "none in this range",
+          t.failed
+            ? h(
+                "span",
+                {},
+                "retried on schedule: ",
+                h("a", { href: "#/deliveries?status=pending" }, "pending deliveries"),
+              )
+            : "none in this range",
         ),
         tile("Median latency", fmtMs(t.p50_ms), "p50 of attempt duration"),
         tile("p95 latency", fmtMs(t.p95_ms), "95th percentile"),
@@ -90,9 +98,11 @@ export async function renderOverview(main) {
   };
   range.addEventListener("change", draw);
 
+  // Failed: every attempt of its schedule was made (a day and a half by default); a delivery
+  // still being retried is pending, and its endpoint shows as failing.
   const failed = deliveryTable(
     { status: "failed" },
-    { label: "Recent failed deliveries", limit: 5, paged: false },
+    { label: "Deliveries that ran out of retries", limit: 5, paged: false },
   );
   const endpointsList = h("ul", { class: "list" });
   const listEndpoints = async () => {
@@ -106,7 +116,7 @@ export async function renderOverview(main) {
                 "li",
                 {},
                 h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
-                e.disabled ? badge("disabled") : badge("enabled"),
+                endpointStatus(e),
               ),
             )
           : h("li", { class: "muted" }, "No endpoints yet."),
@@ -137,7 +147,7 @@ export async function renderOverview(main) {
       ),
     ),
     card(
-      "Recent failed deliveries",
+      "Deliveries that ran out of retries",
       failed.el,
       h(
         "div",

@@ -1,6 +1,6 @@
 import { api, describe, session } from "../api.js";
 import { ago, badge, h, mount, note } from "../dom.js";
-import { card, field, mono, pageHeader } from "./common.js";
+import { card, confirmFirst, field, mono, pageHeader } from "./common.js";
 
 /** The account's name and generated summaries (`PATCH /v1/account`). */
 function accountCard(account, onSaved) {
@@ -65,36 +65,30 @@ function apiKeysCard() {
       { class: "btn btn-secondary btn-sm", type: "button", "aria-label": `Revoke key ${k.prefix}` },
       "Revoke",
     );
-    let armed = false;
-    button.addEventListener("click", async () => {
-      if (!armed) {
-        armed = true;
-        mount(button, "Confirm revoke");
-        button.classList.add("btn-danger");
-        note(
-          status,
-          k.current
-            ? `${k.prefix}… is the key this tab is signed in with: revoking it signs you out.`
-            : `Click Confirm revoke to revoke ${k.prefix}…; clients using it get 401 from then on.`,
-        );
-        return;
-      }
-      button.disabled = true;
-      try {
-        await api("DELETE", `/v1/api-keys/${k.id}`);
-        if (k.current) {
-          session.clear();
-          location.reload();
-          return;
+    return confirmFirst(button, {
+      armedLabel: "Confirm revoke",
+      warn: (message) => note(status, message, "warn"),
+      warning: () =>
+        k.current
+          ? `${k.prefix}… is the key this tab is signed in with: revoking it signs you out.`
+          : `Click Confirm revoke to revoke ${k.prefix}…; clients using it get 401 from then on.`,
+      action: async () => {
+        button.disabled = true;
+        try {
+          await api("DELETE", `/v1/api-keys/${k.id}`);
+          if (k.current) {
+            session.clear();
+            location.reload();
+            return;
+          }
+          note(status, `Key ${k.prefix}… revoked: it no longer signs in or calls the API.`);
+          await load();
+        } catch (err) {
+          note(status, describe(err), "error");
+          button.disabled = false;
         }
-        note(status, `Key ${k.prefix}… revoked: it no longer signs in or calls the API.`);
-        await load();
-      } catch (err) {
-        note(status, describe(err), "error");
-        button.disabled = false;
-      }
+      },
     });
-    return button;
   };
 
   const load = async () => {
