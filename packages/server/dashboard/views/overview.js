@@ -1,6 +1,6 @@
 import { api, describe, withQuery } from "../api.js";
 import { chartLegend, deliveryChart } from "../chart.js";
-import { badge, fmtMs, h, mount } from "../dom.js";
+import { fmtMs, h, mount } from "../dom.js";
 import { card, pageHeader, refreshButton, select } from "./common.js";
 import { deliveryTable } from "./deliveries.js";
 import { endpointStatus } from "./endpoints.js";
