@@ -336,6 +336,68 @@ for (const backend of backends()) {
       assert.equal((await f.delivery(fresh.id)).status, "succeeded");
     });
 
+    test("a batch written again after a commit whose answer was lost is recorded once", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      await f.step(callId, "start");
+      await f.step(callId, "end");
+      const t0 = Date.now() + 1_000;
+      const claimed = await claimDue(f.store, { now: t0, limit: 10, leaseMs: LEASE, exclude: [] });
+      assert.equal(claimed.length, 1, "call.ended waits behind call.started");
+      const [first] = claimed;
+      const batch = [outcome(first!, failed(), t0 + 10)];
+      await completeBatch(f.store, batch, policy, t0 + 20);
+      const after = await f.delivery(first!.id);
+      // The dispatcher did not hear back from that commit and writes the same batch again.
+      await completeBatch(f.store, batch, policy, t0 + 520, { mayBeRecorded: true });
+      const logged = await f.store.db
+        .selectFrom("attempts")
+        .select("number")
+        .where("delivery_id", "=", first!.id)
+        .execute();
+      assert.deepEqual(
+        logged.map((a) => Number(a.number)),
+        [1],
+        "one attempt in the log",
+      );
+      const again = await f.store.db
+        .selectFrom("deliveries")
+        .select(["attempt_count", "next_attempt_at", "status"])
+        .where("id", "=", first!.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(Number(again.attempt_count), 1, "no retry step skipped");
+      assert.equal(
+        Number(again.next_attempt_at),
+        Number(after.next_attempt_at),
+        "the schedule as first written",
+      );
+      assert.equal(again.status, "pending");
+
+      // A new attempt of the same delivery in a batch written again is still recorded.
+      const [retry] = await claimDue(f.store, {
+        now: Number(after.next_attempt_at),
+        limit: 10,
+        leaseMs: LEASE,
+        exclude: [],
+      });
+      assert.equal(retry?.id, first!.id);
+      await completeBatch(
+        f.store,
+        [outcome(retry!, ok(), Number(after.next_attempt_at) + 5)],
+        policy,
+        t0 + 9_000,
+        {
+          mayBeRecorded: true,
+        },
+      );
+      assert.equal((await f.delivery(first!.id)).status, "succeeded");
+      assert.equal(
+        (await f.store.db.selectFrom("attempts").select("id").where("delivery_id", "=", first!.id).execute())
+          .length,
+        2,
+      );
+    });
+
     test("a parked delivery is released when its predecessor succeeds or is given up", async () => {
       const f = await fixture();
       const callId = await f.newCall();

@@ -40,20 +40,46 @@ const ATTEMPT_TYPES: ColumnType[] = [
 ];
 
 /**
+ * The outcomes of `outcomes` whose attempt is not in the log yet (`delivery_id`, number and start
+ * time), and those settled without an attempt. For a batch written again after a write whose
+ * commit may have happened (the connection broke while it was answered): without this, its
+ * attempts would be logged twice and their deliveries' `attempt_count` raised twice — a retry
+ * step skipped — since the claim token that fences the update is still the same.
+ */
+async function notYetRecorded(trx: Db, outcomes: Outcome[]): Promise<Outcome[]> {
+  const attempted = outcomes.filter((o) => o.result !== null);
+  if (attempted.length === 0) return outcomes;
+  const logged = await trx
+    .selectFrom("attempts")
+    .select(["delivery_id", "number", "started_at"])
+    .where("delivery_id", "in", [...new Set(attempted.map((o) => o.claimed.id))])
+    .execute();
+  const seen = new Set(logged.map((a) => `${a.delivery_id} ${Number(a.number)} ${Number(a.started_at)}`));
+  return outcomes.filter(
+    (o) => o.result === null || !seen.has(`${o.claimed.id} ${o.claimed.attemptCount + 1} ${o.startedAt}`),
+  );
+}
+
+/**
  * Records a batch of outcomes in one transaction: the attempt log rows, each delivery's new state
  * (fenced on its claim token, so a lease that ran out and was re-claimed is not overwritten), the
  * release of the next delivery of each finished chain, and the endpoints' failure clocks
  * (automatic disable after `disableAfterMs` of continuous failure, at once on 410 Gone).
  * Batching is what keeps the database from being the limit: one commit per batch, not per attempt.
+ * `mayBeRecorded`: the batch is written again after a failed write that may have committed
+ * (see notYetRecorded).
  */
 export async function completeBatch(
   store: Store,
-  outcomes: Outcome[],
+  batch: Outcome[],
   policy: CompletionPolicy,
   now: number,
+  opts: { mayBeRecorded?: boolean } = {},
 ): Promise<{ released: number; disabled: Array<{ id: string; reason: string }> }> {
-  if (outcomes.length === 0) return { released: 0, disabled: [] };
+  if (batch.length === 0) return { released: 0, disabled: [] };
   return store.db.transaction().execute(async (trx) => {
+    // Written again after a write that may have committed: only what is not in the log yet.
+    const outcomes = opts.mayBeRecorded ? await notYetRecorded(trx, batch) : batch;
     const attempts = outcomes.filter((o) => o.result !== null);
     if (attempts.length > 0) {
       const rows = attempts.map((o) => {

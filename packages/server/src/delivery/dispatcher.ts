@@ -178,6 +178,8 @@ export class Dispatcher {
   /** Where claims that leave failing endpoints out start (`ClaimFloor`). */
   private floor: ClaimFloor | undefined;
   private flushing: Promise<void> | undefined;
+  /** Outcomes whose write failed in a way that may have committed (see completeBatch). */
+  private readonly uncertain = new WeakSet<Outcome>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly onWork = () => this.wake();
   /** An endpoint's secret key bytes and custom headers, worked out once per distinct text. */
@@ -562,6 +564,7 @@ export class Dispatcher {
             random: Math.random,
           },
           this.ctx.clock.now(),
+          { mayBeRecorded: batch.some((o) => this.uncertain.has(o)) },
         );
         for (const d of disabled)
           this.ctx.log.warn({ endpoint_id: d.id, reason: d.reason }, "endpoint disabled");
@@ -585,6 +588,9 @@ export class Dispatcher {
           continue;
         }
         logBackgroundFailure(this.ctx.log, { outcomes: batch.length }, "recording outcomes failed", err);
+        // The connection may have broken after the commit went through: written again, they are
+        // checked against the attempt log first.
+        for (const o of batch) this.uncertain.add(o);
         this.buffer.unshift(...batch);
         await new Promise((r) => setTimeout(r, 500));
         // Past the lease another worker may have taken them: drop what cannot be recorded safely.
