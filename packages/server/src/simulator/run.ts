@@ -1,4 +1,5 @@
 import type { FailureReason } from "@klen/webhooks/schemas";
+import { sql } from "kysely";
 import { type AppContext, announceWork } from "../api/context.js";
 import { blobStoreFor, insertBlob, newBlobId, presignedUrl, sealedNow } from "../blobs/blobs.js";
 import { textContent } from "../calls/content.js";
@@ -45,7 +46,10 @@ export interface TestCallPlan {
   transcriptBytes?: number;
 }
 
-/** A run that failed this many times (a bug, the database gone) is given up and logged. */
+/**
+ * A run that failed this many times (a bug) is given up and logged. Only failures count: a run
+ * carried on because its process died (`kill -9`, however often) is not a failure of the run.
+ */
 export const MAX_RUN_ATTEMPTS = 5;
 
 /** Another process took the run over (this one's lease ran out): it carries the run on. */
@@ -122,8 +126,9 @@ export async function handOverTestCalls(ctx: AppContext): Promise<void> {
  * `leased_until` it wrote); each step renews it in its own transaction, which fails on a lease
  * another process has taken since, and the last step deletes the run; while the run waits for its
  * summary the lease is renewed every third of its length. `summaryWaitMs` bounds the wait for a
- * summary job another process holds (one that died holding it: the summary then follows the
- * recording, when the job's own lease runs out).
+ * summary job another process holds; by default it outlasts that job's lease (KLEN_LEASE), so a
+ * job whose process died is taken over and run here, and the summary still precedes the
+ * recording. Past it (a summarizer that keeps failing) the recording goes first.
  */
 export async function runTestCall(
   ctx: AppContext,
@@ -233,7 +238,9 @@ export async function runTestCall(
           ctx,
           opts.summarize ?? summarizerFor(ctx.config, ctx.log),
           callId,
-          opts.summaryWaitMs,
+          // Long enough for a summary job a dead process held to come free (its lease is
+          // KLEN_LEASE too) and be run here: the summary then still comes before the recording.
+          opts.summaryWaitMs ?? Math.max(60_000, ctx.config.leaseMs + 15_000),
         );
       } finally {
         clearInterval(heartbeat);
@@ -290,6 +297,15 @@ export async function runTestCall(
       await finish().catch(() => undefined);
       return;
     }
+    // Counted towards MAX_RUN_ATTEMPTS; the run is carried on when its lease runs out. (With the
+    // database gone this write fails too, and the run is simply tried again.)
+    await ctx.store.db
+      .updateTable("test_call_runs")
+      .set({ attempts: sql`attempts + 1` })
+      .where("call_id", "=", callId)
+      .where("leased_until", "=", held)
+      .execute()
+      .catch(() => undefined);
     throw err;
   } finally {
     mine.active.delete(handle);
@@ -326,15 +342,14 @@ export async function resumeDueTestCalls(
       Number(r.call_id),
       Number(r.leased_until),
       given ? null : lease,
-      Number(r.attempts) + 1,
     );
     if (!won) continue;
     if (given) {
-      log.error({ attempts: Number(r.attempts) }, "test call failed too often; given up");
+      log.error({ failures: Number(r.attempts) }, "test call failed too often; given up");
       continue;
     }
     ran++;
-    log.warn({ attempt: Number(r.attempts) + 1 }, "carrying on an interrupted test call");
+    log.warn({ failures: Number(r.attempts) }, "carrying on an interrupted test call");
     await runTestCall(
       ctx,
       {
@@ -345,13 +360,9 @@ export async function resumeDueTestCalls(
         ...(r.transcript_bytes !== null ? { transcriptBytes: Number(r.transcript_bytes) } : {}),
       },
       lease,
-      { summaryWaitMs: RESUMED_SUMMARY_WAIT_MS },
     ).catch((err: unknown) =>
       log.error({ err }, "test call failed; it is tried again when its lease runs out"),
     );
   }
   return ran;
 }
-
-/** A resumed run waits this long for a summary job another process holds before the recording. */
-const RESUMED_SUMMARY_WAIT_MS = 5_000;

@@ -6,8 +6,6 @@ import { ApiError } from "../errors.js";
 import { type Db, PENDING } from "../storage/types.js";
 import type { Summarizer } from "./summarizer.js";
 
-/** How long a claimed job belongs to its worker before another may take it (a crash mid-call). */
-export const JOB_LEASE_MS = 120_000;
 /** Delays between job runs after a failed one; after the last the job is given up (and logged). */
 export const JOB_BACKOFF_MS = [5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000, 7_200_000];
 
@@ -71,7 +69,8 @@ async function claim(ctx: AppContext, now: number, callId?: number): Promise<Cla
   if (callId !== undefined) q = q.where("call_id", "=", callId);
   const job = await q.orderBy("next_attempt_at").limit(1).executeTakeFirst();
   if (!job) return undefined;
-  const lease = now + JOB_LEASE_MS;
+  // KLEN_LEASE, as for deliveries and test-call runs; renewed while the summarizer runs (run()).
+  const lease = now + ctx.config.leaseMs;
   // Compare-and-set on next_attempt_at: of two workers seeing the same row, one wins.
   const res = await ctx.store.db
     .updateTable("summary_jobs")
@@ -103,8 +102,39 @@ async function run(
 ): Promise<"done" | "retry" | "failed"> {
   const log = ctx.log.child({ component: "summaries", call_id: job.callId });
   let summary: string;
+  // The summarizer may take longer than the lease (an OpenAI-compatible one: up to three tries of
+  // 30 s): the lease is renewed every third of its length meanwhile, so a live worker keeps the
+  // job and one that died gives it up within a lease. Each renewal is fenced on the last one.
+  let beat: Promise<unknown> = Promise.resolve();
+  const heartbeat = setInterval(
+    () => {
+      beat = beat
+        .then(async () => {
+          const next = ctx.clock.now() + ctx.config.leaseMs;
+          const res = await ctx.store.db
+            .updateTable("summary_jobs")
+            .set({ next_attempt_at: next })
+            .where("call_id", "=", job.callId)
+            .where("status", "=", PENDING)
+            .where("next_attempt_at", "=", job.lease)
+            .executeTakeFirst();
+          if (Number(res.numUpdatedRows) === 1) job.lease = next;
+          else clearInterval(heartbeat); // taken over: the writes below find the fence moved
+        })
+        .catch(() => clearInterval(heartbeat));
+    },
+    Math.max(1, Math.floor(ctx.config.leaseMs / 3)),
+  );
+  const summarizeHeld = async () => {
+    try {
+      return await summarize(job.transcript);
+    } finally {
+      clearInterval(heartbeat);
+      await beat;
+    }
+  };
   try {
-    summary = (await summarize(job.transcript)).trim();
+    summary = (await summarizeHeld()).trim();
     if (!summary) throw new Error("the summarizer returned an empty summary");
   } catch (err) {
     const now = ctx.clock.now();

@@ -130,7 +130,7 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
             agent_name: agentName,
             outcome,
             transcript_bytes: b.transcript_bytes ?? null,
-            attempts: 1,
+            attempts: 0, // failures of the run so far (MAX_RUN_ATTEMPTS); a takeover after a crash is none
             leased_until: lease,
             created_at: now,
           })
