@@ -12,6 +12,29 @@ import { waitFor } from "./helpers/wait.js";
 
 const WORKFLOW = ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"];
 
+/**
+ * An OpenAI-compatible summarizer on loopback that takes each request and never answers: a run
+ * stops there, mid-workflow. `env` points a server at it; `held` are the requests it took.
+ */
+async function hangingSummarizer() {
+  const held: ServerResponse[] = [];
+  const llm = createServer((req, res) => {
+    req.resume();
+    held.push(res);
+  });
+  await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
+  return {
+    held,
+    env: {
+      KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
+      KLEN_SUMMARY_MODEL: "hangs",
+    },
+    close() {
+      llm.close();
+    },
+  };
+}
+
 for (const backend of backends())
   describe(`POST /v1/test-calls (${backend.name})`, () => {
     let db: Awaited<ReturnType<typeof backend.fresh>>;
@@ -197,13 +220,8 @@ for (const backend of backends())
     for (const signal of ["SIGKILL", "SIGTERM"] as const)
       test(`${signal}: carried on after a restart, each remaining step once, nothing repeated, the summary before the recording`, async (t) => {
         const db = await backend.fresh();
-        // A summarizer that takes the request and never answers: the run stops there, mid-workflow.
-        const held: ServerResponse[] = [];
-        const llm = createServer((req, res) => {
-          req.resume();
-          held.push(res);
-        });
-        await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
+        const llm = await hangingSummarizer();
+        const held = llm.held;
         const rx = await startReceiver();
         const apiKey = "klen_test_call_crash_key";
         // KLEN_LEASE also bounds a test call's run lease: a short one, so the restart carries it on soon.
@@ -211,11 +229,7 @@ for (const backend of backends())
         let srv = await spawnServer({
           dataDir: db.dataDir,
           apiKey,
-          env: {
-            ...env,
-            KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
-            KLEN_SUMMARY_MODEL: "hangs",
-          },
+          env: { ...env, ...llm.env },
         });
         try {
           const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
@@ -282,7 +296,6 @@ for (const backend of backends())
           }
         } finally {
           await srv.kill();
-          for (const r of held) r.destroy();
           llm.close();
           await rx.close();
           await db.cleanup();
@@ -293,20 +306,12 @@ for (const backend of backends())
 describe("a test call whose process is killed more often than a run may fail", () => {
   test("kill -9 six times mid-run: each restart carries it on, and it completes", async () => {
     const db = await backends()[0]!.fresh();
-    const held: ServerResponse[] = [];
-    const llm = createServer((req, res) => {
-      req.resume();
-      held.push(res);
-    });
-    await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
+    const llm = await hangingSummarizer();
+    const held = llm.held;
     const rx = await startReceiver();
     const apiKey = "klen_test_call_many_kills_key";
     const env = { KLEN_DATABASE_URL: db.databaseUrl, KLEN_DELIVERY_TIMEOUT: "500ms", KLEN_LEASE: "1s" };
-    const hanging = {
-      ...env,
-      KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
-      KLEN_SUMMARY_MODEL: "hangs",
-    };
+    const hanging = { ...env, ...llm.env };
     let srv = await spawnServer({ dataDir: db.dataDir, apiKey, env: hanging });
     try {
       const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
@@ -339,7 +344,6 @@ describe("a test call whose process is killed more often than a run may fail", (
       assert.doesNotMatch(srv.output(), /given up/);
     } finally {
       await srv.kill();
-      for (const r of held) r.destroy();
       llm.close();
       await rx.close();
       await db.cleanup();
