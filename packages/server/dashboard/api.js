@@ -33,10 +33,16 @@ export function setUnauthorizedHandler(fn) {
 
 const RATE_LIMIT_WAIT_MS = 10_000;
 
-/** `Retry-After` in delay-seconds as milliseconds, 1 s when absent or not a number. */
+/** `Retry-After` in delay-seconds, or undefined when absent or not a number (an HTTP date). */
+function retryAfterSeconds(value) {
+  if (value === null || !/^\s*\d+(\.\d+)?\s*$/.test(value)) return undefined;
+  return Number(value);
+}
+
+/** How long to wait before trying again: the delay-seconds given (at least 0.2 s), else 1 s. */
 function retryAfterMs(value) {
-  const seconds = Number(value);
-  return Number.isFinite(seconds) && seconds >= 0 ? Math.max(seconds, 0.2) * 1000 : 1000;
+  const seconds = retryAfterSeconds(value);
+  return seconds === undefined ? 1000 : Math.max(seconds, 0.2) * 1000;
 }
 
 /**
@@ -81,11 +87,11 @@ export async function api(method, path, body, opts = {}) {
   }
   if (!res.ok) {
     const e = json?.error ?? {};
-    const retry = res.status === 429 ? res.headers.get("retry-after") : null;
+    const retry = res.status === 429 ? retryAfterSeconds(res.headers.get("retry-after")) : undefined;
     const err = new ApiError(
       res.status,
       e.code ?? "http_error",
-      retry
+      retry !== undefined
         ? `${e.message ?? "Too many requests"}: try again in ${retry} s`
         : (e.message ?? `HTTP ${res.status}`),
       e.details,

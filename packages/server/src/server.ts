@@ -8,7 +8,7 @@ import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
 import { testCallResumer } from "./simulator/resumer.js";
-import { handOverTestCalls } from "./simulator/run.js";
+import { handOverTestCalls, stopTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
 import { isDatabaseUnavailable, openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
@@ -138,7 +138,9 @@ export async function startServer(
     async stop(graceMs = 10_000) {
       await app?.close();
       await dispatcher?.stop(graceMs);
-      await summaries?.stop();
+      // A test call waiting for its summary stops waiting and hands its run over.
+      stopTestCalls(ctx);
+      await summaries?.stop(graceMs);
       await retention?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);

@@ -327,6 +327,19 @@ describe("dashboard in Chromium", () => {
     const expired = await server.api.get(`/v1/endpoints/${endpointId}/secret`);
     assert.notEqual(expired.body.secret, now.body.secret);
     assert.equal(await page.locator("code.secret").textContent(), expired.body.secret);
+    // Armed for "now", then a grace period chosen: that click rotates and disarms, so a later
+    // single click with "now" asks again.
+    await rotate.click();
+    await page.locator("button[data-armed]", { hasText: "Confirm rotate" }).waitFor();
+    await page.getByLabel("Grace period for the old secret").selectOption("3600");
+    await rotate.click();
+    await page.getByText("Secret rotated. Deliveries are also signed").waitFor();
+    assert.equal(await page.locator("button[data-armed]").count(), 0);
+    const graced = (await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret;
+    await page.getByLabel("Grace period for the old secret").selectOption("0");
+    await rotate.click();
+    await page.getByText("Click Confirm rotate to rotate with no grace period").waitFor();
+    assert.equal((await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret, graced);
 
     await page.getByRole("button", { name: "Recover failed deliveries" }).click();
     await page.getByText(/Queued 0 deliveries/).waitFor();

@@ -239,7 +239,8 @@ for (const [name, makeSender] of senders)
   });
 
 /** What only the thread adds: its death, and not keeping an idle process alive. */
-describe("ThreadSender's thread", { timeout: 30_000 }, () => {
+// A bound for a hang, not for speed: the four tests take 15-30 s on a loaded 2-core machine.
+describe("ThreadSender's thread", { timeout: 120_000 }, () => {
   const srv = suiteServer((_req, res) => res.end("ok"));
   const held = srv.held;
 

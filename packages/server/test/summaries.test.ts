@@ -8,6 +8,7 @@ import { loadConfig } from "../src/config.js";
 import type { Logger } from "../src/log.js";
 import { type Running, startServer } from "../src/server.js";
 import { generateConversation } from "../src/simulator/conversation.js";
+import { MAX_RUN_ATTEMPTS, MAX_RUN_TAKEOVERS, resumeDueTestCalls } from "../src/simulator/run.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
 import { JOB_BACKOFF_MS, runDueSummaries } from "../src/summaries/jobs.js";
 import { chatSummary, completionsUrl } from "../src/summaries/openai.js";
@@ -382,6 +383,43 @@ describe("summary jobs: retried on a schedule, then given up and logged (injecte
       logs.some((l) => l.includes('"level":50') && l.includes("giving up") && l.includes(`"call_id":${id}`)),
     );
     assert.equal((await api.get(`/v1/calls/${id}`)).body.has_summary, false);
+  });
+
+  test("test-call runs: takeovers after crashes are not failures; too many of either give the run up", async () => {
+    const account = (await api.get("/v1/account")).body.id as number;
+    const agent = await api.post("/v1/agents", { name: "Support" });
+    const db = running.ctx.store.db;
+    const runFor = async (counts: { attempts: number; takeovers: number }) => {
+      const c = await api.post("/v1/calls", {
+        agent_id: agent.body.id,
+        type: "outbound",
+        phone_number: "+15551234567",
+      });
+      await db
+        .insertInto("test_call_runs")
+        .values({
+          call_id: c.body.id,
+          account_id: account,
+          agent_name: "Support",
+          outcome: "busy",
+          transcript_bytes: null,
+          ...counts,
+          leased_until: 1, // its process died long ago
+          created_at: Date.now(),
+        })
+        .execute();
+      return c.body.id as number;
+    };
+    const carried = await runFor({ attempts: MAX_RUN_ATTEMPTS - 1, takeovers: MAX_RUN_TAKEOVERS - 1 });
+    const crashedOut = await runFor({ attempts: 0, takeovers: MAX_RUN_TAKEOVERS });
+    const failedOut = await runFor({ attempts: MAX_RUN_ATTEMPTS, takeovers: 0 });
+    assert.equal(await resumeDueTestCalls(running.ctx), 1, "one run carried on");
+    assert.deepEqual(await db.selectFrom("test_call_runs").select("call_id").execute(), [], "each settled");
+    assert.equal((await api.get(`/v1/calls/${carried}`)).body.status, "failed", "busy: call.failed made");
+    for (const id of [crashedOut, failedOut]) {
+      assert.equal((await api.get(`/v1/calls/${id}`)).body.status, "queued", "given up: nothing made");
+      assert.ok(logs.some((l) => l.includes("given up") && l.includes(`"call_id":${id}`)));
+    }
   });
 
   test("a summary posted meanwhile wins: the job is dropped, no second call.summary", async () => {

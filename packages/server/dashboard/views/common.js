@@ -174,7 +174,15 @@ export function confirmFirst(button, opts) {
     button.classList.remove("btn-danger-armed");
   };
   button.addEventListener("click", async () => {
-    if (opts.needed && !opts.needed()) return opts.action();
+    if (opts.needed && !opts.needed()) {
+      // Armed for a click that needed it (say, no grace period), then changed so that this one
+      // does not: disarmed, so that no later single click finds it armed.
+      if (button.dataset.armed) {
+        reset();
+        opts.warn("");
+      }
+      return opts.action();
+    }
     if (!button.dataset.armed) {
       button.dataset.armed = "arming";
       mount(button, opts.armedLabel);

@@ -82,8 +82,8 @@ export async function renderOverview(main) {
             ? h(
                 "span",
                 {},
-                "retried on schedule: ",
-                h("a", { href: "#/deliveries?status=pending" }, "pending deliveries"),
+                "deliveries with retries left stay ",
+                h("a", { href: "#/deliveries?status=pending" }, "pending"),
               )
             : "none in this range",
         ),
@@ -98,11 +98,12 @@ export async function renderOverview(main) {
   };
   range.addEventListener("change", draw);
 
-  // Failed: every attempt of its schedule was made (a day and a half by default); a delivery
-  // still being retried is pending, and its endpoint shows as failing.
+  // Failed: no retries left (every attempt of its schedule made, a day and a half by default; or
+  // its endpoint disabled or deleted); a delivery still being retried is pending, and its
+  // endpoint shows as failing.
   const failed = deliveryTable(
     { status: "failed" },
-    { label: "Deliveries that ran out of retries", limit: 5, paged: false },
+    { label: "Failed deliveries (no retries left)", limit: 5, paged: false },
   );
   const endpointsList = h("ul", { class: "list" });
   const listEndpoints = async () => {
@@ -147,7 +148,7 @@ export async function renderOverview(main) {
       ),
     ),
     card(
-      "Deliveries that ran out of retries",
+      "Failed deliveries (no retries left)",
       failed.el,
       h(
         "div",

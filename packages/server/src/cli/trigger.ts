@@ -55,22 +55,26 @@ export async function triggerAgent(client: ApiClient, agentId: number | undefine
   const agents = await listAll<{ id: number; name: string }>(client, "/v1/agents");
   const mine = agents.find((a) => a.name === TRIGGER_AGENT_NAME);
   if (mine) return mine.id;
-  let key = "klen-webhooks-trigger-agent";
-  for (let tries = 0; ; tries++) {
+  // "v1": the creation's body; a version that changes it must change the key too (the server
+  // refuses a key reused with another body for 24 h).
+  let key = "klen-webhooks-trigger-agent-v1";
+  for (let tries = 0; tries < 5; tries++) {
     const created = await client.post<{ id: number }>(
       "/v1/agents",
       { name: TRIGGER_AGENT_NAME, assistant_id: "assistant_cli" },
       key,
     );
-    if (tries === 4) return created.id;
     try {
       await client.get(`/v1/agents/${created.id}`);
       return created.id;
     } catch (err) {
       if (!(err instanceof ApiRequestError) || err.status !== 404) throw err;
-      key = `klen-webhooks-trigger-agent-after-${created.id}`;
+      key = `klen-webhooks-trigger-agent-v1-after-${created.id}`;
     }
   }
+  throw new Error(
+    `the "${TRIGGER_AGENT_NAME}" agent was deleted as often as it was made; pass --agent-id to use another`,
+  );
 }
 
 export interface TriggerResult {

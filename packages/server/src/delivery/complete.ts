@@ -46,13 +46,25 @@ const ATTEMPT_TYPES: ColumnType[] = [
  * attempts would be logged twice and their deliveries' `attempt_count` raised twice — a retry
  * step skipped — since the claim token that fences the update is still the same.
  */
-async function notYetRecorded(trx: Db, outcomes: Outcome[]): Promise<Outcome[]> {
+async function notYetRecorded(trx: Db, caps: DialectCaps, outcomes: Outcome[]): Promise<Outcome[]> {
   const attempted = outcomes.filter((o) => o.result !== null);
   if (attempted.length === 0) return outcomes;
+  const ids = [...new Set(attempted.map((o) => o.claimed.id))];
+  // PostgreSQL: the earlier write may still be committing (its answer was lost, not its commit).
+  // It holds the rows of the deliveries it updated until it ends; waiting for them here makes the
+  // read below see its attempts. (SQLite has one writer: the earlier write has ended.)
+  if (caps.rowLocks)
+    await trx
+      .selectFrom("deliveries")
+      .select("id")
+      .where("id", "in", ids)
+      .orderBy("id")
+      .forUpdate()
+      .execute();
   const logged = await trx
     .selectFrom("attempts")
     .select(["delivery_id", "number", "started_at"])
-    .where("delivery_id", "in", [...new Set(attempted.map((o) => o.claimed.id))])
+    .where("delivery_id", "in", ids)
     .execute();
   const seen = new Set(logged.map((a) => `${a.delivery_id} ${Number(a.number)} ${Number(a.started_at)}`));
   return outcomes.filter(
@@ -79,7 +91,7 @@ export async function completeBatch(
   if (batch.length === 0) return { released: 0, disabled: [] };
   return store.db.transaction().execute(async (trx) => {
     // Written again after a write that may have committed: only what is not in the log yet.
-    const outcomes = opts.mayBeRecorded ? await notYetRecorded(trx, batch) : batch;
+    const outcomes = opts.mayBeRecorded ? await notYetRecorded(trx, store.caps, batch) : batch;
     const attempts = outcomes.filter((o) => o.result !== null);
     if (attempts.length > 0) {
       const rows = attempts.map((o) => {

@@ -51,20 +51,26 @@ export interface TestCallPlan {
  * carried on because its process died (`kill -9`, however often) is not a failure of the run.
  */
 export const MAX_RUN_ATTEMPTS = 5;
+/**
+ * A run carried on this many times after its process died is given up too: one that kills every
+ * process that runs it (out of memory, say) would otherwise take the workers down one after
+ * another for ever.
+ */
+export const MAX_RUN_TAKEOVERS = 20;
 
 /** Another process took the run over (this one's lease ran out): it carries the run on. */
 class LeaseLost extends Error {}
 
 /**
  * Compare-and-set on a run's lease: moves it from `held` to `next` (null: deletes the run), with
- * `attempts` when given. False when the lease is not `held` any more (another process took it).
+ * `takeovers` when given. False when the lease is not `held` any more (another process took it).
  */
 async function swapLease(
   db: Db,
   callId: number,
   held: number,
   next: number | null,
-  attempts?: number,
+  takeovers?: number,
 ): Promise<boolean> {
   const res =
     next === null
@@ -75,7 +81,7 @@ async function swapLease(
           .executeTakeFirst()
       : await db
           .updateTable("test_call_runs")
-          .set({ leased_until: next, ...(attempts !== undefined ? { attempts } : {}) })
+          .set({ leased_until: next, ...(takeovers !== undefined ? { takeovers } : {}) })
           .where("call_id", "=", callId)
           .where("leased_until", "=", held)
           .executeTakeFirst();
@@ -101,6 +107,14 @@ function runs(ctx: AppContext): Runs {
     runsOf.set(ctx, r);
   }
   return r;
+}
+
+/**
+ * At shutdown, first: runs in progress stop waiting for a summary (and give their lease back
+ * themselves), and no run is started from here on.
+ */
+export function stopTestCalls(ctx: AppContext): void {
+  runs(ctx).stopping = true;
 }
 
 /**
@@ -241,11 +255,14 @@ export async function runTestCall(
           // Long enough for a summary job a dead process held to come free (its lease is
           // KLEN_LEASE too) and be run here: the summary then still comes before the recording.
           opts.summaryWaitMs ?? Math.max(60_000, ctx.config.leaseMs + 15_000),
+          () => mine.stopping,
         );
       } finally {
         clearInterval(heartbeat);
         await beat;
       }
+      // Shutting down: the run is handed over (below) rather than carried on without its summary.
+      if (mine.stopping) throw new LeaseLost();
       if (!summarized)
         ctx.log.warn(
           { component: "simulator", call_id: callId },
@@ -285,6 +302,9 @@ export async function runTestCall(
     }
   } catch (err) {
     if (err instanceof LeaseLost || mine.stopping) {
+      // At shutdown the lease is given back, so a worker carries the run on at once (a no-op when
+      // handOverTestCalls did it already, or another process holds it).
+      if (mine.stopping) await swapLease(ctx.store.db, callId, held, 0).catch(() => false);
       ctx.log.info(
         { component: "simulator", call_id: callId },
         mine.stopping ? "test call handed over at shutdown" : "test call carried on by another process",
@@ -333,23 +353,32 @@ export async function resumeDueTestCalls(
   for (const r of due) {
     if (stopped()) break;
     const log = ctx.log.child({ component: "simulator", call_id: Number(r.call_id) });
-    const given = Number(r.attempts) >= MAX_RUN_ATTEMPTS;
+    const given = Number(r.attempts) >= MAX_RUN_ATTEMPTS || Number(r.takeovers) >= MAX_RUN_TAKEOVERS;
     // The time now, not when the list was read: the runs before this one may have taken a while.
     const lease = ctx.clock.now() + ctx.config.leaseMs;
-    // Compare-and-set on the lease: of two processes seeing the same run, one takes it.
+    // Compare-and-set on the lease: of two processes seeing the same run, one takes it. A lease
+    // given back at shutdown (0) is a hand-over, not a takeover after a crash.
+    const handedOver = Number(r.leased_until) === 0;
     const won = await swapLease(
       ctx.store.db,
       Number(r.call_id),
       Number(r.leased_until),
       given ? null : lease,
+      handedOver ? undefined : Number(r.takeovers) + 1,
     );
     if (!won) continue;
     if (given) {
-      log.error({ failures: Number(r.attempts) }, "test call failed too often; given up");
+      log.error(
+        { failures: Number(r.attempts), takeovers: Number(r.takeovers) },
+        "test call failed too often; given up",
+      );
       continue;
     }
     ran++;
-    log.warn({ failures: Number(r.attempts) }, "carrying on an interrupted test call");
+    log.warn(
+      { failures: Number(r.attempts), takeovers: Number(r.takeovers) + (handedOver ? 0 : 1) },
+      "carrying on an interrupted test call",
+    );
     await runTestCall(
       ctx,
       {

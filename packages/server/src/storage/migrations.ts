@@ -283,4 +283,13 @@ ALTER TABLE blobs ADD COLUMN sealed INTEGER;
 ALTER TABLE deliveries ADD COLUMN one_attempt INTEGER NOT NULL DEFAULT 0;
 `,
   },
+  {
+    id: 11,
+    name: "test_call_run_takeovers",
+    sql: () => `
+-- How often a test call's run was carried on after its process died. \`attempts\` counts the run's
+-- own failures only; a run that keeps killing its process is given up on this count instead.
+ALTER TABLE test_call_runs ADD COLUMN takeovers INTEGER NOT NULL DEFAULT 0;
+`,
+  },
 ];

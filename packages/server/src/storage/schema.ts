@@ -143,7 +143,10 @@ export interface Database {
     agent_name: string;
     outcome: string;
     transcript_bytes: number | null;
+    /** Failures of the run (MAX_RUN_ATTEMPTS). */
     attempts: number;
+    /** Times it was carried on after its process died (MAX_RUN_TAKEOVERS); migration 11. */
+    takeovers: number;
     leased_until: number;
     created_at: number;
   };

@@ -208,13 +208,15 @@ export async function runDueSummaries(ctx: AppContext, summarize: Summarizer, li
 /**
  * Runs the summary job of one call now, for a caller that needs `call.summary` before its next
  * step (the test-call simulator): claims it itself, or, when a worker holds it, waits until the
- * call has its summary or the job has failed. Returns whether the call got a summary.
+ * call has its summary or the job has failed, at most `timeoutMs`, or until `stopped()` (the
+ * process is shutting down). Returns whether the call got a summary.
  */
 export async function summarizeCallNow(
   ctx: AppContext,
   summarize: Summarizer,
   callId: number,
   timeoutMs = 60_000,
+  stopped: () => boolean = () => false,
 ): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -231,7 +233,7 @@ export async function summarizeCallNow(
       .select("status")
       .where("call_id", "=", callId)
       .executeTakeFirst();
-    if (!left || left.status === "failed" || Date.now() > deadline) return false;
+    if (!left || left.status === "failed" || Date.now() > deadline || stopped()) return false;
     await new Promise((r) => setTimeout(r, 100));
   }
 }

@@ -62,11 +62,17 @@ export class SummaryWorker {
     }
   }
 
-  /** Stops after the job in hand (a job interrupted by exit is re-run after its lease). */
-  async stop(): Promise<void> {
+  /**
+   * Stops after the job in hand, waiting for it at most `graceMs`: a summarizer that hangs (an
+   * OpenAI-compatible one can take three tries of 30 s) must not hold the process's shutdown. A
+   * job left unfinished is run again by a worker once its lease (KLEN_LEASE) runs out.
+   */
+  async stop(graceMs = 10_000): Promise<void> {
     this.stopped = true;
     this.ctx.work.off("work", this.poke);
     this.wake?.();
-    await this.loop;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.loop, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+    clearTimeout(timer);
   }
 }

@@ -26,17 +26,23 @@ async function testAgent(
     });
     return { id: Number(a.id), name: a.name };
   }
-  // Two first test calls at once must not both create it (SQLite: one writer at a time).
-  if (rowLocks)
-    await trx.selectFrom("accounts").select("id").where("id", "=", accountId).forUpdate().execute();
-  const found = await trx
-    .selectFrom("agents")
-    .select(["id", "name"])
-    .where("account_id", "=", accountId)
-    .where("name", "=", TEST_AGENT)
-    .where("deleted_at", "is", null)
-    .orderBy("id")
-    .executeTakeFirst();
+  const find = () =>
+    trx
+      .selectFrom("agents")
+      .select(["id", "name"])
+      .where("account_id", "=", accountId)
+      .where("name", "=", TEST_AGENT)
+      .where("deleted_at", "is", null)
+      .orderBy("id")
+      .executeTakeFirst();
+  let found = await find();
+  // Missing: two first test calls at once must not both create it. On PostgreSQL the account row
+  // is locked (the weakest lock that serializes them) and the agent looked for again; SQLite has
+  // one writer at a time.
+  if (!found && rowLocks) {
+    await trx.selectFrom("accounts").select("id").where("id", "=", accountId).forNoKeyUpdate().execute();
+    found = await find();
+  }
   if (found) return { id: Number(found.id), name: found.name };
   const made = await trx
     .insertInto("agents")
@@ -131,6 +137,7 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
             outcome,
             transcript_bytes: b.transcript_bytes ?? null,
             attempts: 0, // failures of the run so far (MAX_RUN_ATTEMPTS); a takeover after a crash is none
+            takeovers: 0,
             leased_until: lease,
             created_at: now,
           })
