@@ -351,7 +351,7 @@ export async function resumeDueTestCalls(
     .execute();
   let ran = 0;
   for (const r of due) {
-    if (stopped()) break;
+    if (stopped() || runs(ctx).stopping) break;
     const log = ctx.log.child({ component: "simulator", call_id: Number(r.call_id) });
     const given = Number(r.attempts) >= MAX_RUN_ATTEMPTS || Number(r.takeovers) >= MAX_RUN_TAKEOVERS;
     // The time now, not when the list was read: the runs before this one may have taken a while.
