@@ -642,6 +642,25 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Load more" }).waitFor({ state: "hidden" });
   });
 
+  test("the Deliveries endpoint filter offers every endpoint, past the first page of 100", async () => {
+    const oldest = await server.api.post("/v1/endpoints", {
+      url: `${receiver.url}/oldest-of-many`,
+      description: "Oldest of many",
+    });
+    for (let i = 0; i < 100; i++)
+      assert.equal(
+        (await server.api.post("/v1/endpoints", { url: `${receiver.url}/many/${i}` })).status,
+        201,
+      );
+    await section("Deliveries");
+    const filter = page.locator('select[name="endpoint_id"]');
+    await filter.locator(`option[value="${oldest.body.id}"]`).waitFor({ state: "attached" });
+    const listed = (await server.api.get("/v1/endpoints?limit=100")).body;
+    assert.ok(listed.next_cursor, "more than one page of endpoints");
+    await filter.selectOption(oldest.body.id);
+    await page.waitForURL(new RegExp(`endpoint_id=${oldest.body.id}`));
+  });
+
   test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
     await section("Settings");
     await page.getByLabel("Account name").fill("Acme Voice");

@@ -3,18 +3,35 @@ import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
 import { card, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 
 // Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
-// (one request for the first 100) when a page shows an endpoint not seen yet.
+// when a page shows an endpoint not seen yet (at most every 5 s: a deleted endpoint is not listed,
+// and would otherwise have every table load them all again).
 const endpointUrls = new Map();
+let endpointsLoadedAt = 0;
+const RELOAD_AFTER_MS = 5_000;
+/** Pages of 100 endpoints read for names and the filter: 1,000 endpoints at the most. */
+const ENDPOINT_PAGES = 10;
 
 async function lookup(deliveries) {
-  if (deliveries.some((d) => !endpointUrls.has(d.endpoint_id))) await loadEndpoints();
+  if (
+    deliveries.some((d) => !endpointUrls.has(d.endpoint_id)) &&
+    Date.now() - endpointsLoadedAt > RELOAD_AFTER_MS
+  )
+    await loadEndpoints();
 }
 
-/** All endpoints (first 100) for names and filters. */
+/** The account's endpoints (up to 1,000, newest first) for names and filters. */
 export async function loadEndpoints() {
-  const r = await api("GET", "/v1/endpoints?limit=100");
-  for (const e of r.data) endpointUrls.set(e.id, e.url);
-  return r.data;
+  const all = [];
+  let cursor;
+  for (let page = 0; page < ENDPOINT_PAGES; page++) {
+    const r = await api("GET", withQuery("/v1/endpoints", { limit: 100, cursor }));
+    all.push(...r.data);
+    if (!r.next_cursor) break;
+    cursor = r.next_cursor;
+  }
+  for (const e of all) endpointUrls.set(e.id, e.url);
+  endpointsLoadedAt = Date.now();
+  return all;
 }
 
 /**
