@@ -10,6 +10,7 @@ import { ApiError } from "../errors.js";
 import type { Db } from "../storage/types.js";
 import { enqueueSummary, summarizeCallNow } from "../summaries/jobs.js";
 import { type Summarizer, summarizerFor } from "../summaries/summarizer.js";
+import { whileRenewing } from "../util/lease.js";
 import { generateConversation } from "./conversation.js";
 import { seededRandom } from "./random.js";
 import { synthesizeWav } from "./wav.js";
@@ -236,31 +237,23 @@ export async function runTestCall(
     if (call.summary_at === null) {
       // The summarizer may take longer than the lease: renewed meanwhile, so that a live run is
       // not taken for an interrupted one (a lost lease shows at the next step).
-      let beat: Promise<unknown> = Promise.resolve();
-      const heartbeat = setInterval(
-        () => {
-          beat = beat.then(async () => {
-            held = await renew(ctx.store.db, ctx.clock.now(), false);
-          });
-          beat = beat.catch(() => clearInterval(heartbeat));
+      const summarized = await whileRenewing(
+        ctx.config.leaseMs,
+        async () => {
+          held = await renew(ctx.store.db, ctx.clock.now(), false);
+          return true;
         },
-        Math.max(1, Math.floor(ctx.config.leaseMs / 3)),
+        () =>
+          summarizeCallNow(
+            ctx,
+            opts.summarize ?? summarizerFor(ctx.config, ctx.log),
+            callId,
+            // Long enough for a summary job a dead process held to come free (its lease is
+            // KLEN_LEASE too) and be run here: the summary then still comes before the recording.
+            opts.summaryWaitMs ?? Math.max(60_000, ctx.config.leaseMs + 15_000),
+            () => mine.stopping,
+          ),
       );
-      let summarized: boolean;
-      try {
-        summarized = await summarizeCallNow(
-          ctx,
-          opts.summarize ?? summarizerFor(ctx.config, ctx.log),
-          callId,
-          // Long enough for a summary job a dead process held to come free (its lease is
-          // KLEN_LEASE too) and be run here: the summary then still comes before the recording.
-          opts.summaryWaitMs ?? Math.max(60_000, ctx.config.leaseMs + 15_000),
-          () => mine.stopping,
-        );
-      } finally {
-        clearInterval(heartbeat);
-        await beat;
-      }
       // Shutting down: the run is handed over (below) rather than carried on without its summary.
       if (mine.stopping) throw new LeaseLost();
       if (!summarized)

@@ -4,6 +4,7 @@ import { textContent } from "../calls/content.js";
 import { applyTransition } from "../calls/service.js";
 import { ApiError } from "../errors.js";
 import { type Db, PENDING } from "../storage/types.js";
+import { whileRenewing } from "../util/lease.js";
 import type { Summarizer } from "./summarizer.js";
 
 /** Delays between job runs after a failed one; after the last the job is given up (and logged). */
@@ -105,34 +106,24 @@ async function run(
   // The summarizer may take longer than the lease (an OpenAI-compatible one: up to three tries of
   // 30 s): the lease is renewed every third of its length meanwhile, so a live worker keeps the
   // job and one that died gives it up within a lease. Each renewal is fenced on the last one.
-  let beat: Promise<unknown> = Promise.resolve();
-  const heartbeat = setInterval(
-    () => {
-      beat = beat
-        .then(async () => {
-          const next = ctx.clock.now() + ctx.config.leaseMs;
-          const res = await ctx.store.db
-            .updateTable("summary_jobs")
-            .set({ next_attempt_at: next })
-            .where("call_id", "=", job.callId)
-            .where("status", "=", PENDING)
-            .where("next_attempt_at", "=", job.lease)
-            .executeTakeFirst();
-          if (Number(res.numUpdatedRows) === 1) job.lease = next;
-          else clearInterval(heartbeat); // taken over: the writes below find the fence moved
-        })
-        .catch(() => clearInterval(heartbeat));
-    },
-    Math.max(1, Math.floor(ctx.config.leaseMs / 3)),
-  );
-  const summarizeHeld = async () => {
-    try {
-      return await summarize(job.transcript);
-    } finally {
-      clearInterval(heartbeat);
-      await beat;
-    }
-  };
+  const summarizeHeld = () =>
+    whileRenewing(
+      ctx.config.leaseMs,
+      async () => {
+        const next = ctx.clock.now() + ctx.config.leaseMs;
+        const res = await ctx.store.db
+          .updateTable("summary_jobs")
+          .set({ next_attempt_at: next })
+          .where("call_id", "=", job.callId)
+          .where("status", "=", PENDING)
+          .where("next_attempt_at", "=", job.lease)
+          .executeTakeFirst();
+        if (Number(res.numUpdatedRows) !== 1) return false; // taken over: the writes below find the fence moved
+        job.lease = next;
+        return true;
+      },
+      () => summarize(job.transcript),
+    );
   try {
     summary = (await summarizeHeld()).trim();
     if (!summary) throw new Error("the summarizer returned an empty summary");
