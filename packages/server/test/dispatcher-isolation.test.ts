@@ -183,6 +183,62 @@ test("new endpoints that never answer cannot take every slot before their first 
   }
 });
 
+test("an endpoint that hangs is retried on more slots while the others leave them idle, up to its cap", async () => {
+  // Accepts requests and never answers; the delivery timeout is 400 ms, so its attempts fail slowly.
+  let open = 0;
+  let maxOpen = 0;
+  let timedOut = 0;
+  const held: ServerResponse[] = [];
+  const dead = createServer((req, res) => {
+    req.resume();
+    open++;
+    maxOpen = Math.max(maxOpen, open);
+    held.push(res);
+    res.on("close", () => {
+      open--;
+      timedOut++;
+    });
+  });
+  await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
+  const healthy = await startReceiver();
+  const r = await apiOnlyServer(
+    `http://127.0.0.1:${(dead.address() as AddressInfo).port}/`,
+    {},
+    {
+      KLEN_DELIVERY_TIMEOUT: "400ms",
+    },
+  );
+  let dispatcher: Dispatcher | undefined;
+  try {
+    // 20 calls, so 20 deliveries due at once, each the first of its call.
+    for (let i = 0; i < 20; i++) {
+      const id = await r.newCall(`+155503100${String(i).padStart(2, "0")}`);
+      await r.client.post(`/v1/calls/${id}/start`, {});
+    }
+    // New, it gets 2 slots; once its first attempts time out it is failing, and slow: 8, not 2.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 32,
+      perEndpoint: 16,
+      perNewEndpoint: 2,
+      perFailingEndpoint: 2,
+      perHangingEndpoint: 8,
+      failingShare: 12,
+      slowAttemptMs: 200,
+      batchSize: 32,
+      pollMs: 50,
+    });
+    dispatcher.start();
+    await waitFor("8 attempts at the hanging endpoint at once", () => maxOpen >= 8);
+    assert.ok(timedOut >= 2, "the first attempts timed out first");
+    // Every call's delivery is attempted again and again, and never more than 8 at once.
+    await waitFor("three rounds of attempts", () => timedOut >= 60);
+    assert.equal(maxOpen, 8);
+    assert.equal(dispatcher.failingEndpoints, 1);
+  } finally {
+    await tearDown(held, dispatcher, r, healthy, dead);
+  }
+});
+
 test("an outcome the database refuses holds up only itself: the others of its batch are recorded", async () => {
   // Two endpoints on one receiver: /poison's answer is refused by a trigger when its attempt is
   // logged; /ok answers a little later, so its outcome joins the refused one's retried batch.

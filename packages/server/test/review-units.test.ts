@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RateLimiter } from "../src/api/auth.js";
 import { ConfigError, loadConfig } from "../src/config.js";
-import { floorPlan } from "../src/delivery/dispatcher.js";
+import { floorPlan, spareForFailing } from "../src/delivery/dispatcher.js";
 import { isRefusedContent } from "../src/storage/store.js";
 import { idFloor, newId } from "../src/util/ids.js";
 import { parseIso } from "../src/util/time.js";
@@ -80,6 +80,31 @@ test("idFloor(ms) sorts above every id made before ms and below every id made at
   const floor = idFloor("dlv", ms);
   for (const t of [0, 1, ms - 86_400_000, ms - 1]) assert.ok(newId("dlv", t) < floor, `made at ${t}`);
   for (const t of [ms, ms + 1, ms + 86_400_000]) assert.ok(newId("dlv", t) > floor, `made at ${t}`);
+});
+
+test("failing endpoints borrow slots only while the others leave half of them free, and together at most their share", () => {
+  const O = { concurrency: 256, failingShare: 64 };
+  const failing = new Set(["dead1", "dead2"]);
+  // What each endpoint holds; the process has their sum in flight.
+  const spare = (held: Record<string, number>) =>
+    spareForFailing(
+      new Map(Object.entries(held)),
+      failing,
+      Object.values(held).reduce((a, b) => a + b, 0),
+      O,
+    );
+  // Idle apart from the two failing endpoints' 2 + 2: 60 more may be lent out.
+  assert.equal(spare({ dead1: 2, dead2: 2 }), 60);
+  // Healthy endpoints hold 127 of 256: still under half, the failing ones may borrow.
+  assert.equal(spare({ ok: 100, ok2: 27, dead1: 2 }), 62);
+  // Healthy endpoints hold half: nothing is lent, whatever is left of the share.
+  assert.equal(spare({ ok: 100, ok2: 28, dead1: 2 }), 0);
+  // The failing endpoints hold their share already (borrowed earlier): nothing more.
+  assert.equal(spare({ dead1: 40, dead2: 30 }), 0);
+  assert.equal(spare({ dead1: 40, dead2: 24 }), 0);
+  assert.equal(spare({ dead1: 40, dead2: 23, ok: 5 }), 1);
+  // Nothing in flight at all.
+  assert.equal(spare({}), 64);
 });
 
 test("a claim starts at the floor only while every endpoint the floor was found without is still left out", () => {

@@ -20,6 +20,13 @@ export interface DispatcherOptions {
   /** The same for an endpoint whose last attempt failed, until one succeeds again. */
   perFailingEndpoint: number;
   /**
+   * What a failing endpoint whose attempts are slow (it hangs until the delivery timeout) may hold
+   * while the process has slots to spare (`spareForFailing`), so its retries keep to their schedule.
+   */
+  perHangingEndpoint: number;
+  /** The most slots failing endpoints may hold together before none of them is given more. */
+  failingShare: number;
+  /**
    * The same for an endpoint none of whose attempts has finished yet in this process: until its
    * first answer says whether it is healthy, it is not given a healthy endpoint's slots.
    */
@@ -55,6 +62,11 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   // whole delivery timeout (delivery audit: a healthy endpoint's events waited 8-29 s behind
   // 5-40 dead endpoints). Now 128 failing or 32 new endpoints would be needed to fill them.
   perFailingEndpoint: 2,
+  // ...but 2 slots against an endpoint that hangs are 2 attempts per delivery timeout, which falls
+  // behind the retry schedule once it has more than 8 calls a minute to retry (crash campaign: 280
+  // attempts at a 1.5 s timeout took 218 s). While the slots are mostly idle it may have more.
+  perHangingEndpoint: 16,
+  failingShare: 64,
   perNewEndpoint: 8,
   minSlowShare: 8,
   slowAttemptMs: 1_000,
@@ -137,6 +149,25 @@ export function floorPlan(
 }
 
 /**
+ * How many slots failing endpoints may take beyond `perFailingEndpoint` each, now (pure, for
+ * tests): none while the other endpoints hold half of the slots or more, so an endpoint that hangs
+ * borrows only what nobody is using; otherwise what is left of `failingShare` after what the failing
+ * endpoints hold already. Slots lent out are held for at most a delivery timeout, and the healthy
+ * endpoints keep at least `concurrency - failingShare` of them meanwhile.
+ */
+export function spareForFailing(
+  perEndpoint: ReadonlyMap<string, number>,
+  failing: ReadonlySet<string>,
+  inflight: number,
+  o: Pick<DispatcherOptions, "concurrency" | "failingShare">,
+): number {
+  let held = 0;
+  for (const [id, n] of perEndpoint) if (failing.has(id)) held += n;
+  if (inflight - held >= o.concurrency / 2) return 0;
+  return Math.max(0, o.failingShare - held);
+}
+
+/**
  * The dispatcher: claims due deliveries in batches, sends them concurrently over keep-alive
  * pools, and records outcomes in batches. It wakes at once when the API commits new work (or a
  * completion releases the next delivery of a call) and polls as the safety net.
@@ -155,6 +186,8 @@ export class Dispatcher {
   private failing = new Set<string>();
   /** Endpoints whose last attempt in this process took `slowAttemptMs` or longer. */
   private slow = new Set<string>();
+  /** Slots failing endpoints may still borrow in this turn of the loop (`spareForFailing`). */
+  private spare = 0;
   /**
    * Endpoints with a finished attempt in this process, most recent last; the oldest are forgotten
    * past `KNOWN_ENDPOINTS` (one forgotten is new again until its next answer, a few milliseconds).
@@ -319,6 +352,7 @@ export class Dispatcher {
         continue;
       }
       this.dirty = false;
+      this.spare = spareForFailing(this.perEndpoint, this.failing, this.inflight.size, this.opts);
       // An endpoint close to its cap sits out the claim until a quarter of its slots are free.
       // Its due rows are usually the oldest (a slow or dead endpoint's backlog), so a claim that
       // includes it takes a whole batch of them and hands back all but the few that fit: with
@@ -354,8 +388,12 @@ export class Dispatcher {
       // so a slow or dead endpoint never holds more than its cap of this process's slots.
       const excess: Claimed[] = [];
       for (const c of claimed) {
-        if ((this.perEndpoint.get(c.endpointId) ?? 0) >= this.capOf(c.endpointId)) excess.push(c);
-        else this.attempt(c);
+        const held = this.perEndpoint.get(c.endpointId) ?? 0;
+        if (held >= this.capOf(c.endpointId)) excess.push(c);
+        else {
+          if (held >= this.opts.perFailingEndpoint && this.failing.has(c.endpointId)) this.spare--;
+          this.attempt(c);
+        }
       }
       if (excess.length > 0) {
         await releaseLeases(this.ctx.store, excess, this.ctx.clock.now()).catch((err) =>
@@ -405,12 +443,16 @@ export class Dispatcher {
    * `slowAttemptMs` or more) its fair share when more endpoints are in flight. A failing one (its
    * last attempt failed: down, timing out, answering 5xx) gets few, so that while it fails it
    * holds a small share of the slots instead of a quarter of them, and healthy endpoints keep
-   * their throughput; its first success gives it back its full share. One with no finished attempt
+   * their throughput; its first success gives it back its full share. One that fails slowly (it
+   * hangs until the timeout) may have `perHangingEndpoint` while there are slots to spare. One with no finished attempt
    * yet in this process gets `perNewEndpoint` until its first answer. Its deliveries are still
    * attempted as slots free up, in order.
    */
   private capOf(endpointId: string): number {
-    if (this.failing.has(endpointId)) return this.opts.perFailingEndpoint;
+    if (this.failing.has(endpointId))
+      return this.spare > 0 && this.slow.has(endpointId)
+        ? Math.max(this.opts.perHangingEndpoint, this.opts.perFailingEndpoint)
+        : this.opts.perFailingEndpoint;
     if (!this.known.has(endpointId)) return Math.min(this.opts.perNewEndpoint, this.opts.perEndpoint);
     if (!this.slow.has(endpointId)) return this.opts.perEndpoint;
     // A fair share, so that endpoints that are slow but succeed (never failing, none at its cap)

@@ -7,9 +7,13 @@ import { freePort, tempDir } from "./server.js";
 /**
  * An API-only server (no dispatcher) with an agent and one endpoint at `endpointUrl`, for tests
  * that queue work first and then run a Dispatcher of their own on `api.ctx`. Deliveries time out
- * after 60 s and are retried every 200 ms (30 times).
+ * after 60 s and are retried every 200 ms (30 times); `env` changes that or adds settings.
  */
-export async function apiOnlyServer(endpointUrl: string, endpoint: Record<string, unknown> = {}) {
+export async function apiOnlyServer(
+  endpointUrl: string,
+  endpoint: Record<string, unknown> = {},
+  env: Record<string, string> = {},
+) {
   const dir = tempDir();
   const config = loadConfig({
     KLEN_DATA_DIR: dir.path,
@@ -18,6 +22,7 @@ export async function apiOnlyServer(endpointUrl: string, endpoint: Record<string
     PORT: String(await freePort()),
     KLEN_DELIVERY_TIMEOUT: "60s",
     KLEN_RETRY_SCHEDULE: Array(30).fill("200ms").join(","),
+    ...env,
   });
   const api = await startServer(config, createLogger({ level: "silent" }), { role: "api" });
   const client = apiClient(`http://127.0.0.1:${config.port}`, "klen_api_only_key");
