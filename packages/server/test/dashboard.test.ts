@@ -661,6 +661,49 @@ describe("dashboard in Chromium", () => {
     await page.waitForURL(new RegExp(`endpoint_id=${oldest.body.id}`));
   });
 
+  test("Created before narrows deliveries and events to older ones, and stays in the link", async () => {
+    await runCall(server.api, agentId, "+15550002001");
+    // The next call's events in a later second than every earlier one (the control takes seconds).
+    await new Promise((r) => setTimeout(r, 1_100));
+    await runCall(server.api, agentId, "+15550002002");
+    const newest = (await server.api.get("/v1/deliveries?limit=1")).body.data[0].created_at as string;
+    const instant = new Date(Math.floor(Date.parse(newest) / 1000) * 1000).toISOString();
+    // The same instant as the browser's local date and time, which the control holds.
+    const local = await page.evaluate((iso) => {
+      const d = new Date(iso);
+      const p = (n: number) => String(n).padStart(2, "0");
+      return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+    }, instant);
+    for (const [name, path, rowSelector, idOf] of [
+      ["Deliveries", "/v1/deliveries", "tr.delivery", "data-delivery"],
+      ["Events", "/v1/events", "tr.event", "data-event"],
+    ] as const) {
+      const limit = name === "Events" ? 25 : 20;
+      const expected = (await server.api.get(`${path}?limit=${limit}&before=${instant}`)).body.data.map(
+        (x: { id: string; created_at: string }) => {
+          assert.ok(x.created_at < instant);
+          return x.id;
+        },
+      );
+      const latest = (await server.api.get(`${path}?limit=1`)).body.data[0].id;
+      assert.ok(expected.length > 0 && !expected.includes(latest), `${name}: older ones only`);
+      await section(name);
+      await page.locator(`${rowSelector}[${idOf}="${latest}"]`).waitFor();
+      await page.getByLabel("Created before").fill(local);
+      await page.getByRole("button", { name: "Filter", exact: true }).click();
+      await page.waitForURL((u) => new URLSearchParams(u.hash.split("?")[1]).get("before") === instant);
+      const rows = page.locator(rowSelector);
+      await waitFor(`${name} before ${instant}`, async () => {
+        const ids = await rows.evaluateAll((els, a) => els.map((e) => e.getAttribute(a)), idOf);
+        return JSON.stringify(ids) === JSON.stringify(expected) ? true : undefined;
+      });
+      // Opened from the link, the control shows the instant again.
+      await page.reload();
+      await page.locator(`${rowSelector}[${idOf}="${expected[0]}"]`).waitFor();
+      assert.equal(await page.getByLabel("Created before").inputValue(), local);
+    }
+  });
+
   test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
     await section("Settings");
     await page.getByLabel("Account name").fill("Acme Voice");

@@ -142,6 +142,26 @@ export function select(name, options, value) {
   );
 }
 
+/**
+ * A "Created before" control: a local date and time, which the list gives the API as an instant
+ * (`before`, docs/api.md Pagination). `iso`: the instant from the page's link, or "".
+ */
+export function beforeInput(iso) {
+  const d = new Date(iso);
+  const p = (n) => String(n).padStart(2, "0");
+  const value =
+    !iso || Number.isNaN(d.getTime())
+      ? ""
+      : `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  return h("input", { name: "before", type: "datetime-local", step: "1", value });
+}
+
+/** The instant a `beforeInput` holds, as ISO-8601 UTC, or "" when it is empty. */
+export function beforeValue(input) {
+  const d = new Date(input.value);
+  return !input.value || Number.isNaN(d.getTime()) ? "" : d.toISOString();
+}
+
 /** Monospace id text. */
 export function mono(text) {
   return h("code", { class: "mono" }, text);

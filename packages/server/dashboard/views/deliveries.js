@@ -1,6 +1,16 @@
 import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
+import {
+  beforeInput,
+  beforeValue,
+  card,
+  field,
+  mono,
+  pagedTable,
+  pageHeader,
+  refreshButton,
+  select,
+} from "./common.js";
 
 // Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
 // when a page shows an endpoint not seen yet (at most every 5 s: a deleted endpoint is not listed,
@@ -264,12 +274,13 @@ function shorten(text, max) {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** `#/deliveries?status=…&endpoint_id=…&event_id=…` */
+/** `#/deliveries?status=…&endpoint_id=…&event_id=…&before=…` */
 export async function renderDeliveries(main, query) {
   const filters = {
     status: query.get("status") ?? "",
     endpoint_id: query.get("endpoint_id") ?? "",
     event_id: query.get("event_id") ?? "",
+    before: query.get("before") ?? "",
   };
   const endpoints = await loadEndpoints();
   const status = select(
@@ -287,11 +298,15 @@ export async function renderDeliveries(main, query) {
     [["", "All endpoints"], ...endpoints.map((e) => [e.id, shorten(e.url, 70)])],
     filters.endpoint_id,
   );
-  const apply = () => {
+  // Applied when the form is sent, not on every change: a date is typed one part at a time.
+  const before = beforeInput(filters.before);
+  const apply = (ev) => {
+    ev?.preventDefault();
     const q = new URLSearchParams();
     if (status.value) q.set("status", status.value);
     if (endpoint.value) q.set("endpoint_id", endpoint.value);
     if (filters.event_id) q.set("event_id", filters.event_id);
+    if (beforeValue(before)) q.set("before", beforeValue(before));
     location.hash = `#/deliveries${q.toString() ? `?${q}` : ""}`;
   };
   status.addEventListener("change", apply);
@@ -305,10 +320,12 @@ export async function renderDeliveries(main, query) {
       refreshButton(table.reload),
     ),
     h(
-      "div",
-      { class: "filters" },
+      "form",
+      { class: "filters", onsubmit: apply },
       field("Status", status),
       field("Endpoint", endpoint),
+      field("Created before", before),
+      h("button", { class: "btn btn-secondary", type: "submit" }, "Filter"),
       filters.event_id
         ? h(
             "div",

@@ -1,6 +1,16 @@
 import { api, withQuery } from "../api.js";
 import { ago, h, jsonBlock, mount } from "../dom.js";
-import { card, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
+import {
+  beforeInput,
+  beforeValue,
+  card,
+  field,
+  mono,
+  pagedTable,
+  pageHeader,
+  refreshButton,
+  select,
+} from "./common.js";
 import { EVENT_TYPES } from "./endpoints.js";
 
 /**
@@ -66,7 +76,7 @@ export function eventTable(filters, label = "Events") {
   });
 }
 
-/** `#/events?event_type=…&call_id=…` (or `?event_id=…` for one event, opened). */
+/** `#/events?event_type=…&call_id=…&before=…` (or `?event_id=…` for one event, opened). */
 export async function renderEvents(main, query) {
   const eventId = query.get("event_id");
   if (eventId) {
@@ -95,7 +105,11 @@ export async function renderEvents(main, query) {
     );
     return;
   }
-  const filters = { event_type: query.get("event_type") ?? "", call_id: query.get("call_id") ?? "" };
+  const filters = {
+    event_type: query.get("event_type") ?? "",
+    call_id: query.get("call_id") ?? "",
+    before: query.get("before") ?? "",
+  };
   const type = select(
     "event_type",
     [["", "All event types"], ...EVENT_TYPES.map((t) => [t, t])],
@@ -108,11 +122,13 @@ export async function renderEvents(main, query) {
     value: filters.call_id,
     placeholder: "Any call",
   });
+  const before = beforeInput(filters.before);
   const apply = (ev) => {
     ev?.preventDefault();
     const q = new URLSearchParams();
     if (type.value) q.set("event_type", type.value);
     if (callId.value) q.set("call_id", callId.value);
+    if (beforeValue(before)) q.set("before", beforeValue(before));
     location.hash = `#/events${q.toString() ? `?${q}` : ""}`;
   };
   type.addEventListener("change", apply);
@@ -129,6 +145,7 @@ export async function renderEvents(main, query) {
       { class: "filters", onsubmit: apply },
       field("Event type", type),
       field("Call id", callId),
+      field("Created before", before),
       h("button", { class: "btn btn-secondary", type: "submit" }, "Filter"),
     ),
     card(null, table.el),

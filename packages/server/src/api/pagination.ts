@@ -1,11 +1,48 @@
 import type { SelectQueryBuilder } from "kysely";
 import { badRequest } from "../errors.js";
+import { idFloor } from "../util/ids.js";
+import { parseIso } from "../util/time.js";
+import { isoTimestamp } from "./routes/common.js";
 
 /** Query-string schema shared by every list route. */
 export const pageQuery = {
   limit: { type: "integer", minimum: 1, maximum: 100, default: 20 },
   cursor: { type: "string", maxLength: 200 },
 } as const;
+
+/**
+ * Query-string schema of lists whose ids sort by creation time (events, deliveries): `before`
+ * keeps what was created before that instant, `after` what was created at it or later.
+ */
+export const timeQuery = { before: isoTimestamp, after: isoTimestamp } as const;
+
+export interface TimeRange {
+  before?: string | undefined;
+  after?: string | undefined;
+}
+
+/**
+ * The ids a page of such a list may hold: below `below` (the cursor's id, or the lowest id made at
+ * `before`, whichever is lower) and from `from` (the lowest id made at `after`). Ids begin with
+ * their creation time in milliseconds (`newId`), so both are ranges on the primary key.
+ */
+export function idRange(
+  prefix: string,
+  q: TimeRange & { cursor?: string | undefined },
+): { below?: string; from?: string } {
+  const at = (name: "before" | "after") => {
+    const text = q[name];
+    if (text === undefined || text === "") return undefined;
+    const ms = parseIso(text);
+    if (ms === undefined || ms < 0) throw badRequest(name, `"${name}" is not an ISO-8601 timestamp`);
+    return idFloor(prefix, ms);
+  };
+  const cursor = decodeCursor(q.cursor, "string");
+  const before = at("before");
+  const from = at("after");
+  const below = cursor === undefined ? before : before === undefined || cursor < before ? cursor : before;
+  return { ...(below === undefined ? {} : { below }), ...(from === undefined ? {} : { from }) };
+}
 
 /** Cursors are opaque to clients: the last id of the previous page, base64url-encoded. */
 export function encodeCursor(id: string | number): string {
@@ -37,16 +74,19 @@ export function page<R, O>(rows: R[], limit: number, idOf: (r: R) => string | nu
 
 /**
  * One page of a list, newest first: the rows below the cursor's id, `limit + 1` of them, as
- * `{data, next_cursor}`. `sel` is the list's query with its own filters already applied.
+ * `{data, next_cursor}`. `sel` is the list's query with its own filters already applied; `range`
+ * (`idRange`), when given, stands for the cursor.
  */
 export async function listPage<R extends { id: number | string }, O>(
   sel: SelectQueryBuilder<any, any, R>,
   q: { limit: number; cursor?: string | undefined },
   kind: "int" | "string",
   map: (r: R) => O,
+  range?: { below?: string; from?: string },
 ) {
-  const before = decodeCursor(q.cursor, kind);
-  const filtered = before === undefined ? sel : sel.where("id" as never, "<", before as never);
+  const below = range ? range.below : decodeCursor(q.cursor, kind);
+  let filtered = below === undefined ? sel : sel.where("id" as never, "<", below as never);
+  if (range?.from !== undefined) filtered = filtered.where("id" as never, ">=", range.from as never);
   const rows = (await filtered
     .orderBy("id" as never, "desc")
     .limit(q.limit + 1)

@@ -4,7 +4,7 @@ import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
-import { decodeCursor, page, pageQuery } from "../pagination.js";
+import { idRange, page, pageQuery, type TimeRange, timeQuery } from "../pagination.js";
 import { stringIdParam } from "./common.js";
 import { assertSending } from "./endpoints.js";
 import type { RouteModule } from "./index.js";
@@ -106,6 +106,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           additionalProperties: false,
           properties: {
             ...pageQuery,
+            ...timeQuery,
             // Empty means no filter, as it always did (`?endpoint_id=` from an unset variable).
             endpoint_id: { type: "string", pattern: "^(ep_[0-9a-z]{26})?$" },
             event_id: { type: "string", pattern: "^(evt_[0-9a-z]{26})?$" },
@@ -116,7 +117,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       },
     },
     async (req) => {
-      const q = req.query as {
+      const q = req.query as TimeRange & {
         limit: number;
         cursor?: string;
         endpoint_id?: string;
@@ -124,7 +125,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         status?: string;
         call_id?: number;
       };
-      const before = decodeCursor(q.cursor, "string");
+      const { below, from } = idRange("dlv", q);
       // With call_id, SQLite must not walk the account's or the endpoint's index testing every
       // delivery against the call's events: `+column` (SQLite only; PostgreSQL plans by its
       // statistics) leaves it the call's events (events_call), then their deliveries (deliveries_event).
@@ -134,7 +135,8 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         .selectFrom("deliveries")
         .selectAll()
         .where(col<number>("account_id"), "=", req.account.id);
-      if (before !== undefined) sel = sel.where("id", "<", before);
+      if (below !== undefined) sel = sel.where("id", "<", below);
+      if (from !== undefined) sel = sel.where("id", ">=", from);
       if (q.endpoint_id) sel = sel.where(col<string>("endpoint_id"), "=", q.endpoint_id);
       if (q.event_id) sel = sel.where("event_id", "=", q.event_id);
       if (q.status) sel = sel.where("status", "=", q.status);

@@ -3,7 +3,7 @@ import type { Selectable } from "kysely";
 import { notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import { isoMillis } from "../../util/time.js";
-import { listPage, pageQuery } from "../pagination.js";
+import { idRange, listPage, pageQuery, type TimeRange, timeQuery } from "../pagination.js";
 import { stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
@@ -26,6 +26,7 @@ export const eventRoutes: RouteModule = (app, ctx) => {
           additionalProperties: false,
           properties: {
             ...pageQuery,
+            ...timeQuery,
             event_type: { type: "string", enum: EVENT_TYPES },
             call_id: { type: "integer", minimum: 1 },
           },
@@ -33,11 +34,16 @@ export const eventRoutes: RouteModule = (app, ctx) => {
       },
     },
     async (req) => {
-      const q = req.query as { limit: number; cursor?: string; event_type?: string; call_id?: number };
+      const q = req.query as TimeRange & {
+        limit: number;
+        cursor?: string;
+        event_type?: string;
+        call_id?: number;
+      };
       let sel = ctx.store.db.selectFrom("events").selectAll().where("account_id", "=", req.account.id);
       if (q.event_type) sel = sel.where("event_type", "=", q.event_type);
       if (q.call_id) sel = sel.where("call_id", "=", q.call_id);
-      return listPage(sel, q, "string", eventObject);
+      return listPage(sel, q, "string", eventObject, idRange("evt", q));
     },
   );
 
