@@ -713,6 +713,30 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
       ),
     );
     assert.match(shown.stdout, /^ {2}#1 \S+ 500 \(\d+ ms\)/m);
+    // A time range: the delivery is created at or after its own created_at, and not before it.
+    const inRange = (flag: string) =>
+      cli(
+        [
+          "deliveries",
+          "list",
+          "--call-id",
+          String(trig.call_id),
+          "--endpoint-id",
+          ep.id,
+          flag,
+          one.created_at,
+          "--json",
+        ],
+        env,
+      );
+    assert.deepEqual(
+      JSON.parse((await inRange("--after")).stdout).data.map((d: { id: string }) => d.id),
+      [one.id],
+    );
+    assert.deepEqual(JSON.parse((await inRange("--before")).stdout).data, []);
+    const badTime = await cli(["deliveries", "list", "--before", "2026-11-31T00:00:00Z"], env);
+    assert.equal(badTime.code, 1);
+    assert.match(badTime.stderr, /400 .*"before" is not an ISO-8601 timestamp/);
 
     const retried = await cli(["deliveries", "retry", one.id], env);
     assert.equal(retried.code, 0, retried.stderr);

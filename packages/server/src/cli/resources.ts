@@ -238,8 +238,13 @@ Examples:
       .option("--endpoint-id <id>", "only this endpoint's (ep_…)")
       .option("--event-id <id>", "only this event's (evt_…)")
       .option("--call-id <id>", "only this call's", positiveInt("--call-id"))
+      .option("--before <time>", "only those created before this ISO-8601 time (2026-11-24T18:00:00Z)")
+      .option("--after <time>", "only those created at this ISO-8601 time or later")
       .addOption(new Option("--limit <n>", "how many (1 to 100)").argParser(upTo100("--limit")).default(20))
-      .option("--cursor <cursor>", "the next page: the cursor the previous page printed"),
+      .option(
+        "--cursor <cursor>",
+        "the next page: the cursor the previous page printed (with the same filters)",
+      ),
   )
     .addHelpText(
       "after",
@@ -247,6 +252,7 @@ Examples:
 Examples:
   $ klen-webhooks deliveries list --status failed
   $ klen-webhooks deliveries list --call-id 42
+  $ klen-webhooks deliveries list --status failed --before 2026-11-24T00:00:00Z
   $ klen-webhooks deliveries list --endpoint-id ep_01j9z3… --limit 100 --json`,
     )
     .action(
@@ -256,6 +262,8 @@ Examples:
           endpointId?: string;
           eventId?: string;
           callId?: number;
+          before?: string;
+          after?: string;
           limit: number;
           cursor?: string;
         }
@@ -266,6 +274,8 @@ Examples:
         if (o.endpointId) q.set("endpoint_id", o.endpointId);
         if (o.eventId) q.set("event_id", o.eventId);
         if (o.callId !== undefined) q.set("call_id", String(o.callId));
+        if (o.before) q.set("before", o.before);
+        if (o.after) q.set("after", o.after);
         const page = await apiClient(o).get<Page<DeliveryDetail>>(`/v1/deliveries?${q}`);
         if (out.json) out.data(page);
         else if (page.data.length === 0) out.line("no deliveries");
