@@ -1,7 +1,7 @@
 import { ApiError, api, describe, session, setUnauthorizedHandler } from "./api.js";
 import { h, mount } from "./dom.js";
 import { renderCall, renderCalls } from "./views/calls.js";
-import { card, pageHeader, setTitle } from "./views/common.js";
+import { card, pageHeader, setTitle, visit } from "./views/common.js";
 import { renderDeliveries } from "./views/deliveries.js";
 import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
 import { renderEvents } from "./views/events.js";
@@ -201,11 +201,37 @@ function settle(main, label, keep) {
   target.focus();
 }
 
+// Each history entry routed to gets an id in `history.state`; what its page showed (tables' pages
+// and open rows, scroll) is kept under that id for a return with Back or Forward. A link makes a
+// new entry, without an id: it starts afresh.
+history.scrollRestoration = "manual";
+const visits = new Map();
+const KEPT_VISITS = 50;
+let shownVisit = null;
+
+/** Sets `visit` for the current entry; true when it was seen before (Back, Forward). */
+function enterVisit() {
+  if (shownVisit) shownVisit.scrollY = window.scrollY;
+  let id = history.state?.klenVisit;
+  const returning = typeof id === "string" && visits.has(id);
+  if (!returning) {
+    id = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+    history.replaceState({ ...(history.state ?? {}), klenVisit: id }, "");
+    visits.set(id, { tables: new Map(), scrollY: 0 });
+    if (visits.size > KEPT_VISITS) visits.delete(visits.keys().next().value);
+  }
+  shownVisit = visits.get(id);
+  visit.state = shownVisit;
+  visit.returning = returning;
+  return returning;
+}
+
 let routing = 0;
 let shownSection = null;
 async function route() {
   if (!session.key) return signIn();
   const seq = ++routing;
+  const returning = enterVisit();
   if (!account) {
     try {
       account = await api("GET", "/v1/account");
@@ -251,7 +277,9 @@ async function route() {
     if (notFound(err, section, what)) renderNotFound(main, section, what);
     else main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
   }
-  if (seq === routing) settle(main, label, keep);
+  if (seq !== routing) return;
+  settle(main, label, keep);
+  if (returning) window.scrollTo(0, shownVisit.scrollY);
 }
 
 window.addEventListener("hashchange", route);

@@ -704,6 +704,54 @@ describe("dashboard in Chromium", () => {
     }
   });
 
+  test("Back returns to a list as it was: its pages, its open rows and the scroll; a link starts afresh", async () => {
+    const count = async () => {
+      let n = 0;
+      let cursor: string | null = null;
+      do {
+        const r = await server.api.get(`/v1/deliveries?limit=100${cursor ? `&cursor=${cursor}` : ""}`);
+        n += r.body.data.length;
+        cursor = r.body.next_cursor;
+      } while (cursor);
+      return n;
+    };
+    while ((await count()) <= 40) await runCall(server.api, agentId, "+15550003001");
+    await section("Events");
+    await section("Deliveries");
+    const rows = page.locator("tr.delivery");
+    await waitFor("the first page", async () => (await rows.count()) === 20);
+    await page.getByRole("button", { name: "Load more" }).click();
+    await waitFor("two pages", async () => (await rows.count()) === 40);
+    const row = rows.nth(30);
+    const id = await row.getAttribute("data-delivery");
+    await row.locator(".expander").click();
+    await row.locator("a[href^='#/calls/']").scrollIntoViewIfNeeded();
+    const scrolled = await page.evaluate(() => window.scrollY);
+    assert.ok(scrolled > 0, "scrolled down to the second page");
+    await row.locator("a[href^='#/calls/']").click();
+    await page.waitForURL(/#\/calls\/\d+$/);
+    await page.getByRole("heading", { level: 1, name: /Call/ }).waitFor();
+
+    await page.goBack();
+    await waitFor("both pages again", async () => (await rows.count()) === 40);
+    const again = page.locator(`tr.delivery[data-delivery="${id}"]`);
+    assert.equal(await again.locator(".expander").getAttribute("aria-expanded"), "true");
+    assert.equal(
+      await again.locator("xpath=following-sibling::tr[1]").isVisible(),
+      true,
+      "its attempts shown",
+    );
+    await waitFor("the same scroll", async () =>
+      (await page.evaluate(() => window.scrollY)) === scrolled ? true : undefined,
+    );
+
+    // A link to the same list is a new visit: one page, nothing open.
+    await section("Events");
+    await section("Deliveries");
+    await waitFor("one page", async () => (await rows.count()) === 20);
+    assert.equal(await page.locator("tr.delivery .expander[aria-expanded='true']").count(), 0);
+  });
+
   test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
     await section("Settings");
     await page.getByLabel("Account name").fill("Acme Voice");

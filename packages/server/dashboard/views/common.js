@@ -50,6 +50,26 @@ export function refreshButton(run, opts = {}) {
 }
 
 /**
+ * What the page of the current history entry keeps for when it is come back to with Back or
+ * Forward: per table, how many pages were loaded and which rows were open, and where the window was
+ * scrolled. app.js sets it for each entry it routes to; `returning` is true on Back and Forward.
+ */
+export const visit = { state: { tables: new Map(), scrollY: 0 }, returning: false };
+
+/** Pages reloaded at most when coming back to a table (100 deliveries, 125 events). */
+const RESTORE_PAGES = 5;
+
+/** This entry's memory of the table `label`: pages loaded and the ids of its open rows. */
+export function tableMemory(label) {
+  let m = visit.state.tables.get(label);
+  if (!m) {
+    m = { pages: 1, open: new Set() };
+    visit.state.tables.set(label, m);
+  }
+  return m;
+}
+
+/**
  * A table filled page by page from a list route (`{data, next_cursor}`), with "Load more".
  * `row(item)` returns one or more `<tr>`.
  * @param {{columns: string[], load: (cursor?: string) => Promise<{data: any[], next_cursor: string|null}>, row: (item: any) => Node|Node[], empty: string, label: string, after?: (items: any[]) => Promise<void>}} opts
@@ -62,6 +82,9 @@ export function pagedTable(opts) {
   let count = 0;
   // A reload (Refresh, a poll) started later wins over one still in flight and over Load more.
   let generation = 0;
+  const memory = tableMemory(opts.label);
+  // Come back to with Back: its first load fetches as many pages as were shown (fresh data).
+  let restore = visit.returning ? Math.min(memory.pages, RESTORE_PAGES) : 1;
 
   /** Loads the first page again (`reset`) or the next one; returns the rows it added. */
   const loadPage = async (reset) => {
@@ -81,10 +104,16 @@ export function pagedTable(opts) {
       }
       count += page.data.length;
       cursor = page.next_cursor;
+      memory.pages = reset ? 1 : memory.pages + 1;
       more.hidden = !cursor;
       mount(status, count === 0 ? opts.empty : "");
       status.hidden = count !== 0;
       status.className = "muted table-status";
+      if (reset && restore > 1) {
+        const pages = restore;
+        restore = 1;
+        for (let n = 1; n < pages && cursor && mine === generation; n++) await loadPage(false);
+      }
       return page.data;
     } catch (err) {
       if (mine !== generation) return undefined;

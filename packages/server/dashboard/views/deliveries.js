@@ -10,6 +10,7 @@ import {
   pageHeader,
   refreshButton,
   select,
+  tableMemory,
 } from "./common.js";
 
 // Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
@@ -244,7 +245,8 @@ function deliveryRows(d, opts) {
  * @param {{showEndpoint?: boolean, label?: string, limit?: number, paged?: boolean}} [opts]
  */
 export function deliveryTable(filters, opts = {}) {
-  const o = { showEndpoint: true, label: "Deliveries", ...opts, open: new Set() };
+  const o = { showEndpoint: true, label: "Deliveries", ...opts };
+  o.open = tableMemory(o.label).open;
   return pagedTable({
     label: o.label,
     columns: [

@@ -10,6 +10,7 @@ import {
   pageHeader,
   refreshButton,
   select,
+  tableMemory,
 } from "./common.js";
 import { EVENT_TYPES } from "./endpoints.js";
 
@@ -66,7 +67,7 @@ export function eventRows(e, expanded = false, open = new Set()) {
 
 /** A paged events table, optionally filtered. */
 export function eventTable(filters, label = "Events") {
-  const open = new Set();
+  const open = tableMemory(label).open;
   return pagedTable({
     label,
     columns: ["Event", "ID", "Call", "Created"],
