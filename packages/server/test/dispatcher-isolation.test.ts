@@ -183,8 +183,9 @@ test("new endpoints that never answer cannot take every slot before their first 
   }
 });
 
-test("an endpoint that hangs is retried on more slots while the others leave them idle, up to its cap", async () => {
-  // Accepts requests and never answers; the delivery timeout is 400 ms, so its attempts fail slowly.
+test("endpoints that hang are retried on more slots while the others leave them idle, within their share together", async () => {
+  // Three endpoints on one origin that accept requests and never answer; the delivery timeout is
+  // 400 ms, so their attempts time out.
   let open = 0;
   let maxOpen = 0;
   let timedOut = 0;
@@ -200,40 +201,36 @@ test("an endpoint that hangs is retried on more slots while the others leave the
     });
   });
   await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
+  const origin = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
   const healthy = await startReceiver();
-  const r = await apiOnlyServer(
-    `http://127.0.0.1:${(dead.address() as AddressInfo).port}/`,
-    {},
-    {
-      KLEN_DELIVERY_TIMEOUT: "400ms",
-    },
-  );
+  const r = await apiOnlyServer(`${origin}/h0`, {}, { KLEN_DELIVERY_TIMEOUT: "400ms" });
   let dispatcher: Dispatcher | undefined;
   try {
-    // 20 calls, so 20 deliveries due at once, each the first of its call.
-    for (let i = 0; i < 20; i++) {
+    for (const path of ["/h1", "/h2"]) await r.client.post("/v1/endpoints", { url: `${origin}${path}` });
+    // 10 calls: 10 deliveries per endpoint due at once, each the first of its call.
+    for (let i = 0; i < 10; i++) {
       const id = await r.newCall(`+155503100${String(i).padStart(2, "0")}`);
       await r.client.post(`/v1/calls/${id}/start`, {});
     }
-    // New, it gets 2 slots; once its first attempts time out it is failing, and slow: 8, not 2.
+    // New, each gets 2 slots (6 in all). Once their attempts time out they hang: up to 8 each,
+    // but 12 together at the most, plus the 2 an endpoint always has when the 12 are taken.
     dispatcher = new Dispatcher(r.api.ctx, {
-      concurrency: 32,
+      concurrency: 64,
       perEndpoint: 16,
       perNewEndpoint: 2,
       perFailingEndpoint: 2,
       perHangingEndpoint: 8,
       failingShare: 12,
-      slowAttemptMs: 200,
       batchSize: 32,
       pollMs: 50,
     });
     dispatcher.start();
-    await waitFor("8 attempts at the hanging endpoint at once", () => maxOpen >= 8);
-    assert.ok(timedOut >= 2, "the first attempts timed out first");
-    // Every call's delivery is attempted again and again, and never more than 8 at once.
-    await waitFor("three rounds of attempts", () => timedOut >= 60);
-    assert.equal(maxOpen, 8);
-    assert.equal(dispatcher.failingEndpoints, 1);
+    await waitFor("more than their 6 slots at once", () => maxOpen >= 10);
+    assert.ok(timedOut >= 6, "the first attempts timed out first");
+    // Every delivery is attempted again and again (30 deliveries, 3 rounds), never beyond the share.
+    await waitFor("three rounds of attempts", () => timedOut >= 90);
+    assert.ok(maxOpen <= 14, `${maxOpen} attempts at once at the hanging endpoints (12 + 2 at most)`);
+    assert.equal(dispatcher.failingEndpoints, 3);
   } finally {
     await tearDown(held, dispatcher, r, healthy, dead);
   }

@@ -20,11 +20,14 @@ export interface DispatcherOptions {
   /** The same for an endpoint whose last attempt failed, until one succeeds again. */
   perFailingEndpoint: number;
   /**
-   * What a failing endpoint whose attempts are slow (it hangs until the delivery timeout) may hold
-   * while the process has slots to spare (`spareForFailing`), so its retries keep to their schedule.
+   * What a failing endpoint whose last attempt timed out (it hangs) may hold while the process has
+   * slots to spare (`spareForFailing`), so that its retries keep to their schedule.
    */
   perHangingEndpoint: number;
-  /** The most slots failing endpoints may hold together before none of them is given more. */
+  /**
+   * Failing endpoints get more than `perFailingEndpoint` each only while they hold fewer slots than
+   * this together.
+   */
   failingShare: number;
   /**
    * The same for an endpoint none of whose attempts has finished yet in this process: until its
@@ -149,11 +152,11 @@ export function floorPlan(
 }
 
 /**
- * How many slots failing endpoints may take beyond `perFailingEndpoint` each, now (pure, for
- * tests): none while the other endpoints hold half of the slots or more, so an endpoint that hangs
- * borrows only what nobody is using; otherwise what is left of `failingShare` after what the failing
- * endpoints hold already. Slots lent out are held for at most a delivery timeout, and the healthy
- * endpoints keep at least `concurrency - failingShare` of them meanwhile.
+ * How many more slots failing endpoints may take together in this turn beyond the
+ * `perFailingEndpoint` each always has (pure, for tests): none while the other endpoints hold half
+ * of the slots or more, so an endpoint that hangs borrows only what nobody is using; otherwise what
+ * is left of `failingShare` after what the failing endpoints hold already. Every attempt a failing
+ * endpoint starts spends one. A slot lent out is held for at most a delivery timeout.
  */
 export function spareForFailing(
   perEndpoint: ReadonlyMap<string, number>,
@@ -186,6 +189,8 @@ export class Dispatcher {
   private failing = new Set<string>();
   /** Endpoints whose last attempt in this process took `slowAttemptMs` or longer. */
   private slow = new Set<string>();
+  /** Failing endpoints whose last attempt in this process timed out: they may borrow slots. */
+  private hanging = new Set<string>();
   /** Slots failing endpoints may still borrow in this turn of the loop (`spareForFailing`). */
   private spare = 0;
   /**
@@ -311,6 +316,7 @@ export class Dispatcher {
       if (!keep.has(id)) {
         this.failing.delete(id);
         this.slow.delete(id);
+        this.hanging.delete(id);
       }
   }
 
@@ -391,7 +397,7 @@ export class Dispatcher {
         const held = this.perEndpoint.get(c.endpointId) ?? 0;
         if (held >= this.capOf(c.endpointId)) excess.push(c);
         else {
-          if (held >= this.opts.perFailingEndpoint && this.failing.has(c.endpointId)) this.spare--;
+          if (this.failing.has(c.endpointId)) this.spare--;
           this.attempt(c);
         }
       }
@@ -443,16 +449,19 @@ export class Dispatcher {
    * `slowAttemptMs` or more) its fair share when more endpoints are in flight. A failing one (its
    * last attempt failed: down, timing out, answering 5xx) gets few, so that while it fails it
    * holds a small share of the slots instead of a quarter of them, and healthy endpoints keep
-   * their throughput; its first success gives it back its full share. One that fails slowly (it
-   * hangs until the timeout) may have `perHangingEndpoint` while there are slots to spare. One with no finished attempt
-   * yet in this process gets `perNewEndpoint` until its first answer. Its deliveries are still
+   * their throughput; its first success gives it back its full share. One whose last attempt timed
+   * out (it hangs) may have up to `perHangingEndpoint` while there are slots to spare, as many as
+   * are left to lend (so a claim takes no more of its rows than it can start). One with no finished
+   * attempt yet in this process gets `perNewEndpoint` until its first answer. Its deliveries are still
    * attempted as slots free up, in order.
    */
   private capOf(endpointId: string): number {
-    if (this.failing.has(endpointId))
-      return this.spare > 0 && this.slow.has(endpointId)
-        ? Math.max(this.opts.perHangingEndpoint, this.opts.perFailingEndpoint)
-        : this.opts.perFailingEndpoint;
+    if (this.failing.has(endpointId)) {
+      const base = this.opts.perFailingEndpoint;
+      if (this.spare <= 0 || !this.hanging.has(endpointId)) return base;
+      const held = this.perEndpoint.get(endpointId) ?? 0;
+      return Math.min(Math.max(this.opts.perHangingEndpoint, base), Math.max(base, held + this.spare));
+    }
     if (!this.known.has(endpointId)) return Math.min(this.opts.perNewEndpoint, this.opts.perEndpoint);
     if (!this.slow.has(endpointId)) return this.opts.perEndpoint;
     // A fair share, so that endpoints that are slow but succeed (never failing, none at its cap)
@@ -563,6 +572,8 @@ export class Dispatcher {
       else this.failing.add(o.claimed.endpointId);
       if (o.result.durationMs >= this.opts.slowAttemptMs) this.slow.add(o.claimed.endpointId);
       else this.slow.delete(o.claimed.endpointId);
+      if (o.result.error === "timeout") this.hanging.add(o.claimed.endpointId);
+      else this.hanging.delete(o.claimed.endpointId);
       attemptsTotal.inc({ outcome: o.result.error ?? "success" });
       attemptSeconds.observe(o.result.durationMs / 1000);
     }
