@@ -70,6 +70,9 @@ function signIn(message) {
         try {
           account = await api("GET", "/v1/account", undefined, { key });
           session.set(key);
+          // What pages kept for Back belongs to the session before (maybe another account).
+          visits.clear();
+          shownVisit = null;
           // A hash change routes by itself; otherwise route now.
           if (!location.hash || location.hash === "#/") location.hash = "#/overview";
           else route();

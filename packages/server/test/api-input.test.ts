@@ -404,6 +404,11 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
           newer,
         );
         assert.deepEqual(await walk(path, `${scope}&before=${pivot}&after=${pivot}`), []);
+        // Empty: no bound.
+        assert.deepEqual(
+          await walk(path, `${scope}&before=&after=`),
+          all.map((x) => x.id),
+        );
       }
       expectError(
         await server.api.get("/v1/events?before=2026-13-01T00:00:00Z"),
@@ -412,6 +417,12 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
         "before",
       );
       expectError(await server.api.get("/v1/deliveries?after=yesterday"), 400, "invalid_request", "after");
+      expectError(
+        await server.api.get("/v1/events?after=1969-12-31T23:59:59Z"),
+        400,
+        "invalid_request",
+        "after",
+      );
     } finally {
       await rx.close();
     }

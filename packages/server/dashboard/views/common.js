@@ -182,11 +182,21 @@ export function beforeInput(iso) {
     !iso || Number.isNaN(d.getTime())
       ? ""
       : `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
-  return h("input", { name: "before", type: "datetime-local", step: "1", value });
+  const input = h("input", { name: "before", type: "datetime-local", step: "1", value });
+  // What the link said and what the control showed for it: left as shown, the link's instant is
+  // kept exactly (its milliseconds; an hour that a change of clocks shows twice).
+  input.dataset.linked = value ? iso : "";
+  input.dataset.shown = input.value;
+  return input;
 }
 
-/** The instant a `beforeInput` holds, as ISO-8601 UTC, or "" when it is empty. */
+/**
+ * The instant a `beforeInput` holds, as ISO-8601 UTC, or "" when it is empty: the link's own if the
+ * control was left as it was shown (a date half typed in counts as left).
+ */
 export function beforeValue(input) {
+  if (input.value === input.dataset.shown || (!input.value && input.validity.badInput))
+    return input.dataset.linked ?? "";
   const d = new Date(input.value);
   return !input.value || Number.isNaN(d.getTime()) ? "" : d.toISOString();
 }

@@ -14,7 +14,11 @@ export const pageQuery = {
  * Query-string schema of lists whose ids sort by creation time (events, deliveries): `before`
  * keeps what was created before that instant, `after` what was created at it or later.
  */
-export const timeQuery = { before: isoTimestamp, after: isoTimestamp } as const;
+export const timeQuery = {
+  // Empty means no bound, as for the lists' other filters (`?before=` from an unset variable).
+  before: { type: "string", pattern: `^$|${isoTimestamp.pattern}` },
+  after: { type: "string", pattern: `^$|${isoTimestamp.pattern}` },
+} as const;
 
 export interface TimeRange {
   before?: string | undefined;
@@ -34,7 +38,7 @@ export function idRange(
     const text = q[name];
     if (text === undefined || text === "") return undefined;
     const ms = parseIso(text);
-    if (ms === undefined || ms < 0) throw badRequest(name, `"${name}" is not an ISO-8601 timestamp`);
+    if (ms === undefined) throw badRequest(name, `"${name}" is not an ISO-8601 timestamp from 1970 to 9999`);
     return idFloor(prefix, ms);
   };
   const cursor = decodeCursor(q.cursor, "string");
