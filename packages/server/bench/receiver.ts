@@ -34,7 +34,16 @@ export interface PathDigest {
 export type ReceiverReply =
   | { type: "started"; ports: number[]; deadPort: number }
   | { type: "ok" }
-  | { type: "count"; distinct: number; total: number; badSignatures: number; lastAt: number; firstAt: number }
+  | {
+      type: "count";
+      distinct: number;
+      total: number;
+      badSignatures: number;
+      lastAt: number;
+      firstAt: number;
+      /** Requests the dead port has read since the reset. */
+      dead: number;
+    }
   | {
       type: "digest";
       paths: Record<string, PathDigest>;
@@ -73,6 +82,7 @@ let distinct = 0;
 let total = 0;
 let firstAt = 0;
 let lastAt = 0;
+let dead = 0;
 const servers: Server[] = [];
 /** This process's event-loop delay: its longest pause since the last `pause` request. */
 const delay = monitorEventLoopDelay({ resolution: 5 });
@@ -152,6 +162,7 @@ process.on("message", async (msg: ReceiverRequest) => {
       for (let i = 0; i < msg.ports; i++) ports.push(await listen(onRequest));
       // The dead endpoint: reads the request, never answers; the sender's timeout has to fire.
       const deadPort = await listen((req) => {
+        dead++;
         req.resume();
       });
       reply({ type: "started", ports, deadPort });
@@ -172,11 +183,12 @@ process.on("message", async (msg: ReceiverRequest) => {
       total = 0;
       firstAt = 0;
       lastAt = 0;
+      dead = 0;
       for (const s of sockets) s.destroy();
       reply({ type: "ok" });
       break;
     case "count":
-      reply({ type: "count", distinct, total, badSignatures, firstAt, lastAt });
+      reply({ type: "count", distinct, total, badSignatures, firstAt, lastAt, dead });
       break;
     case "digest": {
       const out: Record<string, PathDigest> = {};

@@ -121,6 +121,8 @@ interface Drained {
   ledger: LedgerCheck;
   /** The raw limit measured after queueing, just before the server started (`rawBefore`). */
   rawBefore: number | undefined;
+  /** Requests the dead endpoint (`dead`) read until the last healthy delivery arrived. */
+  deadAttempts: number;
 }
 
 /**
@@ -168,6 +170,7 @@ async function drain(
   const spawnedAt = now();
   let peak: number | undefined;
   let cpu = 0;
+  let deadAttempts = 0;
   try {
     const env = opts.env ?? {};
     if (opts.workers === undefined) {
@@ -184,6 +187,7 @@ async function drain(
       procs.push(...workers);
     }
     await cfg.receiver.waitForDistinct(expected, STALL_MS);
+    deadAttempts = (await cfg.receiver.count()).dead;
     peak = Math.max(...procs.map((p) => peakRssMb(p.proc.pid) ?? 0));
     cpu = procs.reduce((a, p) => a + cpuSeconds(p.proc.pid), 0);
   } finally {
@@ -206,6 +210,7 @@ async function drain(
     peakRssMb: peak,
     ledger,
     rawBefore,
+    deadAttempts,
   };
 }
 
@@ -591,8 +596,11 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   const env = { KLEN_DELIVERY_TIMEOUT: "1s", KLEN_RETRY_SCHEDULE: "100ms,200ms,500ms,1s,1s,1s,1s,1s" };
   const rate = 500;
   const ms = cfg.quick ? 3_000 : 8_000;
-  /** One drain: healthy deliveries/s, and the server's CPU per healthy delivery (µs). */
-  type Drain = { rps: number; cpuUs: number };
+  /**
+   * One drain: healthy deliveries/s, the server's CPU per healthy delivery (µs), and the attempts
+   * the dead endpoint got meanwhile.
+   */
+  type Drain = { rps: number; cpuUs: number; dead: number };
   const drainRps = async (withDead: boolean, round: number): Promise<Drain> => {
     const dir = tempDir("klen-bench-");
     try {
@@ -605,7 +613,7 @@ export async function scenarioIsolation(cfg: BenchConfig) {
         env,
       });
       record(cfg, `isolation drain ${withDead ? "beside dead" : "alone"} #${round}`, d.ledger);
-      return { rps: d.ledger.ok ? d.rps : 0, cpuUs: d.serverCpuUs };
+      return { rps: d.ledger.ok ? d.rps : 0, cpuUs: d.serverCpuUs, dead: d.deadAttempts };
     } finally {
       dir.remove();
     }
@@ -642,6 +650,9 @@ export async function scenarioIsolation(cfg: BenchConfig) {
   }
   const loss = alone.rps > 0 ? (1 - beside.rps / alone.rps) * 100 : Number.NaN;
   cfg.say(`    healthy drain throughput lost beside the dead endpoint: ${fmt(loss, 1)} %`);
+  cfg.say(
+    `    the dead endpoint's attempts while the healthy ones drained: ${drains.beside.map((x) => fmt(x.dead)).join(", ")}`,
+  );
   return {
     healthy_endpoints: healthy.length,
     healthy_rps_alone: alone.rps,
@@ -650,6 +661,7 @@ export async function scenarioIsolation(cfg: BenchConfig) {
     healthy_rps_beside_dead_runs: rpsOf(drains.beside),
     server_cpu_us_alone_runs: drains.alone.map((x) => x.cpuUs),
     server_cpu_us_beside_dead_runs: drains.beside.map((x) => x.cpuUs),
+    dead_attempts_during_drain_runs: drains.beside.map((x) => x.dead),
     p50_ms_alone: alone.p50,
     p99_ms_alone: alone.p99,
     p50_ms_beside_dead: beside.p50,

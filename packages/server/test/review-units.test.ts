@@ -92,13 +92,22 @@ test("failing endpoints borrow slots only while the others leave half of them fr
       failing,
       Object.values(held).reduce((a, b) => a + b, 0),
       O,
-    );
+    ).spare;
+  const busy = (held: Record<string, number>) =>
+    spareForFailing(
+      new Map(Object.entries(held)),
+      failing,
+      Object.values(held).reduce((a, b) => a + b, 0),
+      O,
+    ).busy;
   // Idle apart from the two failing endpoints' 2 + 2: 60 more may be lent out.
   assert.equal(spare({ dead1: 2, dead2: 2 }), 60);
   // Healthy endpoints hold 127 of 256: still under half, the failing ones may borrow.
   assert.equal(spare({ ok: 100, ok2: 27, dead1: 2 }), 62);
-  // Healthy endpoints hold half: nothing is lent, whatever is left of the share.
+  // Healthy endpoints hold half: nothing is lent, whatever is left of the share; the process is busy.
   assert.equal(spare({ ok: 100, ok2: 28, dead1: 2 }), 0);
+  assert.equal(busy({ ok: 100, ok2: 28, dead1: 2 }), true);
+  assert.equal(busy({ ok: 100, ok2: 27, dead1: 60 }), false);
   // The failing endpoints hold their share already (borrowed earlier): nothing more.
   assert.equal(spare({ dead1: 40, dead2: 30 }), 0);
   assert.equal(spare({ dead1: 40, dead2: 24 }), 0);
