@@ -72,6 +72,18 @@ describe("dashboard in Chromium", () => {
   const section = (name: string) =>
     page.getByRole("navigation").getByRole("link", { name, exact: true }).click();
 
+  /** How many items a list route has, through every page. */
+  const countAll = async (path: string) => {
+    let n = 0;
+    let cursor: string | null = null;
+    do {
+      const r = await server.api.get(`${path}?limit=100${cursor ? `&cursor=${cursor}` : ""}`);
+      n += r.body.data.length;
+      cursor = r.body.next_cursor;
+    } while (cursor);
+    return n;
+  };
+
   test("the static files are served locally with content types, CSP and revalidation", async () => {
     const index = await fetch(`${server.url}/`);
     assert.equal(index.status, 200);
@@ -630,13 +642,7 @@ describe("dashboard in Chromium", () => {
 
   test("long lists page with Load more", async () => {
     for (let i = 0; i < 6; i++) await runCall(server.api, agentId, `+1555000${1000 + i}`);
-    let total = 0;
-    let cursor: string | null = null;
-    do {
-      const r = await server.api.get(`/v1/events?limit=100${cursor ? `&cursor=${cursor}` : ""}`);
-      total += r.body.data.length;
-      cursor = r.body.next_cursor;
-    } while (cursor);
+    const total = await countAll("/v1/events");
     assert.ok(total > 25, `${total} events`);
     await section("Events");
     const rows = page.locator("tr.event");
@@ -721,17 +727,7 @@ describe("dashboard in Chromium", () => {
   });
 
   test("Back returns to a list as it was: its pages, its open rows and the scroll; a link starts afresh", async () => {
-    const count = async () => {
-      let n = 0;
-      let cursor: string | null = null;
-      do {
-        const r = await server.api.get(`/v1/deliveries?limit=100${cursor ? `&cursor=${cursor}` : ""}`);
-        n += r.body.data.length;
-        cursor = r.body.next_cursor;
-      } while (cursor);
-      return n;
-    };
-    while ((await count()) <= 40) await runCall(server.api, agentId, "+15550003001");
+    while ((await countAll("/v1/deliveries")) <= 40) await runCall(server.api, agentId, "+15550003001");
     await section("Events");
     await section("Deliveries");
     const rows = page.locator("tr.delivery");

@@ -58,23 +58,33 @@ async function tearDown(
   await new Promise<void>((res) => dead.close(() => res()));
 }
 
+/**
+ * A loopback server that accepts requests and never answers; counts the requests open at once
+ * (`maxOpen`) and those the sender gave up on (`closed`). `held`: their responses, for tearDown.
+ */
+async function hangingServer() {
+  const s = { open: 0, maxOpen: 0, closed: 0, held: [] as ServerResponse[] };
+  const server = createServer((req, res) => {
+    req.resume();
+    s.open++;
+    s.maxOpen = Math.max(s.maxOpen, s.open);
+    s.held.push(res);
+    res.on("close", () => {
+      s.open--;
+      s.closed++;
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { stats: s, server, origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+}
+
 test("a dead endpoint never holds more than its share of the slots, even when one claim batch is all its own", async () => {
   // The dead endpoint: accepts requests and never answers (the delivery timeout is long).
-  let open = 0;
-  let maxOpen = 0;
-  const held: ServerResponse[] = [];
-  const dead = createServer((req, res) => {
-    req.resume();
-    open++;
-    maxOpen = Math.max(maxOpen, open);
-    held.push(res);
-    res.on("close", () => open--);
-  });
-  await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
+  const { stats, server: dead, origin } = await hangingServer();
   const healthy = await startReceiver();
   // An API-only process queues the work first, so the dispatcher's first batch is all the dead
   // endpoint's: 4 claimed, cap 2 per endpoint.
-  const r = await apiOnlyServer(`http://127.0.0.1:${(dead.address() as AddressInfo).port}/`);
+  const r = await apiOnlyServer(`${origin}/`);
   let dispatcher: Dispatcher | undefined;
   try {
     const calls: number[] = [];
@@ -93,10 +103,10 @@ test("a dead endpoint never holds more than its share of the slots, even when on
       healthy.requests.map((r) => r.json.event_type),
       Array(6).fill("call.ended"),
     );
-    assert.ok(maxOpen <= 2, `the dead endpoint held ${maxOpen} slots at once (cap 2)`);
-    assert.ok(maxOpen >= 1);
+    assert.ok(stats.maxOpen <= 2, `the dead endpoint held ${stats.maxOpen} slots at once (cap 2)`);
+    assert.ok(stats.maxOpen >= 1);
   } finally {
-    await tearDown(held, dispatcher, r, healthy, dead);
+    await tearDown(stats.held, dispatcher, r, healthy, dead);
   }
 });
 
@@ -152,13 +162,8 @@ test("endpoints that are slow but succeed cannot between them take every slot: a
 
 test("new endpoints that never answer cannot take every slot before their first answer: a healthy endpoint's events still go out", async () => {
   // Five endpoints on one origin that accept requests and never answer (delivery timeout 60 s).
-  const held: ServerResponse[] = [];
-  const dead = createServer((req, res) => {
-    req.resume();
-    held.push(res);
-  });
-  await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
-  const origin = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
+  const { stats, server: dead, origin } = await hangingServer();
+  const held = stats.held;
   const healthy = await startReceiver();
   const r = await apiOnlyServer(`${origin}/d0`);
   let dispatcher: Dispatcher | undefined;
@@ -186,22 +191,7 @@ test("new endpoints that never answer cannot take every slot before their first 
 test("endpoints that hang are retried on more slots while the others leave them idle, within their share together", async () => {
   // Three endpoints on one origin that accept requests and never answer; the delivery timeout is
   // 400 ms, so their attempts time out.
-  let open = 0;
-  let maxOpen = 0;
-  let timedOut = 0;
-  const held: ServerResponse[] = [];
-  const dead = createServer((req, res) => {
-    req.resume();
-    open++;
-    maxOpen = Math.max(maxOpen, open);
-    held.push(res);
-    res.on("close", () => {
-      open--;
-      timedOut++;
-    });
-  });
-  await new Promise<void>((r) => dead.listen(0, "127.0.0.1", r));
-  const origin = `http://127.0.0.1:${(dead.address() as AddressInfo).port}`;
+  const { stats, server: dead, origin } = await hangingServer();
   const healthy = await startReceiver();
   const r = await apiOnlyServer(`${origin}/h0`, {}, { KLEN_DELIVERY_TIMEOUT: "400ms" });
   let dispatcher: Dispatcher | undefined;
@@ -225,14 +215,17 @@ test("endpoints that hang are retried on more slots while the others leave them 
       pollMs: 50,
     });
     dispatcher.start();
-    await waitFor("more than their 6 slots at once", () => maxOpen >= 10);
-    assert.ok(timedOut >= 6, "the first attempts timed out first");
+    await waitFor("more than their 6 slots at once", () => stats.maxOpen >= 10);
+    assert.ok(stats.closed >= 6, "the first attempts timed out first");
     // Every delivery is attempted again and again (30 deliveries, 3 rounds), never beyond the share.
-    await waitFor("three rounds of attempts", () => timedOut >= 90);
-    assert.ok(maxOpen <= 14, `${maxOpen} attempts at once at the hanging endpoints (12 + 2 at most)`);
+    await waitFor("three rounds of attempts", () => stats.closed >= 90);
+    assert.ok(
+      stats.maxOpen <= 14,
+      `${stats.maxOpen} attempts at once at the hanging endpoints (12 + 2 at most)`,
+    );
     assert.equal(dispatcher.failingEndpoints, 3);
   } finally {
-    await tearDown(held, dispatcher, r, healthy, dead);
+    await tearDown(stats.held, dispatcher, r, healthy, dead);
   }
 });
 

@@ -86,20 +86,15 @@ test("failing endpoints borrow slots only while the others leave half of them fr
   const O = { concurrency: 256, failingShare: 64 };
   const failing = new Set(["dead1", "dead2"]);
   // What each endpoint holds; the process has their sum in flight.
-  const spare = (held: Record<string, number>) =>
+  const lend = (held: Record<string, number>) =>
     spareForFailing(
       new Map(Object.entries(held)),
       failing,
       Object.values(held).reduce((a, b) => a + b, 0),
       O,
-    ).spare;
-  const busy = (held: Record<string, number>) =>
-    spareForFailing(
-      new Map(Object.entries(held)),
-      failing,
-      Object.values(held).reduce((a, b) => a + b, 0),
-      O,
-    ).busy;
+    );
+  const spare = (held: Record<string, number>) => lend(held).spare;
+  const busy = (held: Record<string, number>) => lend(held).busy;
   // Idle apart from the two failing endpoints' 2 + 2: 60 more may be lent out.
   assert.equal(spare({ dead1: 2, dead2: 2 }), 60);
   // Healthy endpoints hold 127 of 256: still under half, the failing ones may borrow.
