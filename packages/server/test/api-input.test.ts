@@ -358,76 +358,6 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     await rx.close();
   });
 
-  test("events and deliveries filter by creation time: before is exclusive, after inclusive, pages stay inside", async () => {
-    const rx = await startReceiver();
-    try {
-      const ep = (await server.api.post("/v1/endpoints", { url: rx.url })).body;
-      for (let i = 0; i < 4; i++) {
-        const call = await server.api.post("/v1/calls", {
-          agent_id: agentId,
-          type: "inbound",
-          phone_number: `+1555077000${i}`,
-        });
-        await server.api.post(`/v1/calls/${call.body.id}/start`, {});
-        // Apart by a few milliseconds, so that the instants below fall between events.
-        await new Promise((r) => setTimeout(r, 5));
-      }
-      type Item = { id: string; created_at: string };
-      const walk = async (path: string, query: string) => {
-        const seen: string[] = [];
-        let cursor: string | null = null;
-        do {
-          const r: { status: number; body: { data: Item[]; next_cursor: string | null } } =
-            await server.api.get(`${path}?limit=2&${query}${cursor ? `&cursor=${cursor}` : ""}`);
-          assert.equal(r.status, 200, JSON.stringify(r.body));
-          seen.push(...r.body.data.map((x) => x.id));
-          cursor = r.body.next_cursor;
-        } while (cursor);
-        return seen;
-      };
-      for (const [path, scope] of [
-        ["/v1/events", "event_type=call.started"],
-        ["/v1/deliveries", `endpoint_id=${ep.id}`],
-      ] as const) {
-        const all = (await server.api.get(`${path}?limit=100&${scope}`)).body.data as Item[];
-        assert.ok(all.length >= 4, `${path}: ${all.length} items`);
-        const pivot = all[2]!.created_at;
-        const older = all.filter((x) => x.created_at < pivot).map((x) => x.id);
-        const newer = all.filter((x) => x.created_at >= pivot).map((x) => x.id);
-        assert.ok(older.length > 0 && newer.length > 0);
-        assert.deepEqual(await walk(path, `${scope}&before=${pivot}`), older, `${path} before ${pivot}`);
-        assert.deepEqual(await walk(path, `${scope}&after=${pivot}`), newer, `${path} after ${pivot}`);
-        // Both: the instant itself up to the newest, given as an offset from UTC.
-        const newest = new Date(Date.parse(all[0]!.created_at) + 1).toISOString().replace("Z", "+00:00");
-        assert.deepEqual(
-          await walk(path, `${scope}&after=${pivot}&before=${encodeURIComponent(newest)}`),
-          newer,
-        );
-        assert.deepEqual(await walk(path, `${scope}&before=${pivot}&after=${pivot}`), []);
-        // Empty: no bound.
-        assert.deepEqual(
-          await walk(path, `${scope}&before=&after=`),
-          all.map((x) => x.id),
-        );
-      }
-      expectError(
-        await server.api.get("/v1/events?before=2026-13-01T00:00:00Z"),
-        400,
-        "invalid_request",
-        "before",
-      );
-      expectError(await server.api.get("/v1/deliveries?after=yesterday"), 400, "invalid_request", "after");
-      expectError(
-        await server.api.get("/v1/events?after=1969-12-31T23:59:59Z"),
-        400,
-        "invalid_request",
-        "after",
-      );
-    } finally {
-      await rx.close();
-    }
-  });
-
   test("pagination walks every item once, newest first", async () => {
     const created: number[] = [];
     for (let i = 0; i < 7; i++)
@@ -652,6 +582,93 @@ describe("rate limit (KLEN_RATE_LIMIT=1)", () => {
 });
 
 // PostgreSQL's text cannot hold NUL: there a string with one was a 500 on every route that stores text.
+for (const backend of backends()) {
+  describe(`events and deliveries by creation time (${backend.name})`, () => {
+    let db: Awaited<ReturnType<typeof backend.fresh>>;
+    let server: ServerProcess;
+    let agentId: number;
+    before(async () => {
+      db = await backend.fresh();
+      server = await spawnServer({ dataDir: db.dataDir, env: { KLEN_DATABASE_URL: db.databaseUrl } });
+      ({ agentId } = await setupAccount(server.api));
+    });
+    after(async () => {
+      await server.kill();
+      await db.cleanup();
+    });
+
+    test("before is exclusive, after inclusive, and pages stay inside", async () => {
+      const rx = await startReceiver();
+      try {
+        const ep = (await server.api.post("/v1/endpoints", { url: rx.url })).body;
+        for (let i = 0; i < 4; i++) {
+          const call = await server.api.post("/v1/calls", {
+            agent_id: agentId,
+            type: "inbound",
+            phone_number: `+1555077000${i}`,
+          });
+          await server.api.post(`/v1/calls/${call.body.id}/start`, {});
+          // Apart by a few milliseconds, so that the instants below fall between events.
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        type Item = { id: string; created_at: string };
+        const walk = async (path: string, query: string) => {
+          const seen: string[] = [];
+          let cursor: string | null = null;
+          do {
+            const r: { status: number; body: { data: Item[]; next_cursor: string | null } } =
+              await server.api.get(`${path}?limit=2&${query}${cursor ? `&cursor=${cursor}` : ""}`);
+            assert.equal(r.status, 200, JSON.stringify(r.body));
+            seen.push(...r.body.data.map((x) => x.id));
+            cursor = r.body.next_cursor;
+          } while (cursor);
+          return seen;
+        };
+        for (const [path, scope] of [
+          ["/v1/events", "event_type=call.started"],
+          ["/v1/deliveries", `endpoint_id=${ep.id}`],
+        ] as const) {
+          const all = (await server.api.get(`${path}?limit=100&${scope}`)).body.data as Item[];
+          assert.ok(all.length >= 4, `${path}: ${all.length} items`);
+          const pivot = all[2]!.created_at;
+          const older = all.filter((x) => x.created_at < pivot).map((x) => x.id);
+          const newer = all.filter((x) => x.created_at >= pivot).map((x) => x.id);
+          assert.ok(older.length > 0 && newer.length > 0);
+          assert.deepEqual(await walk(path, `${scope}&before=${pivot}`), older, `${path} before ${pivot}`);
+          assert.deepEqual(await walk(path, `${scope}&after=${pivot}`), newer, `${path} after ${pivot}`);
+          // Both: the instant itself up to the newest, given as an offset from UTC.
+          const newest = new Date(Date.parse(all[0]!.created_at) + 1).toISOString().replace("Z", "+00:00");
+          assert.deepEqual(
+            await walk(path, `${scope}&after=${pivot}&before=${encodeURIComponent(newest)}`),
+            newer,
+          );
+          assert.deepEqual(await walk(path, `${scope}&before=${pivot}&after=${pivot}`), []);
+          // Empty: no bound.
+          assert.deepEqual(
+            await walk(path, `${scope}&before=&after=`),
+            all.map((x) => x.id),
+          );
+        }
+        expectError(
+          await server.api.get("/v1/events?before=2026-13-01T00:00:00Z"),
+          400,
+          "invalid_request",
+          "before",
+        );
+        expectError(await server.api.get("/v1/deliveries?after=yesterday"), 400, "invalid_request", "after");
+        expectError(
+          await server.api.get("/v1/events?after=1969-12-31T23:59:59Z"),
+          400,
+          "invalid_request",
+          "after",
+        );
+      } finally {
+        await rx.close();
+      }
+    });
+  });
+}
+
 for (const backend of backends()) {
   describe(`NUL in a JSON string (${backend.name})`, () => {
     let db: Awaited<ReturnType<typeof backend.fresh>>;
