@@ -104,12 +104,15 @@ export function pagedTable(opts) {
       }
       count += page.data.length;
       cursor = page.next_cursor;
-      memory.pages = reset ? 1 : memory.pages + 1;
+      // A page that was navigated away from while it rendered is not on screen: it keeps nothing
+      // (its memory, taken when it was built, may already be the next page's).
+      const shown = el.isConnected;
+      if (shown) memory.pages = reset ? 1 : memory.pages + 1;
       more.hidden = !cursor;
       mount(status, count === 0 ? opts.empty : "");
       status.hidden = count !== 0;
       status.className = "muted table-status";
-      if (reset && restore > 1) {
+      if (reset && restore > 1 && shown) {
         const pages = restore;
         restore = 1;
         for (let n = 1; n < pages && cursor && mine === generation; n++) await loadPage(false);
