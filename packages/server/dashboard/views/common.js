@@ -174,17 +174,18 @@ export function select(name, options, value) {
   );
 }
 
+/** `d` as a `datetime-local` control's value, in local time: to the minute, or to the second. */
+export function localInputValue(d, seconds = false) {
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60_000).toISOString().slice(0, seconds ? 19 : 16);
+}
+
 /**
  * A "Created before" control: a local date and time, which the list gives the API as an instant
  * (`before`, docs/api.md Pagination). `iso`: the instant from the page's link, or "".
  */
 export function beforeInput(iso) {
   const d = new Date(iso);
-  const p = (n) => String(n).padStart(2, "0");
-  const value =
-    !iso || Number.isNaN(d.getTime())
-      ? ""
-      : `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  const value = !iso || Number.isNaN(d.getTime()) ? "" : localInputValue(d, true);
   const input = h("input", { name: "before", type: "datetime-local", step: "1", value });
   // What the link said and what the control showed for it: left as shown, the link's instant is
   // kept exactly (its milliseconds; an hour that a change of clocks shows twice).

@@ -308,7 +308,8 @@ export async function renderDeliveries(main, query) {
     if (status.value) q.set("status", status.value);
     if (endpoint.value) q.set("endpoint_id", endpoint.value);
     if (filters.event_id) q.set("event_id", filters.event_id);
-    if (beforeValue(before)) q.set("before", beforeValue(before));
+    const instant = beforeValue(before);
+    if (instant) q.set("before", instant);
     location.hash = `#/deliveries${q.toString() ? `?${q}` : ""}`;
   };
   status.addEventListener("change", apply);

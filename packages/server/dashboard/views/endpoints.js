@@ -5,6 +5,7 @@ import {
   cardHead,
   confirmFirst,
   field,
+  localInputValue,
   mono,
   pagedTable,
   pageHeader,
@@ -300,8 +301,7 @@ function secretCard(e) {
 
 function recoverCard(e) {
   const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
-  const d = new Date(Date.now() - 24 * 3600 * 1000);
-  since.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  since.value = localInputValue(new Date(Date.now() - 24 * 3600 * 1000));
   const status = h("p", { class: "note", role: "status", hidden: true });
   const button = h("button", { class: "btn btn-secondary", type: "submit" }, "Recover failed deliveries");
   return card(

@@ -129,7 +129,8 @@ export async function renderEvents(main, query) {
     const q = new URLSearchParams();
     if (type.value) q.set("event_type", type.value);
     if (callId.value) q.set("call_id", callId.value);
-    if (beforeValue(before)) q.set("before", beforeValue(before));
+    const instant = beforeValue(before);
+    if (instant) q.set("before", instant);
     location.hash = `#/events${q.toString() ? `?${q}` : ""}`;
   };
   type.addEventListener("change", apply);
