@@ -172,17 +172,21 @@ export async function releaseOrphans(store: Store, now: number): Promise<number>
   return Number(res.numAffectedRows ?? 0);
 }
 
-/** Gives leases back (graceful shutdown), so another worker can take them at once. */
+/**
+ * Gives leases back (graceful shutdown), so another worker can take them at once, or at `dueAt`
+ * (a rate-limited endpoint's next start time).
+ */
 export async function releaseLeases(
   store: Store,
   held: Array<{ id: string; claimToken: number }>,
   now: number,
+  dueAt = now,
 ): Promise<void> {
   if (held.length === 0) return;
   // One statement, fenced per delivery on its claim token.
   await store.db
     .updateTable("deliveries")
-    .set({ next_attempt_at: now, leased_until: null, updated_at: now })
+    .set({ next_attempt_at: dueAt, leased_until: null, updated_at: now })
     .where(
       sql<boolean>`(id, claim_token) IN ${rowList(
         store.caps,

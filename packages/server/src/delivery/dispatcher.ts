@@ -7,6 +7,7 @@ import { isRefusedContent } from "../storage/store.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
+import { grantStarts, type RateGrant } from "./rate.js";
 import { parseRetryAfter } from "./schedule.js";
 import { type AttemptSender, Sender } from "./send.js";
 import { ThreadSender } from "./send-thread.js";
@@ -87,6 +88,20 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   floorSlackMs: 10_000,
   fullFloorMs: 60_000,
 };
+
+/**
+ * A rate-limited endpoint's attempts in this process: those granted a start time wait in `queue`
+ * (holding their slots and leases) until it comes (`Dispatcher.pump`).
+ */
+interface Pace {
+  intervalMs: number;
+  /** When a grant can next hand out a start time (`RateGrant.nextGrantAt`): left out of claims until then. */
+  nextGrantAt: number;
+  /** When this process last started one of the endpoint's attempts. */
+  last: number;
+  queue: Array<{ c: Claimed; at: number }>;
+  timer: NodeJS.Timeout | undefined;
+}
 
 /** How many endpoints `Dispatcher.known` remembers. */
 const KNOWN_ENDPOINTS = 10_000;
@@ -225,6 +240,10 @@ export class Dispatcher {
   /** Where claims that leave failing endpoints out start (`ClaimFloor`). */
   private floor: ClaimFloor | undefined;
   private flushing: Promise<void> | undefined;
+  /** Rate-limited endpoints this process has claimed deliveries of (`Pace`). */
+  private paces = new Map<string, Pace>();
+  /** Wakes the loop when a rate-limited endpoint left out of claims may be granted start times. */
+  private paceWake: NodeJS.Timeout | undefined;
   /** Outcomes whose write failed in a way that may have committed (see completeBatch). */
   private readonly uncertain = new WeakSet<Outcome>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -310,8 +329,8 @@ export class Dispatcher {
    * process runs.
    */
   private async forgetGoneEndpoints(): Promise<void> {
-    if (this.failing.size === 0 && this.slow.size === 0) return;
-    const ids = [...new Set([...this.failing, ...this.slow])];
+    if (this.failing.size === 0 && this.slow.size === 0 && this.paces.size === 0) return;
+    const ids = [...new Set([...this.failing, ...this.slow, ...this.paces.keys()])];
     const { db, caps } = this.ctx.store;
     const live = await db
       .selectFrom("endpoints")
@@ -326,6 +345,9 @@ export class Dispatcher {
         this.failing.delete(id);
         this.slow.delete(id);
         this.hanging.delete(id);
+        const pace = this.paces.get(id);
+        // Its queued attempts still start, and are settled without an attempt (`run`).
+        if (pace && pace.queue.length === 0) this.paces.delete(id);
       }
   }
 
@@ -340,6 +362,7 @@ export class Dispatcher {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.wake();
     await this.loopDone;
+    await this.dropPaced();
     const deadline = Date.now() + graceMs;
     while (this.inflight.size > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
@@ -382,6 +405,10 @@ export class Dispatcher {
           return n > cap - Math.ceil(cap / 4);
         })
         .map(([id]) => id);
+      // A rate-limited endpoint sits out until a grant can give it a start time again; like a
+      // failing one, its backlog is stepped over from the claim floor (`floorPlan`).
+      const pacedOut = this.pacedOut(now);
+      for (const id of pacedOut) if (!saturated.includes(id)) saturated.push(id);
       // Retries come due with time, unannounced. The poll's timer forgets the set, but only when
       // nothing wakes the loop for `pollMs`, and a busy endpoint's completions wake it all the
       // time: without this, an endpoint's retry could wait behind another's whole backlog.
@@ -393,7 +420,7 @@ export class Dispatcher {
       if (want <= 0) continue;
       let claimed: Claimed[];
       try {
-        claimed = await this.claim(want, saturated);
+        claimed = await this.claim(want, saturated, pacedOut);
       } catch (err) {
         claimErrors.inc();
         logBackgroundFailure(this.ctx.log, {}, "claim failed", err);
@@ -405,12 +432,17 @@ export class Dispatcher {
       // exclusion above only covers endpoints already at their cap). Those are handed back at once,
       // so a slow or dead endpoint never holds more than its cap of this process's slots.
       const excess: Claimed[] = [];
+      const paced = new Map<string, Claimed[]>();
       for (const c of claimed) {
-        const held = this.perEndpoint.get(c.endpointId) ?? 0;
+        const later = paced.get(c.endpointId);
+        const held = (this.perEndpoint.get(c.endpointId) ?? 0) + (later?.length ?? 0);
         if (held >= this.capOf(c.endpointId)) excess.push(c);
-        else {
-          if (this.failing.has(c.endpointId)) this.spare--;
-          this.attempt(c);
+        else if (c.endpoint?.rate_limit != null) {
+          if (later) later.push(c);
+          else paced.set(c.endpointId, [c]);
+        } else {
+          this.hold(c);
+          this.launch(c);
         }
       }
       if (excess.length > 0) {
@@ -418,6 +450,7 @@ export class Dispatcher {
           this.ctx.log.warn({ err }, "could not hand back excess claims; their leases expire on their own"),
         );
       }
+      for (const [id, list] of paced) excess.push(...(await this.pace(id, list)));
       // A full batch means more may be waiting: claim again at once. A short one took every due
       // delivery of the endpoints it could serve.
       if (claimed.length === want) {
@@ -436,10 +469,11 @@ export class Dispatcher {
    * front of the due order would be stepped over by every claim, at a cost growing with that backlog
    * (bench: isolation).
    */
-  private async claim(want: number, saturated: string[]): Promise<Claimed[]> {
+  private async claim(want: number, saturated: string[], pacedOut: string[]): Promise<Claimed[]> {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
-    const plan = floorPlan(this.floor, saturated, this.failing, now, this.opts);
+    const behind = pacedOut.length > 0 ? new Set([...this.failing, ...pacedOut]) : this.failing;
+    const plan = floorPlan(this.floor, saturated, behind, now, this.opts);
     if (plan.kind === "lookup") {
       const head = await dueHead(this.ctx.store, { now, exclude: plan.failing, from: plan.from });
       // With nothing due but the failing endpoints' deliveries, every other due row is still to
@@ -517,10 +551,147 @@ export class Dispatcher {
     });
   }
 
-  private attempt(c: Claimed): void {
+  /** Gives back the slots `hold` took. */
+  private unhold(done: Claimed[]): void {
+    for (const c of done) {
+      this.inflight.delete(c.id);
+      const n = (this.perEndpoint.get(c.endpointId) ?? 1) - 1;
+      if (n <= 0) this.perEndpoint.delete(c.endpointId);
+      else this.perEndpoint.set(c.endpointId, n);
+    }
+    inflightGauge.set(this.inflight.size);
+  }
+
+  /** Takes a slot for a claimed delivery: it counts against the caps from now until it settles. */
+  private hold(c: Claimed): void {
+    if (this.failing.has(c.endpointId)) this.spare--;
     this.inflight.set(c.id, c);
     inflightGauge.set(this.inflight.size);
     this.perEndpoint.set(c.endpointId, (this.perEndpoint.get(c.endpointId) ?? 0) + 1);
+  }
+
+  /**
+   * Rate-limited endpoints that may not be granted a start time yet, and so sit out the claim; arms
+   * the wake-up for the first of them. Forgets those with nothing queued once a grant could start
+   * one of their attempts at once: what their row says is all there is to know.
+   */
+  private pacedOut(now: number): string[] {
+    if (this.paces.size === 0) return [];
+    const out: string[] = [];
+    let first = Number.POSITIVE_INFINITY;
+    for (const [id, p] of this.paces) {
+      if (p.nextGrantAt > now) {
+        out.push(id);
+        first = Math.min(first, p.nextGrantAt);
+      } else if (p.queue.length === 0 && now - p.last >= p.intervalMs) this.paces.delete(id);
+    }
+    if (this.paceWake) clearTimeout(this.paceWake);
+    this.paceWake = undefined;
+    if (out.length > 0)
+      this.paceWake = setTimeout(
+        () => {
+          this.paceWake = undefined;
+          const at = this.ctx.clock.now();
+          this.wake(
+            true,
+            [...this.paces].filter(([, p]) => p.nextGrantAt <= at).map(([id]) => id),
+          );
+        },
+        Math.max(1, Math.ceil(first - now)),
+      );
+    return out;
+  }
+
+  /**
+   * Asks the endpoint's row for start times for `claimed` (`grantStarts`), queues those granted,
+   * and returns the rest, already handed back to be due when the next grant can be made.
+   */
+  private async pace(endpointId: string, claimed: Claimed[]): Promise<Claimed[]> {
+    let grant: RateGrant;
+    try {
+      grant = await grantStarts(this.ctx.store, endpointId, claimed.length, this.ctx.clock.now());
+    } catch (err) {
+      logBackgroundFailure(this.ctx.log, { endpoint_id: endpointId }, "rate limit grant failed", err);
+      await releaseLeases(this.ctx.store, claimed, this.ctx.clock.now()).catch(() => {});
+      return claimed;
+    }
+    if (grant.limit === null) {
+      // The limit was removed since the claim read the endpoint.
+      for (const c of claimed) {
+        this.hold(c);
+        this.launch(c);
+      }
+      return [];
+    }
+    let p = this.paces.get(endpointId);
+    if (!p) {
+      p = { intervalMs: 0, nextGrantAt: 0, last: Number.NEGATIVE_INFINITY, queue: [], timer: undefined };
+      this.paces.set(endpointId, p);
+    }
+    p.intervalMs = grant.intervalMs;
+    p.nextGrantAt = grant.nextGrantAt;
+    const granted = grant.starts.length;
+    for (let i = 0; i < granted; i++) {
+      const c = claimed[i] as Claimed;
+      this.hold(c);
+      p.queue.push({ c, at: grant.starts[i] as number });
+    }
+    const rest = claimed.slice(granted);
+    if (rest.length > 0) {
+      const now = this.ctx.clock.now();
+      await releaseLeases(this.ctx.store, rest, now, Math.max(now, Math.ceil(grant.nextGrantAt))).catch(
+        (err) =>
+          this.ctx.log.warn(
+            { err },
+            "could not hand back claims over a rate limit; their leases expire on their own",
+          ),
+      );
+    }
+    this.pump(endpointId);
+    return rest;
+  }
+
+  /**
+   * Starts the endpoint's queued attempts whose time has come, each at least one interval after the
+   * one before it in this process, and sets a timer for the next.
+   */
+  private pump(endpointId: string): void {
+    const p = this.paces.get(endpointId);
+    if (!p) return;
+    if (p.timer) clearTimeout(p.timer);
+    p.timer = undefined;
+    for (let next = p.queue[0]; next !== undefined; next = p.queue[0]) {
+      const now = this.ctx.clock.now();
+      const at = Math.max(next.at, p.last + p.intervalMs);
+      if (at > now) {
+        p.timer = setTimeout(() => this.pump(endpointId), Math.ceil(at - now));
+        return;
+      }
+      p.queue.shift();
+      p.last = now;
+      this.launch(next.c);
+    }
+  }
+
+  /** Graceful stop: attempts still waiting for their start time are handed back unstarted. */
+  private async dropPaced(): Promise<void> {
+    if (this.paceWake) clearTimeout(this.paceWake);
+    this.paceWake = undefined;
+    const dropped: Claimed[] = [];
+    for (const p of this.paces.values()) {
+      if (p.timer) clearTimeout(p.timer);
+      p.timer = undefined;
+      for (const { c } of p.queue.splice(0)) dropped.push(c);
+    }
+    if (dropped.length === 0) return;
+    this.unhold(dropped);
+    await releaseLeases(this.ctx.store, dropped, this.ctx.clock.now()).catch((err) =>
+      this.ctx.log.warn({ err }, "could not release leases; they expire on their own"),
+    );
+  }
+
+  /** Makes the attempt of a delivery `hold` took a slot for. */
+  private launch(c: Claimed): void {
     this.run(c).then(
       (o) => this.record(o),
       (err) => {
@@ -672,13 +843,7 @@ export class Dispatcher {
 
   /** Frees the slots of finished attempts; `released`: the completion made parked deliveries due. */
   private settle(done: Claimed[], released = false): void {
-    for (const c of done) {
-      this.inflight.delete(c.id);
-      const n = (this.perEndpoint.get(c.endpointId) ?? 1) - 1;
-      if (n <= 0) this.perEndpoint.delete(c.endpointId);
-      else this.perEndpoint.set(c.endpointId, n);
-    }
-    inflightGauge.set(this.inflight.size);
+    this.unhold(done);
     this.wake(released, released ? done.map((c) => c.endpointId) : undefined);
   }
 }

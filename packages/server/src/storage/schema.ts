@@ -79,6 +79,10 @@ export interface Database {
     disabled: number;
     disabled_reason: string | null;
     failing_since: number | null;
+    /** Attempts per second at most, across processes; null: no limit (migration 12). */
+    rate_limit: Generated<number | null>;
+    /** When the next attempt may start, in ms (delivery/rate.ts). */
+    rate_next_at: Generated<number | null>;
     created_at: number;
     updated_at: number;
     deleted_at: number | null;

@@ -24,6 +24,7 @@ export const endpointObject = (e: EndpointRow) => ({
   headers: JSON.parse(e.headers) as Record<string, string>,
   disabled: e.disabled === 1,
   disabled_reason: e.disabled_reason,
+  rate_limit: e.rate_limit === null ? null : Number(e.rate_limit),
   failing_since: e.failing_since === null ? null : isoMillis(Number(e.failing_since)),
   created_at: isoMillis(Number(e.created_at)),
   updated_at: isoMillis(Number(e.updated_at)),
@@ -48,6 +49,8 @@ const endpointProps = {
     additionalProperties: { type: "string", maxLength: 4000, pattern: "^[\\t\\x20-\\x7e]*$" },
   },
   disabled: { type: "boolean" },
+  // Attempts per second at most, across every worker; null: no limit.
+  rate_limit: { type: ["integer", "null"], minimum: 1, maximum: 100_000 },
 } as const;
 
 type EndpointBody = {
@@ -57,6 +60,7 @@ type EndpointBody = {
   agent_ids?: number[];
   headers?: Record<string, string>;
   disabled?: boolean;
+  rate_limit?: number | null;
 };
 
 /** Headers the HTTP client refuses to send: an endpoint with one would fail every attempt. */
@@ -149,6 +153,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
             disabled: b.disabled ? 1 : 0,
             disabled_reason: b.disabled ? "disabled by user" : null,
             failing_since: null,
+            rate_limit: b.rate_limit ?? null,
             created_at: now,
             updated_at: now,
             deleted_at: null,
@@ -199,6 +204,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
         if (b.description !== undefined) set.description = b.description;
         if (b.event_types !== undefined) set.event_types = JSON.stringify(b.event_types);
         if (b.agent_ids !== undefined) set.agent_ids = JSON.stringify(b.agent_ids);
+        if (b.rate_limit !== undefined) set.rate_limit = b.rate_limit;
         if (b.disabled === true && current.disabled === 0) {
           set.disabled = 1;
           set.disabled_reason = "disabled by user";

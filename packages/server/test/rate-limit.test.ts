@@ -1,0 +1,221 @@
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { planGrant } from "../src/delivery/rate.js";
+import { type ApiClient, setupAccount, startedCall } from "./helpers/api.js";
+import { backends, postgresBackend } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
+import { type Receiver, startReceiver } from "./helpers/receiver.js";
+import { freePort, type ServerProcess, spawnServer } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// An endpoint's rate_limit (attempts per second, across every worker): start times are handed out
+// from the endpoint's row, one interval apart, and each process starts its attempts no sooner.
+
+after(() => stopPostgres());
+
+describe("planGrant", () => {
+  test("hands out start times one interval apart, from now or the row's next time, within the horizon", () => {
+    const now = 1_000_000;
+    const fresh = planGrant({ rate_limit: 4, rate_next_at: null }, 10, now);
+    assert.deepEqual(fresh.starts, [now, now + 250, now + 500, now + 750], "a second's worth at 4/s");
+    assert.equal(fresh.intervalMs, 250);
+    assert.equal(fresh.nextGrantAt, now + 1);
+    const few = planGrant({ rate_limit: 4, rate_next_at: null }, 2, now);
+    assert.deepEqual(few.starts, [now, now + 250], "no more than asked for");
+    assert.equal(few.nextGrantAt, now + 500 - 1000 + 1);
+    const ahead = planGrant({ rate_limit: 4, rate_next_at: now + 900 }, 10, now);
+    assert.deepEqual(ahead.starts, [now + 900], "after what another worker reserved, up to the horizon");
+    const full = planGrant({ rate_limit: 4, rate_next_at: now + 1000 }, 10, now);
+    assert.deepEqual(full.starts, [], "nothing when the next start is a horizon away");
+    assert.ok(full.nextGrantAt > now, "and it says when to ask again");
+    assert.equal(
+      planGrant({ rate_limit: 4, rate_next_at: now + 1000 }, 10, full.nextGrantAt).starts.length,
+      1,
+    );
+    const past = planGrant({ rate_limit: 1, rate_next_at: now - 60_000 }, 5, now);
+    assert.deepEqual(past.starts, [now], "an idle endpoint saves up no burst");
+    const odd = planGrant({ rate_limit: 3, rate_next_at: null }, 3, now);
+    assert.equal(odd.starts.length, 3);
+    for (let i = 1; i < odd.starts.length; i++)
+      assert.ok((odd.starts[i] as number) - (odd.starts[i - 1] as number) >= 1000 / 3 - 1e-9);
+    assert.deepEqual(planGrant({ rate_limit: null, rate_next_at: null }, 5, now).starts, []);
+    assert.equal(planGrant({ rate_limit: null, rate_next_at: null }, 5, now).limit, null);
+  });
+});
+
+/**
+ * The start times (ms) of every attempt of `endpointId`, ascending, once at least `n` are recorded
+ * (a receiver has a request before its worker records the attempt).
+ */
+function attemptStarts(api: ApiClient, endpointId: string, n: number): Promise<number[]> {
+  return waitFor(`${n} attempts recorded`, async () => {
+    const starts = await listStarts(api, endpointId);
+    return starts.length >= n && starts;
+  });
+}
+
+async function listStarts(api: ApiClient, endpointId: string): Promise<number[]> {
+  const starts: number[] = [];
+  let cursor: string | null = null;
+  do {
+    const r = await api.get(
+      `/v1/deliveries?endpoint_id=${endpointId}&limit=100${cursor ? `&cursor=${cursor}` : ""}`,
+    );
+    assert.equal(r.status, 200);
+    for (const d of r.body.data) for (const a of d.attempts) starts.push(Date.parse(a.started_at));
+    cursor = r.body.next_cursor;
+  } while (cursor);
+  return starts.sort((a, b) => a - b);
+}
+
+/**
+ * Asserts what a limit of `perSecond` promises: the k-th attempt (from 0) started no sooner than
+ * k intervals after `t0`, a time before the first could be granted (start times are stored to the
+ * millisecond, hence the 1 ms).
+ */
+function assertPaced(starts: number[], perSecond: number, t0: number) {
+  const interval = 1000 / perSecond;
+  for (const [k, s] of starts.entries())
+    assert.ok(
+      s >= t0 + k * interval - 1,
+      `attempt ${k} started ${s - t0} ms after t0, before ${k * interval} ms (starts: ${starts.map((x) => x - t0).join(", ")})`,
+    );
+}
+
+/** Distinct webhook-ids `rx` received (a resend after a failed attempt counts once). */
+const distinct = (rx: Receiver) => new Set(rx.requests.map((q) => q.id)).size;
+
+for (const backend of backends()) {
+  describe(`endpoint rate limit on ${backend.name}`, () => {
+    test("a limited endpoint's attempts keep to it, across a graceful restart; an unlimited one beside it is not held", async () => {
+      const fresh = await backend.fresh();
+      const limited = await startReceiver();
+      const free = await startReceiver();
+      const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
+      let server: ServerProcess | undefined = await spawnServer({ dataDir: fresh.dataDir, env });
+      after(async () => {
+        await server?.kill("SIGKILL");
+        await limited.close();
+        await free.close();
+        await fresh.cleanup();
+      });
+      const api = server.api;
+      const { agentId, endpoint } = await setupAccount(api, {
+        endpointUrl: limited.url,
+        endpoint: { rate_limit: 2 },
+      });
+      assert.equal(endpoint.rate_limit, 2);
+      limited.setSecret(endpoint.secret);
+      const other = await api.post("/v1/endpoints", { url: free.url });
+      assert.equal(other.body.rate_limit, null, "no limit unless one is set");
+      free.setSecret(other.body.secret);
+
+      const t0 = Date.now();
+      const calls = 12;
+      for (let i = 0; i < calls; i++)
+        await startedCall(api, agentId, `+1555030${String(i).padStart(4, "0")}`);
+      await free.waitForCount(calls, 30_000);
+      // The unlimited endpoint got all of its deliveries while the limited one (2 a second: 5.5 s
+      // for 12) was still working through them: the limit holds back only its own endpoint.
+      assert.ok(distinct(limited) < calls, `limited endpoint had ${distinct(limited)} of ${calls} already`);
+
+      // A graceful stop part-way: attempts waiting for their start time are handed back, and the
+      // next process keeps to the same limit from the endpoint's row.
+      await waitFor("a few limited deliveries", () => distinct(limited) >= 3, 30_000);
+      await server.kill("SIGTERM");
+      server = await spawnServer({ dataDir: fresh.dataDir, env });
+      await waitFor("every limited delivery", () => distinct(limited) >= calls, 60_000);
+      assert.deepEqual(limited.verifyFailures, []);
+      assertPaced(await attemptStarts(server.api, endpoint.id, calls), 2, t0);
+    });
+  });
+}
+
+describe("endpoint rate limit across workers", () => {
+  test("two workers on one PostgreSQL share one endpoint's limit", async (t) => {
+    const fresh = await postgresBackend.fresh();
+    const rx = await startReceiver();
+    const procs: ServerProcess[] = [];
+    after(async () => {
+      for (const p of procs) await p.kill("SIGKILL");
+      await rx.close();
+      await fresh.cleanup();
+    });
+    const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
+    const apiProc = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
+    procs.push(apiProc);
+    const workerPorts = [await freePort(), await freePort()];
+    for (const port of workerPorts) {
+      procs.push(
+        await spawnServer({
+          dataDir: fresh.dataDir,
+          role: "worker",
+          env: { ...env, KLEN_WORKER_PORT: String(port) },
+        }),
+      );
+      await waitFor(
+        `worker on ${port}`,
+        async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.ok,
+        60_000,
+      );
+    }
+    const { agentId, endpoint } = await setupAccount(apiProc.api, {
+      endpointUrl: rx.url,
+      endpoint: { rate_limit: 10 },
+    });
+    rx.setSecret(endpoint.secret);
+    const calls: number[] = [];
+    for (let i = 0; i < 24; i++) {
+      const c = await apiProc.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "outbound",
+        phone_number: `+1555040${String(i).padStart(4, "0")}`,
+      });
+      calls.push(c.body.id);
+    }
+    // Both workers are waiting: the calls start at once, far faster than 10 a second.
+    const t0 = Date.now();
+    const started = await Promise.all(calls.map((id) => apiProc.api.post(`/v1/calls/${id}/start`, {})));
+    assert.deepEqual(new Set(started.map((r) => r.status)), new Set([200]));
+    await waitFor("every delivery", () => distinct(rx) >= calls.length, 60_000);
+    assert.deepEqual(rx.verifyFailures, []);
+    assertPaced(await attemptStarts(apiProc.api, endpoint.id, calls.length), 10, t0);
+    const attempts: number[] = [];
+    for (const port of workerPorts) {
+      const m = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      attempts.push(
+        m
+          .split("\n")
+          .filter((l) => l.startsWith("klen_delivery_attempts_total"))
+          .reduce((n, l) => n + Number(l.split(" ").pop()), 0),
+      );
+    }
+    t.diagnostic(`attempts per worker: ${attempts.join(", ")}`);
+  });
+});
+
+test("rate_limit is a whole number of attempts per second, 1 to 100,000, or null for none", async () => {
+  const fresh = await backends()[0]!.fresh();
+  const server = await spawnServer({ dataDir: fresh.dataDir, env: { KLEN_DATABASE_URL: fresh.databaseUrl } });
+  after(async () => {
+    await server.kill("SIGKILL");
+    await fresh.cleanup();
+  });
+  const { api } = server;
+  for (const bad of [0, -1, 1.5, 100_001, "10", true]) {
+    const r = await api.post("/v1/endpoints", { url: "http://127.0.0.1:9/x", rate_limit: bad });
+    assert.equal(r.status, 400, `${JSON.stringify(bad)}: ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.error.details?.field, "rate_limit", JSON.stringify(r.body));
+  }
+  const created = await api.post("/v1/endpoints", { url: "http://127.0.0.1:9/x", rate_limit: 100_000 });
+  assert.equal(created.status, 201);
+  assert.equal(created.body.rate_limit, 100_000);
+  const id = created.body.id as string;
+  assert.equal((await api.patch(`/v1/endpoints/${id}`, { rate_limit: 3 })).body.rate_limit, 3);
+  assert.equal((await api.get(`/v1/endpoints/${id}`)).body.rate_limit, 3);
+  assert.equal((await api.patch(`/v1/endpoints/${id}`, { description: "kept" })).body.rate_limit, 3);
+  assert.equal((await api.patch(`/v1/endpoints/${id}`, { rate_limit: null })).body.rate_limit, null);
+  const bad = await api.patch(`/v1/endpoints/${id}`, { rate_limit: 0 });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.error.details?.field, "rate_limit");
+});
