@@ -753,6 +753,26 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     assert.match(refused.stderr, /409 endpoint .* is disabled \(disabled by user\); enable it first/);
     assert.match((await cli(["endpoints", "enable", ep.id], env)).stdout, new RegExp(`^${ep.id}  enabled`));
     assert.equal((await cli(["endpoints", "secret", ep.id], env)).stdout.trim(), ep.secret);
+    // A rate limit: set, shown in the line, removed; out-of-range values are refused before asking.
+    assert.match(
+      (await cli(["endpoints", "rate-limit", ep.id, "20"], env)).stdout,
+      new RegExp(`^${ep.id}  enabled  .*  at most 20/s  from the CLI`),
+    );
+    assert.equal((await server.api.get(`/v1/endpoints/${ep.id}`)).body.rate_limit, 20);
+    const unlimited = JSON.parse(
+      (await cli(["endpoints", "rate-limit", ep.id, "none", "--json"], env)).stdout,
+    );
+    assert.equal(unlimited.rate_limit, null);
+    for (const bad of ["0", "1.5", "100001", "fast"]) {
+      const r = await cli(["endpoints", "rate-limit", ep.id, bad], env);
+      assert.equal(r.code, 1, bad);
+      assert.match(r.stderr, /rate limit must be/, bad);
+    }
+    const limitedEp = JSON.parse(
+      (await cli(["endpoints", "create", "--url", `${rx.url}/slow`, "--rate-limit", "5", "--json"], env))
+        .stdout,
+    );
+    assert.equal(limitedEp.rate_limit, 5);
     const tooMany = await cli(["deliveries", "list", "--limit", "101"], env);
     assert.equal(tooMany.code, 1);
     assert.match(tooMany.stderr, /--limit must be at most 100/);

@@ -323,6 +323,27 @@ describe("dashboard in Chromium", () => {
     assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "CRM sync (edited)");
     assert.equal(await page.locator(".endpoint-meta .url").textContent(), `${receiver.url}/hooks/v2`);
 
+    // A rate limit: a bad value is named before sending, one over the API's range by the API's
+    // error, a good one is saved and shown, and emptying the field removes it.
+    const rate = page.getByLabel("Rate limit");
+    await rate.fill("2.5");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText('Rate limit: "2.5" is not a whole number').waitFor();
+    await rate.fill("100001");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText(/rate_limit/).waitFor();
+    await rate.fill("50");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.locator(".endpoint-meta").getByText("at most 50 attempts a second").waitFor();
+    assert.equal((await server.api.get(`/v1/endpoints/${endpointId}`)).body.rate_limit, 50);
+    await rate.fill("");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText("Saved.").waitFor();
+    await waitFor("the limit removed", async () =>
+      (await server.api.get(`/v1/endpoints/${endpointId}`)).body.rate_limit === null ? true : undefined,
+    );
+    assert.equal(await page.locator(".endpoint-meta").getByText("attempts a second").count(), 0);
+
     const old = (await server.api.get(`/v1/endpoints/${endpointId}/secret`)).body.secret as string;
     await page.getByRole("button", { name: "Rotate secret" }).click();
     await page.getByText("Secret rotated.").waitFor();

@@ -53,9 +53,20 @@ function parseAgentIds(text) {
   });
 }
 
+/** The rate limit field: empty is none, else a whole number of attempts per second. */
+function parseRateLimit(text) {
+  const t = text.trim();
+  if (t === "") return null;
+  const n = Number(t);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(`Rate limit: "${t}" is not a whole number of attempts per second`);
+  return n;
+}
+
 function filterSummary(e) {
   const types = e.event_types.length === 0 ? "All events" : e.event_types.join(", ");
-  return e.agent_ids.length ? `${types} · agents ${e.agent_ids.join(", ")}` : types;
+  const rate = e.rate_limit ? ` · at most ${e.rate_limit}/s` : "";
+  return `${e.agent_ids.length ? `${types} · agents ${e.agent_ids.join(", ")}` : types}${rate}`;
 }
 
 /** Disabled, failing (every attempt since `failing_since` failed; retried) or enabled. */
@@ -71,7 +82,8 @@ export function endpointStatus(e) {
 }
 
 /**
- * The create / edit form: URL, description, event type checkboxes, agent ids, custom headers.
+ * The create / edit form: URL, description, event type checkboxes, agent ids, custom headers, rate
+ * limit.
  * `submit(body)` sends it; the form shows the API's error, naming the field. With `cancelHref`
  * a Cancel link leads there without saving.
  */
@@ -109,6 +121,13 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
     { name: "headers", rows: "3", placeholder: "X-Team: voice", spellcheck: "false" },
     headersText(initial.headers),
   );
+  const rate = h("input", {
+    name: "rate_limit",
+    type: "text",
+    value: initial.rate_limit ?? "",
+    placeholder: "no limit",
+    inputmode: "numeric",
+  });
   const status = h("p", { class: "note", role: "status", hidden: true });
   const button = h("button", { class: "btn btn-primary", type: "submit" }, submitLabel);
 
@@ -126,6 +145,7 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
             event_types: boxes.filter((b) => b.checked).map((b) => b.value),
             agent_ids: parseAgentIds(agents.value),
             headers: parseHeaders(headers.value),
+            rate_limit: parseRateLimit(rate.value),
           };
         } catch (err) {
           return note(status, err.message, "error");
@@ -155,6 +175,11 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
     ),
     field("Agent ids", agents, "Only calls of these agents; empty for all agents."),
     field("Custom headers", headers, "One per line, sent with every delivery."),
+    field(
+      "Rate limit",
+      rate,
+      "Attempts per second at most, retries included; empty for no limit. Deliveries over it wait their turn, in order.",
+    ),
     status,
     h(
       "div",
@@ -416,6 +441,9 @@ export async function renderEndpoint(main, id) {
         h("span", { class: "muted small" }, "ID ", mono(e.id)),
         e.failing_since
           ? h("span", { class: "muted small" }, "every attempt failed since ", fmtTime(e.failing_since))
+          : null,
+        e.rate_limit
+          ? h("span", { class: "muted small" }, `at most ${e.rate_limit} attempts a second`)
           : null,
       ),
     );

@@ -21,6 +21,7 @@ interface EndpointObject {
   event_types: string[];
   disabled: boolean;
   disabled_reason: string | null;
+  rate_limit: number | null;
   secret?: string;
 }
 
@@ -39,6 +40,13 @@ interface DeliveryDetail extends DeliveryObject {
   >;
 }
 
+/** `--rate-limit` and `endpoints rate-limit`: what the API takes, checked before asking it. */
+const rateLimit = (v: string) => {
+  const n = positiveInt("rate limit")(v);
+  if (n > 100_000) throw new InvalidArgumentError("rate limit must be at most 100000 a second");
+  return n;
+};
+
 const upTo100 = (name: string) => (v: string) => {
   const n = positiveInt(name)(v);
   if (n > 100) throw new InvalidArgumentError(`${name} must be at most 100 (a page); page on with --cursor`);
@@ -48,7 +56,8 @@ const upTo100 = (name: string) => (v: string) => {
 function endpointLine(out: Output, e: EndpointObject): string {
   const state = e.disabled ? out.red(`disabled (${e.disabled_reason ?? "no reason"})`) : out.green("enabled");
   const types = e.event_types.length === 0 ? "all events" : e.event_types.join(",");
-  return `${e.id}  ${state}  ${e.url}  ${out.dim(types)}${e.description ? `  ${e.description}` : ""}`;
+  const rate = e.rate_limit ? `  ${out.dim(`at most ${e.rate_limit}/s`)}` : "";
+  return `${e.id}  ${state}  ${e.url}  ${out.dim(types)}${rate}${e.description ? `  ${e.description}` : ""}`;
 }
 
 /** What a pending delivery waits for, or why a finished one failed. */
@@ -178,35 +187,73 @@ Examples:
       .description("create an endpoint and print its signing secret (POST /v1/endpoints)")
       .requiredOption("--url <url>", "where to send the events (https://, or http:// in dev mode)")
       .option("--description <text>", "a note shown in the dashboard")
-      .option("--event-types <list>", "comma-separated event types to send (default: all)"),
+      .option("--event-types <list>", "comma-separated event types to send (default: all)")
+      .option(
+        "--rate-limit <n>",
+        "attempts per second at most, across every worker (default: no limit)",
+        rateLimit,
+      ),
   )
     .addHelpText(
       "after",
       `
 Examples:
   $ klen-webhooks endpoints create --url https://example.com/webhooks
-  $ klen-webhooks endpoints create --url http://localhost:3000/webhooks --event-types call.ended,call.failed --json`,
+  $ klen-webhooks endpoints create --url http://localhost:3000/webhooks --event-types call.ended,call.failed --json
+  $ klen-webhooks endpoints create --url https://example.com/webhooks --rate-limit 20`,
     )
     .action(
-      run<ApiOpts & { url: string; description?: string; eventTypes?: string }>(async (o, out) => {
-        if (o.eventTypes !== undefined && o.eventTypes.trim() === "")
-          throw new Error("--event-types: give at least one event type, or leave the option out for all");
-        const types = parseEventList(o.eventTypes, "--event-types");
-        const body: Record<string, unknown> = { url: o.url };
-        if (o.description !== undefined) body.description = o.description;
-        if (types !== undefined) body.event_types = types;
-        const e = await apiClient(o).post<EndpointObject>("/v1/endpoints", body);
-        if (out.json) out.data(e);
-        else {
-          out.line(endpointLine(out, e));
-          out.line(`signing secret: ${out.bold(e.secret ?? "")}  (verify with new Webhook(secret))`);
-        }
-        return 0;
-      }),
+      run<ApiOpts & { url: string; description?: string; eventTypes?: string; rateLimit?: number }>(
+        async (o, out) => {
+          if (o.eventTypes !== undefined && o.eventTypes.trim() === "")
+            throw new Error("--event-types: give at least one event type, or leave the option out for all");
+          const types = parseEventList(o.eventTypes, "--event-types");
+          const body: Record<string, unknown> = { url: o.url };
+          if (o.description !== undefined) body.description = o.description;
+          if (types !== undefined) body.event_types = types;
+          if (o.rateLimit !== undefined) body.rate_limit = o.rateLimit;
+          const e = await apiClient(o).post<EndpointObject>("/v1/endpoints", body);
+          if (out.json) out.data(e);
+          else {
+            out.line(endpointLine(out, e));
+            out.line(`signing secret: ${out.bold(e.secret ?? "")}  (verify with new Webhook(secret))`);
+          }
+          return 0;
+        },
+      ),
     );
 
   toggle(endpoints, "enable");
   toggle(endpoints, "disable");
+  withApiOptions(
+    endpoints
+      .command("rate-limit")
+      .description("set or remove an endpoint's rate limit (PATCH /v1/endpoints/{id})")
+      .argument("<endpoint_id>", "the endpoint (ep_…)")
+      .argument("<per_second>", "attempts per second at most, across every worker, or none", (v) =>
+        v === "none" ? null : rateLimit(v),
+      ),
+  )
+    .addHelpText(
+      "after",
+      `
+Deliveries over the limit wait their turn, in order; retries count against it too.
+
+Examples:
+  $ klen-webhooks endpoints rate-limit ep_01j9z3… 20
+  $ klen-webhooks endpoints rate-limit ep_01j9z3… none`,
+    )
+    .action(
+      run<ApiOpts>(async (o, out, cmd) => {
+        const [id, perSecond] = cmd.processedArgs as [string, number | null];
+        const e = await apiClient(o).patch<EndpointObject>(`/v1/endpoints/${encodeURIComponent(id)}`, {
+          rate_limit: perSecond,
+        });
+        if (out.json) out.data(e);
+        else out.line(endpointLine(out, e));
+        return 0;
+      }),
+    );
   idCommand(endpoints, {
     name: "secret",
     description: "print an endpoint's current signing secret (GET /v1/endpoints/{id}/secret)",

@@ -7,7 +7,7 @@ import { isRefusedContent } from "../storage/store.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
-import { grantStarts, type RateGrant } from "./rate.js";
+import { grantStarts, RATE_HORIZON_MS, type RateGrant } from "./rate.js";
 import { parseRetryAfter } from "./schedule.js";
 import { type AttemptSender, Sender } from "./send.js";
 import { ThreadSender } from "./send-thread.js";
@@ -406,7 +406,7 @@ export class Dispatcher {
         })
         .map(([id]) => id);
       // A rate-limited endpoint sits out until a grant can give it a start time again; like a
-      // failing one, its backlog is stepped over from the claim floor (`floorPlan`).
+      // failing one, its backlog is stepped over from the claim floor (`claim`).
       const pacedOut = this.pacedOut(now);
       for (const id of pacedOut) if (!saturated.includes(id)) saturated.push(id);
       // Retries come due with time, unannounced. The poll's timer forgets the set, but only when
@@ -420,7 +420,7 @@ export class Dispatcher {
       if (want <= 0) continue;
       let claimed: Claimed[];
       try {
-        claimed = await this.claim(want, saturated, pacedOut);
+        claimed = await this.claim(want, saturated);
       } catch (err) {
         claimErrors.inc();
         logBackgroundFailure(this.ctx.log, {}, "claim failed", err);
@@ -469,10 +469,11 @@ export class Dispatcher {
    * front of the due order would be stepped over by every claim, at a cost growing with that backlog
    * (bench: isolation).
    */
-  private async claim(want: number, saturated: string[], pacedOut: string[]): Promise<Claimed[]> {
+  private async claim(want: number, saturated: string[]): Promise<Claimed[]> {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
-    const behind = pacedOut.length > 0 ? new Set([...this.failing, ...pacedOut]) : this.failing;
+    // Rate-limited endpoints, like failing ones, may have a backlog at the front of the due order.
+    const behind = this.paces.size > 0 ? new Set([...this.failing, ...this.paces.keys()]) : this.failing;
     const plan = floorPlan(this.floor, saturated, behind, now, this.opts);
     if (plan.kind === "lookup") {
       const head = await dueHead(this.ctx.store, { now, exclude: plan.failing, from: plan.from });
@@ -498,10 +499,19 @@ export class Dispatcher {
    * their throughput; its first success gives it back its full share. One whose last attempt timed
    * out (it hangs) may have up to `perHangingEndpoint` while there are slots to spare, as many as
    * are left to lend (so a claim takes no more of its rows than it can start). One with no finished
-   * attempt yet in this process gets `perNewEndpoint` until its first answer. Its deliveries are still
-   * attempted as slots free up, in order.
+   * attempt yet in this process gets `perNewEndpoint` until its first answer. A rate-limited one
+   * no more than one grant can start (a horizon's worth, and one still waiting), so a claim does
+   * not take a batch of its backlog only to hand it back. Its deliveries are still attempted as
+   * slots free up, in order.
    */
   private capOf(endpointId: string): number {
+    const pace = this.paces.get(endpointId);
+    const share = this.shareOf(endpointId);
+    return pace ? Math.min(share, Math.ceil(RATE_HORIZON_MS / pace.intervalMs) + 1) : share;
+  }
+
+  /** `capOf` before a rate limit. */
+  private shareOf(endpointId: string): number {
     if (this.failing.has(endpointId)) {
       const base = this.opts.perFailingEndpoint;
       if (this.spare <= 0 || !this.hanging.has(endpointId)) return base;
