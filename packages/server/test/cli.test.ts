@@ -9,7 +9,7 @@ import { apiClient as cliApiClient } from "../src/cli/api-client.js";
 import { checkSecret, listen, newLocalSecret, parseEventList } from "../src/cli/listen.js";
 import { createOutput, printable } from "../src/cli/output.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
-import { workflowDone } from "../src/cli/test-call.js";
+import { followExitCode, workflowDone } from "../src/cli/test-call.js";
 import { toneWav } from "../src/cli/wav.js";
 import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
@@ -210,6 +210,28 @@ describe("CLI helpers (pure)", () => {
     );
     assert.equal(workflowDone(call({ status: "completed", started_at: "x", has_recording: true }), []), true);
     assert.equal(workflowDone(call({ status: "in-progress", started_at: "x" }), []), false);
+  });
+
+  test("test-call --wait succeeds only when every delivery succeeded, and there was one", () => {
+    const result = (statuses: string[][], done = true) => ({
+      call_id: 1,
+      status: "completed",
+      done,
+      events: statuses.map((ds, i) => ({
+        id: `evt_${i}`,
+        event_type: "call.started",
+        deliveries: ds.map((status, j) => ({
+          id: `dlv_${i}_${j}`,
+          endpoint_id: "ep_1",
+          status,
+          attempts: [],
+        })),
+      })),
+    });
+    assert.equal(followExitCode(result([["succeeded"], ["succeeded", "succeeded"]])), 0);
+    assert.equal(followExitCode(result([["succeeded"], ["failed"]])), 1);
+    assert.equal(followExitCode(result([["succeeded"]], false)), 1, "timed out");
+    assert.equal(followExitCode(result([[], [], []])), 1, "no endpoint got the events");
   });
 });
 

@@ -188,6 +188,16 @@ for (const backend of backends())
       assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, calls);
     });
 
+    test("a disabled endpoint_id is a 409 naming it, and creates no call", async () => {
+      const calls = (await srv.api.get("/v1/calls?limit=100")).body.data.length;
+      const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/off`, disabled: true });
+      const r = await srv.api.post("/v1/test-calls", { endpoint_id: ep.body.id });
+      assert.equal(r.status, 409, JSON.stringify(r.body));
+      assert.equal(r.body.error.code, "endpoint_disabled");
+      assert.equal(r.body.error.details.endpoint_id, ep.body.id);
+      assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, calls);
+    });
+
     test("a bodiless POST is a completed test call with defaults", async () => {
       const res = await fetch(`${srv.url}/v1/test-calls`, {
         method: "POST",

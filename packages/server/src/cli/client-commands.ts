@@ -43,7 +43,8 @@ export function registerClientCommands(program: Command): void {
     .addHelpText(
       "after",
       `
-With --wait the exit status is 0 when every delivery succeeded, 1 otherwise (or on timeout).
+With --wait the exit status is 0 when every delivery succeeded, 1 otherwise (or on timeout, or
+when no endpoint got the call's events).
 
 Examples:
   $ klen-webhooks test-call --wait
@@ -70,7 +71,10 @@ Examples:
         const callId = await startTestCall(client, body);
         if (!o.wait) {
           if (out.json) out.data({ call_id: callId });
-          else out.line(`test call ${callId} started (follow it with --wait, or in the dashboard)`);
+          else
+            out.line(
+              `test call ${callId} started; see its deliveries with: klen-webhooks deliveries list --call-id ${callId} (or in the dashboard)`,
+            );
           return 0;
         }
         out.line(`test call ${out.bold(String(callId))} started; following its events…`);
@@ -78,14 +82,19 @@ Examples:
         if (out.json) out.data(r);
         else if (!r.done)
           out.warn(
-            out.yellow(`gave up after ${o.timeout} s: the call is ${r.status}, deliveries still pending`),
+            `klen-webhooks test-call: ${out.yellow(`gave up after ${o.timeout} s: the call is ${r.status}, deliveries still pending`)}`,
           );
         else {
-          const failed = r.events.flatMap((e) => e.deliveries).filter((d) => d.status !== "succeeded").length;
+          const deliveries = r.events.flatMap((e) => e.deliveries);
+          const failed = deliveries.filter((d) => d.status !== "succeeded").length;
           const events = `${r.events.length} event${r.events.length === 1 ? "" : "s"}`;
           out.line(
             `call ${callId} ${r.status}: ${events}${failed ? `, ${out.red(`${failed} ${failed === 1 ? "delivery" : "deliveries"} failed`)}` : ""}`,
           );
+          if (deliveries.length === 0)
+            out.warn(
+              `klen-webhooks test-call: ${out.red("no endpoint got these events")}: none is enabled with filters that match a test call (klen-webhooks endpoints list; endpoints create --url …)`,
+            );
         }
         return followExitCode(r);
       }),

@@ -97,10 +97,14 @@ export async function followCall(
   }
 }
 
-/** Exit status of `test-call --wait`: 0 when everything was delivered, 1 otherwise. */
+/**
+ * Exit status of `test-call --wait`: 0 when everything was delivered, 1 otherwise, and 1 when no
+ * endpoint got any of the events (nothing was delivered, though nothing failed).
+ */
 export function followExitCode(r: FollowResult): number {
   if (!r.done) return 1;
-  return r.events.every((e) => e.deliveries.every((d) => d.status === "succeeded")) ? 0 : 1;
+  const deliveries = r.events.flatMap((e) => e.deliveries);
+  return deliveries.length > 0 && deliveries.every((d) => d.status === "succeeded") ? 0 : 1;
 }
 
 /** Starts a simulated call (POST /v1/test-calls → 202 {call_id}). */

@@ -5,6 +5,7 @@ import { type Outcome, runTestCall } from "../../simulator/run.js";
 import type { Db } from "../../storage/types.js";
 import { randomToken } from "../../util/ids.js";
 import { findAgent } from "./agents.js";
+import { assertSending } from "./endpoints.js";
 import type { RouteModule } from "./index.js";
 
 /** Longest generated transcript a test call may ask for. */
@@ -99,12 +100,14 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
         if (b.endpoint_id !== undefined) {
           const ep = await trx
             .selectFrom("endpoints")
-            .select("id")
+            .select(["id", "disabled", "disabled_reason"])
             .where("id", "=", b.endpoint_id)
             .where("account_id", "=", accountId)
             .where("deleted_at", "is", null)
             .executeTakeFirst();
           if (!ep) throw badRequest("endpoint_id", `endpoint ${b.endpoint_id} not found`);
+          // It would get none of the call's events: a 202 would promise a test that sends nothing.
+          assertSending(ep);
         }
         const agent = await testAgent(trx, accountId, b.agent_id, now, ctx.store.caps.rowLocks);
         agentName = agent.name;
