@@ -813,6 +813,50 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
   }
 });
 
+test("the first start prints the default account's key even in CI, where the banner is left out", async () => {
+  const dir = tempDir();
+  const port = await freePort();
+  const proc = spawn(process.execPath, [CLI, "serve"], {
+    env: {
+      ...cliEnv({}),
+      PORT: String(port),
+      KLEN_HOST: "127.0.0.1",
+      KLEN_DATA_DIR: dir.path,
+      KLEN_DEV: "1",
+      LOG_LEVEL: "warn",
+      CI: "true",
+    },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let err = "";
+  proc.stderr!.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  try {
+    const key = await waitFor(
+      "the key on stderr",
+      () => {
+        if (proc.exitCode !== null) throw new Error(`server exited: ${err}`);
+        return /shown once, store it now\):\n\n {2}(\S+)\n/.exec(err)?.[1];
+      },
+      60_000,
+    );
+    assert.match(err, /DEV MODE: http:\/\/ and loopback/);
+    assert.doesNotMatch(err, /Klen call webhooks .* on http/, "no banner in CI");
+    await waitFor(
+      "healthz",
+      async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.ok,
+    );
+    const account = await apiClient(`http://127.0.0.1:${port}`, key).get("/v1/account");
+    assert.equal(account.status, 200, "the printed key is the account's");
+  } finally {
+    proc.kill("SIGTERM");
+    await exited;
+    dir.remove();
+  }
+});
+
 test("api-keys: create prints the new key once, list marks the key in use, revoke rolls the old one out, the last one stays", async () => {
   const dir = tempDir();
   const server = await spawnServer({ dataDir: dir.path });

@@ -59,15 +59,15 @@ program
       },
       "klen-webhooks started",
     );
-    if (process.stderr.isTTY || process.env.CI !== "true") {
+    // The banner is left out of CI logs (CI=true, stderr not a terminal); the dev-mode warning and
+    // a generated key never are: the key is shown this once, and nothing else can show it again.
+    if (process.stderr.isTTY || process.env.CI !== "true")
       process.stderr.write(`\nKlen call webhooks ${VERSION} — ${opts.role} on ${where}\n`);
-      if (cfg.dev)
-        process.stderr.write("DEV MODE: http:// and loopback/private endpoint URLs are allowed.\n");
-      if (running.generatedKey) {
-        process.stderr.write(
-          `\nCreated the default account. Its API key (shown once, store it now):\n\n  ${running.generatedKey}\n\n`,
-        );
-      }
+    if (cfg.dev) process.stderr.write("DEV MODE: http:// and loopback/private endpoint URLs are allowed.\n");
+    if (running.generatedKey) {
+      process.stderr.write(
+        `\nCreated the default account. Its API key (shown once, store it now):\n\n  ${running.generatedKey}\n\n`,
+      );
     }
     let stopping = false;
     const stop = async (signal: string) => {
