@@ -75,6 +75,22 @@ function host(v: string): string {
   throw new Error(`not an IP address or host name: "${v}"`);
 }
 
+/** The parser, and the value must be more than 0 (a TTL of 0 would make every URL expired at once). */
+function positive(parse: (v: string) => number) {
+  return (v: string) => {
+    const n = parse(v);
+    if (n <= 0) throw new Error(`must be more than 0, got "${v}"`);
+    return n;
+  };
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+function logLevel(v: string): string {
+  if (!LOG_LEVELS.includes(v)) throw new Error(`not a log level: "${v}" (one of ${LOG_LEVELS.join(", ")})`);
+  return v;
+}
+
 function nonNegativeInt(v: string): number {
   const n = Number(v);
   if (!Number.isFinite(n) || n < 0) throw new Error(`not a non-negative number: "${v}"`);
@@ -113,6 +129,8 @@ function schedule(v: string): number[] {
 /** Reads the configuration from the environment; throws ConfigError naming the variable. */
 export function loadConfig(env: Env = process.env): Config {
   const dataDir = resolve(env.KLEN_DATA_DIR || "./data");
+  // Read by the logger itself (log.ts); checked here so a bad value names its variable.
+  read(env, "LOG_LEVEL", "info", logLevel);
   const p = read(env, "PORT", "8080", port);
   const timeout = read(env, "KLEN_DELIVERY_TIMEOUT", "15s", parseDuration);
   if (timeout <= 0) throw new ConfigError("KLEN_DELIVERY_TIMEOUT", "must be positive");
@@ -154,13 +172,13 @@ export function loadConfig(env: Env = process.env): Config {
     retrySchedule: read(env, "KLEN_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", schedule),
     deliveryTimeoutMs: timeout,
     leaseMs,
-    disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", parseDuration),
+    disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", positive(parseDuration)),
     inlineLimit: read(env, "KLEN_INLINE_LIMIT", "64KiB", parseSize),
-    urlTtlMs: read(env, "KLEN_URL_TTL", "7d", parseDuration),
-    retentionMs: read(env, "KLEN_RETENTION", "30d", parseDuration),
+    urlTtlMs: read(env, "KLEN_URL_TTL", "7d", positive(parseDuration)),
+    retentionMs: read(env, "KLEN_RETENTION", "30d", positive(parseDuration)),
     encryptionKey,
-    maxBody: read(env, "KLEN_MAX_BODY", "1MiB", parseSize),
-    maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", parseSize),
+    maxBody: read(env, "KLEN_MAX_BODY", "1MiB", positive(parseSize)),
+    maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", positive(parseSize)),
     rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
     senderThread: read(env, "KLEN_SENDER_THREAD", availableParallelism() > 1 ? "1" : "0", bool),
     summary: summaryUrl ? { url: summaryUrl, model: summaryModel!, apiKey: summaryKey ?? "" } : undefined,

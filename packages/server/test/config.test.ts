@@ -56,7 +56,28 @@ test("a bad value stops start-up with a message naming the variable", () => {
     KLEN_RATE_LIMIT: "-3",
     KLEN_SENDER_THREAD: "sometimes",
     KLEN_HOST: "not_a_host!",
+    LOG_LEVEL: "loud",
   };
+  // A number without its unit (15000 read as seconds was over 4 hours), and zero where it would
+  // expire every URL, purge everything or refuse every request at once.
+  const unclear: Array<[string, string]> = [
+    ["KLEN_DELIVERY_TIMEOUT", "15000"],
+    ["KLEN_RETRY_SCHEDULE", "5,300"],
+    ["KLEN_URL_TTL", "0"],
+    ["KLEN_RETENTION", "0s"],
+    ["KLEN_DISABLE_AFTER", "0"],
+    ["KLEN_MAX_BODY", "0"],
+    ["KLEN_MAX_RECORDING", "0MiB"],
+  ];
+  for (const [name, value] of unclear) {
+    assert.throws(
+      () => loadConfig({ [name]: value }),
+      (err: unknown) =>
+        err instanceof ConfigError && err.variable === name && /needs a unit|more than 0/.test(err.message),
+      `${name}=${value}`,
+    );
+  }
+  assert.deepEqual(loadConfig({ KLEN_RETRY_SCHEDULE: "0,5s" }).retrySchedule, [0, 5000], "0 needs no unit");
   for (const [name, value] of Object.entries(bad)) {
     assert.throws(
       () => loadConfig({ [name]: value }),

@@ -10,14 +10,19 @@ const SIZE_UNITS: Record<string, number> = {
   mb: 1000 ** 2,
 };
 
-/** Milliseconds for a duration such as `15s`; a bare number is seconds. Throws on anything else. */
+/**
+ * Milliseconds for a duration such as `15s`. A number needs its unit (`15000` could mean either
+ * 15 s or 4 hours), except `0`. Throws on anything else.
+ */
 export function parseDuration(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
   if (!m) throw new Error(`not a duration: "${text}" (use e.g. 500ms, 5s, 5m, 2h, 7d)`);
+  if (m[2] === undefined && Number(m[1]) !== 0)
+    throw new Error(`"${text.trim()}" needs a unit: ms, s, m, h or d (e.g. ${m[1]}ms or ${m[1]}s)`);
   return Math.round(Number(m[1]) * DURATION_UNITS[(m[2] ?? "s").toLowerCase()]!);
 }
 
-/** Bytes for a size such as `64KiB`; a bare number is bytes. Throws on anything else. */
+/** Bytes for a size such as `64KiB` (KiB, MiB, GiB: 1024; kB, MB: 1000); a bare number is bytes. */
 export function parseSize(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kib|mib|gib|kb|mb)?\s*$/i.exec(text);
   if (!m) throw new Error(`not a size: "${text}" (use e.g. 512B, 64KiB, 1MiB)`);
