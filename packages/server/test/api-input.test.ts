@@ -176,7 +176,8 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     expectError(await server.api.get("/v1/calls?status=lost"), 400, "invalid_request", "status");
     expectError(await server.api.get("/v1/events?cursor=%%%"), 400, "invalid_request", "cursor");
     const text = await server.api.raw("POST", "/v1/agents", "name=x", { "content-type": "text/plain" });
-    expectError(text, 415, "unsupported_media_type");
+    expectError(text, 415, "unsupported_media_type", "content-type");
+    assert.equal(text.body.error.message, 'the API takes application/json, not "text/plain"');
     const huge = await server.api.post("/v1/agents", { name: "x".repeat(2 * 1024 * 1024) });
     expectError(huge, 413, "payload_too_large");
     expectError(await server.api.get("/v1/nothing-here"), 404, "not_found");
@@ -655,7 +656,13 @@ for (const backend of backends()) {
           "invalid_request",
           "before",
         );
-        expectError(await server.api.get("/v1/deliveries?after=yesterday"), 400, "invalid_request", "after");
+        const yesterday = await server.api.get("/v1/deliveries?after=yesterday");
+        expectError(yesterday, 400, "invalid_request", "after");
+        assert.match(
+          yesterday.body.error.message,
+          /^"after" is not an ISO-8601 timestamp/,
+          "not the pattern",
+        );
         expectError(
           await server.api.get("/v1/events?after=1969-12-31T23:59:59Z"),
           400,

@@ -102,6 +102,12 @@ describe("POST /v1/calls/{id}/recording", () => {
       assert.equal(r.status, 415, type);
       const body = await r.json();
       assert.equal(body.error.code, "unsupported_media_type", type);
+      // Whether Fastify or the route refused it, the answer says what a recording takes.
+      assert.match(
+        body.error.message,
+        new RegExp(`^a recording must be audio \\(audio/wav, .*\\), not "${type}"$`),
+        type,
+      );
     }
     const none = await fetch(`${srv.url}/v1/calls/${other}/recording`, {
       method: "POST",

@@ -1,6 +1,8 @@
 import type { FastifyError, FastifyInstance } from "fastify";
+import { AUDIO_TYPES } from "../blobs/upload.js";
 import { ApiError } from "../errors.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
+import { isoTimestamp } from "./routes/common.js";
 
 /** A property name that failed `propertyNames` (a custom header's name): Ajv reports it aside. */
 const badPropertyName = (v: object): string | undefined => (v as { propertyName?: string }).propertyName;
@@ -34,6 +36,9 @@ function messageOf(err: FastifyError, field: string | undefined): string {
     return `"${field}" is not a valid name`;
   if (v.keyword === "pattern" && field?.endsWith("phone_number"))
     return `"${field}" must be E.164: + and 8 to 15 digits`;
+  // Any timestamp field: the pattern itself tells a reader nothing.
+  if (v.keyword === "pattern" && String(params.pattern).includes(isoTimestamp.pattern))
+    return `"${field}" is not an ISO-8601 timestamp with Z or an offset (e.g. 2026-11-24T18:00:00Z)`;
   return `"${field ?? err.validationContext}" ${v.message ?? "is invalid"}`;
 }
 
@@ -77,6 +82,22 @@ export function installErrorHandler(app: FastifyInstance): void {
       FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
     };
     const k = err.code ? known[err.code] : undefined;
+    if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+      // Say what was sent and what is taken: curl's --data-binary sends a form type by default.
+      const sent = String(req.headers["content-type"] ?? "none")
+        .split(";")[0]
+        ?.trim();
+      const takes = /\/recording\/?(\?|$)/.test(req.url)
+        ? `a recording must be audio (${AUDIO_TYPES.join(", ")})`
+        : "the API takes application/json";
+      return reply
+        .status(415)
+        .send(
+          new ApiError(415, "unsupported_media_type", `${takes}, not "${sent}"`, {
+            field: "content-type",
+          }).toJSON(),
+        );
+    }
     if (k) return reply.status(k[0]).send(new ApiError(k[0], k[1], k[2]).toJSON());
     if (err instanceof SyntaxError || (status >= 400 && status < 500)) {
       const code =
