@@ -17,6 +17,8 @@ export interface Config {
   retrySchedule: number[];
   deliveryTimeoutMs: number;
   leaseMs: number;
+  /** PostgreSQL: how long a query may go unanswered before its connection is dropped. */
+  databaseTimeoutMs: number;
   disableAfterMs: number;
   inlineLimit: number;
   urlTtlMs: number;
@@ -172,6 +174,7 @@ export function loadConfig(env: Env = process.env): Config {
     retrySchedule: read(env, "KLEN_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", schedule),
     deliveryTimeoutMs: timeout,
     leaseMs,
+    databaseTimeoutMs: read(env, "KLEN_DATABASE_TIMEOUT", "20s", positive(parseDuration)),
     disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", positive(parseDuration)),
     inlineLimit: read(env, "KLEN_INLINE_LIMIT", "64KiB", parseSize),
     urlTtlMs: read(env, "KLEN_URL_TTL", "7d", positive(parseDuration)),

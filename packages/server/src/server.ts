@@ -77,6 +77,7 @@ export async function startServer(
   const store = await openStore(config.databaseUrl, {
     encryptionKey: config.encryptionKey,
     server: { onBackgroundError: (err) => log.warn({ err }, "database background work failed") },
+    queryTimeoutMs: config.databaseTimeoutMs,
   });
   // A process started while PostgreSQL is down or still starting up (a restart, a supervisor
   // bringing everything up at once) waits for it rather than exiting.

@@ -11,6 +11,7 @@ test("defaults follow PRODUCT.md §12", () => {
   assert.equal(c.publicUrl, "http://localhost:8080");
   assert.equal(c.deliveryTimeoutMs, 15_000);
   assert.equal(c.leaseMs, 45_000);
+  assert.equal(c.databaseTimeoutMs, 20_000);
   assert.equal(c.disableAfterMs, 5 * 86_400_000);
   assert.equal(c.inlineLimit, 65_536);
   assert.equal(c.urlTtlMs, 7 * 86_400_000);
@@ -64,6 +65,7 @@ test("a bad value stops start-up with a message naming the variable", () => {
     ["KLEN_DELIVERY_TIMEOUT", "15000"],
     ["KLEN_RETRY_SCHEDULE", "5,300"],
     ["KLEN_URL_TTL", "0"],
+    ["KLEN_DATABASE_TIMEOUT", "0"],
     ["KLEN_RETENTION", "0s"],
     ["KLEN_DISABLE_AFTER", "0"],
     ["KLEN_MAX_BODY", "0"],

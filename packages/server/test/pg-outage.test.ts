@@ -87,3 +87,45 @@ test("PostgreSQL down and back: 503 while down, no process exits, nothing lost",
   assert.equal(api.proc.exitCode, null);
   assert.equal(worker.proc.exitCode, null);
 });
+
+// A database that stops answering but keeps its connections open (a frozen host, a network
+// partition): requests already holding a connection would wait until TCP gives up, minutes later.
+// With KLEN_DATABASE_TIMEOUT they fail as a lost connection does, and the process recovers.
+test("PostgreSQL that stops answering: 503 after KLEN_DATABASE_TIMEOUT, not a hang; back to 200 after", async () => {
+  const server = await startPostgres({ own: true }); // this test freezes it
+  const db = await server.freshDatabase();
+  const dir = tempDir();
+  let frozen = false;
+  let api: ServerProcess | undefined;
+  after(async () => {
+    if (frozen) server.thaw();
+    await api?.kill("SIGKILL");
+    await server.stop();
+    dir.remove();
+  });
+  api = await spawnServer({
+    dataDir: dir.path,
+    env: { KLEN_DATABASE_URL: db.url, KLEN_DATABASE_TIMEOUT: "2s" },
+  });
+  // Every pooled connection open and idle: the requests below take one that is already there.
+  await Promise.all(Array.from({ length: 10 }, () => api!.api.get("/v1/account")));
+  server.freeze();
+  frozen = true;
+  const answers = await Promise.all(
+    [`${api.url}/v1/account`, `${api.url}/healthz`, `${api.url}/v1/calls`].map((url) =>
+      fetch(url, {
+        headers: { authorization: `Bearer ${api!.apiKey}` },
+        // Far longer than the bound, far shorter than TCP's: a hang fails the test here.
+        signal: AbortSignal.timeout(30_000),
+      }).then(async (r) => ({ status: r.status, body: await r.json() })),
+    ),
+  );
+  for (const a of answers) assert.equal(a.status, 503, JSON.stringify(a.body));
+  assert.equal(answers[0]!.body.error.code, "database_unavailable");
+  assert.equal(api.proc.exitCode, null, "the process keeps running");
+  server.thaw();
+  frozen = false;
+  await waitFor("answers again", async () => (await api!.api.get("/v1/account")).status === 200, 30_000);
+  const created = await api.api.post("/v1/agents", { name: "after the freeze" });
+  assert.equal(created.status, 201);
+});

@@ -90,13 +90,11 @@ export function installErrorHandler(app: FastifyInstance): void {
       const takes = /\/recording\/?(\?|$)/.test(req.url)
         ? `a recording must be audio (${AUDIO_TYPES.join(", ")})`
         : "the API takes application/json";
-      return reply
-        .status(415)
-        .send(
-          new ApiError(415, "unsupported_media_type", `${takes}, not "${sent}"`, {
-            field: "content-type",
-          }).toJSON(),
-        );
+      return reply.status(415).send(
+        new ApiError(415, "unsupported_media_type", `${takes}, not "${sent}"`, {
+          field: "content-type",
+        }).toJSON(),
+      );
     }
     if (k) return reply.status(k[0]).send(new ApiError(k[0], k[1], k[2]).toJSON());
     if (err instanceof SyntaxError || (status >= 400 && status < 500)) {

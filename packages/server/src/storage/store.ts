@@ -43,9 +43,17 @@ export interface Store {
  */
 export async function openStore(
   url: string,
-  opts: { encryptionKey?: string | undefined; server?: ServerStoreOptions } = {},
+  opts: {
+    encryptionKey?: string | undefined;
+    server?: ServerStoreOptions;
+    /**
+     * PostgreSQL: a query with no answer for this long drops its connection (`openPostgres`);
+     * unset, a query waits as long as TCP keeps the connection.
+     */
+    queryTimeoutMs?: number | undefined;
+  } = {},
 ): Promise<Store> {
-  const store = await openBackend(url, opts.server);
+  const store = await openBackend(url, opts.server, opts.queryTimeoutMs);
   if (!opts.encryptionKey) return store;
   const { EncryptionPlugin, FieldCipher } = await import("./encryption.js");
   const cipher = new FieldCipher(opts.encryptionKey);
@@ -57,14 +65,18 @@ export interface ServerStoreOptions {
   onBackgroundError(err: Error): void;
 }
 
-async function openBackend(url: string, server: ServerStoreOptions | undefined): Promise<Store> {
+async function openBackend(
+  url: string,
+  server: ServerStoreOptions | undefined,
+  queryTimeoutMs: number | undefined,
+): Promise<Store> {
   if (url.startsWith("sqlite:")) {
     const { openSqlite } = await import("./sqlite/index.js");
     return openSqlite(url.slice("sqlite:".length), server ? { checkpointThread: server } : {});
   }
   if (/^postgres(ql)?:\/\//.test(url)) {
     const { openPostgres } = await import("./postgres/index.js");
-    return openPostgres(url);
+    return openPostgres(url, { queryTimeoutMs });
   }
   throw new Error(`unsupported database URL: ${url.replace(/\/\/[^@]*@/, "//***@")}`);
 }

@@ -1,5 +1,13 @@
 import { execFile, execFileSync, spawn, spawnSync } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -28,6 +36,12 @@ export interface PgServer {
   down(mode?: "fast" | "immediate"): Promise<void>;
   /** Starts a server stopped by `down()` again, on the same port. */
   up(): Promise<void>;
+  /**
+   * Freezes the server and every backend (SIGSTOP) until `thaw()`: connections stay open, nothing
+   * answers — a hung host or a network partition, as seen from the client.
+   */
+  freeze(): void;
+  thaw(): void;
   /** Stops an owned server and removes its folder; a no-op for an external one. */
   stop(): Promise<void>;
 }
@@ -104,6 +118,12 @@ function external(url: string): PgServer {
       throw new Error("cannot stop an external PostgreSQL (KLEN_TEST_DATABASE_URL); this test needs initdb");
     },
     async up() {},
+    freeze() {
+      throw new Error(
+        "cannot freeze an external PostgreSQL (KLEN_TEST_DATABASE_URL); this test needs initdb",
+      );
+    },
+    thaw() {},
     async stop() {},
   };
 }
@@ -194,6 +214,12 @@ async function throwaway(): Promise<PgServer> {
       const [cmd, args] = pgCtl("-w", "-t", "30", "start");
       await run(cmd, args);
     },
+    freeze() {
+      signalServer(data, "SIGSTOP");
+    },
+    thaw() {
+      signalServer(data, "SIGCONT");
+    },
     async stop() {
       process.off("exit", stopNow);
       if (stopped) return;
@@ -202,6 +228,16 @@ async function throwaway(): Promise<PgServer> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Sends `signal` to the postmaster of the cluster in `data` and to every process it started. */
+function signalServer(data: string, signal: NodeJS.Signals): void {
+  const postmaster = Number(readFileSync(join(data, "postmaster.pid"), "utf8").split("\n")[0]);
+  const children = execFileSync("ps", ["--ppid", String(postmaster), "-o", "pid="], { encoding: "utf8" })
+    .split("\n")
+    .map((l) => Number(l.trim()))
+    .filter((pid) => pid > 0);
+  for (const pid of [...children, postmaster]) process.kill(pid, signal);
 }
 
 let shared: Promise<PgServer> | undefined;

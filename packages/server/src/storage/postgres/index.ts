@@ -9,6 +9,27 @@ const caps: DialectCaps = { name: "postgres", skipLocked: true, rowLocks: true, 
 pg.types.setTypeParser(20, (v) => Number(v));
 
 const CHANNEL = "klen_work";
+
+/**
+ * Drops a pooled connection whose query has had no answer for `ms`: a database that stops
+ * answering without closing its connections (a frozen host, a network partition) would otherwise
+ * hold each request on a checked-out connection until TCP gives up, which takes minutes. The query
+ * then fails as a lost connection does (the API answers 503, the dispatcher retries) and the pool
+ * opens a new connection for the next one (which fails within `connectionTimeoutMillis` while the
+ * database stays away). pg's own `query_timeout` leaves the connection busy with the unanswered query.
+ */
+function boundQueries(client: pg.PoolClient, ms: number, exempt: () => boolean): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  (client as { query: unknown }).query = (...args: unknown[]) => {
+    const result = query(...args);
+    if (!(result instanceof Promise) || exempt()) return result;
+    const timer = setTimeout(() => {
+      (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    }, ms);
+    timer.unref();
+    return result.finally(() => clearTimeout(timer));
+  };
+}
 /** Arbitrary constant naming the migration lock among the database's advisory locks. */
 const MIGRATION_LOCK = 724_311_001;
 
@@ -17,7 +38,10 @@ const MIGRATION_LOCK = 724_311_001;
  * wake-ups. NOTIFY is only a hint; dispatchers poll as well, so a lost notification (say, while
  * the listener reconnects after a database restart) delays work by one poll, never loses it.
  */
-export function openPostgres(url: string, opts: { poolSize?: number } = {}): Store {
+export function openPostgres(
+  url: string,
+  opts: { poolSize?: number; queryTimeoutMs?: number | undefined } = {},
+): Store {
   const pool = new pg.Pool({
     connectionString: url,
     max: opts.poolSize ?? 10,
@@ -32,8 +56,11 @@ export function openPostgres(url: string, opts: { poolSize?: number } = {}): Sto
   // checked out, say between the statements of a transaction). An "error" with no listener would
   // crash the process; the query in progress is rejected either way, and its caller retries.
   pool.on("error", () => {});
+  // Queries under the migration lock (migrations, the first account) may rightly run for minutes.
+  let unbounded = 0;
   pool.on("connect", (client) => {
     client.on("error", () => {});
+    if (opts.queryTimeoutMs) boundQueries(client, opts.queryTimeoutMs, () => unbounded > 0);
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const listeners: Array<() => void> = [];
@@ -84,13 +111,18 @@ export function openPostgres(url: string, opts: { poolSize?: number } = {}): Sto
       }
     },
     async withMigrationLock(fn) {
-      const client = await pool.connect();
+      unbounded++;
       try {
-        await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
-        return await fn();
+        const client = await pool.connect();
+        try {
+          await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
+          return await fn();
+        } finally {
+          await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK]).catch(() => {});
+          client.release();
+        }
       } finally {
-        await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK]).catch(() => {});
-        client.release();
+        unbounded--;
       }
     },
     async notifyWork() {
