@@ -80,10 +80,11 @@ export async function startServer(
     queryTimeoutMs: config.databaseTimeoutMs,
   });
   // A process started while PostgreSQL is down or still starting up (a restart, a supervisor
-  // bringing everything up at once) waits for it rather than exiting.
+  // bringing everything up at once) waits for it rather than exiting; so does one whose database
+  // goes away during these start-up steps, each of which can run again.
   await untilAvailable(log, () => migrate(store));
   // Created (or read) outside any transaction, so every process agrees on it from the start.
-  await signingKey(store, store.db);
+  await untilAvailable(log, () => signingKey(store, store.db));
   const ctx: AppContext = {
     store,
     config,
@@ -95,7 +96,8 @@ export async function startServer(
 
   let generatedKey: string | undefined;
   if (config.apiKey) {
-    const a = await ensureAccountForKey(store, config.apiKey);
+    const key = config.apiKey;
+    const a = await untilAvailable(log, () => ensureAccountForKey(store, key));
     // Say which: a key of another account (the CLI shares the variable) is used as it is.
     log.info({ account_id: a.id, account_name: a.name }, "KLEN_API_KEY answers for this account");
     if (!config.dev && config.apiKey.length < MIN_OPERATOR_KEY_LENGTH) {
@@ -107,7 +109,7 @@ export async function startServer(
       );
     }
   } else if (role !== "worker") {
-    generatedKey = await createFirstAccount(store);
+    generatedKey = await untilAvailable(log, () => createFirstAccount(store));
   }
 
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
