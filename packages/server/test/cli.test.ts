@@ -582,6 +582,26 @@ describe("client commands against a running server", () => {
     }
   });
 
+  test("listen takes its secret from KLEN_WEBHOOK_SECRET, out of ps", async () => {
+    const secret = `whsec_${Buffer.alloc(32, 9).toString("base64")}`;
+    const listener = spawnCli(["listen", "--forward-to", "http://127.0.0.1:9/x", "--json"], {
+      ...env,
+      KLEN_WEBHOOK_SECRET: secret,
+    });
+    try {
+      await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
+      assert.equal(listener.lines[0].secret, secret);
+    } finally {
+      assert.equal(await listener.stop(), 0, listener.stderr());
+    }
+    const bad = await cli(["listen", "--forward-to", "http://127.0.0.1:9/x"], {
+      ...env,
+      KLEN_WEBHOOK_SECRET: "short",
+    });
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /secret/);
+  });
+
   test("test-call --wait follows the simulated workflow to its deliveries", async () => {
     const receiver = await startReceiver();
     try {

@@ -165,7 +165,12 @@ Examples:
         "--events <types>",
         `comma-separated event types to forward (default: all; ${EVENT_TYPES.join(",")})`,
       )
-      .option("--secret <whsec>", "signing secret to use (default: a new whsec_ secret, printed at start)"),
+      .addOption(
+        new Option(
+          "--secret <whsec>",
+          "signing secret to use (default: a new whsec_ secret, printed at start); the environment keeps it out of ps",
+        ).env("KLEN_WEBHOOK_SECRET"),
+      ),
   )
     .addHelpText(
       "after",
@@ -179,6 +184,7 @@ and skipped. --json prints one JSON line per forwarded event.
 Examples:
   $ klen-webhooks listen --forward-to http://localhost:3000/webhooks
   $ klen-webhooks listen --forward-to http://localhost:3000/webhooks --events call.ended,call.failed
+  $ KLEN_WEBHOOK_SECRET="$(klen-webhooks endpoints secret ep_01j9z3…)" klen-webhooks listen --forward-to http://localhost:3000/webhooks
   $ KLEN_API_URL=https://webhooks.example.com klen-webhooks listen --forward-to http://127.0.0.1:4000/hook --json`,
     )
     .action(
