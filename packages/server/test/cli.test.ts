@@ -935,6 +935,20 @@ describe("the CLI pointed at the wrong thing", () => {
     } finally {
       await other.close();
     }
+    // One that refuses the request (400, 404) without the API's error shape is named too.
+    const refusing = await startReceiver({ respond: () => ({ status: 400, body: "Bad Request" }) });
+    try {
+      const env = { KLEN_API_URL: refusing.url, KLEN_API_KEY: "k" };
+      const listen = await cli(["listen", "--forward-to", "http://127.0.0.1:9/hook", "--json"], env);
+      assert.equal(listen.code, 1);
+      assert.match(
+        listen.stderr,
+        /answered 400 Bad Request without the Klen API's error; is --api-url the Klen server\?/,
+      );
+      assert.equal(JSON.parse(listen.stdout).error.code, "not_klen_api");
+    } finally {
+      await refusing.close();
+    }
   });
 
   test("URLs with a user name, password or query, and a blank account name, are usage errors", async () => {

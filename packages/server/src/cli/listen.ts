@@ -172,10 +172,14 @@ export async function listen(opts: ListenOptions): Promise<void> {
         const body = (await res.json().catch(() => undefined)) as {
           error?: { code?: string; message?: string };
         };
+        // The Klen API says why in its error shape; an answer without it is another server.
+        const ours = typeof body?.error?.code === "string";
         throw new ApiRequestError(
           res.status,
-          body?.error?.code ?? `http_${res.status}`,
-          `event stream: ${res.status} ${body?.error?.message ?? res.statusText}`,
+          ours ? (body.error?.code as string) : "not_klen_api",
+          ours
+            ? `event stream: ${res.status} ${body?.error?.message ?? res.statusText}`
+            : `event stream: ${client.base} answered ${res.status} ${res.statusText} without the Klen API's error; is --api-url the Klen server?`,
         );
       }
       if (!res.ok || !res.body) throw new Error(`event stream answered ${res.status}`);
