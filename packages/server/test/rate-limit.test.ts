@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
+import { Dispatcher } from "../src/delivery/dispatcher.js";
 import { planGrant } from "../src/delivery/rate.js";
 import { type ApiClient, setupAccount, startedCall } from "./helpers/api.js";
+import { apiOnlyServer } from "./helpers/api-only.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
@@ -14,32 +16,56 @@ import { waitFor } from "./helpers/wait.js";
 after(() => stopPostgres());
 
 describe("planGrant", () => {
+  const us = (ms: number) => ms * 1000;
   test("hands out start times one interval apart, from now or the row's next time, within the horizon", () => {
     const now = 1_000_000;
-    const fresh = planGrant({ rate_limit: 4, rate_next_at: null }, 10, now);
+    const fresh = planGrant({ rate_limit: 4, rate_next_us: null }, 10, now);
     assert.deepEqual(fresh.starts, [now, now + 250, now + 500, now + 750], "a second's worth at 4/s");
     assert.equal(fresh.intervalMs, 250);
     assert.equal(fresh.nextGrantAt, now + 1);
-    const few = planGrant({ rate_limit: 4, rate_next_at: null }, 2, now);
+    assert.equal(fresh.rowNextUs, us(now + 1000));
+    const few = planGrant({ rate_limit: 4, rate_next_us: null }, 2, now);
     assert.deepEqual(few.starts, [now, now + 250], "no more than asked for");
     assert.equal(few.nextGrantAt, now + 500 - 1000 + 1);
-    const ahead = planGrant({ rate_limit: 4, rate_next_at: now + 900 }, 10, now);
+    const ahead = planGrant({ rate_limit: 4, rate_next_us: us(now + 900) }, 10, now);
     assert.deepEqual(ahead.starts, [now + 900], "after what another worker reserved, up to the horizon");
-    const full = planGrant({ rate_limit: 4, rate_next_at: now + 1000 }, 10, now);
+    const full = planGrant({ rate_limit: 4, rate_next_us: us(now + 1000) }, 10, now);
     assert.deepEqual(full.starts, [], "nothing when the next start is a horizon away");
     assert.ok(full.nextGrantAt > now, "and it says when to ask again");
     assert.equal(
-      planGrant({ rate_limit: 4, rate_next_at: now + 1000 }, 10, full.nextGrantAt).starts.length,
+      planGrant({ rate_limit: 4, rate_next_us: us(now + 1000) }, 10, full.nextGrantAt).starts.length,
       1,
     );
-    const past = planGrant({ rate_limit: 1, rate_next_at: now - 60_000 }, 5, now);
+    const past = planGrant({ rate_limit: 1, rate_next_us: us(now - 60_000) }, 5, now);
     assert.deepEqual(past.starts, [now], "an idle endpoint saves up no burst");
-    const odd = planGrant({ rate_limit: 3, rate_next_at: null }, 3, now);
+    const odd = planGrant({ rate_limit: 3, rate_next_us: null }, 3, now);
     assert.equal(odd.starts.length, 3);
     for (let i = 1; i < odd.starts.length; i++)
       assert.ok((odd.starts[i] as number) - (odd.starts[i - 1] as number) >= 1000 / 3 - 1e-9);
-    assert.deepEqual(planGrant({ rate_limit: null, rate_next_at: null }, 5, now).starts, []);
-    assert.equal(planGrant({ rate_limit: null, rate_next_at: null }, 5, now).limit, null);
+    assert.deepEqual(planGrant({ rate_limit: null, rate_next_us: null }, 5, now).starts, []);
+    assert.equal(planGrant({ rate_limit: null, rate_next_us: null }, 5, now).limit, null);
+  });
+
+  test("a high limit granted one start at a time loses nothing to rounding", () => {
+    const now = 5_000_000;
+    let row: { rate_limit: number; rate_next_us: number | null } = {
+      rate_limit: 100_000,
+      rate_next_us: null,
+    };
+    const starts: number[] = [];
+    for (let i = 0; i < 1000; i++) {
+      const g = planGrant(row, 1, now);
+      starts.push(...g.starts);
+      row = { ...row, rate_next_us: g.rowNextUs };
+    }
+    assert.equal(starts.length, 1000, "all within the horizon");
+    // 1,000 starts at 100,000 a second span 10 ms (each rounded up to the microsecond at most).
+    assert.ok((starts.at(-1) as number) - now < 11, `spanned ${(starts.at(-1) as number) - now} ms`);
+    for (let i = 1; i < starts.length; i++)
+      assert.ok(
+        (starts[i] as number) - (starts[i - 1] as number) >= 0.01 - 1e-9,
+        "never closer than the interval",
+      );
   });
 });
 
@@ -70,11 +96,18 @@ async function listStarts(api: ApiClient, endpointId: string): Promise<number[]>
 
 /**
  * Asserts what a limit of `perSecond` promises: the k-th attempt (from 0) started no sooner than
- * k intervals after `t0`, a time before the first could be granted (start times are stored to the
- * millisecond, hence the 1 ms).
+ * k intervals after `t0`, a time before the first could be granted, and with `oneAtATime` (one
+ * process at a time) no two attempts closer together than the interval, so no burst either
+ * (attempt times are kept to the millisecond, hence the 1 ms).
  */
-function assertPaced(starts: number[], perSecond: number, t0: number) {
+function assertPaced(starts: number[], perSecond: number, t0: number, oneAtATime = false) {
   const interval = 1000 / perSecond;
+  if (oneAtATime)
+    for (let k = 1; k < starts.length; k++)
+      assert.ok(
+        (starts[k] as number) - (starts[k - 1] as number) >= interval - 1,
+        `attempts ${k - 1} and ${k} ${(starts[k] as number) - (starts[k - 1] as number)} ms apart (starts: ${starts.map((x) => x - t0).join(", ")})`,
+      );
   for (const [k, s] of starts.entries())
     assert.ok(
       s >= t0 + k * interval - 1,
@@ -126,7 +159,7 @@ for (const backend of backends()) {
       server = await spawnServer({ dataDir: fresh.dataDir, env });
       await waitFor("every limited delivery", () => distinct(limited) >= calls, 60_000);
       assert.deepEqual(limited.verifyFailures, []);
-      assertPaced(await attemptStarts(server.api, endpoint.id, calls), 2, t0);
+      assertPaced(await attemptStarts(server.api, endpoint.id, calls), 2, t0, true);
     });
   });
 }
@@ -191,6 +224,7 @@ describe("endpoint rate limit across workers", () => {
       );
     }
     t.diagnostic(`attempts per worker: ${attempts.join(", ")}`);
+    for (const n of attempts) assert.ok(n > 0, `both workers took part (${attempts.join(", ")})`);
   });
 });
 
@@ -218,4 +252,72 @@ test("rate_limit is a whole number of attempts per second, 1 to 100,000, or null
   const bad = await api.patch(`/v1/endpoints/${id}`, { rate_limit: 0 });
   assert.equal(bad.status, 400);
   assert.equal(bad.body.error.details?.field, "rate_limit");
+});
+
+test("attempts waiting for their start time take none of the process's slots: a healthy endpoint is not held up", async () => {
+  const limited = await startReceiver();
+  const healthy = await startReceiver();
+  // Two endpoints at 20 a second with a backlog each; 8 slots, 4 per endpoint. Were waiting
+  // attempts to hold slots, the limited endpoints' 8 would take them all, and the healthy
+  // endpoint's events, last in the due order, would wait for both backlogs (10 s).
+  const r = await apiOnlyServer(`${limited.url}/a`, { rate_limit: 20 });
+  let dispatcher: Dispatcher | undefined;
+  try {
+    await r.client.post("/v1/endpoints", { url: `${limited.url}/b`, rate_limit: 20 });
+    const calls: number[] = [];
+    for (let i = 0; i < 100; i++) {
+      const id = await r.newCall(`+1555080${String(i).padStart(4, "0")}`);
+      await r.client.post(`/v1/calls/${id}/start`, {});
+      calls.push(id);
+    }
+    await r.client.post("/v1/endpoints", { url: healthy.url });
+    for (const id of calls.slice(0, 20)) await r.client.post(`/v1/calls/${id}/end`, {});
+    dispatcher = new Dispatcher(r.api.ctx, { concurrency: 8, perEndpoint: 4, batchSize: 8, pollMs: 50 });
+    dispatcher.start();
+    await healthy.waitForCount(20, 30_000);
+    // The limited endpoints start 40 attempts a second between them: the healthy endpoint's 20 went
+    // out within their first 1.5 s (here ~0.3 s and 5 of theirs; with waiting attempts holding
+    // slots, ~5 s and ~100).
+    assert.ok(
+      distinct(limited) < 60,
+      `the healthy endpoint waited for ${distinct(limited)} limited attempts`,
+    );
+  } finally {
+    await dispatcher?.stop(100);
+    await r.done();
+    await limited.close();
+    await healthy.close();
+  }
+});
+
+test("a disabled endpoint's backlog is settled at once, not at its rate limit", async () => {
+  const fresh = await backends()[0]!.fresh();
+  const rx = await startReceiver();
+  const server = await spawnServer({ dataDir: fresh.dataDir, env: { KLEN_DATABASE_URL: fresh.databaseUrl } });
+  after(async () => {
+    await server.kill("SIGKILL");
+    await rx.close();
+    await fresh.cleanup();
+  });
+  const { agentId, endpoint } = await setupAccount(server.api, {
+    endpointUrl: rx.url,
+    endpoint: { rate_limit: 1 },
+  });
+  for (let i = 0; i < 30; i++)
+    await startedCall(server.api, agentId, `+1555090${String(i).padStart(4, "0")}`);
+  await rx.waitForCount(1, 30_000);
+  await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true });
+  // At 1 a second the 30 would take half a minute; settled without an attempt, they take moments.
+  await waitFor(
+    "every delivery settled",
+    async () => {
+      const r = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=pending&limit=1`);
+      return r.body.data.length === 0;
+    },
+    15_000,
+    100,
+  );
+  const failed = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed&limit=100`);
+  assert.ok(failed.body.data.length >= 25, `${failed.body.data.length} failed as endpoint_disabled`);
+  assert.ok(rx.requests.length < 10, `${rx.requests.length} sent`);
 });

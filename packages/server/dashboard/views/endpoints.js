@@ -178,7 +178,7 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
     field(
       "Rate limit",
       rate,
-      "Attempts per second at most, retries included; empty for no limit. Deliveries over it wait their turn, in order.",
+      "Attempts per second at most, retries included; empty for no limit. Deliveries over it wait their turn; a call's events stay in order.",
     ),
     status,
     h(

@@ -237,7 +237,8 @@ Examples:
     .addHelpText(
       "after",
       `
-Deliveries over the limit wait their turn, in order; retries count against it too.
+Deliveries over the limit wait their turn (a call's events still in order); retries count
+against it too.
 
 Examples:
   $ klen-webhooks endpoints rate-limit ep_01j9z3… 20

@@ -7,7 +7,7 @@ import { isRefusedContent } from "../storage/store.js";
 import { memo } from "../util/memo.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
-import { grantStarts, RATE_HORIZON_MS, type RateGrant } from "./rate.js";
+import { Pacer } from "./pacer.js";
 import { parseRetryAfter } from "./schedule.js";
 import { type AttemptSender, Sender } from "./send.js";
 import { ThreadSender } from "./send-thread.js";
@@ -89,18 +89,10 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   fullFloorMs: 60_000,
 };
 
-/**
- * A rate-limited endpoint's attempts in this process: those granted a start time wait in `queue`
- * (holding their slots and leases) until it comes (`Dispatcher.pump`).
- */
-interface Pace {
-  intervalMs: number;
-  /** When a grant can next hand out a start time (`RateGrant.nextGrantAt`): left out of claims until then. */
-  nextGrantAt: number;
-  /** When this process last started one of the endpoint's attempts. */
-  last: number;
-  queue: Array<{ c: Claimed; at: number }>;
-  timer: NodeJS.Timeout | undefined;
+/** A claimed delivery that waits for a start time: its endpoint has a rate limit and still takes events. */
+function isPaced(c: Claimed): boolean {
+  const ep = c.endpoint;
+  return ep !== undefined && ep.rate_limit !== null && ep.deleted_at === null && ep.disabled === 0;
 }
 
 /** How many endpoints `Dispatcher.known` remembers. */
@@ -240,10 +232,8 @@ export class Dispatcher {
   /** Where claims that leave failing endpoints out start (`ClaimFloor`). */
   private floor: ClaimFloor | undefined;
   private flushing: Promise<void> | undefined;
-  /** Rate-limited endpoints this process has claimed deliveries of (`Pace`). */
-  private paces = new Map<string, Pace>();
-  /** Wakes the loop when a rate-limited endpoint left out of claims may be granted start times. */
-  private paceWake: NodeJS.Timeout | undefined;
+  /** Rate-limited endpoints' attempts waiting for their start times (pacer.ts). */
+  private readonly pacer: Pacer;
   /** Outcomes whose write failed in a way that may have committed (see completeBatch). */
   private readonly uncertain = new WeakSet<Outcome>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -266,11 +256,30 @@ export class Dispatcher {
       connectionsPerOrigin: this.opts.concurrency,
     };
     this.sender = ctx.config.senderThread ? new ThreadSender(sender) : new Sender(sender);
+    this.pacer = new Pacer(ctx.store, {
+      now: () => this.ctx.clock.now(),
+      launch: (c) => {
+        this.hold(c);
+        this.launch(c);
+      },
+      handBack: (claims, dueAt) =>
+        releaseLeases(this.ctx.store, claims, this.ctx.clock.now(), dueAt).catch((err) =>
+          this.ctx.log.warn(
+            { err },
+            "could not hand back claims over a rate limit; their leases expire on their own",
+          ),
+        ),
+      wake: (endpoints) => this.wake(true, endpoints),
+      startWithinMs: ctx.config.leaseMs - ctx.config.deliveryTimeoutMs,
+    });
   }
 
   start(): void {
     if (this.running) return;
     this.running = true;
+    // A thread started now is ready for the first attempts: started by them, it would take them
+    // all at once when it comes up, and paced attempts would reach their endpoint in a burst.
+    this.sender.warm?.();
     this.ctx.work.on("work", this.onWork);
     this.ctx.store.onWork(this.onWork);
     this.sweepTimer = setInterval(() => {
@@ -329,8 +338,9 @@ export class Dispatcher {
    * process runs.
    */
   private async forgetGoneEndpoints(): Promise<void> {
-    if (this.failing.size === 0 && this.slow.size === 0 && this.paces.size === 0) return;
-    const ids = [...new Set([...this.failing, ...this.slow, ...this.paces.keys()])];
+    const paced = [...this.pacer.endpoints()];
+    if (this.failing.size === 0 && this.slow.size === 0 && paced.length === 0) return;
+    const ids = [...new Set([...this.failing, ...this.slow, ...paced])];
     const { db, caps } = this.ctx.store;
     const live = await db
       .selectFrom("endpoints")
@@ -345,9 +355,8 @@ export class Dispatcher {
         this.failing.delete(id);
         this.slow.delete(id);
         this.hanging.delete(id);
-        const pace = this.paces.get(id);
-        // Its queued attempts still start, and are settled without an attempt (`run`).
-        if (pace && pace.queue.length === 0) this.paces.delete(id);
+        // Attempts still waiting start, and are settled without an attempt (`run`).
+        this.pacer.forget([id]);
       }
   }
 
@@ -362,7 +371,10 @@ export class Dispatcher {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.wake();
     await this.loopDone;
-    await this.dropPaced();
+    // Attempts still waiting for their start time are handed back unstarted.
+    await releaseLeases(this.ctx.store, this.pacer.drop(), this.ctx.clock.now()).catch((err) =>
+      this.ctx.log.warn({ err }, "could not release leases; they expire on their own"),
+    );
     const deadline = Date.now() + graceMs;
     while (this.inflight.size > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
@@ -399,15 +411,15 @@ export class Dispatcher {
       // includes it takes a whole batch of them and hands back all but the few that fit: with
       // one free slot as the threshold, every settled attempt of a dead endpoint cost a claim
       // and a hand-back of ~250 rows (bench: latency of healthy endpoints beside a dead one).
-      const saturated = [...this.perEndpoint]
-        .filter(([id, n]) => {
-          const cap = this.capOf(id);
-          return n > cap - Math.ceil(cap / 4);
-        })
-        .map(([id]) => id);
-      // A rate-limited endpoint sits out until a grant can give it a start time again; like a
-      // failing one, its backlog is stepped over from the claim floor (`claim`).
-      const pacedOut = this.pacedOut(now);
+      const saturated = [...new Set([...this.perEndpoint.keys(), ...this.pacer.endpoints()])].filter((id) => {
+        const cap = this.capOf(id);
+        return this.heldBy(id) > cap - Math.ceil(cap / 4);
+      });
+      // A rate-limited endpoint sits out until a grant can give it a start time again (and all of
+      // them while as many attempts wait as the process has slots); like a failing one, its
+      // backlog is stepped over from the claim floor (`claim`).
+      const pacedOut =
+        this.pacer.queued >= this.opts.concurrency ? [...this.pacer.endpoints()] : this.pacer.leftOut(now);
       for (const id of pacedOut) if (!saturated.includes(id)) saturated.push(id);
       // Retries come due with time, unannounced. The poll's timer forgets the set, but only when
       // nothing wakes the loop for `pollMs`, and a busy endpoint's completions wake it all the
@@ -435,9 +447,8 @@ export class Dispatcher {
       const paced = new Map<string, Claimed[]>();
       for (const c of claimed) {
         const later = paced.get(c.endpointId);
-        const held = (this.perEndpoint.get(c.endpointId) ?? 0) + (later?.length ?? 0);
-        if (held >= this.capOf(c.endpointId)) excess.push(c);
-        else if (c.endpoint?.rate_limit != null) {
+        if (this.heldBy(c.endpointId) + (later?.length ?? 0) >= this.capOf(c.endpointId)) excess.push(c);
+        else if (isPaced(c)) {
           if (later) later.push(c);
           else paced.set(c.endpointId, [c]);
         } else {
@@ -450,7 +461,21 @@ export class Dispatcher {
           this.ctx.log.warn({ err }, "could not hand back excess claims; their leases expire on their own"),
         );
       }
-      for (const [id, list] of paced) excess.push(...(await this.pace(id, list)));
+      if (paced.size > 0) {
+        try {
+          const { now: unlimited, handedBack } = await this.pacer.take(paced);
+          for (const c of unlimited) {
+            this.hold(c);
+            this.launch(c);
+          }
+          excess.push(...handedBack);
+        } catch (err) {
+          const all = [...paced.values()].flat();
+          logBackgroundFailure(this.ctx.log, { deliveries: all.length }, "rate limit grant failed", err);
+          await releaseLeases(this.ctx.store, all, this.ctx.clock.now()).catch(() => {});
+          excess.push(...all);
+        }
+      }
       // A full batch means more may be waiting: claim again at once. A short one took every due
       // delivery of the endpoints it could serve.
       if (claimed.length === want) {
@@ -473,7 +498,8 @@ export class Dispatcher {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
     // Rate-limited endpoints, like failing ones, may have a backlog at the front of the due order.
-    const behind = this.paces.size > 0 ? new Set([...this.failing, ...this.paces.keys()]) : this.failing;
+    const limited = [...this.pacer.endpoints()];
+    const behind = limited.length > 0 ? new Set([...this.failing, ...limited]) : this.failing;
     const plan = floorPlan(this.floor, saturated, behind, now, this.opts);
     if (plan.kind === "lookup") {
       const head = await dueHead(this.ctx.store, { now, exclude: plan.failing, from: plan.from });
@@ -505,9 +531,12 @@ export class Dispatcher {
    * slots free up, in order.
    */
   private capOf(endpointId: string): number {
-    const pace = this.paces.get(endpointId);
-    const share = this.shareOf(endpointId);
-    return pace ? Math.min(share, Math.ceil(RATE_HORIZON_MS / pace.intervalMs) + 1) : share;
+    return this.pacer.capOf(endpointId, this.shareOf(endpointId));
+  }
+
+  /** What an endpoint holds in this process: attempts in flight and attempts waiting to start. */
+  private heldBy(endpointId: string): number {
+    return (this.perEndpoint.get(endpointId) ?? 0) + this.pacer.queuedOf(endpointId);
   }
 
   /** `capOf` before a rate limit. */
@@ -539,7 +568,7 @@ export class Dispatcher {
    * backlog than fits.
    */
   private claimRoom(saturated: ReadonlySet<string>): number {
-    const roomOf = (id: string) => Math.max(0, this.capOf(id) - (this.perEndpoint.get(id) ?? 0));
+    const roomOf = (id: string) => Math.max(0, this.capOf(id) - this.heldBy(id));
     let room = this.mayHaveDue ? 0 : this.opts.perEndpoint;
     for (const id of this.mayHaveDue ?? this.perEndpoint.keys()) if (!saturated.has(id)) room += roomOf(id);
     return room;
@@ -578,126 +607,6 @@ export class Dispatcher {
     this.inflight.set(c.id, c);
     inflightGauge.set(this.inflight.size);
     this.perEndpoint.set(c.endpointId, (this.perEndpoint.get(c.endpointId) ?? 0) + 1);
-  }
-
-  /**
-   * Rate-limited endpoints that may not be granted a start time yet, and so sit out the claim; arms
-   * the wake-up for the first of them. Forgets those with nothing queued once a grant could start
-   * one of their attempts at once: what their row says is all there is to know.
-   */
-  private pacedOut(now: number): string[] {
-    if (this.paces.size === 0) return [];
-    const out: string[] = [];
-    let first = Number.POSITIVE_INFINITY;
-    for (const [id, p] of this.paces) {
-      if (p.nextGrantAt > now) {
-        out.push(id);
-        first = Math.min(first, p.nextGrantAt);
-      } else if (p.queue.length === 0 && now - p.last >= p.intervalMs) this.paces.delete(id);
-    }
-    if (this.paceWake) clearTimeout(this.paceWake);
-    this.paceWake = undefined;
-    if (out.length > 0)
-      this.paceWake = setTimeout(
-        () => {
-          this.paceWake = undefined;
-          const at = this.ctx.clock.now();
-          this.wake(
-            true,
-            [...this.paces].filter(([, p]) => p.nextGrantAt <= at).map(([id]) => id),
-          );
-        },
-        Math.max(1, Math.ceil(first - now)),
-      );
-    return out;
-  }
-
-  /**
-   * Asks the endpoint's row for start times for `claimed` (`grantStarts`), queues those granted,
-   * and returns the rest, already handed back to be due when the next grant can be made.
-   */
-  private async pace(endpointId: string, claimed: Claimed[]): Promise<Claimed[]> {
-    let grant: RateGrant;
-    try {
-      grant = await grantStarts(this.ctx.store, endpointId, claimed.length, this.ctx.clock.now());
-    } catch (err) {
-      logBackgroundFailure(this.ctx.log, { endpoint_id: endpointId }, "rate limit grant failed", err);
-      await releaseLeases(this.ctx.store, claimed, this.ctx.clock.now()).catch(() => {});
-      return claimed;
-    }
-    if (grant.limit === null) {
-      // The limit was removed since the claim read the endpoint.
-      for (const c of claimed) {
-        this.hold(c);
-        this.launch(c);
-      }
-      return [];
-    }
-    let p = this.paces.get(endpointId);
-    if (!p) {
-      p = { intervalMs: 0, nextGrantAt: 0, last: Number.NEGATIVE_INFINITY, queue: [], timer: undefined };
-      this.paces.set(endpointId, p);
-    }
-    p.intervalMs = grant.intervalMs;
-    p.nextGrantAt = grant.nextGrantAt;
-    const granted = grant.starts.length;
-    for (let i = 0; i < granted; i++) {
-      const c = claimed[i] as Claimed;
-      this.hold(c);
-      p.queue.push({ c, at: grant.starts[i] as number });
-    }
-    const rest = claimed.slice(granted);
-    if (rest.length > 0) {
-      const now = this.ctx.clock.now();
-      await releaseLeases(this.ctx.store, rest, now, Math.max(now, Math.ceil(grant.nextGrantAt))).catch(
-        (err) =>
-          this.ctx.log.warn(
-            { err },
-            "could not hand back claims over a rate limit; their leases expire on their own",
-          ),
-      );
-    }
-    this.pump(endpointId);
-    return rest;
-  }
-
-  /**
-   * Starts the endpoint's queued attempts whose time has come, each at least one interval after the
-   * one before it in this process, and sets a timer for the next.
-   */
-  private pump(endpointId: string): void {
-    const p = this.paces.get(endpointId);
-    if (!p) return;
-    if (p.timer) clearTimeout(p.timer);
-    p.timer = undefined;
-    for (let next = p.queue[0]; next !== undefined; next = p.queue[0]) {
-      const now = this.ctx.clock.now();
-      const at = Math.max(next.at, p.last + p.intervalMs);
-      if (at > now) {
-        p.timer = setTimeout(() => this.pump(endpointId), Math.ceil(at - now));
-        return;
-      }
-      p.queue.shift();
-      p.last = now;
-      this.launch(next.c);
-    }
-  }
-
-  /** Graceful stop: attempts still waiting for their start time are handed back unstarted. */
-  private async dropPaced(): Promise<void> {
-    if (this.paceWake) clearTimeout(this.paceWake);
-    this.paceWake = undefined;
-    const dropped: Claimed[] = [];
-    for (const p of this.paces.values()) {
-      if (p.timer) clearTimeout(p.timer);
-      p.timer = undefined;
-      for (const { c } of p.queue.splice(0)) dropped.push(c);
-    }
-    if (dropped.length === 0) return;
-    this.unhold(dropped);
-    await releaseLeases(this.ctx.store, dropped, this.ctx.clock.now()).catch((err) =>
-      this.ctx.log.warn({ err }, "could not release leases; they expire on their own"),
-    );
   }
 
   /** Makes the attempt of a delivery `hold` took a slot for. */

@@ -4,81 +4,89 @@ import type { Store } from "../storage/store.js";
  * An endpoint's rate limit: start times for its attempts, handed out from its row so that every
  * worker sharing the database keeps to one limit.
  *
- * The row holds when the next attempt may start (`rate_next_at`). A grant takes the next `n` start
- * times from there (never before now), one interval (1000 / limit ms) apart, and moves the row past
- * them. Only start times within `horizonMs` of now are handed out, so a worker reserves at most
- * about a second of an endpoint's attempts ahead and a second worker's grants follow on at once.
- * The dispatcher starts each attempt at its time, and no sooner than one interval after the
- * endpoint's previous start in the same process (`Dispatcher.pump`): a process that falls behind
- * (a busy event loop, a slow timer) sends late, never in a burst.
+ * The row holds when the next attempt may start (`rate_next_us`, microseconds). A grant takes the
+ * next `n` start times from there (never before now), one interval (1000 / limit ms) apart, and
+ * moves the row past them. Only start times within `RATE_HORIZON_MS` of now are handed out, so a
+ * worker reserves at most about a second of an endpoint's attempts ahead and a second worker's
+ * grants follow on at once. Each worker starts an attempt at its time, and no sooner than one
+ * interval after the endpoint's previous start there (pacer.ts): a worker that falls behind (a
+ * busy event loop, a slow timer) sends late, never in a burst. Start times are each worker's own
+ * clock: hosts whose clocks differ keep the limit only as well as their clocks agree.
  */
 export interface RateGrant {
   /** Attempts per second; null when the endpoint has no limit (then `starts` is empty). */
   limit: number | null;
-  /** 1000 / limit: how far apart two attempts of the endpoint start. */
+  /** 1000 / limit: how far apart two attempts of the endpoint start, in ms. */
   intervalMs: number;
-  /** Start times granted, ascending, as many as were asked for at most. */
+  /** Start times granted (ms, not whole), ascending, as many as were asked for at most. */
   starts: number[];
-  /** The earliest time another grant can hand out a start time. */
+  /** The earliest millisecond at which another grant can hand out a start time. */
   nextGrantAt: number;
 }
 
 export const RATE_HORIZON_MS = 1_000;
 
-/** The grant itself, on the row as read (pure, for tests). */
+/** The grant itself, on the row as read (pure, for tests); `rowNextUs` is what the row then holds. */
 export function planGrant(
-  row: { rate_limit: number | null; rate_next_at: number | null },
+  row: { rate_limit: number | null; rate_next_us: number | null },
   want: number,
   now: number,
   horizonMs = RATE_HORIZON_MS,
-): RateGrant & { rowNextAt: number | null } {
+): RateGrant & { rowNextUs: number | null } {
   if (row.rate_limit === null || row.rate_limit <= 0)
-    return { limit: null, intervalMs: 0, starts: [], nextGrantAt: now, rowNextAt: row.rate_next_at };
+    return { limit: null, intervalMs: 0, starts: [], nextGrantAt: now, rowNextUs: row.rate_next_us };
   const intervalMs = 1000 / row.rate_limit;
-  const first = Math.max(Number(row.rate_next_at ?? 0), now);
+  const first = Math.max(Number(row.rate_next_us ?? 0) / 1000, now);
   // Start times first, first + interval, … that fall before now + horizon.
   const room = Math.max(0, Math.ceil((now + horizonMs - first) / intervalMs));
   const n = Math.max(0, Math.min(want, room));
   const starts = Array.from({ length: n }, (_, i) => first + i * intervalMs);
-  // Rounded up to the millisecond the column holds: never closer together than the interval.
-  const next = n > 0 ? Math.ceil(first + n * intervalMs) : first;
+  const next = first + n * intervalMs;
   return {
     limit: row.rate_limit,
     intervalMs,
     starts,
-    // The first millisecond at which a start time at `next` is within the horizon.
     nextGrantAt: Math.floor(next - horizonMs) + 1,
-    rowNextAt: n > 0 ? next : row.rate_next_at,
+    // Rounded up to the microsecond the column holds: never closer together than the interval.
+    rowNextUs: n > 0 ? Math.ceil(next * 1000) : row.rate_next_us,
   };
 }
 
-/** Grants up to `want` start times for attempts of `endpointId` (see `RateGrant`). */
+/**
+ * Grants start times to several endpoints at once (`want`: how many each), in one transaction:
+ * the rows are locked in id order on PostgreSQL, so that two workers granting at once each see the
+ * other's reservations and cannot deadlock (SQLite has one writer at a time). An endpoint without a
+ * limit (any more) gets a grant with `limit` null; one not found is left out.
+ */
 export async function grantStarts(
   store: Store,
-  endpointId: string,
-  want: number,
+  want: ReadonlyMap<string, number>,
   now: number,
-): Promise<RateGrant> {
+): Promise<Map<string, RateGrant>> {
+  const ids = [...want.keys()].sort();
   return store.db.transaction().execute(async (trx) => {
-    const row = await trx
+    const rows = await trx
       .selectFrom("endpoints")
-      .select(["rate_limit", "rate_next_at"])
-      .where("id", "=", endpointId)
-      // Two workers granting at once must each see the other's reservation (SQLite: one writer).
+      .select(["id", "rate_limit", "rate_next_us"])
+      .where("id", "in", ids)
+      .orderBy("id")
       .$if(store.caps.rowLocks, (q) => q.forUpdate())
-      .executeTakeFirst();
-    const plan = planGrant(
-      { rate_limit: row?.rate_limit ?? null, rate_next_at: row?.rate_next_at ?? null },
-      want,
-      now,
-    );
-    if (plan.starts.length > 0)
-      await trx
-        .updateTable("endpoints")
-        .set({ rate_next_at: plan.rowNextAt })
-        .where("id", "=", endpointId)
-        .execute();
-    const { rowNextAt: _, ...grant } = plan;
-    return grant;
+      .execute();
+    const grants = new Map<string, RateGrant>();
+    for (const row of rows) {
+      const { rowNextUs, ...grant } = planGrant(
+        { rate_limit: row.rate_limit, rate_next_us: row.rate_next_us },
+        want.get(row.id) ?? 0,
+        now,
+      );
+      if (grant.starts.length > 0)
+        await trx
+          .updateTable("endpoints")
+          .set({ rate_next_us: rowNextUs })
+          .where("id", "=", row.id)
+          .execute();
+      grants.set(row.id, grant);
+    }
+    return grants;
   });
 }

@@ -35,6 +35,16 @@ export class ThreadSender implements AttemptSender {
     });
   }
 
+  warm(): void {
+    if (this.closed || this.worker) return;
+    try {
+      // Idle, it does not hold the process open.
+      this.thread().unref();
+    } catch {
+      // The first attempt starts it, or reports why it cannot.
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     // Attempts sent in this tick go out before the thread is told to close, as with `Sender`.

@@ -124,6 +124,8 @@ export interface AttemptSender {
   send(url: string, headers: Record<string, string>, body: string): Promise<SendResult>;
   /** Lets attempts in flight finish, then closes the connections. */
   close(): Promise<void>;
+  /** Gets ready for the first attempt now rather than when it comes (the sender thread). */
+  warm?(): void;
 }
 
 /**

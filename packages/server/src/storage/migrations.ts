@@ -296,11 +296,12 @@ ALTER TABLE test_call_runs ADD COLUMN takeovers INTEGER NOT NULL DEFAULT 0;
     id: 12,
     name: "endpoint_rate_limit",
     sql: (d) => `
--- An endpoint's rate limit (attempts per second; NULL: none), and the next time, in ms, at which
--- a worker may start one of its attempts: every worker takes its start times from this row
--- (delivery/rate.ts), so the limit holds across processes.
+-- An endpoint's rate limit (attempts per second; NULL: none), and the next time, in microseconds
+-- (so that high limits lose nothing to rounding), at which a worker may start one of its attempts:
+-- every worker takes its start times from this row (delivery/rate.ts), so the limit holds across
+-- processes.
 ALTER TABLE endpoints ADD COLUMN rate_limit INTEGER;
-ALTER TABLE endpoints ADD COLUMN rate_next_at ${d.bigint};
+ALTER TABLE endpoints ADD COLUMN rate_next_us ${d.bigint};
 `,
   },
 ];

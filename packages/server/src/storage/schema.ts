@@ -81,8 +81,8 @@ export interface Database {
     failing_since: number | null;
     /** Attempts per second at most, across processes; null: no limit (migration 12). */
     rate_limit: Generated<number | null>;
-    /** When the next attempt may start, in ms (delivery/rate.ts). */
-    rate_next_at: Generated<number | null>;
+    /** When the next attempt may start, in microseconds since the epoch (delivery/rate.ts). */
+    rate_next_us: Generated<number | null>;
     created_at: number;
     updated_at: number;
     deleted_at: number | null;

@@ -1,0 +1,218 @@
+import type { Store } from "../storage/store.js";
+import type { Claimed } from "./claim.js";
+import { grantStarts, RATE_HORIZON_MS } from "./rate.js";
+
+/** A claimed delivery of a rate-limited endpoint waiting for its start time. */
+interface Queued {
+  c: Claimed;
+  /** Its start time (ms, not whole). */
+  at: number;
+  /** The endpoint's interval when it was granted: a limit changed since applies from the next grant. */
+  intervalMs: number;
+  claimedAt: number;
+}
+
+/** One rate-limited endpoint in this process. */
+interface Pace {
+  intervalMs: number;
+  /** When a grant can next hand out a start time (`RateGrant.nextGrantAt`): left out of claims until then. */
+  nextGrantAt: number;
+  /** When this process was last granted start times for it. */
+  grantedAt: number;
+  /** When this process last started one of its attempts. */
+  last: number;
+  queue: Queued[];
+  timer: NodeJS.Timeout | undefined;
+}
+
+export interface PacerHooks {
+  now(): number;
+  /** Starts an attempt whose time has come: from then on it holds one of the process's slots. */
+  launch(c: Claimed): void;
+  /** Hands claims back to the queue, due at `dueAt`; never throws. */
+  handBack(claims: Claimed[], dueAt: number): Promise<void>;
+  /** A grant can be made again for these endpoints: wake the claim loop for them. */
+  wake(endpoints: string[]): void;
+  /** How long after its claim a waiting attempt may still start: its lease less the delivery timeout. */
+  startWithinMs: number;
+}
+
+/**
+ * The rate-limited endpoints' side of the dispatcher (rate.ts): claimed deliveries of such an
+ * endpoint get start times from its row and wait for them here, each starting at its time and at
+ * least one interval after the endpoint's previous start in this process. Waiting attempts hold
+ * their leases and count against their endpoint's own cap, not against the process's slots, so
+ * rate-limited backlogs cannot keep other endpoints waiting; an attempt takes a slot when it starts.
+ */
+export class Pacer {
+  private readonly paces = new Map<string, Pace>();
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private waiting = 0;
+
+  constructor(
+    private readonly store: Store,
+    private readonly hooks: PacerHooks,
+  ) {}
+
+  /** Attempts waiting for their start time, over every endpoint. */
+  get queued(): number {
+    return this.waiting;
+  }
+
+  queuedOf(endpointId: string): number {
+    return this.paces.get(endpointId)?.queue.length ?? 0;
+  }
+
+  /** The rate-limited endpoints this process knows of. */
+  endpoints(): IterableIterator<string> {
+    return this.paces.keys();
+  }
+
+  /**
+   * What a rate-limited endpoint may hold in this process, waiting or in flight, given `share`
+   * otherwise: no more than one grant can start (a horizon's worth, and one still waiting), so a
+   * claim does not take a batch of its backlog only to hand it back.
+   */
+  capOf(endpointId: string, share: number): number {
+    const p = this.paces.get(endpointId);
+    return p ? Math.min(share, Math.ceil(RATE_HORIZON_MS / p.intervalMs) + 1) : share;
+  }
+
+  /**
+   * The endpoints that may not be granted a start time yet, and so sit out the claim; arms the
+   * wake-up for the first of them. Forgets one with nothing waiting that has had no grant and no
+   * start for a horizon: what its row says is then all there is to know.
+   */
+  leftOut(now: number): string[] {
+    if (this.paces.size === 0) return [];
+    const out: string[] = [];
+    let first = Number.POSITIVE_INFINITY;
+    for (const [id, p] of this.paces) {
+      if (p.nextGrantAt > now) {
+        out.push(id);
+        first = Math.min(first, p.nextGrantAt);
+      } else if (p.queue.length === 0 && now - Math.max(p.last, p.grantedAt) >= RATE_HORIZON_MS) {
+        this.paces.delete(id);
+      }
+    }
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
+    if (out.length > 0)
+      this.wakeTimer = setTimeout(
+        () => {
+          this.wakeTimer = undefined;
+          const at = this.hooks.now();
+          this.hooks.wake([...this.paces].filter(([, p]) => p.nextGrantAt <= at).map(([id]) => id));
+        },
+        Math.max(1, Math.ceil(first - now)),
+      );
+    return out;
+  }
+
+  /**
+   * Asks the endpoints' rows for start times for `claimed` (one transaction for them all) and queues
+   * those granted, oldest delivery first. The rest are handed back, due when the next grant can be
+   * made. Returns the deliveries whose endpoint turned out to have no limit (to start at once) and
+   * those handed back. Throws when the grant failed; nothing was queued then.
+   */
+  async take(claimed: ReadonlyMap<string, Claimed[]>): Promise<{ now: Claimed[]; handedBack: Claimed[] }> {
+    const now = this.hooks.now();
+    const want = new Map([...claimed].map(([id, list]) => [id, list.length]));
+    const grants = await grantStarts(this.store, want, now);
+    const out = { now: [] as Claimed[], handedBack: [] as Claimed[] };
+    const backs: Array<Promise<void>> = [];
+    for (const [id, unsorted] of claimed) {
+      const grant = grants.get(id);
+      if (!grant || grant.limit === null) {
+        // The limit was removed (or the endpoint deleted) since the claim read it.
+        out.now.push(...unsorted);
+        continue;
+      }
+      let p = this.paces.get(id);
+      if (!p) {
+        p = {
+          intervalMs: 0,
+          nextGrantAt: 0,
+          grantedAt: 0,
+          last: Number.NEGATIVE_INFINITY,
+          queue: [],
+          timer: undefined,
+        };
+        this.paces.set(id, p);
+      }
+      p.intervalMs = grant.intervalMs;
+      p.nextGrantAt = grant.nextGrantAt;
+      p.grantedAt = now;
+      // Delivery ids grow with time: the oldest first.
+      const list = [...unsorted].sort((a, b) => (a.id < b.id ? -1 : 1));
+      const granted = grant.starts.length;
+      for (let i = 0; i < granted; i++)
+        p.queue.push({
+          c: list[i] as Claimed,
+          at: grant.starts[i] as number,
+          intervalMs: grant.intervalMs,
+          claimedAt: now,
+        });
+      this.waiting += granted;
+      const rest = list.slice(granted);
+      if (rest.length > 0) {
+        out.handedBack.push(...rest);
+        backs.push(this.hooks.handBack(rest, Math.max(now, grant.nextGrantAt)));
+      }
+      this.pump(id);
+    }
+    await Promise.all(backs);
+    return out;
+  }
+
+  /**
+   * Starts the endpoint's waiting attempts whose time has come, each at least its interval after
+   * the one before it in this process, and sets a timer for the next. One that waited so long that
+   * its lease could run out during the attempt is handed back instead, due at once.
+   */
+  private pump(endpointId: string): void {
+    const p = this.paces.get(endpointId);
+    if (!p) return;
+    if (p.timer) clearTimeout(p.timer);
+    p.timer = undefined;
+    const stale: Claimed[] = [];
+    for (let next = p.queue[0]; next !== undefined; next = p.queue[0]) {
+      const now = this.hooks.now();
+      if (now - next.claimedAt > this.hooks.startWithinMs) {
+        p.queue.shift();
+        this.waiting--;
+        stale.push(next.c);
+        continue;
+      }
+      const at = Math.max(next.at, p.last + next.intervalMs);
+      if (at > now) {
+        p.timer = setTimeout(() => this.pump(endpointId), Math.ceil(at - now));
+        break;
+      }
+      p.queue.shift();
+      this.waiting--;
+      p.last = now;
+      this.hooks.launch(next.c);
+    }
+    if (stale.length > 0) void this.hooks.handBack(stale, this.hooks.now());
+  }
+
+  /** Forgets endpoints (deleted or disabled) with nothing waiting. */
+  forget(endpointIds: Iterable<string>): void {
+    for (const id of endpointIds) if (this.queuedOf(id) === 0) this.paces.delete(id);
+  }
+
+  /** Stops every timer and returns the attempts still waiting, unstarted (graceful stop). */
+  drop(): Claimed[] {
+    if (this.wakeTimer) clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
+    const dropped: Claimed[] = [];
+    for (const p of this.paces.values()) {
+      if (p.timer) clearTimeout(p.timer);
+      p.timer = undefined;
+      for (const q of p.queue.splice(0)) dropped.push(q.c);
+    }
+    this.waiting = 0;
+    return dropped;
+  }
+}
