@@ -411,7 +411,11 @@ export class Dispatcher {
       // includes it takes a whole batch of them and hands back all but the few that fit: with
       // one free slot as the threshold, every settled attempt of a dead endpoint cost a claim
       // and a hand-back of ~250 rows (bench: latency of healthy endpoints beside a dead one).
-      const saturated = [...new Set([...this.perEndpoint.keys(), ...this.pacer.endpoints()])].filter((id) => {
+      const holding =
+        this.pacer.size === 0
+          ? this.perEndpoint.keys()
+          : new Set([...this.perEndpoint.keys(), ...this.pacer.endpoints()]);
+      const saturated = [...holding].filter((id) => {
         const cap = this.capOf(id);
         return this.heldBy(id) > cap - Math.ceil(cap / 4);
       });
@@ -498,8 +502,7 @@ export class Dispatcher {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
     // Rate-limited endpoints, like failing ones, may have a backlog at the front of the due order.
-    const limited = [...this.pacer.endpoints()];
-    const behind = limited.length > 0 ? new Set([...this.failing, ...limited]) : this.failing;
+    const behind = this.pacer.size > 0 ? new Set([...this.failing, ...this.pacer.endpoints()]) : this.failing;
     const plan = floorPlan(this.floor, saturated, behind, now, this.opts);
     if (plan.kind === "lookup") {
       const head = await dueHead(this.ctx.store, { now, exclude: plan.failing, from: plan.from });

@@ -63,6 +63,11 @@ export class Pacer {
     return this.paces.get(endpointId)?.queue.length ?? 0;
   }
 
+  /** How many rate-limited endpoints this process knows of. */
+  get size(): number {
+    return this.paces.size;
+  }
+
   /** The rate-limited endpoints this process knows of. */
   endpoints(): IterableIterator<string> {
     return this.paces.keys();
