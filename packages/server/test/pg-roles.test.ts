@@ -7,6 +7,7 @@ import { createLogger } from "../src/log.js";
 import { startServer } from "../src/server.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { postgresBackend } from "./helpers/backends.js";
+import { attemptsIn } from "./helpers/metrics.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { freePort, type ServerProcess, spawnServer } from "./helpers/server.js";
@@ -39,14 +40,6 @@ function listeningPorts(pid: number): number[] {
     }
   }
   return ports;
-}
-
-function attemptsIn(metrics: string): number {
-  let n = 0;
-  for (const line of metrics.split("\n")) {
-    if (line.startsWith("klen_delivery_attempts_total")) n += Number(line.split(" ").pop());
-  }
-  return n;
 }
 
 describe("split roles on PostgreSQL", () => {

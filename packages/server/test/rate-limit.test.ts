@@ -5,9 +5,10 @@ import { planGrant } from "../src/delivery/rate.js";
 import { type ApiClient, setupAccount, startedCall } from "./helpers/api.js";
 import { apiOnlyServer } from "./helpers/api-only.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
+import { attemptsAt } from "./helpers/metrics.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { freePort, type ServerProcess, spawnServer } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, spawnWorkers } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 // An endpoint's rate_limit (attempts per second, across every worker): start times are handed out
@@ -177,21 +178,8 @@ describe("endpoint rate limit across workers", () => {
     const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
     const apiProc = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
     procs.push(apiProc);
-    const workerPorts = [await freePort(), await freePort()];
-    for (const port of workerPorts) {
-      procs.push(
-        await spawnServer({
-          dataDir: fresh.dataDir,
-          role: "worker",
-          env: { ...env, KLEN_WORKER_PORT: String(port) },
-        }),
-      );
-      await waitFor(
-        `worker on ${port}`,
-        async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.ok,
-        60_000,
-      );
-    }
+    const workers = await spawnWorkers(2, { dataDir: fresh.dataDir, env });
+    procs.push(...workers);
     const { agentId, endpoint } = await setupAccount(apiProc.api, {
       endpointUrl: rx.url,
       endpoint: { rate_limit: 10 },
@@ -213,16 +201,7 @@ describe("endpoint rate limit across workers", () => {
     await waitFor("every delivery", () => distinct(rx) >= calls.length, 60_000);
     assert.deepEqual(rx.verifyFailures, []);
     assertPaced(await attemptStarts(apiProc.api, endpoint.id, calls.length), 10, t0);
-    const attempts: number[] = [];
-    for (const port of workerPorts) {
-      const m = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-      attempts.push(
-        m
-          .split("\n")
-          .filter((l) => l.startsWith("klen_delivery_attempts_total"))
-          .reduce((n, l) => n + Number(l.split(" ").pop()), 0),
-      );
-    }
+    const attempts = await Promise.all(workers.map((w) => attemptsAt(w.workerPort)));
     t.diagnostic(`attempts per worker: ${attempts.join(", ")}`);
     for (const n of attempts) assert.ok(n > 0, `both workers took part (${attempts.join(", ")})`);
   });

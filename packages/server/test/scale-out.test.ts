@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { postgresBackend } from "./helpers/backends.js";
 import { balance, bulkCalls, driveCalls, type EndpointUnderTest, failedAttempts } from "./helpers/ledger.js";
+import { attemptsAt } from "./helpers/metrics.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
-import { freePort, type ServerProcess, spawnServer } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, spawnWorkers } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 // Scale-out (PRODUCT.md §10): one API process and three worker processes share one PostgreSQL.
@@ -32,16 +33,8 @@ test("one API and three workers on one PostgreSQL deliver 20,000 events, ledger 
   const env = { KLEN_DATABASE_URL: fresh.databaseUrl, KLEN_DELIVERY_TIMEOUT: "30s" };
   const api = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
   procs.push(api);
-  const workerPorts = await Promise.all([freePort(), freePort(), freePort()]);
-  for (const port of workerPorts) {
-    procs.push(
-      await spawnServer({
-        dataDir: fresh.dataDir,
-        role: "worker",
-        env: { ...env, KLEN_WORKER_PORT: String(port) },
-      }),
-    );
-  }
+  const workers = await spawnWorkers(3, { dataDir: fresh.dataDir, env });
+  procs.push(...workers);
 
   const agents: number[] = [];
   for (const name of ["Sales", "Support"]) agents.push((await api.api.post("/v1/agents", { name })).body.id);
@@ -107,16 +100,7 @@ test("one API and three workers on one PostgreSQL deliver 20,000 events, ledger 
   for (const rx of receivers) assert.deepEqual(rx.verifyFailures.slice(0, 3), [], "every request verified");
 
   // All three workers took part.
-  const shares: number[] = [];
-  for (const port of workerPorts) {
-    const m = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    shares.push(
-      m
-        .split("\n")
-        .filter((l) => l.startsWith("klen_delivery_attempts_total"))
-        .reduce((n, l) => n + Number(l.split(" ").pop()), 0),
-    );
-  }
+  const shares = await Promise.all(workers.map((w) => attemptsAt(w.workerPort)));
   t.diagnostic(`attempts per worker: ${shares.join(", ")}`);
   t.diagnostic(
     `20,000 events generated in ${((generated - started) / 1000).toFixed(1)} s; ` +

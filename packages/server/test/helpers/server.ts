@@ -131,3 +131,29 @@ async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess>
     },
   };
 }
+
+/**
+ * Starts `count` `--role worker` processes, each with /healthz and /metrics on a port of its own
+ * (KLEN_WORKER_PORT), and waits until every one answers there.
+ */
+export async function spawnWorkers(
+  count: number,
+  opts: Omit<SpawnOptions, "role">,
+): Promise<Array<ServerProcess & { workerPort: number }>> {
+  const workers: Array<ServerProcess & { workerPort: number }> = [];
+  for (let i = 0; i < count; i++) {
+    const workerPort = await freePort();
+    const w = await spawnServer({
+      ...opts,
+      role: "worker",
+      env: { ...opts.env, KLEN_WORKER_PORT: String(workerPort) },
+    });
+    workers.push({ ...w, workerPort });
+    await waitFor(
+      `worker on ${workerPort}`,
+      async () => (await fetch(`http://127.0.0.1:${workerPort}/healthz`).catch(() => undefined))?.ok,
+      60_000,
+    );
+  }
+  return workers;
+}
