@@ -116,6 +116,23 @@ function assertPaced(starts: number[], perSecond: number, t0: number, oneAtATime
     );
 }
 
+/**
+ * As the receiver saw them, no two requests came together: the restarted process's first attempts
+ * included (a sender thread still starting would send those at once). A tenth of the interval
+ * leaves room for a late request; a burst is a millisecond or two.
+ */
+function assertArrivalsApart(rx: Receiver, minGapMs = 50) {
+  const at = rx.requests.map((q) => q.at);
+  for (let k = 1; k < at.length; k++)
+    assert.ok(
+      (at[k] as number) - (at[k - 1] as number) >= minGapMs,
+      `requests ${k - 1} and ${k} arrived ${(at[k] as number) - (at[k - 1] as number)} ms apart (gaps: ${at
+        .slice(1)
+        .map((t, i) => t - (at[i] as number))
+        .join(", ")})`,
+    );
+}
+
 /** Distinct webhook-ids `rx` received (a resend after a failed attempt counts once). */
 const distinct = (rx: Receiver) => new Set(rx.requests.map((q) => q.id)).size;
 
@@ -125,7 +142,8 @@ for (const backend of backends()) {
       const fresh = await backend.fresh();
       const limited = await startReceiver();
       const free = await startReceiver();
-      const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
+      // A long lease: attempts left waiting by the graceful stop must be handed back, not expire.
+      const env = { KLEN_DATABASE_URL: fresh.databaseUrl, KLEN_LEASE: "120s" };
       let server: ServerProcess | undefined = await spawnServer({ dataDir: fresh.dataDir, env });
       after(async () => {
         await server?.kill("SIGKILL");
@@ -161,6 +179,7 @@ for (const backend of backends()) {
       await waitFor("every limited delivery", () => distinct(limited) >= calls, 60_000);
       assert.deepEqual(limited.verifyFailures, []);
       assertPaced(await attemptStarts(server.api, endpoint.id, calls), 2, t0, true);
+      assertArrivalsApart(limited);
     });
   });
 }
@@ -205,6 +224,32 @@ describe("endpoint rate limit across workers", () => {
     t.diagnostic(`attempts per worker: ${attempts.join(", ")}`);
     for (const n of attempts) assert.ok(n > 0, `both workers took part (${attempts.join(", ")})`);
   });
+});
+
+test("a worker started with a limited backlog waiting sends it spaced from its first attempt", async () => {
+  const fresh = await postgresBackend.fresh();
+  const rx = await startReceiver();
+  const procs: ServerProcess[] = [];
+  after(async () => {
+    for (const p of procs) await p.kill("SIGKILL");
+    await rx.close();
+    await fresh.cleanup();
+  });
+  const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
+  const apiProc = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
+  procs.push(apiProc);
+  const { agentId, endpoint } = await setupAccount(apiProc.api, {
+    endpointUrl: rx.url,
+    endpoint: { rate_limit: 10 },
+  });
+  rx.setSecret(endpoint.secret);
+  for (let i = 0; i < 12; i++)
+    await startedCall(apiProc.api, agentId, `+1555110${String(i).padStart(4, "0")}`);
+  // Its first claim finds the whole backlog: a sender thread still coming up would take the first
+  // few attempts at once when ready, and they would arrive together.
+  procs.push(...(await spawnWorkers(1, { dataDir: fresh.dataDir, env })));
+  await waitFor("every delivery", () => distinct(rx) >= 12, 30_000);
+  assertArrivalsApart(rx, 20);
 });
 
 test("rate_limit is a whole number of attempts per second, 1 to 100,000, or null for none", async () => {
@@ -299,4 +344,31 @@ test("a disabled endpoint's backlog is settled at once, not at its rate limit", 
   const failed = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed&limit=100`);
   assert.ok(failed.body.data.length >= 25, `${failed.body.data.length} failed as endpoint_disabled`);
   assert.ok(rx.requests.length < 10, `${rx.requests.length} sent`);
+});
+
+test("a lease with little to spare over the delivery timeout still lets a limited endpoint keep its rate", async () => {
+  const fresh = await backends()[0]!.fresh();
+  const rx = await startReceiver();
+  // 500 ms between the end of an attempt's timeout and the end of its lease: start times taken a
+  // second ahead would be stale before they came, handed back and taken again, over and over.
+  const server = await spawnServer({
+    dataDir: fresh.dataDir,
+    env: { KLEN_DATABASE_URL: fresh.databaseUrl, KLEN_DELIVERY_TIMEOUT: "2s", KLEN_LEASE: "2500ms" },
+  });
+  after(async () => {
+    await server.kill("SIGKILL");
+    await rx.close();
+    await fresh.cleanup();
+  });
+  const { agentId, endpoint } = await setupAccount(server.api, {
+    endpointUrl: rx.url,
+    endpoint: { rate_limit: 2 },
+  });
+  rx.setSecret(endpoint.secret);
+  const t0 = Date.now();
+  for (let i = 0; i < 8; i++) await startedCall(server.api, agentId, `+1555100${String(i).padStart(4, "0")}`);
+  // 8 at 2 a second: 3.5 s; stalled, one every few seconds.
+  await waitFor("every delivery", () => distinct(rx) >= 8, 20_000);
+  assertPaced(await attemptStarts(server.api, endpoint.id, 8), 2, t0, true);
+  assertArrivalsApart(rx);
 });

@@ -271,15 +271,13 @@ export class Dispatcher {
         ),
       wake: (endpoints) => this.wake(true, endpoints),
       startWithinMs: ctx.config.leaseMs - ctx.config.deliveryTimeoutMs,
+      hasSlot: () => this.inflight.size < this.opts.concurrency,
     });
   }
 
   start(): void {
     if (this.running) return;
     this.running = true;
-    // A thread started now is ready for the first attempts: started by them, it would take them
-    // all at once when it comes up, and paced attempts would reach their endpoint in a burst.
-    this.sender.warm?.();
     this.ctx.work.on("work", this.onWork);
     this.ctx.store.onWork(this.onWork);
     this.sweepTimer = setInterval(() => {
@@ -294,7 +292,14 @@ export class Dispatcher {
         .catch((err) => this.ctx.log.warn({ err }, "ordering sweep failed"));
     }, this.opts.sweepMs);
     this.sweepTimer.unref();
-    this.loopDone = this.loop();
+    // The sender thread comes up first (for up to 2 s): started by the first attempts, it would
+    // take them all at once when it is ready, and paced attempts would reach their endpoint in a burst.
+    const warm = this.sender.warm?.();
+    this.loopDone = (
+      warm ? Promise.race([warm, new Promise((r) => setTimeout(r, 2_000).unref())]) : Promise.resolve()
+    )
+      .catch(() => {})
+      .then(() => this.loop());
   }
 
   /**
@@ -355,7 +360,8 @@ export class Dispatcher {
         this.failing.delete(id);
         this.slow.delete(id);
         this.hanging.delete(id);
-        // Attempts still waiting start, and are settled without an attempt (`run`).
+        // Its attempts already waiting (a second's worth at most) are still sent: `run` sees the
+        // endpoint as the claim read it.
         this.pacer.forget([id]);
       }
   }
@@ -467,7 +473,7 @@ export class Dispatcher {
       }
       if (paced.size > 0) {
         try {
-          const { now: unlimited, handedBack } = await this.pacer.take(paced);
+          const { now: unlimited, handedBack } = await this.pacer.take(paced, now);
           for (const c of unlimited) {
             this.hold(c);
             this.launch(c);
@@ -478,6 +484,9 @@ export class Dispatcher {
           logBackgroundFailure(this.ctx.log, { deliveries: all.length }, "rate limit grant failed", err);
           await releaseLeases(this.ctx.store, all, this.ctx.clock.now()).catch(() => {});
           excess.push(...all);
+          // As after a failed claim: not at once again.
+          await this.sleep(Math.max(this.opts.pollMs, 500));
+          this.dirty = true;
         }
       }
       // A full batch means more may be waiting: claim again at once. A short one took every due
@@ -602,6 +611,7 @@ export class Dispatcher {
       else this.perEndpoint.set(c.endpointId, n);
     }
     inflightGauge.set(this.inflight.size);
+    this.pacer.resume();
   }
 
   /** Takes a slot for a claimed delivery: it counts against the caps from now until it settles. */

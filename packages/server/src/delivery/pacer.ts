@@ -2,6 +2,9 @@ import type { Store } from "../storage/store.js";
 import type { Claimed } from "./claim.js";
 import { grantStarts, RATE_HORIZON_MS } from "./rate.js";
 
+/** How soon deliveries whose endpoint row was held by another transaction are asked for again. */
+const LOCKED_RETRY_MS = 20;
+
 /** A claimed delivery of a rate-limited endpoint waiting for its start time. */
 interface Queued {
   c: Claimed;
@@ -35,6 +38,8 @@ export interface PacerHooks {
   wake(endpoints: string[]): void;
   /** How long after its claim a waiting attempt may still start: its lease less the delivery timeout. */
   startWithinMs: number;
+  /** Whether the process has a slot free for one more attempt. */
+  hasSlot(): boolean;
 }
 
 /**
@@ -42,17 +47,28 @@ export interface PacerHooks {
  * endpoint get start times from its row and wait for them here, each starting at its time and at
  * least one interval after the endpoint's previous start in this process. Waiting attempts hold
  * their leases and count against their endpoint's own cap, not against the process's slots, so
- * rate-limited backlogs cannot keep other endpoints waiting; an attempt takes a slot when it starts.
+ * rate-limited backlogs cannot keep other endpoints waiting; an attempt takes a slot when it starts,
+ * and waits for one when none is free.
  */
 export class Pacer {
   private readonly paces = new Map<string, Pace>();
   private wakeTimer: NodeJS.Timeout | undefined;
   private waiting = 0;
+  /** Endpoints with an attempt whose time has come but no slot to start in (`resume`). */
+  private readonly blocked = new Set<string>();
+  /**
+   * How far ahead start times are taken: a second, or less when the lease leaves less than twice
+   * that between claim and start (a start time further out would be handed back stale, and taken
+   * again just as far out, each time).
+   */
+  private readonly horizonMs: number;
 
   constructor(
     private readonly store: Store,
     private readonly hooks: PacerHooks,
-  ) {}
+  ) {
+    this.horizonMs = Math.max(1, Math.min(RATE_HORIZON_MS, Math.floor(hooks.startWithinMs / 2)));
+  }
 
   /** Attempts waiting for their start time, over every endpoint. */
   get queued(): number {
@@ -80,13 +96,14 @@ export class Pacer {
    */
   capOf(endpointId: string, share: number): number {
     const p = this.paces.get(endpointId);
-    return p ? Math.min(share, Math.ceil(RATE_HORIZON_MS / p.intervalMs) + 1) : share;
+    return p ? Math.min(share, Math.ceil(this.horizonMs / p.intervalMs) + 1) : share;
   }
 
   /**
    * The endpoints that may not be granted a start time yet, and so sit out the claim; arms the
    * wake-up for the first of them. Forgets one with nothing waiting that has had no grant and no
-   * start for a horizon: what its row says is then all there is to know.
+   * start for a horizon and an interval: what its row says is then all there is to know (and its
+   * next start is an interval after its last one here in any case).
    */
   leftOut(now: number): string[] {
     if (this.paces.size === 0) return [];
@@ -96,7 +113,10 @@ export class Pacer {
       if (p.nextGrantAt > now) {
         out.push(id);
         first = Math.min(first, p.nextGrantAt);
-      } else if (p.queue.length === 0 && now - Math.max(p.last, p.grantedAt) >= RATE_HORIZON_MS) {
+      } else if (
+        p.queue.length === 0 &&
+        now - Math.max(p.last, p.grantedAt) >= Math.max(this.horizonMs, p.intervalMs)
+      ) {
         this.paces.delete(id);
       }
     }
@@ -115,21 +135,31 @@ export class Pacer {
   }
 
   /**
-   * Asks the endpoints' rows for start times for `claimed` (one transaction for them all) and queues
-   * those granted, oldest delivery first. The rest are handed back, due when the next grant can be
-   * made. Returns the deliveries whose endpoint turned out to have no limit (to start at once) and
-   * those handed back. Throws when the grant failed; nothing was queued then.
+   * Asks the endpoints' rows for start times for `claimed` (one transaction for them all; claimed
+   * at `claimedAt`) and queues those granted, oldest delivery first. The rest are handed back, due
+   * when the next grant can be made. Returns the deliveries whose endpoint turned out to have no
+   * limit (to start at once) and those handed back. Throws when the grant failed; nothing was
+   * queued then.
    */
-  async take(claimed: ReadonlyMap<string, Claimed[]>): Promise<{ now: Claimed[]; handedBack: Claimed[] }> {
+  async take(
+    claimed: ReadonlyMap<string, Claimed[]>,
+    claimedAt: number,
+  ): Promise<{ now: Claimed[]; handedBack: Claimed[] }> {
     const now = this.hooks.now();
     const want = new Map([...claimed].map(([id, list]) => [id, list.length]));
-    const grants = await grantStarts(this.store, want, now);
+    const grants = await grantStarts(this.store, want, now, this.horizonMs);
     const out = { now: [] as Claimed[], handedBack: [] as Claimed[] };
     const backs: Array<Promise<void>> = [];
     for (const [id, unsorted] of claimed) {
       const grant = grants.get(id);
-      if (!grant || grant.limit === null) {
-        // The limit was removed (or the endpoint deleted) since the claim read it.
+      if (!grant) {
+        // Its row was held by another transaction (PostgreSQL): asked again shortly.
+        out.handedBack.push(...unsorted);
+        backs.push(this.hooks.handBack(unsorted, now + LOCKED_RETRY_MS));
+        continue;
+      }
+      if (grant.limit === null) {
+        // The limit was removed since the claim read it.
         out.now.push(...unsorted);
         continue;
       }
@@ -156,7 +186,7 @@ export class Pacer {
           c: list[i] as Claimed,
           at: grant.starts[i] as number,
           intervalMs: grant.intervalMs,
-          claimedAt: now,
+          claimedAt,
         });
       this.waiting += granted;
       const rest = list.slice(granted);
@@ -194,12 +224,25 @@ export class Pacer {
         p.timer = setTimeout(() => this.pump(endpointId), Math.ceil(at - now));
         break;
       }
+      // Its time has come, but it starts only in a free slot, like any attempt (`resume`).
+      if (!this.hooks.hasSlot()) {
+        this.blocked.add(endpointId);
+        break;
+      }
       p.queue.shift();
       this.waiting--;
       p.last = now;
       this.hooks.launch(next.c);
     }
     if (stale.length > 0) void this.hooks.handBack(stale, this.hooks.now());
+  }
+
+  /** Slots came free: starts the attempts that were waiting for one. */
+  resume(): void {
+    if (this.blocked.size === 0) return;
+    const ids = [...this.blocked];
+    this.blocked.clear();
+    for (const id of ids) this.pump(id);
   }
 
   /** Forgets endpoints (deleted or disabled) with nothing waiting. */
@@ -218,6 +261,7 @@ export class Pacer {
       for (const q of p.queue.splice(0)) dropped.push(q.c);
     }
     this.waiting = 0;
+    this.blocked.clear();
     return dropped;
   }
 }

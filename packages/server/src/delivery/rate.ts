@@ -55,22 +55,27 @@ export function planGrant(
 /**
  * Grants start times to several endpoints at once (`want`: how many each), in one transaction:
  * the rows are locked in id order on PostgreSQL, so that two workers granting at once each see the
- * other's reservations and cannot deadlock (SQLite has one writer at a time). An endpoint without a
- * limit (any more) gets a grant with `limit` null; one not found is left out.
+ * other's reservations (SQLite has one writer at a time). An endpoint without a
+ * limit (any more) gets a grant with `limit` null; one whose row another transaction holds
+ * (PostgreSQL), or that is not found, is left out.
  */
 export async function grantStarts(
   store: Store,
   want: ReadonlyMap<string, number>,
   now: number,
+  horizonMs = RATE_HORIZON_MS,
 ): Promise<Map<string, RateGrant>> {
   const ids = [...want.keys()].sort();
   return store.db.transaction().execute(async (trx) => {
+    // SKIP LOCKED: a row another transaction holds (another worker's grant, a completion marking
+    // the endpoint failing) is left out, to be asked again shortly, rather than waited for: a
+    // completion locks endpoint rows in no set order, so waiting could deadlock with it.
     const rows = await trx
       .selectFrom("endpoints")
       .select(["id", "rate_limit", "rate_next_us"])
       .where("id", "in", ids)
       .orderBy("id")
-      .$if(store.caps.rowLocks, (q) => q.forUpdate())
+      .$if(store.caps.rowLocks, (q) => q.forUpdate().skipLocked())
       .execute();
     const grants = new Map<string, RateGrant>();
     for (const row of rows) {
@@ -78,6 +83,7 @@ export async function grantStarts(
         { rate_limit: row.rate_limit, rate_next_us: row.rate_next_us },
         want.get(row.id) ?? 0,
         now,
+        horizonMs,
       );
       if (grant.starts.length > 0)
         await trx

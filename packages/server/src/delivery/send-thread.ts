@@ -23,6 +23,8 @@ export class ThreadSender implements AttemptSender {
   private nextId = 0;
   private queued: SendRequest[] = [];
   private closed = false;
+  /** Settles when the thread has said it is ready, or has stopped (`warm`). */
+  private ready: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: SenderOptions) {}
 
@@ -35,14 +37,17 @@ export class ThreadSender implements AttemptSender {
     });
   }
 
-  warm(): void {
-    if (this.closed || this.worker) return;
+  warm(): Promise<void> {
+    if (this.closed) return Promise.resolve();
     try {
+      const w = this.thread();
       // Idle, it does not hold the process open.
-      this.thread().unref();
+      if (this.waiting.size === 0) w.unref();
     } catch {
       // The first attempt starts it, or reports why it cannot.
+      return Promise.resolve();
     }
+    return this.ready;
   }
 
   async close(): Promise<void> {
@@ -76,11 +81,17 @@ export class ThreadSender implements AttemptSender {
   private thread(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(new URL("./send-worker.js", import.meta.url), { workerData: this.opts });
-    w.on("message", (answers: Array<[number, SendResult]>) => {
+    let isReady: () => void = () => {};
+    this.ready = new Promise<void>((resolve) => {
+      isReady = resolve;
+    });
+    w.on("message", (answers: Array<[number, SendResult]> | "ready") => {
+      if (answers === "ready") return isReady();
       for (const [id, r] of answers) this.take(id)?.resolve(r);
       if (this.waiting.size === 0 && !this.closed) w.unref();
     });
     const stopped = (why: string) => {
+      isReady();
       if (this.worker !== w) return;
       this.worker = undefined;
       this.fail([...this.waiting.keys()], new Error(`sender thread stopped: ${why}`));

@@ -37,3 +37,5 @@ port.on("message", (m: SendRequest[] | "close") => {
       });
   }
 });
+// Loaded and listening: the first attempts need not wait for the thread to come up (`warm`).
+port.postMessage("ready");

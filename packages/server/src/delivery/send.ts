@@ -124,8 +124,11 @@ export interface AttemptSender {
   send(url: string, headers: Record<string, string>, body: string): Promise<SendResult>;
   /** Lets attempts in flight finish, then closes the connections. */
   close(): Promise<void>;
-  /** Gets ready for the first attempt now rather than when it comes (the sender thread). */
-  warm?(): void;
+  /**
+   * Gets ready for the first attempt now rather than when it comes (the sender thread); resolves
+   * when ready, or when it gave up trying (then the first attempt tries again).
+   */
+  warm?(): Promise<void>;
 }
 
 /**

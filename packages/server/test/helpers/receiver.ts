@@ -11,6 +11,8 @@ export interface Received {
   /** The webhook-id header. */
   id: string;
   json: any;
+  /** When the whole request had arrived (Date.now()). */
+  at: number;
 }
 
 /** What the receiver answers to its n-th request (1-based): status, optional headers, optional body. */
@@ -48,6 +50,7 @@ export async function startReceiver(opts: { secret?: string; respond?: Responder
         body,
         id: String(req.headers["webhook-id"] ?? ""),
         json,
+        at: Date.now(),
       };
       if (secret) {
         try {
