@@ -231,8 +231,10 @@ export class Pacer {
       }
       p.queue.shift();
       this.waiting--;
-      p.last = now;
       this.hooks.launch(next.c);
+      // Read after the launch, which stamps the attempt's start: a pause in between (a collection)
+      // must not let the next attempt start closer to this one than the interval.
+      p.last = this.hooks.now();
     }
     if (stale.length > 0) void this.hooks.handBack(stale, this.hooks.now());
   }
