@@ -258,10 +258,7 @@ export class Dispatcher {
     this.sender = ctx.config.senderThread ? new ThreadSender(sender) : new Sender(sender);
     this.pacer = new Pacer(ctx.store, {
       now: () => this.ctx.clock.now(),
-      launch: (c) => {
-        this.hold(c);
-        this.launch(c);
-      },
+      launch: (c) => this.begin(c),
       handBack: (claims, dueAt) =>
         releaseLeases(this.ctx.store, claims, this.ctx.clock.now(), dueAt).catch((err) =>
           this.ctx.log.warn(
@@ -461,10 +458,7 @@ export class Dispatcher {
         else if (isPaced(c)) {
           if (later) later.push(c);
           else paced.set(c.endpointId, [c]);
-        } else {
-          this.hold(c);
-          this.launch(c);
-        }
+        } else this.begin(c);
       }
       if (excess.length > 0) {
         await releaseLeases(this.ctx.store, excess, this.ctx.clock.now()).catch((err) =>
@@ -474,10 +468,7 @@ export class Dispatcher {
       if (paced.size > 0) {
         try {
           const { now: unlimited, handedBack } = await this.pacer.take(paced, now);
-          for (const c of unlimited) {
-            this.hold(c);
-            this.launch(c);
-          }
+          for (const c of unlimited) this.begin(c);
           excess.push(...handedBack);
         } catch (err) {
           const all = [...paced.values()].flat();
@@ -620,6 +611,12 @@ export class Dispatcher {
     this.inflight.set(c.id, c);
     inflightGauge.set(this.inflight.size);
     this.perEndpoint.set(c.endpointId, (this.perEndpoint.get(c.endpointId) ?? 0) + 1);
+  }
+
+  /** Takes a slot for a claimed delivery and makes its attempt. */
+  private begin(c: Claimed): void {
+    this.hold(c);
+    this.launch(c);
   }
 
   /** Makes the attempt of a delivery `hold` took a slot for. */
