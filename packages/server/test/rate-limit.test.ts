@@ -184,26 +184,40 @@ for (const backend of backends()) {
   });
 }
 
+/**
+ * A fresh PostgreSQL database with an `--role api` process, an agent and an endpoint at a verifying
+ * receiver limited to `perSecond`; `addWorkers(n)` starts worker processes on it. All are stopped
+ * after the test file.
+ */
+async function apiOnPostgres(perSecond: number) {
+  const fresh = await postgresBackend.fresh();
+  const rx = await startReceiver();
+  const procs: ServerProcess[] = [];
+  after(async () => {
+    for (const p of procs) await p.kill("SIGKILL");
+    await rx.close();
+    await fresh.cleanup();
+  });
+  const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
+  const apiProc = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
+  procs.push(apiProc);
+  const { agentId, endpoint } = await setupAccount(apiProc.api, {
+    endpointUrl: rx.url,
+    endpoint: { rate_limit: perSecond },
+  });
+  rx.setSecret(endpoint.secret);
+  const addWorkers = async (n: number) => {
+    const workers = await spawnWorkers(n, { dataDir: fresh.dataDir, env });
+    procs.push(...workers);
+    return workers;
+  };
+  return { rx, apiProc, agentId, endpoint, addWorkers };
+}
+
 describe("endpoint rate limit across workers", () => {
   test("two workers on one PostgreSQL share one endpoint's limit", async (t) => {
-    const fresh = await postgresBackend.fresh();
-    const rx = await startReceiver();
-    const procs: ServerProcess[] = [];
-    after(async () => {
-      for (const p of procs) await p.kill("SIGKILL");
-      await rx.close();
-      await fresh.cleanup();
-    });
-    const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
-    const apiProc = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
-    procs.push(apiProc);
-    const workers = await spawnWorkers(2, { dataDir: fresh.dataDir, env });
-    procs.push(...workers);
-    const { agentId, endpoint } = await setupAccount(apiProc.api, {
-      endpointUrl: rx.url,
-      endpoint: { rate_limit: 10 },
-    });
-    rx.setSecret(endpoint.secret);
+    const { rx, apiProc, agentId, endpoint, addWorkers } = await apiOnPostgres(10);
+    const workers = await addWorkers(2);
     const calls: number[] = [];
     for (let i = 0; i < 24; i++) {
       const c = await apiProc.api.post("/v1/calls", {
@@ -227,27 +241,12 @@ describe("endpoint rate limit across workers", () => {
 });
 
 test("a worker started with a limited backlog waiting sends it spaced from its first attempt", async () => {
-  const fresh = await postgresBackend.fresh();
-  const rx = await startReceiver();
-  const procs: ServerProcess[] = [];
-  after(async () => {
-    for (const p of procs) await p.kill("SIGKILL");
-    await rx.close();
-    await fresh.cleanup();
-  });
-  const env = { KLEN_DATABASE_URL: fresh.databaseUrl };
-  const apiProc = await spawnServer({ dataDir: fresh.dataDir, role: "api", env });
-  procs.push(apiProc);
-  const { agentId, endpoint } = await setupAccount(apiProc.api, {
-    endpointUrl: rx.url,
-    endpoint: { rate_limit: 10 },
-  });
-  rx.setSecret(endpoint.secret);
+  const { rx, apiProc, agentId, addWorkers } = await apiOnPostgres(10);
   for (let i = 0; i < 12; i++)
     await startedCall(apiProc.api, agentId, `+1555110${String(i).padStart(4, "0")}`);
   // Its first claim finds the whole backlog: a sender thread still coming up would take the first
   // few attempts at once when ready, and they would arrive together.
-  procs.push(...(await spawnWorkers(1, { dataDir: fresh.dataDir, env })));
+  await addWorkers(1);
   await waitFor("every delivery", () => distinct(rx) >= 12, 30_000);
   assertArrivalsApart(rx, 20);
 });
@@ -314,10 +313,17 @@ test("attempts waiting for their start time take none of the process's slots: a 
   }
 });
 
-test("a disabled endpoint's backlog is settled at once, not at its rate limit", async () => {
+/**
+ * A `serve` process on a fresh SQLite database (`env` added), with an agent and an endpoint at a
+ * verifying receiver limited to `perSecond`; stopped after the test file.
+ */
+async function serverOnSqlite(perSecond: number, env: Record<string, string> = {}) {
   const fresh = await backends()[0]!.fresh();
   const rx = await startReceiver();
-  const server = await spawnServer({ dataDir: fresh.dataDir, env: { KLEN_DATABASE_URL: fresh.databaseUrl } });
+  const server = await spawnServer({
+    dataDir: fresh.dataDir,
+    env: { KLEN_DATABASE_URL: fresh.databaseUrl, ...env },
+  });
   after(async () => {
     await server.kill("SIGKILL");
     await rx.close();
@@ -325,8 +331,14 @@ test("a disabled endpoint's backlog is settled at once, not at its rate limit", 
   });
   const { agentId, endpoint } = await setupAccount(server.api, {
     endpointUrl: rx.url,
-    endpoint: { rate_limit: 1 },
+    endpoint: { rate_limit: perSecond },
   });
+  rx.setSecret(endpoint.secret);
+  return { rx, server, agentId, endpoint };
+}
+
+test("a disabled endpoint's backlog is settled at once, not at its rate limit", async () => {
+  const { rx, server, agentId, endpoint } = await serverOnSqlite(1);
   for (let i = 0; i < 30; i++)
     await startedCall(server.api, agentId, `+1555090${String(i).padStart(4, "0")}`);
   await rx.waitForCount(1, 30_000);
@@ -347,24 +359,12 @@ test("a disabled endpoint's backlog is settled at once, not at its rate limit", 
 });
 
 test("a lease with little to spare over the delivery timeout still lets a limited endpoint keep its rate", async () => {
-  const fresh = await backends()[0]!.fresh();
-  const rx = await startReceiver();
   // 500 ms between the end of an attempt's timeout and the end of its lease: start times taken a
   // second ahead would be stale before they came, handed back and taken again, over and over.
-  const server = await spawnServer({
-    dataDir: fresh.dataDir,
-    env: { KLEN_DATABASE_URL: fresh.databaseUrl, KLEN_DELIVERY_TIMEOUT: "2s", KLEN_LEASE: "2500ms" },
+  const { rx, server, agentId, endpoint } = await serverOnSqlite(2, {
+    KLEN_DELIVERY_TIMEOUT: "2s",
+    KLEN_LEASE: "2500ms",
   });
-  after(async () => {
-    await server.kill("SIGKILL");
-    await rx.close();
-    await fresh.cleanup();
-  });
-  const { agentId, endpoint } = await setupAccount(server.api, {
-    endpointUrl: rx.url,
-    endpoint: { rate_limit: 2 },
-  });
-  rx.setSecret(endpoint.secret);
   const t0 = Date.now();
   for (let i = 0; i < 8; i++) await startedCall(server.api, agentId, `+1555100${String(i).padStart(4, "0")}`);
   // 8 at 2 a second: 3.5 s; stalled, one every few seconds.
