@@ -134,8 +134,7 @@ export function loadConfig(env: Env = process.env): Config {
   // Read by the logger itself (log.ts); checked here so a bad value names its variable.
   read(env, "LOG_LEVEL", "info", logLevel);
   const p = read(env, "PORT", "8080", port);
-  const timeout = read(env, "KLEN_DELIVERY_TIMEOUT", "15s", parseDuration);
-  if (timeout <= 0) throw new ConfigError("KLEN_DELIVERY_TIMEOUT", "must be positive");
+  const timeout = read(env, "KLEN_DELIVERY_TIMEOUT", "15s", positive(parseDuration));
   const summaryUrl = env.KLEN_SUMMARY_URL || undefined;
   const summaryModel = env.KLEN_SUMMARY_MODEL || undefined;
   const summaryKey = env.KLEN_SUMMARY_API_KEY || undefined;

@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyInstance } from "fastify";
-import { AUDIO_TYPES } from "../blobs/upload.js";
+import { mediaType, notAudio } from "../blobs/upload.js";
 import { ApiError } from "../errors.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
 import { isoTimestamp } from "./routes/common.js";
@@ -78,23 +78,23 @@ export function installErrorHandler(app: FastifyInstance): void {
     const status = err.statusCode ?? 500;
     const known: Record<string, [number, string, string]> = {
       FST_ERR_CTP_BODY_TOO_LARGE: [413, "payload_too_large", "the body is larger than allowed"],
-      FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, "unsupported_media_type", "unsupported content-type"],
       FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
     };
     const k = err.code ? known[err.code] : undefined;
     if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
       // Say what was sent and what is taken: curl's --data-binary sends a form type by default.
-      const sent = String(req.headers["content-type"] ?? "none")
-        .split(";")[0]
-        ?.trim();
-      const takes = /\/recording\/?(\?|$)/.test(req.url)
-        ? `a recording must be audio (${AUDIO_TYPES.join(", ")})`
-        : "the API takes application/json";
-      return reply.status(415).send(
-        new ApiError(415, "unsupported_media_type", `${takes}, not "${sent}"`, {
-          field: "content-type",
-        }).toJSON(),
-      );
+      const sent = mediaType(req.headers["content-type"]);
+      const refusal = /\/recording\/?(\?|$)/.test(req.url)
+        ? notAudio(sent)
+        : new ApiError(
+            415,
+            "unsupported_media_type",
+            `the API takes application/json, not "${sent || "none"}"`,
+            {
+              field: "content-type",
+            },
+          );
+      return reply.status(415).send(refusal.toJSON());
     }
     if (k) return reply.status(k[0]).send(new ApiError(k[0], k[1], k[2]).toJSON());
     if (err instanceof SyntaxError || (status >= 400 && status < 500)) {

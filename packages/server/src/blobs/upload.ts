@@ -24,6 +24,16 @@ export const AUDIO_TYPES = [
   "audio/basic",
 ] as const;
 
+/** The 415 for a recording that is not audio (`type`: what was sent, `mediaType`). */
+export function notAudio(type: string): ApiError {
+  return new ApiError(
+    415,
+    "unsupported_media_type",
+    `a recording must be audio (${AUDIO_TYPES.join(", ")}), not "${type || "none"}"`,
+    { field: "content-type" },
+  );
+}
+
 /** The media type of a content-type header, lower-cased and without parameters. */
 export function mediaType(header: string | undefined): string {
   return (header ?? "").split(";")[0]!.trim().toLowerCase();

@@ -467,7 +467,7 @@ export class Dispatcher {
       }
       if (paced.size > 0) {
         try {
-          const { now: unlimited, handedBack } = await this.pacer.take(paced, now);
+          const { unlimited, handedBack } = await this.pacer.take(paced, now);
           for (const c of unlimited) this.begin(c);
           excess.push(...handedBack);
         } catch (err) {

@@ -144,11 +144,11 @@ export class Pacer {
   async take(
     claimed: ReadonlyMap<string, Claimed[]>,
     claimedAt: number,
-  ): Promise<{ now: Claimed[]; handedBack: Claimed[] }> {
+  ): Promise<{ unlimited: Claimed[]; handedBack: Claimed[] }> {
     const now = this.hooks.now();
     const want = new Map([...claimed].map(([id, list]) => [id, list.length]));
     const grants = await grantStarts(this.store, want, now, this.horizonMs);
-    const out = { now: [] as Claimed[], handedBack: [] as Claimed[] };
+    const out = { unlimited: [] as Claimed[], handedBack: [] as Claimed[] };
     const backs: Array<Promise<void>> = [];
     for (const [id, unsorted] of claimed) {
       const grant = grants.get(id);
@@ -160,7 +160,7 @@ export class Pacer {
       }
       if (grant.limit === null) {
         // The limit was removed since the claim read it.
-        out.now.push(...unsorted);
+        out.unlimited.push(...unsorted);
         continue;
       }
       let p = this.paces.get(id);

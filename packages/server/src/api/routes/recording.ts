@@ -1,20 +1,12 @@
 import { unlink } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { blobStoreFor, insertBlob, newBlobId, presignedUrl, sealedNow } from "../../blobs/blobs.js";
-import { AUDIO_TYPES, discardRest, mediaType, streamToTemp } from "../../blobs/upload.js";
+import { AUDIO_TYPES, discardRest, mediaType, notAudio, streamToTemp } from "../../blobs/upload.js";
 import { applyTransition, callObject, lockCall } from "../../calls/service.js";
 import { transition } from "../../calls/transitions.js";
 import { ApiError, badRequest } from "../../errors.js";
 import { idParam } from "./common.js";
 import type { RouteModule } from "./index.js";
-
-const unsupported = (type: string) =>
-  new ApiError(
-    415,
-    "unsupported_media_type",
-    `a recording must be audio (${AUDIO_TYPES.join(", ")}), not "${type || "none"}"`,
-    { field: "content-type" },
-  );
 
 /**
  * `POST /v1/calls/{id}/recording` with a raw audio body → the call; emits `call.recording`
@@ -46,7 +38,7 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
         const type = mediaType(req.headers["content-type"]);
         const body = req.body as Readable | undefined;
         if (!(AUDIO_TYPES as readonly string[]).includes(type) || typeof body?.pipe !== "function")
-          throw unsupported(type);
+          throw notAudio(type);
         const id = (req.params as { id: number }).id;
         const accountId = req.account.id;
         try {

@@ -10,6 +10,9 @@ pg.types.setTypeParser(20, (v) => Number(v));
 
 const CHANNEL = "klen_work";
 
+/** Arbitrary constant naming the migration lock among the database's advisory locks. */
+const MIGRATION_LOCK = 724_311_001;
+
 /**
  * Drops a pooled connection whose query has had no answer for `ms`: a database that stops
  * answering without closing its connections (a frozen host, a network partition) would otherwise
@@ -30,8 +33,6 @@ function boundQueries(client: pg.PoolClient, ms: number, exempt: () => boolean):
     return result.finally(() => clearTimeout(timer));
   };
 }
-/** Arbitrary constant naming the migration lock among the database's advisory locks. */
-const MIGRATION_LOCK = 724_311_001;
 
 /**
  * PostgreSQL store: a connection pool for queries, plus one dedicated connection that LISTENs for
