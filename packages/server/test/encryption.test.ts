@@ -211,6 +211,34 @@ test("with KLEN_ENCRYPTION_KEY, text that looks sealed is stored and returned as
     const odd = await server.api.post("/v1/agents", { name: "enc1:AAAA" });
     assert.equal(odd.status, 201);
     assert.equal((await server.api.get(`/v1/agents/${odd.body.id}`)).body.name, "enc1:AAAA");
+
+    // Nor in a receiver's answer, which the attempt log keeps under the name of a sealed column of
+    // another table (idempotency_keys.response_body).
+    const answers = [sealed, "enc1:AAAA"];
+    const receiver = await startReceiver({
+      respond: (r) => ({ status: 200, body: answers[r.n - 1] ?? "ok" }),
+    });
+    try {
+      const hooked = await server.api.post("/v1/endpoints", { url: `${receiver.url}/hook` });
+      const second = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15551234567",
+      });
+      await server.api.post(`/v1/calls/${second.body.id}/start`);
+      await server.api.post(`/v1/calls/${second.body.id}/end`);
+      const list = await waitFor("both attempts logged", async () => {
+        const r = await server.api.get(`/v1/deliveries?endpoint_id=${hooked.body.id}`);
+        return r.body.data?.length === 2 && r.body.data.every((d: any) => d.status === "succeeded")
+          ? r
+          : undefined;
+      });
+      assert.equal(list.status, 200);
+      const bodies = list.body.data.map((d: any) => d.attempts[0].response_body).sort();
+      assert.deepEqual(bodies, [...answers].sort());
+    } finally {
+      await receiver.close();
+    }
   } finally {
     await server.kill();
     dir.remove();

@@ -9,6 +9,7 @@ import {
   type PluginTransformQueryArgs,
   type PluginTransformResultArgs,
   PrimitiveValueListNode,
+  type QueryId,
   type QueryResult,
   type RootOperationNode,
   type UnknownRow,
@@ -148,28 +149,69 @@ class SealValues extends OperationNodeTransformer {
   }
 }
 
+/** The table a FROM, JOIN, INTO or UPDATE names, aliased or not. */
+function tableOf(node: unknown): string | undefined {
+  const n = node as { kind?: string; node?: unknown; table?: { identifier?: { name?: string } } } | undefined;
+  if (n?.kind === "AliasNode") return tableOf(n.node);
+  return n?.kind === "TableNode" ? n.table?.identifier?.name : undefined;
+}
+
+/**
+ * The sealed columns a query can return: those of the tables its top level reads or writes (FROM,
+ * JOIN, INSERT INTO, UPDATE, DELETE FROM). `undefined` for a raw `sql` statement, whose tables are
+ * not known.
+ */
+function sealedColumnsOf(node: RootOperationNode): ReadonlySet<string> | undefined {
+  const n = node as {
+    kind: string;
+    from?: { froms?: readonly unknown[] };
+    joins?: ReadonlyArray<{ table?: unknown }>;
+    into?: unknown;
+    table?: unknown;
+  };
+  if (n.kind === "RawNode") return undefined;
+  const tables = [
+    ...(n.from?.froms ?? []).map(tableOf),
+    ...(n.joins ?? []).map((j) => tableOf(j.table)),
+    tableOf(n.into),
+    tableOf(n.table),
+  ];
+  return new Set(tables.flatMap((t) => (t === undefined ? [] : (ENCRYPTED_COLUMNS[t] ?? []))));
+}
+
 /**
  * Kysely plugin: seals the encrypted columns on INSERT and UPDATE built with the query builder,
  * and opens the sealed values of those columns in results, so no query or route needs to know
- * about encryption. Only columns named in ENCRYPTED_COLUMNS are opened: a value a caller stored
- * elsewhere (an agent's name, say) that looks sealed is returned as written, never decrypted.
- * Raw `sql` statements are not rewritten: none of them writes an encrypted column.
+ * about encryption. A result column is opened only when a table the query reads has a sealed
+ * column of that name: `attempts.response_body` (a receiver's answer, the tenant's text) is never
+ * opened as `idempotency_keys.response_body` would be, or a tenant whose receiver answered with a
+ * sealed value copied out of the database would read it decrypted. A value a caller stored
+ * elsewhere (an agent's name, say) that looks sealed is returned as written.
+ * Raw `sql` statements are not rewritten (none of them writes an encrypted column), and their
+ * results are opened by column name alone; none of them reads a column a tenant writes under a
+ * sealed name.
  */
 export class EncryptionPlugin implements KyselyPlugin {
   private readonly transformer: SealValues;
+  /** What each query may return sealed, from its transformQuery to its transformResult. */
+  private readonly sealedOf = new WeakMap<QueryId, ReadonlySet<string>>();
   constructor(readonly cipher: FieldCipher) {
     this.transformer = new SealValues(cipher);
   }
 
   transformQuery(args: PluginTransformQueryArgs): RootOperationNode {
+    const sealed = sealedColumnsOf(args.node);
+    if (sealed) this.sealedOf.set(args.queryId, sealed);
     return this.transformer.transformNode(args.node);
   }
 
   async transformResult(args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+    const names = this.sealedOf.get(args.queryId) ?? SEALED_NAMES;
+    if (names.size === 0) return args.result;
     for (const row of args.result.rows) {
       for (const key of Object.keys(row)) {
         const v = row[key];
-        if (typeof v === "string" && isSealed(v) && SEALED_NAMES.has(key)) row[key] = this.cipher.open(v);
+        if (typeof v === "string" && isSealed(v) && names.has(key)) row[key] = this.cipher.open(v);
       }
     }
     return args.result;

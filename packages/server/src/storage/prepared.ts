@@ -1,4 +1,4 @@
-import { type Compilable, type CompiledQuery, createQueryId, type RawBuilder } from "kysely";
+import type { Compilable, CompiledQuery, RawBuilder } from "kysely";
 import { type ColumnType, rowListOf, rowListValues } from "./lists.js";
 import type { DialectCaps } from "./store.js";
 import type { Db } from "./types.js";
@@ -35,12 +35,9 @@ export function prepared<P extends string, R>(
       compiled.set(caps.name, c);
     }
     const parameters = c.parameters.map((v) => (v instanceof Slot ? values[v.name as P] : v));
-    const res = await db.executeQuery<R>({
-      query: c.query,
-      sql: c.sql,
-      parameters,
-      queryId: createQueryId(),
-    });
+    // The compiled query's own id: plugins that noted something about the query when it was
+    // compiled (the encryption plugin: which sealed columns it can return) find it again.
+    const res = await db.executeQuery<R>({ query: c.query, sql: c.sql, parameters, queryId: c.queryId });
     return res.rows;
   };
 }
