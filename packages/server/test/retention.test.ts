@@ -76,7 +76,7 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     const early = await purgeExpired(running.ctx, now + 29 * DAY);
     assert.deepEqual(
       { ...early, orphans: 0 },
-      { blobs: 0, orphans: 0, attempts: 0, deliveries: 0, events: 0, summaries: 0, jobs: 0 },
+      { blobs: 0, orphans: 0, attempts: 0, deliveries: 0, events: 0, summaries: 0, jobs: 0, idempotency: 0 },
     );
     assert.equal(early.orphans, 1);
     for (const u of urls) assert.equal((await fetch(u)).status, 200);
@@ -108,6 +108,27 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
       Object.values(again).reduce((a, b) => a + b, 0),
       0,
     );
+  });
+
+  test("a response kept for Idempotency-Key replays goes once no repeat can get it (24 h)", async () => {
+    const key = { "idempotency-key": `endpoint-${Date.now()}` };
+    const body = { url: `${rx.url}/replayed` };
+    const made = await api.post("/v1/endpoints", body, key);
+    assert.equal(made.status, 201);
+    const db = running.ctx.store.db;
+    const kept = () =>
+      db.selectFrom("idempotency_keys").select("key").where("key", "=", key["idempotency-key"]).execute();
+    const now = Date.now();
+    assert.equal((await purgeExpired(running.ctx, now + 23 * 3_600_000)).idempotency, 0);
+    assert.equal((await kept()).length, 1);
+    const replay = await api.post("/v1/endpoints", body, key);
+    assert.equal(replay.headers.get("idempotent-replayed"), "true");
+    assert.equal(replay.body.secret, made.body.secret);
+
+    const counts = await purgeExpired(running.ctx, now + 25 * 3_600_000);
+    assert.ok(counts.idempotency >= 1);
+    assert.deepEqual(await kept(), [], "the new endpoint's secret is no longer kept beside it");
+    assert.equal((await api.del(`/v1/endpoints/${made.body.id}`)).status, 200);
   });
 
   test("a delivery still pending keeps its event, however old", async () => {

@@ -1,4 +1,5 @@
 import type { AppContext } from "../api/context.js";
+import { IDEMPOTENCY_TTL_MS } from "../api/idempotency.js";
 import { blobStoreFor } from "../blobs/blobs.js";
 import type { Db } from "../storage/types.js";
 import { idFloor } from "../util/ids.js";
@@ -15,6 +16,7 @@ export interface PurgeCounts {
   events: number;
   summaries: number;
   jobs: number;
+  idempotency: number;
 }
 
 /**
@@ -38,6 +40,8 @@ export const expiredBriefSummaries = (db: Db, cutoff: number) =>
  *   replayed anyway. Deliveries still pending are never touched, nor are their events;
  * - the brief summary kept on old calls, summary jobs (they hold a transcript copy) and test-call
  *   runs left unfinished;
+ * - the responses kept for Idempotency-Key replays once no repeat can get them (24 hours; sooner
+ *   when the retention period is shorter): they show new endpoint secrets, phone numbers, summaries;
  * - orphaned blob files (bytes with no row, older than an hour).
  * Calls themselves (ids, status, times) stay: they are the index of what happened.
  * Works in batches so one run never holds a long transaction.
@@ -54,6 +58,7 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
     events: 0,
     summaries: 0,
     jobs: 0,
+    idempotency: 0,
   };
 
   for (;;) {
@@ -130,6 +135,24 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
   const j = await db.deleteFrom("summary_jobs").where("created_at", "<", cutoff).executeTakeFirst();
   const r = await db.deleteFrom("test_call_runs").where("created_at", "<", cutoff).executeTakeFirst();
   counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows);
+
+  // Oldest first, up to BATCH rows a statement (through the created_at index): the first purge
+  // after an upgrade may find every record ever kept.
+  const replayable = Math.max(cutoff, now - IDEMPOTENCY_TTL_MS);
+  for (;;) {
+    const nth = await db
+      .selectFrom("idempotency_keys")
+      .select("created_at")
+      .where("created_at", "<", replayable)
+      .orderBy("created_at")
+      .offset(BATCH - 1)
+      .limit(1)
+      .executeTakeFirst();
+    const upTo = nth ? Number(nth.created_at) : replayable - 1;
+    const k = await db.deleteFrom("idempotency_keys").where("created_at", "<=", upTo).executeTakeFirst();
+    counts.idempotency += Number(k.numDeletedRows);
+    if (!nth) break;
+  }
 
   const old = await store.listOlderThan(Math.min(now, Date.now()) - ORPHAN_AGE_MS);
   for (let i = 0; i < old.length; i += BATCH) {
