@@ -2,12 +2,13 @@ import assert from "node:assert/strict";
 import { createServer, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
+import { MAX_TEST_CALLS_RUNNING } from "../src/api/routes/test-calls.js";
 import { generateConversation } from "../src/simulator/conversation.js";
 import { openStore } from "../src/storage/store.js";
 import { backends } from "./helpers/backends.js";
 import { onServer, parseWav } from "./helpers/content.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 const WORKFLOW = ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"];
@@ -18,9 +19,15 @@ const WORKFLOW = ["call.started", "call.ended", "call.transcript", "call.summary
  */
 async function hangingSummarizer() {
   const held: ServerResponse[] = [];
+  let released = false;
+  const answer = (res: ServerResponse) =>
+    res
+      .writeHead(200, { "content-type": "application/json" })
+      .end(JSON.stringify({ choices: [{ message: { content: "The caller asked about billing." } }] }));
   const llm = createServer((req, res) => {
     req.resume();
-    held.push(res);
+    if (released) answer(res);
+    else held.push(res);
   });
   await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
   return {
@@ -29,7 +36,13 @@ async function hangingSummarizer() {
       KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
       KLEN_SUMMARY_MODEL: "hangs",
     },
+    /** Answers the held requests and every one after them. */
+    release() {
+      released = true;
+      for (const res of held.splice(0)) answer(res);
+    },
     close() {
+      llm.closeAllConnections();
       llm.close();
     },
   };
@@ -177,6 +190,8 @@ for (const backend of backends())
         [{ outcome: "exploded" }, "outcome"],
         [{ transcript_bytes: 0 }, "transcript_bytes"],
         [{ transcript_bytes: 1e9 }, "transcript_bytes"],
+        // More than a transcript the API itself takes (KLEN_MAX_BODY, 1 MiB by default).
+        [{ transcript_bytes: 1024 * 1024 + 1 }, "transcript_bytes"],
         [{ transcript_bytes: "big" }, "transcript_bytes"],
         [{ color: "red" }, "color"],
       ];
@@ -224,6 +239,35 @@ for (const backend of backends())
       assert.doesNotMatch(srv.output(), /test call failed/);
     });
   });
+
+test(`at most ${MAX_TEST_CALLS_RUNNING} test calls of an account run at once; more are a 429 that is not kept for replay`, async () => {
+  const llm = await hangingSummarizer();
+  const dir = tempDir();
+  const srv = await spawnServer({ dataDir: dir.path, env: llm.env });
+  try {
+    // Each run waits on the summarizer after its transcript, so all of them are still running.
+    for (let i = 0; i < MAX_TEST_CALLS_RUNNING; i++)
+      assert.equal((await srv.api.post("/v1/test-calls", { outcome: "completed" })).status, 202);
+    const key = { "idempotency-key": "one-too-many" };
+    const refused = await srv.api.post("/v1/test-calls", {}, key);
+    assert.equal(refused.status, 429, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.code, "too_many_test_calls");
+    assert.equal(refused.headers.get("retry-after"), "5");
+    assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, MAX_TEST_CALLS_RUNNING);
+
+    // Once runs finish, the same request (and key) is taken: the 429 was not stored as its outcome.
+    llm.release();
+    const taken = await waitFor("a test call taken again", async () => {
+      const r = await srv.api.post("/v1/test-calls", {}, key);
+      return r.status === 202 ? r : undefined;
+    });
+    assert.equal(taken.headers.get("idempotent-replayed"), null);
+  } finally {
+    await srv.kill();
+    llm.close();
+    dir.remove();
+  }
+});
 
 for (const backend of backends())
   describe(`a test call whose process stops mid-run (${backend.name})`, () => {

@@ -1,6 +1,6 @@
 import { FAILURE_REASONS } from "@klen/webhooks/schemas";
 import { newCallRow } from "../../calls/service.js";
-import { badRequest } from "../../errors.js";
+import { ApiError, badRequest } from "../../errors.js";
 import { type Outcome, runTestCall } from "../../simulator/run.js";
 import type { Db } from "../../storage/types.js";
 import { randomToken } from "../../util/ids.js";
@@ -8,8 +8,12 @@ import { findAgent } from "./agents.js";
 import { assertSending } from "./endpoints.js";
 import type { RouteModule } from "./index.js";
 
-/** Longest generated transcript a test call may ask for. */
-export const MAX_TRANSCRIPT_BYTES = 10 * 1024 * 1024;
+/**
+ * Test calls of one account running at once, at most. A test call is a request of a few bytes that
+ * makes the server write a transcript (up to KLEN_MAX_BODY), a recording and a summary: without a
+ * bound, one key could fill the disk every account shares.
+ */
+export const MAX_TEST_CALLS_RUNNING = 20;
 
 const TEST_AGENT = "Test Agent";
 
@@ -78,7 +82,8 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
             agent_id: { type: "integer", minimum: 1 },
             outcome: { type: "string", enum: ["completed", ...FAILURE_REASONS] },
             endpoint_id: { type: "string", minLength: 1, maxLength: 100 },
-            transcript_bytes: { type: "integer", minimum: 1, maximum: MAX_TRANSCRIPT_BYTES },
+            // No larger than a transcript the API itself takes (POST …/transcript, KLEN_MAX_BODY).
+            transcript_bytes: { type: "integer", minimum: 1, maximum: ctx.config.maxBody },
           },
         },
       },
@@ -95,6 +100,20 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
       let agentName = TEST_AGENT;
       let created: number | undefined;
       let lease = 0;
+      // Before the idempotent transaction: a 429 is not an outcome to replay (api.md, Idempotency-Key).
+      const running = await ctx.store.db
+        .selectFrom("test_call_runs")
+        .select((eb) => eb.fn.countAll<number>().as("n"))
+        .where("account_id", "=", accountId)
+        .executeTakeFirstOrThrow();
+      if (Number(running.n) >= MAX_TEST_CALLS_RUNNING) {
+        throw new ApiError(
+          429,
+          "too_many_test_calls",
+          `${MAX_TEST_CALLS_RUNNING} test calls of this account are still running; try again when one has finished`,
+          { retry_after: 5 },
+        );
+      }
       await h.mutate(req, reply, async (trx) => {
         const now = ctx.clock.now();
         if (b.endpoint_id !== undefined) {
