@@ -248,6 +248,35 @@ for (const backend of backends()) {
       await rx.close();
     });
 
+    test("Idempotency-Key: a refused request's 400 is its first answer too; the key with a corrected body is a 422", async () => {
+      const agents = async () => (await server.api.get("/v1/agents?limit=100")).body.data.length as number;
+      const before = await agents();
+      // Fails the schema.
+      const key = { "idempotency-key": `bad-agent-${backend.name}` };
+      const refused = await server.api.post("/v1/agents", { assistant_id: "x" }, key);
+      assert.equal(refused.status, 400);
+      assert.equal(refused.body.error.details.field, "name");
+      const repeat = await server.api.post("/v1/agents", { assistant_id: "x" }, key);
+      assert.equal(repeat.status, 400);
+      assert.deepEqual(repeat.body, refused.body);
+      assert.equal(repeat.headers.get("idempotent-replayed"), "true");
+      const corrected = await server.api.post("/v1/agents", { name: "Fixed", assistant_id: "x" }, key);
+      assert.equal(corrected.status, 422);
+      assert.equal(corrected.body.error.code, "idempotency_key_reused");
+      // Not JSON: compared by its text.
+      const textKey = { "idempotency-key": `not-json-${backend.name}` };
+      const broken = await server.api.raw("POST", "/v1/agents", '{"name": "Half', textKey);
+      assert.equal(broken.status, 400);
+      const brokenAgain = await server.api.raw("POST", "/v1/agents", '{"name": "Half', textKey);
+      assert.equal(brokenAgain.headers.get("idempotent-replayed"), "true");
+      assert.deepEqual(brokenAgain.body, broken.body);
+      assert.equal((await server.api.post("/v1/agents", { name: "Half" }, textKey)).status, 422);
+      assert.equal(await agents(), before, "no agent was made");
+      // With a new key the corrected request goes through.
+      const fresh = { "idempotency-key": `good-agent-${backend.name}` };
+      assert.equal((await server.api.post("/v1/agents", { name: "Fixed" }, fresh)).status, 201);
+    });
+
     test("during a secret rotation both signatures are sent, so old and new secrets verify", async () => {
       const rx = await startReceiver();
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });

@@ -13,7 +13,7 @@ import { type Db, PENDING } from "../storage/types.js";
 import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceWork } from "./context.js";
 import { installErrorHandler } from "./errors.js";
-import { digest, type Outcome, runIdempotent } from "./idempotency.js";
+import { digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
 import { parseJsonBody } from "./json-body.js";
 import { completeOpenApi } from "./openapi.js";
 import { registerRoutes } from "./routes/index.js";
@@ -90,6 +90,22 @@ export interface RouteHelpers {
  * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
  * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
  */
+/**
+ * What an Idempotency-Key is kept and compared by. Only a request with a key is ever compared with
+ * another, so only then is its body hashed: the recording route's digest of the bytes it stored,
+ * the raw text of a body that was not JSON, else the parsed body.
+ */
+function idempotentRequestOf(req: FastifyRequest): IdempotentRequest {
+  const header = req.headers["idempotency-key"];
+  const key = Array.isArray(header) ? header[0] : header;
+  const bodyDigest =
+    key === undefined
+      ? ""
+      : ((req as { rawBodyDigest?: string }).rawBodyDigest ??
+        digest(req.body === undefined ? "" : JSON.stringify(req.body)));
+  return { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest };
+}
+
 export async function buildApp(
   ctx: AppContext,
   opts: { logger?: boolean; workerOnly?: boolean } = {},
@@ -145,20 +161,40 @@ export async function buildApp(
   app.setValidatorCompiler(({ schema, httpPart }) =>
     httpPart === "body" ? bodyAjv.compile(schema) : queryAjv.compile(schema),
   );
-  installErrorHandler(app);
+  // A refusal of an authenticated state-changing request (bad input, no such resource) is the
+  // first answer to its Idempotency-Key as much as a handler's own is (PRODUCT.md §4). A
+  // recording's refusals are not kept: its body, what a repeat is compared by, was not read.
+  installErrorHandler(app, async (req, refusal) => {
+    const route = req.routeOptions.url;
+    if (req.account === undefined || req.method === "GET" || req.method === "HEAD") return undefined;
+    if (route === undefined || !route.startsWith("/v1/") || route.endsWith("/recording")) return undefined;
+    const r = idempotentRequestOf(req);
+    if (r.key === undefined) return undefined;
+    return runIdempotent(
+      ctx.store,
+      r,
+      async () => {
+        throw refusal;
+      },
+      ctx.clock.now(),
+    );
+  });
   // The API speaks JSON (and raw audio on the recording route); plain text is a 415, not a string body.
   app.removeContentTypeParser("text/plain");
   // An empty body sent with `content-type: application/json` (curl -X POST -H …, many HTTP
   // clients) is no body at all rather than a parse error; anything else parses as JSON, with the
   // checks of parseJsonBody.
   app.removeContentTypeParser("application/json");
-  app.addContentTypeParser("application/json", { parseAs: "string" }, (_req, body, done) => {
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
     const text = body.toString();
     if (text.trim() === "") return done(null, undefined);
     let value: unknown;
     try {
       value = parseJsonBody(text);
     } catch (err) {
+      // Its refusal may be kept for an Idempotency-Key: a repeat is compared by the text itself.
+      if (req.headers["idempotency-key"] !== undefined)
+        (req as { rawBodyDigest?: string }).rawBodyDigest = `text:${digest(text)}`;
       return done(err as Error, undefined);
     }
     done(null, value);
@@ -217,20 +253,7 @@ export async function buildApp(
 
   const helpers: RouteHelpers = {
     async mutate(req, reply, fn, o = {}) {
-      const header = req.headers["idempotency-key"];
-      const key = Array.isArray(header) ? header[0] : header;
-      // Only a request with a key is ever compared with another, so only then is its body hashed.
-      const raw =
-        key === undefined
-          ? ""
-          : ((req as { rawBodyDigest?: string }).rawBodyDigest ??
-            digest(req.body === undefined ? "" : JSON.stringify(req.body)));
-      const out = await runIdempotent(
-        ctx.store,
-        { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest: raw },
-        fn,
-        ctx.clock.now(),
-      );
+      const out = await runIdempotent(ctx.store, idempotentRequestOf(req), fn, ctx.clock.now());
       if (out.replayed) reply.header("idempotent-replayed", "true");
       else if (o.work && out.status < 300) await announceWork(ctx);
       return reply.status(out.status).send(out.body);

@@ -1,4 +1,4 @@
-import type { FastifyError, FastifyInstance } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { mediaType, notAudio } from "../blobs/upload.js";
 import { ApiError } from "../errors.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
@@ -43,28 +43,79 @@ function messageOf(err: FastifyError, field: string | undefined): string {
 }
 
 /**
+ * Keeps a refusal that reached the error handler as the outcome of its Idempotency-Key, when the
+ * request carries one (PRODUCT.md §4: the first non-5xx response is stored): what to answer
+ * instead (a replay, or the refusal now stored), or undefined when the request has no key or its
+ * refusal is not kept. May throw an ApiError (the key reused with another request: 422).
+ */
+export type RememberRefusal = (
+  req: FastifyRequest,
+  refusal: ApiError,
+) => Promise<{ status: number; body: unknown; replayed: boolean } | undefined>;
+
+/**
+ * Refusals kept for an Idempotency-Key: bad input, and a resource or state that does not allow
+ * the request. Not 401 (no account to keep it under), 429 (the answer is "later", with the same
+ * key), 413/415 (the body was not read, so a repeat cannot be compared), 408/414/431.
+ */
+const KEPT_REFUSALS: ReadonlySet<number> = new Set([400, 404, 409, 410, 422]);
+
+/** The refusal (4xx) an error stands for, or undefined when it is no client error. */
+function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined {
+  if (err instanceof ApiError) return err;
+  if (err.validation) {
+    const field = fieldOf(err);
+    const location = err.validationContext ?? "body";
+    return new ApiError(400, "invalid_request", messageOf(err, field), {
+      field: field ?? location,
+      location,
+    });
+  }
+  if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+    // Say what was sent and what is taken: curl's --data-binary sends a form type by default.
+    const sent = mediaType(req.headers["content-type"]);
+    return /\/recording\/?(\?|$)/.test(req.url)
+      ? notAudio(sent)
+      : new ApiError(
+          415,
+          "unsupported_media_type",
+          `the API takes application/json, not "${sent || "none"}"`,
+          {
+            field: "content-type",
+          },
+        );
+  }
+  const known: Record<string, [number, string, string]> = {
+    FST_ERR_CTP_BODY_TOO_LARGE: [413, "payload_too_large", "the body is larger than allowed"],
+    FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
+  };
+  const k = err.code ? known[err.code] : undefined;
+  if (k) return new ApiError(k[0], k[1], k[2]);
+  const status = err.statusCode ?? 500;
+  if (err instanceof SyntaxError || (status >= 400 && status < 500)) {
+    const code =
+      status === 413 ? "payload_too_large" : status === 415 ? "unsupported_media_type" : "invalid_request";
+    return new ApiError(status, code, err.message);
+  }
+  return undefined;
+}
+
+const unavailable = (err: unknown): boolean =>
+  isDatabaseUnavailable(err) || /^SQLITE_BUSY/.test(String((err as { code?: unknown }).code));
+
+/**
  * One error shape for everything (PRODUCT.md §6): `{"error":{code,message,details}}`. Bad input
  * is a 4xx naming the field; anything unexpected is a 500 with no stack trace in the body.
  */
-export function installErrorHandler(app: FastifyInstance): void {
-  app.setErrorHandler((err: FastifyError, req, reply) => {
-    if (err instanceof ApiError) {
-      if (err.status === 429 && err.details?.retry_after)
-        reply.header("retry-after", String(err.details.retry_after));
-      return reply.status(err.status).send(err.toJSON());
-    }
-    if (err.validation) {
-      const field = fieldOf(err);
-      const location = err.validationContext ?? "body";
-      return reply.status(400).send(
-        new ApiError(400, "invalid_request", messageOf(err, field), {
-          field: field ?? location,
-          location,
-        }).toJSON(),
-      );
-    }
+export function installErrorHandler(app: FastifyInstance, remember?: RememberRefusal): void {
+  const refuse = (reply: FastifyReply, e: ApiError) => {
+    if (e.status === 429 && e.details?.retry_after)
+      reply.header("retry-after", String(e.details.retry_after));
+    return reply.status(e.status).send(e.toJSON());
+  };
+  const failed = (req: FastifyRequest, reply: FastifyReply, err: FastifyError) => {
     // SQLITE_BUSY_SNAPSHOT (and other extended busy codes) is SQLite's lock contention too.
-    if (isDatabaseUnavailable(err) || /^SQLITE_BUSY/.test(String((err as { code?: unknown }).code))) {
+    if (unavailable(err)) {
       // Down or restarting: say so at once rather than hang or claim an internal error. Nothing
       // was committed (or the Idempotency-Key replays it), so the client may simply retry.
       req.log.warn({ err: { message: err.message, code: err.code } }, "database unavailable");
@@ -75,35 +126,23 @@ export function installErrorHandler(app: FastifyInstance): void {
           new ApiError(503, "database_unavailable", "the database is unavailable; retry shortly").toJSON(),
         );
     }
-    const status = err.statusCode ?? 500;
-    const known: Record<string, [number, string, string]> = {
-      FST_ERR_CTP_BODY_TOO_LARGE: [413, "payload_too_large", "the body is larger than allowed"],
-      FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
-    };
-    const k = err.code ? known[err.code] : undefined;
-    if (err.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
-      // Say what was sent and what is taken: curl's --data-binary sends a form type by default.
-      const sent = mediaType(req.headers["content-type"]);
-      const refusal = /\/recording\/?(\?|$)/.test(req.url)
-        ? notAudio(sent)
-        : new ApiError(
-            415,
-            "unsupported_media_type",
-            `the API takes application/json, not "${sent || "none"}"`,
-            {
-              field: "content-type",
-            },
-          );
-      return reply.status(415).send(refusal.toJSON());
-    }
-    if (k) return reply.status(k[0]).send(new ApiError(k[0], k[1], k[2]).toJSON());
-    if (err instanceof SyntaxError || (status >= 400 && status < 500)) {
-      const code =
-        status === 413 ? "payload_too_large" : status === 415 ? "unsupported_media_type" : "invalid_request";
-      return reply.status(status).send(new ApiError(status, code, err.message).toJSON());
-    }
     req.log.error({ err }, "unhandled error");
     return reply.status(500).send(new ApiError(500, "internal_error", "internal error").toJSON());
+  };
+  app.setErrorHandler(async (err: FastifyError, req, reply) => {
+    if (err instanceof ApiError && err.status >= 500) return refuse(reply, err);
+    const refusal = refusalOf(err, req);
+    if (!refusal) return failed(req, reply, err);
+    if (!remember || !KEPT_REFUSALS.has(refusal.status)) return refuse(reply, refusal);
+    try {
+      const out = await remember(req, refusal);
+      if (!out) return refuse(reply, refusal);
+      if (out.replayed) reply.header("idempotent-replayed", "true");
+      return reply.status(out.status).send(out.body);
+    } catch (e) {
+      if (e instanceof ApiError && e.status < 500) return refuse(reply, e);
+      return failed(req, reply, e as FastifyError);
+    }
   });
   app.setNotFoundHandler((req, reply) =>
     reply
