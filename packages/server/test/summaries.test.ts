@@ -11,7 +11,7 @@ import { generateConversation } from "../src/simulator/conversation.js";
 import { MAX_RUN_ATTEMPTS, MAX_RUN_TAKEOVERS, resumeDueTestCalls } from "../src/simulator/run.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
 import { JOB_BACKOFF_MS, runDueSummaries } from "../src/summaries/jobs.js";
-import { chatSummary, completionsUrl } from "../src/summaries/openai.js";
+import { chatSummary, completionsUrl, MAX_ANSWER_BYTES } from "../src/summaries/openai.js";
 import { DETAILED } from "../src/summaries/summarizer.js";
 import { type ApiClient, apiClient } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
@@ -102,6 +102,46 @@ describe("built-in extractive summarizer", () => {
         },
       );
     } finally {
+      model.close();
+    }
+  });
+
+  test("an answer larger than MAX_ANSWER_BYTES is a retryable failure and is not read to its end", async () => {
+    let written = 0;
+    let closed = false;
+    const model = createServer((req, res) => {
+      req.resume();
+      res.writeHead(200, { "content-type": "application/json" });
+      res.write('{"choices":[{"message":{"content":"');
+      const chunk = "x".repeat(64 * 1024);
+      // Writes for as long as the client reads: 64 MiB at most.
+      const pump = () => {
+        while (written < 64 * 1024 * 1024 && !closed) {
+          written += chunk.length;
+          if (!res.write(chunk)) return void res.once("drain", pump);
+        }
+        res.end('"}}]}');
+      };
+      res.on("close", () => {
+        closed = true;
+      });
+      pump();
+    });
+    await new Promise<void>((r) => model.listen(0, "127.0.0.1", r));
+    try {
+      const url = `http://127.0.0.1:${(model.address() as AddressInfo).port}`;
+      await assert.rejects(
+        chatSummary({ url, model: "m", apiKey: "k" }, "Agent: hi", { attempts: 1 }),
+        (err: Error) => {
+          assert.equal(err.message, `the answer is larger than ${MAX_ANSWER_BYTES} bytes`);
+          assert.equal((err as { retryable?: boolean }).retryable, true);
+          return true;
+        },
+      );
+      await waitFor("the model's connection closed", () => closed);
+      assert.ok(written < 16 * 1024 * 1024, `${written} bytes written before the client stopped reading`);
+    } finally {
+      model.closeAllConnections();
       model.close();
     }
   });

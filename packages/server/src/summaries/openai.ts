@@ -77,6 +77,31 @@ function clipTranscript(t: string): string {
   return `${t.slice(0, half)}\n[…]\n${t.slice(-half)}`;
 }
 
+/**
+ * The most of an answer that is read: a summary is a few KiB, and the whole answer was held in
+ * memory (a 300 MB answer took the server from 111 MB to 1.5 GB and became a 300 MB blob).
+ */
+export const MAX_ANSWER_BYTES = 1024 * 1024;
+
+/** The answer's text, or a retryable failure once it passes MAX_ANSWER_BYTES (the rest unread). */
+async function readAnswer(res: Response): Promise<string> {
+  if (!res.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = res.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MAX_ANSWER_BYTES) {
+      await reader.cancel().catch(() => undefined);
+      throw new SummarizerError(`the answer is larger than ${MAX_ANSWER_BYTES} bytes`, true);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
 async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Promise<string> {
   let res: Response;
   try {
@@ -107,7 +132,15 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
       },
     );
   }
-  const text = await res.text().catch(() => "");
+  let text = "";
+  try {
+    text = await readAnswer(res);
+  } catch (err) {
+    if (err instanceof SummarizerError) throw err;
+    // An error status is reported as such, with what little of its body came.
+    if (res.ok)
+      throw new SummarizerError(`reading the answer failed: ${(err as Error).message}`, true, { cause: err });
+  }
   if (!res.ok) {
     const retryable = res.status >= 500 || res.status === 408 || res.status === 409 || res.status === 429;
     throw new SummarizerError(`HTTP ${res.status}: ${withoutNul(text.slice(0, 200))}`, retryable);
