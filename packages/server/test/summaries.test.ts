@@ -10,9 +10,10 @@ import { type Running, startServer } from "../src/server.js";
 import { generateConversation } from "../src/simulator/conversation.js";
 import { MAX_RUN_ATTEMPTS, MAX_RUN_TAKEOVERS, resumeDueTestCalls } from "../src/simulator/run.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
-import { JOB_BACKOFF_MS, runDueSummaries } from "../src/summaries/jobs.js";
+import { JOB_BACKOFF_MS, runDueSummaries, summarizeCallNow } from "../src/summaries/jobs.js";
 import { chatSummary, completionsUrl, MAX_ANSWER_BYTES } from "../src/summaries/openai.js";
 import { DETAILED } from "../src/summaries/summarizer.js";
+import { SummaryWorker } from "../src/summaries/worker.js";
 import { type ApiClient, apiClient } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
@@ -459,6 +460,51 @@ describe("summary jobs: retried on a schedule, then given up and logged (injecte
     for (const id of [crashedOut, failedOut]) {
       assert.equal((await api.get(`/v1/calls/${id}`)).body.status, "queued", "given up: nothing made");
       assert.ok(logs.some((l) => l.includes("given up") && l.includes(`"call_id":${id}`)));
+    }
+  });
+
+  /** A summarizer whose first request hangs until `release()`; every later one answers at once. */
+  function firstHangs() {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let calls = 0;
+    const summarize = async () => {
+      if (++calls === 1) await held;
+      return "Generated.";
+    };
+    return { summarize, release, started: () => calls > 0 };
+  }
+  const hasSummary = async (id: number) => (await api.get(`/v1/calls/${id}`)).body.has_summary as boolean;
+
+  test("a summarizer that hangs holds its own job only: the worker runs other calls' summaries beside it", async () => {
+    const llm = firstHangs();
+    const worker = new SummaryWorker(running.ctx, llm.summarize);
+    worker.start();
+    try {
+      const stuck = await transcribed();
+      await waitFor("the first job at the summarizer", () => llm.started());
+      const other = await transcribed();
+      await waitFor("the other call's summary", () => hasSummary(other));
+      assert.equal(await hasSummary(stuck), false);
+      llm.release();
+      await waitFor("the first call's summary once answered", () => hasSummary(stuck));
+    } finally {
+      llm.release();
+      await worker.stop(1000);
+    }
+  });
+
+  test("a test call waits for its summary no longer than its deadline; the job finishes on its own", async () => {
+    const llm = firstHangs();
+    const id = await transcribed();
+    try {
+      assert.equal(await summarizeCallNow(running.ctx, llm.summarize, id, 300), false);
+      assert.ok(llm.started(), "the job was run, and is still at the summarizer");
+      assert.equal(await hasSummary(id), false);
+      llm.release();
+      await waitFor("the summary made after all", () => hasSummary(id));
+    } finally {
+      llm.release();
     }
   });
 

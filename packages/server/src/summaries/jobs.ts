@@ -3,6 +3,7 @@ import { announceWork } from "../api/context.js";
 import { textContent } from "../calls/content.js";
 import { applyTransition } from "../calls/service.js";
 import { ApiError } from "../errors.js";
+import { logBackgroundFailure } from "../log.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { whileRenewing } from "../util/lease.js";
 import type { Summarizer } from "./summarizer.js";
@@ -51,7 +52,7 @@ export async function enqueueIfAutoSummary(
   return true;
 }
 
-interface Claimed {
+export interface Claimed {
   callId: number;
   accountId: number;
   transcript: string;
@@ -61,7 +62,7 @@ interface Claimed {
 }
 
 /** Claims one due job (optionally of one call) with a lease; undefined if none or lost the race. */
-async function claim(ctx: AppContext, now: number, callId?: number): Promise<Claimed | undefined> {
+export async function claim(ctx: AppContext, now: number, callId?: number): Promise<Claimed | undefined> {
   let q = ctx.store.db
     .selectFrom("summary_jobs")
     .select(["call_id", "account_id", "transcript", "attempts", "next_attempt_at"])
@@ -96,7 +97,7 @@ async function claim(ctx: AppContext, now: number, callId?: number): Promise<Cla
  * A failure schedules the next run; after the last the job is marked failed and logged as an
  * error. A call that got a summary meanwhile (posted by the client) just drops the job.
  */
-async function run(
+export async function run(
   ctx: AppContext,
   summarize: Summarizer,
   job: Claimed,
@@ -212,7 +213,26 @@ export async function summarizeCallNow(
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const job = await claim(ctx, ctx.clock.now(), callId);
-    if (job && (await run(ctx, summarize, job)) === "failed") return false;
+    if (job) {
+      // Run here, but wait for it no longer than the deadline or the process's stop (a summarizer
+      // that hangs takes three tries of 30 s): the caller then goes on, and the job, still leased
+      // to this process, finishes (or is retried) on its own.
+      const ran = run(ctx, summarize, job).catch((err: unknown) => {
+        logBackgroundFailure(ctx.log, { component: "summaries", call_id: callId }, "summary job failed", err);
+        return "retry" as const;
+      });
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        ran,
+        new Promise<"late">((resolve) => {
+          timer = setInterval(() => {
+            if (Date.now() > deadline || stopped()) resolve("late");
+          }, 100);
+        }),
+      ]);
+      clearInterval(timer);
+      if (outcome === "failed" || outcome === "late") return false;
+    }
     const call = await ctx.store.db
       .selectFrom("calls")
       .select("summary_at")

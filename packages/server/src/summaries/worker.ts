@@ -1,6 +1,6 @@
 import type { AppContext } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
-import { runDueSummaries } from "./jobs.js";
+import { claim, run } from "./jobs.js";
 import { type Summarizer, summarizerFor } from "./summarizer.js";
 
 /** The safety-net poll; a transcript in this process or a NOTIFY from another wakes it sooner. */
@@ -13,16 +13,28 @@ const POLL_MS = 1_000;
 const MIN_GAP_MS = 50;
 
 /**
- * Runs queued summary jobs in worker processes (roles `all` and `worker`). It sleeps until woken
- * by new work or the poll, runs what is due, and never lets an error escape the loop: a failed
- * round is logged and the next round tries again.
+ * Jobs a process runs at once. A summarizer that hangs holds its job for three tries of 30 s: one
+ * at a time, every other call's summary (whatever its account) waited behind it.
+ */
+export const SUMMARY_CONCURRENCY = 8;
+
+/**
+ * Runs queued summary jobs in worker processes (roles `all` and `worker`), up to
+ * SUMMARY_CONCURRENCY at once. It sleeps until woken by new work, a finished job or the poll,
+ * claims what is due while it has room, and never lets an error escape the loop: a failed round
+ * is logged and the next round tries again.
  */
 export class SummaryWorker {
   private stopped = true;
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
   private readonly summarize: Summarizer;
-  private readonly poke = () => this.wake?.();
+  /** Woken while it was not asleep: the next sleep is skipped. */
+  private poked = false;
+  private readonly poke = () => {
+    this.poked = true;
+    this.wake?.();
+  };
 
   constructor(
     private readonly ctx: AppContext,
@@ -39,31 +51,52 @@ export class SummaryWorker {
     this.loop = this.run();
   }
 
+  /** The jobs in progress. */
+  private readonly running = new Set<Promise<unknown>>();
+
   private async run(): Promise<void> {
     while (!this.stopped) {
       const roundStarted = Date.now();
       try {
-        // Keep going while there is a backlog; sleep when a round found nothing.
-        if ((await runDueSummaries(this.ctx, this.summarize)) > 0) continue;
+        while (this.running.size < SUMMARY_CONCURRENCY && !this.stopped) {
+          const job = await claim(this.ctx, this.ctx.clock.now());
+          if (!job) break;
+          const ran: Promise<unknown> = run(this.ctx, this.summarize, job)
+            .catch((err: unknown) =>
+              logBackgroundFailure(
+                this.ctx.log,
+                { component: "summaries", call_id: job.callId },
+                "summary job failed",
+                err,
+              ),
+            )
+            .finally(() => {
+              this.running.delete(ran);
+              this.poke(); // room for the next
+            });
+          this.running.add(ran);
+        }
       } catch (err) {
         logBackgroundFailure(this.ctx.log, { component: "summaries" }, "summary worker round failed", err);
       }
       if (this.stopped) break;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, POLL_MS);
-        this.wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
+      if (!this.poked)
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, POLL_MS);
+          this.wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
       this.wake = undefined;
+      this.poked = false;
       const gap = MIN_GAP_MS - (Date.now() - roundStarted);
       if (gap > 0 && !this.stopped) await new Promise((r) => setTimeout(r, gap));
     }
   }
 
   /**
-   * Stops after the job in hand, waiting for it at most `graceMs`: a summarizer that hangs (an
+   * Stops after the jobs in hand, waiting for them at most `graceMs`: a summarizer that hangs (an
    * OpenAI-compatible one can take three tries of 30 s) must not hold the process's shutdown. A
    * job left unfinished is run again by a worker once its lease (KLEN_LEASE) runs out.
    */
@@ -72,7 +105,11 @@ export class SummaryWorker {
     this.ctx.work.off("work", this.poke);
     this.wake?.();
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.loop, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
+    const done = (async () => {
+      await this.loop;
+      await Promise.all(this.running);
+    })();
+    await Promise.race([done, new Promise((r) => (timer = setTimeout(r, graceMs)))]);
     clearTimeout(timer);
   }
 }
