@@ -131,6 +131,70 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     assert.equal((await api.del(`/v1/endpoints/${made.body.id}`)).status, 200);
   });
 
+  test("a summary job still pending and a test-call run still worked on are kept, however old", async () => {
+    const db = running.ctx.store.db;
+    const account = (await api.get("/v1/account")).body.id as number;
+    const agent = await api.post("/v1/agents", { name: "Kept" });
+    const call = async () =>
+      (
+        await api.post("/v1/calls", {
+          agent_id: agent.body.id,
+          type: "outbound",
+          phone_number: "+15551234567",
+        })
+      ).body.id as number;
+    const [pending, failed, live, abandoned] = [await call(), await call(), await call(), await call()];
+    const now = Date.now();
+    const later = now + 31 * DAY;
+    const job = (callId: number, status: string) => ({
+      call_id: callId,
+      account_id: account,
+      transcript: "Agent: Hello.",
+      status,
+      attempts: 1,
+      next_attempt_at: later, // retried later on: it is still in progress
+      last_error: null,
+      created_at: now,
+      updated_at: now,
+    });
+    await db
+      .insertInto("summary_jobs")
+      .values([job(pending, "pending"), job(failed, "failed")])
+      .execute();
+    const run = (callId: number, leasedUntil: number) => ({
+      call_id: callId,
+      account_id: account,
+      agent_name: "Kept",
+      outcome: "busy",
+      transcript_bytes: null,
+      attempts: 0,
+      takeovers: 0,
+      leased_until: leasedUntil,
+      created_at: now,
+    });
+    // One renewed its lease just now (at "later"); the other's ran out 30 days before "later" and
+    // nobody carried it on (in real time it is still leased, so this server's resumer leaves it be).
+    await db
+      .insertInto("test_call_runs")
+      .values([run(live, later + 60_000), run(abandoned, now + 12 * 3_600_000)])
+      .execute();
+
+    const counts = await purgeExpired(running.ctx, later);
+    assert.equal(counts.jobs, 2, "the failed job and the abandoned run");
+    const jobs = await db.selectFrom("summary_jobs").select("call_id").execute();
+    assert.deepEqual(
+      jobs.map((j) => Number(j.call_id)),
+      [pending],
+    );
+    const runs = await db.selectFrom("test_call_runs").select("call_id").execute();
+    assert.deepEqual(
+      runs.map((r) => Number(r.call_id)),
+      [live],
+    );
+    await db.deleteFrom("summary_jobs").execute();
+    await db.deleteFrom("test_call_runs").execute();
+  });
+
   test("a delivery still pending keeps its event, however old", async () => {
     // A receiver that never answers holds the delivery in flight (timeout 15 s by default).
     const slow = await startReceiver({ respond: () => ({ status: 200, hang: true }) });

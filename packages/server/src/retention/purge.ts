@@ -1,7 +1,7 @@
 import type { AppContext } from "../api/context.js";
 import { IDEMPOTENCY_TTL_MS } from "../api/idempotency.js";
 import { blobStoreFor } from "../blobs/blobs.js";
-import type { Db } from "../storage/types.js";
+import { type Db, PENDING } from "../storage/types.js";
 import { idFloor } from "../util/ids.js";
 
 const BATCH = 500;
@@ -38,8 +38,8 @@ export const expiredBriefSummaries = (db: Db, cutoff: number) =>
  *   deliveries and then events (their bodies carry transcripts, summaries, phone numbers) —
  *   whole rows, not emptied skeletons: an event body that no longer validates could not be
  *   replayed anyway. Deliveries still pending are never touched, nor are their events;
- * - the brief summary kept on old calls, summary jobs (they hold a transcript copy) and test-call
- *   runs left unfinished;
+ * - the brief summary kept on old calls, summary jobs that failed (they hold a transcript copy) and
+ *   test-call runs nobody has carried on for a retention period;
  * - the responses kept for Idempotency-Key replays once no repeat can get them (24 hours; sooner
  *   when the retention period is shorter): they show new endpoint secrets, phone numbers, summaries;
  * - orphaned blob files (bytes with no row, older than an hour).
@@ -132,8 +132,19 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
   }
   const s = await expiredBriefSummaries(db, cutoff).executeTakeFirst();
   counts.summaries = Number(s.numUpdatedRows);
-  const j = await db.deleteFrom("summary_jobs").where("created_at", "<", cutoff).executeTakeFirst();
-  const r = await db.deleteFrom("test_call_runs").where("created_at", "<", cutoff).executeTakeFirst();
+  // Not a job still pending (it is retried for ~4 h, then fails) nor a test-call run still worked
+  // on (its lease is renewed as it goes): a short retention dropped them mid-way, and the call never
+  // got its summary or recording. Only what nobody works on any more goes.
+  const j = await db
+    .deleteFrom("summary_jobs")
+    .where("created_at", "<", cutoff)
+    .where("status", "<>", PENDING)
+    .executeTakeFirst();
+  const r = await db
+    .deleteFrom("test_call_runs")
+    .where("created_at", "<", cutoff)
+    .where("leased_until", "<", cutoff)
+    .executeTakeFirst();
   counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows);
 
   // Oldest first, up to BATCH rows a statement (through the created_at index): the first purge
