@@ -240,6 +240,12 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     );
     assert.equal((await server.api.post(`/v1/calls/${id}/end`, {})).status, 200);
     expectError(await server.api.post(`/v1/calls/${id}/end`, {}), 409, "invalid_transition");
+    // A blank transcript or summary: nothing to summarize or to say.
+    for (const step of ["transcript", "summary"]) {
+      const r = await server.api.post(`/v1/calls/${id}/${step}`, { [step]: " \n\t " });
+      expectError(r, 400, "invalid_request", step);
+      assert.equal(r.body.error.message, `"${step}" must not be blank`);
+    }
     expectError(
       await server.api.post(`/v1/calls/${id}/fail`, { failure_reason: "busy" }),
       409,

@@ -2,7 +2,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import { mediaType, notAudio } from "../blobs/upload.js";
 import { ApiError } from "../errors.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
-import { isoTimestamp } from "./routes/common.js";
+import { isoTimestamp, NOT_BLANK } from "./routes/common.js";
 
 /** A property name that failed `propertyNames` (a custom header's name): Ajv reports it aside. */
 const badPropertyName = (v: object): string | undefined => (v as { propertyName?: string }).propertyName;
@@ -36,6 +36,7 @@ function messageOf(err: FastifyError, field: string | undefined): string {
     return `"${field}" is not a valid name`;
   if (v.keyword === "pattern" && field?.endsWith("phone_number"))
     return `"${field}" must be E.164: + and 8 to 15 digits`;
+  if (v.keyword === "pattern" && params.pattern === NOT_BLANK) return `"${field}" must not be blank`;
   // Any timestamp field: the pattern itself tells a reader nothing.
   if (v.keyword === "pattern" && String(params.pattern).includes(isoTimestamp.pattern))
     return `"${field}" is not an ISO-8601 timestamp with Z or an offset (e.g. 2026-11-24T18:00:00Z)`;

@@ -7,7 +7,7 @@ import { enqueueIfAutoSummary } from "../../summaries/jobs.js";
 import { parseIso } from "../../util/time.js";
 import { listPage, pageQuery } from "../pagination.js";
 import { findAgent } from "./agents.js";
-import { e164, idParam, isoTimestamp } from "./common.js";
+import { e164, idParam, isoTimestamp, NOT_BLANK } from "./common.js";
 import { findContact } from "./contacts.js";
 import type { RouteModule } from "./index.js";
 
@@ -37,8 +37,10 @@ const stepBodies: Record<Exclude<Action, "recording">, ReturnType<typeof obj>> =
     },
     ["failure_reason"],
   ),
-  transcript: obj({ transcript: { type: "string", minLength: 1 } }, ["transcript"]),
-  summary: obj({ summary: { type: "string", minLength: 1 } }, ["summary"]),
+  // Not blank: nothing could be summarized from it (the summary job failed for hours), and a blank
+  // call.summary says nothing.
+  transcript: obj({ transcript: { type: "string", minLength: 1, pattern: NOT_BLANK } }, ["transcript"]),
+  summary: obj({ summary: { type: "string", minLength: 1, pattern: NOT_BLANK } }, ["summary"]),
 };
 
 export const callRoutes: RouteModule = (app, ctx, h) => {

@@ -13,6 +13,8 @@ export const stringIdParam = (prefix: string) =>
   }) as const;
 
 export const e164 = { type: "string", pattern: "^\\+[0-9]{8,15}$" } as const;
+/** A string with something besides white space in it (errors.ts words its refusal). */
+export const NOT_BLANK = "\\S";
 export const isoTimestamp = {
   type: "string",
   pattern: "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}(:\\d{2}(\\.\\d+)?)?(Z|[+-]\\d{2}:?\\d{2})$",
