@@ -161,7 +161,8 @@ function shell(section) {
 }
 
 // A deep link to something that is not there (`#/endpoints/ep_gone`, `#/calls/abc`): the API's
-// 404, or its 400 for an id of the wrong shape, shown as a page that leads back to the list.
+// 404, or its 400 for a call, agent or contact id that is not an integer, shown as a page that
+// leads back to the list.
 const FOUND_IN = {
   endpoints: ["Endpoint", "Endpoints"],
   calls: ["Call", "Calls"],

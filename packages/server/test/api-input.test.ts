@@ -286,7 +286,16 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     });
     expectError(badName, 400, "invalid_request", "headers.bad header");
     assert.match(badName.body.error.message, /"headers\.bad header" is not a valid name/);
-    expectError(await server.api.get("/v1/endpoints/ep_nope"), 400, "invalid_request", "id");
+    // An id that cannot exist is not found, like one that does not.
+    for (const path of [
+      "/v1/endpoints/ep_nope",
+      "/v1/deliveries/dlv_123",
+      "/v1/events/evt_x",
+      "/v1/endpoints/42",
+    ])
+      expectError(await server.api.get(path), 404, "not_found");
+    expectError(await server.api.post("/v1/deliveries/dlv_123/retry"), 404, "not_found");
+    expectError(await server.api.post("/v1/endpoints/nope/rotate-secret"), 404, "not_found");
     // List filters take ids as the paths do.
     expectError(await server.api.get("/v1/deliveries?event_id=bad"), 400, "invalid_request", "event_id");
     expectError(
