@@ -148,6 +148,25 @@ describe("CLI helpers (pure)", () => {
     assert.deepEqual(errs, ["gave up\n"]);
   });
 
+  test("a usage error is one line on stderr, and with --json also a JSON document on stdout", async () => {
+    for (const args of [
+      ["trigger", "call.bogus"],
+      ["test-call", "--outcome", "nope"],
+      ["endpoints", "list", "--bogus"],
+    ]) {
+      const plain = await cli(args);
+      assert.equal(plain.code, 1, args.join(" "));
+      assert.equal(plain.stdout, "");
+      assert.match(plain.stderr, /^error: /);
+      const json = await cli([...args, "--json"]);
+      assert.equal(json.code, 1);
+      const doc = JSON.parse(json.stdout) as { error: { code: string; message: string; status: number } };
+      assert.equal(doc.error.code, "usage");
+      assert.equal(doc.error.status, 0);
+      assert.equal(`error: ${doc.error.message}\n`, json.stderr);
+    }
+  });
+
   test("progress only on a terminal and never with --json", () => {
     const written: string[] = [];
     const tty = { isTTY: true, write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;

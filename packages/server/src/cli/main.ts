@@ -31,7 +31,19 @@ function config() {
 const program = new Command()
   .name("klen-webhooks")
   .description("Klen call webhooks: signed, ordered, retried call.* events for AI voice agents")
-  .version(VERSION);
+  .version(VERSION)
+  // A usage error (an unknown option, a bad argument) found while parsing, before any command
+  // runs: with --json it is also a JSON document on stdout, as every other failure is (cli.md).
+  // Inherited by the commands added below.
+  .configureOutput({
+    outputError: (text, write) => {
+      write(text);
+      if (process.argv.includes("--json")) {
+        const message = text.trim().replace(/^error: /, "");
+        process.stdout.write(`${JSON.stringify({ error: { code: "usage", message, status: 0 } })}\n`);
+      }
+    },
+  });
 
 program
   .command("serve")
