@@ -736,5 +736,18 @@ for (const backend of backends()) {
       assert.equal((await server.api.get("/v1/calls")).body.data.length, 1);
       assert.equal((await server.api.get(`/v1/calls/${call.body.id}`)).body.status, "in-progress");
     });
+
+    test("in a path id it is not found, like any id that cannot exist", async () => {
+      for (const [method, path] of [
+        ["GET", "/v1/endpoints/ep_%00"],
+        ["DELETE", "/v1/endpoints/ep_%00"],
+        ["GET", "/v1/deliveries/dlv_%00"],
+        ["POST", "/v1/deliveries/dlv_%00/retry"],
+        ["GET", "/v1/events/evt_%00"],
+      ] as const) {
+        const r = await server.api.raw(method, path);
+        expectError(r, 404, "not_found");
+      }
+    });
   });
 }

@@ -1,8 +1,8 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { mediaType, notAudio } from "../blobs/upload.js";
-import { ApiError } from "../errors.js";
+import { ApiError, notFound } from "../errors.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
-import { isoTimestamp, NOT_BLANK } from "./routes/common.js";
+import { ID_NOUNS, isoTimestamp, NOT_BLANK } from "./routes/common.js";
 
 /** A property name that failed `propertyNames` (a custom header's name): Ajv reports it aside. */
 const badPropertyName = (v: object): string | undefined => (v as { propertyName?: string }).propertyName;
@@ -65,6 +65,10 @@ const KEPT_REFUSALS: ReadonlySet<number> = new Set([400, 404, 409, 410, 422]);
 function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined {
   if (err instanceof ApiError) return err;
   if (err.validation) {
+    const v = err.validation[0];
+    const prefix = /^\^([a-z]+)_/.exec(String(v?.params.pattern ?? ""))?.[1];
+    if (err.validationContext === "params" && v?.keyword === "pattern" && prefix && ID_NOUNS[prefix])
+      return notFound(ID_NOUNS[prefix], String((req.params as { id?: unknown }).id));
     const field = fieldOf(err);
     const location = err.validationContext ?? "body";
     return new ApiError(400, "invalid_request", messageOf(err, field), {

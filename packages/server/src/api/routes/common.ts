@@ -5,17 +5,20 @@ export const idParam = {
   properties: { id: { type: "integer", minimum: 1, maximum: 9007199254740991 } },
 } as const;
 
+/** What each prefixed id names, for the 404 of an id that cannot exist (errors.ts). */
+export const ID_NOUNS: Readonly<Record<string, string>> = { ep: "endpoint", dlv: "delivery", evt: "event" };
+
 /**
- * A prefixed id in a path (`dlv_…`, `ep_…`, `evt_…`). Any text is looked up, so an id that cannot
- * exist is a 404 like one that does not, as Stripe and Svix answer (a 400 "does not match
- * pattern" told a client that made up `dlv_123` something other than "no such delivery"). The
- * prefix names the resource in the OpenAPI document; over 100 characters is a 414 (maxParamLength).
+ * A prefixed id in a path (`dlv_…`, `ep_…`, `evt_…`). One that does not have the form of an id is
+ * answered 404, as an unknown one is (errors.ts), the way Stripe and Svix answer: a 400 quoting
+ * the pattern told a client that made up `dlv_123` something other than "no such delivery". It
+ * never reaches a query (PostgreSQL's text cannot hold the NUL of `ep_%00`).
  */
-export const stringIdParam = (prefix: string) =>
+export const stringIdParam = (prefix: keyof typeof ID_NOUNS & string) =>
   ({
     type: "object",
     required: ["id"],
-    properties: { id: { type: "string", minLength: 1, description: `${prefix}_…` } },
+    properties: { id: { type: "string", pattern: `^${prefix}_[0-9a-z]{26}$` } },
   }) as const;
 
 export const e164 = { type: "string", pattern: "^\\+[0-9]{8,15}$" } as const;
