@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import Fastify from "fastify";
 import { RateLimiter } from "../src/api/auth.js";
+import { installErrorHandler } from "../src/api/errors.js";
 import { ConfigError, loadConfig } from "../src/config.js";
 import { floorPlan, spareForFailing } from "../src/delivery/dispatcher.js";
+import { ApiError } from "../src/errors.js";
 import { isRefusedContent } from "../src/storage/store.js";
 import { idFloor, newId } from "../src/util/ids.js";
 import { parseIso } from "../src/util/time.js";
@@ -204,4 +207,34 @@ test("only a write refused for its content sends outcomes one by one, never a da
   ])
     assert.equal(refused(code), false, code);
   assert.equal(isRefusedContent(new Error("no code")), false);
+});
+
+test("the error handler keeps for an Idempotency-Key only refusals of what the client sent", async () => {
+  const kept: string[] = [];
+  const app = Fastify();
+  installErrorHandler(app, async (req, refusal) => {
+    kept.push(`${req.url} ${refusal.status}`);
+    return undefined;
+  });
+  app.post("/ours", async () => {
+    throw new ApiError(409, "invalid_transition", "no");
+  });
+  app.post("/schema", { schema: { body: { type: "object", required: ["name"] } } }, async () => ({}));
+  // What Fastify reports for a body that never fully arrived (aborted, or shorter than its
+  // content-length): a 400 nobody receives, about a request that was never made whole.
+  app.post("/aborted", async () => {
+    throw Object.assign(new Error("Request body size did not match Content-Length"), {
+      statusCode: 400,
+      code: "FST_ERR_CTP_INVALID_CONTENT_LENGTH",
+    });
+  });
+  app.post("/cut-off", async () => {
+    throw Object.assign(new Error("aborted"), { statusCode: 400 });
+  });
+  for (const url of ["/ours", "/schema", "/aborted", "/cut-off"]) {
+    const r = await app.inject({ method: "POST", url, payload: {} });
+    assert.ok(r.statusCode >= 400 && r.statusCode < 500, `${url}: ${r.statusCode}`);
+  }
+  assert.deepEqual(kept, ["/ours 409", "/schema 400"]);
+  await app.close();
 });

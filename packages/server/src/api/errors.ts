@@ -138,7 +138,11 @@ export function installErrorHandler(app: FastifyInstance, remember?: RememberRef
     if (err instanceof ApiError && err.status >= 500) return refuse(reply, err);
     const refusal = refusalOf(err, req);
     if (!refusal) return failed(req, reply, err);
-    if (!remember || !KEPT_REFUSALS.has(refusal.status)) return refuse(reply, refusal);
+    // Only a refusal of what the client sent (ours, or the schema's) is its key's answer: not a
+    // body that never fully arrived (Fastify's 400 for an aborted upload or a content-length that
+    // does not match), which nobody receives and whose repeat, complete, must still go through.
+    const ofTheRequest = err instanceof ApiError || err.validation !== undefined;
+    if (!remember || !ofTheRequest || !KEPT_REFUSALS.has(refusal.status)) return refuse(reply, refusal);
     try {
       const out = await remember(req, refusal);
       if (!out) return refuse(reply, refusal);
