@@ -8,7 +8,7 @@ import { openStore } from "../src/storage/store.js";
 import { backends } from "./helpers/backends.js";
 import { onServer, parseWav } from "./helpers/content.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { type ServerProcess, spawnServer } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 const WORKFLOW = ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"];
@@ -240,34 +240,43 @@ for (const backend of backends())
     });
   });
 
-test(`at most ${MAX_TEST_CALLS_RUNNING} test calls of an account run at once; more are a 429 that is not kept for replay`, async () => {
-  const llm = await hangingSummarizer();
-  const dir = tempDir();
-  const srv = await spawnServer({ dataDir: dir.path, env: llm.env });
-  try {
-    // Each run waits on the summarizer after its transcript, so all of them are still running.
-    for (let i = 0; i < MAX_TEST_CALLS_RUNNING; i++)
-      assert.equal((await srv.api.post("/v1/test-calls", { outcome: "completed" })).status, 202);
-    const key = { "idempotency-key": "one-too-many" };
-    const refused = await srv.api.post("/v1/test-calls", {}, key);
-    assert.equal(refused.status, 429, JSON.stringify(refused.body));
-    assert.equal(refused.body.error.code, "too_many_test_calls");
-    assert.equal(refused.headers.get("retry-after"), "5");
-    assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, MAX_TEST_CALLS_RUNNING);
-
-    // Once runs finish, the same request (and key) is taken: the 429 was not stored as its outcome.
-    llm.release();
-    const taken = await waitFor("a test call taken again", async () => {
-      const r = await srv.api.post("/v1/test-calls", {}, key);
-      return r.status === 202 ? r : undefined;
+for (const backend of backends())
+  test(`at most ${MAX_TEST_CALLS_RUNNING} test calls of an account run at once, also when asked for together; more are a 429 not kept for replay (${backend.name})`, async () => {
+    const llm = await hangingSummarizer();
+    const db = await backend.fresh();
+    const srv = await spawnServer({
+      dataDir: db.dataDir,
+      env: { KLEN_DATABASE_URL: db.databaseUrl, ...llm.env },
     });
-    assert.equal(taken.headers.get("idempotent-replayed"), null);
-  } finally {
-    await srv.kill();
-    llm.close();
-    dir.remove();
-  }
-});
+    try {
+      // Each run waits on the summarizer after its transcript, so all of them are still running.
+      const burst = await Promise.all(
+        Array.from({ length: MAX_TEST_CALLS_RUNNING + 10 }, () =>
+          srv.api.post("/v1/test-calls", { outcome: "completed" }),
+        ),
+      );
+      const statuses = burst.map((r) => r.status).sort();
+      assert.deepEqual(statuses, [...Array(MAX_TEST_CALLS_RUNNING).fill(202), ...Array(10).fill(429)]);
+      const refused = burst.find((r) => r.status === 429)!;
+      assert.equal(refused.body.error.code, "too_many_test_calls");
+      assert.equal(refused.headers.get("retry-after"), "5");
+      assert.equal((await srv.api.get("/v1/calls?limit=100")).body.data.length, MAX_TEST_CALLS_RUNNING);
+
+      // Once runs finish, the same request (and key) is taken: the 429 was not stored as its outcome.
+      const key = { "idempotency-key": "one-too-many" };
+      assert.equal((await srv.api.post("/v1/test-calls", {}, key)).status, 429);
+      llm.release();
+      const taken = await waitFor("a test call taken again", async () => {
+        const r = await srv.api.post("/v1/test-calls", {}, key);
+        return r.status === 202 ? r : undefined;
+      });
+      assert.equal(taken.headers.get("idempotent-replayed"), null);
+    } finally {
+      await srv.kill();
+      llm.close();
+      await db.cleanup();
+    }
+  });
 
 for (const backend of backends())
   describe(`a test call whose process stops mid-run (${backend.name})`, () => {

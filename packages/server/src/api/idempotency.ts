@@ -87,7 +87,9 @@ export async function runIdempotent(
       try {
         out = await handler(trx);
       } catch (err) {
-        if (!(err instanceof ApiError) || err.status >= 500) throw err;
+        // A 429 (too many test calls running) is no outcome either: its answer is "later", and a
+        // repeat of the request must then go through.
+        if (!(err instanceof ApiError) || err.status >= 500 || err.status === 429) throw err;
         out = { status: err.status, body: err.toJSON() };
       }
       if (out.status < 500) {

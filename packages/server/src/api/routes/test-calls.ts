@@ -58,6 +58,30 @@ async function testAgent(
 }
 
 /**
+ * Refuses a test call while MAX_TEST_CALLS_RUNNING of the account's are running: `429`, which the
+ * Idempotency-Key does not keep (a repeat goes through once there is room). Counted under the
+ * account row's lock on PostgreSQL, so requests racing each other cannot all see room (60 at
+ * once all got in); SQLite has one writer at a time.
+ */
+async function assertRoomForTestCall(trx: Db, accountId: number, rowLocks: boolean): Promise<void> {
+  if (rowLocks)
+    await trx.selectFrom("accounts").select("id").where("id", "=", accountId).forNoKeyUpdate().execute();
+  const running = await trx
+    .selectFrom("test_call_runs")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("account_id", "=", accountId)
+    .executeTakeFirstOrThrow();
+  if (Number(running.n) >= MAX_TEST_CALLS_RUNNING) {
+    throw new ApiError(
+      429,
+      "too_many_test_calls",
+      `${MAX_TEST_CALLS_RUNNING} test calls of this account are still running; try again when one has finished`,
+      { retry_after: 5 },
+    );
+  }
+}
+
+/**
  * `POST /v1/test-calls` → 202 `{call_id}` (PRODUCT.md §4, §6): creates an outbound call and
  * drives it through the workflow in the background (src/simulator/run.ts). With `endpoint_id`
  * its events go to that endpoint only. The background run starts only after the creating
@@ -100,22 +124,9 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
       let agentName = TEST_AGENT;
       let created: number | undefined;
       let lease = 0;
-      // Before the idempotent transaction: a 429 is not an outcome to replay (api.md, Idempotency-Key).
-      const running = await ctx.store.db
-        .selectFrom("test_call_runs")
-        .select((eb) => eb.fn.countAll<number>().as("n"))
-        .where("account_id", "=", accountId)
-        .executeTakeFirstOrThrow();
-      if (Number(running.n) >= MAX_TEST_CALLS_RUNNING) {
-        throw new ApiError(
-          429,
-          "too_many_test_calls",
-          `${MAX_TEST_CALLS_RUNNING} test calls of this account are still running; try again when one has finished`,
-          { retry_after: 5 },
-        );
-      }
       await h.mutate(req, reply, async (trx) => {
         const now = ctx.clock.now();
+        await assertRoomForTestCall(trx, accountId, ctx.store.caps.rowLocks);
         if (b.endpoint_id !== undefined) {
           const ep = await trx
             .selectFrom("endpoints")
