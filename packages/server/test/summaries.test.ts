@@ -6,6 +6,7 @@ import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
 import { loadConfig } from "../src/config.js";
 import type { Logger } from "../src/log.js";
+import { purgeExpired } from "../src/retention/purge.js";
 import { type Running, startServer } from "../src/server.js";
 import { generateConversation } from "../src/simulator/conversation.js";
 import { MAX_RUN_ATTEMPTS, MAX_RUN_TAKEOVERS, resumeDueTestCalls } from "../src/simulator/run.js";
@@ -112,6 +113,11 @@ describe("built-in extractive summarizer", () => {
     let closed = false;
     const model = createServer((req, res) => {
       req.resume();
+      if (req.url?.startsWith("/missing")) {
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end(`not here ${"x".repeat(2 * 1024 * 1024)}`);
+        return;
+      }
       res.writeHead(200, { "content-type": "application/json" });
       res.write('{"choices":[{"message":{"content":"');
       const chunk = "x".repeat(64 * 1024);
@@ -141,6 +147,15 @@ describe("built-in extractive summarizer", () => {
       );
       await waitFor("the model's connection closed", () => closed);
       assert.ok(written < 16 * 1024 * 1024, `${written} bytes written before the client stopped reading`);
+      // An error status says so whatever the size of its body: a 404 is not retried for hours.
+      await assert.rejects(
+        chatSummary({ url: `${url}/missing`, model: "m", apiKey: "k" }, "Agent: hi", { attempts: 1 }),
+        (err: Error) => {
+          assert.match(err.message, /^HTTP 404: not here/);
+          assert.equal((err as { retryable?: boolean }).retryable, false);
+          return true;
+        },
+      );
     } finally {
       model.closeAllConnections();
       model.close();
@@ -506,6 +521,40 @@ describe("summary jobs: retried on a schedule, then given up and logged (injecte
     } finally {
       llm.release();
     }
+  });
+
+  test("retention keeps a test-call run a stopping process handed over (lease 0), however old", async () => {
+    // This server runs no resumer (API role), so the run stays as handed over.
+    const account = (await api.get("/v1/account")).body.id as number;
+    const agent = await api.post("/v1/agents", { name: "Handed" });
+    const c = await api.post("/v1/calls", {
+      agent_id: agent.body.id,
+      type: "outbound",
+      phone_number: "+15551234567",
+    });
+    const db = running.ctx.store.db;
+    await db
+      .insertInto("test_call_runs")
+      .values({
+        call_id: c.body.id,
+        account_id: account,
+        agent_name: "Handed",
+        outcome: "busy",
+        transcript_bytes: null,
+        attempts: 0,
+        takeovers: 0,
+        leased_until: 0,
+        created_at: Date.now(),
+      })
+      .execute();
+    await purgeExpired(running.ctx, Date.now() + 31 * 86_400_000);
+    const left = await db
+      .selectFrom("test_call_runs")
+      .select("call_id")
+      .where("call_id", "=", c.body.id)
+      .execute();
+    assert.equal(left.length, 1);
+    await db.deleteFrom("test_call_runs").where("call_id", "=", c.body.id).execute();
   });
 
   test("a summary posted meanwhile wins: the job is dropped, no second call.summary", async () => {

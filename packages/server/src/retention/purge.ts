@@ -140,10 +140,12 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
     .where("created_at", "<", cutoff)
     .where("status", "<>", PENDING)
     .executeTakeFirst();
+  // A lease of 0 is a run a stopping process handed over, for a worker to take at once.
   const r = await db
     .deleteFrom("test_call_runs")
     .where("created_at", "<", cutoff)
     .where("leased_until", "<", cutoff)
+    .where("leased_until", "<>", 0)
     .executeTakeFirst();
   counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows);
 

@@ -83,9 +83,9 @@ function clipTranscript(t: string): string {
  */
 export const MAX_ANSWER_BYTES = 1024 * 1024;
 
-/** The answer's text, or a retryable failure once it passes MAX_ANSWER_BYTES (the rest unread). */
-async function readAnswer(res: Response): Promise<string> {
-  if (!res.body) return "";
+/** The answer's text up to MAX_ANSWER_BYTES (the rest left unread), and whether there was more. */
+async function readAnswer(res: Response): Promise<{ text: string; over: boolean }> {
+  if (!res.body) return { text: "", over: false };
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = res.body.getReader();
@@ -95,11 +95,11 @@ async function readAnswer(res: Response): Promise<string> {
     size += value.byteLength;
     if (size > MAX_ANSWER_BYTES) {
       await reader.cancel().catch(() => undefined);
-      throw new SummarizerError(`the answer is larger than ${MAX_ANSWER_BYTES} bytes`, true);
+      return { text: Buffer.concat(chunks).toString("utf8"), over: true };
     }
     chunks.push(value);
   }
-  return Buffer.concat(chunks).toString("utf8");
+  return { text: Buffer.concat(chunks).toString("utf8"), over: false };
 }
 
 async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Promise<string> {
@@ -132,19 +132,20 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
       },
     );
   }
-  let text = "";
+  let answer = { text: "", over: false };
   try {
-    text = await readAnswer(res);
+    answer = await readAnswer(res);
   } catch (err) {
-    if (err instanceof SummarizerError) throw err;
-    // An error status is reported as such, with what little of its body came.
+    // An error status is reported as such (below), whatever became of its body.
     if (res.ok)
       throw new SummarizerError(`reading the answer failed: ${(err as Error).message}`, true, { cause: err });
   }
+  const { text } = answer;
   if (!res.ok) {
     const retryable = res.status >= 500 || res.status === 408 || res.status === 409 || res.status === 429;
     throw new SummarizerError(`HTTP ${res.status}: ${withoutNul(text.slice(0, 200))}`, retryable);
   }
+  if (answer.over) throw new SummarizerError(`the answer is larger than ${MAX_ANSWER_BYTES} bytes`, true);
   let content: unknown;
   try {
     content = (JSON.parse(text) as { choices?: Array<{ message?: { content?: unknown } }> }).choices?.[0]
