@@ -1,5 +1,5 @@
 import { ApiError, api, describe, session, setUnauthorizedHandler } from "./api.js";
-import { h, mount } from "./dom.js";
+import { h, keepFocusThroughBusy, mount } from "./dom.js";
 import { renderCall, renderCalls } from "./views/calls.js";
 import { card, pageHeader, setTitle, visit } from "./views/common.js";
 import { renderDeliveries } from "./views/deliveries.js";
@@ -232,6 +232,7 @@ function enterVisit() {
 
 let routing = 0;
 let shownSection = null;
+let shownId;
 async function route() {
   if (!session.key) return signIn();
   const seq = ++routing;
@@ -248,11 +249,14 @@ async function route() {
   const { section, id, query } = parseHash();
   // A named control of this section's page that had focus (a filter): focused again once redrawn.
   const was = document.activeElement;
+  // Only on the same page: from the new-endpoint form to the endpoint it made, a field of the
+  // same name in its edit form is another control.
   const keep =
-    section === shownSection && was?.closest?.("#content") && was.getAttribute("name")
+    section === shownSection && id === shownId && was?.closest?.("#content") && was.getAttribute("name")
       ? was.getAttribute("name")
       : null;
   shownSection = section;
+  shownId = id;
   const main = shell(section);
   const label = (NAV.find(([s]) => s === section) ?? NAV[0])[1];
   const views = {
@@ -287,4 +291,5 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+keepFocusThroughBusy();
 route();

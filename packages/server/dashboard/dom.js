@@ -127,9 +127,36 @@ export function jsonBlock(value, label = "JSON body") {
   return h("pre", { class: "code", tabindex: "0", "aria-label": label }, JSON.stringify(value, null, 2));
 }
 
-/** The status line of a form or action: `note(el, "Saved")`, `note(el, err, "error")`. */
+/**
+ * The status line of a form or action: `note(el, "Saved")`, `note(el, err, "error")`. The line
+ * (a `role="status"` live region) stays in the page when empty, collapsed by CSS (`.note:empty`):
+ * a region hidden until its text is written is not announced by screen readers.
+ */
 export function note(el, message, tone = "ok") {
   mount(el, message);
   el.className = `note note-${tone}`;
-  el.hidden = !message;
+  el.hidden = false;
+}
+
+/**
+ * A button that disables itself while its request runs loses focus to the page (the browser blurs
+ * a disabled control), and a keyboard user is thrown back to the top. Once such a button is
+ * enabled again and nothing else has taken focus meanwhile, focus returns to it.
+ */
+export function keepFocusThroughBusy(doc = document) {
+  let blurred = null;
+  doc.addEventListener("focusout", (e) => {
+    blurred = e.target instanceof HTMLButtonElement ? e.target : null;
+  });
+  doc.addEventListener("focusin", () => {
+    blurred = null;
+  });
+  new MutationObserver((changes) => {
+    for (const c of changes) {
+      const el = c.target;
+      if (el !== blurred || el.disabled || !el.isConnected) continue;
+      if (doc.activeElement && doc.activeElement !== doc.body) continue;
+      el.focus();
+    }
+  }).observe(doc.body, { attributes: true, attributeFilter: ["disabled"], subtree: true });
 }

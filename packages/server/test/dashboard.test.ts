@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import Database from "better-sqlite3";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
@@ -292,6 +293,10 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("button", { name: "Send test call" }).click();
     const link = page.getByRole("status").getByRole("link", { name: /^call #\d+$/ });
     await link.waitFor();
+    // The button disabled itself while the call started; focus came back to it, not to the page.
+    await waitFor("focus back on Send test call", () =>
+      page.evaluate(() => document.activeElement?.textContent === "Send test call"),
+    );
     const testCallId = Number((await link.textContent())!.replace("call #", ""));
     const ended = await waitFor("the test call's call.ended at the receiver", () =>
       receiver.requests.find((r) => r.json?.call?.id === testCallId && r.json.event_type === "call.ended"),
@@ -827,6 +832,60 @@ describe("dashboard in Chromium", () => {
     }
   });
 
+  test("a delivery failed because its endpoint was disabled says so, and how to send it", async () => {
+    const ep = await server.api.post("/v1/endpoints", {
+      url: `${failing.url}/switched-off`,
+      description: "Switched off",
+      event_types: ["call.failed"],
+    });
+    const call = await server.api.post("/v1/test-calls", { endpoint_id: ep.body.id, outcome: "busy" });
+    const d = await waitFor("the failed first attempt", async () => {
+      const r = await server.api.get(`/v1/deliveries?call_id=${call.body.call_id}`);
+      return r.body.data[0]?.attempts.length === 1
+        ? (r.body.data[0] as { id: string; event_id: string })
+        : undefined;
+    });
+    assert.equal((await server.api.patch(`/v1/endpoints/${ep.body.id}`, { disabled: true })).status, 200);
+    // Its next retry is 10 minutes away: what the dispatcher does when it comes due (it settles the
+    // delivery, the endpoint being disabled) is written here directly.
+    const db = new Database(`${dir.path}/klen.db`);
+    db.prepare("UPDATE deliveries SET status = 'failed', last_error = 'endpoint_disabled' WHERE id = ?").run(
+      d.id,
+    );
+    db.close();
+
+    await page.evaluate((id) => {
+      location.hash = `#/deliveries?event_id=${id}`;
+    }, d.event_id);
+    const row = page.locator(`tr.delivery[data-delivery="${d.id}"]`);
+    await row.getByText("not sent: the endpoint was disabled").waitFor();
+    await page.getByRole("button", { name: `Attempts of ${d.id}` }).click();
+    const detail = page.locator(`tr.delivery[data-delivery="${d.id}"] + tr.detail`);
+    await detail
+      .getByText("Not sent: the endpoint was disabled when it came due. Enable the endpoint")
+      .waitFor();
+    await detail.locator('tr.attempt[data-number="1"]').waitFor();
+    await detail.getByRole("button", { name: "Retry now" }).click();
+    await detail
+      .getByText("Its endpoint is disabled: enable the endpoint on its page, then retry.")
+      .waitFor();
+  });
+
+  test("creating an endpoint with Enter leads to its page with focus on its heading", async () => {
+    await page.evaluate(() => {
+      location.hash = "#/endpoints/new";
+    });
+    await page.getByLabel("Endpoint URL").fill(`${receiver.url}/entered`);
+    await page.getByLabel("Description").fill("Made by Enter");
+    await page.getByLabel("Description").press("Enter");
+    await page.getByRole("heading", { name: "Made by Enter" }).waitFor();
+    await waitFor("focus on the new endpoint's heading", () =>
+      page.evaluate(() => document.activeElement?.tagName === "H1"),
+    );
+    const id = new URL(page.url()).hash.split("/")[2]!;
+    assert.equal((await server.api.del(`/v1/endpoints/${id}`)).status, 200);
+  });
+
   test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
     await section("Settings");
     await page.getByLabel("Account name").fill("Acme Voice");
@@ -852,6 +911,14 @@ describe("dashboard in Chromium", () => {
     // Revoking the key this tab is signed in with takes a second click, then signs out; the two
     // clicks of a double-click only ask.
     const inUse = page.locator("tr.api-key").filter({ hasText: "this session" });
+    // Armed, the button is named for what its next press does; Escape takes the question back.
+    const revoke = inUse.getByRole("button", { name: /^Revoke/ });
+    await revoke.click();
+    const armed = inUse.getByRole("button", { name: /^Confirm revoke: Revoke key / });
+    await armed.waitFor();
+    await armed.press("Escape");
+    await inUse.getByRole("button", { name: /^Revoke key / }).waitFor();
+    assert.equal(await inUse.locator("button[data-armed]").count(), 0);
     await inUse.getByRole("button", { name: /^Revoke/ }).dblclick();
     await page.getByText("is the key this tab is signed in with").waitFor();
     assert.equal((await server.api.get("/v1/account")).status, 200, "a double-click only asks");

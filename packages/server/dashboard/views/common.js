@@ -227,6 +227,9 @@ const DISARM_AFTER_MS = 10_000;
  */
 export function confirmFirst(button, opts) {
   const label = button.textContent;
+  // A button named for screen readers (`Revoke key klen_sk_…`) is renamed with its text, so what
+  // is heard says what the next press does (WCAG 2.5.3).
+  const ariaLabel = button.getAttribute("aria-label");
   let timers = [];
   // `data-armed`: absent, "arming" (clicks ignored), then "ready" (the next click acts).
   const reset = () => {
@@ -234,8 +237,15 @@ export function confirmFirst(button, opts) {
     timers = [];
     delete button.dataset.armed;
     mount(button, label);
+    if (ariaLabel !== null) button.setAttribute("aria-label", ariaLabel);
     button.classList.remove("btn-danger-armed");
   };
+  // Escape takes the question back.
+  button.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || !button.dataset.armed) return;
+    reset();
+    opts.warn("");
+  });
   button.addEventListener("click", async () => {
     if (opts.needed && !opts.needed()) {
       // Armed for a click that needed it (say, no grace period), then changed so that this one
@@ -249,6 +259,7 @@ export function confirmFirst(button, opts) {
     if (!button.dataset.armed) {
       button.dataset.armed = "arming";
       mount(button, opts.armedLabel);
+      if (ariaLabel !== null) button.setAttribute("aria-label", `${opts.armedLabel}: ${ariaLabel}`);
       button.classList.add("btn-danger-armed");
       opts.warn(opts.warning());
       timers = [

@@ -1,4 +1,4 @@
-import { api, describe, withQuery } from "../api.js";
+import { ApiError, api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtMs, fmtTime, h, mount, note } from "../dom.js";
 import {
   beforeInput,
@@ -51,8 +51,17 @@ export async function loadEndpoints() {
  */
 const parked = (d) => d.status === "pending" && !d.next_attempt_at;
 
+/** Why a delivery that failed was not sent (again): its endpoint was disabled or deleted. */
+const NOT_SENT = {
+  endpoint_disabled: "not sent: the endpoint was disabled",
+  endpoint_deleted: "not sent: the endpoint was deleted",
+};
+const notSent = (d) => (d.status === "failed" ? NOT_SENT[d.last_error] : undefined);
+
 function lastResponse(d) {
   const a = d.attempts.at(-1);
+  const skipped = notSent(d);
+  if (skipped) return h("span", { class: "code-bad" }, skipped);
   if (!a)
     return h("span", { class: "muted" }, parked(d) ? "queued" : d.status === "pending" ? "waiting" : "—");
   if (a.status_code !== null) {
@@ -63,6 +72,24 @@ function lastResponse(d) {
 }
 
 function attemptsTable(d) {
+  const skipped = notSent(d);
+  const table = attemptsOnly(d);
+  if (!skipped) return table;
+  // Failed without (another) attempt: say so, and what would let it go.
+  return h(
+    "div",
+    {},
+    h(
+      "p",
+      { class: "note note-error" },
+      `${skipped[0].toUpperCase()}${skipped.slice(1)} when it came due.`,
+      d.last_error === "endpoint_disabled" ? " Enable the endpoint, then retry it." : "",
+    ),
+    d.attempts.length ? table : null,
+  );
+}
+
+function attemptsOnly(d) {
   if (d.attempts.length === 0)
     return h(
       "p",
@@ -148,7 +175,7 @@ function deliveryRows(d, opts) {
     },
     "▸",
   );
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
   const retry = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Retry now");
   const detail = h(
     "tr",
@@ -232,7 +259,14 @@ function deliveryRows(d, opts) {
       detail.replaceWith(d2);
       d2.querySelector(".detail-head button")?.focus(); // the clicked button is gone
     } catch (err) {
-      note(status, describe(err), "error");
+      // The API's words name its routes; the dashboard's say where to go.
+      const text =
+        err instanceof ApiError && err.code === "endpoint_disabled"
+          ? "Its endpoint is disabled: enable the endpoint on its page, then retry."
+          : err instanceof ApiError && err.code === "endpoint_deleted"
+            ? "Its endpoint has been deleted: this delivery cannot be sent again."
+            : describe(err);
+      note(status, text, "error");
       retry.disabled = false;
     }
   });

@@ -128,7 +128,7 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
     placeholder: "no limit",
     inputmode: "numeric",
   });
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
   const button = h("button", { class: "btn btn-primary", type: "submit" }, submitLabel);
 
   return h(
@@ -250,7 +250,7 @@ function secretCard(e) {
   const masked = "whsec_••••••••••••••••••••••••";
   const value = h("code", { class: "secret mono", "aria-label": "Signing secret" }, masked);
   let shown = false;
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
   const reveal = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Reveal");
   reveal.addEventListener("click", async () => {
     if (shown) {
@@ -327,7 +327,7 @@ function secretCard(e) {
 function recoverCard(e) {
   const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
   since.value = localInputValue(new Date(Date.now() - 24 * 3600 * 1000));
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
   const button = h("button", { class: "btn btn-secondary", type: "submit" }, "Recover failed deliveries");
   return card(
     "Recover",
@@ -384,7 +384,7 @@ async function followTestCall(table, callId, expected) {
 /** `#/endpoints/{id}` */
 export async function renderEndpoint(main, id) {
   let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
 
   const testButton = testCallButton(e.id, status, (callId, expected) =>
     followTestCall(deliveries, callId, expected),

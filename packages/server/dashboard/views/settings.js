@@ -12,7 +12,7 @@ function accountCard(account, onSaved) {
     maxlength: "200",
   });
   const auto = h("input", { type: "checkbox", name: "auto_summary", checked: account.auto_summary });
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
   const save = h("button", { class: "btn btn-primary", type: "submit" }, "Save account");
   return card(
     "Account",
@@ -56,7 +56,7 @@ function accountCard(account, onSaved) {
  */
 function apiKeysCard() {
   const body = h("tbody");
-  const status = h("p", { class: "note", role: "status", hidden: true });
+  const status = h("p", { class: "note", role: "status" });
   const shown = h("div", { class: "new-key", hidden: true });
 
   const revokeButton = (k) => {
