@@ -334,13 +334,31 @@ describe("dashboard in Chromium", () => {
     await rate.fill("2.5");
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.getByText('Rate limit: "2.5" is not a whole number').waitFor();
+    // The field at fault is marked, described by the error and focused.
+    const marked = () =>
+      rate.evaluate((el) => ({
+        invalid: el.getAttribute("aria-invalid"),
+        description: (el.getAttribute("aria-describedby") ?? "")
+          .split(" ")
+          .map((id) => document.getElementById(id)?.textContent ?? "")
+          .join(" "),
+        focused: document.activeElement === el,
+      }));
+    const local = await marked();
+    assert.equal(local.invalid, "true");
+    assert.match(local.description, /Rate limit: "2\.5" is not a whole number/);
+    assert.equal(local.focused, true);
     await rate.fill("100001");
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.getByText(/rate_limit/).waitFor();
+    const remote = await marked();
+    assert.equal(remote.invalid, "true");
+    assert.match(remote.description, /rate_limit/);
     await rate.fill("50");
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.locator(".endpoint-meta").getByText("at most 50 attempts a second").waitFor();
     assert.equal((await server.api.get(`/v1/endpoints/${endpointId}`)).body.rate_limit, 50);
+    assert.equal((await marked()).invalid, null, "no longer marked once saved");
     await rate.fill("");
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.getByText("Saved.").waitFor();

@@ -156,12 +156,14 @@ export function pagedTable(opts) {
 export function field(label, control, hint) {
   const id = control.id || `f-${Math.random().toString(36).slice(2, 9)}`;
   control.id = id;
+  // The hint is read with the field, not only seen beside it.
+  if (hint) control.setAttribute("aria-describedby", `${id}-hint`);
   return h(
     "div",
     { class: "field" },
     h("label", { for: id }, label),
     control,
-    hint ? h("p", { class: "hint" }, hint) : null,
+    hint ? h("p", { class: "hint", id: `${id}-hint` }, hint) : null,
   );
 }
 

@@ -1,4 +1,4 @@
-import { api, describe, withQuery } from "../api.js";
+import { ApiError, api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
 import {
   card,
@@ -128,8 +128,40 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
     placeholder: "no limit",
     inputmode: "numeric",
   });
-  const status = h("p", { class: "note", role: "status" });
+  const status = h("p", { class: "note", role: "status", id: `s-${Math.random().toString(36).slice(2, 9)}` });
   const button = h("button", { class: "btn btn-primary", type: "submit" }, submitLabel);
+  const controls = { url, description, event_types: boxes[0], agent_ids: agents, headers, rate_limit: rate };
+  // The field at fault is marked invalid, described by the error line and focused, so a screen
+  // reader hears which field and why, and the user is at it.
+  const flag = (name, message) => {
+    note(status, message, "error");
+    const control = controls[name];
+    if (!control) return;
+    control.setAttribute("aria-invalid", "true");
+    const described = (control.getAttribute("aria-describedby") ?? "").split(" ").filter(Boolean);
+    if (!described.includes(status.id))
+      control.setAttribute("aria-describedby", [...described, status.id].join(" "));
+    control.focus();
+  };
+  const unflag = () => {
+    for (const control of Object.values(controls)) {
+      control.removeAttribute("aria-invalid");
+      const rest = (control.getAttribute("aria-describedby") ?? "")
+        .split(" ")
+        .filter((id) => id && id !== status.id);
+      if (rest.length) control.setAttribute("aria-describedby", rest.join(" "));
+      else control.removeAttribute("aria-describedby");
+    }
+  };
+  /** Reads one field, or flags it with its parse error. */
+  const read = (name, parse) => {
+    try {
+      return parse();
+    } catch (err) {
+      flag(name, err.message);
+      throw err;
+    }
+  };
 
   return h(
     "form",
@@ -137,24 +169,27 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
       class: "form",
       onsubmit: async (ev) => {
         ev.preventDefault();
+        unflag();
         let body;
         try {
           body = {
             url: url.value.trim(),
             description: description.value,
             event_types: boxes.filter((b) => b.checked).map((b) => b.value),
-            agent_ids: parseAgentIds(agents.value),
-            headers: parseHeaders(headers.value),
-            rate_limit: parseRateLimit(rate.value),
+            agent_ids: read("agent_ids", () => parseAgentIds(agents.value)),
+            headers: read("headers", () => parseHeaders(headers.value)),
+            rate_limit: read("rate_limit", () => parseRateLimit(rate.value)),
           };
-        } catch (err) {
-          return note(status, err.message, "error");
+        } catch {
+          return;
         }
         button.disabled = true;
         try {
           await submit(body, status);
         } catch (err) {
-          note(status, describe(err), "error");
+          const name = err instanceof ApiError ? String(err.details?.field ?? "").split(".")[0] : "";
+          if (name in controls) flag(name, describe(err));
+          else note(status, describe(err), "error");
         } finally {
           button.disabled = false;
         }
