@@ -230,6 +230,16 @@ function enterVisit() {
   return returning;
 }
 
+/** A page that could not be drawn (the server down, say): what went wrong, and a way to try again. */
+function failedHere(err) {
+  return h(
+    "div",
+    { class: "failed-here" },
+    h("p", { class: "note note-error", role: "alert" }, describe(err)),
+    h("button", { class: "btn btn-secondary", type: "button", onclick: () => route() }, "Try again"),
+  );
+}
+
 let routing = 0;
 let shownSection = null;
 let shownId;
@@ -242,7 +252,16 @@ async function route() {
       account = await api("GET", "/v1/account");
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return;
-      mount(root, h("p", { class: "note note-error" }, describe(err)));
+      mount(
+        root,
+        h(
+          "main",
+          { class: "content" },
+          h("h1", { tabindex: "-1" }, "The dashboard could not load"),
+          failedHere(err),
+        ),
+      );
+      root.querySelector("h1")?.focus();
       return;
     }
   }
@@ -283,7 +302,11 @@ async function route() {
     if (err instanceof ApiError && err.status === 401) return;
     const what = id ?? query.get("event_id");
     if (notFound(err, section, what)) renderNotFound(main, section, what);
-    else main.appendChild(h("p", { class: "note note-error", role: "alert" }, describe(err)));
+    else {
+      // The page's heading, when the view failed before drawing it.
+      if (!main.querySelector("h1")) main.appendChild(h("h1", {}, label));
+      main.appendChild(failedHere(err));
+    }
   }
   if (seq !== routing) return;
   settle(main, label, keep);

@@ -155,13 +155,18 @@ export function deliveryChart(stats, width = 760) {
     );
   }
 
+  const sum = (key) => buckets.reduce((a, b) => a + b[key], 0);
+  const peak = buckets.reduce((m, b) => (b.failed > (m?.failed ?? 0) ? b : m), undefined);
   return s(
     "svg",
     {
       class: "chart",
       viewBox: `0 0 ${W} ${H}`,
       role: "img",
-      "aria-label": "Delivery attempts and latency over time",
+      // What the bars add up to, for a reader that cannot see them (the tooltips need a mouse).
+      "aria-label": `Delivery attempts per ${bucketName(stats.bucket_seconds)}: ${sum("succeeded")} succeeded and ${sum("failed")} failed in this range${
+        peak ? `, the most failures (${peak.failed}) at ${timeLabel(peak.start, stats.bucket_seconds)}` : ""
+      }; with their latency, p50 and p95, over time`,
       preserveAspectRatio: "xMidYMid meet",
     },
     grid,

@@ -272,6 +272,10 @@ describe("dashboard in Chromium", () => {
     await section("Overview");
     await page.locator("svg.chart rect.bar-ok").first().waitFor();
     await page.locator(".tile").filter({ hasText: "Success rate" }).filter({ hasText: "100.0%" }).waitFor();
+    // What the bars add up to is in the chart's accessible name, not only in mouse tooltips.
+    const named = (await page.locator("svg.chart").getAttribute("aria-label"))!;
+    const m = /: (\d+) succeeded and 0 failed in this range/.exec(named);
+    assert.ok(m && Number(m[1]) > 0, named);
     // On a phone the chart is drawn to its width, so its labels keep a readable size.
     await page.setViewportSize({ width: 390, height: 844 });
     try {
@@ -848,6 +852,22 @@ describe("dashboard in Chromium", () => {
       release();
       await page.unroute("**/v1/endpoints?**");
     }
+  });
+
+  test("a page the server could not answer keeps its heading and offers to try again", async () => {
+    await page.route("**/v1/**", (r) => r.abort("connectionrefused"));
+    try {
+      await page.evaluate((id) => {
+        location.hash = `#/endpoints/${id}`;
+      }, endpointId);
+      await page.getByRole("alert").waitFor();
+      assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Endpoints");
+    } finally {
+      await page.unroute("**/v1/**");
+    }
+    await page.getByRole("button", { name: "Try again" }).click();
+    await page.getByRole("heading", { name: "CRM sync (edited)" }).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Try again" }).count(), 0);
   });
 
   test("a delivery failed because its endpoint was disabled says so, and how to send it", async () => {
