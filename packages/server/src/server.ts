@@ -76,7 +76,11 @@ export async function startServer(
   const role = opts.role ?? "all";
   const store = await openStore(config.databaseUrl, {
     encryptionKey: config.encryptionKey,
-    server: { onBackgroundError: (err) => log.warn({ err }, "database background work failed") },
+    server: {
+      onBackgroundError: (err) => log.warn({ err }, "database background work failed"),
+      onFileLost: (err) => log.error({ err }, "database file lost; refusing every request until restarted"),
+      onCreated: (file) => log.info({ file }, "no database file there: created a new, empty one"),
+    },
     queryTimeoutMs: config.databaseTimeoutMs,
   });
   // A process started while PostgreSQL is down or still starting up (a restart, a supervisor

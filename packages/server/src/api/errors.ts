@@ -114,7 +114,7 @@ const unavailable = (err: unknown): boolean =>
  */
 export function installErrorHandler(app: FastifyInstance, remember?: RememberRefusal): void {
   const refuse = (reply: FastifyReply, e: ApiError) => {
-    if (e.status === 429 && e.details?.retry_after)
+    if ((e.status === 429 || e.status === 503) && e.details?.retry_after)
       reply.header("retry-after", String(e.details.retry_after));
     return reply.status(e.status).send(e.toJSON());
   };
@@ -135,7 +135,11 @@ export function installErrorHandler(app: FastifyInstance, remember?: RememberRef
     return reply.status(500).send(new ApiError(500, "internal_error", "internal error").toJSON());
   };
   app.setErrorHandler(async (err: FastifyError, req, reply) => {
-    if (err instanceof ApiError && err.status >= 500) return refuse(reply, err);
+    if (err instanceof ApiError && err.status >= 500) {
+      // A failure of the server's own (storage it cannot write): an operator needs to see it.
+      req.log.error({ err: err.cause ?? err }, err.message);
+      return refuse(reply, err);
+    }
     const refusal = refusalOf(err, req);
     if (!refusal) return failed(req, reply, err);
     // Only a refusal of what the client sent (ours, or the schema's) is its key's answer: not a

@@ -61,6 +61,31 @@ export interface Upload {
   sha256: string;
 }
 
+/** File-system errors that mean the server cannot store bytes now, not that the upload was cut off. */
+const STORAGE_FAILURES = new Set(["ENOSPC", "EDQUOT", "EIO", "EROFS", "EACCES", "EPERM", "EMFILE", "ENFILE"]);
+
+/**
+ * What an upload that did not complete answers: the server could not write it (a full disk, an
+ * I/O error) is a 503 to send again shortly, no fault of the client's (logged as a server
+ * failure); otherwise the client went away mid-upload, a 400. Nothing was stored either way.
+ */
+export function uploadFailure(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && STORAGE_FAILURES.has(code)) {
+    return new ApiError(
+      503,
+      "storage_unavailable",
+      "the recording could not be stored; retry shortly",
+      { retry_after: 1 },
+      { cause: err },
+    );
+  }
+  return new ApiError(400, "upload_incomplete", "the recording upload did not complete", undefined, {
+    cause: err,
+  });
+}
+
 /**
  * Streams a request body to a temp file in the blob store, counting and hashing on the way:
  * memory stays flat whatever the size (one chunk at a time, with back-pressure from the disk).
@@ -100,11 +125,7 @@ export async function streamToTemp(
     body.unpipe(meter);
     if (tooLarge) discardRest(body, limit);
     await unlink(tempFile).catch(() => undefined);
-    if (err instanceof ApiError) throw err;
-    // The client went away mid-upload (or the disk failed): nothing was stored.
-    throw new ApiError(400, "upload_incomplete", "the recording upload did not complete", undefined, {
-      cause: err,
-    });
+    throw uploadFailure(err);
   } finally {
     body.off("aborted", onAbort);
     body.off("error", onAbort);

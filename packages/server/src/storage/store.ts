@@ -63,6 +63,10 @@ export async function openStore(
 export interface ServerStoreOptions {
   /** Work the store does on its own (SQLite's checkpoint thread) failed; the store carries on. */
   onBackgroundError(err: Error): void;
+  /** SQLite: the database file was deleted or replaced while open; every statement now fails. */
+  onFileLost?(err: Error): void;
+  /** SQLite: there was no database file; a new, empty one was made. */
+  onCreated?(file: string): void;
 }
 
 async function openBackend(
@@ -72,7 +76,16 @@ async function openBackend(
 ): Promise<Store> {
   if (url.startsWith("sqlite:")) {
     const { openSqlite } = await import("./sqlite/index.js");
-    return openSqlite(url.slice("sqlite:".length), server ? { checkpointThread: server } : {});
+    return openSqlite(
+      url.slice("sqlite:".length),
+      server
+        ? {
+            checkpointThread: server,
+            ...(server.onFileLost ? { onFileLost: server.onFileLost } : {}),
+            ...(server.onCreated ? { onCreated: server.onCreated } : {}),
+          }
+        : {},
+    );
   }
   if (/^postgres(ql)?:\/\//.test(url)) {
     const { openPostgres } = await import("./postgres/index.js");
@@ -98,6 +111,7 @@ const UNAVAILABLE_CODES = new Set([
   "EAI_AGAIN",
   "SQLITE_BUSY",
 ]);
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|FULL|IOERR|READONLY|CANTOPEN|FILE_LOST)/;
 const UNAVAILABLE_MESSAGE =
   /Connection terminated|timeout exceeded when trying to connect|not queryable|Connection ended unexpectedly/;
 
@@ -114,6 +128,9 @@ export function isDatabaseUnavailable(err: unknown): boolean {
       syscall?: unknown;
     };
     if (typeof code === "string" && (UNAVAILABLE_CODES.has(code) || code.startsWith("08"))) return true;
+    // SQLite that cannot write now: another process holds the lock, the disk is full, an I/O
+    // error, the file read-only or gone (sqlite/index.ts FileGuard). Not the request's fault.
+    if (typeof code === "string" && SQLITE_UNAVAILABLE.test(code)) return true;
     // PostgreSQL on a Unix socket (`?host=/run/postgresql`) that is not running: no socket file.
     // Only for a connect, so that a missing file elsewhere is not taken for a database outage.
     if (code === "ENOENT" && syscall === "connect") return true;
