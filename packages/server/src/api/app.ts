@@ -87,10 +87,6 @@ export interface RouteHelpers {
 }
 
 /**
- * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
- * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
- */
-/**
  * What an Idempotency-Key is kept and compared by. Only a request with a key is ever compared with
  * another, so only then is its body hashed: the recording route's digest of the bytes it stored,
  * the raw text of a body that was not JSON, else the parsed body.
@@ -106,6 +102,10 @@ function idempotentRequestOf(req: FastifyRequest): IdempotentRequest {
   return { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest };
 }
 
+/**
+ * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
+ * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
+ */
 export async function buildApp(
   ctx: AppContext,
   opts: { logger?: boolean; workerOnly?: boolean } = {},

@@ -61,6 +61,12 @@ export type RememberRefusal = (
  */
 const KEPT_REFUSALS: ReadonlySet<number> = new Set([400, 404, 409, 410, 422]);
 
+/** Fastify's own refusals, in the API's words. */
+const FASTIFY_REFUSALS: Record<string, [number, string, string]> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: [413, "payload_too_large", "the body is larger than allowed"],
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
+};
+
 /** The refusal (4xx) an error stands for, or undefined when it is no client error. */
 function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined {
   if (err instanceof ApiError) return err;
@@ -90,11 +96,7 @@ function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined
           },
         );
   }
-  const known: Record<string, [number, string, string]> = {
-    FST_ERR_CTP_BODY_TOO_LARGE: [413, "payload_too_large", "the body is larger than allowed"],
-    FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, "invalid_request", "content-length does not match the body"],
-  };
-  const k = err.code ? known[err.code] : undefined;
+  const k = err.code ? FASTIFY_REFUSALS[err.code] : undefined;
   if (k) return new ApiError(k[0], k[1], k[2]);
   const status = err.statusCode ?? 500;
   if (err instanceof SyntaxError || (status >= 400 && status < 500)) {
@@ -104,9 +106,6 @@ function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined
   }
   return undefined;
 }
-
-const unavailable = (err: unknown): boolean =>
-  isDatabaseUnavailable(err) || /^SQLITE_BUSY/.test(String((err as { code?: unknown }).code));
 
 /**
  * One error shape for everything (PRODUCT.md §6): `{"error":{code,message,details}}`. Bad input
@@ -119,8 +118,8 @@ export function installErrorHandler(app: FastifyInstance, remember?: RememberRef
     return reply.status(e.status).send(e.toJSON());
   };
   const failed = (req: FastifyRequest, reply: FastifyReply, err: FastifyError) => {
-    // SQLITE_BUSY_SNAPSHOT (and other extended busy codes) is SQLite's lock contention too.
-    if (unavailable(err)) {
+    // Down, restarting, or on SQLite locked, full or gone (isDatabaseUnavailable).
+    if (isDatabaseUnavailable(err)) {
       // Down or restarting: say so at once rather than hang or claim an internal error. Nothing
       // was committed (or the Idempotency-Key replays it), so the client may simply retry.
       req.log.warn({ err: { message: err.message, code: err.code } }, "database unavailable");

@@ -52,7 +52,7 @@ export async function enqueueIfAutoSummary(
   return true;
 }
 
-export interface Claimed {
+interface Claimed {
   callId: number;
   accountId: number;
   transcript: string;
@@ -62,7 +62,7 @@ export interface Claimed {
 }
 
 /** Claims one due job (optionally of one call) with a lease; undefined if none or lost the race. */
-export async function claim(ctx: AppContext, now: number, callId?: number): Promise<Claimed | undefined> {
+export async function claimJob(ctx: AppContext, now: number, callId?: number): Promise<Claimed | undefined> {
   let q = ctx.store.db
     .selectFrom("summary_jobs")
     .select(["call_id", "account_id", "transcript", "attempts", "next_attempt_at"])
@@ -97,7 +97,7 @@ export async function claim(ctx: AppContext, now: number, callId?: number): Prom
  * A failure schedules the next run; after the last the job is marked failed and logged as an
  * error. A call that got a summary meanwhile (posted by the client) just drops the job.
  */
-export async function run(
+export async function runJob(
   ctx: AppContext,
   summarize: Summarizer,
   job: Claimed,
@@ -189,10 +189,10 @@ export async function run(
 export async function runDueSummaries(ctx: AppContext, summarize: Summarizer, limit = 10): Promise<number> {
   let n = 0;
   while (n < limit) {
-    const job = await claim(ctx, ctx.clock.now());
+    const job = await claimJob(ctx, ctx.clock.now());
     if (!job) break;
     n++;
-    await run(ctx, summarize, job);
+    await runJob(ctx, summarize, job);
   }
   return n;
 }
@@ -212,12 +212,12 @@ export async function summarizeCallNow(
 ): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const job = await claim(ctx, ctx.clock.now(), callId);
+    const job = await claimJob(ctx, ctx.clock.now(), callId);
     if (job) {
       // Run here, but wait for it no longer than the deadline or the process's stop (a summarizer
       // that hangs takes three tries of 30 s): the caller then goes on, and the job, still leased
       // to this process, finishes (or is retried) on its own.
-      const ran = run(ctx, summarize, job).catch((err: unknown) => {
+      const ran = runJob(ctx, summarize, job).catch((err: unknown) => {
         logBackgroundFailure(ctx.log, { component: "summaries", call_id: callId }, "summary job failed", err);
         return "retry" as const;
       });

@@ -1,6 +1,6 @@
 import type { AppContext } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
-import { claim, run } from "./jobs.js";
+import { claimJob, runJob } from "./jobs.js";
 import { type Summarizer, summarizerFor } from "./summarizer.js";
 
 /** The safety-net poll; a transcript in this process or a NOTIFY from another wakes it sooner. */
@@ -59,9 +59,9 @@ export class SummaryWorker {
       const roundStarted = Date.now();
       try {
         while (this.running.size < SUMMARY_CONCURRENCY && !this.stopped) {
-          const job = await claim(this.ctx, this.ctx.clock.now());
+          const job = await claimJob(this.ctx, this.ctx.clock.now());
           if (!job) break;
-          const ran: Promise<unknown> = run(this.ctx, this.summarize, job)
+          const ran: Promise<unknown> = runJob(this.ctx, this.summarize, job)
             .catch((err: unknown) =>
               logBackgroundFailure(
                 this.ctx.log,
