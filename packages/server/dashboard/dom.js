@@ -160,3 +160,6 @@ export function keepFocusThroughBusy(doc = document) {
     }
   }).observe(doc.body, { attributes: true, attributeFilter: ["disabled"], subtree: true });
 }
+
+/** An id for an element that another refers to (`for`, `aria-describedby`): `uid("f")` → `f-k3j9x2a`. */
+export const uid = (prefix) => `${prefix}-${Math.random().toString(36).slice(2, 9)}`;

@@ -1,5 +1,5 @@
 import { describe } from "../api.js";
-import { h, mount } from "../dom.js";
+import { h, mount, uid } from "../dom.js";
 
 /** A page header: title, optional subtitle and actions on the right. */
 export function pageHeader(title, subtitle, ...actions) {
@@ -154,7 +154,7 @@ export function pagedTable(opts) {
 
 /** A labelled form control. */
 export function field(label, control, hint) {
-  const id = control.id || `f-${Math.random().toString(36).slice(2, 9)}`;
+  const id = control.id || uid("f");
   control.id = id;
   // The hint is read with the field, not only seen beside it.
   if (hint) control.setAttribute("aria-describedby", `${id}-hint`);

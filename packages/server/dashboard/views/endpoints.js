@@ -1,5 +1,5 @@
 import { ApiError, api, describe, withQuery } from "../api.js";
-import { ago, badge, fmtTime, h, mount, note } from "../dom.js";
+import { ago, badge, fmtTime, h, mount, note, uid } from "../dom.js";
 import {
   card,
   cardHead,
@@ -128,7 +128,7 @@ function endpointForm(initial, submitLabel, submit, cancelHref) {
     placeholder: "no limit",
     inputmode: "numeric",
   });
-  const status = h("p", { class: "note", role: "status", id: `s-${Math.random().toString(36).slice(2, 9)}` });
+  const status = h("p", { class: "note", role: "status", id: uid("s") });
   const button = h("button", { class: "btn btn-primary", type: "submit" }, submitLabel);
   const controls = { url, description, event_types: boxes[0], agent_ids: agents, headers, rate_limit: rate };
   // The field at fault is marked invalid, described by the error line and focused, so a screen

@@ -96,7 +96,8 @@ async function openBackend(
 
 // Connection-level failures: the database is down, restarting or unreachable, as opposed to a
 // query it rejected. PostgreSQL SQLSTATE class 08 and the shutdown/start-up states, socket errors
-// (also a Unix socket's missing file, below), pg's own messages for a dropped or unobtainable connection, and SQLite's lock timeout.
+// (also a Unix socket's missing file, below), pg's own messages for a dropped or unobtainable
+// connection; SQLite's codes are matched by SQLITE_UNAVAILABLE.
 const UNAVAILABLE_CODES = new Set([
   "57P01",
   "57P02",
@@ -109,7 +110,6 @@ const UNAVAILABLE_CODES = new Set([
   "EHOSTUNREACH",
   "ENETUNREACH",
   "EAI_AGAIN",
-  "SQLITE_BUSY",
 ]);
 const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|FULL|IOERR|READONLY|CANTOPEN|FILE_LOST)/;
 const UNAVAILABLE_MESSAGE =

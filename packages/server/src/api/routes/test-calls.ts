@@ -18,13 +18,7 @@ export const MAX_TEST_CALLS_RUNNING = 20;
 const TEST_AGENT = "Test Agent";
 
 /** The agent of a test call: the one named, else the account's "Test Agent" (created once). */
-async function testAgent(
-  trx: Db,
-  accountId: number,
-  agentId: number | undefined,
-  now: number,
-  rowLocks: boolean,
-) {
+async function testAgent(trx: Db, accountId: number, agentId: number | undefined, now: number) {
   if (agentId !== undefined) {
     const a = await findAgent(trx, accountId, agentId).catch(() => {
       throw badRequest("agent_id", `agent ${agentId} not found`);
@@ -40,14 +34,9 @@ async function testAgent(
       .where("deleted_at", "is", null)
       .orderBy("id")
       .executeTakeFirst();
-  let found = await find();
-  // Missing: two first test calls at once must not both create it. On PostgreSQL the account row
-  // is locked (the weakest lock that serializes them) and the agent looked for again; SQLite has
-  // one writer at a time.
-  if (!found && rowLocks) {
-    await trx.selectFrom("accounts").select("id").where("id", "=", accountId).forNoKeyUpdate().execute();
-    found = await find();
-  }
+  // Two first test calls at once do not both create it: the caller holds the account row's lock
+  // (assertRoomForTestCall, PostgreSQL), and SQLite has one writer at a time.
+  const found = await find();
   if (found) return { id: Number(found.id), name: found.name };
   const made = await trx
     .insertInto("agents")
@@ -139,7 +128,7 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
           // It would get none of the call's events: a 202 would promise a test that sends nothing.
           assertSending(ep);
         }
-        const agent = await testAgent(trx, accountId, b.agent_id, now, ctx.store.caps.rowLocks);
+        const agent = await testAgent(trx, accountId, b.agent_id, now);
         agentName = agent.name;
         const call = await trx
           .insertInto("calls")
