@@ -59,18 +59,24 @@ export function mount(el, ...children) {
   return el;
 }
 
-/** `2026-11-26T17:43:32.123Z` → `Nov 26, 17:43:32` in the browser's time zone. */
-export function fmtTime(iso) {
+/**
+ * `2026-11-26T17:43:32.123Z` → `Nov 26, 09:43:32 PST` in the browser's time zone, named, so a time
+ * read out to a colleague elsewhere is not an hour or a day off; with the year when it is not this
+ * year's.
+ */
+export function fmtTime(iso, now = new Date()) {
   if (!iso) return "—";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
   return d.toLocaleString(undefined, {
+    year: d.getFullYear() === now.getFullYear() ? undefined : "numeric",
     month: "short",
     day: "numeric",
     hour: "2-digit",
     minute: "2-digit",
     second: "2-digit",
     hour12: false,
+    timeZoneName: "short",
   });
 }
 

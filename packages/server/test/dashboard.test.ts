@@ -52,6 +52,7 @@ describe("dashboard in Chromium", () => {
       timezoneId: "America/Los_Angeles",
     });
     page.setDefaultTimeout(15_000);
+    await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.url });
     page.on("dialog", (d) => {
       dialogs.push(d.message());
       void d.dismiss();
@@ -184,10 +185,15 @@ describe("dashboard in Chromium", () => {
     await page.getByRole("link", { name: `${receiver.url}/hooks` }).click();
     const secret = page.locator("code.secret");
     await secret.filter({ hasText: "••••" }).waitFor();
+    const api = await server.api.get(`/v1/endpoints/${endpointId}/secret`);
+    // Copy takes the secret to the clipboard without putting it on the screen.
+    await page.getByRole("button", { name: "Copy signing secret" }).click();
+    await page.getByRole("button", { name: "Copy signing secret: copied" }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), api.body.secret);
+    assert.match((await secret.textContent())!, /••••/);
     await page.getByRole("button", { name: "Reveal" }).click();
     await secret.filter({ hasText: /^whsec_[A-Za-z0-9+/]+=*$/ }).waitFor();
     const shown = await secret.textContent();
-    const api = await server.api.get(`/v1/endpoints/${endpointId}/secret`);
     assert.equal(shown, api.body.secret);
     receiver.setSecret(shown!); // from here on, every delivery is verified with standardwebhooks
   });
@@ -202,6 +208,15 @@ describe("dashboard in Chromium", () => {
     await section("Calls");
     await page.getByRole("link", { name: `#${callId}`, exact: true }).click();
     await page.getByRole("heading", { name: `Call #${callId}` }).waitFor();
+    // Times name their zone (the browser's, America/Los_Angeles here) and a past year's say so.
+    await page.getByText(/^Created .* (PST|GMT-8)$/).waitFor();
+    const [older, thisYear] = await page.evaluate(async () => {
+      const { fmtTime } = await import("/dom.js" as string);
+      return [fmtTime("2025-07-04T12:00:00Z"), fmtTime(new Date().toISOString())];
+    });
+    assert.match(older, /2025/);
+    assert.match(older, /PDT|GMT-7/);
+    assert.doesNotMatch(thisYear, new RegExp(String(new Date().getFullYear())));
     for (const type of ["call.started", "call.ended", "call.transcript", "call.summary"])
       await page.locator(`tr.event[data-type="${type}"]`).waitFor();
     await page.locator('tr.event[data-type="call.ended"]').getByRole("button").click();
@@ -941,6 +956,9 @@ describe("dashboard in Chromium", () => {
     await shown.waitFor();
     const key = (await shown.textContent())!;
     assert.match(key, /^klen_sk_/);
+    await page.getByRole("button", { name: "Copy API key" }).click();
+    await page.getByRole("button", { name: "Copy API key: copied" }).waitFor();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), key);
     const fresh = apiClient(server.url, key);
     assert.equal((await fresh.get("/v1/account")).body.name, "Acme Voice");
     await page.locator("tr.api-key").nth(1).waitFor();

@@ -1,5 +1,5 @@
-import { describe } from "../api.js";
-import { h, mount, uid } from "../dom.js";
+import { ApiError, describe } from "../api.js";
+import { h, mount, note, uid } from "../dom.js";
 
 /** A page header: title, optional subtitle and actions on the right. */
 export function pageHeader(title, subtitle, ...actions) {
@@ -279,6 +279,49 @@ export function confirmFirst(button, opts) {
     if (button.dataset.armed !== "ready") return;
     reset();
     await opts.action();
+  });
+  return button;
+}
+
+/**
+ * A button that copies a value to the clipboard without showing it: `text` may be a string or a
+ * function that returns one (or a promise of one, e.g. a secret fetched on demand). The button says
+ * "Copied" for two seconds; where the page has no clipboard (plain http to a non-local address) it
+ * says so in `status`.
+ * @param {string} name the accessible name, e.g. "Copy signing secret"
+ * @param {string | (() => string | Promise<string>)} text
+ * @param {HTMLElement} [status] a live region for a failure
+ */
+export function copyButton(name, text, status) {
+  const button = h(
+    "button",
+    { class: "btn btn-secondary btn-sm", type: "button", "aria-label": name },
+    "Copy",
+  );
+  let timer;
+  button.addEventListener("click", async () => {
+    try {
+      const value = typeof text === "function" ? await text() : text;
+      if (!navigator.clipboard) throw new Error("no clipboard");
+      await navigator.clipboard.writeText(value);
+      mount(button, "Copied");
+      button.setAttribute("aria-label", `${name}: copied`);
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        mount(button, "Copy");
+        button.setAttribute("aria-label", name);
+      }, 2000);
+    } catch (err) {
+      if (status) {
+        note(
+          status,
+          err instanceof ApiError
+            ? `Could not copy: ${describe(err)}`
+            : "This browser did not let the page copy; select the text and copy it.",
+          "error",
+        );
+      }
+    }
   });
   return button;
 }

@@ -4,6 +4,7 @@ import {
   card,
   cardHead,
   confirmFirst,
+  copyButton,
   field,
   localInputValue,
   mono,
@@ -353,7 +354,18 @@ function secretCard(e) {
       { class: "muted small" },
       "Verify the webhook-signature header with this secret, e.g. with @klen/webhooks.",
     ),
-    h("div", { class: "secret-row" }, value, reveal),
+    h(
+      "div",
+      { class: "secret-row" },
+      value,
+      reveal,
+      // Copies without revealing: the secret is fetched when it is not on the page.
+      copyButton(
+        "Copy signing secret",
+        async () => (shown ? value.textContent : (await api("GET", `/v1/endpoints/${e.id}/secret`)).secret),
+        status,
+      ),
+    ),
     h("div", { class: "inline-form" }, grace, rotate),
     status,
   );

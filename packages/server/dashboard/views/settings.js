@@ -1,6 +1,6 @@
 import { api, describe, session } from "../api.js";
 import { ago, badge, h, mount, note } from "../dom.js";
-import { card, confirmFirst, field, mono, pageHeader } from "./common.js";
+import { card, confirmFirst, copyButton, field, mono, pageHeader } from "./common.js";
 
 /** The account's name and generated summaries (`PATCH /v1/account`). */
 function accountCard(account, onSaved) {
@@ -120,7 +120,12 @@ function apiKeysCard() {
           { class: "small" },
           "Your new API key. Copy it now: it is stored only hashed and is not shown again.",
         ),
-        h("code", { class: "secret mono", "aria-label": "New API key" }, made.key),
+        h(
+          "div",
+          { class: "secret-row" },
+          h("code", { class: "secret mono", "aria-label": "New API key" }, made.key),
+          copyButton("Copy API key", made.key, status),
+        ),
       );
       shown.hidden = false;
       note(status, "");
