@@ -46,9 +46,9 @@ export function getHeader(headers: HeadersInput, name: string): string | undefin
   if (isGetter(headers)) return headers.get(name) ?? undefined;
   const lower = name.toLowerCase();
   let value = headers[lower];
-  if (value === undefined) {
+  if (value === undefined || value === null) {
     for (const key of Object.keys(headers)) {
-      if (key.toLowerCase() === lower) {
+      if (key.toLowerCase() === lower && headers[key] != null) {
         value = headers[key];
         break;
       }

@@ -27,10 +27,10 @@ function invalid(message: string, options?: { cause?: unknown; issues?: readonly
 export function validateCallEvent(value: unknown): SchemaIssue[] {
   const type = (value as { event_type?: unknown } | null)?.event_type;
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return [{ path: "$", message: "must be an object" }];
+    return [{ path: "$", message: "must be an object", keyword: "type" }];
   }
   if (!EVENT_TYPES.includes(type as EventType)) {
-    return [{ path: "$.event_type", message: `must be one of ${EVENT_TYPES.join(", ")}` }];
+    return [{ path: "$.event_type", message: `must be one of ${EVENT_TYPES.join(", ")}`, keyword: "enum" }];
   }
   return validate(eventSchemas[type as EventType], value, "$", { unknownProperties: "ignore" });
 }

@@ -14,6 +14,8 @@ import type { JsonSchema } from "./schemas.js";
 export interface SchemaIssue {
   readonly path: string;
   readonly message: string;
+  /** The JSON Schema keyword the value failed: `type`, `enum`, `required`, `pattern`… */
+  readonly keyword: string;
 }
 
 // Keywords that only annotate; they never reject a value.
@@ -115,41 +117,46 @@ function check(
   if (schema.additionalProperties !== undefined && typeof schema.additionalProperties !== "boolean") {
     throw new Error(`Unsupported JSON Schema: additionalProperties as a schema at ${path}`);
   }
-  const push = (message: string) => issues.push({ path, message });
+  const push = (keyword: string, message: string) => issues.push({ path, message, keyword });
 
   if (schema.type !== undefined) {
     const types = (Array.isArray(schema.type) ? schema.type : [schema.type]) as string[];
     if (!types.some((t) => hasType(value, t))) {
-      push(`must be ${types.join(" or ")}, got ${typeOf(value)}`);
+      push("type", `must be ${types.join(" or ")}, got ${typeOf(value)}`);
       return; // the other keywords would only repeat the same complaint
     }
   }
   if (schema.const !== undefined && !jsonEqual(value, schema.const))
-    push(`must equal ${JSON.stringify(schema.const)}`);
+    push("const", `must equal ${JSON.stringify(schema.const)}`);
   if (Array.isArray(schema.enum) && !schema.enum.some((e) => jsonEqual(value, e))) {
-    push(`must be one of ${schema.enum.map((e) => JSON.stringify(e)).join(", ")}`);
+    push("enum", `must be one of ${schema.enum.map((e) => JSON.stringify(e)).join(", ")}`);
   }
   if (typeof value === "string") {
     if (typeof schema.pattern === "string" && !regex(schema.pattern).test(value))
-      push(`must match ${schema.pattern}`);
+      push("pattern", `must match ${schema.pattern}`);
     // Length in code points, as JSON Schema defines it, not UTF-16 units.
     if (typeof schema.minLength === "number" && [...value].length < schema.minLength) {
-      push(`must be at least ${schema.minLength} characters`);
+      push("minLength", `must be at least ${schema.minLength} characters`);
     }
   }
   if (typeof value === "number" && typeof schema.minimum === "number" && value < schema.minimum) {
-    push(`must be >= ${schema.minimum}`);
+    push("minimum", `must be >= ${schema.minimum}`);
   }
   if (isObject(value)) {
     const properties = (schema.properties ?? {}) as Record<string, JsonSchema>;
     for (const name of (schema.required ?? []) as string[]) {
-      if (!Object.hasOwn(value, name)) issues.push({ path: childPath(path, name), message: "is required" });
+      if (!Object.hasOwn(value, name))
+        issues.push({ path: childPath(path, name), message: "is required", keyword: "required" });
     }
     for (const [name, child] of Object.entries(value)) {
       const sub = Object.hasOwn(properties, name) ? properties[name] : undefined;
       if (sub) check(sub, child, childPath(path, name), issues, opts);
       else if (schema.additionalProperties === false && opts.unknownProperties !== "ignore")
-        issues.push({ path: childPath(path, name), message: "is not allowed" });
+        issues.push({
+          path: childPath(path, name),
+          message: "is not allowed",
+          keyword: "additionalProperties",
+        });
     }
   }
   if (Array.isArray(schema.oneOf)) {
@@ -157,10 +164,10 @@ function check(
       (branch) => validate(branch, value, path, opts).length === 0,
     ).length;
     if (passing !== 1)
-      push(`must match exactly one of ${schema.oneOf.length} alternatives, matched ${passing}`);
+      push("oneOf", `must match exactly one of ${schema.oneOf.length} alternatives, matched ${passing}`);
   }
   if (schema.not !== undefined && validate(schema.not as JsonSchema, value, path, opts).length === 0)
-    push(`must not match ${JSON.stringify(schema.not)}`);
+    push("not", `must not match ${JSON.stringify(schema.not)}`);
 }
 
 /**
@@ -169,7 +176,7 @@ function check(
  * @example
  * ```ts
  * import { eventSchemas } from "@klen/webhooks/schemas";
- * validate(eventSchemas["call.ended"], JSON.parse(body)); // [] or [{ path: "$.call.id", message: "is required" }]
+ * validate(eventSchemas["call.ended"], JSON.parse(body)); // [] or [{ path: "$.call.id", message: "is required", keyword: "required" }]
  * ```
  */
 export function validate(

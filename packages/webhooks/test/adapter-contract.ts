@@ -120,11 +120,15 @@ export function adapterContract(name: string, start: StartServer): void {
       assert.equal(callsFor("evt_fail_once").length, 1);
     });
 
-    test("unknownEvents: a signed event of a type this SDK does not know is 400 by default, 200 when acknowledged", async () => {
+    test("unknownEvents: a signed event of a type (or with a value) this SDK does not know is 400 by default, 200 when acknowledged", async () => {
       const newer = JSON.stringify({ ...JSON.parse(seedBody()), event_type: "call.transferred" });
       const res = await post(newer, signedHeaders(newer, "evt_newer_default"));
       assert.equal(res.status, 400);
       assert.deepEqual(await res.json(), { error: { code: "invalid_body" } });
+      const event = JSON.parse(seedBody());
+      const newValue = JSON.stringify({ ...event, call: { ...event.call, type: "web" } });
+      const refused = await post(newValue, signedHeaders(newValue, "evt_new_value_default"));
+      assert.equal(refused.status, 400, "a value this SDK does not know is refused by default");
 
       const seen: unknown[] = [];
       const acking = await start({
@@ -159,6 +163,18 @@ export function adapterContract(name: string, start: StartServer): void {
         const known = await to(body, signedHeaders(body, "evt_known"));
         assert.equal(known.status, 200);
         assert.equal(seen.length, 1);
+
+        // A known type with a value this SDK does not know in a field of fixed values (a newer
+        // server's call type): acknowledged, not handled; with a field missing besides, refused.
+        const event = JSON.parse(seedBody());
+        const newValue = JSON.stringify({ ...event, call: { ...event.call, type: "web" } });
+        const ackedValue = await to(newValue, signedHeaders(newValue, "evt_new_value"));
+        assert.equal(ackedValue.status, 200);
+        assert.deepEqual(await ackedValue.json(), { received: true, ignored: "unknown_value" });
+        assert.equal(seen.length, 1, "the handler does not run for it");
+        const { agent_id: _, ...noAgent } = event.call;
+        const worse = JSON.stringify({ ...event, call: { ...noAgent, type: "web" } });
+        assert.equal((await to(worse, signedHeaders(worse, "evt_worse"))).status, 400);
       } finally {
         await acking.close();
       }

@@ -2,7 +2,7 @@
 import * as assert from "node:assert/strict";
 import { once } from "node:events";
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, connect } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { serve } from "@hono/node-server";
 import express from "express";
@@ -125,6 +125,63 @@ describe("express middleware mode", () => {
     });
     assert.equal(res.status, 500);
     assert.deepEqual(await res.json(), { misconfigured: true });
+  });
+});
+
+describe("node:http: what never reaches the handler", () => {
+  test("an onError that throws is logged; the server answers 500 and keeps running", async () => {
+    const handler = nodeWebhookHandler(webhook, {
+      onEvent: () => {
+        throw new Error("handler failed");
+      },
+      onError: () => {
+        throw new Error("logger down");
+      },
+    });
+    const logged: unknown[][] = [];
+    const original = console.error;
+    console.error = (...args: unknown[]) => void logged.push(args);
+    const server = createServer(handler);
+    try {
+      const url = `${await listen(server)}/`;
+      for (const id of ["evt_onerror_1", "evt_onerror_2"]) {
+        const body = seedBody();
+        const res = await fetch(url, { method: "POST", body, headers: signedHeaders(body, id) });
+        assert.equal(res.status, 500);
+        assert.deepEqual(await res.json(), { error: { code: "handler_failed" } });
+      }
+      assert.equal(logged.length, 2);
+      assert.match(String(logged[0]?.[0]), /onError threw/);
+      assert.match(String(logged[0]?.[2]), /logger down/);
+    } finally {
+      console.error = original;
+      await closer(server)();
+    }
+  });
+
+  test("a client gone mid-body is not reported as an error", async () => {
+    const errors: unknown[] = [];
+    const handler = nodeWebhookHandler(webhook, { onEvent: () => {}, onError: (e) => errors.push(e) });
+    let done!: () => void;
+    const handled = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    const server = createServer(async (req, res) => {
+      await handler(req, res);
+      done();
+    });
+    try {
+      const { port } = new URL(await listen(server));
+      const socket = connect(Number(port), "127.0.0.1");
+      await once(socket, "connect");
+      socket.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"ev');
+      await new Promise((r) => setTimeout(r, 50));
+      socket.destroy();
+      await handled;
+      assert.deepEqual(errors, []);
+    } finally {
+      await closer(server)();
+    }
   });
 });
 

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import ts from "typescript";
+import { seedBody } from "./helpers.js";
 
 const PACKAGE_DIR = fileURLToPath(new URL("../../", import.meta.url));
 const SUBPATHS = ["", "/express", "/fastify", "/fetch", "/node", "/schemas"];
@@ -78,6 +79,32 @@ describe("packaging", () => {
       body: '{"error":{"code":"no_matching_signature"}}',
     });
     assert.equal(rejection(new esm.BodyTooLargeError(10))?.status, 413);
+  });
+
+  test("express: the middleware of one build and webhookDelivery of the other share the verified delivery", async () => {
+    const esm = await import("@klen/webhooks/express");
+    const cjs = require("@klen/webhooks/express") as typeof esm;
+    const { Webhook } = await import("@klen/webhooks");
+    const wh = new Webhook("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    const body = Buffer.from(seedBody());
+    const now = Math.floor(Date.now() / 1000);
+    const headers = {
+      "webhook-id": "evt_mixed",
+      "webhook-timestamp": String(now),
+      "webhook-signature": wh.sign("evt_mixed", now, body),
+    };
+    for (const [middleware, read] of [
+      [esm.expressWebhook, cjs.webhookDelivery],
+      [cjs.expressWebhook, esm.webhookDelivery],
+    ] as const) {
+      const req = { headers, body };
+      let seen: string | undefined;
+      await middleware(wh)(req as never, {} as never, (err?: unknown) => {
+        if (err) throw err;
+        seen = read(req).event.event_type;
+      });
+      assert.equal(seen, "call.ended");
+    }
   });
 
   test("TypeScript resolves every entry point and its types from CommonJS, ESM and node10 projects", () => {

@@ -249,6 +249,34 @@ describe("Webhook", () => {
     );
   });
 
+  test("a null header under one spelling does not hide the same header under another", () => {
+    const mixed = {
+      "webhook-id": null,
+      "Webhook-Id": ID,
+      "webhook-timestamp": String(TS),
+      "webhook-signature": SIG,
+    };
+    assert.equal(
+      code(() => wh.verifySignature(BODY, mixed as never, { now: TS })),
+      "verified",
+    );
+  });
+
+  test("any view of the body's bytes verifies: DataView, a typed array over a slice", () => {
+    const bytes = new TextEncoder().encode(`xx${BODY}`);
+    const view = new DataView(bytes.buffer, 2, bytes.byteLength - 2);
+    assert.equal(
+      code(() => wh.verifySignature(view, headers, { now: TS })),
+      "verified",
+    );
+    assert.equal(wh.sign(ID, TS, view), SIG);
+    const words = new Uint16Array(new TextEncoder().encode(BODY.length % 2 ? `${BODY} ` : BODY).buffer);
+    assert.equal(
+      code(() => wh.verifySignature(words, headers, { now: TS })),
+      BODY.length % 2 ? "no_matching_signature" : "verified",
+    );
+  });
+
   test("a parsed object instead of the raw body is a TypeError naming the fix", () => {
     assert.throws(() => wh.verify(JSON.parse(seedBody()), headers, { now: TS }), /express\.raw/);
   });

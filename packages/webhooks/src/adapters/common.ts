@@ -40,12 +40,14 @@ export interface AdapterOptions {
    */
   readonly onError?: (error: unknown, delivery?: WebhookDelivery) => void;
   /**
-   * What to answer a correctly signed event whose `event_type` this SDK does not know (one a
-   * newer server added). `"reject"` (default): 400 `invalid_body`, as `verify` throws, so the
-   * sender retries it. `"acknowledge"`: 200 `{"received":true,"ignored":"unknown_event_type"}`
-   * without running the handler, so a server that adds an event type does not see its deliveries
-   * to this receiver fail. Either way a body that is not JSON, or a known type with a wrong field,
-   * is a 400.
+   * What to answer a correctly signed event this SDK version cannot read because a newer server
+   * added to it: an `event_type` it does not know, or a value it does not know in a field with a
+   * fixed set of values (a new `failure_reason`). `"reject"` (default): 400 `invalid_body`, as
+   * `verify` throws, so the sender retries it. `"acknowledge"`: 200
+   * `{"received":true,"ignored":"unknown_event_type"}` (or `"unknown_value"`) without running the
+   * handler, so a server that adds to the events does not see its deliveries to this receiver
+   * fail. Either way a body that is not JSON, or a known type with a field missing or of the wrong
+   * type, is a 400.
    */
   readonly unknownEvents?: "reject" | "acknowledge";
 }
@@ -74,7 +76,7 @@ export function rejection(err: unknown): AdapterResponse | undefined {
 }
 
 /**
- * The 200 for a correctly signed event of a type this SDK does not know, when the options
+ * The 200 for a correctly signed event of a type (or with a value) this SDK does not know, when the options
  * acknowledge those; `undefined` for any other failure. `err` came from `verify`, which checks the
  * signature before the body, so an `invalid_body` error means the signature matched.
  */
@@ -92,9 +94,13 @@ export function unknownEventAck(
   } catch {
     return undefined;
   }
-  if (typeof type !== "string" || type === "" || (EVENT_TYPES as readonly string[]).includes(type))
-    return undefined;
-  return { status: 200, body: JSON.stringify({ received: true, ignored: "unknown_event_type" }) };
+  if (typeof type !== "string" || type === "") return undefined;
+  if (!(EVENT_TYPES as readonly string[]).includes(type))
+    return { status: 200, body: JSON.stringify({ received: true, ignored: "unknown_event_type" }) };
+  // A known type whose only faults are values outside a field's fixed set: a newer server's.
+  const onlyNewValues = err.issues.length > 0 && err.issues.every((i) => i.keyword === "enum");
+  if (!onlyNewValues) return undefined;
+  return { status: 200, body: JSON.stringify({ received: true, ignored: "unknown_value" }) };
 }
 
 /** Builds the delivery from a verified event and its headers (already checked present). */
@@ -143,10 +149,18 @@ export async function runHandler<Req>(
   }
 }
 
-/** Hands an error to `onError`, or logs it: a swallowed handler error would be invisible. */
+/**
+ * Hands an error to `onError`, or logs it: a swallowed handler error would be invisible. Never
+ * throws: an `onError` that fails (a logger down) is logged itself, so the adapter still answers.
+ */
 export function reportError(opts: AdapterOptions, error: unknown, delivery?: WebhookDelivery): void {
-  if (opts.onError) opts.onError(error, delivery);
-  else if (delivery)
+  if (opts.onError) {
+    try {
+      opts.onError(error, delivery);
+    } catch (failure) {
+      console.error("@klen/webhooks: onError threw while reporting", error, failure);
+    }
+  } else if (delivery)
     console.error(`@klen/webhooks: handler failed for ${delivery.id} (${delivery.event.event_type})`, error);
   else console.error("@klen/webhooks: unexpected error", error);
 }

@@ -30,7 +30,12 @@ export interface ExpressWebhookOptions extends AdapterOptions {
   readonly onEvent?: EventHandler<ExpressLikeRequest>;
 }
 
-const deliveries = new WeakMap<object, WebhookDelivery>();
+// One store for the ESM and the CommonJS build alike (a receiver may import the middleware and
+// require `webhookDelivery`, or the other way round): kept on globalThis under a registered symbol.
+const STORE = Symbol.for("@klen/webhooks.expressDeliveries");
+const shared = globalThis as { [STORE]?: WeakMap<object, WebhookDelivery> };
+shared[STORE] ??= new WeakMap<object, WebhookDelivery>();
+const deliveries = shared[STORE];
 
 /**
  * The delivery `expressWebhook` verified for this request.

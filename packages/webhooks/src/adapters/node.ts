@@ -87,9 +87,17 @@ export function nodeWebhookHandler(
       const result = await verifyNodeRequest(wh, req, opts);
       sendNode(res, isResponse(result) ? result : await runHandler(result, req, opts));
     } catch (err) {
-      // Only a bug or a broken connection lands here; never let it crash the server.
+      // A client that went away mid-body is nobody's error and has no one to answer.
+      if (clientGone(err)) return;
+      // Only a bug lands here; never let it crash the server.
       reportError(opts, err);
       if (!res.headersSent) sendNode(res, errorResponse(500, "internal_error"));
     }
   };
+}
+
+/** The errors Node gives a body read whose client closed the connection. */
+function clientGone(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === "ECONNRESET" || code === "ERR_STREAM_PREMATURE_CLOSE";
 }

@@ -2,8 +2,8 @@
 
 const encoder = new TextEncoder();
 
-/** What the SDK accepts as a raw body. */
-export type RawBody = string | Uint8Array | ArrayBuffer;
+/** What the SDK accepts as a raw body: a string, or bytes (a Buffer, any typed array or DataView). */
+export type RawBody = string | Uint8Array | ArrayBuffer | ArrayBufferView;
 
 /**
  * The raw body as bytes. Strings are encoded as UTF-8, which is what went over the wire when
@@ -14,6 +14,8 @@ export function toBytes(body: RawBody): Uint8Array {
   if (typeof body === "string") return encoder.encode(body);
   if (body instanceof Uint8Array) return body;
   if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  // Another view of bytes (a DataView, a Uint16Array): its bytes as they are.
+  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
   throw new TypeError(
     "rawBody must be the raw request body (string, Buffer or Uint8Array), not a parsed object: " +
       "re-serialised JSON does not match the signature. Use express.raw({ type: 'application/json' }) " +
