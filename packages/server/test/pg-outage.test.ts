@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import pg from "pg";
 import { runCall, setupAccount } from "./helpers/api.js";
-import { startPostgres } from "./helpers/postgres.js";
+import { startPostgres, stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { freePort, type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
+
+after(() => stopPostgres());
 
 // A database outage (PRODUCT.md §3: "no event is lost when the database connection drops"):
 // while PostgreSQL is down the API answers 503 `database_unavailable` at once (no hang, no
@@ -129,3 +132,72 @@ test("PostgreSQL that stops answering: 503 after KLEN_DATABASE_TIMEOUT, not a ha
   const created = await api.api.post("/v1/agents", { name: "after the freeze" });
   assert.equal(created.status, 201);
 });
+
+// A database that is up but where a statement waits (another session holds the row's lock, or an
+// operator's lock_timeout gives up): each request is a 503 with Retry-After, never a 500, and the
+// statement the API stopped waiting for does not go on waiting in PostgreSQL, so clients retrying
+// do not pile up backends until max_connections refuses everyone.
+test("PostgreSQL that makes a statement wait: 503, and the abandoned statements do not pile up", async () => {
+  const server = await startPostgres();
+  const db = await server.freshDatabase();
+  const dir = tempDir();
+  const holder = new pg.Client({ connectionString: db.url });
+  const apis: ServerProcess[] = [];
+  after(async () => {
+    await holder.end().catch(() => {});
+    for (const a of apis) await a.kill("SIGKILL");
+    await db.drop();
+    dir.remove();
+  });
+  const env = { KLEN_DATABASE_URL: db.url, KLEN_DATABASE_TIMEOUT: "1s" };
+  const api = await spawnServer({ dataDir: dir.path, env });
+  apis.push(api);
+  const { agentId } = await setupAccount(api.api);
+  const call = await api.api.post("/v1/calls", {
+    agent_id: agentId,
+    type: "inbound",
+    phone_number: "+15551234567",
+  });
+  assert.equal(call.status, 201);
+  await holder.connect();
+  const waiting = async () =>
+    Number(
+      (
+        await holder.query(
+          "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+      ).rows[0].n,
+    );
+  await holder.query("BEGIN");
+  await holder.query("SELECT id FROM calls WHERE id = $1 FOR UPDATE", [call.body.id]);
+  for (let i = 0; i < 6; i++) {
+    const r = await api.api.post(`/v1/calls/${call.body.id}/start`, {});
+    assert.equal(r.status, 503, JSON.stringify(r.body));
+    assert.equal(r.body.error.code, "database_unavailable");
+  }
+  // Each abandoned statement is ended on the server (at once after its 503, give or take a query).
+  await waitFor("no statement left waiting on the lock", async () => (await waiting()) === 0, 10_000);
+  await holder.query("ROLLBACK");
+  assert.equal((await api.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+
+  // An operator's lock_timeout (SQLSTATE 55P03) is the same 503, with Retry-After.
+  await holder.query(`ALTER DATABASE ${pgIdent(db.url)} SET lock_timeout = '200ms'`);
+  const bounded = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db.url } });
+  apis.push(bounded);
+  await holder.query("BEGIN");
+  await holder.query("SELECT id FROM calls WHERE id = $1 FOR UPDATE", [call.body.id]);
+  const res = await fetch(`${bounded.url}/v1/calls/${call.body.id}/end`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${api.apiKey}`, "content-type": "application/json" },
+    body: "{}",
+  });
+  assert.equal(res.status, 503, await res.clone().text());
+  assert.equal(res.headers.get("retry-after"), "1");
+  assert.equal(((await res.json()) as { error: { code: string } }).error.code, "database_unavailable");
+  await holder.query("ROLLBACK");
+});
+
+/** The database name of a connection URL, quoted as an identifier. */
+function pgIdent(url: string): string {
+  return `"${decodeURIComponent(new URL(url).pathname.slice(1)).replaceAll('"', '""')}"`;
+}

@@ -72,6 +72,10 @@ test("connection failures are classified as database unavailable, query errors a
     new Error("timeout exceeded when trying to connect"),
     new Error("wrapped", { cause: Object.assign(new Error("reset"), { code: "ECONNRESET" }) }),
     Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" }),
+    Object.assign(new Error("canceling statement due to statement timeout"), { code: "57014" }),
+    Object.assign(new Error("canceling statement due to lock timeout"), { code: "55P03" }),
+    Object.assign(new Error("deadlock detected"), { code: "40P01" }),
+    Object.assign(new Error("could not serialize access"), { code: "40001" }),
   ];
   for (const e of unavailable) assert.equal(isDatabaseUnavailable(e), true, e.message);
   const other = [

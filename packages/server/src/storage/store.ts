@@ -95,10 +95,17 @@ async function openBackend(
 }
 
 // Connection-level failures: the database is down, restarting or unreachable, as opposed to a
-// query it rejected. PostgreSQL SQLSTATE class 08 and the shutdown/start-up states, socket errors
+// query it rejected (and the few rejections that only say "not now", listed first). PostgreSQL SQLSTATE class 08 and the shutdown/start-up states, socket errors
 // (also a Unix socket's missing file, below), pg's own messages for a dropped or unobtainable
 // connection; SQLite's codes are matched by SQLITE_UNAVAILABLE.
 const UNAVAILABLE_CODES = new Set([
+  // Gave up waiting, not a wrong query: a statement or lock timeout an operator set (57014, 55P03),
+  // a deadlock or serialization failure between concurrent transactions (40P01, 40001). Nothing
+  // was committed; the same request again succeeds.
+  "57014",
+  "55P03",
+  "40P01",
+  "40001",
   "57P01",
   "57P02",
   "57P03",

@@ -20,14 +20,26 @@ const MIGRATION_LOCK = 724_311_001;
  * then fails as a lost connection does (the API answers 503, the dispatcher retries) and the pool
  * opens a new connection for the next one (which fails within `connectionTimeoutMillis` while the
  * database stays away). pg's own `query_timeout` leaves the connection busy with the unanswered query.
+ *
+ * A server that is up but slow (a statement waiting on another session's lock, a long scan) does
+ * not notice that its client went away until it next writes to it, so the dropped connection's
+ * statement goes on running there, and each retry of the request would start one more beside it
+ * until `max_connections` refuses everyone. `end` is told the dropped backend's pid, to end it.
  */
-function boundQueries(client: pg.PoolClient, ms: number, exempt: () => boolean): void {
+function boundQueries(
+  client: pg.PoolClient,
+  ms: number,
+  exempt: () => boolean,
+  end: (pid: number) => void,
+): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
   (client as { query: unknown }).query = (...args: unknown[]) => {
     const result = query(...args);
     if (!(result instanceof Promise) || exempt()) return result;
     const timer = setTimeout(() => {
+      const pid = (client as unknown as { processID: number | null }).processID;
       (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+      if (pid) end(pid);
     }, ms);
     timer.unref();
     return result.finally(() => clearTimeout(timer));
@@ -61,7 +73,14 @@ export function openPostgres(
   let unbounded = 0;
   pool.on("connect", (client) => {
     client.on("error", () => {});
-    if (opts.queryTimeoutMs) boundQueries(client, opts.queryTimeoutMs, () => unbounded > 0);
+    if (opts.queryTimeoutMs)
+      boundQueries(
+        client,
+        opts.queryTimeoutMs,
+        () => unbounded > 0,
+        // On another connection; fails harmlessly when the database is really gone.
+        (pid) => void pool.query("SELECT pg_terminate_backend($1)", [pid]).catch(() => {}),
+      );
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const listeners: Array<() => void> = [];
