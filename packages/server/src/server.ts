@@ -48,6 +48,20 @@ async function listenOn(
   }
 }
 
+/**
+ * Stops listening and waits for the requests in flight, for `graceMs` at most; then cuts every
+ * connection still open. A connection that never sent a request would otherwise hold the close for
+ * ever: Node stops timing out incomplete requests once its server is closing.
+ */
+async function closeApp(app: FastifyInstance, graceMs: number): Promise<void> {
+  const cut = setTimeout(() => app.server.closeAllConnections(), graceMs);
+  try {
+    await app.close();
+  } finally {
+    clearTimeout(cut);
+  }
+}
+
 /** Runs `step` until the database answers: while it is unavailable, waits 0.5 s, 1 s, … up to 5 s. */
 async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T> {
   for (let wait = 500; ; wait = Math.min(wait * 2, 5_000)) {
@@ -143,8 +157,7 @@ export async function startServer(
     generatedKey,
     address,
     async stop(graceMs = 10_000) {
-      await app?.close();
-      await dispatcher?.stop(graceMs);
+      await Promise.all([app && closeApp(app, graceMs), dispatcher?.stop(graceMs)]);
       // A test call waiting for its summary stops waiting and hands its run over.
       stopTestCalls(ctx);
       await summaries?.stop(graceMs);

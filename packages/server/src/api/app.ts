@@ -157,6 +157,8 @@ export async function buildApp(
       return (reply as FastifyReply).status(status).send(body);
     },
     ajv: { customOptions: { removeAdditional: false } },
+    // Requests arriving while the server closes are answered in the API's shape (below).
+    return503OnClosing: false,
   });
   app.setValidatorCompiler(({ schema, httpPart }) =>
     httpPart === "body" ? bodyAjv.compile(schema) : queryAjv.compile(schema),
@@ -235,6 +237,19 @@ export async function buildApp(
   const auth = new Authenticator(ctx.store);
   const limiter = new RateLimiter(ctx.config.rateLimit);
   app.decorateRequest("account", undefined as never);
+  // Stopping: requests still arriving on open connections are told to go elsewhere, and the
+  // connection is closed after the answer.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
+  app.addHook("onRequest", async (_req, reply) => {
+    if (!closing) return;
+    reply.header("connection", "close");
+    throw new ApiError(503, "shutting_down", "the server is shutting down; retry shortly", {
+      retry_after: 1,
+    });
+  });
   app.addHook("onRequest", async (req) => {
     // A worker's port serves no API: /v1/… there is a 404 with or without a key.
     if (opts.workerOnly) return;

@@ -83,9 +83,22 @@ program
     }
     let stopping = false;
     const stop = async (signal: string) => {
-      if (stopping) return;
+      if (stopping) {
+        // A second Ctrl-C: the operator will not wait. Attempts in flight are sent again after
+        // their lease (at-least-once), nothing is lost.
+        log.warn({ signal }, "stopping at once: a second signal");
+        process.exit(1);
+      }
       stopping = true;
       log.info({ signal }, "stopping: finishing in-flight attempts");
+      // Everything is bounded by the grace period; this only guards against what is not.
+      setTimeout(() => {
+        log.error(
+          { grace_ms: cfg.deliveryTimeoutMs },
+          "did not stop within the grace period + 10 s; exiting",
+        );
+        process.exit(1);
+      }, cfg.deliveryTimeoutMs + 10_000).unref();
       await running.stop(cfg.deliveryTimeoutMs);
       process.exit(0);
     };
