@@ -128,6 +128,26 @@ function schedule(v: string): number[] {
   return s;
 }
 
+/**
+ * KLEN_SUMMARY_URL: an http(s) URL without credentials. Its value is not quoted back in the error:
+ * a key pasted into the wrong variable would end up in the logs.
+ */
+function checkSummaryUrl(value: string): void {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError("KLEN_SUMMARY_URL", "not a URL");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    throw new ConfigError("KLEN_SUMMARY_URL", `not an http(s) URL (scheme ${url.protocol})`);
+  if (url.username || url.password)
+    throw new ConfigError(
+      "KLEN_SUMMARY_URL",
+      "must not carry credentials (user:password@); put the key in KLEN_SUMMARY_API_KEY",
+    );
+}
+
 /** Reads the configuration from the environment; throws ConfigError naming the variable. */
 export function loadConfig(env: Env = process.env): Config {
   const dataDir = resolve(env.KLEN_DATA_DIR || "./data");
@@ -138,9 +158,7 @@ export function loadConfig(env: Env = process.env): Config {
   const summaryUrl = env.KLEN_SUMMARY_URL || undefined;
   const summaryModel = env.KLEN_SUMMARY_MODEL || undefined;
   const summaryKey = env.KLEN_SUMMARY_API_KEY || undefined;
-  if (summaryUrl && !/^https?:\/\//.test(summaryUrl)) {
-    throw new ConfigError("KLEN_SUMMARY_URL", `not an http(s) URL: "${summaryUrl}"`);
-  }
+  if (summaryUrl) checkSummaryUrl(summaryUrl);
   if (summaryUrl && !summaryModel)
     throw new ConfigError("KLEN_SUMMARY_MODEL", "required with KLEN_SUMMARY_URL");
   const workerPort = env.KLEN_WORKER_PORT ? read(env, "KLEN_WORKER_PORT", "", port) : undefined;

@@ -46,6 +46,30 @@ test("a bad KLEN_DATABASE_URL is named, and its password never printed", () => {
   assert.equal(withoutPassword("sqlite:./data/klen.db"), "sqlite:./data/klen.db");
 });
 
+test("KLEN_SUMMARY_URL with credentials or not http(s) is refused without quoting it", () => {
+  const model = { KLEN_SUMMARY_MODEL: "m" };
+  for (const [url, why] of [
+    ["http://bob:sk-LEAKME123@127.0.0.1:9/v1", /credentials.*KLEN_SUMMARY_API_KEY/],
+    ["https://sk-LEAKME123@api.example/v1", /credentials/],
+    ["ftp://sk-LEAKME123.example/v1", /http\(s\)/],
+    ["sk-LEAKME123", /not a URL/],
+  ] as const) {
+    assert.throws(
+      () => loadConfig({ ...model, KLEN_SUMMARY_URL: url }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.variable === "KLEN_SUMMARY_URL" &&
+        why.test(err.message) &&
+        !err.message.includes("LEAKME"),
+      url,
+    );
+  }
+  assert.equal(
+    loadConfig({ ...model, KLEN_SUMMARY_URL: "https://api.example/v1" }).summary?.url,
+    "https://api.example/v1",
+  );
+});
+
 test("a bad value stops start-up with a message naming the variable", () => {
   const bad: Record<string, string> = {
     PORT: "eighty",

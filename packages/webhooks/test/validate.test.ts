@@ -155,7 +155,9 @@ describe("call event validation", () => {
   test("issues name the path", () => {
     const b = clone(seedEvent());
     delete b.call.agent_id;
-    assert.deepEqual(validateCallEvent(b), [{ path: "$.call.agent_id", message: "is required", keyword: "required" }]);
+    assert.deepEqual(validateCallEvent(b), [
+      { path: "$.call.agent_id", message: "is required", keyword: "required" },
+    ]);
   });
 
   test("bodies that are not JSON, not UTF-8 or not objects are invalid_body with a cause", () => {
