@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
+import { sql } from "kysely";
 import { createAccount } from "../src/accounts/accounts.js";
 import { runIdempotent } from "../src/api/idempotency.js";
 import { applyTransition, newCallRow } from "../src/calls/service.js";
@@ -530,6 +531,58 @@ for (const backend of backends()) {
       }
     });
 
+    // Row locks exist on PostgreSQL only (SQLite has one writer): two workers' batches, one with
+    // endpoint A failing and B succeeding, the other the opposite, both endpoints already failing.
+    if (backend.name === "postgres")
+      test("two workers' completions with the same endpoints failing and succeeding do not deadlock", async () => {
+        const f = await fixture(2);
+        const [e1, e2] = f.endpointIds as [string, string];
+        const now = Date.now() + 1_000;
+        await f.store.db
+          .updateTable("endpoints")
+          .set({ failing_since: now - 60_000 })
+          .execute();
+        await f.step(await f.newCall(), "start");
+        await f.step(await f.newCall(), "start");
+        const claimed = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
+        assert.equal(claimed.length, 4);
+        const callIds = [...new Set(claimed.map((c) => c.callId))].sort((a, b) => a - b);
+        const of = (call: number, ep: string) =>
+          claimed.find((c) => c.callId === callIds[call] && c.endpointId === ep)!;
+        const batchA = [outcome(of(0, e1), failed(), now), outcome(of(0, e2), ok(), now)];
+        const batchB = [outcome(of(1, e2), failed(), now), outcome(of(1, e1), ok(), now)];
+        // A third session holds e1 so that both batches are under way before either can finish.
+        const holder = await f.other();
+        const held = holder.db.transaction().execute(async (trx) => {
+          await trx.selectFrom("endpoints").select("id").where("id", "=", e1).forUpdate().execute();
+          const waiting = async () =>
+            Number(
+              (
+                await sql<{ n: number }>`SELECT count(*) AS n FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'`.execute(f.store.db)
+              ).rows[0]!.n,
+            );
+          const [a, b] = [f.store, await f.other()];
+          const runA = completeBatch(a, batchA, policy, now);
+          await until(async () => (await waiting()) >= 1);
+          const runB = completeBatch(b, batchB, policy, now);
+          await until(async () => (await waiting()) >= 2);
+          return { runA, runB };
+        });
+        const { runA, runB } = await held; // the holder commits: both go on
+        const results = await Promise.allSettled([runA, runB]);
+        assert.deepEqual(
+          results.map((r) => (r.status === "rejected" ? String((r.reason as Error).message) : "ok")),
+          ["ok", "ok"],
+        );
+        const statuses = await f.store.db.selectFrom("deliveries").select(["id", "status"]).execute();
+        const byId = new Map(statuses.map((r) => [r.id, r.status]));
+        assert.equal(byId.get(of(0, e2).id), "succeeded");
+        assert.equal(byId.get(of(1, e1).id), "succeeded");
+        assert.equal(byId.get(of(0, e1).id), "pending");
+        assert.equal(byId.get(of(1, e2).id), "pending");
+      });
+
     test("idempotency key race: two identical requests, one transition, one replay", async () => {
       const f = await fixture();
       const callId = await f.newCall();
@@ -587,4 +640,13 @@ for (const backend of backends()) {
       assert.equal(f.store.isUniqueViolation(other), false);
     });
   });
+}
+
+/** Polls `check` every 20 ms until it holds (at most 10 s). */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error("condition not reached in 10 s");
 }

@@ -153,6 +153,20 @@ export async function completeBatch(
 
     // The endpoints this batch disables, for the log.
     const disabled: Array<{ id: string; reason: string }> = [];
+    if (failingEndpoints.size > 0 && store.caps.rowLocks) {
+      // Every endpoint row this batch may write, locked once and in id order before the first
+      // write: two workers' batches with the same endpoints failing in one and succeeding in the
+      // other would otherwise lock them in opposite orders and deadlock (clearFailing's own lock
+      // is in id order too).
+      const ids = [...new Set([...failingEndpoints, ...succeeded.map((o) => o.claimed.endpointId)])];
+      await trx
+        .selectFrom("endpoints")
+        .select("id")
+        .where("id", "in", ids)
+        .orderBy("id")
+        .forNoKeyUpdate()
+        .execute();
+    }
     if (failingEndpoints.size > 0) {
       const ids = [...failingEndpoints];
       await trx
@@ -201,13 +215,21 @@ const insertAttempts = prepared(
     SELECT * FROM ${rowListSlot(p, "rows", caps, ATTEMPT_TYPES)} AS a`,
 );
 
-const clearFailing = prepared((db, p: Record<"ids", never>, caps) =>
-  db
-    .updateTable("endpoints")
-    .set({ failing_since: null })
-    .where(inListOf(caps, "id", p.ids, "text"))
-    .where("failing_since", "is not", null),
-);
+const clearFailing = prepared((db, p: Record<"ids", never>, caps) => {
+  const update = db.updateTable("endpoints").set({ failing_since: null });
+  if (!caps.rowLocks)
+    return update.where(inListOf(caps, "id", p.ids, "text")).where("failing_since", "is not", null);
+  // The rows locked in id order, as the failures' lock above takes them (no deadlock between the two).
+  return update.where("id", "in", (eb) =>
+    eb
+      .selectFrom("endpoints")
+      .select("id")
+      .where(inListOf(caps, "id", p.ids, "text"))
+      .where("failing_since", "is not", null)
+      .orderBy("id")
+      .forNoKeyUpdate(),
+  );
+});
 
 type FenceSlots = Record<"status" | "next" | "error" | "now", never>;
 function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean) {
