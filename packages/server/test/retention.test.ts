@@ -3,6 +3,7 @@ import { readdirSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { CompiledQuery } from "kysely";
+import pg from "pg";
 import { newBlobId } from "../src/blobs/blobs.js";
 import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
@@ -10,6 +11,7 @@ import { expiredBriefSummaries, purgeExpired } from "../src/retention/purge.js";
 import { type Running, startServer } from "../src/server.js";
 import { type ApiClient, apiClient } from "./helpers/api.js";
 import { onServer } from "./helpers/content.js";
+import { startPostgres, stopPostgres } from "./helpers/postgres.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
 import { tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -228,5 +230,77 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     const details = plan.rows.map((r) => r.detail).join("; ");
     assert.match(details, /USING INDEX calls_brief_summary_age/, details);
     assert.doesNotMatch(details, /^SCAN calls\b/, details);
+  });
+});
+
+// PostgreSQL, where a manual retry and the purge run in separate transactions at once: the purge
+// picked a finished delivery, then a retry re-opened it before the purge's delete got to it.
+describe("retention on PostgreSQL: a delivery re-opened while the purge runs", () => {
+  const dir = tempDir();
+  let running: Running;
+  let api: ApiClient;
+  let rx: Receiver;
+  let holder: pg.Client;
+  let dropDb: () => Promise<void>;
+
+  before(async () => {
+    const db = await (await startPostgres()).freshDatabase();
+    dropDb = db.drop;
+    const config = loadConfig({
+      PORT: "0",
+      KLEN_DATA_DIR: dir.path,
+      KLEN_DATABASE_URL: db.url,
+      KLEN_API_KEY: "klen_test_key_retention_pg",
+      KLEN_DEV: "1",
+      KLEN_RETRY_SCHEDULE: "100ms",
+    });
+    running = await startServer(config, createLogger({ level: "silent" }));
+    api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_retention_pg");
+    rx = await startReceiver({ respond: () => ({ status: 500, body: "down" }) });
+    holder = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+  });
+  after(async () => {
+    await holder.end().catch(() => {});
+    await running.stop(1000);
+    await rx.close();
+    await dropDb();
+    await stopPostgres();
+    dir.remove();
+  });
+
+  test("keeps the delivery and its attempt log", async () => {
+    assert.equal((await api.post("/v1/endpoints", { url: rx.url })).status, 201);
+    const agent = await api.post("/v1/agents", { name: "Old" });
+    const c = await api.post("/v1/calls", {
+      agent_id: agent.body.id,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    await api.post(`/v1/calls/${c.body.id}/start`, {});
+    const failed = await waitFor("the delivery fails", async () => {
+      const r = await api.get("/v1/deliveries?status=failed");
+      return r.body.data[0] as { id: string } | undefined;
+    });
+    const logged = (await api.get(`/v1/deliveries/${failed.id}`)).body.attempts.length;
+    assert.equal(logged, 2);
+    // The retry's transaction, not yet committed when the purge picks the delivery.
+    await holder.query("BEGIN");
+    await holder.query("UPDATE deliveries SET status = 'pending', next_attempt_at = $2 WHERE id = $1", [
+      failed.id,
+      Date.now() + DAY,
+    ]);
+    const purge = purgeExpired(running.ctx, Date.now() + 365 * DAY);
+    await waitFor("the purge waits for the retry's row", async () => {
+      const r = await holder.query(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+      );
+      return Number(r.rows[0].n) > 0;
+    });
+    await holder.query("COMMIT");
+    await purge;
+    const after = await api.get(`/v1/deliveries/${failed.id}`);
+    assert.equal(after.body.status, "pending");
+    assert.equal(after.body.attempts.length, logged, "its attempt log is kept");
   });
 });

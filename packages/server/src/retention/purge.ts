@@ -97,14 +97,20 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
     ).map((r) => r.id);
     if (ids.length === 0) break;
     await db.transaction().execute(async (trx) => {
-      const a = await trx.deleteFrom("attempts").where("delivery_id", "in", ids).executeTakeFirst();
-      const d = await trx
-        .deleteFrom("deliveries")
-        .where("id", "in", ids)
-        .where("status", "<>", "pending")
-        .executeTakeFirst();
+      // The deliveries first, and the attempts of only those deleted: one re-opened meanwhile (a
+      // manual retry, a recover) is pending again, stays, and keeps its attempt log.
+      const deleted = (
+        await trx
+          .deleteFrom("deliveries")
+          .where("id", "in", ids)
+          .where("status", "<>", "pending")
+          .returning("id")
+          .execute()
+      ).map((r) => r.id);
+      if (deleted.length === 0) return;
+      const a = await trx.deleteFrom("attempts").where("delivery_id", "in", deleted).executeTakeFirst();
       counts.attempts += Number(a.numDeletedRows);
-      counts.deliveries += Number(d.numDeletedRows);
+      counts.deliveries += deleted.length;
     });
   }
   for (;;) {
