@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { createServer, request, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import pg from "pg";
+import { drained, MAX_STREAMS_PER_ACCOUNT } from "../src/api/routes/stream.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
 import { type ApiClient, runCall, setupAccount } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
@@ -252,6 +256,32 @@ for (const backend of backends()) {
         }
       });
 
+    test(`more than ${MAX_STREAMS_PER_ACCOUNT} open streams of one account: 429 too_many_streams, until one closes`, async () => {
+      const streams = [];
+      for (let i = 0; i < MAX_STREAMS_PER_ACCOUNT; i++) streams.push(await openStream(server));
+      try {
+        const refused = await fetch(`${server.url}/v1/events/stream`, {
+          headers: { authorization: `Bearer ${server.apiKey}` },
+        });
+        assert.equal(refused.status, 429);
+        assert.equal(refused.headers.get("retry-after"), "5");
+        assert.equal(((await refused.json()) as { error: { code: string } }).error.code, "too_many_streams");
+        await streams.pop()!.close();
+        const again = await waitFor("a stream slot is free again", async () => {
+          const r = await fetch(`${server.url}/v1/events/stream`, {
+            headers: { authorization: `Bearer ${server.apiKey}` },
+            signal: AbortSignal.timeout(5_000),
+          }).catch(() => undefined);
+          if (r?.status === 200) return r;
+          await r?.body?.cancel();
+          return undefined;
+        });
+        await again.body?.cancel();
+      } finally {
+        for (const st of streams) await st.close();
+      }
+    });
+
     test("a server stopping with open streams ends them and exits", async () => {
       const s = await openStream(server);
       await waitFor("ready", () => s.messages.length >= 1);
@@ -262,3 +292,37 @@ for (const backend of backends()) {
     });
   });
 }
+
+test("drained: false for a client that stops reading (the stream then cuts it off), true once it reads; no listener left behind", async () => {
+  let res!: ServerResponse;
+  const server = createServer((_req, r) => {
+    res = r;
+    r.writeHead(200, { "content-type": "text/event-stream" });
+    r.flushHeaders();
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  const req = request({ host: "127.0.0.1", port, path: "/" });
+  req.end();
+  const [incoming] = (await once(req, "response")) as [import("node:http").IncomingMessage];
+  incoming.pause(); // a client that reads nothing
+  try {
+    const chunk = "x".repeat(64 * 1024);
+    // Fill Node's buffer and the kernel's: writing goes on while a drain still comes.
+    do while (res.write(chunk));
+    while (await drained(res, 200));
+    for (let i = 0; i < 15; i++) assert.equal(await drained(res, 20), false);
+    assert.ok(
+      res.listenerCount("close") <= 2 && res.listenerCount("drain") <= 1,
+      "listeners removed each time",
+    );
+    const resumed = drained(res, 10_000);
+    incoming.resume();
+    assert.equal(await resumed, true);
+  } finally {
+    req.destroy();
+    server.closeAllConnections();
+    server.close();
+  }
+});

@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
 import type { ServerResponse } from "node:http";
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
-import { badRequest } from "../../errors.js";
+import { ApiError, badRequest } from "../../errors.js";
 import type { Db } from "../../storage/types.js";
 import type { RouteModule } from "./index.js";
 
@@ -21,6 +21,14 @@ const REVOKED_FRAME = `event: error\ndata: ${JSON.stringify({
   error: { code: "unauthorized", message: "the API key of this stream was revoked" },
 })}\n\n`;
 const BATCH = 200;
+// Payloads are read this many at a time: what one stream holds while its client reads slowly is
+// at most this many bodies (inline ones are ≤ 64 KiB), not a whole batch of 200.
+const PAYLOAD_BATCH = 16;
+// A client that has read nothing for this long while its socket's buffer is full is cut off; it
+// resumes after the last event it read (Last-Event-ID), so it misses nothing.
+const DRAIN_TIMEOUT_MS = 60_000;
+/** Open streams per account, in one server process: `listen` in a few terminals, not a leak. */
+export const MAX_STREAMS_PER_ACCOUNT = 10;
 // On PostgreSQL `seq` is handed out at insert but rows become visible at commit, so a lower seq
 // can appear after a higher one. Holes are re-checked for this long before they are given up as
 // rolled-back inserts; no transition transaction runs anywhere near this long.
@@ -32,6 +40,21 @@ interface Row {
   id: string;
   event_type: string;
   payload: string;
+}
+
+/** Resolves true once `res` drains, false when it has not within `ms` (or it closed). */
+export function drained(res: ServerResponse, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      res.off("drain", onDrain).off("close", onClose);
+      resolve(ok);
+    };
+    const onDrain = () => done(true);
+    const onClose = () => done(false);
+    const timer = setTimeout(() => done(false), ms);
+    res.once("drain", onDrain).once("close", onClose);
+  });
 }
 
 /** The SSE frame of one event: the body is the stored payload byte for byte (it has no newlines). */
@@ -91,6 +114,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
     ctx.store.onWork(ring);
   };
   const open = new Set<ServerResponse>();
+  const perAccount = new Map<number, number>();
   // Streams never end by themselves; without this app.close() would wait for every listener.
   app.addHook("preClose", async () => {
     for (const res of open) res.end();
@@ -123,6 +147,13 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
       const accountId = req.account.id;
       const db = ctx.store.db;
       const cursorId = q.after ?? lastId;
+      if ((perAccount.get(accountId) ?? 0) >= MAX_STREAMS_PER_ACCOUNT)
+        throw new ApiError(
+          429,
+          "too_many_streams",
+          `${MAX_STREAMS_PER_ACCOUNT} event streams of this account are open on this server; close one first`,
+          { retry_after: 5 },
+        );
 
       let cursor: number;
       let ready: string | undefined;
@@ -151,6 +182,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
       });
       res.write(`retry: 1000\n${ready ?? ": resumed\n\n"}`);
       open.add(res);
+      perAccount.set(accountId, (perAccount.get(accountId) ?? 0) + 1);
 
       let closed = false;
       let wake: (() => void) | undefined;
@@ -162,6 +194,9 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
         clearInterval(heartbeat);
         bell.off("ring", ringHandler);
         open.delete(res);
+        const n = (perAccount.get(accountId) ?? 1) - 1;
+        if (n > 0) perAccount.set(accountId, n);
+        else perAccount.delete(accountId);
         wake?.();
       };
       res.on("close", close);
@@ -169,17 +204,28 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
 
       const gaps = new Map<number, number>(); // seq → when the hole was noticed (ms)
       const send = async (r: Row) => {
-        if (types && !types.has(r.event_type)) return;
-        if (!res.write(sseFrame(r))) await new Promise<void>((ok) => res.once("drain", ok).once("close", ok));
+        if (res.write(sseFrame(r)) || (await drained(res, DRAIN_TIMEOUT_MS))) return;
+        if (!closed) {
+          req.log.warn({ account_id: accountId }, "event stream client stopped reading; closing it");
+          res.destroy();
+        }
       };
-      const rowsOf = (seqs: number[]) =>
-        db
-          .selectFrom("events")
-          .select(["seq", "id", "event_type", "payload"])
-          .where("account_id", "=", accountId)
-          .where("seq", "in", seqs)
-          .orderBy("seq", "asc")
-          .execute();
+      /** Sends the events of `seqs` (this account's, ascending), reading their bodies a few at a time. */
+      const sendAll = async (seqs: number[]) => {
+        for (let i = 0; i < seqs.length && !closed; i += PAYLOAD_BATCH) {
+          const rows = await db
+            .selectFrom("events")
+            .select(["seq", "id", "event_type", "payload"])
+            .where("account_id", "=", accountId)
+            .where("seq", "in", seqs.slice(i, i + PAYLOAD_BATCH))
+            .orderBy("seq", "asc")
+            .execute();
+          for (const r of rows) {
+            if (closed) break;
+            if (!types || types.has(r.event_type)) await send(r);
+          }
+        }
+      };
 
       let keyCheckedAt = Date.now();
       let forgotten = h.keysForgotten();
@@ -199,7 +245,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
           wake = () => {
             rung = true;
           };
-          let rows: Row[];
+          let mine: number[];
           let scanned: number;
           if (ctx.store.caps.name === "postgres") {
             // Holes must be seen in the global sequence (seq is shared by all accounts), so scan the
@@ -213,7 +259,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
               .execute();
             scanned = heads.length;
             const now = Date.now();
-            const mine: number[] = [];
+            mine = [];
             for (const h of heads) {
               const s = Number(h.seq);
               for (let g = cursor + 1; g < s && gaps.size < MAX_GAPS; g++) gaps.set(g, now);
@@ -233,25 +279,23 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
               }
               for (const [g, at] of gaps) if (now - at > GAP_TTL_MS) gaps.delete(g);
             }
-            rows = mine.length ? await rowsOf(mine) : [];
+            mine.sort((a, b) => a - b);
           } else {
             // SQLite has one writer: rows become visible in seq order, there are no holes to wait for.
-            rows = await db
+            const heads = await db
               .selectFrom("events")
-              .select(["seq", "id", "event_type", "payload"])
+              .select(["seq", "event_type"])
               .where("account_id", "=", accountId)
               .where("seq", ">", cursor)
               .orderBy("seq", "asc")
               .limit(BATCH)
               .execute();
-            scanned = rows.length;
-            const last = rows[rows.length - 1];
+            scanned = heads.length;
+            const last = heads[heads.length - 1];
             if (last) cursor = Number(last.seq);
+            mine = heads.filter((r) => !types || types.has(r.event_type)).map((r) => Number(r.seq));
           }
-          for (const r of rows) {
-            if (closed) break;
-            await send(r);
-          }
+          await sendAll(mine);
           if (scanned === BATCH || rung || closed) continue;
           await new Promise<void>((resolve) => {
             const t = setTimeout(resolve, POLL_MS);
