@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
+import { Webhook } from "standardwebhooks";
 import { Dispatcher } from "../src/delivery/dispatcher.js";
 import { planGrant } from "../src/delivery/rate.js";
 import { type ApiClient, setupAccount, startedCall } from "./helpers/api.js";
@@ -356,6 +357,58 @@ test("a disabled endpoint's backlog is settled at once, not at its rate limit", 
   const failed = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed&limit=100`);
   assert.ok(failed.body.data.length >= 25, `${failed.body.data.length} failed as endpoint_disabled`);
   assert.ok(rx.requests.length < 10, `${rx.requests.length} sent`);
+});
+
+// Attempts claimed and waiting for their start time (a second's worth) were sent as the endpoint
+// was when claimed: signed with a secret rotated out, or to an endpoint already deleted.
+async function assertChangesReachWaitingAttempts(
+  rx: Receiver,
+  api: ApiClient,
+  agentId: number,
+  endpointId: string,
+): Promise<void> {
+  for (let i = 0; i < 60; i++) await startedCall(api, agentId, `+1555091${String(i).padStart(4, "0")}`);
+  await rx.waitForCount(5, 30_000);
+  const rotated = await api.post(`/v1/endpoints/${endpointId}/rotate-secret`, { grace_seconds: 0 });
+  assert.equal(rotated.status, 200);
+  const rotatedAt = Date.now();
+  const before = rx.requests.length;
+  await rx.waitForCount(before + 15, 30_000);
+  // At most the attempt already on its way when the rotation committed is signed the old way.
+  const fresh = new Webhook(rotated.body.secret);
+  const oldSigned = rx.requests.filter((q) => {
+    if (q.at <= rotatedAt) return false;
+    try {
+      fresh.verify(q.body, q.headers as Record<string, string>);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  assert.ok(
+    oldSigned.length <= 1,
+    `${oldSigned.length} requests after the rotation not signed with the new secret`,
+  );
+
+  assert.equal((await api.del(`/v1/endpoints/${endpointId}`)).status, 200);
+  const deletedAt = Date.now();
+  await waitFor("every delivery settled", async () => {
+    const r = await api.get(`/v1/deliveries?endpoint_id=${endpointId}&status=pending&limit=1`);
+    return r.body.data.length === 0;
+  });
+  const late = rx.requests.filter((q) => q.at > deletedAt).length;
+  assert.ok(late <= 1, `${late} requests arrived after the DELETE answered`);
+}
+
+test("attempts waiting for their start time go out as the endpoint is now: its new secret, and none after DELETE", async () => {
+  const { rx, server, agentId, endpoint } = await serverOnSqlite(10);
+  await assertChangesReachWaitingAttempts(rx, server.api, agentId, endpoint.id);
+});
+
+test("the same with the change made through an API process and the attempts waiting in a worker (PostgreSQL NOTIFY)", async () => {
+  const { rx, apiProc, agentId, endpoint, addWorkers } = await apiOnPostgres(10);
+  await addWorkers(1);
+  await assertChangesReachWaitingAttempts(rx, apiProc.api, agentId, endpoint.id);
 });
 
 test("a lease with little to spare over the delivery timeout still lets a limited endpoint keep its rate", async () => {

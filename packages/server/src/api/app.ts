@@ -11,7 +11,7 @@ import { ApiError } from "../errors.js";
 import { BACKLOG_COUNT_CAP, httpRequests, measureBacklogWith, registry } from "../metrics.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
-import { type AppContext, announceWork } from "./context.js";
+import { type AppContext, announceEndpointChange, announceWork } from "./context.js";
 import { installErrorHandler } from "./errors.js";
 import { digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
 import { parseJsonBody } from "./json-body.js";
@@ -72,7 +72,7 @@ export interface RouteHelpers {
     req: FastifyRequest,
     reply: FastifyReply,
     fn: (trx: Db) => Promise<Outcome>,
-    opts?: { work?: boolean },
+    opts?: { work?: boolean; endpoint?: string },
   ): Promise<FastifyReply>;
   /** Drops this process's cached key lookups of an account (after a key is revoked). */
   forgetKeys(accountId: number): void;
@@ -270,7 +270,10 @@ export async function buildApp(
     async mutate(req, reply, fn, o = {}) {
       const out = await runIdempotent(ctx.store, idempotentRequestOf(req), fn, ctx.clock.now());
       if (out.replayed) reply.header("idempotent-replayed", "true");
-      else if (o.work && out.status < 300) await announceWork(ctx);
+      else if (out.status < 300) {
+        if (o.work) await announceWork(ctx);
+        if (o.endpoint) await announceEndpointChange(ctx, o.endpoint);
+      }
       return reply.status(out.status).send(out.body);
     },
     forgetKeys: (accountId) => auth.forget(accountId),

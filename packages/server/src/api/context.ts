@@ -25,6 +25,16 @@ export interface AppContext {
   version: string;
 }
 
+/**
+ * Called after a transaction that changed an endpoint (its URL, secret, headers, disabled, deleted)
+ * has committed: dispatchers, here and in other processes, read it again before an attempt they
+ * claimed before the change, instead of sending with what they read then.
+ */
+export async function announceEndpointChange(ctx: AppContext, endpointId: string): Promise<void> {
+  ctx.work.emit("endpoint", endpointId);
+  if (ctx.store.caps.crossProcessNotify) await ctx.store.notifyWork(`endpoint:${endpointId}`);
+}
+
 /** Called after a transaction that created deliveries has committed. */
 export async function announceWork(ctx: AppContext): Promise<void> {
   ctx.work.wake();

@@ -17,6 +17,8 @@ export interface Claimed {
   claimToken: number;
   payload: string;
   endpoint: Selectable<Database["endpoints"]> | undefined;
+  /** When `endpoint` was read (the claim's `now`): a change announced since means reading it again. */
+  readAt: number;
 }
 
 /**
@@ -69,6 +71,7 @@ export async function claimDue(
     claimToken: Number(r.claim_token),
     payload: payloadOf.get(r.event_id) ?? "",
     endpoint: endpointOf.get(r.endpoint_id),
+    readAt: opts.now,
   }));
 }
 
@@ -149,7 +152,7 @@ const selectPayloads = prepared((db, p: Record<"ids", never>, caps) =>
     .select(["id", "payload"])
     .where(inListOf(caps, "id", p.ids, "text")),
 );
-const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
+export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
   db
     .selectFrom("endpoints")
     .selectAll()

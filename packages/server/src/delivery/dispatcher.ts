@@ -5,7 +5,7 @@ import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../me
 import { inListOf, listValue } from "../storage/lists.js";
 import { isRefusedContent } from "../storage/store.js";
 import { memo } from "../util/memo.js";
-import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "./claim.js";
+import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans, selectEndpoints } from "./claim.js";
 import { completeBatch, type Outcome } from "./complete.js";
 import { Pacer } from "./pacer.js";
 import { parseRetryAfter } from "./schedule.js";
@@ -237,7 +237,15 @@ export class Dispatcher {
   /** Outcomes whose write failed in a way that may have committed (see completeBatch). */
   private readonly uncertain = new WeakSet<Outcome>();
   private sweepTimer: NodeJS.Timeout | undefined;
-  private readonly onWork = () => this.wake();
+  private readonly onWork = (message?: string) => {
+    if (message?.startsWith("endpoint:")) this.onEndpointChange(message.slice("endpoint:".length));
+    else this.wake();
+  };
+  /** Endpoints changed through the API, and when (announceEndpointChange): read again before use. */
+  private readonly changedEndpoints = new Map<string, number>();
+  private readonly onEndpointChange = (id: string) => {
+    this.changedEndpoints.set(id, this.ctx.clock.now());
+  };
   /** An endpoint's secret key bytes and custom headers, worked out once per distinct text. */
   private readonly keyOf = memo(secretKey);
   private readonly customHeaders = memo((json) => JSON.parse(json) as Record<string, string>);
@@ -276,9 +284,13 @@ export class Dispatcher {
     if (this.running) return;
     this.running = true;
     this.ctx.work.on("work", this.onWork);
+    this.ctx.work.on("endpoint", this.onEndpointChange);
     this.ctx.store.onWork(this.onWork);
     this.sweepTimer = setInterval(() => {
       this.forgetGoneEndpoints().catch((err) => this.ctx.log.warn({ err }, "failing-endpoint sweep failed"));
+      // A change older than any lease concerns no claim still held.
+      const before = this.ctx.clock.now() - this.ctx.config.leaseMs;
+      for (const [id, at] of this.changedEndpoints) if (at < before) this.changedEndpoints.delete(id);
       releaseOrphans(this.ctx.store, this.ctx.clock.now())
         .then((n) => {
           if (n > 0) {
@@ -357,8 +369,8 @@ export class Dispatcher {
         this.failing.delete(id);
         this.slow.delete(id);
         this.hanging.delete(id);
-        // Its attempts already waiting (a second's worth at most) are still sent: `run` sees the
-        // endpoint as the claim read it.
+        // Its attempts already waiting (a second's worth at most) are settled by `run`, which reads
+        // an endpoint changed through the API again (announceEndpointChange) before an attempt.
         this.pacer.forget([id]);
       }
   }
@@ -371,6 +383,7 @@ export class Dispatcher {
     if (!this.running) return;
     this.running = false;
     this.ctx.work.off("work", this.onWork);
+    this.ctx.work.off("endpoint", this.onEndpointChange);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.wake();
     await this.loopDone;
@@ -632,6 +645,18 @@ export class Dispatcher {
   }
 
   private async run(c: Claimed): Promise<Outcome> {
+    // Changed since the claim read it (deleted, disabled, its secret rotated, its URL edited): as
+    // it is now. An attempt already on its way when the change commits is not called back.
+    const changedAt = this.changedEndpoints.get(c.endpointId);
+    if (changedAt !== undefined && changedAt >= c.readAt) {
+      const { db, caps } = this.ctx.store;
+      try {
+        [c.endpoint] = await selectEndpoints(db, caps, { ids: listValue(caps, [c.endpointId]) });
+      } catch (err) {
+        // The database away for a moment: the claim's reading is the best there is.
+        this.ctx.log.warn({ err, endpoint: c.endpointId }, "could not read a changed endpoint again");
+      }
+    }
     const now = this.ctx.clock.now();
     const ep = c.endpoint;
     if (!ep || ep.deleted_at !== null) {

@@ -24,10 +24,13 @@ export interface Store {
   execScript(sql: string): Promise<void>;
   /** Runs `fn` while holding a database-wide lock, so that concurrent starts migrate once. */
   withMigrationLock<T>(fn: () => Promise<T>): Promise<T>;
-  /** Tells dispatchers in other processes that work is due (no-op where there are none). */
-  notifyWork(): Promise<void>;
-  /** Registers a listener for other processes' wake-ups. */
-  onWork(listener: () => void): void;
+  /**
+   * Tells dispatchers in other processes that work is due (no-op where there are none); with
+   * `message`, something more specific (`endpoint:<id>`: that endpoint changed), never coalesced.
+   */
+  notifyWork(message?: string): Promise<void>;
+  /** Registers a listener for other processes' wake-ups (and their messages). */
+  onWork(listener: (message?: string) => void): void;
   /** True when `err` is a unique-constraint violation. */
   isUniqueViolation(err: unknown): boolean;
   close(): Promise<void>;

@@ -191,47 +191,57 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
       },
     },
     (req, reply) =>
-      h.mutate(req, reply, async (trx) => {
-        const id = (req.params as { id: string }).id;
-        const current = await findEndpoint(trx, req.account.id, id);
-        const b = req.body as EndpointBody;
-        const set: Partial<EndpointRow> = { updated_at: ctx.clock.now() };
-        if (b.url !== undefined) set.url = checkEndpointUrl(b.url, dev);
-        if (b.headers !== undefined) {
-          checkHeaders(b.headers);
-          set.headers = JSON.stringify(b.headers);
-        }
-        if (b.description !== undefined) set.description = b.description;
-        if (b.event_types !== undefined) set.event_types = JSON.stringify(b.event_types);
-        if (b.agent_ids !== undefined) set.agent_ids = JSON.stringify(b.agent_ids);
-        if (b.rate_limit !== undefined) set.rate_limit = b.rate_limit;
-        if (b.disabled === true && current.disabled === 0) {
-          set.disabled = 1;
-          set.disabled_reason = "disabled by user";
-        }
-        if (b.disabled === false && current.disabled === 1) {
-          // Re-enabling starts the failure clock afresh.
-          set.disabled = 0;
-          set.disabled_reason = null;
-          set.failing_since = null;
-        }
-        await trx.updateTable("endpoints").set(set).where("id", "=", id).execute();
-        return { status: 200, body: endpointObject(await findEndpoint(trx, req.account.id, id)) };
-      }),
+      h.mutate(
+        req,
+        reply,
+        async (trx) => {
+          const id = (req.params as { id: string }).id;
+          const current = await findEndpoint(trx, req.account.id, id);
+          const b = req.body as EndpointBody;
+          const set: Partial<EndpointRow> = { updated_at: ctx.clock.now() };
+          if (b.url !== undefined) set.url = checkEndpointUrl(b.url, dev);
+          if (b.headers !== undefined) {
+            checkHeaders(b.headers);
+            set.headers = JSON.stringify(b.headers);
+          }
+          if (b.description !== undefined) set.description = b.description;
+          if (b.event_types !== undefined) set.event_types = JSON.stringify(b.event_types);
+          if (b.agent_ids !== undefined) set.agent_ids = JSON.stringify(b.agent_ids);
+          if (b.rate_limit !== undefined) set.rate_limit = b.rate_limit;
+          if (b.disabled === true && current.disabled === 0) {
+            set.disabled = 1;
+            set.disabled_reason = "disabled by user";
+          }
+          if (b.disabled === false && current.disabled === 1) {
+            // Re-enabling starts the failure clock afresh.
+            set.disabled = 0;
+            set.disabled_reason = null;
+            set.failing_since = null;
+          }
+          await trx.updateTable("endpoints").set(set).where("id", "=", id).execute();
+          return { status: 200, body: endpointObject(await findEndpoint(trx, req.account.id, id)) };
+        },
+        { endpoint: (req.params as { id: string }).id },
+      ),
   );
 
   app.delete("/v1/endpoints/:id", { schema: { params: idParam } }, (req, reply) =>
-    h.mutate(req, reply, async (trx) => {
-      const id = (req.params as { id: string }).id;
-      const e = await findEndpoint(trx, req.account.id, id);
-      const now = ctx.clock.now();
-      await trx
-        .updateTable("endpoints")
-        .set({ deleted_at: now, updated_at: now })
-        .where("id", "=", id)
-        .execute();
-      return { status: 200, body: { ...endpointObject(e), deleted: true } };
-    }),
+    h.mutate(
+      req,
+      reply,
+      async (trx) => {
+        const id = (req.params as { id: string }).id;
+        const e = await findEndpoint(trx, req.account.id, id);
+        const now = ctx.clock.now();
+        await trx
+          .updateTable("endpoints")
+          .set({ deleted_at: now, updated_at: now })
+          .where("id", "=", id)
+          .execute();
+        return { status: 200, body: { ...endpointObject(e), deleted: true } };
+      },
+      { endpoint: (req.params as { id: string }).id },
+    ),
   );
 
   app.get("/v1/endpoints/:id/secret", { schema: { params: idParam } }, async (req) => {
@@ -253,21 +263,26 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
       },
     },
     (req, reply) =>
-      h.mutate(req, reply, async (trx) => {
-        const id = (req.params as { id: string }).id;
-        // Locked: two rotations at once must each see the other's secret to keep it signing.
-        const e = await findEndpoint(trx, req.account.id, id, ctx.store.caps.rowLocks);
-        const grace = (req.body as { grace_seconds?: number } | null)?.grace_seconds ?? 86_400;
-        const now = ctx.clock.now();
-        const secret = newEndpointSecret();
-        const previous = rotatedOut(e, now, grace);
-        await trx
-          .updateTable("endpoints")
-          .set({ secret, ...previous, updated_at: now })
-          .where("id", "=", id)
-          .execute();
-        return { status: 200, body: secretObject(secret, previousSecretsExpireAt(previous, now)) };
-      }),
+      h.mutate(
+        req,
+        reply,
+        async (trx) => {
+          const id = (req.params as { id: string }).id;
+          // Locked: two rotations at once must each see the other's secret to keep it signing.
+          const e = await findEndpoint(trx, req.account.id, id, ctx.store.caps.rowLocks);
+          const grace = (req.body as { grace_seconds?: number } | null)?.grace_seconds ?? 86_400;
+          const now = ctx.clock.now();
+          const secret = newEndpointSecret();
+          const previous = rotatedOut(e, now, grace);
+          await trx
+            .updateTable("endpoints")
+            .set({ secret, ...previous, updated_at: now })
+            .where("id", "=", id)
+            .execute();
+          return { status: 200, body: secretObject(secret, previousSecretsExpireAt(previous, now)) };
+        },
+        { endpoint: (req.params as { id: string }).id },
+      ),
   );
 
   app.post(

@@ -83,7 +83,7 @@ export function openPostgres(
       );
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const listeners: Array<() => void> = [];
+  const listeners: Array<(message?: string) => void> = [];
   let listener: pg.Client | undefined;
   let closed = false;
   let lastNotify = 0;
@@ -101,8 +101,8 @@ export function openPostgres(
     client.on("end", () => {
       if (listener === client) retry();
     });
-    client.on("notification", () => {
-      for (const l of listeners) l();
+    client.on("notification", (msg) => {
+      for (const l of listeners) l(msg.payload || undefined);
     });
     try {
       await client.connect();
@@ -145,7 +145,11 @@ export function openPostgres(
         unbounded--;
       }
     },
-    async notifyWork() {
+    async notifyWork(message) {
+      if (message !== undefined) {
+        await pool.query("SELECT pg_notify($1, $2)", [CHANNEL, message]).catch(() => {});
+        return;
+      }
       // Coalesce: under load every transition would otherwise send its own NOTIFY.
       const now = Date.now();
       if (now - lastNotify < 2) return;
