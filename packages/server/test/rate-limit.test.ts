@@ -1,15 +1,21 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { Webhook } from "standardwebhooks";
+import { createAccount } from "../src/accounts/accounts.js";
+import type { Claimed } from "../src/delivery/claim.js";
 import { Dispatcher } from "../src/delivery/dispatcher.js";
+import { Pacer } from "../src/delivery/pacer.js";
 import { planGrant } from "../src/delivery/rate.js";
+import { migrate } from "../src/storage/migrate.js";
+import { openStore } from "../src/storage/store.js";
+import { newEndpointSecret } from "../src/util/ids.js";
 import { type ApiClient, setupAccount, startedCall } from "./helpers/api.js";
 import { apiOnlyServer } from "./helpers/api-only.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
 import { attemptsAt } from "./helpers/metrics.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer, spawnWorkers } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, spawnWorkers, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 // An endpoint's rate_limit (attempts per second, across every worker): start times are handed out
@@ -68,6 +74,59 @@ describe("planGrant", () => {
         (starts[i] as number) - (starts[i - 1] as number) >= 0.01 - 1e-9,
         "never closer than the interval",
       );
+  });
+});
+
+describe("Pacer", () => {
+  test("an attempt whose start time went by more than two intervals ago is handed back, not started in another worker's time", async () => {
+    const dir = tempDir();
+    const store = await openStore(`sqlite:${dir.path}/pacer.db`);
+    after(async () => {
+      await store.close();
+      dir.remove();
+    });
+    await migrate(store);
+    const t = Date.now();
+    const { account } = await store.db.transaction().execute((trx) => createAccount(trx, "pacer"));
+    await store.db
+      .insertInto("endpoints")
+      .values({
+        id: "ep_paced",
+        account_id: account.id,
+        url: "http://127.0.0.1:9/",
+        secret: newEndpointSecret(),
+        rate_limit: 100,
+        created_at: t,
+        updated_at: t,
+      } as never)
+      .execute();
+    let now = t;
+    let slot = false;
+    const launched: string[] = [];
+    const handedBack: string[] = [];
+    const pacer = new Pacer(store, {
+      now: () => now,
+      launch: (c) => launched.push(c.id),
+      handBack: async (claims) => {
+        handedBack.push(...claims.map((c) => c.id));
+      },
+      wake: () => {},
+      startWithinMs: 60_000,
+      hasSlot: () => slot,
+    });
+    const claimed = ["dlv_1", "dlv_2", "dlv_3"].map(
+      (id) => ({ id, endpointId: "ep_paced", readAt: now }) as unknown as Claimed,
+    );
+    // Granted 10 ms apart from now; no slot free, so none starts.
+    await pacer.take(new Map([["ep_paced", claimed]]), now);
+    assert.deepEqual([launched, handedBack], [[], []]);
+    // Half a second later a slot is free: every start time is long gone.
+    now += 500;
+    slot = true;
+    pacer.resume();
+    assert.deepEqual(launched, []);
+    assert.deepEqual(handedBack.sort(), ["dlv_1", "dlv_2", "dlv_3"]);
+    pacer.drop();
   });
 });
 

@@ -4,6 +4,12 @@ import { grantStarts, RATE_HORIZON_MS } from "./rate.js";
 
 /** How soon deliveries whose endpoint row was held by another transaction are asked for again. */
 const LOCKED_RETRY_MS = 20;
+/**
+ * How late past its start time an attempt may still start (or two intervals, when longer). Start
+ * times are handed out in blocks, one per grant, and the next block may be another worker's: an
+ * attempt started later than this would take a start time the row gave someone else.
+ */
+const LATE_MS = 20;
 
 /** A claimed delivery of a rate-limited endpoint waiting for its start time. */
 interface Queued {
@@ -213,7 +219,12 @@ export class Pacer {
     const stale: Claimed[] = [];
     for (let next = p.queue[0]; next !== undefined; next = p.queue[0]) {
       const now = this.hooks.now();
-      if (now - next.claimedAt > this.hooks.startWithinMs) {
+      // Waited so long that its lease could run out during the attempt, or so late that its start
+      // time is long gone: handed back, due at once, for a start time of its own again.
+      if (
+        now - next.claimedAt > this.hooks.startWithinMs ||
+        now - next.at > Math.max(LATE_MS, 2 * next.intervalMs)
+      ) {
         p.queue.shift();
         this.waiting--;
         stale.push(next.c);
