@@ -42,6 +42,22 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     assert.ok(openapi.components.schemas.call_ended, "OpenAPI embeds the event schemas");
   });
 
+  test("every answer names its request: x-request-id, unique, also on refusals", async () => {
+    const answers = await Promise.all([
+      fetch(`${server.url}/v1/calls`),
+      fetch(`${server.url}/v1/calls`, { headers: { authorization: `Bearer ${server.apiKey}` } }),
+      fetch(`${server.url}/v1/nope`, { headers: { authorization: `Bearer ${server.apiKey}` } }),
+      fetch(`${server.url}/healthz`),
+    ]);
+    const ids = answers.map((r) => r.headers.get("x-request-id"));
+    assert.deepEqual(
+      answers.map((r) => r.status),
+      [401, 200, 404, 200],
+    );
+    for (const id of ids) assert.match(String(id), /^req_[0-9a-f]{32}$/);
+    assert.equal(new Set(ids).size, ids.length);
+  });
+
   test("the OpenAPI document states each operation's success status, its errors and the Idempotency-Key header", async () => {
     // Fetched twice: the document is built once, and the second copy must not grow.
     await fetch(`${server.url}/openapi.json`);

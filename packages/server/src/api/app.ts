@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import swagger from "@fastify/swagger";
 import { EVENT_TYPES, eventSchemas } from "@klen/webhooks/schemas";
 import { Ajv } from "ajv";
@@ -159,6 +160,9 @@ export async function buildApp(
     ajv: { customOptions: { removeAdditional: false } },
     // Requests arriving while the server closes are answered in the API's shape (below).
     return503OnClosing: false,
+    // Unique across processes and restarts (Fastify's own count starts again at req-1 in each):
+    // the `x-request-id` of an answer finds its log lines.
+    genReqId: () => `req_${randomUUID().replaceAll("-", "")}`,
   });
   app.setValidatorCompiler(({ schema, httpPart }) =>
     httpPart === "body" ? bodyAjv.compile(schema) : queryAjv.compile(schema),
@@ -243,7 +247,8 @@ export async function buildApp(
   app.addHook("preClose", async () => {
     closing = true;
   });
-  app.addHook("onRequest", async (_req, reply) => {
+  app.addHook("onRequest", async (req, reply) => {
+    reply.header("x-request-id", req.id);
     if (!closing) return;
     reply.header("connection", "close");
     throw new ApiError(503, "shutting_down", "the server is shutting down; retry shortly", {

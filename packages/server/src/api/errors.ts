@@ -131,7 +131,9 @@ export function installErrorHandler(app: FastifyInstance, remember?: RememberRef
         );
     }
     req.log.error({ err }, "unhandled error");
-    return reply.status(500).send(new ApiError(500, "internal_error", "internal error").toJSON());
+    return reply
+      .status(500)
+      .send(new ApiError(500, "internal_error", "internal error", { request_id: req.id }).toJSON());
   };
   app.setErrorHandler(async (err: FastifyError, req, reply) => {
     if (err instanceof ApiError && err.status >= 500) {
