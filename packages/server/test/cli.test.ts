@@ -153,6 +153,10 @@ describe("CLI helpers (pure)", () => {
       ["trigger", "call.bogus"],
       ["test-call", "--outcome", "nope"],
       ["endpoints", "list", "--bogus"],
+      // Values found wrong once the command runs are usage errors as well.
+      ["endpoints", "create", "--url", "http://127.0.0.1:9/", "--event-types", "call.nope"],
+      ["trigger", "call.started", "--reason", "busy"],
+      ["listen", "--events", "call.nope"],
     ]) {
       const plain = await cli(args);
       assert.equal(plain.code, 1, args.join(" "));
@@ -402,6 +406,23 @@ describe("accounts create", () => {
       assert.deepEqual(JSON.parse(again.stdout), { applied: [] });
     } finally {
       other.remove();
+    }
+  });
+
+  test("migrate and accounts create that cannot reach the database say which one, with --json on stdout too", async () => {
+    // Loopback, a port nothing listens on; the password must not be printed.
+    const env = { KLEN_DATABASE_URL: "postgres://klen:S3cretPw@127.0.0.1:1/klen" };
+    for (const args of [["migrate"], ["accounts", "create", "--name", "Acme"]]) {
+      const r = await cli([...args, "--json"], env);
+      assert.equal(r.code, 1, args.join(" "));
+      const doc = JSON.parse(r.stdout) as { error: { code: string; message: string } };
+      assert.equal(doc.error.code, "cli_error");
+      assert.match(
+        doc.error.message,
+        /^cannot open the database postgres:\/\/klen:\*\*\*@127\.0\.0\.1:1\/klen \(KLEN_DATABASE_URL\): /,
+      );
+      assert.match(r.stderr, /cannot open the database/);
+      assert.doesNotMatch(r.stdout + r.stderr, /S3cretPw/);
     }
   });
 
@@ -747,7 +768,7 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     assert.equal(listed.stdout.trim().split("\n").length, 2);
     const badType = await cli(["endpoints", "create", "--url", rx.url, "--event-types", "call.nope"], env);
     assert.equal(badType.code, 1);
-    assert.match(badType.stderr, /endpoints create: --event-types: unknown event type "call\.nope"/);
+    assert.match(badType.stderr, /^error: --event-types: unknown event type "call\.nope"/);
 
     const trig = JSON.parse((await cli(["trigger", "call.ended", "--json"], env)).stdout);
     // The receiver also gets the second endpoint's (`/other`) requests.

@@ -1,5 +1,5 @@
 import { EVENT_TYPES, FAILURE_REASONS } from "@klen/webhooks/schemas";
-import { type Command, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { apiClient } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { checkSecret, listen, newLocalSecret, parseEventList } from "./listen.js";
@@ -137,7 +137,9 @@ Examples:
       run<ApiOpts & { agentId?: number; reason: string; phoneNumber: string }>(async (o, out, cmd) => {
         const type = cmd.processedArgs[0] as ReturnType<typeof checkEventType>;
         if (type !== "call.failed" && cmd.getOptionValueSource("reason") === "cli")
-          throw new Error(`--reason applies to call.failed only (a ${type} call does not fail)`);
+          throw new InvalidArgumentError(
+            `--reason applies to call.failed only (a ${type} call does not fail)`,
+          );
         const client = apiClient(o);
         const r = await trigger(client, {
           type,

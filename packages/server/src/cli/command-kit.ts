@@ -42,13 +42,20 @@ export function run<O extends ApiOpts>(
       process.exitCode = code ?? 0;
     } catch (err) {
       const field = err instanceof ApiRequestError && err.field ? ` (field: ${err.field})` : "";
+      // An option's value found wrong once the command runs: a usage error like commander's own.
+      const usage = err instanceof InvalidArgumentError;
       if (opts.json) {
         // Scripts read stdout: every failure is a JSON document there, not only the API's.
         const e =
           err instanceof ApiRequestError
             ? { code: err.code, message: err.message, status: err.status, field: err.field }
-            : { code: "cli_error", message: (err as Error).message, status: 0 };
+            : { code: usage ? "usage" : "cli_error", message: (err as Error).message, status: 0 };
         process.stdout.write(`${JSON.stringify({ error: e })}\n`);
+      }
+      if (usage) {
+        process.stderr.write(`error: ${(err as Error).message}\n`);
+        process.exitCode = 1;
+        return;
       }
       // The message may quote a server's answer: escaped like any API data (output.ts).
       process.stderr.write(

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
+import { InvalidArgumentError } from "commander";
 import { attemptHeaders, secretKey } from "../delivery/sign.js";
 import { VERSION } from "../version.js";
 import { type ApiClient, ApiRequestError } from "./api-client.js";
@@ -15,7 +16,7 @@ export function newLocalSecret(): string {
 export function checkSecret(secret: string): string {
   const m = /^whsec_([A-Za-z0-9+/]+={0,2})$/.exec(secret);
   if (!m || Buffer.from(m[1]!, "base64").length < 24)
-    throw new Error("--secret must be whsec_ followed by the base64 of at least 24 bytes");
+    throw new InvalidArgumentError("--secret must be whsec_ followed by the base64 of at least 24 bytes");
   return secret;
 }
 
@@ -25,7 +26,7 @@ export function parseEventList(raw: string | undefined, option = "--events"): st
   const list = raw.split(",").map((s) => s.trim());
   for (const t of list)
     if (!(EVENT_TYPES as readonly string[]).includes(t))
-      throw new Error(`${option}: unknown event type "${t}"; use ${EVENT_TYPES.join(", ")}`);
+      throw new InvalidArgumentError(`${option}: unknown event type "${t}"; use ${EVENT_TYPES.join(", ")}`);
   return list;
 }
 

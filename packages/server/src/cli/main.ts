@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, Option } from "commander";
-import { ConfigError, loadConfig } from "../config.js";
+import { ConfigError, loadConfig, withoutPassword } from "../config.js";
 import type { Role } from "../server.js";
 import { formatDuration } from "../util/units.js";
 import { VERSION } from "../version.js";
@@ -15,6 +15,28 @@ const storage = async () => {
   ]);
   return { openStore, migrate };
 };
+
+/**
+ * Opens the configured database and migrates it (`migrate`, `accounts create`); a failure says
+ * which database it was (without its password) before the driver's words.
+ */
+async function openMigrated(cfg: ReturnType<typeof loadConfig>) {
+  const { openStore, migrate } = await storage();
+  try {
+    const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
+    try {
+      return { store, applied: await migrate(store) };
+    } catch (err) {
+      await store.close().catch(() => {});
+      throw err;
+    }
+  } catch (err) {
+    throw new Error(
+      `cannot open the database ${withoutPassword(cfg.databaseUrl)} (KLEN_DATABASE_URL): ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+}
 
 function config() {
   try {
@@ -111,10 +133,7 @@ program
   .description("apply database migrations (serve also applies them at start)")
   .option("--json", 'print JSON: {"applied": [ids of the migrations applied now]}')
   .action(async (opts: { json?: boolean }) => {
-    const cfg = config();
-    const { openStore, migrate } = await storage();
-    const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
-    const ran = await migrate(store);
+    const { store, applied: ran } = await openMigrated(config());
     await store.close();
     if (opts.json) process.stdout.write(`${JSON.stringify({ applied: ran })}\n`);
     else
@@ -132,17 +151,11 @@ accounts
   .action(async (opts: { name: string; json?: boolean }) => {
     // The API's rule for an account's name (PATCH /v1/account).
     const name = opts.name.trim();
-    if (name === "" || name.length > 200) {
-      process.stderr.write("klen-webhooks accounts create: --name must be 1 to 200 characters, not blank\n");
-      process.exit(1);
-    }
+    if (name === "" || name.length > 200)
+      program.error("error: --name must be 1 to 200 characters, not blank");
     const cfg = config();
-    const [{ openStore, migrate }, { createAccount }] = await Promise.all([
-      storage(),
-      import("../accounts/accounts.js"),
-    ]);
-    const store = await openStore(cfg.databaseUrl, { encryptionKey: cfg.encryptionKey });
-    await migrate(store);
+    const { createAccount } = await import("../accounts/accounts.js");
+    const { store } = await openMigrated(cfg);
     const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, name));
     await store.close();
     const where = cfg.databaseUrl.startsWith("sqlite:") ? cfg.databaseUrl : "PostgreSQL (KLEN_DATABASE_URL)";
@@ -162,6 +175,10 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
 });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
-  process.stderr.write(`klen-webhooks: ${(err as Error).message}\n`);
+  const message = (err as Error).message;
+  // With --json a failure is a JSON document on stdout too, as for every other command (cli.md).
+  if (process.argv.includes("--json"))
+    process.stdout.write(`${JSON.stringify({ error: { code: "cli_error", message, status: 0 } })}\n`);
+  process.stderr.write(`klen-webhooks: ${message}\n`);
   process.exit(1);
 });
