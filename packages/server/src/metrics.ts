@@ -31,6 +31,12 @@ export const httpRequests = new Counter({
   registers: [registry],
 });
 
+export const streamsOpen = new Gauge({
+  name: "klen_event_streams_open",
+  help: "Event streams (GET /v1/events/stream) open in this process",
+  registers: [registry],
+});
+
 export const claimErrors = new Counter({
   name: "klen_dispatcher_claim_errors_total",
   help: "Claims of due deliveries that failed (the database was unavailable or refused); the dispatcher retries",

@@ -259,7 +259,12 @@ for (const backend of backends()) {
     test(`more than ${MAX_STREAMS_PER_ACCOUNT} open streams of one account: 429 too_many_streams, until one closes`, async () => {
       const streams = [];
       for (let i = 0; i < MAX_STREAMS_PER_ACCOUNT; i++) streams.push(await openStream(server));
+      const gauge = async () => {
+        const text = await (await fetch(`${server.url}/metrics`)).text();
+        return Number(/^klen_event_streams_open (\d+)$/m.exec(text)?.[1]);
+      };
       try {
+        assert.equal(await gauge(), MAX_STREAMS_PER_ACCOUNT);
         const refused = await fetch(`${server.url}/v1/events/stream`, {
           headers: { authorization: `Bearer ${server.apiKey}` },
         });
@@ -267,6 +272,10 @@ for (const backend of backends()) {
         assert.equal(refused.headers.get("retry-after"), "5");
         assert.equal(((await refused.json()) as { error: { code: string } }).error.code, "too_many_streams");
         await streams.pop()!.close();
+        await waitFor(
+          "the gauge counts the closed stream out",
+          async () => (await gauge()) === MAX_STREAMS_PER_ACCOUNT - 1,
+        );
         const again = await waitFor("a stream slot is free again", async () => {
           const r = await fetch(`${server.url}/v1/events/stream`, {
             headers: { authorization: `Bearer ${server.apiKey}` },

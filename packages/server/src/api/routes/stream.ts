@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import type { ServerResponse } from "node:http";
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import { ApiError, badRequest } from "../../errors.js";
+import { httpRequests, streamsOpen } from "../../metrics.js";
 import type { Db } from "../../storage/types.js";
 import type { RouteModule } from "./index.js";
 
@@ -183,6 +184,9 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
       res.write(`retry: 1000\n${ready ?? ": resumed\n\n"}`);
       open.add(res);
       perAccount.set(accountId, (perAccount.get(accountId) ?? 0) + 1);
+      // A taken-over reply has no onResponse: counted here, as answered with a 200.
+      httpRequests.inc({ method: "GET", status: "2xx" });
+      streamsOpen.inc();
 
       let closed = false;
       let wake: (() => void) | undefined;
@@ -194,6 +198,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
         clearInterval(heartbeat);
         bell.off("ring", ringHandler);
         open.delete(res);
+        streamsOpen.dec();
         const n = (perAccount.get(accountId) ?? 1) - 1;
         if (n > 0) perAccount.set(accountId, n);
         else perAccount.delete(accountId);
