@@ -222,6 +222,37 @@ for (const backend of backends()) {
     });
 
     if (backend.name === "postgres")
+      test("streams whose client left while the stream was opening give their slot back", async () => {
+        const locker = new pg.Client({ connectionString: db.databaseUrl });
+        await locker.connect();
+        try {
+          // The cursor lookup waits on the lock; each client gives up meanwhile.
+          await locker.query("BEGIN");
+          await locker.query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE");
+          const abandoned = Array.from({ length: MAX_STREAMS_PER_ACCOUNT }, () =>
+            fetch(`${server.url}/v1/events/stream`, {
+              headers: { authorization: `Bearer ${server.apiKey}` },
+              signal: AbortSignal.timeout(300),
+            }).catch((err: unknown) => err),
+          );
+          for (const r of await Promise.all(abandoned)) assert.ok(r instanceof Error, "the client gave up");
+          await locker.query("COMMIT");
+          const gauge = async () =>
+            Number(
+              /^klen_event_streams_open (\d+)$/m.exec(
+                await (await fetch(`${server.url}/metrics`)).text(),
+              )?.[1],
+            );
+          await waitFor("the abandoned streams closed", async () => (await gauge()) === 0);
+          const streams = [];
+          for (let i = 0; i < MAX_STREAMS_PER_ACCOUNT; i++) streams.push(await openStream(server));
+          for (const st of streams) await st.close();
+        } finally {
+          await locker.end();
+        }
+      });
+
+    if (backend.name === "postgres")
       test("an event whose transaction commits after a later one's is still sent (seq holes)", async () => {
         const s = await openStream(server);
         const held = new pg.Client({ connectionString: db.databaseUrl });

@@ -155,21 +155,37 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
           `${MAX_STREAMS_PER_ACCOUNT} event streams of this account are open on this server; close one first`,
           { retry_after: 5 },
         );
+      // The slot is taken before the first await (so that concurrent opens cannot all pass the
+      // check) and given back exactly once: when the stream closes, or when it fails to open.
+      perAccount.set(accountId, (perAccount.get(accountId) ?? 0) + 1);
+      let slotHeld = true;
+      const releaseSlot = () => {
+        if (!slotHeld) return;
+        slotHeld = false;
+        const n = (perAccount.get(accountId) ?? 1) - 1;
+        if (n > 0) perAccount.set(accountId, n);
+        else perAccount.delete(accountId);
+      };
 
       let cursor: number;
       let ready: string | undefined;
-      if (cursorId) cursor = await seqOf(db, accountId, cursorId);
-      else {
-        const newest = await db
-          .selectFrom("events")
-          .select(["seq", "id"])
-          .where("account_id", "=", accountId)
-          .orderBy("seq", "desc")
-          .limit(1)
-          .executeTakeFirst();
-        cursor = newest ? Number(newest.seq) : 0;
-        const id = newest?.id ?? ORIGIN_EVENT_ID;
-        ready = `id: ${id}\nevent: ready\ndata: ${JSON.stringify({ cursor: id })}\n\n`;
+      try {
+        if (cursorId) cursor = await seqOf(db, accountId, cursorId);
+        else {
+          const newest = await db
+            .selectFrom("events")
+            .select(["seq", "id"])
+            .where("account_id", "=", accountId)
+            .orderBy("seq", "desc")
+            .limit(1)
+            .executeTakeFirst();
+          cursor = newest ? Number(newest.seq) : 0;
+          const id = newest?.id ?? ORIGIN_EVENT_ID;
+          ready = `id: ${id}\nevent: ready\ndata: ${JSON.stringify({ cursor: id })}\n\n`;
+        }
+      } catch (err) {
+        releaseSlot();
+        throw err;
       }
 
       listenForWork();
@@ -180,10 +196,10 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
         "cache-control": "no-cache, no-transform",
         connection: "keep-alive",
         "x-accel-buffering": "no",
+        "x-request-id": req.id,
       });
       res.write(`retry: 1000\n${ready ?? ": resumed\n\n"}`);
       open.add(res);
-      perAccount.set(accountId, (perAccount.get(accountId) ?? 0) + 1);
       // A taken-over reply has no onResponse: counted here, as answered with a 200.
       httpRequests.inc({ method: "GET", status: "2xx" });
       streamsOpen.inc();
@@ -199,12 +215,12 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
         bell.off("ring", ringHandler);
         open.delete(res);
         streamsOpen.dec();
-        const n = (perAccount.get(accountId) ?? 1) - 1;
-        if (n > 0) perAccount.set(accountId, n);
-        else perAccount.delete(accountId);
+        releaseSlot();
         wake?.();
       };
       res.on("close", close);
+      // A client that left while the cursor was looked up: its "close" has been and gone.
+      if (res.destroyed || req.raw.socket.destroyed) close();
       bell.on("ring", ringHandler);
 
       const gaps = new Map<number, number>(); // seq → when the hole was noticed (ms)
