@@ -78,7 +78,7 @@ describe("planGrant", () => {
 });
 
 describe("Pacer", () => {
-  test("an attempt whose start time went by more than two intervals ago is handed back, not started in another worker's time", async () => {
+  test("an attempt late within its grant's block starts; one past the block's end by more than 20 ms is handed back, not started in another worker's time", async () => {
     const dir = tempDir();
     const store = await openStore(`sqlite:${dir.path}/pacer.db`);
     after(async () => {
@@ -117,16 +117,23 @@ describe("Pacer", () => {
     const claimed = ["dlv_1", "dlv_2", "dlv_3"].map(
       (id) => ({ id, endpointId: "ep_paced", readAt: now }) as unknown as Claimed,
     );
-    // Granted 10 ms apart from now; no slot free, so none starts.
-    await pacer.take(new Map([["ep_paced", claimed]]), now);
-    assert.deepEqual([launched, handedBack], [[], []]);
-    // Half a second later a slot is free: every start time is long gone.
-    now += 500;
-    slot = true;
-    pacer.resume();
-    assert.deepEqual(launched, []);
-    assert.deepEqual(handedBack.sort(), ["dlv_1", "dlv_2", "dlv_3"]);
-    pacer.drop();
+    try {
+      // Granted 10 ms apart from now (a block of three: now, +10, +20); no slot free, none starts.
+      await pacer.take(new Map([["ep_paced", claimed]]), now);
+      assert.deepEqual([launched, handedBack], [[], []]);
+      // 25 ms on a slot is free: the first is late, but its block is this worker's.
+      now += 25;
+      slot = true;
+      pacer.resume();
+      assert.deepEqual([launched, handedBack], [["dlv_1"], []]);
+      // Half a second on the block is long over: the other two are handed back when their turn comes.
+      now += 500;
+      await waitFor("the rest handed back", () => handedBack.length === 2);
+      assert.deepEqual(launched, ["dlv_1"]);
+      assert.deepEqual(handedBack.sort(), ["dlv_2", "dlv_3"]);
+    } finally {
+      pacer.drop();
+    }
   });
 });
 

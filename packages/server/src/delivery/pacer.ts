@@ -5,9 +5,11 @@ import { grantStarts, RATE_HORIZON_MS } from "./rate.js";
 /** How soon deliveries whose endpoint row was held by another transaction are asked for again. */
 const LOCKED_RETRY_MS = 20;
 /**
- * How late past its start time an attempt may still start (or two intervals, when longer). Start
- * times are handed out in blocks, one per grant, and the next block may be another worker's: an
- * attempt started later than this would take a start time the row gave someone else.
+ * How far past the end of its grant's block of start times an attempt may still start (or two
+ * intervals, when longer). Blocks are handed out one per grant and the next may be another
+ * worker's: an attempt started later than this would take start times the row gave someone else.
+ * Within its own block an attempt may start late (a busy process drifts behind its start times,
+ * one interval after the other), since those times are this worker's.
  */
 const LATE_MS = 20;
 
@@ -18,6 +20,8 @@ interface Queued {
   at: number;
   /** The endpoint's interval when it was granted: a limit changed since applies from the next grant. */
   intervalMs: number;
+  /** The last start time of its grant's block. */
+  until: number;
   claimedAt: number;
 }
 
@@ -192,6 +196,7 @@ export class Pacer {
           c: list[i] as Claimed,
           at: grant.starts[i] as number,
           intervalMs: grant.intervalMs,
+          until: grant.starts[granted - 1] as number,
           claimedAt,
         });
       this.waiting += granted;
@@ -219,11 +224,11 @@ export class Pacer {
     const stale: Claimed[] = [];
     for (let next = p.queue[0]; next !== undefined; next = p.queue[0]) {
       const now = this.hooks.now();
-      // Waited so long that its lease could run out during the attempt, or so late that its start
-      // time is long gone: handed back, due at once, for a start time of its own again.
+      // Waited so long that its lease could run out during the attempt, or so late that its
+      // grant's block is long over: handed back, due at once, for a start time of its own again.
       if (
         now - next.claimedAt > this.hooks.startWithinMs ||
-        now - next.at > Math.max(LATE_MS, 2 * next.intervalMs)
+        now - next.until > Math.max(LATE_MS, 2 * next.intervalMs)
       ) {
         p.queue.shift();
         this.waiting--;
