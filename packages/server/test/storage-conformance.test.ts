@@ -14,6 +14,7 @@ import { openStore, type Store } from "../src/storage/store.js";
 import { newEndpointSecret, newId } from "../src/util/ids.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
+import { waitFor } from "./helpers/wait.js";
 
 // One contract, every backend (Kysely's way): the queries the dispatcher and the API rely on must
 // behave the same on SQLite and PostgreSQL, including under concurrency where PostgreSQL has it.
@@ -564,9 +565,9 @@ for (const backend of backends()) {
             );
           const [a, b] = [f.store, await f.other()];
           const runA = completeBatch(a, batchA, policy, now);
-          await until(async () => (await waiting()) >= 1);
+          await waitFor("the first batch waits", async () => (await waiting()) >= 1);
           const runB = completeBatch(b, batchB, policy, now);
-          await until(async () => (await waiting()) >= 2);
+          await waitFor("both batches wait", async () => (await waiting()) >= 2);
           return { runA, runB };
         });
         const { runA, runB } = await held; // the holder commits: both go on
@@ -640,13 +641,4 @@ for (const backend of backends()) {
       assert.equal(f.store.isUniqueViolation(other), false);
     });
   });
-}
-
-/** Polls `check` every 20 ms until it holds (at most 10 s). */
-async function until(check: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error("condition not reached in 10 s");
 }

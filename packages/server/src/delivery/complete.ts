@@ -157,12 +157,20 @@ export async function completeBatch(
       // Every endpoint row this batch may write, locked once and in id order before the first
       // write: two workers' batches with the same endpoints failing in one and succeeding in the
       // other would otherwise lock them in opposite orders and deadlock (clearFailing's own lock
-      // is in id order too).
-      const ids = [...new Set([...failingEndpoints, ...succeeded.map((o) => o.claimed.endpointId)])];
+      // is in id order too). A succeeding endpoint whose clock is not running is not written.
+      const failing = [...failingEndpoints];
+      const succeeding = [...new Set(succeeded.map((o) => o.claimed.endpointId))];
       await trx
         .selectFrom("endpoints")
         .select("id")
-        .where("id", "in", ids)
+        .where((eb) =>
+          eb.or([
+            eb("id", "in", failing),
+            ...(succeeding.length > 0
+              ? [eb.and([eb("id", "in", succeeding), eb("failing_since", "is not", null)])]
+              : []),
+          ]),
+        )
         .orderBy("id")
         .forNoKeyUpdate()
         .execute();

@@ -69,7 +69,7 @@ export async function grantStarts(
   return store.db.transaction().execute(async (trx) => {
     // SKIP LOCKED: a row another transaction holds (another worker's grant, a completion marking
     // the endpoint failing) is left out, to be asked again shortly, rather than waited for: a
-    // completion locks endpoint rows in no set order, so waiting could deadlock with it.
+    // grant holds no other lock, but a completion may sit on the row for the rest of its batch.
     const rows = await trx
       .selectFrom("endpoints")
       .select(["id", "rate_limit", "rate_next_us"])
