@@ -157,10 +157,17 @@ export async function startServer(
     generatedKey,
     address,
     async stop(graceMs = 10_000) {
-      await Promise.all([app && closeApp(app, graceMs), dispatcher?.stop(graceMs)]);
-      // A test call waiting for its summary stops waiting and hands its run over.
-      stopTestCalls(ctx);
-      await summaries?.stop(graceMs);
+      // Side by side, each within the grace period: requests in flight, attempts in flight,
+      // summaries being made.
+      await Promise.all([
+        app && closeApp(app, graceMs),
+        dispatcher?.stop(graceMs),
+        (async () => {
+          // A test call waiting for its summary stops waiting and hands its run over.
+          stopTestCalls(ctx);
+          await summaries?.stop(graceMs);
+        })(),
+      ]);
       await retention?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);

@@ -137,8 +137,9 @@ export function installErrorHandler(app: FastifyInstance, remember?: RememberRef
   };
   app.setErrorHandler(async (err: FastifyError, req, reply) => {
     if (err instanceof ApiError && err.status >= 500) {
-      // A failure of the server's own (storage it cannot write): an operator needs to see it.
-      req.log.error({ err: err.cause ?? err }, err.message);
+      // A failure of the server's own (storage it cannot write): an operator needs to see it. A
+      // request turned away while stopping is no failure: the stop is logged once already.
+      if (err.code !== "shutting_down") req.log.error({ err: err.cause ?? err }, err.message);
       return refuse(reply, err);
     }
     const refusal = refusalOf(err, req);
