@@ -14,8 +14,11 @@ import type { JsonSchema } from "./schemas.js";
 export interface SchemaIssue {
   readonly path: string;
   readonly message: string;
-  /** The JSON Schema keyword the value failed: `type`, `enum`, `required`, `pattern`… */
-  readonly keyword: string;
+  /**
+   * The JSON Schema keyword the value failed: `type`, `enum`, `required`, `pattern`… Always set
+   * by this SDK; optional so that issues made elsewhere still type-check.
+   */
+  readonly keyword?: string;
 }
 
 // Keywords that only annotate; they never reject a value.

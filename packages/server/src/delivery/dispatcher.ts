@@ -243,6 +243,8 @@ export class Dispatcher {
   };
   /** Endpoints changed through the API, and when (announceEndpointChange): read again before use. */
   private readonly changedEndpoints = new Map<string, number>();
+  /** The reading of a changed endpoint after its change, shared by every attempt that needs it. */
+  private readonly rereads = new Map<string, { at: number; row: Promise<Claimed["endpoint"]> }>();
   private readonly onEndpointChange = (id: string) => {
     this.changedEndpoints.set(id, this.ctx.clock.now());
   };
@@ -290,7 +292,11 @@ export class Dispatcher {
       this.forgetGoneEndpoints().catch((err) => this.ctx.log.warn({ err }, "failing-endpoint sweep failed"));
       // A change older than any lease concerns no claim still held.
       const before = this.ctx.clock.now() - this.ctx.config.leaseMs;
-      for (const [id, at] of this.changedEndpoints) if (at < before) this.changedEndpoints.delete(id);
+      for (const [id, at] of this.changedEndpoints)
+        if (at < before) {
+          this.changedEndpoints.delete(id);
+          this.rereads.delete(id);
+        }
       releaseOrphans(this.ctx.store, this.ctx.clock.now())
         .then((n) => {
           if (n > 0) {
@@ -635,7 +641,13 @@ export class Dispatcher {
   /** Makes the attempt of a delivery `hold` took a slot for. */
   private launch(c: Claimed): void {
     this.run(c).then(
-      (o) => this.record(o),
+      (o) => {
+        if (o) return this.record(o);
+        // Not attempted (its endpoint could not be read again): handed back, due at once; if the
+        // database refuses that too, the lease runs out and the delivery is due then.
+        this.settle([c]);
+        releaseLeases(this.ctx.store, [c], this.ctx.clock.now()).catch(() => {});
+      },
       (err) => {
         // A bug, not an endpoint failure: leave the lease to expire so the delivery is retried.
         this.ctx.log.error({ err, delivery: c.id }, "attempt crashed");
@@ -644,17 +656,17 @@ export class Dispatcher {
     );
   }
 
-  private async run(c: Claimed): Promise<Outcome> {
+  private async run(c: Claimed): Promise<Outcome | undefined> {
     // Changed since the claim read it (deleted, disabled, its secret rotated, its URL edited): as
     // it is now. An attempt already on its way when the change commits is not called back.
     const changedAt = this.changedEndpoints.get(c.endpointId);
     if (changedAt !== undefined && changedAt >= c.readAt) {
-      const { db, caps } = this.ctx.store;
       try {
-        [c.endpoint] = await selectEndpoints(db, caps, { ids: listValue(caps, [c.endpointId]) });
+        c.endpoint = await this.endpointAfter(c.endpointId, changedAt);
       } catch (err) {
-        // The database away for a moment: the claim's reading is the best there is.
+        // Not sent as the claim read it: that may be a secret rotated out or an endpoint deleted.
         this.ctx.log.warn({ err, endpoint: c.endpointId }, "could not read a changed endpoint again");
+        return undefined;
       }
     }
     const now = this.ctx.clock.now();
@@ -796,6 +808,23 @@ export class Dispatcher {
   }
 
   /** Frees the slots of finished attempts; `released`: the completion made parked deliveries due. */
+  /** The endpoint as read after its change announced at `changedAt` (one read for all who ask). */
+  private endpointAfter(id: string, changedAt: number): Promise<Claimed["endpoint"]> {
+    const known = this.rereads.get(id);
+    if (known?.at === changedAt) return known.row;
+    const { db, caps } = this.ctx.store;
+    const read = {
+      at: changedAt,
+      row: selectEndpoints(db, caps, { ids: listValue(caps, [id]) }).then((r) => r[0]),
+    };
+    this.rereads.set(id, read);
+    // A failed read is not kept: the next attempt reads again.
+    read.row.catch(() => {
+      if (this.rereads.get(id) === read) this.rereads.delete(id);
+    });
+    return read.row;
+  }
+
   private settle(done: Claimed[], released = false): void {
     this.unhold(done);
     this.wake(released, released ? done.map((c) => c.endpointId) : undefined);
