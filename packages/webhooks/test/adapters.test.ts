@@ -162,12 +162,18 @@ describe("node:http: what never reaches the handler", () => {
   test("a client gone mid-body is not reported as an error", async () => {
     const errors: unknown[] = [];
     const handler = nodeWebhookHandler(webhook, { onEvent: () => {}, onError: (e) => errors.push(e) });
+    let arrived!: () => void;
+    const reading = new Promise<void>((resolve) => {
+      arrived = resolve;
+    });
     let done!: () => void;
     const handled = new Promise<void>((resolve) => {
       done = resolve;
     });
     const server = createServer(async (req, res) => {
-      await handler(req, res);
+      const read = handler(req, res); // reads the body from here on
+      arrived();
+      await read;
       done();
     });
     try {
@@ -175,7 +181,7 @@ describe("node:http: what never reaches the handler", () => {
       const socket = connect(Number(port), "127.0.0.1");
       await once(socket, "connect");
       socket.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"ev');
-      await new Promise((r) => setTimeout(r, 50));
+      await reading;
       socket.destroy();
       await handled;
       assert.deepEqual(errors, []);
