@@ -9,7 +9,7 @@ import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 import { expiredBriefSummaries, purgeExpired } from "../src/retention/purge.js";
 import { type Running, startServer } from "../src/server.js";
-import { type ApiClient, apiClient } from "./helpers/api.js";
+import { type ApiClient, apiClient, startedCall } from "./helpers/api.js";
 import { onServer } from "./helpers/content.js";
 import { startPostgres, stopPostgres } from "./helpers/postgres.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
@@ -272,12 +272,7 @@ describe("retention on PostgreSQL: a delivery re-opened while the purge runs", (
   test("keeps the delivery and its attempt log", async () => {
     assert.equal((await api.post("/v1/endpoints", { url: rx.url })).status, 201);
     const agent = await api.post("/v1/agents", { name: "Old" });
-    const c = await api.post("/v1/calls", {
-      agent_id: agent.body.id,
-      type: "inbound",
-      phone_number: "+15551234567",
-    });
-    await api.post(`/v1/calls/${c.body.id}/start`, {});
+    await startedCall(api, agent.body.id, "+15551234567");
     const failed = await waitFor("the delivery fails", async () => {
       const r = await api.get("/v1/deliveries?status=failed");
       return r.body.data[0] as { id: string } | undefined;
