@@ -471,6 +471,35 @@ test("attempts waiting for their start time go out as the endpoint is now: its n
   await assertChangesReachWaitingAttempts(rx, server.api, agentId, endpoint.id);
 });
 
+test("an endpoint the dispatcher disables (410 Gone) gets none of the attempts already waiting for their start time", async () => {
+  const fresh = await backends()[0]!.fresh();
+  // Healthy for its first three, then gone: by then a second's worth of attempts is waiting.
+  const rx = await startReceiver({ respond: (q) => (q.n <= 3 ? 200 : { status: 410, body: "gone" }) });
+  const server = await spawnServer({ dataDir: fresh.dataDir, env: { KLEN_DATABASE_URL: fresh.databaseUrl } });
+  after(async () => {
+    await server.kill("SIGKILL");
+    await rx.close();
+    await fresh.cleanup();
+  });
+  const { agentId, endpoint } = await setupAccount(server.api, {
+    endpointUrl: rx.url,
+    endpoint: { rate_limit: 10 },
+  });
+  for (let i = 0; i < 30; i++)
+    await startedCall(server.api, agentId, `+1555092${String(i).padStart(4, "0")}`);
+  await waitFor(
+    "the endpoint disabled",
+    async () => (await server.api.get(`/v1/endpoints/${endpoint.id}`)).body.disabled,
+  );
+  await waitFor("every delivery settled", async () => {
+    const r = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=pending&limit=1`);
+    return r.body.data.length === 0;
+  });
+  // After the 410 at most the attempt already on its way; a second's worth was waiting.
+  const after410 = rx.requests.filter((q) => q.n > 4).length;
+  assert.ok(after410 <= 1, `${after410} requests after the endpoint answered 410 Gone`);
+});
+
 test("the same with the change made through an API process and the attempts waiting in a worker (PostgreSQL NOTIFY)", async () => {
   const { rx, apiProc, agentId, endpoint, addWorkers } = await apiOnPostgres(10);
   await addWorkers(1);

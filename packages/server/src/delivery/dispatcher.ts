@@ -1,4 +1,4 @@
-import type { AppContext } from "../api/context.js";
+import { type AppContext, announceEndpointChange } from "../api/context.js";
 import { previousSecrets } from "../endpoints/secrets.js";
 import { logBackgroundFailure } from "../log.js";
 import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../metrics.js";
@@ -768,8 +768,11 @@ export class Dispatcher {
           this.ctx.clock.now(),
           { mayBeRecorded: batch.some((o) => this.uncertain.has(o)) },
         );
-        for (const d of disabled)
+        for (const d of disabled) {
           this.ctx.log.warn({ endpoint_id: d.id, reason: d.reason }, "endpoint disabled");
+          // Attempts of it other workers hold are settled, not sent (as after a PATCH).
+          void announceEndpointChange(this.ctx, d.id).catch(() => {});
+        }
         this.settle(
           batch.map((o) => o.claimed),
           released > 0,
