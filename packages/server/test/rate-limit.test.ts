@@ -433,7 +433,19 @@ async function assertChangesReachWaitingAttempts(
   agentId: number,
   endpointId: string,
 ): Promise<void> {
-  for (let i = 0; i < 60; i++) await startedCall(api, agentId, `+1555091${String(i).padStart(4, "0")}`);
+  // The backlog made at once, so that most of it is still waiting at 10 a second, however slow
+  // the machine (made one call at a time, a slow run had delivered 52 of 60 before the rotation).
+  const calls = await Promise.all(
+    Array.from({ length: 60 }, (_, i) =>
+      api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: `+1555091${String(i).padStart(4, "0")}`,
+      }),
+    ),
+  );
+  const started = await Promise.all(calls.map((c) => api.post(`/v1/calls/${c.body.id}/start`, {})));
+  assert.deepEqual(new Set(started.map((r) => r.status)), new Set([200]));
   await rx.waitForCount(5, 30_000);
   const rotated = await api.post(`/v1/endpoints/${endpointId}/rotate-secret`, { grace_seconds: 0 });
   assert.equal(rotated.status, 200);
