@@ -14,7 +14,7 @@ import { apiOnlyServer } from "./helpers/api-only.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
 import { attemptsAt } from "./helpers/metrics.js";
 import { stopPostgres } from "./helpers/postgres.js";
-import { type Receiver, startReceiver } from "./helpers/receiver.js";
+import { type Receiver, type Responder, startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, spawnWorkers, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -384,9 +384,9 @@ test("attempts waiting for their start time take none of the process's slots: a 
  * A `serve` process on a fresh SQLite database (`env` added), with an agent and an endpoint at a
  * verifying receiver limited to `perSecond`; stopped after the test file.
  */
-async function serverOnSqlite(perSecond: number, env: Record<string, string> = {}) {
+async function serverOnSqlite(perSecond: number, env: Record<string, string> = {}, respond?: Responder) {
   const fresh = await backends()[0]!.fresh();
-  const rx = await startReceiver();
+  const rx = await startReceiver({ respond });
   const server = await spawnServer({
     dataDir: fresh.dataDir,
     env: { KLEN_DATABASE_URL: fresh.databaseUrl, ...env },
@@ -484,19 +484,10 @@ test("attempts waiting for their start time go out as the endpoint is now: its n
 });
 
 test("an endpoint the dispatcher disables (410 Gone) gets none of the attempts already waiting for their start time", async () => {
-  const fresh = await backends()[0]!.fresh();
   // Healthy for its first three, then gone: by then a second's worth of attempts is waiting.
-  const rx = await startReceiver({ respond: (q) => (q.n <= 3 ? 200 : { status: 410, body: "gone" }) });
-  const server = await spawnServer({ dataDir: fresh.dataDir, env: { KLEN_DATABASE_URL: fresh.databaseUrl } });
-  after(async () => {
-    await server.kill("SIGKILL");
-    await rx.close();
-    await fresh.cleanup();
-  });
-  const { agentId, endpoint } = await setupAccount(server.api, {
-    endpointUrl: rx.url,
-    endpoint: { rate_limit: 10 },
-  });
+  const { rx, server, agentId, endpoint } = await serverOnSqlite(10, {}, (q) =>
+    q.n <= 3 ? 200 : { status: 410, body: "gone" },
+  );
   for (let i = 0; i < 30; i++)
     await startedCall(server.api, agentId, `+1555092${String(i).padStart(4, "0")}`);
   await waitFor(
