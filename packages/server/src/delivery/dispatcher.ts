@@ -241,7 +241,10 @@ export class Dispatcher {
     if (message?.startsWith("endpoint:")) this.onEndpointChange(message.slice("endpoint:".length));
     else this.wake();
   };
-  /** Endpoints changed through the API, and when (announceEndpointChange): read again before use. */
+  /**
+   * Endpoints changed since they were claimed, and when: through the API, or disabled by a
+   * dispatcher (announceEndpointChange). Read again before use.
+   */
   private readonly changedEndpoints = new Map<string, number>();
   /** The reading of a changed endpoint after its change, shared by every attempt that needs it. */
   private readonly rereads = new Map<string, { at: number; row: Promise<Claimed["endpoint"]> }>();
@@ -376,7 +379,7 @@ export class Dispatcher {
         this.slow.delete(id);
         this.hanging.delete(id);
         // Its attempts already waiting (a second's worth at most) are settled by `run`, which reads
-        // an endpoint changed through the API again (announceEndpointChange) before an attempt.
+        // an endpoint announced as changed (announceEndpointChange) again before an attempt.
         this.pacer.forget([id]);
       }
   }
