@@ -201,3 +201,67 @@ test("PostgreSQL that makes a statement wait: 503, and the abandoned statements 
 function pgIdent(url: string): string {
   return `"${decodeURIComponent(new URL(url).pathname.slice(1)).replaceAll('"', '""')}"`;
 }
+
+// A deadlock between a request's transaction and another session's: PostgreSQL rolls one of
+// them back (SQLSTATE 40P01), and when that is the request's, the server runs the transaction
+// again instead of answering 503. The call ends once, with one `call.ended`.
+test("PostgreSQL deadlock on a request's transaction: run again, one transition, one event", async (t) => {
+  const server = await startPostgres();
+  const db = await server.freshDatabase();
+  const dir = tempDir();
+  const holder = new pg.Client({ connectionString: db.url });
+  let api: ServerProcess | undefined;
+  t.after(async () => {
+    await api?.kill("SIGKILL");
+    await holder.end().catch(() => {});
+    await db.drop();
+    dir.remove();
+  });
+  api = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db.url } });
+  const { agentId } = await setupAccount(api.api);
+  const call = await api.api.post("/v1/calls", {
+    agent_id: agentId,
+    type: "inbound",
+    phone_number: "+15551234567",
+  });
+  assert.equal(call.status, 201);
+  assert.equal((await api.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+  const account = (await api.api.get("/v1/account")).body.id;
+
+  await holder.connect();
+  await holder.query("BEGIN");
+  // This session waits longer before it looks for a deadlock, so the request's is the one
+  // PostgreSQL rolls back.
+  await holder.query("SET LOCAL deadlock_timeout = '30s'");
+  // The request locks its call, then stores its Idempotency-Key, which this session has written
+  // and not committed: the request waits for this session.
+  await holder.query(
+    `INSERT INTO idempotency_keys (account_id, key, method, path, request_hash, status_code, response_body, created_at)
+     VALUES ($1, 'end-once', 'POST', '/', '', 200, '{}', 0)`,
+    [account],
+  );
+  const ending = api.api.post(`/v1/calls/${call.body.id}/end`, {}, { "idempotency-key": "end-once" });
+  await waitFor(
+    "the request to wait for this session's key",
+    async () =>
+      Number(
+        (
+          await holder.query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+          )
+        ).rows[0].n,
+      ) === 1,
+    10_000,
+  );
+  // Now this session wants the call the request holds: a deadlock, and the request gives way.
+  await holder.query("SELECT id FROM calls WHERE id = $1 FOR UPDATE", [call.body.id]);
+  await holder.query("ROLLBACK");
+  const ended = await ending;
+  assert.equal(ended.status, 200, JSON.stringify(ended.body));
+  assert.equal(ended.body.status, "completed");
+  const events = await api.api.get(`/v1/events?call_id=${call.body.id}`);
+  assert.deepEqual(
+    events.body.data.map((e: { event_type: string }) => e.event_type),
+    ["call.ended", "call.started"],
+  );
+});

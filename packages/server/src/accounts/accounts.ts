@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import { retryStaleSnapshot } from "../storage/retry.js";
+import { retryConflicts } from "../storage/retry.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { hashApiKey, newApiKey } from "../util/ids.js";
@@ -144,5 +144,5 @@ export async function createFirstAccount(store: Store): Promise<string | undefin
  * (PostgreSQL), and run again when another process's commit made its snapshot stale (SQLite).
  */
 function atStart<T>(store: Store, fn: (trx: Db) => Promise<T>): Promise<T> {
-  return store.withMigrationLock(() => retryStaleSnapshot(() => store.db.transaction().execute(fn)));
+  return store.withMigrationLock(() => retryConflicts(() => store.db.transaction().execute(fn)));
 }

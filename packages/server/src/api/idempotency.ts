@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { ApiError } from "../errors.js";
-import { retryStaleSnapshot } from "../storage/retry.js";
+import { retryConflicts } from "../storage/retry.js";
 import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 
@@ -44,7 +44,7 @@ export async function runIdempotent(
   now = Date.now(),
 ): Promise<Outcome & { replayed: boolean }> {
   if (req.key === undefined) {
-    const out = await retryStaleSnapshot(() => store.db.transaction().execute(handler));
+    const out = await retryConflicts(() => store.db.transaction().execute(handler));
     return { ...out, replayed: false };
   }
   if (req.key.length === 0 || req.key.length > 255) {
@@ -110,11 +110,11 @@ export async function runIdempotent(
       return { ...out, replayed: false };
     });
   try {
-    return await retryStaleSnapshot(attempt);
+    return await retryConflicts(attempt);
   } catch (err) {
     // Two requests with one key raced: the loser's insert hit the primary key and rolled back
     // everything it did. Running again finds the winner's record and replays it.
-    if (store.isUniqueViolation(err)) return retryStaleSnapshot(attempt);
+    if (store.isUniqueViolation(err)) return retryConflicts(attempt);
     throw err;
   }
 }
