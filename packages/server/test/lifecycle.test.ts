@@ -43,6 +43,30 @@ test("the lifecycle allows exactly the documented transitions", () => {
   assert.ok(!wrongTime.ok && wrongTime.status === 400 && wrongTime.field === "ended_at");
 });
 
+test("an ended_at equal to the started_at shown (whole seconds) ends a call of 0 seconds", () => {
+  // Started at .700 of a second; the API and the events show that second without its fraction.
+  const startedAt = Date.parse("2025-04-23T14:30:45.700Z");
+  const running = { ...base, status: "in-progress", started_at: startedAt };
+  const shown = Date.parse("2025-04-23T14:30:45Z");
+  for (const step of ["end", "fail"] as const) {
+    const r = transition(running, step, { now: startedAt + 5_000, ended_at: shown, failure_reason: "busy" });
+    assert.ok(r.ok, `${step}: ${JSON.stringify(r)}`);
+    assert.equal(r.patch.ended_at, shown);
+    const body = buildPayload(
+      r.event,
+      source({ status: r.patch.status as string, started_at: startedAt, ended_at: shown }),
+      startedAt + 5_000,
+    );
+    const call = body.call as Record<string, unknown>;
+    assert.equal(call.started_at, "2025-04-23T14:30:45Z");
+    assert.equal(call.ended_at, "2025-04-23T14:30:45Z");
+    assert.equal(call.duration_seconds, 0);
+  }
+  // A second earlier than the shown start is still before it.
+  const before = transition(running, "end", { now: startedAt, ended_at: shown - 1 });
+  assert.ok(!before.ok && before.status === 400 && before.field === "ended_at");
+});
+
 const source = (over: Partial<PayloadSource["call"]> = {}): PayloadSource => ({
   call: {
     id: 123,

@@ -44,10 +44,14 @@ const conflict = (call: CallState, action: Action, need: string): TransitionResu
   message: `call ${call.id} is ${call.status}; ${action} needs ${need}`,
 });
 
-/** When an ending step ends the call: as given (not before it started), or now. */
+/**
+ * When an ending step ends the call: as given (not before it started), or now. Compared in whole
+ * seconds, as the API and the events show both times: an `ended_at` equal to the `started_at` a
+ * client was shown is a call of 0 seconds, even when the start's own clock had milliseconds.
+ */
 function endTime(call: CallState, input: TransitionInput): number | TransitionResult {
   const endedAt = input.ended_at ?? Math.max(input.now, call.started_at ?? input.now);
-  if (call.started_at !== null && endedAt < call.started_at) {
+  if (call.started_at !== null && wholeSeconds(endedAt) < wholeSeconds(call.started_at)) {
     return {
       ok: false,
       status: 400,
@@ -58,6 +62,8 @@ function endTime(call: CallState, input: TransitionInput): number | TransitionRe
   }
   return endedAt;
 }
+
+const wholeSeconds = (ms: number) => Math.floor(ms / 1000);
 
 /**
  * The call lifecycle (PRODUCT.md §4): queued → in-progress → completed, or → failed from either
