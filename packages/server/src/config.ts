@@ -1,6 +1,7 @@
+import { type Stats, statSync } from "node:fs";
 import { isIP } from "node:net";
 import { availableParallelism } from "node:os";
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { parseDuration, parseSchedule, parseSize } from "./util/units.js";
 
 /** Every setting of PRODUCT.md §12, parsed once at start-up. */
@@ -148,9 +149,89 @@ function checkSummaryUrl(value: string): void {
     );
 }
 
+/**
+ * The base of pre-signed URLs, which every `*_url` in an event body starts with: an absolute
+ * http(s) URL that a receiver can fetch once a path is appended, so no space, query, fragment or
+ * credentials.
+ */
+function checkPublicUrl(value: string): void {
+  const bad = (why: string) => new ConfigError("KLEN_PUBLIC_URL", `${why}: "${value}"`);
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw bad("not a URL");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw bad("not an http(s) URL");
+  if (/[\s?#]/.test(value))
+    throw bad("must have no spaces, query or fragment (it is the base of every blob URL)");
+  if (url.username || url.password)
+    throw new ConfigError("KLEN_PUBLIC_URL", "must not carry credentials (user:password@)");
+}
+
+/**
+ * The folder of the SQLite file and the blobs: a folder, or a path where one can be made (the
+ * server makes it when it first opens the database). A file in its place, or under a file, stops
+ * start-up here rather than at the first write.
+ */
+function checkDataDir(dir: string): void {
+  let path = dir;
+  for (;;) {
+    let stat: Stats | undefined;
+    try {
+      stat = statSync(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "ENOENT" && code !== "ENOTDIR") {
+        throw new ConfigError("KLEN_DATA_DIR", `${dir}: ${(err as Error).message}`);
+      }
+    }
+    if (stat) {
+      if (!stat.isDirectory())
+        throw new ConfigError(
+          "KLEN_DATA_DIR",
+          path === dir ? `${dir} is not a folder` : `${dir} cannot be made: ${path} is not a folder`,
+        );
+      return;
+    }
+    const parent = dirname(path);
+    if (parent === path) return;
+    path = parent;
+  }
+}
+
+/**
+ * `KLEN_API_KEY`: sent back as `Authorization: Bearer <key>`, so one run of visible ASCII; a key
+ * with a space or a line break would be stored but could never sign in. The value is not quoted.
+ */
+function apiKey(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  if (!/^[\x21-\x7e]+$/.test(value))
+    throw new ConfigError(
+      "KLEN_API_KEY",
+      "must be one run of visible ASCII characters (no spaces, line breaks or other characters), as it is sent in an Authorization header",
+    );
+  return value;
+}
+
+/**
+ * A database that could not be opened, named with the variable it came from (without its
+ * password): `KLEN_DATABASE_URL`, or `KLEN_DATA_DIR` for the default SQLite file.
+ */
+export function cannotOpenDatabase(databaseUrl: string, err: unknown, env: Env = process.env): Error {
+  const from = env.KLEN_DATABASE_URL ? "KLEN_DATABASE_URL" : "KLEN_DATA_DIR";
+  return new Error(
+    `cannot open the database ${withoutPassword(databaseUrl)} (${from}): ${(err as Error).message}`,
+    {
+      cause: err,
+    },
+  );
+}
+
 /** Reads the configuration from the environment; throws ConfigError naming the variable. */
 export function loadConfig(env: Env = process.env): Config {
   const dataDir = resolve(env.KLEN_DATA_DIR || "./data");
+  checkDataDir(dataDir);
   // Read by the logger itself (log.ts); checked here so a bad value names its variable.
   read(env, "LOG_LEVEL", "info", logLevel);
   const p = read(env, "PORT", "8080", port);
@@ -163,9 +244,7 @@ export function loadConfig(env: Env = process.env): Config {
     throw new ConfigError("KLEN_SUMMARY_MODEL", "required with KLEN_SUMMARY_URL");
   const workerPort = env.KLEN_WORKER_PORT ? read(env, "KLEN_WORKER_PORT", "", port) : undefined;
   const publicUrl = (env.KLEN_PUBLIC_URL || `http://localhost:${p}`).replace(/\/+$/, "");
-  if (!/^https?:\/\/[^/]+/.test(publicUrl)) {
-    throw new ConfigError("KLEN_PUBLIC_URL", `not an http(s) URL: "${publicUrl}"`);
-  }
+  checkPublicUrl(publicUrl);
   // A lease that can end while its attempt is still allowed to run would let a second worker send
   // the same delivery while the first is still waiting for the answer: a duplicate by design.
   const leaseMs = env.KLEN_LEASE ? read(env, "KLEN_LEASE", "", parseDuration) : timeout + 30_000;
@@ -184,7 +263,7 @@ export function loadConfig(env: Env = process.env): Config {
     host: read(env, "KLEN_HOST", "127.0.0.1", host),
     databaseUrl: read(env, "KLEN_DATABASE_URL", `sqlite:${dataDir}/klen.db`, databaseUrl),
     dataDir,
-    apiKey: env.KLEN_API_KEY || undefined,
+    apiKey: apiKey(env.KLEN_API_KEY),
     dev: read(env, "KLEN_DEV", "0", bool),
     workerPort,
     publicUrl,

@@ -3,7 +3,7 @@ import { createFirstAccount, ensureAccountForKey } from "./accounts/accounts.js"
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey } from "./blobs/key.js";
-import { type Config, ConfigError } from "./config.js";
+import { type Config, ConfigError, cannotOpenDatabase } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
@@ -96,6 +96,8 @@ export async function startServer(
       onCreated: (file) => log.info({ file }, "no database file there: created a new, empty one"),
     },
     queryTimeoutMs: config.databaseTimeoutMs,
+  }).catch((err: unknown) => {
+    throw cannotOpenDatabase(config.databaseUrl, err);
   });
   // A process started while PostgreSQL is down or still starting up (a restart, a supervisor
   // bringing everything up at once) waits for it rather than exiting; so does one whose database

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
+import { writeFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
@@ -376,6 +377,28 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       assert.match(r.stderr, new RegExp(`PORT: port ${port} is already in use on 127\\.0\\.0\\.1`));
     } finally {
       taken.close();
+      dir.remove();
+    }
+  });
+
+  test("a KLEN_DATA_DIR that is a file, or under one, stops serve and migrate naming it, exit 2", async () => {
+    const dir = tempDir();
+    try {
+      const file = `${dir.path}/not-a-folder`;
+      writeFileSync(file, "x");
+      for (const [value, why] of [
+        [file, /is not a folder/],
+        [`${file}/data`, /cannot be made: .*not-a-folder is not a folder/],
+      ] as const) {
+        for (const args of [["serve"], ["migrate"]]) {
+          const port = await freePort();
+          const r = await cli(args, { KLEN_DATA_DIR: value, PORT: String(port) });
+          assert.equal(r.code, 2, `${args[0]} ${value}: ${r.stderr}`);
+          assert.match(r.stderr, /invalid configuration: KLEN_DATA_DIR: /);
+          assert.match(r.stderr, why);
+        }
+      }
+    } finally {
       dir.remove();
     }
   });

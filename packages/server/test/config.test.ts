@@ -139,3 +139,48 @@ test("dev mode, PostgreSQL URLs, an explicit schedule and the sender thread sett
   assert.equal(c.databaseUrl, "postgresql://u@127.0.0.1/db");
   assert.deepEqual(c.retrySchedule, [1000, 2000]);
 });
+
+test("KLEN_API_KEY must be one run of visible ASCII, and a refusal does not quote it", () => {
+  for (const key of [
+    "has SECRET space",
+    "SECRETkey\n",
+    " SECRETkey",
+    "SECRET\tkey",
+    "clé-SECRET-0123456789",
+  ]) {
+    assert.throws(
+      () => loadConfig({ KLEN_API_KEY: key }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.variable === "KLEN_API_KEY" &&
+        /visible ASCII/.test(err.message) &&
+        !err.message.includes("SECRET"),
+      JSON.stringify(key),
+    );
+  }
+  assert.equal(loadConfig({ KLEN_API_KEY: "klen_sk_A-b.c~0123456789" }).apiKey, "klen_sk_A-b.c~0123456789");
+  assert.equal(loadConfig({ KLEN_API_KEY: "" }).apiKey, undefined);
+});
+
+test("KLEN_PUBLIC_URL must be an http(s) URL that a path can follow", () => {
+  for (const url of [
+    "http://exa mple.com",
+    "http://x?y",
+    "https://klen.example/#top",
+    "ftp://klen.example",
+    "klen.example",
+    "https://user:pw@klen.example",
+  ]) {
+    assert.throws(
+      () => loadConfig({ KLEN_PUBLIC_URL: url }),
+      (err: unknown) =>
+        err instanceof ConfigError && err.variable === "KLEN_PUBLIC_URL" && !err.message.includes("pw@"),
+      url,
+    );
+  }
+  assert.equal(
+    loadConfig({ KLEN_PUBLIC_URL: "https://hooks.example.com/klen/" }).publicUrl,
+    "https://hooks.example.com/klen",
+  );
+  assert.equal(loadConfig({ KLEN_PUBLIC_URL: "http://[::1]:8080" }).publicUrl, "http://[::1]:8080");
+});

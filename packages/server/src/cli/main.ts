@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, Option } from "commander";
-import { ConfigError, loadConfig, withoutPassword } from "../config.js";
+import { ConfigError, cannotOpenDatabase, loadConfig } from "../config.js";
 import type { Role } from "../server.js";
 import { formatDuration } from "../util/units.js";
 import { VERSION } from "../version.js";
@@ -31,10 +31,7 @@ async function openMigrated(cfg: ReturnType<typeof loadConfig>) {
       throw err;
     }
   } catch (err) {
-    throw new Error(
-      `cannot open the database ${withoutPassword(cfg.databaseUrl)} (KLEN_DATABASE_URL): ${(err as Error).message}`,
-      { cause: err },
-    );
+    throw cannotOpenDatabase(cfg.databaseUrl, err);
   }
 }
 
