@@ -318,6 +318,13 @@ describe("auto-summary through an OpenAI-compatible endpoint", () => {
       assert.ok(s.body.messages.at(-1).content.includes("dropping every evening"));
     }
     assert.match(srv.output(), /summarizer request failed; retrying/);
+    // Each retry's warning names its call: several jobs run at once.
+    const retries = srv
+      .output()
+      .split("\n")
+      .filter((l) => l.includes("summarizer request failed; retrying"));
+    assert.ok(retries.length > 0);
+    for (const line of retries) assert.equal(JSON.parse(line).call_id, id, line);
     assert.doesNotMatch(srv.output(), /sk-test-123/, "the API key is never logged");
   });
 
