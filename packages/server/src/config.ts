@@ -30,6 +30,8 @@ export interface Config {
   rateLimit: number;
   /** Webhooks are sent from a thread of their own (send-thread.ts) rather than the event loop. */
   senderThread: boolean;
+  /** How long a test call waits for its generated summary before it sends the recording anyway. */
+  testCallSummaryWaitMs: number;
   summary: { url: string; model: string; apiKey: string } | undefined;
   benchDatabaseUrl: string | undefined;
 }
@@ -278,6 +280,7 @@ export function loadConfig(env: Env = process.env): Config {
     encryptionKey,
     maxBody: read(env, "KLEN_MAX_BODY", "1MiB", positive(parseSize)),
     maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", positive(parseSize)),
+    testCallSummaryWaitMs: read(env, "KLEN_TEST_CALL_SUMMARY_WAIT", "8s", positive(parseDuration)),
     rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
     senderThread: read(env, "KLEN_SENDER_THREAD", availableParallelism() > 1 ? "1" : "0", bool),
     summary: summaryUrl ? { url: summaryUrl, model: summaryModel!, apiKey: summaryKey ?? "" } : undefined,

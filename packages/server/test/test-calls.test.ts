@@ -8,16 +8,17 @@ import { openStore } from "../src/storage/store.js";
 import { backends } from "./helpers/backends.js";
 import { onServer, parseWav } from "./helpers/content.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 const WORKFLOW = ["call.started", "call.ended", "call.transcript", "call.summary", "call.recording"];
 
 /**
  * An OpenAI-compatible summarizer on loopback that takes each request and never answers: a run
- * stops there, mid-workflow. `env` points a server at it; `held` are the requests it took.
+ * stops there, mid-workflow. `env` points a server at it (with `wait`, how long a new run waits
+ * for it: by default long enough to stay there); `held` are the requests it took.
  */
-async function hangingSummarizer() {
+async function hangingSummarizer(wait = "10m") {
   const held: ServerResponse[] = [];
   let released = false;
   const answer = (res: ServerResponse) =>
@@ -35,6 +36,7 @@ async function hangingSummarizer() {
     env: {
       KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1/chat/completions`,
       KLEN_SUMMARY_MODEL: "hangs",
+      KLEN_TEST_CALL_SUMMARY_WAIT: wait,
     },
     /** Answers the held requests and every one after them. */
     release() {
@@ -410,6 +412,96 @@ describe("a test call whose process is killed more often than a run may fail", (
       llm.close();
       await rx.close();
       await db.cleanup();
+    }
+  });
+});
+
+// PRODUCT.md §4: a test call completes within ten seconds. A summarizer that fails or is slow
+// does not hold the recording back: it follows at once after a failed try, or after
+// KLEN_TEST_CALL_SUMMARY_WAIT (8 s) of no answer, and `call.summary` comes when the job succeeds.
+describe("a test call beside a summarizer that fails or hangs", () => {
+  const recorded = (rx: Receiver, callId: number) =>
+    rx.requests.filter((q) => q.json?.call?.id === callId).map((q) => q.json.event_type as string);
+
+  test("failing: the recording follows the first failed try, the summary comes with the job's retry", async () => {
+    let asked = 0;
+    let failing = true;
+    const llm = createServer((req, res) => {
+      req.resume();
+      asked++;
+      if (failing) return void res.writeHead(500).end("overloaded");
+      res
+        .writeHead(200, { "content-type": "application/json" })
+        .end(JSON.stringify({ choices: [{ message: { content: "The caller asked about billing." } }] }));
+    });
+    await new Promise<void>((r) => llm.listen(0, "127.0.0.1", r));
+    const rx = await startReceiver();
+    const dir = tempDir();
+    const srv = await spawnServer({
+      dataDir: dir.path,
+      env: {
+        KLEN_SUMMARY_URL: `http://127.0.0.1:${(llm.address() as AddressInfo).port}/v1`,
+        KLEN_SUMMARY_MODEL: "fails",
+      },
+    });
+    try {
+      const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
+      rx.setSecret(ep.body.secret);
+      const callId = (await srv.api.post("/v1/test-calls", {})).body.call_id as number;
+      await waitFor("call.recording", () => recorded(rx, callId).includes("call.recording"), 30_000);
+      // One run of the job (three tries) failed; its next run is 5 s away and has not asked yet.
+      assert.equal(asked, 3);
+      assert.deepEqual(recorded(rx, callId), [
+        "call.started",
+        "call.ended",
+        "call.transcript",
+        "call.recording",
+      ]);
+      failing = false;
+      await waitFor(
+        "call.summary from the job's next run",
+        () => recorded(rx, callId).includes("call.summary"),
+        30_000,
+      );
+      assert.equal(recorded(rx, callId).at(-1), "call.summary");
+    } finally {
+      await srv.kill();
+      await rx.close();
+      llm.closeAllConnections();
+      llm.close();
+      dir.remove();
+    }
+  });
+
+  test("hanging: the recording follows after KLEN_TEST_CALL_SUMMARY_WAIT, while the request is still open", async () => {
+    const llm = await hangingSummarizer("1s");
+    const rx = await startReceiver();
+    const dir = tempDir();
+    const srv = await spawnServer({ dataDir: dir.path, env: llm.env });
+    try {
+      const ep = await srv.api.post("/v1/endpoints", { url: `${rx.url}/hooks` });
+      rx.setSecret(ep.body.secret);
+      const callId = (await srv.api.post("/v1/test-calls", {})).body.call_id as number;
+      await waitFor("call.recording", () => recorded(rx, callId).includes("call.recording"), 30_000);
+      assert.equal(llm.held.length, 1, "the summarizer's one request is still unanswered");
+      llm.release();
+      await waitFor(
+        "call.summary once answered",
+        () => recorded(rx, callId).includes("call.summary"),
+        30_000,
+      );
+      assert.deepEqual(recorded(rx, callId), [
+        "call.started",
+        "call.ended",
+        "call.transcript",
+        "call.recording",
+        "call.summary",
+      ]);
+    } finally {
+      await srv.kill();
+      await rx.close();
+      llm.close();
+      dir.remove();
     }
   });
 });

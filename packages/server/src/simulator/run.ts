@@ -140,16 +140,19 @@ export async function handOverTestCalls(ctx: AppContext): Promise<void> {
  * (`resumeDueTestCalls`) emits each event once. The caller holds the run's lease (`lease`, the
  * `leased_until` it wrote); each step renews it in its own transaction, which fails on a lease
  * another process has taken since, and the last step deletes the run; while the run waits for its
- * summary the lease is renewed every third of its length. `summaryWaitMs` bounds the wait for a
- * summary job another process holds; by default it outlasts that job's lease (KLEN_LEASE), so a
- * job whose process died is taken over and run here, and the summary still precedes the
- * recording. Past it (a summarizer that keeps failing) the recording goes first.
+ * summary the lease is renewed every third of its length. `summaryWaitMs` bounds the wait for the
+ * summary: for a new run KLEN_TEST_CALL_SUMMARY_WAIT (8 s), so that a test call completes within
+ * seconds even when the summarizer is slow; for a run carried on after its process stopped
+ * (`resumed`), long enough to outlast the summary job's own lease (KLEN_LEASE), so that a job the
+ * stopped process held is taken over and run here, and the summary still precedes the recording.
+ * A summarizer that fails, or is slower than that, lets the recording go first; the summary job
+ * carries on and `call.summary` follows.
  */
 export async function runTestCall(
   ctx: AppContext,
   plan: TestCallPlan,
   lease: number,
-  opts: { summarize?: Summarizer; summaryWaitMs?: number } = {},
+  opts: { summarize?: Summarizer; summaryWaitMs?: number; resumed?: boolean } = {},
 ): Promise<void> {
   const { accountId, callId } = plan;
   let held = lease;
@@ -248,9 +251,10 @@ export async function runTestCall(
             ctx,
             opts.summarize ?? summarizerFor(ctx.config, ctx.log),
             callId,
-            // Long enough for a summary job a dead process held to come free (its lease is
-            // KLEN_LEASE too) and be run here: the summary then still comes before the recording.
-            opts.summaryWaitMs ?? Math.max(60_000, ctx.config.leaseMs + 15_000),
+            opts.summaryWaitMs ??
+              (opts.resumed
+                ? Math.max(60_000, ctx.config.leaseMs + 15_000)
+                : ctx.config.testCallSummaryWaitMs),
             () => mine.stopping,
           ),
       );
@@ -382,6 +386,7 @@ export async function resumeDueTestCalls(
         ...(r.transcript_bytes !== null ? { transcriptBytes: Number(r.transcript_bytes) } : {}),
       },
       lease,
+      { resumed: true },
     ).catch((err: unknown) =>
       log.error({ err }, "test call failed; it is tried again when its lease runs out"),
     );

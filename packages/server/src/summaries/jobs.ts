@@ -123,7 +123,7 @@ export async function runJob(
         job.lease = next;
         return true;
       },
-      () => summarize(job.transcript),
+      () => summarize(job.transcript, { callId: job.callId }),
     );
   try {
     summary = (await summarizeHeld()).trim();
@@ -201,7 +201,8 @@ export async function runDueSummaries(ctx: AppContext, summarize: Summarizer, li
  * Runs the summary job of one call now, for a caller that needs `call.summary` before its next
  * step (the test-call simulator): claims it itself, or, when a worker holds it, waits until the
  * call has its summary or the job has failed, at most `timeoutMs`, or until `stopped()` (the
- * process is shutting down). Returns whether the call got a summary.
+ * process is shutting down). A run here that fails ends the wait at once: the job's next run is
+ * its backoff away. Returns whether the call got a summary.
  */
 export async function summarizeCallNow(
   ctx: AppContext,
@@ -231,7 +232,8 @@ export async function summarizeCallNow(
         }),
       ]);
       clearInterval(timer);
-      if (outcome === "failed" || outcome === "late") return false;
+      // Failed here ("retry": its next run is seconds or minutes away): the caller goes on now.
+      if (outcome !== "done") return false;
     }
     const call = await ctx.store.db
       .selectFrom("calls")
