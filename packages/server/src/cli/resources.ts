@@ -156,7 +156,7 @@ export function registerResourceCommands(program: Command): void {
 function registerEndpointCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
-    .description("list, create, enable and disable webhook endpoints; show a secret")
+    .description("list, create, enable and disable webhook endpoints; show a secret; set a rate limit")
     .addHelpText(
       "after",
       `
@@ -206,7 +206,9 @@ Examples:
       run<ApiOpts & { url: string; description?: string; eventTypes?: string; rateLimit?: number }>(
         async (o, out) => {
           if (o.eventTypes !== undefined && o.eventTypes.trim() === "")
-            throw new Error("--event-types: give at least one event type, or leave the option out for all");
+            throw new InvalidArgumentError(
+              "--event-types: give at least one event type, or leave the option out for all",
+            );
           const types = parseEventList(o.eventTypes, "--event-types");
           const body: Record<string, unknown> = { url: o.url };
           if (o.description !== undefined) body.description = o.description;
