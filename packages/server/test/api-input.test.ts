@@ -521,6 +521,57 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     }
   });
 
+  test("routes that take no body refuse one with fields; a known path with another method is 405 with Allow", async () => {
+    const call = (
+      await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
+    ).body;
+    const agent = (await server.api.post("/v1/agents", { name: "Kept" })).body;
+    const keys = async () => (await server.api.get("/v1/api-keys?limit=100")).body.data.length;
+    const keysBefore = await keys();
+    // A client that thinks it set an expiry or asked for a hard delete is not told it succeeded.
+    expectError(
+      await server.api.post("/v1/api-keys", { expires_at: "2020-01-01T00:00:00Z" }),
+      400,
+      "invalid_request",
+      "expires_at",
+    );
+    expectError(
+      await server.api.raw("DELETE", `/v1/agents/${agent.id}`, { hard: true }),
+      400,
+      "invalid_request",
+      "hard",
+    );
+    expectError(await server.api.raw("POST", "/v1/api-keys", [1, 2]), 400, "invalid_request", "body");
+    expectError(
+      await server.api.raw("DELETE", `/v1/agents/${agent.id}`, '"x"'),
+      400,
+      "invalid_request",
+      "body",
+    );
+    assert.equal(
+      (await server.api.get(`/v1/agents/${agent.id}`)).status,
+      200,
+      "the refused DELETE deleted nothing",
+    );
+    assert.equal(await keys(), keysBefore, "no key was made");
+    // No body, or {}, is what these routes take.
+    const key = await server.api.post("/v1/api-keys", {});
+    assert.equal(key.status, 201);
+    assert.equal((await server.api.raw("DELETE", `/v1/api-keys/${key.body.id}`)).status, 200);
+    assert.equal((await server.api.raw("DELETE", `/v1/agents/${agent.id}`, {})).status, 200);
+
+    const wrong = await server.api.raw("PUT", `/v1/calls/${call.id}`, {});
+    expectError(wrong, 405, "method_not_allowed");
+    assert.equal(wrong.headers.get("allow"), "GET, HEAD");
+    assert.deepEqual(wrong.body.error.details.allowed, ["GET", "HEAD"]);
+    const start = await server.api.raw("GET", `/v1/calls/${call.id}/start`);
+    expectError(start, 405, "method_not_allowed");
+    assert.equal(start.headers.get("allow"), "POST");
+    expectError(await server.api.raw("DELETE", "/v1/calls"), 405, "method_not_allowed");
+    // A path no route has is still a 404.
+    expectError(await server.api.get(`/v1/calls/${call.id}/nothing`), 404, "not_found");
+  });
+
   test("the server is still healthy after all of the above", async () => {
     assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
     assert.equal(server.proc.exitCode, null);
@@ -751,6 +802,37 @@ for (const backend of backends()) {
       assert.equal((await server.api.get("/v1/agents")).body.data.length, 1);
       assert.equal((await server.api.get("/v1/calls")).body.data.length, 1);
       assert.equal((await server.api.get(`/v1/calls/${call.body.id}`)).body.status, "in-progress");
+    });
+
+    test("bytes that are not UTF-8, or an escaped half of a surrogate pair, are a 400; nothing is stored", async () => {
+      const before = (await server.api.get("/v1/agents")).body.data.length;
+      // \xff\xfe is no UTF-8: it used to become U+FFFD U+FFFD and a 201.
+      const bytes = Buffer.concat([
+        Buffer.from('{"name":"'),
+        Buffer.from([0xff, 0xfe]),
+        Buffer.from(' abc"}'),
+      ]);
+      const res = await fetch(`${server.url}/v1/agents`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
+        body: bytes,
+      });
+      const body = (await res.json()) as {
+        error: { code: string; message: string; details?: { field?: string } };
+      };
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.equal(body.error.code, "invalid_json");
+      assert.equal(body.error.message, "the body is not valid UTF-8");
+      assert.equal(body.error.details?.field, "body");
+      for (const name of ['"\\ud800x"', '"x\\udc00"', '"\\udc00\\ud800"']) {
+        const r = await server.api.raw("POST", "/v1/agents", `{"name":${name}}`);
+        expectError(r, 400, "invalid_request", "name");
+      }
+      // A whole pair, escaped or not, is one character and welcome.
+      const pair = await server.api.raw("POST", "/v1/agents", '{"name":"\\ud83d\\ude00 \u{1F600}"}');
+      assert.equal(pair.status, 201, JSON.stringify(pair.body));
+      assert.equal(pair.body.name, "\u{1F600} \u{1F600}");
+      assert.equal((await server.api.get("/v1/agents")).body.data.length, before + 1);
     });
 
     test("in a path id it is not found, like any id that cannot exist", async () => {

@@ -13,9 +13,9 @@ import { BACKLOG_COUNT_CAP, httpRequests, measureBacklogWith, registry } from ".
 import { type Db, PENDING } from "../storage/types.js";
 import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceEndpointChange, announceWork } from "./context.js";
-import { installErrorHandler } from "./errors.js";
+import { installErrorHandler, RouteTable } from "./errors.js";
 import { digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
-import { parseJsonBody } from "./json-body.js";
+import { decodeJsonBody, parseJsonBody } from "./json-body.js";
 import { completeOpenApi } from "./openapi.js";
 import { registerRoutes } from "./routes/index.js";
 
@@ -170,29 +170,41 @@ export async function buildApp(
   // A refusal of an authenticated state-changing request (bad input, no such resource) is the
   // first answer to its Idempotency-Key as much as a handler's own is (PRODUCT.md §4). A
   // recording's refusals are not kept: its body, what a repeat is compared by, was not read.
-  installErrorHandler(app, async (req, refusal) => {
-    const route = req.routeOptions.url;
-    if (req.account === undefined || req.method === "GET" || req.method === "HEAD") return undefined;
-    if (route === undefined || !route.startsWith("/v1/") || route.endsWith("/recording")) return undefined;
-    const r = idempotentRequestOf(req);
-    if (r.key === undefined) return undefined;
-    return runIdempotent(
-      ctx.store,
-      r,
-      async () => {
-        throw refusal;
-      },
-      ctx.clock.now(),
-    );
-  });
+  const routes = new RouteTable();
+  installErrorHandler(
+    app,
+    async (req, refusal) => {
+      const route = req.routeOptions.url;
+      if (req.account === undefined || req.method === "GET" || req.method === "HEAD") return undefined;
+      if (route === undefined || !route.startsWith("/v1/") || route.endsWith("/recording")) return undefined;
+      const r = idempotentRequestOf(req);
+      if (r.key === undefined) return undefined;
+      return runIdempotent(
+        ctx.store,
+        r,
+        async () => {
+          throw refusal;
+        },
+        ctx.clock.now(),
+      );
+    },
+    routes,
+  );
   // The API speaks JSON (and raw audio on the recording route); plain text is a 415, not a string body.
   app.removeContentTypeParser("text/plain");
   // An empty body sent with `content-type: application/json` (curl -X POST -H …, many HTTP
   // clients) is no body at all rather than a parse error; anything else parses as JSON, with the
   // checks of parseJsonBody.
   app.removeContentTypeParser("application/json");
-  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
-    const text = body.toString();
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
+    let text: string;
+    try {
+      text = decodeJsonBody(body as Buffer);
+    } catch (err) {
+      if (req.headers["idempotency-key"] !== undefined)
+        (req as { rawBodyDigest?: string }).rawBodyDigest = `bytes:${digest(body as Buffer)}`;
+      return done(err as Error, undefined);
+    }
     if (text.trim() === "") return done(null, undefined);
     let value: unknown;
     try {
@@ -209,6 +221,7 @@ export async function buildApp(
   // it gets an empty query schema, so the validator says `unknown query parameter "…"`. The
   // pre-signed blob route checks its own query (a bad one is a 403).
   app.addHook("onRoute", (route) => {
+    routes.add(route.method, route.url);
     if (!route.url.startsWith("/v1/") || route.url === "/v1/blobs/:id") return;
     route.schema ??= {};
     route.schema.querystring ??= { type: "object", additionalProperties: false, properties: {} };
@@ -217,6 +230,7 @@ export async function buildApp(
   // optional (start, end, rotate-secret) just work, and the others name the missing field.
   app.addHook("preValidation", async (req) => {
     if (req.body === undefined && req.method !== "GET" && req.routeOptions.schema?.body) req.body = {};
+    refuseUnexpectedBody(req);
     checkIntegerText(req);
   });
 
@@ -328,4 +342,23 @@ export async function buildApp(
   app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
   await registerRoutes(app, ctx, helpers);
   return app;
+}
+
+/**
+ * A state-changing `/v1` route that takes no body (create an API key, retry a delivery, every
+ * DELETE) refuses one with fields, as a route with a body schema refuses an unknown field: a
+ * client sending `{"hard": true}` to a DELETE must not be told it succeeded. No body, or `{}`, is
+ * fine. The recording route reads its body as audio.
+ */
+function refuseUnexpectedBody(req: FastifyRequest): void {
+  const route = req.routeOptions.url;
+  if (req.routeOptions.schema?.body || req.body === undefined || req.method === "GET") return;
+  if (route === undefined || !route.startsWith("/v1/") || route.endsWith("/recording")) return;
+  const body = req.body;
+  if (body !== null && typeof body === "object" && !Array.isArray(body)) {
+    const [first] = Object.keys(body);
+    if (first === undefined) return;
+    throw new ApiError(400, "invalid_request", `unknown field "${first}"`, { field: first });
+  }
+  throw new ApiError(400, "invalid_request", "this request takes no body (or {})", { field: "body" });
 }

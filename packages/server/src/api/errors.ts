@@ -111,7 +111,36 @@ function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined
  * One error shape for everything (PRODUCT.md §6): `{"error":{code,message,details}}`. Bad input
  * is a 4xx naming the field; anything unexpected is a 500 with no stack trace in the body.
  */
-export function installErrorHandler(app: FastifyInstance, remember?: RememberRefusal): void {
+/**
+ * The routes by method, to tell a path no route has (404) from one that another method has (405
+ * with `Allow`).
+ */
+export class RouteTable {
+  private readonly routes: Array<{ method: string; path: RegExp }> = [];
+
+  add(method: string | string[], url: string): void {
+    const path = new RegExp(
+      `^${url
+        .split("/")
+        .map((part) =>
+          part.startsWith(":") ? "[^/]+" : part === "*" ? ".*" : part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"),
+        )
+        .join("/")}$`,
+    );
+    for (const m of [method].flat()) this.routes.push({ method: m, path });
+  }
+
+  /** The methods some route takes at this path. */
+  allowed(path: string): string[] {
+    return [...new Set(this.routes.filter((r) => r.path.test(path)).map((r) => r.method))].sort();
+  }
+}
+
+export function installErrorHandler(
+  app: FastifyInstance,
+  remember?: RememberRefusal,
+  routes: RouteTable = new RouteTable(),
+): void {
   const refuse = (reply: FastifyReply, e: ApiError) => {
     if ((e.status === 429 || e.status === 503) && e.details?.retry_after)
       reply.header("retry-after", String(e.details.retry_after));
@@ -159,9 +188,23 @@ export function installErrorHandler(app: FastifyInstance, remember?: RememberRef
       return failed(req, reply, e as FastifyError);
     }
   });
-  app.setNotFoundHandler((req, reply) =>
-    reply
-      .status(404)
-      .send(new ApiError(404, "not_found", `no route ${req.method} ${req.url.split("?")[0]}`).toJSON()),
-  );
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split("?")[0]!;
+    const allowed = routes.allowed(path);
+    if (allowed.length > 0)
+      return reply
+        .status(405)
+        .header("allow", allowed.join(", "))
+        .send(
+          new ApiError(
+            405,
+            "method_not_allowed",
+            `${req.method} is not allowed on ${path}; use ${allowed.join(", ")}`,
+            {
+              allowed,
+            },
+          ).toJSON(),
+        );
+    return reply.status(404).send(new ApiError(404, "not_found", `no route ${req.method} ${path}`).toJSON());
+  });
 }

@@ -1,5 +1,7 @@
 import { ApiError } from "../errors.js";
 
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
 /** Deeper than any body the API takes (its deepest is an endpoint's `headers` object, two levels). */
 const MAX_DEPTH = 32;
 
@@ -14,7 +16,7 @@ const poisoned = () =>
  * Parses a JSON request body, refusing what a plain `JSON.parse` lets through but the API must
  * not take: prototype-poisoning keys (as Fastify's own parser does), numbers JSON cannot hold
  * (`1e400` parses as Infinity and passes an integer schema) or holds only rounded (integers past
- * 2^53 - 1), strings holding NUL, and nesting past `MAX_DEPTH`.
+ * 2^53 - 1), strings holding NUL or half a surrogate pair, and nesting past `MAX_DEPTH`.
  */
 export function parseJsonBody(text: string): unknown {
   let value: unknown;
@@ -40,6 +42,20 @@ function check(value: unknown, path: string, depth: number): void {
         location: "body",
       });
     }
+    // An escaped half of a surrogate pair (`"\ud800"`) is no character: UTF-8 cannot store it, and
+    // each database would replace it differently.
+    if (LONE_SURROGATE.test(value)) {
+      const field = path || "body";
+      throw new ApiError(
+        400,
+        "invalid_request",
+        `"${field}" contains an unpaired surrogate (\\ud800–\\udfff)`,
+        {
+          field,
+          location: "body",
+        },
+      );
+    }
     return;
   }
   if (typeof value === "number") {
@@ -63,6 +79,23 @@ function check(value: unknown, path: string, depth: number): void {
     if (!array && (k === "__proto__" || (k === "constructor" && isObjectWith(v, "prototype"))))
       throw poisoned();
     check(v, array ? `${path}[${k}]` : path ? `${path}.${k}` : k, depth + 1);
+  }
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * The body's bytes as text, refusing bytes that are not UTF-8 (RFC 8259 §8.1) rather than turning
+ * them into U+FFFD: the API would otherwise store text the client never sent.
+ */
+export function decodeJsonBody(bytes: Uint8Array): string {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    throw new ApiError(400, "invalid_json", "the body is not valid UTF-8", {
+      field: "body",
+      location: "body",
+    });
   }
 }
 
