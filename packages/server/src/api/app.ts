@@ -17,6 +17,7 @@ import { installErrorHandler, RouteTable } from "./errors.js";
 import { digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
 import { decodeJsonBody, parseJsonBody } from "./json-body.js";
 import { completeOpenApi } from "./openapi.js";
+import { RESPONSE_SCHEMAS } from "./response-schemas.js";
 import { registerRoutes } from "./routes/index.js";
 
 // Bodies are validated strictly: no type coercion ("5" is not an agent id) and unknown fields are
@@ -239,12 +240,15 @@ export async function buildApp(
       info: { title: "Klen call webhooks API", version: ctx.version },
       components: {
         securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
-        schemas: Object.fromEntries(
-          EVENT_TYPES.map((t) => {
-            const { $id: _id, ...rest } = eventSchemas[t];
-            return [t.replace(".", "_"), rest];
-          }),
-        ) as never,
+        schemas: {
+          ...Object.fromEntries(
+            EVENT_TYPES.map((t) => {
+              const { $id: _id, ...rest } = eventSchemas[t];
+              return [t.replace(".", "_"), rest];
+            }),
+          ),
+          ...RESPONSE_SCHEMAS,
+        } as never,
       },
       security: [{ bearer: [] }],
     },

@@ -1,22 +1,103 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
+import type { ResponseSchemaName } from "./response-schemas.js";
 
 /**
  * What the routes' schemas cannot say, added to the generated OpenAPI document (docs/api.md is the
- * reference for each): the success status of each operation, the error answers and their shape,
- * the `Idempotency-Key` header, the recording's raw body, and the webhooks the server sends.
- * Documentation only: nothing here validates or serialises a request.
+ * reference for each): the success status and body of each operation, the error answers and their
+ * shape, the `Idempotency-Key` header, the recording's raw body, and the webhooks the server
+ * sends.
+ * Documentation only: nothing here validates or serialises a request or an answer.
  */
 
-/** Operations whose success is not `200`. */
-const SUCCESS: Record<string, { status: string; description: string }> = {
-  "post /v1/agents": { status: "201", description: "the agent" },
-  "post /v1/api-keys": { status: "201", description: "the key, shown this once" },
-  "post /v1/contacts": { status: "201", description: "the contact" },
-  "post /v1/calls": { status: "201", description: "the call" },
-  "post /v1/endpoints": { status: "201", description: "the endpoint, with its secret" },
-  "post /v1/test-calls": { status: "202", description: "the test call runs; `{call_id}`" },
-  "post /v1/deliveries/{id}/retry": { status: "202", description: "the delivery, set to pending" },
-  "post /v1/endpoints/{id}/recover": { status: "202", description: "`{queued}`" },
+/**
+ * Each operation's success: its status and the `components.schemas` entry (response-schemas.ts)
+ * of its JSON body. test/openapi.test.ts checks that every `/v1` operation is here, and real
+ * answers against the schema named.
+ */
+const SUCCESS: Record<string, { status: string; description: string; schema: ResponseSchemaName }> = {
+  "get /v1/account": { status: "200", description: "the account", schema: "account" },
+  "patch /v1/account": { status: "200", description: "the account, changed", schema: "account" },
+  "get /v1/api-keys": { status: "200", description: "the account's API keys", schema: "api_key_page" },
+  "post /v1/api-keys": { status: "201", description: "the key, shown this once", schema: "api_key_created" },
+  "delete /v1/api-keys/{id}": { status: "200", description: "the revoked key", schema: "api_key_deleted" },
+  "post /v1/agents": { status: "201", description: "the agent", schema: "agent" },
+  "get /v1/agents": { status: "200", description: "agents", schema: "agent_page" },
+  "get /v1/agents/{id}": { status: "200", description: "the agent", schema: "agent" },
+  "patch /v1/agents/{id}": { status: "200", description: "the agent, changed", schema: "agent" },
+  "delete /v1/agents/{id}": { status: "200", description: "the deleted agent", schema: "agent_deleted" },
+  "post /v1/contacts": { status: "201", description: "the contact", schema: "contact" },
+  "get /v1/contacts": { status: "200", description: "contacts", schema: "contact_page" },
+  "get /v1/contacts/{id}": { status: "200", description: "the contact", schema: "contact" },
+  "patch /v1/contacts/{id}": { status: "200", description: "the contact, changed", schema: "contact" },
+  "delete /v1/contacts/{id}": {
+    status: "200",
+    description: "the deleted contact",
+    schema: "contact_deleted",
+  },
+  "post /v1/calls": { status: "201", description: "the call, `queued`", schema: "call" },
+  "get /v1/calls": { status: "200", description: "calls", schema: "call_page" },
+  "get /v1/calls/{id}": { status: "200", description: "the call", schema: "call" },
+  "post /v1/calls/{id}/start": { status: "200", description: "the call; emits call.started", schema: "call" },
+  "post /v1/calls/{id}/end": { status: "200", description: "the call; emits call.ended", schema: "call" },
+  "post /v1/calls/{id}/fail": { status: "200", description: "the call; emits call.failed", schema: "call" },
+  "post /v1/calls/{id}/transcript": {
+    status: "200",
+    description: "the call; emits call.transcript",
+    schema: "call",
+  },
+  "post /v1/calls/{id}/summary": {
+    status: "200",
+    description: "the call; emits call.summary",
+    schema: "call",
+  },
+  "post /v1/calls/{id}/recording": {
+    status: "200",
+    description: "the call; emits call.recording",
+    schema: "call",
+  },
+  "post /v1/test-calls": { status: "202", description: "the test call runs", schema: "test_call" },
+  "post /v1/endpoints": {
+    status: "201",
+    description: "the endpoint, with its secret",
+    schema: "endpoint_with_secret",
+  },
+  "get /v1/endpoints": { status: "200", description: "endpoints", schema: "endpoint_page" },
+  "get /v1/endpoints/{id}": { status: "200", description: "the endpoint", schema: "endpoint" },
+  "patch /v1/endpoints/{id}": { status: "200", description: "the endpoint, changed", schema: "endpoint" },
+  "delete /v1/endpoints/{id}": {
+    status: "200",
+    description: "the deleted endpoint",
+    schema: "endpoint_deleted",
+  },
+  "get /v1/endpoints/{id}/secret": { status: "200", description: "the secret", schema: "endpoint_secret" },
+  "post /v1/endpoints/{id}/rotate-secret": {
+    status: "200",
+    description: "the new secret",
+    schema: "endpoint_secret",
+  },
+  "post /v1/endpoints/{id}/recover": {
+    status: "202",
+    description: "failed deliveries re-queued",
+    schema: "recovery",
+  },
+  "get /v1/events": { status: "200", description: "events", schema: "event_page" },
+  "get /v1/events/{id}": { status: "200", description: "the event", schema: "event" },
+  "get /v1/deliveries": {
+    status: "200",
+    description: "deliveries, with their attempts",
+    schema: "delivery_page",
+  },
+  "get /v1/deliveries/{id}": {
+    status: "200",
+    description: "the delivery, with its attempts",
+    schema: "delivery",
+  },
+  "post /v1/deliveries/{id}/retry": {
+    status: "202",
+    description: "the delivery, set to pending",
+    schema: "delivery",
+  },
+  "get /v1/stats/deliveries": { status: "200", description: "delivery statistics", schema: "delivery_stats" },
 };
 
 const ERRORS: Record<string, string> = {
@@ -60,7 +141,10 @@ const IDEMPOTENCY_KEY = {
 type Operation = {
   responses?: Record<string, unknown>;
   parameters?: Array<Record<string, unknown>>;
-  requestBody?: unknown;
+  requestBody?: {
+    required?: boolean;
+    content?: Record<string, { schema?: { required?: string[]; [k: string]: unknown } }>;
+  };
 };
 type Doc = {
   paths?: Record<string, Record<string, Operation>>;
@@ -70,22 +154,35 @@ type Doc = {
 
 const errorResponse = (status: string) => errorResponseOf(ERRORS[status]!);
 
+const BLOB_BYTES = {
+  "text/plain": { schema: { type: "string" } },
+  "audio/*": { schema: { type: "string", format: "binary" } },
+};
+
 /** Routes that answer other than JSON, or without an API key: described whole here. */
-const OWN: Record<string, Record<string, unknown>> = {
+const OWN: Record<string, { responses: Record<string, unknown> }> = {
   "get /v1/blobs/{id}": {
-    "200": { description: "the blob (a transcript, summary or recording)" },
-    "206": { description: "the requested byte range (`Range`)" },
-    "403": errorResponseOf("malformed, tampered or expired signature (`details.reason`)"),
-    "404": errorResponseOf("unknown or purged blob"),
-    "416": errorResponseOf("range past the end"),
+    responses: {
+      "200": {
+        description:
+          "the blob: a transcript or summary (`text/plain; charset=utf-8`) or a recording (its audio type)",
+        content: BLOB_BYTES,
+      },
+      "206": { description: "the requested byte range (`Range`)", content: BLOB_BYTES },
+      "403": errorResponseOf("malformed, tampered or expired signature (`details.reason`)"),
+      "404": errorResponseOf("unknown or purged blob"),
+      "416": errorResponseOf("range past the end"),
+    },
   },
   "get /v1/events/stream": {
-    "200": {
-      description: "the account's events as Server-Sent Events (heartbeats; resumes after `Last-Event-ID`)",
-      content: { "text/event-stream": { schema: { type: "string" } } },
+    responses: {
+      "200": {
+        description: "the account's events as Server-Sent Events (heartbeats; resumes after `Last-Event-ID`)",
+        content: { "text/event-stream": { schema: { type: "string" } } },
+      },
+      "400": errorResponse("400"),
+      "401": errorResponse("401"),
     },
-    "400": errorResponse("400"),
-    "401": errorResponse("401"),
   },
 };
 
@@ -99,14 +196,19 @@ export function completeOpenApi(doc: Doc): Doc {
     for (const [method, op] of Object.entries(ops)) {
       const own = OWN[`${method} ${path}`];
       if (own) {
-        op.responses = own;
+        op.responses = own.responses;
         continue;
       }
       const writes = method !== "get";
-      const ok = SUCCESS[`${method} ${path}`] ?? { status: "200", description: "OK" };
-      const responses: Record<string, unknown> = {
-        [ok.status]: { description: ok.description },
-      };
+      const ok = SUCCESS[`${method} ${path}`];
+      const responses: Record<string, unknown> = ok
+        ? {
+            [ok.status]: {
+              description: ok.description,
+              content: { "application/json": { schema: { $ref: `#/components/schemas/${ok.schema}` } } },
+            },
+          }
+        : { "200": { description: "OK" } };
       for (const s of writes ? WRITE_ERRORS : READ_ERRORS) responses[s] = errorResponse(s);
       op.responses = responses;
       if (writes) op.parameters = [...(op.parameters ?? []), IDEMPOTENCY_KEY];
