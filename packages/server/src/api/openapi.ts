@@ -4,8 +4,8 @@ import type { ResponseSchemaName } from "./response-schemas.js";
 /**
  * What the routes' schemas cannot say, added to the generated OpenAPI document (docs/api.md is the
  * reference for each): the success status and body of each operation, the error answers and their
- * shape, the `Idempotency-Key` header, the recording's raw body, and the webhooks the server
- * sends.
+ * shape, the `Idempotency-Key` header, whether a body is required, the recording's raw body, and
+ * the webhooks the server sends.
  * Documentation only: nothing here validates or serialises a request or an answer.
  */
 
@@ -186,6 +186,14 @@ const OWN: Record<string, { responses: Record<string, unknown> }> = {
   },
 };
 
+/**
+ * A bodiless POST or PATCH to a route with a body schema means `{}` (app.ts), so a body is
+ * required only where its schema names a required field.
+ */
+function bodyRequired(body: NonNullable<Operation["requestBody"]>): boolean {
+  return (body.content?.["application/json"]?.schema?.required?.length ?? 0) > 0;
+}
+
 function errorResponseOf(description: string) {
   return { description, content: { "application/json": { schema: { $ref: "#/components/schemas/error" } } } };
 }
@@ -217,6 +225,7 @@ export function completeOpenApi(doc: Doc): Doc {
           required: true,
           content: { "audio/*": { schema: { type: "string", format: "binary" } } },
         };
+      else if (op.requestBody) op.requestBody.required = bodyRequired(op.requestBody);
     }
   }
   doc.components = {
