@@ -147,6 +147,10 @@ describe("the OpenAPI document describes every operation's real answers", () => 
             assert.ok(doc.components.schemas[schema.$ref.split("/").pop()!], `${key}: ${schema.$ref} exists`);
           }
         }
+        // A prefixed id of the wrong form is a 404, not a 400: no pattern promises otherwise.
+        for (const p of operation.parameters ?? [])
+          if (p.in === "path")
+            assert.equal(p.schema?.pattern, undefined, `${key}: path ${p.name} has no pattern`);
       }
     }
     // Every documented object is closed, so an undocumented field is an error.
@@ -369,5 +373,11 @@ describe("the OpenAPI document describes every operation's real answers", () => 
           );
       }
     }
+  });
+
+  test("a path id of the wrong form is a 404, as documented", async () => {
+    const res = await op("get", "/v1/events/{id}", { id: "evt_123" });
+    expect(res, 404);
+    assert.ok(doc.paths["/v1/events/{id}"]!.get!.responses["404"]);
   });
 });

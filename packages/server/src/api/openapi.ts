@@ -138,6 +138,7 @@ const IDEMPOTENCY_KEY = {
   schema: { type: "string", minLength: 1, maxLength: 255 },
 };
 
+type Parameter = { in?: string; description?: string; schema?: Record<string, unknown> };
 type Operation = {
   responses?: Record<string, unknown>;
   parameters?: Array<Record<string, unknown>>;
@@ -194,6 +195,24 @@ function bodyRequired(body: NonNullable<Operation["requestBody"]>): boolean {
   return (body.content?.["application/json"]?.schema?.required?.length ?? 0) > 0;
 }
 
+/**
+ * A prefixed path id (`ep_…`) is validated against its pattern, but one that does not match is
+ * answered 404 like an unknown id (routes/common.ts): the pattern is said in words, not declared,
+ * so that the document does not promise a 400 the server never gives.
+ */
+function pathIdParam(p: Record<string, unknown>): Record<string, unknown> {
+  const param = p as Parameter;
+  const pattern = param.schema?.pattern;
+  if (param.in !== "path" || typeof pattern !== "string") return p;
+  const { pattern: _, ...schema } = param.schema!;
+  const prefix = /^\^([a-z]+)_/.exec(pattern)?.[1];
+  return {
+    ...p,
+    schema,
+    description: `\`${prefix}_\` and 26 characters; an id of any other form is answered 404, as an unknown one is`,
+  };
+}
+
 function errorResponseOf(description: string) {
   return { description, content: { "application/json": { schema: { $ref: "#/components/schemas/error" } } } };
 }
@@ -202,6 +221,7 @@ export function completeOpenApi(doc: Doc): Doc {
   for (const [path, ops] of Object.entries(doc.paths ?? {})) {
     if (!path.startsWith("/v1/")) continue;
     for (const [method, op] of Object.entries(ops)) {
+      op.parameters = op.parameters?.map(pathIdParam);
       const own = OWN[`${method} ${path}`];
       if (own) {
         op.responses = own.responses;
