@@ -84,7 +84,7 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     }
     assert.ok(doc.paths["/v1/calls/{id}/recording"].post.requestBody.content["audio/*"]);
     // The blob route needs no key and serves ranges; the stream is not JSON.
-    assert.deepEqual(statuses("/v1/blobs/{id}", "get"), ["200", "206", "403", "404", "416"]);
+    assert.deepEqual(statuses("/v1/blobs/{id}", "get"), ["200", "206", "403", "404", "416", "503"]);
     assert.ok(doc.paths["/v1/events/stream"].get.responses["200"].content["text/event-stream"]);
     // Each webhook names its event's schema, and that schema is in the document.
     for (const [type, hook] of Object.entries<any>(doc["x-webhooks"])) {

@@ -165,6 +165,15 @@ describe("the OpenAPI document describes every operation's real answers", () => 
     assert.deepEqual(open, []);
   });
 
+  test("the blob route's and the stream's own inputs are documented", () => {
+    const names = (path: string) =>
+      (doc.paths[path]!.get!.parameters ?? []).map((p) => `${p.in}:${p.name}${p.required ? "!" : ""}`);
+    assert.deepEqual(names("/v1/blobs/{id}"), ["path:id!", "query:expires!", "query:signature!"]);
+    assert.ok(names("/v1/events/stream").includes("header:Last-Event-ID"));
+    const stream = Object.keys(doc.paths["/v1/events/stream"]!.get!.responses);
+    assert.ok(stream.includes("429") && stream.includes("503"), String(stream));
+  });
+
   test("every operation, called for real, answers as documented", async () => {
     // Account and API keys.
     expect(await op("get", "/v1/account"), 200);

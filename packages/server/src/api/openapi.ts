@@ -1,11 +1,12 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { ResponseSchemaName } from "./response-schemas.js";
+import { MAX_STREAMS_PER_ACCOUNT } from "./routes/stream.js";
 
 /**
  * What the routes' schemas cannot say, added to the generated OpenAPI document (docs/api.md is the
  * reference for each): the success status and body of each operation, the error answers and their
- * shape, the `Idempotency-Key` header, whether a body is required, the recording's raw body, and
- * the webhooks the server sends.
+ * shape, the `Idempotency-Key` header, whether a body is required, the recording's raw body, the
+ * pre-signed blob URL's and the stream's own inputs, and the webhooks the server sends.
  * Documentation only: nothing here validates or serialises a request or an answer.
  */
 
@@ -161,8 +162,28 @@ const BLOB_BYTES = {
 };
 
 /** Routes that answer other than JSON, or without an API key: described whole here. */
-const OWN: Record<string, { responses: Record<string, unknown> }> = {
+const OWN: Record<
+  string,
+  { responses: Record<string, unknown>; parameters?: Array<Record<string, unknown>> }
+> = {
   "get /v1/blobs/{id}": {
+    // The handler checks the query itself (a bad one is a 403, not a 400), so no route schema names it.
+    parameters: [
+      {
+        name: "expires",
+        in: "query",
+        required: true,
+        description: "when the URL expires, Unix seconds (as in the event's URL); missing or past: 403",
+        schema: { type: "integer" },
+      },
+      {
+        name: "signature",
+        in: "query",
+        required: true,
+        description: "the URL's signature (as in the event's URL); missing or wrong: 403",
+        schema: { type: "string" },
+      },
+    ],
     responses: {
       "200": {
         description:
@@ -173,9 +194,19 @@ const OWN: Record<string, { responses: Record<string, unknown> }> = {
       "403": errorResponseOf("malformed, tampered or expired signature (`details.reason`)"),
       "404": errorResponseOf("unknown or purged blob"),
       "416": errorResponseOf("range past the end"),
+      "503": errorResponse("503"),
     },
   },
   "get /v1/events/stream": {
+    parameters: [
+      {
+        name: "Last-Event-ID",
+        in: "header",
+        required: false,
+        description: "resume after this event, as `after` does (`after` wins); not an event id: 400",
+        schema: { type: "string", pattern: "^evt_[0-9a-z]{26}$" },
+      },
+    ],
     responses: {
       "200": {
         description: "the account's events as Server-Sent Events (heartbeats; resumes after `Last-Event-ID`)",
@@ -183,6 +214,10 @@ const OWN: Record<string, { responses: Record<string, unknown> }> = {
       },
       "400": errorResponse("400"),
       "401": errorResponse("401"),
+      "429": errorResponseOf(
+        `\`too_many_streams\`: the account has ${MAX_STREAMS_PER_ACCOUNT} streams open on this server process (\`Retry-After\`), or \`rate_limited\``,
+      ),
+      "503": errorResponse("503"),
     },
   },
 };
@@ -225,6 +260,7 @@ export function completeOpenApi(doc: Doc): Doc {
       const own = OWN[`${method} ${path}`];
       if (own) {
         op.responses = own.responses;
+        if (own.parameters) op.parameters = [...(op.parameters ?? []), ...own.parameters];
         continue;
       }
       const writes = method !== "get";
