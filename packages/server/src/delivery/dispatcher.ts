@@ -98,8 +98,16 @@ function isPaced(c: Claimed): boolean {
 /** How many endpoints `Dispatcher.known` remembers. */
 const KNOWN_ENDPOINTS = 10_000;
 
-// Header names whose values the attempt log does not keep: credentials a receiver asked for.
-const SENSITIVE = /auth|cookie|token|secret|key|pass|credential|session/i;
+// The headers the attempt log keeps as sent: our own. A custom header's value is kept as
+// `[redacted]`, whatever its name: receivers put credentials in them (`X-Partner-Sig`), and the
+// endpoint itself shows them to its account.
+const OWN_HEADERS = new Set([
+  "content-type",
+  "user-agent",
+  "webhook-id",
+  "webhook-timestamp",
+  "webhook-signature",
+]);
 
 /**
  * Claims that leave all of `excluded` out start at `value`: when it was looked up (`at`), every due
@@ -706,7 +714,7 @@ export class Dispatcher {
     });
     const result = await this.sender.send(ep.url, headers, c.payload);
     const logged: Record<string, string> = {};
-    for (const [k, v] of Object.entries(headers)) logged[k] = SENSITIVE.test(k) ? "[redacted]" : v;
+    for (const [k, v] of Object.entries(headers)) logged[k] = OWN_HEADERS.has(k) ? v : "[redacted]";
     const outcome: Outcome = { claimed: c, startedAt: now, url: ep.url, requestHeaders: logged, result };
     if (result.statusCode === 429 || result.statusCode === 503) {
       const ra = parseRetryAfter(result.responseHeaders["retry-after"], now);
