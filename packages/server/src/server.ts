@@ -10,6 +10,7 @@ import { retentionJob } from "./retention/job.js";
 import { testCallResumer } from "./simulator/resumer.js";
 import { handOverTestCalls, stopTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
+import { resealJob } from "./storage/reseal.js";
 import { isDatabaseUnavailable, openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
 import { systemClock } from "./util/time.js";
@@ -148,9 +149,12 @@ export async function startServer(
   const summaries = role === "api" ? undefined : new SummaryWorker(ctx);
   const retention = role === "api" ? undefined : retentionJob(ctx);
   const testCalls = role === "api" ? undefined : testCallResumer(ctx);
+  // Values stored in clear before KLEN_ENCRYPTION_KEY was set are sealed, a page at a time.
+  const reseal = role === "api" ? undefined : resealJob(ctx);
   summaries?.start();
   retention?.start();
   testCalls?.start();
+  reseal?.start();
 
   return {
     ctx,
@@ -171,6 +175,7 @@ export async function startServer(
         })(),
       ]);
       await retention?.stop();
+      await reseal?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);
       await store.close();

@@ -2,14 +2,21 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { Webhook } from "@klen/webhooks";
 import Database from "better-sqlite3";
-import { FieldCipher } from "../src/storage/encryption.js";
+import { sql } from "kysely";
+import { ENCRYPTED_COLUMNS, FieldCipher, isSealed } from "../src/storage/encryption.js";
+import { sealWrittenInClear } from "../src/storage/reseal.js";
+import { openStore, type Store } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
+import { backends } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
+
+after(() => stopPostgres());
 
 test("FieldCipher round-trips, seals equal values equally, and rejects tampering", () => {
   const c = new FieldCipher("correct horse battery staple");
@@ -244,3 +251,109 @@ test("with KLEN_ENCRYPTION_KEY, text that looks sealed is stored and returned as
     dir.remove();
   }
 });
+
+/** Every value of the sealed columns as stored (read under another name, so never opened). */
+async function storedValues(store: Store): Promise<Array<{ where: string; value: string }>> {
+  const out: Array<{ where: string; value: string }> = [];
+  for (const [table, columns] of Object.entries(ENCRYPTED_COLUMNS))
+    for (const column of columns) {
+      const { rows } = await sql<{ raw: string | null }>`
+        SELECT ${sql.ref(column)} AS raw FROM ${sql.table(table)}`.execute(store.db);
+      for (const r of rows) if (r.raw !== null) out.push({ where: `${table}.${column}`, value: r.raw });
+    }
+  return out;
+}
+
+for (const backend of backends())
+  test(`KLEN_ENCRYPTION_KEY set later: what was stored in clear is sealed, and old contacts still match by phone number (${backend.name})`, async () => {
+    const db = await backend.fresh();
+    const env = { KLEN_DATABASE_URL: db.databaseUrl };
+    const key = { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" };
+    const rx = await startReceiver();
+    let server = await spawnServer({ dataDir: db.dataDir, env });
+    try {
+      // Without a key: an endpoint with a custom header, a contact, a whole call and an
+      // Idempotency-Key's stored answer, all in clear.
+      const { agentId, endpoint } = await setupAccount(server.api, {
+        endpointUrl: rx.url,
+        endpoint: { headers: { "X-Receiver-Pass": "hdr-credential-4711" } },
+      });
+      rx.setSecret(endpoint.secret);
+      const contact = await server.api.post(
+        "/v1/contacts",
+        { name: "Old Contact", phone_number: "+15557654321" },
+        { "idempotency-key": "old-contact" },
+      );
+      await runCall(server.api, agentId, "+15557654321");
+      await rx.waitForCount(4);
+      await server.kill();
+
+      // The job's work, in-process: everything in a sealed column is then sealed, and read back
+      // as it was.
+      const store = await openStore(db.databaseUrl, { encryptionKey: key.KLEN_ENCRYPTION_KEY });
+      try {
+        const before = await storedValues(store);
+        assert.ok(before.some((v) => v.where === "contacts.phone_number" && v.value === "+15557654321"));
+        assert.ok(
+          before.some((v) => v.where === "endpoints.headers" && v.value.includes("hdr-credential-4711")),
+        );
+        const n = await sealWrittenInClear(store, { batch: 2 }); // several pages per table
+        assert.equal(n, before.filter((v) => !isSealed(v.value)).length);
+        const after = await storedValues(store);
+        assert.deepEqual(
+          after.filter((v) => !isSealed(v.value)),
+          [],
+          "nothing left in clear",
+        );
+        assert.equal(after.length, before.length);
+        assert.equal(await sealWrittenInClear(store), 0, "done once: the next start skips the walk");
+        // A row still in clear (as if stored by a process without the key before the walk reached it).
+        await sql`INSERT INTO contacts (account_id, name, email, phone_number, created_at)
+                  SELECT account_id, 'Unsealed', NULL, '+15550001111', created_at
+                  FROM contacts WHERE id = ${contact.body.id}`.execute(store.db);
+      } finally {
+        await store.close();
+      }
+
+      server = await spawnServer({ dataDir: db.dataDir, env: { ...env, ...key } });
+      assert.equal(
+        (await server.api.get(`/v1/contacts/${contact.body.id}`)).body.phone_number,
+        "+15557654321",
+      );
+      assert.equal(
+        (await server.api.get(`/v1/endpoints/${endpoint.id}/secret`)).body.secret,
+        endpoint.secret,
+      );
+      const replay = await server.api.post(
+        "/v1/contacts",
+        { name: "Old Contact", phone_number: "+15557654321" },
+        { "idempotency-key": "old-contact" },
+      );
+      assert.equal(replay.headers.get("idempotent-replayed"), "true");
+      assert.deepEqual(replay.body, contact.body);
+      // Old contacts match new calls, sealed or still in clear.
+      for (const [phone, name] of [
+        ["+15557654321", "Old Contact"],
+        ["+15550001111", "Unsealed"],
+      ]) {
+        const call = await server.api.post("/v1/calls", {
+          agent_id: agentId,
+          type: "inbound",
+          phone_number: phone,
+        });
+        assert.equal(call.status, 201);
+        const linked = (await server.api.get(`/v1/contacts/${call.body.contact_id}`)).body;
+        assert.equal(linked.name, name, phone);
+      }
+      // Deliveries are still signed with the secret, and carry the custom header.
+      await runCall(server.api, agentId, "+15557654321");
+      await rx.waitForCount(8);
+      assert.deepEqual(rx.verifyFailures, []);
+      assert.equal(rx.requests.at(-1)!.headers["x-receiver-pass"], "hdr-credential-4711");
+      assert.equal(rx.requests.at(-1)!.json.call.contact.name, "Old Contact");
+    } finally {
+      await server.kill();
+      await rx.close();
+      await db.cleanup();
+    }
+  });

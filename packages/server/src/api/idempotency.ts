@@ -56,6 +56,9 @@ export async function runIdempotent(
   // Keyed when the database is encrypted: the stored hash then tells nothing of the body.
   const fingerprint = `${req.method} ${req.path}\n${req.bodyDigest}`;
   const requestHash = store.cipher ? store.cipher.mac(fingerprint) : digest(fingerprint);
+  // A key stored before KLEN_ENCRYPTION_KEY was set holds the plain hash: its repeat still matches.
+  const sameRequest = (stored: string) =>
+    stored === requestHash || (store.cipher !== undefined && stored === digest(fingerprint));
   const attempt = () =>
     store.db.transaction().execute(async (trx) => {
       const prior = await trx
@@ -65,7 +68,7 @@ export async function runIdempotent(
         .where("key", "=", key)
         .executeTakeFirst();
       if (prior && Number(prior.created_at) > now - IDEMPOTENCY_TTL_MS) {
-        if (prior.request_hash !== requestHash) {
+        if (!sameRequest(prior.request_hash)) {
           throw new ApiError(
             422,
             "idempotency_key_reused",
