@@ -37,12 +37,12 @@ export async function sealWrittenInClear(
   opts: { batch?: number; stopped?: () => boolean } = {},
 ): Promise<number> {
   const { cipher, db } = store;
+  const done = await db.selectFrom("settings").select("value").where("name", "=", DONE).executeTakeFirst();
   if (!cipher) {
-    await db.deleteFrom("settings").where("name", "=", DONE).execute();
+    if (done) await db.deleteFrom("settings").where("name", "=", DONE).execute();
     return 0;
   }
   const mark = cipher.mac(DONE);
-  const done = await db.selectFrom("settings").select("value").where("name", "=", DONE).executeTakeFirst();
   if (done?.value === mark) return 0;
   // Event bodies are up to the inline limit (64 KiB) each: a page holds at most a few MiB.
   const batch = opts.batch ?? 100;
