@@ -351,6 +351,19 @@ for (const backend of backends())
       assert.deepEqual(rx.verifyFailures, []);
       assert.equal(rx.requests.at(-1)!.headers["x-receiver-pass"], "hdr-credential-4711");
       assert.equal(rx.requests.at(-1)!.json.call.contact.name, "Old Contact");
+      await server.kill();
+
+      // A start without the key writes in clear again: the record that all was sealed goes.
+      const plain = await openStore(db.databaseUrl);
+      try {
+        const record = () =>
+          plain.db.selectFrom("settings").select("name").where("name", "=", "sealed_before_key").execute();
+        assert.equal((await record()).length, 1);
+        assert.equal(await sealWrittenInClear(plain), 0);
+        assert.equal((await record()).length, 0);
+      } finally {
+        await plain.close();
+      }
     } finally {
       await server.kill();
       await rx.close();
