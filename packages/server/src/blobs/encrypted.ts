@@ -1,7 +1,7 @@
 import { createCipheriv, createHmac, hkdfSync } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { unlink } from "node:fs/promises";
-import { Transform } from "node:stream";
+import { pipeline as pipeStreams, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { BlobStore } from "./store.js";
 
@@ -53,13 +53,18 @@ export function encryptedBlobStore(inner: BlobStore, secret: string): BlobStore 
       const stream = await inner.read(blobKey, range);
       if (!stream) return undefined;
       const c = cipherAt(blobKey, range?.start ?? 0);
-      return stream.pipe(
-        new Transform({
-          transform(chunk: Buffer, _enc, done) {
-            done(null, c.update(chunk));
-          },
-        }),
-      );
+      const out = new Transform({
+        transform(chunk: Buffer, _enc, done) {
+          done(null, c.update(chunk));
+        },
+      });
+      // pipeline(), not pipe(): a download cut off (the client went away) destroys `out`, and
+      // pipe() would only pause the file stream, keeping its descriptor and buffers open for the
+      // life of the process (one per aborted download). pipeline() destroys the file stream with
+      // it, and a read error part-way ends the response instead of leaving it hanging. Errors
+      // reach the caller through `out`.
+      pipeStreams(stream, out, () => undefined);
+      return out;
     },
   };
 }

@@ -1,0 +1,103 @@
+import assert from "node:assert/strict";
+import { readdirSync, readlinkSync, realpathSync } from "node:fs";
+import { request } from "node:http";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { onServer } from "./helpers/content.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+/** Recordings at rest under KLEN_ENCRYPTION_KEY: what downloads and uploads cost the server. */
+describe("encrypted recordings", () => {
+  const dir = tempDir();
+  let srv: ServerProcess;
+  let agentId: number;
+  let blobsDir: string;
+  // Large enough that no download fits in the socket buffers: an aborted one is cut off mid-file.
+  const audio = Buffer.alloc(8 * 1024 * 1024);
+  for (let i = 0; i < audio.length; i++) audio[i] = (i * 131 + (i >> 12)) & 0xff;
+  audio.write("RIFF", 0);
+  let url: string;
+
+  before(async () => {
+    srv = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" },
+    });
+    blobsDir = join(realpathSync(dir.path), "blobs");
+    agentId = (await srv.api.post("/v1/agents", { name: "Support" })).body.id;
+    url = await uploadRecording(await finishedCall(), audio);
+  });
+  after(async () => {
+    await srv.kill();
+    dir.remove();
+  });
+
+  async function finishedCall(): Promise<number> {
+    const c = await srv.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    await srv.api.post(`/v1/calls/${c.body.id}/start`, {});
+    await srv.api.post(`/v1/calls/${c.body.id}/end`, {});
+    return c.body.id;
+  }
+
+  /** Uploads `bytes` as the call's recording and returns its URL, on the test server's address. */
+  async function uploadRecording(callId: number, bytes: Buffer): Promise<string> {
+    const res = await fetch(`${srv.url}/v1/calls/${callId}/recording`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${srv.apiKey}`, "content-type": "audio/wav" },
+      body: new Uint8Array(bytes),
+    });
+    assert.equal(res.status, 200, await res.text());
+    const events = await srv.api.get(`/v1/events?call_id=${callId}&event_type=call.recording`);
+    return onServer(srv.url, events.body.data[0].payload.call.recording_url);
+  }
+
+  /** The server's open file descriptors on blob files (not the database, not sockets). */
+  function blobFds(): string[] {
+    const fdDir = `/proc/${srv.proc.pid}/fd`;
+    const open: string[] = [];
+    for (const fd of readdirSync(fdDir)) {
+      try {
+        const target = readlinkSync(join(fdDir, fd));
+        if (target.startsWith(`${blobsDir}/`)) open.push(target);
+      } catch {
+        // closed between the listing and the readlink
+      }
+    }
+    return open;
+  }
+
+  /** A GET that the client abandons after the first chunk of the body, as a seeking player does. */
+  function abortedGet(u: string, headers: Record<string, string> = {}): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const req = request(u, { headers }, (res) => {
+        res.once("data", () => {
+          req.destroy();
+          resolve(res.statusCode ?? 0);
+        });
+        res.once("error", () => undefined);
+      });
+      req.on("error", (err) => {
+        if (!req.destroyed) reject(err);
+      });
+      req.end();
+    });
+  }
+
+  test("downloads cut off by the client close the file they were reading", async () => {
+    assert.deepEqual(blobFds(), []);
+    for (let i = 0; i < 10; i++) {
+      const status = await abortedGet(url, i % 2 === 0 ? {} : { range: `bytes=${1000 + i * 17}-` });
+      assert.equal(status, i % 2 === 0 ? 200 : 206);
+    }
+    // Each aborted download held a descriptor (and its read buffers) for the life of the process.
+    await waitFor("no blob file left open after the aborted downloads", () => blobFds().length === 0);
+    const full = Buffer.from(await (await fetch(url)).arrayBuffer());
+    assert.ok(full.equals(audio), "a whole download is still the recording, decrypted");
+    await waitFor("no blob file left open after a whole download", () => blobFds().length === 0);
+  });
+});
