@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readdirSync, readlinkSync, realpathSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -71,6 +71,11 @@ describe("encrypted recordings", () => {
     return open;
   }
 
+  /** Bytes the server process has read (files, sockets, pipes) so far, from /proc. */
+  function bytesRead(): number {
+    return Number(/^rchar:\s+(\d+)$/m.exec(readFileSync(`/proc/${srv.proc.pid}/io`, "utf8"))?.[1]);
+  }
+
   /** A GET that the client abandons after the first chunk of the body, as a seeking player does. */
   function abortedGet(u: string, headers: Record<string, string> = {}): Promise<number> {
     return new Promise((resolve, reject) => {
@@ -99,5 +104,41 @@ describe("encrypted recordings", () => {
     const full = Buffer.from(await (await fetch(url)).arrayBuffer());
     assert.ok(full.equals(audio), "a whole download is still the recording, decrypted");
     await waitFor("no blob file left open after a whole download", () => blobFds().length === 0);
+  });
+
+  test("HEAD answers the headers of GET without reading the file", async () => {
+    const full = await fetch(url, { method: "HEAD" });
+    assert.equal(full.status, 200);
+    assert.equal(full.headers.get("content-length"), String(audio.length));
+    assert.equal(full.headers.get("content-type"), "audio/wav");
+    assert.equal(full.headers.get("accept-ranges"), "bytes");
+    assert.equal(await full.text(), "");
+    const part = await fetch(url, { method: "HEAD", headers: { range: "bytes=100-199" } });
+    assert.equal(part.status, 206);
+    assert.equal(part.headers.get("content-range"), `bytes 100-199/${audio.length}`);
+    assert.equal(part.headers.get("content-length"), "100");
+    const outside = await fetch(url, { method: "HEAD", headers: { range: `bytes=${audio.length}-` } });
+    assert.equal(outside.status, 416);
+    assert.equal(outside.headers.get("content-range"), `bytes */${audio.length}`);
+
+    // Volume, not time: ten HEADs used to read (and decrypt) the 8 MiB file ten times over, after
+    // their answers had gone. The whole GET that follows reads it once; by the time its last byte
+    // has arrived, the HEADs' reads, started earlier, would have been counted too.
+    const before = bytesRead();
+    for (let i = 0; i < 10; i++) {
+      const res = await fetch(url, { method: "HEAD" });
+      assert.equal(res.status, 200);
+    }
+    const body = Buffer.from(await (await fetch(url)).arrayBuffer());
+    assert.ok(body.equals(audio));
+    const read = bytesRead() - before;
+    assert.ok(
+      read < 2 * audio.length,
+      `the server read ${read} bytes for 10 HEADs and one ${audio.length}-byte GET`,
+    );
+    // Nor does a HEAD on an unknown or badly signed URL say anything more than GET would.
+    const forged = new URL(url);
+    forged.searchParams.set("signature", "A".repeat(43));
+    assert.equal((await fetch(forged, { method: "HEAD" })).status, 403);
   });
 });

@@ -1,3 +1,4 @@
+import type { FastifyReply, FastifyRequest } from "fastify";
 import { blobStoreFor } from "../../blobs/blobs.js";
 import { signingKey } from "../../blobs/key.js";
 import { parseRange } from "../../blobs/range.js";
@@ -14,79 +15,82 @@ const CLOCK_SKEW_MS = 5 * 60_000;
  * `GET /v1/blobs/{id}?expires=…&signature=…` (PRODUCT.md §5): pre-signed, no API key. The
  * signature is checked before anything is looked up, so an unsigned request learns nothing
  * about which ids exist (403 for tampered, malformed or expired; 404 only with a valid signature).
- * Audio is served with its stored content type and single byte-range support (206/416).
+ * Audio is served with its stored content type and single byte-range support (206/416); `HEAD`
+ * gives the same headers without opening the file.
  */
 export const blobRoutes: RouteModule = (app, ctx) => {
-  app.get(
-    "/v1/blobs/:id",
-    {
-      schema: {
-        summary: "Download a transcript, summary or recording by its pre-signed URL",
-        description:
-          "No API key: the `expires` (Unix seconds) and `signature` query parameters of the URL in the event " +
-          "authorize it. 403 when tampered, malformed or expired; 404 when unknown or purged. Audio supports " +
-          "`Range` (206/416).",
-        // The query is checked by the handler (a bad one is a 403, not a 400), so it has no schema here.
-        params: { type: "object", properties: { id: { type: "string" } } },
-        security: [],
-      },
-    },
-    async (req, reply) => {
-      const id = (req.params as { id: string }).id;
-      const q = req.query as Record<string, unknown>;
-      const key = await signingKey(ctx.store, ctx.store.db);
-      const check = checkBlobUrl(
-        key,
-        id,
-        q.expires,
-        q.signature,
-        ctx.clock.now(),
-        ctx.config.urlTtlMs + CLOCK_SKEW_MS,
-      );
-      if (!check.ok) {
-        const message =
-          check.reason === "expired" ? "this URL has expired" : "this URL is not validly signed";
-        throw new ApiError(403, "forbidden", message, { reason: check.reason });
-      }
-      const row = await ctx.store.db
-        .selectFrom("blobs")
-        .select(["path", "content_type", "size", "sealed"])
-        .where("id", "=", id)
-        .executeTakeFirst();
-      if (!row) throw gone();
-      const store = blobStoreFor(ctx.config, row.sealed === null ? null : Number(row.sealed));
-      const size = await store.size(row.path);
-      if (size === undefined) throw gone();
-      const range = parseRange(req.headers.range, size);
-      if (range.kind === "unsatisfiable") {
-        return reply
-          .status(416)
-          .header("content-range", `bytes */${size}`)
-          .send(
-            new ApiError(
-              416,
-              "range_not_satisfiable",
-              `the range is outside the ${size} bytes of content`,
-            ).toJSON(),
-          );
-      }
-      const part = range.kind === "partial" ? { start: range.start, end: range.end } : undefined;
-      // A zero-length file cannot be read with an inclusive range; it is sent empty.
-      const stream = size === 0 ? undefined : await store.read(row.path, part ?? { start: 0, end: size - 1 });
-      if (size > 0 && !stream) throw gone();
-      reply
-        .header("content-type", row.content_type)
-        .header("accept-ranges", "bytes")
-        // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
-        .header("cache-control", "private, max-age=3600")
-        .header("x-content-type-options", "nosniff");
-      if (part) {
-        reply.status(206).header("content-range", `bytes ${part.start}-${part.end}/${size}`);
-        reply.header("content-length", String(part.end - part.start + 1));
-      } else {
-        reply.header("content-length", String(size));
-      }
-      return reply.send(stream ?? "");
-    },
-  );
+  const serve = async (req: FastifyRequest, reply: FastifyReply) => {
+    const id = (req.params as { id: string }).id;
+    const q = req.query as Record<string, unknown>;
+    const key = await signingKey(ctx.store, ctx.store.db);
+    const check = checkBlobUrl(
+      key,
+      id,
+      q.expires,
+      q.signature,
+      ctx.clock.now(),
+      ctx.config.urlTtlMs + CLOCK_SKEW_MS,
+    );
+    if (!check.ok) {
+      const message = check.reason === "expired" ? "this URL has expired" : "this URL is not validly signed";
+      throw new ApiError(403, "forbidden", message, { reason: check.reason });
+    }
+    const row = await ctx.store.db
+      .selectFrom("blobs")
+      .select(["path", "content_type", "size", "sealed"])
+      .where("id", "=", id)
+      .executeTakeFirst();
+    if (!row) throw gone();
+    const store = blobStoreFor(ctx.config, row.sealed === null ? null : Number(row.sealed));
+    const size = await store.size(row.path);
+    if (size === undefined) throw gone();
+    const range = parseRange(req.headers.range, size);
+    if (range.kind === "unsatisfiable") {
+      return reply
+        .status(416)
+        .header("content-range", `bytes */${size}`)
+        .send(
+          new ApiError(
+            416,
+            "range_not_satisfiable",
+            `the range is outside the ${size} bytes of content`,
+          ).toJSON(),
+        );
+    }
+    const part = range.kind === "partial" ? { start: range.start, end: range.end } : undefined;
+    reply
+      .header("content-type", row.content_type)
+      .header("accept-ranges", "bytes")
+      // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
+      .header("cache-control", "private, max-age=3600")
+      .header("x-content-type-options", "nosniff");
+    if (part) {
+      reply.status(206).header("content-range", `bytes ${part.start}-${part.end}/${size}`);
+      reply.header("content-length", String(part.end - part.start + 1));
+    } else {
+      reply.header("content-length", String(size));
+    }
+    // HEAD answers from the row and the file's size alone: handing it a stream, as GET does, made
+    // Fastify read (and with KLEN_ENCRYPTION_KEY decrypt) the whole file to throw it away, after
+    // the answer had gone (5 HEADs of a 20 MB recording read 100 MB).
+    if (req.method === "HEAD") return reply.send();
+    // A zero-length file cannot be read with an inclusive range; it is sent empty.
+    const stream = size === 0 ? undefined : await store.read(row.path, part ?? { start: 0, end: size - 1 });
+    if (size > 0 && !stream) throw gone();
+    return reply.send(stream ?? "");
+  };
+  const schema = {
+    summary: "Download a transcript, summary or recording by its pre-signed URL",
+    description:
+      "No API key: the `expires` (Unix seconds) and `signature` query parameters of the URL in the event " +
+      "authorize it. 403 when tampered, malformed or expired; 404 when unknown or purged. Audio supports " +
+      "`Range` (206/416). HEAD answers the same headers without the body.",
+    // The query is checked by the handler (a bad one is a 403, not a 400), so it has no schema here.
+    params: { type: "object", properties: { id: { type: "string" } } },
+    security: [],
+  };
+  // HEAD is its own route, registered first, so that Fastify does not add its automatic one,
+  // which would run the GET handler and drain the body it returns.
+  app.head("/v1/blobs/:id", { schema }, serve);
+  app.get("/v1/blobs/:id", { schema }, serve);
 };
