@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -140,5 +140,60 @@ describe("encrypted recordings", () => {
     const forged = new URL(url);
     forged.searchParams.set("signature", "A".repeat(43));
     assert.equal((await fetch(forged, { method: "HEAD" })).status, 403);
+  });
+
+  test("an upload is sealed as it streams in, so the transaction only renames the file", async () => {
+    const callId = await finishedCall();
+    const clear = Buffer.from("RIFF clear-audio-marker ".repeat(48_000)); // 1.1 MB
+    const head = 256 * 1024;
+    const tmp = join(blobsDir, "tmp");
+    const req = request(`${srv.url}/v1/calls/${callId}/recording`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${srv.apiKey}`, "content-type": "audio/wav" },
+    });
+    const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
+      req.on("response", (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => {
+          body += c;
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on("error", reject);
+    });
+    req.write(clear.subarray(0, head));
+    // Mid-upload, the temp file already holds ciphertext: no clear copy of the audio on disk.
+    const temp = await waitFor("the first part of the upload in its temp file", () => {
+      const name = readdirSync(tmp).find((f) => statSync(join(tmp, f)).size >= head);
+      return name && join(tmp, name);
+    });
+    const inode = statSync(temp).ino;
+    assert.equal(readFileSync(temp).includes("clear-audio-marker"), false, "the temp file is sealed");
+    req.end(clear.subarray(head));
+    const res = await answer;
+    assert.equal(res.status, 200, res.body);
+    const events = await srv.api.get(`/v1/events?call_id=${callId}&event_type=call.recording`);
+    const u = onServer(srv.url, events.body.data[0].payload.call.recording_url);
+    const blobFile = join(blobsDir, new URL(u).pathname.split("/").pop()!);
+    // The same file, renamed: adopting it inside the transaction copied nothing through AES.
+    assert.equal(statSync(blobFile).ino, inode);
+    assert.equal(readFileSync(blobFile).includes("clear-audio-marker"), false);
+    assert.deepEqual(readdirSync(tmp), [], "no second temp file left behind");
+    assert.ok(Buffer.from(await (await fetch(u)).arrayBuffer()).equals(clear));
+    // Decrypting from any offset: ranges starting and ending on, before and after 16-byte blocks.
+    const n = clear.length;
+    for (const [a, b] of [
+      [0, 15],
+      [15, 16],
+      [16, 31],
+      [17, 47],
+      [head - 1, head + 16],
+      [n - 17, n - 1],
+    ] as const) {
+      const part = await fetch(u, { headers: { range: `bytes=${a}-${b}` } });
+      assert.equal(part.status, 206);
+      assert.ok(Buffer.from(await part.arrayBuffer()).equals(clear.subarray(a, b + 1)), `bytes ${a}-${b}`);
+    }
   });
 });

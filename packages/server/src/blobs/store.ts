@@ -1,18 +1,27 @@
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readdir, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
+import type { Readable, Transform } from "node:stream";
 
 /**
  * Where blob bytes live. Rows in the `blobs` table are the truth about which blobs exist; the
  * store only holds bytes under a key. A local folder is the default; an S3-compatible store can
- * implement the same five methods.
+ * implement the same methods.
  */
 export interface BlobStore {
   /** Writes small content (text) under `key` atomically (temp file, then rename). */
   writeBuffer(key: string, data: Buffer | string): Promise<void>;
-  /** Moves a file already written to the store's temp area (see `tempPath`) to `key`. */
+  /**
+   * Moves a file already written to the store's temp area (see `tempPath`) to `key`. The file
+   * holds the bytes as the store keeps them: written through `sealing(key)` when there is one.
+   */
   adopt(tempFile: string, key: string): Promise<void>;
+  /**
+   * For a store that keeps bytes other than as given (encrypted at rest), the transform from the
+   * clear bytes of `key` to the stored ones. Uploads are written to their temp file through it,
+   * so that `adopt`, which runs inside a database transaction, is a rename whatever the store.
+   */
+  sealing?(key: string): Transform;
   /** A temp path on the same file system, so `adopt` is a rename and never a copy. */
   tempPath(name: string): Promise<string>;
   /** A stream of bytes `start..end` (inclusive) of `key`; undefined when it does not exist. */

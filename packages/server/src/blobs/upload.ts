@@ -89,7 +89,9 @@ export function uploadFailure(err: unknown): ApiError {
 /**
  * Streams a request body to a temp file in the blob store, counting and hashing on the way:
  * memory stays flat whatever the size (one chunk at a time, with back-pressure from the disk).
- * More than `limit` bytes stops the transfer with a 413 and deletes the partial file.
+ * More than `limit` bytes stops the transfer with a 413 and deletes the partial file. `name` is
+ * the key the file will be adopted as: a store that seals its bytes (KLEN_ENCRYPTION_KEY) seals
+ * them on the way, so the file is ready for `adopt` to rename; size and hash are of the clear bytes.
  */
 export async function streamToTemp(
   body: Readable,
@@ -120,7 +122,8 @@ export async function streamToTemp(
   body.once("error", onAbort);
   body.pipe(meter);
   try {
-    await pipeline(meter, writeStream(tempFile));
+    const seal = store.sealing?.(name);
+    await pipeline(seal ? [meter, seal, writeStream(tempFile)] : [meter, writeStream(tempFile)]);
   } catch (err) {
     body.unpipe(meter);
     if (tooLarge) discardRest(body, limit);
