@@ -221,6 +221,55 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     }
   });
 
+  test("a delivery still pending keeps the blobs of its call, which go once it is over", async () => {
+    const slow = await startReceiver({ respond: () => ({ status: 200, hang: true }) });
+    let closed = false;
+    try {
+      for (const e of (await api.get("/v1/endpoints")).body.data) await api.del(`/v1/endpoints/${e.id}`);
+      assert.equal((await api.post("/v1/endpoints", { url: slow.url })).status, 201);
+      const agent = await api.post("/v1/agents", { name: "Late receiver" });
+      const c = await api.post("/v1/calls", {
+        agent_id: agent.body.id,
+        type: "inbound",
+        phone_number: "+15551234567",
+      });
+      await api.post(`/v1/calls/${c.body.id}/start`, {});
+      await api.post(`/v1/calls/${c.body.id}/end`, {});
+      const audio = Buffer.from("RIFF kept-for-a-late-retry ".repeat(100));
+      const up = await fetch(`${base}/v1/calls/${c.body.id}/recording`, {
+        method: "POST",
+        headers: { authorization: "Bearer klen_test_key_retention", "content-type": "audio/wav" },
+        body: new Uint8Array(audio),
+      });
+      assert.equal(up.status, 200);
+      await slow.waitForCount(1);
+      const ev = (await api.get(`/v1/events?call_id=${c.body.id}&event_type=call.recording`)).body.data[0];
+      const url = onServer(base, ev.payload.call.recording_url);
+      const deliveries = async () => (await api.get(`/v1/deliveries?event_id=${ev.id}`)).body.data;
+      assert.equal((await deliveries())[0].status, "pending");
+
+      // Long past the retention period, the event and its recording are both kept.
+      const later = Date.now() + 365 * DAY;
+      await purgeExpired(running.ctx, later);
+      assert.equal((await api.get(`/v1/events/${ev.id}`)).status, 200);
+      const kept = await fetch(url);
+      assert.equal(kept.status, 200);
+      assert.ok(Buffer.from(await kept.arrayBuffer()).equals(audio));
+
+      // Once the receiver is gone for good the deliveries fail, and nothing holds the blob.
+      await slow.close();
+      closed = true;
+      await waitFor("the call's deliveries are over", async () => {
+        const r = await api.get(`/v1/deliveries?call_id=${c.body.id}&status=pending`);
+        return r.body.data.length === 0;
+      });
+      assert.equal((await purgeExpired(running.ctx, later)).blobs, 1);
+      assert.equal((await fetch(url)).status, 404);
+    } finally {
+      if (!closed) await slow.close();
+    }
+  });
+
   test("the brief-summary purge reads only the calls that still hold one, not every call ever made", async () => {
     const db = running.ctx.store.db;
     const q = expiredBriefSummaries(db, Date.now() - 30 * DAY).compile();

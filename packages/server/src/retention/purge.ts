@@ -1,6 +1,8 @@
+import type { ExpressionBuilder } from "kysely";
 import type { AppContext } from "../api/context.js";
 import { IDEMPOTENCY_TTL_MS } from "../api/idempotency.js";
 import { blobStoreFor } from "../blobs/blobs.js";
+import type { Database } from "../storage/schema.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { idFloor } from "../util/ids.js";
 
@@ -33,7 +35,8 @@ export const expiredBriefSummaries = (db: Db, cutoff: number) =>
 
 /**
  * Deletes payloads and media older than KLEN_RETENTION (PRODUCT.md §11), as of `now`:
- * - blobs (recordings, large transcripts/summaries): file and row; their URLs then answer 404;
+ * - blobs (recordings, large transcripts/summaries): file and row; their URLs then answer 404.
+ *   Not while a delivery of their call is still pending: its event keeps them;
  * - the delivery log — attempts (with their request headers and response bodies), finished
  *   deliveries and then events (their bodies carry transcripts, summaries, phone numbers) —
  *   whole rows, not emptied skeletons: an event body that no longer validates could not be
@@ -61,25 +64,45 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
     idempotency: 0,
   };
 
+  // A blob stays while a delivery of its call is still pending, as that delivery's event does:
+  // the event may carry the blob's URL, and a receiver reached on a late retry (or a manual one)
+  // would get a URL that is already 404. Through events_call and deliveries_event, a few rows a
+  // blob, not the pending backlog.
+  const unsent = (eb: ExpressionBuilder<Database, "blobs">) =>
+    eb.not(
+      eb.exists(
+        eb
+          .selectFrom("events")
+          .innerJoin("deliveries", "deliveries.event_id", "events.id")
+          .select("deliveries.id")
+          .whereRef("events.call_id", "=", "blobs.call_id")
+          .where("deliveries.status", "=", PENDING),
+      ),
+    );
   for (;;) {
     const rows = await db
       .selectFrom("blobs")
       .select(["id", "path"])
       .where("created_at", "<", cutoff)
+      .where(unsent)
       .limit(BATCH)
       .execute();
     if (rows.length === 0) break;
     // Rows go first: a URL stops working at once, and a file whose delete fails is swept later.
-    await db
+    // A delivery re-opened meanwhile (a manual retry) keeps its blob: only the rows deleted here
+    // lose their files.
+    const deleted = await db
       .deleteFrom("blobs")
       .where(
         "id",
         "in",
         rows.map((r) => r.id),
       )
+      .where(unsent)
+      .returning(["id", "path"])
       .execute();
-    for (const r of rows) await store.remove(r.path).catch(() => undefined);
-    counts.blobs += rows.length;
+    for (const r of deleted) await store.remove(r.path).catch(() => undefined);
+    counts.blobs += deleted.length;
   }
   for (;;) {
     const ids = (
