@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import BetterSqlite3 from "better-sqlite3";
 import { newBlobId } from "../src/blobs/blobs.js";
+import { blobEtag, ifRangeHolds, lastModified, noneMatch } from "../src/blobs/conditional.js";
 import { parseRange } from "../src/blobs/range.js";
 import { blobUrl, checkBlobUrl, expiryOf, signBlob } from "../src/blobs/signing.js";
 import { onServer, signingKeyOf } from "./helpers/content.js";
@@ -85,6 +86,27 @@ describe("blob URL signing (pure)", () => {
     assert.deepEqual(parseRange("bytes=0-1,5-6", 100), { kind: "full" });
     assert.deepEqual(parseRange("items=0-1", 100), { kind: "full" });
   });
+
+  test("validators: If-None-Match compares weakly, If-Range strongly or by the exact date", () => {
+    const etag = blobEtag(id);
+    assert.equal(etag, `"${id}"`);
+    const created = Date.UTC(2026, 10, 26, 18, 20, 23, 871);
+    assert.equal(lastModified(created), "Thu, 26 Nov 2026 18:20:23 GMT");
+    assert.equal(noneMatch(undefined, etag), false);
+    assert.equal(noneMatch(etag, etag), true);
+    assert.equal(noneMatch(`W/${etag}`, etag), true);
+    assert.equal(noneMatch(`"blb_other", ${etag}`, etag), true);
+    assert.equal(noneMatch("*", etag), true);
+    assert.equal(noneMatch('"blb_other"', etag), false);
+    assert.equal(noneMatch(id, etag), false, "an unquoted id is no entity tag");
+    assert.equal(ifRangeHolds(undefined, etag, created), true);
+    assert.equal(ifRangeHolds(etag, etag, created), true);
+    assert.equal(ifRangeHolds(`W/${etag}`, etag, created), false, "a weak tag never validates a range");
+    assert.equal(ifRangeHolds('"blb_other"', etag, created), false);
+    assert.equal(ifRangeHolds(lastModified(created), etag, created), true);
+    assert.equal(ifRangeHolds(lastModified(created - 1000), etag, created), false);
+    assert.equal(ifRangeHolds("yesterday", etag, created), false);
+  });
 });
 
 describe("GET /v1/blobs/{id}", () => {
@@ -132,6 +154,38 @@ describe("GET /v1/blobs/{id}", () => {
     assert.equal(res.headers.get("content-type"), "text/plain; charset=utf-8");
     assert.equal(res.headers.get("content-length"), String(Buffer.byteLength(secretText)));
     assert.equal(await res.text(), secretText);
+  });
+
+  test("ETag and Last-Modified: If-None-Match gets a 304, an If-Range for other bytes the whole blob", async () => {
+    const id = new URL(url).pathname.split("/").pop()!;
+    const res = await fetch(url);
+    await res.arrayBuffer();
+    assert.equal(res.headers.get("etag"), `"${id}"`);
+    const modified = res.headers.get("last-modified")!;
+    assert.ok(Math.abs(Date.parse(modified) - Date.now()) < 86_400_000, modified);
+    for (const method of ["GET", "HEAD"]) {
+      const fresh = await fetch(url, { method, headers: { "if-none-match": `"${id}"` } });
+      assert.equal(fresh.status, 304, method);
+      assert.equal(fresh.headers.get("etag"), `"${id}"`);
+      assert.equal(await fresh.text(), "");
+    }
+    const stale = await fetch(url, { headers: { "if-none-match": '"blb_something_else_entirely"' } });
+    assert.equal(stale.status, 200);
+    assert.equal(await stale.text(), secretText);
+
+    const ranged = (ifRange: string) => fetch(url, { headers: { range: "bytes=0-9", "if-range": ifRange } });
+    for (const same of [`"${id}"`, modified]) {
+      const r = await ranged(same);
+      assert.equal(r.status, 206, same);
+      assert.equal(await r.text(), secretText.slice(0, 10));
+    }
+    const lastYear = new Date(Date.parse(modified) - 365 * 86_400_000).toUTCString();
+    for (const other of ['"some-old-etag"', `W/"${id}"`, lastYear]) {
+      const r = await ranged(other);
+      assert.equal(r.status, 200, other);
+      assert.equal(r.headers.get("content-range"), null);
+      assert.equal(await r.text(), secretText, "the whole blob");
+    }
   });
 
   test("tampered signature, extended or malformed expiry: 403 and no bytes", async () => {

@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { blobStoreFor } from "../../blobs/blobs.js";
+import { blobEtag, ifRangeHolds, lastModified, noneMatch } from "../../blobs/conditional.js";
 import { signingKey } from "../../blobs/key.js";
 import { parseRange } from "../../blobs/range.js";
 import { checkBlobUrl } from "../../blobs/signing.js";
@@ -16,7 +17,8 @@ const CLOCK_SKEW_MS = 5 * 60_000;
  * signature is checked before anything is looked up, so an unsigned request learns nothing
  * about which ids exist (403 for tampered, malformed or expired; 404 only with a valid signature).
  * Audio is served with its stored content type and single byte-range support (206/416); `HEAD`
- * gives the same headers without opening the file.
+ * gives the same headers without opening the file. Blobs never change: the id is their ETag, and
+ * `If-None-Match` (304) and `If-Range` are honoured.
  */
 export const blobRoutes: RouteModule = (app, ctx) => {
   const serve = async (req: FastifyRequest, reply: FastifyReply) => {
@@ -37,14 +39,25 @@ export const blobRoutes: RouteModule = (app, ctx) => {
     }
     const row = await ctx.store.db
       .selectFrom("blobs")
-      .select(["path", "content_type", "size", "sealed"])
+      .select(["path", "content_type", "size", "sealed", "created_at"])
       .where("id", "=", id)
       .executeTakeFirst();
     if (!row) throw gone();
     const store = blobStoreFor(ctx.config, row.sealed === null ? null : Number(row.sealed));
     const size = await store.size(row.path);
     if (size === undefined) throw gone();
-    const range = parseRange(req.headers.range, size);
+    const etag = blobEtag(id);
+    const created = Number(row.created_at);
+    reply
+      .header("etag", etag)
+      .header("last-modified", lastModified(created))
+      // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
+      .header("cache-control", "private, max-age=3600");
+    if (noneMatch(req.headers["if-none-match"], etag)) return reply.status(304).send();
+    // A Range whose If-Range names other bytes is ignored: the whole blob, 200.
+    const range = ifRangeHolds(req.headers["if-range"] as string | undefined, etag, created)
+      ? parseRange(req.headers.range, size)
+      : ({ kind: "full" } as const);
     if (range.kind === "unsatisfiable") {
       return reply
         .status(416)
@@ -61,8 +74,6 @@ export const blobRoutes: RouteModule = (app, ctx) => {
     reply
       .header("content-type", row.content_type)
       .header("accept-ranges", "bytes")
-      // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
-      .header("cache-control", "private, max-age=3600")
       .header("x-content-type-options", "nosniff");
     if (part) {
       reply.status(206).header("content-range", `bytes ${part.start}-${part.end}/${size}`);
@@ -84,7 +95,8 @@ export const blobRoutes: RouteModule = (app, ctx) => {
     description:
       "No API key: the `expires` (Unix seconds) and `signature` query parameters of the URL in the event " +
       "authorize it. 403 when tampered, malformed or expired; 404 when unknown or purged. Audio supports " +
-      "`Range` (206/416). HEAD answers the same headers without the body.",
+      "`Range` (206/416), `If-Range`, and `If-None-Match` (304) against the `ETag` (the blob id). HEAD answers " +
+      "the same headers without the body.",
     // The query is checked by the handler (a bad one is a 403, not a 400), so it has no schema here.
     params: { type: "object", properties: { id: { type: "string" } } },
     security: [],
