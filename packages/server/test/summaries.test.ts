@@ -11,7 +11,7 @@ import { type Running, startServer } from "../src/server.js";
 import { generateConversation } from "../src/simulator/conversation.js";
 import { MAX_RUN_ATTEMPTS, MAX_RUN_TAKEOVERS, resumeDueTestCalls } from "../src/simulator/run.js";
 import { sentences, summarizeExtractive } from "../src/summaries/extractive.js";
-import { JOB_BACKOFF_MS, runDueSummaries, summarizeCallNow } from "../src/summaries/jobs.js";
+import { failureMessage, JOB_BACKOFF_MS, runDueSummaries, summarizeCallNow } from "../src/summaries/jobs.js";
 import { chatSummary, completionsUrl, MAX_ANSWER_BYTES } from "../src/summaries/openai.js";
 import { DETAILED } from "../src/summaries/summarizer.js";
 import { SummaryWorker } from "../src/summaries/worker.js";
@@ -160,6 +160,30 @@ describe("built-in extractive summarizer", () => {
       model.closeAllConnections();
       model.close();
     }
+  });
+
+  test("a summarizer's failure is told in words whatever it rejected with", () => {
+    assert.equal(failureMessage(new Error("model unavailable")), "model unavailable");
+    assert.equal(failureMessage("quota exceeded"), "quota exceeded");
+    assert.equal(failureMessage({ message: "from a plain object" }), "from a plain object");
+    assert.equal(failureMessage({ status: 429 }), '{"status":429}');
+    assert.equal(failureMessage(42), "42");
+    const silent = "the summarizer failed without saying why";
+    assert.equal(failureMessage(Symbol("s")), "Symbol(s)");
+    for (const nothing of [undefined, null, "", new Error(""), 10n]) {
+      assert.equal(failureMessage(nothing), silent, String(nothing));
+    }
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    assert.equal(failureMessage(cyclic), silent);
+    const hostile = Object.defineProperty({}, "message", {
+      get() {
+        throw new Error("no");
+      },
+    });
+    assert.equal(failureMessage(hostile), silent);
+    assert.equal(failureMessage(Object.create(null)), "{}");
+    assert.equal(failureMessage("x".repeat(2000)).length, 500);
   });
 
   test("KLEN_SUMMARY_URL is a base URL: /chat/completions is appended", () => {
@@ -446,6 +470,35 @@ describe("summary jobs: retried on a schedule, then given up and logged (injecte
       logs.some((l) => l.includes('"level":50') && l.includes("giving up") && l.includes(`"call_id":${id}`)),
     );
     assert.equal((await api.get(`/v1/calls/${id}`)).body.has_summary, false);
+  });
+
+  test("a summarizer that rejects with something other than an Error is rescheduled like any failure", async () => {
+    const id = await transcribed();
+    let now = Date.now();
+    const ctx = { ...running.ctx, clock: { now: () => now } };
+    const job = () =>
+      running.ctx.store.db
+        .selectFrom("summary_jobs")
+        .selectAll()
+        .where("call_id", "=", id)
+        .executeTakeFirstOrThrow();
+    for (const rejection of [undefined, "rate limited", { status: 429 }]) {
+      const before = await job();
+      assert.equal(await runDueSummaries(ctx, () => Promise.reject(rejection)), 1);
+      const after = await job();
+      const attempts = Number(after.attempts);
+      assert.equal(attempts, Number(before.attempts) + 1);
+      assert.equal(after.status, "pending");
+      assert.equal(
+        Number(after.next_attempt_at),
+        now + JOB_BACKOFF_MS[attempts - 1]!,
+        "rescheduled by the backoff",
+      );
+      assert.equal(after.last_error, failureMessage(rejection));
+      now += JOB_BACKOFF_MS[attempts - 1]!;
+    }
+    assert.equal(await runDueSummaries(ctx, async () => "Customer asked about billing."), 1);
+    assert.equal((await api.get(`/v1/calls/${id}`)).body.has_summary, true, "and it still succeeds later");
   });
 
   test("test-call runs: takeovers after crashes are not failures; too many of either give the run up", async () => {

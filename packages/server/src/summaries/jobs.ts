@@ -131,7 +131,7 @@ export async function runJob(
   } catch (err) {
     const now = ctx.clock.now();
     const delay = JOB_BACKOFF_MS[job.attempts - 1];
-    const message = (err as Error).message.slice(0, 500);
+    const message = failureMessage(err);
     await ctx.store.db
       .updateTable("summary_jobs")
       .set(
@@ -183,6 +183,27 @@ export async function runJob(
   });
   if (emitted) await announceWork(ctx);
   return "done";
+}
+
+/**
+ * What a summarizer's failure says, for the job's `last_error` and the log, at most 500
+ * characters. A custom summarizer may reject with anything, not only an Error: reading
+ * `.message` of `undefined` threw inside the failure handling, so the job was never rescheduled
+ * nor failed, only taken again at every lease, for ever. Pure; never throws.
+ *
+ * @example failureMessage("quota exceeded") // "quota exceeded"
+ */
+export function failureMessage(err: unknown): string {
+  let text = "";
+  try {
+    const message = (err as { message?: unknown } | null | undefined)?.message;
+    if (typeof message === "string") text = message;
+    else if (typeof err === "string") text = err;
+    else if (err !== undefined && err !== null) text = JSON.stringify(err) ?? String(err);
+  } catch {
+    // A value that cannot be shown (a BigInt, a cycle, a throwing getter) says nothing.
+  }
+  return (text || "the summarizer failed without saying why").slice(0, 500);
 }
 
 /** Runs up to `limit` due jobs; returns how many it ran. */
