@@ -224,7 +224,7 @@ for (const [name, makeSender] of senders)
     });
 
     test("many attempts at once: each gets its own answer", async () => {
-      await withSender({ dev: true, timeoutMs: 5_000 }, async (sender) => {
+      await withSender({ dev: true, timeoutMs: 30_000 }, async (sender) => {
         const paths = Array.from({ length: 300 }, (_, i) =>
           i % 3 === 0 ? "/busy" : i % 3 === 1 ? "/slow" : `/p${i}`,
         );
