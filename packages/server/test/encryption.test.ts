@@ -297,7 +297,13 @@ for (const backend of backends())
         assert.ok(
           before.some((v) => v.where === "endpoints.headers" && v.value.includes("hdr-credential-4711")),
         );
-        const n = await sealWrittenInClear(store, { batch: 2 }); // several pages per table
+        // Several pages per table, and the process's other work runs between them (SQLite runs
+        // each statement on the event loop).
+        let turns = 0;
+        const tick = setInterval(() => turns++, 1);
+        const n = await sealWrittenInClear(store, { batch: 2 });
+        clearInterval(tick);
+        assert.ok(turns > 0, "timers ran during the walk");
         assert.equal(n, before.filter((v) => !isSealed(v.value)).length);
         const after = await storedValues(store);
         assert.deepEqual(

@@ -230,9 +230,6 @@ test("PostgreSQL deadlock on a request's transaction: run again, one transition,
 
   await holder.connect();
   await holder.query("BEGIN");
-  // This session waits longer before it looks for a deadlock, so the request's is the one
-  // PostgreSQL rolls back.
-  await holder.query("SET LOCAL deadlock_timeout = '30s'");
   // The request locks its call, then stores its Idempotency-Key, which this session has written
   // and not committed: the request waits for this session.
   await holder.query(
@@ -253,7 +250,8 @@ test("PostgreSQL deadlock on a request's transaction: run again, one transition,
       ) === 1,
     10_000,
   );
-  // Now this session wants the call the request holds: a deadlock, and the request gives way.
+  // Now this session wants the call the request holds: a deadlock. The request has waited longer,
+  // so its deadlock_timeout runs out first and PostgreSQL rolls its transaction back.
   await holder.query("SELECT id FROM calls WHERE id = $1 FOR UPDATE", [call.body.id]);
   await holder.query("ROLLBACK");
   const ended = await ending;

@@ -1,7 +1,5 @@
 import { ApiError } from "../errors.js";
 
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-
 /** Deeper than any body the API takes (its deepest is an endpoint's `headers` object, two levels). */
 const MAX_DEPTH = 32;
 
@@ -44,7 +42,7 @@ function check(value: unknown, path: string, depth: number): void {
     }
     // An escaped half of a surrogate pair (`"\ud800"`) is no character: UTF-8 cannot store it, and
     // each database would replace it differently.
-    if (LONE_SURROGATE.test(value)) {
+    if (!(value as string & { isWellFormed(): boolean }).isWellFormed()) {
       const field = path || "body";
       throw new ApiError(
         400,

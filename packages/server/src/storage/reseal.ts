@@ -34,7 +34,7 @@ const DONE = "sealed_before_key";
  */
 export async function sealWrittenInClear(
   store: Store,
-  opts: { batch?: number; stopped?: () => boolean } = {},
+  opts: { batch?: number; pauseMs?: number; stopped?: () => boolean } = {},
 ): Promise<number> {
   const { cipher, db } = store;
   const done = await db.selectFrom("settings").select("value").where("name", "=", DONE).executeTakeFirst();
@@ -46,6 +46,9 @@ export async function sealWrittenInClear(
   if (done?.value === mark) return 0;
   // Event bodies are up to the inline limit (64 KiB) each: a page holds at most a few MiB.
   const batch = opts.batch ?? 100;
+  // Between pages the process serves everything else: SQLite runs each statement on the event
+  // loop, and a walk of a large table in one go would hold requests and attempts for seconds.
+  const pause = () => new Promise((r) => setTimeout(r, opts.pauseMs ?? 5));
   let sealed = 0;
   for (const { table, key } of TABLES) {
     const columns = ENCRYPTED_COLUMNS[table]!;
@@ -67,6 +70,8 @@ export async function sealWrittenInClear(
       const updates = rows.flatMap((row) =>
         columns.flatMap((column, i) => {
           const value = row[`v${i}`];
+          // `enc1:…` is taken as sealed even when this key cannot open it: sealed under another
+          // key, it must not be sealed again (it would then read back as that ciphertext).
           if (typeof value !== "string" || isSealed(value)) return [];
           const where = sql.join(
             key.map((k, j) => sql`${sql.ref(k)} = ${row[`k${j}`]}`),
@@ -91,6 +96,7 @@ export async function sealWrittenInClear(
       const last = rows[rows.length - 1]!;
       after = key.map((_, i) => last[`k${i}`]);
       if (rows.length < batch) break;
+      await pause();
     }
   }
   await db

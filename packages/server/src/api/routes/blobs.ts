@@ -54,10 +54,12 @@ export const blobRoutes: RouteModule = (app, ctx) => {
       // The URL is a capability: keep it out of shared caches; the receiver's own may keep it.
       .header("cache-control", "private, max-age=3600");
     if (noneMatch(req.headers["if-none-match"], etag)) return reply.status(304).send();
-    // A Range whose If-Range names other bytes is ignored: the whole blob, 200.
-    const range = ifRangeHolds(req.headers["if-range"] as string | undefined, etag, created)
-      ? parseRange(req.headers.range, size)
-      : ({ kind: "full" } as const);
+    // A Range whose If-Range names other bytes is ignored: the whole blob, 200. So is a Range on
+    // HEAD: GET is the only method with range handling (RFC 9110 §14.2).
+    const range =
+      req.method === "GET" && ifRangeHolds(req.headers["if-range"] as string | undefined, etag, created)
+        ? parseRange(req.headers.range, size)
+        : ({ kind: "full" } as const);
     if (range.kind === "unsatisfiable") {
       return reply
         .status(416)
@@ -96,7 +98,7 @@ export const blobRoutes: RouteModule = (app, ctx) => {
       "No API key: the `expires` (Unix seconds) and `signature` query parameters of the URL in the event " +
       "authorize it. 403 when tampered, malformed or expired; 404 when unknown or purged. Audio supports " +
       "`Range` (206/416), `If-Range`, and `If-None-Match` (304) against the `ETag` (the blob id). HEAD answers " +
-      "the same headers without the body.",
+      "the headers of a GET without Range, without the body.",
     // The query is checked by the handler (a bad one is a 403, not a 400), so it has no schema here.
     params: { type: "object", properties: { id: { type: "string" } } },
     security: [],
