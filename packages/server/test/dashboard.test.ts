@@ -459,6 +459,26 @@ describe("dashboard in Chromium", () => {
     assert.equal(await newestCall(), before, "no test call was started");
   });
 
+  test("an endpoint changed behind the page: its header and Enable / Disable button follow, and do what they say", async () => {
+    const toggle = page.locator(".page-header .actions button:last-child");
+    assert.equal(await toggle.textContent(), "Disable endpoint");
+    // Disabled elsewhere (the worker on a 410, another tab), then the page's form saves.
+    await server.api.patch(`/v1/endpoints/${endpointId}`, { disabled: true });
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.locator(".endpoint-meta .badge", { hasText: "disabled" }).waitFor();
+    // The button says what its click does now: it used to keep saying "Disable endpoint" and
+    // enable the endpoint in one click.
+    assert.equal(await toggle.textContent(), "Enable endpoint");
+    assert.equal((await server.api.get(`/v1/endpoints/${endpointId}`)).body.disabled, true);
+
+    // Enabled elsewhere: the deliveries' Refresh reads the endpoint again too.
+    await server.api.patch(`/v1/endpoints/${endpointId}`, { disabled: false });
+    const recent = page.locator(".card", { hasText: "Recent deliveries" });
+    await recent.getByRole("button", { name: "Refresh" }).click();
+    await page.getByRole("button", { name: "Disable endpoint" }).waitFor();
+    assert.equal(await page.locator(".endpoint-meta .badge", { hasText: "disabled" }).count(), 0);
+  });
+
   test("Retry now shows a failed attempt at once when the delivery has retries left", async () => {
     const ep = await server.api.post("/v1/endpoints", {
       url: `${failing.url}/down`,

@@ -15,17 +15,25 @@ import {
 
 // Deliveries carry their event's type but only their endpoint's id: endpoint URLs are looked up
 // when a page shows an endpoint not seen yet (at most every 5 s: a deleted endpoint is not listed,
-// and would otherwise have every table load them all again).
+// and would otherwise have every table load them all again), and again when they are a minute old
+// (a URL edited elsewhere). The endpoint page tells of its own edits (`rememberEndpoint`).
 const endpointUrls = new Map();
 let endpointsLoadedAt = 0;
 const RELOAD_AFTER_MS = 5_000;
+const STALE_AFTER_MS = 60_000;
+
+/** An endpoint as just read or saved: tables show its URL from now on. */
+export function rememberEndpoint(e) {
+  endpointUrls.set(e.id, e.url);
+}
 /** Pages of 100 endpoints read for names and the filter: 1,000 endpoints at the most. */
 const ENDPOINT_PAGES = 10;
 
 async function lookup(deliveries) {
+  const age = Date.now() - endpointsLoadedAt;
   if (
-    deliveries.some((d) => !endpointUrls.has(d.endpoint_id)) &&
-    Date.now() - endpointsLoadedAt > RELOAD_AFTER_MS
+    (deliveries.some((d) => !endpointUrls.has(d.endpoint_id)) && age > RELOAD_AFTER_MS) ||
+    age > STALE_AFTER_MS
   )
     await loadEndpoints();
 }

@@ -14,7 +14,7 @@ import {
   select,
   setTitle,
 } from "./common.js";
-import { deliveryTable } from "./deliveries.js";
+import { deliveryTable, rememberEndpoint } from "./deliveries.js";
 import { testCallButton } from "./test-call.js";
 
 export const EVENT_TYPES = [
@@ -399,7 +399,12 @@ function recoverCard(e) {
               `Queued ${r.queued} ${r.queued === 1 ? "delivery" : "deliveries"} for another attempt.`,
             );
           } catch (err) {
-            note(status, describe(err), "error");
+            // The API's words name its routes; the dashboard's say where to go.
+            const text =
+              err instanceof ApiError && err.code === "endpoint_disabled"
+                ? "This endpoint is disabled: enable it (at the top of this page), then recover."
+                : describe(err);
+            note(status, text, "error");
           } finally {
             button.disabled = false;
           }
@@ -418,11 +423,11 @@ function recoverCard(e) {
 const FOLLOW_EVERY_MS = 1500;
 const FOLLOW_TIMES = 12;
 
-async function followTestCall(table, callId, expected) {
+async function followTestCall(table, callId, expected, also = async () => {}) {
   for (let i = 0; i < FOLLOW_TIMES; i++) {
     await new Promise((r) => setTimeout(r, FOLLOW_EVERY_MS));
     if (!table.el.isConnected) return; // the page was left
-    const rows = await table.reload();
+    const [rows] = await Promise.all([table.reload(), also()]);
     const mine = (rows ?? []).filter((d) => d.call_id === callId);
     if (mine.length >= expected && mine.every((d) => d.status !== "pending")) return;
   }
@@ -431,44 +436,54 @@ async function followTestCall(table, callId, expected) {
 /** `#/endpoints/{id}` */
 export async function renderEndpoint(main, id) {
   let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
+  rememberEndpoint(e);
   const status = h("p", { class: "note", role: "status" });
 
   const testButton = testCallButton(e.id, status, (callId, expected) =>
-    followTestCall(deliveries, callId, expected),
+    followTestCall(deliveries, callId, expected, refreshEndpoint),
   );
 
-  const toggle = h(
-    "button",
-    { class: e.disabled ? "btn btn-primary" : "btn btn-danger", type: "button" },
-    e.disabled ? "Enable endpoint" : "Disable endpoint",
-  );
-  confirmFirst(toggle, {
-    // Enabling needs no confirming; disabling stops deliveries, and events meanwhile never arrive.
-    needed: () => !e.disabled,
-    armedLabel: "Confirm disable",
-    warn: (message) => note(status, message, "warn"),
-    warning: () =>
-      "Click Confirm disable to stop deliveries to this endpoint: events created while it is disabled are never sent to it.",
-    action: async () => {
-      toggle.disabled = true;
-      try {
-        await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !e.disabled });
-        await renderEndpoint(main, id);
-        // The page is drawn anew: focus on its new Enable / Disable button, not lost.
-        main.querySelector(".page-header .actions button:last-child")?.focus();
-      } catch (err) {
-        note(status, describe(err), "error");
-        toggle.disabled = false;
-      }
-    },
-  });
+  /**
+   * The Enable / Disable button for the endpoint as the header shows it, made anew with the
+   * header: it does what it says, even when the endpoint changed behind the page since (the worker
+   * disables one that answered 410).
+   */
+  const toggleFor = (shownDisabled) => {
+    const toggle = h(
+      "button",
+      { class: shownDisabled ? "btn btn-primary" : "btn btn-danger", type: "button" },
+      shownDisabled ? "Enable endpoint" : "Disable endpoint",
+    );
+    confirmFirst(toggle, {
+      // Enabling needs no confirming; disabling stops deliveries, and events meanwhile never arrive.
+      needed: () => !shownDisabled,
+      armedLabel: "Confirm disable",
+      warn: (message) => note(status, message, "warn"),
+      warning: () =>
+        "Click Confirm disable to stop deliveries to this endpoint: events created while it is disabled are never sent to it.",
+      action: async () => {
+        toggle.disabled = true;
+        try {
+          await api("PATCH", `/v1/endpoints/${e.id}`, { disabled: !shownDisabled });
+          await renderEndpoint(main, id);
+          // The page is drawn anew: focus on its new Enable / Disable button, not lost.
+          main.querySelector(".page-header .actions button:last-child")?.focus();
+        } catch (err) {
+          note(status, describe(err), "error");
+          toggle.disabled = false;
+        }
+      },
+    });
+    return toggle;
+  };
 
   const deliveries = deliveryTable(
     { endpoint_id: e.id },
     { showEndpoint: false, label: "Deliveries to this endpoint" },
   );
 
-  // The title and the facts under it, drawn again when the form saves the endpoint.
+  // The title and the facts under it, drawn again when the form saves the endpoint, and when a
+  // reload finds it changed (disabled by the worker, failing since, edited elsewhere).
   const header = h("div");
   const drawHeader = () =>
     mount(
@@ -477,7 +492,7 @@ export async function renderEndpoint(main, id) {
         e.description ? h("span", { class: "clamp-2", title: e.description }, e.description) : "Endpoint",
         null,
         testButton,
-        toggle,
+        toggleFor(Boolean(e.disabled)),
       ),
       h(
         "div",
@@ -495,6 +510,16 @@ export async function renderEndpoint(main, id) {
       ),
     );
   drawHeader();
+  // Read again with the deliveries; the header is drawn again only if the endpoint changed, so a
+  // refresh does not take the focus from its buttons for nothing.
+  const refreshEndpoint = async () => {
+    // A failure shows in the deliveries table, reloaded beside it; the header stays as it was.
+    const fresh = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`).catch(() => undefined);
+    if (!fresh || !header.isConnected || JSON.stringify(fresh) === JSON.stringify(e)) return;
+    e = fresh;
+    rememberEndpoint(e);
+    drawHeader();
+  };
 
   mount(
     main,
@@ -510,6 +535,7 @@ export async function renderEndpoint(main, id) {
         endpointForm(e, "Save changes", async (body, st) => {
           const { url, ...rest } = body;
           e = await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
+          rememberEndpoint(e);
           drawHeader();
           setTitle(e.description || "Endpoint");
           note(st, "Saved.");
@@ -518,7 +544,10 @@ export async function renderEndpoint(main, id) {
     ),
     card(
       null,
-      cardHead("Recent deliveries", refreshButton(deliveries.reload, { small: true })),
+      cardHead(
+        "Recent deliveries",
+        refreshButton(() => Promise.all([deliveries.reload(), refreshEndpoint()]), { small: true }),
+      ),
       deliveries.el,
     ),
   );
