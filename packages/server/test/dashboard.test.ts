@@ -959,6 +959,24 @@ describe("dashboard in Chromium", () => {
     assert.equal((await server.api.del(`/v1/endpoints/${id}`)).status, 200);
   });
 
+  test("deletes an endpoint after a second click, then lists the endpoints without it", async () => {
+    const made = await server.api.post("/v1/endpoints", {
+      url: `${receiver.url}/to-delete`,
+      description: "To delete",
+    });
+    assert.equal(made.status, 201);
+    await page.goto(`${server.url}/#/endpoints/${made.body.id}`);
+    const del = page.getByRole("button", { name: "Delete endpoint" });
+    await del.click();
+    await page.getByText("Click Confirm delete to delete this endpoint").waitFor();
+    assert.equal((await server.api.get(`/v1/endpoints/${made.body.id}`)).status, 200, "one click only asks");
+    await page.locator("button[data-armed=ready]", { hasText: "Confirm delete" }).click();
+    await page.waitForURL(/#\/endpoints$/);
+    assert.equal((await server.api.get(`/v1/endpoints/${made.body.id}`)).status, 404);
+    await page.getByRole("heading", { name: "Endpoints", exact: true }).waitFor();
+    assert.equal(await page.getByText("To delete").count(), 0);
+  });
+
   test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
     await section("Settings");
     await page.getByLabel("Account name").fill("Acme Voice");

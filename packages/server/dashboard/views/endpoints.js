@@ -371,6 +371,34 @@ function secretCard(e) {
   );
 }
 
+/** Deleting the endpoint, with a second click to confirm; then back to the list. */
+function deleteCard(e) {
+  const status = h("p", { class: "note", role: "status" });
+  const button = h("button", { class: "btn btn-danger", type: "button" }, "Delete endpoint");
+  confirmFirst(button, {
+    armedLabel: "Confirm delete",
+    warn: (message) => note(status, message, "warn"),
+    warning: () =>
+      "Click Confirm delete to delete this endpoint: it gets no more events, and its deliveries still waiting are not sent. Its delivery log stays.",
+    action: async () => {
+      button.disabled = true;
+      try {
+        await api("DELETE", `/v1/endpoints/${e.id}`);
+        location.hash = "#/endpoints";
+      } catch (err) {
+        note(status, describe(err), "error");
+        button.disabled = false;
+      }
+    },
+  });
+  return card(
+    "Delete",
+    h("p", { class: "muted small" }, "Stop sending this endpoint anything, for good."),
+    button,
+    status,
+  );
+}
+
 function recoverCard(e) {
   const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
   since.value = localInputValue(new Date(Date.now() - 24 * 3600 * 1000));
@@ -529,7 +557,7 @@ export async function renderEndpoint(main, id) {
     h(
       "div",
       { class: "grid-2" },
-      h("div", { class: "stack" }, secretCard(e), recoverCard(e)),
+      h("div", { class: "stack" }, secretCard(e), recoverCard(e), deleteCard(e)),
       card(
         "Settings and filters",
         endpointForm(e, "Save changes", async (body, st) => {
