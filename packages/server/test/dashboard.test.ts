@@ -889,6 +889,23 @@ describe("dashboard in Chromium", () => {
     }
   });
 
+  test("a Refresh that fails while rows are shown says so above them, and a later one clears it", async () => {
+    await section("Events");
+    await page.locator("table tbody tr").first().waitFor();
+    const stale = page.locator(".table-stale");
+    await page.route("**/v1/events?**", (r) => r.abort("connectionrefused"));
+    try {
+      await page.getByRole("button", { name: "Refresh" }).click();
+      await stale.filter({ hasText: "Could not refresh" }).waitFor();
+      assert.match((await stale.textContent()) ?? "", /the rows below are from before/);
+      assert.ok((await page.locator("table tbody tr").count()) > 0, "the rows stay");
+    } finally {
+      await page.unroute("**/v1/events?**");
+    }
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await stale.waitFor({ state: "hidden" });
+  });
+
   test("a page the server could not answer keeps its heading and offers to try again", async () => {
     await page.route("**/v1/**", (r) => r.abort("connectionrefused"));
     try {

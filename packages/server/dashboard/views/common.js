@@ -77,6 +77,9 @@ export function tableMemory(label) {
 export function pagedTable(opts) {
   const body = h("tbody");
   const status = h("p", { class: "muted table-status", role: "status", hidden: true });
+  // A reload that failed while rows are shown says so above them: under the last row it was out
+  // of sight, and the rows looked current.
+  const stale = h("p", { class: "note note-error table-stale", role: "status", hidden: true });
   const more = h("button", { class: "btn btn-secondary", type: "button", hidden: true }, "Load more");
   let cursor = null;
   let count = 0;
@@ -97,6 +100,7 @@ export function pagedTable(opts) {
       if (reset) {
         body.replaceChildren();
         count = 0;
+        stale.hidden = true;
       }
       for (const item of page.data) {
         const r = opts.row(item);
@@ -120,6 +124,11 @@ export function pagedTable(opts) {
       return page.data;
     } catch (err) {
       if (mine !== generation) return undefined;
+      if (reset && count > 0) {
+        mount(stale, `Could not refresh (${describe(err)}): the rows below are from before.`);
+        stale.hidden = false;
+        return undefined;
+      }
       mount(status, describe(err));
       status.className = "note note-error";
       status.hidden = false;
@@ -132,6 +141,7 @@ export function pagedTable(opts) {
   const el = h(
     "div",
     { class: "table-wrap" },
+    stale,
     h(
       "table",
       { class: "table", "aria-label": opts.label },
