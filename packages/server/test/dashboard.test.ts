@@ -498,7 +498,12 @@ describe("dashboard in Chromium", () => {
     }, delivery.event_id);
     await page.getByRole("button", { name: `Attempts of ${delivery.id}` }).click();
     const detail = page.locator(`tr.delivery[data-delivery="${delivery.id}"] + tr.detail`);
-    await detail.getByRole("button", { name: "Retry now" }).click();
+    const retryNow = detail.getByRole("button", { name: "Retry now" });
+    assert.equal(
+      await retryNow.getAttribute("title"),
+      "Sends its next scheduled attempt now: it counts as one of its retries",
+    );
+    await retryNow.click();
     await failing.waitForCount(2);
     // Within the default 15 s wait; the page used to wait 20 s for the delivery to leave pending.
     await detail.locator('tr.attempt[data-number="2"]').waitFor();

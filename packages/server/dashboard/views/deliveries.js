@@ -184,7 +184,20 @@ function deliveryRows(d, opts) {
     "▸",
   );
   const status = h("p", { class: "note", role: "status" });
-  const retry = h("button", { class: "btn btn-secondary btn-sm", type: "button" }, "Retry now");
+  // A delivery still on its schedule: Retry now brings its next attempt forward, which then counts
+  // as one of its retries (docs/api.md); a finished one gets one attempt more.
+  const retry = h(
+    "button",
+    {
+      class: "btn btn-secondary btn-sm",
+      type: "button",
+      title:
+        d.status === "pending"
+          ? "Sends its next scheduled attempt now: it counts as one of its retries"
+          : "Sends one more attempt",
+    },
+    "Retry now",
+  );
   const detail = h(
     "tr",
     { class: "detail", hidden: !expanded },
