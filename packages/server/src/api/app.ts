@@ -175,9 +175,8 @@ export async function buildApp(
   installErrorHandler(
     app,
     async (req, refusal) => {
-      const route = req.routeOptions.url;
       if (req.account === undefined || req.method === "GET" || req.method === "HEAD") return undefined;
-      if (route === undefined || !route.startsWith("/v1/") || route.endsWith("/recording")) return undefined;
+      if (!takesJsonBody(req)) return undefined;
       const r = idempotentRequestOf(req);
       if (r.key === undefined) return undefined;
       return runIdempotent(
@@ -355,9 +354,8 @@ export async function buildApp(
  * fine. The recording route reads its body as audio.
  */
 function refuseUnexpectedBody(req: FastifyRequest): void {
-  const route = req.routeOptions.url;
   if (req.routeOptions.schema?.body || req.body === undefined || req.method === "GET") return;
-  if (route === undefined || !route.startsWith("/v1/") || route.endsWith("/recording")) return;
+  if (!takesJsonBody(req)) return;
   const body = req.body;
   if (body !== null && typeof body === "object" && !Array.isArray(body)) {
     const [first] = Object.keys(body);
@@ -365,4 +363,10 @@ function refuseUnexpectedBody(req: FastifyRequest): void {
     throw new ApiError(400, "invalid_request", `unknown field "${first}"`, { field: first });
   }
   throw new ApiError(400, "invalid_request", "this request takes no body (or {})", { field: "body" });
+}
+
+/** An API route whose body, if any, is JSON: every `/v1` route but the recording upload (audio). */
+function takesJsonBody(req: FastifyRequest): boolean {
+  const route = req.routeOptions.url;
+  return route?.startsWith("/v1/") === true && !route.endsWith("/recording");
 }

@@ -108,10 +108,6 @@ function refusalOf(err: FastifyError, req: FastifyRequest): ApiError | undefined
 }
 
 /**
- * One error shape for everything (PRODUCT.md §6): `{"error":{code,message,details}}`. Bad input
- * is a 4xx naming the field; anything unexpected is a 500 with no stack trace in the body.
- */
-/**
  * The routes by method, to tell a path no route has (404) from one that another method has (405
  * with `Allow`).
  */
@@ -136,6 +132,10 @@ export class RouteTable {
   }
 }
 
+/**
+ * One error shape for everything (PRODUCT.md §6): `{"error":{code,message,details}}`. Bad input
+ * is a 4xx naming the field; anything unexpected is a 500 with no stack trace in the body.
+ */
 export function installErrorHandler(
   app: FastifyInstance,
   remember?: RememberRefusal,

@@ -821,7 +821,6 @@ export class Dispatcher {
     this.flushing = undefined;
   }
 
-  /** Frees the slots of finished attempts; `released`: the completion made parked deliveries due. */
   /** The endpoint as read after its change announced at `changedAt` (one read for all who ask). */
   private endpointAfter(id: string, changedAt: number): Promise<Claimed["endpoint"]> {
     const known = this.rereads.get(id);
@@ -839,6 +838,7 @@ export class Dispatcher {
     return read.row;
   }
 
+  /** Frees the slots of finished attempts; `released`: the completion made parked deliveries due. */
   private settle(done: Claimed[], released = false): void {
     this.unhold(done);
     this.wake(released, released ? done.map((c) => c.endpointId) : undefined);

@@ -1,11 +1,12 @@
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync } from "node:crypto";
 import {
-  type BinaryOperationNode,
+  BinaryOperationNode,
   ColumnNode,
   type ColumnUpdateNode,
   type InsertQueryNode,
   type KyselyPlugin,
   OperationNodeTransformer,
+  OperatorNode,
   type PluginTransformQueryArgs,
   type PluginTransformResultArgs,
   PrimitiveValueListNode,
@@ -124,13 +125,22 @@ class SealValues extends OperationNodeTransformer {
     return super.transformInsertQuery({ ...node, values: ValuesNode.create(rows) });
   }
 
-  /** `phone_number = ?` compares sealed values: equal plaintexts seal equally. */
+  /**
+   * `phone_number = ?` compares sealed values (equal plaintexts seal equally), and the value in
+   * clear too: a row written before KLEN_ENCRYPTION_KEY was set stays in clear until the
+   * background job seals it (reseal.ts), and must still be found meanwhile.
+   */
   protected override transformBinaryOperation(node: BinaryOperationNode): BinaryOperationNode {
     const left = node.leftOperand as { kind?: string; column?: unknown };
     const op = node.operator as { kind?: string; operator?: string };
     const name = left.kind === "ReferenceNode" ? columnName(left.column) : columnName(left);
     if (name && SEALED_NAMES.has(name) && op.operator === "=" && ValueNode.is(node.rightOperand)) {
-      return { ...node, rightOperand: ValueNode.create(this.seal(node.rightOperand.value)) };
+      const value = node.rightOperand.value;
+      return BinaryOperationNode.create(
+        node.leftOperand,
+        OperatorNode.create("in"),
+        PrimitiveValueListNode.create([this.seal(value), value]),
+      );
     }
     return super.transformBinaryOperation(node);
   }

@@ -1,5 +1,4 @@
 import { FAILURE_REASONS } from "@klen/webhooks/schemas";
-import { sql } from "kysely";
 import { textContent } from "../../calls/content.js";
 import { applyTransition, callObject, newCallRow, normalizeCall } from "../../calls/service.js";
 import type { Action, TransitionInput } from "../../calls/transitions.js";
@@ -81,21 +80,13 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
           });
           contactId = b.contact_id;
         } else {
-          // A call is linked to the account's contact with the same phone number, if there is one.
-          // Sealed (`=` compares sealed values), or still in clear: stored before
-          // KLEN_ENCRYPTION_KEY was set and not yet sealed by the background job (reseal.ts).
+          // A call is linked to the account's contact with the same phone number, if there is one
+          // (sealed or, stored before KLEN_ENCRYPTION_KEY was set, still in clear: encryption.ts).
           const match = await trx
             .selectFrom("contacts")
             .select("id")
             .where("account_id", "=", accountId)
-            .where((eb) =>
-              ctx.store.cipher
-                ? eb.or([
-                    eb("phone_number", "=", b.phone_number),
-                    sql<boolean>`phone_number = ${b.phone_number}`,
-                  ])
-                : eb("phone_number", "=", b.phone_number),
-            )
+            .where("phone_number", "=", b.phone_number)
             .where("deleted_at", "is", null)
             .orderBy("id", "asc")
             .executeTakeFirst();
