@@ -248,6 +248,38 @@ for (const backend of backends()) {
       await rx.close();
     });
 
+    test("Idempotency-Key: the same fields in another order are the same request; another value is a 422", async () => {
+      const key = { "idempotency-key": `endpoint-order-${backend.name}` };
+      const url = "http://127.0.0.1:9/klen-order";
+      const first = await server.api.raw(
+        "POST",
+        "/v1/endpoints",
+        `{"url":"${url}","description":"order","headers":{"X-A":"1","X-B":"2"},"event_types":["call.started","call.ended"]}`,
+        key,
+      );
+      assert.equal(first.status, 201);
+      const reordered = await server.api.raw(
+        "POST",
+        "/v1/endpoints",
+        `{"event_types":["call.started","call.ended"], "headers":{"X-B":"2","X-A":"1"},"description":"order","url":"${url}"}`,
+        key,
+      );
+      assert.equal(reordered.status, 201);
+      assert.equal(reordered.headers.get("idempotent-replayed"), "true");
+      assert.equal(reordered.body.id, first.body.id, "the stored answer, not a second endpoint");
+      const changed = await server.api.raw(
+        "POST",
+        "/v1/endpoints",
+        `{"event_types":["call.started","call.ended"],"headers":{"X-B":"2","X-A":"3"},"description":"order","url":"${url}"}`,
+        key,
+      );
+      assert.equal(changed.status, 422);
+      assert.equal(changed.body.error.code, "idempotency_key_reused");
+      const listed = (await server.api.get("/v1/endpoints?limit=100")).body.data as Array<{ url: string }>;
+      assert.equal(listed.filter((e) => e.url === url).length, 1);
+      await server.api.del(`/v1/endpoints/${first.body.id}`);
+    });
+
     test("Idempotency-Key: a refused request's 400 is its first answer too; the key with a corrected body is a 422", async () => {
       const agents = async () => (await server.api.get("/v1/agents?limit=100")).body.data.length as number;
       const before = await agents();

@@ -3,6 +3,7 @@ import { test } from "node:test";
 import Fastify from "fastify";
 import { RateLimiter } from "../src/api/auth.js";
 import { installErrorHandler } from "../src/api/errors.js";
+import { canonicalJson } from "../src/api/idempotency.js";
 import { ConfigError, loadConfig } from "../src/config.js";
 import { floorPlan, spareForFailing } from "../src/delivery/dispatcher.js";
 import { ApiError } from "../src/errors.js";
@@ -237,4 +238,15 @@ test("the error handler keeps for an Idempotency-Key only refusals of what the c
   }
   assert.deepEqual(kept, ["/ours 409", "/schema 400"]);
   await app.close();
+});
+
+test("canonicalJson sorts every object's fields, keeps arrays in order, and drops nothing else", () => {
+  const a = JSON.parse('{"b":1,"a":{"y":[3,{"d":null,"c":"\\u00e9"}],"x":true},"e":"t"}');
+  const b = JSON.parse('{"e":"t","a":{"x":true,"y":[3,{"c":"\\u00e9","d":null}]},"b":1}');
+  assert.equal(canonicalJson(a), canonicalJson(b));
+  assert.equal(canonicalJson(a), '{"a":{"x":true,"y":[3,{"c":"\u00e9","d":null}]},"b":1,"e":"t"}');
+  assert.deepEqual(JSON.parse(canonicalJson(a)), a);
+  assert.notEqual(canonicalJson([1, 2]), canonicalJson([2, 1]));
+  assert.notEqual(canonicalJson({ a: "1" }), canonicalJson({ a: 1 }));
+  assert.equal(canonicalJson({}), "{}");
 });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { sql } from "kysely";
 import { createAccount } from "../src/accounts/accounts.js";
-import { runIdempotent } from "../src/api/idempotency.js";
+import { canonicalJson, digest, runIdempotent } from "../src/api/idempotency.js";
 import { applyTransition, newCallRow } from "../src/calls/service.js";
 import type { Action } from "../src/calls/transitions.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
@@ -613,6 +613,38 @@ for (const backend of backends()) {
         .where("call_id", "=", callId)
         .execute();
       assert.equal(events.length, 1, "one transition, one event");
+    });
+
+    test("idempotency: a key stored with the body in sent order still replays; another body is a 422", async () => {
+      const f = await fixture();
+      const base = { accountId: f.accountId, key: "order-key", method: "POST", path: "/v1/agents" };
+      let made = 0;
+      const handler = async () => ({ status: 201, body: { made: ++made } });
+      // As an earlier version stored it: the digest of the body as sent.
+      const first = await runIdempotent(
+        f.store,
+        { ...base, bodyDigest: digest('{"name":"A","assistant_id":"x"}') },
+        handler,
+      );
+      assert.equal(first.replayed, false);
+      const repeat = await runIdempotent(
+        f.store,
+        {
+          ...base,
+          bodyDigest: digest(canonicalJson({ name: "A", assistant_id: "x" })),
+          bodyDigestAsSent: digest('{"name":"A","assistant_id":"x"}'),
+        },
+        handler,
+      );
+      assert.equal(repeat.replayed, true);
+      assert.deepEqual(repeat.body, { made: 1 });
+      const other = await runIdempotent(
+        f.store,
+        { ...base, bodyDigest: digest(canonicalJson({ name: "B", assistant_id: "x" })) },
+        handler,
+      ).catch((e: unknown) => e);
+      assert.equal((other as { code?: string }).code, "idempotency_key_reused");
+      assert.equal(made, 1);
     });
 
     test("unique violations are told apart from other errors", async () => {

@@ -14,7 +14,7 @@ import { type Db, PENDING } from "../storage/types.js";
 import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceEndpointChange, announceWork } from "./context.js";
 import { installErrorHandler, RouteTable } from "./errors.js";
-import { digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
+import { canonicalJson, digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
 import { decodeJsonBody, parseJsonBody } from "./json-body.js";
 import { completeOpenApi } from "./openapi.js";
 import { RESPONSE_SCHEMAS } from "./response-schemas.js";
@@ -91,17 +91,24 @@ export interface RouteHelpers {
 /**
  * What an Idempotency-Key is kept and compared by. Only a request with a key is ever compared with
  * another, so only then is its body hashed: the recording route's digest of the bytes it stored,
- * the raw text of a body that was not JSON, else the parsed body.
+ * the raw text of a body that was not JSON, else the parsed body with its fields in sorted order
+ * (the same fields in another order are the same request).
  */
 function idempotentRequestOf(req: FastifyRequest): IdempotentRequest {
   const header = req.headers["idempotency-key"];
   const key = Array.isArray(header) ? header[0] : header;
-  const bodyDigest =
-    key === undefined
-      ? ""
-      : ((req as { rawBodyDigest?: string }).rawBodyDigest ??
-        digest(req.body === undefined ? "" : JSON.stringify(req.body)));
-  return { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]!, bodyDigest };
+  const base = { accountId: req.account.id, key, method: req.method, path: req.url.split("?")[0]! };
+  if (key === undefined) return { ...base, bodyDigest: "" };
+  const raw = (req as { rawBodyDigest?: string }).rawBodyDigest;
+  if (raw !== undefined) return { ...base, bodyDigest: raw };
+  if (req.body === undefined) return { ...base, bodyDigest: digest("") };
+  const canonical = canonicalJson(req.body);
+  const asSent = JSON.stringify(req.body);
+  return {
+    ...base,
+    bodyDigest: digest(canonical),
+    ...(asSent === canonical ? {} : { bodyDigestAsSent: digest(asSent) }),
+  };
 }
 
 /**

@@ -19,14 +19,34 @@ export interface IdempotentRequest {
   key: string | undefined;
   method: string;
   path: string;
-  /** Raw request body (or its digest for uploads), so a changed request is told apart. */
+  /** Digest of the body's canonical form (or of the upload's bytes), so a changed request is told apart. */
   bodyDigest: string;
+  /**
+   * Digest of a JSON body in the order its fields were sent, when that differs from the canonical
+   * form: keys stored before requests were compared by their fields (not their order) hold it.
+   */
+  bodyDigestAsSent?: string;
 }
 
 export function digest(body: string | Buffer | undefined): string {
   return createHash("sha256")
     .update(body ?? "")
     .digest("hex");
+}
+
+/**
+ * JSON text of a parsed body with every object's fields in sorted order, so that a repeat which
+ * sends the same fields in another order is the same request (as Stripe compares parameters, not
+ * bytes). Arrays keep their order: it is part of the value.
+ */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value) ?? "null";
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  const fields = Object.keys(value)
+    .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
+  return `{${fields.join(",")}}`;
 }
 
 /**
@@ -54,11 +74,19 @@ export async function runIdempotent(
   }
   const key = req.key;
   // Keyed when the database is encrypted: the stored hash then tells nothing of the body.
-  const fingerprint = `${req.method} ${req.path}\n${req.bodyDigest}`;
-  const requestHash = store.cipher ? store.cipher.mac(fingerprint) : digest(fingerprint);
-  // A key stored before KLEN_ENCRYPTION_KEY was set holds the plain hash: its repeat still matches.
+  const fingerprintOf = (body: string) => `${req.method} ${req.path}\n${body}`;
+  const hashOf = (body: string) =>
+    store.cipher ? store.cipher.mac(fingerprintOf(body)) : digest(fingerprintOf(body));
+  const requestHash = hashOf(req.bodyDigest);
+  // What a stored key may hold for this same request: the hash above; the plain hash, when it was
+  // stored before KLEN_ENCRYPTION_KEY was set; the hash of the body in sent order, when stored by
+  // a version that compared bodies that way (keys live 24 h).
+  const bodies =
+    req.bodyDigestAsSent === undefined ? [req.bodyDigest] : [req.bodyDigest, req.bodyDigestAsSent];
   const sameRequest = (stored: string) =>
-    stored === requestHash || (store.cipher !== undefined && stored === digest(fingerprint));
+    bodies.some(
+      (b) => stored === hashOf(b) || (store.cipher !== undefined && stored === digest(fingerprintOf(b))),
+    );
   const attempt = () =>
     store.db.transaction().execute(async (trx) => {
       const prior = await trx
