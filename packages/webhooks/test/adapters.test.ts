@@ -12,7 +12,7 @@ import { expressWebhook, webhookDelivery } from "../src/adapters/express.js";
 import { fastifyWebhook } from "../src/adapters/fastify.js";
 import { fetchWebhookHandler, verifyRequest } from "../src/adapters/fetch.js";
 import { nodeWebhookHandler } from "../src/adapters/node.js";
-import { WebhookVerificationError } from "../src/index.js";
+import { createIdempotency, WebhookVerificationError } from "../src/index.js";
 import { adapterContract } from "./adapter-contract.js";
 import { baseUrl, seedBody, seedEvent, signedHeaders, webhook } from "./helpers.js";
 
@@ -71,6 +71,7 @@ adapterContract("hono (fetch Request/Response)", async (opts) => {
 describe("express middleware mode", () => {
   let server: ReturnType<typeof createServer>;
   let url: string;
+  const routeRuns: string[] = [];
   before(async () => {
     const app = express();
     // With express.raw() on the route the middleware takes the Buffer it left.
@@ -79,6 +80,15 @@ describe("express middleware mode", () => {
     });
     app.post("/stream", expressWebhook(webhook), (req, res) => {
       res.json({ type: webhookDelivery(req).event.event_type });
+    });
+    // next() mode with idempotency: the route runs once per webhook-id; a failed answer gives the
+    // id back for the retry.
+    app.post("/once", expressWebhook(webhook, { idempotency: createIdempotency() }), (req, res) => {
+      const { id } = webhookDelivery(req);
+      routeRuns.push(id);
+      if (id.startsWith("evt_fail_first") && routeRuns.filter((r) => r === id).length === 1)
+        return void res.status(503).json({ busy: true });
+      res.json({ ran: id });
     });
     // The classic mistake: express.json() first. Reported loudly to the developer, never a pass.
     app.post("/parsed", express.json(), expressWebhook(webhook), (_req, res) => {
@@ -103,6 +113,32 @@ describe("express middleware mode", () => {
       assert.equal(res.status, 200, path);
       assert.equal(((await res.json()) as { type: string }).type, "call.ended");
     }
+  });
+
+  test("with idempotency, next() reaches the route once per webhook-id; a route's failure lets the retry through", async () => {
+    const body = seedBody();
+    const post = (id: string) =>
+      fetch(`${url}/once`, { method: "POST", body, headers: signedHeaders(body, id) }).then(async (r) => ({
+        status: r.status,
+        json: await r.json(),
+      }));
+    const first = await post("evt_once");
+    assert.deepEqual(first, { status: 200, json: { ran: "evt_once" } });
+    const repeats = await Promise.all([post("evt_once"), post("evt_once")]);
+    for (const r of repeats) assert.deepEqual(r, { status: 200, json: { received: true, duplicate: true } });
+    // Concurrent first deliveries of one id: one reaches the route, the other waits and is a duplicate.
+    const burst = await Promise.all([post("evt_burst"), post("evt_burst"), post("evt_burst")]);
+    assert.equal(burst.filter((r) => "ran" in r.json).length, 1);
+    const failed = await post("evt_fail_first");
+    assert.deepEqual(failed, { status: 503, json: { busy: true } });
+    const retried = await post("evt_fail_first");
+    assert.deepEqual(retried, { status: 200, json: { ran: "evt_fail_first" } });
+    assert.deepEqual(routeRuns.filter((id) => id !== "evt_mw").sort(), [
+      "evt_burst",
+      "evt_fail_first",
+      "evt_fail_first",
+      "evt_once",
+    ]);
   });
 
   test("re-serialised JSON after express.raw() is 400", async () => {
@@ -274,4 +310,23 @@ describe("fetch verifyRequest", () => {
     const bad = new Request("http://127.0.0.1/", { method: "POST", body: `${body} `, headers });
     await assert.rejects(verifyRequest(webhook, bad), WebhookVerificationError);
   });
+});
+
+test("an adapter made without onEvent is refused at once, not on its first delivery (plain JavaScript)", async () => {
+  const untyped = (f: unknown) => f as (...a: unknown[]) => unknown;
+  for (const [name, make] of [
+    ["nodeWebhookHandler", () => untyped(nodeWebhookHandler)(webhook)],
+    ["nodeWebhookHandler", () => untyped(nodeWebhookHandler)(webhook, {})],
+    ["fetchWebhookHandler", () => untyped(fetchWebhookHandler)(webhook)],
+    ["fetchWebhookHandler", () => untyped(fetchWebhookHandler)(webhook, { onEvent: "yes" })],
+  ] as const)
+    assert.throws(make, { name: "TypeError", message: new RegExp(`${name}.*onEvent`) });
+  const app = Fastify();
+  await assert.rejects(async () => {
+    await app.register(fastifyWebhook, { webhook } as never);
+  }, /fastifyWebhook needs options with an onEvent/);
+  const other = Fastify();
+  await assert.rejects(async () => {
+    await other.register(fastifyWebhook, { onEvent: () => {} } as never);
+  }, /fastifyWebhook needs a webhook option/);
 });

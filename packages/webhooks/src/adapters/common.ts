@@ -128,6 +128,24 @@ export function verifySync(
   }
 }
 
+/**
+ * Checks, when an adapter is made, what plain JavaScript can get wrong and TypeScript would have
+ * refused: a missing `onEvent` would otherwise fail on the first delivery instead of at start-up.
+ */
+export function checkHandlerOptions(adapter: string, opts: unknown, needsWebhook = false): void {
+  const o = opts as { onEvent?: unknown; webhook?: unknown } | null | undefined;
+  if (typeof o !== "object" || o === null || typeof o.onEvent !== "function")
+    throw new TypeError(`${adapter} needs options with an onEvent(event, delivery) function`);
+  if (needsWebhook && (typeof o.webhook !== "object" || o.webhook === null))
+    throw new TypeError(`${adapter} needs a webhook option: new Webhook(secret)`);
+}
+
+/** The answer to a delivery whose `webhook-id` was handled already (idempotency). */
+export const DUPLICATE: AdapterResponse = {
+  status: 200,
+  body: JSON.stringify({ received: true, duplicate: true }),
+};
+
 /** Runs the handler (once per id when idempotency is on) and answers 200, or 500 on error. */
 export async function runHandler<Req>(
   delivery: WebhookDelivery,
@@ -138,7 +156,7 @@ export async function runHandler<Req>(
   try {
     if (opts.idempotency) {
       const { duplicate } = await opts.idempotency.run(delivery.id, call);
-      if (duplicate) return { status: 200, body: JSON.stringify({ received: true, duplicate: true }) };
+      if (duplicate) return DUPLICATE;
     } else {
       await call();
     }
@@ -153,8 +171,12 @@ export async function runHandler<Req>(
  * Hands an error to `onError`, or logs it: a swallowed handler error would be invisible. Never
  * throws: an `onError` that fails (a logger down) is logged itself, so the adapter still answers.
  */
-export function reportError(opts: AdapterOptions, error: unknown, delivery?: WebhookDelivery): void {
-  if (opts.onError) {
+export function reportError(
+  opts: AdapterOptions | undefined,
+  error: unknown,
+  delivery?: WebhookDelivery,
+): void {
+  if (opts?.onError) {
     try {
       opts.onError(error, delivery);
     } catch (failure) {

@@ -3,13 +3,17 @@
  * from Express and the emitted `.d.ts` does not require `@types/express`.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Idempotency } from "../idempotency.js";
 import type { Webhook } from "../webhook.js";
 import { BodyTooLargeError, DEFAULT_MAX_BODY_BYTES, readNodeBody } from "./body.js";
 import {
   type AdapterOptions,
+  DUPLICATE,
   type EventHandler,
+  errorResponse,
   isResponse,
   rejection,
+  reportError,
   runHandler,
   verifySync,
   type WebhookDelivery,
@@ -25,7 +29,10 @@ export type ExpressLikeNext = (err?: unknown) => void;
 export interface ExpressWebhookOptions extends AdapterOptions {
   /**
    * Run this and answer the request (200, or 500 when it throws). Without it the middleware
-   * calls `next()` and the route handler reads the event with `webhookDelivery(req)`.
+   * calls `next()` and the route handler reads the event with `webhookDelivery(req)`; with
+   * `idempotency` too, the route runs once per `webhook-id`: a 2xx answer from it marks the id
+   * done (a repeat then gets 200 `{"received":true,"duplicate":true}` without reaching the route),
+   * any other answer, or none, lets a retry reach the route again.
    */
   readonly onEvent?: EventHandler<ExpressLikeRequest>;
 }
@@ -53,6 +60,47 @@ export function webhookDelivery(req: object): WebhookDelivery {
   if (!d)
     throw new Error("No verified webhook on this request: is expressWebhook() mounted before this handler?");
   return d;
+}
+
+/**
+ * `next()` at most once per `webhook-id`, for `next()` mode with `idempotency`: the route's
+ * answer says whether it handled the event (2xx) or failed (anything else, or the connection
+ * closing first), so a failed run gives the id back for the sender's retry.
+ */
+async function nextOnce(
+  delivery: WebhookDelivery,
+  res: ServerResponse,
+  next: ExpressLikeNext,
+  idempotency: Idempotency,
+  opts: ExpressWebhookOptions,
+): Promise<void> {
+  let routed = false;
+  const route = () =>
+    new Promise<void>((resolve, reject) => {
+      routed = true;
+      const finished = () => {
+        res.off("close", closed);
+        if (res.statusCode >= 200 && res.statusCode < 300) resolve();
+        else reject(new Error(`the route answered ${res.statusCode}`));
+      };
+      const closed = () => {
+        res.off("finish", finished);
+        reject(new Error("the connection closed before the route answered"));
+      };
+      res.once("finish", finished);
+      res.once("close", closed);
+      next();
+    });
+  try {
+    const { duplicate } = await idempotency.run(delivery.id, route);
+    if (duplicate) sendNode(res, DUPLICATE);
+  } catch (err) {
+    // The route answered already (its failure is its own answer), or never ran: a duplicate that
+    // gave up waiting for the run holding its id (5xx, so the sender tries again), or a store error.
+    if (routed) return;
+    reportError(opts, err, delivery);
+    sendNode(res, errorResponse(500, "handler_failed"));
+  }
 }
 
 /** The raw bytes, from express.raw()/express.text() if one ran, else from the stream itself. */
@@ -115,7 +163,8 @@ export function expressWebhook(
       if (isResponse(result)) return sendNode(res, result);
       if (!opts.onEvent) {
         deliveries.set(req, result);
-        return next();
+        if (!opts.idempotency) return next();
+        return await nextOnce(result, res, next, opts.idempotency, opts);
       }
       sendNode(res, await runHandler(result, req, { ...opts, onEvent: opts.onEvent }));
     } catch (err) {

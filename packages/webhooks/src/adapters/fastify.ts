@@ -8,6 +8,7 @@ import type { Webhook } from "../webhook.js";
 import { DEFAULT_MAX_BODY_BYTES } from "./body.js";
 import {
   type AdapterOptions,
+  checkHandlerOptions,
   type EventHandler,
   errorResponse,
   isResponse,
@@ -68,6 +69,7 @@ export async function fastifyWebhook(
   instance: FastifyLikeInstance,
   opts: FastifyWebhookOptions,
 ): Promise<void> {
+  checkHandlerOptions("fastifyWebhook", opts, true);
   // Encapsulation: this only replaces the parsers of the plugin's own child context.
   instance.removeAllContentTypeParsers();
   instance.addContentTypeParser(

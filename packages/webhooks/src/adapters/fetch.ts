@@ -8,6 +8,7 @@ import type { Webhook } from "../webhook.js";
 import { readFetchBody } from "./body.js";
 import {
   type AdapterResponse,
+  checkHandlerOptions,
   deliveryOf,
   errorResponse,
   type HandlerOptions,
@@ -68,6 +69,7 @@ export function fetchWebhookHandler(
   wh: Webhook,
   opts: HandlerOptions<Request>,
 ): (request: Request) => Promise<Response> {
+  checkHandlerOptions("fetchWebhookHandler(wh, opts)", opts);
   return async (request) => {
     let body: Uint8Array | undefined;
     let delivery: WebhookDelivery;

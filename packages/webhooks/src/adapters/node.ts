@@ -6,6 +6,7 @@ import type { Webhook } from "../webhook.js";
 import { readNodeBody } from "./body.js";
 import {
   type AdapterResponse,
+  checkHandlerOptions,
   errorResponse,
   type HandlerOptions,
   isResponse,
@@ -82,6 +83,7 @@ export function nodeWebhookHandler(
   wh: Webhook,
   opts: HandlerOptions<IncomingMessage>,
 ): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  checkHandlerOptions("nodeWebhookHandler(wh, opts)", opts);
   return async (req, res) => {
     try {
       const result = await verifyNodeRequest(wh, req, opts);
