@@ -46,14 +46,45 @@ test("KLEN_API_KEY joins the default account a first start created, even renamed
   }
 });
 
-test("on a database from before the record, the oldest account named default is the default", async () => {
+test("on a database from before the record, migration 13 records the oldest account named default", async () => {
+  const dir = tempDir();
+  const store = await openStore(`sqlite:${dir.path}/klen.db`);
+  try {
+    await migrate(store, 12);
+    const old = await store.db.transaction().execute((trx) => createAccount(trx, "default"));
+    await store.db.transaction().execute((trx) => createAccount(trx, "default"));
+    assert.deepEqual(await migrate(store), [13]);
+    // Renamed since: still the default, by its record.
+    await store.db.updateTable("accounts").set({ name: "Acme" }).where("id", "=", old.account.id).execute();
+    assert.equal((await ensureAccountForKey(store, "dev_key_0123456789")).id, old.account.id);
+  } finally {
+    await store.close();
+    dir.remove();
+  }
+});
+
+test('accounts made only with `accounts create`: a tenant renamed "default" never gets KLEN_API_KEY; a new default account does', async () => {
   const dir = tempDir();
   const store = await openStore(`sqlite:${dir.path}/klen.db`);
   try {
     await migrate(store);
-    const old = await store.db.transaction().execute((trx) => createAccount(trx, "default"));
-    await store.db.transaction().execute((trx) => createAccount(trx, "default"));
-    assert.equal((await ensureAccountForKey(store, "dev_key_0123456789")).id, old.account.id);
+    const tenant = await store.db.transaction().execute((trx) => createAccount(trx, "Tenant A"));
+    await store.db
+      .updateTable("accounts")
+      .set({ name: "default" })
+      .where("id", "=", tenant.account.id)
+      .execute();
+    const operator = await ensureAccountForKey(store, "dev_key_0123456789");
+    assert.notEqual(operator.id, tenant.account.id);
+    assert.equal(operator.name, "default");
+    const tenantKeys = await store.db
+      .selectFrom("api_keys")
+      .select("id")
+      .where("account_id", "=", tenant.account.id)
+      .execute();
+    assert.equal(tenantKeys.length, 1, "the tenant's own key only");
+    // And it stays the default from now on, by its record.
+    assert.equal((await ensureAccountForKey(store, "other_dev_key_0123456789")).id, operator.id);
   } finally {
     await store.close();
     dir.remove();

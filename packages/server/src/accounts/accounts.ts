@@ -76,23 +76,15 @@ async function recordDefault(db: Db, id: number, now = Date.now()): Promise<void
 
 /**
  * The default account: the one recorded at its creation, so a rename (`PATCH /v1/account`) keeps
- * it and another account taking its name does not. Databases from before the record: the oldest
- * account named "default", which is what a first start created.
+ * it and another account taking its name does not (databases from before the record got it in
+ * migration 13). None when accounts were only ever made with `accounts create`.
  */
-async function defaultAccount(db: Db) {
-  const recorded = await db
+function defaultAccount(db: Db) {
+  return db
     .selectFrom("settings")
     .innerJoin("accounts", (j) => j.on(sql`CAST(settings.value AS INTEGER)`, "=", sql.ref("accounts.id")))
     .select(["accounts.id", "accounts.name", "accounts.auto_summary"])
     .where("settings.name", "=", DEFAULT_ACCOUNT)
-    .executeTakeFirst();
-  if (recorded) return recorded;
-  return db
-    .selectFrom("accounts")
-    .select(["id", "name", "auto_summary"])
-    .where("name", "=", "default")
-    .orderBy("id")
-    .limit(1)
     .executeTakeFirst();
 }
 
@@ -115,7 +107,6 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
       const d = await defaultAccount(trx);
       if (!d) return (await createDefaultAccount(trx, key)).account;
       await addApiKey(trx, Number(d.id), key);
-      await recordDefault(trx, Number(d.id));
       return toAccount(d);
     });
   } catch (err) {

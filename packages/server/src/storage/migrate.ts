@@ -8,7 +8,7 @@ const DIALECTS: Record<Store["caps"]["name"], MigrationDialect> = {
 };
 
 /** Applies the migrations not yet applied, each in its own transaction; returns their ids. */
-export async function migrate(store: Store): Promise<number[]> {
+export async function migrate(store: Store, upTo = Number.POSITIVE_INFINITY): Promise<number[]> {
   const dialect = DIALECTS[store.caps.name];
   return store.withMigrationLock(async () => {
     await store.execScript(
@@ -18,7 +18,7 @@ export async function migrate(store: Store): Promise<number[]> {
     const applied = new Set(done.rows.map((r) => Number(r.id)));
     const ran: number[] = [];
     for (const m of migrations) {
-      if (applied.has(m.id)) continue;
+      if (applied.has(m.id) || m.id > upTo) continue;
       await store.execScript(
         `BEGIN;\n${m.sql(dialect)}\nINSERT INTO klen_migrations (id, name, applied_at) VALUES (${m.id}, '${m.name}', ${Date.now()});\nCOMMIT;`,
       );

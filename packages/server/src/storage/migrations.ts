@@ -304,4 +304,18 @@ ALTER TABLE endpoints ADD COLUMN rate_limit INTEGER;
 ALTER TABLE endpoints ADD COLUMN rate_next_us ${d.bigint};
 `,
   },
+  {
+    id: 13,
+    name: "default_account_recorded",
+    sql: () => `
+-- The default account (the one KLEN_API_KEY joins) is known only by its record in settings from
+-- now on. A database from before the record gets it here, once: the oldest account named
+-- "default", which is what a first start created. Looking it up by name at every start would let
+-- a tenant that renamed itself "default" receive the operator's key.
+INSERT INTO settings (name, value, created_at)
+SELECT 'default_account_id', CAST(id AS TEXT), created_at FROM accounts
+WHERE name = 'default' AND NOT EXISTS (SELECT 1 FROM settings WHERE name = 'default_account_id')
+ORDER BY id LIMIT 1;
+`,
+  },
 ];
