@@ -5,6 +5,7 @@ import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey } from "./blobs/key.js";
 import { type Config, ConfigError, cannotOpenDatabase } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
+import { Health } from "./health.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
 import { testCallResumer } from "./simulator/resumer.js";
@@ -113,6 +114,7 @@ export async function startServer(
     clock: systemClock,
     work: new WorkSignal(),
     version: VERSION,
+    health: new Health(),
   };
 
   let generatedKey: string | undefined;

@@ -263,3 +263,63 @@ test("PostgreSQL deadlock on a request's transaction: run again, one transition,
     ["call.ended", "call.started"],
   );
 });
+
+test("PostgreSQL that takes no writes (read-only, as a standby after a failover): writes and /healthz are 503 on the api and the worker; 200 once it takes writes again", async (t) => {
+  const server = await startPostgres({ own: true }); // this test makes it read-only
+  const db = await server.freshDatabase();
+  const dir = tempDir();
+  const admin = new pg.Client({ connectionString: db.url });
+  const procs: ServerProcess[] = [];
+  t.after(async () => {
+    for (const p of procs) await p.kill("SIGKILL");
+    await admin.end().catch(() => {});
+    await server.stop();
+    dir.remove();
+  });
+  const env = { KLEN_DATABASE_URL: db.url };
+  const api = await spawnServer({ dataDir: dir.path, role: "api", env });
+  procs.push(api);
+  const workerPort = await freePort();
+  procs.push(
+    await spawnServer({
+      dataDir: dir.path,
+      role: "worker",
+      env: { ...env, KLEN_WORKER_PORT: String(workerPort) },
+    }),
+  );
+  const health = async (url: string) => {
+    const r = await fetch(`${url}/healthz`);
+    return {
+      status: r.status,
+      body: (await r.json()) as { ok?: boolean; error?: { code: string; message: string } },
+    };
+  };
+  const workerUrl = `http://127.0.0.1:${workerPort}`;
+  assert.equal((await health(api.url)).status, 200);
+  await waitFor(
+    "the worker's port",
+    async () => (await health(workerUrl).catch(() => undefined))?.status === 200,
+  );
+
+  await admin.connect();
+  await admin.query("SET default_transaction_read_only = off"); // this session still writes
+  await admin.query("ALTER SYSTEM SET default_transaction_read_only = on");
+  await admin.query("SELECT pg_reload_conf()");
+  for (const url of [api.url, workerUrl]) {
+    const h = await waitFor(`${url}/healthz to say the database takes no writes`, async () => {
+      const r = await health(url);
+      return r.status === 503 ? r : undefined;
+    });
+    assert.equal(h.body.error?.code, "database_unavailable");
+    assert.match(h.body.error?.message ?? "", /read-only/);
+  }
+  const refused = await api.api.post("/v1/agents", { name: "Read-only" });
+  assert.equal(refused.status, 503, JSON.stringify(refused.body));
+  assert.equal(refused.body.error.code, "database_unavailable");
+
+  await admin.query("ALTER SYSTEM RESET default_transaction_read_only");
+  await admin.query("SELECT pg_reload_conf()");
+  for (const url of [api.url, workerUrl])
+    await waitFor(`${url}/healthz to be 200 again`, async () => (await health(url)).status === 200);
+  assert.equal((await api.api.post("/v1/agents", { name: "Writable" })).status, 201);
+});

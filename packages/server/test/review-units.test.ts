@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import Fastify from "fastify";
-import { RateLimiter } from "../src/api/auth.js";
+import Fastify, { type FastifyRequest } from "fastify";
+import { Authenticator, RateLimiter } from "../src/api/auth.js";
 import { installErrorHandler } from "../src/api/errors.js";
 import { canonicalJson } from "../src/api/idempotency.js";
 import { ConfigError, loadConfig } from "../src/config.js";
@@ -249,4 +249,32 @@ test("canonicalJson sorts every object's fields, keeps arrays in order, and drop
   assert.notEqual(canonicalJson([1, 2]), canonicalJson([2, 1]));
   assert.notEqual(canonicalJson({ a: "1" }), canonicalJson({ a: 1 }));
   assert.equal(canonicalJson({}), "{}");
+});
+
+test("a key revoked while its lookup runs is not kept: that request and the next are refused", async () => {
+  const account = { id: 7, name: "Acme", auto_summary: false };
+  let deleted = false;
+  let lookups = 0;
+  const auth: Authenticator = new Authenticator(undefined as never, 5_000, async () => {
+    lookups++;
+    const seen = deleted ? undefined : account; // read before the revocation committed
+    if (lookups === 1) {
+      deleted = true;
+      auth.forget(account.id); // the revoking request finishes meanwhile
+    }
+    return seen;
+  });
+  const req = { headers: { authorization: "Bearer klen_key_being_revoked" } } as FastifyRequest;
+  await assert.rejects(auth.authenticate(req), { status: 401 });
+  await assert.rejects(auth.authenticate(req), { status: 401 });
+  assert.equal(lookups, 3, "read again after the revocation, then not served from a cache");
+  // A key nobody revoked is looked up once and then served from the cache.
+  const other = new Authenticator(undefined as never, 5_000, async () => {
+    lookups++;
+    return account;
+  });
+  const ok = { headers: { authorization: "Bearer klen_key_kept" } } as FastifyRequest;
+  assert.equal((await other.authenticate(ok)).id, 7);
+  assert.equal((await other.authenticate(ok)).id, 7);
+  assert.equal(lookups, 4);
 });

@@ -71,7 +71,7 @@ test("sqlite: a full disk is a 503 naming SQLITE_FULL, not a failed ROLLBACK's 5
   }
 });
 
-test("sqlite: another process holding the write lock makes writes a 503 with Retry-After; they go through once it lets go", async () => {
+test("sqlite: another process holding the write lock makes writes a 503 with Retry-After, and /healthz a 503 once the dispatcher has failed for 5 s; they go through once it lets go", async () => {
   const dir = tempDir();
   const server = await spawnServer({ dataDir: dir.path });
   const other = new Database(join(dir.path, "klen.db"));
@@ -81,8 +81,23 @@ test("sqlite: another process holding the write lock makes writes a 503 with Ret
     assert.equal(r.status, 503);
     assert.equal(r.body.error.code, "database_unavailable");
     assert.equal(r.headers.get("retry-after"), "1");
+    // Reads still work under the lock, but the dispatcher cannot claim: once every claim has
+    // failed for a while, /healthz says so (a read alone said 200 for as long as the lock lasted).
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200, "not at the first failure");
+    const unhealthy = await waitFor("/healthz to report the failing dispatcher", async () => {
+      const h = await fetch(`${server.url}/healthz`);
+      return h.status === 503
+        ? ((await h.json()) as { error: { code: string; message: string } })
+        : undefined;
+    });
+    assert.equal(unhealthy.error.code, "unhealthy");
+    assert.match(unhealthy.error.message, /dispatcher has failed every try for \d+ s: .*(locked|busy)/i);
     other.exec("COMMIT");
     assert.equal((await server.api.post("/v1/agents", { name: "Let in" })).status, 201);
+    await waitFor(
+      "/healthz to be 200 again",
+      async () => (await fetch(`${server.url}/healthz`)).status === 200,
+    );
   } finally {
     if (other.inTransaction) other.exec("ROLLBACK");
     other.close();

@@ -8,6 +8,7 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from "fastify";
+import { sql } from "kysely";
 import { ApiError } from "../errors.js";
 import { BACKLOG_COUNT_CAP, httpRequests, measureBacklogWith, registry } from "../metrics.js";
 import { type Db, PENDING } from "../storage/types.js";
@@ -317,8 +318,29 @@ export async function buildApp(
     },
   };
 
+  // Healthy: the database answers a read and takes writes, and no background loop of this process
+  // has failed every try for HEALTH_FAILING_MS (the dispatcher's claims, while another process
+  // holds SQLite's write lock, say). A read alone passed on a PostgreSQL standby after a failover.
   app.get("/healthz", { schema: { hide: true } }, async () => {
+    if (ctx.store.caps.name === "postgres") {
+      const r = await sql<{ ro: string }>`SELECT current_setting('transaction_read_only') AS ro`.execute(
+        ctx.store.db,
+      );
+      if (r.rows[0]?.ro === "on")
+        throw new ApiError(
+          503,
+          "database_unavailable",
+          "the database takes no writes: it is read-only (a standby?)",
+        );
+    }
     await ctx.store.db.selectFrom("accounts").select("id").limit(1).execute();
+    const problem = ctx.health?.problem();
+    if (problem)
+      throw new ApiError(
+        503,
+        "unhealthy",
+        `the ${problem.part} has failed every try for ${Math.round(problem.forMs / 1000)} s: ${problem.error}`,
+      );
     return { ok: true, version: ctx.version };
   });
   measureBacklogWith(async () => {

@@ -25,8 +25,10 @@ export class Authenticator {
   /** Counts `forget` calls: a change means a key of this process may have been revoked since. */
   forgotten = 0;
   constructor(
-    private store: Store,
+    store: Store,
     private ttlMs = 5_000,
+    private readonly lookup: (key: string) => Promise<Account | undefined> = (key) =>
+      accountByKey(store.db, key),
   ) {}
 
   async authenticate(req: FastifyRequest): Promise<Account> {
@@ -35,10 +37,17 @@ export class Authenticator {
     const now = Date.now();
     const hit = this.cache.get(key);
     if (hit && hit.until > now) return hit.account;
-    const account = await accountByKey(this.store.db, key);
+    const before = this.forgotten;
+    let account = await this.lookup(key);
+    // A key revoked while it was being looked up (the read saw it before the delete committed):
+    // read again, and keep nothing, or the revoked key would work here for another ttlMs.
+    const revokedMeanwhile = this.forgotten !== before;
+    if (revokedMeanwhile) account = await this.lookup(key);
     if (!account) throw new ApiError(401, "unauthorized", "invalid API key");
-    if (this.cache.size > 10_000) this.cache.clear();
-    this.cache.set(key, { account, until: now + this.ttlMs });
+    if (!revokedMeanwhile) {
+      if (this.cache.size > 10_000) this.cache.clear();
+      this.cache.set(key, { account, until: now + this.ttlMs });
+    }
     return account;
   }
 

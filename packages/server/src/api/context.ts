@@ -1,5 +1,6 @@
 import { EventEmitter } from "node:events";
 import type { Config } from "../config.js";
+import type { Health } from "../health.js";
 import type { Logger } from "../log.js";
 import type { Store } from "../storage/store.js";
 import type { Clock } from "../util/time.js";
@@ -23,6 +24,8 @@ export interface AppContext {
   clock: Clock;
   work: WorkSignal;
   version: string;
+  /** Background loops' failures, for /healthz (absent where no loop runs, as in unit tests). */
+  health?: Health;
 }
 
 /**

@@ -470,8 +470,10 @@ export class Dispatcher {
       let claimed: Claimed[];
       try {
         claimed = await this.claim(want, saturated);
+        this.ctx.health?.succeeded("dispatcher");
       } catch (err) {
         claimErrors.inc();
+        this.ctx.health?.failed("dispatcher", err);
         logBackgroundFailure(this.ctx.log, {}, "claim failed", err);
         await this.sleep(Math.max(this.opts.pollMs, 500));
         this.dirty = true;

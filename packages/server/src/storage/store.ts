@@ -113,6 +113,11 @@ const UNAVAILABLE_CODES = new Set([
   "57P02",
   "57P03",
   "53300",
+  // The server cannot take writes now: a read-only transaction (a standby after a failover, or
+  // default_transaction_read_only set), a full disk, out of memory. Not the request's fault.
+  "25006",
+  "53100",
+  "53200",
   "ECONNREFUSED",
   "ECONNRESET",
   "ETIMEDOUT",

@@ -1,0 +1,37 @@
+/**
+ * What this process's background loops say about themselves, for `/healthz`: a loop whose every
+ * try has failed for a while (the dispatcher's claims, say, while another process holds SQLite's
+ * write lock or PostgreSQL takes no writes) makes the process unhealthy, though a read from the
+ * database still works. One success clears it.
+ */
+export class Health {
+  private readonly failing = new Map<string, { since: number; error: string }>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** `part` failed; unhealthy once it has failed without a success for `HEALTH_FAILING_MS`. */
+  failed(part: string, err: unknown): void {
+    const error = err instanceof Error ? err.message : String(err);
+    const known = this.failing.get(part);
+    if (known) known.error = error;
+    else this.failing.set(part, { since: this.now(), error });
+  }
+
+  succeeded(part: string): void {
+    if (this.failing.size > 0) this.failing.delete(part);
+  }
+
+  /** The longest-failing part, when it has failed for at least `forMs`. */
+  problem(forMs = HEALTH_FAILING_MS): { part: string; forMs: number; error: string } | undefined {
+    const now = this.now();
+    let worst: { part: string; forMs: number; error: string } | undefined;
+    for (const [part, f] of this.failing) {
+      const age = now - f.since;
+      if (age >= forMs && (!worst || age > worst.forMs)) worst = { part, forMs: age, error: f.error };
+    }
+    return worst;
+  }
+}
+
+/** How long a loop must have failed, every try, before `/healthz` answers 503. */
+export const HEALTH_FAILING_MS = 5_000;
