@@ -2,18 +2,20 @@ import type { FastifyInstance } from "fastify";
 import { createFirstAccount, ensureAccountForKey } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
-import { signingKey } from "./blobs/key.js";
+import { signingKey, signingKeySealed } from "./blobs/key.js";
 import { type Config, ConfigError, cannotOpenDatabase } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import { Health } from "./health.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
+import { checkSharedConfig } from "./shared-config.js";
 import { testCallResumer } from "./simulator/resumer.js";
 import { handOverTestCalls, stopTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
 import { resealJob } from "./storage/reseal.js";
 import { isDatabaseUnavailable, openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
+import { Periodic } from "./util/periodic.js";
 import { systemClock } from "./util/time.js";
 import { VERSION } from "./version.js";
 
@@ -80,6 +82,37 @@ async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T
   }
 }
 
+/** How often a process without KLEN_ENCRYPTION_KEY looks whether another process turned it on. */
+const KEY_WATCH_MS = 10_000;
+
+/**
+ * Watches, in a process without KLEN_ENCRYPTION_KEY, for the stored blob signing key to become
+ * sealed, which the first start of a process with the key does: from then on this process reads
+ * sealed values it cannot open and writes clear ones beside them (docs/content.md: every process
+ * switches at once). Said once, as an error; the process is then unhealthy and told to stop.
+ */
+function encryptionWatch(ctx: AppContext, onFatal: ((err: Error) => void) | undefined): Periodic {
+  let told = false;
+  return new Periodic(
+    async () => {
+      if (told) return;
+      try {
+        if (!(await signingKeySealed(ctx.store.db))) return;
+      } catch {
+        return; // an outage: the other checks report it
+      }
+      told = true;
+      const err = new Error(
+        "another process sealed the data with KLEN_ENCRYPTION_KEY and this one has no key: it can read neither endpoint secrets nor event bodies; restart every process with the key",
+      );
+      ctx.log.error({ component: "encryption" }, err.message);
+      ctx.health?.failed("encryption check", err);
+      onFatal?.(err);
+    },
+    () => KEY_WATCH_MS,
+  );
+}
+
 /**
  * Starts a process of the given role: `all` serves the API and dispatches, `api` only serves,
  * `worker` only dispatches (and binds a port for /healthz and /metrics only with KLEN_WORKER_PORT).
@@ -87,7 +120,12 @@ async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T
 export async function startServer(
   config: Config,
   log: Logger,
-  opts: { role?: Role; dispatcher?: Partial<DispatcherOptions> } = {},
+  opts: {
+    role?: Role;
+    dispatcher?: Partial<DispatcherOptions>;
+    /** Told when the process can no longer work as configured (it should stop; `serve` exits 1). */
+    onFatal?: (err: Error) => void;
+  } = {},
 ): Promise<Running> {
   const role = opts.role ?? "all";
   const store = await openStore(config.databaseUrl, {
@@ -107,6 +145,7 @@ export async function startServer(
   await untilAvailable(log, () => migrate(store));
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
+  await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
   const ctx: AppContext = {
     store,
     config,
@@ -153,10 +192,15 @@ export async function startServer(
   const testCalls = role === "api" ? undefined : testCallResumer(ctx);
   // Values stored in clear before KLEN_ENCRYPTION_KEY was set are sealed, a page at a time.
   const reseal = role === "api" ? undefined : resealJob(ctx);
+  // A process without KLEN_ENCRYPTION_KEY beside one that has it can read neither the secrets nor
+  // the bodies the other seals (its attempts crashed, leases ran out, nothing said why): it says
+  // so, reports unhealthy, and `serve` stops it; started again without the key it is refused.
+  const keyWatch = store.cipher ? undefined : encryptionWatch(ctx, opts.onFatal);
   summaries?.start();
   retention?.start();
   testCalls?.start();
   reseal?.start();
+  keyWatch?.start();
 
   return {
     ctx,
@@ -178,6 +222,7 @@ export async function startServer(
       ]);
       await retention?.stop();
       await reseal?.stop();
+      await keyWatch?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);
       await store.close();

@@ -13,7 +13,7 @@ import { runCall, setupAccount } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
-import { spawnServer, tempDir } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 after(() => stopPostgres());
@@ -376,3 +376,37 @@ for (const backend of backends())
       await db.cleanup();
     }
   });
+
+test("a process without KLEN_ENCRYPTION_KEY stops (exit 1) once another process turns encryption on; started again it is refused, and so is a wrong key, by name", async () => {
+  const dir = tempDir();
+  const key = "a-test-encryption-key-0123456789";
+  const keyless = await spawnServer({ dataDir: dir.path });
+  let keyed: ServerProcess | undefined;
+  try {
+    assert.equal((await keyless.api.post("/v1/agents", { name: "Before the key" })).status, 201);
+    keyed = await spawnServer({ dataDir: dir.path, env: { KLEN_ENCRYPTION_KEY: key } });
+    // It would otherwise go on reading sealed secrets it cannot open (its attempts crashed and
+    // their leases ran out, unexplained) and writing clear values beside sealed ones.
+    await waitFor("the process without the key to stop", () => keyless.proc.exitCode !== null, 30_000);
+    assert.equal(keyless.proc.exitCode, 1);
+    assert.match(keyless.output(), /another process sealed the data with KLEN_ENCRYPTION_KEY/);
+    await assert.rejects(
+      spawnServer({ dataDir: dir.path }),
+      /start with the KLEN_ENCRYPTION_KEY it was sealed with/,
+    );
+    await assert.rejects(
+      spawnServer({ dataDir: dir.path, env: { KLEN_ENCRYPTION_KEY: "another-key-0123456789abcdef" } }),
+      /cannot be opened with this KLEN_ENCRYPTION_KEY/,
+    );
+    // The process with the key serves what was stored before it.
+    const agents = await keyed.api.get("/v1/agents");
+    assert.deepEqual(
+      agents.body.data.map((a: { name: string }) => a.name),
+      ["Before the key"],
+    );
+  } finally {
+    await keyless.kill();
+    await keyed?.kill();
+    dir.remove();
+  }
+});

@@ -145,3 +145,38 @@ test("background work that fails while the database is down logs one short warni
   assert.equal(lines[2]!.level, 50);
   assert.match(String((lines[2]!.err as { stack: string }).stack), /TypeError/);
 });
+
+test("a process whose shared settings differ from the one started before it on the database warns, naming each variable and both values", async () => {
+  const dir = tempDir();
+  try {
+    const first = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_RETRY_SCHEDULE: "1s,2s", KLEN_PUBLIC_URL: "https://hooks.example.test" },
+    });
+    await first.kill();
+    assert.doesNotMatch(first.output(), /differs from the process/);
+    const second = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_RETRY_SCHEDULE: "1s,3s", KLEN_PUBLIC_URL: "https://hooks.example.test" },
+    });
+    await second.kill();
+    const warnings = second
+      .output()
+      .split("\n")
+      .filter((l) => l.includes("differs from the process"))
+      .map((l) => JSON.parse(l) as { variable: string; here: string; there: string; level: number });
+    assert.deepEqual(
+      warnings.map((w) => [w.variable, w.here, w.there, w.level]),
+      [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]],
+    );
+    // The same settings as the last one to start: nothing to say.
+    const third = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_RETRY_SCHEDULE: "1s,3s", KLEN_PUBLIC_URL: "https://hooks.example.test" },
+    });
+    await third.kill();
+    assert.doesNotMatch(third.output(), /differs from the process/);
+  } finally {
+    dir.remove();
+  }
+});

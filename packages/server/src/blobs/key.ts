@@ -46,9 +46,30 @@ export async function signingKey(store: Store, db: Db): Promise<Buffer> {
     throw new Error(
       "the blob signing key is stored encrypted: start with the KLEN_ENCRYPTION_KEY it was sealed with",
     );
-  const key = Buffer.from(cipher ? cipher.open(stored) : stored, "base64");
+  const key = Buffer.from(cipher ? openWith(cipher, stored) : stored, "base64");
   // A key inserted inside a transaction that may still roll back is not cached: another process
   // could then create a different one. Start-up calls this outside any transaction.
   if (!db.isTransaction) cache.set(store, key);
   return key;
+}
+
+/** Opens the stored key, saying which setting is wrong when it was sealed under another key. */
+function openWith(cipher: NonNullable<Store["cipher"]>, stored: string): string {
+  try {
+    return cipher.open(stored);
+  } catch (err) {
+    throw new Error(
+      "the blob signing key cannot be opened with this KLEN_ENCRYPTION_KEY: the data was sealed with another key; start every process with the key it was sealed with",
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Whether the stored signing key is sealed: it is from the start of the first process that has
+ * KLEN_ENCRYPTION_KEY, so a process without the key can tell that another one turned it on.
+ */
+export async function signingKeySealed(db: Db): Promise<boolean> {
+  const row = await db.selectFrom("settings").select("value").where("name", "=", NAME).executeTakeFirst();
+  return row !== undefined && isSealed(row.value);
 }

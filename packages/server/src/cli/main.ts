@@ -79,7 +79,8 @@ program
       import("../server.js"),
     ]);
     const log = createLogger();
-    const running = await startServer(cfg, log, { role: opts.role });
+    let fatal: ((err: Error) => void) | undefined;
+    const running = await startServer(cfg, log, { role: opts.role, onFatal: (err) => fatal?.(err) });
     const where = running.address ?? "(no port: set KLEN_WORKER_PORT for /healthz and /metrics)";
     log.info(
       {
@@ -101,7 +102,7 @@ program
       );
     }
     let stopping = false;
-    const stop = async (signal: string) => {
+    const stop = async (signal: string, code = 0) => {
       if (stopping) {
         // A second Ctrl-C: the operator will not wait. Attempts in flight are sent again after
         // their lease (at-least-once), nothing is lost.
@@ -119,10 +120,15 @@ program
         process.exit(1);
       }, cfg.deliveryTimeoutMs + 10_000).unref();
       await running.stop(cfg.deliveryTimeoutMs);
-      process.exit(0);
+      process.exit(code);
     };
     process.on("SIGTERM", () => void stop("SIGTERM"));
     process.on("SIGINT", () => void stop("SIGINT"));
+    // The process can no longer work as configured (another process turned encryption on): it
+    // stops as for SIGTERM, finishing what is in flight, and exits 1 for its supervisor to see.
+    fatal = (err) => {
+      if (!stopping) void stop(err.message, 1);
+    };
   });
 
 program

@@ -1,0 +1,72 @@
+import type { Config } from "./config.js";
+import type { Logger } from "./log.js";
+import type { Db } from "./storage/types.js";
+import { formatDuration } from "./util/units.js";
+
+/** `settings` row: the shared settings of the process that started last. */
+const NAME = "shared_config";
+
+/**
+ * The settings every process on one database must agree on, as the variables name them: each
+ * worker applies its own retry schedule and disable period to the attempts it records, signs the
+ * URLs of the events it makes (generated summaries, test calls it carries on) with its own public
+ * URL and TTL, and so on. A worker on `1s` beside one on the full schedule gave deliveries up after
+ * two attempts, and a worker without KLEN_PUBLIC_URL sent `http://localhost:8080/…` URLs.
+ */
+function shared(config: Config): Record<string, string> {
+  return {
+    KLEN_RETRY_SCHEDULE: config.retrySchedule.map(formatDuration).join(","),
+    KLEN_DISABLE_AFTER: formatDuration(config.disableAfterMs),
+    KLEN_DELIVERY_TIMEOUT: formatDuration(config.deliveryTimeoutMs),
+    KLEN_LEASE: formatDuration(config.leaseMs),
+    KLEN_PUBLIC_URL: config.publicUrl,
+    KLEN_URL_TTL: formatDuration(config.urlTtlMs),
+    KLEN_INLINE_LIMIT: String(config.inlineLimit),
+    KLEN_RETENTION: formatDuration(config.retentionMs),
+    KLEN_DEV: config.dev ? "on" : "off",
+  };
+}
+
+/**
+ * At start: warns, naming each variable and both values, where this process's shared settings
+ * differ from those of the process that started last on the database, then records its own. A
+ * warning, not a refusal: changing a setting means restarting every process, one after another.
+ */
+export async function checkSharedConfig(
+  db: Db,
+  config: Config,
+  log: Logger,
+  now = Date.now(),
+): Promise<void> {
+  const mine = shared(config);
+  const row = await db
+    .selectFrom("settings")
+    .select(["value", "created_at"])
+    .where("name", "=", NAME)
+    .executeTakeFirst();
+  if (row) {
+    let theirs: Record<string, unknown> = {};
+    try {
+      theirs = JSON.parse(row.value) as Record<string, unknown>;
+    } catch {
+      // Unreadable: recorded again below.
+    }
+    const differs = Object.keys(mine).filter((k) => k in theirs && theirs[k] !== mine[k]);
+    for (const variable of differs)
+      log.warn(
+        {
+          variable,
+          here: mine[variable],
+          there: theirs[variable],
+          there_started: new Date(Number(row.created_at)).toISOString(),
+        },
+        `${variable} differs from the process that started before this one on this database: every process must have the same value (docs/scaling.md); restart each with it`,
+      );
+  }
+  const value = JSON.stringify(mine);
+  await db
+    .insertInto("settings")
+    .values({ name: NAME, value, created_at: now })
+    .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: now }))
+    .execute();
+}
