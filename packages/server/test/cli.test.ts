@@ -45,8 +45,12 @@ function spawnCli(args: string[], env: Record<string, string>) {
   });
   const lines: any[] = [];
   let out = "";
+  let all = "";
   let err = "";
+  const json = args.includes("--json");
   proc.stdout!.on("data", (d: Buffer) => {
+    all += d.toString();
+    if (!json) return;
     out += d.toString();
     let nl = out.indexOf("\n");
     while (nl >= 0) {
@@ -63,6 +67,7 @@ function spawnCli(args: string[], env: Record<string, string>) {
     proc,
     lines,
     stderr: () => err,
+    stdoutText: () => all,
     forwarded: () => lines.filter((l) => l.type === "forwarded"),
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGINT");
@@ -620,7 +625,13 @@ describe("client commands against a running server", () => {
     );
     try {
       await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
-      assert.equal(listener.lines[0].secret, secret);
+      // Given, it is not printed back.
+      assert.deepEqual(listener.lines[0], {
+        type: "ready",
+        secret: null,
+        secret_from: "--secret",
+        forward_to: `http://127.0.0.1:${port}/down`,
+      });
       const { agentId } = await setupAccount(server.api);
       await runCall(server.api, agentId);
       const failed = await server.api.post("/v1/calls", {
@@ -653,9 +664,24 @@ describe("client commands against a running server", () => {
     });
     try {
       await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
-      assert.equal(listener.lines[0].secret, secret);
+      // Often an endpoint's real secret: said where it came from, never printed.
+      assert.equal(listener.lines[0].secret, null);
+      assert.equal(listener.lines[0].secret_from, "KLEN_WEBHOOK_SECRET");
+      assert.doesNotMatch(listener.stderr(), new RegExp(secret.slice(6, 20)));
     } finally {
       assert.equal(await listener.stop(), 0, listener.stderr());
+    }
+    const human = spawnCli(["listen", "--forward-to", "http://127.0.0.1:9/x"], {
+      ...env,
+      KLEN_WEBHOOK_SECRET: secret,
+    });
+    try {
+      await waitFor("the ready text", () =>
+        /Signing with the secret from KLEN_WEBHOOK_SECRET/.test(human.stdoutText()),
+      );
+      assert.doesNotMatch(human.stdoutText() + human.stderr(), new RegExp(secret.slice(6, 20)));
+    } finally {
+      assert.equal(await human.stop(), 0, human.stderr());
     }
     const bad = await cli(["listen", "--forward-to", "http://127.0.0.1:9/x"], {
       ...env,
@@ -663,6 +689,33 @@ describe("client commands against a running server", () => {
     });
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /secret/);
+  });
+
+  test("listen over the account's limit of open streams says the server's reason and waits its Retry-After", async () => {
+    const open: AbortController[] = [];
+    try {
+      for (let i = 0; i < 10; i++) {
+        const c = new AbortController();
+        open.push(c);
+        const r = await fetch(`${server.url}/v1/events/stream`, {
+          headers: { authorization: `Bearer ${server.apiKey}` },
+          signal: c.signal,
+        });
+        assert.equal(r.status, 200);
+      }
+      const listener = spawnCli(["listen", "--forward-to", "http://127.0.0.1:9/x", "--json"], env);
+      try {
+        const refused = await waitFor("the refusal", () =>
+          listener.lines.find((l) => l.type === "disconnected"),
+        );
+        assert.match(refused.reason, /answered 429: 10 event streams of this account are open/);
+        assert.ok(refused.retry_in_ms >= 5_000, `waits the server's Retry-After: ${refused.retry_in_ms} ms`);
+      } finally {
+        assert.equal(await listener.stop(), 0, listener.stderr());
+      }
+    } finally {
+      for (const c of open) c.abort();
+    }
   });
 
   test("test-call --wait follows the simulated workflow to its deliveries", async () => {
@@ -1029,6 +1082,17 @@ describe("the CLI pointed at the wrong thing", () => {
     );
     assert.equal(fwd.code, 1);
     assert.match(fwd.stderr, /--forward-to must not hold a user name or password/);
+    // Bad option values, found once the command runs: usage errors, as docs/cli.md says.
+    for (const args of [
+      ["endpoints", "list", "--api-url", "localhost:8080"],
+      ["listen", "--forward-to", "ftp://127.0.0.1/x", "--api-url", "http://127.0.0.1:9"],
+      ["listen", "--forward-to", "not a url", "--api-url", "http://127.0.0.1:9"],
+    ]) {
+      const r = await cli([...args, "--json"], env);
+      assert.equal(r.code, 1, args.join(" "));
+      assert.equal(JSON.parse(r.stdout).error.code, "usage", args.join(" "));
+      assert.match(r.stderr, /^error: --(api-url|forward-to)/);
+    }
     const dir = tempDir();
     try {
       const blank = await cli(["accounts", "create", "--name", "   "], {

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { InvalidArgumentError } from "commander";
 import { parseRetryAfter } from "../delivery/schedule.js";
 import { VERSION } from "../version.js";
 
@@ -26,7 +27,7 @@ export interface ClientOptions {
 }
 
 /** How long a `429`'s `Retry-After` asks to wait: between 1 and 60 s, 1 s when absent or unreadable. */
-function retryAfterMs(value: string | null): number {
+export function retryAfterMs(value: string | null): number {
   return Math.min(60_000, Math.max(1_000, parseRetryAfter(value ?? undefined, Date.now()) ?? 0));
 }
 
@@ -36,14 +37,18 @@ export function normalizeApiUrl(raw: string): string {
   try {
     url = new URL(raw);
   } catch {
-    throw new Error(`--api-url "${raw}" is not a URL (e.g. http://localhost:8080)`);
+    throw new InvalidArgumentError(`--api-url "${raw}" is not a URL (e.g. http://localhost:8080)`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:")
-    throw new Error(`--api-url must be http:// or https://, got "${raw}"`);
+    throw new InvalidArgumentError(`--api-url must be http:// or https://, got "${raw}"`);
   if (url.username || url.password)
-    throw new Error("--api-url must not hold a user name or password: the API key goes in --api-key");
+    throw new InvalidArgumentError(
+      "--api-url must not hold a user name or password: the API key goes in --api-key",
+    );
   if (url.search || url.hash)
-    throw new Error(`--api-url is the server's base URL, without ?query or #fragment (e.g. ${url.origin})`);
+    throw new InvalidArgumentError(
+      `--api-url is the server's base URL, without ?query or #fragment (e.g. ${url.origin})`,
+    );
   return url.toString().replace(/\/+$/, "");
 }
 

@@ -170,7 +170,7 @@ Examples:
       .addOption(
         new Option(
           "--secret <whsec>",
-          "signing secret to use (default: a new whsec_ secret, printed at start); the environment keeps it out of ps",
+          "signing secret to use, not printed (default: a new whsec_ secret, printed at start); the environment keeps it out of ps",
         ).env("KLEN_WEBHOOK_SECRET"),
       ),
   )
@@ -190,26 +190,42 @@ Examples:
   $ KLEN_API_URL=https://webhooks.example.com klen-webhooks listen --forward-to http://127.0.0.1:4000/hook --json`,
     )
     .action(
-      run<ApiOpts & { forwardTo: string; events?: string; secret?: string }>(async (o, out) => {
+      run<ApiOpts & { forwardTo: string; events?: string; secret?: string }>(async (o, out, cmd) => {
         let target: URL;
         try {
           target = new URL(o.forwardTo);
         } catch {
-          throw new Error(`--forward-to "${o.forwardTo}" is not a URL (e.g. http://localhost:3000/webhooks)`);
+          throw new InvalidArgumentError(
+            `--forward-to "${o.forwardTo}" is not a URL (e.g. http://localhost:3000/webhooks)`,
+          );
         }
         if (target.protocol !== "http:" && target.protocol !== "https:")
-          throw new Error("--forward-to must be an http:// or https:// URL");
+          throw new InvalidArgumentError("--forward-to must be an http:// or https:// URL");
         if (target.username || target.password)
-          throw new Error("--forward-to must not hold a user name or password (fetch refuses such a URL)");
+          throw new InvalidArgumentError(
+            "--forward-to must not hold a user name or password (fetch refuses such a URL)",
+          );
         const events = parseEventList(o.events);
         const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
+        // A secret given (often an endpoint's real one, through the environment to keep it out of
+        // ps) is not printed back; only a new one is, since the handler must be configured with it.
+        const source = cmd.getOptionValueSource("secret");
+        const secretFrom = !o.secret ? undefined : source === "env" ? "KLEN_WEBHOOK_SECRET" : "--secret";
         const client = apiClient(o);
         const stop = new AbortController();
         const onSignal = () => stop.abort();
         process.once("SIGINT", onSignal);
         process.once("SIGTERM", onSignal);
         try {
-          await listen({ client, forwardTo: target.toString(), events, secret, out, signal: stop.signal });
+          await listen({
+            client,
+            forwardTo: target.toString(),
+            events,
+            secret,
+            secretFrom,
+            out,
+            signal: stop.signal,
+          });
         } finally {
           process.off("SIGINT", onSignal);
           process.off("SIGTERM", onSignal);

@@ -3,7 +3,7 @@ import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import { InvalidArgumentError } from "commander";
 import { attemptHeaders, secretKey } from "../delivery/sign.js";
 import { VERSION } from "../version.js";
-import { type ApiClient, ApiRequestError } from "./api-client.js";
+import { type ApiClient, ApiRequestError, retryAfterMs } from "./api-client.js";
 import { type Output, statusText } from "./output.js";
 import { type SseMessage, SseParser } from "./sse.js";
 
@@ -35,6 +35,8 @@ export interface ListenOptions {
   forwardTo: string;
   events: string[] | undefined;
   secret: string;
+  /** Where a secret that was given came from (not printed then); undefined for a new one. */
+  secretFrom?: "KLEN_WEBHOOK_SECRET" | "--secret" | undefined;
   out: Output;
   /** Aborting stops the loop (Ctrl-C). */
   signal: AbortSignal;
@@ -124,6 +126,8 @@ export async function listen(opts: ListenOptions): Promise<void> {
   let backoff = minBackoff;
   let connectedOnce = false;
   let lostSince: number | undefined;
+  /** The last refusal's Retry-After (ms): the next try waits at least this long. */
+  let retryAfter = 0;
 
   const handle = async (m: SseMessage) => {
     if (m.event === "ready") {
@@ -183,6 +187,15 @@ export async function listen(opts: ListenOptions): Promise<void> {
             : `event stream: ${client.base} answered ${res.status} ${res.statusText} without the Klen API's error; is --api-url the Klen server?`,
         );
       }
+      if (res.status === 429 || res.status === 503) {
+        // "Later" (too many streams open for the account, a database outage): its reason, and
+        // no sooner than the server's Retry-After.
+        const body = (await res.json().catch(() => undefined)) as
+          | { error?: { message?: string } }
+          | undefined;
+        retryAfter = retryAfterMs(res.headers.get("retry-after"));
+        throw new Error(`event stream answered ${res.status}: ${body?.error?.message ?? res.statusText}`);
+      }
       if (!res.ok || !res.body) throw new Error(`event stream answered ${res.status}`);
       // A 200 that is not an event stream is another server at --api-url: no retry fixes that.
       const type = res.headers.get("content-type") ?? "";
@@ -197,12 +210,22 @@ export async function listen(opts: ListenOptions): Promise<void> {
       backoff = minBackoff;
       if (!connectedOnce) {
         connectedOnce = true;
-        if (out.json) out.data({ type: "ready", secret: opts.secret, forward_to: opts.forwardTo });
+        if (out.json)
+          out.data({
+            type: "ready",
+            secret: opts.secretFrom ? null : opts.secret,
+            ...(opts.secretFrom ? { secret_from: opts.secretFrom } : {}),
+            forward_to: opts.forwardTo,
+          });
         else {
           out.line(
             `${out.green("Ready!")} Forwarding ${opts.events ? opts.events.join(", ") : "all events"} from ${client.base} to ${out.bold(opts.forwardTo)}`,
           );
-          out.line(`Your local webhook signing secret is ${out.bold(opts.secret)} (^C to quit)`);
+          out.line(
+            opts.secretFrom
+              ? `Signing with the secret from ${opts.secretFrom} (^C to quit)`
+              : `Your local webhook signing secret is ${out.bold(opts.secret)} (^C to quit)`,
+          );
         }
       } else {
         const gone =
@@ -240,7 +263,8 @@ export async function listen(opts: ListenOptions): Promise<void> {
     }
     if (signal.aborted) break;
     lostSince ??= Date.now();
-    const wait = Math.round(backoff * (0.8 + Math.random() * 0.4));
+    const wait = Math.max(retryAfter, Math.round(backoff * (0.8 + Math.random() * 0.4)));
+    retryAfter = 0;
     if (out.json) out.data({ type: "disconnected", reason, retry_in_ms: wait });
     else
       out.warn(
