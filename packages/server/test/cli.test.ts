@@ -691,6 +691,38 @@ describe("client commands against a running server", () => {
     assert.match(bad.stderr, /secret/);
   });
 
+  test("listen --after forwards the events after that one first, in order, then new ones", async () => {
+    const { agentId } = await setupAccount(server.api);
+    const callId = await runCall(server.api, agentId);
+    const events = (await server.api.get(`/v1/events?call_id=${callId}`)).body.data as Array<{ id: string }>;
+    const ids = events.map((e) => e.id).sort();
+    assert.ok(ids.length >= 3);
+    const listener = spawnCli(
+      ["listen", "--forward-to", "http://127.0.0.1:9/x", "--after", ids[0]!, "--json"],
+      env,
+    );
+    try {
+      await waitFor("the events after it", () => listener.forwarded().length >= ids.length - 1);
+      const later = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15550002222",
+      });
+      await server.api.post(`/v1/calls/${later.body.id}/start`, {});
+      await waitFor("the new one", () => listener.forwarded().length >= ids.length);
+      const newest = (await server.api.get(`/v1/events?call_id=${later.body.id}`)).body.data[0].id;
+      assert.deepEqual(
+        listener.forwarded().map((l) => l.event_id),
+        [...ids.slice(1), newest],
+      );
+    } finally {
+      assert.equal(await listener.stop(), 0, listener.stderr());
+    }
+    const bad = await cli(["listen", "--forward-to", "http://127.0.0.1:9/x", "--after", "42", "--json"], env);
+    assert.equal(bad.code, 1);
+    assert.equal(JSON.parse(bad.stdout).error.code, "usage");
+  });
+
   test("listen over the account's limit of open streams says the server's reason and waits its Retry-After", async () => {
     const open: AbortController[] = [];
     try {

@@ -172,6 +172,15 @@ Examples:
           "--secret <whsec>",
           "signing secret to use, not printed (default: a new whsec_ secret, printed at start); the environment keeps it out of ps",
         ).env("KLEN_WEBHOOK_SECRET"),
+      )
+      .option(
+        "--after <event_id>",
+        "forward the events after this one first (say, the last one a previous listen forwarded), then new ones",
+        (v: string) => {
+          if (!/^evt_[0-9a-z]{26}$/.test(v))
+            throw new InvalidArgumentError("--after must be an event id (evt_…)");
+          return v;
+        },
       ),
   )
     .addHelpText(
@@ -186,53 +195,57 @@ and skipped. --json prints one JSON line per forwarded event.
 Examples:
   $ klen-webhooks listen --forward-to http://localhost:3000/webhooks
   $ klen-webhooks listen --forward-to http://localhost:3000/webhooks --events call.ended,call.failed
+  $ klen-webhooks listen --forward-to http://localhost:3000/webhooks --after evt_01m8cffq3xn32x6yh7r8rnhz3r
   $ KLEN_WEBHOOK_SECRET="$(klen-webhooks endpoints secret ep_01j9z3…)" klen-webhooks listen --forward-to http://localhost:3000/webhooks
   $ KLEN_API_URL=https://webhooks.example.com klen-webhooks listen --forward-to http://127.0.0.1:4000/hook --json`,
     )
     .action(
-      run<ApiOpts & { forwardTo: string; events?: string; secret?: string }>(async (o, out, cmd) => {
-        let target: URL;
-        try {
-          target = new URL(o.forwardTo);
-        } catch {
-          throw new InvalidArgumentError(
-            `--forward-to "${o.forwardTo}" is not a URL (e.g. http://localhost:3000/webhooks)`,
-          );
-        }
-        if (target.protocol !== "http:" && target.protocol !== "https:")
-          throw new InvalidArgumentError("--forward-to must be an http:// or https:// URL");
-        if (target.username || target.password)
-          throw new InvalidArgumentError(
-            "--forward-to must not hold a user name or password (fetch refuses such a URL)",
-          );
-        const events = parseEventList(o.events);
-        const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
-        // A secret given (often an endpoint's real one, through the environment to keep it out of
-        // ps) is not printed back; only a new one is, since the handler must be configured with it.
-        const source = cmd.getOptionValueSource("secret");
-        const secretFrom = !o.secret ? undefined : source === "env" ? "KLEN_WEBHOOK_SECRET" : "--secret";
-        const client = apiClient(o);
-        const stop = new AbortController();
-        const onSignal = () => stop.abort();
-        process.once("SIGINT", onSignal);
-        process.once("SIGTERM", onSignal);
-        try {
-          await listen({
-            client,
-            forwardTo: target.toString(),
-            events,
-            secret,
-            secretFrom,
-            out,
-            signal: stop.signal,
-          });
-        } finally {
-          process.off("SIGINT", onSignal);
-          process.off("SIGTERM", onSignal);
-        }
-        // Pooled keep-alive sockets would hold the process open for a few more seconds.
-        process.exit(0);
-      }),
+      run<ApiOpts & { forwardTo: string; events?: string; secret?: string; after?: string }>(
+        async (o, out, cmd) => {
+          let target: URL;
+          try {
+            target = new URL(o.forwardTo);
+          } catch {
+            throw new InvalidArgumentError(
+              `--forward-to "${o.forwardTo}" is not a URL (e.g. http://localhost:3000/webhooks)`,
+            );
+          }
+          if (target.protocol !== "http:" && target.protocol !== "https:")
+            throw new InvalidArgumentError("--forward-to must be an http:// or https:// URL");
+          if (target.username || target.password)
+            throw new InvalidArgumentError(
+              "--forward-to must not hold a user name or password (fetch refuses such a URL)",
+            );
+          const events = parseEventList(o.events);
+          const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
+          // A secret given (often an endpoint's real one, through the environment to keep it out of
+          // ps) is not printed back; only a new one is, since the handler must be configured with it.
+          const source = cmd.getOptionValueSource("secret");
+          const secretFrom = !o.secret ? undefined : source === "env" ? "KLEN_WEBHOOK_SECRET" : "--secret";
+          const client = apiClient(o);
+          const stop = new AbortController();
+          const onSignal = () => stop.abort();
+          process.once("SIGINT", onSignal);
+          process.once("SIGTERM", onSignal);
+          try {
+            await listen({
+              client,
+              forwardTo: target.toString(),
+              events,
+              secret,
+              secretFrom,
+              after: o.after,
+              out,
+              signal: stop.signal,
+            });
+          } finally {
+            process.off("SIGINT", onSignal);
+            process.off("SIGTERM", onSignal);
+          }
+          // Pooled keep-alive sockets would hold the process open for a few more seconds.
+          process.exit(0);
+        },
+      ),
     );
 }
 

@@ -35,6 +35,8 @@ export interface ListenOptions {
   forwardTo: string;
   events: string[] | undefined;
   secret: string;
+  /** Start after this event id (older events are forwarded first) instead of at the tail. */
+  after?: string | undefined;
   /** Where a secret that was given came from (not printed then); undefined for a new one. */
   secretFrom?: "KLEN_WEBHOOK_SECRET" | "--secret" | undefined;
   out: Output;
@@ -122,7 +124,7 @@ export async function listen(opts: ListenOptions): Promise<void> {
   const idleTimeout = opts.idleTimeoutMs ?? 45_000;
   const connectTimeout = opts.connectTimeoutMs ?? 10_000;
   const query = opts.events ? `?event_types=${encodeURIComponent(opts.events.join(","))}` : "";
-  let lastId: string | undefined;
+  let lastId: string | undefined = opts.after;
   let backoff = minBackoff;
   let connectedOnce = false;
   let lostSince: number | undefined;
