@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readdirSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CompiledQuery } from "kysely";
+import { CompiledQuery, type KyselyPlugin } from "kysely";
 import pg from "pg";
 import { newBlobId } from "../src/blobs/blobs.js";
 import { loadConfig } from "../src/config.js";
@@ -84,7 +84,31 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     for (const u of urls) assert.equal((await fetch(u)).status, 200);
     assert.equal((await api.get(`/v1/events?call_id=${callId}`)).body.data.length, 5);
 
-    const counts = await purgeExpired(running.ctx, now + 31 * DAY);
+    // In batches of two here, so that every loop takes several; the process's other work runs
+    // between them (SQLite runs each statement on the event loop: one go froze it for seconds).
+    // Timers seen at each DELETE of deliveries or events: they must have run between batches.
+    let turns = 0;
+    const tick = setInterval(() => turns++, 1);
+    const seen: Record<string, number[]> = { deliveries: [], events: [] };
+    const spy: KyselyPlugin = {
+      transformQuery(args) {
+        const node = args.node as {
+          kind: string;
+          from?: { froms: Array<{ table?: { identifier?: { name: string } } }> };
+        };
+        const table = node.from?.froms[0]?.table?.identifier?.name;
+        if (node.kind === "DeleteQueryNode" && table && table in seen) seen[table]!.push(turns);
+        return args.node;
+      },
+      transformResult: async (args) => args.result,
+    };
+    const store = { ...running.ctx.store, db: running.ctx.store.db.withPlugin(spy) };
+    const counts = await purgeExpired({ ...running.ctx, store }, now + 31 * DAY, { batch: 2 });
+    clearInterval(tick);
+    for (const [table, at] of Object.entries(seen)) {
+      assert.ok(at.length >= 3, `${table} deleted in several batches`);
+      assert.ok(at[at.length - 1]! > at[0]!, `timers ran between the batches of ${table}`);
+    }
     assert.equal(counts.blobs, 2, "transcript and recording");
     assert.equal(counts.events, 5);
     assert.equal(counts.deliveries, 5);

@@ -6,7 +6,7 @@ import type { Database } from "../storage/schema.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { idFloor } from "../util/ids.js";
 
-const BATCH = 500;
+const DEFAULT_BATCH = 500;
 /** A file with no `blobs` row is an orphan (a rolled-back transaction, a crash) once this old. */
 export const ORPHAN_AGE_MS = 3_600_000;
 
@@ -49,8 +49,16 @@ export const expiredBriefSummaries = (db: Db, cutoff: number) =>
  * Calls themselves (ids, status, times) stay: they are the index of what happened.
  * Works in batches so one run never holds a long transaction.
  */
-export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Promise<PurgeCounts> {
+export async function purgeExpired(
+  ctx: AppContext,
+  now = ctx.clock.now(),
+  opts: { batch?: number; pauseMs?: number } = {},
+): Promise<PurgeCounts> {
   const db = ctx.store.db;
+  const BATCH = opts.batch ?? DEFAULT_BATCH;
+  // Between batches the process serves everything else: SQLite runs each statement on the event
+  // loop, and a run through 200,000 expired events in one go answered nothing for 21 s.
+  const pause = () => new Promise((r) => setTimeout(r, opts.pauseMs ?? 5));
   const cutoff = now - ctx.config.retentionMs;
   const store = blobStoreFor(ctx.config);
   const counts: PurgeCounts = {
@@ -79,15 +87,32 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
           .where("deliveries.status", "=", PENDING),
       ),
     );
+  // Each loop goes on after the last row it read (keyset order), so the rows it keeps (a pending
+  // delivery's) are read once a run, not again by every batch: 200,000 kept rows made a run take
+  // 107 s instead of 9.
+  let blobsAfter: { created_at: number; id: string } | undefined;
   for (;;) {
+    const from = blobsAfter;
     const rows = await db
       .selectFrom("blobs")
-      .select(["id", "path"])
+      .select(["id", "path", "created_at"])
       .where("created_at", "<", cutoff)
+      .$if(from !== undefined, (q) =>
+        q.where((eb) =>
+          eb.or([
+            eb("created_at", ">", from!.created_at),
+            eb.and([eb("created_at", "=", from!.created_at), eb("id", ">", from!.id)]),
+          ]),
+        ),
+      )
       .where(unsent)
+      .orderBy("created_at")
+      .orderBy("id")
       .limit(BATCH)
       .execute();
     if (rows.length === 0) break;
+    const last = rows[rows.length - 1]!;
+    blobsAfter = { created_at: Number(last.created_at), id: last.id };
     // Rows go first: a URL stops working at once, and a file whose delete fails is swept later.
     // A delivery re-opened meanwhile (a manual retry) keeps its blob: only the rows deleted here
     // lose their files.
@@ -103,7 +128,9 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
       .execute();
     for (const r of deleted) await store.remove(r.path).catch(() => undefined);
     counts.blobs += deleted.length;
+    await pause();
   }
+  let deliveriesAfter = "";
   for (;;) {
     const ids = (
       await db
@@ -113,12 +140,15 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
         // the cutoff. created_at has no index: each run scanned every delivery and every event,
         // a pause of the event loop that grows with the tables.
         .where("id", "<", idFloor("dlv", cutoff))
+        .where("id", ">", deliveriesAfter)
         .where("created_at", "<", cutoff)
         .where("status", "<>", "pending")
+        .orderBy("id")
         .limit(BATCH)
         .execute()
     ).map((r) => r.id);
     if (ids.length === 0) break;
+    deliveriesAfter = ids[ids.length - 1]!;
     await db.transaction().execute(async (trx) => {
       // The deliveries first, and the attempts of only those deleted: one re-opened meanwhile (a
       // manual retry, a recover) is pending again, stays, and keeps its attempt log.
@@ -135,13 +165,16 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
       counts.attempts += Number(a.numDeletedRows);
       counts.deliveries += deleted.length;
     });
+    await pause();
   }
+  let eventsAfter = "";
   for (;;) {
     const ids = (
       await db
         .selectFrom("events")
         .select("id")
         .where("id", "<", idFloor("evt", cutoff))
+        .where("id", ">", eventsAfter)
         .where("created_at", "<", cutoff)
         .where(({ not, exists, selectFrom }) =>
           not(
@@ -152,12 +185,15 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
             ),
           ),
         )
+        .orderBy("id")
         .limit(BATCH)
         .execute()
     ).map((r) => r.id);
     if (ids.length === 0) break;
+    eventsAfter = ids[ids.length - 1]!;
     const r = await db.deleteFrom("events").where("id", "in", ids).executeTakeFirst();
     counts.events += Number(r.numDeletedRows);
+    await pause();
   }
   const s = await expiredBriefSummaries(db, cutoff).executeTakeFirst();
   counts.summaries = Number(s.numUpdatedRows);
@@ -194,6 +230,7 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
     const k = await db.deleteFrom("idempotency_keys").where("created_at", "<=", upTo).executeTakeFirst();
     counts.idempotency += Number(k.numDeletedRows);
     if (!nth) break;
+    await pause();
   }
 
   const old = await store.listOlderThan(Math.min(now, Date.now()) - ORPHAN_AGE_MS);
@@ -207,6 +244,7 @@ export async function purgeExpired(ctx: AppContext, now = ctx.clock.now()): Prom
       await store.remove(k).catch(() => undefined);
       counts.orphans++;
     }
+    await pause();
   }
   return counts;
 }
