@@ -287,6 +287,67 @@ for (const backend of backends()) {
         }
       });
 
+    if (backend.name === "postgres")
+      test("an event committed late is still sent after a replay over a long run of missing seqs, and to a client that resumed past it", async () => {
+        const admin = new pg.Client({ connectionString: db.databaseUrl });
+        await admin.connect();
+        const account = (await server.api.get("/v1/account")).body as { id: number };
+        // 20,000 seqs that will never fill (purged history, rolled-back inserts), then an event.
+        await admin.query(
+          "SELECT setval(pg_get_serial_sequence('events', 'seq'), nextval(pg_get_serial_sequence('events', 'seq')) + 20000)",
+        );
+        const first = await server.api.post("/v1/calls", {
+          agent_id: agentId,
+          type: "outbound",
+          phone_number: "+15550003333",
+        });
+        assert.equal((await server.api.post(`/v1/calls/${first.body.id}/start`, {})).status, 200);
+        const replay = await openStream(server, `?after=${ORIGIN}`);
+        let resumed: Awaited<ReturnType<typeof openStream>> | undefined;
+        try {
+          const firstEvent = (await eventsOf(server.api, first.body.id))[0]!.id;
+          await waitFor("the replay to reach the new event", () =>
+            replay.events().find((m) => m.id === firstEvent),
+          );
+          const heldId = `evt_${"k".repeat(26)}`;
+          const body = '{"event_type":"call.started","held":"late"}';
+          await admin.query("BEGIN");
+          await admin.query(
+            "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
+            [heldId, account.id, body, Date.now()],
+          );
+          const later = await server.api.post("/v1/calls", {
+            agent_id: agentId,
+            type: "outbound",
+            phone_number: "+15550004444",
+          });
+          assert.equal((await server.api.post(`/v1/calls/${later.body.id}/start`, {})).status, 200);
+          const laterEvent = (await eventsOf(server.api, later.body.id))[0]!.id;
+          await waitFor("the later event", () => replay.events().find((m) => m.id === laterEvent));
+          // A client that saw the later event and reconnects with it, before the held one commits.
+          resumed = await openStream(server, "", { "last-event-id": laterEvent });
+          await admin.query("COMMIT");
+          for (const [name, st] of [
+            ["the replaying stream", replay],
+            ["the resumed stream", resumed],
+          ] as const) {
+            const got = await waitFor(`${name} to send the late event`, () =>
+              st.events().find((m) => m.id === heldId),
+            );
+            assert.equal(got.data, body);
+          }
+          assert.deepEqual(
+            resumed.events().map((m) => m.id),
+            [heldId],
+            "the resumed stream sends nothing it had sent before",
+          );
+        } finally {
+          await admin.end();
+          await replay.close();
+          await resumed?.close();
+        }
+      });
+
     test(`more than ${MAX_STREAMS_PER_ACCOUNT} open streams of one account: 429 too_many_streams, until one closes`, async () => {
       const streams = [];
       for (let i = 0; i < MAX_STREAMS_PER_ACCOUNT; i++) streams.push(await openStream(server));

@@ -34,7 +34,21 @@ export const MAX_STREAMS_PER_ACCOUNT = 10;
 // can appear after a higher one. Holes are re-checked for this long before they are given up as
 // rolled-back inserts; no transition transaction runs anywhere near this long.
 const GAP_TTL_MS = 30_000;
+/**
+ * Holes tracked at most; past it the oldest are dropped for the new ones, since a transaction
+ * still open holds one of the seqs handed out last. A replay over purged history meets long runs
+ * of holes that will never fill; kept first-come, they took every place, and an event committed
+ * late in the next 30 s was skipped.
+ */
 const MAX_GAPS = 10_000;
+/** Holes re-checked per turn: the newest first. */
+const GAP_CHECKS = 500;
+/**
+ * A stream resumed at seq C (`after`, `Last-Event-ID`) takes the seqs below C that are missing now
+ * as holes, this far back: a transaction still open when the client's last stream sent C commits
+ * one of them later, and the client never had it.
+ */
+const RESUME_LOOKBACK = 1_000;
 
 interface Row {
   seq: number;
@@ -169,9 +183,32 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
 
       let cursor: number;
       let ready: string | undefined;
+      const gaps = new Map<number, number>(); // seq → when the hole was noticed (ms), oldest first
+      const noteGap = (seq: number, at: number) => {
+        if (gaps.has(seq)) return;
+        if (gaps.size >= MAX_GAPS) gaps.delete(gaps.keys().next().value as number);
+        gaps.set(seq, at);
+      };
+      const holey = ctx.store.caps.name === "postgres";
       try {
-        if (cursorId) cursor = await seqOf(db, accountId, cursorId);
-        else {
+        if (cursorId) {
+          cursor = await seqOf(db, accountId, cursorId);
+          if (holey && cursor > 1) {
+            const present = new Set(
+              (
+                await db
+                  .selectFrom("events")
+                  .select("seq")
+                  .where("seq", ">", Math.max(0, cursor - RESUME_LOOKBACK))
+                  .where("seq", "<", cursor)
+                  .execute()
+              ).map((r) => Number(r.seq)),
+            );
+            const now = Date.now();
+            for (let g = Math.max(1, cursor - RESUME_LOOKBACK + 1); g < cursor; g++)
+              if (!present.has(g)) noteGap(g, now);
+          }
+        } else {
           const newest = await db
             .selectFrom("events")
             .select(["seq", "id"])
@@ -223,7 +260,6 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
       if (res.destroyed || req.raw.socket.destroyed) close();
       bell.on("ring", ringHandler);
 
-      const gaps = new Map<number, number>(); // seq → when the hole was noticed (ms)
       const send = async (r: Row) => {
         if (res.write(sseFrame(r)) || (await drained(res, DRAIN_TIMEOUT_MS))) return;
         if (!closed) {
@@ -268,7 +304,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
           };
           let mine: number[];
           let scanned: number;
-          if (ctx.store.caps.name === "postgres") {
+          if (holey) {
             // Holes must be seen in the global sequence (seq is shared by all accounts), so scan the
             // narrow (seq, account_id) columns of every account, then read this account's rows.
             const heads = await db
@@ -283,12 +319,12 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
             mine = [];
             for (const h of heads) {
               const s = Number(h.seq);
-              for (let g = cursor + 1; g < s && gaps.size < MAX_GAPS; g++) gaps.set(g, now);
+              for (let g = Math.max(cursor + 1, s - MAX_GAPS); g < s; g++) noteGap(g, now);
               cursor = s;
               if (Number(h.account_id) === accountId) mine.push(s);
             }
             if (gaps.size > 0) {
-              const holes = [...gaps.keys()].slice(0, 500);
+              const holes = [...gaps.keys()].slice(-GAP_CHECKS);
               const filled = await db
                 .selectFrom("events")
                 .select(["seq", "account_id"])
