@@ -17,6 +17,7 @@ import { isDatabaseUnavailable, openStore } from "./storage/store.js";
 import { SummaryWorker } from "./summaries/worker.js";
 import { Periodic } from "./util/periodic.js";
 import { systemClock } from "./util/time.js";
+import { formatDuration } from "./util/units.js";
 import { VERSION } from "./version.js";
 
 /** Below this, a KLEN_API_KEY outside dev mode draws a warning at start (the README's `dev_key` is 7). */
@@ -146,6 +147,11 @@ export async function startServer(
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
   await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
+  if (config.retentionMs < config.urlTtlMs)
+    log.warn(
+      { retention: formatDuration(config.retentionMs), url_ttl: formatDuration(config.urlTtlMs) },
+      "KLEN_RETENTION is shorter than KLEN_URL_TTL: a recording's or a long transcript's URL stops working when retention purges the blob, before the URL's own expiry",
+    );
   const ctx: AppContext = {
     store,
     config,

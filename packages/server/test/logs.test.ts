@@ -151,13 +151,26 @@ test("a process whose shared settings differ from the one started before it on t
   try {
     const first = await spawnServer({
       dataDir: dir.path,
-      env: { KLEN_RETRY_SCHEDULE: "1s,2s", KLEN_PUBLIC_URL: "https://hooks.example.test" },
+      env: {
+        KLEN_RETRY_SCHEDULE: "1s,2s",
+        KLEN_PUBLIC_URL: "https://hooks.example.test",
+        KLEN_RETENTION: "1d",
+      },
     });
     await first.kill();
     assert.doesNotMatch(first.output(), /differs from the process/);
+    // A retention shorter than the URLs' lifetime is said too (default KLEN_URL_TTL 7d).
+    assert.match(
+      first.output(),
+      /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/,
+    );
     const second = await spawnServer({
       dataDir: dir.path,
-      env: { KLEN_RETRY_SCHEDULE: "1s,3s", KLEN_PUBLIC_URL: "https://hooks.example.test" },
+      env: {
+        KLEN_RETRY_SCHEDULE: "1s,3s",
+        KLEN_PUBLIC_URL: "https://hooks.example.test",
+        KLEN_RETENTION: "1d",
+      },
     });
     await second.kill();
     const warnings = second
@@ -172,7 +185,11 @@ test("a process whose shared settings differ from the one started before it on t
     // The same settings as the last one to start: nothing to say.
     const third = await spawnServer({
       dataDir: dir.path,
-      env: { KLEN_RETRY_SCHEDULE: "1s,3s", KLEN_PUBLIC_URL: "https://hooks.example.test" },
+      env: {
+        KLEN_RETRY_SCHEDULE: "1s,3s",
+        KLEN_PUBLIC_URL: "https://hooks.example.test",
+        KLEN_RETENTION: "1d",
+      },
     });
     await third.kill();
     assert.doesNotMatch(third.output(), /differs from the process/);
