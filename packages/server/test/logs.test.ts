@@ -148,33 +148,25 @@ test("background work that fails while the database is down logs one short warni
 
 test("a process whose shared settings differ from the one started before it on the database warns, naming each variable and both values", async () => {
   const dir = tempDir();
+  // Started and stopped on the same database; its output once stopped.
+  const run = async (schedule: string) => {
+    const p = await spawnServer({
+      dataDir: dir.path,
+      env: {
+        KLEN_RETRY_SCHEDULE: schedule,
+        KLEN_PUBLIC_URL: "https://hooks.example.test",
+        KLEN_RETENTION: "1d",
+      },
+    });
+    await p.kill();
+    return p.output();
+  };
   try {
-    const first = await spawnServer({
-      dataDir: dir.path,
-      env: {
-        KLEN_RETRY_SCHEDULE: "1s,2s",
-        KLEN_PUBLIC_URL: "https://hooks.example.test",
-        KLEN_RETENTION: "1d",
-      },
-    });
-    await first.kill();
-    assert.doesNotMatch(first.output(), /differs from the process/);
+    const first = await run("1s,2s");
+    assert.doesNotMatch(first, /differs from the process/);
     // A retention shorter than the URLs' lifetime is said too (default KLEN_URL_TTL 7d).
-    assert.match(
-      first.output(),
-      /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/,
-    );
-    const second = await spawnServer({
-      dataDir: dir.path,
-      env: {
-        KLEN_RETRY_SCHEDULE: "1s,3s",
-        KLEN_PUBLIC_URL: "https://hooks.example.test",
-        KLEN_RETENTION: "1d",
-      },
-    });
-    await second.kill();
-    const warnings = second
-      .output()
+    assert.match(first, /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/);
+    const warnings = (await run("1s,3s"))
       .split("\n")
       .filter((l) => l.includes("differs from the process"))
       .map((l) => JSON.parse(l) as { variable: string; here: string; there: string; level: number });
@@ -183,16 +175,7 @@ test("a process whose shared settings differ from the one started before it on t
       [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]],
     );
     // The same settings as the last one to start: nothing to say.
-    const third = await spawnServer({
-      dataDir: dir.path,
-      env: {
-        KLEN_RETRY_SCHEDULE: "1s,3s",
-        KLEN_PUBLIC_URL: "https://hooks.example.test",
-        KLEN_RETENTION: "1d",
-      },
-    });
-    await third.kill();
-    assert.doesNotMatch(third.output(), /differs from the process/);
+    assert.doesNotMatch(await run("1s,3s"), /differs from the process/);
   } finally {
     dir.remove();
   }
