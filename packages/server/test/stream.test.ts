@@ -348,6 +348,75 @@ for (const backend of backends()) {
         }
       });
 
+    if (backend.name === "postgres")
+      test("a replay over sparse old history (1,000 seqs between events) sends it all, and a late event behind 600 rolled-back seqs is sent", async () => {
+        const admin = new pg.Client({ connectionString: db.databaseUrl });
+        await admin.connect();
+        const account = (await server.api.get("/v1/account")).body as { id: number };
+        let replay: Awaited<ReturnType<typeof openStream>> | undefined;
+        const tail = await openStream(server);
+        try {
+          // What retention leaves of a day-old history: 2,000 events, 1,000 seqs apart.
+          const { rows } = await admin.query<{ s: string }>(
+            "SELECT nextval(pg_get_serial_sequence('events', 'seq')) AS s",
+          );
+          const base = Number(rows[0]!.s) + 1;
+          const old = Array.from({ length: 2_000 }, (_, i) => `evt_${`0old${i}`.padStart(26, "0")}`);
+          await admin.query(
+            `INSERT INTO events (seq, id, account_id, call_id, event_type, payload, created_at)
+             SELECT $1::bigint + i * 1000, 'evt_' || lpad('0old' || i, 26, '0'), $2, 1, 'call.started', '{"old":true}', $3::bigint
+             FROM generate_series(0, 1999) AS i`,
+            [base, account.id, Date.now() - 86_400_000],
+          );
+          await admin.query("SELECT setval(pg_get_serial_sequence('events', 'seq'), $1)", [base + 2_000_000]);
+          replay = await openStream(server, `?after=${ORIGIN}`);
+          await waitFor(
+            "the replay to send every old event",
+            () => {
+              const got = new Set(replay!.events().map((m) => m.id));
+              return old.every((id) => got.has(id));
+            },
+            30_000,
+          );
+          // An event whose transaction stays open while 600 later seqs are handed out and rolled
+          // back, and one more event commits.
+          await waitFor("ready", () => tail.messages.length >= 1);
+          const heldId = `evt_${"m".repeat(26)}`;
+          const body = '{"event_type":"call.started","held":"behind rollbacks"}';
+          const held = new pg.Client({ connectionString: db.databaseUrl });
+          await held.connect();
+          try {
+            await held.query("BEGIN");
+            await held.query(
+              "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
+              [heldId, account.id, body, Date.now()],
+            );
+            await admin.query("BEGIN");
+            await admin.query(
+              "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, 600)",
+            );
+            await admin.query("ROLLBACK");
+            const call = await server.api.post("/v1/calls", {
+              agent_id: agentId,
+              type: "outbound",
+              phone_number: "+15550005555",
+            });
+            assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+            const laterEvent = (await eventsOf(server.api, call.body.id))[0]!.id;
+            await waitFor("the later event", () => tail.events().find((m) => m.id === laterEvent));
+            await held.query("COMMIT");
+          } finally {
+            await held.end();
+          }
+          const got = await waitFor("the late event", () => tail.events().find((m) => m.id === heldId));
+          assert.equal(got.data, body);
+        } finally {
+          await admin.end();
+          await tail.close();
+          await replay?.close();
+        }
+      });
+
     test(`more than ${MAX_STREAMS_PER_ACCOUNT} open streams of one account: 429 too_many_streams, until one closes`, async () => {
       const streams = [];
       for (let i = 0; i < MAX_STREAMS_PER_ACCOUNT; i++) streams.push(await openStream(server));

@@ -35,14 +35,14 @@ export const MAX_STREAMS_PER_ACCOUNT = 10;
 // rolled-back inserts; no transition transaction runs anywhere near this long.
 const GAP_TTL_MS = 30_000;
 /**
- * Holes tracked at most; past it the oldest are dropped for the new ones, since a transaction
- * still open holds one of the seqs handed out last. A replay over purged history meets long runs
- * of holes that will never fill; kept first-come, they took every place, and an event committed
- * late in the next 30 s was skipped.
+ * Holes tracked at most: those of the last MAX_GAPS seqs scanned. A transaction still open holds
+ * one of the seqs handed out last; a replay over purged history meets long runs of holes that
+ * will never fill, which (kept first-come) once took every place, so that an event committed late
+ * in the next 30 s was skipped.
  */
 const MAX_GAPS = 10_000;
-/** Holes re-checked per turn: the newest first. */
-const GAP_CHECKS = 500;
+/** Holes re-checked per statement; every hole is re-checked each turn. */
+const GAP_CHECKS = 1_000;
 /**
  * A stream resumed at seq C (`after`, `Last-Event-ID`) takes the seqs below C that are missing now
  * as holes, this far back: a transaction still open when the client's last stream sent C commits
@@ -183,11 +183,9 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
 
       let cursor: number;
       let ready: string | undefined;
-      const gaps = new Map<number, number>(); // seq → when the hole was noticed (ms), oldest first
+      let gaps = new Map<number, number>(); // seq → when the hole was noticed (ms), lowest first
       const noteGap = (seq: number, at: number) => {
-        if (gaps.has(seq)) return;
-        if (gaps.size >= MAX_GAPS) gaps.delete(gaps.keys().next().value as number);
-        gaps.set(seq, at);
+        if (!gaps.has(seq)) gaps.set(seq, at);
       };
       const holey = ctx.store.caps.name === "postgres";
       try {
@@ -309,7 +307,7 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
             // narrow (seq, account_id) columns of every account, then read this account's rows.
             const heads = await db
               .selectFrom("events")
-              .select(["seq", "account_id"])
+              .select(["seq", "account_id", "created_at"])
               .where("seq", ">", cursor)
               .orderBy("seq", "asc")
               .limit(BATCH)
@@ -317,22 +315,30 @@ export const streamRoutes: RouteModule = (app, ctx, h) => {
             scanned = heads.length;
             const now = Date.now();
             mine = [];
+            // Only the last MAX_GAPS seqs of this turn can hold a hole worth tracking, and only
+            // below an event made within GAP_TTL_MS: a seq below an older one was handed out
+            // longer ago than any transition transaction runs (purged history, a rollback).
+            const floor = heads.length > 0 ? Number(heads[heads.length - 1]!.seq) - MAX_GAPS : cursor;
             for (const h of heads) {
               const s = Number(h.seq);
-              for (let g = Math.max(cursor + 1, s - MAX_GAPS); g < s; g++) noteGap(g, now);
+              if (Number(h.created_at) >= now - GAP_TTL_MS)
+                for (let g = Math.max(cursor + 1, floor + 1); g < s; g++) noteGap(g, now);
               cursor = s;
               if (Number(h.account_id) === accountId) mine.push(s);
             }
+            if (gaps.size > MAX_GAPS) gaps = new Map([...gaps].slice(-MAX_GAPS));
             if (gaps.size > 0) {
-              const holes = [...gaps.keys()].slice(-GAP_CHECKS);
-              const filled = await db
-                .selectFrom("events")
-                .select(["seq", "account_id"])
-                .where("seq", "in", holes)
-                .execute();
-              for (const f of filled) {
-                gaps.delete(Number(f.seq));
-                if (Number(f.account_id) === accountId) mine.push(Number(f.seq));
+              const holes = [...gaps.keys()];
+              for (let i = 0; i < holes.length; i += GAP_CHECKS) {
+                const filled = await db
+                  .selectFrom("events")
+                  .select(["seq", "account_id"])
+                  .where("seq", "in", holes.slice(i, i + GAP_CHECKS))
+                  .execute();
+                for (const f of filled) {
+                  gaps.delete(Number(f.seq));
+                  if (Number(f.account_id) === accountId) mine.push(Number(f.seq));
+                }
               }
               for (const [g, at] of gaps) if (now - at > GAP_TTL_MS) gaps.delete(g);
             }
