@@ -8,6 +8,7 @@ import {
   createDefaultAccount,
   ensureAccountForKey,
 } from "../src/accounts/accounts.js";
+import { signingKey } from "../src/blobs/key.js";
 import { migrate } from "../src/storage/migrate.js";
 import { openStore } from "../src/storage/store.js";
 import { apiClient } from "./helpers/api.js";
@@ -46,11 +47,13 @@ test("KLEN_API_KEY joins the default account a first start created, even renamed
   }
 });
 
-test("on a database from before the record, migration 13 records the oldest account named default", async () => {
+test("on a database from before the record, migration 13 records the account a first start made, and only that one", async () => {
   const dir = tempDir();
   const store = await openStore(`sqlite:${dir.path}/klen.db`);
   try {
     await migrate(store, 12);
+    // A first start: the URL-signing key, then the default account; later a tenant named default.
+    await signingKey(store, store.db);
     const old = await store.db.transaction().execute((trx) => createAccount(trx, "default"));
     await store.db.transaction().execute((trx) => createAccount(trx, "default"));
     assert.deepEqual(await migrate(store), [13]);
@@ -60,6 +63,26 @@ test("on a database from before the record, migration 13 records the oldest acco
   } finally {
     await store.close();
     dir.remove();
+  }
+  // `accounts create` on a new database, a start later (its signing key), the tenant renamed
+  // "default" before the upgrade: not the default; the key gets an account of its own.
+  const other = tempDir();
+  const second = await openStore(`sqlite:${other.path}/klen.db`);
+  try {
+    await migrate(second, 12);
+    const tenant = await second.db.transaction().execute((trx) => createAccount(trx, "Tenant A"));
+    await signingKey(second, second.db);
+    await second.db
+      .updateTable("accounts")
+      .set({ name: "default" })
+      .where("id", "=", tenant.account.id)
+      .execute();
+    assert.deepEqual(await migrate(second), [13]);
+    const operator = await ensureAccountForKey(second, "dev_key_0123456789");
+    assert.notEqual(operator.id, tenant.account.id);
+  } finally {
+    await second.close();
+    other.remove();
   }
 });
 

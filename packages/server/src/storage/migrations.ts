@@ -309,13 +309,17 @@ ALTER TABLE endpoints ADD COLUMN rate_next_us ${d.bigint};
     name: "default_account_recorded",
     sql: () => `
 -- The default account (the one KLEN_API_KEY joins) is known only by its record in settings from
--- now on. A database from before the record gets it here, once: the oldest account named
--- "default", which is what a first start created. Looking it up by name at every start would let
--- a tenant that renamed itself "default" receive the operator's key.
+-- now on: looking it up by name at every start let a tenant that renamed itself "default" receive
+-- the operator's key. A database without the record gets it here, once, for the account a first
+-- start made: the first account, named "default", made after the URL-signing key (a start creates
+-- that key before the account; \`accounts create\` on a new database makes an account and no key).
+-- Anything else gets no record, and KLEN_API_KEY then makes a new default account.
 INSERT INTO settings (name, value, created_at)
-SELECT 'default_account_id', CAST(id AS TEXT), created_at FROM accounts
-WHERE name = 'default' AND NOT EXISTS (SELECT 1 FROM settings WHERE name = 'default_account_id')
-ORDER BY id LIMIT 1;
+SELECT 'default_account_id', CAST(a.id AS TEXT), a.created_at FROM accounts a
+WHERE a.id = (SELECT MIN(id) FROM accounts)
+  AND a.name = 'default'
+  AND EXISTS (SELECT 1 FROM settings k WHERE k.name = 'blob_signing_key' AND k.created_at <= a.created_at)
+  AND NOT EXISTS (SELECT 1 FROM settings WHERE name = 'default_account_id');
 `,
   },
 ];
