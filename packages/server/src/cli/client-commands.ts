@@ -170,7 +170,7 @@ Examples:
       .addOption(
         new Option(
           "--secret <whsec>",
-          "signing secret to use, not printed (default: a new whsec_ secret, printed at start); the environment keeps it out of ps",
+          "signing secret to use, not shown on the terminal (default: a new whsec_ secret, printed at start); the environment keeps it out of ps",
         ).env("KLEN_WEBHOOK_SECRET"),
       )
       .option(

@@ -215,7 +215,8 @@ export async function listen(opts: ListenOptions): Promise<void> {
         if (out.json)
           out.data({
             type: "ready",
-            secret: opts.secretFrom ? null : opts.secret,
+            // Scripts read it here whichever way it came (the terminal line does not show a given one).
+            secret: opts.secret,
             ...(opts.secretFrom ? { secret_from: opts.secretFrom } : {}),
             forward_to: opts.forwardTo,
           });
