@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -259,6 +260,42 @@ describe("ThreadSender's thread", { timeout: 120_000 }, () => {
       assert.equal(next.responseBody, "ok");
     } finally {
       await sender.close();
+    }
+  });
+
+  test("attempts of one rate-limited endpoint start at least its interval apart however they reach the thread; others are not held", async () => {
+    const arrivals: Record<string, number[]> = { "/a": [], "/b": [] };
+    const rx = createServer((req, res) => {
+      arrivals[req.url ?? ""]?.push(performance.now());
+      res.end("ok");
+    });
+    rx.listen(0, "127.0.0.1");
+    await once(rx, "listening");
+    const base = `http://127.0.0.1:${(rx.address() as AddressInfo).port}`;
+    const sender = new ThreadSender({ dev: true, timeoutMs: 30_000 });
+    try {
+      // Sent in one tick, as a thread that got no CPU for a while takes launches spaced apart.
+      const spacing = { key: "ep_a", intervalMs: 200 };
+      const results = await Promise.all([
+        sender.send(`${base}/a`, {}, "{}", spacing),
+        sender.send(`${base}/a`, {}, "{}", spacing),
+        sender.send(`${base}/a`, {}, "{}", spacing),
+        sender.send(`${base}/b`, {}, "{}", { key: "ep_b", intervalMs: 200 }),
+      ]);
+      assert.deepEqual(
+        results.map((r) => r.statusCode),
+        [200, 200, 200, 200],
+      );
+      const a = arrivals["/a"]!;
+      assert.equal(a.length, 3);
+      for (let i = 1; i < a.length; i++)
+        assert.ok(a[i]! - a[i - 1]! >= 150, `arrivals ${Math.round(a[i]! - a[i - 1]!)} ms apart`);
+      // Another endpoint's first attempt is not held behind the first one's.
+      assert.ok(arrivals["/b"]![0]! < a[1]!, "ep_b went out before ep_a's second attempt");
+    } finally {
+      await sender.close();
+      rx.closeAllConnections();
+      rx.close();
     }
   });
 

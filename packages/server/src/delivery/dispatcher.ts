@@ -714,7 +714,11 @@ export class Dispatcher {
       userAgent: `Klen-Webhooks/${this.ctx.version}`,
       custom: this.customHeaders(ep.headers),
     });
-    const result = await this.sender.send(ep.url, headers, c.payload);
+    const spacing =
+      ep.rate_limit !== null && ep.rate_limit > 0
+        ? { key: ep.id, intervalMs: 1000 / ep.rate_limit }
+        : undefined;
+    const result = await this.sender.send(ep.url, headers, c.payload, spacing);
     const logged: Record<string, string> = {};
     for (const [k, v] of Object.entries(headers)) logged[k] = OWN_HEADERS.has(k) ? v : "[redacted]";
     const outcome: Outcome = { claimed: c, startedAt: now, url: ep.url, requestHeaders: logged, result };

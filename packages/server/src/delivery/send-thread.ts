@@ -1,8 +1,8 @@
 import { Worker } from "node:worker_threads";
-import type { AttemptSender, SenderOptions, SendResult } from "./send.js";
+import type { AttemptSender, SenderOptions, SendResult, Spacing } from "./send.js";
 
-/** One attempt on its way to the sender thread: its number, URL, headers and body. */
-export type SendRequest = [number, string, Record<string, string>, string];
+/** One attempt on its way to the sender thread: its number, URL, headers, body and spacing. */
+export type SendRequest = [number, string, Record<string, string>, string, Spacing?];
 
 interface Waiting {
   resolve: (r: SendResult) => void;
@@ -28,12 +28,13 @@ export class ThreadSender implements AttemptSender {
 
   constructor(private readonly opts: SenderOptions) {}
 
-  send(url: string, headers: Record<string, string>, body: string): Promise<SendResult> {
+  send(url: string, headers: Record<string, string>, body: string, spacing?: Spacing): Promise<SendResult> {
     if (this.closed) return Promise.reject(new Error("sender closed"));
     const id = this.nextId++;
     return new Promise<SendResult>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      if (this.queued.push([id, url, headers, body]) === 1) queueMicrotask(this.flush);
+      const request: SendRequest = spacing ? [id, url, headers, body, spacing] : [id, url, headers, body];
+      if (this.queued.push(request) === 1) queueMicrotask(this.flush);
     });
   }
 

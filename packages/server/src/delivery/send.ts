@@ -120,8 +120,19 @@ export interface SenderOptions {
 }
 
 /** What the dispatcher sends attempts through: `Sender`, or `ThreadSender` (send-thread.ts). */
+/**
+ * A rate-limited endpoint's attempts (`key`, its id) start at least `intervalMs` apart. The pacer
+ * spaces their launches on the event loop; the sender thread spaces them again where they go out,
+ * since a thread that gets no CPU for a while takes two spaced launches in one turn.
+ */
+export interface Spacing {
+  key: string;
+  intervalMs: number;
+}
+
 export interface AttemptSender {
-  send(url: string, headers: Record<string, string>, body: string): Promise<SendResult>;
+  /** `spacing`: honoured by the sender thread; `Sender` sends when called (the pacer spaced the calls). */
+  send(url: string, headers: Record<string, string>, body: string, spacing?: Spacing): Promise<SendResult>;
   /** Lets attempts in flight finish, then closes the connections. */
   close(): Promise<void>;
   /**
