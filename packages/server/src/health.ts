@@ -1,3 +1,6 @@
+/** How long a loop must have failed, every try, before `/healthz` answers 503. */
+export const HEALTH_FAILING_MS = 5_000;
+
 /**
  * What this process's background loops say about themselves, for `/healthz`: a loop whose every
  * try has failed for a while (the dispatcher's claims, say, while another process holds SQLite's
@@ -32,6 +35,3 @@ export class Health {
     return worst;
   }
 }
-
-/** How long a loop must have failed, every try, before `/healthz` answers 503. */
-export const HEALTH_FAILING_MS = 5_000;

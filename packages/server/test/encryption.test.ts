@@ -9,14 +9,30 @@ import { sql } from "kysely";
 import { ENCRYPTED_COLUMNS, FieldCipher, isSealed } from "../src/storage/encryption.js";
 import { sealWrittenInClear } from "../src/storage/reseal.js";
 import { openStore, type Store } from "../src/storage/store.js";
-import { runCall, setupAccount } from "./helpers/api.js";
+import { type ApiClient, runCall, setupAccount } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
-import { startReceiver } from "./helpers/receiver.js";
+import { type Receiver, startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 after(() => stopPostgres());
+
+/** The encryption key of these tests' servers. */
+const TEST_KEY = "a-test-encryption-key-0123456789";
+
+/**
+ * An agent and an endpoint at `rx` with a custom header holding a credential (which must never be
+ * stored in clear); `rx` verifies with the endpoint's secret.
+ */
+async function accountWithHeader(api: ApiClient, rx: Receiver) {
+  const made = await setupAccount(api, {
+    endpointUrl: rx.url,
+    endpoint: { headers: { "X-Receiver-Pass": "hdr-credential-4711" } },
+  });
+  rx.setSecret(made.endpoint.secret);
+  return made;
+}
 
 test("FieldCipher round-trips, seals equal values equally, and rejects tampering", () => {
   const c = new FieldCipher("correct horse battery staple");
@@ -38,15 +54,11 @@ test("with KLEN_ENCRYPTION_KEY, secrets, transcripts, summaries and phone number
   const dir = tempDir();
   const server = await spawnServer({
     dataDir: dir.path,
-    env: { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789", KLEN_INLINE_LIMIT: "2KiB" },
+    env: { KLEN_ENCRYPTION_KEY: TEST_KEY, KLEN_INLINE_LIMIT: "2KiB" },
   });
   const rx = await startReceiver();
   try {
-    const { agentId, endpoint } = await setupAccount(server.api, {
-      endpointUrl: rx.url,
-      endpoint: { headers: { "X-Receiver-Pass": "hdr-credential-4711" } },
-    });
-    rx.setSecret(endpoint.secret);
+    const { agentId, endpoint } = await accountWithHeader(server.api, rx);
     const contact = await server.api.post(
       "/v1/contacts",
       {
@@ -184,7 +196,7 @@ test("with KLEN_ENCRYPTION_KEY, text that looks sealed is stored and returned as
   const dir = tempDir();
   const server = await spawnServer({
     dataDir: dir.path,
-    env: { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" },
+    env: { KLEN_ENCRYPTION_KEY: TEST_KEY },
   });
   try {
     const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: "http://127.0.0.1:9/hook" });
@@ -268,17 +280,13 @@ for (const backend of backends())
   test(`KLEN_ENCRYPTION_KEY set later: what was stored in clear is sealed, and old contacts still match by phone number (${backend.name})`, async () => {
     const db = await backend.fresh();
     const env = { KLEN_DATABASE_URL: db.databaseUrl };
-    const key = { KLEN_ENCRYPTION_KEY: "a-test-encryption-key-0123456789" };
+    const key = { KLEN_ENCRYPTION_KEY: TEST_KEY };
     const rx = await startReceiver();
     let server = await spawnServer({ dataDir: db.dataDir, env });
     try {
       // Without a key: an endpoint with a custom header, a contact, a whole call and an
       // Idempotency-Key's stored answer, all in clear.
-      const { agentId, endpoint } = await setupAccount(server.api, {
-        endpointUrl: rx.url,
-        endpoint: { headers: { "X-Receiver-Pass": "hdr-credential-4711" } },
-      });
-      rx.setSecret(endpoint.secret);
+      const { agentId, endpoint } = await accountWithHeader(server.api, rx);
       const contact = await server.api.post(
         "/v1/contacts",
         { name: "Old Contact", phone_number: "+15557654321" },
@@ -379,7 +387,7 @@ for (const backend of backends())
 
 test("a process without KLEN_ENCRYPTION_KEY stops (exit 1) once another process turns encryption on; started again it is refused, and so is a wrong key, by name", async () => {
   const dir = tempDir();
-  const key = "a-test-encryption-key-0123456789";
+  const key = TEST_KEY;
   const keyless = await spawnServer({ dataDir: dir.path });
   let keyed: ServerProcess | undefined;
   try {

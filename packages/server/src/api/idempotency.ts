@@ -74,19 +74,16 @@ export async function runIdempotent(
   }
   const key = req.key;
   // Keyed when the database is encrypted: the stored hash then tells nothing of the body.
-  const fingerprintOf = (body: string) => `${req.method} ${req.path}\n${body}`;
-  const hashOf = (body: string) =>
-    store.cipher ? store.cipher.mac(fingerprintOf(body)) : digest(fingerprintOf(body));
-  const requestHash = hashOf(req.bodyDigest);
-  // What a stored key may hold for this same request: the hash above; the plain hash, when it was
-  // stored before KLEN_ENCRYPTION_KEY was set; the hash of the body in sent order, when stored by
-  // a version that compared bodies that way (keys live 24 h).
-  const bodies =
-    req.bodyDigestAsSent === undefined ? [req.bodyDigest] : [req.bodyDigest, req.bodyDigestAsSent];
+  // The body's canonical digest first, then (when it differs) its digest in sent order, which a
+  // version that compared bodies that way stored (keys live 24 h).
+  const fingerprints = [req.bodyDigest, req.bodyDigestAsSent]
+    .filter((b) => b !== undefined)
+    .map((b) => `${req.method} ${req.path}\n${b}`);
+  const hashOf = (f: string) => (store.cipher ? store.cipher.mac(f) : digest(f));
+  const requestHash = hashOf(fingerprints[0]!);
+  // A key stored before KLEN_ENCRYPTION_KEY was set holds the plain hash: its repeat still matches.
   const sameRequest = (stored: string) =>
-    bodies.some(
-      (b) => stored === hashOf(b) || (store.cipher !== undefined && stored === digest(fingerprintOf(b))),
-    );
+    fingerprints.some((f) => stored === hashOf(f) || (store.cipher !== undefined && stored === digest(f)));
   const attempt = () =>
     store.db.transaction().execute(async (trx) => {
       const prior = await trx

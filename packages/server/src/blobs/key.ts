@@ -22,8 +22,7 @@ export async function signingKey(store: Store, db: Db): Promise<Buffer> {
   const hit = cache.get(store);
   if (hit) return hit;
   const { cipher } = store;
-  const read = async () =>
-    (await db.selectFrom("settings").select("value").where("name", "=", NAME).executeTakeFirst())?.value;
+  const read = () => storedKey(db);
   let stored = await read();
   if (stored === undefined) {
     const fresh = randomBytes(32).toString("base64");
@@ -70,6 +69,11 @@ function openWith(cipher: NonNullable<Store["cipher"]>, stored: string): string 
  * KLEN_ENCRYPTION_KEY, so a process without the key can tell that another one turned it on.
  */
 export async function signingKeySealed(db: Db): Promise<boolean> {
-  const row = await db.selectFrom("settings").select("value").where("name", "=", NAME).executeTakeFirst();
-  return row !== undefined && isSealed(row.value);
+  const stored = await storedKey(db);
+  return stored !== undefined && isSealed(stored);
+}
+
+/** The signing key as stored (sealed or not); undefined before the first start made it. */
+async function storedKey(db: Db): Promise<string | undefined> {
+  return (await db.selectFrom("settings").select("value").where("name", "=", NAME).executeTakeFirst())?.value;
 }

@@ -5,6 +5,7 @@ import { blobStoreFor } from "../blobs/blobs.js";
 import type { Database } from "../storage/schema.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { idFloor } from "../util/ids.js";
+import { pauseBetweenBatches } from "../util/periodic.js";
 
 const DEFAULT_BATCH = 500;
 /** A file with no `blobs` row is an orphan (a rolled-back transaction, a crash) once this old. */
@@ -55,10 +56,8 @@ export async function purgeExpired(
   opts: { batch?: number; pauseMs?: number } = {},
 ): Promise<PurgeCounts> {
   const db = ctx.store.db;
-  const BATCH = opts.batch ?? DEFAULT_BATCH;
-  // Between batches the process serves everything else: SQLite runs each statement on the event
-  // loop, and a run through 200,000 expired events in one go answered nothing for 21 s.
-  const pause = () => new Promise((r) => setTimeout(r, opts.pauseMs ?? 5));
+  const batch = opts.batch ?? DEFAULT_BATCH;
+  const pause = () => pauseBetweenBatches(opts.pauseMs);
   const cutoff = now - ctx.config.retentionMs;
   const store = blobStoreFor(ctx.config);
   const counts: PurgeCounts = {
@@ -108,7 +107,7 @@ export async function purgeExpired(
       .where(unsent)
       .orderBy("created_at")
       .orderBy("id")
-      .limit(BATCH)
+      .limit(batch)
       .execute();
     if (rows.length === 0) break;
     const last = rows[rows.length - 1]!;
@@ -144,7 +143,7 @@ export async function purgeExpired(
         .where("created_at", "<", cutoff)
         .where("status", "<>", "pending")
         .orderBy("id")
-        .limit(BATCH)
+        .limit(batch)
         .execute()
     ).map((r) => r.id);
     if (ids.length === 0) break;
@@ -186,7 +185,7 @@ export async function purgeExpired(
           ),
         )
         .orderBy("id")
-        .limit(BATCH)
+        .limit(batch)
         .execute()
     ).map((r) => r.id);
     if (ids.length === 0) break;
@@ -214,7 +213,7 @@ export async function purgeExpired(
     .executeTakeFirst();
   counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows);
 
-  // Oldest first, up to BATCH rows a statement (through the created_at index): the first purge
+  // Oldest first, up to a batch of rows a statement (through the created_at index): the first purge
   // after an upgrade may find every record ever kept.
   const replayable = Math.max(cutoff, now - IDEMPOTENCY_TTL_MS);
   for (;;) {
@@ -223,7 +222,7 @@ export async function purgeExpired(
       .select("created_at")
       .where("created_at", "<", replayable)
       .orderBy("created_at")
-      .offset(BATCH - 1)
+      .offset(batch - 1)
       .limit(1)
       .executeTakeFirst();
     const upTo = nth ? Number(nth.created_at) : replayable - 1;
@@ -234,8 +233,8 @@ export async function purgeExpired(
   }
 
   const old = await store.listOlderThan(Math.min(now, Date.now()) - ORPHAN_AGE_MS);
-  for (let i = 0; i < old.length; i += BATCH) {
-    const keys = old.slice(i, i + BATCH);
+  for (let i = 0; i < old.length; i += batch) {
+    const keys = old.slice(i, i + batch);
     const known = new Set(
       (await db.selectFrom("blobs").select("path").where("path", "in", keys).execute()).map((r) => r.path),
     );

@@ -1,7 +1,7 @@
 import { type RawBuilder, sql } from "kysely";
 import type { AppContext } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
-import { Periodic } from "../util/periodic.js";
+import { Periodic, pauseBetweenBatches } from "../util/periodic.js";
 import { ENCRYPTED_COLUMNS, isSealed } from "./encryption.js";
 import { retryConflicts } from "./retry.js";
 import type { Store } from "./store.js";
@@ -46,9 +46,6 @@ export async function sealWrittenInClear(
   if (done?.value === mark) return 0;
   // Event bodies are up to the inline limit (64 KiB) each: a page holds at most a few MiB.
   const batch = opts.batch ?? 100;
-  // Between pages the process serves everything else: SQLite runs each statement on the event
-  // loop, and a walk of a large table in one go would hold requests and attempts for seconds.
-  const pause = () => new Promise((r) => setTimeout(r, opts.pauseMs ?? 5));
   let sealed = 0;
   for (const { table, key } of TABLES) {
     const columns = ENCRYPTED_COLUMNS[table]!;
@@ -96,7 +93,7 @@ export async function sealWrittenInClear(
       const last = rows[rows.length - 1]!;
       after = key.map((_, i) => last[`k${i}`]);
       if (rows.length < batch) break;
-      await pause();
+      await pauseBetweenBatches(opts.pauseMs);
     }
   }
   await db
