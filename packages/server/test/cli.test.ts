@@ -722,16 +722,18 @@ describe("client commands against a running server", () => {
   });
 
   test("listen over the account's limit of open streams says the server's reason and waits its Retry-After", async () => {
-    const open: AbortController[] = [];
+    // Each stream is held and read until the end: a response nobody holds can be collected, and
+    // its connection closed, which frees a slot for the listener (seen once on a loaded machine).
+    const open: Array<{ c: AbortController; read: Promise<unknown> }> = [];
     try {
       for (let i = 0; i < 10; i++) {
         const c = new AbortController();
-        open.push(c);
         const r = await fetch(`${server.url}/v1/events/stream`, {
           headers: { authorization: `Bearer ${server.apiKey}` },
           signal: c.signal,
         });
         assert.equal(r.status, 200);
+        open.push({ c, read: r.text().catch(() => undefined) });
       }
       const listener = spawnCli(["listen", "--forward-to", "http://127.0.0.1:9/x", "--json"], env);
       try {
@@ -744,7 +746,8 @@ describe("client commands against a running server", () => {
         assert.equal(await listener.stop(), 0, listener.stderr());
       }
     } finally {
-      for (const c of open) c.abort();
+      for (const o of open) o.c.abort();
+      await Promise.all(open.map((o) => o.read));
     }
   });
 
