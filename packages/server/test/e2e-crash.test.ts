@@ -89,3 +89,43 @@ test("kill -9 during deliveries and API calls: after restart every event is deli
   await server.kill();
   await rx.close();
 });
+
+test("kill -9 while an attempt is on the wire: the attempt is logged as lease_expired and the resend is the next one", async (t) => {
+  const data = tempDir();
+  t.after(() => data.remove());
+  // The first request is held unanswered; the process making it is killed while it waits.
+  const rx = await startReceiver({ respond: (r) => (r.n === 1 ? { status: 200, hang: true } : 200) });
+  t.after(() => rx.close());
+  const lease = { KLEN_DELIVERY_TIMEOUT: "10s", KLEN_LEASE: "11s" };
+  let server = await spawnServer({ dataDir: data.path, env: lease });
+  t.after(() => server.kill("SIGKILL"));
+  const { endpoint, agentId } = await setupAccount(server.api, { endpointUrl: rx.url });
+  rx.setSecret(endpoint.secret);
+  const call = await server.api.post("/v1/calls", {
+    agent_id: agentId,
+    type: "inbound",
+    phone_number: "+15550001111",
+  });
+  assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+  await rx.waitForCount(1, 10_000);
+  await server.kill("SIGKILL");
+
+  server = await spawnServer({ dataDir: data.path, env: lease });
+  await rx.waitForCount(2, 30_000);
+  assert.equal(rx.requests[1]!.id, rx.requests[0]!.id, "the resend carries the same webhook-id");
+  const [delivery] = await waitFor("the resend recorded", async () => {
+    const r = await server.api.get("/v1/deliveries?status=succeeded");
+    return r.body.data.length === 1 ? r.body.data : undefined;
+  });
+  assert.equal(delivery.attempt_count, 2);
+  const [lost, sent, ...none] = delivery.attempts;
+  assert.equal(none.length, 0);
+  assert.equal(lost.number, 1);
+  assert.equal(lost.error, "lease_expired");
+  assert.match(lost.error_message, /may have received it/);
+  assert.equal(lost.status_code, null);
+  assert.equal(lost.url, sent.url, "the URL the attempt went to");
+  assert.deepEqual(lost.request_headers, { "webhook-id": rx.requests[0]!.id });
+  assert.deepEqual([sent.number, sent.status_code, sent.error], [2, 200, null]);
+  assert.deepEqual(rx.verifyFailures, []);
+});

@@ -318,6 +318,65 @@ for (const backend of backends()) {
       assert.equal(b.claimToken, a.claimToken + 1);
     });
 
+    test("taking over a lease that ran out logs the lost attempt; a handed-back lease logs none", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      const eventId = await f.step(callId, "start");
+      const t0 = Date.now() + 1_000;
+      const attempts = (id: string) =>
+        f.store.db.selectFrom("attempts").selectAll().where("delivery_id", "=", id).orderBy("id").execute();
+      const [a] = await claimDue(f.store, { now: t0, limit: 10, leaseMs: 5_000, exclude: [] });
+      assert.ok(a);
+      assert.equal(a.attemptCount, 0);
+      // Handed back (a stopping worker, a rate limit): nothing was sent, nothing is logged.
+      await releaseLeases(f.store, [a], t0 + 10);
+      const [again] = await claimDue(f.store, { now: t0 + 20, limit: 10, leaseMs: 5_000, exclude: [] });
+      assert.equal(again?.attemptCount, 0, "a handed-back lease is not an attempt");
+      assert.deepEqual(await attempts(a.id), []);
+
+      // Its process dies: the next claim after the lease counts the attempt and logs it.
+      const [b] = await claimDue(f.store, { now: t0 + 5_020, limit: 10, leaseMs: 5_000, exclude: [] });
+      assert.equal(b?.id, a.id);
+      assert.equal(b.attemptCount, 1, "the lost attempt counts");
+      const [lost, ...more] = await attempts(a.id);
+      assert.equal(more.length, 0);
+      assert.equal(Number(lost!.number), 1);
+      assert.equal(Number(lost!.started_at), t0 + 20, "started when the lost lease was taken");
+      assert.equal(Number(lost!.duration_ms), 5_000, "the lease's length");
+      assert.equal(
+        lost!.url,
+        (
+          await f.store.db
+            .selectFrom("endpoints")
+            .select("url")
+            .where("id", "=", a.endpointId)
+            .executeTakeFirstOrThrow()
+        ).url,
+      );
+      assert.deepEqual(JSON.parse(lost!.request_headers), { "webhook-id": eventId });
+      assert.equal(lost!.status_code, null);
+      assert.match(lost!.error ?? "", /^lease_expired: .*may have received it$/);
+
+      // The new attempt is the next number; a late finisher of the lost one is logged beside it.
+      await completeBatch(f.store, [outcome(b, ok(), t0 + 5_030)], policy, t0 + 5_030);
+      await completeBatch(f.store, [outcome(again, failed(), t0 + 5_040)], policy, t0 + 5_040);
+      const log = (await attempts(a.id)).map((r) => [Number(r.number), r.error?.split(":")[0] ?? null]);
+      assert.deepEqual(log, [
+        [1, "lease_expired"],
+        [2, null],
+        [1, "http_status"],
+      ]);
+      const d = await f.store.db
+        .selectFrom("deliveries")
+        .select(["status", "attempt_count", "leased_until"])
+        .where("id", "=", a.id)
+        .executeTakeFirstOrThrow();
+      assert.deepEqual(
+        { ...d, attempt_count: Number(d.attempt_count) },
+        { status: "succeeded", attempt_count: 2, leased_until: null },
+      );
+    });
+
     test("fencing: a stale completion does not overwrite the newer attempt", async () => {
       const f = await fixture();
       await f.step(await f.newCall(), "start");

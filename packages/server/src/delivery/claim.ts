@@ -25,7 +25,8 @@ export interface Claimed {
  * Claims up to `limit` due deliveries as short leases, in one statement, and commits at once: no
  * transaction stays open across the HTTP request. Claiming moves `next_attempt_at` to the lease's
  * end, so a delivery whose worker dies becomes due again when the lease runs out, and bumps
- * `claim_token`, the fence that stops a late finisher from overwriting a newer attempt.
+ * `claim_token`, the fence that stops a late finisher from overwriting a newer attempt. Taking over
+ * a lease that ran out logs the lost attempt (`lease_expired`, migration 14).
  * Deliveries of endpoints this worker is already saturating are left for later (isolation).
  */
 export async function claimDue(
@@ -138,6 +139,9 @@ function claimQuery(db: Db, p: ClaimSlots, caps: DialectCaps, excluding: boolean
       next_attempt_at: p.leaseEnd,
       leased_until: p.leaseEnd,
       claim_token: sql`claim_token + 1`,
+      // A lease still set is an attempt whose outcome was never recorded (its process died or
+      // stalled): it counts, and migration 14's trigger logs it as `lease_expired`.
+      attempt_count: sql`attempt_count + CASE WHEN leased_until IS NULL THEN 0 ELSE 1 END`,
       updated_at: p.now,
     })
     .where(key, "in", due)

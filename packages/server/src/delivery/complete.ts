@@ -61,10 +61,13 @@ async function notYetRecorded(trx: Db, caps: DialectCaps, outcomes: Outcome[]): 
       .orderBy("id")
       .forUpdate()
       .execute();
+  // Not the `lease_expired` rows a takeover logged (migration 14): they may share a late
+  // finisher's number and start time.
   const logged = await trx
     .selectFrom("attempts")
     .select(["delivery_id", "number", "started_at"])
     .where("delivery_id", "in", ids)
+    .where((eb) => eb.or([eb("error", "is", null), eb("error", "not like", "lease_expired:%")]))
     .execute();
   const seen = new Set(logged.map((a) => `${a.delivery_id} ${Number(a.number)} ${Number(a.started_at)}`));
   return outcomes.filter(

@@ -3,8 +3,8 @@ import { type MigrationDialect, migrations } from "./migrations.js";
 import type { Store } from "./store.js";
 
 const DIALECTS: Record<Store["caps"]["name"], MigrationDialect> = {
-  sqlite: { serial: "INTEGER PRIMARY KEY AUTOINCREMENT", bigint: "INTEGER" },
-  postgres: { serial: "BIGSERIAL PRIMARY KEY", bigint: "BIGINT" },
+  sqlite: { serial: "INTEGER PRIMARY KEY AUTOINCREMENT", bigint: "INTEGER", name: "sqlite" },
+  postgres: { serial: "BIGSERIAL PRIMARY KEY", bigint: "BIGINT", name: "postgres" },
 };
 
 /** Applies the migrations not yet applied, each in its own transaction; returns their ids. */

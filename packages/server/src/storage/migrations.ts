@@ -8,7 +8,23 @@ export interface MigrationDialect {
   serial: string;
   /** 64-bit integer type (times in ms do not fit PostgreSQL's INTEGER). */
   bigint: string;
+  /** For what has no common syntax (triggers). */
+  name: "sqlite" | "postgres";
 }
+
+/**
+ * The attempt log's row for an attempt whose lease ran out before its outcome was recorded
+ * (migration 14): the error text, and the columns a trigger fills from the delivery's old and new
+ * rows. The attempt's number is the new `attempt_count` (the claim counts it); it started when the
+ * old lease was taken (`updated_at`) and is given the lease's length as its duration.
+ */
+const LEASE_EXPIRED_ERROR =
+  "lease_expired: its process stopped or stalled before recording the outcome; the endpoint may have received it";
+const leaseExpiredRow = (o: string, n: string) =>
+  `${n}.id, ${n}.attempt_count, ${o}.updated_at,
+    COALESCE((SELECT url FROM endpoints WHERE id = ${n}.endpoint_id), ''),
+    '{"webhook-id":"' || ${n}.event_id || '"}', NULL, NULL, ${o}.leased_until - ${o}.updated_at,
+    '${LEASE_EXPIRED_ERROR}'`;
 
 export const migrations: Array<{ id: number; name: string; sql: (d: MigrationDialect) => string }> = [
   {
@@ -321,5 +337,37 @@ WHERE a.id = (SELECT MIN(id) FROM accounts)
   AND EXISTS (SELECT 1 FROM settings k WHERE k.name = 'blob_signing_key' AND k.created_at <= a.created_at)
   AND NOT EXISTS (SELECT 1 FROM settings WHERE name = 'default_account_id');
 `,
+  },
+  {
+    id: 14,
+    name: "lease_expired_attempts",
+    sql: (d) => {
+      const insert = `INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
+                        response_body, duration_ms, error)`;
+      const comment = `
+-- Every attempt is logged, including one whose process was killed (or stalled past its lease)
+-- before recording the outcome: the claim that takes such a delivery over (its old lease is still
+-- set: a finished or handed-back attempt clears it) counts that attempt and, in the same statement
+-- through this trigger, logs it as \`lease_expired\`. Only claims bump claim_token.`;
+      if (d.name === "sqlite")
+        return `${comment}
+CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
+FOR EACH ROW WHEN OLD.leased_until IS NOT NULL
+BEGIN
+  ${insert}
+  VALUES (${leaseExpiredRow("OLD", "NEW")});
+END;
+`;
+      return `${comment}
+CREATE FUNCTION klen_log_lease_expired() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  ${insert}
+  VALUES (${leaseExpiredRow("OLD", "NEW")});
+  RETURN NULL;
+END $$;
+CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
+FOR EACH ROW WHEN (OLD.leased_until IS NOT NULL) EXECUTE FUNCTION klen_log_lease_expired();
+`;
+    },
   },
 ];
