@@ -145,7 +145,10 @@ const attempt = object(
     request_headers: { type: "object", additionalProperties: str },
     status_code: nullable(int),
     duration_ms: { type: "integer", minimum: 0 },
-    error: { type: ["string", "null"], description: "the failure's stable class (`timeout`, `http_status`, `lease_expired`…)" },
+    error: {
+      type: ["string", "null"],
+      description: "the failure's stable class (`timeout`, `http_status`, `lease_expired`…)",
+    },
     error_message: nullable(str),
     response_body: { type: ["string", "null"], description: "the start of the receiver's answer" },
   },
