@@ -6,8 +6,26 @@ collectDefaultMetrics({ register: registry, prefix: "klen_" });
 
 export const attemptsTotal = new Counter({
   name: "klen_delivery_attempts_total",
-  help: "Delivery attempts made, by outcome (success or error class)",
-  labelNames: ["outcome"] as const,
+  help: "Delivery attempts made, by outcome (success or error class) and the answer's status class (2xx…5xx, none)",
+  labelNames: ["outcome", "status_class"] as const,
+  registers: [registry],
+});
+
+/** `2xx`…`5xx` for an answer's status, `none` when no answer came. */
+export const statusClass = (status: number | null): string =>
+  status === null ? "none" : `${Math.floor(status / 100)}xx`;
+
+export const deliveriesFinished = new Counter({
+  name: "klen_deliveries_finished_total",
+  help: "Deliveries this process finished: succeeded, or failed with the reason it was given up (retries_exhausted, one_attempt, gone, endpoint_disabled, endpoint_deleted)",
+  labelNames: ["status", "reason"] as const,
+  registers: [registry],
+});
+
+export const endpointsDisabled = new Counter({
+  name: "klen_endpoints_disabled_total",
+  help: "Endpoints this process disabled automatically: gone (answered 410) or failing (every attempt failed for KLEN_DISABLE_AFTER)",
+  labelNames: ["reason"] as const,
   registers: [registry],
 });
 

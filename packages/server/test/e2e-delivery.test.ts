@@ -5,6 +5,7 @@ import { Ajv } from "ajv";
 import { Webhook } from "standardwebhooks";
 import { runCall, setupAccount, startedCall } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
+import { seriesValue } from "./helpers/metrics.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
@@ -362,8 +363,9 @@ for (const backend of backends()) {
       await rx.close();
     });
 
-    test("410 Gone disables the endpoint at once, with the reason recorded; later events are not attempted", async () => {
+    test("410 Gone disables the endpoint at once, with the reason recorded; later events are not attempted", async (t) => {
       const gone = await startReceiver({ respond: () => 410 });
+      t.after(() => gone.close());
       const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: gone.url });
       const callId = await startedCall(server.api, agentId, "+15557778888");
       const ep = await waitFor("endpoint disabled", async () => {
@@ -371,6 +373,9 @@ for (const backend of backends()) {
         return e.disabled ? e : undefined;
       });
       assert.match(ep.disabled_reason, /410/);
+      const d = await deliveryWithStatus(server, gone.requests[0]!.id, endpoint.id, "failed");
+      assert.equal(d.last_error, "http_status 410", "the delivery itself is given up with its cause");
+      assert.equal(d.attempt_count, 1);
       await server.api.post(`/v1/calls/${callId}/end`, {});
       const events = (await server.api.get(`/v1/events?call_id=${callId}`)).body.data;
       assert.equal(events.length, 2);
@@ -385,7 +390,70 @@ for (const backend of backends()) {
       const enabled = await server.api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false });
       assert.equal(enabled.body.disabled, false);
       assert.equal(enabled.body.disabled_reason, null);
-      await gone.close();
+    });
+
+    test("/metrics counts finished deliveries by status and reason, automatic disables by cause, attempts by status class", async (t) => {
+      // A server of its own: the counters are this process's, and nothing else runs in it.
+      const own = await backend.fresh();
+      t.after(() => own.cleanup());
+      const metered = await spawnServer({
+        dataDir: own.dataDir,
+        env: { KLEN_DATABASE_URL: own.databaseUrl, KLEN_RETRY_SCHEDULE: "2s,2s,2s" },
+      });
+      t.after(() => metered.kill());
+      const fine = await startReceiver();
+      const broken = await startReceiver({ respond: () => 500 });
+      const gone = await startReceiver({ respond: () => 410 });
+      const paused = await startReceiver({ respond: () => 503 });
+      t.after(() => Promise.all([fine, broken, gone, paused].map((r) => r.close())));
+      const { agentId, endpoint } = await setupAccount(metered.api, { endpointUrl: fine.url });
+      const ids = [endpoint.id];
+      for (const r of [broken, gone, paused])
+        ids.push((await metered.api.post("/v1/endpoints", { url: r.url })).body.id);
+      const pausedId = ids[3]!;
+      await startedCall(metered.api, agentId, "+15550002222");
+      // The paused endpoint is disabled by hand between its first attempt and its retry.
+      await paused.waitForCount(1);
+      assert.equal((await metered.api.patch(`/v1/endpoints/${pausedId}`, { disabled: true })).status, 200);
+      await waitFor(
+        "every delivery finished",
+        async () => {
+          const r = await metered.api.get("/v1/deliveries?status=pending");
+          return r.body.data.length === 0;
+        },
+        30_000,
+      );
+      const text = await (await fetch(`${metered.url}/metrics`)).text();
+      const v = (name: string, labels: Record<string, string>) => seriesValue(text, name, labels);
+      const finished = "klen_deliveries_finished_total";
+      assert.deepEqual(
+        {
+          succeeded: v(finished, { status: "succeeded", reason: "" }),
+          exhausted: v(finished, { status: "failed", reason: "retries_exhausted" }),
+          gone: v(finished, { status: "failed", reason: "gone" }),
+          disabled: v(finished, { status: "failed", reason: "endpoint_disabled" }),
+          disabledGone: v("klen_endpoints_disabled_total", { reason: "gone" }),
+          attempts2xx: v("klen_delivery_attempts_total", { outcome: "success", status_class: "2xx" }),
+          attempts4xx: v("klen_delivery_attempts_total", { outcome: "http_status", status_class: "4xx" }),
+          attempts5xx: v("klen_delivery_attempts_total", { outcome: "http_status", status_class: "5xx" }),
+        },
+        {
+          succeeded: 1,
+          exhausted: 1,
+          gone: 1,
+          disabled: 1,
+          disabledGone: 1,
+          attempts2xx: 1,
+          attempts4xx: 1,
+          // The broken endpoint's four attempts and the paused one's first.
+          attempts5xx: 5,
+        },
+      );
+      assert.deepEqual(
+        [broken.requests.length, gone.requests.length, paused.requests.length],
+        [4, 1, 1],
+        "what the receivers saw",
+      );
     });
 
     test("429 with Retry-After sets the next attempt by the header, within the schedule's bounds", async () => {

@@ -1,6 +1,6 @@
 import { sql } from "kysely";
 import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
-import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
+import { prepared, preparedResult, rowListArgs, rowListSlot } from "../storage/prepared.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { formatDuration } from "../util/units.js";
@@ -18,6 +18,26 @@ export interface Outcome {
   /** Why a delivery was settled without an attempt. */
   skipped?: string;
   retryAfterMs?: number;
+}
+
+/**
+ * Why a delivery was given up (the `reason` of `klen_deliveries_finished_total`): its schedule was
+ * spent, the one attempt of a manual retry or recover failed, the endpoint answered 410 Gone, or it
+ * was settled without an attempt because its endpoint was disabled or deleted.
+ */
+export type FailReason =
+  | "retries_exhausted"
+  | "one_attempt"
+  | "gone"
+  | "endpoint_disabled"
+  | "endpoint_deleted";
+
+/** What one completed batch finished and disabled (fenced-out outcomes of a lost lease excluded). */
+export interface Completion {
+  released: number;
+  disabled: Array<{ id: string; reason: string; cause: "gone" | "failing" }>;
+  succeeded: number;
+  failed: Partial<Record<FailReason, number>>;
 }
 
 export interface CompletionPolicy {
@@ -90,8 +110,8 @@ export async function completeBatch(
   policy: CompletionPolicy,
   now: number,
   opts: { mayBeRecorded?: boolean } = {},
-): Promise<{ released: number; disabled: Array<{ id: string; reason: string }> }> {
-  if (batch.length === 0) return { released: 0, disabled: [] };
+): Promise<Completion> {
+  if (batch.length === 0) return { released: 0, disabled: [], succeeded: 0, failed: {} };
   return store.db.transaction().execute(async (trx) => {
     // Written again after a write that may have committed: only what is not in the log yet.
     const outcomes = opts.mayBeRecorded ? await notYetRecorded(trx, store.caps, batch) : batch;
@@ -116,8 +136,10 @@ export async function completeBatch(
 
     const succeeded = attempts.filter((o) => o.result!.error === null);
     const finished: Claimed[] = [];
+    let succeededCount = 0;
+    const failed: Completion["failed"] = {};
     if (succeeded.length > 0) {
-      await fencedUpdate(
+      succeededCount = await fencedUpdate(
         trx,
         store,
         succeeded,
@@ -134,11 +156,12 @@ export async function completeBatch(
       const error =
         o.skipped ?? `${o.result!.error}${o.result!.statusCode ? ` ${o.result!.statusCode}` : ""}`;
       const made = o.claimed.attemptCount + (o.result ? 1 : 0);
+      // 410 Gone is the receiver saying no retry will do: the endpoint is disabled below.
       const next =
-        o.skipped || o.claimed.oneAttempt
+        o.skipped || o.claimed.oneAttempt || o.result?.statusCode === 410
           ? ({ final: true } as const)
           : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
-      await fencedUpdate(
+      const changed = await fencedUpdate(
         trx,
         store,
         [o],
@@ -148,6 +171,16 @@ export async function completeBatch(
         now,
       );
       if (next.final) finished.push(o.claimed);
+      if (next.final && changed > 0) {
+        const reason: FailReason =
+          (o.skipped as FailReason | undefined) ??
+          (o.result?.statusCode === 410
+            ? "gone"
+            : o.claimed.oneAttempt
+              ? "one_attempt"
+              : "retries_exhausted");
+        failed[reason] = (failed[reason] ?? 0) + 1;
+      }
       if (o.result) failingEndpoints.add(o.claimed.endpointId);
       if (o.result?.statusCode === 410) goneEndpoints.add(o.claimed.endpointId);
     }
@@ -155,7 +188,7 @@ export async function completeBatch(
     const released = finished.length > 0 ? await releaseNext(trx, store, finished, now) : 0;
 
     // The endpoints this batch disables, for the log.
-    const disabled: Array<{ id: string; reason: string }> = [];
+    const disabled: Completion["disabled"] = [];
     if (failingEndpoints.size > 0 && store.caps.rowLocks) {
       // Every endpoint row this batch may write, locked once and in id order before the first
       // write: two workers' batches with the same endpoints failing in one and succeeding in the
@@ -194,7 +227,7 @@ export async function completeBatch(
         .where("failing_since", "<=", now - policy.disableAfterMs)
         .returning("id")
         .execute();
-      for (const r of rows) disabled.push({ id: r.id, reason });
+      for (const r of rows) disabled.push({ id: r.id, reason, cause: "failing" });
     }
     if (goneEndpoints.size > 0) {
       const reason = "endpoint answered 410 Gone";
@@ -205,14 +238,14 @@ export async function completeBatch(
         .where("disabled", "=", 0)
         .returning("id")
         .execute();
-      for (const r of rows) disabled.push({ id: r.id, reason });
+      for (const r of rows) disabled.push({ id: r.id, reason, cause: "gone" });
     }
     // A success clears the failure clock (after the failures above, so a batch with both ends healthy).
     if (succeeded.length > 0) {
       const ids = [...new Set(succeeded.map((o) => o.claimed.endpointId))];
       await clearFailing(trx, store.caps, { ids: listValue(store.caps, ids) });
     }
-    return { released, disabled };
+    return { released, disabled, succeeded: succeededCount, failed };
   });
 }
 
@@ -256,8 +289,8 @@ function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean) {
     })
     .where(sql<boolean>`(id, claim_token) IN ${rowListSlot(p, "pairs", caps, PAIR_TYPES)}`);
 }
-const fencedAttempted = prepared((db, p: FenceSlots, caps) => fenced(db, p, caps, true));
-const fencedSkipped = prepared((db, p: FenceSlots, caps) => fenced(db, p, caps, false));
+const fencedAttempted = preparedResult((db, p: FenceSlots, caps) => fenced(db, p, caps, true));
+const fencedSkipped = preparedResult((db, p: FenceSlots, caps) => fenced(db, p, caps, false));
 
 async function fencedUpdate(
   trx: Db,
@@ -265,16 +298,18 @@ async function fencedUpdate(
   outcomes: Outcome[],
   set: { status: string; next_attempt_at: number | null; last_error: string | null },
   now: number,
-): Promise<void> {
+): Promise<number> {
   const attempted = outcomes.some((o) => o.result !== null);
   const pairs = outcomes.map((o) => [o.claimed.id, o.claimed.claimToken]);
-  await (attempted ? fencedAttempted : fencedSkipped)(trx, store.caps, {
+  const res = await (attempted ? fencedAttempted : fencedSkipped)(trx, store.caps, {
     status: set.status,
     next: set.next_attempt_at,
     error: set.last_error,
     now,
     ...rowListArgs(store.caps, "pairs", pairs, PAIR_TYPES),
   } as Record<keyof FenceSlots, unknown>);
+  // The rows still on the outcomes' claim tokens: a lease that ran out and was taken over is not.
+  return Number(res.numAffectedRows ?? 0);
 }
 
 const lockCalls = prepared((db, p: Record<"ids", never>, caps) =>

@@ -1,7 +1,15 @@
 import { type AppContext, announceEndpointChange } from "../api/context.js";
 import { previousSecrets } from "../endpoints/secrets.js";
 import { logBackgroundFailure } from "../log.js";
-import { attemptSeconds, attemptsTotal, claimErrors, inflightGauge } from "../metrics.js";
+import {
+  attemptSeconds,
+  attemptsTotal,
+  claimErrors,
+  deliveriesFinished,
+  endpointsDisabled,
+  inflightGauge,
+  statusClass,
+} from "../metrics.js";
 import { inListOf, listValue } from "../storage/lists.js";
 import { isRefusedContent } from "../storage/store.js";
 import { memo } from "../util/memo.js";
@@ -740,7 +748,10 @@ export class Dispatcher {
       else this.slow.delete(o.claimed.endpointId);
       if (o.result.error === "timeout") this.hanging.add(o.claimed.endpointId);
       else this.hanging.delete(o.claimed.endpointId);
-      attemptsTotal.inc({ outcome: o.result.error ?? "success" });
+      attemptsTotal.inc({
+        outcome: o.result.error ?? "success",
+        status_class: statusClass(o.result.statusCode),
+      });
       attemptSeconds.observe(o.result.durationMs / 1000);
     }
     // One line per attempt at LOG_LEVEL=debug; the check keeps the object unbuilt otherwise.
@@ -774,7 +785,7 @@ export class Dispatcher {
       const batch = this.buffer.splice(0, single ? 1 : 500);
       if (single) oneByOne--;
       try {
-        const { released, disabled } = await completeBatch(
+        const { released, disabled, succeeded, failed } = await completeBatch(
           this.ctx.store,
           batch,
           {
@@ -785,7 +796,11 @@ export class Dispatcher {
           this.ctx.clock.now(),
           { mayBeRecorded: batch.some((o) => this.uncertain.has(o)) },
         );
+        if (succeeded > 0) deliveriesFinished.inc({ status: "succeeded", reason: "" }, succeeded);
+        for (const [reason, n] of Object.entries(failed))
+          deliveriesFinished.inc({ status: "failed", reason }, n);
         for (const d of disabled) {
+          endpointsDisabled.inc({ reason: d.cause });
           this.ctx.log.warn({ endpoint_id: d.id, reason: d.reason }, "endpoint disabled");
           // Attempts of it other workers hold are settled, not sent (as after a PATCH).
           void announceEndpointChange(this.ctx, d.id).catch(() => {});

@@ -1,4 +1,4 @@
-import type { Compilable, CompiledQuery, RawBuilder } from "kysely";
+import type { Compilable, CompiledQuery, QueryResult, RawBuilder } from "kysely";
 import { type ColumnType, rowListOf, rowListValues } from "./lists.js";
 import type { DialectCaps } from "./store.js";
 import type { Db } from "./types.js";
@@ -22,12 +22,20 @@ class Slot {
 export function prepared<P extends string, R>(
   build: (db: Db, p: Record<P, never>, caps: DialectCaps) => Compilable<R> | RawBuilder<R>,
 ): (db: Db, caps: DialectCaps, values: Record<P, unknown>) => Promise<R[]> {
+  const run = preparedResult(build);
+  return async (db, caps, values) => (await run(db, caps, values)).rows;
+}
+
+/** `prepared`, answering Kysely's whole result: for the rows a write changed (`numAffectedRows`). */
+export function preparedResult<P extends string, R>(
+  build: (db: Db, p: Record<P, never>, caps: DialectCaps) => Compilable<R> | RawBuilder<R>,
+): (db: Db, caps: DialectCaps, values: Record<P, unknown>) => Promise<QueryResult<R>> {
   // By dialect: one process may hold a SQLite and a PostgreSQL store at once (the bench does).
   const compiled = new Map<string, CompiledQuery<R>>();
   const slots = new Proxy({} as Record<P, never>, {
     get: (_target, name) => new Slot(String(name)) as never,
   });
-  return async (db, caps, values) => {
+  return (db, caps, values) => {
     let c = compiled.get(caps.name);
     if (!c) {
       // A query builder compiles by itself, an `sql` template against the database it runs on.
@@ -37,8 +45,7 @@ export function prepared<P extends string, R>(
     const parameters = c.parameters.map((v) => (v instanceof Slot ? values[v.name as P] : v));
     // The compiled query's own id: plugins that noted something about the query when it was
     // compiled (the encryption plugin: which sealed columns it can return) find it again.
-    const res = await db.executeQuery<R>({ query: c.query, sql: c.sql, parameters, queryId: c.queryId });
-    return res.rows;
+    return db.executeQuery<R>({ query: c.query, sql: c.sql, parameters, queryId: c.queryId });
   };
 }
 
