@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, describe, test } from "node:test";
 import Database from "better-sqlite3";
+import { sql } from "kysely";
+import pg from "pg";
 import {
   accountByKey,
   createAccount,
@@ -10,11 +12,13 @@ import {
 } from "../src/accounts/accounts.js";
 import { signingKey } from "../src/blobs/key.js";
 import { migrate } from "../src/storage/migrate.js";
-import { openStore } from "../src/storage/store.js";
+import { migrations } from "../src/storage/migrations.js";
+import { isDatabaseUnavailable, openStore } from "../src/storage/store.js";
 import { apiClient } from "./helpers/api.js";
-import { backends } from "./helpers/backends.js";
+import { backends, postgresBackend } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
 
 after(() => stopPostgres());
 
@@ -298,3 +302,59 @@ for (const backend of backends()) {
     }
   });
 }
+
+test("postgres: a migrating process whose lock session is killed stops migrating; the next one migrates once", async (t) => {
+  const db = await postgresBackend.fresh();
+  const a = await openStore(db.databaseUrl);
+  const b = await openStore(db.databaseUrl);
+  const locker = new pg.Client({ connectionString: db.databaseUrl });
+  await locker.connect();
+  // In this order: dropping the database ends every connection still open on it.
+  t.after(async () => {
+    await locker.end().catch(() => {});
+    await a.close();
+    await b.close();
+    await db.cleanup();
+  });
+  await migrate(a, 2);
+  // Migration 3 alters `deliveries`: it waits while this holds the table.
+  await locker.query("BEGIN; LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE");
+  const first = migrate(a).then(
+    (ran) => ({ ran }),
+    (err: Error) => ({ err }),
+  );
+  const lockHolder = async () =>
+    (
+      await locker.query<{ pid: number; query: string }>(
+        `SELECT l.pid, a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+         WHERE l.locktype = 'advisory' AND l.granted`,
+      )
+    ).rows[0];
+  const holder = await waitFor(
+    "the first process holds the migration lock and waits on the table",
+    async () => {
+      const h = await lockHolder();
+      const waiting = await locker.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
+      return h && waiting.rows.length > 0 ? h : undefined;
+    },
+  );
+  // An idle-connection reaper, or idle_session_timeout, ends the lock's session.
+  await locker.query("SELECT pg_terminate_backend($1)", [holder.pid]);
+  const second = migrate(b);
+  await waitFor("the second process takes the lock", async () => (await lockHolder())?.pid !== holder.pid);
+  await locker.query("COMMIT");
+  const [one, two] = await Promise.all([first, second]);
+  assert.ok("err" in one, "the first process's migration ended with its session");
+  assert.ok(isDatabaseUnavailable(one.err), `a connection failure, retried at start: ${one.err.message}`);
+  assert.deepEqual(
+    two,
+    migrations.filter((m) => m.id > 2).map((m) => m.id),
+    "the second ran every remaining migration",
+  );
+  const applied = await b.db
+    .selectFrom("klen_migrations" as never)
+    .select(sql<number>`count(*)`.as("n"))
+    .executeTakeFirstOrThrow();
+  assert.equal(Number((applied as { n: number }).n), migrations.length);
+  assert.deepEqual(await migrate(a), [], "nothing left when the first process starts again");
+});

@@ -4,11 +4,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import pg from "pg";
 import { ConfigError, loadConfig } from "../src/config.js";
 import { isDatabaseUnavailable } from "../src/storage/store.js";
+import { startPostgres, stopPostgres } from "./helpers/postgres.js";
 import { CLI } from "./helpers/server.js";
+
+after(() => stopPostgres());
 
 // The settings and error classes the scale-out design leans on: a lease longer than an attempt,
 // and connection failures told apart from rejected queries (503 rather than 500).
@@ -87,4 +90,28 @@ test("connection failures are classified as database unavailable, query errors a
     "text",
   ];
   for (const e of other) assert.equal(isDatabaseUnavailable(e), false, String(e));
+});
+
+test("postgres: a session the server ends for idling (idle_session_timeout, idle_in_transaction_session_timeout) is unavailable, not a query error", async () => {
+  const server = await startPostgres();
+  const db = await server.freshDatabase();
+  try {
+    for (const [setting, begin, code] of [
+      ["idle_session_timeout", false, "57P05"],
+      ["idle_in_transaction_session_timeout", true, "25P03"],
+    ] as const) {
+      // The error PostgreSQL sends when it ends the session, as pg raises it on the connection.
+      const client = new pg.Client({ connectionString: db.url });
+      const ended = new Promise<unknown>((resolve) => client.on("error", resolve));
+      await client.connect();
+      await client.query(`SET ${setting} = '100ms'`);
+      if (begin) await client.query("BEGIN");
+      const err = await ended;
+      await client.end().catch(() => {});
+      assert.equal((err as { code?: string }).code, code, String(err));
+      assert.equal(isDatabaseUnavailable(err), true, `${setting}: ${String(err)}`);
+    }
+  } finally {
+    await db.drop();
+  }
 });

@@ -120,8 +120,8 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
 /**
  * The first start's account: without `KLEN_API_KEY`, creates the default account and returns its
  * new key, once, however many processes start at once on an empty database. PostgreSQL: under the
- * migration lock; SQLite: the check and the insert share a transaction, which a concurrent
- * start's commit makes run again (and then find the account).
+ * migration lock, taken by the transaction itself; SQLite: the check and the insert share a
+ * transaction, which a concurrent start's commit makes run again (and then find the account).
  */
 export async function createFirstAccount(store: Store): Promise<string | undefined> {
   return atStart(store, async (trx) => {
@@ -132,8 +132,15 @@ export async function createFirstAccount(store: Store): Promise<string | undefin
 
 /**
  * A start-up transaction that processes starting together take in turns: under the migration lock
- * (PostgreSQL), and run again when another process's commit made its snapshot stale (SQLite).
+ * (PostgreSQL; a transaction-level lock, which cannot outlive its transaction's session as a
+ * session lock held on another connection could), and run again when another process's commit
+ * made its snapshot stale (SQLite).
  */
 function atStart<T>(store: Store, fn: (trx: Db) => Promise<T>): Promise<T> {
-  return store.withMigrationLock(() => retryConflicts(() => store.db.transaction().execute(fn)));
+  return retryConflicts(() =>
+    store.db.transaction().execute(async (trx) => {
+      await store.startLock(trx);
+      return fn(trx);
+    }),
+  );
 }

@@ -10,8 +10,8 @@ const DIALECTS: Record<Store["caps"]["name"], MigrationDialect> = {
 /** Applies the migrations not yet applied, each in its own transaction; returns their ids. */
 export async function migrate(store: Store, upTo = Number.POSITIVE_INFINITY): Promise<number[]> {
   const dialect = DIALECTS[store.caps.name];
-  return store.withMigrationLock(async () => {
-    await store.execScript(
+  return store.withMigrationLock(async (exec) => {
+    await exec(
       `CREATE TABLE IF NOT EXISTS klen_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at ${dialect.bigint} NOT NULL)`,
     );
     const done = await sql<{ id: number }>`SELECT id FROM klen_migrations`.execute(store.db);
@@ -19,7 +19,7 @@ export async function migrate(store: Store, upTo = Number.POSITIVE_INFINITY): Pr
     const ran: number[] = [];
     for (const m of migrations) {
       if (applied.has(m.id) || m.id > upTo) continue;
-      await store.execScript(
+      await exec(
         `BEGIN;\n${m.sql(dialect)}\nINSERT INTO klen_migrations (id, name, applied_at) VALUES (${m.id}, '${m.name}', ${Date.now()});\nCOMMIT;`,
       );
       ran.push(m.id);

@@ -22,8 +22,17 @@ export interface Store {
   readonly caps: DialectCaps;
   /** Runs a multi-statement SQL script (migrations). */
   execScript(sql: string): Promise<void>;
-  /** Runs `fn` while holding a database-wide lock, so that concurrent starts migrate once. */
-  withMigrationLock<T>(fn: () => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` while holding a database-wide lock, so that concurrent starts migrate once. `exec`
+   * runs a script where the lock is held (PostgreSQL: on the lock's own session, so a session
+   * killed while it held the lock cannot let a migration of it run beside another process's).
+   */
+  withMigrationLock<T>(fn: (exec: (sql: string) => Promise<void>) => Promise<T>): Promise<T>;
+  /**
+   * Inside a transaction: waits for, and holds until it ends, the lock migrations hold (PostgreSQL;
+   * nothing on SQLite), so that start-up writes of processes starting together take turns.
+   */
+  startLock(trx: Kysely<Database>): Promise<void>;
   /**
    * Tells dispatchers in other processes that work is due (no-op where there are none); with
    * `message`, something more specific (`endpoint:<id>`: that endpoint changed), never coalesced.
@@ -112,6 +121,10 @@ const UNAVAILABLE_CODES = new Set([
   "57P01",
   "57P02",
   "57P03",
+  // The server ended an idle session (idle_session_timeout), or one idle inside a transaction
+  // (idle_in_transaction_session_timeout): a pooled connection handed out as it closed.
+  "57P05",
+  "25P03",
   "53300",
   // The server cannot take writes now: a read-only transaction (a standby after a failover, or
   // default_transaction_read_only set), a full disk, out of memory. Not the request's fault.

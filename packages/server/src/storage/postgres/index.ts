@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect } from "kysely";
+import { Kysely, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Database } from "../schema.js";
 import type { DialectCaps, Store } from "../store.js";
@@ -69,7 +69,8 @@ export function openPostgres(
   // checked out, say between the statements of a transaction). An "error" with no listener would
   // crash the process; the query in progress is rejected either way, and its caller retries.
   pool.on("error", () => {});
-  // Queries under the migration lock (migrations, the first account) may rightly run for minutes.
+  // Queries under the migration lock (migrations, and waiting for it: the first account) may
+  // rightly run for minutes.
   let unbounded = 0;
   pool.on("connect", (client) => {
     client.on("error", () => {});
@@ -136,11 +137,27 @@ export function openPostgres(
         const client = await pool.connect();
         try {
           await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
-          return await fn();
+          return await fn(async (script) => {
+            try {
+              await client.query(script);
+            } catch (err) {
+              await client.query("ROLLBACK").catch(() => {});
+              throw err;
+            }
+          });
         } finally {
           await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK]).catch(() => {});
           client.release();
         }
+      } finally {
+        unbounded--;
+      }
+    },
+    async startLock(trx) {
+      // The wait may rightly last as long as another process's migrations.
+      unbounded++;
+      try {
+        await sql`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`.execute(trx);
       } finally {
         unbounded--;
       }

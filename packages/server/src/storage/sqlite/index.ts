@@ -151,8 +151,11 @@ export function openSqlite(
       raw.exec(script);
     },
     async withMigrationLock(fn) {
-      return fn();
+      return fn(async (script) => {
+        raw.exec(script);
+      });
     },
+    async startLock() {},
     async notifyWork() {},
     onWork() {},
     isUniqueViolation(err) {
