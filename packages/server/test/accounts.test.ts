@@ -60,7 +60,7 @@ test("on a database from before the record, migration 13 records the account a f
     await signingKey(store, store.db);
     const old = await store.db.transaction().execute((trx) => createAccount(trx, "default"));
     await store.db.transaction().execute((trx) => createAccount(trx, "default"));
-    assert.deepEqual(await migrate(store), [13]);
+    assert.deepEqual(await migrate(store, 13), [13]);
     // Renamed since: still the default, by its record.
     await store.db.updateTable("accounts").set({ name: "Acme" }).where("id", "=", old.account.id).execute();
     assert.equal((await ensureAccountForKey(store, "dev_key_0123456789")).id, old.account.id);
@@ -81,7 +81,7 @@ test("on a database from before the record, migration 13 records the account a f
       .set({ name: "default" })
       .where("id", "=", tenant.account.id)
       .execute();
-    assert.deepEqual(await migrate(second), [13]);
+    assert.deepEqual(await migrate(second, 13), [13]);
     const operator = await ensureAccountForKey(second, "dev_key_0123456789");
     assert.notEqual(operator.id, tenant.account.id);
   } finally {

@@ -323,3 +323,45 @@ test("PostgreSQL that takes no writes (read-only, as a standby after a failover)
     await waitFor(`${url}/healthz to be 200 again`, async () => (await health(url)).status === 200);
   assert.equal((await api.api.post("/v1/agents", { name: "Writable" })).status, 201);
 });
+
+// A worker whose claims get no answer (another session holds the deliveries table) delivers
+// nothing, though the database answers reads: /healthz says so while it lasts, not only after.
+test("PostgreSQL: a lock that leaves the dispatcher's claims unanswered makes /healthz 503 while it is held", async (t) => {
+  const server = await startPostgres();
+  const db = await server.freshDatabase();
+  const dir = tempDir();
+  const holder = new pg.Client({ connectionString: db.url });
+  let api: ServerProcess | undefined;
+  t.after(async () => {
+    await api?.kill("SIGKILL");
+    await holder.end().catch(() => {});
+    await db.drop();
+    dir.remove();
+  });
+  api = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db.url } });
+  await setupAccount(api.api);
+  const health = async () => {
+    const r = await fetch(`${api!.url}/healthz`);
+    return { status: r.status, body: (await r.json()) as { error?: { code: string; message: string } } };
+  };
+  assert.equal((await health()).status, 200);
+  await holder.connect();
+  await holder.query("BEGIN");
+  await holder.query("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE");
+  const unhealthy = await waitFor(
+    "/healthz 503 while the claims wait",
+    async () => {
+      const h = await health();
+      return h.status === 503 ? h : undefined;
+    },
+    30_000,
+    200,
+  );
+  assert.equal(unhealthy.body.error?.code, "unhealthy");
+  assert.match(
+    unhealthy.body.error?.message ?? "",
+    /dispatcher has had no answer from the database for \d+ s/,
+  );
+  await holder.query("COMMIT");
+  await waitFor("/healthz 200 again", async () => (await health()).status === 200, 30_000, 200);
+});

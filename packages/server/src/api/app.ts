@@ -339,7 +339,9 @@ export async function buildApp(
       throw new ApiError(
         503,
         "unhealthy",
-        `the ${problem.part} has failed every try for ${Math.round(problem.forMs / 1000)} s: ${problem.error}`,
+        problem.waiting
+          ? `the ${problem.part} has had no answer from the database for ${Math.round(problem.forMs / 1000)} s`
+          : `the ${problem.part} has failed every try for ${Math.round(problem.forMs / 1000)} s: ${problem.error}`,
       );
     return { ok: true, version: ctx.version };
   });

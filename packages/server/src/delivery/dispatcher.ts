@@ -476,10 +476,13 @@ export class Dispatcher {
       // Every endpoint that may have due work sits out: wait for news.
       if (want <= 0) continue;
       let claimed: Claimed[];
+      const answered = this.ctx.health?.begin("dispatcher");
       try {
         claimed = await this.claim(want, saturated);
+        answered?.();
         this.ctx.health?.succeeded("dispatcher");
       } catch (err) {
+        answered?.();
         claimErrors.inc();
         this.ctx.health?.failed("dispatcher", err);
         logBackgroundFailure(this.ctx.log, {}, "claim failed", err);
@@ -784,6 +787,7 @@ export class Dispatcher {
       const single = oneByOne > 0;
       const batch = this.buffer.splice(0, single ? 1 : 500);
       if (single) oneByOne--;
+      const answered = this.ctx.health?.begin("recording of outcomes");
       try {
         const { released, disabled, succeeded, failed } = await completeBatch(
           this.ctx.store,
@@ -796,6 +800,8 @@ export class Dispatcher {
           this.ctx.clock.now(),
           { mayBeRecorded: batch.some((o) => this.uncertain.has(o)) },
         );
+        answered?.();
+        this.ctx.health?.succeeded("recording of outcomes");
         if (succeeded > 0) deliveriesFinished.inc({ status: "succeeded", reason: "" }, succeeded);
         for (const [reason, n] of Object.entries(failed))
           deliveriesFinished.inc({ status: "failed", reason }, n);
@@ -810,6 +816,7 @@ export class Dispatcher {
           released > 0,
         );
       } catch (err) {
+        answered?.();
         if (!single && batch.length > 1 && isRefusedContent(err)) {
           this.ctx.log.warn(
             { err, outcomes: batch.length },
@@ -824,6 +831,7 @@ export class Dispatcher {
           this.buffer.splice(oneByOne, 0, ...batch);
           continue;
         }
+        this.ctx.health?.failed("recording of outcomes", err);
         logBackgroundFailure(this.ctx.log, { outcomes: batch.length }, "recording outcomes failed", err);
         // The connection may have broken after the commit went through: written again, they are
         // checked against the attempt log first.
