@@ -146,7 +146,7 @@ export async function startServer(
   await untilAvailable(log, () => migrate(store));
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
-  await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
+  const handBackSharedConfig = await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
   if (config.retentionMs < config.urlTtlMs)
     log.warn(
       { retention: formatDuration(config.retentionMs), url_ttl: formatDuration(config.urlTtlMs) },
@@ -231,6 +231,9 @@ export async function startServer(
       await keyWatch?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);
+      await handBackSharedConfig().catch((err: unknown) =>
+        log.warn({ err }, "could not hand back the shared settings' record"),
+      );
       await store.close();
     },
   };

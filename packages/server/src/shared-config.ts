@@ -31,13 +31,14 @@ function shared(config: Config): Record<string, string> {
  * At start: warns, naming each variable and both values, where this process's shared settings
  * differ from those of the process that started last on the database, then records its own. A
  * warning, not a refusal: changing a setting means restarting every process, one after another.
+ * Returns what gives the record back on a graceful stop (see `handBack`).
  */
 export async function checkSharedConfig(
   db: Db,
   config: Config,
   log: Logger,
   now = Date.now(),
-): Promise<void> {
+): Promise<() => Promise<void>> {
   const mine = shared(config);
   const row = await db
     .selectFrom("settings")
@@ -68,5 +69,35 @@ export async function checkSharedConfig(
     .insertInto("settings")
     .values({ name: NAME, value, created_at: now })
     .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: now }))
+    .execute();
+  return () => handBack(db, { value, created_at: now }, row);
+}
+
+/**
+ * A process stopping gracefully while its record is still the latest puts back the record it
+ * replaced (or none): the next start is compared with a process that may still run, not with one
+ * that has stopped. A single process restarted with new settings (dev mode, another port) is then
+ * not warned about itself.
+ */
+async function handBack(
+  db: Db,
+  mine: { value: string; created_at: number },
+  before: { value: string; created_at: number | bigint } | undefined,
+): Promise<void> {
+  if (before === undefined) {
+    await db
+      .deleteFrom("settings")
+      .where("name", "=", NAME)
+      .where("value", "=", mine.value)
+      .where("created_at", "=", mine.created_at)
+      .execute();
+    return;
+  }
+  await db
+    .updateTable("settings")
+    .set({ value: before.value, created_at: Number(before.created_at) })
+    .where("name", "=", NAME)
+    .where("value", "=", mine.value)
+    .where("created_at", "=", mine.created_at)
     .execute();
 }

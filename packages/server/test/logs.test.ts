@@ -146,11 +146,10 @@ test("background work that fails while the database is down logs one short warni
   assert.match(String((lines[2]!.err as { stack: string }).stack), /TypeError/);
 });
 
-test("a process whose shared settings differ from the one started before it on the database warns, naming each variable and both values", async () => {
+test("a process whose shared settings differ from the one started before it on the database warns, naming each variable and both values; one that stopped is not compared with", async () => {
   const dir = tempDir();
-  // Started and stopped on the same database; its output once stopped.
-  const run = async (schedule: string) => {
-    const p = await spawnServer({
+  const start = (schedule: string) =>
+    spawnServer({
       dataDir: dir.path,
       env: {
         KLEN_RETRY_SCHEDULE: schedule,
@@ -158,25 +157,37 @@ test("a process whose shared settings differ from the one started before it on t
         KLEN_RETENTION: "1d",
       },
     });
+  // Started and stopped gracefully while the others run; its output once stopped.
+  const run = async (schedule: string) => {
+    const p = await start(schedule);
     await p.kill();
     return p.output();
   };
-  try {
-    const first = await run("1s,2s");
-    assert.doesNotMatch(first, /differs from the process/);
-    // A retention shorter than the URLs' lifetime is said too (default KLEN_URL_TTL 7d).
-    assert.match(first, /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/);
-    const warnings = (await run("1s,3s"))
+  const differing = (output: string) =>
+    output
       .split("\n")
       .filter((l) => l.includes("differs from the process"))
-      .map((l) => JSON.parse(l) as { variable: string; here: string; there: string; level: number });
-    assert.deepEqual(
-      warnings.map((w) => [w.variable, w.here, w.there, w.level]),
-      [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]],
+      .map((l) => JSON.parse(l) as { variable: string; here: string; there: string; level: number })
+      .map((w) => [w.variable, w.here, w.there, w.level]);
+  const first = await start("1s,2s");
+  try {
+    assert.deepEqual(differing(first.output()), []);
+    // A retention shorter than the URLs' lifetime is said too (default KLEN_URL_TTL 7d).
+    assert.match(
+      first.output(),
+      /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/,
     );
-    // The same settings as the last one to start: nothing to say.
-    assert.doesNotMatch(await run("1s,3s"), /differs from the process/);
+    assert.deepEqual(differing(await run("1s,3s")), [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]]);
+    // The one that differed has stopped; the first still runs: the next is compared with it.
+    assert.deepEqual(differing(await run("1s,3s")), [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]]);
+    // The same settings as the one that runs: nothing to say.
+    assert.deepEqual(differing(await run("1s,2s")), []);
+    // Once the first has stopped too, a process restarted alone with new settings is not warned.
+    await first.kill();
+    assert.deepEqual(differing(await run("1s,4s")), []);
+    assert.deepEqual(differing(await run("1s,5s")), []);
   } finally {
+    await first.kill();
     dir.remove();
   }
 });

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { once } from "node:events";
+import { existsSync } from "node:fs";
 import { connect, type Socket } from "node:net";
+import { join } from "node:path";
 import { test } from "node:test";
 import { spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -82,6 +85,34 @@ test("a second signal stops the server at once (exit status 1) instead of waitin
   } finally {
     idle.destroy();
     await server.kill("SIGKILL");
+    dir.remove();
+  }
+});
+
+test("a stop in the first moments, while the sender thread comes up, runs the whole shutdown", async () => {
+  const dir = tempDir();
+  try {
+    // A process of its own, in which nothing else keeps the event loop alive: the stop must not
+    // leave it with nothing to wait on half-way (it would exit 0 without closing the database).
+    const script = `
+      import { loadConfig } from ${JSON.stringify(new URL("../src/config.js", import.meta.url).href)};
+      import { startServer } from ${JSON.stringify(new URL("../src/server.js", import.meta.url).href)};
+      import pino from "pino";
+      const config = loadConfig({ ...process.env, PORT: "0", KLEN_HOST: "127.0.0.1", KLEN_DATA_DIR: ${JSON.stringify(dir.path)}, KLEN_SENDER_THREAD: "1", KLEN_API_KEY: "klen_test_key_0123456789" });
+      const running = await startServer(config, pino({ level: "silent" }));
+      await running.stop(1000);
+      console.log("stopped");
+    `;
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+      cwd: new URL("..", import.meta.url).pathname,
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), "stopped", r.stderr);
+    // SQLite removes the write-ahead log when its last connection closes.
+    assert.equal(existsSync(join(dir.path, "klen.db-wal")), false, "the database was closed");
+  } finally {
     dir.remove();
   }
 });

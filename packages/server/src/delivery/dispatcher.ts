@@ -212,6 +212,8 @@ export class Dispatcher {
   private loopDone: Promise<void> = Promise.resolve();
   private dirty = true;
   private wakeUp: (() => void) | undefined;
+  /** Ends the wait for the sender thread before the loop's first turn (`start`). */
+  private endWarmUp: (() => void) | undefined;
   private wakeQueued = false;
   private inflight = new Map<string, Claimed>();
   private perEndpoint = new Map<string, number>();
@@ -328,9 +330,16 @@ export class Dispatcher {
     this.sweepTimer.unref();
     // The sender thread comes up first (for up to 2 s): started by the first attempts, it would
     // take them all at once when it is ready, and paced attempts would reach their endpoint in a burst.
+    // A stop meanwhile ends the wait: the timer is unref'd, so nothing else would, and a process
+    // stopped in its first seconds ran out of work and exited half-way through its shutdown.
     const warm = this.sender.warm?.();
+    const stopped = new Promise<void>((r) => {
+      this.endWarmUp = r;
+    });
     this.loopDone = (
-      warm ? Promise.race([warm, new Promise((r) => setTimeout(r, 2_000).unref())]) : Promise.resolve()
+      warm
+        ? Promise.race([warm, stopped, new Promise((r) => setTimeout(r, 2_000).unref())])
+        : Promise.resolve()
     )
       .catch(() => {})
       .then(() => this.loop());
@@ -410,6 +419,7 @@ export class Dispatcher {
     this.ctx.work.off("work", this.onWork);
     this.ctx.work.off("endpoint", this.onEndpointChange);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.endWarmUp?.();
     this.wake();
     await this.loopDone;
     // Attempts still waiting for their start time are handed back unstarted.
