@@ -135,7 +135,7 @@ function toggle(endpoints: Command, name: "enable" | "disable"): void {
     description:
       name === "enable"
         ? "enable an endpoint again; it gets new events from now on (PATCH /v1/endpoints/{id})"
-        : "stop sending to an endpoint; its pending deliveries are settled failed (PATCH /v1/endpoints/{id})",
+        : "stop sending to an endpoint; its pending deliveries are settled failed as they come due (PATCH /v1/endpoints/{id})",
     argument: ["<endpoint_id>", "the endpoint (ep_…)"],
     help: `Examples:\n  $ klen-webhooks endpoints ${name} ep_01j9z3…`,
     call: (c, id) => c.patch<EndpointObject>(`/v1/endpoints/${id}`, { disabled: name === "disable" }),
