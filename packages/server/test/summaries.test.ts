@@ -74,6 +74,34 @@ describe("built-in extractive summarizer", () => {
     );
   });
 
+  test("a short call is summarized by what was said, not its greeting; turns on one line are told apart", () => {
+    const oneLine = "Agent: Hello. Customer: I want to cancel my plan. Agent: Done, cancelled.";
+    assert.deepEqual(
+      sentences(oneLine).map((x) => [x.speaker, x.text]),
+      [
+        ["Agent", "Hello."],
+        ["Customer", "I want to cancel my plan."],
+        ["Agent", "Done, cancelled."],
+      ],
+    );
+    assert.equal(summarizeExtractive(oneLine, DETAILED), "Customer: I want to cancel my plan.");
+    const outage = [
+      "Agent: Hello, thanks for calling Acme Internet.",
+      "Customer: Hi, my internet has been down since this morning.",
+      "Agent: Let me check your account.",
+      "Agent: I see an outage in your area.",
+      "Agent: A technician is fixing it and service should be back by 5 PM.",
+      "Customer: Okay, thank you.",
+      "Agent: Have a good day.",
+    ].join("\n");
+    const s = summarizeExtractive(outage, DETAILED);
+    assert.match(s, /internet has been down since this morning/, "why they called");
+    assert.match(s, /back by 5 PM/, "how it ended");
+    assert.doesNotMatch(s, /thanks for calling|Have a good day/, "no greeting");
+    // Nothing long enough to score: the caller's words rather than the agent's greeting.
+    assert.equal(summarizeExtractive("Agent: Hello.\nCustomer: Cancel it."), "Customer: Cancel it.");
+  });
+
   test("edge cases: empty, one line, no speakers", () => {
     assert.equal(summarizeExtractive(""), "");
     assert.equal(summarizeExtractive("Customer: Hi."), "Customer: Hi.");

@@ -16,7 +16,7 @@ const STOPWORDS = new Set(
     "through to too under until up very was we were what when where which while who whom why will with " +
     "would you your yours yourself yourselves yes yeah okay ok oh um uh hello hi thanks thank please sure " +
     "great right well got get go going know like really also one see today day help sounds good im youre " +
-    "ill thats dont ive"
+    "ill thats dont ive calling"
   ).split(" "),
 );
 
@@ -26,10 +26,17 @@ export interface Sentence {
   index: number;
 }
 
-/** Splits "Speaker: text" lines into sentences, keeping who said each. */
+/**
+ * Splits "Speaker: text" lines into sentences, keeping who said each. A line holding several
+ * turns ("Agent: Hello. Customer: I want to cancel.") is split where a sentence ends and a label
+ * of one or two capitalised words follows.
+ */
 export function sentences(transcript: string): Sentence[] {
   const out: Sentence[] = [];
-  for (const rawLine of transcript.split(/\r?\n/)) {
+  const turns = transcript
+    .split(/\r?\n/)
+    .flatMap((line) => line.split(/(?<=[.!?])\s+(?=[A-Z][\w'-]{0,20}(?: [A-Z][\w'-]{0,20})?:\s)/));
+  for (const rawLine of turns) {
     const line = rawLine.trim();
     if (!line) continue;
     const m = /^([A-Z][\w .'-]{0,40}):\s+(.*)$/.exec(line);
@@ -67,19 +74,20 @@ export function summarizeExtractive(
   const distinct = tokens.map((t) => new Set(t));
   // The caller's first substantive sentence: usually why they call.
   const firstCustomer = all.find(
-    (s) =>
-      s.speaker !== undefined && !/^(agent|assistant|bot)$/i.test(s.speaker) && tokens[s.index]!.length >= 3,
+    (s) => s.speaker !== undefined && !isAgent(s.speaker) && tokens[s.index]!.length >= 3,
   )?.index;
   const freq = new Map<string, number>();
   for (const set of distinct) for (const w of set) freq.set(w, (freq.get(w) ?? 0) + 1);
-  // Only words the conversation comes back to carry signal; one-offs are noise.
+  // Only words the conversation comes back to carry signal; one-offs are noise, except in a short
+  // call, where hardly a word comes back ("cancel", then "cancelled") and every one counts.
+  const minFreq = all.length < 20 ? 1 : 2;
   const score = (s: Sentence) => {
     const length = tokens[s.index]!.length;
     if (length < 3) return 0;
     let sum = 0;
     for (const w of distinct[s.index]!) {
       const f = freq.get(w) ?? 0;
-      if (f > 1) sum += Math.log(1 + f);
+      if (f >= minFreq) sum += Math.log(1 + f);
     }
     // The caller's first words say why they call; the last exchanges say how it ended.
     const position = s.index === firstCustomer ? 2 : s.index < 4 ? 1.4 : s.index >= all.length - 4 ? 1.2 : 1;
@@ -105,12 +113,21 @@ export function summarizeExtractive(
     pickedWords.push(ws);
     length += line.length + 1;
   }
-  if (picked.length === 0) return clip(render(all[0]!), maxChars);
+  // Nothing scored (every sentence too short): the caller's first words that say anything, else
+  // the transcript's first.
+  if (picked.length === 0) {
+    const caller = all.find(
+      (s) => s.speaker !== undefined && !isAgent(s.speaker) && tokens[s.index]!.length > 0,
+    );
+    return clip(render(caller ?? all[0]!), maxChars);
+  }
   return picked
     .sort((a, b) => a.index - b.index)
     .map(render)
     .join(" ");
 }
+
+const isAgent = (speaker: string) => /^(agent|assistant|bot)$/i.test(speaker);
 
 /** Past this many characters only the start and the end of a transcript are read. */
 export const MAX_INPUT_CHARS = 1_000_000;
