@@ -183,12 +183,19 @@ export async function startServer(
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
   let app: FastifyInstance | undefined;
   let address: string | undefined;
-  if (role !== "worker") {
-    app = await buildApp(ctx);
-    address = await listenOn(app, config.host, config.port, "PORT");
-  } else if (config.workerPort !== undefined) {
-    app = await buildApp(ctx, { workerOnly: true });
-    address = await listenOn(app, config.host, config.workerPort, "KLEN_WORKER_PORT");
+  try {
+    if (role !== "worker") {
+      app = await buildApp(ctx);
+      address = await listenOn(app, config.host, config.port, "PORT");
+    } else if (config.workerPort !== undefined) {
+      app = await buildApp(ctx, { workerOnly: true });
+      address = await listenOn(app, config.host, config.workerPort, "KLEN_WORKER_PORT");
+    }
+  } catch (err) {
+    // Its port taken, this process never ran: the next start is not compared with it.
+    await handBackSharedConfig().catch(() => {});
+    await store.close().catch(() => {});
+    throw err;
   }
   dispatcher?.start();
   // Background work of worker processes: generated summaries, the retention purge, and test

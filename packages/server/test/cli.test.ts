@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
@@ -380,6 +380,13 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       const r = await cli(["serve"], { KLEN_DATA_DIR: dir.path, PORT: String(port) });
       assert.equal(r.code, 1, r.stderr);
       assert.match(r.stderr, new RegExp(`PORT: port ${port} is already in use on 127\\.0\\.0\\.1`));
+      // It never ran: it leaves no record of its settings for the next start to be compared with,
+      // and closed its database (SQLite removes the write-ahead log with the last connection).
+      assert.equal(existsSync(`${dir.path}/klen.db-wal`), false);
+      const db = new Database(`${dir.path}/klen.db`, { readonly: true });
+      const record = db.prepare("SELECT value FROM settings WHERE name = 'shared_config'").get();
+      db.close();
+      assert.equal(record, undefined);
     } finally {
       taken.close();
       dir.remove();
