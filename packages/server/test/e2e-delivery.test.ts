@@ -398,13 +398,18 @@ for (const backend of backends()) {
       t.after(() => own.cleanup());
       const metered = await spawnServer({
         dataDir: own.dataDir,
-        env: { KLEN_DATABASE_URL: own.databaseUrl, KLEN_RETRY_SCHEDULE: "2s,2s,2s" },
+        env: {
+          KLEN_DATABASE_URL: own.databaseUrl,
+          KLEN_RETRY_SCHEDULE: "2s,2s,2s",
+          KLEN_DELIVERY_TIMEOUT: "10s",
+        },
       });
       t.after(() => metered.kill());
       const fine = await startReceiver();
       const broken = await startReceiver({ respond: () => 500 });
       const gone = await startReceiver({ respond: () => 410 });
-      const paused = await startReceiver({ respond: () => 503 });
+      // Its answer is held until the test has disabled it (its retry is then never sent).
+      const paused = await startReceiver({ respond: () => ({ status: 503, delayMs: 3_000 }) });
       t.after(() => Promise.all([fine, broken, gone, paused].map((r) => r.close())));
       const { agentId, endpoint } = await setupAccount(metered.api, { endpointUrl: fine.url });
       const ids = [endpoint.id];
@@ -412,7 +417,7 @@ for (const backend of backends()) {
         ids.push((await metered.api.post("/v1/endpoints", { url: r.url })).body.id);
       const pausedId = ids[3]!;
       await startedCall(metered.api, agentId, "+15550002222");
-      // The paused endpoint is disabled by hand between its first attempt and its retry.
+      // The paused endpoint is disabled by hand while its first attempt waits for the answer.
       await paused.waitForCount(1);
       assert.equal((await metered.api.patch(`/v1/endpoints/${pausedId}`, { disabled: true })).status, 200);
       await waitFor(
