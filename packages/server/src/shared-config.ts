@@ -31,7 +31,7 @@ function shared(config: Config): Record<string, string> {
  * At start: warns, naming each variable and both values, where this process's shared settings
  * differ from those of the process that started last on the database, then records its own. A
  * warning, not a refusal: changing a setting means restarting every process, one after another.
- * Returns what gives the record back on a graceful stop (see `handBack`).
+ * Returns what removes the record on a graceful stop (see `handBack`).
  */
 export async function checkSharedConfig(
   db: Db,
@@ -70,32 +70,19 @@ export async function checkSharedConfig(
     .values({ name: NAME, value, created_at: now })
     .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: now }))
     .execute();
-  return () => handBack(db, { value, created_at: now }, row);
+  return () => handBack(db, { value, created_at: now });
 }
 
 /**
- * A process stopping gracefully while its record is still the latest puts back the record it
- * replaced (or none): the next start is compared with a process that may still run, not with one
- * that has stopped. A single process restarted with new settings (dev mode, another port) is then
- * not warned about itself.
+ * A process stopping gracefully while its record is still the latest removes it: a single process
+ * restarted with new settings (dev mode, another port) is then not warned about itself. The
+ * record it replaced is not put back: its process may have died, and would be warned about at
+ * every start from then on. So the next start is compared with no one, at the cost of not hearing
+ * again about a process that still runs with other settings (the first start beside it was warned).
  */
-async function handBack(
-  db: Db,
-  mine: { value: string; created_at: number },
-  before: { value: string; created_at: number | bigint } | undefined,
-): Promise<void> {
-  if (before === undefined) {
-    await db
-      .deleteFrom("settings")
-      .where("name", "=", NAME)
-      .where("value", "=", mine.value)
-      .where("created_at", "=", mine.created_at)
-      .execute();
-    return;
-  }
+async function handBack(db: Db, mine: { value: string; created_at: number }): Promise<void> {
   await db
-    .updateTable("settings")
-    .set({ value: before.value, created_at: Number(before.created_at) })
+    .deleteFrom("settings")
     .where("name", "=", NAME)
     .where("value", "=", mine.value)
     .where("created_at", "=", mine.created_at)

@@ -122,7 +122,7 @@ test("kill -9 while an attempt is on the wire: the attempt is logged as lease_ex
   assert.equal(none.length, 0);
   assert.equal(lost.number, 1);
   assert.equal(lost.error, "lease_expired");
-  assert.match(lost.error_message, /may have received it/);
+  assert.match(lost.error_message, /may have reached the endpoint/);
   assert.equal(lost.status_code, null);
   assert.equal(lost.url, sent.url, "the URL the attempt went to");
   assert.deepEqual(lost.request_headers, { "webhook-id": rx.requests[0]!.id });

@@ -178,14 +178,16 @@ test("a process whose shared settings differ from the one started before it on t
       /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/,
     );
     assert.deepEqual(differing(await run("1s,3s")), [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]]);
-    // The one that differed has stopped; the first still runs: the next is compared with it.
-    assert.deepEqual(differing(await run("1s,3s")), [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]]);
-    // The same settings as the one that runs: nothing to say.
-    assert.deepEqual(differing(await run("1s,2s")), []);
-    // Once the first has stopped too, a process restarted alone with new settings is not warned.
-    await first.kill();
+    // Stopped gracefully, it took its record with it: the next start is compared with no one.
     assert.deepEqual(differing(await run("1s,4s")), []);
-    assert.deepEqual(differing(await run("1s,5s")), []);
+    // Killed, a process leaves its record, and the next one is compared with it, once.
+    const killed = await start("1s,5s");
+    await killed.kill("SIGKILL");
+    assert.deepEqual(differing(await run("1s,6s")), [["KLEN_RETRY_SCHEDULE", "1s,6s", "1s,5s", 40]]);
+    assert.deepEqual(differing(await run("1s,7s")), []);
+    // A process restarted alone with new settings is not warned about itself.
+    await first.kill();
+    assert.deepEqual(differing(await run("1s,8s")), []);
   } finally {
     await first.kill();
     dir.remove();

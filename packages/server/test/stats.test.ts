@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { after, describe, test } from "node:test";
+import { openStore } from "../src/storage/store.js";
 import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
@@ -28,7 +29,11 @@ function nearestRank(sorted: number[], p: number): number | null {
 }
 
 function expected(attempts: Attempt[]) {
-  const durations = attempts.map((a) => a.duration_ms).sort((x, y) => x - y);
+  // A lease_expired attempt's duration is its lease, not a response time: failed, not ranked.
+  const durations = attempts
+    .filter((a) => a.error !== "lease_expired")
+    .map((a) => a.duration_ms)
+    .sort((x, y) => x - y);
   const ok = attempts.filter((a) => a.error === null && a.status_code !== null && a.status_code < 300).length;
   return {
     succeeded: ok,
@@ -53,11 +58,31 @@ for (const backend of backends()) {
         await runCall(api, agentId);
         await runCall(api, agentId, "+15557654321");
         // 2 calls × 4 events to the good endpoint, 2 call.ended to the failing one (4 attempts each).
-        const deliveries = await waitFor("every delivery finished", async () => {
+        type Listed = { id: string; status: string; endpoint_id: string; attempts: Attempt[] };
+        const finished = await waitFor("every delivery finished", async () => {
           const r = await api.get("/v1/deliveries?limit=100");
-          const all = r.body.data as Array<{ status: string; endpoint_id: string; attempts: Attempt[] }>;
+          const all = r.body.data as Listed[];
           return all.length === 10 && all.every((d) => d.status !== "pending") ? all : undefined;
         });
+        // A worker killed mid-attempt: its takeover logged the lost attempt with the lease's length.
+        const lostOn = finished.find((d) => d.endpoint_id === endpoint.id)!;
+        const store = await openStore(db.databaseUrl);
+        await store.db
+          .insertInto("attempts")
+          .values({
+            delivery_id: lostOn.id,
+            number: 9,
+            started_at: Date.parse(lostOn.attempts[0]!.started_at),
+            url: good.url,
+            request_headers: "{}",
+            status_code: null,
+            response_body: null,
+            duration_ms: 45_000,
+            error: "lease_expired: its process stopped",
+          })
+          .execute();
+        await store.close();
+        const deliveries = (await api.get("/v1/deliveries?limit=100")).body.data as Listed[];
         const attempts = deliveries.flatMap((d) => d.attempts);
         const badAttempts = deliveries
           .filter((d) => d.endpoint_id === failing.body.id)
@@ -73,8 +98,9 @@ for (const backend of backends()) {
         assert.equal(r.body.bucket_seconds, 1);
         assert.equal(r.body.since, new Date(since).toISOString());
         assert.deepEqual(r.body.totals, expected(attempts));
-        assert.equal(r.body.totals.failed, 8);
+        assert.equal(r.body.totals.failed, 9);
         assert.equal(r.body.totals.succeeded, 8);
+        assert.ok(r.body.totals.p95_ms < 45_000, "the lease is not a response time");
 
         // Every bucket is present, in order; each one matches the attempts that started in it.
         assert.equal(r.body.buckets.length, (until - since) / 1000);
@@ -93,7 +119,7 @@ for (const backend of backends()) {
         assert.equal(one.status, 200);
         assert.deepEqual(one.body.totals, expected(badAttempts));
         const other = await api.get(`/v1/stats/deliveries?${q}&bucket=1m&endpoint_id=${endpoint.id}`);
-        assert.deepEqual(other.body.totals.failed, 0);
+        assert.deepEqual(other.body.totals.failed, 1, "the lost attempt");
 
         // A range without attempts: zero counts, null percentiles.
         const empty = await api.get(

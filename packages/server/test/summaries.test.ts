@@ -85,6 +85,17 @@ describe("built-in extractive summarizer", () => {
       ],
     );
     assert.equal(summarizeExtractive(oneLine, DETAILED), "Customer: I want to cancel my plan.");
+    // A label inside a turn that no line starts with, and no usual role, is not a speaker.
+    assert.deepEqual(
+      sentences("Agent: Please note the following. Note: refunds take five business days.").map(
+        (x) => x.speaker,
+      ),
+      ["Agent", "Agent"],
+    );
+    assert.deepEqual(
+      sentences("Maria: Hi. Ops Lead: Hello. Total: two.\nOps Lead: Yes.").map((x) => x.speaker),
+      ["Maria", "Ops Lead", "Ops Lead", "Ops Lead"],
+    );
     const outage = [
       "Agent: Hello, thanks for calling Acme Internet.",
       "Customer: Hi, my internet has been down since this morning.",

@@ -257,7 +257,10 @@ function deliveryRows(d, opts) {
 
   retry.addEventListener("click", async () => {
     retry.disabled = true;
-    const before = d.attempts.length;
+    // Attempts made, not the lease_expired row a takeover logs first (the claim of this very retry
+    // may log one for a worker that died).
+    const made = (x) => x.attempts.filter((a) => a.error !== "lease_expired").length;
+    const before = made(d);
     try {
       await api("POST", `/v1/deliveries/${d.id}/retry`);
       note(status, "Retry queued; waiting for the attempt…");
@@ -265,11 +268,11 @@ function deliveryRows(d, opts) {
       // status then: a failed attempt with retries left leaves it pending.
       const deadline = Date.now() + 20_000;
       let fresh = d;
-      while (Date.now() < deadline && fresh.attempts.length <= before) {
+      while (Date.now() < deadline && made(fresh) <= before) {
         await new Promise((r) => setTimeout(r, 400));
         fresh = await api("GET", `/v1/deliveries/${d.id}`);
       }
-      if (fresh.attempts.length <= before) {
+      if (made(fresh) <= before) {
         // A re-opened delivery waits behind a pending earlier event of its call to this endpoint.
         note(status, "Retry queued, but no attempt has been logged yet. Refresh later to see it.");
         retry.disabled = false;

@@ -138,6 +138,7 @@ function claimQuery(db: Db, p: ClaimSlots, caps: DialectCaps, excluding: boolean
     .set({
       next_attempt_at: p.leaseEnd,
       leased_until: p.leaseEnd,
+      leased_at: p.now,
       claim_token: sql`claim_token + 1`,
       // A lease still set is an attempt whose outcome was never recorded (its process died or
       // stalled): it counts, and migration 14's trigger logs it as `lease_expired`.

@@ -16,7 +16,7 @@ export interface Outcome {
   requestHeaders: Record<string, string>;
   result: SendResult | null;
   /** Why a delivery was settled without an attempt. */
-  skipped?: string;
+  skipped?: "endpoint_disabled" | "endpoint_deleted";
   retryAfterMs?: number;
 }
 
@@ -32,7 +32,10 @@ export type FailReason =
   | "endpoint_disabled"
   | "endpoint_deleted";
 
-/** What one completed batch finished and disabled (fenced-out outcomes of a lost lease excluded). */
+/**
+ * What one completed batch finished and disabled. The counts leave out outcomes fenced out by a
+ * lease that ran out and was taken over; a fenced-out 410 still disables its endpoint (it said so).
+ */
 export interface Completion {
   released: number;
   disabled: Array<{ id: string; reason: string; cause: "gone" | "failing" }>;
@@ -173,7 +176,7 @@ export async function completeBatch(
       if (next.final) finished.push(o.claimed);
       if (next.final && changed > 0) {
         const reason: FailReason =
-          (o.skipped as FailReason | undefined) ??
+          o.skipped ??
           (o.result?.statusCode === 410
             ? "gone"
             : o.claimed.oneAttempt

@@ -857,6 +857,9 @@ export class Dispatcher {
         }
       }
     }
+    // Nothing left to record (written, or given up as stale to the lease's expiry): no longer
+    // failing, though no batch succeeded since.
+    this.ctx.health?.succeeded("recording of outcomes");
     this.flushing = undefined;
   }
 

@@ -13,17 +13,19 @@ export interface MigrationDialect {
 }
 
 /**
- * The attempt log's row for an attempt whose lease ran out before its outcome was recorded
+ * The attempt log's row for a claim whose lease ran out before its outcome was recorded
  * (migration 14): the error text, and the columns a trigger fills from the delivery's old and new
  * rows. The attempt's number is the new `attempt_count` (the claim counts it); it started when the
- * old lease was taken (`updated_at`) and is given the lease's length as its duration.
+ * old lease was taken (`leased_at`, set by claims only) and is given the lease's length as its
+ * duration. Whether its request was sent is not known: the process that knew is gone.
  */
 const LEASE_EXPIRED_ERROR =
-  "lease_expired: its process stopped or stalled before recording the outcome; the endpoint may have received it";
-const leaseExpiredRow = (o: string, n: string) =>
-  `${n}.id, ${n}.attempt_count, ${o}.updated_at,
+  "lease_expired: its process stopped or stalled before recording an outcome; the request may have reached the endpoint, or may not have been sent";
+const leaseExpiredRow = (o: string, n: string, greatest: string) =>
+  `${n}.id, ${n}.attempt_count, COALESCE(${o}.leased_at, ${o}.updated_at),
     COALESCE((SELECT url FROM endpoints WHERE id = ${n}.endpoint_id), ''),
-    '{"webhook-id":"' || ${n}.event_id || '"}', NULL, NULL, ${o}.leased_until - ${o}.updated_at,
+    '{"webhook-id":"' || ${n}.event_id || '"}', NULL, NULL,
+    ${greatest}(0, ${o}.leased_until - COALESCE(${o}.leased_at, ${o}.updated_at)),
     '${LEASE_EXPIRED_ERROR}'`;
 
 export const migrations: Array<{ id: number; name: string; sql: (d: MigrationDialect) => string }> = [
@@ -348,21 +350,23 @@ WHERE a.id = (SELECT MIN(id) FROM accounts)
 -- Every attempt is logged, including one whose process was killed (or stalled past its lease)
 -- before recording the outcome: the claim that takes such a delivery over (its old lease is still
 -- set: a finished or handed-back attempt clears it) counts that attempt and, in the same statement
--- through this trigger, logs it as \`lease_expired\`. Only claims bump claim_token.`;
+-- through this trigger, logs it as \`lease_expired\`. Only claims bump claim_token, and only
+-- claims set leased_at (when the lease was taken: other writes move updated_at).
+ALTER TABLE deliveries ADD COLUMN leased_at ${d.bigint};`;
       if (d.name === "sqlite")
         return `${comment}
 CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
 FOR EACH ROW WHEN OLD.leased_until IS NOT NULL
 BEGIN
   ${insert}
-  VALUES (${leaseExpiredRow("OLD", "NEW")});
+  VALUES (${leaseExpiredRow("OLD", "NEW", "MAX")});
 END;
 `;
       return `${comment}
 CREATE FUNCTION klen_log_lease_expired() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   ${insert}
-  VALUES (${leaseExpiredRow("OLD", "NEW")});
+  VALUES (${leaseExpiredRow("OLD", "NEW", "GREATEST")});
   RETURN NULL;
 END $$;
 CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries

@@ -100,6 +100,8 @@ export interface Database {
     claim_token: number;
     /** End of the lease while an attempt is in flight; null otherwise. */
     leased_until: Generated<number | null>;
+    /** When the last claim took its lease (migration 14: the start of a `lease_expired` attempt). */
+    leased_at: Generated<number | null>;
     /** 1: re-opened by a manual retry or a recover, so one failed attempt fails it (migration 10). */
     one_attempt: Generated<number>;
     last_error: string | null;

@@ -26,16 +26,41 @@ export interface Sentence {
   index: number;
 }
 
+/** Who speaks in a call transcript, besides the labels its lines start with. */
+const ROLES = [
+  "Agent",
+  "Customer",
+  "Caller",
+  "User",
+  "Assistant",
+  "Bot",
+  "AI",
+  "Human",
+  "Representative",
+  "Operator",
+];
+const LABEL = /^([A-Z][\w .'-]{0,40}):\s+/;
+
 /**
  * Splits "Speaker: text" lines into sentences, keeping who said each. A line holding several
- * turns ("Agent: Hello. Customer: I want to cancel.") is split where a sentence ends and a label
- * of one or two capitalised words follows.
+ * turns ("Agent: Hello. Customer: I want to cancel.") is split where a sentence ends and a
+ * speaker's label follows: one a line of the transcript starts with, or a usual role ("Note:" or
+ * "Total:" inside a turn are not speakers).
  */
 export function sentences(transcript: string): Sentence[] {
   const out: Sentence[] = [];
-  const turns = transcript
-    .split(/\r?\n/)
-    .flatMap((line) => line.split(/(?<=[.!?])\s+(?=[A-Z][\w'-]{0,20}(?: [A-Z][\w'-]{0,20})?:\s)/));
+  const lines = transcript.split(/\r?\n/);
+  const speakers = new Set(ROLES);
+  for (const line of lines) {
+    // A call has a few speakers; a transcript whose lines start with anything is not split inline.
+    if (speakers.size >= ROLES.length + 20) break;
+    const m = LABEL.exec(line.trim());
+    if (m) speakers.add(m[1]!);
+  }
+  const turn = new RegExp(
+    `(?<=[.!?])\\s+(?=(?:${[...speakers].map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|")}):\\s)`,
+  );
+  const turns = lines.flatMap((line) => line.split(turn));
   for (const rawLine of turns) {
     const line = rawLine.trim();
     if (!line) continue;

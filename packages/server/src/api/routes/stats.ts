@@ -33,7 +33,8 @@ const numOrNull = (v: unknown): number | null => (v === null || v === undefined 
  * portable SQL statement (SQLite ≥ 3.25 and PostgreSQL both have window functions).
  *
  * Percentiles are exact nearest-rank values computed in the database: each attempt is ranked by
- * duration within its bucket, and the rank ceil(p·n) is picked with integer arithmetic
+ * duration within its bucket (a `lease_expired` attempt counts as failed but has no response time to
+ * rank), and the rank ceil(p·n) is picked with integer arithmetic
  * ((p·n + 99) / 100) because `CEIL` is not in every SQLite build. Only one row per bucket
  * leaves the database, however many attempts there were.
  *
@@ -50,7 +51,8 @@ async function aggregate(db: Db, q: DeliveryStatsQuery, bucketKey: ReturnType<ty
   }>`
     WITH a AS (
       SELECT ${bucketKey} AS b,
-             t.duration_ms AS dur,
+             -- A lease_expired attempt's duration is its lease's length, not a response time.
+             CASE WHEN t.error LIKE 'lease_expired:%' THEN NULL ELSE t.duration_ms END AS dur,
              CASE WHEN t.error IS NULL AND t.status_code >= 200 AND t.status_code < 300 THEN 1 ELSE 0 END AS ok
       FROM attempts t
       JOIN deliveries d ON d.id = t.delivery_id
@@ -60,15 +62,15 @@ async function aggregate(db: Db, q: DeliveryStatsQuery, bucketKey: ReturnType<ty
         ${endpointFilter}
     ), r AS (
       SELECT b, dur, ok,
-             ROW_NUMBER() OVER (PARTITION BY b ORDER BY dur) AS rn,
-             COUNT(*) OVER (PARTITION BY b) AS n
+             ROW_NUMBER() OVER (PARTITION BY b, dur IS NULL ORDER BY dur) AS rn,
+             COUNT(dur) OVER (PARTITION BY b) AS n
       FROM a
     )
     SELECT b,
            SUM(ok) AS succeeded,
            COUNT(*) - SUM(ok) AS failed,
-           MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN dur END) AS p50,
-           MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN dur END) AS p95
+           MAX(CASE WHEN dur IS NOT NULL AND rn = (50 * n + 99) / 100 THEN dur END) AS p50,
+           MAX(CASE WHEN dur IS NOT NULL AND rn = (95 * n + 99) / 100 THEN dur END) AS p95
     FROM r
     GROUP BY b
     ORDER BY b
