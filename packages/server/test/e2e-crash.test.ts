@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import { setupAccount } from "./helpers/api.js";
+import { setupAccount, startedCall } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -101,12 +101,7 @@ test("kill -9 while an attempt is on the wire: the attempt is logged as lease_ex
   t.after(() => server.kill("SIGKILL"));
   const { endpoint, agentId } = await setupAccount(server.api, { endpointUrl: rx.url });
   rx.setSecret(endpoint.secret);
-  const call = await server.api.post("/v1/calls", {
-    agent_id: agentId,
-    type: "inbound",
-    phone_number: "+15550001111",
-  });
-  assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+  await startedCall(server.api, agentId, "+15550001111");
   await rx.waitForCount(1, 10_000);
   await server.kill("SIGKILL");
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { after, type TestContext, test } from "node:test";
 import pg from "pg";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { startPostgres, stopPostgres } from "./helpers/postgres.js";
@@ -202,10 +202,11 @@ function pgIdent(url: string): string {
   return `"${decodeURIComponent(new URL(url).pathname.slice(1)).replaceAll('"', '""')}"`;
 }
 
-// A deadlock between a request's transaction and another session's: PostgreSQL rolls one of
-// them back (SQLSTATE 40P01), and when that is the request's, the server runs the transaction
-// again instead of answering 503. The call ends once, with one `call.ended`.
-test("PostgreSQL deadlock on a request's transaction: run again, one transition, one event", async (t) => {
+/**
+ * A server process on a fresh database, and a second session on it (`holder`, not yet connected)
+ * that takes the locks a test needs; all stopped and dropped after the test.
+ */
+async function serverWithHolder(t: TestContext): Promise<{ holder: pg.Client; api: ServerProcess }> {
   const server = await startPostgres();
   const db = await server.freshDatabase();
   const dir = tempDir();
@@ -218,6 +219,14 @@ test("PostgreSQL deadlock on a request's transaction: run again, one transition,
     dir.remove();
   });
   api = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db.url } });
+  return { holder, api };
+}
+
+// A deadlock between a request's transaction and another session's: PostgreSQL rolls one of
+// them back (SQLSTATE 40P01), and when that is the request's, the server runs the transaction
+// again instead of answering 503. The call ends once, with one `call.ended`.
+test("PostgreSQL deadlock on a request's transaction: run again, one transition, one event", async (t) => {
+  const { holder, api } = await serverWithHolder(t);
   const { agentId } = await setupAccount(api.api);
   const call = await api.api.post("/v1/calls", {
     agent_id: agentId,
@@ -327,21 +336,10 @@ test("PostgreSQL that takes no writes (read-only, as a standby after a failover)
 // A worker whose claims get no answer (another session holds the deliveries table) delivers
 // nothing, though the database answers reads: /healthz says so while it lasts, not only after.
 test("PostgreSQL: a lock that leaves the dispatcher's claims unanswered makes /healthz 503 while it is held", async (t) => {
-  const server = await startPostgres();
-  const db = await server.freshDatabase();
-  const dir = tempDir();
-  const holder = new pg.Client({ connectionString: db.url });
-  let api: ServerProcess | undefined;
-  t.after(async () => {
-    await api?.kill("SIGKILL");
-    await holder.end().catch(() => {});
-    await db.drop();
-    dir.remove();
-  });
-  api = await spawnServer({ dataDir: dir.path, env: { KLEN_DATABASE_URL: db.url } });
+  const { holder, api } = await serverWithHolder(t);
   await setupAccount(api.api);
   const health = async () => {
-    const r = await fetch(`${api!.url}/healthz`);
+    const r = await fetch(`${api.url}/healthz`);
     return { status: r.status, body: (await r.json()) as { error?: { code: string; message: string } } };
   };
   assert.equal((await health()).status, 200);
