@@ -680,6 +680,22 @@ for (const backend of backends()) {
       await db.cleanup();
     });
 
+    test("an integer list filter past PostgreSQL's INTEGER is a 400 naming it, the same on both databases", async () => {
+      for (const [path, filter] of [
+        ["/v1/calls", "agent_id"],
+        ["/v1/events", "call_id"],
+        ["/v1/deliveries", "call_id"],
+      ] as const) {
+        for (const n of ["2147483648", "9007199254740991", "99999999999999999999"]) {
+          const r = await server.api.get(`${path}?${filter}=${n}`);
+          expectError(r, 400, "invalid_request", filter);
+        }
+        const largest = await server.api.get(`${path}?${filter}=2147483647`);
+        assert.equal(largest.status, 200, JSON.stringify(largest.body));
+        assert.deepEqual(largest.body.data, []);
+      }
+    });
+
     test("before is exclusive, after inclusive, and pages stay inside", async () => {
       const rx = await startReceiver();
       try {

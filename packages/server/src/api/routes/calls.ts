@@ -7,7 +7,7 @@ import { enqueueIfAutoSummary } from "../../summaries/jobs.js";
 import { parseIso } from "../../util/time.js";
 import { listPage, pageQuery } from "../pagination.js";
 import { findAgent } from "./agents.js";
-import { e164, idParam, isoTimestamp, NOT_BLANK } from "./common.js";
+import { e164, INT32_MAX, idParam, isoTimestamp, NOT_BLANK } from "./common.js";
 import { findContact } from "./contacts.js";
 import type { RouteModule } from "./index.js";
 
@@ -122,7 +122,7 @@ export const callRoutes: RouteModule = (app, ctx, h) => {
           properties: {
             ...pageQuery,
             status: { type: "string", enum: ["queued", "in-progress", "completed", "failed"] },
-            agent_id: { type: "integer", minimum: 1 },
+            agent_id: { type: "integer", minimum: 1, maximum: INT32_MAX },
           },
         },
       },

@@ -1,4 +1,11 @@
 /** Schema fragments shared by route modules. */
+
+/**
+ * The largest id an INTEGER column holds on PostgreSQL (an agent's, and a call's where events and
+ * deliveries keep it): a list filter above it is a 400 on both databases, not PostgreSQL's
+ * out-of-range error.
+ */
+export const INT32_MAX = 2_147_483_647;
 export const idParam = {
   type: "object",
   required: ["id"],

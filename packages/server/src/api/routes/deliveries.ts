@@ -5,7 +5,7 @@ import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
 import { idRange, page, pageQuery, type TimeRange, timeQuery } from "../pagination.js";
-import { stringIdParam } from "./common.js";
+import { INT32_MAX, stringIdParam } from "./common.js";
 import { assertSending } from "./endpoints.js";
 import type { RouteModule } from "./index.js";
 
@@ -111,7 +111,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             endpoint_id: { type: "string", pattern: "^(ep_[0-9a-z]{26})?$" },
             event_id: { type: "string", pattern: "^(evt_[0-9a-z]{26})?$" },
             status: { type: "string", enum: ["pending", "succeeded", "failed"] },
-            call_id: { type: "integer", minimum: 1 },
+            call_id: { type: "integer", minimum: 1, maximum: INT32_MAX },
           },
         },
       },

@@ -4,7 +4,7 @@ import { notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import { isoMillis } from "../../util/time.js";
 import { idRange, listPage, pageQuery, type TimeRange, timeQuery } from "../pagination.js";
-import { stringIdParam } from "./common.js";
+import { INT32_MAX, stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
 type EventRow = Selectable<Database["events"]>;
@@ -28,7 +28,7 @@ export const eventRoutes: RouteModule = (app, ctx) => {
             ...pageQuery,
             ...timeQuery,
             event_type: { type: "string", enum: EVENT_TYPES },
-            call_id: { type: "integer", minimum: 1 },
+            call_id: { type: "integer", minimum: 1, maximum: INT32_MAX },
           },
         },
       },
