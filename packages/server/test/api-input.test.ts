@@ -114,7 +114,7 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       ),
       400,
       "invalid_request",
-      "agent_ids[1]",
+      "agent_ids.1",
     );
     const poisoned = await server.api.raw(
       "POST",
@@ -122,7 +122,7 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       '{"name":"a","__proto__":{"admin":true}}',
       {},
     );
-    expectError(poisoned, 400, "invalid_json");
+    expectError(poisoned, 400, "invalid_json", "body");
     assert.match(poisoned.body.error.message, /"__proto__" key or a "constructor" key holding "prototype"/);
     const viaConstructor = await server.api.raw(
       "POST",
@@ -482,7 +482,7 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       await server.api.raw("POST", "/v1/endpoints", '{"url":"http://127.0.0.1:9/x","agent_ids":[1e300]}', {}),
       400,
       "invalid_request",
-      "agent_ids[0]",
+      "agent_ids.0",
     );
     const invalid = await server.api.raw("POST", "/v1/agents", '{"name":', {});
     expectError(invalid, 400, "invalid_json", "body");

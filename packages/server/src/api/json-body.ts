@@ -3,11 +3,12 @@ import { ApiError } from "../errors.js";
 /** Deeper than any body the API takes (its deepest is an endpoint's `headers` object, two levels). */
 const MAX_DEPTH = 32;
 
-const poisoned = () =>
+const poisoned = (field: string) =>
   new ApiError(
     400,
     "invalid_json",
     'the body has a "__proto__" key or a "constructor" key holding "prototype", which is refused',
+    { field, location: "body" },
   );
 
 /**
@@ -75,8 +76,9 @@ function check(value: unknown, path: string, depth: number): void {
   const array = Array.isArray(value);
   for (const [k, v] of Object.entries(value)) {
     if (!array && (k === "__proto__" || (k === "constructor" && isObjectWith(v, "prototype"))))
-      throw poisoned();
-    check(v, array ? `${path}[${k}]` : path ? `${path}.${k}` : k, depth + 1);
+      throw poisoned(path || "body");
+    // An element is named as schema errors name it (errors.ts): `agent_ids.1`.
+    check(v, path ? `${path}.${k}` : k, depth + 1);
   }
 }
 
