@@ -367,6 +367,11 @@ describe("dashboard in Chromium", () => {
     assert.equal(local.invalid, "true");
     assert.match(local.description, /Rate limit: "2\.5" is not a whole number/);
     assert.equal(local.focused, true);
+    // A number JavaScript would read but the API does not write: refused, not saved as 16.
+    await rate.fill("0x10");
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText('Rate limit: "0x10" is not a whole number').waitFor();
+    assert.equal((await server.api.get(`/v1/endpoints/${endpointId}`)).body.rate_limit, null);
     await rate.fill("100001");
     await page.getByRole("button", { name: "Save changes" }).click();
     await page.getByText(/rate_limit/).waitFor();

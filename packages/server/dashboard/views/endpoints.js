@@ -48,20 +48,22 @@ function parseAgentIds(text) {
     .map((p) => p.trim())
     .filter(Boolean);
   return parts.map((p) => {
-    const n = Number(p);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`Agent ids: "${p}" is not an agent id`);
-    return n;
+    // Digits only: Number() would take "0x1" or "1e0" as 1, which the API refuses in its own
+    // query parameters for the same reason.
+    if (!WHOLE.test(p)) throw new Error(`Agent ids: "${p}" is not an agent id`);
+    return Number(p);
   });
 }
+
+/** A whole number written plainly: no sign, exponent, hex or leading zero. */
+const WHOLE = /^[1-9][0-9]*$/;
 
 /** The rate limit field: empty is none, else a whole number of attempts per second. */
 function parseRateLimit(text) {
   const t = text.trim();
   if (t === "") return null;
-  const n = Number(t);
-  if (!Number.isInteger(n) || n < 1)
-    throw new Error(`Rate limit: "${t}" is not a whole number of attempts per second`);
-  return n;
+  if (!WHOLE.test(t)) throw new Error(`Rate limit: "${t}" is not a whole number of attempts per second`);
+  return Number(t);
 }
 
 function filterSummary(e) {
