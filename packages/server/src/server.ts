@@ -146,7 +146,7 @@ export async function startServer(
   await untilAvailable(log, () => migrate(store));
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
-  const handBackSharedConfig = await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
+  const removeSharedConfigRecord = await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
   if (config.retentionMs < config.urlTtlMs)
     log.warn(
       { retention: formatDuration(config.retentionMs), url_ttl: formatDuration(config.urlTtlMs) },
@@ -193,7 +193,7 @@ export async function startServer(
     }
   } catch (err) {
     // Its port taken, this process never ran: the next start is not compared with it.
-    await handBackSharedConfig().catch(() => {});
+    await removeSharedConfigRecord().catch(() => {});
     await store.close().catch(() => {});
     throw err;
   }
@@ -238,8 +238,8 @@ export async function startServer(
       await keyWatch?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);
-      await handBackSharedConfig().catch((err: unknown) =>
-        log.warn({ err }, "could not hand back the shared settings' record"),
+      await removeSharedConfigRecord().catch((err: unknown) =>
+        log.warn({ err }, "could not remove this process's shared-settings record"),
       );
       await store.close();
     },

@@ -31,7 +31,7 @@ function shared(config: Config): Record<string, string> {
  * At start: warns, naming each variable and both values, where this process's shared settings
  * differ from those of the process that started last on the database, then records its own. A
  * warning, not a refusal: changing a setting means restarting every process, one after another.
- * Returns what removes the record on a graceful stop (see `handBack`).
+ * Returns what removes the record on a graceful stop (see `removeRecord`).
  */
 export async function checkSharedConfig(
   db: Db,
@@ -70,7 +70,7 @@ export async function checkSharedConfig(
     .values({ name: NAME, value, created_at: now })
     .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: now }))
     .execute();
-  return () => handBack(db, { value, created_at: now });
+  return () => removeRecord(db, { value, created_at: now });
 }
 
 /**
@@ -80,7 +80,7 @@ export async function checkSharedConfig(
  * every start from then on. So the next start is compared with no one, at the cost of not hearing
  * again about a process that still runs with other settings (the first start beside it was warned).
  */
-async function handBack(db: Db, mine: { value: string; created_at: number }): Promise<void> {
+async function removeRecord(db: Db, mine: { value: string; created_at: number }): Promise<void> {
   await db
     .deleteFrom("settings")
     .where("name", "=", NAME)

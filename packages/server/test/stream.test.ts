@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import pg from "pg";
 import { drained, MAX_STREAMS_PER_ACCOUNT } from "../src/api/routes/stream.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
-import { type ApiClient, runCall, setupAccount } from "./helpers/api.js";
+import { type ApiClient, runCall, setupAccount, startedCall } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
@@ -52,6 +52,18 @@ async function eventsOf(api: ApiClient, callId: number) {
   const r = await api.get(`/v1/events?call_id=${callId}&limit=100`);
   assert.equal(r.status, 200);
   return (r.body.data as Array<{ id: string; event_type: string; payload: unknown }>).reverse();
+}
+
+/**
+ * Inserts an event in a transaction left open on `client`: it takes the next seq but stays
+ * invisible until COMMIT, like a slow transition.
+ */
+async function beginHeldEvent(client: pg.Client, accountId: number, id: string, body: string): Promise<void> {
+  await client.query("BEGIN");
+  await client.query(
+    "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
+    [id, accountId, body, Date.now()],
+  );
 }
 
 for (const backend of backends()) {
@@ -262,18 +274,8 @@ for (const backend of backends()) {
           const account = (await server.api.get("/v1/account")).body as { id: number };
           const heldId = `evt_${"h".repeat(26)}`;
           const body = '{"event_type":"call.started","held":true}';
-          // Takes the next seq but stays invisible until COMMIT, like a slow transition.
-          await held.query("BEGIN");
-          await held.query(
-            "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
-            [heldId, account.id, body, Date.now()],
-          );
-          const call = await server.api.post("/v1/calls", {
-            agent_id: agentId,
-            type: "outbound",
-            phone_number: "+15550002222",
-          });
-          assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
+          await beginHeldEvent(held, account.id, heldId, body);
+          await startedCall(server.api, agentId, "+15550002222", "outbound");
           await waitFor("the later event", () => s.events().length >= 1);
           assert.equal(s.events()[0]!.event, "call.started");
           assert.notEqual(s.events()[0]!.id, heldId);
@@ -296,33 +298,19 @@ for (const backend of backends()) {
         await admin.query(
           "SELECT setval(pg_get_serial_sequence('events', 'seq'), nextval(pg_get_serial_sequence('events', 'seq')) + 20000)",
         );
-        const first = await server.api.post("/v1/calls", {
-          agent_id: agentId,
-          type: "outbound",
-          phone_number: "+15550003333",
-        });
-        assert.equal((await server.api.post(`/v1/calls/${first.body.id}/start`, {})).status, 200);
+        const first = await startedCall(server.api, agentId, "+15550003333", "outbound");
         const replay = await openStream(server, `?after=${ORIGIN}`);
         let resumed: Awaited<ReturnType<typeof openStream>> | undefined;
         try {
-          const firstEvent = (await eventsOf(server.api, first.body.id))[0]!.id;
+          const firstEvent = (await eventsOf(server.api, first))[0]!.id;
           await waitFor("the replay to reach the new event", () =>
             replay.events().find((m) => m.id === firstEvent),
           );
           const heldId = `evt_${"k".repeat(26)}`;
           const body = '{"event_type":"call.started","held":"late"}';
-          await admin.query("BEGIN");
-          await admin.query(
-            "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
-            [heldId, account.id, body, Date.now()],
-          );
-          const later = await server.api.post("/v1/calls", {
-            agent_id: agentId,
-            type: "outbound",
-            phone_number: "+15550004444",
-          });
-          assert.equal((await server.api.post(`/v1/calls/${later.body.id}/start`, {})).status, 200);
-          const laterEvent = (await eventsOf(server.api, later.body.id))[0]!.id;
+          await beginHeldEvent(admin, account.id, heldId, body);
+          const later = await startedCall(server.api, agentId, "+15550004444", "outbound");
+          const laterEvent = (await eventsOf(server.api, later))[0]!.id;
           await waitFor("the later event", () => replay.events().find((m) => m.id === laterEvent));
           // A client that saw the later event and reconnects with it, before the held one commits.
           resumed = await openStream(server, "", { "last-event-id": laterEvent });
@@ -386,23 +374,14 @@ for (const backend of backends()) {
           const held = new pg.Client({ connectionString: db.databaseUrl });
           await held.connect();
           try {
-            await held.query("BEGIN");
-            await held.query(
-              "INSERT INTO events (id, account_id, call_id, event_type, payload, created_at) VALUES ($1, $2, 1, 'call.started', $3, $4)",
-              [heldId, account.id, body, Date.now()],
-            );
+            await beginHeldEvent(held, account.id, heldId, body);
             await admin.query("BEGIN");
             await admin.query(
               "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, 600)",
             );
             await admin.query("ROLLBACK");
-            const call = await server.api.post("/v1/calls", {
-              agent_id: agentId,
-              type: "outbound",
-              phone_number: "+15550005555",
-            });
-            assert.equal((await server.api.post(`/v1/calls/${call.body.id}/start`, {})).status, 200);
-            const laterEvent = (await eventsOf(server.api, call.body.id))[0]!.id;
+            const call = await startedCall(server.api, agentId, "+15550005555", "outbound");
+            const laterEvent = (await eventsOf(server.api, call))[0]!.id;
             await waitFor("the later event", () => tail.events().find((m) => m.id === laterEvent));
             await held.query("COMMIT");
           } finally {

@@ -42,6 +42,10 @@ function parseHeaders(text) {
   }
   return out;
 }
+
+/** A whole number written plainly: no sign, exponent, hex or leading zero. */
+const WHOLE = /^[1-9][0-9]*$/;
+
 function parseAgentIds(text) {
   const parts = text
     .split(/[\s,]+/)
@@ -54,9 +58,6 @@ function parseAgentIds(text) {
     return Number(p);
   });
 }
-
-/** A whole number written plainly: no sign, exponent, hex or leading zero. */
-const WHOLE = /^[1-9][0-9]*$/;
 
 /** The rate limit field: empty is none, else a whole number of attempts per second. */
 function parseRateLimit(text) {

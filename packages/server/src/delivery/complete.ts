@@ -1,5 +1,6 @@
 import { sql } from "kysely";
 import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
+import { LEASE_EXPIRED_LIKE } from "../storage/migrations.js";
 import { prepared, preparedResult, rowListArgs, rowListSlot } from "../storage/prepared.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
@@ -90,7 +91,7 @@ async function notYetRecorded(trx: Db, caps: DialectCaps, outcomes: Outcome[]): 
     .selectFrom("attempts")
     .select(["delivery_id", "number", "started_at"])
     .where("delivery_id", "in", ids)
-    .where((eb) => eb.or([eb("error", "is", null), eb("error", "not like", "lease_expired:%")]))
+    .where((eb) => eb.or([eb("error", "is", null), eb("error", "not like", LEASE_EXPIRED_LIKE)]))
     .execute();
   const seen = new Set(logged.map((a) => `${a.delivery_id} ${Number(a.number)} ${Number(a.started_at)}`));
   return outcomes.filter(

@@ -147,6 +147,10 @@ export type FloorPlan =
   /** One of the floor's endpoints is served this time: from the front; the floor stays good. */
   | { kind: "front" };
 
+/** What the dispatcher's two loops are called in `/healthz`'s answer (health.ts). */
+const CLAIMS = "dispatcher";
+const RECORDING = "recording of outcomes";
+
 /**
  * Decides a claim's start (pure, for tests). Only failing endpoints count for the floor: healthy
  * ones near their cap come and go from one claim to the next, and looking the floor up again each
@@ -486,15 +490,15 @@ export class Dispatcher {
       // Every endpoint that may have due work sits out: wait for news.
       if (want <= 0) continue;
       let claimed: Claimed[];
-      const answered = this.ctx.health?.begin("dispatcher");
+      const answered = this.ctx.health?.begin(CLAIMS);
       try {
         claimed = await this.claim(want, saturated);
         answered?.();
-        this.ctx.health?.succeeded("dispatcher");
+        this.ctx.health?.succeeded(CLAIMS);
       } catch (err) {
         answered?.();
         claimErrors.inc();
-        this.ctx.health?.failed("dispatcher", err);
+        this.ctx.health?.failed(CLAIMS, err);
         logBackgroundFailure(this.ctx.log, {}, "claim failed", err);
         await this.sleep(Math.max(this.opts.pollMs, 500));
         this.dirty = true;
@@ -797,7 +801,7 @@ export class Dispatcher {
       const single = oneByOne > 0;
       const batch = this.buffer.splice(0, single ? 1 : 500);
       if (single) oneByOne--;
-      const answered = this.ctx.health?.begin("recording of outcomes");
+      const answered = this.ctx.health?.begin(RECORDING);
       try {
         const { released, disabled, succeeded, failed } = await completeBatch(
           this.ctx.store,
@@ -811,7 +815,7 @@ export class Dispatcher {
           { mayBeRecorded: batch.some((o) => this.uncertain.has(o)) },
         );
         answered?.();
-        this.ctx.health?.succeeded("recording of outcomes");
+        this.ctx.health?.succeeded(RECORDING);
         if (succeeded > 0) deliveriesFinished.inc({ status: "succeeded", reason: "" }, succeeded);
         for (const [reason, n] of Object.entries(failed))
           deliveriesFinished.inc({ status: "failed", reason }, n);
@@ -841,7 +845,7 @@ export class Dispatcher {
           this.buffer.splice(oneByOne, 0, ...batch);
           continue;
         }
-        this.ctx.health?.failed("recording of outcomes", err);
+        this.ctx.health?.failed(RECORDING, err);
         logBackgroundFailure(this.ctx.log, { outcomes: batch.length }, "recording outcomes failed", err);
         // The connection may have broken after the commit went through: written again, they are
         // checked against the attempt log first.
@@ -859,7 +863,7 @@ export class Dispatcher {
     }
     // Nothing left to record (written, or given up as stale to the lease's expiry): no longer
     // failing, though no batch succeeded since.
-    this.ctx.health?.succeeded("recording of outcomes");
+    this.ctx.health?.succeeded(RECORDING);
     this.flushing = undefined;
   }
 

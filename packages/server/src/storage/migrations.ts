@@ -19,8 +19,10 @@ export interface MigrationDialect {
  * old lease was taken (`leased_at`, set by claims only) and is given the lease's length as its
  * duration. Whether its request was sent is not known: the process that knew is gone.
  */
-const LEASE_EXPIRED_ERROR =
-  "lease_expired: its process stopped or stalled before recording an outcome; the request may have reached the endpoint, or may not have been sent";
+export const LEASE_EXPIRED = "lease_expired";
+/** How the attempt log's `error` of such a row starts (`code: message`): `LIKE` it. */
+export const LEASE_EXPIRED_LIKE = `${LEASE_EXPIRED}:%`;
+const LEASE_EXPIRED_ERROR = `${LEASE_EXPIRED}: its process stopped or stalled before recording an outcome; the request may have reached the endpoint, or may not have been sent`;
 const leaseExpiredRow = (o: string, n: string, greatest: string) =>
   `${n}.id, ${n}.attempt_count, COALESCE(${o}.leased_at, ${o}.updated_at),
     COALESCE((SELECT url FROM endpoints WHERE id = ${n}.endpoint_id), ''),

@@ -1,5 +1,6 @@
 import { sql } from "kysely";
 import { ApiError, badRequest, notFound } from "../../errors.js";
+import { LEASE_EXPIRED_LIKE } from "../../storage/migrations.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis, parseIso } from "../../util/time.js";
 import { parseDuration } from "../../util/units.js";
@@ -52,7 +53,7 @@ async function aggregate(db: Db, q: DeliveryStatsQuery, bucketKey: ReturnType<ty
     WITH a AS (
       SELECT ${bucketKey} AS b,
              -- A lease_expired attempt's duration is its lease's length, not a response time.
-             CASE WHEN t.error LIKE 'lease_expired:%' THEN NULL ELSE t.duration_ms END AS dur,
+             CASE WHEN t.error LIKE ${LEASE_EXPIRED_LIKE} THEN NULL ELSE t.duration_ms END AS dur,
              CASE WHEN t.error IS NULL AND t.status_code >= 200 AND t.status_code < 300 THEN 1 ELSE 0 END AS ok
       FROM attempts t
       JOIN deliveries d ON d.id = t.delivery_id

@@ -47,6 +47,19 @@ function boundQueries(
 }
 
 /**
+ * Runs a multi-statement script on `client`. One that fails after its own BEGIN leaves the session
+ * in an aborted transaction, which is rolled back before the connection is used again.
+ */
+async function runScript(client: pg.PoolClient, script: string): Promise<void> {
+  try {
+    await client.query(script);
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  }
+}
+
+/**
  * PostgreSQL store: a connection pool for queries, plus one dedicated connection that LISTENs for
  * wake-ups. NOTIFY is only a hint; dispatchers poll as well, so a lost notification (say, while
  * the listener reconnects after a database restart) delays work by one poll, never loses it.
@@ -119,14 +132,10 @@ export function openPostgres(
     db,
     caps,
     async execScript(script) {
-      // A dedicated connection: a script that fails after its own BEGIN leaves the session in an
-      // aborted transaction, which must be rolled back before the connection is reused.
+      // A dedicated connection, for runScript's rollback.
       const client = await pool.connect();
       try {
-        await client.query(script);
-      } catch (err) {
-        await client.query("ROLLBACK").catch(() => {});
-        throw err;
+        await runScript(client, script);
       } finally {
         client.release();
       }
@@ -137,14 +146,7 @@ export function openPostgres(
         const client = await pool.connect();
         try {
           await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK]);
-          return await fn(async (script) => {
-            try {
-              await client.query(script);
-            } catch (err) {
-              await client.query("ROLLBACK").catch(() => {});
-              throw err;
-            }
-          });
+          return await fn((script) => runScript(client, script));
         } finally {
           await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK]).catch(() => {});
           client.release();

@@ -144,17 +144,15 @@ export function openSqlite(
   const db = new Kysely<Database>({
     dialect: new SqliteDialect({ database: cachingStatements(raw, guard) }),
   });
+  const execScript = async (script: string) => {
+    raw.exec(script);
+  };
   return {
     db,
     caps,
-    async execScript(script) {
-      raw.exec(script);
-    },
-    async withMigrationLock(fn) {
-      return fn(async (script) => {
-        raw.exec(script);
-      });
-    },
+    execScript,
+    // One process writes at a time: the lock is the file's own.
+    withMigrationLock: (fn) => fn(execScript),
     async startLock() {},
     async notifyWork() {},
     onWork() {},
