@@ -30,6 +30,8 @@ export interface Config {
   rateLimit: number;
   /** Webhooks are sent from a thread of their own (send-thread.ts) rather than the event loop. */
   senderThread: boolean;
+  /** Deliveries a recover re-opens in its own request, and about how many per background batch. */
+  recoverBatch: number;
   /** How long a test call waits for its generated summary before it sends the recording anyway. */
   testCallSummaryWaitMs: number;
   summary: { url: string; model: string; apiKey: string } | undefined;
@@ -94,6 +96,11 @@ const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"
 function logLevel(v: string): string {
   if (!LOG_LEVELS.includes(v)) throw new Error(`not a log level: "${v}" (one of ${LOG_LEVELS.join(", ")})`);
   return v;
+}
+
+function wholeNumber(v: string): number {
+  if (!/^\d+$/.test(v)) throw new Error(`not a whole number: "${v}"`);
+  return Number(v);
 }
 
 function nonNegativeInt(v: string): number {
@@ -283,6 +290,7 @@ export function loadConfig(env: Env = process.env): Config {
     testCallSummaryWaitMs: read(env, "KLEN_TEST_CALL_SUMMARY_WAIT", "8s", positive(parseDuration)),
     rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
     senderThread: read(env, "KLEN_SENDER_THREAD", availableParallelism() > 1 ? "1" : "0", bool),
+    recoverBatch: read(env, "KLEN_RECOVER_BATCH", "2000", positive(wholeNumber)),
     summary: summaryUrl ? { url: summaryUrl, model: summaryModel!, apiKey: summaryKey ?? "" } : undefined,
     benchDatabaseUrl: env.KLEN_BENCH_DATABASE_URL || undefined,
   };

@@ -1,10 +1,11 @@
 import type { FastifyInstance } from "fastify";
-import { createFirstAccount, ensureAccountForKey } from "./accounts/accounts.js";
+import { createFirstAccount, ensureAccountForKey, undoFirstAccount } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey, signingKeySealed } from "./blobs/key.js";
 import { type Config, ConfigError, cannotOpenDatabase } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
+import { recoverJobs } from "./delivery/recover.js";
 import { Health } from "./health.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
@@ -192,8 +193,10 @@ export async function startServer(
       address = await listenOn(app, config.host, config.workerPort, "KLEN_WORKER_PORT");
     }
   } catch (err) {
-    // Its port taken, this process never ran: the next start is not compared with it.
+    // Its port taken, this process never ran: the next start is not compared with it, and the
+    // account it made, whose key it never printed, is undone so that the next start prints one.
     await removeSharedConfigRecord().catch(() => {});
+    if (generatedKey) await undoFirstAccount(store, generatedKey).catch(() => {});
     await store.close().catch(() => {});
     throw err;
   }
@@ -203,6 +206,8 @@ export async function startServer(
   const summaries = role === "api" ? undefined : new SummaryWorker(ctx);
   const retention = role === "api" ? undefined : retentionJob(ctx);
   const testCalls = role === "api" ? undefined : testCallResumer(ctx);
+  // Recovers too large for their request, a batch of calls at a time.
+  const recovers = role === "api" ? undefined : recoverJobs(ctx);
   // Values stored in clear before KLEN_ENCRYPTION_KEY was set are sealed, a page at a time.
   const reseal = role === "api" ? undefined : resealJob(ctx);
   // A process without KLEN_ENCRYPTION_KEY beside one that has it can read neither the secrets nor
@@ -212,6 +217,7 @@ export async function startServer(
   summaries?.start();
   retention?.start();
   testCalls?.start();
+  recovers?.start();
   reseal?.start();
   keyWatch?.start();
 
@@ -237,6 +243,7 @@ export async function startServer(
       await reseal?.stop();
       await keyWatch?.stop();
       await testCalls?.stop();
+      await recovers?.stop();
       await handOverTestCalls(ctx);
       await removeSharedConfigRecord().catch((err: unknown) =>
         log.warn({ err }, "could not remove this process's shared-settings record"),

@@ -385,8 +385,13 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       assert.equal(existsSync(`${dir.path}/klen.db-wal`), false);
       const db = new Database(`${dir.path}/klen.db`, { readonly: true });
       const record = db.prepare("SELECT value FROM settings WHERE name = 'shared_config'").get();
+      // Nor an account whose key it never printed: the next start makes one and prints its key.
+      const accounts = db
+        .prepare("SELECT (SELECT count(*) FROM accounts) AS a, (SELECT count(*) FROM api_keys) AS k")
+        .get();
       db.close();
       assert.equal(record, undefined);
+      assert.deepEqual(accounts, { a: 0, k: 0 });
     } finally {
       taken.close();
       dir.remove();

@@ -131,6 +131,34 @@ export async function createFirstAccount(store: Store): Promise<string | undefin
 }
 
 /**
+ * Undoes `createFirstAccount` of a start that then could not listen (its port taken): its key was
+ * never printed, so the account would answer to no key anyone has, and the next start, finding an
+ * account, would print none either. Only while the account is still untouched: one key, nothing
+ * else made in it.
+ */
+export async function undoFirstAccount(store: Store, key: string): Promise<void> {
+  await atStart(store, async (trx) => {
+    const account = await accountByKey(trx, key);
+    if (!account) return;
+    const id = account.id;
+    const used = await Promise.all(
+      (["agents", "contacts", "calls", "endpoints"] as const).map((t) =>
+        trx.selectFrom(t).select("account_id").where("account_id", "=", id).limit(1).executeTakeFirst(),
+      ),
+    );
+    const keys = await trx.selectFrom("api_keys").select("id").where("account_id", "=", id).execute();
+    if (used.some((r) => r !== undefined) || keys.length !== 1) return;
+    await trx.deleteFrom("api_keys").where("account_id", "=", id).execute();
+    await trx
+      .deleteFrom("settings")
+      .where("name", "=", DEFAULT_ACCOUNT)
+      .where("value", "=", String(id))
+      .execute();
+    await trx.deleteFrom("accounts").where("id", "=", id).execute();
+  });
+}
+
+/**
  * A start-up transaction that processes starting together take in turns: under the migration lock
  * (PostgreSQL; a transaction-level lock, which cannot outlive its transaction's session as a
  * session lock held on another connection could), and run again when another process's commit

@@ -236,7 +236,11 @@ export const RESPONSE_SCHEMAS = {
   endpoint_with_secret: object({ ...endpoint.properties, secret }, "a new endpoint, with its secret"),
   endpoint_deleted: deleted(endpoint, "the deleted endpoint"),
   endpoint_secret: endpointSecret,
-  recovery: object({ queued: { type: "integer", minimum: 0 } }, "how many failed deliveries were re-queued"),
+  recovery: object(
+    { queued: { type: "integer", minimum: 0 }, job_id: prefixedId("rcv") },
+    "how many failed deliveries were re-queued; with `job_id`, how many were found failed, re-queued in the background a batch of calls at a time (more than KLEN_RECOVER_BATCH)",
+    ["job_id"],
+  ),
   attempt,
   delivery,
   delivery_page: page("delivery"),

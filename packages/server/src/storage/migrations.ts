@@ -376,4 +376,30 @@ FOR EACH ROW WHEN (OLD.leased_until IS NOT NULL) EXECUTE FUNCTION klen_log_lease
 `;
     },
   },
+  {
+    id: 15,
+    name: "recover_jobs",
+    sql: (d) => `
+-- A recover too large for one transaction (delivery/recover.ts): written in the request's
+-- transaction with its Idempotency-Key, then worked through by worker processes a batch of calls
+-- at a time, each batch in its own transaction that also moves \`after_call_id\`. Whoever works on it
+-- holds a lease (\`leased_until\`, fenced by \`claim_token\`): a process that dies mid-way leaves the
+-- lease to run out and another carries on from the last batch it committed.
+CREATE TABLE recover_jobs (
+  id TEXT PRIMARY KEY,
+  account_id INTEGER NOT NULL,
+  endpoint_id TEXT NOT NULL,
+  since ${d.bigint} NOT NULL,
+  until ${d.bigint} NOT NULL,
+  after_call_id ${d.bigint} NOT NULL,
+  queued INTEGER NOT NULL DEFAULT 0,
+  leased_until ${d.bigint},
+  claim_token ${d.bigint} NOT NULL DEFAULT 0,
+  created_at ${d.bigint} NOT NULL
+);
+-- What a recover looks for: an endpoint's failed deliveries, a call at a time. Deliveries are
+-- failed only at the end of their schedule, so the index is small and rarely written.
+CREATE INDEX deliveries_failed ON deliveries (endpoint_id, call_id) WHERE status = 'failed';
+`,
+  },
 ];

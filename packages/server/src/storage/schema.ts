@@ -156,6 +156,21 @@ export interface Database {
     leased_until: number;
     created_at: number;
   };
+  recover_jobs: {
+    id: string;
+    account_id: number;
+    endpoint_id: string;
+    /** The recover's range of deliveries' `created_at`. */
+    since: number;
+    until: number;
+    /** The batches done so far re-opened the failed deliveries of every call up to this id. */
+    after_call_id: number;
+    /** Deliveries re-opened so far. */
+    queued: number;
+    leased_until: number | null;
+    claim_token: number;
+    created_at: number;
+  };
   summary_jobs: {
     call_id: number;
     account_id: number;

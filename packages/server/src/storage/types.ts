@@ -11,3 +11,5 @@ export type Db = Kysely<Database> | Transaction<Database>;
  * the literal; the per-call busy check 25.7 µs against 9.6 µs, growing with the table).
  */
 export const PENDING = sql.lit("pending");
+/** `'failed'` as a literal, for the partial index of failed deliveries that a recover reads. */
+export const FAILED = sql.lit("failed");

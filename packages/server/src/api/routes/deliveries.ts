@@ -222,9 +222,9 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         if (d.status !== "pending") {
           await lockCallsOfEndpoint(trx, ctx.store.caps, {
             endpointId: d.endpoint_id,
-            callId: Number(d.call_id),
+            callIds: [Number(d.call_id)],
           });
-          await reorderChains(trx, { endpointId: d.endpoint_id, callId: Number(d.call_id) }, now);
+          await reorderChains(trx, { endpointId: d.endpoint_id, callIds: [Number(d.call_id)] }, now);
         }
         const after = await findDelivery(trx, req.account.id, d.id);
         return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after])) };

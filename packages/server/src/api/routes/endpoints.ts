@@ -1,6 +1,6 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
-import { lockCallsOfEndpoint, reorderChains } from "../../delivery/chains.js";
+import { countRecoverable, queueRecoverJob, recoverAll } from "../../delivery/recover.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
 import { previousSecretsExpireAt, rotatedOut } from "../../endpoints/secrets.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
@@ -317,19 +317,16 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
               : new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
           }
           const now = ctx.clock.now();
-          await lockCallsOfEndpoint(trx, ctx.store.caps, { endpointId: id, status: "failed" });
-          // Re-opened deliveries start parked; then the first of each call's chain is released,
-          // so a call's recovered events still go out one at a time, in order.
-          const res = await trx
-            .updateTable("deliveries")
-            .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
-            .where("endpoint_id", "=", id)
-            .where("status", "=", "failed")
-            .where("created_at", ">=", since)
-            .where("created_at", "<=", until)
-            .executeTakeFirst();
-          await reorderChains(trx, { endpointId: id }, now);
-          return { status: 202, body: { queued: Number(res.numUpdatedRows) } };
+          const scope = { endpointId: id, since, until };
+          // A recover of up to KLEN_RECOVER_BATCH deliveries is done here, in the request's
+          // transaction; a larger one is recorded with it and carried out by worker processes a
+          // batch of calls at a time (delivery/recover.ts), since one statement re-opening 200,000
+          // deliveries held SQLite, and so every request and attempt, for ~4 s.
+          const found = await countRecoverable(trx, scope);
+          if (found <= ctx.config.recoverBatch)
+            return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
+          const job = await queueRecoverJob(trx, { ...scope, accountId: req.account.id }, now);
+          return { status: 202, body: { queued: found, job_id: job } };
         },
         { work: true },
       ),

@@ -1,0 +1,244 @@
+import { sql } from "kysely";
+import { type AppContext, announceWork } from "../api/context.js";
+import { logBackgroundFailure } from "../log.js";
+import { retryConflicts } from "../storage/retry.js";
+import type { DialectCaps } from "../storage/store.js";
+import { type Db, FAILED } from "../storage/types.js";
+import { newId } from "../util/ids.js";
+import { Periodic, pauseBetweenBatches } from "../util/periodic.js";
+import { lockCallsOfEndpoint, reorderChains } from "./chains.js";
+
+/** What a recover re-opens: an endpoint's failed deliveries made in `[since, until]`. */
+export interface RecoverScope {
+  endpointId: string;
+  since: number;
+  until: number;
+}
+
+/** How long a worker holds a recover job between batches before another may carry it on. */
+export const RECOVER_LEASE_MS = 60_000;
+
+/** How often worker processes look for recover jobs to work on. */
+const POLL_MS = 1_000;
+
+function failedInScope(db: Db, s: RecoverScope) {
+  return db
+    .selectFrom("deliveries")
+    .where("endpoint_id", "=", s.endpointId)
+    .where("status", "=", FAILED) // the literal, which lets SQLite use the partial index
+    .where("created_at", ">=", s.since)
+    .where("created_at", "<=", s.until);
+}
+
+/** How many deliveries a recover of this scope would re-open now. */
+export async function countRecoverable(db: Db, s: RecoverScope): Promise<number> {
+  const r = await failedInScope(db, s)
+    .select((eb) => eb.fn.countAll().as("n"))
+    .executeTakeFirst();
+  return Number(r?.n ?? 0);
+}
+
+/**
+ * Re-opens the failed deliveries in scope of the calls after `afterCallId`, a whole call at a
+ * time, about `rows` deliveries: the calls of the next `rows` failed deliveries in call order.
+ * Re-opened deliveries start parked; then the first of each call's chain is released, so a call's
+ * recovered events still go out one at a time, in order. A call is never split between two
+ * batches, so no batch can release a later event of a call whose earlier one is still failed.
+ * Returns how many it re-opened and the last call it covered (undefined: nothing was left).
+ */
+export async function recoverBatch(
+  trx: Db,
+  caps: DialectCaps,
+  s: RecoverScope,
+  afterCallId: number,
+  rows: number,
+  now: number,
+): Promise<{ queued: number; lastCallId: number | undefined }> {
+  const found = await failedInScope(trx, s)
+    .select("call_id")
+    .where("call_id", ">", afterCallId)
+    .orderBy("call_id")
+    .limit(rows)
+    .execute();
+  if (found.length === 0) return { queued: 0, lastCallId: undefined };
+  const callIds = [...new Set(found.map((r) => Number(r.call_id)))];
+  await lockCallsOfEndpoint(trx, caps, { endpointId: s.endpointId, callIds });
+  const res = await trx
+    .updateTable("deliveries")
+    .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
+    .where("endpoint_id", "=", s.endpointId)
+    .where("status", "=", FAILED)
+    .where("call_id", "in", callIds)
+    .where("created_at", ">=", s.since)
+    .where("created_at", "<=", s.until)
+    .executeTakeFirst();
+  await reorderChains(trx, { endpointId: s.endpointId, callIds }, now);
+  return { queued: Number(res.numUpdatedRows), lastCallId: callIds[callIds.length - 1] };
+}
+
+/**
+ * Re-opens every failed delivery in scope in the caller's transaction (the request's): one
+ * statement, a few milliseconds for the usual recover of a few hundred.
+ */
+export async function recoverAll(trx: Db, caps: DialectCaps, s: RecoverScope, now: number): Promise<number> {
+  await lockCallsOfEndpoint(trx, caps, { endpointId: s.endpointId, status: "failed" });
+  const res = await trx
+    .updateTable("deliveries")
+    .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
+    .where("endpoint_id", "=", s.endpointId)
+    .where("status", "=", FAILED)
+    .where("created_at", ">=", s.since)
+    .where("created_at", "<=", s.until)
+    .executeTakeFirst();
+  await reorderChains(trx, { endpointId: s.endpointId }, now);
+  return Number(res.numUpdatedRows);
+}
+
+/**
+ * Records a recover for worker processes to carry out in batches (migration 15), in the caller's
+ * transaction, so that it exists exactly when the request's Idempotency-Key does.
+ */
+export async function queueRecoverJob(
+  trx: Db,
+  job: RecoverScope & { accountId: number },
+  now: number,
+): Promise<string> {
+  const id = newId("rcv", now);
+  await trx
+    .insertInto("recover_jobs")
+    .values({
+      id,
+      account_id: job.accountId,
+      endpoint_id: job.endpointId,
+      since: job.since,
+      until: job.until,
+      after_call_id: -1,
+      queued: 0,
+      leased_until: null,
+      claim_token: 0,
+      created_at: now,
+    })
+    .execute();
+  return id;
+}
+
+type JobRow = { id: string; account_id: number; endpoint_id: string; claim_token: number };
+
+/** Takes the oldest recover job nobody holds (or whose holder's lease ran out), compare-and-set. */
+async function takeJob(ctx: AppContext): Promise<JobRow | undefined> {
+  const now = ctx.clock.now();
+  const free = await ctx.store.db
+    .selectFrom("recover_jobs")
+    .select(["id", "claim_token"])
+    .where((eb) => eb.or([eb("leased_until", "is", null), eb("leased_until", "<=", now)]))
+    .orderBy("created_at")
+    .limit(1)
+    .executeTakeFirst();
+  if (!free) return undefined;
+  return ctx.store.db
+    .updateTable("recover_jobs")
+    .set({ leased_until: now + RECOVER_LEASE_MS, claim_token: sql`claim_token + 1` })
+    .where("id", "=", free.id)
+    .where("claim_token", "=", free.claim_token)
+    .returning(["id", "account_id", "endpoint_id", "claim_token"])
+    .executeTakeFirst();
+}
+
+type Step = { kind: "more"; queued: number } | { kind: "done"; queued: number } | { kind: "lost" };
+
+/**
+ * One batch of a job, in one transaction: renews the lease (fenced by the token: a job taken over
+ * by another worker is left to it), ends the job when its endpoint was deleted or disabled
+ * (retry and recover refuse those too) or nothing is left, else re-opens the next calls and
+ * moves the job past them.
+ */
+async function step(ctx: AppContext, job: JobRow): Promise<Step> {
+  const now = ctx.clock.now();
+  return retryConflicts(() =>
+    ctx.store.db.transaction().execute(async (trx): Promise<Step> => {
+      const held = await trx
+        .updateTable("recover_jobs")
+        .set({ leased_until: now + RECOVER_LEASE_MS })
+        .where("id", "=", job.id)
+        .where("claim_token", "=", job.claim_token)
+        .returningAll()
+        .executeTakeFirst();
+      if (!held) return { kind: "lost" };
+      const endpoint = await trx
+        .selectFrom("endpoints")
+        .select(["disabled", "deleted_at"])
+        .where("id", "=", held.endpoint_id)
+        .where("account_id", "=", held.account_id)
+        .executeTakeFirst();
+      const scope = { endpointId: held.endpoint_id, since: Number(held.since), until: Number(held.until) };
+      const batch =
+        !endpoint || endpoint.deleted_at !== null || Number(endpoint.disabled) === 1
+          ? { queued: 0, lastCallId: undefined }
+          : await recoverBatch(
+              trx,
+              ctx.store.caps,
+              scope,
+              Number(held.after_call_id),
+              ctx.config.recoverBatch,
+              now,
+            );
+      const queued = Number(held.queued) + batch.queued;
+      if (batch.lastCallId === undefined) {
+        await trx.deleteFrom("recover_jobs").where("id", "=", job.id).execute();
+        const log = ctx.log.child({ component: "recover", job: job.id, endpoint_id: held.endpoint_id });
+        if (endpoint && endpoint.deleted_at === null && Number(endpoint.disabled) === 0)
+          log.info({ queued }, "recover done");
+        else log.warn({ queued }, "recover stopped: its endpoint was disabled or deleted");
+        return { kind: "done", queued: batch.queued };
+      }
+      await trx
+        .updateTable("recover_jobs")
+        .set({ after_call_id: batch.lastCallId, queued })
+        .where("id", "=", job.id)
+        .execute();
+      return { kind: "more", queued: batch.queued };
+    }),
+  );
+}
+
+/**
+ * Works through the recover jobs nobody else holds, a batch at a time with a pause between
+ * batches (SQLite runs every statement on the event loop: 200,000 deliveries in one statement
+ * held everything else for ~4 s). Stopping mid-job hands the job back at once.
+ */
+export async function runRecoverJobs(ctx: AppContext, stopped: () => boolean = () => false): Promise<number> {
+  let batches = 0;
+  for (;;) {
+    if (stopped()) return batches;
+    const job = await takeJob(ctx);
+    if (!job) return batches;
+    for (;;) {
+      if (stopped()) {
+        await ctx.store.db
+          .updateTable("recover_jobs")
+          .set({ leased_until: null })
+          .where("id", "=", job.id)
+          .where("claim_token", "=", job.claim_token)
+          .execute();
+        return batches;
+      }
+      const s = await step(ctx, job);
+      if (s.kind === "lost") break;
+      batches++;
+      if (s.queued > 0) await announceWork(ctx);
+      if (s.kind === "done") break;
+      await pauseBetweenBatches();
+    }
+  }
+}
+
+/** Worker processes (roles `all` and `worker`) look for recover jobs every second. */
+export function recoverJobs(ctx: AppContext): Periodic {
+  return new Periodic(
+    (stopped) =>
+      runRecoverJobs(ctx, stopped).catch((err: unknown) =>
+        logBackgroundFailure(ctx.log, { component: "recover" }, "working on a recover failed", err),
+      ),
+    () => POLL_MS,
+  );
+}

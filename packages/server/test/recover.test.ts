@@ -1,0 +1,238 @@
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { sql } from "kysely";
+import type { AppContext } from "../src/api/context.js";
+import { loadConfig } from "../src/config.js";
+import { RECOVER_LEASE_MS, runRecoverJobs } from "../src/delivery/recover.js";
+import { createLogger } from "../src/log.js";
+import { type Running, startServer } from "../src/server.js";
+import { type ApiClient, apiClient, setupAccount } from "./helpers/api.js";
+import { backends } from "./helpers/backends.js";
+import { stopPostgres } from "./helpers/postgres.js";
+import { startReceiver } from "./helpers/receiver.js";
+import { spawnServer } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
+
+// A recover larger than KLEN_RECOVER_BATCH is recorded with its request and carried out by worker
+// processes a batch of calls at a time (delivery/recover.ts): each batch re-opens whole calls, so
+// a call's events still go out in order, and a worker that dies mid-way leaves the rest to the next.
+
+after(() => stopPostgres());
+
+const STEPS = ["start", "end", "transcript"] as const;
+
+/** Makes `calls` calls of three events each, for an endpoint. */
+async function makeCalls(api: ApiClient, agentId: number, calls: number): Promise<number[]> {
+  const ids: number[] = [];
+  for (let i = 0; i < calls; i++) {
+    const c = await api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15550100009",
+    });
+    assert.equal(c.status, 201);
+    for (const step of STEPS) {
+      const body = step === "transcript" ? { transcript: "Agent: Hello." } : {};
+      assert.equal((await api.post(`/v1/calls/${c.body.id}/${step}`, body)).status, 200);
+    }
+    ids.push(c.body.id);
+  }
+  return ids;
+}
+
+for (const backend of backends()) {
+  describe(`recover in batches: ${backend.name}`, () => {
+    test("a worker that dies mid-way leaves the rest to the next once its lease runs out; each batch re-opens whole calls, first event due, the rest parked", async (t) => {
+      const db = await backend.fresh();
+      // The API role: no dispatcher and no recover worker of its own, so this test runs the
+      // recover's batches itself, with its own clock.
+      const running: Running = await startServer(
+        loadConfig({
+          PORT: "0",
+          KLEN_DATA_DIR: db.dataDir,
+          KLEN_DATABASE_URL: db.databaseUrl,
+          KLEN_API_KEY: "klen_test_key_recover",
+          KLEN_DEV: "1",
+          KLEN_RECOVER_BATCH: "4",
+        }),
+        createLogger({ level: "silent" }),
+        { role: "api" },
+      );
+      t.after(async () => {
+        await running.stop(1000);
+        await db.cleanup();
+      });
+      const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_recover");
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
+      const callIds = await makeCalls(api, agentId, 5);
+      const store = running.ctx.store;
+      // Every delivery gave up (what a schedule run out leaves).
+      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8`.execute(
+        store.db,
+      );
+      const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+        since: new Date(Date.now() - 60_000).toISOString(),
+      });
+      assert.equal(rec.status, 202);
+      assert.equal(rec.body.queued, 15, "counted when asked");
+      assert.match(rec.body.job_id, /^rcv_[0-9a-z]{26}$/);
+
+      const rows = () =>
+        store.db
+          .selectFrom("deliveries")
+          .select(["call_id", "event_seq", "status", "next_attempt_at", "one_attempt"])
+          .orderBy("call_id")
+          .orderBy("event_seq")
+          .execute();
+      const pendingCalls = async () => {
+        const byCall = new Map<number, string[]>();
+        for (const r of await rows())
+          byCall.set(Number(r.call_id), [...(byCall.get(Number(r.call_id)) ?? []), r.status]);
+        for (const [call, statuses] of byCall)
+          assert.equal(new Set(statuses).size, 1, `call ${call} re-opened whole or not at all: ${statuses}`);
+        return callIds.filter((id) => byCall.get(id)?.[0] === "pending");
+      };
+      assert.deepEqual(await pendingCalls(), [], "nothing re-opened in the request");
+
+      const now = Date.now();
+      const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
+      // A worker that dies after its first batch: it never hands the job back.
+      let asked = 0;
+      await assert.rejects(
+        runRecoverJobs(at(now), () => {
+          if (++asked === 3) throw new Error("killed");
+          return false;
+        }),
+        /killed/,
+      );
+      const afterFirst = await pendingCalls();
+      assert.ok(
+        afterFirst.length > 0 && afterFirst.length < callIds.length,
+        `one batch re-opened some calls: ${afterFirst}`,
+      );
+      assert.deepEqual(afterFirst, callIds.slice(0, afterFirst.length), "in call order");
+
+      assert.equal(await runRecoverJobs(at(now + 1_000)), 0, "the lease is still held: nothing to do");
+      assert.deepEqual(await pendingCalls(), afterFirst);
+
+      assert.ok((await runRecoverJobs(at(now + RECOVER_LEASE_MS + 1))) > 0, "taken over after the lease");
+      assert.deepEqual(await pendingCalls(), callIds, "every call re-opened");
+      const all = await rows();
+      for (const id of callIds) {
+        const chain = all.filter((r) => Number(r.call_id) === id);
+        assert.deepEqual(
+          chain.map((r) => r.next_attempt_at !== null),
+          [true, false, false],
+          `call ${id}: the first event due, the later ones parked behind it`,
+        );
+        assert.ok(chain.every((r) => Number(r.one_attempt) === 1));
+      }
+      const jobs = await store.db.selectFrom("recover_jobs").selectAll().execute();
+      assert.deepEqual(jobs, [], "the job is gone once done");
+    });
+
+    test("a job whose endpoint is disabled mid-way stops and leaves the rest failed", async (t) => {
+      const db = await backend.fresh();
+      const running: Running = await startServer(
+        loadConfig({
+          PORT: "0",
+          KLEN_DATA_DIR: db.dataDir,
+          KLEN_DATABASE_URL: db.databaseUrl,
+          KLEN_API_KEY: "klen_test_key_recover",
+          KLEN_DEV: "1",
+          KLEN_RECOVER_BATCH: "3",
+        }),
+        createLogger({ level: "silent" }),
+        { role: "api" },
+      );
+      t.after(async () => {
+        await running.stop(1000);
+        await db.cleanup();
+      });
+      const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_recover");
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
+      await makeCalls(api, agentId, 3);
+      const store = running.ctx.store;
+      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL`.execute(store.db);
+      const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+        since: new Date(Date.now() - 60_000).toISOString(),
+      });
+      assert.ok(rec.body.job_id, "in the background");
+      const now = Date.now();
+      const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
+      let asked = 0;
+      await assert.rejects(
+        runRecoverJobs(at(now), () => {
+          if (++asked === 3) throw new Error("killed");
+          return false;
+        }),
+      );
+      const count = async (status: string) =>
+        Number(
+          (
+            await store.db
+              .selectFrom("deliveries")
+              .select((eb) => eb.fn.countAll().as("n"))
+              .where("status", "=", status)
+              .executeTakeFirstOrThrow()
+          ).n,
+        );
+      assert.equal(await count("pending"), 3, "the first batch: one whole call");
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
+      await runRecoverJobs(at(now + RECOVER_LEASE_MS + 1));
+      assert.equal(await count("failed"), 6, "the other calls stay failed");
+      assert.deepEqual(await store.db.selectFrom("recover_jobs").selectAll().execute(), [], "the job ended");
+    });
+
+    test("a large recover through a running server: every recovered event arrives once, each call in order; its repeat is replayed", async (t) => {
+      const db = await backend.fresh();
+      let healthy = false;
+      const rx = await startReceiver({ respond: () => (healthy ? 200 : 500) });
+      const server = await spawnServer({
+        dataDir: db.dataDir,
+        env: { KLEN_DATABASE_URL: db.databaseUrl, KLEN_RETRY_SCHEDULE: "20ms", KLEN_RECOVER_BATCH: "4" },
+      });
+      t.after(async () => {
+        await server.kill();
+        await rx.close();
+        await db.cleanup();
+      });
+      const { agentId, endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+      const callIds = await makeCalls(server.api, agentId, 4);
+      await waitFor("every delivery failed", async () => {
+        const list = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed`);
+        return list.body.data.length === 12;
+      });
+      const failedIds = new Set(rx.requests.map((r) => r.id));
+      assert.equal(failedIds.size, 12);
+      healthy = true;
+      const sentBefore = rx.requests.length;
+      const body = { since: new Date(Date.now() - 120_000).toISOString() };
+      const key = { "idempotency-key": "recover-large-1" };
+      const rec = await server.api.post(`/v1/endpoints/${endpoint.id}/recover`, body, key);
+      assert.equal(rec.status, 202);
+      assert.equal(rec.body.queued, 12);
+      assert.ok(rec.body.job_id);
+      const again = await server.api.post(`/v1/endpoints/${endpoint.id}/recover`, body, key);
+      assert.equal(again.headers.get("idempotent-replayed"), "true");
+      assert.deepEqual(again.body, rec.body);
+
+      await waitFor("every recovered delivery succeeded", async () => {
+        const list = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=succeeded`);
+        return list.body.data.length === 12;
+      });
+      const resent = rx.requests.slice(sentBefore);
+      assert.deepEqual(
+        resent.map((r) => r.id).sort(),
+        [...failedIds].sort(),
+        "each failed event once more, nothing else",
+      );
+      for (const id of callIds)
+        assert.deepEqual(
+          resent.filter((r) => r.json.call.id === id).map((r) => r.json.event_type),
+          ["call.started", "call.ended", "call.transcript"],
+          `call ${id} in order`,
+        );
+    });
+  });
+}
