@@ -30,7 +30,41 @@ const leaseExpiredRow = (o: string, n: string, greatest: string) =>
     ${greatest}(0, ${o}.leased_until - COALESCE(${o}.leased_at, ${o}.updated_at)),
     '${LEASE_EXPIRED_ERROR}'`;
 
-export const migrations: Array<{ id: number; name: string; sql: (d: MigrationDialect) => string }> = [
+/** Migration 14's trigger (and function, on PostgreSQL), as 14 made it and 16 makes it again. */
+function leaseExpiredTrigger(d: MigrationDialect): string {
+  const insert = `INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
+                        response_body, duration_ms, error)`;
+  if (d.name === "sqlite")
+    return `
+CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
+FOR EACH ROW WHEN OLD.leased_until IS NOT NULL
+BEGIN
+  ${insert}
+  VALUES (${leaseExpiredRow("OLD", "NEW", "MAX")});
+END;
+`;
+  return `
+CREATE FUNCTION klen_log_lease_expired() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  ${insert}
+  VALUES (${leaseExpiredRow("OLD", "NEW", "GREATEST")});
+  RETURN NULL;
+END $$;
+CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
+FOR EACH ROW WHEN (OLD.leased_until IS NOT NULL) EXECUTE FUNCTION klen_log_lease_expired();
+`;
+}
+
+export interface Migration {
+  id: number;
+  name: string;
+  /** The columns of `reads`' tables as the database has them now (for a repair: see 16). */
+  sql: (d: MigrationDialect, columns: ReadonlyMap<string, ReadonlySet<string>>) => string;
+  /** Tables whose columns `sql` is given. */
+  reads?: readonly string[];
+}
+
+export const migrations: Migration[] = [
   {
     id: 1,
     name: "initial",
@@ -345,36 +379,13 @@ WHERE a.id = (SELECT MIN(id) FROM accounts)
   {
     id: 14,
     name: "lease_expired_attempts",
-    sql: (d) => {
-      const insert = `INSERT INTO attempts (delivery_id, number, started_at, url, request_headers, status_code,
-                        response_body, duration_ms, error)`;
-      const comment = `
+    sql: (d) => `
 -- Every attempt is logged, including one whose process was killed (or stalled past its lease)
 -- before recording the outcome: the claim that takes such a delivery over (its old lease is still
 -- set: a finished or handed-back attempt clears it) counts that attempt and, in the same statement
 -- through this trigger, logs it as \`lease_expired\`. Only claims bump claim_token, and only
 -- claims set leased_at (when the lease was taken: other writes move updated_at).
-ALTER TABLE deliveries ADD COLUMN leased_at ${d.bigint};`;
-      if (d.name === "sqlite")
-        return `${comment}
-CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
-FOR EACH ROW WHEN OLD.leased_until IS NOT NULL
-BEGIN
-  ${insert}
-  VALUES (${leaseExpiredRow("OLD", "NEW", "MAX")});
-END;
-`;
-      return `${comment}
-CREATE FUNCTION klen_log_lease_expired() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  ${insert}
-  VALUES (${leaseExpiredRow("OLD", "NEW", "GREATEST")});
-  RETURN NULL;
-END $$;
-CREATE TRIGGER deliveries_lease_expired AFTER UPDATE OF claim_token ON deliveries
-FOR EACH ROW WHEN (OLD.leased_until IS NOT NULL) EXECUTE FUNCTION klen_log_lease_expired();
-`;
-    },
+ALTER TABLE deliveries ADD COLUMN leased_at ${d.bigint};${leaseExpiredTrigger(d)}`,
   },
   {
     id: 15,
@@ -401,5 +412,22 @@ CREATE TABLE recover_jobs (
 -- failed only at the end of their schedule, so the index is small and rarely written.
 CREATE INDEX deliveries_failed ON deliveries (endpoint_id, call_id) WHERE status = 'failed';
 `,
+  },
+  {
+    id: 16,
+    name: "lease_expired_repair",
+    reads: ["deliveries"],
+    sql: (d, columns) => `
+-- Migration 14 was changed after a commit had carried it (leased_at and the trigger that reads it
+-- were added to it), so a database migrated by that commit has 14 without them, and every claim,
+-- which writes leased_at, failed. This adds what is missing and makes the trigger again, the same
+-- as 14's; on a database 14 made whole it changes nothing.
+${
+  d.name === "postgres"
+    ? `ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS leased_at ${d.bigint};
+DROP TRIGGER IF EXISTS deliveries_lease_expired ON deliveries;
+DROP FUNCTION IF EXISTS klen_log_lease_expired();`
+    : `${columns.get("deliveries")?.has("leased_at") ? "" : `ALTER TABLE deliveries ADD COLUMN leased_at ${d.bigint};\n`}DROP TRIGGER IF EXISTS deliveries_lease_expired;`
+}${leaseExpiredTrigger(d)}`,
   },
 ];
