@@ -1,3 +1,4 @@
+import type { IncomingMessage } from "node:http";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { mediaType, notAudio } from "../blobs/upload.js";
 import { ApiError, notFound } from "../errors.js";
@@ -165,6 +166,9 @@ export function installErrorHandler(
       .send(new ApiError(500, "internal_error", "internal error", { request_id: req.id }).toJSON());
   };
   app.setErrorHandler(async (err: FastifyError, req, reply) => {
+    // Fastify answers a body over the limit without reading it and closes the connection: a
+    // client still sending it (fetch, undici) then failed with EPIPE and never saw the 413.
+    if (err.code === "FST_ERR_CTP_BODY_TOO_LARGE") await discardBody(req.raw);
     if (err instanceof ApiError && err.status >= 500) {
       // A failure of the server's own (storage it cannot write): an operator needs to see it. A
       // request turned away while stopping is no failure: the stop is logged once already.
@@ -206,5 +210,39 @@ export function installErrorHandler(
           ).toJSON(),
         );
     return reply.status(404).send(new ApiError(404, "not_found", `no route ${req.method} ${path}`).toJSON());
+  });
+}
+
+/** What is read and dropped of a refused body, at most, before its answer goes out. */
+const DISCARD_BYTES = 64 * 1024 * 1024;
+const DISCARD_MS = 10_000;
+
+/**
+ * Reads and drops what is left of a request's body, up to `DISCARD_BYTES` or `DISCARD_MS`, so that
+ * the client has finished sending when the answer (and the close) comes. A larger body is cut off
+ * as before.
+ */
+function discardBody(raw: IncomingMessage): Promise<void> {
+  if (raw.readableEnded || raw.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    let seen = 0;
+    const done = () => {
+      clearTimeout(timer);
+      raw.off("data", onData);
+      raw.off("end", done);
+      raw.off("error", done);
+      raw.off("close", done);
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > DISCARD_BYTES) done();
+    };
+    const timer = setTimeout(done, DISCARD_MS);
+    raw.on("data", onData);
+    raw.once("end", done);
+    raw.once("error", done);
+    raw.once("close", done);
+    raw.resume();
   });
 }
