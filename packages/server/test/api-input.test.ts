@@ -194,8 +194,12 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     const text = await server.api.raw("POST", "/v1/agents", "name=x", { "content-type": "text/plain" });
     expectError(text, 415, "unsupported_media_type", "content-type");
     assert.equal(text.body.error.message, 'the API takes application/json, not "text/plain"');
-    const huge = await server.api.post("/v1/agents", { name: "x".repeat(2 * 1024 * 1024) });
-    expectError(huge, 413, "payload_too_large");
+    // Sent in full by fetch before it reads the answer: the 413 must wait for the body, not cut
+    // the connection while the client is still writing (that was EPIPE, "fetch failed").
+    for (const mib of [2, 16]) {
+      const huge = await server.api.post("/v1/agents", { name: "x".repeat(mib * 1024 * 1024) });
+      expectError(huge, 413, "payload_too_large");
+    }
     expectError(await server.api.get("/v1/nothing-here"), 404, "not_found");
     const calls = await server.api.get("/v1/calls");
     assert.equal(calls.body.data.length, 0, "no call was created by any bad request");
@@ -408,6 +412,29 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       [...created].reverse(),
     );
     assert.equal(new Set(seen).size, seen.length);
+  });
+
+  test("a cursor cut short, respelled or taken from another list is a 400 naming cursor, not another position", async () => {
+    for (let i = 0; i < 3; i++) {
+      await server.api.post("/v1/agents", { name: `Cursor ${i}` });
+      await server.api.post("/v1/endpoints", { url: `https://127.0.0.1/cursor-${i}`, disabled: true });
+    }
+    const agents = (await server.api.get("/v1/agents?limit=1")).body.next_cursor as string;
+    const endpoints = (await server.api.get("/v1/endpoints?limit=1")).body.next_cursor as string;
+    assert.equal((await server.api.get(`/v1/agents?limit=1&cursor=${agents}`)).status, 200);
+    assert.equal((await server.api.get(`/v1/endpoints?limit=1&cursor=${endpoints}`)).status, 200);
+    const refused = [
+      `/v1/endpoints?cursor=${endpoints.slice(0, -1)}`,
+      `/v1/endpoints?cursor=${endpoints.slice(0, -8)}`,
+      `/v1/events?cursor=${endpoints}`,
+      `/v1/deliveries?cursor=${endpoints}`,
+      `/v1/endpoints?cursor=${agents}`,
+      `/v1/agents?cursor=${agents}%3D%3D`,
+      `/v1/agents?cursor=%20${agents}`,
+      `/v1/agents?cursor=${Buffer.from("007").toString("base64url")}`,
+      `/v1/agents?cursor=${endpoints}`,
+    ];
+    for (const path of refused) expectError(await server.api.get(path), 400, "invalid_request", "cursor");
   });
 
   test("a blank brief summary on end is none: call.ended omits it and the call holds null", async () => {

@@ -41,7 +41,7 @@ export function idRange(
     if (ms === undefined) throw badRequest(name, `"${name}" is not an ISO-8601 timestamp from 1970 to 9999`);
     return idFloor(prefix, ms);
   };
-  const cursor = decodeCursor(q.cursor, "string");
+  const cursor = decodeCursor(q.cursor, "string", prefix);
   const before = at("before");
   const from = at("after");
   const below = cursor === undefined ? before : before === undefined || cursor < before ? cursor : before;
@@ -53,18 +53,29 @@ export function encodeCursor(id: string | number): string {
   return Buffer.from(String(id)).toString("base64url");
 }
 
+/**
+ * The id a cursor stands for. Only a cursor as `encodeCursor` writes it is taken: base64url in its
+ * one canonical spelling (no padding, white space or spare bits, so a cursor cut short by a
+ * character is refused rather than read as another position), of an id of this list's form (a
+ * string list's own prefix and length: a cursor of another list used to restart or empty the page).
+ */
 export function decodeCursor<T extends "int" | "string">(
   cursor: string | undefined,
   kind: T,
+  prefix?: string,
 ): (T extends "int" ? number : string) | undefined {
   if (cursor === undefined || cursor === "") return undefined;
   const text = Buffer.from(cursor, "base64url").toString();
+  const invalid = () =>
+    badRequest("cursor", "cursor is not valid: pass back the next_cursor of the same list, unchanged");
+  if (encodeCursor(text) !== cursor) throw invalid();
   if (kind === "int") {
-    const n = /^\d{1,16}$/.test(text) ? Number(text) : Number.NaN;
-    if (!Number.isSafeInteger(n)) throw badRequest("cursor", "cursor is not valid");
+    const n = /^(0|[1-9]\d{0,15})$/.test(text) ? Number(text) : Number.NaN;
+    if (!Number.isSafeInteger(n)) throw invalid();
     return n as never;
   }
-  if (!/^[a-z]+_[0-9a-z]+$/.test(text)) throw badRequest("cursor", "cursor is not valid");
+  const form = prefix === undefined ? /^[a-z]+_[0-9a-z]{26}$/ : new RegExp(`^${prefix}_[0-9a-z]{26}$`);
+  if (!form.test(text)) throw invalid();
   return text as never;
 }
 
@@ -87,8 +98,9 @@ export async function listPage<R extends { id: number | string }, O>(
   kind: "int" | "string",
   map: (r: R) => O,
   range?: { below?: string; from?: string },
+  prefix?: string,
 ) {
-  const below = range ? range.below : decodeCursor(q.cursor, kind);
+  const below = range ? range.below : decodeCursor(q.cursor, kind, prefix);
   let filtered = below === undefined ? sel : sel.where("id" as never, "<", below as never);
   if (range?.from !== undefined) filtered = filtered.where("id" as never, ">=", range.from as never);
   const rows = (await filtered

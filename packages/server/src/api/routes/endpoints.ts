@@ -174,7 +174,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
         .selectAll()
         .where("account_id", "=", req.account.id)
         .where("deleted_at", "is", null);
-      return listPage(sel, q, "string", endpointObject);
+      return listPage(sel, q, "string", endpointObject, undefined, "ep");
     },
   );
 
