@@ -15,10 +15,12 @@ for (const backend of backends())
     let server: ServerProcess;
     before(async () => {
       db = await backend.fresh();
-      // A long schedule of short delays: call A's first event keeps failing for as long as the test wants.
+      // A long schedule of short delays: call A's first event keeps failing for as long as the test
+      // wants (400 × 50 ms: 60 of them, 3 s, ran out once on a loaded machine before call B's four
+      // events had arrived, and released A's later events).
       server = await spawnServer({
         dataDir: db.dataDir,
-        env: { KLEN_DATABASE_URL: db.databaseUrl, KLEN_RETRY_SCHEDULE: Array(60).fill("50ms").join(",") },
+        env: { KLEN_DATABASE_URL: db.databaseUrl, KLEN_RETRY_SCHEDULE: Array(400).fill("50ms").join(",") },
       });
     });
     after(async () => {
