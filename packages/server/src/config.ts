@@ -98,9 +98,12 @@ function logLevel(v: string): string {
   return v;
 }
 
-function wholeNumber(v: string): number {
+/** A batch's call ids are bound one parameter each: SQLite takes at most 32,766 in a statement. */
+function recoverBatch(v: string): number {
   if (!/^\d+$/.test(v)) throw new Error(`not a whole number: "${v}"`);
-  return Number(v);
+  const n = Number(v);
+  if (n < 1 || n > 10_000) throw new Error(`must be from 1 to 10000, got "${v}"`);
+  return n;
 }
 
 function nonNegativeInt(v: string): number {
@@ -290,7 +293,7 @@ export function loadConfig(env: Env = process.env): Config {
     testCallSummaryWaitMs: read(env, "KLEN_TEST_CALL_SUMMARY_WAIT", "8s", positive(parseDuration)),
     rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
     senderThread: read(env, "KLEN_SENDER_THREAD", availableParallelism() > 1 ? "1" : "0", bool),
-    recoverBatch: read(env, "KLEN_RECOVER_BATCH", "2000", positive(wholeNumber)),
+    recoverBatch: read(env, "KLEN_RECOVER_BATCH", "2000", recoverBatch),
     summary: summaryUrl ? { url: summaryUrl, model: summaryModel!, apiKey: summaryKey ?? "" } : undefined,
     benchDatabaseUrl: env.KLEN_BENCH_DATABASE_URL || undefined,
   };

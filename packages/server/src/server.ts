@@ -238,12 +238,13 @@ export async function startServer(
           stopTestCalls(ctx);
           await summaries?.stop(graceMs);
         })(),
+        // A recover in hand stops after its batch and hands its job back.
+        recovers?.stop(),
       ]);
       await retention?.stop();
       await reseal?.stop();
       await keyWatch?.stop();
       await testCalls?.stop();
-      await recovers?.stop();
       await handOverTestCalls(ctx);
       await removeSharedConfigRecord().catch((err: unknown) =>
         log.warn({ err }, "could not remove this process's shared-settings record"),

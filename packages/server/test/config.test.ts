@@ -80,6 +80,7 @@ test("a bad value stops start-up with a message naming the variable", () => {
     KLEN_DEV: "maybe",
     KLEN_RATE_LIMIT: "-3",
     KLEN_SENDER_THREAD: "sometimes",
+    KLEN_RECOVER_BATCH: "20000",
     KLEN_HOST: "not_a_host!",
     LOG_LEVEL: "loud",
   };

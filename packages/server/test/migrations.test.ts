@@ -130,3 +130,57 @@ for (const backend of backends()) {
     });
   });
 }
+
+describe("migrations: postgres, beside a long transaction", () => {
+  test("a migration waiting for a table's lock steps aside: writes of that table go on meanwhile, and it runs once the transaction ends", async (t) => {
+    const { postgresBackend } = await import("./helpers/backends.js");
+    const pg = (await import("pg")).default;
+    const fresh = await postgresBackend.fresh();
+    const store = await openStore(fresh.databaseUrl);
+    const holder = new pg.Client({ connectionString: fresh.databaseUrl });
+    const writer = new pg.Client({ connectionString: fresh.databaseUrl });
+    const watcher = new pg.Client({ connectionString: fresh.databaseUrl });
+    for (const c of [holder, writer, watcher]) {
+      c.on("error", () => {});
+      await c.connect();
+    }
+    t.after(async () => {
+      await holder.query("ROLLBACK").catch(() => {});
+      for (const c of [holder, writer, watcher]) await c.end().catch(() => {});
+      await store.close();
+      await fresh.cleanup();
+    });
+    await migrate(store, 14);
+    // A transaction that wrote to deliveries and stays open: migration 15's CREATE INDEX waits for it.
+    await holder.query("BEGIN");
+    await holder.query("UPDATE deliveries SET updated_at = 0 WHERE false");
+    let finished = false;
+    const migrating = migrate(store).then((r) => {
+      finished = true;
+      return r;
+    });
+    // Until the migration is seen waiting for its lock (the only session of this database that can).
+    for (;;) {
+      const w = await watcher.query(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+      );
+      if (w.rowCount) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Another session's write queues behind the waiting DDL; without lock_timeout it would wait
+    // until the holder ends (and this test would wait for ever).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      writer.query("UPDATE deliveries SET updated_at = 0 WHERE false"),
+      new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error("the write still waits behind the migration after 30 s")),
+          30_000,
+        );
+      }),
+    ]).finally(() => clearTimeout(timer));
+    assert.equal(finished, false, "the migration still waits for the holder");
+    await holder.query("COMMIT");
+    assert.deepEqual(await migrating, [15, 16]);
+  });
+});

@@ -7,6 +7,7 @@ import { applyTransition, newCallRow } from "../src/calls/service.js";
 import type { Action } from "../src/calls/transitions.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch, type Outcome } from "../src/delivery/complete.js";
+import { recoverBatch } from "../src/delivery/recover.js";
 import type { SendResult } from "../src/delivery/send.js";
 import { migrate } from "../src/storage/migrate.js";
 import { migrations } from "../src/storage/migrations.js";
@@ -608,6 +609,63 @@ for (const backend of backends()) {
         assert.equal(r.next_attempt_at, now + 1_000, "scheduled by the retry schedule, not the lease");
       }
     });
+
+    // A recover (or retry) re-opening a call's given-up first event while another worker records
+    // the success of its second: whichever commits first, the third event must wait behind the
+    // re-opened first. Both used to share-lock the call, which did not keep them apart.
+    if (backend.name === "postgres")
+      test("a recover racing a completion of the same call leaves the later event parked behind the re-opened one", async () => {
+        const f = await fixture();
+        const other = await f.other();
+        const callId = await f.newCall();
+        for (const step of ["start", "end", "transcript"] as const) await f.step(callId, step);
+        const ids = (
+          await f.store.db.selectFrom("deliveries").select("id").orderBy("event_seq").execute()
+        ).map((r) => r.id);
+        const now = Date.now() + 1_000;
+        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
+        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        assert.equal(c1?.id, ids[1], "the second event is in flight after the first was given up");
+        let reopened = false;
+        let open!: () => void;
+        const gate = new Promise<void>((r) => {
+          open = r;
+        });
+        const recovering = f.store.db.transaction().execute(async (trx) => {
+          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
+          assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
+          reopened = true;
+          await gate;
+        });
+        await waitFor("the recover holding the call", () => reopened);
+        let completed = false;
+        const completing = completeBatch(other, [outcome(c1!, ok(), now)], policy, now).then(() => {
+          completed = true;
+        });
+        // Until the completion waits for the recover's lock (or, unfixed, has gone past it).
+        await waitFor("the completion waiting or done", async () => {
+          if (completed) return true;
+          const w =
+            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+              f.store.db,
+            );
+          return w.rows.length > 0;
+        });
+        open();
+        await Promise.all([recovering, completing]);
+        const rows = await f.store.db
+          .selectFrom("deliveries")
+          .select(["id", "status", "next_attempt_at"])
+          .orderBy("event_seq")
+          .execute();
+        assert.deepEqual(
+          rows.map((r) => r.status),
+          ["pending", "succeeded", "pending"],
+        );
+        assert.notEqual(rows[0]!.next_attempt_at, null, "the re-opened first event is due");
+        assert.equal(rows[2]!.next_attempt_at, null, "the third event waits behind the re-opened first");
+      });
 
     // Row locks exist on PostgreSQL only (SQLite has one writer): two workers' batches, one with
     // endpoint A failing and B succeeding, the other the opposite, both endpoints already failing.

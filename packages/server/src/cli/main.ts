@@ -31,6 +31,8 @@ async function openMigrated(cfg: ReturnType<typeof loadConfig>) {
       throw err;
     }
   } catch (err) {
+    // It opened: the schema is what is wrong, and the message says so.
+    if ((err as Error).name === "SchemaTooNewError") throw err;
     throw cannotOpenDatabase(cfg.databaseUrl, err);
   }
 }

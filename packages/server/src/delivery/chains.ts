@@ -3,10 +3,12 @@ import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 
 /**
- * On PostgreSQL, share-locks the rows of the calls whose deliveries are about to be re-opened, as
- * the completion path does: a transition of one of these calls (which holds its row for update
- * while it fans out) then either sees the re-opened delivery and parks behind it, or has
- * committed before and is seen here.
+ * On PostgreSQL, locks the rows of the calls whose deliveries are about to be re-opened, against
+ * both a transition of one of these calls (which holds its row for update while it fans out) and
+ * a completion releasing the next event of one (which share-locks it): each then either sees the
+ * re-opened delivery and leaves its own parked behind it, or has committed before and is seen
+ * here. A share lock, as this was, let a completion run beside it: neither saw the other's
+ * uncommitted change, and the completion released a later event next to the re-opened earlier one.
  */
 export async function lockCallsOfEndpoint(
   trx: Db,
@@ -23,7 +25,7 @@ export async function lockCallsOfEndpoint(
     .select("id")
     .where("id", "in", scope.callIds ?? calls)
     .orderBy("id")
-    .forShare()
+    .forNoKeyUpdate()
     .execute();
 }
 

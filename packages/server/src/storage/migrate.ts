@@ -7,6 +7,13 @@ const DIALECTS: Record<Store["caps"]["name"], MigrationDialect> = {
   postgres: { serial: "BIGSERIAL PRIMARY KEY", bigint: "BIGINT", name: "postgres" },
 };
 
+/** PostgreSQL's lock_not_available: lock_timeout ran out. */
+const LOCK_NOT_AVAILABLE = "55P03";
+const LOCK_WAIT_MS = 2_000;
+const LOCK_PAUSE_MS = 1_000;
+/** About five minutes of trying. */
+const LOCK_TRIES = 100;
+
 /** Applies the migrations not yet applied, each in its own transaction; returns their ids. */
 export async function migrate(store: Store, upTo = Number.POSITIVE_INFINITY): Promise<number[]> {
   const dialect = DIALECTS[store.caps.name];
@@ -24,9 +31,27 @@ export async function migrate(store: Store, upTo = Number.POSITIVE_INFINITY): Pr
       if (applied.has(m.id) || m.id > upTo) continue;
       const columns = new Map<string, Set<string>>();
       for (const table of m.reads ?? []) columns.set(table, await columnsOf(store, table));
-      await exec(
-        `BEGIN;\n${m.sql(dialect, columns)}\nINSERT INTO klen_migrations (id, name, applied_at) VALUES (${m.id}, '${m.name}', ${Date.now()});\nCOMMIT;`,
-      );
+      // PostgreSQL: a migration's DDL queues for its table's exclusive lock behind any open
+      // transaction on it, and every later query of that table queues behind the DDL (an audit saw
+      // GET /v1/deliveries wait 20 s behind a 25 s read). So it waits LOCK_WAIT at a time, steps
+      // aside for a second to let the traffic through, and tries again.
+      const lockWait =
+        store.caps.name === "postgres" ? `SET LOCAL lock_timeout = '${LOCK_WAIT_MS}ms';\n` : "";
+      const script = `BEGIN;\n${lockWait}${m.sql(dialect, columns)}\nINSERT INTO klen_migrations (id, name, applied_at) VALUES (${m.id}, '${m.name}', ${Date.now()});\nCOMMIT;`;
+      for (let tries = 1; ; tries++) {
+        try {
+          await exec(script);
+          break;
+        } catch (err) {
+          if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+          if (tries >= LOCK_TRIES)
+            throw new Error(
+              `migration ${m.id} (${m.name}) could not lock its tables in ${tries} tries of ${LOCK_WAIT_MS / 1000} s: another session holds them in a long transaction (see pg_stat_activity)`,
+              { cause: err },
+            );
+          await new Promise((r) => setTimeout(r, LOCK_PAUSE_MS));
+        }
+      }
       ran.push(m.id);
     }
     return ran;
