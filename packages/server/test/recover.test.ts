@@ -3,6 +3,7 @@ import { after, describe, test } from "node:test";
 import { sql } from "kysely";
 import type { AppContext } from "../src/api/context.js";
 import { loadConfig } from "../src/config.js";
+import { releaseOrphans } from "../src/delivery/claim.js";
 import { RECOVER_LEASE_MS, runRecoverJobs } from "../src/delivery/recover.js";
 import { createLogger } from "../src/log.js";
 import { type Running, startServer } from "../src/server.js";
@@ -80,19 +81,34 @@ for (const backend of backends()) {
       const rows = () =>
         store.db
           .selectFrom("deliveries")
-          .select(["call_id", "event_seq", "status", "next_attempt_at", "one_attempt"])
+          .select(["id", "call_id", "event_seq", "status", "next_attempt_at", "one_attempt"])
           .orderBy("call_id")
           .orderBy("event_seq")
           .execute();
+      // The deliveries the recover is about (a later event's is not).
+      const recovered = new Set((await rows()).map((r) => r.id));
       const pendingCalls = async () => {
         const byCall = new Map<number, string[]>();
         for (const r of await rows())
-          byCall.set(Number(r.call_id), [...(byCall.get(Number(r.call_id)) ?? []), r.status]);
+          if (recovered.has(r.id))
+            byCall.set(Number(r.call_id), [...(byCall.get(Number(r.call_id)) ?? []), r.status]);
         for (const [call, statuses] of byCall)
           assert.equal(new Set(statuses).size, 1, `call ${call} re-opened whole or not at all: ${statuses}`);
         return callIds.filter((id) => byCall.get(id)?.[0] === "pending");
       };
       assert.deepEqual(await pendingCalls(), [], "nothing re-opened in the request");
+      // A new event of a call the job has yet to reach waits behind its recovered ones, also
+      // through the ordering sweep.
+      const late = callIds[4]!;
+      assert.equal((await api.post(`/v1/calls/${late}/summary`, { summary: "Later." })).status, 200);
+      assert.equal(await releaseOrphans(store, Date.now()), 0, "the sweep leaves it parked");
+      const lateRow = await store.db
+        .selectFrom("deliveries")
+        .select(["status", "next_attempt_at"])
+        .where("call_id", "=", late)
+        .where("status", "=", "pending")
+        .executeTakeFirstOrThrow();
+      assert.equal(lateRow.next_attempt_at, null, "parked behind the call's failed events");
 
       const now = Date.now();
       const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
@@ -122,10 +138,10 @@ for (const backend of backends()) {
         const chain = all.filter((r) => Number(r.call_id) === id);
         assert.deepEqual(
           chain.map((r) => r.next_attempt_at !== null),
-          [true, false, false],
+          id === late ? [true, false, false, false] : [true, false, false],
           `call ${id}: the first event due, the later ones parked behind it`,
         );
-        assert.ok(chain.every((r) => Number(r.one_attempt) === 1));
+        assert.ok(chain.every((r) => Number(r.one_attempt) === 1 || !recovered.has(r.id)));
       }
       const jobs = await store.db.selectFrom("recover_jobs").selectAll().execute();
       assert.deepEqual(jobs, [], "the job is gone once done");

@@ -4,6 +4,7 @@ import { prepared } from "../storage/prepared.js";
 import type { Database } from "../storage/schema.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import { type Db, PENDING } from "../storage/types.js";
+import { awaitingRecover } from "./recover.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -165,7 +166,8 @@ export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
 );
 
 /**
- * Safety net for ordering: releases parked deliveries whose chain has no earlier pending delivery.
+ * Safety net for ordering: releases parked deliveries whose chain has no earlier pending delivery
+ * and no failed one a background recover has yet to re-open (events.emit parks behind those).
  * The completion path releases the next delivery itself; this catches anything a crash between
  * processes left parked.
  */
@@ -176,7 +178,11 @@ export async function releaseOrphans(store: Store, now: number): Promise<number>
       AND NOT EXISTS (
         SELECT 1 FROM deliveries e
         WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
-          AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)`.execute(store.db);
+          AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)
+      AND NOT EXISTS (
+        SELECT 1 FROM recover_jobs j
+        WHERE j.endpoint_id = deliveries.endpoint_id
+          AND ${awaitingRecover(sql`deliveries.endpoint_id`, sql`deliveries.call_id`)})`.execute(store.db);
   return Number(res.numAffectedRows ?? 0);
 }
 

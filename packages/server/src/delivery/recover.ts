@@ -1,4 +1,4 @@
-import { sql } from "kysely";
+import { type RawBuilder, sql } from "kysely";
 import { type AppContext, announceWork } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
 import { retryConflicts } from "../storage/retry.js";
@@ -28,6 +28,19 @@ function failedInScope(db: Db, s: RecoverScope) {
     .where("status", "=", FAILED) // the literal, which lets SQLite use the partial index
     .where("created_at", ">=", s.since)
     .where("created_at", "<=", s.until);
+}
+
+/**
+ * SQL condition, beside `recover_jobs j`: job j has yet to reach this call, and the call has a
+ * failed delivery to this endpoint in j's range, which j will re-open. A new event of that call
+ * (events/emit.ts) waits behind it as it would behind a pending one, and the ordering sweep
+ * (claim.ts `releaseOrphans`) leaves it parked until then.
+ */
+export function awaitingRecover(endpointId: RawBuilder<unknown>, callId: unknown) {
+  return sql<boolean>`j.after_call_id < ${callId} AND EXISTS (
+    SELECT 1 FROM deliveries f
+    WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
+      AND f.created_at >= j.since AND f.created_at <= j.until)`;
 }
 
 /** How many deliveries a recover of this scope would re-open now. */
@@ -185,6 +198,9 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
       const queued = Number(held.queued) + batch.queued;
       if (batch.lastCallId === undefined) {
         await trx.deleteFrom("recover_jobs").where("id", "=", job.id).execute();
+        // New events parked behind calls this job will now not reach go on (a disabled
+        // endpoint's are then settled as they come due).
+        await reorderChains(trx, { endpointId: held.endpoint_id }, now);
         const log = ctx.log.child({ component: "recover", job: job.id, endpoint_id: held.endpoint_id });
         if (endpoint && endpoint.deleted_at === null && Number(endpoint.disabled) === 0)
           log.info({ queued }, "recover done");

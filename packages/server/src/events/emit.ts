@@ -1,6 +1,7 @@
 import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
+import { awaitingRecover } from "../delivery/recover.js";
 import { matches } from "../endpoints/filter.js";
 import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
 import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
@@ -47,11 +48,16 @@ const oneEnabled = prepared((db, p: Record<"account" | "id", never>) =>
   enabledEndpoints(db, p.account).where("id", "=", p.id),
 );
 
-// Fixed SQL text whatever the number of endpoints (storage/lists.ts), prepared once.
+// Fixed SQL text whatever the number of endpoints (storage/lists.ts), prepared once. A chain is
+// busy with a pending delivery, or with a failed one that a recover running in the background
+// (delivery/recover.ts) has yet to re-open: the new event must not overtake it.
 const busyChains = prepared<"call" | "ids", { endpoint_id: string }>(
   (_db, p, caps) => sql<{ endpoint_id: string }>`
     SELECT DISTINCT endpoint_id FROM deliveries
-    WHERE call_id = ${p.call} AND status = 'pending' AND ${inListOf(caps, "endpoint_id", p.ids, "text")}`,
+    WHERE call_id = ${p.call} AND status = 'pending' AND ${inListOf(caps, "endpoint_id", p.ids, "text")}
+    UNION
+    SELECT j.endpoint_id FROM recover_jobs j
+    WHERE ${inListOf(caps, "j.endpoint_id", p.ids, "text")} AND ${awaitingRecover(sql`j.endpoint_id`, p.call)}`,
 );
 const insertDeliveries = prepared(
   (_db, p: Record<string, never>, caps) => sql`
