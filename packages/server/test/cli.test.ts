@@ -449,6 +449,32 @@ describe("accounts create", () => {
     }
   });
 
+  test("a bad setting is a JSON document on stdout too with --json; an account's name is printed escaped", async () => {
+    const other = tempDir();
+    try {
+      for (const args of [
+        ["migrate", "--json"],
+        ["accounts", "create", "--name", "X", "--json"],
+      ]) {
+        const r = await cli(args, { KLEN_DATA_DIR: other.path, KLEN_RETRY_SCHEDULE: "5q" });
+        assert.equal(r.code, 2, r.stderr);
+        const doc = JSON.parse(r.stdout) as { error: { code: string; field: string } };
+        assert.equal(doc.error.code, "invalid_configuration");
+        assert.equal(doc.error.field, "KLEN_RETRY_SCHEDULE");
+      }
+      const evil = await cli(["accounts", "create", "--name", "Evil\x1b[2J\nname"], {
+        KLEN_DATA_DIR: other.path,
+      });
+      assert.equal(evil.code, 0, evil.stderr);
+      assert.ok(
+        !evil.stdout.includes("\x1b") && evil.stdout.includes("Evil\\u001b[2J\\u000aname"),
+        evil.stdout,
+      );
+    } finally {
+      other.remove();
+    }
+  });
+
   test("migrate and accounts create that cannot reach the database say which one, with --json on stdout too", async () => {
     // Loopback, a port nothing listens on; the password must not be printed.
     const env = { KLEN_DATABASE_URL: "postgres://klen:S3cretPw@127.0.0.1:1/klen" };
@@ -797,6 +823,19 @@ describe("client commands against a running server", () => {
     } finally {
       await receiver.close();
     }
+  });
+
+  test("test-call --wait --json on an account with no endpoint fails saying so in the document", async () => {
+    const made = await cli(["accounts", "create", "--name", "No endpoints", "--json"], {
+      KLEN_DATA_DIR: dir.path,
+    });
+    assert.equal(made.code, 0, made.stderr);
+    const key = JSON.parse(made.stdout).api_key as string;
+    const r = await cli(["test-call", "--wait", "--json"], { ...env, KLEN_API_KEY: key });
+    assert.equal(r.code, 1, r.stderr);
+    const out = JSON.parse(r.stdout);
+    assert.equal(out.done, true);
+    assert.equal(out.error, "no endpoint got these events");
   });
 });
 

@@ -79,7 +79,9 @@ Examples:
         }
         out.line(`test call ${out.bold(String(callId))} started; following its events…`);
         const r = await followCall(client, out, callId, o.timeout * 1000);
-        if (out.json) out.data(r);
+        const noEndpoint = r.done && r.events.every((e) => e.deliveries.length === 0);
+        // The exit status says it failed; the document says why, as the text does.
+        if (out.json) out.data(noEndpoint ? { ...r, error: "no endpoint got these events" } : r);
         else if (!r.done)
           out.warn(
             `klen-webhooks test-call: ${out.yellow(`gave up after ${o.timeout} s: the call is ${r.status}, deliveries still pending`)}`,

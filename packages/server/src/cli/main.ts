@@ -5,6 +5,7 @@ import type { Role } from "../server.js";
 import { formatDuration } from "../util/units.js";
 import { VERSION } from "../version.js";
 import { registerClientCommands } from "./client-commands.js";
+import { printable } from "./output.js";
 
 // The server's modules (Fastify, Kysely, the database drivers, pino) are loaded by the commands
 // that use them, not at start: `--help` and the client commands start in a fraction of the time.
@@ -43,6 +44,11 @@ function config() {
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`klen-webhooks: invalid configuration: ${err.message}\n`);
+      // With --json every failure is also a document on stdout (cli.md), this one too.
+      if (process.argv.includes("--json")) {
+        const error = { code: "invalid_configuration", message: err.message, status: 0, field: err.variable };
+        process.stdout.write(`${JSON.stringify({ error })}\n`);
+      }
       process.exit(2);
     }
     throw err;
@@ -167,7 +173,7 @@ accounts
     if (opts.json) process.stdout.write(`${JSON.stringify({ ...account, api_key: apiKey })}\n`);
     else
       process.stdout.write(
-        `account ${account.id} "${account.name}" in ${where}\nAPI key (shown once): ${apiKey}\n`,
+        `account ${account.id} "${printable(account.name, false)}" in ${where}\nAPI key (shown once): ${apiKey}\n`,
       );
   });
 
