@@ -294,9 +294,28 @@ describe("retention: payloads and media older than KLEN_RETENTION are purged", (
     }
   });
 
+  test("brief summaries are cleared in batches, all of them", async () => {
+    const agent = await api.post("/v1/agents", { name: "Brief" });
+    const ids: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const id = await startedCall(api, agent.body.id, "+15551234567");
+      assert.equal((await api.post(`/v1/calls/${id}/end`, { summary: `Brief ${i}.` })).status, 200);
+      ids.push(id);
+    }
+    const counts = await purgeExpired(running.ctx, Date.now() + 31 * DAY, { batch: 2 });
+    assert.ok(counts.summaries >= 5, `counted: ${counts.summaries}`);
+    const left = await running.ctx.store.db
+      .selectFrom("calls")
+      .select("id")
+      .where("id", "in", ids)
+      .where("brief_summary", "is not", null)
+      .execute();
+    assert.deepEqual(left, []);
+  });
+
   test("the brief-summary purge reads only the calls that still hold one, not every call ever made", async () => {
     const db = running.ctx.store.db;
-    const q = expiredBriefSummaries(db, Date.now() - 30 * DAY).compile();
+    const q = expiredBriefSummaries(db, Date.now() - 30 * DAY, 500).compile();
     const plan = await db.executeQuery<{ detail: string }>(
       CompiledQuery.raw(`EXPLAIN QUERY PLAN ${q.sql}`, [...q.parameters]),
     );
