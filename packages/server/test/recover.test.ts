@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, describe, test } from "node:test";
+import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import type { AppContext } from "../src/api/context.js";
 import { loadConfig } from "../src/config.js";
@@ -8,7 +8,7 @@ import { RECOVER_LEASE_MS, runRecoverJobs } from "../src/delivery/recover.js";
 import { createLogger } from "../src/log.js";
 import { type Running, startServer } from "../src/server.js";
 import { type ApiClient, apiClient, setupAccount } from "./helpers/api.js";
-import { backends } from "./helpers/backends.js";
+import { type Backend, backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer } from "./helpers/server.js";
@@ -41,40 +41,62 @@ async function makeCalls(api: ApiClient, agentId: number, calls: number): Promis
   return ids;
 }
 
+/**
+ * An API-role server (no dispatcher and no recover worker of its own, so a test runs the recover's
+ * batches itself, with its own clock) whose endpoint's deliveries of `calls` calls all failed,
+ * and a recover of them asked: its answer, in the background past `batch`.
+ */
+async function failedAndRecovered(t: TestContext, backend: Backend, calls: number, batch: number) {
+  const db = await backend.fresh();
+  const running: Running = await startServer(
+    loadConfig({
+      PORT: "0",
+      KLEN_DATA_DIR: db.dataDir,
+      KLEN_DATABASE_URL: db.databaseUrl,
+      KLEN_API_KEY: "klen_test_key_recover",
+      KLEN_DEV: "1",
+      KLEN_RECOVER_BATCH: String(batch),
+    }),
+    createLogger({ level: "silent" }),
+    { role: "api" },
+  );
+  t.after(async () => {
+    await running.stop(1000);
+    await db.cleanup();
+  });
+  const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_recover");
+  const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
+  const callIds = await makeCalls(api, agentId, calls);
+  const store = running.ctx.store;
+  // Every delivery gave up (what a schedule run out leaves).
+  await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8`.execute(
+    store.db,
+  );
+  const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+    since: new Date(Date.now() - 60_000).toISOString(),
+  });
+  assert.equal(rec.status, 202);
+  const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
+  return { api, endpoint, callIds, store, rec, at };
+}
+
+/** A worker that dies after its first batch, mid-job: its lease stays set. */
+async function dieAfterOneBatch(ctx: AppContext): Promise<void> {
+  let asked = 0;
+  await assert.rejects(
+    runRecoverJobs(ctx, () => {
+      // Asked before taking a job, before the first batch, before the second.
+      if (++asked === 3) throw new Error("killed");
+      return false;
+    }),
+    /killed/,
+  );
+}
+
 for (const backend of backends()) {
   describe(`recover in batches: ${backend.name}`, () => {
     test("a worker that dies mid-way leaves the rest to the next once its lease runs out; each batch re-opens whole calls, first event due, the rest parked", async (t) => {
-      const db = await backend.fresh();
-      // The API role: no dispatcher and no recover worker of its own, so this test runs the
-      // recover's batches itself, with its own clock.
-      const running: Running = await startServer(
-        loadConfig({
-          PORT: "0",
-          KLEN_DATA_DIR: db.dataDir,
-          KLEN_DATABASE_URL: db.databaseUrl,
-          KLEN_API_KEY: "klen_test_key_recover",
-          KLEN_DEV: "1",
-          KLEN_RECOVER_BATCH: "4",
-        }),
-        createLogger({ level: "silent" }),
-        { role: "api" },
-      );
-      t.after(async () => {
-        await running.stop(1000);
-        await db.cleanup();
-      });
-      const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_recover");
-      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
-      const callIds = await makeCalls(api, agentId, 5);
-      const store = running.ctx.store;
-      // Every delivery gave up (what a schedule run out leaves).
-      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8`.execute(
-        store.db,
-      );
-      const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
-        since: new Date(Date.now() - 60_000).toISOString(),
-      });
-      assert.equal(rec.status, 202);
+      const { api, callIds, store, rec, at } = await failedAndRecovered(t, backend, 5, 4);
       assert.equal(rec.body.queued, 15, "counted when asked");
       assert.match(rec.body.job_id, /^rcv_[0-9a-z]{26}$/);
 
@@ -111,16 +133,8 @@ for (const backend of backends()) {
       assert.equal(lateRow.next_attempt_at, null, "parked behind the call's failed events");
 
       const now = Date.now();
-      const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
       // A worker that dies after its first batch: it never hands the job back.
-      let asked = 0;
-      await assert.rejects(
-        runRecoverJobs(at(now), () => {
-          if (++asked === 3) throw new Error("killed");
-          return false;
-        }),
-        /killed/,
-      );
+      await dieAfterOneBatch(at(now));
       const afterFirst = await pendingCalls();
       assert.ok(
         afterFirst.length > 0 && afterFirst.length < callIds.length,
@@ -148,41 +162,10 @@ for (const backend of backends()) {
     });
 
     test("a job whose endpoint is disabled mid-way stops and leaves the rest failed", async (t) => {
-      const db = await backend.fresh();
-      const running: Running = await startServer(
-        loadConfig({
-          PORT: "0",
-          KLEN_DATA_DIR: db.dataDir,
-          KLEN_DATABASE_URL: db.databaseUrl,
-          KLEN_API_KEY: "klen_test_key_recover",
-          KLEN_DEV: "1",
-          KLEN_RECOVER_BATCH: "3",
-        }),
-        createLogger({ level: "silent" }),
-        { role: "api" },
-      );
-      t.after(async () => {
-        await running.stop(1000);
-        await db.cleanup();
-      });
-      const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_recover");
-      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
-      await makeCalls(api, agentId, 3);
-      const store = running.ctx.store;
-      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL`.execute(store.db);
-      const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
-        since: new Date(Date.now() - 60_000).toISOString(),
-      });
+      const { api, endpoint, store, rec, at } = await failedAndRecovered(t, backend, 3, 3);
       assert.ok(rec.body.job_id, "in the background");
       const now = Date.now();
-      const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
-      let asked = 0;
-      await assert.rejects(
-        runRecoverJobs(at(now), () => {
-          if (++asked === 3) throw new Error("killed");
-          return false;
-        }),
-      );
+      await dieAfterOneBatch(at(now));
       const count = async (status: string) =>
         Number(
           (
