@@ -95,53 +95,6 @@ export async function purgeExpired(
           .where("deliveries.status", "=", PENDING),
       ),
     );
-  // Each loop goes on after the last row it read (keyset order), so the rows it keeps (a pending
-  // delivery's) are read once a run, not again by every batch: 200,000 kept rows made a run take
-  // 107 s instead of 9.
-  let blobsAfter: { created_at: number; id: string } | undefined;
-  for (;;) {
-    const from = blobsAfter;
-    const rows = await db
-      .selectFrom("blobs")
-      .select(["id", "path", "created_at"])
-      .where("created_at", "<", cutoff)
-      // The plain bound first: with the OR alone SQLite read (and sorted) every expired blob
-      // left on each batch, 720 ms a batch with 40,000 left (retention audit).
-      .$if(from !== undefined, (q) =>
-        q
-          .where("created_at", ">=", from!.created_at)
-          .where((eb) =>
-            eb.or([
-              eb("created_at", ">", from!.created_at),
-              eb.and([eb("created_at", "=", from!.created_at), eb("id", ">", from!.id)]),
-            ]),
-          ),
-      )
-      .where(unsent)
-      .orderBy("created_at")
-      .orderBy("id")
-      .limit(batch)
-      .execute();
-    if (rows.length === 0) break;
-    const last = rows[rows.length - 1]!;
-    blobsAfter = { created_at: Number(last.created_at), id: last.id };
-    // Rows go first: a URL stops working at once, and a file whose delete fails is swept later.
-    // A delivery re-opened meanwhile (a manual retry) keeps its blob: only the rows deleted here
-    // lose their files.
-    const deleted = await db
-      .deleteFrom("blobs")
-      .where(
-        "id",
-        "in",
-        rows.map((r) => r.id),
-      )
-      .where(unsent)
-      .returning(["id", "path"])
-      .execute();
-    for (const r of deleted) await store.remove(r.path).catch(() => undefined);
-    counts.blobs += deleted.length;
-    await pause();
-  }
   let deliveriesAfter = "";
   for (;;) {
     const ids = (
@@ -205,6 +158,57 @@ export async function purgeExpired(
     eventsAfter = ids[ids.length - 1]!;
     const r = await db.deleteFrom("events").where("id", "in", ids).executeTakeFirst();
     counts.events += Number(r.numDeletedRows);
+    await pause();
+  }
+  // The blobs after the deliveries and events: a manual retry or recover of a delivery the loops
+  // above have not deleted re-opens it, and its call's blobs then stay (unsent); one arriving
+  // after finds no delivery (404). Blobs first left a window of a minute in which a retry sent a
+  // URL that was already 404 (retention audit).
+  // Each loop goes on after the last row it read (keyset order), so the rows it keeps (a pending
+  // delivery's) are read once a run, not again by every batch: 200,000 kept rows made a run take
+  // 107 s instead of 9.
+  let blobsAfter: { created_at: number; id: string } | undefined;
+  for (;;) {
+    const from = blobsAfter;
+    const rows = await db
+      .selectFrom("blobs")
+      .select(["id", "path", "created_at"])
+      .where("created_at", "<", cutoff)
+      // The plain bound first: with the OR alone SQLite read (and sorted) every expired blob
+      // left on each batch, 720 ms a batch with 40,000 left (retention audit).
+      .$if(from !== undefined, (q) =>
+        q
+          .where("created_at", ">=", from!.created_at)
+          .where((eb) =>
+            eb.or([
+              eb("created_at", ">", from!.created_at),
+              eb.and([eb("created_at", "=", from!.created_at), eb("id", ">", from!.id)]),
+            ]),
+          ),
+      )
+      .where(unsent)
+      .orderBy("created_at")
+      .orderBy("id")
+      .limit(batch)
+      .execute();
+    if (rows.length === 0) break;
+    const last = rows[rows.length - 1]!;
+    blobsAfter = { created_at: Number(last.created_at), id: last.id };
+    // Rows go first: a URL stops working at once, and a file whose delete fails is swept later.
+    // A delivery re-opened meanwhile (a manual retry) keeps its blob: only the rows deleted here
+    // lose their files.
+    const deleted = await db
+      .deleteFrom("blobs")
+      .where(
+        "id",
+        "in",
+        rows.map((r) => r.id),
+      )
+      .where(unsent)
+      .returning(["id", "path"])
+      .execute();
+    for (const r of deleted) await store.remove(r.path).catch(() => undefined);
+    counts.blobs += deleted.length;
     await pause();
   }
   // In batches like the rest (one UPDATE of 102,000 calls held SQLite 303 ms, and PostgreSQL
