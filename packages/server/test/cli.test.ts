@@ -848,6 +848,29 @@ describe("listen across a server restart", () => {
     dir.remove();
   });
 
+  test("test-call --wait waits out a server restart mid-call and follows the call to its end", async () => {
+    const port = await freePort();
+    const dataDir = `${dir.path}/test-call`;
+    server = await serveOnPort(port, dataDir, apiKey);
+    const receiver = await startReceiver();
+    try {
+      assert.equal((await server.api.post("/v1/endpoints", { url: `${receiver.url}/tc` })).status, 201);
+      const env = { KLEN_API_URL: server.url, KLEN_API_KEY: apiKey };
+      const following = cli(["test-call", "--wait", "--json", "--timeout", "90"], env);
+      await waitFor("the call started", () => receiver.requests.length >= 1);
+      // A graceful stop hands the test call's run over; the next start carries it on.
+      await server.kill();
+      server = await serveOnPort(port, dataDir, apiKey);
+      const r = await following;
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      const out = JSON.parse(r.stdout);
+      assert.equal(out.done, true);
+      assert.equal(out.events.length, 5);
+    } finally {
+      await receiver.close();
+    }
+  });
+
   test("reconnects, resumes after the last event and forwards what was emitted meanwhile", async () => {
     const port = await freePort();
     server = await serveOnPort(port, dir.path, apiKey);

@@ -1,5 +1,6 @@
 import {
   type ApiClient,
+  ApiRequestError,
   type CallObject,
   type DeliveryObject,
   type EventObject,
@@ -53,37 +54,52 @@ export async function followCall(
   const printedAttempts = new Map<string, number>();
   let call: CallObject;
   let lastNote = "";
+  let unreachable = false;
   for (let delay = 100; ; delay = Math.min(1_000, delay * 1.5)) {
-    call = await client.get<CallObject>(`/v1/calls/${callId}`);
-    const events = (await listAll<EventObject>(client, `/v1/events?call_id=${callId}`)).reverse();
-    for (const e of events) {
-      let f = seen.get(e.id);
-      if (!f) {
-        f = { id: e.id, event_type: e.event_type, deliveries: [] };
-        seen.set(e.id, f);
-        out.line(`${out.bold(e.event_type.padEnd(15))} ${out.dim(e.id)}`);
+    try {
+      call = await client.get<CallObject>(`/v1/calls/${callId}`);
+      unreachable = false;
+      const events = (await listAll<EventObject>(client, `/v1/events?call_id=${callId}`)).reverse();
+      for (const e of events) {
+        let f = seen.get(e.id);
+        if (!f) {
+          f = { id: e.id, event_type: e.event_type, deliveries: [] };
+          seen.set(e.id, f);
+          out.line(`${out.bold(e.event_type.padEnd(15))} ${out.dim(e.id)}`);
+        }
+        if (f.deliveries.length > 0 && f.deliveries.every((d) => d.status !== "pending")) continue;
+        const ds = (await listAll<DeliveryObject>(client, `/v1/deliveries?event_id=${e.id}`)).reverse();
+        f.deliveries = ds.map((d) => ({
+          id: d.id,
+          endpoint_id: d.endpoint_id,
+          status: d.status,
+          attempts: d.attempts,
+        }));
+        for (const d of ds) {
+          const shown = printedAttempts.get(d.id) ?? 0;
+          d.attempts.slice(shown).forEach((a, i) => {
+            const last = shown + i === d.attempts.length - 1;
+            const final = last && d.status !== "pending";
+            const mark = !final ? out.yellow("↻") : d.status === "succeeded" ? out.green("✓") : out.red("✗");
+            const tail = final ? d.status : "will retry";
+            out.line(
+              `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}`,
+            );
+          });
+          printedAttempts.set(d.id, d.attempts.length);
+        }
       }
-      if (f.deliveries.length > 0 && f.deliveries.every((d) => d.status !== "pending")) continue;
-      const ds = (await listAll<DeliveryObject>(client, `/v1/deliveries?event_id=${e.id}`)).reverse();
-      f.deliveries = ds.map((d) => ({
-        id: d.id,
-        endpoint_id: d.endpoint_id,
-        status: d.status,
-        attempts: d.attempts,
-      }));
-      for (const d of ds) {
-        const shown = printedAttempts.get(d.id) ?? 0;
-        d.attempts.slice(shown).forEach((a, i) => {
-          const last = shown + i === d.attempts.length - 1;
-          const final = last && d.status !== "pending";
-          const mark = !final ? out.yellow("↻") : d.status === "succeeded" ? out.green("✓") : out.red("✗");
-          const tail = final ? d.status : "will retry";
-          out.line(
-            `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}`,
-          );
-        });
-        printedAttempts.set(d.id, d.attempts.length);
-      }
+    } catch (err) {
+      // A server restarting (or briefly overloaded) is waited out until --timeout, as listen
+      // does; what it says of the request itself is not.
+      const passing =
+        err instanceof ApiRequestError &&
+        (err.code === "connection_failed" || err.code === "timeout" || err.status >= 500);
+      if (!passing || Date.now() > deadline) throw err;
+      if (!unreachable) out.warn(`klen-webhooks test-call: ${err.message}; trying again until --timeout`);
+      unreachable = true;
+      await new Promise((r) => setTimeout(r, delay));
+      continue;
     }
     const all = [...seen.values()];
     const settled = all.every((f) => f.deliveries.every((d) => d.status !== "pending"));
