@@ -867,6 +867,9 @@ describe("listen across a server restart", () => {
       assert.equal(out.done, true);
       assert.equal(out.events.length, 5);
     } finally {
+      // The next test starts its own server in `server`: this one must not outlive the test.
+      await server.kill();
+      server = undefined;
       await receiver.close();
     }
   });
