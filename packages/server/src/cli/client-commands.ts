@@ -273,6 +273,7 @@ Examples:
     `
 Where it listens and what it stores (all variables: the README's Configuration table):
   PORT, KLEN_HOST      listen address (default 8080 on 127.0.0.1)
+  KLEN_WORKER_PORT     --role worker: /healthz and /metrics on this port (default: no port)
   KLEN_DATA_DIR        SQLite file and blobs (default ./data)
   KLEN_DATABASE_URL    sqlite:<path> or postgres://… (default sqlite:$KLEN_DATA_DIR/klen.db)
   KLEN_API_KEY         an API key for the default account (created if there is none)
