@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { after, describe, test } from "node:test";
+import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import { claimDue } from "../src/delivery/claim.js";
 import { migrate, SchemaTooNewError } from "../src/storage/migrate.js";
 import { type MigrationDialect, migrations } from "../src/storage/migrations.js";
 import { openStore } from "../src/storage/store.js";
-import { backends } from "./helpers/backends.js";
+import { type Backend, backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
 
 after(() => stopPostgres());
@@ -55,15 +55,21 @@ test("released migrations are never edited, and every migration is listed as rel
   assert.deepEqual(now, Object.fromEntries(Object.entries(RELEASED).map(([k, v]) => [k, v])));
 });
 
+/** A store on a fresh empty database of `backend`, closed and dropped after the test. */
+async function freshStore(t: TestContext, backend: Backend) {
+  const fresh = await backend.fresh();
+  const store = await openStore(fresh.databaseUrl);
+  t.after(async () => {
+    await store.close();
+    await fresh.cleanup();
+  });
+  return store;
+}
+
 for (const backend of backends()) {
   describe(`migrations: ${backend.name}`, () => {
     test("a database migrated by a newer version is refused, and left as it was", async (t) => {
-      const fresh = await backend.fresh();
-      const store = await openStore(fresh.databaseUrl);
-      t.after(async () => {
-        await store.close();
-        await fresh.cleanup();
-      });
+      const store = await freshStore(t, backend);
       await migrate(store);
       const newest = Math.max(...migrations.map((m) => m.id));
       await sql`INSERT INTO klen_migrations (id, name, applied_at) VALUES (${newest + 1}, 'from_the_future', 0)`.execute(
@@ -77,12 +83,7 @@ for (const backend of backends()) {
     });
 
     test("a migration 14 made without leased_at (as one commit made it) is repaired by 16: claims work again", async (t) => {
-      const fresh = await backend.fresh();
-      const store = await openStore(fresh.databaseUrl);
-      t.after(async () => {
-        await store.close();
-        await fresh.cleanup();
-      });
+      const store = await freshStore(t, backend);
       await migrate(store, 13);
       // 14 as that commit made it: the trigger, reading updated_at, and no leased_at column.
       const row = `NEW.id, NEW.attempt_count, OLD.updated_at, '', '{}', NULL, NULL, 0, 'lease_expired: x'`;

@@ -80,8 +80,9 @@ Examples:
         out.line(`test call ${out.bold(String(callId))} started; following its events…`);
         const r = await followCall(client, out, callId, o.timeout * 1000);
         const noEndpoint = r.done && r.events.every((e) => e.deliveries.length === 0);
+        const NO_ENDPOINT = "no endpoint got these events";
         // The exit status says it failed; the document says why, as the text does.
-        if (out.json) out.data(noEndpoint ? { ...r, error: "no endpoint got these events" } : r);
+        if (out.json) out.data(noEndpoint ? { ...r, error: NO_ENDPOINT } : r);
         else if (!r.done)
           out.warn(
             `klen-webhooks test-call: ${out.yellow(`gave up after ${o.timeout} s: the call is ${r.status}, deliveries still pending`)}`,
@@ -93,9 +94,9 @@ Examples:
           out.line(
             `call ${callId} ${r.status}: ${events}${failed ? `, ${out.red(`${failed} ${failed === 1 ? "delivery" : "deliveries"} failed`)}` : ""}`,
           );
-          if (deliveries.length === 0)
+          if (noEndpoint)
             out.warn(
-              `klen-webhooks test-call: ${out.red("no endpoint got these events")}: none is enabled with filters that match a test call (klen-webhooks endpoints list; endpoints create --url …)`,
+              `klen-webhooks test-call: ${out.red(NO_ENDPOINT)}: none is enabled with filters that match a test call (klen-webhooks endpoints list; endpoints create --url …)`,
             );
         }
         return followExitCode(r);

@@ -18,12 +18,17 @@ export async function lockCallsOfEndpoint(
   if (!caps.rowLocks) return;
   // Given the calls, they are locked as they are: looking for them among the endpoint's
   // deliveries would read every delivery it ever had.
-  let calls = trx.selectFrom("deliveries").select("call_id").where("endpoint_id", "=", scope.endpointId);
-  if (scope.status !== undefined) calls = calls.where("status", "=", scope.status);
+  const calls =
+    scope.callIds ??
+    trx
+      .selectFrom("deliveries")
+      .select("call_id")
+      .where("endpoint_id", "=", scope.endpointId)
+      .$if(scope.status !== undefined, (q) => q.where("status", "=", scope.status!));
   await trx
     .selectFrom("calls")
     .select("id")
-    .where("id", "in", scope.callIds ?? calls)
+    .where("id", "in", calls)
     .orderBy("id")
     .forNoKeyUpdate()
     .execute();

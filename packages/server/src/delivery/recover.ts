@@ -31,6 +31,20 @@ function failedInScope(db: Db, s: RecoverScope) {
 }
 
 /**
+ * Sets the failed deliveries in scope back to `pending`, parked, for the one attempt a recover
+ * promises; `reorderChains` then releases the first of each call's chain.
+ */
+function reopenFailed(trx: Db, s: RecoverScope, now: number) {
+  return trx
+    .updateTable("deliveries")
+    .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
+    .where("endpoint_id", "=", s.endpointId)
+    .where("status", "=", FAILED)
+    .where("created_at", ">=", s.since)
+    .where("created_at", "<=", s.until);
+}
+
+/**
  * SQL condition, beside `recover_jobs j`: job j has yet to reach this call, and the call has a
  * failed delivery to this endpoint in j's range, which j will re-open. A new event of that call
  * (events/emit.ts) waits behind it as it would behind a pending one, and the ordering sweep
@@ -76,15 +90,7 @@ export async function recoverBatch(
   if (found.length === 0) return { queued: 0, lastCallId: undefined };
   const callIds = [...new Set(found.map((r) => Number(r.call_id)))];
   await lockCallsOfEndpoint(trx, caps, { endpointId: s.endpointId, callIds });
-  const res = await trx
-    .updateTable("deliveries")
-    .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
-    .where("endpoint_id", "=", s.endpointId)
-    .where("status", "=", FAILED)
-    .where("call_id", "in", callIds)
-    .where("created_at", ">=", s.since)
-    .where("created_at", "<=", s.until)
-    .executeTakeFirst();
+  const res = await reopenFailed(trx, s, now).where("call_id", "in", callIds).executeTakeFirst();
   await reorderChains(trx, { endpointId: s.endpointId, callIds }, now);
   return { queued: Number(res.numUpdatedRows), lastCallId: callIds[callIds.length - 1] };
 }
@@ -95,14 +101,7 @@ export async function recoverBatch(
  */
 export async function recoverAll(trx: Db, caps: DialectCaps, s: RecoverScope, now: number): Promise<number> {
   await lockCallsOfEndpoint(trx, caps, { endpointId: s.endpointId, status: "failed" });
-  const res = await trx
-    .updateTable("deliveries")
-    .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
-    .where("endpoint_id", "=", s.endpointId)
-    .where("status", "=", FAILED)
-    .where("created_at", ">=", s.since)
-    .where("created_at", "<=", s.until)
-    .executeTakeFirst();
+  const res = await reopenFailed(trx, s, now).executeTakeFirst();
   await reorderChains(trx, { endpointId: s.endpointId }, now);
   return Number(res.numUpdatedRows);
 }
@@ -157,7 +156,7 @@ async function takeJob(ctx: AppContext): Promise<JobRow | undefined> {
     .executeTakeFirst();
 }
 
-type Step = { kind: "more"; queued: number } | { kind: "done"; queued: number } | { kind: "lost" };
+type Step = { kind: "more"; queued: number } | { kind: "done" } | { kind: "lost" };
 
 /**
  * One batch of a job, in one transaction: renews the lease (fenced by the token: a job taken over
@@ -183,18 +182,19 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
         .where("id", "=", held.endpoint_id)
         .where("account_id", "=", held.account_id)
         .executeTakeFirst();
+      const sending =
+        endpoint !== undefined && endpoint.deleted_at === null && Number(endpoint.disabled) === 0;
       const scope = { endpointId: held.endpoint_id, since: Number(held.since), until: Number(held.until) };
-      const batch =
-        !endpoint || endpoint.deleted_at !== null || Number(endpoint.disabled) === 1
-          ? { queued: 0, lastCallId: undefined }
-          : await recoverBatch(
-              trx,
-              ctx.store.caps,
-              scope,
-              Number(held.after_call_id),
-              ctx.config.recoverBatch,
-              now,
-            );
+      const batch = !sending
+        ? { queued: 0, lastCallId: undefined }
+        : await recoverBatch(
+            trx,
+            ctx.store.caps,
+            scope,
+            Number(held.after_call_id),
+            ctx.config.recoverBatch,
+            now,
+          );
       const queued = Number(held.queued) + batch.queued;
       if (batch.lastCallId === undefined) {
         await trx.deleteFrom("recover_jobs").where("id", "=", job.id).execute();
@@ -202,10 +202,9 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
         // endpoint's are then settled as they come due).
         await reorderChains(trx, { endpointId: held.endpoint_id }, now);
         const log = ctx.log.child({ component: "recover", job: job.id, endpoint_id: held.endpoint_id });
-        if (endpoint && endpoint.deleted_at === null && Number(endpoint.disabled) === 0)
-          log.info({ queued }, "recover done");
+        if (sending) log.info({ queued }, "recover done");
         else log.warn({ queued }, "recover stopped: its endpoint was disabled or deleted");
-        return { kind: "done", queued: batch.queued };
+        return { kind: "done" };
       }
       await trx
         .updateTable("recover_jobs")
@@ -241,8 +240,8 @@ export async function runRecoverJobs(ctx: AppContext, stopped: () => boolean = (
       const s = await step(ctx, job);
       if (s.kind === "lost") break;
       batches++;
-      if (s.queued > 0) await announceWork(ctx);
       if (s.kind === "done") break;
+      if (s.queued > 0) await announceWork(ctx);
       await pauseBetweenBatches();
     }
   }
