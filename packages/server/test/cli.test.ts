@@ -330,6 +330,10 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       ["--url", "--event-types", "--description", "--api-key", "--json", "Examples:"],
     ],
     [
+      ["endpoints", "recover", "--help"],
+      ["<endpoint_id>", "--since", "--until", "--wait", "--timeout", "KLEN_RECOVER_BATCH", "Examples:"],
+    ],
+    [
       ["deliveries", "list", "--help"],
       ["--status", "--endpoint-id", "--event-id", "--call-id", "--limit", "--json", "Examples:"],
     ],
@@ -1057,6 +1061,50 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     await server.kill();
     dir.remove();
   }
+});
+
+test("endpoints recover: a small one at once; a large one in the background, followed to its end with --wait", async (t) => {
+  const dir = tempDir();
+  const server = await spawnServer({
+    dataDir: dir.path,
+    env: { KLEN_RETRY_SCHEDULE: "20ms", KLEN_RECOVER_BATCH: "2" },
+  });
+  let healthy = false;
+  const rx = await startReceiver({ respond: () => (healthy ? 200 : 500) });
+  t.after(async () => {
+    await server.kill();
+    await rx.close();
+    dir.remove();
+  });
+  const env = { KLEN_API_URL: server.url, KLEN_API_KEY: server.apiKey };
+  const { endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+  for (let i = 0; i < 2; i++) assert.equal((await cli(["trigger", "call.ended", "--json"], env)).code, 0);
+  await waitFor("four failed deliveries", async () => {
+    const list = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed`);
+    return list.body.data.length === 4;
+  });
+  const since = new Date(Date.now() - 600_000).toISOString();
+
+  const bad = await cli(["endpoints", "recover", endpoint.id, "--since", "yesterday"], env);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /\(field: since\)/);
+  const none = await cli(["endpoints", "recover", endpoint.id, "--since", since, "--until", since], env);
+  assert.equal(none.code, 0, none.stderr);
+  assert.match(none.stdout, new RegExp(`^re-queued 0 failed deliveries of ${endpoint.id}; see them with`));
+
+  healthy = true;
+  const r = await cli(["endpoints", "recover", endpoint.id, "--since", since, "--wait", "--json"], env);
+  assert.equal(r.code, 0, r.stderr);
+  const job = JSON.parse(r.stdout);
+  assert.match(job.id, /^rcv_/);
+  assert.equal(job.status, "finished");
+  assert.equal(job.done, true);
+  assert.equal(job.found, 4);
+  assert.equal(job.queued, 4);
+  await waitFor("every recovered delivery succeeded", async () => {
+    const list = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=succeeded`);
+    return list.body.data.length === 4;
+  });
 });
 
 test("the first start prints the default account's key even in CI, where the banner is left out", async () => {

@@ -28,8 +28,12 @@ describe("dashboard in Chromium", () => {
   const foreignRequests: string[] = [];
 
   before(async () => {
-    // Retries far apart: a delivery that failed stays pending with retries left (Retry now).
-    server = await spawnServer({ dataDir: dir.path, env: { KLEN_RETRY_SCHEDULE: "10m,10m" } });
+    // Retries far apart: a delivery that failed stays pending with retries left (Retry now). A
+    // recover of more than one delivery runs in the background.
+    server = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_RETRY_SCHEDULE: "10m,10m", KLEN_RECOVER_BATCH: "1" },
+    });
     receiver = await startReceiver();
     failing = await startReceiver({ respond: () => ({ status: 500, body: "receiver down" }) });
     ({ agentId } = await setupAccount(server.api));
@@ -969,6 +973,35 @@ describe("dashboard in Chromium", () => {
     await detail
       .getByText("Its endpoint is disabled: enable the endpoint on its page, then retry.")
       .waitFor();
+  });
+
+  test("a recover run in the background shows its progress to the end", async () => {
+    const ep = await server.api.post("/v1/endpoints", { url: `${receiver.url}/recovered` });
+    const call = await server.api.post("/v1/test-calls", { endpoint_id: ep.body.id });
+    const sent = await waitFor("the test call's deliveries sent", async () => {
+      const r = await server.api.get(`/v1/deliveries?call_id=${call.body.call_id}&status=succeeded`);
+      return r.body.data.length >= 3 ? (r.body.data as Array<{ id: string }>) : undefined;
+    });
+    // What a long outage leaves: deliveries that gave up (written here directly).
+    const db = new Database(`${dir.path}/klen.db`);
+    const failed = db
+      .prepare("UPDATE deliveries SET status = 'failed' WHERE endpoint_id = ? AND status = 'succeeded'")
+      .run(ep.body.id).changes;
+    db.close();
+    assert.ok(failed >= sent.length, "more than KLEN_RECOVER_BATCH (1)");
+    await page.evaluate((id) => {
+      location.hash = `#/endpoints/${id}`;
+    }, ep.body.id);
+    await page.getByRole("button", { name: "Recover failed deliveries" }).click();
+    // Shown for the second before the page first asks how the job is doing.
+    await page.getByText(`Found ${failed} deliveries: queuing them in the background…`).waitFor();
+    await page.getByText(`Queued ${failed} deliveries for another attempt.`).waitFor();
+    const jobs = await server.api.get(`/v1/recover-jobs?endpoint_id=${ep.body.id}`);
+    assert.deepEqual(
+      jobs.body.data.map((j: { status: string; queued: number }) => [j.status, j.queued]),
+      [["finished", failed]],
+      "carried out in the background, as the page said",
+    );
   });
 
   test("creating an endpoint with Enter leads to its page with focus on its heading", async () => {

@@ -39,6 +39,7 @@ const RELEASED: Record<number, string> = {
   14: "2fc7500bc4450593 e2c99b13cad88852",
   15: "de81f14044a28d60 57f3a14bc7b98b36",
   16: "f14df39c28c78091 589722b8fd1ce1aa",
+  17: "109914e1b1d8253b 0a77351a88e1b5cf",
 };
 
 test("released migrations are never edited, and every migration is listed as released", () => {
@@ -54,6 +55,9 @@ test("released migrations are never edited, and every migration is listed as rel
   );
   assert.deepEqual(now, Object.fromEntries(Object.entries(RELEASED).map(([k, v]) => [k, v])));
 });
+
+/** The migrations a database at 14 is then given. */
+const after14 = () => migrations.map((m) => m.id).filter((id) => id > 14);
 
 /** A store on a fresh empty database of `backend`, closed and dropped after the test. */
 async function freshStore(t: TestContext, backend: Backend) {
@@ -112,7 +116,7 @@ for (const backend of backends()) {
         "the claim fails on such a database",
       );
 
-      assert.deepEqual(await migrate(store), [15, 16]);
+      assert.deepEqual(await migrate(store), after14());
       assert.deepEqual(await claimDue(store, { now: Date.now(), limit: 1, leaseMs: 1_000, exclude: [] }), []);
       // The trigger is 14's own again: it reads leased_at.
       const body =
@@ -182,6 +186,6 @@ describe("migrations: postgres, beside a long transaction", () => {
     ]).finally(() => clearTimeout(timer));
     assert.equal(finished, false, "the migration still waits for the holder");
     await holder.query("COMMIT");
-    assert.deepEqual(await migrating, [15, 16]);
+    assert.deepEqual(await migrating, after14());
   });
 });

@@ -43,8 +43,12 @@ describe("the OpenAPI document describes every operation's real answers", () => 
   const bodiless = new Map<string, number>();
 
   before(async () => {
-    // A fast schedule, so that the failing endpoint's deliveries fail in well under a second.
-    server = await spawnServer({ dataDir: dir.path, env: { KLEN_RETRY_SCHEDULE: "50ms,50ms,50ms" } });
+    // A fast schedule, so that the failing endpoint's deliveries fail in well under a second; a
+    // recover of more than one delivery runs in the background.
+    server = await spawnServer({
+      dataDir: dir.path,
+      env: { KLEN_RETRY_SCHEDULE: "50ms,50ms,50ms", KLEN_RECOVER_BATCH: "1" },
+    });
     ok = await startReceiver();
     failing = await startReceiver({ respond: () => ({ status: 500, body: "down for maintenance" }) });
     doc = (await (await fetch(`${server.url}/openapi.json`)).json()) as Doc;
@@ -338,7 +342,20 @@ describe("the OpenAPI document describes every operation's real answers", () => 
     expect(await op("get", "/v1/deliveries/{id}", { id: failed.id }), 200);
     expect(await op("post", "/v1/deliveries/{id}/retry", { id: done.id }), 202);
     const since = new Date(Date.now() - 3_600_000).toISOString();
-    expect(await op("post", "/v1/endpoints/{id}/recover", { id: bad.body.id, json: { since } }), 202);
+    await waitFor(
+      "two failed deliveries to recover",
+      async () =>
+        (await server.api.get(`/v1/deliveries?endpoint_id=${bad.body.id}&status=failed`)).body.data.length >=
+        2,
+      30_000,
+      100,
+    );
+    // More than KLEN_RECOVER_BATCH (1 here): a background job, which the recover-jobs routes show.
+    const recovery = await op("post", "/v1/endpoints/{id}/recover", { id: bad.body.id, json: { since } });
+    expect(recovery, 202);
+    assert.ok(recovery.body.job_id, `a recover job: ${JSON.stringify(recovery.body)}`);
+    expect(await op("get", "/v1/recover-jobs", { query: `?endpoint_id=${bad.body.id}` }), 200);
+    expect(await op("get", "/v1/recover-jobs/{id}", { id: recovery.body.job_id }), 200);
     expect(await op("get", "/v1/stats/deliveries", { query: "?bucket=10m" }), 200);
 
     // Every operation of the document was called and answered with its documented success.

@@ -6,6 +6,7 @@ import { loadConfig } from "../src/config.js";
 import { releaseOrphans } from "../src/delivery/claim.js";
 import { RECOVER_LEASE_MS, runRecoverJobs } from "../src/delivery/recover.js";
 import { createLogger } from "../src/log.js";
+import { purgeExpired } from "../src/retention/purge.js";
 import { type Running, startServer } from "../src/server.js";
 import { type ApiClient, apiClient, setupAccount } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
@@ -157,12 +158,21 @@ for (const backend of backends()) {
         );
         assert.ok(chain.every((r) => Number(r.one_attempt) === 1 || !recovered.has(r.id)));
       }
-      const jobs = await store.db.selectFrom("recover_jobs").selectAll().execute();
-      assert.deepEqual(jobs, [], "the job is gone once done");
+      const job = await api.get(`/v1/recover-jobs/${rec.body.job_id}`);
+      assert.equal(job.status, 200);
+      assert.equal(job.body.status, "finished", "kept once done, for its job_id to be looked up");
+      assert.equal(job.body.found, 15, "what the 202 said");
+      assert.equal(job.body.queued, 15, "every one re-queued, over both workers");
+      assert.ok(job.body.finished_at);
+      assert.equal(
+        await runRecoverJobs(at(now + 2 * RECOVER_LEASE_MS)),
+        0,
+        "a finished job is not taken again",
+      );
     });
 
     test("a job whose endpoint is disabled mid-way stops and leaves the rest failed", async (t) => {
-      const { api, endpoint, store, rec, at } = await failedAndRecovered(t, backend, 3, 3);
+      const { api, endpoint, callIds, store, rec, at } = await failedAndRecovered(t, backend, 3, 3);
       assert.ok(rec.body.job_id, "in the background");
       const now = Date.now();
       await dieAfterOneBatch(at(now));
@@ -180,7 +190,38 @@ for (const backend of backends()) {
       assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
       await runRecoverJobs(at(now + RECOVER_LEASE_MS + 1));
       assert.equal(await count("failed"), 6, "the other calls stay failed");
-      assert.deepEqual(await store.db.selectFrom("recover_jobs").selectAll().execute(), [], "the job ended");
+      const job = await api.get(`/v1/recover-jobs/${rec.body.job_id}`);
+      assert.equal(job.body.status, "stopped", "the job ended, and says why");
+      assert.equal(job.body.queued, 3);
+      assert.equal(job.body.found, 9);
+      // Kept, but no longer in the way: a new event of a call it did not reach goes out at once.
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
+      const last = callIds[callIds.length - 1]!;
+      assert.equal((await api.post(`/v1/calls/${last}/summary`, { summary: "Later." })).status, 200);
+      const fresh = await store.db
+        .selectFrom("deliveries")
+        .select("next_attempt_at")
+        .where("call_id", "=", last)
+        .where("status", "=", "pending")
+        .executeTakeFirstOrThrow();
+      assert.notEqual(fresh.next_attempt_at, null, "due, not parked behind the stopped job");
+    });
+
+    test("the retention period removes a job once done, never a running one", async (t) => {
+      const { api, rec, at } = await failedAndRecovered(t, backend, 2, 1);
+      const now = Date.now();
+      const ctx = at(now);
+      const later = now + ctx.config.retentionMs + 1;
+      await purgeExpired(at(later), later, { pauseMs: 0 });
+      assert.equal((await api.get(`/v1/recover-jobs/${rec.body.job_id}`)).body.status, "running");
+      await runRecoverJobs(ctx);
+      assert.equal((await api.get(`/v1/recover-jobs/${rec.body.job_id}`)).body.status, "finished");
+      await purgeExpired(at(later), later - 2, { pauseMs: 0 });
+      assert.equal((await api.get(`/v1/recover-jobs/${rec.body.job_id}`)).status, 200, "not yet");
+      await purgeExpired(at(later), later, { pauseMs: 0 });
+      const gone = await api.get(`/v1/recover-jobs/${rec.body.job_id}`);
+      assert.equal(gone.status, 404);
+      assert.equal(gone.body.error.code, "not_found");
     });
 
     test("a large recover through a running server: every recovered event arrives once, each call in order; its repeat is replayed", async (t) => {
@@ -216,6 +257,20 @@ for (const backend of backends()) {
       assert.equal(again.headers.get("idempotent-replayed"), "true");
       assert.deepEqual(again.body, rec.body);
 
+      const running = await server.api.get(`/v1/recover-jobs/${rec.body.job_id}`);
+      assert.equal(running.status, 200);
+      assert.equal(running.body.endpoint_id, endpoint.id);
+      assert.ok(["running", "finished"].includes(running.body.status), running.body.status);
+      await waitFor("the job finished", async () => {
+        const job = await server.api.get(`/v1/recover-jobs/${rec.body.job_id}`);
+        return job.body.status === "finished" && job.body.queued === 12;
+      });
+      assert.equal((await server.api.get("/v1/recover-jobs/rcv_123")).status, 404);
+      const listed = await server.api.get(`/v1/recover-jobs?endpoint_id=${endpoint.id}`);
+      assert.deepEqual(
+        listed.body.data.map((j: { id: string }) => j.id),
+        [rec.body.job_id],
+      );
       await waitFor("every recovered delivery succeeded", async () => {
         const list = await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=succeeded`);
         return list.body.data.length === 12;

@@ -402,6 +402,38 @@ function deleteCard(e) {
   );
 }
 
+const deliveries = (n) => `${n.toLocaleString()} ${n === 1 ? "delivery" : "deliveries"}`;
+
+/**
+ * A recover larger than the server's KLEN_RECOVER_BATCH runs in the background (202 with a
+ * `job_id`): its progress, from GET /v1/recover-jobs/{id} each second while the page shows it.
+ */
+async function followRecoverJob(status, jobId, found) {
+  note(status, `Found ${deliveries(found)}: queuing them in the background…`);
+  while (status.isConnected) {
+    await new Promise((r) => setTimeout(r, 1000));
+    if (!status.isConnected) return;
+    let job;
+    try {
+      job = await api("GET", `/v1/recover-jobs/${jobId}`);
+    } catch (err) {
+      // A server restarting: the job goes on there; try again.
+      if (err instanceof ApiError && err.status > 0 && err.status < 500)
+        return note(status, describe(err), "error");
+      continue;
+    }
+    if (job.status === "finished")
+      return note(status, `Queued ${deliveries(job.queued)} for another attempt.`);
+    if (job.status === "stopped")
+      return note(
+        status,
+        `Stopped after queuing ${deliveries(job.queued)} of ${job.found.toLocaleString()}: the endpoint was disabled or deleted meanwhile.`,
+        "error",
+      );
+    note(status, `Queued ${job.queued.toLocaleString()} of ${deliveries(job.found)} so far…`);
+  }
+}
+
 function recoverCard(e) {
   const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
   since.value = localInputValue(new Date(Date.now() - 24 * 3600 * 1000));
@@ -425,10 +457,8 @@ function recoverCard(e) {
           button.disabled = true;
           try {
             const r = await api("POST", `/v1/endpoints/${e.id}/recover`, { since: when.toISOString() });
-            note(
-              status,
-              `Queued ${r.queued} ${r.queued === 1 ? "delivery" : "deliveries"} for another attempt.`,
-            );
+            if (r.job_id) followRecoverJob(status, r.job_id, r.queued);
+            else note(status, `Queued ${deliveries(r.queued)} for another attempt.`);
           } catch (err) {
             // The API's words name its routes; the dashboard's say where to go.
             const text =

@@ -81,6 +81,12 @@ const SUCCESS: Record<string, { status: string; description: string; schema: Res
     description: "failed deliveries re-queued",
     schema: "recovery",
   },
+  "get /v1/recover-jobs": { status: "200", description: "background recovers", schema: "recover_job_page" },
+  "get /v1/recover-jobs/{id}": {
+    status: "200",
+    description: "the background recover",
+    schema: "recover_job",
+  },
   "get /v1/events": { status: "200", description: "events", schema: "event_page" },
   "get /v1/events/{id}": { status: "200", description: "the event", schema: "event" },
   "get /v1/deliveries": {

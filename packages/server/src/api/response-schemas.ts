@@ -199,6 +199,21 @@ const apiKeyCreated = object(
   "a new API key",
 );
 
+const recoverJob = object(
+  {
+    id: prefixedId("rcv"),
+    endpoint_id: prefixedId("ep"),
+    status: { type: "string", enum: ["running", "finished", "stopped"] },
+    since: millis,
+    until: millis,
+    found: { type: "integer", minimum: 0 },
+    queued: { type: "integer", minimum: 0 },
+    created_at: millis,
+    finished_at: nullable(millis),
+  },
+  "a recover carried out in the background: `running`, then `finished`, or `stopped` because its endpoint was disabled or deleted; `found` failed deliveries when asked, `queued` re-queued so far",
+);
+
 const statsRow = {
   succeeded: { type: "integer", minimum: 0 },
   failed: { type: "integer", minimum: 0 },
@@ -241,6 +256,8 @@ export const RESPONSE_SCHEMAS = {
     "how many failed deliveries were re-queued; with `job_id`, how many were found failed, re-queued in the background a batch of calls at a time (more than KLEN_RECOVER_BATCH)",
     ["job_id"],
   ),
+  recover_job: recoverJob,
+  recover_job_page: page("recover_job"),
   attempt,
   delivery,
   delivery_page: page("delivery"),

@@ -17,6 +17,17 @@ export class ApiRequestError extends Error {
   }
 }
 
+/**
+ * A failure a follower (`test-call --wait`, `endpoints recover --wait`) waits out until its
+ * --timeout: the server restarting or briefly overloaded, not what it says of the request itself.
+ */
+export function isPassing(err: unknown): boolean {
+  return (
+    err instanceof ApiRequestError &&
+    (err.code === "connection_failed" || err.code === "timeout" || err.status >= 500)
+  );
+}
+
 export interface ClientOptions {
   apiUrl: string;
   apiKey?: string | undefined;

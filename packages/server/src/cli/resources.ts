@@ -3,6 +3,7 @@ import { type ApiClient, apiClient, type DeliveryObject, listAll, type Page } fr
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
 import { type Output, statusText } from "./output.js";
+import { registerRecoverCommand } from "./recover.js";
 
 /** An API key as the API lists it: never the key itself, which is shown once, when it is made. */
 interface ApiKeyObject {
@@ -156,7 +157,9 @@ export function registerResourceCommands(program: Command): void {
 function registerEndpointCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
-    .description("list, create, enable and disable webhook endpoints; show a secret; set a rate limit")
+    .description(
+      "list, create, enable and disable webhook endpoints; recover failed deliveries; show a secret; set a rate limit",
+    )
     .addHelpText(
       "after",
       `
@@ -257,6 +260,7 @@ Examples:
         return 0;
       }),
     );
+  registerRecoverCommand(endpoints);
   idCommand(endpoints, {
     name: "secret",
     description: "print an endpoint's current signing secret (GET /v1/endpoints/{id}/secret)",

@@ -1,9 +1,9 @@
 import {
   type ApiClient,
-  ApiRequestError,
   type CallObject,
   type DeliveryObject,
   type EventObject,
+  isPassing,
   listAll,
 } from "./api-client.js";
 import { type Output, statusText } from "./output.js";
@@ -90,13 +90,10 @@ export async function followCall(
         }
       }
     } catch (err) {
-      // A server restarting (or briefly overloaded) is waited out until --timeout, as listen
-      // does; what it says of the request itself is not.
-      const passing =
-        err instanceof ApiRequestError &&
-        (err.code === "connection_failed" || err.code === "timeout" || err.status >= 500);
-      if (!passing || Date.now() > deadline) throw err;
-      if (!unreachable) out.warn(`klen-webhooks test-call: ${err.message}; trying again until --timeout`);
+      // A server restarting (or briefly overloaded) is waited out until --timeout, as listen does.
+      if (!isPassing(err) || Date.now() > deadline) throw err;
+      if (!unreachable)
+        out.warn(`klen-webhooks test-call: ${(err as Error).message}; trying again until --timeout`);
       unreachable = true;
       await new Promise((r) => setTimeout(r, delay));
       continue;

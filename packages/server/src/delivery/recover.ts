@@ -1,11 +1,13 @@
-import { type RawBuilder, sql } from "kysely";
+import { type RawBuilder, type Selectable, sql } from "kysely";
 import { type AppContext, announceWork } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
 import { retryConflicts } from "../storage/retry.js";
+import type { Database } from "../storage/schema.js";
 import type { DialectCaps } from "../storage/store.js";
 import { type Db, FAILED } from "../storage/types.js";
 import { newId } from "../util/ids.js";
 import { Periodic, pauseBetweenBatches } from "../util/periodic.js";
+import { isoMillis } from "../util/time.js";
 import { lockCallsOfEndpoint, reorderChains } from "./chains.js";
 
 /** What a recover re-opens: an endpoint's failed deliveries made in `[since, until]`. */
@@ -20,6 +22,9 @@ export const RECOVER_LEASE_MS = 60_000;
 
 /** How often worker processes look for recover jobs to work on. */
 const POLL_MS = 1_000;
+
+/** A job not yet done; `finished` and `stopped` (its endpoint was disabled or deleted) are final. */
+const RUNNING = "running";
 
 function failedInScope(db: Db, s: RecoverScope) {
   return db
@@ -45,13 +50,13 @@ function reopenFailed(trx: Db, s: RecoverScope, now: number) {
 }
 
 /**
- * SQL condition, beside `recover_jobs j`: job j has yet to reach this call, and the call has a
+ * SQL condition, beside `recover_jobs j`: job j is running and has yet to reach this call, and the call has a
  * failed delivery to this endpoint in j's range, which j will re-open. A new event of that call
  * (events/emit.ts) waits behind it as it would behind a pending one, and the ordering sweep
  * (claim.ts `releaseOrphans`) leaves it parked until then.
  */
 export function awaitingRecover(endpointId: RawBuilder<unknown>, callId: unknown) {
-  return sql<boolean>`j.after_call_id < ${callId} AND EXISTS (
+  return sql<boolean>`j.status = 'running' AND j.after_call_id < ${callId} AND EXISTS (
     SELECT 1 FROM deliveries f
     WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
       AND f.created_at >= j.since AND f.created_at <= j.until)`;
@@ -112,7 +117,7 @@ export async function recoverAll(trx: Db, caps: DialectCaps, s: RecoverScope, no
  */
 export async function queueRecoverJob(
   trx: Db,
-  job: RecoverScope & { accountId: number },
+  job: RecoverScope & { accountId: number; found: number },
   now: number,
 ): Promise<string> {
   const id = newId("rcv", now);
@@ -129,6 +134,9 @@ export async function queueRecoverJob(
       leased_until: null,
       claim_token: 0,
       created_at: now,
+      status: RUNNING,
+      found: job.found,
+      finished_at: null,
     })
     .execute();
   return id;
@@ -142,6 +150,7 @@ async function takeJob(ctx: AppContext): Promise<JobRow | undefined> {
   const free = await ctx.store.db
     .selectFrom("recover_jobs")
     .select(["id", "claim_token"])
+    .where("status", "=", RUNNING)
     .where((eb) => eb.or([eb("leased_until", "is", null), eb("leased_until", "<=", now)]))
     .orderBy("created_at")
     .limit(1)
@@ -173,6 +182,7 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
         .set({ leased_until: now + RECOVER_LEASE_MS })
         .where("id", "=", job.id)
         .where("claim_token", "=", job.claim_token)
+        .where("status", "=", RUNNING)
         .returningAll()
         .executeTakeFirst();
       if (!held) return { kind: "lost" };
@@ -197,7 +207,12 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
           );
       const queued = Number(held.queued) + batch.queued;
       if (batch.lastCallId === undefined) {
-        await trx.deleteFrom("recover_jobs").where("id", "=", job.id).execute();
+        // Kept, finished, for GET /v1/recover-jobs/{id}; the retention period removes it.
+        await trx
+          .updateTable("recover_jobs")
+          .set({ status: sending ? "finished" : "stopped", queued, leased_until: null, finished_at: now })
+          .where("id", "=", job.id)
+          .execute();
         // New events parked behind calls this job will now not reach go on (a disabled
         // endpoint's are then settled as they come due).
         await reorderChains(trx, { endpointId: held.endpoint_id }, now);
@@ -256,4 +271,20 @@ export function recoverJobs(ctx: AppContext): Periodic {
       ),
     () => POLL_MS,
   );
+}
+
+/** A recover job as the API shows it (`GET /v1/recover-jobs/{id}`). */
+export function recoverJobObject(j: Selectable<Database["recover_jobs"]>) {
+  const finishedAt = j.finished_at === null ? null : Number(j.finished_at);
+  return {
+    id: j.id,
+    endpoint_id: j.endpoint_id,
+    status: j.status,
+    since: isoMillis(Number(j.since)),
+    until: isoMillis(Number(j.until)),
+    found: Number(j.found),
+    queued: Number(j.queued),
+    created_at: isoMillis(Number(j.created_at)),
+    finished_at: finishedAt === null ? null : isoMillis(finishedAt),
+  };
 }

@@ -52,7 +52,7 @@ export const expiredBriefSummaries = (db: Db, cutoff: number, limit: number) =>
  *   whole rows, not emptied skeletons: an event body that no longer validates could not be
  *   replayed anyway. Deliveries still pending are never touched, nor are their events;
  * - the brief summary kept on old calls, summary jobs that failed (they hold a transcript copy) and
- *   test-call runs nobody has carried on for a retention period;
+ *   test-call runs nobody has carried on for a retention period, and recover jobs done as long ago;
  * - the responses kept for Idempotency-Key replays once no repeat can get them (24 hours; sooner
  *   when the retention period is shorter): they show new endpoint secrets, phone numbers, summaries;
  * - orphaned blob files (bytes with no row, older than an hour).
@@ -234,7 +234,13 @@ export async function purgeExpired(
     .where("leased_until", "<", cutoff)
     .where("leased_until", "<>", 0)
     .executeTakeFirst();
-  counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows);
+  // Recover jobs that are done (kept for GET /v1/recover-jobs/{id}); a running one is never cut short.
+  const rj = await db
+    .deleteFrom("recover_jobs")
+    .where("status", "<>", "running")
+    .where("finished_at", "<", cutoff)
+    .executeTakeFirst();
+  counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows) + Number(rj.numDeletedRows);
 
   // Oldest first, up to a batch of rows a statement (through the created_at index): the first purge
   // after an upgrade may find every record ever kept.

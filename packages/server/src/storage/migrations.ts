@@ -430,4 +430,17 @@ DROP FUNCTION IF EXISTS klen_log_lease_expired();`
     : `${columns.get("deliveries")?.has("leased_at") ? "" : `ALTER TABLE deliveries ADD COLUMN leased_at ${d.bigint};\n`}DROP TRIGGER IF EXISTS deliveries_lease_expired;`
 }${leaseExpiredTrigger(d)}`,
   },
+  {
+    id: 17,
+    name: "recover_job_status",
+    sql: (d) => `
+-- A recover job is kept once done, so GET /v1/recover-jobs/{id} can answer what became of the
+-- job_id its 202 gave: \`running\`, \`finished\`, or \`stopped\` (its endpoint was disabled or
+-- deleted). \`found\` is the count that 202 gave. Finished jobs go with the retention period.
+ALTER TABLE recover_jobs ADD COLUMN status TEXT NOT NULL DEFAULT 'running';
+ALTER TABLE recover_jobs ADD COLUMN found INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recover_jobs ADD COLUMN finished_at ${d.bigint};
+CREATE INDEX recover_jobs_account ON recover_jobs (account_id, id);
+`,
+  },
 ];

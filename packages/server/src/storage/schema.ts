@@ -170,6 +170,11 @@ export interface Database {
     leased_until: number | null;
     claim_token: number;
     created_at: number;
+    /** `running`, `finished`, or `stopped` (its endpoint was disabled or deleted): migration 17. */
+    status: string;
+    /** Failed deliveries found when the recover was asked (its 202's `queued`). */
+    found: number;
+    finished_at: number | null;
   };
   summary_jobs: {
     call_id: number;

@@ -13,7 +13,12 @@ export const idParam = {
 } as const;
 
 /** What each prefixed id names, for the 404 of an id that cannot exist (errors.ts). */
-export const ID_NOUNS: Readonly<Record<string, string>> = { ep: "endpoint", dlv: "delivery", evt: "event" };
+export const ID_NOUNS: Readonly<Record<string, string>> = {
+  ep: "endpoint",
+  dlv: "delivery",
+  evt: "event",
+  rcv: "recover job",
+};
 
 /**
  * A prefixed id in a path (`dlv_…`, `ep_…`, `evt_…`). One that does not have the form of an id is

@@ -325,7 +325,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           const found = await countRecoverable(trx, scope);
           if (found <= ctx.config.recoverBatch)
             return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
-          const job = await queueRecoverJob(trx, { ...scope, accountId: req.account.id }, now);
+          const job = await queueRecoverJob(trx, { ...scope, accountId: req.account.id, found }, now);
           return { status: 202, body: { queued: found, job_id: job } };
         },
         { work: true },

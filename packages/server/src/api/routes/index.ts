@@ -12,6 +12,7 @@ import { deliveryRoutes } from "./deliveries.js";
 import { endpointRoutes } from "./endpoints.js";
 import { eventRoutes } from "./events.js";
 import { recordingRoutes } from "./recording.js";
+import { recoverJobRoutes } from "./recover-jobs.js";
 import { statsRoutes } from "./stats.js";
 import { streamRoutes } from "./stream.js";
 import { testCallRoutes } from "./test-calls.js";
@@ -29,6 +30,7 @@ export const routeModules: RouteModule[] = [
   testCallRoutes,
   blobRoutes,
   endpointRoutes,
+  recoverJobRoutes,
   eventRoutes,
   streamRoutes,
   deliveryRoutes,
