@@ -64,6 +64,11 @@ export function parseKey(key: string): WebhookKey {
       `whsk_ key must hold a 32-byte seed or 64-byte seed and public key, got ${bytes.length} bytes`,
     );
   }
+  // The likeliest wrong string to paste: the Klen API key. Named, without printing it.
+  if (trimmed.startsWith("klen_sk_"))
+    throw new WebhookKeyError(
+      `Webhook key "klen_sk_…" is an API key, not an endpoint's signing secret: use the endpoint's whsec_ secret (klen-webhooks endpoints secret ep_…)`,
+    );
   const body = trimmed.startsWith("whsec_") ? trimmed.slice(6) : trimmed;
   // An unknown `xyz_` prefix is rejected by the base64 check itself ("_" is not in the alphabet).
   return { kind: "hmac", secret: decodeKeyBody(trimmed, body) };

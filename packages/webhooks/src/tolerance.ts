@@ -48,7 +48,9 @@ export function assertSeconds(value: number, what: string): void {
 export function checkTimestamp(timestamp: number, opts: VerifyOptions | undefined): void {
   const now = nowSeconds(opts?.now);
   const tolerance = opts?.toleranceSeconds ?? DEFAULT_TOLERANCE_SECONDS;
-  if (!(tolerance >= 0)) throw new TypeError("`toleranceSeconds` must be a non-negative number");
+  // A number, not anything JavaScript would turn into one: "1e3", true and [600] were taken.
+  if (typeof tolerance !== "number" || !(tolerance >= 0))
+    throw new TypeError("`toleranceSeconds` must be a non-negative number");
   if (now - timestamp > tolerance) {
     throw new WebhookVerificationError("timestamp_too_old", "webhook-timestamp is too old");
   }

@@ -11,6 +11,7 @@ import {
   createIdempotency,
   type HandlerOptions,
   type WebhookDelivery,
+  WebhookVerificationError,
 } from "../src/index.js";
 import { seedBody, seedEvent, signedHeaders, webhook } from "./helpers.js";
 
@@ -31,6 +32,8 @@ export function adapterContract(name: string, start: StartServer): void {
     const recorder: Recorder = { calls: [] };
     const failOnce = new Set(["evt_fail_once"]);
     const errors: unknown[] = [];
+    /** What onRejected was told: each refused request's code. */
+    const rejected: string[] = [];
     let server: { url: string; close: () => Promise<void> };
 
     before(async () => {
@@ -38,6 +41,10 @@ export function adapterContract(name: string, start: StartServer): void {
         idempotency: createIdempotency(),
         maxBodyBytes: MAX_BODY,
         onError: (err) => errors.push(err),
+        onRejected: (err) =>
+          void rejected.push(
+            err instanceof WebhookVerificationError ? err.code : `${err.name} ${err.maxBytes}`,
+          ),
         onEvent: async (event: CallEvent, delivery: WebhookDelivery) => {
           if (failOnce.delete(delivery.id)) throw new Error("database unavailable");
           recorder.calls.push({ id: delivery.id, event });
@@ -74,6 +81,7 @@ export function adapterContract(name: string, start: StartServer): void {
       assert.equal(res.status, 400);
       assert.deepEqual(await res.json(), { error: { code: "no_matching_signature" } });
       assert.equal(callsFor("evt_reserialised").length, 0);
+      assert.equal(rejected.at(-1), "no_matching_signature", "the receiver is told why");
     });
 
     test("missing headers, stale timestamps and non-events are 400 with their code", async () => {
@@ -186,6 +194,7 @@ export function adapterContract(name: string, start: StartServer): void {
       assert.equal(res.status, 413);
       assert.deepEqual(await res.json(), { error: { code: "payload_too_large" } });
       assert.equal(callsFor("evt_big").length, 0);
+      assert.equal(rejected.at(-1), `BodyTooLargeError ${MAX_BODY}`, "the receiver is told why");
     });
   });
 }

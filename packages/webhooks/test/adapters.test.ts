@@ -195,6 +195,30 @@ describe("node:http: what never reaches the handler", () => {
     }
   });
 
+  test("a refused request is logged with its reason and what to check, unless onRejected takes it", async () => {
+    const warned: unknown[][] = [];
+    const original = console.warn;
+    console.warn = (...args: unknown[]) => void warned.push(args);
+    const quiet = createServer(nodeWebhookHandler(webhook, { onEvent: () => {}, onRejected: () => {} }));
+    const server = createServer(nodeWebhookHandler(webhook, { onEvent: () => {} }));
+    try {
+      const body = seedBody();
+      const headers = signedHeaders(body, "evt_wrong_secret");
+      const tampered = `${body} `;
+      for (const url of [`${await listen(quiet)}/`, `${await listen(server)}/`])
+        assert.equal((await fetch(url, { method: "POST", body: tampered, headers })).status, 400);
+      assert.equal(warned.length, 1, "only the adapter without onRejected logs");
+      assert.match(
+        String(warned[0]?.[0]),
+        /^@klen\/webhooks: refused a request \(no_matching_signature\): .*whsec_ secret/,
+      );
+    } finally {
+      console.warn = original;
+      await closer(quiet)();
+      await closer(server)();
+    }
+  });
+
   test("a client gone mid-body is not reported as an error", async () => {
     const errors: unknown[] = [];
     const handler = nodeWebhookHandler(webhook, { onEvent: () => {}, onError: (e) => errors.push(e) });

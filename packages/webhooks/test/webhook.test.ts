@@ -281,6 +281,19 @@ describe("Webhook", () => {
     assert.throws(() => wh.verify(JSON.parse(seedBody()), headers, { now: TS }), /express\.raw/);
   });
 
+  test("a toleranceSeconds that is not a non-negative number is a TypeError, not turned into one", () => {
+    for (const bad of ["300", "1e3", "", true, [600], [], -1, Number.NaN])
+      assert.throws(
+        () => wh.verifySignature(BODY, headers, { now: TS, toleranceSeconds: bad as never }),
+        /`toleranceSeconds` must be a non-negative number/,
+        `toleranceSeconds: ${JSON.stringify(bad)}`,
+      );
+    assert.equal(
+      code(() => wh.verifySignature(BODY, headers, { now: TS, toleranceSeconds: 0 })),
+      "verified",
+    );
+  });
+
   test("milliseconds passed as seconds (Date.now()) are a TypeError naming the mistake", async () => {
     const ms = TS * 1000;
     assert.throws(() => wh.sign("e", ms, seedBody()), /timestamp must be Unix seconds.*milliseconds/);
@@ -308,5 +321,17 @@ describe("Webhook", () => {
       assert.doesNotMatch(err.message, /secretish/);
     }
     assert.throws(() => new Webhook([]), WebhookKeyError);
+    // The API key pasted in place of the secret is named as such, still without printing it.
+    try {
+      new Webhook("klen_sk_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG");
+      assert.fail("accepted");
+    } catch (err) {
+      assert.ok(err instanceof WebhookKeyError);
+      assert.match(
+        err.message,
+        /is an API key, not an endpoint's signing secret: use the endpoint's whsec_ secret/,
+      );
+      assert.doesNotMatch(err.message, /abcdefg/);
+    }
   });
 });

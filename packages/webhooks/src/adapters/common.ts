@@ -40,6 +40,13 @@ export interface AdapterOptions {
    */
   readonly onError?: (error: unknown, delivery?: WebhookDelivery) => void;
   /**
+   * Told about each request the adapter refuses, 400 or 413, with the reason (the sender is told
+   * only the code): a signature that matches no secret, a timestamp out of tolerance, a missing
+   * header, a body that is not a call event or too large. Default: one `console.warn` line, so a
+   * wrong secret shows in the receiver's own log; `() => {}` keeps it quiet.
+   */
+  readonly onRejected?: (error: WebhookVerificationError | BodyTooLargeError) => void;
+  /**
    * What to answer a correctly signed event this SDK version cannot read because a newer server
    * added to it: an `event_type` it does not know, or a value it does not know in a field with a
    * fixed set of values (a new `failure_reason`). `"reject"` (default): 400 `invalid_body`, as
@@ -68,11 +75,40 @@ export function errorResponse(status: number, code: string): AdapterResponse {
   return { status, body: JSON.stringify({ error: { code } }) };
 }
 
-/** 400 for a verification failure, 413 for an oversized body; `undefined` for anything else (a bug, rethrown). */
-export function rejection(err: unknown): AdapterResponse | undefined {
-  if (err instanceof WebhookVerificationError) return errorResponse(400, err.code);
-  if (err instanceof BodyTooLargeError) return errorResponse(413, "payload_too_large");
-  return undefined;
+/**
+ * 400 for a verification failure, 413 for an oversized body, told to `onRejected`; `undefined`
+ * for anything else (a bug, rethrown).
+ */
+export function rejection(err: unknown, opts: AdapterOptions): AdapterResponse | undefined {
+  let r: AdapterResponse;
+  if (err instanceof WebhookVerificationError) r = errorResponse(400, err.code);
+  else if (err instanceof BodyTooLargeError) r = errorResponse(413, "payload_too_large");
+  else return undefined;
+  reportRejection(opts, err);
+  return r;
+}
+
+/** What to check, for the reasons a receiver set up wrong runs into. */
+const REJECTION_HINTS: Partial<Record<string, string>> = {
+  no_matching_signature:
+    "is the secret given to new Webhook() this endpoint's whsec_ secret (klen-webhooks endpoints secret ep_…), and is the body the raw bytes received?",
+  timestamp_too_old: "a replayed request, or this host's clock is behind",
+  timestamp_too_new: "this host's clock is ahead",
+};
+
+/** Hands a refused request's reason to `onRejected`, or logs it; never throws. */
+export function reportRejection(
+  opts: AdapterOptions,
+  error: WebhookVerificationError | BodyTooLargeError,
+): void {
+  try {
+    if (opts.onRejected) return opts.onRejected(error);
+    const code = error instanceof WebhookVerificationError ? error.code : "payload_too_large";
+    const hint = REJECTION_HINTS[code];
+    console.warn(`@klen/webhooks: refused a request (${code}): ${error.message}${hint ? `; ${hint}` : ""}`);
+  } catch (failure) {
+    console.error("@klen/webhooks: onRejected threw while reporting", error, failure);
+  }
 }
 
 /**
@@ -122,7 +158,7 @@ export function verifySync(
   try {
     return deliveryOf(wh.verify(body, headers, opts.verify), headers);
   } catch (err) {
-    const r = unknownEventAck(err, body, opts) ?? rejection(err);
+    const r = unknownEventAck(err, body, opts) ?? rejection(err, opts);
     if (r) return r;
     throw err;
   }

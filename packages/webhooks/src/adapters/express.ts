@@ -155,7 +155,7 @@ export function expressWebhook(
       try {
         body = await rawBody(req, opts.maxBodyBytes);
       } catch (err) {
-        const r = rejection(err);
+        const r = rejection(err, opts);
         if (!r) throw err;
         return sendNode(res, r);
       }

@@ -5,13 +5,14 @@
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Webhook } from "../webhook.js";
-import { DEFAULT_MAX_BODY_BYTES } from "./body.js";
+import { BodyTooLargeError, DEFAULT_MAX_BODY_BYTES } from "./body.js";
 import {
   type AdapterOptions,
   checkHandlerOptions,
   type EventHandler,
   errorResponse,
   isResponse,
+  reportRejection,
   runHandler,
   verifySync,
 } from "./common.js";
@@ -81,6 +82,7 @@ export async function fastifyWebhook(
   // anything else goes on to the app's own error handler.
   instance.setErrorHandler((error: { statusCode?: number }, _request: unknown, reply: FastifyLikeReply) => {
     if (error?.statusCode !== 413) throw error;
+    reportRejection(opts, new BodyTooLargeError(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES));
     const r = errorResponse(413, "payload_too_large");
     return reply.code(r.status).header("content-type", "application/json; charset=utf-8").send(r.body);
   });

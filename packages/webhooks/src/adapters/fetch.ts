@@ -77,7 +77,7 @@ export function fetchWebhookHandler(
       body = await readFetchBody(request, opts.maxBodyBytes);
       delivery = deliveryOf(await wh.verifyAsync(body, request.headers, opts.verify), request.headers);
     } catch (err) {
-      const r = (body && unknownEventAck(err, body, opts)) ?? rejection(err);
+      const r = (body && unknownEventAck(err, body, opts)) ?? rejection(err, opts);
       if (r) return toResponse(r);
       reportError(opts, err);
       return toResponse(errorResponse(500, "internal_error"));

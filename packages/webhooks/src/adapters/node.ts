@@ -5,6 +5,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Webhook } from "../webhook.js";
 import { readNodeBody } from "./body.js";
 import {
+  type AdapterOptions,
   type AdapterResponse,
   checkHandlerOptions,
   errorResponse,
@@ -36,7 +37,7 @@ export function sendNode(res: ServerResponse, r: AdapterResponse): void {
 
 /**
  * Reads and verifies a Node request; resolves to the delivery, or to the rejection to send
- * (400/413) when it must be refused.
+ * (400/413) when it must be refused, whose reason goes to `onRejected` (default: `console.warn`).
  *
  * @example
  * ```ts
@@ -48,13 +49,13 @@ export function sendNode(res: ServerResponse, r: AdapterResponse): void {
 export async function verifyNodeRequest(
   wh: Webhook,
   req: IncomingMessage,
-  opts: { maxBodyBytes?: number; verify?: HandlerOptions<unknown>["verify"] } = {},
+  opts: Pick<AdapterOptions, "maxBodyBytes" | "verify" | "onRejected"> = {},
 ): Promise<WebhookDelivery | AdapterResponse> {
   let body: Uint8Array;
   try {
     body = await readNodeBody(req, opts.maxBodyBytes);
   } catch (err) {
-    const r = rejection(err);
+    const r = rejection(err, opts);
     if (r) return r;
     throw err;
   }
