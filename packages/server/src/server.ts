@@ -127,6 +127,11 @@ export async function startServer(
     dispatcher?: Partial<DispatcherOptions>;
     /** Told when the process can no longer work as configured (it should stop; `serve` exits 1). */
     onFatal?: (err: Error) => void;
+    /**
+     * Told the default account's key as soon as its account is committed, before the process
+     * listens: `serve` shows it if a signal stops the start there (it was lost for good).
+     */
+    onGeneratedKey?: (key: string) => void;
   } = {},
 ): Promise<Running> {
   const role = opts.role ?? "all";
@@ -179,6 +184,7 @@ export async function startServer(
     }
   } else if (role !== "worker") {
     generatedKey = await untilAvailable(log, () => createFirstAccount(store));
+    if (generatedKey) opts.onGeneratedKey?.(generatedKey);
   }
 
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);

@@ -88,7 +88,35 @@ program
     ]);
     const log = createLogger();
     let fatal: ((err: Error) => void) | undefined;
-    const running = await startServer(cfg, log, { role: opts.role, onFatal: (err) => fatal?.(err) });
+    // The default account's key is shown once; a start killed by a signal between making the
+    // account and listening (Ctrl-C during a slow start: no listener yet, so the signal killed the
+    // process outright) showed it never, and the next start made none.
+    let madeKey: string | undefined;
+    let keyShown = false;
+    const showKey = (key: string) => {
+      if (keyShown) return;
+      keyShown = true;
+      process.stderr.write(
+        `\nCreated the default account. Its API key (shown once, store it now):\n\n  ${key}\n\n`,
+      );
+    };
+    // Listened for from the start: until started, a signal stops the process at once, showing
+    // the key first if one was made; then it stops gracefully (below). One listener throughout: a
+    // signal that came while the start's last synchronous work ran is handed to the listener that
+    // was registered when it came, and a listener swapped meanwhile lost it (the process ran on).
+    let onSignal: (signal: NodeJS.Signals) => void = (signal) => {
+      if (madeKey) showKey(madeKey);
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    };
+    process.on("SIGINT", (signal) => onSignal(signal));
+    process.on("SIGTERM", (signal) => onSignal(signal));
+    const running = await startServer(cfg, log, {
+      role: opts.role,
+      onFatal: (err) => fatal?.(err),
+      onGeneratedKey: (key) => {
+        madeKey = key;
+      },
+    });
     const where = running.address ?? "(no port: set KLEN_WORKER_PORT for /healthz and /metrics)";
     log.info(
       {
@@ -104,11 +132,7 @@ program
     if (process.stderr.isTTY || process.env.CI !== "true")
       process.stderr.write(`\nKlen call webhooks ${VERSION} — ${opts.role} on ${where}\n`);
     if (cfg.dev) process.stderr.write("DEV MODE: http:// and loopback/private endpoint URLs are allowed.\n");
-    if (running.generatedKey) {
-      process.stderr.write(
-        `\nCreated the default account. Its API key (shown once, store it now):\n\n  ${running.generatedKey}\n\n`,
-      );
-    }
+    if (running.generatedKey) showKey(running.generatedKey);
     let stopping = false;
     const stop = async (signal: string, code = 0) => {
       if (stopping) {
@@ -130,8 +154,7 @@ program
       await running.stop(cfg.deliveryTimeoutMs);
       process.exit(code);
     };
-    process.on("SIGTERM", () => void stop("SIGTERM"));
-    process.on("SIGINT", () => void stop("SIGINT"));
+    onSignal = (signal) => void stop(signal);
     // The process can no longer work as configured (another process turned encryption on): it
     // stops as for SIGTERM, finishing what is in flight, and exits 1 for its supervisor to see.
     fatal = (err) => {
