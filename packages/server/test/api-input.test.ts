@@ -286,6 +286,10 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       "invalid_url",
       "url",
     );
+    // A URL without its scheme reads as scheme "localhost:": the answer says what to add.
+    const schemeless = await server.api.post("/v1/endpoints", { url: "localhost:3000/webhooks" });
+    expectError(schemeless, 400, "invalid_url", "url");
+    assert.match(schemeless.body.error.message, /begin it with https:\/\//);
     expectError(
       await server.api.post("/v1/endpoints", { url: "https://example.com", event_types: ["call.exploded"] }),
       400,

@@ -12,6 +12,7 @@ import { createOutput, printable } from "../src/cli/output.js";
 import { type SseMessage, SseParser } from "../src/cli/sse.js";
 import { followExitCode, workflowDone } from "../src/cli/test-call.js";
 import { toneWav } from "../src/cli/wav.js";
+import { hashApiKey } from "../src/util/ids.js";
 import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { CLI, freePort, type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
@@ -827,6 +828,24 @@ describe("client commands against a running server", () => {
     } finally {
       await receiver.close();
     }
+    // A receiver that refuses the signature (a wrong secret): the attempt's line says why.
+    const refusing = await startReceiver({
+      respond: () => ({ status: 400, body: '{"error":{"code":"no_matching_signature"}}' }),
+    });
+    try {
+      const ep = await server.api.post("/v1/endpoints", { url: `${refusing.url}/tc` });
+      const r = await cli(
+        ["test-call", "--outcome", "busy", "--endpoint-id", ep.body.id, "--wait", "--timeout", "2"],
+        env,
+      );
+      assert.equal(r.code, 1, "gave up with the delivery pending");
+      assert.match(
+        r.stdout,
+        /↻ call\.failed\s+→ ep_\S+ attempt 1: 400 \(\d+ ms\) will retry \{"error":\{"code":"no_matching_signature"\}\}/,
+      );
+    } finally {
+      await refusing.close();
+    }
   });
 
   test("test-call --wait --json on an account with no endpoint fails saying so in the document", async () => {
@@ -1151,6 +1170,57 @@ test("the first start prints the default account's key even in CI, where the ban
   }
 });
 
+test("a first start stopped by Ctrl-C once its account exists still shows the account's key", async () => {
+  const dir = tempDir();
+  const port = await freePort();
+  const proc = spawn(process.execPath, [CLI, "serve"], {
+    env: {
+      ...cliEnv({}),
+      PORT: String(port),
+      KLEN_HOST: "127.0.0.1",
+      KLEN_DATA_DIR: dir.path,
+      LOG_LEVEL: "warn",
+    },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let err = "";
+  proc.stderr!.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
+  try {
+    // The moment the account's key is committed, before the server listens (a reader beside the
+    // starting server, as the auditor's loop did).
+    const stored = await waitFor(
+      "the account's key stored",
+      () => {
+        if (proc.exitCode !== null) throw new Error(`server exited: ${err}`);
+        if (!existsSync(`${dir.path}/klen.db`)) return undefined;
+        // Never waiting for a lock: a busy database is looked at again 2 ms later.
+        const db = new Database(`${dir.path}/klen.db`, { readonly: true, fileMustExist: true, timeout: 0 });
+        try {
+          return db.prepare("SELECT key_hash FROM api_keys").get() as { key_hash: string } | undefined;
+        } catch {
+          return undefined; // the table not made yet
+        } finally {
+          db.close();
+        }
+      },
+      60_000,
+      2,
+    );
+    proc.kill("SIGINT");
+    await exited;
+    const key = /shown once, store it now\):\n\n {2}(\S+)\n/.exec(err)?.[1];
+    assert.ok(key, `the key was shown: ${err}`);
+    assert.equal(hashApiKey(key), stored.key_hash, "the one stored");
+  } finally {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+    await exited;
+    dir.remove();
+  }
+});
+
 test("api-keys: create prints the new key once, list marks the key in use, revoke rolls the old one out, the last one stays", async () => {
   const dir = tempDir();
   const server = await spawnServer({ dataDir: dir.path });
@@ -1177,7 +1247,7 @@ test("api-keys: create prints the new key once, list marks the key in use, revok
     assert.match(revoked.stdout, new RegExp(`^revoked key ${listed[1].id} `));
     const refused = await cli(["endpoints", "list"], old);
     assert.equal(refused.code, 1);
-    assert.match(refused.stderr, /401 invalid API key/);
+    assert.match(refused.stderr, /401 invalid API key \(the key comes from --api-key or KLEN_API_KEY\)/);
     const last = await cli(["api-keys", "revoke", String(listed[0].id), "--json"], rolled);
     assert.equal(last.code, 1);
     assert.equal(JSON.parse(last.stdout).error.code, "last_api_key");
@@ -1220,6 +1290,13 @@ describe("the CLI pointed at the wrong thing", () => {
         /answered 400 Bad Request without the Klen API's error; is --api-url the Klen server\?/,
       );
       assert.equal(JSON.parse(listen.stdout).error.code, "not_klen_api");
+      const listed = await cli(["endpoints", "list", "--json"], env);
+      assert.equal(listed.code, 1);
+      assert.match(
+        listed.stderr,
+        /answered 400 text\/plain, not the Klen API's JSON; is --api-url the Klen server\?/,
+      );
+      assert.equal(JSON.parse(listed.stdout).error.code, "not_klen_api");
     } finally {
       await refusing.close();
     }

@@ -145,20 +145,24 @@ export function apiClient(opts: ClientOptions) {
     } catch {
       json = undefined;
     }
-    // Every answer of the API is JSON: anything else is another server at --api-url.
-    if (res.ok && json === undefined)
+    const e = (
+      json as { error?: { code?: string; message?: string; details?: { field?: string } } } | undefined
+    )?.error;
+    // Every answer of the API is JSON, its errors `{"error":{…}}`: anything else is another server
+    // at --api-url (a 5xx keeps its status code: a proxy in front of a restarting server).
+    if (json === undefined || (!res.ok && typeof e?.code !== "string"))
       throw new ApiRequestError(
         res.status,
-        "not_klen_api",
+        res.status >= 500 ? `http_${res.status}` : "not_klen_api",
         `${method} ${path}: ${base} answered ${res.status} ${res.headers.get("content-type") ?? "without a content type"}, not the Klen API's JSON; is --api-url the Klen server?`,
       );
     if (!res.ok) {
-      const e = (json as { error?: { code?: string; message?: string; details?: { field?: string } } })
-        ?.error;
+      // The key is the usual culprit of a 401: say where it comes from.
+      const hint = res.status === 401 ? " (the key comes from --api-key or KLEN_API_KEY)" : "";
       throw new ApiRequestError(
         res.status,
-        e?.code ?? `http_${res.status}`,
-        `${method} ${path}: ${res.status} ${e?.message ?? (text.slice(0, 200) || res.statusText)}`,
+        e!.code!,
+        `${method} ${path}: ${res.status} ${e?.message ?? res.statusText}${hint}`,
         e?.details?.field,
       );
     }
@@ -204,7 +208,14 @@ export interface DeliveryObject {
   event_id: string;
   endpoint_id: string;
   status: string;
-  attempts: Array<{ number: number; status_code: number | null; error: string | null; duration_ms: number }>;
+  attempts: Array<{
+    number: number;
+    status_code: number | null;
+    error: string | null;
+    duration_ms: number;
+    error_message?: string | null;
+    response_body?: string | null;
+  }>;
   next_attempt_at: string | null;
 }
 export interface Page<T> {
@@ -225,4 +236,11 @@ export async function listAll<T>(client: ApiClient, path: string, max = 1000): P
     cursor = page.next_cursor;
   } while (cursor && out.length < max);
   return out;
+}
+
+/** An attempt's detail: the error's, or for an HTTP answer the start of the response body. */
+export function attemptDetail(a: DeliveryObject["attempts"][number]): string {
+  if (a.error !== null && a.error !== "http_status") return a.error_message ?? "";
+  const body = (a.response_body ?? "").replace(/\s+/g, " ").trim();
+  return body.length > 100 ? `${body.slice(0, 100)}…` : body;
 }

@@ -1,5 +1,12 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { type ApiClient, apiClient, type DeliveryObject, listAll, type Page } from "./api-client.js";
+import {
+  type ApiClient,
+  apiClient,
+  attemptDetail,
+  type DeliveryObject,
+  listAll,
+  type Page,
+} from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
 import { type Output, statusText } from "./output.js";
@@ -68,13 +75,6 @@ function deliveryState(d: DeliveryDetail): string {
       ? `, next attempt ${d.next_attempt_at}`
       : ", waiting for an earlier event of its call to this endpoint";
   return d.status === "failed" && d.last_error ? `, last error ${d.last_error}` : "";
-}
-
-/** An attempt's detail: the error's, or for an HTTP answer the start of the response body. */
-function attemptDetail(a: DeliveryDetail["attempts"][number]): string {
-  if (a.error !== null && a.error !== "http_status") return a.error_message ?? "";
-  const body = (a.response_body ?? "").replace(/\s+/g, " ").trim();
-  return body.length > 100 ? `${body.slice(0, 100)}…` : body;
 }
 
 /** A delivery and, indented below it, every attempt. */

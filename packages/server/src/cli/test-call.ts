@@ -1,5 +1,6 @@
 import {
   type ApiClient,
+  attemptDetail,
   type CallObject,
   type DeliveryObject,
   type EventObject,
@@ -82,8 +83,10 @@ export async function followCall(
             const final = last && d.status !== "pending";
             const mark = !final ? out.yellow("↻") : d.status === "succeeded" ? out.green("✓") : out.red("✗");
             const tail = final ? d.status : "will retry";
+            // Why it failed, as the receiver answered (a wrong secret: no_matching_signature).
+            const detail = a.status_code !== null && a.status_code < 300 ? "" : attemptDetail(a);
             out.line(
-              `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}`,
+              `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}${detail ? ` ${out.dim(detail)}` : ""}`,
             );
           });
           printedAttempts.set(d.id, d.attempts.length);

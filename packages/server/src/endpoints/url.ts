@@ -11,10 +11,15 @@ export function checkEndpointUrl(text: string, dev: boolean): string {
   try {
     url = new URL(text);
   } catch {
-    throw badRequest("url", `"url" is not a valid URL`, "invalid_url");
+    throw badRequest("url", `"url" is not a valid URL (e.g. https://example.com/webhooks)`, "invalid_url");
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
-    throw badRequest("url", `"url" must be http(s), not ${url.protocol}`, "invalid_url");
+    // "localhost:3000/hook" parses with "localhost:" as its scheme.
+    throw badRequest(
+      "url",
+      `"url" must be http(s), not ${url.protocol}; begin it with https:// (or http:// in dev mode)`,
+      "invalid_url",
+    );
   }
   if (url.username || url.password)
     throw badRequest("url", `"url" must not carry credentials; use headers`, "invalid_url");
