@@ -610,6 +610,36 @@ for (const backend of backends()) {
       }
     });
 
+    // The later event's attempt was in flight when the recover re-opened the earlier one, so the
+    // recover could not park it; when that attempt fails, its retry must wait behind the earlier
+    // event rather than go out beside it (an audit saw call.ended retried, and given up, while the
+    // re-opened call.started was still being sent).
+    test("a later event whose in-flight attempt fails after a recover re-opened an earlier one waits behind it", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      await f.step(callId, "start");
+      await f.step(callId, "end");
+      const now = Date.now() + 1_000;
+      const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+      await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
+      const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+      assert.ok(c1 && c1.id !== c0!.id, "the second event is in flight after the first was given up");
+      await f.store.db.transaction().execute(async (trx) => {
+        const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
+        assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
+      });
+      await completeBatch(f.store, [outcome(c1!, failed(), now + 100)], policy, now + 100);
+      const second = await f.delivery(c1!.id);
+      assert.equal(second.status, "pending", "it has retries left");
+      assert.equal(second.next_attempt_at, null, "its retry waits behind the re-opened first event");
+      assert.notEqual((await f.delivery(c0!.id)).next_attempt_at, null, "the first event is due");
+      // The first one's success releases it.
+      const [again] = await claimDue(f.store, { now: now + 200, limit: 5, leaseMs: LEASE, exclude: [] });
+      assert.equal(again?.id, c0!.id);
+      await completeBatch(f.store, [outcome(again!, ok(), now + 300)], policy, now + 300);
+      assert.equal((await f.delivery(c1!.id)).next_attempt_at, now + 300, "due once the first is delivered");
+    });
+
     // A recover (or retry) re-opening a call's given-up first event while another worker records
     // the success of its second: whichever commits first, the third event must wait behind the
     // re-opened first. Both used to share-lock the call, which did not keep them apart.

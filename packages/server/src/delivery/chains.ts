@@ -74,3 +74,16 @@ export async function reorderChains(
       AND status = 'pending' AND ${parked}
       AND NOT EXISTS (${earlierPending})`.execute(trx);
 }
+
+/**
+ * Parks these pending deliveries (just given their next retry) where an earlier delivery of their
+ * chain is pending: a manual retry or recover re-opened it while their attempt was in flight, so
+ * `reorderChains` could not park them then. The earlier one's completion releases them.
+ */
+export async function parkBehindEarlier(trx: Db, ids: readonly string[], now: number): Promise<void> {
+  await sql`
+    UPDATE deliveries SET next_attempt_at = NULL, updated_at = ${now}
+    WHERE id IN (${sql.join(ids.map((id) => sql`${id}`))})
+      AND status = 'pending' AND next_attempt_at IS NOT NULL
+      AND EXISTS (${earlierPending})`.execute(trx);
+}

@@ -5,6 +5,7 @@ import { prepared, preparedResult, rowListArgs, rowListSlot } from "../storage/p
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { formatDuration } from "../util/units.js";
+import { parkBehindEarlier } from "./chains.js";
 import { type Claimed, PAIR_TYPES } from "./claim.js";
 import { nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
@@ -155,6 +156,8 @@ export async function completeBatch(
 
     const failingEndpoints = new Set<string>();
     const goneEndpoints = new Set<string>();
+    /** Failed attempts given a retry: parked below if an earlier event of their chain is pending. */
+    const retried: Claimed[] = [];
     for (const o of outcomes) {
       if (o.result?.error === null) continue;
       const error =
@@ -175,6 +178,7 @@ export async function completeBatch(
         now,
       );
       if (next.final) finished.push(o.claimed);
+      else if (changed > 0) retried.push(o.claimed);
       if (next.final && changed > 0) {
         const reason: FailReason =
           o.skipped ??
@@ -189,7 +193,22 @@ export async function completeBatch(
       if (o.result?.statusCode === 410) goneEndpoints.add(o.claimed.endpointId);
     }
 
+    // On PostgreSQL the calls' rows are share-locked first (once, in id order, for both steps):
+    // a transition fanning out a new delivery, a manual retry or a recover re-opening an earlier
+    // one hold them for update, so one of the two sees the other.
+    if (store.caps.rowLocks && finished.length + retried.length > 0) {
+      const callIds = [...new Set([...finished, ...retried].map((c) => c.callId))].sort((a, b) => a - b);
+      await lockCalls(trx, store.caps, { ids: listValue(store.caps, callIds) });
+    }
     const released = finished.length > 0 ? await releaseNext(trx, store, finished, now) : 0;
+    // A retry or recover re-opened an earlier event of the chain while this attempt was in flight
+    // (reorderChains leaves leased rows alone): its retries wait behind that event, not beside it.
+    if (retried.length > 0)
+      await parkBehindEarlier(
+        trx,
+        retried.map((c) => c.id),
+        now,
+      );
 
     // The endpoints this batch disables, for the log.
     const disabled: Completion["disabled"] = [];
@@ -344,15 +363,9 @@ const releaseChains = prepared(
 
 /**
  * Releases the next parked delivery of every chain (endpoint, call) that just finished, and says
- * how many it released. On
- * PostgreSQL the calls' rows are share-locked first, which orders this against a transition of the
- * same call fanning out a new delivery (it holds the row for update): one of the two sees the other.
+ * how many it released (the calls' rows already share-locked on PostgreSQL).
  */
 async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<number> {
-  if (store.caps.rowLocks) {
-    const callIds = [...new Set(finished.map((c) => c.callId))].sort((a, b) => a - b);
-    await lockCalls(trx, store.caps, { ids: listValue(store.caps, callIds) });
-  }
   const chains = new Map(finished.map((c) => [`${c.endpointId} ${c.callId}`, [c.endpointId, c.callId]]));
   const args = rowListArgs(store.caps, "chains", [...chains.values()], CHAIN_TYPES);
   return (await releaseChains(trx, store.caps, { now, ...args } as Record<"now", unknown>)).length;
