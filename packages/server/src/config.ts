@@ -2,7 +2,7 @@ import { type Stats, statSync } from "node:fs";
 import { isIP } from "node:net";
 import { availableParallelism } from "node:os";
 import { dirname, resolve } from "node:path";
-import { parseDuration, parseSchedule, parseSize } from "./util/units.js";
+import { formatDuration, parseDuration, parseSchedule, parseSize } from "./util/units.js";
 
 /** Every setting of PRODUCT.md §12, parsed once at start-up. */
 export interface Config {
@@ -91,6 +91,26 @@ function positive(parse: (v: string) => number) {
   };
 }
 
+/**
+ * Node's timers hold at most 2^31 - 1 ms (24.8 days): a longer one fires after 1 ms, with only a
+ * warning (a 25-day KLEN_DELIVERY_TIMEOUT timed every attempt out at once). Settings that become
+ * timers stop below it; the others at 100 years (a URL's expiry stays a safe integer).
+ */
+const TIMER_MAX_MS = 24 * 86_400_000;
+const DURATION_MAX_MS = 36_500 * 86_400_000;
+
+function atMost(parse: (v: string) => number, maxMs: number) {
+  return (v: string) => {
+    const n = parse(v);
+    if (n > maxMs) throw new Error(`must be at most ${formatDuration(maxMs)}, got "${v}"`);
+    return n;
+  };
+}
+/** A positive duration that becomes a timer. */
+const timerDuration = atMost(positive(parseDuration), TIMER_MAX_MS);
+/** A positive duration that is only added to times. */
+const longDuration = atMost(positive(parseDuration), DURATION_MAX_MS);
+
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 function logLevel(v: string): string {
@@ -112,24 +132,31 @@ function nonNegativeInt(v: string): number {
   return n;
 }
 
-/** A database URL as it may be printed: the password of its user info, if any, as `***`. */
+/**
+ * A database URL as it may be printed: the password of its user info as `***`, and the value of a
+ * `password` (or `sslpassword`) query parameter too. The user info is taken to run to the last `@`
+ * of the whole URL, not only of its host part: a password with an unencoded `#`, `/` or `?` (an
+ * invalid URL, which is when it gets printed) ends that part early, and was printed whole.
+ */
 export function withoutPassword(v: string): string {
   const start = v.indexOf("://");
   if (start < 0) return v;
-  const rest = v.slice(start + 3);
-  const end = rest.search(/[/?#]/);
-  const authority = end < 0 ? rest : rest.slice(0, end);
-  const at = authority.lastIndexOf("@");
-  const colon = authority.indexOf(":");
-  if (at < 0 || colon < 0 || colon > at) return v;
-  return `${v.slice(0, start + 3)}${authority.slice(0, colon)}:***${v.slice(start + 3 + at)}`;
+  let rest = v.slice(start + 3);
+  const at = rest.lastIndexOf("@");
+  const colon = rest.indexOf(":");
+  if (at >= 0 && colon >= 0 && colon < at) rest = `${rest.slice(0, colon)}:***${rest.slice(at)}`;
+  rest = rest.replace(/([?&](?:ssl)?password=)[^&#]*/gi, "$1***");
+  return `${v.slice(0, start + 3)}${rest}`;
 }
 
 function databaseUrl(v: string): string {
   if (/^sqlite:.+/.test(v)) return v;
   if (/^postgres(ql)?:\/\/.+/.test(v)) {
     // pg would otherwise fail later with a bare "Invalid URL" that names nothing.
-    if (!URL.canParse(v)) throw new Error(`not a valid postgres:// URL: "${withoutPassword(v)}"`);
+    if (!URL.canParse(v))
+      throw new Error(
+        `not a valid postgres:// URL: "${withoutPassword(v)}" (percent-encode a # / ? @ or : in the user name or password: # is %23)`,
+      );
     return v;
   }
   throw new Error(`expected sqlite:<path> or postgres://…, got "${withoutPassword(v)}"`);
@@ -138,6 +165,8 @@ function databaseUrl(v: string): string {
 function schedule(v: string): number[] {
   const s = parseSchedule(v);
   if (s.length === 0 && v.trim() !== "") throw new Error("empty schedule");
+  if (s.some((ms) => ms > DURATION_MAX_MS))
+    throw new Error(`each delay must be at most ${formatDuration(DURATION_MAX_MS)}, got "${v}"`);
   return s;
 }
 
@@ -247,7 +276,7 @@ export function loadConfig(env: Env = process.env): Config {
   // Read by the logger itself (log.ts); checked here so a bad value names its variable.
   read(env, "LOG_LEVEL", "info", logLevel);
   const p = read(env, "PORT", "8080", port);
-  const timeout = read(env, "KLEN_DELIVERY_TIMEOUT", "15s", positive(parseDuration));
+  const timeout = read(env, "KLEN_DELIVERY_TIMEOUT", "15s", timerDuration);
   const summaryUrl = env.KLEN_SUMMARY_URL || undefined;
   const summaryModel = env.KLEN_SUMMARY_MODEL || undefined;
   const summaryKey = env.KLEN_SUMMARY_API_KEY || undefined;
@@ -259,7 +288,9 @@ export function loadConfig(env: Env = process.env): Config {
   checkPublicUrl(publicUrl);
   // A lease that can end while its attempt is still allowed to run would let a second worker send
   // the same delivery while the first is still waiting for the answer: a duplicate by design.
-  const leaseMs = env.KLEN_LEASE ? read(env, "KLEN_LEASE", "", parseDuration) : timeout + 30_000;
+  const leaseMs = env.KLEN_LEASE
+    ? read(env, "KLEN_LEASE", "", atMost(parseDuration, TIMER_MAX_MS))
+    : timeout + 30_000;
   if (leaseMs <= timeout) {
     throw new ConfigError(
       "KLEN_LEASE",
@@ -282,15 +313,15 @@ export function loadConfig(env: Env = process.env): Config {
     retrySchedule: read(env, "KLEN_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", schedule),
     deliveryTimeoutMs: timeout,
     leaseMs,
-    databaseTimeoutMs: read(env, "KLEN_DATABASE_TIMEOUT", "20s", positive(parseDuration)),
-    disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", positive(parseDuration)),
+    databaseTimeoutMs: read(env, "KLEN_DATABASE_TIMEOUT", "20s", timerDuration),
+    disableAfterMs: read(env, "KLEN_DISABLE_AFTER", "5d", longDuration),
     inlineLimit: read(env, "KLEN_INLINE_LIMIT", "64KiB", parseSize),
-    urlTtlMs: read(env, "KLEN_URL_TTL", "7d", positive(parseDuration)),
-    retentionMs: read(env, "KLEN_RETENTION", "30d", positive(parseDuration)),
+    urlTtlMs: read(env, "KLEN_URL_TTL", "7d", longDuration),
+    retentionMs: read(env, "KLEN_RETENTION", "30d", longDuration),
     encryptionKey,
     maxBody: read(env, "KLEN_MAX_BODY", "1MiB", positive(parseSize)),
     maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", positive(parseSize)),
-    testCallSummaryWaitMs: read(env, "KLEN_TEST_CALL_SUMMARY_WAIT", "8s", positive(parseDuration)),
+    testCallSummaryWaitMs: read(env, "KLEN_TEST_CALL_SUMMARY_WAIT", "8s", timerDuration),
     rateLimit: read(env, "KLEN_RATE_LIMIT", "0", nonNegativeInt),
     senderThread: read(env, "KLEN_SENDER_THREAD", availableParallelism() > 1 ? "1" : "0", bool),
     recoverBatch: read(env, "KLEN_RECOVER_BATCH", "2000", recoverBatch),

@@ -43,6 +43,24 @@ test("a bad KLEN_DATABASE_URL is named, and its password never printed", () => {
   }
   assert.equal(withoutPassword("postgres://u:p@w@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
   assert.equal(withoutPassword("postgres://u@h/db"), "postgres://u@h/db");
+  // An unencoded # / ? in the password (an invalid URL, so printed in the error), and a password
+  // given as a query parameter, which pg also reads.
+  for (const [url, shown] of [
+    ["postgres://u:se#cretPW@h:5432/db", "postgres://u:***@h:5432/db"],
+    ["postgres://u:se/cretPW@h:5432/db", "postgres://u:***@h:5432/db"],
+    ["postgres://u:se?cretPW@h:5432/db", "postgres://u:***@h:5432/db"],
+    ["postgres://u@h/db?password=cretPW&sslmode=disable", "postgres://u@h/db?password=***&sslmode=disable"],
+    [
+      "postgres://u@h/db?sslmode=disable&sslpassword=cretPW",
+      "postgres://u@h/db?sslmode=disable&sslpassword=***",
+    ],
+  ])
+    assert.equal(withoutPassword(url!), shown);
+  assert.throws(
+    () => loadConfig({ KLEN_DATABASE_URL: "postgres://klen:se#cretPW@127.0.0.1:9/klen" }),
+    (err: unknown) =>
+      err instanceof ConfigError && !err.message.includes("cretPW") && /percent-encode/.test(err.message),
+  );
   assert.equal(withoutPassword("sqlite:./data/klen.db"), "sqlite:./data/klen.db");
 });
 
@@ -113,6 +131,27 @@ test("a bad value stops start-up with a message naming the variable", () => {
       name,
     );
   }
+});
+
+test("durations that run as timers stop below Node's timer limit; the others at 100 years", () => {
+  const dataDir = { KLEN_DATA_DIR: "./data" };
+  for (const [name, value] of [
+    ["KLEN_DELIVERY_TIMEOUT", "25d"],
+    ["KLEN_LEASE", "30d"],
+    ["KLEN_DATABASE_TIMEOUT", "25d"],
+    ["KLEN_TEST_CALL_SUMMARY_WAIT", "25d"],
+    ["KLEN_URL_TTL", "99999999999d"],
+    ["KLEN_RETENTION", "36501d"],
+    ["KLEN_RETRY_SCHEDULE", "5s,36501d"],
+  ] as const)
+    assert.throws(
+      () => loadConfig({ ...dataDir, [name]: value }),
+      (err: unknown) => err instanceof ConfigError && err.variable === name && /at most/.test(err.message),
+      `${name}=${value}`,
+    );
+  const c = loadConfig({ ...dataDir, KLEN_DELIVERY_TIMEOUT: "24d", KLEN_URL_TTL: "36500d" });
+  assert.equal(c.deliveryTimeoutMs, 24 * 86_400_000);
+  assert.equal(c.urlTtlMs, 36_500 * 86_400_000);
 });
 
 test("KLEN_HOST takes IP addresses and host names", () => {
