@@ -71,15 +71,30 @@ export interface Backlog {
   oldestDueMs: number;
 }
 
-// The database is read once per scrape for both gauges (each gauge collects on its own).
+/**
+ * How long a scrape waits for the backlog's read: a database that stalls (a lock held, a network
+ * cut) held /metrics for KLEN_DATABASE_TIMEOUT, 20 s, longer than Prometheus waits for a scrape,
+ * and every metric was lost just when it was wanted.
+ */
+export const BACKLOG_READ_TIMEOUT_MS = 2_000;
+
+// The database is read once per scrape for the three gauges (each gauge collects on its own).
 let backlogSource: (() => Promise<Backlog>) | undefined;
 let lastRead: { at: number; value: Promise<Backlog | undefined> } | undefined;
 function backlog(): Promise<Backlog | undefined> {
   const now = Date.now();
   if (!backlogSource) return Promise.resolve(undefined);
   if (!lastRead || now - lastRead.at > 1000) {
-    // A database that cannot answer leaves the gauges as they were; /metrics still answers.
-    lastRead = { at: now, value: backlogSource().catch(() => undefined) };
+    // A database that cannot answer in time leaves the backlog gauges as they were and sets
+    // klen_database_up to 0; /metrics still answers.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), BACKLOG_READ_TIMEOUT_MS);
+    });
+    lastRead = {
+      at: now,
+      value: Promise.race([backlogSource().catch(() => undefined), late]).finally(() => clearTimeout(timer)),
+    };
   }
   return lastRead.value;
 }
@@ -89,6 +104,15 @@ export function measureBacklogWith(source: () => Promise<Backlog>): void {
   backlogSource = source;
   lastRead = undefined;
 }
+
+new Gauge({
+  name: "klen_database_up",
+  help: `1 when this process read the backlog from the database within ${BACKLOG_READ_TIMEOUT_MS / 1000} s at this scrape, 0 when the database failed or was slower: klen_deliveries_due and klen_delivery_oldest_due_seconds then keep their last values`,
+  registers: [registry],
+  async collect() {
+    this.set((await backlog()) ? 1 : 0);
+  },
+});
 
 new Gauge({
   name: "klen_deliveries_due",

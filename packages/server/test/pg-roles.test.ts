@@ -169,6 +169,38 @@ describe("split roles on PostgreSQL", () => {
     assert.equal(await gauge("klen_delivery_oldest_due_seconds"), 0);
   });
 
+  test("/metrics answers while the database stalls, saying so in klen_database_up", async (t) => {
+    t.after(endAll);
+    // A database timeout far beyond the scrape's wait, so only the scrape's own bound can answer.
+    const api = await spawn("api", { KLEN_DATABASE_TIMEOUT: "120s" });
+    const scrape = async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const text = await Promise.race([
+        fetch(`${api.url}/metrics`).then((r) => r.text()),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("/metrics did not answer within 30 s")), 30_000);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      const line = text.split("\n").find((l) => l.startsWith("klen_database_up "));
+      assert.ok(line, "klen_database_up in /metrics");
+      return Number(line.split(" ")[1]);
+    };
+    assert.equal(await scrape(), 1);
+    const holder = new pg.Client({ connectionString: databaseUrl });
+    await holder.connect();
+    t.after(() => holder.end());
+    await holder.query("BEGIN");
+    await holder.query("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE");
+    // A second later: the backlog is read at most once a second.
+    await new Promise((r) => setTimeout(r, 1_100));
+    try {
+      assert.equal(await scrape(), 0, "answered without the database, and says so");
+    } finally {
+      await holder.query("ROLLBACK");
+    }
+    await waitFor("the database back in the metrics", async () => (await scrape()) === 1);
+  });
+
   test("SIGTERM: a worker finishes its in-flight attempts, records them, and exits 0", async (t) => {
     t.after(endAll);
     const api = await spawn("api");
