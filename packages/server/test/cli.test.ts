@@ -1210,7 +1210,14 @@ test("a first start stopped by Ctrl-C once its account exists still shows the ac
       2,
     );
     proc.kill("SIGINT");
-    await exited;
+    // Bounded: a signal the server lost would otherwise hold the suite for ever.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      exited,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`the server ran on after SIGINT: ${err}`)), 30_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
     const key = /shown once, store it now\):\n\n {2}(\S+)\n/.exec(err)?.[1];
     assert.ok(key, `the key was shown: ${err}`);
     assert.equal(hashApiKey(key), stored.key_hash, "the one stored");
