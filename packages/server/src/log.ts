@@ -7,7 +7,8 @@ import { isDatabaseUnavailable } from "./storage/store.js";
  */
 export function createLogger(opts: { level?: string; pretty?: boolean } = {}) {
   return pino({
-    level: opts.level ?? process.env.LOG_LEVEL ?? "info",
+    // An empty LOG_LEVEL is the default, as config.ts reads it (pino refused "").
+    level: opts.level ?? (process.env.LOG_LEVEL || "info"),
     base: { service: "klen-webhooks" },
     redact: {
       paths: [
@@ -50,15 +51,25 @@ export function logBackgroundFailure(
     log.error({ ...fields, err }, message);
     return;
   }
-  const now = Date.now();
-  const q = quiet.get(message);
-  if (q && now < q.until) {
-    q.suppressed++;
-    return;
-  }
+  const q = quietly(message);
+  if (!q) return;
   log.warn(
-    { ...fields, error: (err as Error).message, ...(q?.suppressed ? { suppressed: q.suppressed } : {}) },
+    { ...fields, error: (err as Error).message, ...(q.suppressed ? { suppressed: q.suppressed } : {}) },
     `${message}: the database is unavailable; retrying`,
   );
-  quiet.set(message, { until: now + QUIET_MS, suppressed: 0 });
+}
+
+/**
+ * One line per 30 s for `key`: `undefined` while it is quiet, else how many were left out since
+ * the last line (`suppressed`, for the line to say).
+ */
+export function quietly(key: string): { suppressed: number } | undefined {
+  const now = Date.now();
+  const q = quiet.get(key);
+  if (q && now < q.until) {
+    q.suppressed++;
+    return undefined;
+  }
+  quiet.set(key, { until: now + QUIET_MS, suppressed: 0 });
+  return { suppressed: q?.suppressed ?? 0 };
 }

@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import Fastify, { type FastifyBaseLogger } from "fastify";
 import { pino } from "pino";
-import { type Logger, logBackgroundFailure } from "../src/log.js";
+import { httpLogLevel } from "../src/api/app.js";
+import { installErrorHandler } from "../src/api/errors.js";
+import { ApiError } from "../src/errors.js";
+import { createLogger, type Logger, logBackgroundFailure } from "../src/log.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
@@ -144,6 +148,36 @@ test("background work that fails while the database is down logs one short warni
   assert.equal(lines.length, 3, "a failure that is not an outage is logged every time");
   assert.equal(lines[2]!.level, 50);
   assert.match(String((lines[2]!.err as { stack: string }).stack), /TypeError/);
+});
+
+test("requests failing for the same server-side reason log one line per 30 s, not one each", async () => {
+  const lines: Array<Record<string, unknown>> = [];
+  const log = pino({ level: "info" }, { write: (l: string) => lines.push(JSON.parse(l)) });
+  const app = Fastify({ loggerInstance: log as unknown as FastifyBaseLogger });
+  installErrorHandler(app);
+  app.get("/down", async () => {
+    throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" });
+  });
+  app.get("/sick", async () => {
+    throw new ApiError(503, "unhealthy_test", "the dispatcher has failed every try for 12 s");
+  });
+  try {
+    for (let i = 0; i < 5; i++) {
+      assert.equal((await app.inject({ url: "/down" })).statusCode, 503);
+      assert.equal((await app.inject({ url: "/sick" })).statusCode, 503);
+    }
+    const logged = lines.filter((l) => l.level !== 30).map((l) => [l.level, l.msg]);
+    assert.deepEqual(logged, [
+      [40, "database unavailable"],
+      [50, "the dispatcher has failed every try for 12 s"],
+    ]);
+  } finally {
+    await app.close();
+  }
+  // And the HTTP layer logs no more than LOG_LEVEL lets through.
+  assert.equal(httpLogLevel(createLogger({ level: "info" })), "warn");
+  assert.equal(httpLogLevel(createLogger({ level: "error" })), "error");
+  assert.equal(httpLogLevel(createLogger({ level: "silent" })), "silent");
 });
 
 test("a process whose shared settings differ from the one started before it on the database warns, naming each variable and both values; one that stopped is not compared with", async () => {

@@ -147,6 +147,26 @@ describe("built-in extractive summarizer", () => {
     }
   });
 
+  test("an error answer that echoes the request's key back is told without the key", async () => {
+    const model = createServer((req, res) => {
+      res.writeHead(401, { "content-type": "text/plain" });
+      res.end(`bad credentials: ${req.headers.authorization}`);
+    });
+    await new Promise<void>((r) => model.listen(0, "127.0.0.1", r));
+    const base = `http://127.0.0.1:${(model.address() as AddressInfo).port}`;
+    try {
+      await assert.rejects(
+        chatSummary({ url: base, model: "m", apiKey: "sk-SUMMARYKEY-abc123" }, "Agent: hi", { attempts: 1 }),
+        (err: Error) => {
+          assert.equal(err.message, "HTTP 401: bad credentials: Bearer [redacted]");
+          return true;
+        },
+      );
+    } finally {
+      model.close();
+    }
+  });
+
   test("an answer larger than MAX_ANSWER_BYTES is a retryable failure and is not read to its end", async () => {
     let written = 0;
     let closed = false;

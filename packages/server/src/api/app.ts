@@ -10,6 +10,7 @@ import Fastify, {
 } from "fastify";
 import { sql } from "kysely";
 import { ApiError } from "../errors.js";
+import type { Logger } from "../log.js";
 import { BACKLOG_COUNT_CAP, httpRequests, measureBacklogWith, registry } from "../metrics.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
@@ -116,6 +117,11 @@ function idempotentRequestOf(req: FastifyRequest): IdempotentRequest {
  * The HTTP app: the `/v1` API, OpenAPI, health and metrics. With `workerOnly` (a `--role worker`
  * process with KLEN_WORKER_PORT) only /healthz and /metrics are served.
  */
+/** The HTTP layer's level: warnings at most, and no more than LOG_LEVEL lets through (`silent`, `error`). */
+export function httpLogLevel(log: Logger): string {
+  return log.levelVal > log.levels.values.warn! ? log.level : "warn";
+}
+
 export async function buildApp(
   ctx: AppContext,
   opts: { logger?: boolean; workerOnly?: boolean } = {},
@@ -127,7 +133,7 @@ export async function buildApp(
       : {
           loggerInstance: ctx.log.child(
             { component: "http" },
-            { level: "warn" },
+            { level: httpLogLevel(ctx.log) },
           ) as unknown as FastifyBaseLogger,
         }),
     bodyLimit: ctx.config.maxBody,

@@ -2,6 +2,7 @@ import type { IncomingMessage } from "node:http";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { mediaType, notAudio } from "../blobs/upload.js";
 import { ApiError, notFound } from "../errors.js";
+import { quietly } from "../log.js";
 import { isDatabaseUnavailable } from "../storage/store.js";
 import { ID_NOUNS, isoTimestamp, NOT_BLANK } from "./routes/common.js";
 
@@ -137,6 +138,9 @@ export class RouteTable {
  * One error shape for everything (PRODUCT.md §6): `{"error":{code,message,details}}`. Bad input
  * is a 4xx naming the field; anything unexpected is a 500 with no stack trace in the body.
  */
+/** `{suppressed: n}` when lines were left out since the last one (log.ts `quietly`). */
+const suppressedField = (q: { suppressed: number }) => (q.suppressed ? { suppressed: q.suppressed } : {});
+
 export function installErrorHandler(
   app: FastifyInstance,
   remember?: RememberRefusal,
@@ -152,7 +156,13 @@ export function installErrorHandler(
     if (isDatabaseUnavailable(err)) {
       // Down or restarting: say so at once rather than hang or claim an internal error. Nothing
       // was committed (or the Idempotency-Key replays it), so the client may simply retry.
-      req.log.warn({ err: { message: err.message, code: err.code } }, "database unavailable");
+      // One line per 30 s: every request and probe of an outage logged its own.
+      const q = quietly("request: database unavailable");
+      if (q)
+        req.log.warn(
+          { err: { message: err.message, code: err.code }, ...suppressedField(q) },
+          "database unavailable",
+        );
       return reply
         .status(503)
         .header("retry-after", "1")
@@ -172,7 +182,9 @@ export function installErrorHandler(
     if (err instanceof ApiError && err.status >= 500) {
       // A failure of the server's own (storage it cannot write): an operator needs to see it. A
       // request turned away while stopping is no failure: the stop is logged once already.
-      if (err.code !== "shutting_down") req.log.error({ err: err.cause ?? err }, err.message);
+      // Once per 30 s for each code: a health probe every few seconds logged a stack each time.
+      const q = err.code === "shutting_down" ? undefined : quietly(`request: ${err.code}`);
+      if (q) req.log.error({ err: err.cause ?? err, ...suppressedField(q) }, err.message);
       return refuse(reply, err);
     }
     const refusal = refusalOf(err, req);

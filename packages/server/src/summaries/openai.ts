@@ -143,7 +143,9 @@ async function once(cfg: ChatConfig, transcript: string, timeoutMs: number): Pro
   const { text } = answer;
   if (!res.ok) {
     const retryable = res.status >= 500 || res.status === 408 || res.status === 409 || res.status === 429;
-    throw new SummarizerError(`HTTP ${res.status}: ${withoutNul(text.slice(0, 200))}`, retryable);
+    // The start of the answer goes to the log: never the key, should the service echo it back.
+    const shown = cfg.apiKey ? text.split(cfg.apiKey).join("[redacted]") : text;
+    throw new SummarizerError(`HTTP ${res.status}: ${withoutNul(shown.slice(0, 200))}`, retryable);
   }
   if (answer.over) throw new SummarizerError(`the answer is larger than ${MAX_ANSWER_BYTES} bytes`, true);
   let content: unknown;
