@@ -54,7 +54,9 @@ function retryAfterMs(value) {
  */
 export async function api(method, path, body, opts = {}) {
   const key = opts.key ?? session.key;
-  const headers = { authorization: `Bearer ${key ?? ""}` };
+  // Signed out meanwhile (a poll still running): nothing to send, and no reason to sign out again.
+  if (!key) throw new ApiError(401, "signed_out", "Signed out.");
+  const headers = { authorization: `Bearer ${key}` };
   if (body !== undefined) headers["content-type"] = "application/json";
   // One key for every try of this request, so a POST tried again after a 429 acts once.
   if (method === "POST") headers["idempotency-key"] = crypto.randomUUID();
@@ -96,7 +98,8 @@ export async function api(method, path, body, opts = {}) {
         : (e.message ?? `HTTP ${res.status}`),
       e.details,
     );
-    if (res.status === 401 && opts.key === undefined) onUnauthorized(err);
+    // Only a refusal of the key this tab is signed in with now: not of one it has since left.
+    if (res.status === 401 && opts.key === undefined && key === session.key) onUnauthorized(err);
     throw err;
   }
   return json;

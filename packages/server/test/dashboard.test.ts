@@ -710,8 +710,46 @@ describe("dashboard in Chromium", () => {
       }, long.body.id);
       await title.filter({ hasText: "A very long description" }).waitFor();
       await noSidewaysScroll("endpoint page, 390 px");
+      // One event, as a delivery's event link opens it.
+      const event = (await server.api.get("/v1/events?event_type=call.transcript&limit=1")).body.data[0];
+      await page.evaluate((id) => {
+        location.hash = `#/events?event_id=${id}`;
+      }, event.id);
+      await page.getByRole("table", { name: "Event" }).waitFor();
+      await noSidewaysScroll("one event's page, 390 px");
     } finally {
       await page.setViewportSize({ width: 1280, height: 900 });
+    }
+  });
+
+  test("a long account name is cut in the sidebar; Sign out stays on screen", async () => {
+    const before = (await server.api.get("/v1/account")).body.name as string;
+    const name = "Northwind-Traders-Customer-Success-EMEA-and-APAC-Operations";
+    assert.equal((await server.api.patch("/v1/account", { name })).status, 200);
+    await section("Overview");
+    try {
+      for (const width of [1280, 390]) {
+        await page.setViewportSize({ width, height: 844 });
+        await page.reload();
+        const shown = page.locator(".account-name");
+        await shown.filter({ hasText: name }).waitFor();
+        const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, innerWidth]);
+        assert.ok(scroll <= inner, `${width} px: page ${scroll} px wide`);
+        const signOut = (await page.getByRole("button", { name: "Sign out" }).boundingBox())!;
+        assert.ok(
+          signOut.x + signOut.width <= width,
+          `${width} px: Sign out ends at ${signOut.x + signOut.width}`,
+        );
+        const box = (await shown.boundingBox())!;
+        if (width === 1280) {
+          const sidebar = (await page.locator(".sidebar").boundingBox())!;
+          assert.ok(box.x + box.width <= sidebar.x + sidebar.width, "the name stays in the sidebar");
+        }
+      }
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+      assert.equal((await server.api.patch("/v1/account", { name: before })).status, 200);
+      await page.reload();
     }
   });
 
@@ -725,9 +763,16 @@ describe("dashboard in Chromium", () => {
       const row = page.locator('tr.delivery[data-status="succeeded"]').first();
       await row.getByRole("button", { name: /^Attempts of / }).click();
       const detail = page.locator("tr.delivery.open + tr.detail");
+      // Where the attempt went and what it sent, behind its URL.
+      const attempt = detail.locator("tr.attempt").first();
+      await attempt.locator("details.request summary").click();
+      const headers = attempt.getByLabel(/^Request headers of attempt /);
+      assert.match((await headers.textContent())!, /^webhook-id: evt_\S+$/m);
+      assert.match((await headers.textContent())!, /^webhook-signature: v1,\S+$/m);
       for (const [what, el] of [
         ["Retry now", detail.getByRole("button", { name: "Retry now" })],
-        ["the response body", detail.locator("tr.attempt pre").first()],
+        ["the response body", attempt.locator('td[data-label="Response body"] pre')],
+        ["the request headers", headers],
       ] as const) {
         const box = (await el.boundingBox())!;
         assert.ok(box.x >= 0 && box.x + box.width <= 390, `${what} at x ${box.x}–${box.x + box.width}`);

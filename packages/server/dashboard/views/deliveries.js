@@ -97,6 +97,26 @@ function attemptsTable(d) {
   );
 }
 
+/** How much of an answer's body the server keeps (delivery/send.ts RESPONSE_BODY_LIMIT). */
+const RESPONSE_BODY_KEPT = 8 * 1024;
+
+/**
+ * Where an attempt went and what it sent: the URL as it was then (the endpoint's may have
+ * changed since), and its request headers, signature included, behind a disclosure.
+ */
+function requestCell(a) {
+  if (!a.url) return h("span", { class: "muted" }, "—");
+  const headers = Object.entries(a.request_headers ?? {})
+    .map(([k, v]) => `${k}: ${v}`)
+    .join("\n");
+  return h(
+    "details",
+    { class: "request" },
+    h("summary", { class: "url-cell" }, a.url),
+    h("pre", { class: "code code-sm", "aria-label": `Request headers of attempt ${a.number}` }, headers),
+  );
+}
+
 function attemptsOnly(d) {
   if (d.attempts.length === 0)
     return h(
@@ -117,7 +137,7 @@ function attemptsOnly(d) {
       h(
         "tr",
         {},
-        ["#", "Time", "Status", "Duration", "Error", "Response body"].map((c) =>
+        ["#", "Time", "Sent to", "Status", "Duration", "Error", "Response body"].map((c) =>
           h("th", { scope: "col" }, c),
         ),
       ),
@@ -132,6 +152,7 @@ function attemptsOnly(d) {
           // data-label: the column's name where a narrow screen stacks the cells (styles.css).
           h("td", { "data-label": "Attempt" }, String(a.number)),
           h("td", { class: "nowrap", "data-label": "Time" }, fmtTime(a.started_at)),
+          h("td", { class: "small", "data-label": "Sent to" }, requestCell(a)),
           h(
             "td",
             { "data-label": "Status" },
@@ -157,7 +178,13 @@ function attemptsOnly(d) {
             "td",
             { "data-label": "Response body" },
             a.response_body
-              ? h("pre", { class: "code code-sm" }, a.response_body)
+              ? [
+                  h("pre", { class: "code code-sm" }, a.response_body),
+                  // The server keeps the first 8 KiB (a character cut in two is left out).
+                  new TextEncoder().encode(a.response_body).length > RESPONSE_BODY_KEPT - 4
+                    ? h("p", { class: "muted small" }, "The first 8 KiB of the answer.")
+                    : null,
+                ]
               : h("span", { class: "muted" }, "—"),
           ),
         ),
@@ -268,7 +295,7 @@ function deliveryRows(d, opts) {
       // status then: a failed attempt with retries left leaves it pending.
       const deadline = Date.now() + 20_000;
       let fresh = d;
-      while (Date.now() < deadline && made(fresh) <= before) {
+      while (Date.now() < deadline && made(fresh) <= before && main.isConnected) {
         await new Promise((r) => setTimeout(r, 400));
         fresh = await api("GET", `/v1/deliveries/${d.id}`);
       }

@@ -402,14 +402,14 @@ function deleteCard(e) {
   );
 }
 
-const deliveries = (n) => `${n.toLocaleString()} ${n === 1 ? "delivery" : "deliveries"}`;
+const countDeliveries = (n) => `${n.toLocaleString()} ${n === 1 ? "delivery" : "deliveries"}`;
 
 /**
  * A recover larger than the server's KLEN_RECOVER_BATCH runs in the background (202 with a
  * `job_id`): its progress, from GET /v1/recover-jobs/{id} each second while the page shows it.
  */
 async function followRecoverJob(status, jobId, found) {
-  note(status, `Found ${deliveries(found)}: queuing them in the background…`);
+  note(status, `Found ${countDeliveries(found)}: queuing them in the background…`);
   while (status.isConnected) {
     await new Promise((r) => setTimeout(r, 1000));
     if (!status.isConnected) return;
@@ -423,18 +423,18 @@ async function followRecoverJob(status, jobId, found) {
       continue;
     }
     if (job.status === "finished")
-      return note(status, `Queued ${deliveries(job.queued)} for another attempt.`);
+      return note(status, `Queued ${countDeliveries(job.queued)} for another attempt.`);
     if (job.status === "stopped")
       return note(
         status,
-        `Stopped after queuing ${deliveries(job.queued)} of ${job.found.toLocaleString()}: the endpoint was disabled or deleted meanwhile.`,
+        `Stopped after queuing ${countDeliveries(job.queued)} of ${job.found.toLocaleString()}: the endpoint was disabled or deleted meanwhile.`,
         "error",
       );
-    note(status, `Queued ${job.queued.toLocaleString()} of ${deliveries(job.found)} so far…`);
+    note(status, `Queued ${job.queued.toLocaleString()} of ${countDeliveries(job.found)} so far…`);
   }
 }
 
-function recoverCard(e) {
+function recoverCard(e, done) {
   const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
   since.value = localInputValue(new Date(Date.now() - 24 * 3600 * 1000));
   const status = h("p", { class: "note", role: "status" });
@@ -457,8 +457,12 @@ function recoverCard(e) {
           button.disabled = true;
           try {
             const r = await api("POST", `/v1/endpoints/${e.id}/recover`, { since: when.toISOString() });
-            if (r.job_id) followRecoverJob(status, r.job_id, r.queued);
-            else note(status, `Queued ${deliveries(r.queued)} for another attempt.`);
+            if (r.job_id)
+              followRecoverJob(status, r.job_id, r.queued).then(() => status.isConnected && done());
+            else {
+              note(status, `Queued ${countDeliveries(r.queued)} for another attempt.`);
+              await done();
+            }
           } catch (err) {
             // The API's words name its routes; the dashboard's say where to go.
             const text =
@@ -590,7 +594,14 @@ export async function renderEndpoint(main, id) {
     h(
       "div",
       { class: "grid-2" },
-      h("div", { class: "stack" }, secretCard(e), recoverCard(e), deleteCard(e)),
+      h(
+        "div",
+        { class: "stack" },
+        secretCard(e),
+        // The recent deliveries show what a recover re-queued once it is done.
+        recoverCard(e, () => deliveries.reload()),
+        deleteCard(e),
+      ),
       card(
         "Settings and filters",
         endpointForm(e, "Save changes", async (body, st) => {

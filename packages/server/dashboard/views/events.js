@@ -88,19 +88,24 @@ export async function renderEvents(main, query) {
       pageHeader(e.event_type, null),
       card(
         null,
+        // In the wrap every list has (common.js), so a long row scrolls inside the card, not the page.
         h(
-          "table",
-          { class: "table", "aria-label": "Event" },
+          "div",
+          { class: "table-wrap" },
           h(
-            "thead",
-            {},
+            "table",
+            { class: "table", "aria-label": "Event" },
             h(
-              "tr",
+              "thead",
               {},
-              ["Event", "ID", "Call", "Created"].map((c) => h("th", { scope: "col" }, c)),
+              h(
+                "tr",
+                {},
+                ["Event", "ID", "Call", "Created"].map((c) => h("th", { scope: "col" }, c)),
+              ),
             ),
+            h("tbody", {}, eventRows(e, true)),
           ),
-          h("tbody", {}, eventRows(e, true)),
         ),
       ),
     );
