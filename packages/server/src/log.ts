@@ -9,7 +9,7 @@ export function createLogger(opts: { level?: string; pretty?: boolean } = {}) {
   return pino({
     // An empty LOG_LEVEL is the default, as config.ts reads it (pino refused "").
     level: opts.level ?? (process.env.LOG_LEVEL || "info"),
-    base: { service: "klen-webhooks" },
+    base: { service: "klen-webhooks", pid: process.pid },
     redact: {
       paths: [
         "secret",

@@ -48,7 +48,12 @@ test("logs are JSON and never contain the API key or an endpoint secret, even at
     }
     const jsonLines = out.split("\n").filter((l) => l.startsWith("{"));
     assert.ok(jsonLines.length > 0);
-    for (const l of jsonLines) assert.doesNotThrow(() => JSON.parse(l));
+    for (const l of jsonLines) {
+      const line = JSON.parse(l);
+      // Which process of a deployment wrote it.
+      assert.equal(typeof line.pid, "number", l);
+      assert.equal(line.role, "all", l);
+    }
     // The stored attempt log keeps the signature but redacts every custom header's value.
     const d = (await (async () => {
       const s2 = await spawnServer({ dataDir: dir.path, apiKey });

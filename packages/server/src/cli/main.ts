@@ -86,7 +86,8 @@ program
       import("../log.js"),
       import("../server.js"),
     ]);
-    const log = createLogger();
+    // Every line says which process of a deployment wrote it (api and workers log alike).
+    const log = createLogger().child({ role: opts.role });
     let fatal: ((err: Error) => void) | undefined;
     // The default account's key is shown once; a start killed by a signal between making the
     // account and listening (Ctrl-C during a slow start: no listener yet, so the signal killed the
@@ -120,7 +121,6 @@ program
     const where = running.address ?? "(no port: set KLEN_WORKER_PORT for /healthz and /metrics)";
     log.info(
       {
-        role: opts.role,
         address: running.address,
         database: cfg.databaseUrl.startsWith("sqlite:") ? cfg.databaseUrl : "postgres",
         retry_schedule: cfg.retrySchedule.map(formatDuration).join(","),
