@@ -127,8 +127,9 @@ function recoverBatch(v: string): number {
 }
 
 function nonNegativeInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`not a non-negative number: "${v}"`);
+  // Digits only: Number() also read "0x10", "1e3" and "2.5".
+  const n = /^\s*\d+\s*$/.test(v) ? Number(v) : Number.NaN;
+  if (!Number.isSafeInteger(n)) throw new Error(`not a whole number of 0 or more: "${v}"`);
   return n;
 }
 
@@ -283,6 +284,12 @@ export function loadConfig(env: Env = process.env): Config {
   if (summaryUrl) checkSummaryUrl(summaryUrl);
   if (summaryUrl && !summaryModel)
     throw new ConfigError("KLEN_SUMMARY_MODEL", "required with KLEN_SUMMARY_URL");
+  // Either without the URL was silently ignored: summaries stayed the built-in extractive ones.
+  if (!summaryUrl && (summaryModel || summaryKey))
+    throw new ConfigError(
+      "KLEN_SUMMARY_URL",
+      `required with ${summaryModel ? "KLEN_SUMMARY_MODEL" : "KLEN_SUMMARY_API_KEY"} (the chat-completions service's base URL)`,
+    );
   const workerPort = env.KLEN_WORKER_PORT ? read(env, "KLEN_WORKER_PORT", "", port) : undefined;
   const publicUrl = (env.KLEN_PUBLIC_URL || `http://localhost:${p}`).replace(/\/+$/, "");
   checkPublicUrl(publicUrl);

@@ -42,6 +42,13 @@ export const inflightGauge = new Gauge({
   registers: [registry],
 });
 
+// Every series an alert reads starts at 0, so `increase()` sees the first failure after a start:
+// a series that appears only with its first increment has no earlier sample to compare with.
+deliveriesFinished.inc({ status: "succeeded", reason: "" }, 0);
+for (const reason of ["retries_exhausted", "one_attempt", "gone", "endpoint_disabled", "endpoint_deleted"])
+  deliveriesFinished.inc({ status: "failed", reason }, 0);
+for (const reason of ["gone", "failing"]) endpointsDisabled.inc({ reason }, 0);
+
 export const httpRequests = new Counter({
   name: "klen_http_requests_total",
   help: "HTTP requests answered, by method and status class",

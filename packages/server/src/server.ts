@@ -187,6 +187,12 @@ export async function startServer(
     if (generatedKey) opts.onGeneratedKey?.(generatedKey);
   }
 
+  // Only a worker listens there; the others serve /healthz and /metrics on PORT.
+  if (role !== "worker" && config.workerPort !== undefined)
+    log.warn(
+      { role, port: config.port },
+      "KLEN_WORKER_PORT is for --role worker only: this process serves /healthz and /metrics on PORT",
+    );
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
   let app: FastifyInstance | undefined;
   let address: string | undefined;

@@ -131,6 +131,17 @@ test("a bad value stops start-up with a message naming the variable", () => {
       name,
     );
   }
+  // What Number() reads but is not a count of requests.
+  for (const value of ["0x10", "1e3", "2.5"])
+    assert.throws(() => loadConfig({ KLEN_RATE_LIMIT: value }), /KLEN_RATE_LIMIT: not a whole number/, value);
+  assert.equal(loadConfig({ KLEN_RATE_LIMIT: "20" }).rateLimit, 20);
+  // A model or key without the URL would be ignored: the built-in summarizer would run instead.
+  for (const env of [{ KLEN_SUMMARY_MODEL: "m" }, { KLEN_SUMMARY_API_KEY: "sk-1" }])
+    assert.throws(
+      () => loadConfig(env),
+      (err: unknown) => err instanceof ConfigError && err.variable === "KLEN_SUMMARY_URL",
+      JSON.stringify(env),
+    );
 });
 
 test("durations that run as timers stop below Node's timer limit; the others at 100 years", () => {

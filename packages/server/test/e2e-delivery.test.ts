@@ -431,6 +431,9 @@ for (const backend of backends()) {
       const text = await (await fetch(`${metered.url}/metrics`)).text();
       const v = (name: string, labels: Record<string, string>) => seriesValue(text, name, labels);
       const finished = "klen_deliveries_finished_total";
+      // A series nothing has counted yet is there at 0, for increase() to see its first count.
+      assert.match(text, /^klen_deliveries_finished_total\{[^}]*reason="one_attempt"[^}]*\} 0$/m);
+      assert.match(text, /^klen_endpoints_disabled_total\{reason="failing"\} 0$/m);
       assert.deepEqual(
         {
           succeeded: v(finished, { status: "succeeded", reason: "" }),
