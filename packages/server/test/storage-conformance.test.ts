@@ -367,14 +367,16 @@ for (const backend of backends()) {
         /^lease_expired: .*may have reached the endpoint, or may not have been sent$/,
       );
 
-      // The new attempt is the next number; a late finisher of the lost one is logged beside it.
+      // The new attempt is the next number; a late finisher of the lost one (it stalled rather
+      // than died) replaces the lease_expired row with what really happened: one row a number.
       await completeBatch(f.store, [outcome(b, ok(), t0 + 5_030)], policy, t0 + 5_030);
       await completeBatch(f.store, [outcome(again, failed(), t0 + 5_040)], policy, t0 + 5_040);
-      const log = (await attempts(a.id)).map((r) => [Number(r.number), r.error?.split(":")[0] ?? null]);
+      const log = (await attempts(a.id))
+        .map((r) => [Number(r.number), r.error?.split(":")[0] ?? null])
+        .sort((x, y) => Number(x[0]) - Number(y[0]));
       assert.deepEqual(log, [
-        [1, "lease_expired"],
-        [2, null],
         [1, "http_status"],
+        [2, null],
       ]);
       const d = await f.store.db
         .selectFrom("deliveries")
@@ -385,6 +387,33 @@ for (const backend of backends()) {
         { ...d, attempt_count: Number(d.attempt_count) },
         { status: "succeeded", attempt_count: 2, leased_until: null },
       );
+    });
+
+    test("a stalled worker's late success replaces the lease_expired row its takeover logged", async () => {
+      const f = await fixture();
+      await f.step(await f.newCall(), "start");
+      const t0 = Date.now() + 1_000;
+      const [stale] = await claimDue(f.store, { now: t0, limit: 1, leaseMs: 1_000, exclude: [] });
+      const [fresh] = await claimDue(f.store, { now: t0 + 1_000, limit: 1, leaseMs: LEASE, exclude: [] });
+      assert.ok(stale && fresh && stale.id === fresh.id);
+      const log = async () =>
+        (
+          await f.store.db
+            .selectFrom("attempts")
+            .select(["number", "error", "status_code"])
+            .where("delivery_id", "=", stale.id)
+            .orderBy("number")
+            .execute()
+        ).map((r) => [Number(r.number), r.error?.split(":")[0] ?? null, r.status_code]);
+      assert.deepEqual(await log(), [[1, "lease_expired", null]], "the takeover logged the lost attempt");
+      // The stalled worker's answer comes in after all, then the new holder's.
+      await completeBatch(f.store, [outcome(stale, ok(), t0 + 1_500)], policy, t0 + 1_500);
+      assert.deepEqual(await log(), [[1, null, 200]], "what attempt 1 really did");
+      await completeBatch(f.store, [outcome(fresh, ok(), t0 + 2_000)], policy, t0 + 2_000);
+      assert.deepEqual(await log(), [
+        [1, null, 200],
+        [2, null, 200],
+      ]);
     });
 
     test("fencing: a stale completion does not overwrite the newer attempt", async () => {

@@ -143,6 +143,8 @@ export async function completeBatch(
     const finished: Claimed[] = [];
     let succeededCount = 0;
     const failed: Completion["failed"] = {};
+    /** Attempts whose lease another worker took over meanwhile (fenced out below). */
+    const lateAttempts: Outcome[] = [];
     if (succeeded.length > 0) {
       succeededCount = await fencedUpdate(
         trx,
@@ -152,6 +154,8 @@ export async function completeBatch(
         now,
       );
       finished.push(...succeeded.map((o) => o.claimed));
+      // Which ones is not known from the count; the rest match no lease_expired row (below).
+      if (succeededCount < succeeded.length) lateAttempts.push(...succeeded);
     }
 
     const failingEndpoints = new Set<string>();
@@ -179,6 +183,7 @@ export async function completeBatch(
       );
       if (next.final) finished.push(o.claimed);
       else if (changed > 0) retried.push(o.claimed);
+      if (o.result && changed === 0) lateAttempts.push(o);
       if (next.final && changed > 0) {
         const reason: FailReason =
           o.skipped ??
@@ -193,6 +198,7 @@ export async function completeBatch(
       if (o.result?.statusCode === 410) goneEndpoints.add(o.claimed.endpointId);
     }
 
+    if (lateAttempts.length > 0) await replaceLeaseExpired(trx, lateAttempts);
     // On PostgreSQL the calls' rows are share-locked first (once, in id order, for both steps):
     // a transition fanning out a new delivery, a manual retry or a recover re-opening an earlier
     // one hold them for update, so one of the two sees the other.
@@ -360,6 +366,27 @@ const releaseChains = prepared(
       FROM ${rowListSlot(p, "chains", caps, CHAIN_TYPES, ["endpoint_id", "call_id"])} AS c)
     RETURNING id`,
 );
+
+/**
+ * A process that stalled past its lease (rather than died) records its attempt after all: the
+ * worker that took the delivery over logged that attempt as `lease_expired` (outcome unknown),
+ * under the same number. The real outcome replaces it, so each number is one row and says what
+ * happened. Current lease holders in the list match nothing: the lease_expired rows of a delivery
+ * are numbered below its holder's attempt.
+ */
+async function replaceLeaseExpired(trx: Db, late: Outcome[]): Promise<void> {
+  await trx
+    .deleteFrom("attempts")
+    .where("error", "like", LEASE_EXPIRED_LIKE)
+    .where((eb) =>
+      eb.or(
+        late.map((o) =>
+          eb.and([eb("delivery_id", "=", o.claimed.id), eb("number", "=", o.claimed.attemptCount + 1)]),
+        ),
+      ),
+    )
+    .execute();
+}
 
 /**
  * Releases the next parked delivery of every chain (endpoint, call) that just finished, and says
