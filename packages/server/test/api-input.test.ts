@@ -515,6 +515,19 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       "invalid_request",
       "agent_ids.0",
     );
+    // An agent filter names the account's own agents: beyond an agent id's range, or unknown here.
+    expectError(
+      await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/x", agent_ids: [99999999999] }),
+      400,
+      "invalid_request",
+      "agent_ids.0",
+    );
+    const unknownAgent = await server.api.post("/v1/endpoints", {
+      url: "http://127.0.0.1:9/x",
+      agent_ids: [2147483000],
+    });
+    expectError(unknownAgent, 400, "invalid_request", "agent_ids");
+    assert.match(unknownAgent.body.error.message, /agent 2147483000 not found/);
     const invalid = await server.api.raw("POST", "/v1/agents", '{"name":', {});
     expectError(invalid, 400, "invalid_json", "body");
     const deep = await server.api.raw("POST", "/v1/agents", `${'{"a":'.repeat(40)}1${"}".repeat(40)}`, {});

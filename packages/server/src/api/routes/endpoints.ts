@@ -10,7 +10,7 @@ import type { Db } from "../../storage/types.js";
 import { newEndpointSecret, newId } from "../../util/ids.js";
 import { isoMillis, parseIso } from "../../util/time.js";
 import { listPage, pageQuery } from "../pagination.js";
-import { isoTimestamp, stringIdParam } from "./common.js";
+import { INT32_MAX, isoTimestamp, stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
 type EndpointRow = Selectable<Database["endpoints"]>;
@@ -39,7 +39,12 @@ const endpointProps = {
     maxItems: EVENT_TYPES.length,
     items: { type: "string", enum: EVENT_TYPES },
   },
-  agent_ids: { type: "array", uniqueItems: true, maxItems: 1000, items: { type: "integer", minimum: 1 } },
+  agent_ids: {
+    type: "array",
+    uniqueItems: true,
+    maxItems: 1000,
+    items: { type: "integer", minimum: 1, maximum: INT32_MAX },
+  },
   headers: {
     type: "object",
     maxProperties: 20,
@@ -112,6 +117,28 @@ export async function findEndpoint(
 
 const idParam = stringIdParam("ep");
 
+/**
+ * An agent filter names the account's own agents: an id of another account's, a deleted one or a
+ * typo would make a filter that never matches, the endpoint silently getting nothing.
+ */
+async function checkAgentIds(trx: Db, accountId: number, ids: readonly number[] | undefined): Promise<void> {
+  if (!ids || ids.length === 0) return;
+  const found = await trx
+    .selectFrom("agents")
+    .select("id")
+    .where("account_id", "=", accountId)
+    .where("deleted_at", "is", null)
+    .where("id", "in", ids)
+    .execute();
+  const known = new Set(found.map((r) => Number(r.id)));
+  const unknown = ids.filter((id) => !known.has(id));
+  if (unknown.length > 0)
+    throw badRequest(
+      "agent_ids",
+      `${unknown.length === 1 ? "agent" : "agents"} ${unknown.slice(0, 10).join(", ")} not found`,
+    );
+}
+
 /** `{secret}`, plus when the last rotated-out secret stops signing while one still does. */
 function secretObject(secret: string, previousExpireAt: number | undefined) {
   return {
@@ -135,6 +162,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
         const b = req.body as EndpointBody & { url: string };
         const url = checkEndpointUrl(b.url, dev);
         checkHeaders(b.headers);
+        await checkAgentIds(trx, req.account.id, b.agent_ids);
         const now = ctx.clock.now();
         const row = await trx
           .insertInto("endpoints")
@@ -206,7 +234,10 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           }
           if (b.description !== undefined) set.description = b.description;
           if (b.event_types !== undefined) set.event_types = JSON.stringify(b.event_types);
-          if (b.agent_ids !== undefined) set.agent_ids = JSON.stringify(b.agent_ids);
+          if (b.agent_ids !== undefined) {
+            await checkAgentIds(trx, req.account.id, b.agent_ids);
+            set.agent_ids = JSON.stringify(b.agent_ids);
+          }
           if (b.rate_limit !== undefined) set.rate_limit = b.rate_limit;
           if (b.disabled === true && current.disabled === 0) {
             set.disabled = 1;
