@@ -722,6 +722,23 @@ describe("dashboard in Chromium", () => {
     }
   });
 
+  test("an Overview refresh that fails keeps the figures shown, greyed and said to be old", async () => {
+    await section("Overview");
+    const tiles = page.locator(".tiles");
+    await tiles.getByText("Success rate").waitFor();
+    await page.route("**/v1/stats/deliveries*", (route) => route.abort());
+    try {
+      await page.getByRole("button", { name: "Refresh" }).click();
+      await page.getByText(/^Could not refresh \(.*\): the figures above are from before\.$/).waitFor();
+      assert.equal(await tiles.getAttribute("class"), "tiles stale");
+      await tiles.getByText("Success rate").waitFor();
+    } finally {
+      await page.unroute("**/v1/stats/deliveries*");
+    }
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await page.locator(".tiles:not(.stale)").waitFor();
+  });
+
   test("a long account name is cut in the sidebar; Sign out stays on screen", async () => {
     const before = (await server.api.get("/v1/account")).body.name as string;
     const name = "Northwind-Traders-Customer-Success-EMEA-and-APAC-Operations";

@@ -90,10 +90,21 @@ export async function renderOverview(main) {
         tile("Median latency", fmtMs(t.p50_ms), "p50 of attempt duration"),
         tile("p95 latency", fmtMs(t.p95_ms), "95th percentile"),
       );
+      tiles.classList.remove("stale");
       drawChart(stats);
     } catch (err) {
       shown = null;
-      mount(chartBox, h("p", { class: "note note-error" }, describe(err)));
+      // Figures already shown stay, greyed and said to be old, rather than pass for current.
+      const old = tiles.childElementCount > 0;
+      tiles.classList.toggle("stale", old);
+      mount(
+        chartBox,
+        h(
+          "p",
+          { class: "note note-error" },
+          old ? `Could not refresh (${describe(err)}): the figures above are from before.` : describe(err),
+        ),
+      );
     }
   };
   range.addEventListener("change", draw);
