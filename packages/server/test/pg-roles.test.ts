@@ -208,7 +208,7 @@ describe("split roles on PostgreSQL", () => {
     after(() => rx.close());
     const { agentId, endpoint } = await setupAccount(api.api, { endpointUrl: rx.url });
     rx.setSecret(endpoint.secret);
-    const worker = await spawn("worker");
+    const worker = await spawn("worker", { LOG_LEVEL: "info" });
     const ids: number[] = [];
     for (let i = 0; i < 3; i++) {
       const c = await api.api.post("/v1/calls", {
@@ -226,6 +226,10 @@ describe("split roles on PostgreSQL", () => {
       0,
       `exit ${worker.proc.exitCode} signal ${worker.proc.signalCode}: ${worker.output().slice(-2000)}`,
     );
+    // Its log ends saying the stop completed, as the process that wrote it.
+    const logLines = worker.output().split("\n").filter((l) => l.startsWith("{"));
+    const last = JSON.parse(logLines.at(-1)!);
+    assert.deepEqual([last.msg, last.role, last.exit_code], ["stopped", "worker", 0]);
     const list = await api.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`);
     assert.equal(list.body.data.length, 3);
     for (const d of list.body.data) {

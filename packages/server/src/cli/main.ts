@@ -152,6 +152,8 @@ program
         process.exit(1);
       }, cfg.deliveryTimeoutMs + 10_000).unref();
       await running.stop(cfg.deliveryTimeoutMs);
+      // Said before exiting (pino writes stdout synchronously), so a log shows the stop completed.
+      log.info({ exit_code: code }, "stopped");
       process.exit(code);
     };
     onSignal = (signal) => void stop(signal);
