@@ -227,7 +227,10 @@ describe("split roles on PostgreSQL", () => {
       `exit ${worker.proc.exitCode} signal ${worker.proc.signalCode}: ${worker.output().slice(-2000)}`,
     );
     // Its log ends saying the stop completed, as the process that wrote it.
-    const logLines = worker.output().split("\n").filter((l) => l.startsWith("{"));
+    const logLines = worker
+      .output()
+      .split("\n")
+      .filter((l) => l.startsWith("{"));
     const last = JSON.parse(logLines.at(-1)!);
     assert.deepEqual([last.msg, last.role, last.exit_code], ["stopped", "worker", 0]);
     const list = await api.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`);

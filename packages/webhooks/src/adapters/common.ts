@@ -102,7 +102,10 @@ export function reportRejection(
   error: WebhookVerificationError | BodyTooLargeError,
 ): void {
   try {
-    if (opts.onRejected) return opts.onRejected(error);
+    if (opts.onRejected) {
+      opts.onRejected(error);
+      return;
+    }
     const code = error instanceof WebhookVerificationError ? error.code : "payload_too_large";
     const hint = REJECTION_HINTS[code];
     console.warn(`@klen/webhooks: refused a request (${code}): ${error.message}${hint ? `; ${hint}` : ""}`);
