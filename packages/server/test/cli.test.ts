@@ -1126,7 +1126,8 @@ test("endpoints recover: a small one at once; a large one in the background, fol
   });
 });
 
-test("the first start prints the default account's key even in CI, where the banner is left out", async () => {
+/** `serve` on a fresh data dir without KLEN_API_KEY (so it makes the default account), its stderr kept. */
+async function firstStart(env: Record<string, string>) {
   const dir = tempDir();
   const port = await freePort();
   const proc = spawn(process.execPath, [CLI, "serve"], {
@@ -1135,9 +1136,8 @@ test("the first start prints the default account's key even in CI, where the ban
       PORT: String(port),
       KLEN_HOST: "127.0.0.1",
       KLEN_DATA_DIR: dir.path,
-      KLEN_DEV: "1",
       LOG_LEVEL: "warn",
-      CI: "true",
+      ...env,
     },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -1145,18 +1145,25 @@ test("the first start prints the default account's key even in CI, where the ban
   proc.stderr!.on("data", (d: Buffer) => {
     err += d.toString();
   });
-  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
+  return { dir, port, proc, exited, stderr: () => err };
+}
+/** The generated key as `serve` shows it. */
+const KEY_SHOWN = /shown once, store it now\):\n\n {2}(\S+)\n/;
+
+test("the first start prints the default account's key even in CI, where the banner is left out", async () => {
+  const { dir, port, proc, exited, stderr } = await firstStart({ KLEN_DEV: "1", CI: "true" });
   try {
     const key = await waitFor(
       "the key on stderr",
       () => {
-        if (proc.exitCode !== null) throw new Error(`server exited: ${err}`);
-        return /shown once, store it now\):\n\n {2}(\S+)\n/.exec(err)?.[1];
+        if (proc.exitCode !== null) throw new Error(`server exited: ${stderr()}`);
+        return KEY_SHOWN.exec(stderr())?.[1];
       },
       60_000,
     );
-    assert.match(err, /DEV MODE: http:\/\/ and loopback/);
-    assert.doesNotMatch(err, /Klen call webhooks .* on http/, "no banner in CI");
+    assert.match(stderr(), /DEV MODE: http:\/\/ and loopback/);
+    assert.doesNotMatch(stderr(), /Klen call webhooks .* on http/, "no banner in CI");
     await waitFor(
       "healthz",
       async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.ok,
@@ -1171,30 +1178,14 @@ test("the first start prints the default account's key even in CI, where the ban
 });
 
 test("a first start stopped by Ctrl-C once its account exists still shows the account's key", async () => {
-  const dir = tempDir();
-  const port = await freePort();
-  const proc = spawn(process.execPath, [CLI, "serve"], {
-    env: {
-      ...cliEnv({}),
-      PORT: String(port),
-      KLEN_HOST: "127.0.0.1",
-      KLEN_DATA_DIR: dir.path,
-      LOG_LEVEL: "warn",
-    },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let err = "";
-  proc.stderr!.on("data", (d: Buffer) => {
-    err += d.toString();
-  });
-  const exited = new Promise<number | null>((r) => proc.once("exit", (code) => r(code)));
+  const { dir, proc, exited, stderr } = await firstStart({});
   try {
     // The moment the account's key is committed, before the server listens (a reader beside the
     // starting server, as the auditor's loop did).
     const stored = await waitFor(
       "the account's key stored",
       () => {
-        if (proc.exitCode !== null) throw new Error(`server exited: ${err}`);
+        if (proc.exitCode !== null) throw new Error(`server exited: ${stderr()}`);
         if (!existsSync(`${dir.path}/klen.db`)) return undefined;
         // Never waiting for a lock: a busy database is looked at again 2 ms later.
         const db = new Database(`${dir.path}/klen.db`, { readonly: true, fileMustExist: true, timeout: 0 });
@@ -1215,11 +1206,11 @@ test("a first start stopped by Ctrl-C once its account exists still shows the ac
     await Promise.race([
       exited,
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`the server ran on after SIGINT: ${err}`)), 30_000);
+        timer = setTimeout(() => reject(new Error(`the server ran on after SIGINT: ${stderr()}`)), 30_000);
       }),
     ]).finally(() => clearTimeout(timer));
-    const key = /shown once, store it now\):\n\n {2}(\S+)\n/.exec(err)?.[1];
-    assert.ok(key, `the key was shown: ${err}`);
+    const key = KEY_SHOWN.exec(stderr())?.[1];
+    assert.ok(key, `the key was shown: ${stderr()}`);
     assert.equal(hashApiKey(key), stored.key_hash, "the one stored");
   } finally {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
