@@ -134,19 +134,27 @@ function nonNegativeInt(v: string): number {
 }
 
 /**
- * A database URL as it may be printed: the password of its user info as `***`, and the value of a
- * `password` (or `sslpassword`) query parameter too. The user info is taken to run to the last `@`
- * of the whole URL, not only of its host part: a password with an unencoded `#`, `/` or `?` (an
- * invalid URL, which is when it gets printed) ends that part early, and was printed whole.
+ * A database URL as it may be printed: the password of its user info as `***`, the value of a
+ * `password` (or `sslpassword`) query parameter, and any `#fragment` (part of a password with an
+ * unencoded `#`). A URL that parses is masked by its parts, so an `@` in its query leaves the host
+ * shown; one that does not (an unencoded `#`, `/` or `?` in the password: when it gets printed)
+ * is taken to have its user info run to its last `@`.
  */
 export function withoutPassword(v: string): string {
   const start = v.indexOf("://");
   if (start < 0) return v;
+  if (URL.canParse(v)) {
+    const u = new URL(v);
+    if (u.password) u.password = "***";
+    for (const k of [...u.searchParams.keys()]) if (/^(ssl)?password$/i.test(k)) u.searchParams.set(k, "***");
+    if (u.hash) u.hash = "***";
+    return u.toString();
+  }
   let rest = v.slice(start + 3);
   const at = rest.lastIndexOf("@");
   const colon = rest.indexOf(":");
   if (at >= 0 && colon >= 0 && colon < at) rest = `${rest.slice(0, colon)}:***${rest.slice(at)}`;
-  rest = rest.replace(/([?&](?:ssl)?password=)[^&#]*/gi, "$1***");
+  rest = rest.replace(/([?&](?:ssl)?password=).*$/i, "$1***").replace(/#.*$/, "#***");
   return `${v.slice(0, start + 3)}${rest}`;
 }
 

@@ -54,6 +54,10 @@ test("a bad KLEN_DATABASE_URL is named, and its password never printed", () => {
       "postgres://u@h/db?sslmode=disable&sslpassword=cretPW",
       "postgres://u@h/db?sslmode=disable&sslpassword=***",
     ],
+    // A query password with an unencoded # (the rest of it reads as a fragment).
+    ["postgres://u@h/db?password=se#cretPW", "postgres://u@h/db?password=***#***"],
+    // An @ in the query of a URL without user info hides nothing else.
+    ["postgres://h:5432/db?application_name=a@b", "postgres://h:5432/db?application_name=a@b"],
   ])
     assert.equal(withoutPassword(url!), shown);
   assert.throws(

@@ -726,6 +726,122 @@ for (const backend of backends()) {
         assert.equal(rows[2]!.next_attempt_at, null, "the third event waits behind the re-opened first");
       });
 
+    // Two workers completing two events of one call at once: one records the later event's failed
+    // attempt (retries left) and parks it behind the re-opened earlier one, the other the earlier
+    // one's success, which releases what waits behind it. Each must see the other's change.
+    if (backend.name === "postgres")
+      test("a later event parked by one worker while another completes the earlier one is released, not left parked", async () => {
+        const f = await fixture();
+        const other = await f.other();
+        const callId = await f.newCall();
+        await f.step(callId, "start");
+        await f.step(callId, "end");
+        const now = Date.now() + 1_000;
+        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
+        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        await f.store.db.transaction().execute(async (trx) => {
+          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
+          assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
+        });
+        const [again] = await claimDue(f.store, { now, limit: 5, leaseMs: LEASE, exclude: [] });
+        assert.equal(again?.id, c0!.id, "the re-opened earlier event is in flight too");
+        // So that only the failing batch writes the endpoint row (its failure clock).
+        await f.store.db.updateTable("endpoints").set({ failing_since: null }).execute();
+        // The endpoint row held: the failing batch stops there, after its park, before its commit.
+        const holder = await f.other();
+        let release!: () => void;
+        const held = new Promise<void>((r) => {
+          release = r;
+        });
+        let holding = false;
+        const holdingTx = holder.db.transaction().execute(async (trx) => {
+          await trx.selectFrom("endpoints").select("id").forUpdate().execute();
+          holding = true;
+          await held;
+        });
+        await waitFor("the endpoint row held", () => holding);
+        const failing = completeBatch(other, [outcome(c1!, failed(), now + 100)], policy, now + 100);
+        await waitFor("the failing batch waiting", async () => {
+          const w =
+            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+              f.store.db,
+            );
+          return w.rows.length > 0;
+        });
+        let succeeded = false;
+        const succeeding = completeBatch(f.store, [outcome(again!, ok(), now + 200)], policy, now + 200).then(
+          () => {
+            succeeded = true;
+          },
+        );
+        // Until the success waits for the failing batch's lock on the call (or, unfixed, is done).
+        await waitFor("the success waiting or done", async () => {
+          if (succeeded) return true;
+          const w =
+            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+              f.store.db,
+            );
+          return w.rows.length > 1;
+        });
+        release();
+        await Promise.all([holdingTx, failing, succeeding]);
+        const later = await f.delivery(c1!.id);
+        assert.equal((await f.delivery(c0!.id)).status, "succeeded");
+        assert.equal(later.status, "pending");
+        assert.notEqual(later.next_attempt_at, null, "released by the earlier event's success");
+      });
+
+    // A recover holding the call while a completion records a failure of an attempt whose lease
+    // ran out: the completion used to lock that delivery's row first and then wait for the call,
+    // while the recover, holding the call, waited for that row (deadlock detected, batch lost).
+    if (backend.name === "postgres")
+      test("a completion and a recover of the same call, a lease run out between them, do not deadlock", async () => {
+        const f = await fixture();
+        const other = await f.other();
+        const callId = await f.newCall();
+        await f.step(callId, "start");
+        await f.step(callId, "end");
+        const now = Date.now() + 1_000;
+        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
+        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: 5, exclude: [] });
+        let open!: () => void;
+        const gate = new Promise<void>((r) => {
+          open = r;
+        });
+        let locked = false;
+        const later = now + 1_000; // the lease of c1 has run out
+        const recovering = f.store.db.transaction().execute(async (trx) => {
+          await trx.selectFrom("calls").select("id").where("id", "=", callId).forNoKeyUpdate().execute();
+          locked = true;
+          await gate;
+          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: later };
+          await recoverBatch(trx, f.store.caps, scope, -1, 100, later);
+        });
+        await waitFor("the recover holding the call", () => locked);
+        let completed = false;
+        const completing = completeBatch(other, [outcome(c1!, failed(), later)], policy, later).then(() => {
+          completed = true;
+        });
+        await waitFor("the completion waiting or done", async () => {
+          if (completed) return true;
+          const w =
+            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+              f.store.db,
+            );
+          return w.rows.length > 0;
+        });
+        open();
+        await Promise.all([recovering, completing]);
+        const first = await f.delivery(c0!.id);
+        const second = await f.delivery(c1!.id);
+        assert.equal(first.status, "pending", "re-opened");
+        assert.notEqual(first.next_attempt_at, null, "the re-opened earlier event is due");
+        assert.equal(second.status, "pending");
+        assert.equal(second.next_attempt_at, null, "its retry waits behind it");
+      });
+
     // Row locks exist on PostgreSQL only (SQLite has one writer): two workers' batches, one with
     // endpoint A failing and B succeeding, the other the opposite, both endpoints already failing.
     if (backend.name === "postgres")

@@ -118,6 +118,21 @@ export async function completeBatch(
 ): Promise<Completion> {
   if (batch.length === 0) return { released: 0, disabled: [], succeeded: 0, failed: {} };
   return store.db.transaction().execute(async (trx) => {
+    // On PostgreSQL the batch's calls are locked first, before any delivery row, in id order: a
+    // transition fanning out a new delivery, a manual retry or a recover re-opening an earlier one
+    // lock the call and then its deliveries, so a completion that took a delivery row first and
+    // then waited for the call deadlocked with them. Shared when every outcome is a success or
+    // final, so completions run side by side; exclusive when one may be retried, which parks it
+    // behind an earlier pending event: a completion releasing that earlier event at the same time
+    // must see the park, or the park must see its release (each alone left the later event
+    // parked with nothing before it, until the ordering sweep).
+    if (store.caps.rowLocks) {
+      const callIds = [...new Set(batch.map((o) => o.claimed.callId))].sort((a, b) => a - b);
+      const mayRetry = batch.some((o) => o.result !== null && o.result.error !== null);
+      await (mayRetry ? lockCallsExclusive : lockCalls)(trx, store.caps, {
+        ids: listValue(store.caps, callIds),
+      });
+    }
     // Written again after a write that may have committed: only what is not in the log yet.
     const outcomes = opts.mayBeRecorded ? await notYetRecorded(trx, store.caps, batch) : batch;
     const attempts = outcomes.filter((o) => o.result !== null);
@@ -199,13 +214,6 @@ export async function completeBatch(
     }
 
     if (lateAttempts.length > 0) await replaceLeaseExpired(trx, lateAttempts);
-    // On PostgreSQL the calls' rows are share-locked first (once, in id order, for both steps):
-    // a transition fanning out a new delivery, a manual retry or a recover re-opening an earlier
-    // one hold them for update, so one of the two sees the other.
-    if (store.caps.rowLocks && finished.length + retried.length > 0) {
-      const callIds = [...new Set([...finished, ...retried].map((c) => c.callId))].sort((a, b) => a - b);
-      await lockCalls(trx, store.caps, { ids: listValue(store.caps, callIds) });
-    }
     const released = finished.length > 0 ? await releaseNext(trx, store, finished, now) : 0;
     // A retry or recover re-opened an earlier event of the chain while this attempt was in flight
     // (reorderChains leaves leased rows alone): its retries wait behind that event, not beside it.
@@ -341,14 +349,18 @@ async function fencedUpdate(
   return Number(res.numAffectedRows ?? 0);
 }
 
-const lockCalls = prepared((db, p: Record<"ids", never>, caps) =>
-  db
-    .selectFrom("calls")
-    .select("id")
-    .where(inListOf(caps, "id", p.ids, "bigint"))
-    .orderBy("id")
-    .forShare(),
-);
+/** Locks the calls' rows in id order, shared or (`FOR NO KEY UPDATE`) against each other. */
+const callsLock = (exclusive: boolean) =>
+  prepared((db, p: Record<"ids", never>, caps) => {
+    const q = db
+      .selectFrom("calls")
+      .select("id")
+      .where(inListOf(caps, "id", p.ids, "bigint"))
+      .orderBy("id");
+    return exclusive ? q.forNoKeyUpdate() : q.forShare();
+  });
+const lockCalls = callsLock(false);
+const lockCallsExclusive = callsLock(true);
 /** Column types of a chain, `(endpoint_id, call_id)`. */
 const CHAIN_TYPES: ColumnType[] = ["text", "bigint"];
 // The chains come from the claims in memory, so finding each one's next delivery is one descent of
@@ -390,7 +402,7 @@ async function replaceLeaseExpired(trx: Db, late: Outcome[]): Promise<void> {
 
 /**
  * Releases the next parked delivery of every chain (endpoint, call) that just finished, and says
- * how many it released (the calls' rows already share-locked on PostgreSQL).
+ * how many it released (the calls' rows already locked on PostgreSQL).
  */
 async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<number> {
   const chains = new Map(finished.map((c) => [`${c.endpointId} ${c.callId}`, [c.endpointId, c.callId]]));
