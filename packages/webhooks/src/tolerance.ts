@@ -4,8 +4,11 @@ import { WebhookVerificationError } from "./errors.js";
 export interface VerifyOptions {
   /** The current time, as Unix seconds or a `Date`. `0` is a valid time. Default: the clock. */
   readonly now?: number | Date;
-  /** How far `webhook-timestamp` may be from `now`, either way, inclusive. Default 300 (5 min). */
-  readonly toleranceSeconds?: number;
+  /**
+   * How far `webhook-timestamp` may be from `now`, either way, inclusive. Default 300 (5 min). A
+   * string of digits is read as its number (an environment variable's value).
+   */
+  readonly toleranceSeconds?: number | string;
 }
 
 /**
@@ -42,15 +45,24 @@ export function assertSeconds(value: number, what: string): void {
 }
 
 /**
+ * `toleranceSeconds` as a number: the default when absent, a non-negative number as it is, a
+ * string of digits as its number (`"600"` from an environment variable). Anything else is a
+ * TypeError: JavaScript would have read `"1e3"`, `true`, `[600]` or `""` as some number.
+ */
+export function toleranceOf(value: unknown): number {
+  if (value === undefined || value === null) return DEFAULT_TOLERANCE_SECONDS;
+  if (typeof value === "number" && value >= 0) return value;
+  if (typeof value === "string" && /^\s*\d+\s*$/.test(value)) return Number(value);
+  throw new TypeError("`toleranceSeconds` must be a non-negative number of seconds (or a string of digits)");
+}
+
+/**
  * Rejects a timestamp outside `now ± tolerance` (bounds included). Runs before the signature
  * check, as in the reference libraries, so a replayed old delivery is reported as too old.
  */
 export function checkTimestamp(timestamp: number, opts: VerifyOptions | undefined): void {
   const now = nowSeconds(opts?.now);
-  const tolerance = opts?.toleranceSeconds ?? DEFAULT_TOLERANCE_SECONDS;
-  // A number, not anything JavaScript would turn into one: "1e3", true and [600] were taken.
-  if (typeof tolerance !== "number" || !(tolerance >= 0))
-    throw new TypeError("`toleranceSeconds` must be a non-negative number");
+  const tolerance = toleranceOf(opts?.toleranceSeconds);
   if (now - timestamp > tolerance) {
     throw new WebhookVerificationError("timestamp_too_old", "webhook-timestamp is too old");
   }

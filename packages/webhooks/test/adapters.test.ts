@@ -219,6 +219,43 @@ describe("node:http: what never reaches the handler", () => {
     }
   });
 
+  test("an async onRejected that rejects is logged; the receiver keeps running", async () => {
+    const logged: unknown[][] = [];
+    const original = console.error;
+    console.error = (...args: unknown[]) => void logged.push(args);
+    const server = createServer(
+      nodeWebhookHandler(webhook, {
+        onEvent: () => {},
+        onRejected: async () => {
+          throw new Error("log shipper down");
+        },
+      }),
+    );
+    try {
+      const url = `${await listen(server)}/`;
+      for (let i = 0; i < 2; i++)
+        assert.equal((await fetch(url, { method: "POST", body: "{}" })).status, 400, "unsigned: refused");
+      await new Promise((r) => setImmediate(r));
+      assert.equal(logged.length, 2);
+      assert.match(String(logged[0]?.[0]), /onRejected threw while reporting/);
+      assert.match(String(logged[0]?.at(-1)), /log shipper down/);
+    } finally {
+      console.error = original;
+      await closer(server)();
+    }
+  });
+
+  test("a toleranceSeconds no verification could use is refused when the adapter is made", async () => {
+    const verify = { toleranceSeconds: "five minutes" as never };
+    const onEvent = () => {};
+    assert.throws(() => nodeWebhookHandler(webhook, { onEvent, verify }), /toleranceSeconds/);
+    assert.throws(() => fetchWebhookHandler(webhook, { onEvent, verify }), /toleranceSeconds/);
+    assert.throws(() => expressWebhook(webhook, { verify }), /toleranceSeconds/);
+    await assert.rejects(fastifyWebhook({} as never, { webhook, onEvent, verify }), /toleranceSeconds/);
+    // As an environment variable gives it: taken.
+    nodeWebhookHandler(webhook, { onEvent, verify: { toleranceSeconds: "600" } });
+  });
+
   test("a client gone mid-body is not reported as an error", async () => {
     const errors: unknown[] = [];
     const handler = nodeWebhookHandler(webhook, { onEvent: () => {}, onError: (e) => errors.push(e) });

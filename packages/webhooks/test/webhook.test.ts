@@ -281,8 +281,8 @@ describe("Webhook", () => {
     assert.throws(() => wh.verify(JSON.parse(seedBody()), headers, { now: TS }), /express\.raw/);
   });
 
-  test("a toleranceSeconds that is not a non-negative number is a TypeError, not turned into one", () => {
-    for (const bad of ["300", "1e3", "", true, [600], [], -1, Number.NaN])
+  test("toleranceSeconds takes a non-negative number or a string of digits; anything else is a TypeError", () => {
+    for (const bad of ["1e3", "", " ", "abc", "-5", true, [600], [], -1, Number.NaN])
       assert.throws(
         () => wh.verifySignature(BODY, headers, { now: TS, toleranceSeconds: bad as never }),
         /`toleranceSeconds` must be a non-negative number/,
@@ -291,6 +291,15 @@ describe("Webhook", () => {
     assert.equal(
       code(() => wh.verifySignature(BODY, headers, { now: TS, toleranceSeconds: 0 })),
       "verified",
+    );
+    // As an environment variable gives it.
+    assert.equal(
+      code(() => wh.verifySignature(BODY, headers, { now: TS + 600, toleranceSeconds: "600" })),
+      "verified",
+    );
+    assert.equal(
+      code(() => wh.verifySignature(BODY, headers, { now: TS + 601, toleranceSeconds: "600" })),
+      "timestamp_too_old",
     );
   });
 

@@ -7,7 +7,7 @@ import type { CallEvent } from "../events.js";
 import { getHeader, type HeadersInput } from "../headers.js";
 import type { Idempotency } from "../idempotency.js";
 import { EVENT_TYPES } from "../schemas.js";
-import type { VerifyOptions } from "../tolerance.js";
+import { toleranceOf, type VerifyOptions } from "../tolerance.js";
 import type { Webhook } from "../webhook.js";
 import { BodyTooLargeError } from "./body.js";
 
@@ -37,13 +37,15 @@ export interface AdapterOptions {
   /**
    * Told about an error before the adapter answers 500 (the error never reaches the sender):
    * a handler error with its delivery, or an unexpected one without. Default: `console.error`.
+   * It may be async: a promise it returns that rejects is logged.
    */
   readonly onError?: (error: unknown, delivery?: WebhookDelivery) => void;
   /**
    * Told about each request the adapter refuses, 400 or 413, with the reason (the sender is told
    * only the code): a signature that matches no secret, a timestamp out of tolerance, a missing
    * header, a body that is not a call event or too large. Default: one `console.warn` line, so a
-   * wrong secret shows in the receiver's own log; `() => {}` keeps it quiet.
+   * wrong secret shows in the receiver's own log; `() => {}` keeps it quiet. It may be async: a
+   * promise it returns that rejects is logged, never left to end the process.
    */
   readonly onRejected?: (error: WebhookVerificationError | BodyTooLargeError) => void;
   /**
@@ -101,17 +103,14 @@ export function reportRejection(
   opts: AdapterOptions,
   error: WebhookVerificationError | BodyTooLargeError,
 ): void {
-  try {
-    if (opts.onRejected) {
-      opts.onRejected(error);
-      return;
-    }
-    const code = error instanceof WebhookVerificationError ? error.code : "payload_too_large";
-    const hint = REJECTION_HINTS[code];
-    console.warn(`@klen/webhooks: refused a request (${code}): ${error.message}${hint ? `; ${hint}` : ""}`);
-  } catch (failure) {
-    console.error("@klen/webhooks: onRejected threw while reporting", error, failure);
+  const hook = opts.onRejected;
+  if (hook) {
+    callHook("onRejected", () => hook(error), [error]);
+    return;
   }
+  const code = error instanceof WebhookVerificationError ? error.code : "payload_too_large";
+  const hint = REJECTION_HINTS[code];
+  console.warn(`@klen/webhooks: refused a request (${code}): ${error.message}${hint ? `; ${hint}` : ""}`);
 }
 
 /**
@@ -177,6 +176,30 @@ export function checkHandlerOptions(adapter: string, opts: unknown, needsWebhook
     throw new TypeError(`${adapter} needs options with an onEvent(event, delivery) function`);
   if (needsWebhook && (typeof o.webhook !== "object" || o.webhook === null))
     throw new TypeError(`${adapter} needs a webhook option: new Webhook(secret)`);
+  checkVerifyOptions(opts as AdapterOptions);
+}
+
+/**
+ * `verify.toleranceSeconds` checked when the adapter is made: wrong, it failed every delivery
+ * with a 500 (signed or not), and the sender retried until it disabled the endpoint.
+ */
+export function checkVerifyOptions(opts: AdapterOptions | undefined): void {
+  toleranceOf(opts?.verify?.toleranceSeconds);
+}
+
+/**
+ * Calls a reporting hook (`onError`, `onRejected`) that may be async: a promise it returns is
+ * waited for nowhere, so its rejection is logged here rather than left to crash the process.
+ */
+function callHook(name: string, run: () => unknown, logged: unknown[]): void {
+  const failedToo = (failure: unknown) =>
+    console.error(`@klen/webhooks: ${name} threw while reporting`, ...logged, failure);
+  try {
+    const r = run() as { then?: unknown } | undefined;
+    if (r && typeof r.then === "function") (r as Promise<unknown>).then(undefined, failedToo);
+  } catch (failure) {
+    failedToo(failure);
+  }
 }
 
 /** The answer to a delivery whose `webhook-id` was handled already (idempotency). */
@@ -215,13 +238,9 @@ export function reportError(
   error: unknown,
   delivery?: WebhookDelivery,
 ): void {
-  if (opts?.onError) {
-    try {
-      opts.onError(error, delivery);
-    } catch (failure) {
-      console.error("@klen/webhooks: onError threw while reporting", error, failure);
-    }
-  } else if (delivery)
+  const hook = opts?.onError;
+  if (hook) callHook("onError", () => hook(error, delivery), [error]);
+  else if (delivery)
     console.error(`@klen/webhooks: handler failed for ${delivery.id} (${delivery.event.event_type})`, error);
   else console.error("@klen/webhooks: unexpected error", error);
 }

@@ -8,6 +8,7 @@ import type { Webhook } from "../webhook.js";
 import { BodyTooLargeError, DEFAULT_MAX_BODY_BYTES, readNodeBody } from "./body.js";
 import {
   type AdapterOptions,
+  checkVerifyOptions,
   DUPLICATE,
   type EventHandler,
   errorResponse,
@@ -149,6 +150,7 @@ export function expressWebhook(
   wh: Webhook,
   opts: ExpressWebhookOptions = {},
 ): (req: ExpressLikeRequest, res: ServerResponse, next: ExpressLikeNext) => Promise<void> {
+  checkVerifyOptions(opts);
   return async (req, res, next) => {
     try {
       let body: Uint8Array;
