@@ -784,6 +784,7 @@ describe("dashboard in Chromium", () => {
       const attempt = detail.locator("tr.attempt").first();
       await attempt.locator("details.request summary").click();
       const headers = attempt.getByLabel(/^Request headers of attempt /);
+      assert.equal(await attempt.getByText(/^The first 8 KiB/).count(), 0, "a short answer is whole");
       assert.match((await headers.textContent())!, /^webhook-id: evt_\S+$/m);
       assert.match((await headers.textContent())!, /^webhook-signature: v1,\S+$/m);
       for (const [what, el] of [
@@ -1054,10 +1055,14 @@ describe("dashboard in Chromium", () => {
     await page.evaluate((id) => {
       location.hash = `#/endpoints/${id}`;
     }, ep.body.id);
-    await page.getByRole("button", { name: "Recover failed deliveries" }).click();
-    // Shown for the second before the page first asks how the job is doing.
+    const recover = page.getByRole("button", { name: "Recover failed deliveries" });
+    await recover.click();
+    // Shown for the second before the page first asks how the job is doing; meanwhile a second
+    // press cannot start a second job.
     await page.getByText(`Found ${failed} deliveries: queuing them in the background…`).waitFor();
+    assert.equal(await recover.isDisabled(), true, "off while the job is followed");
     await page.getByText(`Queued ${failed} deliveries for another attempt.`).waitFor();
+    await page.locator("button:not([disabled])", { hasText: "Recover failed deliveries" }).waitFor();
     const jobs = await server.api.get(`/v1/recover-jobs?endpoint_id=${ep.body.id}`);
     assert.deepEqual(
       jobs.body.data.map((j: { status: string; queued: number }) => [j.status, j.queued]),

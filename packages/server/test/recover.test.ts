@@ -169,6 +169,17 @@ for (const backend of backends()) {
         0,
         "a finished job is not taken again",
       );
+      // Nor by a process of the version before migration 17 (no status): held for ever, and
+      // past every call, so its sweep and fan-out do not park new events behind it either.
+      const row = await store.db
+        .selectFrom("recover_jobs")
+        .select(["leased_until", "after_call_id"])
+        .where("id", "=", rec.body.job_id)
+        .executeTakeFirstOrThrow();
+      assert.deepEqual(
+        [Number(row.leased_until), Number(row.after_call_id)],
+        [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+      );
     });
 
     test("a job whose endpoint is disabled mid-way stops and leaves the rest failed", async (t) => {

@@ -101,6 +101,20 @@ function attemptsTable(d) {
 const RESPONSE_BODY_KEPT = 8 * 1024;
 
 /**
+ * Whether a kept body is shorter than what the server keeps: its bytes as received, where each
+ * U+FFFD stood for one invalid byte (send.ts), and a character the 8 KiB cut split left out (up
+ * to 3 bytes). Within those 3 bytes of the limit it may have been cut, and is said to be.
+ */
+function keptWhole(body) {
+  let bytes = 0;
+  for (const ch of body) {
+    const c = ch.codePointAt(0);
+    bytes += c === 0xfffd ? 1 : c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+  }
+  return bytes < RESPONSE_BODY_KEPT - 3;
+}
+
+/**
  * Where an attempt went and what it sent: the URL as it was then (the endpoint's may have
  * changed since), and its request headers, signature included, behind a disclosure.
  */
@@ -180,10 +194,13 @@ function attemptsOnly(d) {
             a.response_body
               ? [
                   h("pre", { class: "code code-sm" }, a.response_body),
-                  // The server keeps the first 8 KiB (a character cut in two is left out).
-                  new TextEncoder().encode(a.response_body).length > RESPONSE_BODY_KEPT - 4
-                    ? h("p", { class: "muted small" }, "The first 8 KiB of the answer.")
-                    : null,
+                  keptWhole(a.response_body)
+                    ? null
+                    : h(
+                        "p",
+                        { class: "muted small" },
+                        "The first 8 KiB of the answer (the server keeps no more).",
+                      ),
                 ]
               : h("span", { class: "muted" }, "—"),
           ),

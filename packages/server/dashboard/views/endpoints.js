@@ -457,12 +457,12 @@ function recoverCard(e, done) {
           button.disabled = true;
           try {
             const r = await api("POST", `/v1/endpoints/${e.id}/recover`, { since: when.toISOString() });
-            if (r.job_id)
-              followRecoverJob(status, r.job_id, r.queued).then(() => status.isConnected && done());
-            else {
-              note(status, `Queued ${countDeliveries(r.queued)} for another attempt.`);
-              await done();
-            }
+            // The button stays off while a background recover is followed: a second press would
+            // start a second job writing to the same line.
+            if (r.job_id) await followRecoverJob(status, r.job_id, r.queued);
+            else note(status, `Queued ${countDeliveries(r.queued)} for another attempt.`);
+            // A reload that fails says so in its table; the recover's line stays as it is.
+            if (status.isConnected) await done().catch(() => {});
           } catch (err) {
             // The API's words name its routes; the dashboard's say where to go.
             const text =

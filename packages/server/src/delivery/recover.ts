@@ -207,10 +207,19 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
           );
       const queued = Number(held.queued) + batch.queued;
       if (batch.lastCallId === undefined) {
-        // Kept, finished, for GET /v1/recover-jobs/{id}; the retention period removes it.
+        // Kept, finished, for GET /v1/recover-jobs/{id}; the retention period removes it. Held
+        // for ever and past every call, so processes of the version before migration 17 (which
+        // know no status, and may run beside this one while an upgrade rolls out) neither take
+        // it up again nor park new events behind it.
         await trx
           .updateTable("recover_jobs")
-          .set({ status: sending ? "finished" : "stopped", queued, leased_until: null, finished_at: now })
+          .set({
+            status: sending ? "finished" : "stopped",
+            queued,
+            leased_until: Number.MAX_SAFE_INTEGER,
+            after_call_id: Number.MAX_SAFE_INTEGER,
+            finished_at: now,
+          })
           .where("id", "=", job.id)
           .execute();
         // New events parked behind calls this job will now not reach go on (a disabled
