@@ -150,12 +150,15 @@ export function apiClient(opts: ClientOptions) {
     )?.error;
     // Every answer of the API is JSON, its errors `{"error":{…}}`: anything else is another server
     // at --api-url (a 5xx keeps its status code: a proxy in front of a restarting server).
-    if (json === undefined || (!res.ok && typeof e?.code !== "string"))
+    if (json === undefined || (!res.ok && typeof e?.code !== "string")) {
+      // What an error answer said, after the hint (the output escapes it: any server's text).
+      const said = !res.ok && text.trim() ? ` It said: ${text.trim().slice(0, 200)}` : "";
       throw new ApiRequestError(
         res.status,
         res.status >= 500 ? `http_${res.status}` : "not_klen_api",
-        `${method} ${path}: ${base} answered ${res.status} ${res.headers.get("content-type") ?? "without a content type"}, not the Klen API's JSON; is --api-url the Klen server?`,
+        `${method} ${path}: ${base} answered ${res.status} ${res.headers.get("content-type") ?? "without a content type"}, not the Klen API's JSON; is --api-url the Klen server?${said}`,
       );
+    }
     if (!res.ok) {
       // The key is the usual culprit of a 401: say where it comes from.
       const hint = res.status === 401 ? " (the key comes from --api-key or KLEN_API_KEY)" : "";
