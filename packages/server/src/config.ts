@@ -143,8 +143,12 @@ function nonNegativeInt(v: string): number {
 export function withoutPassword(v: string): string {
   const start = v.indexOf("://");
   if (start < 0) return v;
-  if (URL.canParse(v)) {
-    const u = new URL(v);
+  // Parsed, unless an @ the parser did not take for the end of user info is there: a password
+  // of digits and a / ? or # (`klen:2024/Spring!@host`) reads as a port and a path, and was
+  // printed whole. Then the user info runs to the last @ (an @ in a query hides the host too).
+  const parsed = URL.canParse(v) ? new URL(v) : undefined;
+  if (parsed && (parsed.username !== "" || !v.slice(start + 3).includes("@"))) {
+    const u = parsed;
     if (u.password) u.password = "***";
     for (const k of [...u.searchParams.keys()]) if (/^(ssl)?password$/i.test(k)) u.searchParams.set(k, "***");
     if (u.hash) u.hash = "***";

@@ -56,8 +56,14 @@ test("a bad KLEN_DATABASE_URL is named, and its password never printed", () => {
     ],
     // A query password with an unencoded # (the rest of it reads as a fragment).
     ["postgres://u@h/db?password=se#cretPW", "postgres://u@h/db?password=***#***"],
-    // An @ in the query of a URL without user info hides nothing else.
-    ["postgres://h:5432/db?application_name=a@b", "postgres://h:5432/db?application_name=a@b"],
+    // A password of digits and a / ? or #: a valid URL with a port and a path, the @ in the path.
+    ["postgres://klen:2024/Spring!@localhost:5432/klen", "postgres://klen:***@localhost:5432/klen"],
+    ["postgres://klen:77?x=y@localhost/klen", "postgres://klen:***@localhost/klen"],
+    ["postgres://klen:8080#tail@localhost/klen", "postgres://klen:***@localhost/klen"],
+    // So an @ the parser does not read as the user info's end is taken for it (too much hidden,
+    // never too little).
+    ["postgres://h:5432/db?application_name=a@b", "postgres://h:***@b"],
+    ["postgres://h:5432/db?application_name=ab", "postgres://h:5432/db?application_name=ab"],
   ])
     assert.equal(withoutPassword(url!), shown);
   assert.throws(

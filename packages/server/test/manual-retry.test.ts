@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { describe, test } from "node:test";
+import { sql } from "kysely";
+import { claimDue } from "../src/delivery/claim.js";
+import { completeBatch, type Outcome } from "../src/delivery/complete.js";
 import { openStore } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
@@ -92,6 +95,92 @@ for (const backend of backends()) {
 }
 
 describe("retries raced on PostgreSQL", () => {
+  // A retry locks the delivery's call before the delivery, as completions, recovers and
+  // transitions do. It used to lock the delivery first: a worker writing its outcomes again after
+  // a commit whose answer was lost (it locks the call, then the delivery) deadlocked with it.
+  test("a retry and a completion written again after a lost answer, on one delivery, do not deadlock", async () => {
+    const db = await postgresBackend.fresh();
+    const rx = await startReceiver();
+    const api = await spawnServer({
+      dataDir: db.dataDir,
+      env: { KLEN_DATABASE_URL: db.databaseUrl },
+      role: "api",
+    });
+    const worker = await openStore(db.databaseUrl);
+    const holder = await openStore(db.databaseUrl);
+    try {
+      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+      const c = await api.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "inbound",
+        phone_number: "+15550100077",
+      });
+      assert.equal((await api.api.post(`/v1/calls/${c.body.id}/start`, {})).status, 200);
+      const now = Date.now();
+      const [claimed] = await claimDue(worker, { now, limit: 1, leaseMs: 60_000, exclude: [] });
+      assert.ok(claimed);
+      const sent: Outcome = {
+        claimed,
+        startedAt: now,
+        url: rx.url,
+        requestHeaders: {},
+        result: {
+          statusCode: 200,
+          responseBody: "ok",
+          responseHeaders: {},
+          error: null,
+          errorMessage: null,
+          durationMs: 3,
+        },
+      };
+      const policy = { schedule: [1_000], disableAfterMs: 86_400_000, random: () => 0.5 };
+      // It committed; the worker did not hear back.
+      await completeBatch(worker, [sent], policy, now);
+      const waiters = async () =>
+        (
+          await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+            worker.db,
+          )
+        ).rows.length;
+      // The delivery's row held, so that both wait on it in turn.
+      let release!: () => void;
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      let holding = false;
+      const holdingTx = holder.db.transaction().execute(async (trx) => {
+        await trx.selectFrom("deliveries").select("id").where("id", "=", claimed.id).forUpdate().execute();
+        holding = true;
+        await held;
+      });
+      await waitFor("the delivery held", () => holding);
+      const retry = api.api.post(`/v1/deliveries/${claimed.id}/retry`);
+      await waitFor("the retry waiting", async () => (await waiters()) >= 1);
+      const again = completeBatch(worker, [sent], policy, now + 500, { mayBeRecorded: true });
+      await waitFor("the rewrite waiting too", async () => (await waiters()) >= 2);
+      release();
+      await holdingTx;
+      const [answer] = await Promise.all([retry, again]);
+      assert.equal(answer.status, 202, JSON.stringify(answer.body));
+      const logged = await worker.db
+        .selectFrom("attempts")
+        .select("number")
+        .where("delivery_id", "=", claimed.id)
+        .execute();
+      assert.deepEqual(
+        logged.map((a) => Number(a.number)),
+        [1],
+        "the rewrite added nothing",
+      );
+    } finally {
+      await holder.close();
+      await worker.close();
+      await api.kill();
+      await rx.close();
+      await db.cleanup();
+    }
+  });
+
   test("ten retries at once of each delivery: never two attempts of one delivery at once, one number each", async () => {
     const db = await postgresBackend.fresh();
     // Each answer takes a while, so a second attempt that overlapped would be seen.

@@ -245,6 +245,33 @@ describe("node:http: what never reaches the handler", () => {
     }
   });
 
+  test("onRejected and onError written as methods of the options keep their this", async () => {
+    const opts = {
+      rejected: 0,
+      errors: 0,
+      onEvent() {
+        throw new Error("handler failed");
+      },
+      onRejected(this: { rejected: number }) {
+        this.rejected++;
+      },
+      onError(this: { errors: number }) {
+        this.errors++;
+      },
+    };
+    const server = createServer(nodeWebhookHandler(webhook, opts));
+    try {
+      const url = `${await listen(server)}/`;
+      assert.equal((await fetch(url, { method: "POST", body: "{}" })).status, 400);
+      const body = seedBody();
+      const res = await fetch(url, { method: "POST", body, headers: signedHeaders(body, "evt_this") });
+      assert.equal(res.status, 500);
+      assert.deepEqual([opts.rejected, opts.errors], [1, 1]);
+    } finally {
+      await closer(server)();
+    }
+  });
+
   test("a toleranceSeconds no verification could use is refused when the adapter is made", async () => {
     const verify = { toleranceSeconds: "five minutes" as never };
     const onEvent = () => {};

@@ -103,9 +103,9 @@ export function reportRejection(
   opts: AdapterOptions,
   error: WebhookVerificationError | BodyTooLargeError,
 ): void {
-  const hook = opts.onRejected;
-  if (hook) {
-    callHook("onRejected", () => hook(error), [error]);
+  if (opts.onRejected) {
+    // Called as a method of the options, as onEvent is: a hook written as one may use `this`.
+    callHook("onRejected", () => opts.onRejected?.(error), [error]);
     return;
   }
   const code = error instanceof WebhookVerificationError ? error.code : "payload_too_large";
@@ -238,8 +238,7 @@ export function reportError(
   error: unknown,
   delivery?: WebhookDelivery,
 ): void {
-  const hook = opts?.onError;
-  if (hook) callHook("onError", () => hook(error, delivery), [error]);
+  if (opts?.onError) callHook("onError", () => opts.onError?.(error, delivery), [error]);
   else if (delivery)
     console.error(`@klen/webhooks: handler failed for ${delivery.id} (${delivery.event.event_type})`, error);
   else console.error("@klen/webhooks: unexpected error", error);

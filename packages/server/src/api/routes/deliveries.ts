@@ -172,14 +172,20 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
       req,
       reply,
       async (trx) => {
+        const id = (req.params as { id: string }).id;
+        if (ctx.store.caps.rowLocks) {
+          // Its call first, then the delivery: the order completions, recovers and transitions
+          // lock in (a completion written again after a lost answer locked call then delivery,
+          // this delivery then call, and they deadlocked).
+          const peek = await findDelivery(trx, req.account.id, id);
+          await lockCallsOfEndpoint(trx, ctx.store.caps, {
+            endpointId: peek.endpoint_id,
+            callIds: [Number(peek.call_id)],
+          });
+        }
         // Locked on PostgreSQL: two retries at once, or a retry and the dispatcher's claim, must
         // see each other, or a retry could make a claimed delivery due again while it is sent.
-        const d = await findDelivery(
-          trx,
-          req.account.id,
-          (req.params as { id: string }).id,
-          ctx.store.caps.rowLocks,
-        );
+        const d = await findDelivery(trx, req.account.id, id, ctx.store.caps.rowLocks);
         const endpoint = await trx
           .selectFrom("endpoints")
           .select(["id", "disabled", "disabled_reason", "deleted_at"])
@@ -219,13 +225,9 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           )
           .where("id", "=", d.id)
           .execute();
-        if (d.status !== "pending") {
-          await lockCallsOfEndpoint(trx, ctx.store.caps, {
-            endpointId: d.endpoint_id,
-            callIds: [Number(d.call_id)],
-          });
+        // Its call is locked already (above).
+        if (d.status !== "pending")
           await reorderChains(trx, { endpointId: d.endpoint_id, callIds: [Number(d.call_id)] }, now);
-        }
         const after = await findDelivery(trx, req.account.id, d.id);
         return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after])) };
       },
