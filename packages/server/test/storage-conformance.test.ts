@@ -792,6 +792,65 @@ for (const backend of backends()) {
         assert.notEqual(later.next_attempt_at, null, "released by the earlier event's success");
       });
 
+    // The same with two successes: the re-opened earlier event and the later one, both in flight
+    // after the recover, succeed at once in two workers; the third event must then go out.
+    if (backend.name === "postgres")
+      test("two events of one chain succeeding at once in two workers release the next", async () => {
+        const f = await fixture();
+        const other = await f.other();
+        const callId = await f.newCall();
+        for (const step of ["start", "end", "transcript"] as const) await f.step(callId, step);
+        const ids = (
+          await f.store.db.selectFrom("deliveries").select("id").orderBy("event_seq").execute()
+        ).map((r) => r.id);
+        const now = Date.now() + 1_000;
+        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
+        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+        await f.store.db.transaction().execute(async (trx) => {
+          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
+          assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
+        });
+        const [again] = await claimDue(f.store, { now, limit: 5, leaseMs: LEASE, exclude: [] });
+        assert.deepEqual([c1?.id, again?.id], [ids[1], ids[0]], "both in flight");
+        // The endpoint row held (both write its failure clock, which the given-up attempt started):
+        // each batch stops there, past its release, before its commit.
+        const holder = await f.other();
+        let release!: () => void;
+        const held = new Promise<void>((r) => {
+          release = r;
+        });
+        let holding = false;
+        const holdingTx = holder.db.transaction().execute(async (trx) => {
+          await trx.selectFrom("endpoints").select("id").forUpdate().execute();
+          holding = true;
+          await held;
+        });
+        await waitFor("the endpoint row held", () => holding);
+        const waiters = async () =>
+          (
+            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+              f.store.db,
+            )
+          ).rows.length;
+        const second = completeBatch(other, [outcome(c1!, ok(), now + 100)], policy, now + 100);
+        await waitFor("the later event's batch waiting", async () => (await waiters()) >= 1);
+        const first = completeBatch(f.store, [outcome(again!, ok(), now + 200)], policy, now + 200);
+        await waitFor("the earlier event's batch waiting too", async () => (await waiters()) >= 2);
+        release();
+        await Promise.all([holdingTx, second, first]);
+        const rows = await f.store.db
+          .selectFrom("deliveries")
+          .select(["status", "next_attempt_at"])
+          .orderBy("event_seq")
+          .execute();
+        assert.deepEqual(
+          rows.map((r) => r.status),
+          ["succeeded", "succeeded", "pending"],
+        );
+        assert.notEqual(rows[2]!.next_attempt_at, null, "the third event is due");
+      });
+
     // A recover holding the call while a completion records a failure of an attempt whose lease
     // ran out: the completion used to lock that delivery's row first and then wait for the call,
     // while the recover, holding the call, waited for that row (deadlock detected, batch lost).

@@ -122,13 +122,18 @@ export async function completeBatch(
     // transition fanning out a new delivery, a manual retry or a recover re-opening an earlier one
     // lock the call and then its deliveries, so a completion that took a delivery row first and
     // then waited for the call deadlocked with them. Shared when every outcome is a success or
-    // final, so completions run side by side; exclusive when one may be retried, which parks it
-    // behind an earlier pending event: a completion releasing that earlier event at the same time
-    // must see the park, or the park must see its release (each alone left the later event
-    // parked with nothing before it, until the ordering sweep).
+    // final of an ordinary attempt, so completions run side by side; exclusive when one may be
+    // retried, which parks it behind an earlier pending event (a completion releasing that event
+    // at the same time must see the park, or the park its release: each alone left the later
+    // event parked with nothing before it, until the ordering sweep), or is a re-opened one.
     if (store.caps.rowLocks) {
       const callIds = [...new Set(batch.map((o) => o.claimed.callId))].sort((a, b) => a - b);
-      const mayRetry = batch.some((o) => o.result !== null && o.result.error !== null);
+      // Two events of one chain are in flight at once only after a retry or recover re-opened the
+      // earlier one (one_attempt): two successes sharing the lock each saw the other's event still
+      // pending, and neither released the next.
+      const mayRetry = batch.some(
+        (o) => (o.result !== null && o.result.error !== null) || o.claimed.oneAttempt,
+      );
       await (mayRetry ? lockCallsExclusive : lockCalls)(trx, store.caps, {
         ids: listValue(store.caps, callIds),
       });
