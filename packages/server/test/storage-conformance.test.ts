@@ -12,6 +12,7 @@ import type { SendResult } from "../src/delivery/send.js";
 import { migrate } from "../src/storage/migrate.js";
 import { migrations } from "../src/storage/migrations.js";
 import { openStore, type Store } from "../src/storage/store.js";
+import type { Db } from "../src/storage/types.js";
 import { newEndpointSecret, newId } from "../src/util/ids.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
@@ -669,6 +670,86 @@ for (const backend of backends()) {
       assert.equal((await f.delivery(c1!.id)).next_attempt_at, now + 300, "due once the first is delivered");
     });
 
+    /** How many sessions of this database wait for a lock. */
+    const lockWaiters = async (f: Fixture) =>
+      (
+        await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
+          f.store.db,
+        )
+      ).rows.length;
+
+    /**
+     * A call with these events to the endpoint, its first given up and its second then in flight
+     * (claimed with `leaseMs`).
+     */
+    async function firstGivenUp(f: Fixture, steps: readonly Action[], leaseMs = LEASE) {
+      const callId = await f.newCall();
+      for (const step of steps) await f.step(callId, step);
+      const ids = (await f.store.db.selectFrom("deliveries").select("id").orderBy("event_seq").execute()).map(
+        (r) => r.id,
+      );
+      const now = Date.now() + 1_000;
+      const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
+      await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
+      const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs, exclude: [] });
+      assert.equal(c1?.id, ids[1], "the second event is in flight after the first was given up");
+      return { callId, ids, now, c0: c0!, c1: c1! };
+    }
+
+    /** Recovers the given-up first event and claims it: both events are then in flight. */
+    async function reopenedInFlight(f: Fixture, now: number, firstId: string) {
+      await f.store.db.transaction().execute(async (trx) => {
+        const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
+        assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
+      });
+      const [again] = await claimDue(f.store, { now, limit: 5, leaseMs: LEASE, exclude: [] });
+      assert.equal(again?.id, firstId, "the re-opened earlier event is in flight too");
+      return again!;
+    }
+
+    /** Holds the endpoint rows from another session, so completions that write them stop there. */
+    async function holdEndpoints(f: Fixture) {
+      const holder = await f.other();
+      let release!: () => void;
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      let holding = false;
+      const done = holder.db.transaction().execute(async (trx) => {
+        await trx.selectFrom("endpoints").select("id").forUpdate().execute();
+        holding = true;
+        await held;
+      });
+      await waitFor("the endpoint rows held", () => holding);
+      return { release, done };
+    }
+
+    /** A transaction of `f` that runs `first`, then waits for `open()` before `rest`. */
+    async function gated(f: Fixture, first: (trx: Db) => Promise<void>, rest: (trx: Db) => Promise<void>) {
+      let open!: () => void;
+      const gate = new Promise<void>((r) => {
+        open = r;
+      });
+      let started = false;
+      const done = f.store.db.transaction().execute(async (trx) => {
+        await first(trx);
+        started = true;
+        await gate;
+        await rest(trx);
+      });
+      await waitFor("the gated transaction past its first step", () => started);
+      return { open, done };
+    }
+
+    /** A completion in `store`, and whether it is done, for waiting until it waits or is done. */
+    function completing(store: Store, batch: Outcome[], now: number) {
+      const c = { finished: false, done: Promise.resolve() };
+      c.done = completeBatch(store, batch, policy, now).then(() => {
+        c.finished = true;
+      });
+      return c;
+    }
+
     // A recover (or retry) re-opening a call's given-up first event while another worker records
     // the success of its second: whichever commits first, the third event must wait behind the
     // re-opened first. Both used to share-lock the call, which did not keep them apart.
@@ -676,43 +757,20 @@ for (const backend of backends()) {
       test("a recover racing a completion of the same call leaves the later event parked behind the re-opened one", async () => {
         const f = await fixture();
         const other = await f.other();
-        const callId = await f.newCall();
-        for (const step of ["start", "end", "transcript"] as const) await f.step(callId, step);
-        const ids = (
-          await f.store.db.selectFrom("deliveries").select("id").orderBy("event_seq").execute()
-        ).map((r) => r.id);
-        const now = Date.now() + 1_000;
-        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
-        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        assert.equal(c1?.id, ids[1], "the second event is in flight after the first was given up");
-        let reopened = false;
-        let open!: () => void;
-        const gate = new Promise<void>((r) => {
-          open = r;
-        });
-        const recovering = f.store.db.transaction().execute(async (trx) => {
-          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
-          assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
-          reopened = true;
-          await gate;
-        });
-        await waitFor("the recover holding the call", () => reopened);
-        let completed = false;
-        const completing = completeBatch(other, [outcome(c1!, ok(), now)], policy, now).then(() => {
-          completed = true;
-        });
+        const { now, c1 } = await firstGivenUp(f, ["start", "end", "transcript"]);
+        const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
+        const recovering = await gated(
+          f,
+          async (trx) => {
+            assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
+          },
+          async () => {},
+        );
+        const c = completing(other, [outcome(c1, ok(), now)], now);
         // Until the completion waits for the recover's lock (or, unfixed, has gone past it).
-        await waitFor("the completion waiting or done", async () => {
-          if (completed) return true;
-          const w =
-            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
-              f.store.db,
-            );
-          return w.rows.length > 0;
-        });
-        open();
-        await Promise.all([recovering, completing]);
+        await waitFor("the completion waiting or done", async () => c.finished || (await lockWaiters(f)) > 0);
+        recovering.open();
+        await Promise.all([recovering.done, c.done]);
         const rows = await f.store.db
           .selectFrom("deliveries")
           .select(["id", "status", "next_attempt_at"])
@@ -733,61 +791,24 @@ for (const backend of backends()) {
       test("a later event parked by one worker while another completes the earlier one is released, not left parked", async () => {
         const f = await fixture();
         const other = await f.other();
-        const callId = await f.newCall();
-        await f.step(callId, "start");
-        await f.step(callId, "end");
-        const now = Date.now() + 1_000;
-        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
-        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        await f.store.db.transaction().execute(async (trx) => {
-          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
-          assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
-        });
-        const [again] = await claimDue(f.store, { now, limit: 5, leaseMs: LEASE, exclude: [] });
-        assert.equal(again?.id, c0!.id, "the re-opened earlier event is in flight too");
+        const { now, c0, c1 } = await firstGivenUp(f, ["start", "end"]);
+        const again = await reopenedInFlight(f, now, c0.id);
         // So that only the failing batch writes the endpoint row (its failure clock).
         await f.store.db.updateTable("endpoints").set({ failing_since: null }).execute();
         // The endpoint row held: the failing batch stops there, after its park, before its commit.
-        const holder = await f.other();
-        let release!: () => void;
-        const held = new Promise<void>((r) => {
-          release = r;
-        });
-        let holding = false;
-        const holdingTx = holder.db.transaction().execute(async (trx) => {
-          await trx.selectFrom("endpoints").select("id").forUpdate().execute();
-          holding = true;
-          await held;
-        });
-        await waitFor("the endpoint row held", () => holding);
-        const failing = completeBatch(other, [outcome(c1!, failed(), now + 100)], policy, now + 100);
-        await waitFor("the failing batch waiting", async () => {
-          const w =
-            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
-              f.store.db,
-            );
-          return w.rows.length > 0;
-        });
-        let succeeded = false;
-        const succeeding = completeBatch(f.store, [outcome(again!, ok(), now + 200)], policy, now + 200).then(
-          () => {
-            succeeded = true;
-          },
-        );
+        const held = await holdEndpoints(f);
+        const failing = completing(other, [outcome(c1, failed(), now + 100)], now + 100);
+        await waitFor("the failing batch waiting", async () => (await lockWaiters(f)) > 0);
+        const succeeding = completing(f.store, [outcome(again, ok(), now + 200)], now + 200);
         // Until the success waits for the failing batch's lock on the call (or, unfixed, is done).
-        await waitFor("the success waiting or done", async () => {
-          if (succeeded) return true;
-          const w =
-            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
-              f.store.db,
-            );
-          return w.rows.length > 1;
-        });
-        release();
-        await Promise.all([holdingTx, failing, succeeding]);
-        const later = await f.delivery(c1!.id);
-        assert.equal((await f.delivery(c0!.id)).status, "succeeded");
+        await waitFor(
+          "the success waiting or done",
+          async () => succeeding.finished || (await lockWaiters(f)) > 1,
+        );
+        held.release();
+        await Promise.all([held.done, failing.done, succeeding.done]);
+        const later = await f.delivery(c1.id);
+        assert.equal((await f.delivery(c0.id)).status, "succeeded");
         assert.equal(later.status, "pending");
         assert.notEqual(later.next_attempt_at, null, "released by the earlier event's success");
       });
@@ -798,47 +819,17 @@ for (const backend of backends()) {
       test("two events of one chain succeeding at once in two workers release the next", async () => {
         const f = await fixture();
         const other = await f.other();
-        const callId = await f.newCall();
-        for (const step of ["start", "end", "transcript"] as const) await f.step(callId, step);
-        const ids = (
-          await f.store.db.selectFrom("deliveries").select("id").orderBy("event_seq").execute()
-        ).map((r) => r.id);
-        const now = Date.now() + 1_000;
-        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
-        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        await f.store.db.transaction().execute(async (trx) => {
-          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: now + 60_000 };
-          assert.equal((await recoverBatch(trx, f.store.caps, scope, -1, 100, now)).queued, 1);
-        });
-        const [again] = await claimDue(f.store, { now, limit: 5, leaseMs: LEASE, exclude: [] });
-        assert.deepEqual([c1?.id, again?.id], [ids[1], ids[0]], "both in flight");
+        const { now, c0, c1 } = await firstGivenUp(f, ["start", "end", "transcript"]);
+        const again = await reopenedInFlight(f, now, c0.id);
         // The endpoint row held (both write its failure clock, which the given-up attempt started):
         // each batch stops there, past its release, before its commit.
-        const holder = await f.other();
-        let release!: () => void;
-        const held = new Promise<void>((r) => {
-          release = r;
-        });
-        let holding = false;
-        const holdingTx = holder.db.transaction().execute(async (trx) => {
-          await trx.selectFrom("endpoints").select("id").forUpdate().execute();
-          holding = true;
-          await held;
-        });
-        await waitFor("the endpoint row held", () => holding);
-        const waiters = async () =>
-          (
-            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
-              f.store.db,
-            )
-          ).rows.length;
-        const second = completeBatch(other, [outcome(c1!, ok(), now + 100)], policy, now + 100);
-        await waitFor("the later event's batch waiting", async () => (await waiters()) >= 1);
-        const first = completeBatch(f.store, [outcome(again!, ok(), now + 200)], policy, now + 200);
-        await waitFor("the earlier event's batch waiting too", async () => (await waiters()) >= 2);
-        release();
-        await Promise.all([holdingTx, second, first]);
+        const held = await holdEndpoints(f);
+        const second = completing(other, [outcome(c1, ok(), now + 100)], now + 100);
+        await waitFor("the later event's batch waiting", async () => (await lockWaiters(f)) >= 1);
+        const first = completing(f.store, [outcome(again, ok(), now + 200)], now + 200);
+        await waitFor("the earlier event's batch waiting too", async () => (await lockWaiters(f)) >= 2);
+        held.release();
+        await Promise.all([held.done, second.done, first.done]);
         const rows = await f.store.db
           .selectFrom("deliveries")
           .select(["status", "next_attempt_at"])
@@ -858,43 +849,24 @@ for (const backend of backends()) {
       test("a completion and a recover of the same call, a lease run out between them, do not deadlock", async () => {
         const f = await fixture();
         const other = await f.other();
-        const callId = await f.newCall();
-        await f.step(callId, "start");
-        await f.step(callId, "end");
-        const now = Date.now() + 1_000;
-        const [c0] = await claimDue(f.store, { now, limit: 1, leaseMs: LEASE, exclude: [] });
-        await completeBatch(f.store, [outcome(c0!, failed(), now)], { ...policy, schedule: [] }, now);
-        const [c1] = await claimDue(f.store, { now, limit: 1, leaseMs: 5, exclude: [] });
-        let open!: () => void;
-        const gate = new Promise<void>((r) => {
-          open = r;
-        });
-        let locked = false;
+        const { callId, now, c0, c1 } = await firstGivenUp(f, ["start", "end"], 5);
         const later = now + 1_000; // the lease of c1 has run out
-        const recovering = f.store.db.transaction().execute(async (trx) => {
-          await trx.selectFrom("calls").select("id").where("id", "=", callId).forNoKeyUpdate().execute();
-          locked = true;
-          await gate;
-          const scope = { endpointId: f.endpointIds[0]!, since: 0, until: later };
-          await recoverBatch(trx, f.store.caps, scope, -1, 100, later);
-        });
-        await waitFor("the recover holding the call", () => locked);
-        let completed = false;
-        const completing = completeBatch(other, [outcome(c1!, failed(), later)], policy, later).then(() => {
-          completed = true;
-        });
-        await waitFor("the completion waiting or done", async () => {
-          if (completed) return true;
-          const w =
-            await sql`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`.execute(
-              f.store.db,
-            );
-          return w.rows.length > 0;
-        });
-        open();
-        await Promise.all([recovering, completing]);
-        const first = await f.delivery(c0!.id);
-        const second = await f.delivery(c1!.id);
+        const recovering = await gated(
+          f,
+          async (trx) => {
+            await trx.selectFrom("calls").select("id").where("id", "=", callId).forNoKeyUpdate().execute();
+          },
+          async (trx) => {
+            const scope = { endpointId: f.endpointIds[0]!, since: 0, until: later };
+            await recoverBatch(trx, f.store.caps, scope, -1, 100, later);
+          },
+        );
+        const c = completing(other, [outcome(c1, failed(), later)], later);
+        await waitFor("the completion waiting or done", async () => c.finished || (await lockWaiters(f)) > 0);
+        recovering.open();
+        await Promise.all([recovering.done, c.done]);
+        const first = await f.delivery(c0.id);
+        const second = await f.delivery(c1.id);
         assert.equal(first.status, "pending", "re-opened");
         assert.notEqual(first.next_attempt_at, null, "the re-opened earlier event is due");
         assert.equal(second.status, "pending");
