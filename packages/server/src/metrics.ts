@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { FAIL_REASONS } from "./delivery/complete.js";
 
 /** Prometheus metrics of one process, served at /metrics. */
 export const registry = new Registry();
@@ -17,7 +18,7 @@ export const statusClass = (status: number | null): string =>
 
 export const deliveriesFinished = new Counter({
   name: "klen_deliveries_finished_total",
-  help: "Deliveries this process finished: succeeded, or failed with the reason it was given up (retries_exhausted, one_attempt, gone, endpoint_disabled, endpoint_deleted)",
+  help: `Deliveries this process finished: succeeded, or failed with the reason it was given up (${FAIL_REASONS.join(", ")})`,
   labelNames: ["status", "reason"] as const,
   registers: [registry],
 });
@@ -45,8 +46,7 @@ export const inflightGauge = new Gauge({
 // Every series an alert reads starts at 0, so `increase()` sees the first failure after a start:
 // a series that appears only with its first increment has no earlier sample to compare with.
 deliveriesFinished.inc({ status: "succeeded", reason: "" }, 0);
-for (const reason of ["retries_exhausted", "one_attempt", "gone", "endpoint_disabled", "endpoint_deleted"])
-  deliveriesFinished.inc({ status: "failed", reason }, 0);
+for (const reason of FAIL_REASONS) deliveriesFinished.inc({ status: "failed", reason }, 0);
 for (const reason of ["gone", "failing"]) endpointsDisabled.inc({ reason }, 0);
 
 export const httpRequests = new Counter({

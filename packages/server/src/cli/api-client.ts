@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { InvalidArgumentError } from "commander";
 import { parseRetryAfter } from "../delivery/schedule.js";
 import { VERSION } from "../version.js";
+import type { Output } from "./output.js";
 
 /** A failed API call: the server's stable error `code` and the field at fault, when it named one. */
 export class ApiRequestError extends Error {
@@ -21,11 +22,42 @@ export class ApiRequestError extends Error {
  * A failure a follower (`test-call --wait`, `endpoints recover --wait`) waits out until its
  * --timeout: the server restarting or briefly overloaded, not what it says of the request itself.
  */
-export function isPassing(err: unknown): boolean {
+function isPassing(err: unknown): boolean {
   return (
     err instanceof ApiRequestError &&
     (err.code === "connection_failed" || err.code === "timeout" || err.status >= 500)
   );
+}
+
+/**
+ * What a follower does: polls until `poll` says done or `timeoutMs` passes, 100 ms apart, backing
+ * off to 1 s. A passing failure (a server restarting) is waited out, said once as `who`; any
+ * other, or one after the deadline, is thrown. Answers the last answer of `poll`.
+ */
+export async function pollUntil<T>(
+  out: Output,
+  who: string,
+  timeoutMs: number,
+  poll: () => Promise<{ done: boolean; value: T }>,
+): Promise<{ done: boolean; value: T }> {
+  const deadline = Date.now() + timeoutMs;
+  let unreachable = false;
+  for (let delay = 100; ; delay = Math.min(1_000, delay * 1.5)) {
+    let r: { done: boolean; value: T };
+    try {
+      r = await poll();
+      unreachable = false;
+    } catch (err) {
+      if (!isPassing(err) || Date.now() > deadline) throw err;
+      if (!unreachable)
+        out.warn(`klen-webhooks ${who}: ${(err as Error).message}; trying again until --timeout`);
+      unreachable = true;
+      await new Promise((res) => setTimeout(res, delay));
+      continue;
+    }
+    if (r.done || Date.now() > deadline) return r;
+    await new Promise((res) => setTimeout(res, delay));
+  }
 }
 
 export interface ClientOptions {

@@ -1,5 +1,5 @@
 import { type Command, Option } from "commander";
-import { type ApiClient, apiClient, isPassing } from "./api-client.js";
+import { type ApiClient, apiClient, pollUntil } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import type { Output } from "./output.js";
 
@@ -34,27 +34,17 @@ export async function followRecoverJob(
   out: Output,
   jobId: string,
   timeoutMs: number,
-): Promise<{ job: RecoverJob | undefined; done: boolean }> {
-  const deadline = Date.now() + timeoutMs;
-  let job: RecoverJob | undefined;
-  let unreachable = false;
-  for (let delay = 100; ; delay = Math.min(1_000, delay * 1.5)) {
-    try {
-      job = await client.get<RecoverJob>(`/v1/recover-jobs/${jobId}`);
-      unreachable = false;
-      if (job.status !== "running") return { job, done: true };
+): Promise<{ job: RecoverJob; done: boolean }> {
+  const { done, value: job } = await pollUntil(out, "endpoints recover", timeoutMs, async () => {
+    const job = await client.get<RecoverJob>(`/v1/recover-jobs/${jobId}`);
+    const running = job.status === "running";
+    if (running)
       out.progress(
         `${job.id} running: ${job.queued.toLocaleString("en-US")} of ${job.found.toLocaleString("en-US")} re-queued…`,
       );
-    } catch (err) {
-      if (!isPassing(err) || Date.now() > deadline) throw err;
-      if (!unreachable)
-        out.warn(`klen-webhooks endpoints recover: ${(err as Error).message}; trying again until --timeout`);
-      unreachable = true;
-    }
-    if (Date.now() > deadline) return { job, done: false };
-    await new Promise((r) => setTimeout(r, delay));
-  }
+    return { done: !running, value: job };
+  });
+  return { job, done };
 }
 
 /** `endpoints recover <id> --since …`: after an outage, one more attempt of each failed delivery. */
@@ -122,7 +112,7 @@ Examples:
             `found ${plural(r.queued, "failed delivery", "failed deliveries")}: re-queuing them as ${out.bold(r.job_id)}…`,
           );
           const { job, done } = await followRecoverJob(client, out, r.job_id, o.timeout * 1000);
-          const result = { ...(job ?? { id: r.job_id }), done };
+          const result = { ...job, done };
           if (!done) {
             if (out.json) out.data({ ...result, error: `still running after ${o.timeout} s` });
             else
@@ -131,18 +121,17 @@ Examples:
               );
             return 1;
           }
-          const j = job as RecoverJob;
           const stopped = `stopped: the endpoint was disabled or deleted; the rest stay failed`;
-          if (out.json) out.data(j.status === "stopped" ? { ...result, error: stopped } : result);
-          else if (j.status === "finished")
+          if (out.json) out.data(job.status === "stopped" ? { ...result, error: stopped } : result);
+          else if (job.status === "finished")
             out.line(
-              `${j.id} finished: re-queued ${plural(j.queued, "failed delivery", "failed deliveries")}; ${see}`,
+              `${job.id} finished: re-queued ${plural(job.queued, "failed delivery", "failed deliveries")}; ${see}`,
             );
           else
             out.warn(
-              `klen-webhooks endpoints recover: ${out.red(`${j.id} ${stopped}`)} (${j.queued.toLocaleString("en-US")} of ${j.found.toLocaleString("en-US")} re-queued)`,
+              `klen-webhooks endpoints recover: ${out.red(`${job.id} ${stopped}`)} (${job.queued.toLocaleString("en-US")} of ${job.found.toLocaleString("en-US")} re-queued)`,
             );
-          return j.status === "finished" ? 0 : 1;
+          return job.status === "finished" ? 0 : 1;
         },
       ),
     );

@@ -4,8 +4,8 @@ import {
   type CallObject,
   type DeliveryObject,
   type EventObject,
-  isPassing,
   listAll,
+  pollUntil,
 } from "./api-client.js";
 import { type Output, statusText } from "./output.js";
 
@@ -50,67 +50,53 @@ export async function followCall(
   callId: number,
   timeoutMs: number,
 ): Promise<FollowResult> {
-  const deadline = Date.now() + timeoutMs;
   const seen = new Map<string, FollowedEvent>();
   const printedAttempts = new Map<string, number>();
-  let call: CallObject;
   let lastNote = "";
-  let unreachable = false;
-  for (let delay = 100; ; delay = Math.min(1_000, delay * 1.5)) {
-    try {
-      call = await client.get<CallObject>(`/v1/calls/${callId}`);
-      unreachable = false;
-      const events = (await listAll<EventObject>(client, `/v1/events?call_id=${callId}`)).reverse();
-      for (const e of events) {
-        let f = seen.get(e.id);
-        if (!f) {
-          f = { id: e.id, event_type: e.event_type, deliveries: [] };
-          seen.set(e.id, f);
-          out.line(`${out.bold(e.event_type.padEnd(15))} ${out.dim(e.id)}`);
-        }
-        if (f.deliveries.length > 0 && f.deliveries.every((d) => d.status !== "pending")) continue;
-        const ds = (await listAll<DeliveryObject>(client, `/v1/deliveries?event_id=${e.id}`)).reverse();
-        f.deliveries = ds.map((d) => ({
-          id: d.id,
-          endpoint_id: d.endpoint_id,
-          status: d.status,
-          attempts: d.attempts,
-        }));
-        for (const d of ds) {
-          const shown = printedAttempts.get(d.id) ?? 0;
-          d.attempts.slice(shown).forEach((a, i) => {
-            const last = shown + i === d.attempts.length - 1;
-            const final = last && d.status !== "pending";
-            const mark = !final ? out.yellow("↻") : d.status === "succeeded" ? out.green("✓") : out.red("✗");
-            const tail = final ? d.status : "will retry";
-            // Why it failed, as the receiver answered (a wrong secret: no_matching_signature).
-            const detail = a.status_code !== null && a.status_code < 300 ? "" : attemptDetail(a);
-            out.line(
-              `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}${detail ? ` ${out.dim(detail)}` : ""}`,
-            );
-          });
-          printedAttempts.set(d.id, d.attempts.length);
-        }
+  // A server restarting (or briefly overloaded) is waited out until --timeout, as listen does.
+  const { done, value: call } = await pollUntil(out, "test-call", timeoutMs, async () => {
+    const call = await client.get<CallObject>(`/v1/calls/${callId}`);
+    const events = (await listAll<EventObject>(client, `/v1/events?call_id=${callId}`)).reverse();
+    for (const e of events) {
+      let f = seen.get(e.id);
+      if (!f) {
+        f = { id: e.id, event_type: e.event_type, deliveries: [] };
+        seen.set(e.id, f);
+        out.line(`${out.bold(e.event_type.padEnd(15))} ${out.dim(e.id)}`);
       }
-    } catch (err) {
-      // A server restarting (or briefly overloaded) is waited out until --timeout, as listen does.
-      if (!isPassing(err) || Date.now() > deadline) throw err;
-      if (!unreachable)
-        out.warn(`klen-webhooks test-call: ${(err as Error).message}; trying again until --timeout`);
-      unreachable = true;
-      await new Promise((r) => setTimeout(r, delay));
-      continue;
+      if (f.deliveries.length > 0 && f.deliveries.every((d) => d.status !== "pending")) continue;
+      const ds = (await listAll<DeliveryObject>(client, `/v1/deliveries?event_id=${e.id}`)).reverse();
+      f.deliveries = ds.map((d) => ({
+        id: d.id,
+        endpoint_id: d.endpoint_id,
+        status: d.status,
+        attempts: d.attempts,
+      }));
+      for (const d of ds) {
+        const shown = printedAttempts.get(d.id) ?? 0;
+        d.attempts.slice(shown).forEach((a, i) => {
+          const last = shown + i === d.attempts.length - 1;
+          const final = last && d.status !== "pending";
+          const mark = !final ? out.yellow("↻") : d.status === "succeeded" ? out.green("✓") : out.red("✗");
+          const tail = final ? d.status : "will retry";
+          // Why it failed, as the receiver answered (a wrong secret: no_matching_signature).
+          const detail = a.status_code !== null && a.status_code < 300 ? "" : attemptDetail(a);
+          out.line(
+            `  ${mark} ${e.event_type.padEnd(15)} → ${d.endpoint_id} attempt ${a.number}: ${statusText(out, a.status_code, a.error)} ${out.dim(`(${a.duration_ms} ms)`)} ${tail}${detail ? ` ${out.dim(detail)}` : ""}`,
+          );
+        });
+        printedAttempts.set(d.id, d.attempts.length);
+      }
     }
     const all = [...seen.values()];
     const settled = all.every((f) => f.deliveries.every((d) => d.status !== "pending"));
-    if (workflowDone(call, all) && settled)
-      return { call_id: callId, status: call.status, done: true, events: all };
-    if (Date.now() > deadline) return { call_id: callId, status: call.status, done: false, events: all };
+    const finished = workflowDone(call, all) && settled;
     const note = `call ${callId} ${call.status}: ${all.length} events so far…`;
-    if (note !== lastNote) out.progress(note);
+    if (!finished && note !== lastNote) out.progress(note);
     lastNote = note;
-    await new Promise((r) => setTimeout(r, delay));
-  }
+    return { done: finished, value: call };
+  });
+  return { call_id: callId, status: call.status, done, events: [...seen.values()] };
 }
 
 /**

@@ -27,12 +27,15 @@ export interface Outcome {
  * spent, the one attempt of a manual retry or recover failed, the endpoint answered 410 Gone, or it
  * was settled without an attempt because its endpoint was disabled or deleted.
  */
-export type FailReason =
-  | "retries_exhausted"
-  | "one_attempt"
-  | "gone"
-  | "endpoint_disabled"
-  | "endpoint_deleted";
+/** Why a delivery was given up (the `reason` of `klen_deliveries_finished_total`). */
+export const FAIL_REASONS = [
+  "retries_exhausted",
+  "one_attempt",
+  "gone",
+  "endpoint_disabled",
+  "endpoint_deleted",
+] as const;
+export type FailReason = (typeof FAIL_REASONS)[number];
 
 /**
  * What one completed batch finished and disabled. The counts leave out outcomes fenced out by a

@@ -1,4 +1,4 @@
-import { type RawBuilder, type Selectable, sql } from "kysely";
+import { type ExpressionBuilder, type RawBuilder, type Selectable, sql } from "kysely";
 import { type AppContext, announceWork } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
 import { retryConflicts } from "../storage/retry.js";
@@ -24,15 +24,21 @@ export const RECOVER_LEASE_MS = 60_000;
 const POLL_MS = 1_000;
 
 /** A job not yet done; `finished` and `stopped` (its endpoint was disabled or deleted) are final. */
-const RUNNING = "running";
+export const RUNNING = "running";
+
+/** The condition of a recover's deliveries: the endpoint's failed ones made in `[since, until]`. */
+function inScope(s: RecoverScope) {
+  return (eb: ExpressionBuilder<Database, "deliveries">) =>
+    eb.and([
+      eb("endpoint_id", "=", s.endpointId),
+      eb("status", "=", FAILED), // the literal, which lets SQLite use the partial index
+      eb("created_at", ">=", s.since),
+      eb("created_at", "<=", s.until),
+    ]);
+}
 
 function failedInScope(db: Db, s: RecoverScope) {
-  return db
-    .selectFrom("deliveries")
-    .where("endpoint_id", "=", s.endpointId)
-    .where("status", "=", FAILED) // the literal, which lets SQLite use the partial index
-    .where("created_at", ">=", s.since)
-    .where("created_at", "<=", s.until);
+  return db.selectFrom("deliveries").where(inScope(s));
 }
 
 /**
@@ -43,10 +49,7 @@ function reopenFailed(trx: Db, s: RecoverScope, now: number) {
   return trx
     .updateTable("deliveries")
     .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
-    .where("endpoint_id", "=", s.endpointId)
-    .where("status", "=", FAILED)
-    .where("created_at", ">=", s.since)
-    .where("created_at", "<=", s.until);
+    .where(inScope(s));
 }
 
 /**
@@ -284,7 +287,6 @@ export function recoverJobs(ctx: AppContext): Periodic {
 
 /** A recover job as the API shows it (`GET /v1/recover-jobs/{id}`). */
 export function recoverJobObject(j: Selectable<Database["recover_jobs"]>) {
-  const finishedAt = j.finished_at === null ? null : Number(j.finished_at);
   return {
     id: j.id,
     endpoint_id: j.endpoint_id,
@@ -294,6 +296,6 @@ export function recoverJobObject(j: Selectable<Database["recover_jobs"]>) {
     found: Number(j.found),
     queued: Number(j.queued),
     created_at: isoMillis(Number(j.created_at)),
-    finished_at: finishedAt === null ? null : isoMillis(finishedAt),
+    finished_at: j.finished_at === null ? null : isoMillis(Number(j.finished_at)),
   };
 }

@@ -33,6 +33,13 @@ export const stringIdParam = (prefix: keyof typeof ID_NOUNS & string) =>
     properties: { id: { type: "string", pattern: `^${prefix}_[0-9a-z]{26}$` } },
   }) as const;
 
+/**
+ * A list's filter by a prefixed id (`?endpoint_id=ep_…`). Empty means no filter, as it always did
+ * (`?endpoint_id=` from an unset variable).
+ */
+export const idFilter = (prefix: keyof typeof ID_NOUNS & string) =>
+  ({ type: "string", pattern: `^(${prefix}_[0-9a-z]{26})?$` }) as const;
+
 export const e164 = { type: "string", pattern: "^\\+[0-9]{8,15}$" } as const;
 /** A string with something besides white space in it (errors.ts words its refusal). */
 export const NOT_BLANK = "\\S";

@@ -5,7 +5,7 @@ import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { isoMillis } from "../../util/time.js";
 import { idRange, page, pageQuery, type TimeRange, timeQuery } from "../pagination.js";
-import { INT32_MAX, stringIdParam } from "./common.js";
+import { INT32_MAX, idFilter, stringIdParam } from "./common.js";
 import { assertSending } from "./endpoints.js";
 import type { RouteModule } from "./index.js";
 
@@ -107,9 +107,8 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           properties: {
             ...pageQuery,
             ...timeQuery,
-            // Empty means no filter, as it always did (`?endpoint_id=` from an unset variable).
-            endpoint_id: { type: "string", pattern: "^(ep_[0-9a-z]{26})?$" },
-            event_id: { type: "string", pattern: "^(evt_[0-9a-z]{26})?$" },
+            endpoint_id: idFilter("ep"),
+            event_id: idFilter("evt"),
             status: { type: "string", enum: ["pending", "succeeded", "failed"] },
             call_id: { type: "integer", minimum: 1, maximum: INT32_MAX },
           },

@@ -1,7 +1,7 @@
 import { recoverJobObject } from "../../delivery/recover.js";
 import { notFound } from "../../errors.js";
 import { listPage, pageQuery } from "../pagination.js";
-import { stringIdParam } from "./common.js";
+import { idFilter, stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
 /**
@@ -20,8 +20,7 @@ export const recoverJobRoutes: RouteModule = (app, ctx) => {
           additionalProperties: false,
           properties: {
             ...pageQuery,
-            // Empty means no filter, as for the other lists.
-            endpoint_id: { type: "string", pattern: "^(ep_[0-9a-z]{26})?$" },
+            endpoint_id: idFilter("ep"),
           },
         },
       },
