@@ -4,7 +4,7 @@ import { sql } from "kysely";
 import type { AppContext } from "../src/api/context.js";
 import { loadConfig } from "../src/config.js";
 import { releaseOrphans } from "../src/delivery/claim.js";
-import { RECOVER_LEASE_MS, runRecoverJobs } from "../src/delivery/recover.js";
+import { runRecoverJobs } from "../src/delivery/recover.js";
 import { createLogger } from "../src/log.js";
 import { purgeExpired } from "../src/retention/purge.js";
 import { type Running, startServer } from "../src/server.js";
@@ -57,6 +57,8 @@ async function failedAndRecovered(t: TestContext, backend: Backend, calls: numbe
       KLEN_API_KEY: "klen_test_key_recover",
       KLEN_DEV: "1",
       KLEN_RECOVER_BATCH: String(batch),
+      // Not the default (60 s): a job's lease is KLEN_LEASE, as a delivery's.
+      KLEN_LEASE: "45s",
     }),
     createLogger({ level: "silent" }),
     { role: "api" },
@@ -80,6 +82,8 @@ async function failedAndRecovered(t: TestContext, backend: Backend, calls: numbe
   const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
   return { api, endpoint, callIds, store, rec, at };
 }
+
+const LEASE_MS = 45_000;
 
 /** A worker that dies after its first batch, mid-job: its lease stays set. */
 async function dieAfterOneBatch(ctx: AppContext): Promise<void> {
@@ -146,7 +150,7 @@ for (const backend of backends()) {
       assert.equal(await runRecoverJobs(at(now + 1_000)), 0, "the lease is still held: nothing to do");
       assert.deepEqual(await pendingCalls(), afterFirst);
 
-      assert.ok((await runRecoverJobs(at(now + RECOVER_LEASE_MS + 1))) > 0, "taken over after the lease");
+      assert.ok((await runRecoverJobs(at(now + LEASE_MS + 1))) > 0, "taken over after the lease");
       assert.deepEqual(await pendingCalls(), callIds, "every call re-opened");
       const all = await rows();
       for (const id of callIds) {
@@ -165,7 +169,7 @@ for (const backend of backends()) {
       assert.equal(job.body.queued, 15, "every one re-queued, over both workers");
       assert.ok(job.body.finished_at);
       assert.equal(
-        await runRecoverJobs(at(now + 2 * RECOVER_LEASE_MS)),
+        await runRecoverJobs(at(now + 2 * LEASE_MS)),
         0,
         "a finished job is not taken again",
       );
@@ -199,7 +203,7 @@ for (const backend of backends()) {
         );
       assert.equal(await count("pending"), 3, "the first batch: one whole call");
       assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
-      await runRecoverJobs(at(now + RECOVER_LEASE_MS + 1));
+      await runRecoverJobs(at(now + LEASE_MS + 1));
       assert.equal(await count("failed"), 6, "the other calls stay failed");
       const job = await api.get(`/v1/recover-jobs/${rec.body.job_id}`);
       assert.equal(job.body.status, "stopped", "the job ended, and says why");

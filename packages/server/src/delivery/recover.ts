@@ -17,9 +17,6 @@ export interface RecoverScope {
   until: number;
 }
 
-/** How long a worker holds a recover job between batches before another may carry it on. */
-export const RECOVER_LEASE_MS = 60_000;
-
 /** How often worker processes look for recover jobs to work on. */
 const POLL_MS = 1_000;
 
@@ -161,7 +158,7 @@ async function takeJob(ctx: AppContext): Promise<JobRow | undefined> {
   if (!free) return undefined;
   return ctx.store.db
     .updateTable("recover_jobs")
-    .set({ leased_until: now + RECOVER_LEASE_MS, claim_token: sql`claim_token + 1` })
+    .set({ leased_until: now + ctx.config.leaseMs, claim_token: sql`claim_token + 1` })
     .where("id", "=", free.id)
     .where("claim_token", "=", free.claim_token)
     .returning(["id", "account_id", "endpoint_id", "claim_token"])
@@ -182,7 +179,7 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
     ctx.store.db.transaction().execute(async (trx): Promise<Step> => {
       const held = await trx
         .updateTable("recover_jobs")
-        .set({ leased_until: now + RECOVER_LEASE_MS })
+        .set({ leased_until: now + ctx.config.leaseMs })
         .where("id", "=", job.id)
         .where("claim_token", "=", job.claim_token)
         .where("status", "=", RUNNING)
