@@ -168,11 +168,7 @@ for (const backend of backends()) {
       assert.equal(job.body.found, 15, "what the 202 said");
       assert.equal(job.body.queued, 15, "every one re-queued, over both workers");
       assert.ok(job.body.finished_at);
-      assert.equal(
-        await runRecoverJobs(at(now + 2 * LEASE_MS)),
-        0,
-        "a finished job is not taken again",
-      );
+      assert.equal(await runRecoverJobs(at(now + 2 * LEASE_MS)), 0, "a finished job is not taken again");
       // Nor by a process of the version before migration 17 (no status): held for ever, and
       // past every call, so its sweep and fan-out do not park new events behind it either.
       const row = await store.db
