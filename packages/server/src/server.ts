@@ -200,6 +200,9 @@ export async function startServer(
     if (role !== "worker") {
       app = await buildApp(ctx);
       address = await listenOn(app, config.host, config.port, "PORT");
+      // PORT=0 picks a free port: the default public URL names the one picked, not port 0.
+      if (config.port === 0 && config.publicUrl === "http://localhost:0")
+        config.publicUrl = `http://localhost:${new URL(address).port}`;
     } else if (config.workerPort !== undefined) {
       app = await buildApp(ctx, { workerOnly: true });
       address = await listenOn(app, config.host, config.workerPort, "KLEN_WORKER_PORT");

@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { loadConfig } from "../src/config.js";
+import { createLogger } from "../src/log.js";
+import { startServer } from "../src/server.js";
 import { synthesizeWav } from "../src/simulator/wav.js";
+import { apiClient } from "./helpers/api.js";
 import { onServer, parseWav } from "./helpers/content.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { streamUpload } from "./helpers/upload.js";
@@ -170,5 +174,43 @@ describe("POST /v1/calls/{id}/recording", () => {
     assert.equal(events.body.data.length, 1);
     assert.equal(files().blobs.length, count, "replays store nothing");
     assert.deepEqual(files().temp, []);
+  });
+});
+
+describe("PORT=0 without KLEN_PUBLIC_URL", () => {
+  test("a recording's URL names the port picked, and serves the audio", async (t) => {
+    const dir = tempDir();
+    const key = "klen_test_key_port_zero";
+    const running = await startServer(
+      loadConfig({ PORT: "0", KLEN_DATA_DIR: dir.path, KLEN_API_KEY: key }),
+      createLogger({ level: "silent" }),
+      { role: "api" },
+    );
+    t.after(async () => {
+      await running.stop(1000);
+      dir.remove();
+    });
+    const port = new URL(running.address!).port;
+    const api = apiClient(`http://127.0.0.1:${port}`, key);
+    const agentId = (await api.post("/v1/agents", { name: "Support" })).body.id;
+    const id = (
+      await api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
+    ).body.id;
+    await api.post(`/v1/calls/${id}/start`, {});
+    await api.post(`/v1/calls/${id}/end`, {});
+    const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 5 });
+    const up = await fetch(`http://127.0.0.1:${port}/v1/calls/${id}/recording`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "audio/wav" },
+      body: new Uint8Array(wav),
+    });
+    assert.equal(up.status, 200);
+    const events = await api.get(`/v1/events?call_id=${id}&event_type=call.recording`);
+    const url: string = events.body.data[0].payload.call.recording_url;
+    assert.equal(new URL(url).origin, `http://localhost:${port}`, "not localhost:0");
+    // Fetched as a receiver would, not rewritten onto the server's address.
+    const served = await fetch(url);
+    assert.equal(served.status, 200);
+    assert.ok(Buffer.from(await served.arrayBuffer()).equals(wav));
   });
 });
