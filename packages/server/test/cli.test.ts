@@ -732,6 +732,28 @@ describe("client commands against a running server", () => {
     assert.match(bad.stderr, /secret/);
   });
 
+  test("listen prints each forward at the terminal's local time (TZ), not UTC", async () => {
+    const human = spawnCli(["listen", "--forward-to", "http://127.0.0.1:9/x"], {
+      ...env,
+      TZ: "Asia/Kathmandu", // UTC+05:45 all year
+    });
+    try {
+      await waitFor("the ready text", () => /Ready!/.test(human.stdoutText()));
+      const { agentId } = await setupAccount(server.api);
+      await runCall(server.api, agentId);
+      const line = await waitFor("a forwarded line", () =>
+        human.stdoutText().match(/^(?:\x1b\[\d+m)?(\d\d):(\d\d):\d\d(?:\x1b\[\d+m)? {2}call\.started/m) ?? undefined,
+      );
+      const shown = Number(line[1]) * 60 + Number(line[2]);
+      const now = new Date();
+      const kathmandu = (now.getUTCHours() * 60 + now.getUTCMinutes() + 345) % 1440;
+      const apart = Math.abs(shown - kathmandu);
+      assert.ok(Math.min(apart, 1440 - apart) <= 1, `shown ${line[0]}, local ${kathmandu} min of the day`);
+    } finally {
+      assert.equal(await human.stop(), 0, human.stderr());
+    }
+  });
+
   test("listen --after forwards the events after that one first, in order, then new ones", async () => {
     const { agentId } = await setupAccount(server.api);
     const callId = await runCall(server.api, agentId);

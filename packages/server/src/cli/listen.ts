@@ -108,7 +108,11 @@ export async function forwardEvent(
   }
 }
 
-const time = () => new Date().toISOString().slice(11, 19);
+/** The terminal's clock, as `stripe listen` shows it: local time of day (UTC where TZ is unset). */
+const time = () => {
+  const d = new Date();
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+};
 
 /**
  * The `stripe listen` loop: streams the account's events from `GET /v1/events/stream` and forwards
