@@ -21,6 +21,7 @@ import { decodeJsonBody, parseJsonBody } from "./json-body.js";
 import { completeOpenApi } from "./openapi.js";
 import { RESPONSE_SCHEMAS } from "./response-schemas.js";
 import { registerRoutes } from "./routes/index.js";
+import { guardSlowBodies } from "./slow-body.js";
 
 // Bodies are validated strictly: no type coercion ("5" is not an agent id) and unknown fields are
 // errors, not silently dropped. Query strings arrive as text, so they are coerced.
@@ -124,7 +125,12 @@ export function httpLogLevel(log: Logger): string {
 
 export async function buildApp(
   ctx: AppContext,
-  opts: { logger?: boolean; workerOnly?: boolean } = {},
+  opts: {
+    logger?: boolean;
+    workerOnly?: boolean;
+    /** Tests: the slow-body guard's grace and check interval (slow-body.ts). */
+    slowBody?: { graceMs: number; checkEveryMs: number };
+  } = {},
 ): Promise<FastifyInstance> {
   const app = Fastify({
     // Requests are counted in /metrics rather than logged one by one; the HTTP layer logs warnings.
@@ -179,6 +185,7 @@ export async function buildApp(
     // the `x-request-id` of an answer finds its log lines.
     genReqId: () => `req_${randomUUID().replaceAll("-", "")}`,
   });
+  guardSlowBodies(app, ctx.log, opts.slowBody);
   app.setValidatorCompiler(({ schema, httpPart }) =>
     httpPart === "body" ? bodyAjv.compile(schema) : queryAjv.compile(schema),
   );
