@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readdirSync } from "node:fs";
+import { chmodSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { loadConfig } from "../src/config.js";
@@ -174,6 +174,40 @@ describe("POST /v1/calls/{id}/recording", () => {
     assert.equal(events.body.data.length, 1);
     assert.equal(files().blobs.length, count, "replays store nothing");
     assert.deepEqual(files().temp, []);
+  });
+});
+
+describe("the data folder's files", () => {
+  test("are the user's alone: database, its WAL, blob folder and recordings (umask 077); a folder open to others is warned of", async () => {
+    const dir = tempDir();
+    // Open to others, as an older version or a hand-made folder may leave it.
+    chmodSync(dir.path, 0o755);
+    const srv = await spawnServer({ dataDir: dir.path });
+    try {
+      const agentId = (await srv.api.post("/v1/agents", { name: "Support" })).body.id;
+      const id = (
+        await srv.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
+      ).body.id;
+      await srv.api.post(`/v1/calls/${id}/start`, {});
+      await srv.api.post(`/v1/calls/${id}/end`, {});
+      const up = await fetch(`${srv.url}/v1/calls/${id}/recording`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${srv.apiKey}`, "content-type": "audio/wav" },
+        body: new Uint8Array(synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 4 })),
+      });
+      assert.equal(up.status, 200);
+      const blobs = readdirSync(join(dir.path, "blobs")).filter((f) => f.startsWith("blb_"));
+      assert.ok(blobs.length > 0);
+      const paths = ["klen.db", "klen.db-wal", "blobs", ...blobs.map((b) => join("blobs", b))];
+      for (const p of paths) {
+        const mode = statSync(join(dir.path, p)).mode & 0o777;
+        assert.equal(mode & 0o077, 0, `${p} is ${mode.toString(8)}`);
+      }
+      assert.match(srv.output(), /readable by other users of this machine/);
+    } finally {
+      await srv.kill();
+      dir.remove();
+    }
   });
 });
 

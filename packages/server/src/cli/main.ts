@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { statSync } from "node:fs";
 import { Command, Option } from "commander";
 import { ConfigError, cannotOpenDatabase, loadConfig } from "../config.js";
 import type { Role } from "../server.js";
@@ -55,6 +56,25 @@ function config() {
   }
 }
 
+/**
+ * Files and folders a command that stores data makes are its user's alone (umask 077): the
+ * database holds endpoint secrets and the key that signs recording URLs, the blobs are calls'
+ * recordings and transcripts. Made under the usual 022 they were readable by every local user.
+ * Returns what is already there and open to others (an older version made it so), to be warned of.
+ */
+function ownFiles(cfg: { dataDir: string; databaseUrl: string }): string[] {
+  process.umask(0o077);
+  const paths = [cfg.dataDir];
+  if (cfg.databaseUrl.startsWith("sqlite:")) paths.push(cfg.databaseUrl.slice("sqlite:".length));
+  return paths.filter((p) => {
+    try {
+      return (statSync(p).mode & 0o077) !== 0;
+    } catch {
+      return false;
+    }
+  });
+}
+
 const program = new Command()
   .name("klen-webhooks")
   .description("Klen call webhooks: signed, ordered, retried call.* events for AI voice agents")
@@ -82,12 +102,18 @@ program
   .action(async (opts: { dev?: boolean; role: Role }) => {
     if (opts.dev) process.env.KLEN_DEV = "1";
     const cfg = config();
+    const open = ownFiles(cfg);
     const [{ createLogger }, { startServer }] = await Promise.all([
       import("../log.js"),
       import("../server.js"),
     ]);
     // Every line says which process of a deployment wrote it (api and workers log alike).
     const log = createLogger().child({ role: opts.role });
+    if (open.length > 0)
+      log.warn(
+        { paths: open },
+        "readable by other users of this machine (it holds endpoint secrets): chmod 700 the data folder and 600 the database file",
+      );
     let fatal: ((err: Error) => void) | undefined;
     // The default account's key is shown once; a start killed by a signal between making the
     // account and listening (Ctrl-C during a slow start: no listener yet, so the signal killed the
@@ -169,7 +195,9 @@ program
   .description("apply database migrations (serve also applies them at start)")
   .option("--json", 'print JSON: {"applied": [ids of the migrations applied now]}')
   .action(async (opts: { json?: boolean }) => {
-    const { store, applied: ran } = await openMigrated(config());
+    const cfg = config();
+    ownFiles(cfg);
+    const { store, applied: ran } = await openMigrated(cfg);
     await store.close();
     if (opts.json) process.stdout.write(`${JSON.stringify({ applied: ran })}\n`);
     else
@@ -190,6 +218,7 @@ accounts
     if (name === "" || name.length > 200)
       program.error("error: --name must be 1 to 200 characters, not blank");
     const cfg = config();
+    ownFiles(cfg);
     const { createAccount } = await import("../accounts/accounts.js");
     const { store } = await openMigrated(cfg);
     const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, name));
