@@ -6,7 +6,7 @@ import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 import { startServer } from "../src/server.js";
 import { synthesizeWav } from "../src/simulator/wav.js";
-import { apiClient } from "./helpers/api.js";
+import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { onServer, parseWav } from "./helpers/content.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { streamUpload } from "./helpers/upload.js";
@@ -184,12 +184,7 @@ describe("the data folder's files", () => {
     chmodSync(dir.path, 0o755);
     const srv = await spawnServer({ dataDir: dir.path });
     try {
-      const agentId = (await srv.api.post("/v1/agents", { name: "Support" })).body.id;
-      const id = (
-        await srv.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
-      ).body.id;
-      await srv.api.post(`/v1/calls/${id}/start`, {});
-      await srv.api.post(`/v1/calls/${id}/end`, {});
+      const id = await runCall(srv.api, (await setupAccount(srv.api)).agentId);
       const up = await fetch(`${srv.url}/v1/calls/${id}/recording`, {
         method: "POST",
         headers: { authorization: `Bearer ${srv.apiKey}`, "content-type": "audio/wav" },
@@ -226,12 +221,7 @@ describe("PORT=0 without KLEN_PUBLIC_URL", () => {
     });
     const port = new URL(running.address!).port;
     const api = apiClient(`http://127.0.0.1:${port}`, key);
-    const agentId = (await api.post("/v1/agents", { name: "Support" })).body.id;
-    const id = (
-      await api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
-    ).body.id;
-    await api.post(`/v1/calls/${id}/start`, {});
-    await api.post(`/v1/calls/${id}/end`, {});
+    const id = await runCall(api, (await setupAccount(api)).agentId);
     const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 5 });
     const up = await fetch(`http://127.0.0.1:${port}/v1/calls/${id}/recording`, {
       method: "POST",

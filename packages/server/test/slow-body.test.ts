@@ -7,7 +7,7 @@ import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
 import { type Running, startServer } from "../src/server.js";
 import { synthesizeWav } from "../src/simulator/wav.js";
-import { apiClient } from "./helpers/api.js";
+import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { tempDir } from "./helpers/server.js";
 
 const KEY = "klen_test_key_slow_bodies";
@@ -81,12 +81,7 @@ describe("request bodies that trickle in", () => {
 
   test("a slow upload that keeps its pace (over 1 KiB/s) is stored whole", async () => {
     const api = apiClient(`http://127.0.0.1:${port}`, KEY);
-    const agent = (await api.post("/v1/agents", { name: "Support" })).body.id;
-    const id = (
-      await api.post("/v1/calls", { agent_id: agent, type: "inbound", phone_number: "+15551234567" })
-    ).body.id;
-    await api.post(`/v1/calls/${id}/start`, {});
-    await api.post(`/v1/calls/${id}/end`, {});
+    const id = await runCall(api, (await setupAccount(api)).agentId);
     // 32 KiB in 4 KiB pieces every 150 ms: 1.2 s, twice the grace, at ~27 KiB/s.
     const wav = synthesizeWav({ seconds: 2, sampleRate: 8000, seed: 9 }).subarray(0, 32 * 1024);
     const c = rawConnection(port);
