@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import Database from "better-sqlite3";
 import { sql } from "kysely";
-import { uploadFailure } from "../src/blobs/upload.js";
+import { storageFailure, uploadFailure } from "../src/blobs/upload.js";
 import { openSqlite } from "../src/storage/sqlite/index.js";
 import { isDatabaseUnavailable } from "../src/storage/store.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
@@ -111,6 +111,13 @@ test("a recording the server cannot write (a full disk) is a 503 to send again, 
     const err = uploadFailure(Object.assign(new Error("write failed"), { code }));
     assert.deepEqual([err.status, err.code, err.details?.retry_after], [503, "storage_unavailable", 1], code);
   }
+  // A transcript or summary too long to send inline is a file too: the same 503, naming it.
+  const text = storageFailure(Object.assign(new Error("write failed"), { code: "ENOSPC" }), "transcript");
+  assert.deepEqual(
+    [text?.status, text?.code, text?.message],
+    [503, "storage_unavailable", "the transcript could not be stored; retry shortly"],
+  );
+  assert.equal(storageFailure(new Error("something else"), "summary"), undefined);
   // A client that went away mid-upload is still told its upload did not complete.
   const gone = uploadFailure(new Error("the client aborted the upload"));
   assert.deepEqual([gone.status, gone.code], [400, "upload_incomplete"]);

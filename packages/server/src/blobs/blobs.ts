@@ -6,6 +6,7 @@ import { encryptedBlobStore } from "./encrypted.js";
 import { signingKey } from "./key.js";
 import { blobUrl, expiryOf } from "./signing.js";
 import { type BlobStore, localBlobStore } from "./store.js";
+import { storageFailure } from "./upload.js";
 
 const stores = new WeakMap<Config, { plain: BlobStore; current: BlobStore }>();
 
@@ -89,7 +90,12 @@ export async function storeTextBlob(
 ): Promise<string> {
   const id = newBlobId();
   const bytes = Buffer.from(input.text, "utf8");
-  await blobStoreFor(ctx.config).writeBuffer(id, bytes);
+  // A full disk is the server's trouble, said as a recording's is: 503 to send again.
+  await blobStoreFor(ctx.config)
+    .writeBuffer(id, bytes)
+    .catch((err: unknown) => {
+      throw storageFailure(err, input.kind) ?? err;
+    });
   await insertBlob(trx, {
     id,
     accountId: input.accountId,

@@ -71,19 +71,28 @@ const STORAGE_FAILURES = new Set(["ENOSPC", "EDQUOT", "EIO", "EROFS", "EACCES", 
  */
 export function uploadFailure(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
+  return (
+    storageFailure(err, "recording") ??
+    new ApiError(400, "upload_incomplete", "the recording upload did not complete", undefined, {
+      cause: err,
+    })
+  );
+}
+
+/**
+ * A write of `what` the server could not make (a full disk, an I/O error): `503 storage_unavailable`
+ * to send again shortly; undefined for any other error.
+ */
+export function storageFailure(err: unknown, what: string): ApiError | undefined {
   const code = (err as { code?: unknown }).code;
-  if (typeof code === "string" && STORAGE_FAILURES.has(code)) {
-    return new ApiError(
-      503,
-      "storage_unavailable",
-      "the recording could not be stored; retry shortly",
-      { retry_after: 1 },
-      { cause: err },
-    );
-  }
-  return new ApiError(400, "upload_incomplete", "the recording upload did not complete", undefined, {
-    cause: err,
-  });
+  if (typeof code !== "string" || !STORAGE_FAILURES.has(code)) return undefined;
+  return new ApiError(
+    503,
+    "storage_unavailable",
+    `the ${what} could not be stored; retry shortly`,
+    { retry_after: 1 },
+    { cause: err },
+  );
 }
 
 /**
