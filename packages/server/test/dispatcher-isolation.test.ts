@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createServer, type Server, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 import { Dispatcher } from "../src/delivery/dispatcher.js";
@@ -61,11 +61,14 @@ async function tearDown(
 /**
  * A loopback server that accepts requests and never answers; counts the requests open at once
  * (`maxOpen`) and those the sender gave up on (`closed`). `held`: their responses, for tearDown.
+ * `answered` may answer a request itself (true), which then neither hangs nor counts.
  */
-async function hangingServer() {
+async function hangingServer(answered: (req: IncomingMessage, res: ServerResponse) => boolean = () => false) {
   const s = { open: 0, maxOpen: 0, closed: 0, held: [] as ServerResponse[] };
   const server = createServer((req, res) => {
     req.resume();
+    // Answered by the caller (not held).
+    if (answered(req, res)) return;
     s.open++;
     s.maxOpen = Math.max(s.maxOpen, s.open);
     s.held.push(res);
@@ -265,5 +268,91 @@ test("an outcome the database refuses holds up only itself: the others of its ba
     await dispatcher?.stop(100);
     await r.done();
     await rx.close();
+  }
+});
+
+test("many failing endpoints together hold no more than their share: a healthy endpoint's events still go out", async () => {
+  // Ten endpoints on one origin whose first request each is answered 500 (so they are failing)
+  // and whose later requests hang (delivery timeout 60 s).
+  const failedOnce = new Set<string>();
+  const {
+    stats,
+    server: dead,
+    origin,
+  } = await hangingServer((req, res) => {
+    if (failedOnce.has(req.url!)) return false;
+    failedOnce.add(req.url!);
+    res.writeHead(500).end();
+    return true;
+  });
+  const healthy = await startReceiver();
+  const r = await apiOnlyServer(`${origin}/f0`);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    const more = Array.from({ length: 9 }, (_, i) => `${origin}/f${i + 1}`);
+    await queueBehind(r, more, 4, healthy.url);
+    // 16 slots, 2 per failing endpoint: ten of them had 20, every slot. Together they may have 4.
+    // One each while new, so that nothing hangs before an endpoint is failing.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 16,
+      perEndpoint: 16,
+      perNewEndpoint: 1,
+      perFailingEndpoint: 2,
+      failingShare: 4,
+      batchSize: 16,
+      pollMs: 50,
+    });
+    dispatcher.start();
+    await waitFor("every failing endpoint failed once", () => failedOnce.size === 10);
+    await healthy.waitForCount(4);
+    assert.deepEqual(
+      healthy.requests.map((q) => q.json.event_type),
+      Array(4).fill("call.ended"),
+    );
+    assert.ok(
+      stats.maxOpen <= 4 + 2,
+      `${stats.maxOpen} attempts hung at once (the share, 4, and one claim's overlap)`,
+    );
+  } finally {
+    await tearDown(stats.held, dispatcher, r, healthy, dead);
+  }
+});
+
+test("many new endpoints that never answer together hold no more than their share: a known healthy endpoint's events still go out", async () => {
+  const { stats, server: dead, origin } = await hangingServer();
+  const healthy = await startReceiver();
+  const r = await apiOnlyServer(healthy.url);
+  let dispatcher: Dispatcher | undefined;
+  try {
+    // 16 slots, 2 per new endpoint: twenty that never answer had 40, every slot, for a whole
+    // delivery timeout (60 s). Together they may have 4.
+    dispatcher = new Dispatcher(r.api.ctx, {
+      concurrency: 16,
+      perEndpoint: 16,
+      perNewEndpoint: 2,
+      newShare: 4,
+      batchSize: 16,
+      pollMs: 50,
+    });
+    dispatcher.start();
+    // The healthy endpoint answers once: it is known to this process.
+    const first = await r.newCall("+15550700000");
+    await r.client.post(`/v1/calls/${first}/start`, {});
+    await healthy.waitForCount(1);
+    // Then twenty new endpoints, and calls whose events go to all of them.
+    for (let i = 0; i < 20; i++) await r.client.post("/v1/endpoints", { url: `${origin}/n${i}` });
+    for (let i = 1; i <= 4; i++) {
+      const id = await r.newCall(`+1555070000${i}`);
+      await r.client.post(`/v1/calls/${id}/start`, {});
+    }
+    await healthy.waitForCount(5);
+    assert.deepEqual(
+      healthy.requests.map((q) => q.json.event_type),
+      Array(5).fill("call.started"),
+    );
+    assert.ok(stats.maxOpen <= 4, `${stats.maxOpen} attempts hung at once (the share: 4)`);
+    assert.ok(stats.maxOpen >= 1);
+  } finally {
+    await tearDown(stats.held, dispatcher, r, healthy, dead);
   }
 });

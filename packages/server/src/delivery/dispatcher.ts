@@ -34,10 +34,12 @@ export interface DispatcherOptions {
    */
   perHangingEndpoint: number;
   /**
-   * Failing endpoints get more than `perFailingEndpoint` each only while they hold fewer slots than
-   * this together.
+   * What failing endpoints hold together at most (`sitsOut`); they get more than
+   * `perFailingEndpoint` each only while they hold fewer slots than this together.
    */
   failingShare: number;
+  /** What endpoints with no finished attempt yet in this process hold together at most. */
+  newShare: number;
   /**
    * How long the other endpoints must have held fewer than half of the slots at every turn before
    * anything is lent: a drain frees slots in batches and takes them again at once, and lending in
@@ -78,7 +80,7 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   // Few, so that many endpoints down at once still leave the slots to those that answer: at 8
   // each, 32 failing endpoints held all 256, and 4 new ones that never answered held them for a
   // whole delivery timeout (delivery audit: a healthy endpoint's events waited 8-29 s behind
-  // 5-40 dead endpoints). Now 128 failing or 32 new endpoints would be needed to fill them.
+  // 5-40 dead endpoints). 128 failing or 32 new endpoints filled them; now the groups have shares too.
   perFailingEndpoint: 2,
   // ...but 2 slots against an endpoint that hangs are 2 attempts per delivery timeout, which falls
   // behind the retry schedule once it has more than 8 calls a minute to retry (crash campaign: 280
@@ -87,6 +89,7 @@ export const defaultDispatcherOptions: DispatcherOptions = {
   failingShare: 64,
   quietMs: 2_000,
   perNewEndpoint: 8,
+  newShare: 64,
   minSlowShare: 8,
   slowAttemptMs: 1_000,
   batchSize: 256,
@@ -197,11 +200,23 @@ export function spareForFailing(
   failing: ReadonlySet<string>,
   inflight: number,
   o: Pick<DispatcherOptions, "concurrency" | "failingShare">,
-): { spare: number; busy: boolean } {
+): { spare: number; busy: boolean; held: number } {
   let held = 0;
   for (const [id, n] of perEndpoint) if (failing.has(id)) held += n;
-  if (inflight - held >= o.concurrency / 2) return { spare: 0, busy: true };
-  return { spare: Math.max(0, o.failingShare - held), busy: false };
+  if (inflight - held >= o.concurrency / 2) return { spare: 0, busy: true, held };
+  return { spare: Math.max(0, o.failingShare - held), busy: false, held };
+}
+
+/**
+ * Whether a group of endpoints (the failing ones, the new ones) sits out the claim together (pure,
+ * for tests): once they hold more than three quarters of their `share` between them, until a
+ * quarter of it is free again, as one endpoint near its cap sits out. Each failing endpoint has
+ * `perFailingEndpoint` slots and each new one `perNewEndpoint`, but 128 failing or 32 new endpoints
+ * had all 256 (delivery audit: 150 endpoints of one account that never answered held every slot,
+ * and another account's healthy endpoint got nothing for over a minute).
+ */
+export function sitsOut(held: number, share: number): boolean {
+  return held > share - Math.ceil(share / 4);
 }
 
 /**
@@ -236,6 +251,11 @@ export class Dispatcher {
    * past `KNOWN_ENDPOINTS` (one forgotten is new again until its next answer, a few milliseconds).
    */
   private known = new Map<string, true>();
+  /**
+   * Endpoints not yet `known` that claims brought: the new ones to leave out while the new
+   * endpoints hold their share (`newShare`). Forgotten at their first answer.
+   */
+  private newSeen = new Set<string>();
   private buffer: Outcome[] = [];
   /**
    * The endpoints that may have due deliveries; undefined: any may. A claim that found fewer
@@ -480,6 +500,20 @@ export class Dispatcher {
       const pacedOut =
         this.pacer.queued >= this.opts.concurrency ? [...this.pacer.endpoints()] : this.pacer.leftOut(now);
       for (const id of pacedOut) if (!saturated.includes(id)) saturated.push(id);
+      // Failing endpoints together hold at most `failingShare`, new ones `newShare`: past three
+      // quarters of it every one of the group sits out, those with nothing in flight too (their
+      // backlogs are stepped over from the claim floor, `claim`). A new endpoint no claim brought
+      // yet cannot be named; the first that brings it hands its deliveries back (below).
+      let newHeld = 0;
+      for (const [id, n] of this.perEndpoint) if (!this.known.has(id)) newHeld += n;
+      const groupsOut = [
+        ...(sitsOut(lend.held, this.opts.failingShare) ? this.failing : []),
+        ...(sitsOut(newHeld, this.opts.newShare) ? this.newSeen : []),
+      ];
+      if (groupsOut.length > 0) {
+        const out = new Set(saturated);
+        for (const id of groupsOut) if (!out.has(id)) saturated.push(id);
+      }
       // Retries come due with time, unannounced. The poll's timer forgets the set, but only when
       // nothing wakes the loop for `pollMs`, and a busy endpoint's completions wake it all the
       // time: without this, an endpoint's retry could wait behind another's whole backlog.
@@ -509,10 +543,28 @@ export class Dispatcher {
       // so a slow or dead endpoint never holds more than its cap of this process's slots.
       const excess: Claimed[] = [];
       const paced = new Map<string, Claimed[]>();
+      // And failing or new endpoints together no more than their share, whatever one batch brought.
+      let failingRoom = this.opts.failingShare - lend.held;
+      let newRoom = this.opts.newShare - newHeld;
       for (const c of claimed) {
         const later = paced.get(c.endpointId);
-        if (this.heldBy(c.endpointId) + (later?.length ?? 0) >= this.capOf(c.endpointId)) excess.push(c);
-        else if (isPaced(c)) {
+        const failing = this.failing.has(c.endpointId);
+        const isNew = !this.known.has(c.endpointId);
+        if (isNew) {
+          if (this.newSeen.size >= KNOWN_ENDPOINTS) this.newSeen.clear();
+          this.newSeen.add(c.endpointId);
+        }
+        if (
+          this.heldBy(c.endpointId) + (later?.length ?? 0) >= this.capOf(c.endpointId) ||
+          (failing && failingRoom <= 0) ||
+          (isNew && newRoom <= 0)
+        ) {
+          excess.push(c);
+          continue;
+        }
+        if (failing) failingRoom--;
+        if (isNew) newRoom--;
+        if (isPaced(c)) {
           if (later) later.push(c);
           else paced.set(c.endpointId, [c]);
         } else this.begin(c);
@@ -559,7 +611,10 @@ export class Dispatcher {
     const now = this.ctx.clock.now();
     const opts = { now, limit: want, leaseMs: this.ctx.config.leaseMs, exclude: saturated };
     // Rate-limited endpoints, like failing ones, may have a backlog at the front of the due order.
-    const behind = this.pacer.size > 0 ? new Set([...this.failing, ...this.pacer.endpoints()]) : this.failing;
+    const behind =
+      this.pacer.size > 0 || this.newSeen.size > 0
+        ? new Set([...this.failing, ...this.pacer.endpoints(), ...this.newSeen])
+        : this.failing;
     const plan = floorPlan(this.floor, saturated, behind, now, this.opts);
     if (plan.kind === "lookup") {
       const head = await dueHead(this.ctx.store, { now, exclude: plan.failing, from: plan.from });
@@ -758,6 +813,7 @@ export class Dispatcher {
     if (o.result) {
       this.known.delete(o.claimed.endpointId);
       this.known.set(o.claimed.endpointId, true);
+      this.newSeen.delete(o.claimed.endpointId);
       if (this.known.size > KNOWN_ENDPOINTS) this.known.delete(this.known.keys().next().value as string);
       if (o.result.error === null) this.failing.delete(o.claimed.endpointId);
       else this.failing.add(o.claimed.endpointId);
