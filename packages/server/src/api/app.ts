@@ -13,7 +13,7 @@ import { ApiError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { BACKLOG_COUNT_CAP, httpRequests, measureBacklogWith, registry } from "../metrics.js";
 import { type Db, PENDING } from "../storage/types.js";
-import { Authenticator, bearerKey, FailedKeys, RateLimiter } from "./auth.js";
+import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceEndpointChange, announceWork } from "./context.js";
 import { installErrorHandler, RouteTable } from "./errors.js";
 import { canonicalJson, digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
@@ -278,7 +278,6 @@ export async function buildApp(
 
   const auth = new Authenticator(ctx.store);
   const limiter = new RateLimiter(ctx.config.rateLimit);
-  const failedKeys = new FailedKeys();
   app.decorateRequest("account", undefined as never);
   // Stopping: requests still arriving on open connections are told to go elsewhere, and the
   // connection is closed after the answer.
@@ -303,22 +302,9 @@ export async function buildApp(
     if (route === undefined) {
       if (!req.url.startsWith("/v1/") || req.url.startsWith("/v1/blobs/")) return;
     } else if (!route.startsWith("/v1/") || route === "/v1/blobs/:id") return;
-    const key = bearerKey(req);
-    if (key !== undefined && !auth.known(key)) {
-      const wait = failedKeys.wait(req.ip);
-      if (wait > 0)
-        throw new ApiError(429, "rate_limited", "too many wrong API keys from this address", {
-          retry_after: wait,
-        });
-    }
-    try {
-      req.account = await auth.authenticate(req);
-    } catch (err) {
-      if (key !== undefined && err instanceof ApiError && err.status === 401) failedKeys.failed(req.ip);
-      throw err;
-    }
+    req.account = await auth.authenticate(req);
     // Authenticated, so the request carries a key.
-    const wait = limiter.take(key!);
+    const wait = limiter.take(bearerKey(req)!);
     if (wait > 0)
       throw new ApiError(429, "rate_limited", "too many requests for this API key", { retry_after: wait });
   });
