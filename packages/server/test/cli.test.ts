@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
-import { existsSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, statSync, writeFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
@@ -449,6 +449,26 @@ describe("accounts create", () => {
       assert.ok(applied.length >= 7);
       const again = await cli(["migrate", "--json"], env);
       assert.deepEqual(JSON.parse(again.stdout), { applied: [] });
+    } finally {
+      other.remove();
+    }
+  });
+
+  test("migrate and accounts create make private files, and warn of a data folder open to others", async () => {
+    const other = tempDir();
+    try {
+      chmodSync(other.path, 0o755);
+      const env = { KLEN_DATA_DIR: other.path };
+      const migrated = await cli(["migrate"], env);
+      assert.equal(migrated.code, 0, migrated.stderr);
+      assert.match(migrated.stderr, /warning: .* readable by other users of this machine/);
+      assert.equal(statSync(`${other.path}/klen.db`).mode & 0o077, 0, "the database is the user's alone");
+      const made = await cli(["accounts", "create", "--name", "Ops"], env);
+      assert.equal(made.code, 0, made.stderr);
+      assert.match(made.stderr, /warning: .* readable by other users of this machine/);
+      chmodSync(other.path, 0o700);
+      const quiet = await cli(["migrate"], env);
+      assert.equal(quiet.stderr, "", "nothing to warn of once the folder is private");
     } finally {
       other.remove();
     }

@@ -79,6 +79,20 @@ describe("request bodies that trickle in", () => {
     assert.match(c.received(), /^HTTP\/1\.1 401 /, "the 401 came first");
   });
 
+  test("pipelined behind an event stream: the connection is closed, nothing written into the stream", async () => {
+    const c = rawConnection(port);
+    c.socket.write(
+      `GET /v1/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\n\r\n` +
+        `POST /v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`,
+    );
+    const t = setInterval(() => c.socket.writable && c.socket.write(" "), 200);
+    trickles.push(t);
+    assert.ok(await within(c.closed, 10_000), "closed by the server");
+    clearInterval(t);
+    assert.match(c.received(), /^HTTP\/1\.1 200 /, "the stream's answer");
+    assert.doesNotMatch(c.received(), /408 Request Timeout/, "no answer written into the stream");
+  });
+
   test("a slow upload that keeps its pace (over 1 KiB/s) is stored whole", async () => {
     const api = apiClient(`http://127.0.0.1:${port}`, KEY);
     const id = await runCall(api, (await setupAccount(api)).agentId);

@@ -56,7 +56,9 @@ export function guardSlowBodies(
           { received, elapsed_ms: elapsed, left_out: q.suppressed },
           "a request body arriving slower than 1 KiB/s was cut off (408)",
         );
-      if (!a.res.headersSent && socket.writable) {
+      // Its own answer, unless another is being written on the connection (a request pipelined
+      // behind a stream): then the connection is only closed.
+      if (a.res.socket === socket && !a.res.headersSent && socket.writable) {
         const body = JSON.stringify(
           new ApiError(
             408,

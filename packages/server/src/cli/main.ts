@@ -74,6 +74,14 @@ function ownFiles(cfg: { dataDir: string; databaseUrl: string }): string[] {
     }
   });
 }
+const OPEN_FILES =
+  "readable by other users of this machine (it holds endpoint secrets): chmod 700 the data folder and 600 the database file";
+
+/** `ownFiles` for a one-shot command: what is open to others is said on stderr. */
+function ownFilesWarned(cfg: { dataDir: string; databaseUrl: string }): void {
+  const open = ownFiles(cfg);
+  if (open.length > 0) process.stderr.write(`klen-webhooks: warning: ${open.join(", ")} ${OPEN_FILES}\n`);
+}
 
 const program = new Command()
   .name("klen-webhooks")
@@ -109,11 +117,7 @@ program
     ]);
     // Every line says which process of a deployment wrote it (api and workers log alike).
     const log = createLogger().child({ role: opts.role });
-    if (open.length > 0)
-      log.warn(
-        { paths: open },
-        "readable by other users of this machine (it holds endpoint secrets): chmod 700 the data folder and 600 the database file",
-      );
+    if (open.length > 0) log.warn({ paths: open }, OPEN_FILES);
     let fatal: ((err: Error) => void) | undefined;
     // The default account's key is shown once; a start killed by a signal between making the
     // account and listening (Ctrl-C during a slow start: no listener yet, so the signal killed the
@@ -196,7 +200,7 @@ program
   .option("--json", 'print JSON: {"applied": [ids of the migrations applied now]}')
   .action(async (opts: { json?: boolean }) => {
     const cfg = config();
-    ownFiles(cfg);
+    ownFilesWarned(cfg);
     const { store, applied: ran } = await openMigrated(cfg);
     await store.close();
     if (opts.json) process.stdout.write(`${JSON.stringify({ applied: ran })}\n`);
@@ -218,7 +222,7 @@ accounts
     if (name === "" || name.length > 200)
       program.error("error: --name must be 1 to 200 characters, not blank");
     const cfg = config();
-    ownFiles(cfg);
+    ownFilesWarned(cfg);
     const { createAccount } = await import("../accounts/accounts.js");
     const { store } = await openMigrated(cfg);
     const { account, apiKey } = await store.db.transaction().execute((trx) => createAccount(trx, name));
