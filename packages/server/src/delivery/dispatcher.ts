@@ -107,7 +107,7 @@ function isPaced(c: Claimed): boolean {
 }
 
 /** How many endpoints `Dispatcher.known` remembers. */
-const KNOWN_ENDPOINTS = 10_000;
+const KNOWN_ENDPOINTS = 50_000;
 
 // The headers the attempt log keeps as sent: our own. A custom header's value is kept as
 // `[redacted]`, whatever its name: receivers put credentials in them (`X-Partner-Sig`), and the
@@ -176,10 +176,13 @@ export function floorPlan(
   const left = saturated.filter((id) => failing.has(id));
   if (left.length === 0) return { kind: "none" };
   if (!floor || now - floor.at >= o.floorMs) {
+    // A set: with thousands of failing endpoints left out, a list's `includes` made this quadratic
+    // (review: 10,000 of them, 483 ms a claim).
+    const leftSet = new Set(left);
     const builds =
       floor !== undefined &&
       now - floor.fullAt < o.fullFloorMs &&
-      [...floor.excluded].every((id) => left.includes(id));
+      [...floor.excluded].every((id) => leftSet.has(id));
     return { kind: "lookup", failing: left, from: builds ? Math.max(0, floor.value - o.floorSlackMs) : 0 };
   }
   const out = new Set(saturated);
@@ -248,14 +251,18 @@ export class Dispatcher {
   private busyAt = Number.NEGATIVE_INFINITY;
   /**
    * Endpoints with a finished attempt in this process, most recent last; the oldest are forgotten
-   * past `KNOWN_ENDPOINTS` (one forgotten is new again until its next answer, a few milliseconds).
+   * past `KNOWN_ENDPOINTS` (one forgotten is new again until its next answer, within the new endpoints' share).
    */
   private known = new Map<string, true>();
   /**
-   * Endpoints not yet `known` that claims brought: the new ones to leave out while the new
-   * endpoints hold their share (`newShare`). Forgotten at their first answer.
+   * While failing (new) endpoints hold their share, the ones of them a claim brought and handed
+   * back: with those holding slots, the ones to leave out (not every failing endpoint the process
+   * knows of, which may be thousands with nothing due). Emptied once the group has room again.
    */
+  private failingSeen = new Set<string>();
   private newSeen = new Set<string>();
+  /** What new endpoints held at this turn's start: past half of `newShare`, one slot each. */
+  private newHeld = 0;
   private buffer: Outcome[] = [];
   /**
    * The endpoints that may have due deliveries; undefined: any may. A claim that found fewer
@@ -424,6 +431,7 @@ export class Dispatcher {
     const keep = new Set(live.map((e) => e.id));
     for (const id of ids)
       if (!keep.has(id)) {
+        this.failingSeen.delete(id);
         this.failing.delete(id);
         this.slow.delete(id);
         this.hanging.delete(id);
@@ -506,13 +514,23 @@ export class Dispatcher {
       // yet cannot be named; the first that brings it hands its deliveries back (below).
       let newHeld = 0;
       for (const [id, n] of this.perEndpoint) if (!this.known.has(id)) newHeld += n;
-      const groupsOut = [
-        ...(sitsOut(lend.held, this.opts.failingShare) ? this.failing : []),
-        ...(sitsOut(newHeld, this.opts.newShare) ? this.newSeen : []),
-      ];
-      if (groupsOut.length > 0) {
+      this.newHeld = newHeld;
+      const failingOut = sitsOut(lend.held, this.opts.failingShare);
+      const newOut = sitsOut(newHeld, this.opts.newShare);
+      if (!failingOut) this.failingSeen.clear();
+      if (!newOut) this.newSeen.clear();
+      if (failingOut || newOut) {
         const out = new Set(saturated);
-        for (const id of groupsOut) if (!out.has(id)) saturated.push(id);
+        const leave = (id: string) => {
+          if (!out.has(id)) {
+            out.add(id);
+            saturated.push(id);
+          }
+        };
+        for (const id of this.perEndpoint.keys())
+          if (this.failing.has(id) ? failingOut : newOut && !this.known.has(id)) leave(id);
+        if (failingOut) for (const id of this.failingSeen) leave(id);
+        if (newOut) for (const id of this.newSeen) leave(id);
       }
       // Retries come due with time, unannounced. The poll's timer forgets the set, but only when
       // nothing wakes the loop for `pollMs`, and a busy endpoint's completions wake it all the
@@ -550,20 +568,14 @@ export class Dispatcher {
         const later = paced.get(c.endpointId);
         const failing = this.failing.has(c.endpointId);
         const isNew = !this.known.has(c.endpointId);
-        if (isNew) {
-          if (this.newSeen.size >= KNOWN_ENDPOINTS) this.newSeen.clear();
-          this.newSeen.add(c.endpointId);
-        }
-        if (
-          this.heldBy(c.endpointId) + (later?.length ?? 0) >= this.capOf(c.endpointId) ||
-          (failing && failingRoom <= 0) ||
-          (isNew && newRoom <= 0)
-        ) {
+        const groupFull = failing ? failingRoom <= 0 : isNew && newRoom <= 0;
+        if (groupFull) (failing ? this.failingSeen : this.newSeen).add(c.endpointId);
+        if (groupFull || this.heldBy(c.endpointId) + (later?.length ?? 0) >= this.capOf(c.endpointId)) {
           excess.push(c);
           continue;
         }
         if (failing) failingRoom--;
-        if (isNew) newRoom--;
+        else if (isNew) newRoom--;
         if (isPaced(c)) {
           if (later) later.push(c);
           else paced.set(c.endpointId, [c]);
@@ -662,7 +674,12 @@ export class Dispatcher {
       const held = this.perEndpoint.get(endpointId) ?? 0;
       return Math.min(Math.max(this.opts.perHangingEndpoint, base), Math.max(base, held + this.spare));
     }
-    if (!this.known.has(endpointId)) return Math.min(this.opts.perNewEndpoint, this.opts.perEndpoint);
+    // Past half of their share together, one each: more new endpoints tried at once find out
+    // sooner which of them answer (after a restart every endpoint is new).
+    if (!this.known.has(endpointId))
+      return this.newHeld >= this.opts.newShare / 2
+        ? 1
+        : Math.min(this.opts.perNewEndpoint, this.opts.perEndpoint);
     if (!this.slow.has(endpointId)) return this.opts.perEndpoint;
     // A fair share, so that endpoints that are slow but succeed (never failing, none at its cap)
     // cannot between them take every slot: the slots split between the endpoints in flight and
