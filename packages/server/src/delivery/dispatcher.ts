@@ -211,14 +211,14 @@ export function spareForFailing(
 }
 
 /**
- * Whether a group of endpoints (the failing ones, the new ones) sits out the claim together (pure,
- * for tests): once they hold more than three quarters of their `share` between them, until a
+ * Whether a group of endpoints (the failing ones, the new ones) sits out the claim together:
+ * once they hold more than three quarters of their `share` between them, until a
  * quarter of it is free again, as one endpoint near its cap sits out. Each failing endpoint has
  * `perFailingEndpoint` slots and each new one `perNewEndpoint`, but 128 failing or 32 new endpoints
  * had all 256 (delivery audit: 150 endpoints of one account that never answered held every slot,
  * and another account's healthy endpoint got nothing for over a minute).
  */
-export function sitsOut(held: number, share: number): boolean {
+function sitsOut(held: number, share: number): boolean {
   return held > share - Math.ceil(share / 4);
 }
 
