@@ -4,10 +4,11 @@ import type { AddressInfo } from "node:net";
 import { describe, test } from "node:test";
 import { sql } from "kysely";
 import { claimDue } from "../src/delivery/claim.js";
-import { completeBatch, type Outcome } from "../src/delivery/complete.js";
+import { completeBatch } from "../src/delivery/complete.js";
 import { openStore } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
+import { ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer } from "./helpers/server.js";
@@ -119,20 +120,7 @@ describe("retries raced on PostgreSQL", () => {
       const now = Date.now();
       const [claimed] = await claimDue(worker, { now, limit: 1, leaseMs: 60_000, exclude: [] });
       assert.ok(claimed);
-      const sent: Outcome = {
-        claimed,
-        startedAt: now,
-        url: rx.url,
-        requestHeaders: {},
-        result: {
-          statusCode: 200,
-          responseBody: "ok",
-          responseHeaders: {},
-          error: null,
-          errorMessage: null,
-          durationMs: 3,
-        },
-      };
+      const sent = outcome(claimed, ok(), now, rx.url);
       const policy = { schedule: [1_000], disableAfterMs: 86_400_000, random: () => 0.5 };
       // It committed; the worker did not hear back.
       await completeBatch(worker, [sent], policy, now);

@@ -8,13 +8,13 @@ import type { Action } from "../src/calls/transitions.js";
 import { type Claimed, claimDue, dueHead, releaseLeases, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch, type Outcome } from "../src/delivery/complete.js";
 import { recoverBatch } from "../src/delivery/recover.js";
-import type { SendResult } from "../src/delivery/send.js";
 import { migrate } from "../src/storage/migrate.js";
 import { migrations } from "../src/storage/migrations.js";
 import { openStore, type Store } from "../src/storage/store.js";
 import type { Db } from "../src/storage/types.js";
 import { newEndpointSecret, newId } from "../src/util/ids.js";
 import { backends } from "./helpers/backends.js";
+import { failed, ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -25,32 +25,6 @@ after(() => stopPostgres());
 
 const LEASE = 60_000;
 const policy = { schedule: [1_000, 2_000], disableAfterMs: 5 * 86_400_000, random: () => 0.5 };
-
-function ok(): SendResult {
-  return {
-    statusCode: 200,
-    responseBody: "ok",
-    responseHeaders: {},
-    error: null,
-    errorMessage: null,
-    durationMs: 3,
-  };
-}
-
-function failed(status = 500): SendResult {
-  return {
-    statusCode: status,
-    responseBody: "no",
-    responseHeaders: {},
-    error: "http_status",
-    errorMessage: null,
-    durationMs: 3,
-  };
-}
-
-function outcome(claimed: Claimed, result: SendResult | null, now: number): Outcome {
-  return { claimed, startedAt: now, url: "http://127.0.0.1:9/", requestHeaders: {}, result };
-}
 
 interface Fixture {
   store: Store;
@@ -68,6 +42,19 @@ interface Fixture {
   newCall(): Promise<number>;
   step(callId: number, action: Action, db?: Store): Promise<string>;
   delivery(id: string): Promise<{ status: string; next_attempt_at: number | null; claim_token: number }>;
+}
+
+/**
+ * A call's first delivery claimed twice: by a worker whose 1 s lease then runs out (`stale`), and
+ * by the one that takes it over a second later (`fresh`).
+ */
+async function staleAndFresh(f: Fixture) {
+  await f.step(await f.newCall(), "start");
+  const t0 = Date.now() + 1_000;
+  const [stale] = await claimDue(f.store, { now: t0, limit: 1, leaseMs: 1_000, exclude: [] });
+  const [fresh] = await claimDue(f.store, { now: t0 + 1_000, limit: 1, leaseMs: LEASE, exclude: [] });
+  assert.ok(stale && fresh && stale.id === fresh.id);
+  return { t0, stale, fresh };
 }
 
 for (const backend of backends()) {
@@ -392,11 +379,7 @@ for (const backend of backends()) {
 
     test("a stalled worker's late success replaces the lease_expired row its takeover logged", async () => {
       const f = await fixture();
-      await f.step(await f.newCall(), "start");
-      const t0 = Date.now() + 1_000;
-      const [stale] = await claimDue(f.store, { now: t0, limit: 1, leaseMs: 1_000, exclude: [] });
-      const [fresh] = await claimDue(f.store, { now: t0 + 1_000, limit: 1, leaseMs: LEASE, exclude: [] });
-      assert.ok(stale && fresh && stale.id === fresh.id);
+      const { t0, stale, fresh } = await staleAndFresh(f);
       const log = async () =>
         (
           await f.store.db
@@ -419,11 +402,7 @@ for (const backend of backends()) {
 
     test("fencing: a stale completion does not overwrite the newer attempt", async () => {
       const f = await fixture();
-      await f.step(await f.newCall(), "start");
-      const t0 = Date.now() + 1_000;
-      const [stale] = await claimDue(f.store, { now: t0, limit: 1, leaseMs: 1_000, exclude: [] });
-      const [fresh] = await claimDue(f.store, { now: t0 + 1_000, limit: 1, leaseMs: LEASE, exclude: [] });
-      assert.ok(stale && fresh && stale.id === fresh.id);
+      const { t0, stale, fresh } = await staleAndFresh(f);
       // The first worker finishes late with a failure: it must not reschedule the delivery.
       await completeBatch(f.store, [outcome(stale, failed(), t0 + 2_000)], policy, t0 + 2_000);
       let d = await f.delivery(fresh.id);

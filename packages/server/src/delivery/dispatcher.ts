@@ -509,9 +509,10 @@ export class Dispatcher {
         this.pacer.queued >= this.opts.concurrency ? [...this.pacer.endpoints()] : this.pacer.leftOut(now);
       for (const id of pacedOut) if (!saturated.includes(id)) saturated.push(id);
       // Failing endpoints together hold at most `failingShare`, new ones `newShare`: past three
-      // quarters of it every one of the group sits out, those with nothing in flight too (their
-      // backlogs are stepped over from the claim floor, `claim`). A new endpoint no claim brought
-      // yet cannot be named; the first that brings it hands its deliveries back (below).
+      // quarters of it the group sits out, its endpoints in flight and those a claim brought and
+      // handed back meanwhile (`failingSeen`, `newSeen`; their backlogs are stepped over from the
+      // claim floor, `claim`). One no claim brought yet cannot be named: the first claim that
+      // brings it hands its deliveries back (below), and it is left out from then on.
       let newHeld = 0;
       for (const [id, n] of this.perEndpoint) if (!this.known.has(id)) newHeld += n;
       this.newHeld = newHeld;
