@@ -75,6 +75,9 @@ test("on a database from before the record, migration 13 records the account a f
   try {
     await migrate(second, 12);
     const tenant = await second.db.transaction().execute((trx) => createAccount(trx, "Tenant A"));
+    // "Later" as the record tells it: the key's created_at is a millisecond count, and one made
+    // in the account's own millisecond would read as made before it (a start's order).
+    await nextMillisecond();
     await signingKey(second, second.db);
     await second.db
       .updateTable("accounts")
@@ -358,3 +361,9 @@ test("postgres: a migrating process whose lock session is killed stops migrating
   assert.equal(Number((applied as { n: number }).n), migrations.length);
   assert.deepEqual(await migrate(a), [], "nothing left when the first process starts again");
 });
+
+/** Resolves once Date.now() has moved past the millisecond it was called in. */
+async function nextMillisecond(): Promise<void> {
+  const now = Date.now();
+  while (Date.now() <= now) await new Promise((resolve) => setTimeout(resolve, 1));
+}
