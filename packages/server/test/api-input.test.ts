@@ -194,6 +194,26 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     const text = await server.api.raw("POST", "/v1/agents", "name=x", { "content-type": "text/plain" });
     expectError(text, 415, "unsupported_media_type", "content-type");
     assert.equal(text.body.error.message, 'the API takes application/json, not "text/plain"');
+    // JSON is UTF-8: a body declared in another charset would be read as UTF-8 and stored changed.
+    const utf16 = await server.api.raw("POST", "/v1/agents", '{"name":"x"}', {
+      "content-type": "application/json; charset=utf-16",
+    });
+    expectError(utf16, 415, "unsupported_media_type", "content-type");
+    assert.equal(utf16.body.error.message, 'the API takes JSON in UTF-8, not charset "utf-16"');
+    expectError(
+      await server.api.raw("POST", "/v1/agents", '{"name":"x"}', {
+        "content-type": 'application/json; charset="ISO-8859-1"',
+      }),
+      415,
+      "unsupported_media_type",
+      "content-type",
+    );
+    for (const contentType of ["application/json; charset=UTF-8", 'application/json;charset="utf-8"']) {
+      const ok = await server.api.raw("POST", "/v1/agents", '{"name":"Charset"}', {
+        "content-type": contentType,
+      });
+      assert.equal(ok.status, 201, contentType);
+    }
     // Sent in full by fetch before it reads the answer: the 413 must wait for the body, not cut
     // the connection while the client is still writing (that was EPIPE, "fetch failed").
     for (const mib of [2, 16]) {

@@ -17,7 +17,7 @@ import { Authenticator, bearerKey, RateLimiter } from "./auth.js";
 import { type AppContext, announceEndpointChange, announceWork } from "./context.js";
 import { installErrorHandler, RouteTable } from "./errors.js";
 import { canonicalJson, digest, type IdempotentRequest, type Outcome, runIdempotent } from "./idempotency.js";
-import { decodeJsonBody, parseJsonBody } from "./json-body.js";
+import { decodeJsonBody, parseJsonBody, refuseCharset } from "./json-body.js";
 import { completeOpenApi } from "./openapi.js";
 import { RESPONSE_SCHEMAS } from "./response-schemas.js";
 import { registerRoutes } from "./routes/index.js";
@@ -220,6 +220,7 @@ export async function buildApp(
   app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
     let text: string;
     try {
+      refuseCharset(req.headers["content-type"]);
       text = decodeJsonBody(body as Buffer);
     } catch (err) {
       if (req.headers["idempotency-key"] !== undefined)

@@ -99,6 +99,21 @@ export function decodeJsonBody(bytes: Uint8Array): string {
   }
 }
 
+/**
+ * JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset (`charset=utf-16`,
+ * `charset=iso-8859-1`) would otherwise be read as UTF-8 and its text stored changed, so it is a
+ * 415 naming the header. `charset=utf-8` (any case, quoted or not) and no charset are taken.
+ */
+export function refuseCharset(contentType: string | undefined): void {
+  const m = /;\s*charset\s*=\s*("?)([^";\s]*)\1/i.exec(contentType ?? "");
+  if (!m) return;
+  const charset = (m[2] ?? "").toLowerCase();
+  if (charset === "utf-8" || charset === "utf8") return;
+  throw new ApiError(415, "unsupported_media_type", `the API takes JSON in UTF-8, not charset "${m[2]}"`, {
+    field: "content-type",
+  });
+}
+
 function isObjectWith(v: unknown, key: string): boolean {
   return v !== null && typeof v === "object" && Object.hasOwn(v, key);
 }
