@@ -8,7 +8,7 @@ import { completeBatch } from "../src/delivery/complete.js";
 import { openStore } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
-import { ok, outcome } from "./helpers/outcomes.js";
+import { failed, ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer } from "./helpers/server.js";
@@ -93,6 +93,74 @@ for (const backend of backends()) {
       }
     });
   }
+}
+
+for (const backend of backends()) {
+  test(`${backend.name}: a retried call.started that fails again releases the parked call.ended at its own next retry, not at once; one that succeeds releases it at once`, async () => {
+    const db = await backend.fresh();
+    const rx = await startReceiver();
+    const api = await spawnServer({
+      dataDir: db.dataDir,
+      env: { KLEN_DATABASE_URL: db.databaseUrl },
+      role: "api",
+    });
+    const store = await openStore(db.databaseUrl);
+    const policy = { schedule: [5_000, 300_000], disableAfterMs: 86_400_000, random: () => 0.5 };
+    try {
+      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+      const callId = await runCall(api.api, agentId);
+      const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
+      const started = list.find((d) => d.event_type === "call.started")!;
+      const ended = list.find((d) => d.event_type === "call.ended")!;
+      // The endpoint has been down: started given up, ended waiting an hour for its next retry.
+      const now = Date.now();
+      const hourLater = now + 3_600_000;
+      await store.db
+        .updateTable("deliveries")
+        .set({ status: "failed", next_attempt_at: null, attempt_count: 3 })
+        .where("id", "=", started.id)
+        .execute();
+      await store.db
+        .updateTable("deliveries")
+        .set({ status: "pending", next_attempt_at: hourLater, attempt_count: 1 })
+        .where("id", "=", ended.id)
+        .execute();
+      const after = async (id: string) => (await api.api.get(`/v1/deliveries/${id}`)).body as Delivery;
+      const retryStartedOnce = async (result: ReturnType<typeof ok>) => {
+        assert.equal((await api.api.post(`/v1/deliveries/${started.id}/retry`)).status, 202);
+        assert.equal((await after(ended.id)).next_attempt_at, null, "call.ended waits behind call.started");
+        const at = Date.now();
+        const claimed = await claimDue(store, { now: at, limit: 10, leaseMs: 60_000, exclude: [] });
+        assert.deepEqual(
+          claimed.map((c) => c.id),
+          [started.id],
+          "only call.started is claimed",
+        );
+        await completeBatch(store, [outcome(claimed[0]!, result, at, rx.url)], policy, at);
+      };
+      // Still down: the retry fails, and ended keeps its hour instead of an attempt now.
+      await retryStartedOnce(failed());
+      assert.equal((await after(started.id)).status, "failed");
+      const waiting = await after(ended.id);
+      assert.equal(waiting.next_attempt_at, new Date(hourLater).toISOString());
+      assert.equal(waiting.attempt_count, 1, "no attempt of call.ended was spent");
+      // Up again: the retry succeeds, and ended goes at once.
+      await retryStartedOnce(ok());
+      assert.equal((await after(started.id)).status, "succeeded");
+      const released = await after(ended.id);
+      assert.ok(released.next_attempt_at !== null && Date.parse(released.next_attempt_at) < hourLater);
+      const due = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
+      assert.deepEqual(
+        due.map((c) => c.id),
+        [ended.id],
+      );
+    } finally {
+      await api.kill();
+      await store.close();
+      await rx.close();
+      await db.cleanup();
+    }
+  });
 }
 
 describe("retries raced on PostgreSQL", () => {

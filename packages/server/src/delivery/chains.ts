@@ -45,7 +45,8 @@ const earlierPending = sql`
  * (retry, recover), so that re-opened events still go out one at a time, in their call's order:
  * - parks again the pending deliveries that wait for their next retry, are not in flight, and now
  *   have an earlier pending delivery: a re-opened earlier event that had been given up released
- *   them, and they must not overtake it (an attempt already in flight cannot be called back);
+ *   them, and they must not overtake it (an attempt already in flight cannot be called back). The
+ *   retry's time is kept (`resume_at`) for a release after the earlier one fails again;
  * - makes due the first pending delivery of each chain that is parked and has no earlier pending
  *   one. The rest follow as the deliveries before them finish.
  */
@@ -63,13 +64,13 @@ export async function reorderChains(
   // batches (32 ms a batch at 100,000 parked). The unary plus keeps it off that index.
   const parked = scope.callIds === undefined ? sql`next_attempt_at IS NULL` : sql`+next_attempt_at IS NULL`;
   await sql`
-    UPDATE deliveries SET next_attempt_at = NULL, updated_at = ${now}
+    UPDATE deliveries SET resume_at = next_attempt_at, next_attempt_at = NULL, updated_at = ${now}
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND next_attempt_at IS NOT NULL
       AND (leased_until IS NULL OR leased_until <= ${now})
       AND EXISTS (${earlierPending})`.execute(trx);
   await sql`
-    UPDATE deliveries SET next_attempt_at = ${now}, updated_at = ${now}
+    UPDATE deliveries SET next_attempt_at = ${now}, resume_at = NULL, updated_at = ${now}
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND ${parked}
       AND NOT EXISTS (${earlierPending})`.execute(trx);
@@ -82,7 +83,7 @@ export async function reorderChains(
  */
 export async function parkBehindEarlier(trx: Db, ids: readonly string[], now: number): Promise<void> {
   await sql`
-    UPDATE deliveries SET next_attempt_at = NULL, updated_at = ${now}
+    UPDATE deliveries SET resume_at = next_attempt_at, next_attempt_at = NULL, updated_at = ${now}
     WHERE id IN (${sql.join(ids.map((id) => sql`${id}`))})
       AND status = 'pending' AND next_attempt_at IS NOT NULL
       AND EXISTS (${earlierPending})`.execute(trx);

@@ -169,11 +169,12 @@ export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
  * Safety net for ordering: releases parked deliveries whose chain has no earlier pending delivery
  * and no failed one a background recover has yet to re-open (events.emit parks behind those).
  * The completion path releases the next delivery itself; this catches anything a crash between
- * processes left parked.
+ * processes left parked (one that was waiting for its next retry when parked, at that retry's time).
  */
 export async function releaseOrphans(store: Store, now: number): Promise<number> {
   const res = await sql`
-    UPDATE deliveries SET next_attempt_at = ${now}
+    UPDATE deliveries SET next_attempt_at = CASE WHEN resume_at > ${now} THEN resume_at ELSE ${now} END,
+      resume_at = NULL
     WHERE status = 'pending' AND next_attempt_at IS NULL
       AND NOT EXISTS (
         SELECT 1 FROM deliveries e

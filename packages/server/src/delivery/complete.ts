@@ -163,7 +163,7 @@ export async function completeBatch(
     }
 
     const succeeded = attempts.filter((o) => o.result!.error === null);
-    const finished: Claimed[] = [];
+    const finished: Array<{ claimed: Claimed; succeeded: boolean }> = [];
     let succeededCount = 0;
     const failed: Completion["failed"] = {};
     /** Attempts whose lease another worker took over meanwhile (fenced out below). */
@@ -176,7 +176,7 @@ export async function completeBatch(
         { status: "succeeded", next_attempt_at: null, last_error: null },
         now,
       );
-      finished.push(...succeeded.map((o) => o.claimed));
+      finished.push(...succeeded.map((o) => ({ claimed: o.claimed, succeeded: true })));
       // Which ones is not known from the count; the rest match no lease_expired row (below).
       if (succeededCount < succeeded.length) lateAttempts.push(...succeeded);
     }
@@ -204,7 +204,7 @@ export async function completeBatch(
           : { status: "pending", next_attempt_at: now + next.delayMs, last_error: error },
         now,
       );
-      if (next.final) finished.push(o.claimed);
+      if (next.final) finished.push({ claimed: o.claimed, succeeded: false });
       else if (changed > 0) retried.push(o.claimed);
       if (o.result && changed === 0) lateAttempts.push(o);
       if (next.final && changed > 0) {
@@ -374,10 +374,16 @@ const CHAIN_TYPES: ColumnType[] = ["text", "bigint"];
 // The chains come from the claims in memory, so finding each one's next delivery is one descent of
 // the chain index, without first reading the finished delivery back through the primary key.
 // `+next_attempt_at`: SQLite would otherwise walk the due index over every parked row.
-const releaseChains = prepared(
-  (_db, p: Record<"now", never>, caps) =>
-    sql`
-    UPDATE deliveries SET next_attempt_at = ${p.now}
+// After an earlier event that failed, a delivery parked while waiting for its next retry (by a
+// manual retry or a recover of that earlier one) goes at that retry's time, not at once: the
+// endpoint is still failing (migration 18). After one that succeeded, everything goes at once.
+const releaseChainsStatement = (afterFailure: boolean) =>
+  prepared(
+    (_db, p: Record<"now", never>, caps) =>
+      sql`
+    UPDATE deliveries SET next_attempt_at = ${
+      afterFailure ? sql`CASE WHEN resume_at > ${p.now} THEN resume_at ELSE ${p.now} END` : p.now
+    }, resume_at = NULL
     WHERE status = 'pending' AND +next_attempt_at IS NULL AND id IN (
       SELECT (
         SELECT n.id FROM deliveries n
@@ -385,7 +391,9 @@ const releaseChains = prepared(
         ORDER BY n.event_seq LIMIT 1)
       FROM ${rowListSlot(p, "chains", caps, CHAIN_TYPES, ["endpoint_id", "call_id"])} AS c)
     RETURNING id`,
-);
+  );
+const releaseChains = releaseChainsStatement(false);
+const releaseChainsAfterFailure = releaseChainsStatement(true);
 
 /**
  * A process that stalled past its lease (rather than died) records its attempt after all: the
@@ -412,8 +420,27 @@ async function replaceLeaseExpired(trx: Db, late: Outcome[]): Promise<void> {
  * Releases the next parked delivery of every chain (endpoint, call) that just finished, and says
  * how many it released (the calls' rows already locked on PostgreSQL).
  */
-async function releaseNext(trx: Db, store: Store, finished: Claimed[], now: number): Promise<number> {
-  const chains = new Map(finished.map((c) => [`${c.endpointId} ${c.callId}`, [c.endpointId, c.callId]]));
-  const args = rowListArgs(store.caps, "chains", [...chains.values()], CHAIN_TYPES);
-  return (await releaseChains(trx, store.caps, { now, ...args } as Record<"now", unknown>)).length;
+async function releaseNext(
+  trx: Db,
+  store: Store,
+  finished: Array<{ claimed: Claimed; succeeded: boolean }>,
+  now: number,
+): Promise<number> {
+  const chains = new Map<string, { chain: [string, number]; succeeded: boolean }>();
+  for (const { claimed: c, succeeded } of finished) {
+    const key = `${c.endpointId} ${c.callId}`;
+    const seen = chains.get(key);
+    chains.set(key, { chain: [c.endpointId, c.callId], succeeded: succeeded || (seen?.succeeded ?? false) });
+  }
+  let released = 0;
+  for (const [statement, succeeded] of [
+    [releaseChains, true],
+    [releaseChainsAfterFailure, false],
+  ] as const) {
+    const list = [...chains.values()].filter((c) => c.succeeded === succeeded).map((c) => c.chain);
+    if (list.length === 0) continue;
+    const args = rowListArgs(store.caps, "chains", list, CHAIN_TYPES);
+    released += (await statement(trx, store.caps, { now, ...args } as Record<"now", unknown>)).length;
+  }
+  return released;
 }

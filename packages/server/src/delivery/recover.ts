@@ -45,7 +45,7 @@ function failedInScope(db: Db, s: RecoverScope) {
 function reopenFailed(trx: Db, s: RecoverScope, now: number) {
   return trx
     .updateTable("deliveries")
-    .set({ status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now })
+    .set({ status: "pending", next_attempt_at: null, resume_at: null, one_attempt: 1, updated_at: now })
     .where(inScope(s));
 }
 

@@ -443,4 +443,16 @@ ALTER TABLE recover_jobs ADD COLUMN finished_at ${d.bigint};
 CREATE INDEX recover_jobs_account ON recover_jobs (account_id, id);
 `,
   },
+  {
+    id: 18,
+    name: "delivery_resume_at",
+    sql: (d) => `
+-- A delivery waiting for its next retry that a manual retry or a recover parks behind a re-opened
+-- earlier event of its call keeps that retry's time here. If the earlier one fails again, this one
+-- is released at that time (or now, if it has passed), not at once: the endpoint is still failing,
+-- and an attempt spent the moment each retry fails would use up its schedule in seconds. If the
+-- earlier one succeeds, it is released at once, as every parked delivery is.
+ALTER TABLE deliveries ADD COLUMN resume_at ${d.bigint};
+`,
+  },
 ];

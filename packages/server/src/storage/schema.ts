@@ -104,6 +104,11 @@ export interface Database {
     leased_at: Generated<number | null>;
     /** 1: re-opened by a manual retry or a recover, so one failed attempt fails it (migration 10). */
     one_attempt: Generated<number>;
+    /**
+     * When it was parked behind a re-opened earlier event while waiting for its next retry: that
+     * retry's time, kept for a release after the earlier one fails again (migration 18).
+     */
+    resume_at: Generated<number | null>;
     last_error: string | null;
     created_at: number;
     updated_at: number;
