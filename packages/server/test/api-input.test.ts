@@ -35,6 +35,12 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     assert.equal(none.status, 401);
     assert.equal(((await none.json()) as any).error.code, "unauthorized");
     expectError(await apiClient(server.url, "wrong").get("/v1/calls"), 401, "unauthorized");
+    // An endpoint's signing secret sent as the key: the answer says what it is.
+    const secret = await apiClient(server.url, `whsec_${Buffer.alloc(32).toString("base64")}`).get(
+      "/v1/calls",
+    );
+    expectError(secret, 401, "unauthorized");
+    assert.match(secret.body.error.message, /endpoint's signing secret/);
     assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
     const openapi = (await (await fetch(`${server.url}/openapi.json`)).json()) as any;
     assert.equal(openapi.openapi.slice(0, 2), "3.");
@@ -667,7 +673,9 @@ describe("address blocking without dev mode (loopback forms only)", () => {
       "https://[::ffff:127.0.0.1]/x",
       "https://0x7f000001/x",
     ]) {
-      expectError(await server.api.post("/v1/endpoints", { url }), 400, "blocked_address", "url");
+      const refused = await server.api.post("/v1/endpoints", { url });
+      expectError(refused, 400, "blocked_address", "url");
+      assert.match(refused.body.error.message, /loopback address.*KLEN_DEV=1/);
     }
   });
 

@@ -749,7 +749,9 @@ describe("client commands against a running server", () => {
       KLEN_WEBHOOK_SECRET: "short",
     });
     assert.equal(bad.code, 1);
-    assert.match(bad.stderr, /secret/);
+    // The variable that holds it is named, not a flag the user never passed.
+    assert.match(bad.stderr, /KLEN_WEBHOOK_SECRET must be whsec_/);
+    assert.doesNotMatch(bad.stderr, /--secret must/);
   });
 
   test("listen prints each forward at the terminal's local time (TZ), not UTC", async () => {
@@ -1152,7 +1154,37 @@ test("endpoints recover: a small one at once; a large one in the background, fol
   assert.match(bad.stderr, /\(field: since\)/);
   const none = await cli(["endpoints", "recover", endpoint.id, "--since", since, "--until", since], env);
   assert.equal(none.code, 0, none.stderr);
-  assert.match(none.stdout, new RegExp(`^re-queued 0 failed deliveries of ${endpoint.id}; see them with`));
+  assert.match(
+    none.stdout,
+    new RegExp(
+      `^re-queued 0 failed deliveries of ${endpoint.id}: none failed in that time, and none is pending`,
+    ),
+  );
+  // One back on its retry schedule, due in an hour: recover does not touch it, and says so.
+  const dueAt = new Date(Date.now() + 3_600_000);
+  const setStatus = (status: string, next: number | null) => {
+    const db = new Database(`${dir.path}/klen.db`);
+    try {
+      db.prepare(
+        "UPDATE deliveries SET status = ?, next_attempt_at = ? WHERE id = (SELECT MIN(id) FROM deliveries WHERE endpoint_id = ?)",
+      ).run(status, next, endpoint.id);
+    } finally {
+      db.close();
+    }
+  };
+  setStatus("pending", dueAt.getTime());
+  const waiting = await cli(["endpoints", "recover", endpoint.id, "--since", since, "--until", since], {
+    ...env,
+    TZ: "UTC",
+  });
+  assert.equal(waiting.code, 0, waiting.stderr);
+  assert.match(
+    waiting.stdout,
+    new RegExp(
+      `none failed in that time; 1 is still pending on the retry schedule \\(the next due at ${dueAt.toISOString().slice(11, 19)}\\): send one now with klen-webhooks deliveries retry`,
+    ),
+  );
+  setStatus("failed", null);
 
   healthy = true;
   const r = await cli(["endpoints", "recover", endpoint.id, "--since", since, "--wait", "--json"], env);

@@ -145,6 +145,12 @@ for (const backend of backends())
       });
       let healthy = false;
       let open = 0;
+      // The first answers wait for this: call.started's attempt stays in flight, so call.ended
+      // stays parked behind it for as long as the test needs.
+      let openGate!: () => void;
+      const gate = new Promise<void>((r) => {
+        openGate = r;
+      });
       const arrivals: Array<{ type: string; overlapped: boolean }> = [];
       const { createServer } = await import("node:http");
       // A receiver that notes whether a request arrives while another is still unanswered.
@@ -156,10 +162,12 @@ for (const backend of backends())
         req.on("end", () => {
           arrivals.push({ type: JSON.parse(body).event_type, overlapped: open > 0 });
           open++;
-          setTimeout(() => {
-            open--;
-            res.writeHead(healthy ? 200 : 500).end();
-          }, 30);
+          void gate.then(() =>
+            setTimeout(() => {
+              open--;
+              res.writeHead(healthy ? 200 : 500).end();
+            }, 30),
+          );
         });
       });
       await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
@@ -186,6 +194,13 @@ for (const backend of backends())
         const refused = await s3.api.post(`/v1/deliveries/${waiting.id}/retry`);
         assert.equal(refused.status, 409);
         assert.equal(refused.body.error.code, "delivery_waiting");
+        // It names the delivery to retry instead: call.started's, still in flight.
+        const first = (
+          await s3.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=pending`)
+        ).body.data.find((d: { event_type: string }) => d.event_type === "call.started");
+        assert.equal(refused.body.error.details.waiting_for, first.id);
+        assert.match(refused.body.error.message, new RegExp(`retry ${first.id} instead`));
+        openGate();
         await waitFor("all three failed", async () => {
           const list = (await s3.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed`)).body
             .data;
@@ -211,6 +226,7 @@ for (const backend of backends())
           "each recovered event was sent only after the previous one was answered",
         );
       } finally {
+        openGate();
         await new Promise<void>((r) => srv.close(() => r()));
         await s3.kill();
         await db3.cleanup();

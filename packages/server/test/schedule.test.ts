@@ -56,5 +56,12 @@ test("durations and sizes accept the documented units and reject anything else",
   assert.equal(parseSize("1MiB"), 1_048_576);
   assert.equal(parseSize("200MiB"), 200 * 1_048_576);
   assert.throws(() => parseDuration("5 minutes"));
+  // A bare number says both readings and what each comes to.
+  assert.throws(() => parseDuration("15000"), {
+    message: '"15000" needs a unit: ms, s, m, h or d (e.g. 15000ms = 15s or 15000s = 4h10m)',
+  });
+  assert.throws(() => parseDuration("30"), {
+    message: '"30" needs a unit: ms, s, m, h or d (e.g. 30ms or 30s)',
+  });
   assert.throws(() => parseSize("lots"));
 });

@@ -213,6 +213,28 @@ for (const [name, makeSender] of senders)
       });
     });
 
+    test("an https:// URL whose port speaks plain HTTP is a tls error that says so", async () => {
+      await withSender({ dev: true, timeoutMs: 2_000 }, async (sender) => {
+        const plain = createServer((_req, res) => res.end("ok"));
+        await new Promise<void>((r) => plain.listen(0, "127.0.0.1", r));
+        try {
+          const r = await sender.send(
+            `https://127.0.0.1:${(plain.address() as AddressInfo).port}/x`,
+            {},
+            "{}",
+          );
+          assert.equal(r.error, "tls");
+          assert.match(
+            r.errorMessage ?? "",
+            /^the endpoint's port does not speak TLS \(plain HTTP there\?\): use http:\/\//,
+          );
+        } finally {
+          plain.closeAllConnections();
+          await new Promise((r) => plain.close(r));
+        }
+      });
+    });
+
     test("outside dev mode a loopback target is refused without connecting, and plain http too", async () => {
       await withSender({ dev: false, timeoutMs: 2_000 }, async (sender) => {
         const loopback = await sender.send("https://127.0.0.1:9/x", {}, "{}");

@@ -43,7 +43,15 @@ export class Authenticator {
     // read again, and keep nothing, or the revoked key would work here for another ttlMs.
     const revokedMeanwhile = this.forgotten !== before;
     if (revokedMeanwhile) account = await this.lookup(key);
-    if (!account) throw new ApiError(401, "unauthorized", "invalid API key");
+    if (!account)
+      throw new ApiError(
+        401,
+        "unauthorized",
+        // An endpoint's signing secret is the key most often pasted by mistake: say so.
+        key.startsWith("whsec_")
+          ? "invalid API key: this is an endpoint's signing secret (whsec_…), which signs webhooks; send an API key"
+          : "invalid API key",
+      );
     if (!revokedMeanwhile) {
       if (this.cache.size > 10_000) this.cache.clear();
       this.cache.set(key, { account, until: now + this.ttlMs });

@@ -220,11 +220,11 @@ Examples:
               "--forward-to must not hold a user name or password (fetch refuses such a URL)",
             );
           const events = parseEventList(o.events);
-          const secret = o.secret ? checkSecret(o.secret) : newLocalSecret();
           // A secret given (often an endpoint's real one, through the environment to keep it out of
           // ps) is not printed back; only a new one is, since the handler must be configured with it.
           const source = cmd.getOptionValueSource("secret");
           const secretFrom = !o.secret ? undefined : source === "env" ? "KLEN_WEBHOOK_SECRET" : "--secret";
+          const secret = o.secret ? checkSecret(o.secret, secretFrom) : newLocalSecret();
           const client = apiClient(o);
           const stop = new AbortController();
           const onSignal = () => stop.abort();

@@ -12,11 +12,14 @@ export function newLocalSecret(): string {
   return `whsec_${randomBytes(32).toString("base64")}`;
 }
 
-/** Checks a `--secret`: `whsec_<base64>` of at least 24 bytes, what verifying libraries expect. */
-export function checkSecret(secret: string): string {
+/**
+ * Checks a `--secret` (or `KLEN_WEBHOOK_SECRET`, named as `from`): `whsec_<base64>` of at least 24
+ * bytes, what verifying libraries expect.
+ */
+export function checkSecret(secret: string, from = "--secret"): string {
   const m = /^whsec_([A-Za-z0-9+/]+={0,2})$/.exec(secret);
   if (!m || Buffer.from(m[1]!, "base64").length < 24)
-    throw new InvalidArgumentError("--secret must be whsec_ followed by the base64 of at least 24 bytes");
+    throw new InvalidArgumentError(`${from} must be whsec_ followed by the base64 of at least 24 bytes`);
   return secret;
 }
 
@@ -109,10 +112,8 @@ export async function forwardEvent(
 }
 
 /** The terminal's clock, as `stripe listen` shows it: local time of day (UTC where TZ is unset). */
-const time = () => {
-  const d = new Date();
-  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
-};
+export const timeOfDay = (d = new Date()) =>
+  [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
 
 /**
  * The `stripe listen` loop: streams the account's events from `GET /v1/events/stream` and forwards
@@ -154,7 +155,7 @@ export async function listen(opts: ListenOptions): Promise<void> {
     if (out.json) out.data({ type: "forwarded", ...f });
     else
       out.line(
-        `${out.dim(time())}  ${m.event.padEnd(15)} ${out.dim(m.id)}  → ${statusText(out, f.status, f.error)} ${out.dim(`POST ${f.url} (${f.duration_ms} ms)`)}`,
+        `${out.dim(timeOfDay())}  ${m.event.padEnd(15)} ${out.dim(m.id)}  → ${statusText(out, f.status, f.error)} ${out.dim(`POST ${f.url} (${f.duration_ms} ms)`)}`,
       );
   };
 

@@ -1,6 +1,7 @@
 import { type Command, Option } from "commander";
-import { type ApiClient, apiClient, pollUntil } from "./api-client.js";
+import { type ApiClient, apiClient, type DeliveryObject, type Page, pollUntil } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
+import { timeOfDay } from "./listen.js";
 import type { Output } from "./output.js";
 
 /** `POST /v1/endpoints/{id}/recover`'s answer: `job_id` when it runs in the background. */
@@ -24,6 +25,25 @@ export interface RecoverJob {
 
 const plural = (n: number, one: string, many: string) =>
   `${n.toLocaleString("en-US")} ${n === 1 ? one : many}`;
+
+/**
+ * What a recover that found nothing says: recover re-queues failed deliveries only, so deliveries
+ * still on their retry schedule (the endpoint still failing, or just fixed) are named, with when
+ * the next one is due and how to send one now.
+ */
+async function nothingFailed(client: ApiClient, endpointId: string): Promise<string> {
+  const none = `re-queued 0 failed deliveries of ${endpointId}: none failed in that time`;
+  const page = await client.get<Page<DeliveryObject>>(
+    `/v1/deliveries?endpoint_id=${encodeURIComponent(endpointId)}&status=pending&limit=100`,
+  );
+  if (page.data.length === 0) return `${none}, and none is pending`;
+  const due = page.data
+    .map((d) => d.next_attempt_at)
+    .filter((t): t is string => t !== null)
+    .sort()[0];
+  const count = page.next_cursor ? "more than 100" : page.data.length.toLocaleString("en-US");
+  return `${none}; ${count} ${page.data.length === 1 && !page.next_cursor ? "is" : "are"} still pending on the retry schedule${due ? ` (the next due at ${timeOfDay(new Date(due))})` : ""}: send one now with klen-webhooks deliveries retry dlv_…, or list them with klen-webhooks deliveries list --endpoint-id ${endpointId} --status pending`;
+}
 
 /**
  * Polls a background recover until it is `finished` or `stopped` (or `timeoutMs` passes), showing
@@ -94,10 +114,11 @@ Examples:
           const see = `see them with: klen-webhooks deliveries list --endpoint-id ${endpointId} --status pending`;
           if (r.job_id === undefined) {
             if (out.json) out.data(r);
-            else
+            else if (r.queued > 0)
               out.line(
                 `re-queued ${plural(r.queued, "failed delivery", "failed deliveries")} of ${endpointId}; ${see}`,
               );
+            else out.line(await nothingFailed(client, endpointId));
             return 0;
           }
           if (!o.wait) {

@@ -106,6 +106,17 @@ function classify(err: unknown): ErrorClass {
   return "network";
 }
 
+/**
+ * What an attempt that got no answer says: the error's own text, with the cause spelt out where
+ * OpenSSL's says only "wrong version number" (an https:// URL whose port speaks plain HTTP).
+ */
+function failureMessage(cls: ErrorClass, err: unknown): string {
+  const text = withoutNul(String((err as Error)?.message ?? err));
+  if (cls === "tls" && /wrong version number|packet length too long|http request/i.test(text))
+    return `the endpoint's port does not speak TLS (plain HTTP there?): use http:// for it, or its TLS port (${text.trim()})`;
+  return text;
+}
+
 /** An attempt that got no HTTP answer, and why. */
 export function noAnswer(error: ErrorClass, errorMessage: string): Omit<SendResult, "durationMs"> {
   return { statusCode: null, responseBody: null, responseHeaders: {}, error, errorMessage };
@@ -262,9 +273,7 @@ export class Sender implements AttemptSender {
           if (settled) return;
           const cls = classify(err);
           const message =
-            cls === "timeout"
-              ? `no response within ${this.opts.timeoutMs} ms`
-              : withoutNul(String(err?.message ?? err));
+            cls === "timeout" ? `no response within ${this.opts.timeoutMs} ms` : failureMessage(cls, err);
           finish(failed(cls, message));
         },
       };
@@ -280,7 +289,8 @@ export class Sender implements AttemptSender {
           handler,
         );
       } catch (err) {
-        finish(failed(classify(err), String((err as Error).message ?? err)));
+        const cls = classify(err);
+        finish(failed(cls, failureMessage(cls, err)));
       }
     });
   }

@@ -35,7 +35,11 @@ export function checkEndpointUrl(text: string, dev: boolean): string {
     if (isLiteralIp(url.hostname)) {
       const cls = classifyAddress(url.hostname);
       if (cls !== "global") {
-        throw badRequest("url", `"url" points at a ${cls} address, which is not allowed`, "blocked_address");
+        throw badRequest(
+          "url",
+          `"url" points at a ${cls} address, which is not allowed (it is only with KLEN_DEV=1, for local development)`,
+          "blocked_address",
+        );
       }
     }
   }

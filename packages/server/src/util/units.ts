@@ -17,8 +17,16 @@ const SIZE_UNITS: Record<string, number> = {
 export function parseDuration(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
   if (!m) throw new Error(`not a duration: "${text}" (use e.g. 500ms, 5s, 5m, 2h, 7d)`);
-  if (m[2] === undefined && Number(m[1]) !== 0)
-    throw new Error(`"${text.trim()}" needs a unit: ms, s, m, h or d (e.g. ${m[1]}ms or ${m[1]}s)`);
+  if (m[2] === undefined && Number(m[1]) !== 0) {
+    // Both readings, with what each comes to: a bare 15000 is most likely milliseconds, a bare 30
+    // seconds, and "15000s" (over four hours) is no hint to give without saying so.
+    const n = Number(m[1]);
+    const reading = (unit: "ms" | "s", ms: number) =>
+      `${m[1]}${unit}${exact(ms) && formatDuration(ms) !== `${m[1]}${unit}` ? ` = ${formatDuration(ms)}` : ""}`;
+    throw new Error(
+      `"${text.trim()}" needs a unit: ms, s, m, h or d (e.g. ${reading("ms", n)} or ${reading("s", n * 1000)})`,
+    );
+  }
   return Math.round(Number(m[1]) * DURATION_UNITS[(m[2] ?? "s").toLowerCase()]!);
 }
 
@@ -37,6 +45,9 @@ export function parseSchedule(text: string): number[] {
     .filter((p) => p.length > 0);
   return parts.map(parseDuration);
 }
+
+/** Whether formatDuration shows `ms` without rounding. */
+const exact = (ms: number) => Number.isInteger(ms) && (ms < 1000 || ms % 1000 === 0);
 
 /** `90061000` → `1d1h1m1s`, for banners and help. */
 export function formatDuration(ms: number): string {

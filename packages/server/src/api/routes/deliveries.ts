@@ -197,11 +197,25 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         assertSending(endpoint);
         const now = ctx.clock.now();
         if (d.status === "pending" && d.next_attempt_at === null) {
-          // Sending it now would overtake an earlier event of its call that is still being retried.
+          // Sending it now would overtake an earlier event of its call that is still being retried:
+          // the answer names that one, the delivery to retry instead.
+          const earlier = await trx
+            .selectFrom("deliveries")
+            .select("id")
+            .where("endpoint_id", "=", d.endpoint_id)
+            .where("call_id", "=", d.call_id)
+            .where("status", "=", "pending")
+            .where("event_seq", "<", d.event_seq)
+            .orderBy("event_seq")
+            .limit(1)
+            .executeTakeFirst();
           throw new ApiError(
             409,
             "delivery_waiting",
-            `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
+            earlier
+              ? `delivery ${d.id} is waiting for ${earlier.id}, an earlier event of call ${d.call_id} to this endpoint; it is sent after that one (retry ${earlier.id} instead)`
+              : `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
+            earlier ? { waiting_for: earlier.id } : undefined,
           );
         }
         if (d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > now) {
@@ -220,7 +234,13 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           .set(
             d.status === "pending"
               ? { next_attempt_at: now, updated_at: now }
-              : { status: "pending", next_attempt_at: null, one_attempt: 1, updated_at: now },
+              : {
+                  status: "pending",
+                  next_attempt_at: null,
+                  resume_at: null,
+                  one_attempt: 1,
+                  updated_at: now,
+                },
           )
           .where("id", "=", d.id)
           .execute();
