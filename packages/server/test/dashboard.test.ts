@@ -625,7 +625,7 @@ describe("dashboard in Chromium", () => {
       location.hash = `#/deliveries?event_id=${id}`;
     }, ended.event_id);
     const row = page.locator(`tr.delivery[data-delivery="${ended.id}"]`);
-    await row.getByText("queued", { exact: true }).waitFor();
+    await row.getByText("waits for an earlier event", { exact: true }).waitFor();
     await page.getByRole("button", { name: `Attempts of ${ended.id}` }).click();
     const detail = page.locator(`tr.delivery[data-delivery="${ended.id}"] + tr.detail`);
     await detail.getByText("waits for an earlier event of its call").waitFor();
@@ -634,6 +634,66 @@ describe("dashboard in Chromium", () => {
         `No attempt yet: it is sent after the earlier events of call #${call.body.call_id} to this endpoint.`,
       )
       .waitFor();
+    // The API refuses it (409 delivery_waiting): the page does not offer it.
+    assert.equal(await detail.getByRole("button", { name: "Retry now" }).count(), 0);
+  });
+
+  test("a delivery not sent yet says whether it is queued or waits for an earlier event; only a queued one offers Retry now", async () => {
+    // An API without a dispatcher: call.started stays due and unsent, call.ended waits behind it.
+    const apiDir = tempDir();
+    const api = await spawnServer({ dataDir: apiDir.path, role: "api" });
+    const other = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    other.setDefaultTimeout(15_000);
+    other.on("pageerror", (err) => pageErrors.push(err.message));
+    try {
+      const { agentId: agent } = await setupAccount(api.api, { endpointUrl: `${receiver.url}/unsent` });
+      const c = await api.api.post("/v1/calls", {
+        agent_id: agent,
+        type: "inbound",
+        phone_number: "+15550004001",
+      });
+      for (const step of ["start", "end"])
+        assert.equal((await api.api.post(`/v1/calls/${c.body.id}/${step}`, {})).status, 200);
+      type D = { id: string; event_type: string; status: string; next_attempt_at: string | null };
+      const ds = (await api.api.get(`/v1/deliveries?call_id=${c.body.id}`)).body.data as D[];
+      const started = ds.find((d) => d.event_type === "call.started")!;
+      const ended = ds.find((d) => d.event_type === "call.ended")!;
+      assert.ok(started.status === "pending" && started.next_attempt_at, "call.started is due");
+      assert.ok(ended.status === "pending" && ended.next_attempt_at === null, "call.ended is parked");
+
+      await other.goto(api.url);
+      await other.getByLabel("API key").fill(api.apiKey);
+      await other.getByRole("button", { name: "Sign in" }).click();
+      await other.getByRole("heading", { name: "Overview" }).waitFor();
+      await other.evaluate(() => {
+        location.hash = "#/deliveries";
+      });
+      const due = other
+        .locator(`tr.delivery[data-delivery="${started.id}"]`)
+        .getByText("queued", { exact: true });
+      await due.waitFor();
+      assert.match((await due.getAttribute("title"))!, /^First attempt due /);
+      const parked = other
+        .locator(`tr.delivery[data-delivery="${ended.id}"]`)
+        .getByText("waits for an earlier event", { exact: true });
+      await parked.waitFor();
+      assert.equal(
+        await parked.getAttribute("title"),
+        `Sent after the earlier events of call #${c.body.id} to this endpoint are finished`,
+      );
+
+      await other.getByRole("button", { name: `Attempts of ${ended.id}` }).click();
+      const parkedDetail = other.locator(`tr.delivery[data-delivery="${ended.id}"] + tr.detail`);
+      await parkedDetail.getByText("waits for an earlier event of its call").waitFor();
+      assert.equal(await parkedDetail.getByRole("button", { name: "Retry now" }).count(), 0);
+      await other.getByRole("button", { name: `Attempts of ${started.id}` }).click();
+      const dueDetail = other.locator(`tr.delivery[data-delivery="${started.id}"] + tr.detail`);
+      await dueDetail.getByRole("button", { name: "Retry now" }).waitFor();
+    } finally {
+      await other.close();
+      await api.kill();
+      apiDir.remove();
+    }
   });
 
   test("Add endpoint can be cancelled; the overview links to every endpoint", async () => {

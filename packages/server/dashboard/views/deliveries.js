@@ -70,8 +70,19 @@ function lastResponse(d) {
   const a = d.attempts.at(-1);
   const skipped = notSent(d);
   if (skipped) return h("span", { class: "code-bad" }, skipped);
-  if (!a)
-    return h("span", { class: "muted" }, parked(d) ? "queued" : d.status === "pending" ? "waiting" : "—");
+  if (!a && parked(d))
+    return h(
+      "span",
+      {
+        class: "muted",
+        title: `Sent after the earlier events of call #${d.call_id} to this endpoint are finished`,
+      },
+      "waits for an earlier event",
+    );
+  // Due (or being sent), with no attempt logged yet.
+  if (!a && d.status === "pending")
+    return h("span", { class: "muted", title: `First attempt due ${fmtTime(d.next_attempt_at)}` }, "queued");
+  if (!a) return h("span", { class: "muted" }, "—");
   if (a.status_code !== null) {
     const ok = a.status_code >= 200 && a.status_code < 300;
     return h("span", { class: ok ? "code-ok" : "code-bad" }, String(a.status_code));
@@ -229,7 +240,8 @@ function deliveryRows(d, opts) {
   );
   const status = h("p", { class: "note", role: "status" });
   // A delivery still on its schedule: Retry now brings its next attempt forward, which then counts
-  // as one of its retries (docs/api.md); a finished one gets one attempt more.
+  // as one of its retries (docs/api.md); a finished one gets one attempt more. A parked one is not
+  // offered it: the API refuses it (409 delivery_waiting), as sending it would break the order.
   const retry = h(
     "button",
     {
@@ -268,7 +280,7 @@ function deliveryRows(d, opts) {
             : parked(d)
               ? h("span", { class: "muted small parked" }, "waits for an earlier event of its call")
               : null,
-          retry,
+          parked(d) ? null : retry,
         ),
         status,
         attemptsTable(d),
