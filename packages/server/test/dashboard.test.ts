@@ -891,6 +891,24 @@ describe("dashboard in Chromium", () => {
     await page.waitForURL(new RegExp(`endpoint_id=${oldest.body.id}`));
   });
 
+  test("the Deliveries endpoint filter tells apart endpoints with the same URL", async () => {
+    const url = `${receiver.url}/twice`;
+    const described = await server.api.post("/v1/endpoints", { url, description: "CRM sync" });
+    const plain = await server.api.post("/v1/endpoints", { url });
+    assert.equal((await server.api.patch(`/v1/endpoints/${plain.body.id}`, { disabled: true })).status, 200);
+    await section("Endpoints");
+    await section("Deliveries");
+    const filter = page.locator('select[name="endpoint_id"]');
+    // The label's user text sits in bidi isolates (U+2068 … U+2069), left out here.
+    const label = async (id: string) =>
+      (await filter.locator(`option[value="${id}"]`).textContent())!.replace(/[\u2068\u2069]/g, "");
+    await filter.locator(`option[value="${plain.body.id}"]`).waitFor({ state: "attached" });
+    assert.equal(await label(described.body.id), `${url} — CRM sync · …${described.body.id.slice(-6)}`);
+    assert.equal(await label(plain.body.id), `${url} · …${plain.body.id.slice(-6)} (disabled)`);
+    await filter.selectOption(plain.body.id);
+    await page.waitForURL(new RegExp(`endpoint_id=${plain.body.id}`));
+  });
+
   test("Created before narrows deliveries and events to older ones, and stays in the link", async () => {
     await runCall(server.api, agentId, "+15550002001");
     // The next call's events in a later second than every earlier one (the control takes seconds).

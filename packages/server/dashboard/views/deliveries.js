@@ -390,6 +390,22 @@ function shorten(text, max) {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
+/**
+ * An endpoint as the filter offers it: URL, description, the end of its id and whether it is
+ * disabled, so that two endpoints with one URL differ. An id ends in random characters (its start
+ * is the creation time, ids.ts), so six of them tell endpoints apart. An option holds text only,
+ * no `<bdi>`: the user's text is isolated with U+2068 … U+2069 instead.
+ */
+function endpointLabel(e) {
+  const isolate = (text) => `\u2068${text}\u2069`;
+  return [
+    isolate(shorten(e.url, 60)),
+    e.description ? ` — ${isolate(shorten(e.description, 30))}` : "",
+    ` · …${e.id.slice(-6)}`,
+    e.disabled ? " (disabled)" : "",
+  ].join("");
+}
+
 /** `#/deliveries?status=…&endpoint_id=…&event_id=…&before=…` */
 export async function renderDeliveries(main, query) {
   const filters = {
@@ -411,7 +427,7 @@ export async function renderDeliveries(main, query) {
   );
   const endpoint = select(
     "endpoint_id",
-    [["", "All endpoints"], ...endpoints.map((e) => [e.id, shorten(e.url, 70)])],
+    [["", "All endpoints"], ...endpoints.map((e) => [e.id, endpointLabel(e)])],
     filters.endpoint_id,
   );
   // Applied when the form is sent, not on every change: a date is typed one part at a time.
