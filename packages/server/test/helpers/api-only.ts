@@ -2,7 +2,7 @@ import { loadConfig } from "../../src/config.js";
 import { createLogger } from "../../src/log.js";
 import { startServer } from "../../src/server.js";
 import { apiClient, setupAccount } from "./api.js";
-import { freePort, tempDir } from "./server.js";
+import { tempDir } from "./server.js";
 
 /**
  * An API-only server (no dispatcher) with an agent and one endpoint at `endpointUrl`, for tests
@@ -19,13 +19,14 @@ export async function apiOnlyServer(
     KLEN_DATA_DIR: dir.path,
     KLEN_DEV: "1",
     KLEN_API_KEY: "klen_api_only_key",
-    PORT: String(await freePort()),
+    // Picked by the listen itself: a port found free a moment before may be taken by then.
+    PORT: "0",
     KLEN_DELIVERY_TIMEOUT: "60s",
     KLEN_RETRY_SCHEDULE: Array(30).fill("200ms").join(","),
     ...env,
   });
   const api = await startServer(config, createLogger({ level: "silent" }), { role: "api" });
-  const client = apiClient(`http://127.0.0.1:${config.port}`, "klen_api_only_key");
+  const client = apiClient(`http://127.0.0.1:${new URL(api.address!).port}`, "klen_api_only_key");
   const { agentId } = await setupAccount(client, { endpointUrl, endpoint });
   return {
     api,

@@ -141,19 +141,39 @@ export async function spawnWorkers(
   opts: Omit<SpawnOptions, "role">,
 ): Promise<Array<ServerProcess & { workerPort: number }>> {
   const workers: Array<ServerProcess & { workerPort: number }> = [];
-  for (let i = 0; i < count; i++) {
-    const workerPort = await freePort();
-    const w = await spawnServer({
-      ...opts,
-      role: "worker",
-      env: { ...opts.env, KLEN_WORKER_PORT: String(workerPort) },
-    });
-    workers.push({ ...w, workerPort });
+  for (let i = 0; i < count; i++) workers.push(await spawnWorker(opts));
+  return workers;
+}
+
+/**
+ * One worker on a free port, waited for by its own banner (another process may answer on a port
+ * picked free a moment before) and started again on another port if that one was taken.
+ */
+async function spawnWorker(
+  opts: Omit<SpawnOptions, "role">,
+  tries = 1,
+): Promise<ServerProcess & { workerPort: number }> {
+  const workerPort = await freePort();
+  const w = await spawnServer({
+    ...opts,
+    role: "worker",
+    env: { ...opts.env, KLEN_WORKER_PORT: String(workerPort) },
+  });
+  const url = `http://127.0.0.1:${workerPort}`;
+  try {
     await waitFor(
       `worker on ${workerPort}`,
-      async () => (await fetch(`http://127.0.0.1:${workerPort}/healthz`).catch(() => undefined))?.ok,
+      async () => {
+        if (w.proc.exitCode !== null) throw new Error(`worker exited ${w.proc.exitCode}: ${w.output()}`);
+        if (!w.output().includes(` on ${url}\n`)) return false;
+        return (await fetch(`${url}/healthz`).catch(() => undefined))?.ok;
+      },
       60_000,
     );
+  } catch (err) {
+    await w.kill("SIGKILL");
+    if (tries < 5 && /already in use/.test((err as Error).message)) return spawnWorker(opts, tries + 1);
+    throw err;
   }
-  return workers;
+  return { ...w, workerPort };
 }
