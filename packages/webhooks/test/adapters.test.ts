@@ -219,6 +219,28 @@ describe("node:http: what never reaches the handler", () => {
     }
   });
 
+  test("nodeWebhookHandler answers a method other than POST with 405 and Allow: POST, logging nothing", async () => {
+    const rejected: unknown[] = [];
+    const server = createServer(
+      nodeWebhookHandler(webhook, { onEvent: () => {}, onRejected: (r) => rejected.push(r) }),
+    );
+    try {
+      const url = `${await listen(server)}/`;
+      for (const method of ["GET", "PUT", "HEAD"]) {
+        const r = await fetch(url, { method, ...(method === "PUT" ? { body: "{}" } : {}) });
+        assert.equal(r.status, 405, method);
+        assert.equal(r.headers.get("allow"), "POST");
+        if (method !== "HEAD") assert.deepEqual(await r.json(), { error: { code: "method_not_allowed" } });
+      }
+      assert.deepEqual(rejected, []);
+      // A POST is still verified: unsigned, refused.
+      assert.equal((await fetch(url, { method: "POST", body: "{}" })).status, 400);
+      assert.equal(rejected.length, 1);
+    } finally {
+      await closer(server)();
+    }
+  });
+
   test("an async onRejected that rejects is logged; the receiver keeps running", async () => {
     const logged: unknown[][] = [];
     const original = console.error;

@@ -65,7 +65,8 @@ export async function verifyNodeRequest(
 /**
  * A `(req, res)` listener for `http.createServer` that verifies each request and runs
  * `onEvent`: 200 after the handler, 400 `{"error":{"code"}}` on a failed verification, 413 on
- * an oversized body, 500 when the handler throws (so Klen retries).
+ * an oversized body, 500 when the handler throws (so Klen retries), 405 to a method other than
+ * POST.
  *
  * @example
  * ```ts
@@ -86,6 +87,13 @@ export function nodeWebhookHandler(
 ): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   checkHandlerOptions("nodeWebhookHandler(wh, opts)", opts);
   return async (req, res) => {
+    // Deliveries are POSTs: anything else (a browser opening the URL, a probe) is told so rather
+    // than refused as an unsigned delivery.
+    if (req.method !== "POST") {
+      req.resume();
+      res.setHeader("allow", "POST");
+      return sendNode(res, errorResponse(405, "method_not_allowed"));
+    }
     try {
       const result = await verifyNodeRequest(wh, req, opts);
       sendNode(res, isResponse(result) ? result : await runHandler(result, req, opts));
