@@ -89,6 +89,8 @@ async function serveOnPort(port: number, dataDir: string, apiKey: string) {
       KLEN_DEV: "1",
       KLEN_RETRY_SCHEDULE: "100ms,200ms,300ms",
       LOG_LEVEL: "warn",
+      // The start-up banner names the address this process bound (printed unless CI is "true").
+      CI: "false",
     },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -102,11 +104,15 @@ async function serveOnPort(port: number, dataDir: string, apiKey: string) {
     `server on ${url}`,
     async () => {
       if (proc.exitCode !== null) throw new Error(`server exited: ${out}`);
+      // This process's banner, not only some server answering on the port.
+      if (!out.includes(` on ${url}\n`)) return false;
       const r = await fetch(`${url}/healthz`).catch(() => undefined);
       await r?.arrayBuffer();
       return r?.ok;
     },
-    20_000,
+    // As spawnServer: a start takes 1-2 s, but a disk saturated by another test file's writes
+    // has stretched it past 20 s.
+    60_000,
     50,
   );
   return {
