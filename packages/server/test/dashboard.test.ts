@@ -510,7 +510,7 @@ describe("dashboard in Chromium", () => {
     const retryNow = detail.getByRole("button", { name: "Retry now" });
     assert.equal(
       await retryNow.getAttribute("title"),
-      "Sends its next scheduled attempt now: it counts as one of its retries",
+      "Sends an attempt now; if it fails, the next scheduled retry stays as it was",
     );
     await retryNow.click();
     await failing.waitForCount(2);
@@ -520,8 +520,8 @@ describe("dashboard in Chromium", () => {
     const row = page.locator(`tr.delivery[data-delivery="${delivery.id}"]`);
     assert.equal(await row.getAttribute("data-status"), "pending");
 
-    // Refresh shows an attempt made meanwhile (the last retry: the delivery failed), and keeps the
-    // delivery open.
+    // Refresh shows an attempt made meanwhile (a manual one again: the delivery stays pending, its
+    // 10-minute retry kept), and keeps the delivery open.
     assert.equal((await server.api.post(`/v1/deliveries/${delivery.id}/retry`)).status, 202);
     await failing.waitForCount(3);
     await waitFor("the third attempt logged", async () => {
@@ -530,7 +530,7 @@ describe("dashboard in Chromium", () => {
     });
     await page.getByRole("button", { name: "Refresh" }).click();
     await detail.locator('tr.attempt[data-number="3"]').waitFor();
-    assert.equal(await row.getAttribute("data-status"), "failed");
+    assert.equal(await row.getAttribute("data-status"), "pending");
   });
 
   test("hostile shapes: failing endpoints flagged, a malformed link is not found, long ids wrap, RTL names isolated, a 429 waited out", async () => {

@@ -3,7 +3,7 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { describe, test } from "node:test";
 import { sql } from "kysely";
-import { claimDue } from "../src/delivery/claim.js";
+import { claimDue, releaseLeases } from "../src/delivery/claim.js";
 import { completeBatch } from "../src/delivery/complete.js";
 import { openStore } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
@@ -152,6 +152,155 @@ for (const backend of backends()) {
       const due = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
       assert.deepEqual(
         due.map((c) => c.id),
+        [ended.id],
+      );
+    } finally {
+      await api.kill();
+      await store.close();
+      await rx.close();
+      await db.cleanup();
+    }
+  });
+}
+
+for (const backend of backends()) {
+  test(`${backend.name}: a manual retry of a delivery waiting for its next retry leaves its schedule alone: a failure goes back to that retry, whose failure takes the schedule's next step`, async () => {
+    const db = await backend.fresh();
+    const rx = await startReceiver();
+    const api = await spawnServer({
+      dataDir: db.dataDir,
+      env: { KLEN_DATABASE_URL: db.databaseUrl },
+      role: "api",
+    });
+    const store = await openStore(db.databaseUrl);
+    // No jitter (random 0.5), so each delay is the schedule's own.
+    const policy = { schedule: [5_000, 300_000, 1_800_000], disableAfterMs: 86_400_000, random: () => 0.5 };
+    try {
+      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+      const callId = await runCall(api.api, agentId);
+      const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
+      const started = list.find((d) => d.event_type === "call.started")!;
+      const ended = list.find((d) => d.event_type === "call.ended")!;
+      // started went through; ended failed twice and waits 5 minutes for its third attempt.
+      const retryAt = Date.now() + 300_000;
+      await store.db
+        .updateTable("deliveries")
+        .set({ status: "succeeded", next_attempt_at: null })
+        .where("id", "=", started.id)
+        .execute();
+      await store.db
+        .updateTable("deliveries")
+        .set({ status: "pending", next_attempt_at: retryAt, attempt_count: 2 })
+        .where("id", "=", ended.id)
+        .execute();
+      const after = async () => (await api.api.get(`/v1/deliveries/${ended.id}`)).body as Delivery;
+      const attemptOnce = async (result: ReturnType<typeof ok>, at = Date.now()) => {
+        const claimed = await claimDue(store, { now: at, limit: 10, leaseMs: 60_000, exclude: [] });
+        assert.deepEqual(
+          claimed.map((c) => c.id),
+          [ended.id],
+        );
+        await completeBatch(store, [outcome(claimed[0]!, result, at, rx.url)], policy, at);
+      };
+      // Retried by hand twice before its attempt (the second keeps the first's retry time): due now.
+      for (let i = 0; i < 2; i++)
+        assert.equal((await api.api.post(`/v1/deliveries/${ended.id}/retry`)).status, 202);
+      assert.ok(Date.parse((await after()).next_attempt_at!) < retryAt);
+      await attemptOnce(failed());
+      let d = await after();
+      assert.equal(d.status, "pending");
+      assert.equal(
+        d.next_attempt_at,
+        new Date(retryAt).toISOString(),
+        "back to the retry it was waiting for",
+      );
+      assert.equal(d.attempt_count, 3, "the manual attempt is logged and counted");
+      // Once more by hand, failing again: still the same retry time.
+      assert.equal((await api.api.post(`/v1/deliveries/${ended.id}/retry`)).status, 202);
+      await attemptOnce(failed());
+      d = await after();
+      assert.equal(d.next_attempt_at, new Date(retryAt).toISOString());
+      assert.equal(d.attempt_count, 4);
+      // The retry itself, at its time, fails: the next delay is the schedule's third (30 min), as
+      // if no manual attempt had been made; counting them would have spent the schedule.
+      await attemptOnce(failed(), retryAt);
+      d = await after();
+      assert.equal(d.status, "pending");
+      assert.equal(d.next_attempt_at, new Date(retryAt + 1_800_000).toISOString());
+      assert.equal(d.attempt_count, 5);
+      // A manual retry that succeeds ends it, as before.
+      assert.equal((await api.api.post(`/v1/deliveries/${ended.id}/retry`)).status, 202);
+      await attemptOnce(ok());
+      assert.equal((await after()).status, "succeeded");
+    } finally {
+      await api.kill();
+      await store.close();
+      await rx.close();
+      await db.cleanup();
+    }
+  });
+}
+
+for (const backend of backends()) {
+  test(`${backend.name}: a later event claimed and handed back unattempted while an earlier one was re-opened waits behind that one`, async () => {
+    const db = await backend.fresh();
+    const rx = await startReceiver();
+    const api = await spawnServer({
+      dataDir: db.dataDir,
+      env: { KLEN_DATABASE_URL: db.databaseUrl },
+      role: "api",
+    });
+    const store = await openStore(db.databaseUrl);
+    try {
+      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+      const callId = await runCall(api.api, agentId);
+      const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
+      const started = list.find((d) => d.event_type === "call.started")!;
+      const ended = list.find((d) => d.event_type === "call.ended")!;
+      // started given up; ended (released by that) due now.
+      const now = Date.now();
+      await store.db
+        .updateTable("deliveries")
+        .set({ status: "failed", next_attempt_at: null, attempt_count: 4 })
+        .where("id", "=", started.id)
+        .execute();
+      await store.db
+        .updateTable("deliveries")
+        .set({ status: "pending", next_attempt_at: now })
+        .where("id", "=", ended.id)
+        .execute();
+      // A worker claims ended; before it sends it (a rate limit, a full group, a shutdown), started
+      // is retried by hand, which leaves the claimed ended alone, as in flight.
+      const claimed = await claimDue(store, { now, limit: 10, leaseMs: 60_000, exclude: [] });
+      assert.deepEqual(
+        claimed.map((c) => c.id),
+        [ended.id],
+      );
+      assert.equal((await api.api.post(`/v1/deliveries/${started.id}/retry`)).status, 202);
+      // Handed back unattempted: it waits behind started, which goes first.
+      await releaseLeases(store, claimed, Date.now());
+      const row = await store.db
+        .selectFrom("deliveries")
+        .select(["next_attempt_at", "status"])
+        .where("id", "=", ended.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(row.status, "pending");
+      assert.equal(row.next_attempt_at, null, "parked behind call.started");
+      const due = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
+      assert.deepEqual(
+        due.map((c) => c.id),
+        [started.id],
+      );
+      // started succeeds: ended goes.
+      await completeBatch(
+        store,
+        [outcome(due[0]!, ok(), Date.now(), rx.url)],
+        { schedule: [1_000], disableAfterMs: 86_400_000, random: () => 0.5 },
+        Date.now(),
+      );
+      const next = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
+      assert.deepEqual(
+        next.map((c) => c.id),
         [ended.id],
       );
     } finally {

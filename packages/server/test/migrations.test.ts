@@ -40,6 +40,7 @@ const RELEASED: Record<number, string> = {
   15: "de81f14044a28d60 57f3a14bc7b98b36",
   16: "f14df39c28c78091 589722b8fd1ce1aa",
   17: "109914e1b1d8253b 0a77351a88e1b5cf",
+  18: "df9d7a94bf337818 c9b9edb62b6d7fd8",
 };
 
 test("released migrations are never edited, and every migration is listed as released", () => {
@@ -110,9 +111,11 @@ for (const backend of backends()) {
       await sql`INSERT INTO klen_migrations (id, name, applied_at) VALUES (14, 'lease_expired_attempts', 0)`.execute(
         store.db,
       );
+      // The claim fails on such a database (on PostgreSQL it may name first a column of a later
+      // migration the database has yet to run, 18's).
       await assert.rejects(
         claimDue(store, { now: Date.now(), limit: 1, leaseMs: 1_000, exclude: [] }),
-        /leased_at/,
+        /leased_at|resume_at|manual_attempts/,
         "the claim fails on such a database",
       );
 

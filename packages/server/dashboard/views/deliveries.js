@@ -239,8 +239,8 @@ function deliveryRows(d, opts) {
     "▸",
   );
   const status = h("p", { class: "note", role: "status" });
-  // A delivery still on its schedule: Retry now brings its next attempt forward, which then counts
-  // as one of its retries (docs/api.md); a finished one gets one attempt more. A parked one is not
+  // A delivery still on its schedule: Retry now sends an attempt now, and if it fails the next
+  // retry stays when and what it was (docs/api.md); a finished one gets one attempt more. A parked one is not
   // offered it: the API refuses it (409 delivery_waiting), as sending it would break the order.
   const retry = h(
     "button",
@@ -249,7 +249,7 @@ function deliveryRows(d, opts) {
       type: "button",
       title:
         d.status === "pending"
-          ? "Sends its next scheduled attempt now: it counts as one of its retries"
+          ? "Sends an attempt now; if it fails, the next scheduled retry stays as it was"
           : "Sends one more attempt",
     },
     "Retry now",

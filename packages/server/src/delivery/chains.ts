@@ -35,7 +35,7 @@ export async function lockCallsOfEndpoint(
 }
 
 /** `EXISTS (…)` of this condition: a pending delivery of the same chain comes before this one. */
-const earlierPending = sql`
+export const earlierPending = sql`
   SELECT 1 FROM deliveries e
   WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
     AND e.status = 'pending' AND e.event_seq < deliveries.event_seq`;
@@ -64,7 +64,7 @@ export async function reorderChains(
   // batches (32 ms a batch at 100,000 parked). The unary plus keeps it off that index.
   const parked = scope.callIds === undefined ? sql`next_attempt_at IS NULL` : sql`+next_attempt_at IS NULL`;
   await sql`
-    UPDATE deliveries SET resume_at = next_attempt_at, next_attempt_at = NULL, updated_at = ${now}
+    UPDATE deliveries SET resume_at = COALESCE(resume_at, next_attempt_at), next_attempt_at = NULL, updated_at = ${now}
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND next_attempt_at IS NOT NULL
       AND (leased_until IS NULL OR leased_until <= ${now})
@@ -83,7 +83,7 @@ export async function reorderChains(
  */
 export async function parkBehindEarlier(trx: Db, ids: readonly string[], now: number): Promise<void> {
   await sql`
-    UPDATE deliveries SET resume_at = next_attempt_at, next_attempt_at = NULL, updated_at = ${now}
+    UPDATE deliveries SET resume_at = COALESCE(resume_at, next_attempt_at), next_attempt_at = NULL, updated_at = ${now}
     WHERE id IN (${sql.join(ids.map((id) => sql`${id}`))})
       AND status = 'pending' AND next_attempt_at IS NOT NULL
       AND EXISTS (${earlierPending})`.execute(trx);

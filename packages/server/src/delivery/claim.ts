@@ -4,6 +4,7 @@ import { prepared } from "../storage/prepared.js";
 import type { Database } from "../storage/schema.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import { type Db, PENDING } from "../storage/types.js";
+import { earlierPending } from "./chains.js";
 import { awaitingRecover } from "./recover.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
@@ -15,6 +16,13 @@ export interface Claimed {
   attemptCount: number;
   /** Re-opened by a manual retry or a recover: a failed attempt ends it (no schedule left to follow). */
   oneAttempt: boolean;
+  /**
+   * Made due by a manual retry while it waited for this retry time: a failed attempt goes back to
+   * it (migration 18). Null otherwise.
+   */
+  resumeAt: number | null;
+  /** Manual attempts among `attemptCount`, left out of the schedule's position. */
+  manualAttempts: number;
   claimToken: number;
   payload: string;
   endpoint: Selectable<Database["endpoints"]> | undefined;
@@ -70,6 +78,8 @@ export async function claimDue(
     callId: Number(r.call_id),
     attemptCount: Number(r.attempt_count),
     oneAttempt: Number(r.one_attempt) === 1,
+    resumeAt: r.resume_at === null ? null : Number(r.resume_at),
+    manualAttempts: Number(r.manual_attempts),
     claimToken: Number(r.claim_token),
     payload: payloadOf.get(r.event_id) ?? "",
     endpoint: endpointOf.get(r.endpoint_id),
@@ -147,7 +157,17 @@ function claimQuery(db: Db, p: ClaimSlots, caps: DialectCaps, excluding: boolean
       updated_at: p.now,
     })
     .where(key, "in", due)
-    .returning(["id", "event_id", "endpoint_id", "call_id", "attempt_count", "one_attempt", "claim_token"]);
+    .returning([
+      "id",
+      "event_id",
+      "endpoint_id",
+      "call_id",
+      "attempt_count",
+      "one_attempt",
+      "claim_token",
+      "resume_at",
+      "manual_attempts",
+    ]);
 }
 const claimAny = prepared((db, p: ClaimSlots, caps) => claimQuery(db, p, caps, false));
 const claimExcluding = prepared((db, p: ClaimSlots, caps) => claimQuery(db, p, caps, true));
@@ -188,29 +208,49 @@ export async function releaseOrphans(store: Store, now: number): Promise<number>
 }
 
 /**
- * Gives leases back (graceful shutdown), so another worker can take them at once, or at `dueAt`
- * (a rate-limited endpoint's next start time).
+ * Gives leases back unattempted (graceful shutdown, excess claims, rate limits), so another worker
+ * can take them at once, or at `dueAt` (a rate-limited endpoint's next start time). One whose call
+ * had an earlier event to the same endpoint re-opened meanwhile (a manual retry or recover, which
+ * left it alone as in flight) is parked behind that one instead: made due, it overtook it.
  */
 export async function releaseLeases(
   store: Store,
-  held: Array<{ id: string; claimToken: number }>,
+  held: ReadonlyArray<Pick<Claimed, "id" | "claimToken" | "callId">>,
   now: number,
   dueAt = now,
 ): Promise<void> {
   if (held.length === 0) return;
   // One statement, fenced per delivery on its claim token.
-  await store.db
-    .updateTable("deliveries")
-    .set({ next_attempt_at: dueAt, leased_until: null, updated_at: now })
-    .where(
-      sql<boolean>`(id, claim_token) IN ${rowList(
-        store.caps,
-        held.map((h) => [h.id, h.claimToken]),
-        PAIR_TYPES,
-      )}`,
-    )
-    .where("status", "=", PENDING)
-    .execute();
+  const release = (db: Db) =>
+    db
+      .updateTable("deliveries")
+      .set({
+        // Cast: beside the NULL, PostgreSQL would take the parameter for text.
+        next_attempt_at: sql`CASE WHEN EXISTS (${earlierPending}) THEN NULL ELSE CAST(${dueAt} AS BIGINT) END`,
+        leased_until: null,
+        updated_at: now,
+      })
+      .where(
+        sql<boolean>`(id, claim_token) IN ${rowList(
+          store.caps,
+          held.map((h) => [h.id, h.claimToken]),
+          PAIR_TYPES,
+        )}`,
+      )
+      .where("status", "=", PENDING)
+      .execute();
+  if (!store.caps.rowLocks) {
+    await release(store.db);
+    return;
+  }
+  // On PostgreSQL the calls are share-locked first, in id order, as a completion does: a retry or
+  // recover re-opening an earlier event (which locks the call for update) then either commits
+  // before this looks for it, or comes after and parks the row this made due.
+  await store.db.transaction().execute(async (trx) => {
+    const calls = [...new Set(held.map((h) => h.callId))].sort((a, b) => a - b);
+    await trx.selectFrom("calls").select("id").where("id", "in", calls).orderBy("id").forShare().execute();
+    await release(trx);
+  });
 }
 
 /** Column types of `(id, claim_token)`, the fence of every write after a claim. */

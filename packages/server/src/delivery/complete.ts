@@ -189,11 +189,17 @@ export async function completeBatch(
       if (o.result?.error === null) continue;
       const error =
         o.skipped ?? `${o.result!.error}${o.result!.statusCode ? ` ${o.result!.statusCode}` : ""}`;
-      const made = o.claimed.attemptCount + (o.result ? 1 : 0);
+      // The schedule's position: manual attempts made while it waited for a retry left out.
+      const made = o.claimed.attemptCount + (o.result ? 1 : 0) - o.claimed.manualAttempts;
+      const final = o.skipped || o.claimed.oneAttempt || o.result?.statusCode === 410;
+      // A manual retry made it due before the retry it was waiting for: a failure goes back to that
+      // retry, the schedule where it was. (One whose time has passed counts as that retry.)
+      const resumeAt = o.result !== null && !final && o.claimed.resumeAt !== null && o.claimed.resumeAt > now;
       // 410 Gone is the receiver saying no retry will do: the endpoint is disabled below.
-      const next =
-        o.skipped || o.claimed.oneAttempt || o.result?.statusCode === 410
-          ? ({ final: true } as const)
+      const next = final
+        ? ({ final: true } as const)
+        : resumeAt
+          ? ({ final: false, delayMs: o.claimed.resumeAt! - now } as const)
           : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
       const changed = await fencedUpdate(
         trx,
@@ -203,6 +209,7 @@ export async function completeBatch(
           ? { status: "failed", next_attempt_at: null, last_error: error }
           : { status: "pending", next_attempt_at: now + next.delayMs, last_error: error },
         now,
+        resumeAt,
       );
       if (next.final) finished.push({ claimed: o.claimed, succeeded: false });
       else if (changed > 0) retried.push(o.claimed);
@@ -321,7 +328,8 @@ const clearFailing = prepared((db, p: Record<"ids", never>, caps) => {
 });
 
 type FenceSlots = Record<"status" | "next" | "error" | "now", never>;
-function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean) {
+/** `manual`: the attempt was a manual one made while it waited for a retry (counted apart). */
+function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean, manual = false) {
   return db
     .updateTable("deliveries")
     .set({
@@ -329,12 +337,15 @@ function fenced(db: Db, p: FenceSlots, caps: DialectCaps, attempted: boolean) {
       next_attempt_at: p.next,
       last_error: p.error,
       leased_until: null,
+      resume_at: null,
       updated_at: p.now,
       ...(attempted ? { attempt_count: sql`attempt_count + 1` } : {}),
+      ...(manual ? { manual_attempts: sql`manual_attempts + 1` } : {}),
     })
     .where(sql<boolean>`(id, claim_token) IN ${rowListSlot(p, "pairs", caps, PAIR_TYPES)}`);
 }
 const fencedAttempted = preparedResult((db, p: FenceSlots, caps) => fenced(db, p, caps, true));
+const fencedManual = preparedResult((db, p: FenceSlots, caps) => fenced(db, p, caps, true, true));
 const fencedSkipped = preparedResult((db, p: FenceSlots, caps) => fenced(db, p, caps, false));
 
 async function fencedUpdate(
@@ -343,10 +354,11 @@ async function fencedUpdate(
   outcomes: Outcome[],
   set: { status: string; next_attempt_at: number | null; last_error: string | null },
   now: number,
+  manual = false,
 ): Promise<number> {
   const attempted = outcomes.some((o) => o.result !== null);
   const pairs = outcomes.map((o) => [o.claimed.id, o.claimed.claimToken]);
-  const res = await (attempted ? fencedAttempted : fencedSkipped)(trx, store.caps, {
+  const res = await (manual ? fencedManual : attempted ? fencedAttempted : fencedSkipped)(trx, store.caps, {
     status: set.status,
     next: set.next_attempt_at,
     error: set.last_error,

@@ -465,7 +465,7 @@ export class Dispatcher {
     if (this.flushing) await this.flushing;
     if (this.buffer.length > 0) await this.flush();
     if (this.inflight.size > 0) {
-      const held = [...this.inflight.values()].map((c) => ({ id: c.id, claimToken: c.claimToken }));
+      const held = [...this.inflight.values()];
       await releaseLeases(this.ctx.store, held, this.ctx.clock.now()).catch((err) =>
         this.ctx.log.warn({ err }, "could not release leases; they expire on their own"),
       );

@@ -447,12 +447,17 @@ CREATE INDEX recover_jobs_account ON recover_jobs (account_id, id);
     id: 18,
     name: "delivery_resume_at",
     sql: (d) => `
--- A delivery waiting for its next retry that a manual retry or a recover parks behind a re-opened
--- earlier event of its call keeps that retry's time here. If the earlier one fails again, this one
--- is released at that time (or now, if it has passed), not at once: the endpoint is still failing,
--- and an attempt spent the moment each retry fails would use up its schedule in seconds. If the
--- earlier one succeeds, it is released at once, as every parked delivery is.
+-- A delivery waiting for its next retry keeps that retry's time here while something done by hand
+-- comes first, and goes back to it if that fails, as Stripe's and Svix's manual resends leave the
+-- retry schedule alone:
+-- - a manual retry of it makes it due now: if that attempt fails, it is due at the kept time
+--   again, and its schedule is where it was (\`manual_attempts\` counts such attempts, which
+--   \`attempt_count\` includes but the schedule's position leaves out);
+-- - a manual retry or a recover of an earlier event of its call parks it behind that one: if the
+--   earlier one fails again, it is released at the kept time (or now, if that has passed), not at
+--   once, when the endpoint is still failing; if it succeeds, at once, as every parked delivery.
 ALTER TABLE deliveries ADD COLUMN resume_at ${d.bigint};
+ALTER TABLE deliveries ADD COLUMN manual_attempts INTEGER NOT NULL DEFAULT 0;
 `,
   },
 ];

@@ -105,10 +105,12 @@ export interface Database {
     /** 1: re-opened by a manual retry or a recover, so one failed attempt fails it (migration 10). */
     one_attempt: Generated<number>;
     /**
-     * When it was parked behind a re-opened earlier event while waiting for its next retry: that
-     * retry's time, kept for a release after the earlier one fails again (migration 18).
+     * The time of its next retry, kept while a manual retry of it or of an earlier event of its
+     * call comes first: it goes back to it if that fails (migration 18).
      */
     resume_at: Generated<number | null>;
+    /** Manual attempts made while it waited for a retry: in attempt_count, not in the schedule's position. */
+    manual_attempts: Generated<number>;
     last_error: string | null;
     created_at: number;
     updated_at: number;

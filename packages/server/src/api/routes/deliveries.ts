@@ -201,7 +201,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           // the answer names that one, the delivery to retry instead.
           const earlier = await trx
             .selectFrom("deliveries")
-            .select("id")
+            .select(["id", "next_attempt_at", "leased_until"])
             .where("endpoint_id", "=", d.endpoint_id)
             .where("call_id", "=", d.call_id)
             .where("status", "=", "pending")
@@ -209,11 +209,19 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             .orderBy("event_seq")
             .limit(1)
             .executeTakeFirst();
+          // What to do about it: retry that one, unless it is being sent now or waits itself.
+          const hint = !earlier
+            ? ""
+            : earlier.leased_until !== null && Number(earlier.leased_until) > now
+              ? ` (${earlier.id} is being sent now)`
+              : earlier.next_attempt_at === null
+                ? ""
+                : ` (retry ${earlier.id} instead)`;
           throw new ApiError(
             409,
             "delivery_waiting",
             earlier
-              ? `delivery ${d.id} is waiting for ${earlier.id}, an earlier event of call ${d.call_id} to this endpoint; it is sent after that one (retry ${earlier.id} instead)`
+              ? `delivery ${d.id} is waiting for ${earlier.id}, an earlier event of call ${d.call_id} to this endpoint; it is sent after that one${hint}`
               : `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
             earlier ? { waiting_for: earlier.id } : undefined,
           );
@@ -225,15 +233,20 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             `an attempt of delivery ${d.id} is in flight; retry once it has finished`,
           );
         }
-        // One new attempt: a delivery waiting for its next retry is made due now (and stays on its
-        // schedule); a finished one is re-opened for one attempt (a failure ends it again) and goes
-        // out at once unless an earlier event of its call to this endpoint is still pending, which
-        // it then follows.
+        // One new attempt: a delivery waiting for its next retry is made due now and keeps that
+        // retry's time, to go back to if this attempt fails (its schedule unchanged; a second retry
+        // before the attempt keeps the first one's); a finished one is re-opened for one attempt
+        // (a failure ends it again) and goes out at once unless an earlier event of its call to
+        // this endpoint is still pending, which it then follows.
         await trx
           .updateTable("deliveries")
           .set(
             d.status === "pending"
-              ? { next_attempt_at: now, updated_at: now }
+              ? {
+                  next_attempt_at: now,
+                  resume_at: sql`CASE WHEN resume_at IS NOT NULL THEN resume_at WHEN next_attempt_at > ${now} THEN next_attempt_at ELSE NULL END`,
+                  updated_at: now,
+                }
               : {
                   status: "pending",
                   next_attempt_at: null,
