@@ -206,15 +206,22 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     });
     expectError(utf16, 415, "unsupported_media_type", "content-type");
     assert.equal(utf16.body.error.message, 'the API takes JSON in UTF-8, not charset "utf-16"');
+    // Latin-1 with a non-ASCII character would be stored changed; plain ASCII reads the same.
     expectError(
-      await server.api.raw("POST", "/v1/agents", '{"name":"x"}', {
+      await server.api.raw("POST", "/v1/agents", '{"name":"Café"}', {
         "content-type": 'application/json; charset="ISO-8859-1"',
       }),
       415,
       "unsupported_media_type",
       "content-type",
     );
-    for (const contentType of ["application/json; charset=UTF-8", 'application/json;charset="utf-8"']) {
+    for (const contentType of [
+      "application/json; charset=UTF-8",
+      'application/json;charset="utf-8"',
+      "application/json; charset=us-ascii",
+      "application/json; charset=iso-8859-1",
+      'application/json; profile="a;charset=x"',
+    ]) {
       const ok = await server.api.raw("POST", "/v1/agents", '{"name":"Charset"}', {
         "content-type": contentType,
       });

@@ -141,7 +141,12 @@ for (const backend of backends())
       const db3 = await backend.fresh();
       const s3 = await spawnServer({
         dataDir: db3.dataDir,
-        env: { KLEN_DATABASE_URL: db3.databaseUrl, KLEN_RETRY_SCHEDULE: "20ms,20ms" },
+        // A long timeout: the attempt the receiver holds below stays in flight until it is let go.
+        env: {
+          KLEN_DATABASE_URL: db3.databaseUrl,
+          KLEN_RETRY_SCHEDULE: "20ms,20ms",
+          KLEN_DELIVERY_TIMEOUT: "60s",
+        },
       });
       let healthy = false;
       let open = 0;
@@ -191,6 +196,8 @@ for (const backend of backends())
               d.attempt_count === 0 && d.next_attempt_at === null,
           );
         });
+        // call.started's first attempt has reached the receiver, which holds it: in flight.
+        await waitFor("call.started's attempt held", () => arrivals.length >= 1);
         const refused = await s3.api.post(`/v1/deliveries/${waiting.id}/retry`);
         assert.equal(refused.status, 409);
         assert.equal(refused.body.error.code, "delivery_waiting");
@@ -199,7 +206,7 @@ for (const backend of backends())
           await s3.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=pending`)
         ).body.data.find((d: { event_type: string }) => d.event_type === "call.started");
         assert.equal(refused.body.error.details.waiting_for, first.id);
-        assert.match(refused.body.error.message, new RegExp(`retry ${first.id} instead`));
+        assert.match(refused.body.error.message, new RegExp(`${first.id} is being sent now`));
         openGate();
         await waitFor("all three failed", async () => {
           const list = (await s3.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}&status=failed`)).body

@@ -226,7 +226,7 @@ for (const [name, makeSender] of senders)
           assert.equal(r.error, "tls");
           assert.match(
             r.errorMessage ?? "",
-            /^the endpoint's port does not speak TLS \(plain HTTP there\?\): use http:\/\//,
+            /^the endpoint's port does not speak TLS \(plain HTTP there\?\): point the URL at its TLS port/,
           );
         } finally {
           plain.closeAllConnections();

@@ -220,7 +220,7 @@ export async function buildApp(
   app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
     let text: string;
     try {
-      refuseCharset(req.headers["content-type"]);
+      refuseCharset(req.headers["content-type"], body as Buffer);
       text = decodeJsonBody(body as Buffer);
     } catch (err) {
       if (req.headers["idempotency-key"] !== undefined)

@@ -100,18 +100,38 @@ export function decodeJsonBody(bytes: Uint8Array): string {
 }
 
 /**
- * JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset (`charset=utf-16`,
- * `charset=iso-8859-1`) would otherwise be read as UTF-8 and its text stored changed, so it is a
- * 415 naming the header. `charset=utf-8` (any case, quoted or not) and no charset are taken.
+ * JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset would otherwise be read as
+ * UTF-8 and its text stored changed, so it is a 415 naming the header. No charset, UTF-8 and
+ * US-ASCII are taken; so is any other charset when the body is plain ASCII (which reads the same
+ * in UTF-8), except UTF-16 and UTF-32, whose every text differs.
  */
-export function refuseCharset(contentType: string | undefined): void {
-  const m = /;\s*charset\s*=\s*("?)([^";\s]*)\1/i.exec(contentType ?? "");
-  if (!m) return;
-  const charset = (m[2] ?? "").toLowerCase();
-  if (charset === "utf-8" || charset === "utf8") return;
-  throw new ApiError(415, "unsupported_media_type", `the API takes JSON in UTF-8, not charset "${m[2]}"`, {
-    field: "content-type",
-  });
+export function refuseCharset(contentType: string | undefined, body: Uint8Array): void {
+  const declared = charsetOf(contentType ?? "");
+  if (declared === undefined) return;
+  const charset = declared.toLowerCase();
+  if (["utf-8", "utf8", "us-ascii", "ascii"].includes(charset)) return;
+  if (!/^utf-?(16|32)/.test(charset) && body.every((b) => b < 0x80)) return;
+  throw new ApiError(
+    415,
+    "unsupported_media_type",
+    `the API takes JSON in UTF-8, not charset "${declared}"`,
+    {
+      field: "content-type",
+    },
+  );
+}
+
+/** The `charset` parameter of a media type (RFC 9110 §5.6.6: token or quoted string), if any. */
+function charsetOf(contentType: string): string | undefined {
+  // Parameters one by one, so that a quoted value holding ";" or "charset=" is not taken for one.
+  const param = /;\s*([^=;\s]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))/g;
+  for (let m = param.exec(contentType); m; m = param.exec(contentType)) {
+    if (m[1]!.toLowerCase() !== "charset") continue;
+    const value = m[2] !== undefined ? m[2].replace(/\\(.)/g, "$1") : (m[3] ?? "");
+    // 'utf-8' in single quotes is no valid parameter, but clear enough to take.
+    return value.replace(/^'(.*)'$/, "$1");
+  }
+  return undefined;
 }
 
 function isObjectWith(v: unknown, key: string): boolean {

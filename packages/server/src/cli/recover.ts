@@ -1,4 +1,5 @@
 import { type Command, Option } from "commander";
+import { formatDuration } from "../util/units.js";
 import { type ApiClient, apiClient, type DeliveryObject, type Page, pollUntil } from "./api-client.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { timeOfDay } from "./listen.js";
@@ -42,7 +43,14 @@ async function nothingFailed(client: ApiClient, endpointId: string): Promise<str
     .filter((t): t is string => t !== null)
     .sort()[0];
   const count = page.next_cursor ? "more than 100" : page.data.length.toLocaleString("en-US");
-  return `${none}; ${count} ${page.data.length === 1 && !page.next_cursor ? "is" : "are"} still pending on the retry schedule${due ? ` (the next due at ${timeOfDay(new Date(due))})` : ""}: send one now with klen-webhooks deliveries retry dlv_…, or list them with klen-webhooks deliveries list --endpoint-id ${endpointId} --status pending`;
+  const list = `klen-webhooks deliveries list --endpoint-id ${endpointId} --status pending`;
+  // Retries are up to hours apart: the time of day with how far off it is.
+  const inMs = due === undefined ? 0 : Math.max(0, Math.round((Date.parse(due) - Date.now()) / 1000) * 1000);
+  return `${none}; ${count} ${page.data.length === 1 && !page.next_cursor ? "is" : "are"} still pending on the retry schedule${
+    due === undefined
+      ? ` (waiting behind earlier events of their calls): list them with ${list}`
+      : ` (the next due at ${timeOfDay(new Date(due))}, in ${formatDuration(inMs)}): send one now with klen-webhooks deliveries retry dlv_…, or list them with ${list}`
+  }`;
 }
 
 /**

@@ -113,7 +113,7 @@ function classify(err: unknown): ErrorClass {
 function failureMessage(cls: ErrorClass, err: unknown): string {
   const text = withoutNul(String((err as Error)?.message ?? err));
   if (cls === "tls" && /wrong version number|packet length too long|http request/i.test(text))
-    return `the endpoint's port does not speak TLS (plain HTTP there?): use http:// for it, or its TLS port (${text.trim()})`;
+    return `the endpoint's port does not speak TLS (plain HTTP there?): point the URL at its TLS port, or in dev mode (KLEN_DEV=1) use http:// (${text.trim()})`;
   return text;
 }
 
