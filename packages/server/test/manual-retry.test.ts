@@ -1,13 +1,14 @@
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { describe, test } from "node:test";
+import { describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
-import { claimDue, releaseLeases } from "../src/delivery/claim.js";
-import { completeBatch } from "../src/delivery/complete.js";
+import { type Claimed, claimDue, releaseLeases } from "../src/delivery/claim.js";
+import { type CompletionPolicy, completeBatch } from "../src/delivery/complete.js";
+import type { SendResult } from "../src/delivery/send.js";
 import { openStore } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
-import { backends, postgresBackend } from "./helpers/backends.js";
+import { type Backend, backends, postgresBackend } from "./helpers/backends.js";
 import { failed, ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
@@ -95,220 +96,145 @@ for (const backend of backends()) {
   }
 }
 
-for (const backend of backends()) {
-  test(`${backend.name}: a retried call.started that fails again releases the parked call.ended at its own next retry, not at once; one that succeeds releases it at once`, async () => {
-    const db = await backend.fresh();
-    const rx = await startReceiver();
-    const api = await spawnServer({
-      dataDir: db.dataDir,
-      env: { KLEN_DATABASE_URL: db.databaseUrl },
-      role: "api",
-    });
-    const store = await openStore(db.databaseUrl);
-    const policy = { schedule: [5_000, 300_000], disableAfterMs: 86_400_000, random: () => 0.5 };
-    try {
-      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
-      const callId = await runCall(api.api, agentId);
-      const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
-      const started = list.find((d) => d.event_type === "call.started")!;
-      const ended = list.find((d) => d.event_type === "call.ended")!;
-      // The endpoint has been down: started given up, ended waiting an hour for its next retry.
-      const now = Date.now();
-      const hourLater = now + 3_600_000;
-      await store.db
-        .updateTable("deliveries")
-        .set({ status: "failed", next_attempt_at: null, attempt_count: 3 })
-        .where("id", "=", started.id)
-        .execute();
-      await store.db
-        .updateTable("deliveries")
-        .set({ status: "pending", next_attempt_at: hourLater, attempt_count: 1 })
-        .where("id", "=", ended.id)
-        .execute();
-      const after = async (id: string) => (await api.api.get(`/v1/deliveries/${id}`)).body as Delivery;
-      const retryStartedOnce = async (result: ReturnType<typeof ok>) => {
-        assert.equal((await api.api.post(`/v1/deliveries/${started.id}/retry`)).status, 202);
-        assert.equal((await after(ended.id)).next_attempt_at, null, "call.ended waits behind call.started");
-        const at = Date.now();
-        const claimed = await claimDue(store, { now: at, limit: 10, leaseMs: 60_000, exclude: [] });
-        assert.deepEqual(
-          claimed.map((c) => c.id),
-          [started.id],
-          "only call.started is claimed",
-        );
-        await completeBatch(store, [outcome(claimed[0]!, result, at, rx.url)], policy, at);
-      };
-      // Still down: the retry fails, and ended keeps its hour instead of an attempt now.
-      await retryStartedOnce(failed());
-      assert.equal((await after(started.id)).status, "failed");
-      const waiting = await after(ended.id);
-      assert.equal(waiting.next_attempt_at, new Date(hourLater).toISOString());
-      assert.equal(waiting.attempt_count, 1, "no attempt of call.ended was spent");
-      // Up again: the retry succeeds, and ended goes at once.
-      await retryStartedOnce(ok());
-      assert.equal((await after(started.id)).status, "succeeded");
-      const released = await after(ended.id);
-      assert.ok(released.next_attempt_at !== null && Date.parse(released.next_attempt_at) < hourLater);
-      const due = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
-      assert.deepEqual(
-        due.map((c) => c.id),
-        [ended.id],
-      );
-    } finally {
-      await api.kill();
-      await store.close();
-      await rx.close();
-      await db.cleanup();
-    }
+/**
+ * An API-only process (no dispatcher: the test claims and completes attempts itself) on a fresh
+ * database of `backend`, a store on it, and one call whose call.started and call.ended deliveries
+ * go to a receiver; all stopped when the test ends.
+ */
+async function oneCall(t: TestContext, backend: Backend) {
+  const db = await backend.fresh();
+  const rx = await startReceiver();
+  const api = await spawnServer({
+    dataDir: db.dataDir,
+    env: { KLEN_DATABASE_URL: db.databaseUrl },
+    role: "api",
   });
-}
-
-for (const backend of backends()) {
-  test(`${backend.name}: a manual retry of a delivery waiting for its next retry leaves its schedule alone: a failure goes back to that retry, whose failure takes the schedule's next step`, async () => {
-    const db = await backend.fresh();
-    const rx = await startReceiver();
-    const api = await spawnServer({
-      dataDir: db.dataDir,
-      env: { KLEN_DATABASE_URL: db.databaseUrl },
-      role: "api",
-    });
-    const store = await openStore(db.databaseUrl);
-    // No jitter (random 0.5), so each delay is the schedule's own.
-    const policy = { schedule: [5_000, 300_000, 1_800_000], disableAfterMs: 86_400_000, random: () => 0.5 };
-    try {
-      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
-      const callId = await runCall(api.api, agentId);
-      const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
-      const started = list.find((d) => d.event_type === "call.started")!;
-      const ended = list.find((d) => d.event_type === "call.ended")!;
-      // started went through; ended failed twice and waits 5 minutes for its third attempt.
-      const retryAt = Date.now() + 300_000;
-      await store.db
-        .updateTable("deliveries")
-        .set({ status: "succeeded", next_attempt_at: null })
-        .where("id", "=", started.id)
-        .execute();
-      await store.db
-        .updateTable("deliveries")
-        .set({ status: "pending", next_attempt_at: retryAt, attempt_count: 2 })
-        .where("id", "=", ended.id)
-        .execute();
-      const after = async () => (await api.api.get(`/v1/deliveries/${ended.id}`)).body as Delivery;
-      const attemptOnce = async (result: ReturnType<typeof ok>, at = Date.now()) => {
-        const claimed = await claimDue(store, { now: at, limit: 10, leaseMs: 60_000, exclude: [] });
-        assert.deepEqual(
-          claimed.map((c) => c.id),
-          [ended.id],
-        );
-        await completeBatch(store, [outcome(claimed[0]!, result, at, rx.url)], policy, at);
-      };
-      // Retried by hand twice before its attempt (the second keeps the first's retry time): due now.
-      for (let i = 0; i < 2; i++)
-        assert.equal((await api.api.post(`/v1/deliveries/${ended.id}/retry`)).status, 202);
-      assert.ok(Date.parse((await after()).next_attempt_at!) < retryAt);
-      await attemptOnce(failed());
-      let d = await after();
-      assert.equal(d.status, "pending");
-      assert.equal(
-        d.next_attempt_at,
-        new Date(retryAt).toISOString(),
-        "back to the retry it was waiting for",
-      );
-      assert.equal(d.attempt_count, 3, "the manual attempt is logged and counted");
-      // Once more by hand, failing again: still the same retry time.
-      assert.equal((await api.api.post(`/v1/deliveries/${ended.id}/retry`)).status, 202);
-      await attemptOnce(failed());
-      d = await after();
-      assert.equal(d.next_attempt_at, new Date(retryAt).toISOString());
-      assert.equal(d.attempt_count, 4);
-      // The retry itself, at its time, fails: the next delay is the schedule's third (30 min), as
-      // if no manual attempt had been made; counting them would have spent the schedule.
-      await attemptOnce(failed(), retryAt);
-      d = await after();
-      assert.equal(d.status, "pending");
-      assert.equal(d.next_attempt_at, new Date(retryAt + 1_800_000).toISOString());
-      assert.equal(d.attempt_count, 5);
-      // A manual retry that succeeds ends it, as before.
-      assert.equal((await api.api.post(`/v1/deliveries/${ended.id}/retry`)).status, 202);
-      await attemptOnce(ok());
-      assert.equal((await after()).status, "succeeded");
-    } finally {
-      await api.kill();
-      await store.close();
-      await rx.close();
-      await db.cleanup();
-    }
+  const store = await openStore(db.databaseUrl);
+  t.after(async () => {
+    await api.kill();
+    await store.close();
+    await rx.close();
+    await db.cleanup();
   });
-}
-
-for (const backend of backends()) {
-  test(`${backend.name}: a later event claimed and handed back unattempted while an earlier one was re-opened waits behind that one`, async () => {
-    const db = await backend.fresh();
-    const rx = await startReceiver();
-    const api = await spawnServer({
-      dataDir: db.dataDir,
-      env: { KLEN_DATABASE_URL: db.databaseUrl },
-      role: "api",
-    });
-    const store = await openStore(db.databaseUrl);
-    try {
-      const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
-      const callId = await runCall(api.api, agentId);
-      const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
-      const started = list.find((d) => d.event_type === "call.started")!;
-      const ended = list.find((d) => d.event_type === "call.ended")!;
-      // started given up; ended (released by that) due now.
-      const now = Date.now();
-      await store.db
-        .updateTable("deliveries")
-        .set({ status: "failed", next_attempt_at: null, attempt_count: 4 })
-        .where("id", "=", started.id)
-        .execute();
-      await store.db
-        .updateTable("deliveries")
-        .set({ status: "pending", next_attempt_at: now })
-        .where("id", "=", ended.id)
-        .execute();
-      // A worker claims ended; before it sends it (a rate limit, a full group, a shutdown), started
-      // is retried by hand, which leaves the claimed ended alone, as in flight.
+  const { agentId } = await setupAccount(api.api, { endpointUrl: rx.url });
+  const callId = await runCall(api.api, agentId);
+  const list = (await api.api.get(`/v1/deliveries?call_id=${callId}`)).body.data as Delivery[];
+  const of = (type: string) => list.find((d) => d.event_type === type)!.id;
+  return {
+    store,
+    started: of("call.started"),
+    ended: of("call.ended"),
+    /** Puts a delivery in the state a test starts from. */
+    set: (id: string, values: { status: string; next_attempt_at: number | null; attempt_count?: number }) =>
+      store.db.updateTable("deliveries").set(values).where("id", "=", id).execute(),
+    get: async (id: string) => (await api.api.get(`/v1/deliveries/${id}`)).body as Delivery,
+    retry: async (id: string) => (await api.api.post(`/v1/deliveries/${id}/retry`)).status,
+    /** The ids a claim at `now` takes, and the claims. */
+    claim: async (now = Date.now()) => {
       const claimed = await claimDue(store, { now, limit: 10, leaseMs: 60_000, exclude: [] });
-      assert.deepEqual(
-        claimed.map((c) => c.id),
-        [ended.id],
-      );
-      assert.equal((await api.api.post(`/v1/deliveries/${started.id}/retry`)).status, 202);
-      // Handed back unattempted: it waits behind started, which goes first.
-      await releaseLeases(store, claimed, Date.now());
-      const row = await store.db
-        .selectFrom("deliveries")
-        .select(["next_attempt_at", "status"])
-        .where("id", "=", ended.id)
-        .executeTakeFirstOrThrow();
-      assert.equal(row.status, "pending");
-      assert.equal(row.next_attempt_at, null, "parked behind call.started");
-      const due = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
-      assert.deepEqual(
-        due.map((c) => c.id),
-        [started.id],
-      );
-      // started succeeds: ended goes.
-      await completeBatch(
-        store,
-        [outcome(due[0]!, ok(), Date.now(), rx.url)],
-        { schedule: [1_000], disableAfterMs: 86_400_000, random: () => 0.5 },
-        Date.now(),
-      );
-      const next = await claimDue(store, { now: Date.now(), limit: 10, leaseMs: 60_000, exclude: [] });
-      assert.deepEqual(
-        next.map((c) => c.id),
-        [ended.id],
-      );
-    } finally {
-      await api.kill();
-      await store.close();
-      await rx.close();
-      await db.cleanup();
-    }
+      return { ids: claimed.map((c) => c.id), claimed };
+    },
+    /** Records `result` as the attempt of `claimed`, at `at`. */
+    complete: (claimed: Claimed, result: SendResult, policy: CompletionPolicy, at = Date.now()) =>
+      completeBatch(store, [outcome(claimed, result, at, rx.url)], policy, at),
+  };
+}
+
+/** No jitter (random 0.5): each delay is the schedule's own. */
+const policyOf = (schedule: number[]): CompletionPolicy => ({
+  schedule,
+  disableAfterMs: 86_400_000,
+  random: () => 0.5,
+});
+
+for (const backend of backends()) {
+  test(`${backend.name}: a retried call.started that fails again releases the parked call.ended at its own next retry, not at once; one that succeeds releases it at once`, async (t) => {
+    const c = await oneCall(t, backend);
+    const policy = policyOf([5_000, 300_000]);
+    // The endpoint has been down: started given up, ended waiting an hour for its next retry.
+    const hourLater = Date.now() + 3_600_000;
+    await c.set(c.started, { status: "failed", next_attempt_at: null, attempt_count: 3 });
+    await c.set(c.ended, { status: "pending", next_attempt_at: hourLater, attempt_count: 1 });
+    const retryStartedOnce = async (result: SendResult) => {
+      assert.equal(await c.retry(c.started), 202);
+      assert.equal((await c.get(c.ended)).next_attempt_at, null, "call.ended waits behind call.started");
+      const { ids, claimed } = await c.claim();
+      assert.deepEqual(ids, [c.started], "only call.started is claimed");
+      await c.complete(claimed[0]!, result, policy);
+    };
+    // Still down: the retry fails, and ended keeps its hour instead of an attempt now.
+    await retryStartedOnce(failed());
+    assert.equal((await c.get(c.started)).status, "failed");
+    const waiting = await c.get(c.ended);
+    assert.equal(waiting.next_attempt_at, new Date(hourLater).toISOString());
+    assert.equal(waiting.attempt_count, 1, "no attempt of call.ended was spent");
+    // Up again: the retry succeeds, and ended goes at once.
+    await retryStartedOnce(ok());
+    assert.equal((await c.get(c.started)).status, "succeeded");
+    const released = await c.get(c.ended);
+    assert.ok(released.next_attempt_at !== null && Date.parse(released.next_attempt_at) < hourLater);
+    assert.deepEqual((await c.claim()).ids, [c.ended]);
+  });
+
+  test(`${backend.name}: a manual retry of a delivery waiting for its next retry leaves its schedule alone: a failure goes back to that retry, whose failure takes the schedule's next step`, async (t) => {
+    const c = await oneCall(t, backend);
+    const policy = policyOf([5_000, 300_000, 1_800_000]);
+    // started went through; ended failed twice and waits 5 minutes for its third attempt.
+    const retryAt = Date.now() + 300_000;
+    await c.set(c.started, { status: "succeeded", next_attempt_at: null });
+    await c.set(c.ended, { status: "pending", next_attempt_at: retryAt, attempt_count: 2 });
+    const attemptOnce = async (result: SendResult, at = Date.now()) => {
+      const { ids, claimed } = await c.claim(at);
+      assert.deepEqual(ids, [c.ended]);
+      await c.complete(claimed[0]!, result, policy, at);
+    };
+    // Retried by hand twice before its attempt (the second keeps the first's retry time): due now.
+    for (let i = 0; i < 2; i++) assert.equal(await c.retry(c.ended), 202);
+    assert.ok(Date.parse((await c.get(c.ended)).next_attempt_at!) < retryAt);
+    await attemptOnce(failed());
+    let d = await c.get(c.ended);
+    assert.equal(d.status, "pending");
+    assert.equal(d.next_attempt_at, new Date(retryAt).toISOString(), "back to the retry it was waiting for");
+    assert.equal(d.attempt_count, 3, "the manual attempt is logged and counted");
+    // Once more by hand, failing again: still the same retry time.
+    assert.equal(await c.retry(c.ended), 202);
+    await attemptOnce(failed());
+    d = await c.get(c.ended);
+    assert.equal(d.next_attempt_at, new Date(retryAt).toISOString());
+    assert.equal(d.attempt_count, 4);
+    // The retry itself, at its time, fails: the next delay is the schedule's third (30 min), as
+    // if no manual attempt had been made; counting them would have spent the schedule.
+    await attemptOnce(failed(), retryAt);
+    d = await c.get(c.ended);
+    assert.equal(d.status, "pending");
+    assert.equal(d.next_attempt_at, new Date(retryAt + 1_800_000).toISOString());
+    assert.equal(d.attempt_count, 5);
+    // A manual retry that succeeds ends it, as before.
+    assert.equal(await c.retry(c.ended), 202);
+    await attemptOnce(ok());
+    assert.equal((await c.get(c.ended)).status, "succeeded");
+  });
+
+  test(`${backend.name}: a later event claimed and handed back unattempted while an earlier one was re-opened waits behind that one`, async (t) => {
+    const c = await oneCall(t, backend);
+    // started given up; ended (released by that) due now.
+    await c.set(c.started, { status: "failed", next_attempt_at: null, attempt_count: 4 });
+    await c.set(c.ended, { status: "pending", next_attempt_at: Date.now() });
+    // A worker claims ended; before it sends it (a rate limit, a full group, a shutdown), started
+    // is retried by hand, which leaves the claimed ended alone, as in flight.
+    const { ids, claimed } = await c.claim();
+    assert.deepEqual(ids, [c.ended]);
+    assert.equal(await c.retry(c.started), 202);
+    // Handed back unattempted: it waits behind started, which goes first.
+    await releaseLeases(c.store, claimed, Date.now());
+    const row = await c.get(c.ended);
+    assert.equal(row.status, "pending");
+    assert.equal(row.next_attempt_at, null, "parked behind call.started");
+    const due = await c.claim();
+    assert.deepEqual(due.ids, [c.started]);
+    // started succeeds: ended goes.
+    await c.complete(due.claimed[0]!, ok(), policyOf([1_000]));
+    assert.deepEqual((await c.claim()).ids, [c.ended]);
   });
 }
 
