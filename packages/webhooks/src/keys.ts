@@ -44,6 +44,12 @@ export function parseKey(key: string): WebhookKey {
   if (typeof key !== "string") throw new WebhookKeyError("Webhook key must be a string");
   const trimmed = key.trim();
   if (trimmed === "") throw new WebhookKeyError("Webhook key is empty");
+  // A secret pasted with its quotes (from a .env file or JSON): said so, not "not valid base64".
+  const quoted = /^(["'`])(.*)\1$/s.exec(trimmed);
+  if (quoted)
+    throw new WebhookKeyError(
+      `Webhook key ${describe(quoted[2] ?? "")} is wrapped in ${quoted[1]} quotes: pass the secret without them`,
+    );
   if (trimmed.startsWith("whpk_")) {
     const bytes = decodeKeyBody(trimmed, trimmed.slice(5));
     if (bytes.length === 32) return { kind: "ed25519-public", publicKey: bytes };

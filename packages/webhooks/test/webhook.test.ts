@@ -342,5 +342,21 @@ describe("Webhook", () => {
       );
       assert.doesNotMatch(err.message, /abcdefg/);
     }
+    // A secret pasted with the quotes of a .env file or JSON: said so, still without printing it.
+    for (const q of ['"', "'"]) {
+      try {
+        new Webhook(`${q}whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw${q}`);
+        assert.fail("accepted");
+      } catch (err) {
+        assert.ok(err instanceof WebhookKeyError);
+        assert.match(
+          err.message,
+          new RegExp(
+            `^Webhook key "whsec_…" \\(38 chars\\) is wrapped in ${q} quotes: pass the secret without them$`,
+          ),
+        );
+        assert.doesNotMatch(err.message, /MfKQ/);
+      }
+    }
   });
 });
