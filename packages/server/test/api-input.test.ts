@@ -206,6 +206,15 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     });
     expectError(utf16, 415, "unsupported_media_type", "content-type");
     assert.equal(utf16.body.error.message, 'the API takes JSON in UTF-8, not charset "utf-16"');
+    // UTF-7 reads even plain ASCII differently ("+ImI-" is one character): refused however sent.
+    expectError(
+      await server.api.raw("POST", "/v1/agents", '{"name":"A+ImIDkQ-"}', {
+        "content-type": "application/json; charset=UTF-7",
+      }),
+      415,
+      "unsupported_media_type",
+      "content-type",
+    );
     // Latin-1 with a non-ASCII character would be stored changed; plain ASCII reads the same.
     expectError(
       await server.api.raw("POST", "/v1/agents", '{"name":"Café"}', {

@@ -215,6 +215,56 @@ for (const backend of backends()) {
     assert.equal((await c.get(c.ended)).status, "succeeded");
   });
 
+  test(`${backend.name}: a manual attempt keeps to a Retry-After, and one lost with its process is still a manual one`, async (t) => {
+    const c = await oneCall(t, backend);
+    const policy = policyOf([5_000, 300_000, 1_800_000]);
+    await c.set(c.started, { status: "succeeded", next_attempt_at: null });
+    await c.set(c.ended, { status: "pending", next_attempt_at: Date.now() + 60_000, attempt_count: 2 });
+    // A manual attempt answered 429 with Retry-After 10 min: not back in 1 min, but in 10.
+    assert.equal(await c.retry(c.ended), 202);
+    const first = await c.claim();
+    const at = Date.now();
+    await completeBatch(
+      c.store,
+      [{ ...outcome(first.claimed[0]!, failed(429), at), retryAfterMs: 600_000 }],
+      policy,
+      at,
+    );
+    const resumeAt = at + 600_000;
+    assert.equal((await c.get(c.ended)).next_attempt_at, new Date(resumeAt).toISOString());
+    // Another, whose process dies: its lease runs out and the next claim counts it (lease_expired).
+    assert.equal(await c.retry(c.ended), 202);
+    await claimDue(c.store, { now: Date.now(), limit: 10, leaseMs: 1, exclude: [] });
+    const takeover = await c.claim(Date.now() + 10);
+    assert.deepEqual(takeover.ids, [c.ended]);
+    await c.complete(takeover.claimed[0]!, failed(), policy);
+    const d = await c.get(c.ended);
+    assert.equal(d.next_attempt_at, new Date(resumeAt).toISOString(), "back to the kept time");
+    assert.equal(d.attempt_count, 5, "2 scheduled, the 429, the lost one, the takeover");
+    // The retry at its time fails: the schedule's third step, as if no manual attempt had been made.
+    const due = await c.claim(resumeAt);
+    await c.complete(due.claimed[0]!, failed(), policy, resumeAt);
+    const after = await c.get(c.ended);
+    assert.equal(after.status, "pending");
+    assert.equal(after.next_attempt_at, new Date(resumeAt + 1_800_000).toISOString());
+  });
+
+  test(`${backend.name}: a delivery retried by hand, then held back behind a re-opened earlier event that fails again, goes back to its own retry time`, async (t) => {
+    const c = await oneCall(t, backend);
+    const hourLater = Date.now() + 3_600_000;
+    await c.set(c.started, { status: "failed", next_attempt_at: null, attempt_count: 3 });
+    await c.set(c.ended, { status: "pending", next_attempt_at: hourLater, attempt_count: 1 });
+    // ended retried by hand (due now, its hour kept), then started re-opened: ended parked.
+    assert.equal(await c.retry(c.ended), 202);
+    assert.equal(await c.retry(c.started), 202);
+    assert.equal((await c.get(c.ended)).next_attempt_at, null);
+    const { ids, claimed } = await c.claim();
+    assert.deepEqual(ids, [c.started]);
+    await c.complete(claimed[0]!, failed(), policyOf([5_000]));
+    // started failed again: ended is due at its hour, not at the moment of its manual retry.
+    assert.equal((await c.get(c.ended)).next_attempt_at, new Date(hourLater).toISOString());
+  });
+
   test(`${backend.name}: a later event claimed and handed back unattempted while an earlier one was re-opened waits behind that one`, async (t) => {
     const c = await oneCall(t, backend);
     // started given up; ended (released by that) due now.

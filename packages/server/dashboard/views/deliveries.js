@@ -248,9 +248,11 @@ function deliveryRows(d, opts) {
       class: "btn btn-secondary btn-sm",
       type: "button",
       title:
-        d.status === "pending"
-          ? "Sends an attempt now; if it fails, the next scheduled retry stays as it was"
-          : "Sends one more attempt",
+        d.status !== "pending"
+          ? "Sends one more attempt"
+          : d.next_attempt_at && Date.parse(d.next_attempt_at) > Date.now()
+            ? "Sends an attempt now; if it fails, the next scheduled retry stays as it was"
+            : "Sends its attempt, due now",
     },
     "Retry now",
   );

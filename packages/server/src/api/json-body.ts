@@ -110,7 +110,7 @@ export function refuseCharset(contentType: string | undefined, body: Uint8Array)
   if (declared === undefined) return;
   const charset = declared.toLowerCase();
   if (["utf-8", "utf8", "us-ascii", "ascii"].includes(charset)) return;
-  if (!/^utf-?(16|32)/.test(charset) && body.every((b) => b < 0x80)) return;
+  if (!ALWAYS_DIFFERENT.test(charset) && body.every((b) => b < 0x80)) return;
   throw new ApiError(
     415,
     "unsupported_media_type",
@@ -121,6 +121,9 @@ export function refuseCharset(contentType: string | undefined, body: Uint8Array)
   );
 }
 
+/** Charsets in which no text reads as in UTF-8, or ASCII text not as itself (UTF-7's "+"). */
+const ALWAYS_DIFFERENT = /^(utf-?(7|16|32)|ucs-?[24]|unicode|iso-10646-ucs-|csunicode)/;
+
 /** The `charset` parameter of a media type (RFC 9110 §5.6.6: token or quoted string), if any. */
 function charsetOf(contentType: string): string | undefined {
   // Parameters one by one, so that a quoted value holding ";" or "charset=" is not taken for one.
@@ -129,7 +132,7 @@ function charsetOf(contentType: string): string | undefined {
     if (m[1]!.toLowerCase() !== "charset") continue;
     const value = m[2] !== undefined ? m[2].replace(/\\(.)/g, "$1") : (m[3] ?? "");
     // 'utf-8' in single quotes is no valid parameter, but clear enough to take.
-    return value.replace(/^'(.*)'$/, "$1");
+    return value.trim().replace(/^'(.*)'$/, "$1");
   }
   return undefined;
 }

@@ -48,7 +48,7 @@ async function nothingFailed(client: ApiClient, endpointId: string): Promise<str
   const inMs = due === undefined ? 0 : Math.max(0, Math.round((Date.parse(due) - Date.now()) / 1000) * 1000);
   return `${none}; ${count} ${page.data.length === 1 && !page.next_cursor ? "is" : "are"} still pending on the retry schedule${
     due === undefined
-      ? ` (waiting behind earlier events of their calls): list them with ${list}`
+      ? ` (${page.next_cursor ? "the newest 100 wait" : "waiting"} behind earlier events of their calls): list them with ${list}`
       : ` (the next due at ${timeOfDay(new Date(due))}, in ${formatDuration(inMs)}): send one now with klen-webhooks deliveries retry dlv_…, or list them with ${list}`
   }`;
 }

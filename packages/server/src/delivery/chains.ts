@@ -83,7 +83,7 @@ export async function reorderChains(
  */
 export async function parkBehindEarlier(trx: Db, ids: readonly string[], now: number): Promise<void> {
   await sql`
-    UPDATE deliveries SET resume_at = COALESCE(resume_at, next_attempt_at), next_attempt_at = NULL, updated_at = ${now}
+    UPDATE deliveries SET resume_at = next_attempt_at, next_attempt_at = NULL, updated_at = ${now}
     WHERE id IN (${sql.join(ids.map((id) => sql`${id}`))})
       AND status = 'pending' AND next_attempt_at IS NOT NULL
       AND EXISTS (${earlierPending})`.execute(trx);

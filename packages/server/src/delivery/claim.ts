@@ -154,6 +154,9 @@ function claimQuery(db: Db, p: ClaimSlots, caps: DialectCaps, excluding: boolean
       // A lease still set is an attempt whose outcome was never recorded (its process died or
       // stalled): it counts, and migration 14's trigger logs it as `lease_expired`.
       attempt_count: sql`attempt_count + CASE WHEN leased_until IS NULL THEN 0 ELSE 1 END`,
+      // A lost manual attempt (its kept retry time still ahead) is one, as a recorded one would
+      // be: left out of the schedule's position.
+      manual_attempts: sql`manual_attempts + CASE WHEN leased_until IS NOT NULL AND resume_at > ${p.now} THEN 1 ELSE 0 END`,
       updated_at: p.now,
     })
     .where(key, "in", due)

@@ -199,7 +199,14 @@ export async function completeBatch(
       const next = final
         ? ({ final: true } as const)
         : resumeAt
-          ? ({ final: false, delayMs: o.claimed.resumeAt! - now } as const)
+          ? // Its Retry-After still counts, within the schedule's bounds, as on any attempt.
+            ({
+              final: false,
+              delayMs: Math.max(
+                o.claimed.resumeAt! - now,
+                o.retryAfterMs === undefined ? 0 : Math.min(Math.max(...policy.schedule), o.retryAfterMs),
+              ),
+            } as const)
           : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
       const changed = await fencedUpdate(
         trx,

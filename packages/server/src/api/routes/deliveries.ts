@@ -213,7 +213,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           const hint = !earlier
             ? ""
             : earlier.leased_until !== null && Number(earlier.leased_until) > now
-              ? ` (${earlier.id} is being sent now)`
+              ? ` (${earlier.id} is being sent, or about to be)`
               : earlier.next_attempt_at === null
                 ? ""
                 : ` (retry ${earlier.id} instead)`;
