@@ -34,6 +34,9 @@ export async function lockCallsOfEndpoint(
     .execute();
 }
 
+/** A parked delivery's release time: the retry time it kept (`resume_at`) if still ahead, else `now`. */
+export const resumeOrNow = (now: unknown) => sql`CASE WHEN resume_at > ${now} THEN resume_at ELSE ${now} END`;
+
 /** `EXISTS (…)` of this condition: a pending delivery of the same chain comes before this one. */
 export const earlierPending = sql`
   SELECT 1 FROM deliveries e

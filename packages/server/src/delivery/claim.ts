@@ -4,7 +4,7 @@ import { prepared } from "../storage/prepared.js";
 import type { Database } from "../storage/schema.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import { type Db, PENDING } from "../storage/types.js";
-import { earlierPending } from "./chains.js";
+import { earlierPending, resumeOrNow } from "./chains.js";
 import { awaitingRecover } from "./recover.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
@@ -196,7 +196,7 @@ export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
  */
 export async function releaseOrphans(store: Store, now: number): Promise<number> {
   const res = await sql`
-    UPDATE deliveries SET next_attempt_at = CASE WHEN resume_at > ${now} THEN resume_at ELSE ${now} END,
+    UPDATE deliveries SET next_attempt_at = ${resumeOrNow(now)},
       resume_at = NULL
     WHERE status = 'pending' AND next_attempt_at IS NULL
       AND NOT EXISTS (

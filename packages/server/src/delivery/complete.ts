@@ -5,9 +5,9 @@ import { prepared, preparedResult, rowListArgs, rowListSlot } from "../storage/p
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { formatDuration } from "../util/units.js";
-import { parkBehindEarlier } from "./chains.js";
+import { parkBehindEarlier, resumeOrNow } from "./chains.js";
 import { type Claimed, PAIR_TYPES } from "./claim.js";
-import { nextAttempt } from "./schedule.js";
+import { honourRetryAfter, nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
 
 /** One finished attempt, or a delivery settled without an attempt (its endpoint is gone or disabled). */
@@ -194,18 +194,16 @@ export async function completeBatch(
       const final = o.skipped || o.claimed.oneAttempt || o.result?.statusCode === 410;
       // A manual retry made it due before the retry it was waiting for: a failure goes back to that
       // retry, the schedule where it was. (One whose time has passed counts as that retry.)
-      const resumeAt = o.result !== null && !final && o.claimed.resumeAt !== null && o.claimed.resumeAt > now;
+      const backToKept =
+        o.result !== null && !final && o.claimed.resumeAt !== null && o.claimed.resumeAt > now;
       // 410 Gone is the receiver saying no retry will do: the endpoint is disabled below.
       const next = final
         ? ({ final: true } as const)
-        : resumeAt
-          ? // Its Retry-After still counts, within the schedule's bounds, as on any attempt.
+        : backToKept
+          ? // Its Retry-After still counts, as on any attempt.
             ({
               final: false,
-              delayMs: Math.max(
-                o.claimed.resumeAt! - now,
-                o.retryAfterMs === undefined ? 0 : Math.min(Math.max(...policy.schedule), o.retryAfterMs),
-              ),
+              delayMs: honourRetryAfter(o.claimed.resumeAt! - now, policy.schedule, o.retryAfterMs),
             } as const)
           : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
       const changed = await fencedUpdate(
@@ -216,7 +214,7 @@ export async function completeBatch(
           ? { status: "failed", next_attempt_at: null, last_error: error }
           : { status: "pending", next_attempt_at: now + next.delayMs, last_error: error },
         now,
-        resumeAt,
+        backToKept,
       );
       if (next.final) finished.push({ claimed: o.claimed, succeeded: false });
       else if (changed > 0) retried.push(o.claimed);
@@ -400,9 +398,7 @@ const releaseChainsStatement = (afterFailure: boolean) =>
   prepared(
     (_db, p: Record<"now", never>, caps) =>
       sql`
-    UPDATE deliveries SET next_attempt_at = ${
-      afterFailure ? sql`CASE WHEN resume_at > ${p.now} THEN resume_at ELSE ${p.now} END` : p.now
-    }, resume_at = NULL
+    UPDATE deliveries SET next_attempt_at = ${afterFailure ? resumeOrNow(p.now) : p.now}, resume_at = NULL
     WHERE status = 'pending' AND +next_attempt_at IS NULL AND id IN (
       SELECT (
         SELECT n.id FROM deliveries n

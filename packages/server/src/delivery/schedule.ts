@@ -26,9 +26,20 @@ export function nextAttempt(
   if (base === undefined) return { final: true };
   const factor = 1 + (random() * 2 - 1) * JITTER;
   const scheduled = Math.max(0, Math.round(base * factor));
-  if (retryAfterMs === undefined) return { final: false, delayMs: scheduled };
-  const longest = Math.max(...schedule);
-  return { final: false, delayMs: Math.max(scheduled, Math.round(Math.min(longest, retryAfterMs))) };
+  return { final: false, delayMs: honourRetryAfter(scheduled, schedule, retryAfterMs) };
+}
+
+/**
+ * `delayMs`, pushed later by a `Retry-After` (`retryAfterMs`) up to the schedule's longest delay,
+ * never made sooner.
+ */
+export function honourRetryAfter(
+  delayMs: number,
+  schedule: readonly number[],
+  retryAfterMs?: number,
+): number {
+  if (retryAfterMs === undefined) return delayMs;
+  return Math.max(delayMs, Math.round(Math.min(Math.max(...schedule), retryAfterMs)));
 }
 
 /**
