@@ -356,6 +356,15 @@ describe("the OpenAPI document describes every operation's real answers", () => 
     assert.ok(recovery.body.job_id, `a recover job: ${JSON.stringify(recovery.body)}`);
     expect(await op("get", "/v1/recover-jobs", { query: `?endpoint_id=${bad.body.id}` }), 200);
     expect(await op("get", "/v1/recover-jobs/{id}", { id: recovery.body.job_id }), 200);
+    // An endpoint made now never had the events before it: replaying them is a background job too.
+    const late = await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/late" });
+    assert.equal(late.status, 201);
+    const replayed = await op("post", "/v1/endpoints/{id}/replay", { id: late.body.id, json: { since } });
+    expect(replayed, 202);
+    assert.equal(replayed.body.queued, null, `a replay job: ${JSON.stringify(replayed.body)}`);
+    const replayJob = await op("get", "/v1/recover-jobs/{id}", { id: replayed.body.job_id });
+    expect(replayJob, 200);
+    assert.equal(replayJob.body.kind, "replay");
     expect(await op("get", "/v1/stats/deliveries", { query: "?bucket=10m" }), 200);
 
     // Every operation of the document was called and answered with its documented success.

@@ -81,10 +81,19 @@ const SUCCESS: Record<string, { status: string; description: string; schema: Res
     description: "failed deliveries re-queued",
     schema: "recovery",
   },
-  "get /v1/recover-jobs": { status: "200", description: "background recovers", schema: "recover_job_page" },
+  "post /v1/endpoints/{id}/replay": {
+    status: "202",
+    description: "events the endpoint never had a delivery for, queued to it",
+    schema: "replay",
+  },
+  "get /v1/recover-jobs": {
+    status: "200",
+    description: "background recovers and replays",
+    schema: "recover_job_page",
+  },
   "get /v1/recover-jobs/{id}": {
     status: "200",
-    description: "the background recover",
+    description: "the background recover or replay",
     schema: "recover_job",
   },
   "get /v1/events": { status: "200", description: "events", schema: "event_page" },

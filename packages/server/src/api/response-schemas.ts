@@ -202,16 +202,17 @@ const apiKeyCreated = object(
 const recoverJob = object(
   {
     id: prefixedId("rcv"),
+    kind: { type: "string", enum: ["recover", "replay"] },
     endpoint_id: prefixedId("ep"),
     status: { type: "string", enum: ["running", "finished", "stopped"] },
     since: millis,
     until: millis,
-    found: { type: "integer", minimum: 0 },
+    found: { type: ["integer", "null"], minimum: 0 },
     queued: { type: "integer", minimum: 0 },
     created_at: millis,
     finished_at: nullable(millis),
   },
-  "a recover carried out in the background: `running`, then `finished`, or `stopped` because its endpoint was disabled or deleted; `found` failed deliveries when asked, `queued` re-queued so far",
+  "a recover or replay carried out in the background: `running`, then `finished`, or `stopped` because its endpoint was disabled or deleted; a recover's `found` failed deliveries when asked (a replay's is null: it does not count in advance), `queued` re-queued (recover) or sent anew (replay) so far",
 );
 
 const statsRow = {
@@ -254,6 +255,11 @@ export const RESPONSE_SCHEMAS = {
   recovery: object(
     { queued: { type: "integer", minimum: 0 }, job_id: prefixedId("rcv") },
     "how many failed deliveries were re-queued; with `job_id`, how many were found failed, re-queued in the background a batch of calls at a time (more than KLEN_RECOVER_BATCH)",
+    ["job_id"],
+  ),
+  replay: object(
+    { queued: { type: ["integer", "null"], minimum: 0 }, job_id: prefixedId("rcv") },
+    "how many events the endpoint never had a delivery for are now queued to it; with `job_id`, more than KLEN_RECOVER_BATCH: `queued` is null and the job makes them in the background (GET /v1/recover-jobs/{id})",
     ["job_id"],
   ),
   recover_job: recoverJob,

@@ -5,7 +5,7 @@ import type { Database } from "../storage/schema.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { earlierPending, resumeOrNow } from "./chains.js";
-import { awaitingRecover } from "./recover.js";
+import { awaitingJob } from "./recover.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -190,7 +190,8 @@ export const selectEndpoints = prepared((db, p: Record<"ids", never>, caps) =>
 
 /**
  * Safety net for ordering: releases parked deliveries whose chain has no earlier pending delivery
- * and no failed one a background recover has yet to re-open (events.emit parks behind those).
+ * and no earlier one a background recover or replay has yet to make pending (events.emit parks
+ * behind those).
  * The completion path releases the next delivery itself; this catches anything a crash between
  * processes left parked (one that was waiting for its next retry when parked, at that retry's time).
  */
@@ -206,7 +207,9 @@ export async function releaseOrphans(store: Store, now: number): Promise<number>
       AND NOT EXISTS (
         SELECT 1 FROM recover_jobs j
         WHERE j.endpoint_id = deliveries.endpoint_id
-          AND ${awaitingRecover(sql`deliveries.endpoint_id`, sql`deliveries.call_id`)})`.execute(store.db);
+          AND ${awaitingJob(sql`deliveries.endpoint_id`, sql`deliveries.call_id`, sql`deliveries.event_seq`)})`.execute(
+    store.db,
+  );
   return Number(res.numAffectedRows ?? 0);
 }
 

@@ -9,6 +9,7 @@ import { newId } from "../util/ids.js";
 import { Periodic, pauseBetweenBatches } from "../util/periodic.js";
 import { isoMillis } from "../util/time.js";
 import { lockCallsOfEndpoint, reorderChains } from "./chains.js";
+import { awaitingReplay, replayBatch, replayFilter } from "./replay.js";
 
 /** What a recover re-opens: an endpoint's failed deliveries made in `[since, until]`. */
 export interface RecoverScope {
@@ -22,6 +23,9 @@ const POLL_MS = 1_000;
 
 /** A job not yet done; `finished` and `stopped` (its endpoint was disabled or deleted) are final. */
 export const RUNNING = "running";
+
+/** A background job re-opens failed deliveries (`recover`) or makes missing ones (`replay`). */
+export type JobKind = "recover" | "replay";
 
 /** The condition of a recover's deliveries: the endpoint's failed ones made in `[since, until]`. */
 function inScope(s: RecoverScope) {
@@ -50,16 +54,20 @@ function reopenFailed(trx: Db, s: RecoverScope, now: number) {
 }
 
 /**
- * SQL condition, beside `recover_jobs j`: job j is running and has yet to reach this call, and the call has a
- * failed delivery to this endpoint in j's range, which j will re-open. A new event of that call
- * (events/emit.ts) waits behind it as it would behind a pending one, and the ordering sweep
- * (claim.ts `releaseOrphans`) leaves it parked until then.
+ * SQL condition, beside `recover_jobs j`: job j is running and has yet to make pending an earlier
+ * delivery of this call to this endpoint: a recover, a failed one in its range of a call it has
+ * yet to reach, which it will re-open; a replay, the delivery of an event before `seq` it has yet
+ * to make (delivery/replay.ts). A new event of that call (events/emit.ts) waits behind it as it
+ * would behind a pending one, and the ordering sweep (claim.ts `releaseOrphans`) leaves it parked
+ * until then.
  */
-export function awaitingRecover(endpointId: RawBuilder<unknown>, callId: unknown) {
-  return sql<boolean>`j.status = 'running' AND j.after_call_id < ${callId} AND EXISTS (
-    SELECT 1 FROM deliveries f
-    WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
-      AND f.created_at >= j.since AND f.created_at <= j.until)`;
+export function awaitingJob(endpointId: RawBuilder<unknown>, callId: unknown, seq: unknown) {
+  return sql<boolean>`j.status = 'running' AND (
+    j.kind = 'replay' AND ${awaitingReplay(endpointId, callId, seq)}
+    OR j.kind <> 'replay' AND j.after_call_id < ${callId} AND EXISTS (
+      SELECT 1 FROM deliveries f
+      WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
+        AND f.created_at >= j.since AND f.created_at <= j.until))`;
 }
 
 /** How many deliveries a recover of this scope would re-open now. */
@@ -117,10 +125,11 @@ export async function recoverAll(trx: Db, caps: DialectCaps, s: RecoverScope, no
  */
 export async function queueRecoverJob(
   trx: Db,
-  job: RecoverScope & { accountId: number; found: number },
+  job: RecoverScope & { accountId: number; found: number; kind?: JobKind },
   now: number,
 ): Promise<string> {
   const id = newId("rcv", now);
+  const replay = job.kind === "replay";
   await trx
     .insertInto("recover_jobs")
     .values({
@@ -129,7 +138,10 @@ export async function queueRecoverJob(
       endpoint_id: job.endpointId,
       since: job.since,
       until: job.until,
-      after_call_id: -1,
+      // A replay goes by event ids (after_event_id); past every call, the recover half leaves it be.
+      after_call_id: replay ? Number.MAX_SAFE_INTEGER : -1,
+      after_event_id: null,
+      kind: job.kind ?? "recover",
       queued: 0,
       leased_until: null,
       claim_token: 0,
@@ -167,6 +179,45 @@ async function takeJob(ctx: AppContext): Promise<JobRow | undefined> {
 
 type Step = { kind: "more"; queued: number } | { kind: "done" } | { kind: "lost" };
 
+/** What one batch did, and where the job goes on from (undefined: it is done). */
+type Batch = {
+  queued: number;
+  next: { after_call_id: number } | { after_event_id: string } | undefined;
+};
+type HeldJob = Selectable<Database["recover_jobs"]>;
+
+async function recoverStep(
+  trx: Db,
+  ctx: AppContext,
+  s: RecoverScope,
+  job: HeldJob,
+  now: number,
+): Promise<Batch> {
+  const b = await recoverBatch(
+    trx,
+    ctx.store.caps,
+    s,
+    Number(job.after_call_id),
+    ctx.config.recoverBatch,
+    now,
+  );
+  return { queued: b.queued, next: b.lastCallId === undefined ? undefined : { after_call_id: b.lastCallId } };
+}
+
+async function replayStep(
+  trx: Db,
+  ctx: AppContext,
+  s: Parameters<typeof replayBatch>[2],
+  job: HeldJob,
+  now: number,
+): Promise<Batch> {
+  const b = await replayBatch(trx, ctx.store.caps, s, job.after_event_id, ctx.config.recoverBatch, now);
+  return {
+    queued: b.queued,
+    next: b.lastEventId === undefined ? undefined : { after_event_id: b.lastEventId },
+  };
+}
+
 /**
  * One batch of a job, in one transaction: renews the lease (fenced by the token: a job taken over
  * by another worker is left to it), ends the job when its endpoint was deleted or disabled
@@ -188,7 +239,7 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
       if (!held) return { kind: "lost" };
       const endpoint = await trx
         .selectFrom("endpoints")
-        .select(["disabled", "deleted_at"])
+        .select(["disabled", "deleted_at", "event_types", "agent_ids"])
         .where("id", "=", held.endpoint_id)
         .where("account_id", "=", held.account_id)
         .executeTakeFirst();
@@ -196,17 +247,18 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
         endpoint !== undefined && endpoint.deleted_at === null && Number(endpoint.disabled) === 0;
       const scope = { endpointId: held.endpoint_id, since: Number(held.since), until: Number(held.until) };
       const batch = !sending
-        ? { queued: 0, lastCallId: undefined }
-        : await recoverBatch(
-            trx,
-            ctx.store.caps,
-            scope,
-            Number(held.after_call_id),
-            ctx.config.recoverBatch,
-            now,
-          );
+        ? { queued: 0, next: undefined }
+        : held.kind === "replay"
+          ? await replayStep(
+              trx,
+              ctx,
+              { ...scope, accountId: held.account_id, ...replayFilter(endpoint!) },
+              held,
+              now,
+            )
+          : await recoverStep(trx, ctx, scope, held, now);
       const queued = Number(held.queued) + batch.queued;
-      if (batch.lastCallId === undefined) {
+      if (batch.next === undefined) {
         // Kept, finished, for GET /v1/recover-jobs/{id}; the retention period removes it. Held
         // for ever and past every call, so processes of the version before migration 17 (which
         // know no status, and may run beside this one while an upgrade rolls out) neither take
@@ -226,13 +278,14 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
         // endpoint's are then settled as they come due).
         await reorderChains(trx, { endpointId: held.endpoint_id }, now);
         const log = ctx.log.child({ component: "recover", job: job.id, endpoint_id: held.endpoint_id });
-        if (sending) log.info({ queued }, "recover done");
-        else log.warn({ queued }, "recover stopped: its endpoint was disabled or deleted");
+        if (sending) log.info({ queued, kind: held.kind }, `${held.kind} done`);
+        else
+          log.warn({ queued, kind: held.kind }, `${held.kind} stopped: its endpoint was disabled or deleted`);
         return { kind: "done" };
       }
       await trx
         .updateTable("recover_jobs")
-        .set({ after_call_id: batch.lastCallId, queued })
+        .set({ ...batch.next, queued })
         .where("id", "=", job.id)
         .execute();
       return { kind: "more", queued: batch.queued };
@@ -286,11 +339,13 @@ export function recoverJobs(ctx: AppContext): Periodic {
 export function recoverJobObject(j: Selectable<Database["recover_jobs"]>) {
   return {
     id: j.id,
+    kind: j.kind,
     endpoint_id: j.endpoint_id,
     status: j.status,
     since: isoMillis(Number(j.since)),
     until: isoMillis(Number(j.until)),
-    found: Number(j.found),
+    // A replay does not count its events in advance (that would read the whole range at once).
+    found: j.kind === "replay" ? null : Number(j.found),
     queued: Number(j.queued),
     created_at: isoMillis(Number(j.created_at)),
     finished_at: j.finished_at === null ? null : isoMillis(Number(j.finished_at)),

@@ -1,7 +1,7 @@
 import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
-import { awaitingRecover } from "../delivery/recover.js";
+import { awaitingJob } from "../delivery/recover.js";
 import { matches } from "../endpoints/filter.js";
 import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
 import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
@@ -49,15 +49,15 @@ const oneEnabled = prepared((db, p: Record<"account" | "id", never>) =>
 );
 
 // Fixed SQL text whatever the number of endpoints (storage/lists.ts), prepared once. A chain is
-// busy with a pending delivery, or with a failed one that a recover running in the background
-// (delivery/recover.ts) has yet to re-open: the new event must not overtake it.
-const busyChains = prepared<"call" | "ids", { endpoint_id: string }>(
+// busy with a pending delivery, or with an earlier one that a recover or replay running in the
+// background (delivery/recover.ts) has yet to make pending: the new event must not overtake it.
+const busyChains = prepared<"call" | "seq" | "ids", { endpoint_id: string }>(
   (_db, p, caps) => sql<{ endpoint_id: string }>`
     SELECT DISTINCT endpoint_id FROM deliveries
     WHERE call_id = ${p.call} AND status = 'pending' AND ${inListOf(caps, "endpoint_id", p.ids, "text")}
     UNION
     SELECT j.endpoint_id FROM recover_jobs j
-    WHERE ${inListOf(caps, "j.endpoint_id", p.ids, "text")} AND ${awaitingRecover(sql`j.endpoint_id`, p.call)}`,
+    WHERE ${inListOf(caps, "j.endpoint_id", p.ids, "text")} AND ${awaitingJob(sql`j.endpoint_id`, p.call, p.seq)}`,
 );
 const insertDeliveries = prepared(
   (_db, p: Record<string, never>, caps) => sql`
@@ -107,6 +107,7 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
 
   const busy = await busyChains(trx, input.caps, {
     call: input.callId,
+    seq: Number(inserted.seq),
     ids: listValue(
       input.caps,
       endpoints.map((e) => e.id),

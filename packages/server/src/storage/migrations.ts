@@ -460,4 +460,16 @@ ALTER TABLE deliveries ADD COLUMN resume_at ${d.bigint};
 ALTER TABLE deliveries ADD COLUMN manual_attempts INTEGER NOT NULL DEFAULT 0;
 `,
   },
+  {
+    id: 19,
+    name: "replay_jobs",
+    sql: () => `
+-- A replay (POST /v1/endpoints/{id}/replay: the events an endpoint never had a delivery for) too
+-- large for its request is a job in recover_jobs of kind \`replay\`, worked through in event id
+-- order: \`after_event_id\` is the last event its batches read. Its \`after_call_id\` is set past
+-- every call, so that the recover half of the code never reads it as one of its own.
+ALTER TABLE recover_jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'recover';
+ALTER TABLE recover_jobs ADD COLUMN after_event_id TEXT;
+`,
+  },
 ];

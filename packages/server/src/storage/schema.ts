@@ -179,9 +179,13 @@ export interface Database {
     created_at: number;
     /** `running`, `finished`, or `stopped` (its endpoint was disabled or deleted): migration 17. */
     status: string;
-    /** Failed deliveries found when the recover was asked (its 202's `queued`). */
+    /** Failed deliveries found when the recover was asked (its 202's `queued`); 0 for a replay. */
     found: number;
     finished_at: number | null;
+    /** `recover` (failed deliveries) or `replay` (events never delivered): migration 19. */
+    kind: string;
+    /** A replay's batches made the deliveries of every call of the events up to this id. */
+    after_event_id: string | null;
   };
   summary_jobs: {
     call_id: number;

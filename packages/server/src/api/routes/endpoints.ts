@@ -1,6 +1,7 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
 import { countRecoverable, queueRecoverJob, recoverAll } from "../../delivery/recover.js";
+import { countMissing, replayAll, replayFilter } from "../../delivery/replay.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
 import { previousSecretsExpireAt, rotatedOut } from "../../endpoints/secrets.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
@@ -116,6 +117,29 @@ export async function findEndpoint(
 }
 
 const idParam = stringIdParam("ep");
+
+/** The body of recover and replay: a time range, `until` now when left out. */
+const timeRangeBody = {
+  type: "object",
+  additionalProperties: false,
+  required: ["since"],
+  properties: { since: isoTimestamp, until: isoTimestamp },
+} as const;
+type TimeRangeBody = { since: string; until?: string };
+
+function timeRange(b: TimeRangeBody, now: number): { since: number; until: number } {
+  const since = parseIso(b.since);
+  if (since === undefined) throw badRequest("since", `"since" is not an ISO-8601 timestamp`);
+  const until = b.until === undefined ? now : parseIso(b.until);
+  if (until === undefined) throw badRequest("until", `"until" is not an ISO-8601 timestamp`);
+  if (until < since) {
+    // Without `until` it is now: then `since` is what is wrong.
+    throw b.until === undefined
+      ? badRequest("since", `"since" is in the future`)
+      : new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
+  }
+  return { since, until };
+}
 
 /**
  * An agent filter names the account's own agents: an id of another account's, a deleted one or a
@@ -316,50 +340,61 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
       ),
   );
 
-  app.post(
-    "/v1/endpoints/:id/recover",
-    {
-      schema: {
-        params: idParam,
-        body: {
-          type: "object",
-          additionalProperties: false,
-          required: ["since"],
-          properties: { since: isoTimestamp, until: isoTimestamp },
-        },
+  app.post("/v1/endpoints/:id/recover", { schema: { params: idParam, body: timeRangeBody } }, (req, reply) =>
+    h.mutate(
+      req,
+      reply,
+      async (trx) => {
+        const id = (req.params as { id: string }).id;
+        assertSending(await findEndpoint(trx, req.account.id, id));
+        const now = ctx.clock.now();
+        const scope = { endpointId: id, ...timeRange(req.body as TimeRangeBody, now) };
+        // A recover of up to KLEN_RECOVER_BATCH deliveries is done here, in the request's
+        // transaction; a larger one is recorded with it and carried out by worker processes a
+        // batch of calls at a time (delivery/recover.ts), since one statement re-opening 200,000
+        // deliveries held SQLite, and so every request and attempt, for ~4 s.
+        const found = await countRecoverable(trx, scope);
+        if (found <= ctx.config.recoverBatch)
+          return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
+        const job = await queueRecoverJob(trx, { ...scope, accountId: req.account.id, found }, now);
+        return { status: 202, body: { queued: found, job_id: job } };
       },
-    },
-    (req, reply) =>
-      h.mutate(
-        req,
-        reply,
-        async (trx) => {
-          const id = (req.params as { id: string }).id;
-          assertSending(await findEndpoint(trx, req.account.id, id));
-          const b = req.body as { since: string; until?: string };
-          const since = parseIso(b.since);
-          if (since === undefined) throw badRequest("since", `"since" is not an ISO-8601 timestamp`);
-          const until = b.until === undefined ? ctx.clock.now() : parseIso(b.until);
-          if (until === undefined) throw badRequest("until", `"until" is not an ISO-8601 timestamp`);
-          if (until < since) {
-            // Without `until` it is now: then `since` is what is wrong.
-            throw b.until === undefined
-              ? badRequest("since", `"since" is in the future`)
-              : new ApiError(400, "invalid_request", `"until" is before "since"`, { field: "until" });
-          }
-          const now = ctx.clock.now();
-          const scope = { endpointId: id, since, until };
-          // A recover of up to KLEN_RECOVER_BATCH deliveries is done here, in the request's
-          // transaction; a larger one is recorded with it and carried out by worker processes a
-          // batch of calls at a time (delivery/recover.ts), since one statement re-opening 200,000
-          // deliveries held SQLite, and so every request and attempt, for ~4 s.
-          const found = await countRecoverable(trx, scope);
-          if (found <= ctx.config.recoverBatch)
-            return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
-          const job = await queueRecoverJob(trx, { ...scope, accountId: req.account.id, found }, now);
-          return { status: 202, body: { queued: found, job_id: job } };
-        },
-        { work: true },
-      ),
+      { work: true },
+    ),
+  );
+
+  app.post("/v1/endpoints/:id/replay", { schema: { params: idParam, body: timeRangeBody } }, (req, reply) =>
+    h.mutate(
+      req,
+      reply,
+      async (trx) => {
+        const id = (req.params as { id: string }).id;
+        const e = await findEndpoint(trx, req.account.id, id);
+        assertSending(e);
+        const now = ctx.clock.now();
+        const range = timeRange(req.body as TimeRangeBody, now);
+        // Events older than the retention period may have lost their deliveries to the purge
+        // already (retention/purge.ts), and would look never sent: the range starts after it.
+        const scope = {
+          accountId: req.account.id,
+          endpointId: id,
+          since: Math.max(range.since, now - ctx.config.retentionMs),
+          // What is made after this request is not missing: its own fan-out decided it.
+          until: Math.min(range.until, now),
+          ...replayFilter(e),
+        };
+        // As a recover: up to KLEN_RECOVER_BATCH events in the request's transaction, more by
+        // worker processes in the background, a batch at a time (delivery/recover.ts).
+        if ((await countMissing(trx, scope, ctx.config.recoverBatch)) <= ctx.config.recoverBatch)
+          return { status: 202, body: { queued: await replayAll(trx, ctx.store.caps, scope, now) } };
+        const job = await queueRecoverJob(
+          trx,
+          { ...scope, accountId: req.account.id, found: 0, kind: "replay" },
+          now,
+        );
+        return { status: 202, body: { queued: null, job_id: job } };
+      },
+      { work: true },
+    ),
   );
 };
