@@ -1207,6 +1207,61 @@ test("endpoints recover: a small one at once; a large one in the background, fol
   });
 });
 
+test("endpoints replay: the events an endpoint never had, at once and in the background with --wait; nothing missing says so", async (t) => {
+  const dir = tempDir();
+  const server = await spawnServer({ dataDir: dir.path, env: { KLEN_RECOVER_BATCH: "2" } });
+  const rx = await startReceiver();
+  t.after(async () => {
+    await server.kill();
+    await rx.close();
+    dir.remove();
+  });
+  const env = { KLEN_API_URL: server.url, KLEN_API_KEY: server.apiKey };
+  const since = new Date(Date.now() - 600_000).toISOString();
+  for (let i = 0; i < 2; i++) assert.equal((await cli(["trigger", "call.ended", "--json"], env)).code, 0);
+  // Made after the calls: it never had their events.
+  const { endpoint } = await setupAccount(server.api, { endpointUrl: rx.url });
+  const events = (await server.api.get("/v1/events?limit=100")).body.data.length;
+  assert.ok(events > 2, `more than KLEN_RECOVER_BATCH events: ${events}`);
+
+  const bad = await cli(["endpoints", "replay", endpoint.id, "--since", "yesterday"], env);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /\(field: since\)/);
+  const r = await cli(["endpoints", "replay", endpoint.id, "--since", since, "--wait"], env);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stdout,
+    new RegExp(`^replaying the events ${endpoint.id} never had in the background as rcv_`),
+  );
+  assert.match(
+    r.stdout,
+    new RegExp(`rcv_\\w+ finished: queued ${events} events of ${endpoint.id}; see them with`),
+  );
+  await waitFor("every event arrived", async () => rx.requests.length === events);
+
+  const none = await cli(["endpoints", "replay", endpoint.id, "--since", since], env);
+  assert.equal(none.code, 0, none.stderr);
+  assert.equal(
+    none.stdout.trim(),
+    `queued nothing: ${endpoint.id} has a delivery for every event since ${since} that its filter takes`,
+  );
+  // One more event, then its delivery removed: a replay small enough to run in the request.
+  assert.equal((await cli(["trigger", "call.started", "--json"], env)).code, 0);
+  await waitFor("it arrived", async () => rx.requests.length === events + 1);
+  const db = new Database(`${dir.path}/klen.db`);
+  try {
+    db.prepare(
+      "DELETE FROM deliveries WHERE id = (SELECT MAX(id) FROM deliveries WHERE endpoint_id = ?)",
+    ).run(endpoint.id);
+  } finally {
+    db.close();
+  }
+  const one = await cli(["endpoints", "replay", endpoint.id, "--since", since, "--json"], env);
+  assert.equal(one.code, 0, one.stderr);
+  assert.deepEqual(JSON.parse(one.stdout), { queued: 1 });
+  await waitFor("it arrived again", async () => rx.requests.length === events + 2);
+});
+
 /** `serve` on a fresh data dir without KLEN_API_KEY (so it makes the default account), its stderr kept. */
 async function firstStart(env: Record<string, string>) {
   const dir = tempDir();

@@ -10,7 +10,7 @@ import {
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
 import { type Output, statusText } from "./output.js";
-import { registerRecoverCommand } from "./recover.js";
+import { registerRecoverCommands } from "./recover.js";
 
 /** An API key as the API lists it: never the key itself, which is shown once, when it is made. */
 interface ApiKeyObject {
@@ -158,7 +158,7 @@ function registerEndpointCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
     .description(
-      "list, create, enable and disable webhook endpoints; recover failed deliveries; show a secret; set a rate limit",
+      "list, create, enable and disable webhook endpoints; recover failed deliveries; replay events they never had; show a secret; set a rate limit",
     )
     .addHelpText(
       "after",
@@ -260,7 +260,7 @@ Examples:
         return 0;
       }),
     );
-  registerRecoverCommand(endpoints);
+  registerRecoverCommands(endpoints);
   idCommand(endpoints, {
     name: "secret",
     description: "print an endpoint's current signing secret (GET /v1/endpoints/{id}/secret)",
