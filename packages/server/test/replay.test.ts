@@ -3,12 +3,14 @@ import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import type { AppContext } from "../src/api/context.js";
 import { loadConfig } from "../src/config.js";
-import { releaseOrphans } from "../src/delivery/claim.js";
+import { claimDue, releaseOrphans } from "../src/delivery/claim.js";
+import { completeBatch } from "../src/delivery/complete.js";
 import { runRecoverJobs } from "../src/delivery/recover.js";
 import { createLogger } from "../src/log.js";
 import { type Running, startServer } from "../src/server.js";
 import { type ApiClient, apiClient, setupAccount } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
+import { ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer } from "./helpers/server.js";
@@ -231,6 +233,71 @@ for (const backend of backends()) {
         );
       const done = await api.get(`/v1/recover-jobs/${r.body.job_id}`);
       assert.deepEqual([done.body.status, done.body.queued, done.body.found], ["finished", 15, null]);
+    });
+
+    test("a new event held for a background replay stays held when an earlier delivery of its call finishes; it is stored apart from recovers while it runs", async (t) => {
+      const { api, store, at, deliveriesOf } = await apiServer(t, backend, 1);
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: NOWHERE });
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
+      const c = await makeCall(api, agentId, ["start"]);
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
+      assert.equal((await api.post(`/v1/calls/${c}/end`, {})).status, 200);
+      const r = await api.post(`/v1/endpoints/${endpoint.id}/replay`, since());
+      assert.ok(r.body.job_id, "two events in the range: in the background");
+      // A process of the version before migration 19 takes `running` jobs for recovers.
+      const row = await store.db
+        .selectFrom("recover_jobs")
+        .select(["status", "kind"])
+        .where("id", "=", r.body.job_id)
+        .executeTakeFirstOrThrow();
+      assert.deepEqual(row, { status: "replaying", kind: "replay" });
+      assert.equal((await api.get(`/v1/recover-jobs/${r.body.job_id}`)).body.status, "running");
+      assert.equal((await api.post(`/v1/calls/${c}/transcript`, { transcript: "Agent: Hi." })).status, 200);
+
+      // call.ended, made before the replay, goes out and succeeds.
+      const now = Date.now();
+      const claimed = await claimDue(store, { now, limit: 10, leaseMs: 60_000, exclude: [] });
+      assert.deepEqual(
+        claimed.map((d) => d.callId),
+        [c],
+      );
+      const policy = { schedule: [5_000], disableAfterMs: 86_400_000, random: () => 0.5 };
+      await completeBatch(store, [outcome(claimed[0]!, ok(), now)], policy, now);
+      assert.deepEqual(
+        chainOf(await deliveriesOf(endpoint.id), c),
+        [
+          ["call.ended", false],
+          ["call.transcript", false],
+        ],
+        "call.transcript still waits for the replay's call.started",
+      );
+      assert.equal(await releaseOrphans(store, now), 0);
+
+      await runRecoverJobs(at(now));
+      const rows = await deliveriesOf(endpoint.id);
+      assert.deepEqual(
+        rows.map((d) => [d.event_type, d.status, d.next_attempt_at !== null]),
+        [
+          ["call.started", "pending", true],
+          ["call.ended", "succeeded", false],
+          ["call.transcript", "pending", false],
+        ],
+        "the replayed call.started first, call.transcript behind it",
+      );
+    });
+
+    test("a background replay carried on after the retention period has passed over its range replays nothing older", async (t) => {
+      const { api, at, deliveriesOf } = await apiServer(t, backend, 1);
+      const { agentId } = await setupAccount(api);
+      await makeCall(api, agentId);
+      const ep = await api.post("/v1/endpoints", { url: NOWHERE });
+      const r = await api.post(`/v1/endpoints/${ep.body.id}/replay`, since());
+      assert.ok(r.body.job_id);
+      const ctx = at(Date.now());
+      await runRecoverJobs(at(Date.now() + ctx.config.retentionMs + 60_000));
+      const done = await api.get(`/v1/recover-jobs/${r.body.job_id}`);
+      assert.deepEqual([done.body.status, done.body.queued], ["finished", 0]);
+      assert.deepEqual(await deliveriesOf(ep.body.id), []);
     });
   });
 

@@ -259,7 +259,7 @@ export const RESPONSE_SCHEMAS = {
   ),
   replay: object(
     { queued: { type: ["integer", "null"], minimum: 0 }, job_id: prefixedId("rcv") },
-    "how many events the endpoint never had a delivery for are now queued to it; with `job_id`, more than KLEN_RECOVER_BATCH: `queued` is null and the job makes them in the background (GET /v1/recover-jobs/{id})",
+    "how many events the endpoint never had a delivery for are now queued to it; with `job_id`, a range of more than KLEN_RECOVER_BATCH events: `queued` is null and the job makes them in the background (GET /v1/recover-jobs/{id})",
     ["job_id"],
   ),
   recover_job: recoverJob,

@@ -122,11 +122,11 @@ const REPLAY: JobCommand = {
   help: `
 What the endpoint's filter takes now is replayed, once each; a test call aimed at another endpoint
 is not. Each call's replayed events go out in order, before its later events still waiting for
-their retry. Events older than the server's KLEN_RETENTION are gone and not replayed. A replay of
-more than KLEN_RECOVER_BATCH events (default 2000) runs in the background: the command prints its
-job id (see it with GET /v1/recover-jobs/{id}); with --wait it follows it, and exits 1 if the job
-stopped (the endpoint was disabled or deleted meanwhile) or --timeout passed. To try failed
-deliveries once more, use endpoints recover.
+their retry. Events older than the server's KLEN_RETENTION are gone and not replayed. A range of
+more than KLEN_RECOVER_BATCH events (default 2000; missing or not) is replayed in the background:
+the command prints its job id (see it with GET /v1/recover-jobs/{id}); with --wait it follows it,
+and exits 1 if the job stopped (the endpoint was disabled or deleted meanwhile) or --timeout
+passed. To try failed deliveries once more, use endpoints recover.
 
 Examples:
   $ klen-webhooks endpoints replay ep_01j9z3… --since 2026-11-24T18:00:00Z
@@ -207,7 +207,10 @@ function registerJobCommand(endpoints: Command, kind: JobCommand): void {
             return 1;
           }
           if (out.json) out.data(job.status === "stopped" ? { ...result, error: kind.stopped } : result);
-          else if (job.status === "finished") out.line(`${job.id} finished: ${queuedLine(job.queued)}`);
+          else if (job.status === "finished")
+            out.line(
+              `${job.id} finished: ${job.queued > 0 ? queuedLine(job.queued) : await kind.nothing(client, endpointId, o.since)}`,
+            );
           else
             out.warn(
               `klen-webhooks endpoints ${kind.name}: ${out.red(`${job.id} ${kind.stopped}`)} (${kind.soFar(job)})`,

@@ -5,7 +5,7 @@ import type { Database } from "../storage/schema.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { earlierPending, resumeOrNow } from "./chains.js";
-import { awaitingJob } from "./recover.js";
+import { awaitedJob } from "./recover.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -204,12 +204,7 @@ export async function releaseOrphans(store: Store, now: number): Promise<number>
         SELECT 1 FROM deliveries e
         WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
           AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)
-      AND NOT EXISTS (
-        SELECT 1 FROM recover_jobs j
-        WHERE j.endpoint_id = deliveries.endpoint_id
-          AND ${awaitingJob(sql`deliveries.endpoint_id`, sql`deliveries.call_id`, sql`deliveries.event_seq`)})`.execute(
-    store.db,
-  );
+      AND NOT EXISTS (${awaitedJob})`.execute(store.db);
   return Number(res.numAffectedRows ?? 0);
 }
 

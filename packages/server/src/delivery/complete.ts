@@ -7,6 +7,7 @@ import type { Db } from "../storage/types.js";
 import { formatDuration } from "../util/units.js";
 import { parkBehindEarlier, resumeOrNow } from "./chains.js";
 import { type Claimed, PAIR_TYPES } from "./claim.js";
+import { awaitedJob } from "./recover.js";
 import { honourRetryAfter, nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
 
@@ -394,6 +395,8 @@ const CHAIN_TYPES: ColumnType[] = ["text", "bigint"];
 // After an earlier event that failed, a delivery parked while waiting for its next retry (by a
 // manual retry or a recover of that earlier one) goes at that retry's time, not at once: the
 // endpoint is still failing (migration 18). After one that succeeded, everything goes at once.
+// Not while a background recover or replay has yet to make an earlier event of its call pending
+// (events/emit.ts parked it for that): the job's batch for the call releases it.
 const releaseChainsStatement = (afterFailure: boolean) =>
   prepared(
     (_db, p: Record<"now", never>, caps) =>
@@ -405,6 +408,7 @@ const releaseChainsStatement = (afterFailure: boolean) =>
         WHERE n.endpoint_id = c.endpoint_id AND n.call_id = c.call_id AND n.status = 'pending'
         ORDER BY n.event_seq LIMIT 1)
       FROM ${rowListSlot(p, "chains", caps, CHAIN_TYPES, ["endpoint_id", "call_id"])} AS c)
+      AND NOT EXISTS (${awaitedJob})
     RETURNING id`,
   );
 const releaseChains = releaseChainsStatement(false);

@@ -23,6 +23,13 @@ const POLL_MS = 1_000;
 
 /** A job not yet done; `finished` and `stopped` (its endpoint was disabled or deleted) are final. */
 export const RUNNING = "running";
+/**
+ * A replay job not yet done, shown as `running`. Stored apart so that a process of the version
+ * before migration 19 (which may run beside this one while an upgrade rolls out) does not take it
+ * for a recover: it would find no failed delivery to re-open and end it as `finished` at once.
+ */
+export const REPLAYING = "replaying";
+const ACTIVE = [RUNNING, REPLAYING];
 
 /** A background job re-opens failed deliveries (`recover`) or makes missing ones (`replay`). */
 export type JobKind = "recover" | "replay";
@@ -62,13 +69,19 @@ function reopenFailed(trx: Db, s: RecoverScope, now: number) {
  * until then.
  */
 export function awaitingJob(endpointId: RawBuilder<unknown>, callId: unknown, seq: unknown) {
-  return sql<boolean>`j.status = 'running' AND (
-    j.kind = 'replay' AND ${awaitingReplay(endpointId, callId, seq)}
-    OR j.kind <> 'replay' AND j.after_call_id < ${callId} AND EXISTS (
+  return sql<boolean>`(
+    j.status = 'replaying' AND ${awaitingReplay(endpointId, callId, seq)}
+    OR j.status = 'running' AND j.after_call_id < ${callId} AND EXISTS (
       SELECT 1 FROM deliveries f
       WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
         AND f.created_at >= j.since AND f.created_at <= j.until))`;
 }
+
+/** `EXISTS (…)` of this condition: a job of its endpoint awaits this delivery (`deliveries`), as above. */
+export const awaitedJob = sql`
+  SELECT 1 FROM recover_jobs j
+  WHERE j.endpoint_id = deliveries.endpoint_id
+    AND ${awaitingJob(sql`deliveries.endpoint_id`, sql`deliveries.call_id`, sql`deliveries.event_seq`)}`;
 
 /** How many deliveries a recover of this scope would re-open now. */
 export async function countRecoverable(db: Db, s: RecoverScope): Promise<number> {
@@ -146,7 +159,7 @@ export async function queueRecoverJob(
       leased_until: null,
       claim_token: 0,
       created_at: now,
-      status: RUNNING,
+      status: replay ? REPLAYING : RUNNING,
       found: job.found,
       finished_at: null,
     })
@@ -162,7 +175,7 @@ async function takeJob(ctx: AppContext): Promise<JobRow | undefined> {
   const free = await ctx.store.db
     .selectFrom("recover_jobs")
     .select(["id", "claim_token"])
-    .where("status", "=", RUNNING)
+    .where("status", "in", ACTIVE)
     .where((eb) => eb.or([eb("leased_until", "is", null), eb("leased_until", "<=", now)]))
     .orderBy("created_at")
     .limit(1)
@@ -233,7 +246,7 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
         .set({ leased_until: now + ctx.config.leaseMs })
         .where("id", "=", job.id)
         .where("claim_token", "=", job.claim_token)
-        .where("status", "=", RUNNING)
+        .where("status", "in", ACTIVE)
         .returningAll()
         .executeTakeFirst();
       if (!held) return { kind: "lost" };
@@ -252,7 +265,14 @@ async function step(ctx: AppContext, job: JobRow): Promise<Step> {
           ? await replayStep(
               trx,
               ctx,
-              { ...scope, accountId: held.account_id, ...replayFilter(endpoint!) },
+              {
+                ...scope,
+                // Each batch as the request did: an event older than the retention period may have
+                // lost its deliveries to the purge since, and would look never sent.
+                since: Math.max(scope.since, now - ctx.config.retentionMs),
+                accountId: held.account_id,
+                ...replayFilter(endpoint!),
+              },
               held,
               now,
             )
@@ -341,7 +361,7 @@ export function recoverJobObject(j: Selectable<Database["recover_jobs"]>) {
     id: j.id,
     kind: j.kind,
     endpoint_id: j.endpoint_id,
-    status: j.status,
+    status: j.status === REPLAYING ? RUNNING : j.status,
     since: isoMillis(Number(j.since)),
     until: isoMillis(Number(j.until)),
     // A replay does not count its events in advance (that would read the whole range at once).

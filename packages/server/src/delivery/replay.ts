@@ -26,13 +26,17 @@ export interface ReplayScope {
  * time range is a range of the primary key: no index on `created_at` is needed, and a batch goes
  * on from the last id it read.
  */
-function missingEvents(db: Db, s: ReplayScope) {
+function eventsInRange(db: Db, s: ReplayScope) {
   return db
     .selectFrom("events as ev")
-    .innerJoin("calls as c", "c.id", "ev.call_id")
     .where("ev.id", ">=", idFloor("evt", s.since))
     .where("ev.id", "<", idFloor("evt", s.until + 1))
-    .where("ev.account_id", "=", s.accountId)
+    .where("ev.account_id", "=", s.accountId);
+}
+
+function missingEvents(db: Db, s: ReplayScope) {
+  return eventsInRange(db, s)
+    .innerJoin("calls as c", "c.id", "ev.call_id")
     .$if(s.eventTypes.length > 0, (q) => q.where("ev.event_type", "in", [...s.eventTypes]))
     .$if(s.agentIds.length > 0, (q) => q.where("c.agent_id", "in", [...s.agentIds]))
     .where((eb) => eb.or([eb("c.only_endpoint_id", "is", null), eb("c.only_endpoint_id", "=", s.endpointId)]))
@@ -49,15 +53,18 @@ function missingEvents(db: Db, s: ReplayScope) {
 }
 
 /**
- * How many events a replay of this scope would send, counting no further than `limit` + 1: enough
- * to tell whether it fits in its request, without reading a month of events to say how many.
+ * Whether the range holds at most `limit` of the account's events, read no further than that:
+ * then the request replays it; a larger one is a background job, whose batches each read `limit`
+ * events. What bounds the work is the events read, not the ones missing: finding that a healthy
+ * endpoint misses none of a month's events reads the month.
  */
-export async function countMissing(db: Db, s: ReplayScope, limit: number): Promise<number> {
-  const rows = await missingEvents(db, s)
+export async function fitsInRequest(db: Db, s: ReplayScope, limit: number): Promise<boolean> {
+  const rows = await eventsInRange(db, s)
     .select("ev.id")
+    .orderBy("ev.id")
     .limit(limit + 1)
     .execute();
-  return rows.length;
+  return rows.length <= limit;
 }
 
 /** Rows per INSERT: 13 parameters each, well under SQLite's and PostgreSQL's limits. */
@@ -119,10 +126,11 @@ export async function replayAll(trx: Db, caps: DialectCaps, s: ReplayScope, now:
 }
 
 /**
- * One batch of a background replay: the calls of the next `rows` missing events after the event
- * `afterEventId`, in id order, each call's missing events in scope all at once (never half a call,
- * which could release a later event before its earlier one is made). Returns how many deliveries
- * it made and the last event it read (undefined: nothing was left).
+ * One batch of a background replay: the next `rows` events of the range after the event
+ * `afterEventId`, in id order; for the calls of those that are missing, each call's missing events
+ * in scope all at once (never half a call, which could release a later event before its earlier
+ * one is made). Returns how many deliveries it made and the last event it read (undefined: the
+ * range is done).
  */
 export async function replayBatch(
   trx: Db,
@@ -132,15 +140,22 @@ export async function replayBatch(
   rows: number,
   now: number,
 ): Promise<{ queued: number; lastEventId: string | undefined }> {
-  const found = await missingEvents(trx, s)
-    .select(["ev.id", "ev.call_id"])
+  const read = await eventsInRange(trx, s)
+    .select("ev.id")
     .$if(afterEventId !== null, (q) => q.where("ev.id", ">", afterEventId!))
     .orderBy("ev.id")
     .limit(rows)
     .execute();
-  if (found.length === 0) return { queued: 0, lastEventId: undefined };
-  const queued = await replayCalls(trx, caps, s, callsOf(found), now);
-  return { queued, lastEventId: found[found.length - 1]!.id };
+  if (read.length === 0) return { queued: 0, lastEventId: undefined };
+  const last = read[read.length - 1]!.id;
+  const found = await missingEvents(trx, s)
+    .select("ev.call_id")
+    .distinct()
+    .$if(afterEventId !== null, (q) => q.where("ev.id", ">", afterEventId!))
+    .where("ev.id", "<=", last)
+    .execute();
+  const queued = found.length === 0 ? 0 : await replayCalls(trx, caps, s, callsOf(found), now);
+  return { queued, lastEventId: last };
 }
 
 /**

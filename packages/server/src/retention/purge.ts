@@ -2,7 +2,7 @@ import type { ExpressionBuilder } from "kysely";
 import type { AppContext } from "../api/context.js";
 import { IDEMPOTENCY_TTL_MS } from "../api/idempotency.js";
 import { blobStoreFor } from "../blobs/blobs.js";
-import { RUNNING } from "../delivery/recover.js";
+import { REPLAYING, RUNNING } from "../delivery/recover.js";
 import type { Database } from "../storage/schema.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { idFloor } from "../util/ids.js";
@@ -238,7 +238,7 @@ export async function purgeExpired(
   // Recover jobs that are done (kept for GET /v1/recover-jobs/{id}); a running one is never cut short.
   const rj = await db
     .deleteFrom("recover_jobs")
-    .where("status", "<>", RUNNING)
+    .where("status", "not in", [RUNNING, REPLAYING])
     .where("finished_at", "<", cutoff)
     .executeTakeFirst();
   counts.jobs = Number(j.numDeletedRows) + Number(r.numDeletedRows) + Number(rj.numDeletedRows);

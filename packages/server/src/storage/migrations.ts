@@ -467,9 +467,14 @@ ALTER TABLE deliveries ADD COLUMN manual_attempts INTEGER NOT NULL DEFAULT 0;
 -- A replay (POST /v1/endpoints/{id}/replay: the events an endpoint never had a delivery for) too
 -- large for its request is a job in recover_jobs of kind \`replay\`, worked through in event id
 -- order: \`after_event_id\` is the last event its batches read. Its \`after_call_id\` is set past
--- every call, so that the recover half of the code never reads it as one of its own.
+-- every call, so that the recover half of the code never reads it as one of its own, and it is
+-- \`replaying\` until done, not \`running\`, so that a process from before this migration does not
+-- take it up as a recover (finding no failed delivery to re-open, it would end it at once).
 ALTER TABLE recover_jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'recover';
 ALTER TABLE recover_jobs ADD COLUMN after_event_id TEXT;
+-- Each new event, each ordering sweep and each release of a chain's next delivery asks whether a
+-- job of its endpoint is running: without this, a scan of every job kept for the retention period.
+CREATE INDEX recover_jobs_endpoint ON recover_jobs (endpoint_id, status);
 `,
   },
 ];

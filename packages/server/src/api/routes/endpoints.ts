@@ -1,7 +1,7 @@
 import { EVENT_TYPES } from "@klen/webhooks/schemas";
 import type { Selectable } from "kysely";
 import { countRecoverable, queueRecoverJob, recoverAll } from "../../delivery/recover.js";
-import { countMissing, replayAll, replayFilter } from "../../delivery/replay.js";
+import { fitsInRequest, replayAll, replayFilter } from "../../delivery/replay.js";
 import { RESERVED_HEADERS } from "../../delivery/sign.js";
 import { previousSecretsExpireAt, rotatedOut } from "../../endpoints/secrets.js";
 import { checkEndpointUrl } from "../../endpoints/url.js";
@@ -383,9 +383,10 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
           until: Math.min(range.until, now),
           ...replayFilter(e),
         };
-        // As a recover: up to KLEN_RECOVER_BATCH events in the request's transaction, more by
-        // worker processes in the background, a batch at a time (delivery/recover.ts).
-        if ((await countMissing(trx, scope, ctx.config.recoverBatch)) <= ctx.config.recoverBatch)
+        // As a recover: a range of up to KLEN_RECOVER_BATCH events in the request's transaction,
+        // a larger one by worker processes in the background, that many events a batch
+        // (delivery/recover.ts).
+        if (await fitsInRequest(trx, scope, ctx.config.recoverBatch))
           return { status: 202, body: { queued: await replayAll(trx, ctx.store.caps, scope, now) } };
         const job = await queueRecoverJob(
           trx,
