@@ -1149,6 +1149,120 @@ describe("dashboard in Chromium", () => {
     );
   });
 
+  test("Replay sends an endpoint the events made while it was disabled, once enabled, and says when nothing is missing", async () => {
+    // An agent of its own, and call.ended only: one event missing, which fits in the request
+    // (KLEN_RECOVER_BATCH is 1).
+    const agent = await server.api.post("/v1/agents", {
+      name: "Replay Agent",
+      assistant_id: "assistant_replay",
+    });
+    const ep = await server.api.post("/v1/endpoints", {
+      url: `${receiver.url}/replayed`,
+      description: "Replayed",
+      event_types: ["call.ended"],
+      agent_ids: [agent.body.id],
+    });
+    assert.equal((await server.api.patch(`/v1/endpoints/${ep.body.id}`, { disabled: true })).status, 200);
+    const call = await runCall(server.api, agent.body.id);
+    assert.equal((await server.api.get(`/v1/deliveries?endpoint_id=${ep.body.id}`)).body.data.length, 0);
+    await page.evaluate((id) => {
+      location.hash = `#/endpoints/${id}`;
+    }, ep.body.id);
+    await page.getByText("Replay sends the events never sent to this endpoint at all").waitFor();
+    await page.getByRole("button", { name: "Replay missing events" }).click();
+    await page
+      .getByText("This endpoint is disabled: enable it (at the top of this page), then replay.")
+      .waitFor();
+
+    await page.getByRole("button", { name: "Enable endpoint" }).click();
+    await page.locator(".endpoint-meta .badge", { hasText: "enabled" }).waitFor();
+    await page.getByRole("button", { name: "Replay missing events" }).click();
+    await page.getByText("Queued 1 event this endpoint never had.").waitFor();
+    const made = (await server.api.get(`/v1/deliveries?endpoint_id=${ep.body.id}`)).body.data as Array<{
+      id: string;
+      call_id: number;
+    }>;
+    assert.deepEqual(
+      made.map((d) => d.call_id),
+      [call],
+    );
+    // The recent deliveries are reloaded: the replayed one is there without a Refresh.
+    await page.locator(`tr.delivery[data-delivery="${made[0]!.id}"]`).waitFor();
+    await waitFor("the replayed event at the receiver", () =>
+      receiver.requests.find((r) => r.path === "/replayed" && r.json?.call?.id === call),
+    );
+    // Again: it has them all now, and the words say only what its filter takes was looked at.
+    await page.getByRole("button", { name: "Replay missing events" }).click();
+    await page
+      .getByText(/^Nothing missing: this endpoint has a delivery for every event its filter takes since /)
+      .waitFor();
+    assert.equal((await server.api.get(`/v1/deliveries?endpoint_id=${ep.body.id}`)).body.data.length, 1);
+  });
+
+  test("a replay run in the background shows its progress to the end, and the deliveries it made", async () => {
+    const agent = await server.api.post("/v1/agents", { name: "Late Agent", assistant_id: "assistant_late" });
+    const calls = [await runCall(server.api, agent.body.id), await runCall(server.api, agent.body.id)];
+    let events = 0;
+    for (const c of calls) events += (await server.api.get(`/v1/events?call_id=${c}`)).body.data.length;
+    assert.ok(events > 1, "more than KLEN_RECOVER_BATCH (1)");
+    // Made after the calls: every one of their events is missing.
+    const ep = await server.api.post("/v1/endpoints", {
+      url: `${receiver.url}/late`,
+      agent_ids: [agent.body.id],
+    });
+    await page.evaluate((id) => {
+      location.hash = `#/endpoints/${id}`;
+    }, ep.body.id);
+    // A job of two calls is done before the page first asks: that first answer is made to say it
+    // is half way, as a longer one would.
+    let polls = 0;
+    await page.route("**/v1/recover-jobs/*", async (route) => {
+      const real = await route.fetch();
+      if (polls++ > 0) return route.fulfill({ response: real });
+      return route.fulfill({
+        response: real,
+        json: { ...(await real.json()), status: "running", queued: 4 },
+      });
+    });
+    try {
+      const replay = page.getByRole("button", { name: "Replay missing events" });
+      await replay.click();
+      await page.getByText("Queuing the missing events in the background…").waitFor();
+      assert.equal(await replay.isDisabled(), true, "off while the job is followed");
+      assert.equal(
+        await page.getByRole("button", { name: "Recover failed deliveries" }).isDisabled(),
+        true,
+        "the card's other action too: one status line",
+      );
+      await page.getByText("4 events queued so far…").waitFor();
+      await page.getByText(`Queued ${events} events this endpoint never had.`).waitFor();
+      await page.locator("button:not([disabled])", { hasText: "Replay missing events" }).waitFor();
+    } finally {
+      await page.unroute("**/v1/recover-jobs/*");
+    }
+    const jobs = await server.api.get(`/v1/recover-jobs?endpoint_id=${ep.body.id}`);
+    assert.deepEqual(
+      jobs.body.data.map((j: { kind: string; status: string; queued: number }) => [
+        j.kind,
+        j.status,
+        j.queued,
+      ]),
+      [["replay", "finished", events]],
+      "carried out in the background, as the page said",
+    );
+    const made = (await server.api.get(`/v1/deliveries?endpoint_id=${ep.body.id}&limit=100`)).body
+      .data as Array<{
+      id: string;
+      call_id: number;
+    }>;
+    assert.equal(made.length, events);
+    assert.deepEqual(
+      [...new Set(made.map((d) => d.call_id))].sort((a, b) => a - b),
+      [...calls].sort((a, b) => a - b),
+    );
+    for (const d of made) await page.locator(`tr.delivery[data-delivery="${d.id}"]`).waitFor();
+  });
+
   test("creating an endpoint with Enter leads to its page with focus on its heading", async () => {
     await page.evaluate(() => {
       location.hash = "#/endpoints/new";

@@ -403,13 +403,44 @@ function deleteCard(e) {
 }
 
 const countDeliveries = (n) => `${n.toLocaleString()} ${n === 1 ? "delivery" : "deliveries"}`;
+const countEvents = (n) => `${n.toLocaleString()} ${n === 1 ? "event" : "events"}`;
 
 /**
- * A recover larger than the server's KLEN_RECOVER_BATCH runs in the background (202 with a
- * `job_id`): its progress, from GET /v1/recover-jobs/{id} each second while the page shows it.
+ * The card's two actions over the same time range: what each calls, and its words for what it did,
+ * in the request (`queued`) or as a background job (`started`, `running`, `stopped`).
  */
-async function followRecoverJob(status, jobId, found) {
-  note(status, `Found ${countDeliveries(found)}: queuing them in the background…`);
+const RANGE_ACTIONS = {
+  recover: {
+    label: "Recover failed deliveries",
+    verb: "recover",
+    queued: (n) => `Queued ${countDeliveries(n)} for another attempt.`,
+    started: (r) => `Found ${countDeliveries(r.queued)}: queuing them in the background…`,
+    running: (job) => `Queued ${job.queued.toLocaleString()} of ${countDeliveries(job.found)} so far…`,
+    stopped: (job) =>
+      `Stopped after queuing ${countDeliveries(job.queued)} of ${job.found.toLocaleString()}: the endpoint was disabled or deleted meanwhile.`,
+  },
+  replay: {
+    label: "Replay missing events",
+    verb: "replay",
+    // `filtered`: the endpoint takes only some event types or agents, and so is replayed only those.
+    queued: (n, since, filtered) =>
+      n === 0
+        ? `Nothing missing: this endpoint has a delivery for every event${filtered ? " its filter takes" : ""} since ${fmtTime(since)}.`
+        : `Queued ${countEvents(n)} this endpoint never had.`,
+    // A replay does not count its events in advance: no total to show.
+    started: () => "Queuing the missing events in the background…",
+    running: (job) => `${countEvents(job.queued)} queued so far…`,
+    stopped: (job) =>
+      `Stopped after queuing ${countEvents(job.queued)}: the endpoint was disabled or deleted meanwhile.`,
+  },
+};
+
+/**
+ * A recover or replay larger than the server's KLEN_RECOVER_BATCH runs in the background (202 with
+ * a `job_id`): its progress, from GET /v1/recover-jobs/{id} each second while the page shows it,
+ * in the words of `action` (RANGE_ACTIONS).
+ */
+async function followRecoverJob(status, jobId, action, since, filtered) {
   while (status.isConnected) {
     await new Promise((r) => setTimeout(r, 1000));
     if (!status.isConnected) return;
@@ -422,29 +453,30 @@ async function followRecoverJob(status, jobId, found) {
         return note(status, describe(err), "error");
       continue;
     }
-    if (job.status === "finished")
-      return note(status, `Queued ${countDeliveries(job.queued)} for another attempt.`);
-    if (job.status === "stopped")
-      return note(
-        status,
-        `Stopped after queuing ${countDeliveries(job.queued)} of ${job.found.toLocaleString()}: the endpoint was disabled or deleted meanwhile.`,
-        "error",
-      );
-    note(status, `Queued ${job.queued.toLocaleString()} of ${countDeliveries(job.found)} so far…`);
+    if (job.status === "finished") return note(status, action.queued(job.queued, since, filtered));
+    if (job.status === "stopped") return note(status, action.stopped(job), "error");
+    note(status, action.running(job));
   }
 }
 
-function recoverCard(e, done) {
+/**
+ * Recover and replay over a time range since a time: one field, a button for each, one status line.
+ * `current()` is the endpoint as the page last read it (its filter, for the replay's words).
+ */
+function recoverCard(current, done) {
+  const id = current().id;
   const since = h("input", { type: "datetime-local", name: "since", required: true, step: "1" });
   since.value = localInputValue(new Date(Date.now() - 24 * 3600 * 1000));
   const status = h("p", { class: "note", role: "status" });
-  const button = h("button", { class: "btn btn-secondary", type: "submit" }, "Recover failed deliveries");
+  const buttons = Object.entries(RANGE_ACTIONS).map(([kind, action]) =>
+    h("button", { class: "btn btn-secondary", type: "submit", value: kind }, action.label),
+  );
   return card(
-    "Recover",
+    "Recover and replay",
     h(
       "p",
       { class: "muted small" },
-      "Queue another attempt for every failed delivery to this endpoint since a time.",
+      "Recover gives the failed deliveries since a time one more attempt. Replay sends the events never sent to this endpoint at all: made while it was disabled, before it existed, or outside its filter then.",
     ),
     h(
       "form",
@@ -452,31 +484,40 @@ function recoverCard(e, done) {
         class: "inline-form",
         onsubmit: async (ev) => {
           ev.preventDefault();
+          // Enter in the field submits with the first button: Recover, as before Replay was added.
+          const kind = ev.submitter?.value === "replay" ? "replay" : "recover";
+          const action = RANGE_ACTIONS[kind];
           const when = new Date(since.value);
-          if (Number.isNaN(when.getTime())) return note(status, "Pick a time to recover from.", "error");
-          button.disabled = true;
+          if (Number.isNaN(when.getTime()))
+            return note(status, `Pick a time to ${action.verb} from.`, "error");
+          const e = current();
+          const filtered = e.event_types.length > 0 || e.agent_ids.length > 0;
+          const from = when.toISOString();
+          for (const b of buttons) b.disabled = true;
           try {
-            const r = await api("POST", `/v1/endpoints/${e.id}/recover`, { since: when.toISOString() });
-            // The button stays off while a background recover is followed: a second press would
-            // start a second job writing to the same line.
-            if (r.job_id) await followRecoverJob(status, r.job_id, r.queued);
-            else note(status, `Queued ${countDeliveries(r.queued)} for another attempt.`);
-            // A reload that fails says so in its table; the recover's line stays as it is.
+            const r = await api("POST", `/v1/endpoints/${id}/${kind}`, { since: from });
+            // The buttons stay off while a background job is followed: a second press would start
+            // a second job writing to the same line.
+            if (r.job_id) {
+              note(status, action.started(r));
+              await followRecoverJob(status, r.job_id, action, from, filtered);
+            } else note(status, action.queued(r.queued, from, filtered));
+            // A reload that fails says so in its table; the action's line stays as it is.
             if (status.isConnected) await done().catch(() => {});
           } catch (err) {
             // The API's words name its routes; the dashboard's say where to go.
             const text =
               err instanceof ApiError && err.code === "endpoint_disabled"
-                ? "This endpoint is disabled: enable it (at the top of this page), then recover."
+                ? `This endpoint is disabled: enable it (at the top of this page), then ${action.verb}.`
                 : describe(err);
             note(status, text, "error");
           } finally {
-            button.disabled = false;
+            for (const b of buttons) b.disabled = false;
           }
         },
       },
       field("Since", since),
-      button,
+      buttons,
     ),
     status,
   );
@@ -598,8 +639,11 @@ export async function renderEndpoint(main, id) {
         "div",
         { class: "stack" },
         secretCard(e),
-        // The recent deliveries show what a recover re-queued once it is done.
-        recoverCard(e, () => deliveries.reload()),
+        // The recent deliveries show what a recover or replay queued once it is done.
+        recoverCard(
+          () => e,
+          () => deliveries.reload(),
+        ),
         deleteCard(e),
       ),
       card(
