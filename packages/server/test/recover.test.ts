@@ -2,14 +2,12 @@ import assert from "node:assert/strict";
 import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import type { AppContext } from "../src/api/context.js";
-import { loadConfig } from "../src/config.js";
 import { releaseOrphans } from "../src/delivery/claim.js";
 import { runRecoverJobs } from "../src/delivery/recover.js";
-import { createLogger } from "../src/log.js";
 import { purgeExpired } from "../src/retention/purge.js";
-import { type Running, startServer } from "../src/server.js";
-import { type ApiClient, apiClient, setupAccount } from "./helpers/api.js";
+import { type ApiClient, setupAccount } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
+import { apiRoleServer } from "./helpers/jobs-server.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer } from "./helpers/server.js";
@@ -48,29 +46,9 @@ async function makeCalls(api: ApiClient, agentId: number, calls: number): Promis
  * and a recover of them asked: its answer, in the background past `batch`.
  */
 async function failedAndRecovered(t: TestContext, backend: Backend, calls: number, batch: number) {
-  const db = await backend.fresh();
-  const running: Running = await startServer(
-    loadConfig({
-      PORT: "0",
-      KLEN_DATA_DIR: db.dataDir,
-      KLEN_DATABASE_URL: db.databaseUrl,
-      KLEN_API_KEY: "klen_test_key_recover",
-      KLEN_DEV: "1",
-      KLEN_RECOVER_BATCH: String(batch),
-      // Not the default (60 s): a job's lease is KLEN_LEASE, as a delivery's.
-      KLEN_LEASE: "45s",
-    }),
-    createLogger({ level: "silent" }),
-    { role: "api" },
-  );
-  t.after(async () => {
-    await running.stop(1000);
-    await db.cleanup();
-  });
-  const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_recover");
+  const { api, store, at } = await apiRoleServer(t, backend, batch);
   const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
   const callIds = await makeCalls(api, agentId, calls);
-  const store = running.ctx.store;
   // Every delivery gave up (what a schedule run out leaves).
   await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8`.execute(
     store.db,
@@ -79,7 +57,6 @@ async function failedAndRecovered(t: TestContext, backend: Backend, calls: numbe
     since: new Date(Date.now() - 60_000).toISOString(),
   });
   assert.equal(rec.status, 202);
-  const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
   return { api, endpoint, callIds, store, rec, at };
 }
 

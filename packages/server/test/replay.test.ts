@@ -1,15 +1,12 @@
 import assert from "node:assert/strict";
 import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
-import type { AppContext } from "../src/api/context.js";
-import { loadConfig } from "../src/config.js";
 import { claimDue, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch } from "../src/delivery/complete.js";
 import { runRecoverJobs } from "../src/delivery/recover.js";
-import { createLogger } from "../src/log.js";
-import { type Running, startServer } from "../src/server.js";
-import { type ApiClient, apiClient, setupAccount } from "./helpers/api.js";
+import { type ApiClient, setupAccount } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
+import { apiRoleServer } from "./helpers/jobs-server.js";
 import { ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
@@ -38,27 +35,7 @@ async function makeCall(api: ApiClient, agentId: number, steps: readonly string[
 
 /** An API-role server (no dispatcher, no job worker: a test runs a background replay's batches). */
 async function apiServer(t: TestContext, backend: Backend, batch = 2000) {
-  const db = await backend.fresh();
-  const running: Running = await startServer(
-    loadConfig({
-      PORT: "0",
-      KLEN_DATA_DIR: db.dataDir,
-      KLEN_DATABASE_URL: db.databaseUrl,
-      KLEN_API_KEY: "klen_test_key_replay",
-      KLEN_DEV: "1",
-      KLEN_RECOVER_BATCH: String(batch),
-      KLEN_LEASE: "45s",
-    }),
-    createLogger({ level: "silent" }),
-    { role: "api" },
-  );
-  t.after(async () => {
-    await running.stop(1000);
-    await db.cleanup();
-  });
-  const api = apiClient(running.address!.replace("[::1]", "127.0.0.1"), "klen_test_key_replay");
-  const store = running.ctx.store;
-  const at = (ms: number): AppContext => ({ ...running.ctx, clock: { now: () => ms } });
+  const { api, store, at } = await apiRoleServer(t, backend, batch);
   /** An endpoint's deliveries, each call's in event order. */
   const deliveriesOf = (endpointId: string) =>
     store.db

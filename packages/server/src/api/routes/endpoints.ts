@@ -10,6 +10,7 @@ import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
 import { newEndpointSecret, newId } from "../../util/ids.js";
 import { isoMillis, parseIso } from "../../util/time.js";
+import type { Outcome } from "../idempotency.js";
 import { listPage, pageQuery } from "../pagination.js";
 import { INT32_MAX, isoTimestamp, stringIdParam } from "./common.js";
 import type { RouteModule } from "./index.js";
@@ -340,62 +341,60 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
       ),
   );
 
-  app.post("/v1/endpoints/:id/recover", { schema: { params: idParam, body: timeRangeBody } }, (req, reply) =>
-    h.mutate(
-      req,
-      reply,
-      async (trx) => {
-        const id = (req.params as { id: string }).id;
-        assertSending(await findEndpoint(trx, req.account.id, id));
-        const now = ctx.clock.now();
-        const scope = { endpointId: id, ...timeRange(req.body as TimeRangeBody, now) };
-        // A recover of up to KLEN_RECOVER_BATCH deliveries is done here, in the request's
-        // transaction; a larger one is recorded with it and carried out by worker processes a
-        // batch of calls at a time (delivery/recover.ts), since one statement re-opening 200,000
-        // deliveries held SQLite, and so every request and attempt, for ~4 s.
-        const found = await countRecoverable(trx, scope);
-        if (found <= ctx.config.recoverBatch)
-          return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
-        const job = await queueRecoverJob(trx, { ...scope, accountId: req.account.id, found }, now);
-        return { status: 202, body: { queued: found, job_id: job } };
-      },
-      { work: true },
-    ),
-  );
+  /**
+   * Recover and replay: a time range of a sending endpoint, carried out in the request's
+   * transaction or recorded with it as a background job (delivery/recover.ts).
+   */
+  const rangeRoute = (
+    action: "recover" | "replay",
+    act: (trx: Db, e: EndpointRow, range: { since: number; until: number }, now: number) => Promise<Outcome>,
+  ) =>
+    app.post(
+      `/v1/endpoints/:id/${action}`,
+      { schema: { params: idParam, body: timeRangeBody } },
+      (req, reply) =>
+        h.mutate(
+          req,
+          reply,
+          async (trx) => {
+            const e = await findEndpoint(trx, req.account.id, (req.params as { id: string }).id);
+            assertSending(e);
+            const now = ctx.clock.now();
+            return act(trx, e, timeRange(req.body as TimeRangeBody, now), now);
+          },
+          { work: true },
+        ),
+    );
 
-  app.post("/v1/endpoints/:id/replay", { schema: { params: idParam, body: timeRangeBody } }, (req, reply) =>
-    h.mutate(
-      req,
-      reply,
-      async (trx) => {
-        const id = (req.params as { id: string }).id;
-        const e = await findEndpoint(trx, req.account.id, id);
-        assertSending(e);
-        const now = ctx.clock.now();
-        const range = timeRange(req.body as TimeRangeBody, now);
-        // Events older than the retention period may have lost their deliveries to the purge
-        // already (retention/purge.ts), and would look never sent: the range starts after it.
-        const scope = {
-          accountId: req.account.id,
-          endpointId: id,
-          since: Math.max(range.since, now - ctx.config.retentionMs),
-          // What is made after this request is not missing: its own fan-out decided it.
-          until: Math.min(range.until, now),
-          ...replayFilter(e),
-        };
-        // As a recover: a range of up to KLEN_RECOVER_BATCH events in the request's transaction,
-        // a larger one by worker processes in the background, that many events a batch
-        // (delivery/recover.ts).
-        if (await fitsInRequest(trx, scope, ctx.config.recoverBatch))
-          return { status: 202, body: { queued: await replayAll(trx, ctx.store.caps, scope, now) } };
-        const job = await queueRecoverJob(
-          trx,
-          { ...scope, accountId: req.account.id, found: 0, kind: "replay" },
-          now,
-        );
-        return { status: 202, body: { queued: null, job_id: job } };
-      },
-      { work: true },
-    ),
-  );
+  rangeRoute("recover", async (trx, e, range, now) => {
+    const scope = { endpointId: e.id, ...range };
+    // A recover of up to KLEN_RECOVER_BATCH deliveries is done here, in the request's
+    // transaction; a larger one is recorded with it and carried out by worker processes a
+    // batch of calls at a time (delivery/recover.ts), since one statement re-opening 200,000
+    // deliveries held SQLite, and so every request and attempt, for ~4 s.
+    const found = await countRecoverable(trx, scope);
+    if (found <= ctx.config.recoverBatch)
+      return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
+    const job = await queueRecoverJob(trx, { ...scope, accountId: e.account_id, found }, now);
+    return { status: 202, body: { queued: found, job_id: job } };
+  });
+
+  rangeRoute("replay", async (trx, e, range, now) => {
+    const scope = {
+      accountId: e.account_id,
+      endpointId: e.id,
+      // Events older than the retention period may have lost their deliveries to the purge
+      // already (retention/purge.ts), and would look never sent: the range starts after it.
+      since: Math.max(range.since, now - ctx.config.retentionMs),
+      // What is made after this request is not missing: its own fan-out decided it.
+      until: Math.min(range.until, now),
+      ...replayFilter(e),
+    };
+    // As a recover: a range of up to KLEN_RECOVER_BATCH events in the request's transaction,
+    // a larger one by worker processes in the background, that many events a batch.
+    if (await fitsInRequest(trx, scope, ctx.config.recoverBatch))
+      return { status: 202, body: { queued: await replayAll(trx, ctx.store.caps, scope, now) } };
+    const job = await queueRecoverJob(trx, { ...scope, found: 0, kind: "replay" }, now);
+    return { status: 202, body: { queued: null, job_id: job } };
+  });
 };
