@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import type { AppContext } from "../src/api/context.js";
-import { releaseOrphans } from "../src/delivery/claim.js";
+import { claimDue, releaseOrphans } from "../src/delivery/claim.js";
 import { runRecoverJobs } from "../src/delivery/recover.js";
 import { purgeExpired } from "../src/retention/purge.js";
 import { type ApiClient, setupAccount } from "./helpers/api.js";
@@ -156,6 +156,53 @@ for (const backend of backends()) {
       assert.deepEqual(
         [Number(row.leased_until), Number(row.after_call_id)],
         [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+      );
+    });
+
+    test("a background recover holds a later event waiting for its retry, so it does not overtake the recovered earlier one", async (t) => {
+      const { api, store, at } = await apiRoleServer(t, backend, 1);
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
+      const [c, other] = (await makeCalls(api, agentId, 2)) as [number, number];
+      const retryAt = Date.now() + 10_000;
+      // call.started given up on both calls; c's call.ended waits for its next retry.
+      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8
+        WHERE event_seq IN (SELECT seq FROM events WHERE event_type = 'call.started')`.execute(store.db);
+      await sql`UPDATE deliveries SET status = 'succeeded', next_attempt_at = NULL WHERE call_id = ${other}
+        AND status = 'pending'`.execute(store.db);
+      await sql`UPDATE deliveries SET next_attempt_at = ${retryAt}, attempt_count = 1
+        WHERE call_id = ${c} AND event_seq = (
+          SELECT MIN(event_seq) FROM deliveries WHERE call_id = ${c} AND status = 'pending')`.execute(store.db);
+      const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+        since: new Date(Date.now() - 60_000).toISOString(),
+      });
+      assert.ok(rec.body.job_id, "two failed: in the background");
+      assert.deepEqual(
+        (await claimDue(store, { now: retryAt + 1, limit: 10, leaseMs: 1, exclude: [] })).map(
+          (d) => d.callId,
+        ),
+        [],
+        "not claimed at its retry time while the job has yet to reach its call",
+      );
+      await runRecoverJobs(at(Date.now()));
+      const chain = await store.db
+        .selectFrom("deliveries")
+        .innerJoin("events", "events.id", "deliveries.event_id")
+        .select(["events.event_type", "deliveries.next_attempt_at", "deliveries.resume_at"])
+        .where("deliveries.call_id", "=", c)
+        .where("deliveries.status", "=", "pending")
+        .orderBy("deliveries.event_seq")
+        .execute();
+      assert.deepEqual(
+        chain.map((d) => [
+          d.event_type,
+          d.next_attempt_at !== null,
+          d.resume_at === null ? null : Number(d.resume_at),
+        ]),
+        [
+          ["call.started", true, null],
+          ["call.ended", false, retryAt],
+          ["call.transcript", false, null],
+        ],
       );
     });
 

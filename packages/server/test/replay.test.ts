@@ -7,7 +7,7 @@ import { runRecoverJobs } from "../src/delivery/recover.js";
 import { type ApiClient, setupAccount } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
 import { apiRoleServer } from "./helpers/jobs-server.js";
-import { ok, outcome } from "./helpers/outcomes.js";
+import { failed, ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer } from "./helpers/server.js";
@@ -219,6 +219,13 @@ for (const backend of backends()) {
       const c = await makeCall(api, agentId, ["start"]);
       assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
       assert.equal((await api.post(`/v1/calls/${c}/end`, {})).status, 200);
+      // call.ended, made before the replay, is on its way when the replay is asked.
+      const now = Date.now();
+      const claimed = await claimDue(store, { now, limit: 10, leaseMs: 60_000, exclude: [] });
+      assert.deepEqual(
+        claimed.map((d) => d.callId),
+        [c],
+      );
       const r = await api.post(`/v1/endpoints/${endpoint.id}/replay`, since());
       assert.ok(r.body.job_id, "two events in the range: in the background");
       // A process of the version before migration 19 takes `running` jobs for recovers.
@@ -231,13 +238,7 @@ for (const backend of backends()) {
       assert.equal((await api.get(`/v1/recover-jobs/${r.body.job_id}`)).body.status, "running");
       assert.equal((await api.post(`/v1/calls/${c}/transcript`, { transcript: "Agent: Hi." })).status, 200);
 
-      // call.ended, made before the replay, goes out and succeeds.
-      const now = Date.now();
-      const claimed = await claimDue(store, { now, limit: 10, leaseMs: 60_000, exclude: [] });
-      assert.deepEqual(
-        claimed.map((d) => d.callId),
-        [c],
-      );
+      // It succeeds.
       const policy = { schedule: [5_000], disableAfterMs: 86_400_000, random: () => 0.5 };
       await completeBatch(store, [outcome(claimed[0]!, ok(), now)], policy, now);
       assert.deepEqual(
@@ -260,6 +261,133 @@ for (const backend of backends()) {
           ["call.transcript", "pending", false],
         ],
         "the replayed call.started first, call.transcript behind it",
+      );
+    });
+
+    test("a background replay holds what would overtake a replayed event: a later event waiting for its retry (parked when asked) or in flight (parked when it fails)", async (t) => {
+      const { api, store, at, deliveriesOf } = await apiServer(t, backend, 1);
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: NOWHERE });
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
+      const waiting = await makeCall(api, agentId, ["start"]);
+      const inFlight = await makeCall(api, agentId, ["start"]);
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
+      for (const c of [waiting, inFlight])
+        assert.equal((await api.post(`/v1/calls/${c}/end`, {})).status, 200);
+      const now = Date.now();
+      // One call.ended claimed (its attempt in flight), the other waiting for its next retry.
+      const claimed = await claimDue(store, { now, limit: 1, leaseMs: 60_000, exclude: [] });
+      assert.equal(claimed.length, 1);
+      const flying = claimed[0]!;
+      const other = flying.callId === waiting ? inFlight : waiting;
+      // Before the in-flight attempt's lease (60 s) runs out.
+      const retryAt = now + 10_000;
+      await sql`UPDATE deliveries SET next_attempt_at = ${retryAt}, attempt_count = 1
+        WHERE call_id = ${other} AND status = 'pending'`.execute(store.db);
+
+      const r = await api.post(`/v1/endpoints/${endpoint.id}/replay`, since());
+      assert.ok(r.body.job_id, "in the background");
+      const held = (await deliveriesOf(endpoint.id)).find((d) => Number(d.call_id) === other)!;
+      assert.deepEqual(
+        [held.next_attempt_at, Number(held.resume_at)],
+        [null, retryAt],
+        "parked, its retry time kept",
+      );
+      assert.deepEqual(
+        (await claimDue(store, { now: retryAt + 1, limit: 10, leaseMs: 1, exclude: [] })).map((d) => d.id),
+        [],
+        "not claimed at its retry time while the job has yet to reach its call",
+      );
+      const policy = { schedule: [5_000], disableAfterMs: 86_400_000, random: () => 0.5 };
+      await completeBatch(store, [outcome(flying, failed(), now)], policy, now);
+      const retried = (await deliveriesOf(endpoint.id)).find((d) => d.id === flying.id)!;
+      assert.deepEqual(
+        [retried.next_attempt_at, Number(retried.resume_at)],
+        [null, now + 5_000],
+        "its retry parked behind the replay",
+      );
+
+      await runRecoverJobs(at(now));
+      const rows = await deliveriesOf(endpoint.id);
+      for (const c of [waiting, inFlight])
+        assert.deepEqual(
+          chainOf(rows, c),
+          [
+            ["call.started", true],
+            ["call.ended", false],
+          ],
+          `call ${c}: the replayed call.started first`,
+        );
+    });
+
+    test("a manual retry during a background replay leaves a later event behind the replayed earlier one; a held delivery's retry names the job", async (t) => {
+      const { api, store, at, deliveriesOf } = await apiServer(t, backend, 1);
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: NOWHERE });
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
+      const c = await makeCall(api, agentId, ["start"]);
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
+      for (const step of ["end", "transcript"]) {
+        const body = step === "transcript" ? { transcript: "Agent: Hello." } : {};
+        assert.equal((await api.post(`/v1/calls/${c}/${step}`, body)).status, 200);
+      }
+      // Both gave up before the replay.
+      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8`.execute(
+        store.db,
+      );
+      const r = await api.post(`/v1/endpoints/${endpoint.id}/replay`, since());
+      assert.ok(r.body.job_id, "in the background");
+      const [ended] = await deliveriesOf(endpoint.id);
+      assert.equal((await api.post(`/v1/deliveries/${ended!.id}/retry`)).status, 202);
+      assert.deepEqual(
+        chainOf(await deliveriesOf(endpoint.id), c),
+        [
+          ["call.ended", false],
+          ["call.transcript", false],
+        ],
+        "re-opened, but held for the replay's call.started",
+      );
+      const again = await api.post(`/v1/deliveries/${ended!.id}/retry`);
+      assert.equal(again.status, 409);
+      assert.equal(again.body.error.code, "delivery_waiting");
+      assert.match(again.body.error.message, new RegExp(`replay ${r.body.job_id} has yet to`));
+      assert.equal(again.body.error.details.job_id, r.body.job_id);
+
+      await runRecoverJobs(at(Date.now()));
+      assert.deepEqual(chainOf(await deliveriesOf(endpoint.id), c), [
+        ["call.started", true],
+        ["call.ended", false],
+        ["call.transcript", false],
+      ]);
+    });
+
+    test("a background replay holds a new event only for an earlier event its filter takes", async (t) => {
+      const { api, deliveriesOf } = await apiServer(t, backend, 1);
+      const { agentId } = await setupAccount(api);
+      const onlyEnded = await api.post("/v1/endpoints", {
+        url: NOWHERE,
+        event_types: ["call.ended"],
+        agent_ids: [agentId],
+      });
+      const agentOnly = await api.post("/v1/endpoints", { url: NOWHERE, agent_ids: [agentId] });
+      for (const ep of [onlyEnded, agentOnly])
+        assert.equal((await api.patch(`/v1/endpoints/${ep.body.id}`, { disabled: true })).status, 200);
+      const c = await makeCall(api, agentId, ["start"]);
+      // Another call, so that the range holds more events than KLEN_RECOVER_BATCH.
+      await makeCall(api, agentId, ["start"]);
+      for (const ep of [onlyEnded, agentOnly]) {
+        assert.equal((await api.patch(`/v1/endpoints/${ep.body.id}`, { disabled: false })).status, 200);
+        const r = await api.post(`/v1/endpoints/${ep.body.id}/replay`, since());
+        assert.ok(r.body.job_id, "in the background");
+      }
+      assert.equal((await api.post(`/v1/calls/${c}/end`, {})).status, 200);
+      assert.deepEqual(
+        chainOf(await deliveriesOf(onlyEnded.body.id), c),
+        [["call.ended", true]],
+        "the call.started it does not take is no reason to wait",
+      );
+      assert.deepEqual(
+        chainOf(await deliveriesOf(agentOnly.body.id), c),
+        [["call.ended", false]],
+        "waits for the call.started its agent filter takes",
       );
     });
 

@@ -83,7 +83,7 @@ interface JobCommand {
   /** N of what it queued: "3 failed deliveries", "3 events". */
   counted(n: number): string;
   /** What it says when it queued nothing. */
-  nothing(client: ApiClient, endpointId: string, since: string): Promise<string>;
+  nothing(client: ApiClient, endpointId: string, since: string, until: string | undefined): Promise<string>;
   /** What it says when it went to the background. */
   background(r: JobAnswer, endpointId: string): string;
   /** A running job's progress. */
@@ -132,8 +132,8 @@ Examples:
   $ klen-webhooks endpoints replay ep_01j9z3… --since 2026-11-24T18:00:00Z
   $ klen-webhooks endpoints replay ep_01j9z3… --since 2026-11-01T00:00:00Z --wait`,
   counted: (n) => plural(n, "event", "events"),
-  nothing: async (_client, endpointId, since) =>
-    `queued nothing: ${endpointId} has a delivery for every event since ${since} that its filter takes`,
+  nothing: async (_client, endpointId, since, until) =>
+    `queued nothing: ${endpointId} has a delivery for every event ${until === undefined ? `since ${since}` : `from ${since} to ${until}`} that its filter takes`,
   background: (_r, endpointId) =>
     `replaying the events ${endpointId} never had in the background as ${_r.job_id}`,
   soFar: (job) => `${plural(job.queued, "event", "events")} queued so far`,
@@ -187,7 +187,7 @@ function registerJobCommand(endpoints: Command, kind: JobCommand): void {
           if (r.job_id === undefined) {
             if (out.json) out.data(r);
             else if ((r.queued ?? 0) > 0) out.line(queuedLine(r.queued ?? 0));
-            else out.line(await kind.nothing(client, endpointId, o.since));
+            else out.line(await kind.nothing(client, endpointId, o.since, o.until));
             return 0;
           }
           if (!o.wait) {
@@ -209,7 +209,7 @@ function registerJobCommand(endpoints: Command, kind: JobCommand): void {
           if (out.json) out.data(job.status === "stopped" ? { ...result, error: kind.stopped } : result);
           else if (job.status === "finished")
             out.line(
-              `${job.id} finished: ${job.queued > 0 ? queuedLine(job.queued) : await kind.nothing(client, endpointId, o.since)}`,
+              `${job.id} finished: ${job.queued > 0 ? queuedLine(job.queued) : await kind.nothing(client, endpointId, o.since, o.until)}`,
             );
           else
             out.warn(

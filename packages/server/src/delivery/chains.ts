@@ -1,4 +1,4 @@
-import { sql } from "kysely";
+import { type RawBuilder, sql } from "kysely";
 import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 
@@ -36,6 +36,68 @@ export async function lockCallsOfEndpoint(
 
 /** A parked delivery's release time: the retry time it kept (`resume_at`) if still ahead, else `now`. */
 export const resumeOrNow = (now: unknown) => sql`CASE WHEN resume_at > ${now} THEN resume_at ELSE ${now} END`;
+
+/**
+ * SQL condition, beside `recover_jobs j` (a replay's, `replaying`): j has yet to make the delivery
+ * of an event of this call before `seq` that it will replay: in its range, past where it got to,
+ * taken by the endpoint's filter (as its batches read it: the JSON text of `event_types` and
+ * `agent_ids`, written by JSON.stringify), not a test call aimed at another endpoint, and with no
+ * delivery to the endpoint yet (delivery/replay.ts).
+ */
+function awaitingReplay(endpointId: RawBuilder<unknown>, callId: unknown, seq: unknown) {
+  return sql<boolean>`EXISTS (
+    SELECT 1 FROM events ev
+    JOIN calls c ON c.id = ev.call_id
+    JOIN endpoints ep ON ep.id = ${endpointId}
+    WHERE ev.call_id = ${callId} AND ev.seq < ${seq}
+      AND ev.created_at >= j.since AND ev.created_at <= j.until
+      AND ev.id > COALESCE(j.after_event_id, '')
+      AND (ep.event_types = '[]' OR ep.event_types LIKE ('%"' || ev.event_type || '"%'))
+      AND (ep.agent_ids = '[]'
+        OR REPLACE(REPLACE(ep.agent_ids, '[', ','), ']', ',') LIKE ('%,' || CAST(c.agent_id AS TEXT) || ',%'))
+      AND (c.only_endpoint_id IS NULL OR c.only_endpoint_id = ${endpointId})
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = ev.id AND d.endpoint_id = ${endpointId}))`;
+}
+
+/**
+ * SQL condition, beside `recover_jobs j`: job j is running and has yet to make pending an earlier
+ * delivery of this call to this endpoint: a recover, a failed one in its range of a call it has
+ * yet to reach, which it will re-open (delivery/recover.ts); a replay, the delivery of an event
+ * before `seq` (above). A delivery of that call waits behind it as it would behind a pending one:
+ * a new one (events/emit.ts) is made parked, one pending when the job was asked is parked then
+ * (`holdForJobs`), one in flight is parked when handed back or given its next retry, and neither a
+ * completion nor the ordering sweep (claim.ts `releaseOrphans`) releases it until then.
+ * The status test comes first, alone, so that SQLite uses the whole (endpoint_id, status) index.
+ */
+export function awaitingJob(endpointId: RawBuilder<unknown>, callId: unknown, seq: unknown) {
+  return sql<boolean>`j.status IN ('running', 'replaying') AND (
+    j.status = 'replaying' AND ${awaitingReplay(endpointId, callId, seq)}
+    OR j.status = 'running' AND j.after_call_id < ${callId} AND EXISTS (
+      SELECT 1 FROM deliveries f
+      WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
+        AND f.created_at >= j.since AND f.created_at <= j.until))`;
+}
+
+/** `EXISTS (…)` of this condition: a job of its endpoint awaits this delivery (`deliveries`), as above. */
+export const awaitedJob = sql`
+  SELECT 1 FROM recover_jobs j
+  WHERE j.endpoint_id = deliveries.endpoint_id
+    AND ${awaitingJob(sql`deliveries.endpoint_id`, sql`deliveries.call_id`, sql`deliveries.event_seq`)}`;
+
+/**
+ * Parks the endpoint's pending deliveries, not in flight, that a job just recorded awaits (an
+ * earlier event of their call it will re-open or replay), keeping their retry time (`resume_at`),
+ * as `reorderChains` parks those behind an earlier pending one: a delivery waiting for its next
+ * retry went out at that time, before the job had reached its call.
+ */
+export async function holdForJobs(trx: Db, endpointId: string, now: number): Promise<void> {
+  await sql`
+    UPDATE deliveries SET resume_at = COALESCE(resume_at, next_attempt_at), next_attempt_at = NULL, updated_at = ${now}
+    WHERE endpoint_id = ${endpointId}
+      AND status = 'pending' AND next_attempt_at IS NOT NULL
+      AND (leased_until IS NULL OR leased_until <= ${now})
+      AND EXISTS (${awaitedJob})`.execute(trx);
+}
 
 /** `EXISTS (…)` of this condition: a pending delivery of the same chain comes before this one. */
 export const earlierPending = sql`
@@ -76,7 +138,7 @@ export async function reorderChains(
     UPDATE deliveries SET next_attempt_at = ${now}, resume_at = NULL, updated_at = ${now}
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND ${parked}
-      AND NOT EXISTS (${earlierPending})`.execute(trx);
+      AND NOT EXISTS (${earlierPending}) AND NOT EXISTS (${awaitedJob})`.execute(trx);
 }
 
 /**
@@ -89,5 +151,5 @@ export async function parkBehindEarlier(trx: Db, ids: readonly string[], now: nu
     UPDATE deliveries SET resume_at = next_attempt_at, next_attempt_at = NULL, updated_at = ${now}
     WHERE id IN (${sql.join(ids.map((id) => sql`${id}`))})
       AND status = 'pending' AND next_attempt_at IS NOT NULL
-      AND EXISTS (${earlierPending})`.execute(trx);
+      AND (EXISTS (${earlierPending}) OR EXISTS (${awaitedJob}))`.execute(trx);
 }

@@ -4,8 +4,7 @@ import { prepared } from "../storage/prepared.js";
 import type { Database } from "../storage/schema.js";
 import type { DialectCaps, Store } from "../storage/store.js";
 import { type Db, PENDING } from "../storage/types.js";
-import { earlierPending, resumeOrNow } from "./chains.js";
-import { awaitedJob } from "./recover.js";
+import { awaitedJob, earlierPending, resumeOrNow } from "./chains.js";
 
 /** A delivery this worker holds a lease on, with what it needs to make the attempt. */
 export interface Claimed {
@@ -227,7 +226,8 @@ export async function releaseLeases(
       .updateTable("deliveries")
       .set({
         // Cast: beside the NULL, PostgreSQL would take the parameter for text.
-        next_attempt_at: sql`CASE WHEN EXISTS (${earlierPending}) THEN NULL ELSE CAST(${dueAt} AS BIGINT) END`,
+        // Parked too while a recover or replay has yet to make an earlier event of its call pending.
+        next_attempt_at: sql`CASE WHEN EXISTS (${earlierPending}) OR EXISTS (${awaitedJob}) THEN NULL ELSE CAST(${dueAt} AS BIGINT) END`,
         leased_until: null,
         updated_at: now,
       })

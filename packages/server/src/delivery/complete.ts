@@ -5,9 +5,8 @@ import { prepared, preparedResult, rowListArgs, rowListSlot } from "../storage/p
 import type { DialectCaps, Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { formatDuration } from "../util/units.js";
-import { parkBehindEarlier, resumeOrNow } from "./chains.js";
+import { awaitedJob, parkBehindEarlier, resumeOrNow } from "./chains.js";
 import { type Claimed, PAIR_TYPES } from "./claim.js";
-import { awaitedJob } from "./recover.js";
 import { honourRetryAfter, nextAttempt } from "./schedule.js";
 import type { SendResult } from "./send.js";
 

@@ -1,4 +1,4 @@
-import { type ExpressionBuilder, type RawBuilder, type Selectable, sql } from "kysely";
+import { type ExpressionBuilder, type Selectable, sql } from "kysely";
 import { type AppContext, announceWork } from "../api/context.js";
 import { logBackgroundFailure } from "../log.js";
 import { retryConflicts } from "../storage/retry.js";
@@ -8,8 +8,8 @@ import { type Db, FAILED } from "../storage/types.js";
 import { newId } from "../util/ids.js";
 import { Periodic, pauseBetweenBatches } from "../util/periodic.js";
 import { isoMillis } from "../util/time.js";
-import { lockCallsOfEndpoint, reorderChains } from "./chains.js";
-import { awaitingReplay, replayBatch, replayFilter } from "./replay.js";
+import { holdForJobs, lockCallsOfEndpoint, reorderChains } from "./chains.js";
+import { replayBatch, replayFilter } from "./replay.js";
 
 /** What a recover re-opens: an endpoint's failed deliveries made in `[since, until]`. */
 export interface RecoverScope {
@@ -59,29 +59,6 @@ function reopenFailed(trx: Db, s: RecoverScope, now: number) {
     .set({ status: "pending", next_attempt_at: null, resume_at: null, one_attempt: 1, updated_at: now })
     .where(inScope(s));
 }
-
-/**
- * SQL condition, beside `recover_jobs j`: job j is running and has yet to make pending an earlier
- * delivery of this call to this endpoint: a recover, a failed one in its range of a call it has
- * yet to reach, which it will re-open; a replay, the delivery of an event before `seq` it has yet
- * to make (delivery/replay.ts). A new event of that call (events/emit.ts) waits behind it as it
- * would behind a pending one, and the ordering sweep (claim.ts `releaseOrphans`) leaves it parked
- * until then.
- */
-export function awaitingJob(endpointId: RawBuilder<unknown>, callId: unknown, seq: unknown) {
-  return sql<boolean>`(
-    j.status = 'replaying' AND ${awaitingReplay(endpointId, callId, seq)}
-    OR j.status = 'running' AND j.after_call_id < ${callId} AND EXISTS (
-      SELECT 1 FROM deliveries f
-      WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
-        AND f.created_at >= j.since AND f.created_at <= j.until))`;
-}
-
-/** `EXISTS (…)` of this condition: a job of its endpoint awaits this delivery (`deliveries`), as above. */
-export const awaitedJob = sql`
-  SELECT 1 FROM recover_jobs j
-  WHERE j.endpoint_id = deliveries.endpoint_id
-    AND ${awaitingJob(sql`deliveries.endpoint_id`, sql`deliveries.call_id`, sql`deliveries.event_seq`)}`;
 
 /** How many deliveries a recover of this scope would re-open now. */
 export async function countRecoverable(db: Db, s: RecoverScope): Promise<number> {
@@ -138,6 +115,7 @@ export async function recoverAll(trx: Db, caps: DialectCaps, s: RecoverScope, no
  */
 export async function queueRecoverJob(
   trx: Db,
+  caps: DialectCaps,
   job: RecoverScope & { accountId: number; found: number; kind?: JobKind },
   now: number,
 ): Promise<string> {
@@ -164,6 +142,11 @@ export async function queueRecoverJob(
       finished_at: null,
     })
     .execute();
+  // Its pending deliveries that wait for a call's earlier event the job will make pending wait
+  // for it from now on. On PostgreSQL their calls are locked first, as a recover's are: a
+  // completion releasing one of them meanwhile would not see the job.
+  await lockCallsOfEndpoint(trx, caps, { endpointId: job.endpointId, status: "pending" });
+  await holdForJobs(trx, job.endpointId, now);
   return id;
 }
 

@@ -1,4 +1,3 @@
-import { type RawBuilder, sql } from "kysely";
 import type { Database } from "../storage/schema.js";
 import type { DialectCaps } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
@@ -156,23 +155,6 @@ export async function replayBatch(
     .execute();
   const queued = found.length === 0 ? 0 : await replayCalls(trx, caps, s, callsOf(found), now);
   return { queued, lastEventId: last };
-}
-
-/**
- * SQL condition, beside `recover_jobs j` of kind `replay`: j has yet to make the delivery of an
- * event of this call before `seq` (in its range, past where it got to, with none to the endpoint
- * yet). A new event of the call waits for it, as behind a pending delivery, and the ordering
- * sweep leaves it parked until then. The endpoint's filter is not applied here: an event it does
- * not take keeps the new one waiting until the replay has gone past it, which is later, not
- * out of order.
- */
-export function awaitingReplay(endpointId: RawBuilder<unknown>, callId: unknown, seq: unknown) {
-  return sql<boolean>`EXISTS (
-    SELECT 1 FROM events ev
-    WHERE ev.call_id = ${callId} AND ev.seq < ${seq}
-      AND ev.created_at >= j.since AND ev.created_at <= j.until
-      AND ev.id > COALESCE(j.after_event_id, '')
-      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = ev.id AND d.endpoint_id = ${endpointId}))`;
 }
 
 /** An endpoint's filter columns, read as a replay's. */

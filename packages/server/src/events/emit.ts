@@ -1,7 +1,7 @@
 import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
-import { awaitingJob } from "../delivery/recover.js";
+import { awaitingJob } from "../delivery/chains.js";
 import { matches } from "../endpoints/filter.js";
 import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
 import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";

@@ -1,5 +1,6 @@
 import { type Selectable, sql } from "kysely";
 import { lockCallsOfEndpoint, reorderChains } from "../../delivery/chains.js";
+import { REPLAYING, RUNNING } from "../../delivery/recover.js";
 import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
@@ -217,13 +218,26 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
               : earlier.next_attempt_at === null
                 ? ""
                 : ` (retry ${earlier.id} instead)`;
+          // Nothing earlier pending: a background recover or replay has yet to make one pending.
+          const job = earlier
+            ? undefined
+            : await trx
+                .selectFrom("recover_jobs")
+                .select(["id", "kind"])
+                .where("endpoint_id", "=", d.endpoint_id)
+                .where("status", "in", [RUNNING, REPLAYING])
+                .orderBy("created_at")
+                .limit(1)
+                .executeTakeFirst();
           throw new ApiError(
             409,
             "delivery_waiting",
             earlier
               ? `delivery ${d.id} is waiting for ${earlier.id}, an earlier event of call ${d.call_id} to this endpoint; it is sent after that one${hint}`
-              : `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
-            earlier ? { waiting_for: earlier.id } : undefined,
+              : job
+                ? `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint, which the ${job.kind} ${job.id} has yet to queue; it is sent after that one (GET /v1/recover-jobs/${job.id})`
+                : `delivery ${d.id} is waiting for an earlier event of call ${d.call_id} to this endpoint; it is sent after that one`,
+            earlier ? { waiting_for: earlier.id } : job ? { job_id: job.id } : undefined,
           );
         }
         if (d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > now) {

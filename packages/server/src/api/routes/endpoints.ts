@@ -375,7 +375,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
     const found = await countRecoverable(trx, scope);
     if (found <= ctx.config.recoverBatch)
       return { status: 202, body: { queued: await recoverAll(trx, ctx.store.caps, scope, now) } };
-    const job = await queueRecoverJob(trx, { ...scope, accountId: e.account_id, found }, now);
+    const job = await queueRecoverJob(trx, ctx.store.caps, { ...scope, accountId: e.account_id, found }, now);
     return { status: 202, body: { queued: found, job_id: job } };
   });
 
@@ -394,7 +394,7 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
     // a larger one by worker processes in the background, that many events a batch.
     if (await fitsInRequest(trx, scope, ctx.config.recoverBatch))
       return { status: 202, body: { queued: await replayAll(trx, ctx.store.caps, scope, now) } };
-    const job = await queueRecoverJob(trx, { ...scope, found: 0, kind: "replay" }, now);
+    const job = await queueRecoverJob(trx, ctx.store.caps, { ...scope, found: 0, kind: "replay" }, now);
     return { status: 202, body: { queued: null, job_id: job } };
   });
 };
