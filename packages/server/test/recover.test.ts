@@ -171,7 +171,9 @@ for (const backend of backends()) {
         AND status = 'pending'`.execute(store.db);
       await sql`UPDATE deliveries SET next_attempt_at = ${retryAt}, attempt_count = 1
         WHERE call_id = ${c} AND event_seq = (
-          SELECT MIN(event_seq) FROM deliveries WHERE call_id = ${c} AND status = 'pending')`.execute(store.db);
+          SELECT MIN(event_seq) FROM deliveries WHERE call_id = ${c} AND status = 'pending')`.execute(
+        store.db,
+      );
       const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
         since: new Date(Date.now() - 60_000).toISOString(),
       });
