@@ -208,6 +208,33 @@ for (const backend of backends()) {
       );
     });
 
+    test("a background recover holds nothing for a failed event that comes after it: a first event retried by hand stays due", async (t) => {
+      const { api, store } = await apiRoleServer(t, backend, 1);
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: "http://127.0.0.1:9/never-sent" });
+      const [, second] = (await makeCalls(api, agentId, 2)) as [number, number];
+      await sql`UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, attempt_count = 8`.execute(
+        store.db,
+      );
+      const first = await store.db
+        .selectFrom("deliveries")
+        .select("id")
+        .where("call_id", "=", second)
+        .orderBy("event_seq")
+        .executeTakeFirstOrThrow();
+      assert.equal((await api.post(`/v1/deliveries/${first.id}/retry`)).status, 202);
+      const rec = await api.post(`/v1/endpoints/${endpoint.id}/recover`, {
+        since: new Date(Date.now() - 60_000).toISOString(),
+      });
+      assert.ok(rec.body.job_id, "in the background");
+      const row = await store.db
+        .selectFrom("deliveries")
+        .select(["status", "next_attempt_at"])
+        .where("id", "=", first.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(row.status, "pending");
+      assert.notEqual(row.next_attempt_at, null, "still due: nothing earlier in its call to wait for");
+    });
+
     test("a job whose endpoint is disabled mid-way stops and leaves the rest failed", async (t) => {
       const { api, endpoint, callIds, store, rec, at } = await failedAndRecovered(t, backend, 3, 3);
       assert.ok(rec.body.job_id, "in the background");

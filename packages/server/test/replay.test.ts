@@ -3,9 +3,9 @@ import { after, describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import { claimDue, releaseOrphans } from "../src/delivery/claim.js";
 import { completeBatch } from "../src/delivery/complete.js";
-import { runRecoverJobs } from "../src/delivery/recover.js";
+import { queueRecoverJob, runRecoverJobs } from "../src/delivery/recover.js";
 import { type ApiClient, setupAccount } from "./helpers/api.js";
-import { type Backend, backends } from "./helpers/backends.js";
+import { type Backend, backends, postgresBackend } from "./helpers/backends.js";
 import { apiRoleServer } from "./helpers/jobs-server.js";
 import { failed, ok, outcome } from "./helpers/outcomes.js";
 import { stopPostgres } from "./helpers/postgres.js";
@@ -359,6 +359,28 @@ for (const backend of backends()) {
       ]);
     });
 
+    test("a delivery held for a background replay that then makes nothing before it goes at the retry time it was waiting for", async (t) => {
+      const { api, store, at, deliveriesOf } = await apiServer(t, backend, 1);
+      const { agentId, endpoint } = await setupAccount(api, { endpointUrl: NOWHERE });
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
+      const c = await makeCall(api, agentId, ["start"]);
+      await makeCall(api, agentId, ["start"]);
+      assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
+      assert.equal((await api.post(`/v1/calls/${c}/end`, {})).status, 200);
+      const retryAt = Date.now() + 3_600_000;
+      await sql`UPDATE deliveries SET next_attempt_at = ${retryAt}, attempt_count = 1`.execute(store.db);
+      const r = await api.post(`/v1/endpoints/${endpoint.id}/replay`, since());
+      assert.ok(r.body.job_id, "in the background");
+      assert.deepEqual(chainOf(await deliveriesOf(endpoint.id), c), [["call.ended", false]], "held");
+      // Its filter no longer takes call.started: the replay has nothing to make before it.
+      const patched = await api.patch(`/v1/endpoints/${endpoint.id}`, { event_types: ["call.ended"] });
+      assert.equal(patched.status, 200);
+      await runRecoverJobs(at(Date.now()));
+      const [ended] = await deliveriesOf(endpoint.id);
+      assert.equal((await api.get(`/v1/recover-jobs/${r.body.job_id}`)).body.queued, 0);
+      assert.deepEqual([Number(ended!.next_attempt_at), ended!.resume_at], [retryAt, null]);
+    });
+
     test("a background replay holds a new event only for an earlier event its filter takes", async (t) => {
       const { api, deliveriesOf } = await apiServer(t, backend, 1);
       const { agentId } = await setupAccount(api);
@@ -455,6 +477,63 @@ for (const backend of backends()) {
     assert.equal(job.body.queued, 9);
   });
 }
+
+test("postgres: a transition while a background replay is being recorded waits for it, and its new event then waits for the replay", async (t) => {
+  const { api, store, deliveriesOf } = await apiServer(t, postgresBackend, 1);
+  const { agentId, endpoint } = await setupAccount(api, { endpointUrl: NOWHERE });
+  assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: true })).status, 200);
+  const c = await makeCall(api, agentId, ["start"]);
+  assert.equal((await api.patch(`/v1/endpoints/${endpoint.id}`, { disabled: false })).status, 200);
+  const account = await store.db.selectFrom("endpoints").select("account_id").executeTakeFirstOrThrow();
+  const waiters = async () =>
+    Number(
+      (
+        await sql<{ n: string }>`SELECT count(*) AS n FROM pg_locks
+          WHERE locktype = 'advisory' AND NOT granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`.execute(store.db)
+      ).rows[0]!.n,
+    );
+  let ended: Promise<{ status: number }> | undefined;
+  let endedFirst = false;
+  await store.db.transaction().execute(async (trx) => {
+    const now = Date.now();
+    await queueRecoverJob(
+      trx,
+      store.caps,
+      {
+        accountId: Number(account.account_id),
+        endpointId: endpoint.id,
+        since: now - 60_000,
+        until: now,
+        found: 0,
+        kind: "replay",
+      },
+      now,
+    );
+    let done = false;
+    ended = api.post(`/v1/calls/${c}/end`, {}).finally(() => {
+      done = true;
+    });
+    // Either the transition waits for this transaction (then it sees the job), or it is done
+    // first, before the job exists for it: what the lock is there to prevent.
+    for (let i = 0; ; i++) {
+      if (done) {
+        endedFirst = true;
+        break;
+      }
+      if ((await waiters()) === 1) break;
+      assert.ok(i < 1_500, "the transition neither finished nor waited");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  });
+  assert.equal((await ended!).status, 200);
+  assert.equal(endedFirst, false, "the transition waited for the replay's recording");
+  assert.deepEqual(
+    chainOf(await deliveriesOf(endpoint.id), c),
+    [["call.ended", false]],
+    "held for the replay",
+  );
+});
 
 describe("replay: refusals", () => {
   test("an unknown or disabled endpoint, a bad or empty range", async (t) => {

@@ -75,7 +75,7 @@ export function awaitingJob(endpointId: RawBuilder<unknown>, callId: unknown, se
     OR j.status = 'running' AND j.after_call_id < ${callId} AND EXISTS (
       SELECT 1 FROM deliveries f
       WHERE f.endpoint_id = ${endpointId} AND f.call_id = ${callId} AND f.status = 'failed'
-        AND f.created_at >= j.since AND f.created_at <= j.until))`;
+        AND f.event_seq < ${seq} AND f.created_at >= j.since AND f.created_at <= j.until))`;
 }
 
 /** `EXISTS (…)` of this condition: a job of its endpoint awaits this delivery (`deliveries`), as above. */
@@ -83,6 +83,23 @@ export const awaitedJob = sql`
   SELECT 1 FROM recover_jobs j
   WHERE j.endpoint_id = deliveries.endpoint_id
     AND ${awaitingJob(sql`deliveries.endpoint_id`, sql`deliveries.call_id`, sql`deliveries.event_seq`)}`;
+
+/**
+ * PostgreSQL: the first of the two keys of the transaction-scoped advisory lock that orders an
+ * account's fan-outs (shared) against the recording of a background recover or replay (exclusive),
+ * whose `holdForJobs` must see every delivery committed before it and every fan-out after it must
+ * see the job. Row locks cannot do it: the calls a job will hold need not have a row to lock yet.
+ */
+const JOB_LOCK = sql.lit(0x6b6c);
+
+/** Taken by each fan-out (events/emit.ts) on PostgreSQL, shared: see `JOB_LOCK`. */
+export const fanOutLock = (account: unknown) =>
+  sql`SELECT pg_advisory_xact_lock_shared(${JOB_LOCK}, ${account})`;
+
+/** Taken by the recording of a background job on PostgreSQL, exclusive: see `JOB_LOCK`. */
+export async function lockFanOuts(trx: Db, caps: DialectCaps, accountId: number): Promise<void> {
+  if (caps.rowLocks) await sql`SELECT pg_advisory_xact_lock(${JOB_LOCK}, ${accountId})`.execute(trx);
+}
 
 /**
  * Parks the endpoint's pending deliveries, not in flight, that a job just recorded awaits (an
@@ -113,7 +130,8 @@ export const earlierPending = sql`
  *   them, and they must not overtake it (an attempt already in flight cannot be called back). The
  *   retry's time is kept (`resume_at`) for a release after the earlier one fails again;
  * - makes due the first pending delivery of each chain that is parked and has no earlier pending
- *   one. The rest follow as the deliveries before them finish.
+ *   one (and no job awaits: see `awaitingJob`), at the retry time it kept if that is still ahead.
+ *   The rest follow as the deliveries before them finish.
  */
 export async function reorderChains(
   trx: Db,
@@ -135,7 +153,7 @@ export async function reorderChains(
       AND (leased_until IS NULL OR leased_until <= ${now})
       AND EXISTS (${earlierPending})`.execute(trx);
   await sql`
-    UPDATE deliveries SET next_attempt_at = ${now}, resume_at = NULL, updated_at = ${now}
+    UPDATE deliveries SET next_attempt_at = ${resumeOrNow(now)}, resume_at = NULL, updated_at = ${now}
     WHERE endpoint_id = ${scope.endpointId} ${call}
       AND status = 'pending' AND ${parked}
       AND NOT EXISTS (${earlierPending}) AND NOT EXISTS (${awaitedJob})`.execute(trx);

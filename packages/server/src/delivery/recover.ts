@@ -8,7 +8,7 @@ import { type Db, FAILED } from "../storage/types.js";
 import { newId } from "../util/ids.js";
 import { Periodic, pauseBetweenBatches } from "../util/periodic.js";
 import { isoMillis } from "../util/time.js";
-import { holdForJobs, lockCallsOfEndpoint, reorderChains } from "./chains.js";
+import { holdForJobs, lockCallsOfEndpoint, lockFanOuts, reorderChains } from "./chains.js";
 import { replayBatch, replayFilter } from "./replay.js";
 
 /** What a recover re-opens: an endpoint's failed deliveries made in `[since, until]`. */
@@ -143,9 +143,12 @@ export async function queueRecoverJob(
     })
     .execute();
   // Its pending deliveries that wait for a call's earlier event the job will make pending wait
-  // for it from now on. On PostgreSQL their calls are locked first, as a recover's are: a
-  // completion releasing one of them meanwhile would not see the job.
+  // for it from now on. On PostgreSQL the calls with a pending delivery are locked, as a
+  // recover's are (a completion releasing one of them meanwhile would not see the job), and then
+  // the account's fan-outs are held off until this commits (a new delivery would not see the
+  // job, nor this its delivery). In that order: a transition locks its call before it fans out.
   await lockCallsOfEndpoint(trx, caps, { endpointId: job.endpointId, status: "pending" });
+  await lockFanOuts(trx, caps, job.accountId);
   await holdForJobs(trx, job.endpointId, now);
   return id;
 }

@@ -1,7 +1,7 @@
 import type { EventType } from "@klen/webhooks/schemas";
 import { sql } from "kysely";
 import { buildPayload, type PayloadSource } from "../calls/payload.js";
-import { awaitingJob } from "../delivery/chains.js";
+import { awaitingJob, fanOutLock } from "../delivery/chains.js";
 import { matches } from "../endpoints/filter.js";
 import { type ColumnType, inListOf, listValue } from "../storage/lists.js";
 import { prepared, rowListArgs, rowListSlot } from "../storage/prepared.js";
@@ -59,6 +59,7 @@ const busyChains = prepared<"call" | "seq" | "ids", { endpoint_id: string }>(
     SELECT j.endpoint_id FROM recover_jobs j
     WHERE ${inListOf(caps, "j.endpoint_id", p.ids, "text")} AND ${awaitingJob(sql`j.endpoint_id`, p.call, p.seq)}`,
 );
+const fanOutLocked = prepared((_db, p: Record<"account", never>) => fanOutLock(p.account));
 const insertDeliveries = prepared(
   (_db, p: Record<string, never>, caps) => sql`
     INSERT INTO deliveries (id, account_id, event_id, event_seq, endpoint_id, call_id, next_attempt_at,
@@ -75,6 +76,9 @@ const insertDeliveries = prepared(
  * finishes, which is what keeps each endpoint's per-call order.
  */
 export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string; deliveries: number }> {
+  // PostgreSQL: before anything is read, so that a background recover or replay being recorded
+  // is either committed and seen below, or sees this fan-out's deliveries (delivery/chains.ts).
+  if (input.caps.rowLocks) await fanOutLocked(trx, input.caps, { account: input.accountId });
   const body = buildPayload(input.type, input.source, input.now);
   assertValidEvent(input.type, body);
   const payload = JSON.stringify(body);

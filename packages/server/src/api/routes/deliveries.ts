@@ -1,6 +1,5 @@
 import { type Selectable, sql } from "kysely";
-import { lockCallsOfEndpoint, reorderChains } from "../../delivery/chains.js";
-import { REPLAYING, RUNNING } from "../../delivery/recover.js";
+import { awaitingJob, lockCallsOfEndpoint, reorderChains } from "../../delivery/chains.js";
 import { ApiError, notFound } from "../../errors.js";
 import type { Database } from "../../storage/schema.js";
 import type { Db } from "../../storage/types.js";
@@ -221,14 +220,13 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
           // Nothing earlier pending: a background recover or replay has yet to make one pending.
           const job = earlier
             ? undefined
-            : await trx
-                .selectFrom("recover_jobs")
-                .select(["id", "kind"])
-                .where("endpoint_id", "=", d.endpoint_id)
-                .where("status", "in", [RUNNING, REPLAYING])
-                .orderBy("created_at")
-                .limit(1)
-                .executeTakeFirst();
+            : (
+                await sql<{ id: string; kind: string }>`
+                  SELECT j.id, j.kind FROM recover_jobs j
+                  WHERE j.endpoint_id = ${d.endpoint_id}
+                    AND ${awaitingJob(sql`${d.endpoint_id}`, d.call_id, d.event_seq)}
+                  ORDER BY j.created_at LIMIT 1`.execute(trx)
+              ).rows[0];
           throw new ApiError(
             409,
             "delivery_waiting",
