@@ -21,9 +21,9 @@ export interface ReplayScope {
 }
 
 /**
- * The missing events in scope. The event's id starts with its `created_at` (util/ids.ts), so the
- * time range is a range of the primary key: no index on `created_at` is needed, and a batch goes
- * on from the last id it read.
+ * The account's events made in the scope's range. An event's id starts with its `created_at`
+ * (util/ids.ts), so the time range is a range of the primary key: no index on `created_at` is
+ * needed, and a batch goes on from the last id it read.
  */
 function eventsInRange(db: Db, s: ReplayScope) {
   return db
@@ -33,6 +33,7 @@ function eventsInRange(db: Db, s: ReplayScope) {
     .where("ev.account_id", "=", s.accountId);
 }
 
+/** Those of them a replay sends: taken by the filter, not aimed elsewhere, with no delivery to it. */
 function missingEvents(db: Db, s: ReplayScope) {
   return eventsInRange(db, s)
     .innerJoin("calls as c", "c.id", "ev.call_id")
