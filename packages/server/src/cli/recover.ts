@@ -78,6 +78,10 @@ async function followRecoverJob(
 /** What tells `endpoints recover` and `endpoints replay` apart; the rest they share. */
 interface JobCommand {
   name: "recover" | "replay";
+  /** What its range is a range of: "deliveries" (recover) or "events" (replay). */
+  ranges: string;
+  /** What it did to them: "re-queued", "queued". */
+  did: string;
   description: string;
   help: string;
   /** N of what it queued: "3 failed deliveries", "3 events". */
@@ -94,6 +98,8 @@ interface JobCommand {
 
 const RECOVER: JobCommand = {
   name: "recover",
+  ranges: "deliveries",
+  did: "re-queued",
   description:
     "re-queue an endpoint's failed deliveries made in a time range, one more attempt each (POST /v1/endpoints/{id}/recover)",
   help: `
@@ -117,6 +123,8 @@ Examples:
 
 const REPLAY: JobCommand = {
   name: "replay",
+  ranges: "events",
+  did: "queued",
   description:
     "send an endpoint the events of a time range it never had a delivery for: made while it was disabled, before it existed, or outside its filter then (POST /v1/endpoints/{id}/replay)",
   help: `
@@ -153,12 +161,9 @@ function registerJobCommand(endpoints: Command, kind: JobCommand): void {
       .argument("<endpoint_id>", "the endpoint (ep_…)")
       .requiredOption(
         "--since <time>",
-        `from ${kind.name === "recover" ? "deliveries" : "events"} made at this ISO-8601 time (2026-11-24T18:00:00Z)`,
+        `from ${kind.ranges} made at this ISO-8601 time (2026-11-24T18:00:00Z)`,
       )
-      .option(
-        "--until <time>",
-        `up to ${kind.name === "recover" ? "deliveries" : "events"} made at this ISO-8601 time (default: now)`,
-      )
+      .option("--until <time>", `up to ${kind.ranges} made at this ISO-8601 time (default: now)`)
       .option("--wait", `follow a ${kind.name} run in the background until it is done`)
       .addOption(
         new Option(
@@ -182,8 +187,7 @@ function registerJobCommand(endpoints: Command, kind: JobCommand): void {
             body,
           );
           const see = `see them with: klen-webhooks deliveries list --endpoint-id ${endpointId} --status pending`;
-          const queuedLine = (n: number) =>
-            `${kind.name === "recover" ? "re-queued" : "queued"} ${kind.counted(n)} of ${endpointId}; ${see}`;
+          const queuedLine = (n: number) => `${kind.did} ${kind.counted(n)} of ${endpointId}; ${see}`;
           if (r.job_id === undefined) {
             if (out.json) out.data(r);
             else if ((r.queued ?? 0) > 0) out.line(queuedLine(r.queued ?? 0));

@@ -199,10 +199,7 @@ export async function releaseOrphans(store: Store, now: number): Promise<number>
     UPDATE deliveries SET next_attempt_at = ${resumeOrNow(now)},
       resume_at = NULL
     WHERE status = 'pending' AND next_attempt_at IS NULL
-      AND NOT EXISTS (
-        SELECT 1 FROM deliveries e
-        WHERE e.endpoint_id = deliveries.endpoint_id AND e.call_id = deliveries.call_id
-          AND e.status = 'pending' AND e.event_seq < deliveries.event_seq)
+      AND NOT EXISTS (${earlierPending})
       AND NOT EXISTS (${awaitedJob})`.execute(store.db);
   return Number(res.numAffectedRows ?? 0);
 }

@@ -76,9 +76,6 @@ const insertDeliveries = prepared(
  * finishes, which is what keeps each endpoint's per-call order.
  */
 export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string; deliveries: number }> {
-  // PostgreSQL: before anything is read, so that a background recover or replay being recorded
-  // is either committed and seen below, or sees this fan-out's deliveries (delivery/chains.ts).
-  if (input.caps.rowLocks) await fanOutLocked(trx, input.caps, { account: input.accountId });
   const body = buildPayload(input.type, input.source, input.now);
   assertValidEvent(input.type, body);
   const payload = JSON.stringify(body);
@@ -108,6 +105,11 @@ export async function emitEvent(trx: Db, input: EmitInput): Promise<{ id: string
     ),
   );
   if (endpoints.length === 0) return { id, deliveries: 0 };
+
+  // PostgreSQL, only when there is a delivery to make: before the busy chains are read, so that a
+  // background recover or replay being recorded is either committed and seen there, or sees this
+  // fan-out's deliveries (delivery/chains.ts).
+  if (input.caps.rowLocks) await fanOutLocked(trx, input.caps, { account: input.accountId });
 
   const busy = await busyChains(trx, input.caps, {
     call: input.callId,
