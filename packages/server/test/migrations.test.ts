@@ -42,6 +42,7 @@ const RELEASED: Record<number, string> = {
   17: "109914e1b1d8253b 0a77351a88e1b5cf",
   18: "df9d7a94bf337818 c9b9edb62b6d7fd8",
   19: "827ed91581389254 827ed91581389254",
+  20: "8a530e854f1f964e 8a530e854f1f964e",
 };
 
 test("released migrations are never edited, and every migration is listed as released", () => {

@@ -271,6 +271,9 @@ describe("the OpenAPI document describes every operation's real answers", () => 
     expect(await op("post", "/v1/calls/{id}/end", { id: quiet.body.id }), 200);
     expect(await op("get", "/v1/calls"), 200);
     expect(await op("get", "/v1/calls/{id}", { id }), 200);
+    const media = await op("get", "/v1/calls/{id}/media", { id });
+    expect(media, 200);
+    assert.equal(media.body.data.length, 1, "the recording");
     const testCall = await op("post", "/v1/test-calls");
     expect(testCall, 202);
 

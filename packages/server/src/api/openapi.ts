@@ -38,6 +38,11 @@ const SUCCESS: Record<string, { status: string; description: string; schema: Res
   "post /v1/calls": { status: "201", description: "the call, `queued`", schema: "call" },
   "get /v1/calls": { status: "200", description: "calls", schema: "call_page" },
   "get /v1/calls/{id}": { status: "200", description: "the call", schema: "call" },
+  "get /v1/calls/{id}/media": {
+    status: "200",
+    description: "the call's stored content, each with a fresh pre-signed URL",
+    schema: "call_media",
+  },
   "post /v1/calls/{id}/start": { status: "200", description: "the call; emits call.started", schema: "call" },
   "post /v1/calls/{id}/end": { status: "200", description: "the call; emits call.ended", schema: "call" },
   "post /v1/calls/{id}/fail": { status: "200", description: "the call; emits call.failed", schema: "call" },

@@ -103,6 +103,27 @@ const call = object(
   "a call",
 );
 
+const media = object(
+  {
+    id: { type: "string", pattern: "^blb_[A-Za-z0-9_-]{32}$" },
+    kind: { type: "string", enum: ["recording", "transcript", "summary"] },
+    event_id: {
+      ...nullable(prefixedId("evt")),
+      description: "the event whose body carried this content's URL",
+    },
+    content_type: str,
+    size: { type: "integer", minimum: 0, description: "bytes" },
+    created_at: millis,
+    url: {
+      type: "string",
+      format: "uri",
+      description: "pre-signed, made by this request; no API key needed",
+    },
+    expires_at: { ...seconds, description: "when `url` stops working: KLEN_URL_TTL from this request" },
+  },
+  "a call's stored content with a fresh pre-signed URL",
+);
+
 const endpoint = object(
   {
     id: prefixedId("ep"),
@@ -246,6 +267,11 @@ export const RESPONSE_SCHEMAS = {
   contact_deleted: deleted(contact, "the deleted contact"),
   call,
   call_page: page("call"),
+  media,
+  call_media: object(
+    { data: { type: "array", items: ref("media"), description: "oldest first" } },
+    "the call's recording and the transcript and summaries stored behind URLs, each with a URL made now",
+  ),
   test_call: object({ call_id: id }, "the test call that now runs"),
   endpoint,
   endpoint_page: page("endpoint"),

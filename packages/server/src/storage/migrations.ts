@@ -477,4 +477,13 @@ ALTER TABLE recover_jobs ADD COLUMN after_event_id TEXT;
 CREATE INDEX recover_jobs_endpoint ON recover_jobs (endpoint_id, status);
 `,
   },
+  {
+    id: 20,
+    name: "blobs_call",
+    sql: () => `
+-- GET /v1/calls/{id}/media lists a call's blobs: without this, a scan of every blob kept for the
+-- retention period.
+CREATE INDEX blobs_call ON blobs (call_id);
+`,
+  },
 ];

@@ -11,6 +11,7 @@ import { dashboardRoutes } from "./dashboard.js";
 import { deliveryRoutes } from "./deliveries.js";
 import { endpointRoutes } from "./endpoints.js";
 import { eventRoutes } from "./events.js";
+import { mediaRoutes } from "./media.js";
 import { recordingRoutes } from "./recording.js";
 import { recoverJobRoutes } from "./recover-jobs.js";
 import { statsRoutes } from "./stats.js";
@@ -27,6 +28,7 @@ export const routeModules: RouteModule[] = [
   contactRoutes,
   callRoutes,
   recordingRoutes,
+  mediaRoutes,
   testCallRoutes,
   blobRoutes,
   endpointRoutes,

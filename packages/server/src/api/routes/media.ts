@@ -1,0 +1,73 @@
+import { signingKey } from "../../blobs/key.js";
+import { blobUrl, expiryOf } from "../../blobs/signing.js";
+import { notFound } from "../../errors.js";
+import { isoMillis, isoSeconds } from "../../util/time.js";
+import { idParam } from "./common.js";
+import type { RouteModule } from "./index.js";
+
+/** The events whose body carries a blob of each kind's URL (a long brief summary rides `call.ended`). */
+const CARRIERS: Record<string, string[]> = {
+  recording: ["call.recording"],
+  transcript: ["call.transcript"],
+  summary: ["call.summary", "call.ended"],
+};
+
+/**
+ * `GET /v1/calls/{id}/media`: the call's stored content — its recording, and the transcript and
+ * summaries too long to go inline — each with a pre-signed URL made now, valid for KLEN_URL_TTL.
+ * An event's own URLs are part of its body, made when the event was, and so stop working
+ * KLEN_URL_TTL after it: this is how a receiver that was down longer, or that was sent an old event
+ * by a replay or a manual retry, gets the bytes. Content purged by retention is no longer listed.
+ */
+export const mediaRoutes: RouteModule = (app, ctx) => {
+  app.get("/v1/calls/:id/media", { schema: { params: idParam } }, async (req) => {
+    const id = (req.params as { id: number }).id;
+    const db = ctx.store.db;
+    const call = await db
+      .selectFrom("calls")
+      .select("id")
+      .where("id", "=", id)
+      .where("account_id", "=", req.account.id)
+      .executeTakeFirst();
+    if (!call) throw notFound("call", id);
+    const blobs = await db
+      .selectFrom("blobs")
+      .select(["id", "kind", "content_type", "size", "created_at"])
+      .where("call_id", "=", id)
+      .where("account_id", "=", req.account.id)
+      .orderBy("created_at")
+      .orderBy("id")
+      .execute();
+    // The event that carried each blob: the content is stored in the step's transaction, at the
+    // step's time, which is its event's `created_at`.
+    const events =
+      blobs.length === 0
+        ? []
+        : await db
+            .selectFrom("events")
+            .select(["id", "event_type", "created_at"])
+            .where("call_id", "=", id)
+            .where("account_id", "=", req.account.id)
+            .execute();
+    const now = ctx.clock.now();
+    const expires = expiryOf(now, ctx.config.urlTtlMs);
+    const key = await signingKey(ctx.store, db);
+    return {
+      data: blobs.map((b) => ({
+        id: b.id,
+        kind: b.kind,
+        event_id:
+          events.find(
+            (e) =>
+              Number(e.created_at) === Number(b.created_at) &&
+              (CARRIERS[b.kind] ?? []).includes(e.event_type),
+          )?.id ?? null,
+        content_type: b.content_type,
+        size: Number(b.size),
+        created_at: isoMillis(Number(b.created_at)),
+        url: blobUrl(ctx.config.publicUrl, key, b.id, expires),
+        expires_at: isoSeconds(expires * 1000),
+      })),
+    };
+  });
+};

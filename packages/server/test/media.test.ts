@@ -1,0 +1,229 @@
+import assert from "node:assert/strict";
+import { describe, type TestContext, test } from "node:test";
+import { createAccount } from "../src/accounts/accounts.js";
+import { loadConfig } from "../src/config.js";
+import { createLogger } from "../src/log.js";
+import { purgeExpired } from "../src/retention/purge.js";
+import { type Running, startServer } from "../src/server.js";
+import { synthesizeWav } from "../src/simulator/wav.js";
+import { apiClient } from "./helpers/api.js";
+import { type Backend, backends } from "./helpers/backends.js";
+import { onServer } from "./helpers/content.js";
+import { waitFor } from "./helpers/wait.js";
+
+const DAY = 86_400_000;
+const KEY = "klen_test_key_media";
+
+/** A server in this process (so a purge can be run with a later "now") on a fresh database. */
+async function server(t: TestContext, backend: Backend, env: Record<string, string> = {}) {
+  const db = await backend.fresh();
+  const running: Running = await startServer(
+    loadConfig({
+      PORT: "0",
+      KLEN_DATA_DIR: db.dataDir,
+      KLEN_DATABASE_URL: db.databaseUrl,
+      KLEN_API_KEY: KEY,
+      KLEN_DEV: "1",
+      // Texts of a few KiB go behind a URL, as 64 KiB ones do by default.
+      KLEN_INLINE_LIMIT: "2KiB",
+      ...env,
+    }),
+    createLogger({ level: "silent" }),
+    { role: "api" },
+  );
+  t.after(async () => {
+    await running.stop(1000);
+    await db.cleanup();
+  });
+  const base = running.address!.replace("[::1]", "127.0.0.1");
+  const api = apiClient(base, KEY);
+  const agent = await api.post("/v1/agents", { name: "Support" });
+  assert.equal(agent.status, 201);
+  return { running, base, api, agentId: agent.body.id as number };
+}
+
+type Server = Awaited<ReturnType<typeof server>>;
+
+async function finishedCall(s: Server, steps: Array<[string, Record<string, unknown>]>): Promise<number> {
+  const c = await s.api.post("/v1/calls", {
+    agent_id: s.agentId,
+    type: "inbound",
+    phone_number: "+15551234567",
+  });
+  assert.equal(c.status, 201);
+  // Started and ended (with the given body, or none), then the other steps.
+  const end: Array<[string, Record<string, unknown>]> = steps[0]?.[0] === "end" ? [] : [["end", {}]];
+  for (const [step, body] of [["start", {}], ...end, ...steps] as Array<[string, Record<string, unknown>]>) {
+    const r = await s.api.post(`/v1/calls/${c.body.id}/${step}`, body);
+    assert.equal(r.status, 200, `${step}: ${JSON.stringify(r.body)}`);
+  }
+  return c.body.id;
+}
+
+async function uploadRecording(s: Server, callId: number, wav: Buffer, key = KEY) {
+  const r = await fetch(`${s.base}/v1/calls/${callId}/recording`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "audio/wav" },
+    body: new Uint8Array(wav),
+  });
+  assert.equal(r.status, 200);
+}
+
+const bytesAt = async (url: string) => {
+  const r = await fetch(url);
+  assert.equal(r.status, 200, url);
+  return Buffer.from(await r.arrayBuffer());
+};
+
+/** The blob id a pre-signed URL names. */
+const blobOf = (url: string) => new URL(url).pathname.split("/").pop();
+
+for (const backend of backends()) {
+  describe(`GET /v1/calls/{id}/media (${backend.name})`, () => {
+    test("lists every stored content of a call with the event that carried it and a URL made now", async (t) => {
+      const s = await server(t, backend);
+      const brief = `Brief: ${"b".repeat(3000)}`;
+      const transcript = `Agent: Hello!\n${"Customer: words. ".repeat(300)}`;
+      const summary = `Summary: ${"s".repeat(4000)}`;
+      const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 5 });
+      const id = await finishedCall(s, [
+        ["end", { summary: brief }],
+        ["transcript", { transcript }],
+        ["summary", { summary }],
+      ]);
+      await uploadRecording(s, id, wav);
+
+      const before = Date.now();
+      const res = await s.api.get(`/v1/calls/${id}/media`);
+      const after = Date.now();
+      assert.equal(res.status, 200);
+      const media = res.body.data as Array<Record<string, any>>;
+      assert.equal(media.length, 4);
+      // Oldest first.
+      const times = media.map((m) => Date.parse(m.created_at));
+      assert.deepEqual(
+        times,
+        [...times].sort((a, b) => a - b),
+      );
+
+      // Each event's URL names one listed blob; the listing says which event, and both URLs serve
+      // the content the step was given.
+      const events = (await s.api.get(`/v1/events?call_id=${id}`)).body.data as Array<Record<string, any>>;
+      const expected: Array<[string, string, string, Buffer, string]> = [
+        ["call.ended", "summary_url", "summary", Buffer.from(brief), "text/plain; charset=utf-8"],
+        [
+          "call.transcript",
+          "transcript_url",
+          "transcript",
+          Buffer.from(transcript),
+          "text/plain; charset=utf-8",
+        ],
+        ["call.summary", "summary_url", "summary", Buffer.from(summary), "text/plain; charset=utf-8"],
+        ["call.recording", "recording_url", "recording", wav, "audio/wav"],
+      ];
+      for (const [type, field, kind, content, contentType] of expected) {
+        const event = events.find((e) => e.event_type === type);
+        assert.ok(event, type);
+        const eventUrl = event.payload.call[field] as string;
+        const item = media.find((m) => m.id === blobOf(eventUrl));
+        assert.ok(item, `${type}'s ${field} is listed`);
+        assert.equal(item.kind, kind);
+        assert.equal(item.event_id, event.id, type);
+        assert.equal(item.content_type, contentType);
+        assert.equal(item.size, content.length);
+        assert.equal(blobOf(item.url), item.id);
+        assert.ok((await bytesAt(onServer(s.base, item.url))).equals(content), type);
+        assert.ok((await bytesAt(onServer(s.base, eventUrl))).equals(content), type);
+        // Valid for KLEN_URL_TTL (7 days) from this request, in whole seconds as signed.
+        const expires = Number(new URL(item.url).searchParams.get("expires"));
+        assert.equal(item.expires_at, new Date(expires * 1000).toISOString().replace(".000Z", "Z"));
+        assert.ok(expires >= Math.floor((before + 7 * DAY) / 1000), `${expires} from ${before}`);
+        assert.ok(expires <= Math.floor((after + 7 * DAY) / 1000), `${expires} from ${after}`);
+      }
+    });
+
+    test("a call with nothing stored lists nothing; an unknown call or another account's is 404", async (t) => {
+      const s = await server(t, backend);
+      // Short texts go inline: nothing is stored behind a URL.
+      const inline = await finishedCall(s, [
+        ["end", { summary: "Short." }],
+        ["transcript", { transcript: "Agent: Hi." }],
+      ]);
+      const none = await s.api.get(`/v1/calls/${inline}/media`);
+      assert.equal(none.status, 200);
+      assert.deepEqual(none.body, { data: [] });
+
+      const other = await s.running.ctx.store.db
+        .transaction()
+        .execute((trx) => createAccount(trx, "Other", "klen_test_key_media_other"));
+      const otherApi = apiClient(s.base, other.apiKey);
+      const agent = await otherApi.post("/v1/agents", { name: "Theirs" });
+      const theirs = await otherApi.post("/v1/calls", {
+        agent_id: agent.body.id,
+        type: "outbound",
+        phone_number: "+15557654321",
+      });
+      await otherApi.post(`/v1/calls/${theirs.body.id}/start`, {});
+      await otherApi.post(`/v1/calls/${theirs.body.id}/end`, {});
+      await uploadRecording(
+        s,
+        theirs.body.id,
+        synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 6 }),
+        other.apiKey,
+      );
+      assert.equal((await otherApi.get(`/v1/calls/${theirs.body.id}/media`)).body.data.length, 1);
+      // Not this account's: 404 as for an unknown call, nothing said about what it holds.
+      for (const callId of [theirs.body.id, 999_999]) {
+        const r = await s.api.get(`/v1/calls/${callId}/media`);
+        assert.equal(r.status, 404);
+        assert.equal(r.body.error.code, "not_found");
+        assert.equal(r.body.error.message, `call ${callId} not found`);
+      }
+      const bad = await s.api.get("/v1/calls/abc/media");
+      assert.equal(bad.status, 400);
+      assert.equal(bad.body.error.details.field, "id");
+      const anonymous = await fetch(`${s.base}/v1/calls/${inline}/media`);
+      assert.equal(anonymous.status, 401);
+    });
+
+    test("content purged by retention is no longer listed", async (t) => {
+      const s = await server(t, backend);
+      const id = await finishedCall(s, [["transcript", { transcript: `Agent: ${"long ".repeat(1000)}` }]]);
+      await uploadRecording(s, id, synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 7 }));
+      const listed = (await s.api.get(`/v1/calls/${id}/media`)).body.data;
+      assert.deepEqual(
+        listed.map((m: any) => m.kind),
+        ["transcript", "recording"],
+      );
+      const counts = await purgeExpired(s.running.ctx, Date.now() + 31 * DAY);
+      assert.equal(counts.blobs, 2);
+      assert.deepEqual((await s.api.get(`/v1/calls/${id}/media`)).body, { data: [] });
+      // The URL listed before the purge now finds nothing.
+      assert.equal((await fetch(onServer(s.base, listed[1].url))).status, 404);
+    });
+  });
+}
+
+test("after an event's URL has expired, the media URL serves the same bytes", async (t) => {
+  const [sqlite] = backends();
+  // URLs last 3 s (and are signed in whole seconds): long enough for this test's requests.
+  const s = await server(t, sqlite!, { KLEN_URL_TTL: "3s", KLEN_RETENTION: "1d" });
+  const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 8 });
+  const id = await finishedCall(s, []);
+  await uploadRecording(s, id, wav);
+  const event = (await s.api.get(`/v1/events?call_id=${id}&event_type=call.recording`)).body.data[0];
+  const eventUrl = onServer(s.base, event.payload.call.recording_url);
+  await waitFor(
+    "the event's recording_url to expire",
+    async () => {
+      const r = await fetch(eventUrl);
+      if (r.status !== 403) return false;
+      return (await r.json()).error.details.reason === "expired";
+    },
+    10_000,
+    100,
+  );
+  const [item] = (await s.api.get(`/v1/calls/${id}/media`)).body.data;
+  assert.equal(item.event_id, event.id);
+  assert.ok((await bytesAt(onServer(s.base, item.url))).equals(wav));
+});
