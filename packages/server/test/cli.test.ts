@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { getEventListeners } from "node:events";
-import { chmodSync, existsSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
@@ -333,6 +334,10 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       ["<event_type>", "--reason", "call.recording", "--api-url", "--json", "Examples:"],
     ],
     [
+      ["calls", "media", "--help"],
+      ["<call_id>", "--output", "KLEN_URL_TTL", "--api-key", "--json", "Examples:"],
+    ],
+    [
       ["endpoints", "create", "--help"],
       ["--url", "--event-types", "--description", "--api-key", "--json", "Examples:"],
     ],
@@ -625,6 +630,40 @@ describe("client commands against a running server", () => {
     const bytes = Buffer.from(await audio.arrayBuffer());
     assert.equal(bytes.subarray(0, 4).toString("ascii"), "RIFF");
     assert.equal(bytes.subarray(8, 12).toString("ascii"), "WAVE");
+  });
+
+  test("calls media lists a call's recording with a URL made now; --output saves it", async () => {
+    const made = JSON.parse((await cli(["trigger", "call.recording", "--json"], env)).stdout);
+    const callId = made.call_id as number;
+    const event = await server.api.get(`/v1/events/${made.events[4].id}`);
+    const original = Buffer.from(await (await fetch(event.body.payload.call.recording_url)).arrayBuffer());
+
+    const listed = await cli(["calls", "media", String(callId), "--json"], env);
+    assert.equal(listed.code, 0, listed.stderr);
+    const [item, ...rest] = JSON.parse(listed.stdout).data;
+    assert.deepEqual(rest, [], "the trigger's texts are short: inline, not stored");
+    assert.equal(item.kind, "recording");
+    assert.equal(item.event_id, made.events[4].id);
+    const text = await cli(["calls", "media", String(callId)], env);
+    assert.equal(text.code, 0, text.stderr);
+    assert.equal(
+      text.stdout,
+      `recording  audio/wav  ${original.length} bytes (call.recording ${item.event_id})  until ${item.expires_at}\n  ${item.url}\n`,
+    );
+
+    const folder = join(dir.path, "media", String(callId));
+    const saved = await cli(["calls", "media", String(callId), "--output", folder], env);
+    assert.equal(saved.code, 0, saved.stderr);
+    const file = join(folder, `call-${callId}-recording.wav`);
+    assert.equal(saved.stdout, `recording  ${original.length} bytes  → ${file}\n`);
+    assert.ok(readFileSync(file).equals(original));
+
+    const none = await cli(["calls", "media", "999999"], env);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /calls media: GET \/v1\/calls\/999999\/media: 404 call 999999 not found/);
+    const bad = await cli(["calls", "media", "abc"], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /call_id must be a positive integer/);
   });
 
   test("listen forwards each event signed with its printed secret, body byte-identical to the stored one", async () => {

@@ -129,6 +129,7 @@ for (const backend of backends()) {
         assert.ok(item, `${type}'s ${field} is listed`);
         assert.equal(item.kind, kind);
         assert.equal(item.event_id, event.id, type);
+        assert.equal(item.event_type, type);
         assert.equal(item.content_type, contentType);
         assert.equal(item.size, content.length);
         assert.equal(blobOf(item.url), item.id);

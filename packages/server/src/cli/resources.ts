@@ -7,6 +7,7 @@ import {
   listAll,
   type Page,
 } from "./api-client.js";
+import { registerCallCommands } from "./calls.js";
 import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
 import { parseEventList } from "./listen.js";
 import { type Output, statusText } from "./output.js";
@@ -145,13 +146,15 @@ function toggle(endpoints: Command, name: "enable" | "disable"): void {
 }
 
 /**
- * `endpoints`, `deliveries` and `api-keys`, from a terminal: create, list, enable and disable
- * endpoints and show a secret; see every delivery's attempts and retry one; roll an API key.
+ * `endpoints`, `deliveries`, `api-keys` and `calls`, from a terminal: create, list, enable and
+ * disable endpoints and show a secret; see every delivery's attempts and retry one; roll an API
+ * key; get a call's recording and stored texts.
  */
 export function registerResourceCommands(program: Command): void {
   registerEndpointCommands(program);
   registerDeliveryCommands(program);
   registerApiKeyCommands(program);
+  registerCallCommands(program);
 }
 
 function registerEndpointCommands(program: Command): void {

@@ -53,21 +53,23 @@ export const mediaRoutes: RouteModule = (app, ctx) => {
     const expires = expiryOf(now, ctx.config.urlTtlMs);
     const key = await signingKey(ctx.store, db);
     return {
-      data: blobs.map((b) => ({
-        id: b.id,
-        kind: b.kind,
-        event_id:
-          events.find(
-            (e) =>
-              Number(e.created_at) === Number(b.created_at) &&
-              (CARRIERS[b.kind] ?? []).includes(e.event_type),
-          )?.id ?? null,
-        content_type: b.content_type,
-        size: Number(b.size),
-        created_at: isoMillis(Number(b.created_at)),
-        url: blobUrl(ctx.config.publicUrl, key, b.id, expires),
-        expires_at: isoSeconds(expires * 1000),
-      })),
+      data: blobs.map((b) => {
+        const carrier = events.find(
+          (e) =>
+            Number(e.created_at) === Number(b.created_at) && (CARRIERS[b.kind] ?? []).includes(e.event_type),
+        );
+        return {
+          id: b.id,
+          kind: b.kind,
+          event_id: carrier?.id ?? null,
+          event_type: carrier?.event_type ?? null,
+          content_type: b.content_type,
+          size: Number(b.size),
+          created_at: isoMillis(Number(b.created_at)),
+          url: blobUrl(ctx.config.publicUrl, key, b.id, expires),
+          expires_at: isoSeconds(expires * 1000),
+        };
+      }),
     };
   });
 };
