@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { type Browser, chromium, type Page } from "playwright-core";
+import { synthesizeWav } from "../src/simulator/wav.js";
 import { apiClient, runCall, setupAccount } from "./helpers/api.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
@@ -1261,6 +1262,65 @@ describe("dashboard in Chromium", () => {
       [...calls].sort((a, b) => a - b),
     );
     for (const d of made) await page.locator(`tr.delivery[data-delivery="${d.id}"]`).waitFor();
+  });
+
+  test("a call's recording plays and its long transcript opens through links made now", async () => {
+    const call = await server.api.post("/v1/calls", {
+      agent_id: agentId,
+      type: "inbound",
+      phone_number: "+15550001111",
+    });
+    const id = call.body.id as number;
+    // Above KLEN_INLINE_LIMIT (64 KiB): stored, and sent as transcript_url.
+    const transcript = `Agent: Hello!\n${"Customer: a long answer. ".repeat(3000)}`;
+    for (const [step, body] of [
+      ["start", {}],
+      ["end", {}],
+      ["transcript", { transcript }],
+    ] as const)
+      assert.equal((await server.api.post(`/v1/calls/${id}/${step}`, body)).status, 200, step);
+    const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 9 });
+    const upload = await fetch(`${server.url}/v1/calls/${id}/recording`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "audio/wav" },
+      body: new Uint8Array(wav),
+    });
+    assert.equal(upload.status, 200);
+
+    await page.evaluate((to) => {
+      location.hash = to;
+    }, `#/calls/${id}`);
+    await page.getByRole("heading", { name: `Call #${id}` }).waitFor();
+    const recording = page.locator('li.media[data-kind="recording"]');
+    // 16,044 bytes: a second of 8 kHz 16-bit audio and its header.
+    assert.equal(wav.length, 16_044);
+    await recording.getByText("audio/wav · 16 KB").waitFor();
+    // The player loads the audio from the page's own origin (KLEN_PUBLIC_URL names localhost):
+    // its length is the recording's.
+    const player = page.getByLabel(`Recording of call ${id}`);
+    assert.match((await player.getAttribute("src"))!, /^\/v1\/blobs\/blb_[\w-]+\?expires=\d+&signature=/);
+    const seconds = await player.evaluate(
+      (audio: HTMLAudioElement) =>
+        new Promise<number>((resolve, reject) => {
+          audio.onloadedmetadata = () => resolve(audio.duration);
+          audio.onerror = () => reject(new Error(`audio error ${audio.error?.code}`));
+          audio.preload = "metadata";
+          audio.load();
+        }),
+    );
+    assert.equal(seconds, 1);
+    const transcriptItem = page.locator('li.media[data-kind="transcript"]');
+    const href = (await transcriptItem.getByRole("link", { name: "Open" }).getAttribute("href"))!;
+    const opened = await page.evaluate(async (url) => (await fetch(url)).text(), href);
+    assert.equal(opened, transcript);
+    assert.equal(await transcriptItem.getByRole("link", { name: "Download" }).getAttribute("href"), href);
+
+    // A call with nothing stored says so.
+    await page.evaluate((to) => {
+      location.hash = to;
+    }, `#/calls/${callId}`);
+    await page.getByRole("heading", { name: `Call #${callId}` }).waitFor();
+    await page.getByText("No recording yet, and no transcript or summary too long to go inline.").waitFor();
   });
 
   test("creating an endpoint with Enter leads to its page with focus on its heading", async () => {

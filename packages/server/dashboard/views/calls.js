@@ -77,7 +77,85 @@ export async function renderCalls(main, query) {
   await table.reload();
 }
 
-/** `#/calls/{id}`: the call and its events. */
+const KIND_LABEL = { recording: "Recording", transcript: "Transcript", summary: "Summary" };
+
+/** "1.6 KB" for 1,644 bytes: enough to tell a short clip from a long call. */
+function fmtSize(bytes) {
+  if (bytes < 1000) return `${bytes} bytes`;
+  const units = ["KB", "MB", "GB"];
+  let n = bytes / 1000;
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return `${n < 10 ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
+}
+
+/**
+ * A pre-signed URL on this page's own origin: the blob route is served by the server that serves
+ * the dashboard, while KLEN_PUBLIC_URL (what the URL names) may be another name for it, which the
+ * page's content security policy would refuse to play from.
+ */
+function sameOrigin(url) {
+  const u = new URL(url);
+  const at = u.pathname.indexOf("/v1/blobs/");
+  return at < 0 ? url : `${u.pathname.slice(at)}${u.search}`;
+}
+
+/**
+ * The call's stored content (`GET /v1/calls/{id}/media`): its recording, to play, and the texts too
+ * long to go inline in their events; each link is made by this request, so it works even when the
+ * event's own URL has expired.
+ */
+async function mediaCard(callId) {
+  const { data } = await api("GET", `/v1/calls/${encodeURIComponent(callId)}/media`);
+  if (data.length === 0)
+    return card(
+      "Recording and stored texts",
+      h("p", { class: "muted" }, "No recording yet, and no transcript or summary too long to go inline."),
+    );
+  const label = (m) => (m.event_type === "call.ended" ? "Brief summary" : (KIND_LABEL[m.kind] ?? m.kind));
+  return card(
+    "Recording and stored texts",
+    h(
+      "ul",
+      { class: "media-list" },
+      data.map((m) => {
+        const href = sameOrigin(m.url);
+        return h(
+          "li",
+          { class: "media", dataset: { kind: m.kind } },
+          h(
+            "div",
+            { class: "media-head" },
+            h("strong", {}, label(m)),
+            h("span", { class: "muted small" }, ` ${m.content_type} · ${fmtSize(m.size)}`),
+            m.event_id ? h("span", { class: "muted small mono" }, ` · ${m.event_id}`) : null,
+          ),
+          m.kind === "recording"
+            ? h("audio", {
+                controls: true,
+                preload: "none",
+                src: href,
+                "aria-label": `${label(m)} of call ${callId}`,
+              })
+            : null,
+          h(
+            "div",
+            { class: "small" },
+            h("a", { href, target: "_blank", rel: "noopener" }, "Open"),
+            " · ",
+            h("a", { href, download: "" }, "Download"),
+            h("span", { class: "muted" }, ` · link valid until ${fmtTime(m.expires_at)}`),
+          ),
+        );
+      }),
+    ),
+  );
+}
+
+/** `#/calls/{id}`: the call, its stored content and its events. */
 export async function renderCall(main, id) {
   const [c] = await Promise.all([api("GET", `/v1/calls/${encodeURIComponent(id)}`), loadAgents()]);
   const facts = [
@@ -95,6 +173,7 @@ export async function renderCall(main, id) {
     ...(c.summary ? [["Summary", c.summary]] : []),
   ];
   const events = eventTable({ call_id: c.id }, `Events of call ${c.id}`);
+  const media = await mediaCard(c.id);
   mount(
     main,
     h("a", { href: "#/calls", class: "back" }, "← Calls"),
@@ -107,6 +186,7 @@ export async function renderCall(main, id) {
         facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v))),
       ),
     ),
+    media,
     card(null, cardHead("Events", refreshButton(events.reload, { small: true })), events.el),
   );
   await events.reload();
