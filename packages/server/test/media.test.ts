@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, type TestContext, test } from "node:test";
+import { type ContentEvent, type ContentFetchError, fetchContent } from "@klen/webhooks";
 import { createAccount } from "../src/accounts/accounts.js";
 import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
@@ -205,15 +206,17 @@ for (const backend of backends()) {
   });
 }
 
-test("after an event's URL has expired, the media URL serves the same bytes", async (t) => {
+test("after an event's URL has expired, the media URL serves the same bytes, and the SDK finds it", async (t) => {
   const [sqlite] = backends();
   // URLs last 3 s (and are signed in whole seconds): long enough for this test's requests.
   const s = await server(t, sqlite!, { KLEN_URL_TTL: "3s", KLEN_RETENTION: "1d" });
   const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 8 });
-  const id = await finishedCall(s, []);
+  const transcript = `Agent: ${"a long call. ".repeat(500)}`;
+  const id = await finishedCall(s, [["transcript", { transcript }]]);
   await uploadRecording(s, id, wav);
-  const event = (await s.api.get(`/v1/events?call_id=${id}&event_type=call.recording`)).body.data[0];
-  const eventUrl = onServer(s.base, event.payload.call.recording_url);
+  const events = (await s.api.get(`/v1/events?call_id=${id}`)).body.data as Array<Record<string, any>>;
+  const recording = events.find((e) => e.event_type === "call.recording")!;
+  const eventUrl = onServer(s.base, recording.payload.call.recording_url);
   await waitFor(
     "the event's recording_url to expire",
     async () => {
@@ -224,7 +227,18 @@ test("after an event's URL has expired, the media URL serves the same bytes", as
     10_000,
     100,
   );
-  const [item] = (await s.api.get(`/v1/calls/${id}/media`)).body.data;
-  assert.equal(item.event_id, event.id);
+  const media = (await s.api.get(`/v1/calls/${id}/media`)).body.data as Array<Record<string, any>>;
+  const item = media.find((m) => m.kind === "recording")!;
+  assert.equal(item.event_id, recording.id);
   assert.ok((await bytesAt(onServer(s.base, item.url))).equals(wav));
+
+  // The receiver SDK, given the API, gets the transcript through a URL made now; without it, the
+  // expired URL's reason. (The URLs name KLEN_PUBLIC_URL, localhost:0 here: sent to this server.)
+  const viaServer: typeof fetch = (url, init) => fetch(onServer(s.base, String(url)), init);
+  const payload = events.find((e) => e.event_type === "call.transcript")!.payload as ContentEvent;
+  assert.equal(await fetchContent(payload, { fetch: viaServer, api: { url: s.base, key: KEY } }), transcript);
+  await assert.rejects(fetchContent(payload, { fetch: viaServer }), (err: ContentFetchError) => {
+    assert.equal(err.reason, "expired");
+    return true;
+  });
 });

@@ -22,6 +22,14 @@ export interface FetchContentOptions {
   readonly signal?: AbortSignal;
   /** The `fetch` to use. Default: the global one. */
   readonly fetch?: typeof fetch;
+  /**
+   * The Klen API, to get a URL made now when the event's own has expired (a URL is valid for the
+   * server's KLEN_URL_TTL, 7 days by default, from the event; a replayed or long-retried event can
+   * be older): its base URL and an API key of the account. On a `403` `expired`, `fetchContent`
+   * asks `GET /v1/calls/{id}/media` for the same content's current URL and downloads that. Without
+   * it, an expired URL is a `ContentFetchError` with `reason` `"expired"`.
+   */
+  readonly api?: { readonly url: string; readonly key: string };
 }
 
 /** Why `fetchContent` failed. */
@@ -120,25 +128,87 @@ export async function fetchContent(event: ContentEvent, opts: FetchContentOption
           ? new ContentFetchError("timeout", "Downloading the content timed out", { cause })
           : new ContentFetchError("network", "Downloading the content failed", { cause });
 
-  let response: Response;
+  const download = async (from: string): Promise<string> => {
+    let response: Response;
+    try {
+      response = await doFetch(from, {
+        signal,
+        headers: { accept: "text/plain, application/json;q=0.9, */*;q=0.1" },
+      });
+    } catch (cause) {
+      throw fail(cause);
+    }
+    try {
+      if (!response.ok) throw await statusError(response, "Content URL");
+      const declared = Number(response.headers.get("content-length"));
+      if (declared > maxBytes) throw tooLarge(maxBytes);
+      return await readText(response, maxBytes);
+    } catch (cause) {
+      // Stop the transfer rather than let it run to the end in the background.
+      await response.body?.cancel().catch(() => {});
+      throw fail(cause);
+    }
+  };
+
   try {
-    response = await doFetch(src.url, {
-      signal,
-      headers: { accept: "text/plain, application/json;q=0.9, */*;q=0.1" },
-    });
-  } catch (cause) {
-    throw fail(cause);
+    return await download(src.url);
+  } catch (err) {
+    if (!opts.api || !(err instanceof ContentFetchError) || err.reason !== "expired") throw err;
+    let fresh: string;
+    try {
+      fresh = await currentUrl(event, src.url, opts.api, doFetch, signal);
+    } catch (cause) {
+      throw fail(cause);
+    }
+    return download(fresh);
   }
+}
+
+/** One item of the Klen API's `GET /v1/calls/{id}/media`, as far as read here. */
+interface MediaItem {
+  id?: unknown;
+  url?: unknown;
+}
+
+/**
+ * The URL made now of the content an expired URL named (the same blob id), from the Klen API's
+ * list of the call's stored content.
+ */
+async function currentUrl(
+  event: ContentEvent,
+  expired: string,
+  api: { readonly url: string; readonly key: string },
+  doFetch: typeof fetch,
+  signal: AbortSignal,
+): Promise<string> {
+  const blobId = decodeURIComponent(new URL(expired).pathname.split("/").pop() ?? "");
+  const response = await doFetch(`${api.url.replace(/\/+$/, "")}/v1/calls/${event.call.id}/media`, {
+    signal,
+    headers: { accept: "application/json", authorization: `Bearer ${api.key}` },
+  });
+  if (!response.ok) throw await statusError(response, "The Klen API");
+  let items: MediaItem[];
   try {
-    if (!response.ok) throw await statusError(response);
-    const declared = Number(response.headers.get("content-length"));
-    if (declared > maxBytes) throw tooLarge(maxBytes);
-    return await readText(response, maxBytes);
+    items = ((await response.json()) as { data: MediaItem[] }).data;
+    if (!Array.isArray(items)) throw new TypeError("no data list");
   } catch (cause) {
-    // Stop the transfer rather than let it run to the end in the background.
-    await response.body?.cancel().catch(() => {});
-    throw fail(cause);
+    throw new ContentFetchError(
+      "http_status",
+      "The Klen API answered what is not its list of a call's media",
+      {
+        cause,
+        status: response.status,
+      },
+    );
   }
+  const item = items.find((m) => m.id === blobId);
+  if (typeof item?.url !== "string")
+    throw new ContentFetchError(
+      "http_status",
+      `The Klen API lists no ${blobId} for call ${event.call.id}: the content is no longer stored`,
+      { status: 404, reason: "not_found" },
+    );
+  return item.url;
 }
 
 /**
@@ -146,7 +216,7 @@ export async function fetchContent(event: ContentEvent, opts: FetchContentOption
  * error JSON (`{"error":{"message","details":{"reason"}}}`), so that an expired URL can be told
  * from an altered one.
  */
-async function statusError(response: Response): Promise<ContentFetchError> {
+async function statusError(response: Response, who: string): Promise<ContentFetchError> {
   let message: string | undefined;
   let reason: string | undefined;
   try {
@@ -160,7 +230,7 @@ async function statusError(response: Response): Promise<ContentFetchError> {
   }
   return new ContentFetchError(
     "http_status",
-    `Content URL answered ${response.status}${message ? `: ${message}` : ""}`,
+    `${who} answered ${response.status}${message ? `: ${message}` : ""}`,
     { status: response.status, ...(reason ? { reason } : {}) },
   );
 }

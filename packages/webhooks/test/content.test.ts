@@ -22,9 +22,34 @@ describe("fetchContent", () => {
   let server: Server;
   let url: string;
   const hang = deferred();
+  /** The authorization headers of the requests to the fake Klen API's media route. */
+  const apiRequests: Array<string | undefined> = [];
   before(async () => {
     server = createServer((req, res) => {
-      if (req.url === "/transcript") {
+      if (req.url?.startsWith("/v1/blobs/")) {
+        // Every pre-signed URL of this fake server has expired.
+        res.statusCode = 403;
+        res.end(
+          '{"error":{"code":"forbidden","message":"this URL has expired","details":{"reason":"expired"}}}',
+        );
+      } else if (req.url === "/v1/calls/123/media") {
+        // The Klen API: the call's stored content, each with a URL made now.
+        apiRequests.push(req.headers.authorization);
+        res.setHeader("content-type", "application/json");
+        if (req.headers.authorization !== "Bearer klen_sk_good") {
+          res.statusCode = 401;
+          res.end('{"error":{"code":"unauthorized","message":"invalid API key"}}');
+          return;
+        }
+        res.end(
+          JSON.stringify({
+            data: [
+              { id: "blb_recording", url: `${url}/big` },
+              { id: "blb_transcript", url: `${url}/transcript` },
+            ],
+          }),
+        );
+      } else if (req.url === "/transcript") {
         res.setHeader("content-type", "text/plain; charset=utf-8");
         // Written in two chunks that split a multi-byte character, to test streaming decode.
         const bytes = Buffer.from(transcriptText);
@@ -114,5 +139,41 @@ describe("fetchContent", () => {
     assert.equal(proxied.status, 502);
     assert.equal(proxied.reason, undefined);
     assert.equal(proxied.message, "Content URL answered 502");
+  });
+
+  test("with the Klen API given, an expired URL is replaced by the one the API makes now", async () => {
+    const expiredUrl = (id: string) => `${url}/v1/blobs/${id}?expires=1764000000&signature=${"s".repeat(43)}`;
+    const transcript = eventWith("call.transcript", { transcript_url: expiredUrl("blb_transcript") });
+    const api = { url: `${url}/`, key: "klen_sk_good" };
+    apiRequests.length = 0;
+    assert.equal(await fetchContent(transcript, { api }), transcriptText);
+    assert.deepEqual(apiRequests, ["Bearer klen_sk_good"]);
+
+    const failure = (event: ContentEvent, opts: Parameters<typeof fetchContent>[1]) =>
+      fetchContent(event, opts).then(
+        () => assert.fail("no error"),
+        (err: unknown) => err as ContentFetchError,
+      );
+    // Without the API: the expired URL's own error.
+    const alone = await failure(transcript, {});
+    assert.equal(alone.reason, "expired");
+    // A key the API refuses: its answer.
+    const refused = await failure(transcript, { api: { ...api, key: "klen_sk_bad" } });
+    assert.ok(refused instanceof ContentFetchError);
+    assert.equal(refused.code, "http_status");
+    assert.equal(refused.status, 401);
+    assert.equal(refused.message, "The Klen API answered 401: invalid API key");
+    // Content the API no longer lists (purged by retention).
+    const gone = await failure(eventWith("call.summary", { summary_url: expiredUrl("blb_purged") }), { api });
+    assert.equal(gone.status, 404);
+    assert.equal(gone.reason, "not_found");
+    assert.match(gone.message, /lists no blb_purged for call 123/);
+    // Only an expired URL sends it to the API: another refusal is the URL's own.
+    apiRequests.length = 0;
+    const proxied = await failure(eventWith("call.transcript", { transcript_url: `${url}/proxy-error` }), {
+      api,
+    });
+    assert.equal(proxied.status, 502);
+    assert.deepEqual(apiRequests, []);
   });
 });
