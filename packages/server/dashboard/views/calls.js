@@ -1,4 +1,4 @@
-import { api, withQuery } from "../api.js";
+import { api, describe, withQuery } from "../api.js";
 import { ago, badge, fmtTime, h, mount } from "../dom.js";
 import { card, cardHead, field, mono, pagedTable, pageHeader, refreshButton, select } from "./common.js";
 import { eventTable } from "./events.js";
@@ -109,7 +109,17 @@ function sameOrigin(url) {
  * event's own URL has expired.
  */
 async function mediaCard(callId) {
-  const { data } = await api("GET", `/v1/calls/${encodeURIComponent(callId)}/media`);
+  let data;
+  try {
+    ({ data } = await api("GET", `/v1/calls/${encodeURIComponent(callId)}/media`));
+  } catch (err) {
+    // The call and its events are worth showing without it (a server of an older version, a
+    // passing failure): the card says what went wrong.
+    return card(
+      "Recording and stored texts",
+      h("p", { class: "note note-error", role: "status" }, `Could not load them: ${describe(err)}`),
+    );
+  }
   if (data.length === 0)
     return card(
       "Recording and stored texts",
@@ -157,7 +167,11 @@ async function mediaCard(callId) {
 
 /** `#/calls/{id}`: the call, its stored content and its events. */
 export async function renderCall(main, id) {
-  const [c] = await Promise.all([api("GET", `/v1/calls/${encodeURIComponent(id)}`), loadAgents()]);
+  const [c, media] = await Promise.all([
+    api("GET", `/v1/calls/${encodeURIComponent(id)}`),
+    mediaCard(id),
+    loadAgents(),
+  ]);
   const facts = [
     ["Status", badge(c.status)],
     ["Type", c.type],
@@ -173,7 +187,6 @@ export async function renderCall(main, id) {
     ...(c.summary ? [["Summary", c.summary]] : []),
   ];
   const events = eventTable({ call_id: c.id }, `Events of call ${c.id}`);
-  const media = await mediaCard(c.id);
   mount(
     main,
     h("a", { href: "#/calls", class: "back" }, "← Calls"),

@@ -111,6 +111,11 @@ const media = object(
       ...nullable(prefixedId("evt")),
       description: "the event whose body carried this content's URL",
     },
+    event_type: {
+      type: ["string", "null"],
+      enum: ["call.ended", "call.transcript", "call.summary", "call.recording", null],
+      description: "its type: a brief summary too long to go inline rides `call.ended`",
+    },
     content_type: str,
     size: { type: "integer", minimum: 0, description: "bytes" },
     created_at: millis,

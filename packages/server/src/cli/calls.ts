@@ -1,5 +1,5 @@
 import { createWriteStream } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -43,7 +43,8 @@ const EXTENSIONS: Record<string, string> = {
 /**
  * The file a content is saved as: `call-42-recording.wav`, `call-42-transcript.txt`,
  * `call-42-summary.txt`, and `call-42-brief-summary.txt` for the brief summary of `call.ended`;
- * the blob id is added should two contents still share a name.
+ * the blob id is added should two contents still share a name (two summaries whose events the
+ * retention period has purged).
  */
 export function mediaFileName(callId: number, m: MediaObject, taken: Set<string>): string {
   const ext = EXTENSIONS[m.content_type.split(";")[0]!.trim().toLowerCase()] ?? "bin";
@@ -54,14 +55,26 @@ export function mediaFileName(callId: number, m: MediaObject, taken: Set<string>
   return name;
 }
 
-/** Streams a pre-signed URL's bytes to a file. */
-async function download(url: string, path: string): Promise<void> {
-  const res = await fetch(url);
-  if (res.status !== 200 || !res.body) {
-    const text = await res.text().catch(() => "");
-    throw new Error(`GET ${new URL(url).pathname}: ${res.status}${text ? ` ${text.slice(0, 200)}` : ""}`);
+/**
+ * Streams a pre-signed URL's bytes to `path`, through `path.part` renamed once all `size` bytes
+ * are there: a download cut short leaves no file that looks whole (it replaces one of that name).
+ */
+async function download(url: string, path: string, size: number): Promise<void> {
+  const part = `${path}.part`;
+  try {
+    const res = await fetch(url);
+    if (res.status !== 200 || !res.body) {
+      const text = await res.text().catch(() => "");
+      throw new Error(`GET ${new URL(url).pathname}: ${res.status}${text ? ` ${text.slice(0, 200)}` : ""}`);
+    }
+    await pipeline(Readable.fromWeb(res.body as ReadableStream<Uint8Array>), createWriteStream(part));
+    const got = (await stat(part)).size;
+    if (got !== size) throw new Error(`got ${got} of its ${size} bytes`);
+    await rename(part, path);
+  } catch (err) {
+    await rm(part, { force: true });
+    throw new Error(`${path}: ${(err as Error).message}`, { cause: err });
   }
-  await pipeline(Readable.fromWeb(res.body as ReadableStream<Uint8Array>), createWriteStream(path));
 }
 
 /** `calls media <call_id>`: a call's recording and stored texts, with URLs made now, or saved. */
@@ -77,7 +90,10 @@ export function registerCallCommands(program: Command): void {
         "list a call's recording and the texts stored behind URLs, each with a URL made now (GET /v1/calls/{id}/media)",
       )
       .argument("<call_id>", "the call", positiveInt("call_id"))
-      .option("--output <dir>", "save each to this folder (made if missing) instead of printing its URL"),
+      .option(
+        "--output <dir>",
+        "save each to this folder (made if missing; a file of the same name is replaced) instead of printing its URL",
+      ),
   )
     .addHelpText(
       "after",
@@ -114,7 +130,7 @@ Examples:
         const saved: Array<MediaObject & { path: string }> = [];
         for (const m of data) {
           const path = join(o.output, mediaFileName(callId, m, taken));
-          await download(m.url, path);
+          await download(m.url, path, m.size);
           saved.push({ ...m, path });
           if (!out.json) out.line(`${m.kind}  ${m.size} bytes  → ${path}`);
         }

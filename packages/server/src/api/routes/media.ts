@@ -5,13 +5,6 @@ import { isoMillis, isoSeconds } from "../../util/time.js";
 import { idParam } from "./common.js";
 import type { RouteModule } from "./index.js";
 
-/** The events whose body carries a blob of each kind's URL (a long brief summary rides `call.ended`). */
-const CARRIERS: Record<string, string[]> = {
-  recording: ["call.recording"],
-  transcript: ["call.transcript"],
-  summary: ["call.summary", "call.ended"],
-};
-
 /**
  * `GET /v1/calls/{id}/media`: the call's stored content — its recording, and the transcript and
  * summaries too long to go inline — each with a pre-signed URL made now, valid for KLEN_URL_TTL.
@@ -38,14 +31,15 @@ export const mediaRoutes: RouteModule = (app, ctx) => {
       .orderBy("created_at")
       .orderBy("id")
       .execute();
-    // The event that carried each blob: the content is stored in the step's transaction, at the
-    // step's time, which is its event's `created_at`.
+    // The event that carried each blob: the one whose body has its URL. (Not the one made at the
+    // blob's time: on PostgreSQL an `end` and a `summary` of one call sent together can share a
+    // millisecond, and both may store a summary.) A call has a handful of events.
     const events =
       blobs.length === 0
         ? []
         : await db
             .selectFrom("events")
-            .select(["id", "event_type", "created_at"])
+            .select(["id", "event_type", "payload"])
             .where("call_id", "=", id)
             .where("account_id", "=", req.account.id)
             .execute();
@@ -54,10 +48,8 @@ export const mediaRoutes: RouteModule = (app, ctx) => {
     const key = await signingKey(ctx.store, db);
     return {
       data: blobs.map((b) => {
-        const carrier = events.find(
-          (e) =>
-            Number(e.created_at) === Number(b.created_at) && (CARRIERS[b.kind] ?? []).includes(e.event_type),
-        );
+        const path = `/v1/blobs/${encodeURIComponent(b.id)}?`;
+        const carrier = events.find((e) => e.payload.includes(path));
         return {
           id: b.id,
           kind: b.kind,
