@@ -175,8 +175,10 @@ test("an endpoint's retry is not held up behind another endpoint's backlog whose
     );
   } finally {
     if (pacer) clearInterval(pacer);
-    await dispatcher?.stop(100);
+    // A's held requests cut first: the dispatcher's stop would wait for them (a grace shorter than
+    // KLEN_DELIVERY_TIMEOUT, 60 s here, lets the attempts in flight run to their own timeout).
     await a.close();
+    await dispatcher?.stop(100);
     e.closeAllConnections();
     await new Promise<void>((res) => e.close(() => res()));
     await r.done();

@@ -35,6 +35,8 @@ export interface ServerProcess {
   output(): string;
   /** Sends a signal and waits for the process to exit. */
   kill(signal?: NodeJS.Signals): Promise<void>;
+  /** Resolves once the process has exited and all its output is read. */
+  closed(): Promise<void>;
 }
 
 export interface SpawnOptions {
@@ -94,15 +96,18 @@ async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess>
     out += d.toString();
   });
   const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  // After "exit", once its output is all read.
+  const closed = new Promise<void>((r) => proc.once("close", () => r()));
   const url = `http://127.0.0.1:${port}`;
   if ((opts.role ?? "all") !== "worker") {
     try {
       // Generous: a start takes 1–2 s, but a disk saturated by another test file's writes has
-      // been seen to stretch it past 20 s.
+      // been seen to stretch it past 20 s. A process that exits ends the wait at once (a throw
+      // would be taken by waitFor for "not yet", and the failed start known only after 60 s).
       await waitFor(
         `server on ${url}`,
         async () => {
-          if (proc.exitCode !== null) throw new Error(`server exited ${proc.exitCode}: ${out}`);
+          if (proc.exitCode !== null) return true;
           // This process's banner, not only some server answering on the port.
           if (!out.includes(` on ${url}\n`)) return false;
           const r = await fetch(`${url}/healthz`).catch(() => undefined);
@@ -111,6 +116,10 @@ async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess>
         60_000,
         50,
       );
+      if (proc.exitCode !== null) {
+        await closed;
+        throw new Error(`server exited ${proc.exitCode}: ${out}`);
+      }
     } catch (err) {
       // A server left running would keep this test file's process, and so the whole run, alive.
       proc.kill("SIGKILL");
@@ -125,6 +134,7 @@ async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess>
     api: apiClient(url, apiKey),
     proc,
     output: () => out,
+    closed: () => closed,
     async kill(signal: NodeJS.Signals = "SIGTERM") {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
       await exited;
@@ -164,12 +174,17 @@ async function spawnWorker(
     await waitFor(
       `worker on ${workerPort}`,
       async () => {
-        if (w.proc.exitCode !== null) throw new Error(`worker exited ${w.proc.exitCode}: ${w.output()}`);
+        // Exited: ends the wait at once (see spawnOn).
+        if (w.proc.exitCode !== null) return true;
         if (!w.output().includes(` on ${url}\n`)) return false;
         return (await fetch(`${url}/healthz`).catch(() => undefined))?.ok;
       },
       60_000,
     );
+    if (w.proc.exitCode !== null) {
+      await w.closed();
+      throw new Error(`worker exited ${w.proc.exitCode}: ${w.output()}`);
+    }
   } catch (err) {
     await w.kill("SIGKILL");
     if (tries < 5 && /already in use/.test((err as Error).message)) return spawnWorker(opts, tries + 1);
