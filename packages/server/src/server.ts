@@ -1,5 +1,10 @@
 import type { FastifyInstance } from "fastify";
-import { createFirstAccount, ensureAccountForKey, undoFirstAccount } from "./accounts/accounts.js";
+import {
+  createFirstAccount,
+  ensureAccountForKey,
+  RevokedKeyError,
+  undoFirstAccount,
+} from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
 import { signingKey, signingKeySealed } from "./blobs/key.js";
@@ -171,10 +176,15 @@ export async function startServer(
   let generatedKey: string | undefined;
   if (config.apiKey) {
     const key = config.apiKey;
-    const a = await untilAvailable(log, () => ensureAccountForKey(store, key));
+    const a = await untilAvailable(log, () => ensureAccountForKey(store, key)).catch((err: unknown) => {
+      // Not a reason to stop serving the account's other keys: said, and the key stays refused.
+      if (!(err instanceof RevokedKeyError)) throw err;
+      log.error({ revoked_at: new Date(err.revokedAt).toISOString() }, err.message);
+      return undefined;
+    });
     // Say which: a key of another account (the CLI shares the variable) is used as it is.
-    log.info({ account_id: a.id, account_name: a.name }, "KLEN_API_KEY answers for this account");
-    if (!config.dev && config.apiKey.length < MIN_OPERATOR_KEY_LENGTH) {
+    if (a) log.info({ account_id: a.id, account_name: a.name }, "KLEN_API_KEY answers for this account");
+    if (a && !config.dev && config.apiKey.length < MIN_OPERATOR_KEY_LENGTH) {
       // Not refused: a short key is fine on a laptop and an operator may have reasons; but a
       // guessable key on a reachable server is an account anyone can use.
       log.warn(

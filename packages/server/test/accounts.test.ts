@@ -17,7 +17,7 @@ import { isDatabaseUnavailable, openStore } from "../src/storage/store.js";
 import { apiClient } from "./helpers/api.js";
 import { backends, postgresBackend } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
-import { spawnServer, tempDir } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 after(() => stopPostgres());
@@ -61,6 +61,8 @@ test("on a database from before the record, migration 13 records the account a f
     const old = await store.db.transaction().execute((trx) => createAccount(trx, "default"));
     await store.db.transaction().execute((trx) => createAccount(trx, "default"));
     assert.deepEqual(await migrate(store, 13), [13]);
+    // The later migrations, which a start applies before it looks at KLEN_API_KEY.
+    await migrate(store);
     // Renamed since: still the default, by its record.
     await store.db.updateTable("accounts").set({ name: "Acme" }).where("id", "=", old.account.id).execute();
     assert.equal((await ensureAccountForKey(store, "dev_key_0123456789")).id, old.account.id);
@@ -85,6 +87,7 @@ test("on a database from before the record, migration 13 records the account a f
       .where("id", "=", tenant.account.id)
       .execute();
     assert.deepEqual(await migrate(second, 13), [13]);
+    await migrate(second);
     const operator = await ensureAccountForKey(second, "dev_key_0123456789");
     assert.notEqual(operator.id, tenant.account.id);
   } finally {
@@ -223,9 +226,10 @@ for (const backend of backends()) {
   });
 }
 
-test("API keys: a new key works and is shown once, lists show prefixes only, a revoked key stops working, the last one stays", async () => {
+test("API keys: a new key works and is shown once, lists show prefixes only, a revoked key stops working, even as KLEN_API_KEY after a restart, the last one stays", async () => {
   const dir = tempDir();
   const server = await spawnServer({ dataDir: dir.path });
+  let restarted: ServerProcess | undefined;
   try {
     const created = await server.api.post("/v1/api-keys", {}, { "idempotency-key": "new-key-1" });
     assert.equal(created.status, 201);
@@ -269,8 +273,24 @@ test("API keys: a new key works and is shown once, lists show prefixes only, a r
     assert.equal(last.body.error.code, "last_api_key");
     assert.equal((await second.del(`/v1/api-keys/${first}`)).status, 404);
     assert.equal((await second.get("/v1/account")).status, 200);
+
+    // Started again with the revoked key as KLEN_API_KEY (the environment it had), the process
+    // does not add it back: it says so, and serves the account's other keys.
+    await server.kill();
+    restarted = await spawnServer({ dataDir: dir.path });
+    assert.equal((await restarted.api.get("/v1/account")).status, 401);
+    assert.match(
+      restarted.output(),
+      /KLEN_API_KEY was revoked \(DELETE \/v1\/api-keys\/\{id\}\) at \d{4}-\d\d-\d\dT[\d:.]+Z and is not accepted again/,
+    );
+    const keys = await apiClient(restarted.url, created.body.key).get("/v1/api-keys");
+    assert.deepEqual(
+      keys.body.data.map((k: { id: number }) => k.id),
+      [created.body.id],
+    );
   } finally {
     await server.kill();
+    await restarted?.kill();
     dir.remove();
   }
 });

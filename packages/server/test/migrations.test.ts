@@ -43,6 +43,7 @@ const RELEASED: Record<number, string> = {
   18: "df9d7a94bf337818 c9b9edb62b6d7fd8",
   19: "827ed91581389254 827ed91581389254",
   20: "8a530e854f1f964e 8a530e854f1f964e",
+  21: "ecc8a196e55497b2 41221a43048065e7",
 };
 
 test("released migrations are never edited, and every migration is listed as released", () => {

@@ -104,6 +104,12 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
     return await atStart(store, async (trx) => {
       const raced = await accountByKey(trx, key);
       if (raced) return raced;
+      const revoked = await trx
+        .selectFrom("revoked_api_keys")
+        .select("revoked_at")
+        .where("key_hash", "=", hashApiKey(key))
+        .executeTakeFirst();
+      if (revoked) throw new RevokedKeyError(Number(revoked.revoked_at));
       const d = await defaultAccount(trx);
       if (!d) return (await createDefaultAccount(trx, key)).account;
       await addApiKey(trx, Number(d.id), key);
@@ -114,6 +120,15 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
     const again = await accountByKey(store.db, key);
     if (!again) throw err;
     return again;
+  }
+}
+
+/** `KLEN_API_KEY` names a key revoked through the API: it is not added back. */
+export class RevokedKeyError extends Error {
+  constructor(readonly revokedAt: number) {
+    super(
+      `KLEN_API_KEY was revoked (DELETE /v1/api-keys/{id}) at ${new Date(revokedAt).toISOString()} and is not accepted again: set a key of the account (klen-webhooks api-keys create), or none`,
+    );
   }
 }
 

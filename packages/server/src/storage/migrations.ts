@@ -486,4 +486,17 @@ CREATE INDEX recover_jobs_endpoint ON recover_jobs (endpoint_id, status);
 CREATE INDEX blobs_call ON blobs (call_id);
 `,
   },
+  {
+    id: 21,
+    name: "revoked_api_keys",
+    sql: (d) => `
+-- A key revoked with DELETE /v1/api-keys/{id} is remembered by its hash, so that a process started
+-- again with it as KLEN_API_KEY (which adds that key to the default account) does not bring it back.
+CREATE TABLE revoked_api_keys (
+  key_hash TEXT PRIMARY KEY,
+  account_id INTEGER NOT NULL,
+  revoked_at ${d.bigint} NOT NULL
+);
+`,
+  },
 ];

@@ -14,6 +14,7 @@ export interface Database {
     prefix: string;
     created_at: number;
   };
+  revoked_api_keys: { key_hash: string; account_id: number; revoked_at: number };
   agents: {
     id: Generated<number>;
     account_id: number;

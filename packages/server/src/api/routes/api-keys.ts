@@ -48,7 +48,7 @@ export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
       const id = (req.params as { id: number }).id;
       const keys = await trx
         .selectFrom("api_keys")
-        .select(["id", "prefix"])
+        .select(["id", "prefix", "key_hash"])
         .where("account_id", "=", req.account.id)
         // Two revocations at once must not both see a second key left (SQLite: one writer).
         .$if(ctx.store.caps.rowLocks, (q) => q.forUpdate())
@@ -60,6 +60,12 @@ export const apiKeyRoutes: RouteModule = (app, ctx, h) => {
           id,
         });
       await trx.deleteFrom("api_keys").where("id", "=", id).execute();
+      // Kept, so that a process started again with it as KLEN_API_KEY does not add it back.
+      await trx
+        .insertInto("revoked_api_keys")
+        .values({ key_hash: key.key_hash, account_id: req.account.id, revoked_at: ctx.clock.now() })
+        .onConflict((oc) => oc.column("key_hash").doNothing())
+        .execute();
       return { status: 200, body: { id, prefix: key.prefix, deleted: true } };
     });
     // After the commit: a lookup between the delete and the commit would cache the key again.
