@@ -11,6 +11,7 @@ import { signingKey, signingKeySealed } from "./blobs/key.js";
 import { type Config, ConfigError, cannotOpenDatabase } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
 import { recoverJobs } from "./delivery/recover.js";
+import { checkEndpointUrl } from "./endpoints/url.js";
 import { Health } from "./health.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
@@ -86,6 +87,37 @@ async function untilAvailable<T>(log: Logger, step: () => Promise<T>): Promise<T
       );
       await new Promise((r) => setTimeout(r, wait));
     }
+  }
+}
+
+/**
+ * Outside dev mode, says at start how many enabled endpoints have a URL only dev mode allows
+ * (`http://`, a loopback or private address: made while KLEN_DEV was on): their every attempt
+ * fails with `blocked_address`, retried on the schedule until the endpoint is disabled.
+ */
+async function warnDevOnlyEndpoints(ctx: AppContext): Promise<void> {
+  try {
+    const rows = await ctx.store.db
+      .selectFrom("endpoints")
+      .select(["id", "url"])
+      .where("disabled", "=", 0)
+      .where("deleted_at", "is", null)
+      .execute();
+    const devOnly = rows.filter((r) => {
+      try {
+        checkEndpointUrl(r.url, false);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    if (devOnly.length > 0)
+      ctx.log.warn(
+        { endpoints: devOnly.length, examples: devOnly.slice(0, 5).map((r) => r.id) },
+        "enabled endpoints have URLs only KLEN_DEV allows (http://, a loopback or private address): their attempts fail with blocked_address; start with KLEN_DEV=1, or change or disable them",
+      );
+  } catch (err) {
+    ctx.log.debug({ err }, "could not look for endpoints only dev mode allows");
   }
 }
 
@@ -226,6 +258,7 @@ export async function startServer(
     throw err;
   }
   dispatcher?.start();
+  if (dispatcher && !config.dev) void warnDevOnlyEndpoints(ctx);
   // Background work of worker processes: generated summaries, the retention purge, and test
   // calls whose process died mid-run.
   const summaries = role === "api" ? undefined : new SummaryWorker(ctx);

@@ -163,6 +163,41 @@ test("a short KLEN_API_KEY outside dev mode is accepted with a warning at start;
   }
 });
 
+test("a start outside dev mode warns of the enabled endpoints whose URLs only dev mode allows", async () => {
+  const dir = tempDir();
+  const dev = await spawnServer({ dataDir: dir.path });
+  let plain: ServerProcess | undefined;
+  try {
+    // No event is made: nothing is ever sent to these.
+    const made = [];
+    for (const body of [
+      { url: "http://127.0.0.1:9/hook" },
+      { url: "https://[::1]:9/other" },
+      { url: "http://127.0.0.1:9/off", disabled: true },
+    ]) {
+      const r = await dev.api.post("/v1/endpoints", body);
+      assert.equal(r.status, 201);
+      made.push(r.body.id as string);
+    }
+    await dev.kill();
+    plain = await spawnServer({ dataDir: dir.path, env: { KLEN_DEV: "0" } });
+    const server = plain;
+    const line = await waitFor("the warning", () =>
+      server
+        .output()
+        .split("\n")
+        .find((l) => l.includes("only KLEN_DEV allows")),
+    );
+    const entry = JSON.parse(line);
+    assert.equal(entry.endpoints, 2, "the disabled one left out");
+    assert.deepEqual([...entry.examples].sort(), made.slice(0, 2).sort());
+  } finally {
+    await dev.kill();
+    await plain?.kill();
+    dir.remove();
+  }
+});
+
 /**
  * Starts `n` processes at the same moment on one fresh database, each running the start-up
  * bootstrap (`KLEN_API_KEY` given, or the first start's account), and returns what each printed.

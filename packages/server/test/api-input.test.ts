@@ -331,7 +331,12 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     // A URL without its scheme reads as scheme "localhost:": the answer says what to add.
     const schemeless = await server.api.post("/v1/endpoints", { url: "localhost:3000/webhooks" });
     expectError(schemeless, 400, "invalid_url", "url");
-    assert.match(schemeless.body.error.message, /begin it with https:\/\//);
+    assert.equal(
+      schemeless.body.error.message,
+      '"url" has no scheme: begin it with https:// (or http:// in dev mode), e.g. https://localhost:3000/webhooks',
+    );
+    const ftp = await server.api.post("/v1/endpoints", { url: "ftp://example.com/x" });
+    assert.match(ftp.body.error.message, /must be http\(s\), not ftp:; begin it with https:\/\//);
     expectError(
       await server.api.post("/v1/endpoints", { url: "https://example.com", event_types: ["call.exploded"] }),
       400,

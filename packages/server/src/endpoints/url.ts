@@ -14,7 +14,13 @@ export function checkEndpointUrl(text: string, dev: boolean): string {
     throw badRequest("url", `"url" is not a valid URL (e.g. https://example.com/webhooks)`, "invalid_url");
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
-    // "localhost:3000/hook" parses with "localhost:" as its scheme.
+    // "localhost:3000/hook" parses with "localhost:" as its scheme: say what is missing.
+    if (!text.includes("://"))
+      throw badRequest(
+        "url",
+        `"url" has no scheme: begin it with https:// (or http:// in dev mode), e.g. https://${text.slice(0, 200)}`,
+        "invalid_url",
+      );
     throw badRequest(
       "url",
       `"url" must be http(s), not ${url.protocol}; begin it with https:// (or http:// in dev mode)`,
