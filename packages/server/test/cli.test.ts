@@ -768,6 +768,38 @@ describe("client commands against a running server", () => {
     }
   });
 
+  test("listen shows why the local receiver refused a forward", async () => {
+    const refusing = await startReceiver({
+      respond: () => ({ status: 400, body: '{"error":"no_matching_signature"}' }),
+    });
+    const listener = spawnCli(["listen", "--forward-to", `${refusing.url}/hook`, "--json"], env);
+    const human = spawnCli(["listen", "--forward-to", `${refusing.url}/hook`], env);
+    try {
+      await waitFor("ready line", () => listener.lines.find((l) => l.type === "ready"));
+      await waitFor("the ready text", () => /Ready!/.test(human.stdoutText()));
+      const { agentId } = await setupAccount(server.api);
+      const created = await server.api.post("/v1/calls", {
+        agent_id: agentId,
+        type: "outbound",
+        phone_number: "+15550002222",
+      });
+      await server.api.post(`/v1/calls/${created.body.id}/start`, {});
+      const [f] = await waitFor("a forwarded line", () => {
+        const l = listener.forwarded();
+        return l.length > 0 ? l : undefined;
+      });
+      assert.equal(f.status, 400);
+      assert.equal(f.response_body, '{"error":"no_matching_signature"}');
+      await waitFor("the text line", () =>
+        /call\.started .* 400 .*POST .*\{"error":"no_matching_signature"\}$/m.test(human.stdoutText()),
+      );
+    } finally {
+      assert.equal(await listener.stop(), 0, listener.stderr());
+      assert.equal(await human.stop(), 0, human.stderr());
+      await refusing.close();
+    }
+  });
+
   test("listen takes its secret from KLEN_WEBHOOK_SECRET, out of ps", async () => {
     const secret = `whsec_${Buffer.alloc(32, 9).toString("base64")}`;
     const listener = spawnCli(["listen", "--forward-to", "http://127.0.0.1:9/x", "--json"], {
@@ -1158,6 +1190,15 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
         .stdout,
     );
     assert.equal(limitedEp.rate_limit, 5);
+    // Deleted: its line says so, the list leaves it out, a second delete is the API's 404.
+    const deleted = await cli(["endpoints", "delete", limitedEp.id], env);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.match(deleted.stdout, new RegExp(`^deleted ${limitedEp.id}  enabled  ${rx.url}/slow`));
+    assert.equal((await server.api.get(`/v1/endpoints/${limitedEp.id}`)).status, 404);
+    assert.ok(!(await cli(["endpoints", "list"], env)).stdout.includes(limitedEp.id));
+    const again = await cli(["endpoints", "delete", limitedEp.id, "--json"], env);
+    assert.equal(again.code, 1);
+    assert.equal(JSON.parse(again.stdout).error.code, "not_found");
     const tooMany = await cli(["deliveries", "list", "--limit", "101"], env);
     assert.equal(tooMany.code, 1);
     assert.match(tooMany.stderr, /--limit must be at most 100/);
@@ -1480,6 +1521,34 @@ describe("the CLI pointed at the wrong thing", () => {
       assert.equal(JSON.parse(listed.stdout).error.code, "not_klen_api");
     } finally {
       await refusing.close();
+    }
+    // A webhook receiver made with the SDK's adapters (its URL taken for the API's): a 405 in an
+    // error shape like the API's, to which listen does not keep reconnecting.
+    const receiver = await startReceiver({
+      respond: () => ({
+        status: 405,
+        headers: { "content-type": "application/json", allow: "POST" },
+        body: '{"error":{"code":"method_not_allowed","message":"use POST"}}',
+      }),
+    });
+    try {
+      const env = { KLEN_API_URL: receiver.url, KLEN_API_KEY: "k" };
+      const listed = await cli(["endpoints", "list", "--json"], env);
+      assert.equal(listed.code, 1);
+      assert.match(
+        listed.stderr,
+        /answered 405 application\/json, not the Klen API's JSON; is --api-url the Klen server\?/,
+      );
+      assert.equal(JSON.parse(listed.stdout).error.code, "not_klen_api");
+      const listen = await cli(["listen", "--forward-to", "http://127.0.0.1:9/hook", "--json"], env);
+      assert.equal(listen.code, 1);
+      assert.match(
+        listen.stderr,
+        /answered 405 Method Not Allowed without the Klen API's error; is --api-url/,
+      );
+      assert.equal(JSON.parse(listen.stdout).error.code, "not_klen_api");
+    } finally {
+      await receiver.close();
     }
   });
 

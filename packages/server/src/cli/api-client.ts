@@ -182,7 +182,9 @@ export function apiClient(opts: ClientOptions) {
     )?.error;
     // Every answer of the API is JSON, its errors `{"error":{…}}`: anything else is another server
     // at --api-url (a 5xx keeps its status code: a proxy in front of a restarting server).
-    if (json === undefined || (!res.ok && typeof e?.code !== "string")) {
+    // A 405: the CLI sends each path the method the API takes there, so this is another server,
+    // one whose errors may look like the API's (a receiver made with the SDK's adapters).
+    if (json === undefined || (!res.ok && typeof e?.code !== "string") || res.status === 405) {
       // What an error answer said, after the hint (the output escapes it: any server's text).
       const said = !res.ok && text.trim() ? ` It said: ${text.trim().slice(0, 200)}` : "";
       throw new ApiRequestError(

@@ -63,6 +63,8 @@ export interface Forwarded {
   status: number | null;
   error: string | null;
   duration_ms: number;
+  /** The start of the receiver's answer when it was not a 2xx (why it refused), else null. */
+  response_body: string | null;
 }
 
 /**
@@ -82,13 +84,14 @@ export async function forwardEvent(
     custom: {},
   });
   const t0 = performance.now();
-  const result = (status: number | null, error: string | null): Forwarded => ({
+  const result = (status: number | null, error: string | null, body: string | null = null): Forwarded => ({
     event_id: msg.id,
     event_type: msg.type,
     url: opts.forwardTo,
     status,
     error,
     duration_ms: Math.round(performance.now() - t0),
+    response_body: body,
   });
   try {
     const res = await fetch(opts.forwardTo, {
@@ -101,8 +104,8 @@ export async function forwardEvent(
         ...(opts.signal ? [opts.signal] : []),
       ]),
     });
-    await res.arrayBuffer().catch(() => undefined);
-    return result(res.status, null);
+    const text = await res.text().catch(() => "");
+    return result(res.status, null, res.ok || text.trim() === "" ? null : text.trim().slice(0, 300));
   } catch (err) {
     const e = err as Error & { cause?: { code?: string; message?: string } };
     if (e.name === "TimeoutError") return result(null, "timeout");
@@ -155,7 +158,7 @@ export async function listen(opts: ListenOptions): Promise<void> {
     if (out.json) out.data({ type: "forwarded", ...f });
     else
       out.line(
-        `${out.dim(timeOfDay())}  ${m.event.padEnd(15)} ${out.dim(m.id)}  → ${statusText(out, f.status, f.error)} ${out.dim(`POST ${f.url} (${f.duration_ms} ms)`)}`,
+        `${out.dim(timeOfDay())}  ${m.event.padEnd(15)} ${out.dim(m.id)}  → ${statusText(out, f.status, f.error)} ${out.dim(`POST ${f.url} (${f.duration_ms} ms)`)}${f.response_body ? `  ${f.response_body}` : ""}`,
       );
   };
 
@@ -180,12 +183,14 @@ export async function listen(opts: ListenOptions): Promise<void> {
       );
       unanswered = false;
       clearTimeout(connecting);
-      if (res.status === 401 || res.status === 400 || res.status === 403 || res.status === 404) {
+      // A refusal (4xx but "later" and "too slow") does not change by asking again.
+      if (res.status >= 400 && res.status < 500 && res.status !== 429 && res.status !== 408) {
         const body = (await res.json().catch(() => undefined)) as {
           error?: { code?: string; message?: string };
         };
-        // The Klen API says why in its error shape; an answer without it is another server.
-        const ours = typeof body?.error?.code === "string";
+        // The Klen API says why in its error shape; an answer without it is another server, and
+        // so is a 405 (the stream's GET is what the API takes there: a receiver's adapter).
+        const ours = typeof body?.error?.code === "string" && res.status !== 405;
         throw new ApiRequestError(
           res.status,
           ours ? (body.error?.code as string) : "not_klen_api",
@@ -277,7 +282,7 @@ export async function listen(opts: ListenOptions): Promise<void> {
     else
       out.warn(
         out.yellow(
-          `${connectedOnce ? "lost the event stream" : `cannot reach ${client.base}`} (${reason}); retrying in ${(wait / 1000).toFixed(1)} s`,
+          `${connectedOnce ? "lost the event stream" : `no event stream from ${client.base}`} (${reason}); retrying in ${(wait / 1000).toFixed(1)} s`,
         ),
       );
     await new Promise<void>((r) => {

@@ -161,7 +161,7 @@ function registerEndpointCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
     .description(
-      "list, create, enable and disable webhook endpoints; recover failed deliveries; replay events they never had; show a secret; set a rate limit",
+      "list, create, enable, disable and delete webhook endpoints; recover failed deliveries; replay events they never had; show a secret; set a rate limit",
     )
     .addHelpText(
       "after",
@@ -271,6 +271,18 @@ Examples:
     help: "Examples:\n  $ klen-webhooks endpoints secret ep_01j9z3…",
     call: (c, id) => c.get<{ secret: string }>(`/v1/endpoints/${id}/secret`),
     line: (_out, r) => r.secret,
+  });
+  idCommand(endpoints, {
+    name: "delete",
+    description: "delete an endpoint: it gets no new deliveries (DELETE /v1/endpoints/{id})",
+    argument: ["<endpoint_id>", "the endpoint (ep_…)"],
+    help: `Its pending deliveries are settled failed as they come due; its deliveries and their attempts
+stay listed. A deleted endpoint cannot be enabled again: to pause one, disable it.
+
+Examples:
+  $ klen-webhooks endpoints delete ep_01j9z3…`,
+    call: (c, id) => c.delete<EndpointObject>(`/v1/endpoints/${id}`),
+    line: (out, e) => `deleted ${endpointLine(out, e)}`,
   });
 }
 
