@@ -334,6 +334,14 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       ["<event_type>", "--reason", "call.recording", "--api-url", "--json", "Examples:"],
     ],
     [
+      ["events", "list", "--help"],
+      ["--event-type", "--call-id", "--before", "--after", "--limit", "--cursor", "--json", "Examples:"],
+    ],
+    [
+      ["events", "get", "--help"],
+      ["<event_id>", "--api-key", "--json", "Examples:"],
+    ],
+    [
       ["calls", "media", "--help"],
       ["<call_id>", "--output", "KLEN_URL_TTL", "--api-key", "--json", "Examples:"],
     ],
@@ -630,6 +638,47 @@ describe("client commands against a running server", () => {
     const bytes = Buffer.from(await audio.arrayBuffer());
     assert.equal(bytes.subarray(0, 4).toString("ascii"), "RIFF");
     assert.equal(bytes.subarray(8, 12).toString("ascii"), "WAVE");
+  });
+
+  test("events list and get show the account's events and the body one was delivered with", async () => {
+    const made = JSON.parse((await cli(["trigger", "call.ended", "--json"], env)).stdout);
+    const [started, ended] = made.events as Array<{ id: string }>;
+    const listed = await cli(["events", "list", "--call-id", String(made.call_id)], env);
+    assert.equal(listed.code, 0, listed.stderr);
+    const lines = listed.stdout.trim().split("\n");
+    assert.equal(lines.length, 2, listed.stdout);
+    assert.match(lines[0]!, new RegExp(`^${ended!.id}  call\\.ended {7}call ${made.call_id}  \\d{4}-`));
+    assert.match(lines[1]!, new RegExp(`^${started!.id}  call\\.started {5}call ${made.call_id}  `));
+    const page = JSON.parse(
+      (
+        await cli(
+          ["events", "list", "--call-id", String(made.call_id), "--event-type", "call.started", "--json"],
+          env,
+        )
+      ).stdout,
+    );
+    assert.deepEqual(
+      page.data.map((e: { id: string }) => e.id),
+      [started!.id],
+    );
+    assert.equal(page.next_cursor, null);
+    const one = await cli(["events", "list", "--limit", "1"], env);
+    assert.match(one.stdout, /\nmore: --cursor \S+\n$/);
+
+    const shown = await cli(["events", "get", ended!.id], env);
+    assert.equal(shown.code, 0, shown.stderr);
+    const [head, ...body] = shown.stdout.trimEnd().split("\n");
+    assert.match(head!, new RegExp(`^${ended!.id}  call\\.ended  call ${made.call_id}  `));
+    const stored = (await server.api.get(`/v1/events/${ended!.id}`)).body.payload;
+    assert.deepEqual(JSON.parse(body.join("\n")), stored);
+    assert.equal(body[1], '  "event_type": "call.ended",', "indented for reading");
+
+    const unknown = await cli(["events", "get", "evt_00000000000000000000000000", "--json"], env);
+    assert.equal(unknown.code, 1);
+    assert.equal(JSON.parse(unknown.stdout).error.code, "not_found");
+    const bad = await cli(["events", "list", "--event-type", "call.exploded"], env);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /argument 'call\.exploded' is invalid\. Allowed choices are call\.started/);
   });
 
   test("calls media lists a call's recording with a URL made now; --output saves it", async () => {

@@ -260,7 +260,7 @@ function addServerExamples(program: Command): void {
     "after",
     `
 Server commands read KLEN_* environment variables (see the README); client commands (endpoints,
-deliveries, api-keys, calls, test-call, trigger, listen) take --api-url / KLEN_API_URL and
+deliveries, api-keys, events, calls, test-call, trigger, listen) take --api-url / KLEN_API_URL and
 --api-key / KLEN_API_KEY.
 
 Examples:

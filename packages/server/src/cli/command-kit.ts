@@ -72,3 +72,45 @@ function commandPath(cmd: Command): string {
   for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
   return names.join(" ");
 }
+
+/** Options of a list that pages through the API, newest first, within a time range. */
+export interface PageOpts {
+  before?: string;
+  after?: string;
+  limit: number;
+  cursor?: string;
+}
+
+/** `--before`, `--after`, `--limit` and `--cursor` of a list command (the API's own parameters). */
+export function withPageOptions(cmd: Command, what: string): Command {
+  return cmd
+    .option("--before <time>", `only ${what} created before this ISO-8601 time (2026-11-24T18:00:00Z)`)
+    .option("--after <time>", `only ${what} created at this ISO-8601 time or later`)
+    .addOption(
+      new Option("--limit <n>", "how many (1 to 100)")
+        .argParser((v) => {
+          const n = positiveInt("--limit")(v);
+          if (n > 100)
+            throw new InvalidArgumentError("--limit must be at most 100 (a page); page on with --cursor");
+          return n;
+        })
+        .default(20),
+    )
+    .option(
+      "--cursor <cursor>",
+      "the next page: the cursor the previous page printed (with the same filters)",
+    );
+}
+
+/** The query of a page: `limit`, `cursor`, `before`, `after`, then the command's own filters. */
+export function pageQuery(
+  o: PageOpts,
+  filters: Record<string, string | number | undefined>,
+): URLSearchParams {
+  const q = new URLSearchParams({ limit: String(o.limit) });
+  if (o.cursor) q.set("cursor", o.cursor);
+  for (const [k, v] of Object.entries(filters)) if (v !== undefined && v !== "") q.set(k, String(v));
+  if (o.before) q.set("before", o.before);
+  if (o.after) q.set("after", o.after);
+  return q;
+}

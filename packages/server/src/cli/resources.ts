@@ -8,7 +8,16 @@ import {
   type Page,
 } from "./api-client.js";
 import { registerCallCommands } from "./calls.js";
-import { type ApiOpts, positiveInt, run, withApiOptions } from "./command-kit.js";
+import {
+  type ApiOpts,
+  type PageOpts,
+  pageQuery,
+  positiveInt,
+  run,
+  withApiOptions,
+  withPageOptions,
+} from "./command-kit.js";
+import { registerEventCommands } from "./events.js";
 import { parseEventList } from "./listen.js";
 import { type Output, statusText } from "./output.js";
 import { registerRecoverCommands } from "./recover.js";
@@ -53,12 +62,6 @@ interface DeliveryDetail extends DeliveryObject {
 const rateLimit = (v: string) => {
   const n = positiveInt("rate limit")(v);
   if (n > 100_000) throw new InvalidArgumentError("rate limit must be at most 100000 a second");
-  return n;
-};
-
-const upTo100 = (name: string) => (v: string) => {
-  const n = positiveInt(name)(v);
-  if (n > 100) throw new InvalidArgumentError(`${name} must be at most 100 (a page); page on with --cursor`);
   return n;
 };
 
@@ -146,14 +149,15 @@ function toggle(endpoints: Command, name: "enable" | "disable"): void {
 }
 
 /**
- * `endpoints`, `deliveries`, `api-keys` and `calls`, from a terminal: create, list, enable and
- * disable endpoints and show a secret; see every delivery's attempts and retry one; roll an API
- * key; get a call's recording and stored texts.
+ * `endpoints`, `deliveries`, `api-keys`, `events` and `calls`, from a terminal: create, list,
+ * enable, disable and delete endpoints and show a secret; see every delivery's attempts and retry
+ * one; roll an API key; list events and show one's body; get a call's recording and stored texts.
  */
 export function registerResourceCommands(program: Command): void {
   registerEndpointCommands(program);
   registerDeliveryCommands(program);
   registerApiKeyCommands(program);
+  registerEventCommands(program);
   registerCallCommands(program);
 }
 
@@ -298,22 +302,18 @@ Examples:
   $ klen-webhooks deliveries retry dlv_01j9z3…`,
     );
   withApiOptions(
-    deliveries
-      .command("list")
-      .description("recent deliveries, newest first, each with its attempts (GET /v1/deliveries)")
-      .addOption(
-        new Option("--status <status>", "only this status").choices(["pending", "succeeded", "failed"]),
-      )
-      .option("--endpoint-id <id>", "only this endpoint's (ep_…)")
-      .option("--event-id <id>", "only this event's (evt_…)")
-      .option("--call-id <id>", "only this call's", positiveInt("--call-id"))
-      .option("--before <time>", "only those created before this ISO-8601 time (2026-11-24T18:00:00Z)")
-      .option("--after <time>", "only those created at this ISO-8601 time or later")
-      .addOption(new Option("--limit <n>", "how many (1 to 100)").argParser(upTo100("--limit")).default(20))
-      .option(
-        "--cursor <cursor>",
-        "the next page: the cursor the previous page printed (with the same filters)",
-      ),
+    withPageOptions(
+      deliveries
+        .command("list")
+        .description("recent deliveries, newest first, each with its attempts (GET /v1/deliveries)")
+        .addOption(
+          new Option("--status <status>", "only this status").choices(["pending", "succeeded", "failed"]),
+        )
+        .option("--endpoint-id <id>", "only this endpoint's (ep_…)")
+        .option("--event-id <id>", "only this event's (evt_…)")
+        .option("--call-id <id>", "only this call's", positiveInt("--call-id")),
+      "those",
+    ),
   )
     .addHelpText(
       "after",
@@ -326,25 +326,20 @@ Examples:
     )
     .action(
       run<
-        ApiOpts & {
-          status?: string;
-          endpointId?: string;
-          eventId?: string;
-          callId?: number;
-          before?: string;
-          after?: string;
-          limit: number;
-          cursor?: string;
-        }
+        ApiOpts &
+          PageOpts & {
+            status?: string;
+            endpointId?: string;
+            eventId?: string;
+            callId?: number;
+          }
       >(async (o, out) => {
-        const q = new URLSearchParams({ limit: String(o.limit) });
-        if (o.cursor) q.set("cursor", o.cursor);
-        if (o.status) q.set("status", o.status);
-        if (o.endpointId) q.set("endpoint_id", o.endpointId);
-        if (o.eventId) q.set("event_id", o.eventId);
-        if (o.callId !== undefined) q.set("call_id", String(o.callId));
-        if (o.before) q.set("before", o.before);
-        if (o.after) q.set("after", o.after);
+        const q = pageQuery(o, {
+          status: o.status,
+          endpoint_id: o.endpointId,
+          event_id: o.eventId,
+          call_id: o.callId,
+        });
         const page = await apiClient(o).get<Page<DeliveryDetail>>(`/v1/deliveries?${q}`);
         if (out.json) out.data(page);
         else if (page.data.length === 0) out.line("no deliveries");
