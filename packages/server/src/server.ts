@@ -106,7 +106,9 @@ async function warnDevOnlyEndpoints(ctx: AppContext): Promise<void> {
     const devOnly = rows.filter((r) => {
       try {
         checkEndpointUrl(r.url, false);
-        return false;
+        // A name that is always loopback (RFC 6761); others are known only when resolved.
+        const host = new URL(r.url).hostname.toLowerCase();
+        return host === "localhost" || host.endsWith(".localhost");
       } catch {
         return true;
       }
@@ -114,7 +116,7 @@ async function warnDevOnlyEndpoints(ctx: AppContext): Promise<void> {
     if (devOnly.length > 0)
       ctx.log.warn(
         { endpoints: devOnly.length, examples: devOnly.slice(0, 5).map((r) => r.id) },
-        "enabled endpoints have URLs only KLEN_DEV allows (http://, a loopback or private address): their attempts fail with blocked_address; start with KLEN_DEV=1, or change or disable them",
+        "enabled endpoints have URLs only KLEN_DEV allows (http://, localhost, a loopback or private address): their attempts fail with blocked_address; start with KLEN_DEV=1, or change or disable them",
       );
   } catch (err) {
     ctx.log.debug({ err }, "could not look for endpoints only dev mode allows");

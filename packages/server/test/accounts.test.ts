@@ -173,6 +173,7 @@ test("a start outside dev mode warns of the enabled endpoints whose URLs only de
     for (const body of [
       { url: "http://127.0.0.1:9/hook" },
       { url: "https://[::1]:9/other" },
+      { url: "https://localhost:9/named" },
       { url: "http://127.0.0.1:9/off", disabled: true },
     ]) {
       const r = await dev.api.post("/v1/endpoints", body);
@@ -189,8 +190,8 @@ test("a start outside dev mode warns of the enabled endpoints whose URLs only de
         .find((l) => l.includes("only KLEN_DEV allows")),
     );
     const entry = JSON.parse(line);
-    assert.equal(entry.endpoints, 2, "the disabled one left out");
-    assert.deepEqual([...entry.examples].sort(), made.slice(0, 2).sort());
+    assert.equal(entry.endpoints, 3, "the disabled one left out");
+    assert.deepEqual([...entry.examples].sort(), made.slice(0, 3).sort());
   } finally {
     await dev.kill();
     await plain?.kill();
@@ -316,7 +317,7 @@ test("API keys: a new key works and is shown once, lists show prefixes only, a r
     assert.equal((await restarted.api.get("/v1/account")).status, 401);
     assert.match(
       restarted.output(),
-      /KLEN_API_KEY was revoked \(DELETE \/v1\/api-keys\/\{id\}\) at \d{4}-\d\d-\d\dT[\d:.]+Z and is not accepted again/,
+      /KLEN_API_KEY, a key of account 1, was revoked \(DELETE \/v1\/api-keys\/\{id\}\) at \d{4}-\d\d-\d\dT[\d:.]+Z and is not accepted again/,
     );
     const keys = await apiClient(restarted.url, created.body.key).get("/v1/api-keys");
     assert.deepEqual(

@@ -337,6 +337,17 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     );
     const ftp = await server.api.post("/v1/endpoints", { url: "ftp://example.com/x" });
     assert.match(ftp.body.error.message, /must be http\(s\), not ftp:; begin it with https:\/\//);
+    // A host without a scheme that is no URL at all is told the same; another scheme is named.
+    for (const [url, message] of [
+      ["example.com/hook", /has no scheme: .* e\.g\. https:\/\/example\.com\/hook$/],
+      ["127.0.0.1:3000/hook", /has no scheme: .* e\.g\. https:\/\/127\.0\.0\.1:3000\/hook$/],
+      ["mailto:a@b", /must be http\(s\), not mailto:/],
+      ["javascript:alert(1)", /must be http\(s\), not javascript:/],
+    ] as const) {
+      const r = await server.api.post("/v1/endpoints", { url });
+      expectError(r, 400, "invalid_url", "url");
+      assert.match(r.body.error.message, message, url);
+    }
     expectError(
       await server.api.post("/v1/endpoints", { url: "https://example.com", event_types: ["call.exploded"] }),
       400,

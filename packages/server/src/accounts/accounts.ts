@@ -106,10 +106,10 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
       if (raced) return raced;
       const revoked = await trx
         .selectFrom("revoked_api_keys")
-        .select("revoked_at")
+        .select(["revoked_at", "account_id"])
         .where("key_hash", "=", hashApiKey(key))
         .executeTakeFirst();
-      if (revoked) throw new RevokedKeyError(Number(revoked.revoked_at));
+      if (revoked) throw new RevokedKeyError(Number(revoked.revoked_at), Number(revoked.account_id));
       const d = await defaultAccount(trx);
       if (!d) return (await createDefaultAccount(trx, key)).account;
       await addApiKey(trx, Number(d.id), key);
@@ -125,9 +125,12 @@ export async function ensureAccountForKey(store: Store, key: string): Promise<Ac
 
 /** `KLEN_API_KEY` names a key revoked through the API: it is not added back. */
 export class RevokedKeyError extends Error {
-  constructor(readonly revokedAt: number) {
+  constructor(
+    readonly revokedAt: number,
+    readonly accountId: number,
+  ) {
     super(
-      `KLEN_API_KEY was revoked (DELETE /v1/api-keys/{id}) at ${new Date(revokedAt).toISOString()} and is not accepted again: set a key of the account (klen-webhooks api-keys create), or none`,
+      `KLEN_API_KEY, a key of account ${accountId}, was revoked (DELETE /v1/api-keys/{id}) at ${new Date(revokedAt).toISOString()} and is not accepted again: set another key of the account (klen-webhooks api-keys create), or none`,
     );
   }
 }

@@ -105,7 +105,9 @@ export async function forwardEvent(
       ]),
     });
     const text = await res.text().catch(() => "");
-    return result(res.status, null, res.ok || text.trim() === "" ? null : text.trim().slice(0, 300));
+    // Cut by characters, not UTF-16 units: half of one would not be valid in the --json line.
+    const start = [...text.trim()].slice(0, 300).join("");
+    return result(res.status, null, res.ok || start === "" ? null : start);
   } catch (err) {
     const e = err as Error & { cause?: { code?: string; message?: string } };
     if (e.name === "TimeoutError") return result(null, "timeout");

@@ -286,7 +286,7 @@ stay listed. A deleted endpoint cannot be enabled again: to pause one, disable i
 Examples:
   $ klen-webhooks endpoints delete ep_01j9z3…`,
     call: (c, id) => c.delete<EndpointObject>(`/v1/endpoints/${id}`),
-    line: (out, e) => `deleted ${endpointLine(out, e)}`,
+    line: (_out, e) => `deleted ${e.id}  ${e.url}${e.description ? `  ${e.description}` : ""}`,
   });
 }
 

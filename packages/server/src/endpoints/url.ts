@@ -7,20 +7,24 @@ import { badRequest } from "../errors.js";
  * at connect time instead (so DNS rebinding cannot get past it).
  */
 export function checkEndpointUrl(text: string, dev: boolean): string {
+  // "example.com/hook" is no URL, and "localhost:3000/hook" parses with "localhost:" as its
+  // scheme: a host (and port) without a scheme is told what is missing ("mailto:x" is not).
+  const noScheme = () =>
+    badRequest(
+      "url",
+      `"url" has no scheme: begin it with https:// (or http:// in dev mode), e.g. https://${text.slice(0, 200)}`,
+      "invalid_url",
+    );
+  const hostFirst = /^[a-z0-9-]+(\.[a-z0-9-]+)*(:\d+)?(\/|$)/i.test(text);
   let url: URL;
   try {
     url = new URL(text);
   } catch {
+    if (hostFirst) throw noScheme();
     throw badRequest("url", `"url" is not a valid URL (e.g. https://example.com/webhooks)`, "invalid_url");
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
-    // "localhost:3000/hook" parses with "localhost:" as its scheme: say what is missing.
-    if (!text.includes("://"))
-      throw badRequest(
-        "url",
-        `"url" has no scheme: begin it with https:// (or http:// in dev mode), e.g. https://${text.slice(0, 200)}`,
-        "invalid_url",
-      );
+    if (hostFirst) throw noScheme();
     throw badRequest(
       "url",
       `"url" must be http(s), not ${url.protocol}; begin it with https:// (or http:// in dev mode)`,

@@ -107,7 +107,7 @@ async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess>
       await waitFor(
         `server on ${url}`,
         async () => {
-          if (proc.exitCode !== null) return true;
+          if (proc.exitCode !== null || proc.signalCode !== null) return true;
           // This process's banner, not only some server answering on the port.
           if (!out.includes(` on ${url}\n`)) return false;
           const r = await fetch(`${url}/healthz`).catch(() => undefined);
@@ -116,9 +116,9 @@ async function spawnOn(port: number, opts: SpawnOptions): Promise<ServerProcess>
         60_000,
         50,
       );
-      if (proc.exitCode !== null) {
+      if (proc.exitCode !== null || proc.signalCode !== null) {
         await closed;
-        throw new Error(`server exited ${proc.exitCode}: ${out}`);
+        throw new Error(`server exited ${proc.exitCode ?? proc.signalCode}: ${out}`);
       }
     } catch (err) {
       // A server left running would keep this test file's process, and so the whole run, alive.
@@ -175,15 +175,15 @@ async function spawnWorker(
       `worker on ${workerPort}`,
       async () => {
         // Exited: ends the wait at once (see spawnOn).
-        if (w.proc.exitCode !== null) return true;
+        if (w.proc.exitCode !== null || w.proc.signalCode !== null) return true;
         if (!w.output().includes(` on ${url}\n`)) return false;
         return (await fetch(`${url}/healthz`).catch(() => undefined))?.ok;
       },
       60_000,
     );
-    if (w.proc.exitCode !== null) {
+    if (w.proc.exitCode !== null || w.proc.signalCode !== null) {
       await w.closed();
-      throw new Error(`worker exited ${w.proc.exitCode}: ${w.output()}`);
+      throw new Error(`worker exited ${w.proc.exitCode ?? w.proc.signalCode}: ${w.output()}`);
     }
   } catch (err) {
     await w.kill("SIGKILL");
