@@ -353,6 +353,23 @@ describe("klen-webhooks --help", { concurrency: true }, () => {
       ["<event_type>", "--reason", "call.recording", "--api-url", "--json", "Examples:"],
     ],
     [
+      ["endpoints", "update", "--help"],
+      [
+        "<endpoint_id>",
+        "--url",
+        "--event-types",
+        "--agent-ids",
+        "--header",
+        "--clear-headers",
+        "--json",
+        "Examples:",
+      ],
+    ],
+    [
+      ["endpoints", "rotate-secret", "--help"],
+      ["<endpoint_id>", "--grace", "--json", "Examples:"],
+    ],
+    [
       ["events", "list", "--help"],
       ["--event-type", "--call-id", "--before", "--after", "--limit", "--cursor", "--json", "Examples:"],
     ],
@@ -1258,6 +1275,99 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
         .stdout,
     );
     assert.equal(limitedEp.rate_limit, 5);
+    // Filters and headers at creation, changed later; only what is given changes.
+    const agents: number[] = [];
+    for (const name of ["Sales", "Support"])
+      agents.push((await server.api.post("/v1/agents", { name })).body.id);
+    const filtered = JSON.parse(
+      (
+        await cli(
+          [
+            "endpoints",
+            "create",
+            "--url",
+            `${rx.url}/f`,
+            "--agent-ids",
+            `${agents[0]}, ${agents[1]}`,
+            "--header",
+            "x-team: voice",
+            "--header",
+            "x-env:prod",
+            "--json",
+          ],
+          env,
+        )
+      ).stdout,
+    );
+    assert.deepEqual(
+      [filtered.agent_ids, filtered.headers],
+      [agents, { "x-team": "voice", "x-env": "prod" }],
+    );
+    const updated = await cli(
+      [
+        "endpoints",
+        "update",
+        filtered.id,
+        "--url",
+        `${rx.url}/g`,
+        "--event-types",
+        "call.ended",
+        "--agent-ids",
+        "all",
+        "--header",
+        "authorization: Bearer abc",
+      ],
+      env,
+    );
+    assert.equal(updated.code, 0, updated.stderr);
+    assert.match(updated.stdout, new RegExp(`^${filtered.id}  enabled  ${rx.url}/g  call\\.ended\n$`));
+    const now = (await server.api.get(`/v1/endpoints/${filtered.id}`)).body;
+    assert.deepEqual(
+      [now.url, now.event_types, now.agent_ids, now.headers, now.description],
+      [`${rx.url}/g`, ["call.ended"], [], { authorization: "Bearer abc" }, filtered.description],
+    );
+    const cleared = JSON.parse(
+      (
+        await cli(
+          ["endpoints", "update", filtered.id, "--clear-headers", "--event-types", "all", "--json"],
+          env,
+        )
+      ).stdout,
+    );
+    assert.deepEqual([cleared.headers, cleared.event_types, cleared.url], [{}, [], `${rx.url}/g`]);
+    for (const [args, message] of [
+      [[], /nothing to change: give --url/],
+      [["--header", "no colon"], /--header must be "name: value", not "no colon"/],
+      [["--agent-ids", "1,x"], /--agent-ids: "x" must be a positive integer/],
+      [["--header", "a: b", "--clear-headers"], /--clear-headers and --header: give one of them/],
+      [["--event-types", "call.nope"], /--event-types: unknown event type "call\.nope"/],
+    ] as const) {
+      const r = await cli(["endpoints", "update", filtered.id, ...args], env);
+      assert.equal(r.code, 1, args.join(" "));
+      assert.match(r.stderr, message, args.join(" "));
+    }
+    const badHeader = await cli(
+      ["endpoints", "update", filtered.id, "--header", "content-type: x", "--json"],
+      env,
+    );
+    assert.equal(badHeader.code, 1);
+    assert.equal(JSON.parse(badHeader.stdout).error.field, "headers.content-type");
+
+    // A new secret; the old one keeps signing for the grace period, or stops at once with 0.
+    const rotated = JSON.parse(
+      (await cli(["endpoints", "rotate-secret", filtered.id, "--grace", "60", "--json"], env)).stdout,
+    );
+    assert.notEqual(rotated.secret, filtered.secret);
+    assert.match(rotated.secret, /^whsec_/);
+    const until = Date.parse(rotated.previous_secret_expires_at) - Date.now();
+    assert.ok(until > 0 && until <= 60_000, rotated.previous_secret_expires_at);
+    assert.equal((await cli(["endpoints", "secret", filtered.id], env)).stdout.trim(), rotated.secret);
+    const dropped = await cli(["endpoints", "rotate-secret", filtered.id, "--grace", "0"], env);
+    assert.match(dropped.stdout, /^new signing secret: whsec_\S+\nthe previous secret no longer signs\n$/);
+    const longGrace = await cli(["endpoints", "rotate-secret", filtered.id, "--grace", "2592001"], env);
+    assert.equal(longGrace.code, 1);
+    assert.match(longGrace.stderr, /--grace must be whole seconds from 0 to 2592000/);
+
     // Deleted: its line says so, the list leaves it out, a second delete is the API's 404.
     const deleted = await cli(["endpoints", "delete", limitedEp.id], env);
     assert.equal(deleted.code, 0, deleted.stderr);

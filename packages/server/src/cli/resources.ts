@@ -17,8 +17,8 @@ import {
   withApiOptions,
   withPageOptions,
 } from "./command-kit.js";
+import { type EndpointFieldOpts, endpointFields, withEndpointFields } from "./endpoint-fields.js";
 import { registerEventCommands } from "./events.js";
-import { parseEventList } from "./listen.js";
 import { type Output, statusText } from "./output.js";
 import { registerRecoverCommands } from "./recover.js";
 
@@ -148,6 +148,99 @@ function toggle(endpoints: Command, name: "enable" | "disable"): void {
   });
 }
 
+/** `endpoints update` and `endpoints rotate-secret`: what the dashboard's endpoint page edits. */
+function registerEndpointEdits(endpoints: Command): void {
+  withApiOptions(
+    withEndpointFields(
+      endpoints
+        .command("update")
+        .description("change an endpoint's URL, description, filters or headers (PATCH /v1/endpoints/{id})")
+        .argument("<endpoint_id>", "the endpoint (ep_…)")
+        .option("--url <url>", "where to send the events from now on"),
+      true,
+    ).option("--clear-headers", "send no custom headers any more"),
+  )
+    .addHelpText(
+      "after",
+      `
+Only what is given changes. Attempts already claimed go out as the endpoint is when they start.
+
+Examples:
+  $ klen-webhooks endpoints update ep_01j9z3… --url https://example.com/v2/webhooks
+  $ klen-webhooks endpoints update ep_01j9z3… --event-types call.ended,call.failed --agent-ids all
+  $ klen-webhooks endpoints update ep_01j9z3… --header "authorization: Bearer abc" --header "x-team: voice"`,
+    )
+    .action(
+      run<ApiOpts & EndpointFieldOpts & { url?: string; clearHeaders?: boolean }>(async (o, out, cmd) => {
+        const body = endpointFields(o);
+        if (o.url !== undefined) body.url = o.url;
+        if (o.clearHeaders) {
+          if (o.header) throw new InvalidArgumentError("--clear-headers and --header: give one of them");
+          body.headers = {};
+        }
+        if (Object.keys(body).length === 0)
+          throw new InvalidArgumentError(
+            "nothing to change: give --url, --description, --event-types, --agent-ids, --header or --clear-headers",
+          );
+        const id = encodeURIComponent(cmd.processedArgs[0] as string);
+        const e = await apiClient(o).patch<EndpointObject>(`/v1/endpoints/${id}`, body);
+        if (out.json) out.data(e);
+        else out.line(endpointLine(out, e));
+        return 0;
+      }),
+    );
+  withApiOptions(
+    endpoints
+      .command("rotate-secret")
+      .description(
+        "give an endpoint a new signing secret; the old one signs too for a grace period (POST /v1/endpoints/{id}/rotate-secret)",
+      )
+      .argument("<endpoint_id>", "the endpoint (ep_…)")
+      .addOption(
+        new Option(
+          "--grace <seconds>",
+          "how long the old secret keeps signing too (0: stop at once, a leaked secret)",
+        )
+          .argParser((v) => {
+            const n = Number(v);
+            if (!Number.isSafeInteger(n) || n < 0 || n > 2_592_000)
+              throw new InvalidArgumentError("--grace must be whole seconds from 0 to 2592000 (30 days)");
+            return n;
+          })
+          .default(86_400),
+      ),
+  )
+    .addHelpText(
+      "after",
+      `
+During the grace period every attempt carries a signature with each secret, so receivers can
+switch at their own pace.
+
+Examples:
+  $ klen-webhooks endpoints rotate-secret ep_01j9z3…
+  $ klen-webhooks endpoints rotate-secret ep_01j9z3… --grace 0`,
+    )
+    .action(
+      run<ApiOpts & { grace: number }>(async (o, out, cmd) => {
+        const id = encodeURIComponent(cmd.processedArgs[0] as string);
+        const r = await apiClient(o).post<{ secret: string; previous_secret_expires_at: string | null }>(
+          `/v1/endpoints/${id}/rotate-secret`,
+          { grace_seconds: o.grace },
+        );
+        if (out.json) out.data(r);
+        else {
+          out.line(`new signing secret: ${out.bold(r.secret)}`);
+          out.line(
+            r.previous_secret_expires_at
+              ? `the previous secret signs too until ${r.previous_secret_expires_at}`
+              : "the previous secret no longer signs",
+          );
+        }
+        return 0;
+      }),
+    );
+}
+
 /**
  * `endpoints`, `deliveries`, `api-keys`, `events` and `calls`, from a terminal: create, list,
  * enable, disable and delete endpoints and show a secret; see every delivery's attempts and retry
@@ -165,7 +258,7 @@ function registerEndpointCommands(program: Command): void {
   const endpoints = program
     .command("endpoints")
     .description(
-      "list, create, enable, disable and delete webhook endpoints; recover failed deliveries; replay events they never had; show a secret; set a rate limit",
+      "list, create, update, enable, disable and delete webhook endpoints; show or rotate a secret; recover failed deliveries; replay events they never had; set a rate limit",
     )
     .addHelpText(
       "after",
@@ -192,17 +285,17 @@ Examples:
       }),
     );
   withApiOptions(
-    endpoints
-      .command("create")
-      .description("create an endpoint and print its signing secret (POST /v1/endpoints)")
-      .requiredOption("--url <url>", "where to send the events (https://, or http:// in dev mode)")
-      .option("--description <text>", "a note shown in the dashboard")
-      .option("--event-types <list>", "comma-separated event types to send (default: all)")
-      .option(
-        "--rate-limit <n>",
-        "attempts per second at most, across every worker (default: no limit)",
-        rateLimit,
-      ),
+    withEndpointFields(
+      endpoints
+        .command("create")
+        .description("create an endpoint and print its signing secret (POST /v1/endpoints)")
+        .requiredOption("--url <url>", "where to send the events (https://, or http:// in dev mode)"),
+      false,
+    ).option(
+      "--rate-limit <n>",
+      "attempts per second at most, across every worker (default: no limit)",
+      rateLimit,
+    ),
   )
     .addHelpText(
       "after",
@@ -210,31 +303,24 @@ Examples:
 Examples:
   $ klen-webhooks endpoints create --url https://example.com/webhooks
   $ klen-webhooks endpoints create --url http://localhost:3000/webhooks --event-types call.ended,call.failed --json
-  $ klen-webhooks endpoints create --url https://example.com/webhooks --rate-limit 20`,
+  $ klen-webhooks endpoints create --url https://example.com/webhooks --rate-limit 20
+  $ klen-webhooks endpoints create --url https://example.com/webhooks --agent-ids 1,2 --header "x-team: voice"`,
     )
     .action(
-      run<ApiOpts & { url: string; description?: string; eventTypes?: string; rateLimit?: number }>(
-        async (o, out) => {
-          if (o.eventTypes !== undefined && o.eventTypes.trim() === "")
-            throw new InvalidArgumentError(
-              "--event-types: give at least one event type, or leave the option out for all",
-            );
-          const types = parseEventList(o.eventTypes, "--event-types");
-          const body: Record<string, unknown> = { url: o.url };
-          if (o.description !== undefined) body.description = o.description;
-          if (types !== undefined) body.event_types = types;
-          if (o.rateLimit !== undefined) body.rate_limit = o.rateLimit;
-          const e = await apiClient(o).post<EndpointObject>("/v1/endpoints", body);
-          if (out.json) out.data(e);
-          else {
-            out.line(endpointLine(out, e));
-            out.line(`signing secret: ${out.bold(e.secret ?? "")}  (verify with new Webhook(secret))`);
-          }
-          return 0;
-        },
-      ),
+      run<ApiOpts & EndpointFieldOpts & { url: string; rateLimit?: number }>(async (o, out) => {
+        const body: Record<string, unknown> = { url: o.url, ...endpointFields(o) };
+        if (o.rateLimit !== undefined) body.rate_limit = o.rateLimit;
+        const e = await apiClient(o).post<EndpointObject>("/v1/endpoints", body);
+        if (out.json) out.data(e);
+        else {
+          out.line(endpointLine(out, e));
+          out.line(`signing secret: ${out.bold(e.secret ?? "")}  (verify with new Webhook(secret))`);
+        }
+        return 0;
+      }),
     );
 
+  registerEndpointEdits(endpoints);
   toggle(endpoints, "enable");
   toggle(endpoints, "disable");
   withApiOptions(
