@@ -676,6 +676,46 @@ describe("client commands against a running server", () => {
     assert.equal(bytes.subarray(8, 12).toString("ascii"), "WAVE");
   });
 
+  test("delete and revoke ask first on a terminal; --yes, --json or no terminal go ahead", async () => {
+    /** The CLI on a terminal of its own (util-linux `script`), `typed` on its keyboard. */
+    const onTerminal = (args: string[], typed: string) =>
+      new Promise<{ code: number | null; output: string }>((resolve) => {
+        const p = spawn("script", ["-qec", [process.execPath, CLI, ...args].join(" "), "/dev/null"], {
+          env: cliEnv(env),
+          stdio: ["pipe", "pipe", "pipe"],
+        });
+        let output = "";
+        p.stdout!.on("data", (d: Buffer) => {
+          output += d.toString();
+        });
+        p.stdin!.end(typed);
+        p.on("exit", (code) => resolve({ code, output }));
+      });
+    const ep = (await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/asked" })).body;
+    const kept = await onTerminal(["endpoints", "delete", ep.id], "n\n");
+    assert.equal(kept.code, 1, kept.output);
+    assert.match(
+      kept.output,
+      new RegExp(`Delete endpoint ${ep.id}\\? It cannot be enabled again\\. \\[y/N\\]`),
+    );
+    assert.match(kept.output, /cancelled: nothing changed/);
+    assert.equal((await server.api.get(`/v1/endpoints/${ep.id}`)).status, 200, "not deleted");
+    const gone = await onTerminal(["endpoints", "delete", ep.id], "yes\n");
+    assert.equal(gone.code, 0, gone.output);
+    assert.match(gone.output, new RegExp(`deleted ${ep.id}`));
+    assert.equal((await server.api.get(`/v1/endpoints/${ep.id}`)).status, 404);
+    const other = (await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/other" })).body;
+    const yes = await onTerminal(["endpoints", "delete", other.id, "--yes"], "");
+    assert.equal(yes.code, 0, yes.output);
+    assert.doesNotMatch(yes.output, /\[y\/N\]/);
+    // A key asked about and kept still works.
+    const key = (await server.api.post("/v1/api-keys", {})).body;
+    const notRevoked = await onTerminal(["api-keys", "revoke", String(key.id)], "\n");
+    assert.equal(notRevoked.code, 1, notRevoked.output);
+    assert.match(notRevoked.output, new RegExp(`Revoke API key ${key.id}\\? It stops working for good\\.`));
+    assert.equal((await apiClient(server.url, key.key).get("/v1/account")).status, 200);
+  });
+
   test("events list and get show the account's events and the body one was delivered with", async () => {
     const made = JSON.parse((await cli(["trigger", "call.ended", "--json"], env)).stdout);
     const [started, ended] = made.events as Array<{ id: string }>;

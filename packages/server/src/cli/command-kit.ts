@@ -1,3 +1,4 @@
+import { createInterface } from "node:readline/promises";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { ApiRequestError } from "./api-client.js";
 import { createOutput, type Output, printable } from "./output.js";
@@ -113,4 +114,20 @@ export function pageQuery(
   if (o.before) q.set("before", o.before);
   if (o.after) q.set("after", o.after);
   return q;
+}
+
+/**
+ * Asks on a terminal before something that cannot be undone (`endpoints delete`, `api-keys
+ * revoke`), as the Stripe CLI does: true at once with `--yes`, with `--json`, or when stdin or
+ * stderr is not a terminal (a script, a pipe), which decides for itself what it runs.
+ */
+export async function confirmed(question: string, o: { yes?: boolean; json?: boolean }): Promise<boolean> {
+  if (o.yes || o.json || !process.stdin.isTTY || !process.stderr.isTTY) return true;
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    const answer = await rl.question(`${question} [y/N] `);
+    return /^y(es)?$/i.test(answer.trim());
+  } finally {
+    rl.close();
+  }
 }

@@ -10,6 +10,7 @@ import {
 import { registerCallCommands } from "./calls.js";
 import {
   type ApiOpts,
+  confirmed,
   type PageOpts,
   pageQuery,
   positiveInt,
@@ -114,23 +115,30 @@ function idCommand<T>(
     help: string;
     call: (c: ApiClient, id: string) => Promise<T>;
     line: (out: Output, answer: T) => string;
+    /** For what cannot be undone: the question asked on a terminal first (`--yes` skips it). */
+    confirm?: (id: string) => string;
   },
 ): void {
-  withApiOptions(
+  const cmd = withApiOptions(
     parent
       .command(spec.name)
       .description(spec.description)
       .argument(...spec.argument),
-  )
-    .addHelpText("after", `\n${spec.help}`)
-    .action(
-      run<ApiOpts>(async (o, out, cmd) => {
-        const answer = await spec.call(apiClient(o), encodeURIComponent(cmd.processedArgs[0] as string));
-        if (out.json) out.data(answer);
-        else out.line(spec.line(out, answer));
-        return 0;
-      }),
-    );
+  );
+  if (spec.confirm) cmd.option("--yes", "do not ask first on a terminal");
+  cmd.addHelpText("after", `\n${spec.help}`).action(
+    run<ApiOpts & { yes?: boolean }>(async (o, out, cmd) => {
+      const raw = cmd.processedArgs[0] as string;
+      if (spec.confirm && !(await confirmed(spec.confirm(raw), o))) {
+        out.line("cancelled: nothing changed");
+        return 1;
+      }
+      const answer = await spec.call(apiClient(o), encodeURIComponent(raw));
+      if (out.json) out.data(answer);
+      else out.line(spec.line(out, answer));
+      return 0;
+    }),
+  );
 }
 
 /** `endpoints enable|disable <id>`: PATCH the endpoint, print its line. */
@@ -372,6 +380,7 @@ stay listed. A deleted endpoint cannot be enabled again: to pause one, disable i
 Examples:
   $ klen-webhooks endpoints delete ep_01j9z3…`,
     call: (c, id) => c.delete<EndpointObject>(`/v1/endpoints/${id}`),
+    confirm: (id) => `Delete endpoint ${id}? It cannot be enabled again.`,
     line: (_out, e) => `deleted ${e.id}  ${e.url}${e.description ? `  ${e.description}` : ""}`,
   });
 }
@@ -511,6 +520,7 @@ Examples:
 Examples:
   $ klen-webhooks api-keys revoke 1`,
     call: (c, id) => c.delete<{ id: number; prefix: string }>(`/v1/api-keys/${id}`),
+    confirm: (id) => `Revoke API key ${id}? It stops working for good.`,
     line: (_out, k) => `revoked key ${k.id} (${k.prefix}…)`,
   });
 }
