@@ -337,6 +337,13 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
     );
     const ftp = await server.api.post("/v1/endpoints", { url: "ftp://example.com/x" });
     assert.match(ftp.body.error.message, /must be http\(s\), not ftp:; begin it with https:\/\//);
+    // Header names are case-insensitive: two spellings of one would be sent as one.
+    const twice = await server.api.post("/v1/endpoints", {
+      url: "https://example.com/h",
+      headers: { "X-Team": "a", "x-team": "b" },
+    });
+    expectError(twice, 400, "invalid_request", "headers.x-team");
+    assert.match(twice.body.error.message, /given twice \(names are case-insensitive\)/);
     // A host without a scheme that is no URL at all is told the same; another scheme is named.
     for (const [url, message] of [
       ["example.com/hook", /has no scheme: .* e\.g\. https:\/\/example\.com\/hook$/],

@@ -696,7 +696,9 @@ describe("client commands against a running server", () => {
     assert.equal(kept.code, 1, kept.output);
     assert.match(
       kept.output,
-      new RegExp(`Delete endpoint ${ep.id}\\? It cannot be enabled again\\. \\[y/N\\]`),
+      new RegExp(
+        `Delete endpoint ${ep.id} \\(http://127\\.0\\.0\\.1:9/asked\\)\\? It cannot be enabled again\\. \\[y/N\\]`,
+      ),
     );
     assert.match(kept.output, /cancelled: nothing changed/);
     assert.equal((await server.api.get(`/v1/endpoints/${ep.id}`)).status, 200, "not deleted");
@@ -712,8 +714,31 @@ describe("client commands against a running server", () => {
     const key = (await server.api.post("/v1/api-keys", {})).body;
     const notRevoked = await onTerminal(["api-keys", "revoke", String(key.id)], "\n");
     assert.equal(notRevoked.code, 1, notRevoked.output);
-    assert.match(notRevoked.output, new RegExp(`Revoke API key ${key.id}\\? It stops working for good\\.`));
+    assert.match(
+      notRevoked.output,
+      new RegExp(`Revoke API key ${key.id} \\(${key.prefix}…\\)\\? It stops working for good\\.`),
+    );
     assert.equal((await apiClient(server.url, key.key).get("/v1/account")).status, 200);
+    // Ctrl-D at the question is a no; a key that is not there fails before anything is asked.
+    const eof = await onTerminal(["api-keys", "revoke", String(key.id)], "\x04");
+    assert.equal(eof.code, 1, eof.output);
+    assert.match(eof.output, /cancelled: nothing changed/);
+    assert.equal((await apiClient(server.url, key.key).get("/v1/account")).status, 200);
+    const unknown = await onTerminal(["api-keys", "revoke", "999999"], "y\n");
+    assert.equal(unknown.code, 1, unknown.output);
+    assert.match(unknown.output, /api key 999999 not found/);
+    assert.doesNotMatch(unknown.output, /\[y\/N\]/);
+    // Rotating with no grace period asks too: every receiver on the old secret would fail.
+    const before = (await server.api.get(`/v1/endpoints/${other.id}/secret`)).status;
+    assert.equal(before, 404, "deleted above");
+    const live = (await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/live" })).body;
+    const noGrace = await onTerminal(["endpoints", "rotate-secret", live.id, "--grace", "0"], "n\n");
+    assert.equal(noGrace.code, 1, noGrace.output);
+    assert.match(
+      noGrace.output,
+      /Stop the old secrets of ep_\w+ now, before receivers have the new one\? \[y\/N\]/,
+    );
+    assert.equal((await server.api.get(`/v1/endpoints/${live.id}/secret`)).body.secret, live.secret);
   });
 
   test("events list and get show the account's events and the body one was delivered with", async () => {
@@ -1360,7 +1385,10 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
       env,
     );
     assert.equal(updated.code, 0, updated.stderr);
-    assert.match(updated.stdout, new RegExp(`^${filtered.id}  enabled  ${rx.url}/g  call\\.ended\n$`));
+    assert.match(
+      updated.stdout,
+      new RegExp(`^${filtered.id}  enabled  ${rx.url}/g  call\\.ended  1 header\n$`),
+    );
     const now = (await server.api.get(`/v1/endpoints/${filtered.id}`)).body;
     assert.deepEqual(
       [now.url, now.event_types, now.agent_ids, now.headers, now.description],
@@ -1375,12 +1403,19 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
       ).stdout,
     );
     assert.deepEqual([cleared.headers, cleared.event_types, cleared.url], [{}, [], `${rx.url}/g`]);
+    await cli(["endpoints", "update", filtered.id, "--event-types", "call.ended"], env);
+    const star = JSON.parse(
+      (await cli(["endpoints", "update", filtered.id, "--event-types", "*", "--json"], env)).stdout,
+    );
+    assert.deepEqual(star.event_types, [], "* is all, as listen --events takes it");
     for (const [args, message] of [
       [[], /nothing to change: give --url/],
       [["--header", "no colon"], /--header must be "name: value", not "no colon"/],
       [["--agent-ids", "1,x"], /--agent-ids: "x" must be a positive integer/],
       [["--header", "a: b", "--clear-headers"], /--clear-headers and --header: give one of them/],
       [["--event-types", "call.nope"], /--event-types: unknown event type "call\.nope"/],
+      [["--header", "X-Team: a", "--header", "x-team: b"], /--header: "x-team" is given twice/],
+      [["--agent-ids", "0x2"], /--agent-ids: "0x2" must be a positive integer/],
     ] as const) {
       const r = await cli(["endpoints", "update", filtered.id, ...args], env);
       assert.equal(r.code, 1, args.join(" "));
@@ -1403,7 +1438,12 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     assert.ok(until > 0 && until <= 60_000, rotated.previous_secret_expires_at);
     assert.equal((await cli(["endpoints", "secret", filtered.id], env)).stdout.trim(), rotated.secret);
     const dropped = await cli(["endpoints", "rotate-secret", filtered.id, "--grace", "0"], env);
-    assert.match(dropped.stdout, /^new signing secret: whsec_\S+\nthe previous secret no longer signs\n$/);
+    assert.match(dropped.stdout, /^new signing secret: whsec_\S+\nno other secret signs any more\n$/);
+    for (const bad of ["", " ", "0x10", "1e3", "-1"]) {
+      const r = await cli(["endpoints", "rotate-secret", filtered.id, "--grace", bad], env);
+      assert.equal(r.code, 1, JSON.stringify(bad));
+      assert.match(r.stderr, /--grace must be whole seconds from 0 to 2592000/, JSON.stringify(bad));
+    }
     const longGrace = await cli(["endpoints", "rotate-secret", filtered.id, "--grace", "2592001"], env);
     assert.equal(longGrace.code, 1);
     assert.match(longGrace.stderr, /--grace must be whole seconds from 0 to 2592000/);

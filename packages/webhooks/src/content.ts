@@ -59,7 +59,9 @@ export class ContentFetchError extends Error {
   readonly status: number | undefined;
   /**
    * For `http_status`, the reason the Klen server gave, when it gave one: on a 403 `expired` (the
-   * URL outlived its validity), `bad_signature` or `malformed` (the URL was altered).
+   * URL outlived its validity), `bad_signature` or `malformed` (the URL was altered); with the
+   * `api` option, the API's error code (`unauthorized`, `not_found`: the call or its content is
+   * no longer there).
    */
   readonly reason: string | undefined;
 
@@ -158,7 +160,11 @@ export async function fetchContent(event: ContentEvent, opts: FetchContentOption
     try {
       fresh = await currentUrl(event, src.url, opts.api, doFetch, signal);
     } catch (cause) {
-      throw fail(cause);
+      const failed = fail(cause);
+      // Not the content's URL that failed: say so.
+      throw failed.code === "network"
+        ? new ContentFetchError("network", "Asking the Klen API for a current URL failed", { cause })
+        : failed;
     }
     return download(fresh);
   }
@@ -186,7 +192,7 @@ async function currentUrl(
     signal,
     headers: { accept: "application/json", authorization: `Bearer ${api.key}` },
   });
-  if (!response.ok) throw await statusError(response, "The Klen API");
+  if (!response.ok) throw await statusError(response, "The Klen API", true);
   let items: MediaItem[];
   try {
     items = ((await response.json()) as { data: MediaItem[] }).data;
@@ -216,15 +222,17 @@ async function currentUrl(
  * error JSON (`{"error":{"message","details":{"reason"}}}`), so that an expired URL can be told
  * from an altered one.
  */
-async function statusError(response: Response, who: string): Promise<ContentFetchError> {
+async function statusError(response: Response, who: string, api = false): Promise<ContentFetchError> {
   let message: string | undefined;
   let reason: string | undefined;
   try {
     const body = JSON.parse(await readText(response, 8 * 1024)) as {
-      error?: { message?: unknown; details?: { reason?: unknown } };
+      error?: { code?: unknown; message?: unknown; details?: { reason?: unknown } };
     };
     if (typeof body.error?.message === "string") message = body.error.message;
     if (typeof body.error?.details?.reason === "string") reason = body.error.details.reason;
+    // The API's own answers say why by their code (`not_found`: an unknown call).
+    else if (api && typeof body.error?.code === "string") reason = body.error.code;
   } catch {
     // Not the server's error JSON (a proxy's page, say): the status alone.
   }

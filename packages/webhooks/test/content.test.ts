@@ -163,6 +163,16 @@ describe("fetchContent", () => {
     assert.equal(refused.code, "http_status");
     assert.equal(refused.status, 401);
     assert.equal(refused.message, "The Klen API answered 401: invalid API key");
+    assert.equal(refused.reason, "unauthorized");
+    // An API that cannot be reached is said to be the API, not the content's URL.
+    const closed = createServer();
+    closed.listen(0, "127.0.0.1");
+    await once(closed, "listening");
+    const deadApi = baseUrl(closed.address());
+    closed.close();
+    const unreachable = await failure(transcript, { api: { url: deadApi, key: "klen_sk_good" } });
+    assert.equal(unreachable.code, "network");
+    assert.equal(unreachable.message, "Asking the Klen API for a current URL failed");
     // Content the API no longer lists (purged by retention).
     const gone = await failure(eventWith("call.summary", { summary_url: expiredUrl("blb_purged") }), { api });
     assert.equal(gone.status, 404);

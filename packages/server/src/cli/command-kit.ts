@@ -10,11 +10,18 @@ export interface ApiOpts {
   json?: boolean;
 }
 
-export const positiveInt = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
-  return n;
-};
+/** Plain decimal digits only: `Number` would also take "0x2", "1e0", "+2" and "" (0). */
+export const wholeNumber =
+  (name: string, min: number, max = Number.MAX_SAFE_INTEGER, what = "") =>
+  (v: string) => {
+    const n = /^\d+$/.test(v.trim()) ? Number(v.trim()) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max)
+      throw new InvalidArgumentError(what || `${name} must be a whole number from ${min} to ${max}`);
+    return n;
+  };
+
+export const positiveInt = (name: string) =>
+  wholeNumber(name, 1, Number.MAX_SAFE_INTEGER, `${name} must be a positive integer`);
 
 /** The options every API-client command shares: where the server is, the key, JSON output. */
 export function withApiOptions(cmd: Command): Command {
@@ -127,6 +134,10 @@ export async function confirmed(question: string, o: { yes?: boolean; json?: boo
   try {
     const answer = await rl.question(`${question} [y/N] `);
     return /^y(es)?$/i.test(answer.trim());
+  } catch {
+    // Ctrl-C or Ctrl-D at the question: a no.
+    process.stderr.write("\n");
+    return false;
   } finally {
     rl.close();
   }

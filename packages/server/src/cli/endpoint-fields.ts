@@ -39,7 +39,9 @@ export function endpointFields(o: EndpointFieldOpts): Record<string, unknown> {
   if (o.eventTypes !== undefined) {
     if (o.eventTypes.trim() === "")
       throw new InvalidArgumentError("--event-types: give at least one event type, or all");
-    body.event_types = o.eventTypes.trim() === "all" ? [] : parseEventList(o.eventTypes, "--event-types");
+    // "all", or "*" as `listen --events` takes it: no filter.
+    body.event_types =
+      parseEventList(o.eventTypes.trim() === "all" ? "*" : o.eventTypes, "--event-types") ?? [];
   }
   if (o.agentIds !== undefined) {
     const raw = o.agentIds.trim();
@@ -52,7 +54,10 @@ export function endpointFields(o: EndpointFieldOpts): Record<string, unknown> {
     for (const h of o.header) {
       const colon = h.indexOf(":");
       if (colon <= 0) throw new InvalidArgumentError(`--header must be "name: value", not "${h}"`);
-      headers[h.slice(0, colon).trim()] = h.slice(colon + 1).trim();
+      const name = h.slice(0, colon).trim();
+      if (Object.keys(headers).some((k) => k.toLowerCase() === name.toLowerCase()))
+        throw new InvalidArgumentError(`--header: "${name}" is given twice`);
+      headers[name] = h.slice(colon + 1).trim();
     }
     body.headers = headers;
   }

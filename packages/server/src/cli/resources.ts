@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   type ApiClient,
+  ApiRequestError,
   apiClient,
   attemptDetail,
   type DeliveryObject,
@@ -15,6 +16,7 @@ import {
   pageQuery,
   positiveInt,
   run,
+  wholeNumber,
   withApiOptions,
   withPageOptions,
 } from "./command-kit.js";
@@ -38,6 +40,8 @@ interface EndpointObject {
   url: string;
   description: string;
   event_types: string[];
+  agent_ids: number[];
+  headers: Record<string, string>;
   disabled: boolean;
   disabled_reason: string | null;
   rate_limit: number | null;
@@ -68,9 +72,12 @@ const rateLimit = (v: string) => {
 
 function endpointLine(out: Output, e: EndpointObject): string {
   const state = e.disabled ? out.red(`disabled (${e.disabled_reason ?? "no reason"})`) : out.green("enabled");
-  const types = e.event_types.length === 0 ? "all events" : e.event_types.join(",");
+  const agents = e.agent_ids?.length ? ` of agents ${e.agent_ids.join(",")}` : "";
+  const types = (e.event_types.length === 0 ? "all events" : e.event_types.join(",")) + agents;
+  const n = Object.keys(e.headers ?? {}).length;
+  const headers = n ? `  ${out.dim(`${n} header${n === 1 ? "" : "s"}`)}` : "";
   const rate = e.rate_limit ? `  ${out.dim(`at most ${e.rate_limit}/s`)}` : "";
-  return `${e.id}  ${state}  ${e.url}  ${out.dim(types)}${rate}${e.description ? `  ${e.description}` : ""}`;
+  return `${e.id}  ${state}  ${e.url}  ${out.dim(types)}${rate}${headers}${e.description ? `  ${e.description}` : ""}`;
 }
 
 /** What a pending delivery waits for, or why a finished one failed. */
@@ -115,25 +122,29 @@ function idCommand<T>(
     help: string;
     call: (c: ApiClient, id: string) => Promise<T>;
     line: (out: Output, answer: T) => string;
-    /** For what cannot be undone: the question asked on a terminal first (`--yes` skips it). */
-    confirm?: (id: string) => string;
+    /**
+     * For what cannot be undone: the question asked on a terminal first (`--yes` skips it), made
+     * once the target is looked up, so that a wrong id or key fails before anything is asked.
+     */
+    confirm?: (c: ApiClient, id: string) => Promise<string>;
   },
 ): void {
-  const cmd = withApiOptions(
+  const command = withApiOptions(
     parent
       .command(spec.name)
       .description(spec.description)
       .argument(...spec.argument),
   );
-  if (spec.confirm) cmd.option("--yes", "do not ask first on a terminal");
-  cmd.addHelpText("after", `\n${spec.help}`).action(
+  if (spec.confirm) command.option("--yes", "do not ask first on a terminal");
+  command.addHelpText("after", `\n${spec.help}`).action(
     run<ApiOpts & { yes?: boolean }>(async (o, out, cmd) => {
       const raw = cmd.processedArgs[0] as string;
-      if (spec.confirm && !(await confirmed(spec.confirm(raw), o))) {
+      const client = apiClient(o);
+      if (spec.confirm && !(await confirmed(await spec.confirm(client, raw), o))) {
         out.line("cancelled: nothing changed");
         return 1;
       }
-      const answer = await spec.call(apiClient(o), encodeURIComponent(raw));
+      const answer = await spec.call(client, encodeURIComponent(raw));
       if (out.json) out.data(answer);
       else out.line(spec.line(out, answer));
       return 0;
@@ -209,14 +220,12 @@ Examples:
           "--grace <seconds>",
           "how long the old secret keeps signing too (0: stop at once, a leaked secret)",
         )
-          .argParser((v) => {
-            const n = Number(v);
-            if (!Number.isSafeInteger(n) || n < 0 || n > 2_592_000)
-              throw new InvalidArgumentError("--grace must be whole seconds from 0 to 2592000 (30 days)");
-            return n;
-          })
+          .argParser(
+            wholeNumber("--grace", 0, 2_592_000, "--grace must be whole seconds from 0 to 2592000 (30 days)"),
+          )
           .default(86_400),
-      ),
+      )
+      .option("--yes", "with --grace 0, do not ask first on a terminal"),
   )
     .addHelpText(
       "after",
@@ -229,10 +238,19 @@ Examples:
   $ klen-webhooks endpoints rotate-secret ep_01j9z3… --grace 0`,
     )
     .action(
-      run<ApiOpts & { grace: number }>(async (o, out, cmd) => {
-        const id = encodeURIComponent(cmd.processedArgs[0] as string);
-        const r = await apiClient(o).post<{ secret: string; previous_secret_expires_at: string | null }>(
-          `/v1/endpoints/${id}/rotate-secret`,
+      run<ApiOpts & { grace: number; yes?: boolean }>(async (o, out, cmd) => {
+        const raw = cmd.processedArgs[0] as string;
+        const client = apiClient(o);
+        // Without a grace period every receiver still on the old secret fails from now on.
+        if (
+          o.grace === 0 &&
+          !(await confirmed(`Stop the old secrets of ${raw} now, before receivers have the new one?`, o))
+        ) {
+          out.line("cancelled: nothing changed");
+          return 1;
+        }
+        const r = await client.post<{ secret: string; previous_secret_expires_at: string | null }>(
+          `/v1/endpoints/${encodeURIComponent(raw)}/rotate-secret`,
           { grace_seconds: o.grace },
         );
         if (out.json) out.data(r);
@@ -240,8 +258,8 @@ Examples:
           out.line(`new signing secret: ${out.bold(r.secret)}`);
           out.line(
             r.previous_secret_expires_at
-              ? `the previous secret signs too until ${r.previous_secret_expires_at}`
-              : "the previous secret no longer signs",
+              ? `rotated-out secrets sign too, the last of them until ${r.previous_secret_expires_at}`
+              : "no other secret signs any more",
           );
         }
         return 0;
@@ -380,7 +398,10 @@ stay listed. A deleted endpoint cannot be enabled again: to pause one, disable i
 Examples:
   $ klen-webhooks endpoints delete ep_01j9z3…`,
     call: (c, id) => c.delete<EndpointObject>(`/v1/endpoints/${id}`),
-    confirm: (id) => `Delete endpoint ${id}? It cannot be enabled again.`,
+    confirm: async (c, id) => {
+      const e = await c.get<EndpointObject>(`/v1/endpoints/${encodeURIComponent(id)}`);
+      return `Delete endpoint ${e.id} (${e.url})? It cannot be enabled again.`;
+    },
     line: (_out, e) => `deleted ${e.id}  ${e.url}${e.description ? `  ${e.description}` : ""}`,
   });
 }
@@ -520,7 +541,13 @@ Examples:
 Examples:
   $ klen-webhooks api-keys revoke 1`,
     call: (c, id) => c.delete<{ id: number; prefix: string }>(`/v1/api-keys/${id}`),
-    confirm: (id) => `Revoke API key ${id}? It stops working for good.`,
+    confirm: async (c, id) => {
+      const n = positiveInt("key_id")(id);
+      const key = (await listAll<ApiKeyObject>(c, "/v1/api-keys")).find((k) => k.id === n);
+      if (!key) throw new ApiRequestError(404, "not_found", `api key ${id} not found`);
+      const mine = key.current ? ", the key this command uses" : "";
+      return `Revoke API key ${key.id} (${key.prefix}…${mine})? It stops working for good.`;
+    },
     line: (_out, k) => `revoked key ${k.id} (${k.prefix}…)`,
   });
 }

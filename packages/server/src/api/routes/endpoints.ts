@@ -74,7 +74,12 @@ type EndpointBody = {
 const UNSENDABLE_HEADERS = new Set(["expect", "upgrade", "keep-alive"]);
 
 function checkHeaders(headers: Record<string, string> | undefined): void {
+  // Header names are case-insensitive: two spellings of one would be sent as one, the last.
+  const seen = new Set<string>();
   for (const name of Object.keys(headers ?? {})) {
+    if (seen.has(name.toLowerCase()))
+      throw badRequest(`headers.${name}`, `header "${name}" is given twice (names are case-insensitive)`);
+    seen.add(name.toLowerCase());
     if (RESERVED_HEADERS.has(name.toLowerCase())) {
       throw badRequest(`headers.${name}`, `header "${name}" is set by Klen and cannot be overridden`);
     }
