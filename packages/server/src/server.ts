@@ -7,6 +7,7 @@ import {
 } from "./accounts/accounts.js";
 import { buildApp } from "./api/app.js";
 import { type AppContext, WorkSignal } from "./api/context.js";
+import { blobStoreFor } from "./blobs/blobs.js";
 import { signingKey, signingKeySealed } from "./blobs/key.js";
 import { type Config, ConfigError, cannotOpenDatabase } from "./config.js";
 import { Dispatcher, type DispatcherOptions } from "./delivery/dispatcher.js";
@@ -107,7 +108,7 @@ async function warnDevOnlyEndpoints(ctx: AppContext): Promise<void> {
       try {
         checkEndpointUrl(r.url, false);
         // A name that is always loopback (RFC 6761); others are known only when resolved.
-        const host = new URL(r.url).hostname.toLowerCase();
+        const host = new URL(r.url).hostname.toLowerCase().replace(/\.$/, "");
         return host === "localhost" || host.endsWith(".localhost");
       } catch {
         return true;
@@ -120,6 +121,35 @@ async function warnDevOnlyEndpoints(ctx: AppContext): Promise<void> {
       );
   } catch (err) {
     ctx.log.debug({ err }, "could not look for endpoints only dev mode allows");
+  }
+}
+
+/**
+ * Says at start when the blobs the database records lately are none of them in this process's
+ * KLEN_DATA_DIR: a process on another machine, or with a folder of its own, beside processes that
+ * share one database. It would answer 404 for what the others stored, and they for what it stores.
+ * Blobs younger than a minute are left out (their files may be being written).
+ */
+async function warnUnsharedBlobs(ctx: AppContext): Promise<void> {
+  try {
+    const recent = await ctx.store.db
+      .selectFrom("blobs")
+      .select(["id", "path", "sealed"])
+      .where("created_at", "<", Date.now() - 60_000)
+      .orderBy("created_at", "desc")
+      .limit(5)
+      .execute();
+    if (recent.length === 0) return;
+    for (const b of recent) {
+      const store = blobStoreFor(ctx.config, b.sealed === null ? null : Number(b.sealed));
+      if ((await store.size(b.path)) !== undefined) return;
+    }
+    ctx.log.warn(
+      { data_dir: ctx.config.dataDir, checked: recent.length },
+      "none of the latest stored blobs is in this process's KLEN_DATA_DIR: every process sharing the database must share KLEN_DATA_DIR (a shared volume across machines), or each serves only the recordings and texts it stored",
+    );
+  } catch (err) {
+    ctx.log.debug({ err }, "could not look for the latest blobs in KLEN_DATA_DIR");
   }
 }
 
@@ -261,6 +291,7 @@ export async function startServer(
   }
   dispatcher?.start();
   if (dispatcher && !config.dev) void warnDevOnlyEndpoints(ctx);
+  void warnUnsharedBlobs(ctx);
   // Background work of worker processes: generated summaries, the retention purge, and test
   // calls whose process died mid-run.
   const summaries = role === "api" ? undefined : new SummaryWorker(ctx);

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, type TestContext, test } from "node:test";
 import { type ContentEvent, type ContentFetchError, fetchContent } from "@klen/webhooks";
+import BetterSqlite3 from "better-sqlite3";
 import { createAccount } from "../src/accounts/accounts.js";
 import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/log.js";
@@ -10,6 +11,7 @@ import { synthesizeWav } from "../src/simulator/wav.js";
 import { apiClient } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
 import { onServer } from "./helpers/content.js";
+import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 const DAY = 86_400_000;
@@ -256,4 +258,68 @@ test("after an event's URL has expired, the media URL serves the same bytes, and
     assert.equal(err.reason, "expired");
     return true;
   });
+});
+
+test("processes that share a database but not KLEN_DATA_DIR are told so: at start, and when a blob's bytes are missing", async () => {
+  const shared = tempDir();
+  const own = tempDir();
+  const later = tempDir();
+  const databaseUrl = `sqlite:${shared.path}/klen.db`;
+  const a = await spawnServer({ dataDir: shared.path, env: { KLEN_DATABASE_URL: databaseUrl } });
+  let b: ServerProcess | undefined;
+  let c: ServerProcess | undefined;
+  try {
+    const agent = await a.api.post("/v1/agents", { name: "Support" });
+    const call = await a.api.post("/v1/calls", {
+      agent_id: agent.body.id,
+      type: "inbound",
+      phone_number: "+15551234567",
+    });
+    await a.api.post(`/v1/calls/${call.body.id}/start`, {});
+    await a.api.post(`/v1/calls/${call.body.id}/end`, {});
+    const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 10 });
+    const up = await fetch(`${a.url}/v1/calls/${call.body.id}/recording`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${a.apiKey}`, "content-type": "audio/wav" },
+      body: new Uint8Array(wav),
+    });
+    assert.equal(up.status, 200);
+    // A second process on the same database with a folder of its own: the URL it lists (signed
+    // with the shared key) serves on the process that stored the bytes, and not on it.
+    b = await spawnServer({ dataDir: own.path, env: { KLEN_DATABASE_URL: databaseUrl } });
+    const [item] = (await b.api.get(`/v1/calls/${call.body.id}/media`)).body.data;
+    assert.equal((await fetch(onServer(a.url, item.url))).status, 200);
+    const missing = await fetch(onServer(b.url, item.url));
+    assert.equal(missing.status, 404);
+    assert.equal((await missing.json()).error.message, "this content does not exist or was purged");
+    const server = b;
+    await waitFor("the error naming KLEN_DATA_DIR", () =>
+      server.output().includes("a stored blob's bytes are not in this process's KLEN_DATA_DIR"),
+    );
+    // Once the blob is older than a minute, a process started with yet another folder says so at start.
+    const db = new BetterSqlite3(`${shared.path}/klen.db`);
+    db.prepare("UPDATE blobs SET created_at = created_at - 120000").run();
+    db.close();
+    c = await spawnServer({ dataDir: later.path, env: { KLEN_DATABASE_URL: databaseUrl } });
+    const third = c;
+    await waitFor("the start-up warning", () =>
+      third.output().includes("none of the latest stored blobs is in this process's KLEN_DATA_DIR"),
+    );
+    // The process that has the bytes does not warn when started again.
+    await a.kill();
+    const again = await spawnServer({ dataDir: shared.path, env: { KLEN_DATABASE_URL: databaseUrl } });
+    try {
+      // Its own answer to a media request comes after the start-up check has run.
+      assert.equal((await again.api.get(`/v1/calls/${call.body.id}/media`)).status, 200);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.doesNotMatch(again.output(), /none of the latest stored blobs/);
+    } finally {
+      await again.kill();
+    }
+  } finally {
+    await a.kill();
+    await b?.kill();
+    await c?.kill();
+    for (const d of [shared, own, later]) d.remove();
+  }
 });

@@ -5,9 +5,27 @@ import { signingKey } from "../../blobs/key.js";
 import { parseRange } from "../../blobs/range.js";
 import { checkBlobUrl } from "../../blobs/signing.js";
 import { ApiError } from "../../errors.js";
+import type { AppContext } from "../context.js";
 import type { RouteModule } from "./index.js";
 
 const gone = () => new ApiError(404, "not_found", "this content does not exist or was purged");
+
+let missingSaidAt = 0;
+
+/**
+ * Logs, at most once a minute, that a blob the database records is not in this process's store:
+ * processes sharing a database must share KLEN_DATA_DIR (one folder, or one shared volume across
+ * machines), or each serves only what it stored itself.
+ */
+function missingBytes(ctx: AppContext, id: string): void {
+  const now = Date.now();
+  if (now - missingSaidAt < 60_000) return;
+  missingSaidAt = now;
+  ctx.log.error(
+    { blob_id: id, data_dir: ctx.config.dataDir },
+    "a stored blob's bytes are not in this process's KLEN_DATA_DIR: every process sharing the database must share KLEN_DATA_DIR (a shared volume across machines)",
+  );
+}
 
 /** How far ahead of this process's clock another process may have made a URL's expiry. */
 const CLOCK_SKEW_MS = 5 * 60_000;
@@ -45,7 +63,12 @@ export const blobRoutes: RouteModule = (app, ctx) => {
     if (!row) throw gone();
     const store = blobStoreFor(ctx.config, row.sealed === null ? null : Number(row.sealed));
     const size = await store.size(row.path);
-    if (size === undefined) throw gone();
+    if (size === undefined) {
+      // A row without its bytes here: another process stored them in a KLEN_DATA_DIR of its own.
+      // The receiver is told no more than for a purged blob; the operator is told why.
+      missingBytes(ctx, id);
+      throw gone();
+    }
     const etag = blobEtag(id);
     const created = Number(row.created_at);
     reply
