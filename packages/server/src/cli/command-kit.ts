@@ -123,13 +123,17 @@ export function pageQuery(
   return q;
 }
 
+/** Whether `confirmed` would ask: on a terminal, without `--yes` or `--json`. */
+export const willAsk = (o: { yes?: boolean; json?: boolean }): boolean =>
+  !o.yes && !o.json && process.stdin.isTTY === true && process.stderr.isTTY === true;
+
 /**
  * Asks on a terminal before something that cannot be undone (`endpoints delete`, `api-keys
  * revoke`), as the Stripe CLI does: true at once with `--yes`, with `--json`, or when stdin or
  * stderr is not a terminal (a script, a pipe), which decides for itself what it runs.
  */
 export async function confirmed(question: string, o: { yes?: boolean; json?: boolean }): Promise<boolean> {
-  if (o.yes || o.json || !process.stdin.isTTY || !process.stderr.isTTY) return true;
+  if (!willAsk(o)) return true;
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
     const answer = await rl.question(`${question} [y/N] `);

@@ -17,6 +17,7 @@ import {
   positiveInt,
   run,
   wholeNumber,
+  willAsk,
   withApiOptions,
   withPageOptions,
 } from "./command-kit.js";
@@ -140,7 +141,8 @@ function idCommand<T>(
     run<ApiOpts & { yes?: boolean }>(async (o, out, cmd) => {
       const raw = cmd.processedArgs[0] as string;
       const client = apiClient(o);
-      if (spec.confirm && !(await confirmed(await spec.confirm(client, raw), o))) {
+      // The target is looked up for the question only: a script is not asked, nor made to wait.
+      if (spec.confirm && willAsk(o) && !(await confirmed(await spec.confirm(client, raw), o))) {
         out.line("cancelled: nothing changed");
         return 1;
       }
