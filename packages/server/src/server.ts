@@ -141,7 +141,7 @@ async function warnUnsharedBlobs(ctx: AppContext): Promise<void> {
       .execute();
     if (recent.length === 0) return;
     for (const b of recent) {
-      const store = blobStoreFor(ctx.config, b.sealed === null ? null : Number(b.sealed));
+      const store = blobStoreFor(ctx.config, b.sealed);
       if ((await store.size(b.path)) !== undefined) return;
     }
     ctx.log.warn(

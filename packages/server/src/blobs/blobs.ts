@@ -16,7 +16,9 @@ const stores = new WeakMap<Config, { plain: BlobStore; current: BlobStore }>();
  * 0 (written in clear) is read in clear even if encryption was turned on later, 1 needs the key,
  * and `null` (written before the column existed) is read as the configuration says.
  */
-export function blobStoreFor(config: Config, sealed?: number | null): BlobStore {
+export function blobStoreFor(config: Config, column?: number | string | null): BlobStore {
+  // As the column reads: PostgreSQL may hand an integer back as a string.
+  const sealed = column === undefined || column === null ? column : Number(column);
   let s = stores.get(config);
   if (!s) {
     const plain = localBlobStore(config.dataDir);

@@ -123,6 +123,20 @@ export function pageQuery(
   return q;
 }
 
+/**
+ * `confirmed`, and on a no says so: false when the command is to stop there (exit status 1,
+ * nothing changed).
+ */
+export async function goAhead(
+  out: Output,
+  question: string,
+  o: { yes?: boolean; json?: boolean },
+): Promise<boolean> {
+  if (await confirmed(question, o)) return true;
+  out.line("cancelled: nothing changed");
+  return false;
+}
+
 /** Whether `confirmed` would ask: on a terminal, without `--yes` or `--json`. */
 export const willAsk = (o: { yes?: boolean; json?: boolean }): boolean =>
   !o.yes && !o.json && process.stdin.isTTY === true && process.stderr.isTTY === true;

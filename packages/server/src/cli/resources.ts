@@ -11,7 +11,7 @@ import {
 import { registerCallCommands } from "./calls.js";
 import {
   type ApiOpts,
-  confirmed,
+  goAhead,
   type PageOpts,
   pageQuery,
   positiveInt,
@@ -142,10 +142,7 @@ function idCommand<T>(
       const raw = cmd.processedArgs[0] as string;
       const client = apiClient(o);
       // The target is looked up for the question only: a script is not asked, nor made to wait.
-      if (spec.confirm && willAsk(o) && !(await confirmed(await spec.confirm(client, raw), o))) {
-        out.line("cancelled: nothing changed");
-        return 1;
-      }
+      if (spec.confirm && willAsk(o) && !(await goAhead(out, await spec.confirm(client, raw), o))) return 1;
       const answer = await spec.call(client, encodeURIComponent(raw));
       if (out.json) out.data(answer);
       else out.line(spec.line(out, answer));
@@ -246,11 +243,9 @@ Examples:
         // Without a grace period every receiver still on the old secret fails from now on.
         if (
           o.grace === 0 &&
-          !(await confirmed(`Stop the old secrets of ${raw} now, before receivers have the new one?`, o))
-        ) {
-          out.line("cancelled: nothing changed");
+          !(await goAhead(out, `Stop the old secrets of ${raw} now, before receivers have the new one?`, o))
+        )
           return 1;
-        }
         const r = await client.post<{ secret: string; previous_secret_expires_at: string | null }>(
           `/v1/endpoints/${encodeURIComponent(raw)}/rotate-secret`,
           { grace_seconds: o.grace },

@@ -61,7 +61,7 @@ export const blobRoutes: RouteModule = (app, ctx) => {
       .where("id", "=", id)
       .executeTakeFirst();
     if (!row) throw gone();
-    const store = blobStoreFor(ctx.config, row.sealed === null ? null : Number(row.sealed));
+    const store = blobStoreFor(ctx.config, row.sealed);
     const size = await store.size(row.path);
     if (size === undefined) {
       // A row without its bytes here: another process stored them in a KLEN_DATA_DIR of its own.
