@@ -10,6 +10,8 @@ export interface Config {
   host: string;
   databaseUrl: string;
   dataDir: string;
+  /** Where recordings and long texts are kept: files under KLEN_DATA_DIR, or the database. */
+  blobStore: "local" | "database";
   apiKey: string | undefined;
   dev: boolean;
   workerPort: number | undefined;
@@ -70,6 +72,11 @@ function port(v: string): number {
   const n = /^\d{1,5}$/.test(v) ? Number(v) : Number.NaN;
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`not a port: "${v}"`);
   return n;
+}
+
+function blobStoreKind(v: string): "local" | "database" {
+  if (v === "local" || v === "database") return v;
+  throw new Error(`not a blob store: "${v}" (use local or database)`);
 }
 
 /** An IP address or a host name (letters, digits, hyphens, dots): what a server can listen on. */
@@ -325,6 +332,7 @@ export function loadConfig(env: Env = process.env): Config {
     host: read(env, "KLEN_HOST", "127.0.0.1", host),
     databaseUrl: read(env, "KLEN_DATABASE_URL", `sqlite:${dataDir}/klen.db`, databaseUrl),
     dataDir,
+    blobStore: read(env, "KLEN_BLOB_STORE", "local", blobStoreKind),
     apiKey: apiKey(env.KLEN_API_KEY),
     dev: read(env, "KLEN_DEV", "0", bool),
     workerPort,

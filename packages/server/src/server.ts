@@ -134,19 +134,19 @@ async function warnUnsharedBlobs(ctx: AppContext): Promise<void> {
   try {
     const recent = await ctx.store.db
       .selectFrom("blobs")
-      .select(["id", "path", "sealed"])
+      .select(["id", "path", "sealed", "store"])
       .where("created_at", "<", Date.now() - 60_000)
       .orderBy("created_at", "desc")
       .limit(5)
       .execute();
     if (recent.length === 0) return;
     for (const b of recent) {
-      const store = blobStoreFor(ctx.config, b.sealed);
+      const store = blobStoreFor(ctx, b);
       if ((await store.size(b.path)) !== undefined) return;
     }
     ctx.log.warn(
       { data_dir: ctx.config.dataDir, checked: recent.length },
-      "none of the latest stored blobs is in this process's KLEN_DATA_DIR: every process sharing the database must share KLEN_DATA_DIR (a shared volume across machines), or each serves only the recordings and texts it stored",
+      "none of the latest stored blobs is in this process's KLEN_DATA_DIR: every process sharing the database must share KLEN_DATA_DIR (a shared volume across machines) or keep new blobs in the database (KLEN_BLOB_STORE=database), or each serves only the recordings and texts it stored",
     );
   } catch (err) {
     ctx.log.debug({ err }, "could not look for the latest blobs in KLEN_DATA_DIR");

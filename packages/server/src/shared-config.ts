@@ -24,6 +24,7 @@ function shared(config: Config): Record<string, string> {
     KLEN_INLINE_LIMIT: String(config.inlineLimit),
     KLEN_RETENTION: formatDuration(config.retentionMs),
     KLEN_DEV: config.dev ? "on" : "off",
+    KLEN_BLOB_STORE: config.blobStore,
   };
 }
 

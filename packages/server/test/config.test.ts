@@ -18,6 +18,8 @@ test("defaults follow PRODUCT.md §12", () => {
   assert.equal(c.retentionMs, 30 * 86_400_000);
   assert.equal(c.maxBody, 1_048_576);
   assert.equal(c.maxRecording, 200 * 1_048_576);
+  assert.equal(c.blobStore, "local");
+  assert.equal(loadConfig({ KLEN_BLOB_STORE: "database" }).blobStore, "database");
   assert.equal(c.rateLimit, 0);
   assert.equal(c.dev, false);
   assert.equal(c.summary, undefined);
@@ -110,6 +112,7 @@ test("a bad value stops start-up with a message naming the variable", () => {
     KLEN_SENDER_THREAD: "sometimes",
     KLEN_RECOVER_BATCH: "20000",
     KLEN_HOST: "not_a_host!",
+    KLEN_BLOB_STORE: "s3",
     LOG_LEVEL: "loud",
   };
   // A number without its unit (15000 read as seconds was over 4 hours), and zero where it would

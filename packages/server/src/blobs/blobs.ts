@@ -1,34 +1,74 @@
 import type { AppContext } from "../api/context.js";
 import type { Config } from "../config.js";
+import type { Store } from "../storage/store.js";
 import type { Db } from "../storage/types.js";
 import { randomToken } from "../util/ids.js";
+import { databaseBlobStore } from "./database-store.js";
 import { encryptedBlobStore } from "./encrypted.js";
 import { signingKey } from "./key.js";
 import { blobUrl, expiryOf } from "./signing.js";
 import { type BlobStore, localBlobStore } from "./store.js";
 import { storageFailure } from "./upload.js";
 
-const stores = new WeakMap<Config, { plain: BlobStore; current: BlobStore }>();
+/** What a blob store is made from: the process's configuration and its database. */
+export interface BlobContext {
+  config: Config;
+  store: Store;
+}
+
+const stores = new WeakMap<
+  Config,
+  WeakMap<Store, Record<"local" | "database", { plain: BlobStore; current: BlobStore }>>
+>();
+
+/** Where a stored blob's bytes are, from its row: `blobs.sealed` and `blobs.store` as they read. */
+export interface BlobPlace {
+  sealed: number | string | null;
+  store: string | null;
+}
 
 /**
- * The blob store of this configuration (one per process; the local folder by default), sealing
- * what it writes when KLEN_ENCRYPTION_KEY is set. To read a stored blob, pass its `blobs.sealed`:
- * 0 (written in clear) is read in clear even if encryption was turned on later, 1 needs the key,
- * and `null` (written before the column existed) is read as the configuration says.
+ * The blob store of this process (one per configuration and database): with no `row`, the one
+ * new blobs are written to (KLEN_BLOB_STORE: the local folder by default, or the database), sealing
+ * what it writes when KLEN_ENCRYPTION_KEY is set. To read a stored blob, pass its row's place:
+ * `store` says which store has its bytes (null: the local folder, before migration 22), `sealed`
+ * whether they are encrypted: 0 (written in clear) is read in clear even if encryption was turned
+ * on later, 1 needs the key, and `null` (written before the column existed) is read as the
+ * configuration says.
  */
-export function blobStoreFor(config: Config, column?: number | string | null): BlobStore {
-  // As the column reads: PostgreSQL may hand an integer back as a string.
-  const sealed = column === undefined || column === null ? column : Number(column);
-  let s = stores.get(config);
-  if (!s) {
-    const plain = localBlobStore(config.dataDir);
-    s = { plain, current: config.encryptionKey ? encryptedBlobStore(plain, config.encryptionKey) : plain };
-    stores.set(config, s);
+export function blobStoreFor(ctx: BlobContext, row?: BlobPlace): BlobStore {
+  const { config } = ctx;
+  let byStore = stores.get(config);
+  if (!byStore) {
+    byStore = new WeakMap();
+    stores.set(config, byStore);
   }
-  if (sealed === 0) return s.plain;
+  let s = byStore.get(ctx.store);
+  if (!s) {
+    const local = localBlobStore(config.dataDir);
+    const database = databaseBlobStore(ctx.store.db, local);
+    const seal = (plain: BlobStore) => ({
+      plain,
+      current: config.encryptionKey ? encryptedBlobStore(plain, config.encryptionKey) : plain,
+    });
+    s = { local: seal(local), database: seal(database) };
+    byStore.set(ctx.store, s);
+  }
+  const kind = row ? (row.store === "database" ? "database" : "local") : config.blobStore;
+  // As the column reads: PostgreSQL may hand an integer back as a string.
+  const sealed = row?.sealed === undefined || row.sealed === null ? row?.sealed : Number(row.sealed);
+  if (sealed === 0) return s[kind].plain;
   if (sealed === 1 && !config.encryptionKey)
     throw new Error("this blob is encrypted at rest: start with the KLEN_ENCRYPTION_KEY it was written with");
-  return s.current;
+  return s[kind].current;
+}
+
+/** Both stores, for the orphan sweep: blobs may be in either after KLEN_BLOB_STORE changed. */
+export function allBlobStores(ctx: BlobContext): BlobStore[] {
+  return [
+    blobStoreFor(ctx, { sealed: 0, store: "local" }),
+    blobStoreFor(ctx, { sealed: 0, store: "database" }),
+  ];
 }
 
 /** The `blobs.sealed` of a blob written now by this configuration. */
@@ -49,6 +89,8 @@ export interface BlobMeta {
   now: number;
   /** `sealedNow(config)` of the process that wrote the bytes. */
   sealed: number;
+  /** The `kind` of the store that has the bytes. */
+  store: BlobStore["kind"];
 }
 
 /** Records a blob whose bytes are already in the store, in the caller's transaction. */
@@ -66,6 +108,7 @@ export async function insertBlob(trx: Db, m: BlobMeta): Promise<void> {
       // may lay its objects out differently.
       path: m.id,
       sealed: m.sealed,
+      store: m.store,
       created_at: m.now,
     })
     .execute();
@@ -93,11 +136,10 @@ export async function storeTextBlob(
   const id = newBlobId();
   const bytes = Buffer.from(input.text, "utf8");
   // A full disk is the server's trouble, said as a recording's is: 503 to send again.
-  await blobStoreFor(ctx.config)
-    .writeBuffer(id, bytes)
-    .catch((err: unknown) => {
-      throw storageFailure(err, input.kind) ?? err;
-    });
+  const store = blobStoreFor(ctx);
+  await store.writeBuffer(id, bytes, trx).catch((err: unknown) => {
+    throw storageFailure(err, input.kind) ?? err;
+  });
   await insertBlob(trx, {
     id,
     accountId: input.accountId,
@@ -107,6 +149,7 @@ export async function storeTextBlob(
     size: bytes.length,
     now: input.now,
     sealed: sealedNow(ctx.config),
+    store: store.kind,
   });
   return presignedUrl(ctx, trx, id, input.now);
 }

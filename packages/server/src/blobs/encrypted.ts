@@ -31,9 +31,9 @@ export function encryptedBlobStore(inner: BlobStore, secret: string): BlobStore 
 
   return {
     ...inner,
-    async writeBuffer(blobKey, data) {
+    async writeBuffer(blobKey, data, db) {
       const c = cipherAt(blobKey, 0);
-      await inner.writeBuffer(blobKey, Buffer.concat([c.update(Buffer.from(data)), c.final()]));
+      await inner.writeBuffer(blobKey, Buffer.concat([c.update(Buffer.from(data)), c.final()]), db);
     },
     // Uploads are sealed as they stream into their temp file, so the inner store's adopt (a
     // rename) is all a transaction waits for. Sealing in adopt copied the whole file through AES

@@ -2,20 +2,31 @@ import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readdir, rename, stat, unlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable, Transform } from "node:stream";
+import type { Db } from "../storage/types.js";
 
 /**
  * Where blob bytes live. Rows in the `blobs` table are the truth about which blobs exist; the
- * store only holds bytes under a key. A local folder is the default; an S3-compatible store can
+ * store only holds bytes under a key. A local folder is the default (`localBlobStore`), the
+ * database the other (`databaseBlobStore`, KLEN_BLOB_STORE=database); an S3-compatible store can
  * implement the same methods.
+ *
+ * `db`, where a method takes it, is the caller's transaction: a store that keeps bytes in the
+ * database writes them there (they then commit or roll back with the blob's row); a folder
+ * ignores it.
  */
 export interface BlobStore {
+  /** What `blobs.store` records for the bytes it writes. */
+  readonly kind: "local" | "database";
+  /** True when bytes written with `db` roll back with its transaction (nothing to undo by hand). */
+  readonly transactional: boolean;
   /** Writes small content (text) under `key` atomically (temp file, then rename). */
-  writeBuffer(key: string, data: Buffer | string): Promise<void>;
+  writeBuffer(key: string, data: Buffer | string, db?: Db): Promise<void>;
   /**
    * Moves a file already written to the store's temp area (see `tempPath`) to `key`. The file
    * holds the bytes as the store keeps them: written through `sealing(key)` when there is one.
+   * A transactional store copies it and leaves the file for the caller to delete.
    */
-  adopt(tempFile: string, key: string): Promise<void>;
+  adopt(tempFile: string, key: string, db?: Db): Promise<void>;
   /**
    * For a store that keeps bytes other than as given (encrypted at rest), the transform from the
    * clear bytes of `key` to the stored ones. Uploads are written to their temp file through it,
@@ -29,8 +40,11 @@ export interface BlobStore {
   /** Size in bytes of `key`, or undefined when it does not exist. */
   size(key: string): Promise<number | undefined>;
   /** Deletes `key`; a missing key is not an error (deletes are retried by the retention sweep). */
-  remove(key: string): Promise<void>;
-  /** Keys older than `beforeMs` (by modification time), for the orphan sweep. */
+  remove(key: string, db?: Db): Promise<void>;
+  /**
+   * Keys older than `beforeMs` (by modification time), for the orphan sweep, which deletes those
+   * with no `blobs` row (a store may leave out keys it knows have one).
+   */
   listOlderThan(beforeMs: number): Promise<string[]>;
 }
 
@@ -54,6 +68,8 @@ export function localBlobStore(dataDir: string): BlobStore {
   const path = (key: string) => join(root, checkKey(key));
   let seq = 0;
   return {
+    kind: "local",
+    transactional: false,
     async writeBuffer(key, data) {
       await ensure();
       const t = join(tmp, `${checkKey(key)}.${process.pid}.${++seq}.part`);

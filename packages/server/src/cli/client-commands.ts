@@ -276,6 +276,7 @@ Where it listens and what it stores (all variables: the README's Configuration t
   PORT, KLEN_HOST      listen address (default 8080 on 127.0.0.1)
   KLEN_WORKER_PORT     --role worker: /healthz and /metrics on this port (default: no port)
   KLEN_DATA_DIR        SQLite file and blobs (default ./data)
+  KLEN_BLOB_STORE      local (blobs as files in KLEN_DATA_DIR, default) or database
   KLEN_DATABASE_URL    sqlite:<path> or postgres://… (default sqlite:$KLEN_DATA_DIR/klen.db)
   KLEN_API_KEY         an API key for the default account (created if there is none)
 

@@ -1,7 +1,8 @@
 import type { ExpressionBuilder } from "kysely";
 import type { AppContext } from "../api/context.js";
 import { IDEMPOTENCY_TTL_MS } from "../api/idempotency.js";
-import { blobStoreFor } from "../blobs/blobs.js";
+import { allBlobStores, blobStoreFor } from "../blobs/blobs.js";
+import type { BlobStore } from "../blobs/store.js";
 import { REPLAYING, RUNNING } from "../delivery/recover.js";
 import type { Database } from "../storage/schema.js";
 import { type Db, PENDING } from "../storage/types.js";
@@ -69,7 +70,6 @@ export async function purgeExpired(
   const batch = opts.batch ?? DEFAULT_BATCH;
   const pause = () => pauseBetweenBatches(opts.pauseMs);
   const cutoff = now - ctx.config.retentionMs;
-  const store = blobStoreFor(ctx.config);
   const counts: PurgeCounts = {
     blobs: 0,
     orphans: 0,
@@ -206,9 +206,12 @@ export async function purgeExpired(
         rows.map((r) => r.id),
       )
       .where(unsent)
-      .returning(["id", "path"])
+      .returning(["id", "path", "sealed", "store"])
       .execute();
-    for (const r of deleted) await store.remove(r.path).catch(() => undefined);
+    for (const r of deleted)
+      await blobStoreFor(ctx, { ...r, sealed: 0 })
+        .remove(r.path)
+        .catch(() => undefined);
     counts.blobs += deleted.length;
     await pause();
   }
@@ -262,6 +265,20 @@ export async function purgeExpired(
     await pause();
   }
 
+  // Both stores: blobs written before KLEN_BLOB_STORE changed are in the other one.
+  for (const store of allBlobStores(ctx)) counts.orphans += await sweepOrphans(db, store, now, batch, pause);
+  return counts;
+}
+
+/** Deletes the bytes `store` holds with no `blobs` row, older than ORPHAN_AGE_MS; says how many. */
+async function sweepOrphans(
+  db: Db,
+  store: BlobStore,
+  now: number,
+  batch: number,
+  pause: () => Promise<void>,
+): Promise<number> {
+  let orphans = 0;
   const old = await store.listOlderThan(Math.min(now, Date.now()) - ORPHAN_AGE_MS);
   for (let i = 0; i < old.length; i += batch) {
     const keys = old.slice(i, i + batch);
@@ -274,9 +291,9 @@ export async function purgeExpired(
     for (const k of keys) {
       if (known.has(k)) continue;
       await store.remove(k).catch(() => undefined);
-      counts.orphans++;
+      orphans++;
     }
     await pause();
   }
-  return counts;
+  return orphans;
 }

@@ -268,7 +268,7 @@ export async function runTestCall(
     }
     if (call.recording_at !== null) return void (await finish());
 
-    const store = blobStoreFor(ctx.config);
+    const store = blobStoreFor(ctx);
     const blobId = newBlobId();
     const wav = synthesizeWav({ seconds: 3, sampleRate: 8000, seed: callId });
     await store.writeBuffer(blobId, wav);
@@ -287,6 +287,7 @@ export async function runTestCall(
               size: wav.length,
               now,
               sealed: sealedNow(ctx.config),
+              store: store.kind,
             });
             return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
           },

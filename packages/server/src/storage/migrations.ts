@@ -499,4 +499,24 @@ CREATE TABLE revoked_api_keys (
 );
 `,
   },
+  {
+    id: 22,
+    name: "blob_chunks",
+    sql: (d) => `
+-- KLEN_BLOB_STORE=database: a blob's bytes in the database, in numbered chunks, so that processes
+-- on several machines that share the database need no shared folder. blobs.store says where each
+-- blob's bytes are (NULL: the local folder, as before this migration).
+CREATE TABLE blob_chunks (
+  blob_key TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  data ${d.name === "sqlite" ? "BLOB" : "BYTEA"} NOT NULL,
+  size INTEGER NOT NULL,
+  created_at ${d.bigint} NOT NULL,
+  PRIMARY KEY (blob_key, n)
+);
+-- The orphan sweep: first chunks by age.
+CREATE INDEX blob_chunks_created ON blob_chunks (created_at) WHERE n = 0;
+${d.name === "postgres" ? "-- Audio does not compress: stored out of line as it is, without trying.\nALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;\n" : ""}ALTER TABLE blobs ADD COLUMN store TEXT;
+`,
+  },
 ];

@@ -148,8 +148,11 @@ export interface Database {
     path: string;
     /** 1: the bytes are encrypted at rest; 0: in clear; null: written before migration 9. */
     sealed: number | null;
+    /** Where the bytes are: `database` (blob_chunks), or the local folder (`local`, or null: before migration 22). */
+    store: string | null;
     created_at: number;
   };
+  blob_chunks: { blob_key: string; n: number; data: Buffer; size: number; created_at: number };
   settings: { name: string; value: string; created_at: number };
   test_call_runs: {
     call_id: number;

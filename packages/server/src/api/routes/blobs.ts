@@ -15,7 +15,8 @@ let missingSaidAt = 0;
 /**
  * Logs, at most once a minute, that a blob the database records is not in this process's store:
  * processes sharing a database must share KLEN_DATA_DIR (one folder, or one shared volume across
- * machines), or each serves only what it stored itself.
+ * machines) or keep blobs in the database (KLEN_BLOB_STORE=database), or each serves only what it
+ * stored itself.
  */
 function missingBytes(ctx: AppContext, id: string): void {
   const now = Date.now();
@@ -23,7 +24,7 @@ function missingBytes(ctx: AppContext, id: string): void {
   missingSaidAt = now;
   ctx.log.error(
     { blob_id: id, data_dir: ctx.config.dataDir },
-    "a stored blob's bytes are not in this process's KLEN_DATA_DIR: every process sharing the database must share KLEN_DATA_DIR (a shared volume across machines)",
+    "a stored blob's bytes are not in this process's KLEN_DATA_DIR: every process sharing the database must share KLEN_DATA_DIR (a shared volume across machines), or keep new blobs in the database (KLEN_BLOB_STORE=database)",
   );
 }
 
@@ -57,11 +58,11 @@ export const blobRoutes: RouteModule = (app, ctx) => {
     }
     const row = await ctx.store.db
       .selectFrom("blobs")
-      .select(["path", "content_type", "size", "sealed", "created_at"])
+      .select(["path", "content_type", "size", "sealed", "store", "created_at"])
       .where("id", "=", id)
       .executeTakeFirst();
     if (!row) throw gone();
-    const store = blobStoreFor(ctx.config, row.sealed);
+    const store = blobStoreFor(ctx, row);
     const size = await store.size(row.path);
     if (size === undefined) {
       // A row without its bytes here: another process stored them in a KLEN_DATA_DIR of its own.

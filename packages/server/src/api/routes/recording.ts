@@ -63,7 +63,7 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
           discardRest(body, ctx.config.maxRecording);
           throw err;
         }
-        const store = blobStoreFor(ctx.config);
+        const store = blobStoreFor(ctx);
         const blobId = newBlobId();
         const upload = await streamToTemp(body, store, blobId, ctx.config.maxRecording);
         if (upload.size === 0) {
@@ -86,8 +86,9 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
                 "recording",
                 { now },
                 async () => {
-                  // The transaction may be retried (idempotency race): rename only once.
-                  if (!adopted) await store.adopt(upload.tempFile, blobId);
+                  // The transaction may be retried (idempotency race): a file is renamed only once;
+                  // bytes copied into the database rolled back with the attempt and go in again.
+                  if (!adopted || store.transactional) await store.adopt(upload.tempFile, blobId, trx);
                   adopted = true;
                   await insertBlob(trx, {
                     id: blobId,
@@ -98,6 +99,7 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
                     size: upload.size,
                     now,
                     sealed: sealedNow(ctx.config),
+                    store: store.kind,
                   });
                   return { recording_url: await presignedUrl(ctx, trx, blobId, now) };
                 },
@@ -107,8 +109,8 @@ export const recordingRoutes: RouteModule = async (app, ctx, h) => {
             { work: true },
           );
         } finally {
-          if (!adopted) await unlink(upload.tempFile).catch(() => undefined);
-          else {
+          if (!adopted || store.transactional) await unlink(upload.tempFile).catch(() => undefined);
+          if (adopted && !store.transactional) {
             // If the database cannot say (it is down), the file stays: the retention sweep
             // removes it later if it has no row, and the request's own error is what matters.
             const kept = await ctx.store.db
