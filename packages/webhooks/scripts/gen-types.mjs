@@ -92,10 +92,18 @@ function createGenerator(s) {
     return [...comment(doc, ""), `export interface ${name} {`, ...members(schema, new Set(), where), "}"];
   }
 
-  /** The `call` object; a `oneOf` of `required` lists becomes a union of variant interfaces. */
+  /**
+   * The `call` object; a `oneOf` of `required` lists becomes a union of variant interfaces, and so
+   * does a `not` of one `required` list (at most one of those fields: one variant each, and one
+   * with none of them).
+   */
   function callTypes(name, schema, doc, where) {
-    if (!schema.oneOf) return objectInterface(name, schema, `${doc}.`, where);
-    const exclusive = new Set(schema.oneOf.flatMap((b) => b.required ?? []));
+    const atMostOne = !schema.oneOf && schema.not?.required ? schema.not.required : undefined;
+    if (!schema.oneOf && !atMostOne) return objectInterface(name, schema, `${doc}.`, where);
+    const branches = atMostOne
+      ? [...atMostOne.map((k) => [k]), []]
+      : schema.oneOf.map((b) => b.required ?? []);
+    const exclusive = new Set(branches.flat());
     const base = `${name}Base`;
     const out = [
       ...comment(`Fields of ${doc.replace(/^The /, "the ")} common to all its variants.`, ""),
@@ -104,12 +112,21 @@ function createGenerator(s) {
       "}",
     ];
     const variants = [];
-    for (const branch of schema.oneOf) {
-      const present = branch.required ?? [];
-      const variant = `${name}With${present.map(pascal).join("And")}`;
+    for (const present of branches) {
+      const variant =
+        present.length > 0
+          ? `${name}With${present.map(pascal).join("And")}`
+          : `${name}Without${[...exclusive].map(pascal).join("Or")}`;
       variants.push(variant);
       out.push("");
-      out.push(...comment(`${doc} with ${present.map((p) => `\`${p}\``).join(", ")}.`, ""));
+      out.push(
+        ...comment(
+          present.length > 0
+            ? `${doc} with ${present.map((p) => `\`${p}\``).join(", ")}.`
+            : `${doc} with none of ${[...exclusive].map((p) => `\`${p}\``).join(", ")}.`,
+          "",
+        ),
+      );
       out.push(`export interface ${variant} extends ${base} {`);
       for (const key of exclusive) {
         const prop = schema.properties[key];
@@ -123,11 +140,14 @@ function createGenerator(s) {
       out.push("}");
     }
     out.push("");
+    const keys = [...exclusive].map((k) => `\`${k}\``);
     out.push(
       ...unionAlias(
         name,
         variants,
-        `${doc}: exactly one of ${[...exclusive].map((k) => `\`${k}\``).join(" or ")}.`,
+        atMostOne
+          ? `${doc}: at most one of ${keys.join(" or ")}.`
+          : `${doc}: exactly one of ${keys.join(" or ")}.`,
       ),
     );
     return out;

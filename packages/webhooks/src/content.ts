@@ -3,6 +3,7 @@
  * inline limit (64 KiB by default), behind a pre-signed `transcript_url` / `summary_url`.
  */
 
+import { byteLimit } from "./adapters/body.js";
 import { brand, isBranded } from "./errors.js";
 import type { CallEndedEvent, CallSummaryEvent, CallTranscriptEvent } from "./events.js";
 
@@ -114,10 +115,11 @@ function source(event: ContentEvent): { text: string } | { url: string } {
  * ```
  */
 export async function fetchContent(event: ContentEvent, opts: FetchContentOptions = {}): Promise<string> {
+  // The caller's own mistakes first, inline content or not.
+  const maxBytes = byteLimit(opts.maxBytes, "maxBytes", 10 * MiB);
   const src = source(event);
   if ("text" in src) return src.text;
 
-  const maxBytes = opts.maxBytes ?? 10 * MiB;
   const timeout = AbortSignal.timeout(opts.timeoutMs ?? 30_000);
   const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
   const doFetch = opts.fetch ?? globalThis.fetch;

@@ -53,8 +53,8 @@ export interface CallStartedEvent {
   timestamp: string;
 }
 
-/** The `call` object of a `call.ended` event. */
-export interface CallEndedCall {
+/** Fields of the `call` object of a `call.ended` event common to all its variants. */
+export interface CallEndedCallBase {
   /** Database id of the call */
   id: number;
   /** Call id from the provider */
@@ -71,11 +71,33 @@ export interface CallEndedCall {
   contact?: Contact;
   /** Equals duration_seconds */
   duration: number | null;
-  /** Brief summary, when one exists */
-  summary?: string;
-  /** Pre-signed URL of the brief summary, instead of summary, when it is too large to send inline */
-  summary_url?: string;
 }
+
+/** The `call` object of a `call.ended` event with `summary`. */
+export interface CallEndedCallWithSummary extends CallEndedCallBase {
+  /** Brief summary, when one exists */
+  summary: string;
+  summary_url?: never;
+}
+
+/** The `call` object of a `call.ended` event with `summary_url`. */
+export interface CallEndedCallWithSummaryUrl extends CallEndedCallBase {
+  summary?: never;
+  /** Pre-signed URL of the brief summary, instead of summary, when it is too large to send inline */
+  summary_url: string;
+}
+
+/** The `call` object of a `call.ended` event with none of `summary`, `summary_url`. */
+export interface CallEndedCallWithoutSummaryOrSummaryUrl extends CallEndedCallBase {
+  summary?: never;
+  summary_url?: never;
+}
+
+/** The `call` object of a `call.ended` event: at most one of `summary` or `summary_url`. */
+export type CallEndedCall =
+  | CallEndedCallWithSummary
+  | CallEndedCallWithSummaryUrl
+  | CallEndedCallWithoutSummaryOrSummaryUrl;
 
 /** A `call.ended` webhook body. */
 export interface CallEndedEvent {

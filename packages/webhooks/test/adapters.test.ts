@@ -8,6 +8,7 @@ import { serve } from "@hono/node-server";
 import express from "express";
 import Fastify from "fastify";
 import { Hono } from "hono";
+import { readFetchBody } from "../src/adapters/body.js";
 import { expressWebhook, webhookDelivery } from "../src/adapters/express.js";
 import { fastifyWebhook } from "../src/adapters/fastify.js";
 import { fetchWebhookHandler, verifyRequest } from "../src/adapters/fetch.js";
@@ -303,6 +304,26 @@ describe("node:http: what never reaches the handler", () => {
     await assert.rejects(fastifyWebhook({} as never, { webhook, onEvent, verify }), /toleranceSeconds/);
     // As an environment variable gives it: taken.
     nodeWebhookHandler(webhook, { onEvent, verify: { toleranceSeconds: "600" } });
+  });
+
+  test("a maxBodyBytes that bounds nothing (NaN from an unset variable, 0, words) is refused when the adapter is made", async () => {
+    const onEvent = () => {};
+    for (const maxBodyBytes of [Number.NaN, 0, -1, "lots" as never, "" as never]) {
+      const message = /maxBodyBytes/;
+      assert.throws(() => nodeWebhookHandler(webhook, { onEvent, maxBodyBytes }), message);
+      assert.throws(() => fetchWebhookHandler(webhook, { onEvent, maxBodyBytes }), message);
+      assert.throws(() => expressWebhook(webhook, { maxBodyBytes }), message);
+      await assert.rejects(fastifyWebhook({} as never, { webhook, onEvent, maxBodyBytes }), message);
+      // The readers used on their own, too: before, NaN compared false with every size.
+      await assert.rejects(
+        readFetchBody(new Request("http://localhost/", { method: "POST", body: "{}" }), maxBodyBytes),
+        message,
+      );
+    }
+    // A string of digits (an environment variable) is a bound, and holds.
+    const bounded = fetchWebhookHandler(webhook, { onEvent, maxBodyBytes: "64" as never });
+    const res = await bounded(new Request("http://localhost/", { method: "POST", body: "x".repeat(65) }));
+    assert.equal(res.status, 413);
   });
 
   test("a client gone mid-body is not reported as an error", async () => {

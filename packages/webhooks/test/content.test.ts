@@ -112,6 +112,13 @@ describe("fetchContent", () => {
     };
     const big = eventWith("call.transcript", { transcript_url: `${url}/big` });
     assert.equal(await code(fetchContent(big, { maxBytes: 1000 })), "too_large");
+    // A bound that bounds nothing is the caller's mistake, said at once (inline content too):
+    // NaN, compared false with every size, read the whole body.
+    await assert.rejects(fetchContent(big, { maxBytes: Number.NaN }), TypeError);
+    await assert.rejects(
+      fetchContent(eventWith("call.transcript", { transcript: "hi" }), { maxBytes: 0 }),
+      /maxBytes/,
+    );
     assert.equal(await code(fetchContent(big, { maxBytes: 4096 })), "ok");
     const expired = eventWith("call.transcript", { transcript_url: `${url}/expired` });
     assert.equal(await code(fetchContent(expired)), "http_status");

@@ -181,6 +181,7 @@ export function check(e: CallEvent): string | null {
       "dist/cjs/adapters/express.js",
       "src/index.ts",
       "README.md",
+      "LICENSE",
     ]) {
       assert.ok(files.has(f), f);
     }

@@ -1,6 +1,7 @@
 /** The JSON-Schema subset validator and call-event parsing. */
 import * as assert from "node:assert/strict";
 import { describe, test } from "node:test";
+import type { CallEndedCall, CallEndedCallBase } from "../src/events.js";
 import {
   isCallEvent,
   parseCallEvent,
@@ -142,6 +143,25 @@ describe("call event validation", () => {
       validateCallEvent(ended).map((i) => i.path),
       ["$.call"],
     );
+  });
+
+  test("call.ended's type says so too: summary or summary_url or neither, never both", () => {
+    // The seed's call has a brief summary: taken out, so each case adds what it says.
+    const { summary: _seedSummary, ...call } = clone(seedEvent()).call as CallEndedCallBase & {
+      summary?: string;
+    };
+    const inline: CallEndedCall = { ...call, summary: "brief" };
+    const behind: CallEndedCall = { ...call, summary_url: "https://x.example/s" };
+    const neither: CallEndedCall = { ...call };
+    // @ts-expect-error: both is what the schema refuses, and the type now refuses it as well.
+    const both: CallEndedCall = { ...call, summary: "brief", summary_url: "https://x.example/s" };
+    const body = (c: CallEndedCall) => ({
+      event_type: "call.ended",
+      call: c,
+      timestamp: "2025-04-23T14:35:15Z",
+    });
+    for (const c of [inline, behind, neither]) assert.deepEqual(validateCallEvent(body(c)), []);
+    assert.notDeepEqual(validateCallEvent(body(both)), []);
   });
 
   test("url fields must be http(s) and non-empty", () => {

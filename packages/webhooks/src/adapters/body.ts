@@ -14,6 +14,19 @@ import { brand, isBranded } from "../errors.js";
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 
 /**
+ * A byte bound from the caller's options: `fallback` when not given, else a positive number (or a
+ * string of digits, as read from the environment). Anything else is the caller's mistake and
+ * throws at once: `NaN` (`Number(process.env.UNSET)`) compared false with every size, so it
+ * silently removed the bound.
+ */
+export function byteLimit(value: unknown, option: string, fallback: number): number {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value === "number" && value > 0) return value;
+  if (typeof value === "string" && /^\s*\d+\s*$/.test(value) && Number(value) > 0) return Number(value);
+  throw new TypeError(`\`${option}\` must be a positive number of bytes, not ${String(value)}`);
+}
+
+/**
  * The body is over the bound; adapters answer 413.
  *
  * @example
@@ -63,10 +76,8 @@ function declaredLength(value: string | readonly string[] | null | undefined): n
  * const raw = await readNodeBody(req); // Uint8Array
  * ```
  */
-export async function readNodeBody(
-  req: NodeReadableRequest,
-  maxBytes = DEFAULT_MAX_BODY_BYTES,
-): Promise<Uint8Array> {
+export async function readNodeBody(req: NodeReadableRequest, maxBodyBytes?: number): Promise<Uint8Array> {
+  const maxBytes = byteLimit(maxBodyBytes, "maxBodyBytes", DEFAULT_MAX_BODY_BYTES);
   if (declaredLength(req.headers["content-length"]) > maxBytes) throw new BodyTooLargeError(maxBytes);
   if (req.readableEnded) throw alreadyRead("the stream has ended");
   const chunks: Uint8Array[] = [];
@@ -89,10 +100,8 @@ export async function readNodeBody(
  * const raw = await readFetchBody(request);
  * ```
  */
-export async function readFetchBody(
-  request: Request,
-  maxBytes = DEFAULT_MAX_BODY_BYTES,
-): Promise<Uint8Array> {
+export async function readFetchBody(request: Request, maxBodyBytes?: number): Promise<Uint8Array> {
+  const maxBytes = byteLimit(maxBodyBytes, "maxBodyBytes", DEFAULT_MAX_BODY_BYTES);
   if (declaredLength(request.headers.get("content-length")) > maxBytes) throw new BodyTooLargeError(maxBytes);
   if (request.bodyUsed) throw alreadyRead("request.bodyUsed is true: pass a request.clone() made before");
   if (!request.body) return new Uint8Array(0);

@@ -9,7 +9,7 @@ import type { Idempotency } from "../idempotency.js";
 import { EVENT_TYPES } from "../schemas.js";
 import { toleranceOf, type VerifyOptions } from "../tolerance.js";
 import type { Webhook } from "../webhook.js";
-import { BodyTooLargeError } from "./body.js";
+import { BodyTooLargeError, byteLimit, DEFAULT_MAX_BODY_BYTES } from "./body.js";
 
 /** A verified delivery. */
 export interface WebhookDelivery {
@@ -185,6 +185,7 @@ export function checkHandlerOptions(adapter: string, opts: unknown, needsWebhook
  */
 export function checkVerifyOptions(opts: AdapterOptions | undefined): void {
   toleranceOf(opts?.verify?.toleranceSeconds);
+  byteLimit(opts?.maxBodyBytes, "maxBodyBytes", DEFAULT_MAX_BODY_BYTES);
 }
 
 /**

@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Idempotency } from "../idempotency.js";
 import type { Webhook } from "../webhook.js";
-import { BodyTooLargeError, DEFAULT_MAX_BODY_BYTES, readNodeBody } from "./body.js";
+import { BodyTooLargeError, byteLimit, DEFAULT_MAX_BODY_BYTES, readNodeBody } from "./body.js";
 import {
   type AdapterOptions,
   checkVerifyOptions,
@@ -105,7 +105,8 @@ async function nextOnce(
 }
 
 /** The raw bytes, from express.raw()/express.text() if one ran, else from the stream itself. */
-async function rawBody(req: ExpressLikeRequest, maxBytes = DEFAULT_MAX_BODY_BYTES): Promise<Uint8Array> {
+async function rawBody(req: ExpressLikeRequest, maxBodyBytes?: number): Promise<Uint8Array> {
+  const maxBytes = byteLimit(maxBodyBytes, "maxBodyBytes", DEFAULT_MAX_BODY_BYTES);
   const body = req.body;
   // express.raw() (a Buffer) or express.text(): their own `limit` ran first, ours still holds.
   const buffered =

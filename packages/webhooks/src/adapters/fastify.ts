@@ -5,7 +5,7 @@
  */
 import type { IncomingHttpHeaders } from "node:http";
 import type { Webhook } from "../webhook.js";
-import { BodyTooLargeError, DEFAULT_MAX_BODY_BYTES } from "./body.js";
+import { BodyTooLargeError, byteLimit, DEFAULT_MAX_BODY_BYTES } from "./body.js";
 import {
   type AdapterOptions,
   checkHandlerOptions,
@@ -71,18 +71,17 @@ export async function fastifyWebhook(
   opts: FastifyWebhookOptions,
 ): Promise<void> {
   checkHandlerOptions("fastifyWebhook", opts, true);
+  const maxBytes = byteLimit(opts.maxBodyBytes, "maxBodyBytes", DEFAULT_MAX_BODY_BYTES);
   // Encapsulation: this only replaces the parsers of the plugin's own child context.
   instance.removeAllContentTypeParsers();
-  instance.addContentTypeParser(
-    "*",
-    { parseAs: "buffer", bodyLimit: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES },
-    (_req, body, done) => done(null, body),
+  instance.addContentTypeParser("*", { parseAs: "buffer", bodyLimit: maxBytes }, (_req, body, done) =>
+    done(null, body),
   );
   // Over maxBodyBytes Fastify's parser fails before the route: answer as the other adapters do;
   // anything else goes on to the app's own error handler.
   instance.setErrorHandler((error: { statusCode?: number }, _request: unknown, reply: FastifyLikeReply) => {
     if (error?.statusCode !== 413) throw error;
-    reportRejection(opts, new BodyTooLargeError(opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES));
+    reportRejection(opts, new BodyTooLargeError(maxBytes));
     const r = errorResponse(413, "payload_too_large");
     return reply.code(r.status).header("content-type", "application/json; charset=utf-8").send(r.body);
   });

@@ -49,7 +49,7 @@ export function sendNode(res: ServerResponse, r: AdapterResponse): void {
 export async function verifyNodeRequest(
   wh: Webhook,
   req: IncomingMessage,
-  opts: Pick<AdapterOptions, "maxBodyBytes" | "verify" | "onRejected"> = {},
+  opts: Pick<AdapterOptions, "maxBodyBytes" | "verify" | "onRejected" | "unknownEvents"> = {},
 ): Promise<WebhookDelivery | AdapterResponse> {
   let body: Uint8Array;
   try {
