@@ -94,6 +94,28 @@ test("an endpoint at its cap gets its remaining deliveries as its slots free up,
   }
 });
 
+test("a failed attempt's retry is sent when it comes due, not at the next poll", async () => {
+  // Every first attempt fails; with a poll once an hour only the dispatcher's own timer for the
+  // retries it scheduled (1 s later) can send them before the test gives up.
+  const receiver = await holdingReceiver(3);
+  const r = await apiOnlyServer(receiver.url, {}, { KLEN_RETRY_SCHEDULE: "1s" });
+  let dispatcher: Dispatcher | undefined;
+  try {
+    for (let i = 0; i < 3; i++) await r.client.post(`/v1/calls/${await r.newCall()}/start`, {});
+    dispatcher = new Dispatcher(r.api.ctx, { pollMs: 3_600_000 });
+    dispatcher.start();
+    await waitFor("three failed first attempts", () => receiver.arrived.length === 3);
+    await receiver.answerUntil(3);
+    await everyDeliverySucceeded(r, 20_000);
+    const attempts = await r.api.ctx.store.db.selectFrom("attempts").select("status_code").execute();
+    assert.deepEqual(attempts.map((a) => a.status_code).sort(), [200, 200, 200, 500, 500, 500]);
+  } finally {
+    await dispatcher?.stop(100);
+    await receiver.close();
+    await r.done();
+  }
+});
+
 test("one endpoint's backlog is claimed once per delivery: no claim takes more than the endpoint's free slots", async () => {
   const receiver = await holdingReceiver();
   const r = await apiOnlyServer(receiver.url);

@@ -478,6 +478,23 @@ for (const backend of backends()) {
       );
     });
 
+    test("a retry's delay runs from the end of the failed attempt, and the completion names when it comes due", async () => {
+      const f = await fixture();
+      const callId = await f.newCall();
+      await f.step(callId, "start");
+      const t0 = Date.now() + 1_000;
+      const [claimed] = await claimDue(f.store, { now: t0, limit: 1, leaseMs: LEASE, exclude: [] });
+      assert.ok(claimed);
+      // Started at t0, failed after 3 ms, recorded 400 ms later (a batch waiting to be written).
+      const recordedAt = t0 + 400;
+      const done = await completeBatch(f.store, [outcome(claimed, failed(), t0)], policy, recordedAt);
+      const at = t0 + 3 + policy.schedule[0]!;
+      assert.deepEqual(done.retries, [{ at, endpointId: claimed.endpointId }]);
+      const row = await f.delivery(claimed.id);
+      assert.equal(row.status, "pending");
+      assert.equal(Number(row.next_attempt_at), at);
+    });
+
     test("a parked delivery is released when its predecessor succeeds or is given up", async () => {
       const f = await fixture();
       const callId = await f.newCall();
@@ -499,7 +516,7 @@ for (const backend of backends()) {
       const done = await completeBatch(f.store, [outcome(first, ok(), now)], policy, now);
       assert.deepEqual(
         done,
-        { released: 1, disabled: [], succeeded: 1, failed: {} },
+        { released: 1, disabled: [], succeeded: 1, failed: {}, retries: [] },
         "the completion says it released one",
       );
       const [second, ...none] = await claimDue(f.store, { now, limit: 10, leaseMs: LEASE, exclude: [] });
@@ -515,7 +532,7 @@ for (const backend of backends()) {
       const last = await completeBatch(f.store, [outcome(third, ok(), now)], policy, now);
       assert.deepEqual(
         last,
-        { released: 0, disabled: [], succeeded: 1, failed: {} },
+        { released: 0, disabled: [], succeeded: 1, failed: {}, retries: [] },
         "nothing was waiting behind the last one",
       );
     });

@@ -46,6 +46,8 @@ export interface Completion {
   disabled: Array<{ id: string; reason: string; cause: "gone" | "failing" }>;
   succeeded: number;
   failed: Partial<Record<FailReason, number>>;
+  /** The retries this batch scheduled: when each comes due, and its endpoint. */
+  retries: Array<{ at: number; endpointId: string }>;
 }
 
 export interface CompletionPolicy {
@@ -119,7 +121,7 @@ export async function completeBatch(
   now: number,
   opts: { mayBeRecorded?: boolean } = {},
 ): Promise<Completion> {
-  if (batch.length === 0) return { released: 0, disabled: [], succeeded: 0, failed: {} };
+  if (batch.length === 0) return { released: 0, disabled: [], succeeded: 0, failed: {}, retries: [] };
   return store.db.transaction().execute(async (trx) => {
     // On PostgreSQL the batch's calls are locked first, before any delivery row, in id order: a
     // transition fanning out a new delivery, a manual retry or a recover re-opening an earlier one
@@ -185,6 +187,7 @@ export async function completeBatch(
     const goneEndpoints = new Set<string>();
     /** Failed attempts given a retry: parked below if an earlier event of their chain is pending. */
     const retried: Claimed[] = [];
+    const retries: Completion["retries"] = [];
     for (const o of outcomes) {
       if (o.result?.error === null) continue;
       const error =
@@ -206,18 +209,25 @@ export async function completeBatch(
               delayMs: honourRetryAfter(o.claimed.resumeAt! - now, policy.schedule, o.retryAfterMs),
             } as const)
           : nextAttempt(policy.schedule, made, policy.random, o.retryAfterMs);
+      // The delay runs from the end of the failed attempt, not from when this batch records it
+      // (up to a flush interval later, which pushed retries past the top of their jitter band).
+      const ended = o.result ? Math.min(now, o.startedAt + o.result.durationMs) : now;
+      const at = next.final ? null : (backToKept ? now : ended) + next.delayMs;
       const changed = await fencedUpdate(
         trx,
         store,
         [o],
-        next.final
+        at === null
           ? { status: "failed", next_attempt_at: null, last_error: error }
-          : { status: "pending", next_attempt_at: now + next.delayMs, last_error: error },
+          : { status: "pending", next_attempt_at: at, last_error: error },
         now,
         backToKept,
       );
       if (next.final) finished.push({ claimed: o.claimed, succeeded: false });
-      else if (changed > 0) retried.push(o.claimed);
+      else if (changed > 0) {
+        retried.push(o.claimed);
+        if (at !== null) retries.push({ at, endpointId: o.claimed.endpointId });
+      }
       if (o.result && changed === 0) lateAttempts.push(o);
       if (next.final && changed > 0) {
         const reason: FailReason =
@@ -302,7 +312,7 @@ export async function completeBatch(
       const ids = [...new Set(succeeded.map((o) => o.claimed.endpointId))];
       await clearFailing(trx, store.caps, { ids: listValue(store.caps, ids) });
     }
-    return { released, disabled, succeeded: succeededCount, failed };
+    return { released, disabled, succeeded: succeededCount, failed, retries };
   });
 }
 

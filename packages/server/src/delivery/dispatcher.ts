@@ -108,6 +108,10 @@ function isPaced(c: Claimed): boolean {
 
 /** How many endpoints `Dispatcher.known` remembers. */
 const KNOWN_ENDPOINTS = 50_000;
+/** Retries a dispatcher wakes up for itself (`wakeForRetries`); later ones wait for the poll. */
+const RETRY_WAKES = 1_024;
+/** The longest delay `setTimeout` takes (about 24.8 days); a later retry re-arms when it fires. */
+const TIMER_MAX_MS = 2_147_483_647;
 
 // The headers the attempt log keeps as sent: our own. A custom header's value is kept as
 // `[redacted]`, whatever its name: receivers put credentials in them (`X-Partner-Sig`), and the
@@ -234,6 +238,14 @@ export class Dispatcher {
   private loopDone: Promise<void> = Promise.resolve();
   private dirty = true;
   private wakeUp: (() => void) | undefined;
+  /**
+   * Retries this process scheduled, earliest first (at most RETRY_WAKES of them): the loop is woken
+   * for each when it comes due, so it is sent on time rather than at the next poll, which added up
+   * to `pollMs` to every retry's delay (past the top of its ±20 % band).
+   */
+  private dueRetries: Array<{ at: number; endpointId: string }> = [];
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryTimerAt = Number.POSITIVE_INFINITY;
   /** Ends the wait for the sender thread before the loop's first turn (`start`). */
   private endWarmUp: (() => void) | undefined;
   private wakeQueued = false;
@@ -401,6 +413,37 @@ export class Dispatcher {
     });
   }
 
+  /** Notes retries that come due later, and arms the timer for the earliest. */
+  private wakeForRetries(retries: ReadonlyArray<{ at: number; endpointId: string }>): void {
+    if (!this.running) return;
+    this.dueRetries.push(...retries);
+    this.dueRetries.sort((a, b) => a.at - b.at);
+    // Beyond these the poll finds them, as before.
+    if (this.dueRetries.length > RETRY_WAKES) this.dueRetries.length = RETRY_WAKES;
+    this.armRetryTimer();
+  }
+
+  private armRetryTimer(): void {
+    const next = this.dueRetries[0];
+    if (!next || !this.running) return;
+    if (this.retryTimer && this.retryTimerAt <= next.at) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimerAt = next.at;
+    // A couple of ms past the time: a timer may fire a little before Date.now() reaches it.
+    const delay = Math.min(Math.max(0, next.at - this.ctx.clock.now()) + 2, TIMER_MAX_MS);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.retryTimerAt = Number.POSITIVE_INFINITY;
+      const now = this.ctx.clock.now();
+      let n = 0;
+      while (n < this.dueRetries.length && this.dueRetries[n]!.at <= now + 5) n++;
+      const due = this.dueRetries.splice(0, n);
+      if (due.length > 0) this.wake(true, new Set(due.map((d) => d.endpointId)));
+      this.armRetryTimer();
+    }, delay);
+    this.retryTimer.unref();
+  }
+
   /** Attempts currently in flight (for metrics and tests). */
   get inFlight(): number {
     return this.inflight.size;
@@ -451,6 +494,8 @@ export class Dispatcher {
     this.ctx.work.off("work", this.onWork);
     this.ctx.work.off("endpoint", this.onEndpointChange);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    clearTimeout(this.retryTimer);
+    this.dueRetries = [];
     this.endWarmUp?.();
     this.wake();
     await this.loopDone;
@@ -877,7 +922,7 @@ export class Dispatcher {
       if (single) oneByOne--;
       const answered = this.ctx.health?.begin(RECORDING);
       try {
-        const { released, disabled, succeeded, failed } = await completeBatch(
+        const { released, disabled, succeeded, failed, retries } = await completeBatch(
           this.ctx.store,
           batch,
           {
@@ -890,6 +935,7 @@ export class Dispatcher {
         );
         answered?.();
         this.ctx.health?.succeeded(RECORDING);
+        if (retries.length > 0) this.wakeForRetries(retries);
         if (succeeded > 0) deliveriesFinished.inc({ status: "succeeded", reason: "" }, succeeded);
         for (const [reason, n] of Object.entries(failed))
           deliveriesFinished.inc({ status: "failed", reason }, n);

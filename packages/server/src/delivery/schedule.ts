@@ -5,6 +5,15 @@
  * gets ±20 % jitter so that an endpoint's backlog does not come back as one synchronized wave.
  */
 export const JITTER = 0.2;
+/**
+ * Kept off the top of the band: the time a retry that came due takes to be claimed and sent (the
+ * dispatcher wakes for it, a claim, the request), so that the retry as the receiver sees it stays
+ * within ±20 % of the delay. At most half the band's upper half, for very short schedules.
+ */
+export const PICKUP_MS = 50;
+
+/** The allowance `nextAttempt` keeps off the top of `base`'s band. */
+export const pickupAllowance = (base: number): number => Math.min(PICKUP_MS, (base * JITTER) / 2);
 
 export type NextAttempt = { final: true } | { final: false; delayMs: number };
 
@@ -24,8 +33,11 @@ export function nextAttempt(
 ): NextAttempt {
   const base = schedule[attemptsMade - 1];
   if (base === undefined) return { final: true };
-  const factor = 1 + (random() * 2 - 1) * JITTER;
-  const scheduled = Math.max(0, Math.round(base * factor));
+  // From base − 20 % to base + 20 % less the pick-up allowance; half of the draws on each side of
+  // the schedule's own delay (`random` 0.5 gives exactly it).
+  const r = random() * 2 - 1;
+  const spread = r <= 0 ? base * JITTER : base * JITTER - pickupAllowance(base);
+  const scheduled = Math.max(0, Math.round(base + r * spread));
   return { final: false, delayMs: honourRetryAfter(scheduled, schedule, retryAfterMs) };
 }
 

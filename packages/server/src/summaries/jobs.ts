@@ -6,9 +6,13 @@ import { ApiError } from "../errors.js";
 import { logBackgroundFailure } from "../log.js";
 import { type Db, PENDING } from "../storage/types.js";
 import { whileRenewing } from "../util/lease.js";
-import type { Summarizer } from "./summarizer.js";
+import { summarizeExtractive } from "./extractive.js";
+import { DETAILED, type Summarizer } from "./summarizer.js";
 
-/** Delays between job runs after a failed one; after the last the job is given up (and logged). */
+/**
+ * Delays between job runs after a failed one; after the last the call gets the built-in extractive
+ * summary instead (logged as an error), so `call.summary` still follows its transcript.
+ */
 export const JOB_BACKOFF_MS = [5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000, 7_200_000];
 
 /**
@@ -94,8 +98,10 @@ export async function claimJob(ctx: AppContext, now: number, callId?: number): P
 /**
  * Runs one claimed job: asks the summarizer (outside any transaction: it may take seconds), then
  * applies the `summary` step, which emits `call.summary`, and deletes the job in one transaction.
- * A failure schedules the next run; after the last the job is marked failed and logged as an
- * error. A call that got a summary meanwhile (posted by the client) just drops the job.
+ * A failure schedules the next run; after the last, the built-in extractive summary is sent instead
+ * and the failure logged as an error (PRODUCT.md §5: `call.summary` follows the transcript either
+ * way). Only when that has nothing to say either (no sentence in the transcript) is the job marked
+ * failed. A call that got a summary meanwhile (posted by the client) just drops the job.
  */
 export async function runJob(
   ctx: AppContext,
@@ -132,6 +138,14 @@ export async function runJob(
     const now = ctx.clock.now();
     const delay = JOB_BACKOFF_MS[job.attempts - 1];
     const message = failureMessage(err);
+    const fallback = delay === undefined ? summarizeExtractive(job.transcript, DETAILED).trim() : "";
+    if (fallback) {
+      log.error(
+        { attempts: job.attempts, err: message },
+        "summary generation failed on every try; sending the built-in extractive summary instead",
+      );
+      return emitSummary(ctx, job, fallback, log);
+    }
     await ctx.store.db
       .updateTable("summary_jobs")
       .set(
@@ -155,6 +169,16 @@ export async function runJob(
     );
     return "retry";
   }
+  return emitSummary(ctx, job, summary, log);
+}
+
+/** Applies the `summary` step with `summary` and deletes the job, in one transaction (fenced). */
+async function emitSummary(
+  ctx: AppContext,
+  job: Claimed,
+  summary: string,
+  log: AppContext["log"],
+): Promise<"done"> {
   let emitted = false;
   await ctx.store.db.transaction().execute(async (trx) => {
     const mine = await trx
