@@ -16,6 +16,8 @@ export interface Config {
   dev: boolean;
   workerPort: number | undefined;
   publicUrl: string;
+  /** KLEN_PUBLIC_URL was set (not the default from PORT). */
+  publicUrlGiven: boolean;
   /** Delays after the immediate first attempt, in ms. */
   retrySchedule: number[];
   deliveryTimeoutMs: number;
@@ -337,6 +339,7 @@ export function loadConfig(env: Env = process.env): Config {
     dev: read(env, "KLEN_DEV", "0", bool),
     workerPort,
     publicUrl,
+    publicUrlGiven: Boolean(env.KLEN_PUBLIC_URL),
     retrySchedule: read(env, "KLEN_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", schedule),
     deliveryTimeoutMs: timeout,
     leaseMs,

@@ -16,7 +16,7 @@ import { checkEndpointUrl } from "./endpoints/url.js";
 import { Health } from "./health.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
-import { checkSharedConfig } from "./shared-config.js";
+import { apiPublicUrl, checkSharedConfig, recordApiPublicUrl } from "./shared-config.js";
 import { testCallResumer } from "./simulator/resumer.js";
 import { handOverTestCalls, stopTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
@@ -221,6 +221,16 @@ export async function startServer(
   await untilAvailable(log, () => migrate(store));
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
+  if (role === "worker" && !config.publicUrlGiven) {
+    const recorded = await untilAvailable(log, () => apiPublicUrl(store.db));
+    if (recorded) {
+      log.info(
+        { public_url: recorded },
+        "KLEN_PUBLIC_URL is not set: using the one the API processes serve at, for the URLs this worker makes",
+      );
+      config.publicUrl = recorded;
+    }
+  }
   const removeSharedConfigRecord = await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
   if (config.retentionMs < config.urlTtlMs)
     log.warn(
@@ -277,6 +287,9 @@ export async function startServer(
       // PORT=0 picks a free port: the default public URL names the one picked, not port 0.
       if (config.port === 0 && config.publicUrl === "http://localhost:0")
         config.publicUrl = `http://localhost:${new URL(address).port}`;
+      await recordApiPublicUrl(store.db, config.publicUrl).catch((err: unknown) =>
+        log.warn({ err }, "could not record this process's public URL for workers"),
+      );
     } else if (config.workerPort !== undefined) {
       app = await buildApp(ctx, { workerOnly: true });
       address = await listenOn(app, config.host, config.workerPort, "KLEN_WORKER_PORT");

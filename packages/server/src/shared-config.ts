@@ -89,3 +89,28 @@ async function removeRecord(db: Db, mine: { value: string; created_at: number })
     .where("created_at", "=", mine.created_at)
     .execute();
 }
+
+/** `settings` row: the public URL of the process that serves the API and started last. */
+const API_PUBLIC_URL = "api_public_url";
+
+/**
+ * Recorded by every process that serves the API once it listens: the base of the URLs it serves
+ * blobs at, which a worker without KLEN_PUBLIC_URL then uses for the URLs it makes (`apiPublicUrl`).
+ */
+export async function recordApiPublicUrl(db: Db, url: string, now = Date.now()): Promise<void> {
+  await db
+    .insertInto("settings")
+    .values({ name: API_PUBLIC_URL, value: url, created_at: now })
+    .onConflict((oc) => oc.column("name").doUpdateSet({ value: url, created_at: now }))
+    .execute();
+}
+
+/**
+ * The public URL an API process recorded, for a `--role worker` started without KLEN_PUBLIC_URL:
+ * its default, `http://localhost:$PORT`, names the worker's own port, where nothing serves blobs
+ * (the URLs of generated summaries and of test calls it carried on pointed there).
+ */
+export async function apiPublicUrl(db: Db): Promise<string | undefined> {
+  const row = await db.selectFrom("settings").select("value").where("name", "=", API_PUBLIC_URL).executeTakeFirst();
+  return row?.value;
+}

@@ -17,8 +17,9 @@ import { DETAILED } from "../src/summaries/summarizer.js";
 import { SummaryWorker } from "../src/summaries/worker.js";
 import { type ApiClient, apiClient } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
+import { onServer } from "./helpers/content.js";
 import { type Receiver, startReceiver } from "./helpers/receiver.js";
-import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { type ServerProcess, spawnServer, spawnWorkers, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
 const TRANSCRIPT = [
@@ -452,9 +453,40 @@ for (const backend of backends())
         await all.kill();
       }
     });
+
+    test("a worker without KLEN_PUBLIC_URL makes its URLs with the API process's, which serves them", async () => {
+      // Small enough an inline limit that the generated summary goes behind summary_url.
+      const env = { KLEN_DATABASE_URL: db.databaseUrl, KLEN_INLINE_LIMIT: "600B" };
+      const own = await startReceiver();
+      const api = await spawnServer({ dataDir: db.dataDir, role: "api", env });
+      let worker: ServerProcess | undefined;
+      try {
+        [worker] = await spawnWorkers(1, { dataDir: db.dataDir, env: { ...env, LOG_LEVEL: "info" } });
+        await api.api.patch("/v1/account", { auto_summary: true });
+        const id = await (await prepare(api, own))(`${TRANSCRIPT} ${TRANSCRIPT}`);
+        await waitFor("call.summary", () => typesOf(own, id).includes("call.summary"));
+        const event = own.requests.find(
+          (q) => q.json?.call?.id === id && q.json.event_type === "call.summary",
+        );
+        const url = event!.json.call.summary_url as string;
+        assert.ok(url.startsWith(`http://localhost:${new URL(api.url).port}/v1/blobs/`), url);
+        const text = await fetch(onServer(api.url, url));
+        assert.equal(text.status, 200);
+        assert.ok((await text.text()).length > 0);
+        assert.match(
+          worker!.output(),
+          /KLEN_PUBLIC_URL is not set: using the one the API processes serve at/,
+        );
+        assert.doesNotMatch(worker!.output(), /KLEN_PUBLIC_URL differs/);
+      } finally {
+        await worker?.kill();
+        await api.kill();
+        await own.close();
+      }
+    });
   });
 
-describe("summary jobs: retried on a schedule, then given up and logged (injected clock)", () => {
+describe("summary jobs: retried on a schedule, then the built-in summary instead, logged (injected clock)", () => {
   const dir = tempDir();
   let running: Running;
   let api: ApiClient;
