@@ -111,6 +111,10 @@ export async function recordApiPublicUrl(db: Db, url: string, now = Date.now()):
  * (the URLs of generated summaries and of test calls it carried on pointed there).
  */
 export async function apiPublicUrl(db: Db): Promise<string | undefined> {
-  const row = await db.selectFrom("settings").select("value").where("name", "=", API_PUBLIC_URL).executeTakeFirst();
+  const row = await db
+    .selectFrom("settings")
+    .select("value")
+    .where("name", "=", API_PUBLIC_URL)
+    .executeTakeFirst();
   return row?.value;
 }

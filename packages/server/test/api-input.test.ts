@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { gzipSync } from "node:zlib";
 import { apiClient, setupAccount } from "./helpers/api.js";
 import { backends } from "./helpers/backends.js";
 import { stopPostgres } from "./helpers/postgres.js";
@@ -628,6 +629,65 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       const r = await server.api.raw("POST", `/v1/calls/${call.id}/recording`, bytes, {});
       expectError(r, 415, "unsupported_media_type", "content-type");
     }
+  });
+
+  test("a body declared compressed (content-encoding) is a 415, whatever its bytes; identity is plain", async () => {
+    const before = (await server.api.get("/v1/agents")).body.data.length;
+    const gzipped = gzipSync(Buffer.from('{"name":"Zipped"}'));
+    for (const [coding, body] of [
+      ["gzip", '{"name":"Plain but labelled gzip"}'],
+      ["gzip", gzipped],
+      ["br", '{"name":"x"}'],
+      ["deflate, gzip", '{"name":"x"}'],
+    ] as const) {
+      const r = await fetch(`${server.url}/v1/agents`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${server.apiKey}`,
+          "content-type": "application/json",
+          "content-encoding": coding,
+        },
+        body: typeof body === "string" ? body : new Uint8Array(body),
+      });
+      const answer = { status: r.status, body: await r.json() };
+      expectError(answer, 415, "unsupported_media_type", "content-encoding");
+    }
+    const call = (
+      await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })
+    ).body;
+    await server.api.post(`/v1/calls/${call.id}/start`, {});
+    await server.api.post(`/v1/calls/${call.id}/end`, {});
+    expectError(
+      await server.api.raw("POST", `/v1/calls/${call.id}/recording`, "RIFFxxxxWAVE", {
+        "content-type": "audio/wav",
+        "content-encoding": "gzip",
+      }),
+      415,
+      "unsupported_media_type",
+      "content-encoding",
+    );
+    assert.equal((await server.api.get(`/v1/calls/${call.id}`)).body.has_recording, false);
+    assert.equal((await server.api.get("/v1/agents")).body.data.length, before, "nothing was created");
+    const plain = await server.api.raw("POST", "/v1/agents", '{"name":"Identity"}', {
+      "content-encoding": "identity",
+    });
+    assert.equal(plain.status, 201);
+  });
+
+  test("a JSON null is not an object: refused where a missing body means defaults", async () => {
+    const ep = await server.api.post("/v1/endpoints", { url: "http://127.0.0.1:9/hook" });
+    assert.equal(ep.status, 201);
+    for (const path of ["/v1/test-calls", `/v1/endpoints/${ep.body.id}/rotate-secret`]) {
+      expectError(await server.api.raw("POST", path, "null"), 400, "invalid_request");
+    }
+    // The refused request rotated nothing; one with no body rotates, with the default grace.
+    const secret = await server.api.get(`/v1/endpoints/${ep.body.id}/secret`);
+    assert.deepEqual(secret.body, { secret: ep.body.secret });
+    const rotated = await server.api.raw("POST", `/v1/endpoints/${ep.body.id}/rotate-secret`, undefined);
+    assert.equal(rotated.status, 200, JSON.stringify(rotated.body));
+    assert.notEqual(rotated.body.secret, ep.body.secret);
+    assert.ok(rotated.body.previous_secret_expires_at);
+    await server.api.del(`/v1/endpoints/${ep.body.id}`);
   });
 
   test("routes that take no body refuse one with fields; a known path with another method is 405 with Allow", async () => {

@@ -309,6 +309,21 @@ export async function buildApp(
     if (wait > 0)
       throw new ApiError(429, "rate_limited", "too many requests for this API key", { retry_after: wait });
   });
+  // A body is taken as sent: one declared compressed (or otherwise coded) was read as if it were
+  // plain, and a plain JSON body labelled gzip changed state (RFC 9110 §15.5.16: a 415).
+  app.addHook("onRequest", async (req) => {
+    const coding = req.headers["content-encoding"]?.trim().toLowerCase();
+    if (coding === undefined || coding === "" || coding === "identity") return;
+    const hasBody =
+      req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0;
+    if (!hasBody) return;
+    throw new ApiError(
+      415,
+      "unsupported_media_type",
+      `content-encoding "${coding.slice(0, 40)}" is not supported: send the body uncompressed`,
+      { field: "content-encoding" },
+    );
+  });
 
   const helpers: RouteHelpers = {
     async mutate(req, reply, fn, o = {}) {

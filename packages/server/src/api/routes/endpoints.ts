@@ -314,10 +314,14 @@ export const endpointRoutes: RouteModule = (app, ctx, h) => {
   app.post(
     "/v1/endpoints/:id/rotate-secret",
     {
+      // No body means the default grace; a JSON `null` is refused as any body that is not an object.
+      preValidation: async (req) => {
+        if (req.body === undefined) req.body = {};
+      },
       schema: {
         params: idParam,
         body: {
-          type: ["object", "null"],
+          type: "object",
           additionalProperties: false,
           properties: { grace_seconds: { type: "integer", minimum: 0, maximum: 30 * 86400 } },
         },

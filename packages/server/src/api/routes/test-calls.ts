@@ -83,9 +83,10 @@ export const testCallRoutes: RouteModule = (app, ctx, h) => {
   app.post(
     "/v1/test-calls",
     {
-      // Every field is optional, so a bodiless POST (no content-type) means `{}`.
+      // Every field is optional, so a bodiless POST (no content-type) means `{}`; a JSON `null` is
+      // not an object, and is refused as any other body that is not one.
       preValidation: async (req) => {
-        if (req.body === undefined || req.body === null) req.body = {};
+        if (req.body === undefined) req.body = {};
       },
       schema: {
         body: {
