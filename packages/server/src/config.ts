@@ -29,6 +29,8 @@ export interface Config {
   urlTtlMs: number;
   retentionMs: number;
   encryptionKey: string | undefined;
+  /** With it, `/metrics` answers only `Authorization: Bearer <this>`. */
+  metricsToken: string | undefined;
   maxBody: number;
   maxRecording: number;
   rateLimit: number;
@@ -349,6 +351,7 @@ export function loadConfig(env: Env = process.env): Config {
     urlTtlMs: read(env, "KLEN_URL_TTL", "7d", longDuration),
     retentionMs: read(env, "KLEN_RETENTION", "30d", longDuration),
     encryptionKey,
+    metricsToken: env.KLEN_METRICS_TOKEN || undefined,
     maxBody: read(env, "KLEN_MAX_BODY", "1MiB", positive(parseSize)),
     maxRecording: read(env, "KLEN_MAX_RECORDING", "200MiB", positive(parseSize)),
     testCallSummaryWaitMs: read(env, "KLEN_TEST_CALL_SUMMARY_WAIT", "8s", timerDuration),

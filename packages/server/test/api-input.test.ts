@@ -747,6 +747,36 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
   });
 });
 
+describe("KLEN_METRICS_TOKEN", () => {
+  test("with it /metrics answers only its bearer token; /healthz stays open", async (t) => {
+    const dir = tempDir();
+    const token = "metrics-token-0123456789";
+    const server = await spawnServer({ dataDir: dir.path, env: { KLEN_METRICS_TOKEN: token } });
+    t.after(async () => {
+      await server.kill();
+      dir.remove();
+    });
+    const scrape = (authorization?: string) =>
+      fetch(`${server.url}/metrics`, authorization ? { headers: { authorization } } : {});
+    for (const auth of [
+      undefined,
+      "Bearer wrong",
+      `Bearer ${token}x`,
+      `Basic ${token}`,
+      `Bearer ${server.apiKey}`,
+    ]) {
+      const r = await scrape(auth);
+      assert.equal(r.status, 401, String(auth));
+      assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="metrics"');
+      assert.equal((await r.json()).error.code, "unauthorized");
+    }
+    const ok = await scrape(`Bearer ${token}`);
+    assert.equal(ok.status, 200);
+    assert.match(await ok.text(), /^klen_http_requests_total\{/m);
+    assert.equal((await fetch(`${server.url}/healthz`)).status, 200);
+  });
+});
+
 describe("address blocking without dev mode (loopback forms only)", () => {
   const dir = tempDir();
   let server: ServerProcess;

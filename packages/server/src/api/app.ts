@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import swagger from "@fastify/swagger";
 import { EVENT_TYPES, eventSchemas } from "@klen/webhooks/schemas";
 import { Ajv } from "ajv";
@@ -395,9 +395,16 @@ export async function buildApp(
       oldestDueMs: r?.t == null ? 0 : Math.max(0, now - Number(r.t)),
     };
   });
-  app.get("/metrics", { schema: { hide: true } }, async (_req, reply) =>
-    reply.header("content-type", registry.contentType).send(await registry.metrics()),
-  );
+  const metricsToken = ctx.config.metricsToken;
+  app.get("/metrics", { schema: { hide: true } }, async (req, reply) => {
+    // Open by default, as Prometheus endpoints usually are; with KLEN_METRICS_TOKEN, a scraper
+    // sends it (`authorization` in the scrape config) and nothing else reads the process's figures.
+    if (metricsToken !== undefined && !sameSecret(bearerKey(req), metricsToken)) {
+      reply.header("www-authenticate", 'Bearer realm="metrics"');
+      throw new ApiError(401, "unauthorized", "send Authorization: Bearer <KLEN_METRICS_TOKEN>");
+    }
+    return reply.header("content-type", registry.contentType).send(await registry.metrics());
+  });
   app.addHook("onResponse", async (req, reply) => {
     httpRequests.inc({ method: req.method, status: `${Math.floor(reply.statusCode / 100)}xx` });
   });
@@ -429,4 +436,12 @@ function refuseUnexpectedBody(req: FastifyRequest): void {
 function takesJsonBody(req: FastifyRequest): boolean {
   const route = req.routeOptions.url;
   return route?.startsWith("/v1/") === true && !route.endsWith("/recording");
+}
+
+/** `given` equals `secret`, compared in constant time (by their SHA-256, so lengths do not show). */
+function sameSecret(given: string | undefined, secret: string): boolean {
+  if (given === undefined) return false;
+  const a = createHash("sha256").update(given).digest();
+  const b = createHash("sha256").update(secret).digest();
+  return timingSafeEqual(a, b);
 }
