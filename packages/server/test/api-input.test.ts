@@ -651,6 +651,8 @@ describe("bad input gets a clear 4xx, emits nothing and crashes nothing", () => 
       });
       const answer = { status: r.status, body: await r.json() };
       expectError(answer, 415, "unsupported_media_type", "content-encoding");
+      // The body is not read: the connection is not kept for another request.
+      assert.equal(r.headers.get("connection"), "close");
     }
     const call = (
       await server.api.post("/v1/calls", { agent_id: agentId, type: "inbound", phone_number: "+15551234567" })

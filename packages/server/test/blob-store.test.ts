@@ -16,6 +16,7 @@ import { apiClient } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
 import { onServer } from "./helpers/content.js";
 import { tempDir } from "./helpers/server.js";
+import { waitFor } from "./helpers/wait.js";
 
 const DAY = 86_400_000;
 const KEY = "klen_test_key_blob_store";
@@ -160,6 +161,26 @@ for (const backend of backends()) {
       assert.deepEqual(blobFiles(own.path), []);
     });
 
+    test("a test call's recording and long transcript are kept in the database too", async (t) => {
+      const db = await fresh(t, backend);
+      const s = await serve(t, db.databaseUrl, db.dataDir, { KLEN_BLOB_STORE: "database" });
+      const agent = await s.api.post("/v1/agents", { name: "Support" });
+      const started = await s.api.post("/v1/test-calls", { agent_id: agent.body.id, transcript_bytes: 4096 });
+      assert.equal(started.status, 202, JSON.stringify(started.body));
+      const callId = started.body.call_id as number;
+      await waitFor(
+        "the test call's recording",
+        async () => (await s.api.get(`/v1/calls/${callId}`)).body.has_recording,
+      );
+      const urls = await mediaOn(s, callId);
+      const wav = await bytes(urls.recording!);
+      assert.equal(wav.subarray(0, 4).toString("latin1"), "RIFF");
+      assert.ok((await bytes(urls.transcript!)).length >= 4096);
+      const chunks = await chunkCounts(s);
+      assert.ok(chunks.has(new URL(urls.recording!).pathname.split("/").pop()!));
+      assert.deepEqual(blobFiles(db.dataDir), []);
+    });
+
     test("retention deletes a blob's chunks with its row; chunks without a row are swept after an hour", async (t) => {
       const db = await fresh(t, backend);
       const s = await serve(t, db.databaseUrl, db.dataDir, { KLEN_BLOB_STORE: "database" });
@@ -172,13 +193,12 @@ for (const backend of backends()) {
       await trx
         .insertInto("blob_chunks")
         .values([
-          { blob_key: "blb_orphan_old_0123456789", n: 0, data: Buffer.from("x"), size: 1, created_at: old },
-          { blob_key: "blb_orphan_old_0123456789", n: 1, data: Buffer.from("y"), size: 1, created_at: old },
+          { blob_key: "blb_orphan_old_0123456789", n: 0, data: Buffer.from("x"), created_at: old },
+          { blob_key: "blb_orphan_old_0123456789", n: 1, data: Buffer.from("y"), created_at: old },
           {
             blob_key: "blb_orphan_new_0123456789",
             n: 0,
             data: Buffer.from("z"),
-            size: 1,
             created_at: Date.now(),
           },
         ])

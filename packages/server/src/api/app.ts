@@ -311,12 +311,14 @@ export async function buildApp(
   });
   // A body is taken as sent: one declared compressed (or otherwise coded) was read as if it were
   // plain, and a plain JSON body labelled gzip changed state (RFC 9110 §15.5.16: a 415).
-  app.addHook("onRequest", async (req) => {
+  app.addHook("onRequest", async (req, reply) => {
     const coding = req.headers["content-encoding"]?.trim().toLowerCase();
     if (coding === undefined || coding === "" || coding === "identity") return;
     const hasBody =
       req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0;
     if (!hasBody) return;
+    // Not read: the connection closes after the answer rather than taking the body in to reuse it.
+    reply.header("connection", "close");
     throw new ApiError(
       415,
       "unsupported_media_type",

@@ -436,7 +436,9 @@ export class Dispatcher {
       this.retryTimerAt = Number.POSITIVE_INFINITY;
       const now = this.ctx.clock.now();
       let n = 0;
-      while (n < this.dueRetries.length && this.dueRetries[n]!.at <= now + 5) n++;
+      // Only those due now: one woken for a few ms early would be claimed before it is due and
+      // then wait for the poll. The timer runs a couple of ms late, so its own retry is due.
+      while (n < this.dueRetries.length && this.dueRetries[n]!.at <= now) n++;
       const due = this.dueRetries.splice(0, n);
       if (due.length > 0) this.wake(true, new Set(due.map((d) => d.endpointId)));
       this.armRetryTimer();

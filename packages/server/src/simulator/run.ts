@@ -271,13 +271,16 @@ export async function runTestCall(
     const store = blobStoreFor(ctx);
     const blobId = newBlobId();
     const wav = synthesizeWav({ seconds: 3, sampleRate: 8000, seed: callId });
-    await store.writeBuffer(blobId, wav);
+    // A file before the step's transaction (an orphan if it rolls back, swept later); bytes kept in
+    // the database inside it, so they exist exactly when the row does.
+    if (!store.transactional) await store.writeBuffer(blobId, wav);
     try {
       await step(
         "recording",
         {},
         {
           content: async (trx, now) => {
+            if (store.transactional) await store.writeBuffer(blobId, wav, trx);
             await insertBlob(trx, {
               id: blobId,
               accountId,

@@ -510,7 +510,6 @@ CREATE TABLE blob_chunks (
   blob_key TEXT NOT NULL,
   n INTEGER NOT NULL,
   data ${d.name === "sqlite" ? "BLOB" : "BYTEA"} NOT NULL,
-  size INTEGER NOT NULL,
   created_at ${d.bigint} NOT NULL,
   PRIMARY KEY (blob_key, n)
 );

@@ -152,7 +152,7 @@ export interface Database {
     store: string | null;
     created_at: number;
   };
-  blob_chunks: { blob_key: string; n: number; data: Buffer; size: number; created_at: number };
+  blob_chunks: { blob_key: string; n: number; data: Buffer; created_at: number };
   settings: { name: string; value: string; created_at: number };
   test_call_runs: {
     call_id: number;
