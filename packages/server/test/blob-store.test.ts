@@ -5,16 +5,13 @@ import { describe, type TestContext, test } from "node:test";
 import { sql } from "kysely";
 import { CHUNK_BYTES, databaseBlobStore } from "../src/blobs/database-store.js";
 import { localBlobStore } from "../src/blobs/store.js";
-import { loadConfig } from "../src/config.js";
-import { createLogger } from "../src/log.js";
 import { purgeExpired } from "../src/retention/purge.js";
-import { type Running, startServer } from "../src/server.js";
 import { synthesizeWav } from "../src/simulator/wav.js";
 import { migrate } from "../src/storage/migrate.js";
 import { openStore } from "../src/storage/store.js";
-import { apiClient } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
 import { onServer } from "./helpers/content.js";
+import { inProcessApi } from "./helpers/in-process.js";
 import { tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -23,27 +20,14 @@ const KEY = "klen_test_key_blob_store";
 
 /** A server in this process on `databaseUrl`, with `dataDir` for its folder; stopped after the test. */
 async function serve(t: TestContext, databaseUrl: string, dataDir: string, env: Record<string, string> = {}) {
-  const running: Running = await startServer(
-    loadConfig({
-      PORT: "0",
-      KLEN_DATA_DIR: dataDir,
-      KLEN_DATABASE_URL: databaseUrl,
-      KLEN_API_KEY: KEY,
-      KLEN_DEV: "1",
-      KLEN_INLINE_LIMIT: "2KiB",
-      ...env,
-    }),
-    createLogger({ level: "silent" }),
-    { role: "api" },
-  );
+  const { running, base, api } = await inProcessApi({ databaseUrl, dataDir, apiKey: KEY, env });
   let stopped = false;
   const stop = async () => {
     if (!stopped) await running.stop(1000);
     stopped = true;
   };
   t.after(stop);
-  const base = running.address!.replace("[::1]", "127.0.0.1");
-  return { running, base, api: apiClient(base, KEY), stop };
+  return { running, base, api, stop };
 }
 
 type Server = Awaited<ReturnType<typeof serve>>;

@@ -3,14 +3,12 @@ import { describe, type TestContext, test } from "node:test";
 import { type ContentEvent, type ContentFetchError, fetchContent } from "@klen/webhooks";
 import BetterSqlite3 from "better-sqlite3";
 import { createAccount } from "../src/accounts/accounts.js";
-import { loadConfig } from "../src/config.js";
-import { createLogger } from "../src/log.js";
 import { purgeExpired } from "../src/retention/purge.js";
-import { type Running, startServer } from "../src/server.js";
 import { synthesizeWav } from "../src/simulator/wav.js";
 import { apiClient } from "./helpers/api.js";
 import { type Backend, backends } from "./helpers/backends.js";
 import { onServer } from "./helpers/content.js";
+import { inProcessApi } from "./helpers/in-process.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
@@ -20,26 +18,11 @@ const KEY = "klen_test_key_media";
 /** A server in this process (so a purge can be run with a later "now") on a fresh database. */
 async function server(t: TestContext, backend: Backend, env: Record<string, string> = {}) {
   const db = await backend.fresh();
-  const running: Running = await startServer(
-    loadConfig({
-      PORT: "0",
-      KLEN_DATA_DIR: db.dataDir,
-      KLEN_DATABASE_URL: db.databaseUrl,
-      KLEN_API_KEY: KEY,
-      KLEN_DEV: "1",
-      // Texts of a few KiB go behind a URL, as 64 KiB ones do by default.
-      KLEN_INLINE_LIMIT: "2KiB",
-      ...env,
-    }),
-    createLogger({ level: "silent" }),
-    { role: "api" },
-  );
+  const { running, base, api } = await inProcessApi({ ...db, apiKey: KEY, env });
   t.after(async () => {
     await running.stop(1000);
     await db.cleanup();
   });
-  const base = running.address!.replace("[::1]", "127.0.0.1");
-  const api = apiClient(base, KEY);
   const agent = await api.post("/v1/agents", { name: "Support" });
   assert.equal(agent.status, 201);
   return { running, base, api, agentId: agent.body.id as number };
