@@ -13,6 +13,7 @@ import { type Backend, backends } from "./helpers/backends.js";
 import { onServer } from "./helpers/content.js";
 import { inProcessApi } from "./helpers/in-process.js";
 import { tempDir } from "./helpers/server.js";
+import { uploadRecording } from "./helpers/upload.js";
 import { waitFor } from "./helpers/wait.js";
 
 const DAY = 86_400_000;
@@ -56,12 +57,7 @@ async function callWithContent(s: Server, wav: Buffer, transcript: string): Prom
     const r = await s.api.post(`/v1/calls/${c.body.id}/${step}`, body);
     assert.equal(r.status, 200, `${step}: ${JSON.stringify(r.body)}`);
   }
-  const up = await fetch(`${s.base}/v1/calls/${c.body.id}/recording`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${KEY}`, "content-type": "audio/wav" },
-    body: new Uint8Array(wav),
-  });
-  assert.equal(up.status, 200, await up.text());
+  await uploadRecording(s.base, KEY, c.body.id, wav);
   return c.body.id;
 }
 

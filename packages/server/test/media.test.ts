@@ -10,6 +10,7 @@ import { type Backend, backends } from "./helpers/backends.js";
 import { onServer } from "./helpers/content.js";
 import { inProcessApi } from "./helpers/in-process.js";
 import { type ServerProcess, spawnServer, tempDir } from "./helpers/server.js";
+import { uploadRecording } from "./helpers/upload.js";
 import { waitFor } from "./helpers/wait.js";
 
 const DAY = 86_400_000;
@@ -46,15 +47,6 @@ async function finishedCall(s: Server, steps: Array<[string, Record<string, unkn
   return c.body.id;
 }
 
-async function uploadRecording(s: Server, callId: number, wav: Buffer, key = KEY) {
-  const r = await fetch(`${s.base}/v1/calls/${callId}/recording`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${key}`, "content-type": "audio/wav" },
-    body: new Uint8Array(wav),
-  });
-  assert.equal(r.status, 200);
-}
-
 const bytesAt = async (url: string) => {
   const r = await fetch(url);
   assert.equal(r.status, 200, url);
@@ -77,7 +69,7 @@ for (const backend of backends()) {
         ["transcript", { transcript }],
         ["summary", { summary }],
       ]);
-      await uploadRecording(s, id, wav);
+      await uploadRecording(s.base, KEY, id, wav);
 
       const before = Date.now();
       const res = await s.api.get(`/v1/calls/${id}/media`);
@@ -168,10 +160,10 @@ for (const backend of backends()) {
       await otherApi.post(`/v1/calls/${theirs.body.id}/start`, {});
       await otherApi.post(`/v1/calls/${theirs.body.id}/end`, {});
       await uploadRecording(
-        s,
+        s.base,
+        other.apiKey,
         theirs.body.id,
         synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 6 }),
-        other.apiKey,
       );
       assert.equal((await otherApi.get(`/v1/calls/${theirs.body.id}/media`)).body.data.length, 1);
       // Not this account's: 404 as for an unknown call, nothing said about what it holds.
@@ -191,7 +183,7 @@ for (const backend of backends()) {
     test("content purged by retention is no longer listed", async (t) => {
       const s = await server(t, backend);
       const id = await finishedCall(s, [["transcript", { transcript: `Agent: ${"long ".repeat(1000)}` }]]);
-      await uploadRecording(s, id, synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 7 }));
+      await uploadRecording(s.base, KEY, id, synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 7 }));
       const listed = (await s.api.get(`/v1/calls/${id}/media`)).body.data;
       assert.deepEqual(
         listed.map((m: any) => m.kind),
@@ -213,7 +205,7 @@ test("after an event's URL has expired, the media URL serves the same bytes, and
   const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 8 });
   const transcript = `Agent: ${"a long call. ".repeat(500)}`;
   const id = await finishedCall(s, [["transcript", { transcript }]]);
-  await uploadRecording(s, id, wav);
+  await uploadRecording(s.base, KEY, id, wav);
   const events = (await s.api.get(`/v1/events?call_id=${id}`)).body.data as Array<Record<string, any>>;
   const recording = events.find((e) => e.event_type === "call.recording")!;
   const eventUrl = onServer(s.base, recording.payload.call.recording_url);
@@ -261,12 +253,7 @@ test("processes that share a database but not KLEN_DATA_DIR are told so: at star
     await a.api.post(`/v1/calls/${call.body.id}/start`, {});
     await a.api.post(`/v1/calls/${call.body.id}/end`, {});
     const wav = synthesizeWav({ seconds: 1, sampleRate: 8000, seed: 10 });
-    const up = await fetch(`${a.url}/v1/calls/${call.body.id}/recording`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${a.apiKey}`, "content-type": "audio/wav" },
-      body: new Uint8Array(wav),
-    });
-    assert.equal(up.status, 200);
+    await uploadRecording(a.url, a.apiKey, call.body.id, wav);
     // A second process on the same database with a folder of its own: the URL it lists (signed
     // with the shared key) serves on the process that stored the bytes, and not on it.
     b = await spawnServer({ dataDir: own.path, env: { KLEN_DATABASE_URL: databaseUrl } });

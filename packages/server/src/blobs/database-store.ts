@@ -1,4 +1,4 @@
-import { createReadStream } from "node:fs";
+import { open } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { sql } from "kysely";
 import type { Db } from "../storage/types.js";
@@ -34,63 +34,55 @@ export function databaseBlobStore(main: Db, local: BlobStore, now: () => number 
       .executeTakeFirst();
     return row && Number(row.chunks) > 0 ? Number(row.bytes) : undefined;
   };
+  /** Inserts `pieces` as chunks 0, 1, …: at least one, so that an empty blob exists, with size 0. */
+  const insertAll = async (db: Db, key: string, pieces: AsyncIterable<Buffer> | Iterable<Buffer>) => {
+    const at = now();
+    let n = 0;
+    for await (const piece of pieces) await insert(db, key, n++, piece, at);
+    if (n === 0) await insert(db, key, 0, Buffer.alloc(0), at);
+  };
   return {
     kind: "database",
     transactional: true,
     async writeBuffer(key, data, db = main) {
-      const bytes = Buffer.from(data);
-      const at = now();
-      // One chunk even when empty: the key then exists with size 0.
-      for (let n = 0, off = 0; n === 0 || off < bytes.length; n++, off += CHUNK_BYTES) {
-        await insert(db, key, n, bytes.subarray(off, off + CHUNK_BYTES), at);
-      }
+      await insertAll(db, key, slices(Buffer.from(data)));
     },
     async adopt(tempFile, key, db = main) {
-      const at = now();
-      let n = 0;
-      let pending: Buffer[] = [];
-      let held = 0;
-      const flush = async (all: boolean) => {
-        while (held >= CHUNK_BYTES || (all && (held > 0 || n === 0))) {
-          const joined = Buffer.concat(pending);
-          const chunk = joined.subarray(0, CHUNK_BYTES);
-          await insert(db, key, n++, chunk, at);
-          pending = [joined.subarray(chunk.length)];
-          held = joined.length - chunk.length;
-        }
-      };
-      for await (const piece of createReadStream(tempFile, { highWaterMark: CHUNK_BYTES })) {
-        pending.push(piece as Buffer);
-        held += (piece as Buffer).length;
-        await flush(false);
-      }
-      await flush(true);
+      await insertAll(db, key, fileChunks(tempFile));
     },
     tempPath: (name) => local.tempPath(name),
     async read(key, range) {
-      const total = await size(key);
-      if (total === undefined) return undefined;
+      // The blob route knows the size and always gives the range; only a whole read asks for it.
+      const total = range ? undefined : await size(key);
+      if (!range && total === undefined) return undefined;
       const start = range?.start ?? 0;
-      const end = Math.min(range?.end ?? total - 1, total - 1);
+      const end = range?.end ?? (total as number) - 1;
       const first = Math.floor(start / CHUNK_BYTES);
       const last = Math.floor(end / CHUNK_BYTES);
-      async function* chunks() {
-        for (let n = first; n <= last && end >= start; n++) {
-          const row = await main
+      const chunk = async (n: number) =>
+        (
+          await main
             .selectFrom("blob_chunks")
             .select("data")
             .where("blob_key", "=", key)
             .where("n", "=", n)
-            .executeTakeFirst();
+            .executeTakeFirst()
+        )?.data;
+      // Read before the stream is made: no first chunk is no blob.
+      const head = end >= start ? await chunk(first) : Buffer.alloc(0);
+      if (head === undefined) return undefined;
+      async function* pieces() {
+        for (let n = first; n <= last && end >= start; n++) {
+          const data = n === first ? head : await chunk(n);
           // Deleted while it was being read (retention): the download ends in an error, not short.
-          if (!row) throw new Error(`blob ${key} was deleted while it was being read`);
-          const data = Buffer.from(row.data);
+          if (data === undefined) throw new Error(`blob ${key} was deleted while it was being read`);
+          const bytes = Buffer.from(data);
           const from = n === first ? start - n * CHUNK_BYTES : 0;
-          const to = n === last ? end - n * CHUNK_BYTES + 1 : data.length;
-          yield data.subarray(from, to);
+          const to = n === last ? end - n * CHUNK_BYTES + 1 : bytes.length;
+          yield bytes.subarray(from, to);
         }
       }
-      return Readable.from(chunks(), { objectMode: false });
+      return Readable.from(pieces(), { objectMode: false });
     },
     size,
     async remove(key, db = main) {
@@ -110,4 +102,31 @@ export function databaseBlobStore(main: Db, local: BlobStore, now: () => number 
       return rows.map((r) => r.blob_key);
     },
   };
+}
+
+/** `bytes` in chunk-sized slices (none for no bytes). */
+function* slices(bytes: Buffer): Iterable<Buffer> {
+  for (let off = 0; off < bytes.length; off += CHUNK_BYTES) yield bytes.subarray(off, off + CHUNK_BYTES);
+}
+
+/** A file's bytes in chunk-sized pieces, each read whole (a read may return less than asked). */
+async function* fileChunks(file: string): AsyncIterable<Buffer> {
+  const fh = await open(file, "r");
+  try {
+    for (let position = 0; ; ) {
+      const buf = Buffer.alloc(CHUNK_BYTES);
+      let filled = 0;
+      while (filled < CHUNK_BYTES) {
+        const { bytesRead } = await fh.read(buf, filled, CHUNK_BYTES - filled, position + filled);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+      }
+      if (filled === 0) return;
+      yield buf.subarray(0, filled);
+      if (filled < CHUNK_BYTES) return;
+      position += filled;
+    }
+  } finally {
+    await fh.close();
+  }
 }

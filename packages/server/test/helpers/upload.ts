@@ -1,4 +1,20 @@
+import assert from "node:assert/strict";
 import { request } from "node:http";
+
+/** Uploads `wav` as call `callId`'s recording through the API at `base`, and expects a 200. */
+export async function uploadRecording(
+  base: string,
+  apiKey: string,
+  callId: number,
+  wav: Buffer,
+): Promise<void> {
+  const r = await fetch(`${base}/v1/calls/${callId}/recording`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${apiKey}`, "content-type": "audio/wav" },
+    body: new Uint8Array(wav),
+  });
+  assert.equal(r.status, 200, await r.text());
+}
 
 /**
  * Uploads `totalBytes` generated on the fly (never held in memory) as a raw body, chunked, with
