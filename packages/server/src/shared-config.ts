@@ -19,7 +19,9 @@ function shared(config: Config): Record<string, string> {
     KLEN_DISABLE_AFTER: formatDuration(config.disableAfterMs),
     KLEN_DELIVERY_TIMEOUT: formatDuration(config.deliveryTimeoutMs),
     KLEN_LEASE: formatDuration(config.leaseMs),
-    KLEN_PUBLIC_URL: config.publicUrl,
+    // With PORT=0 and no KLEN_PUBLIC_URL the URL is not known until the process listens (the
+    // port picked then, `recordApiPublicUrl`): `http://localhost:0` is no one's URL to compare with.
+    ...(config.port === 0 && !config.publicUrlGiven ? {} : { KLEN_PUBLIC_URL: config.publicUrl }),
     KLEN_URL_TTL: formatDuration(config.urlTtlMs),
     KLEN_INLINE_LIMIT: String(config.inlineLimit),
     KLEN_RETENTION: formatDuration(config.retentionMs),

@@ -4,8 +4,12 @@ import Fastify, { type FastifyBaseLogger } from "fastify";
 import { pino } from "pino";
 import { httpLogLevel } from "../src/api/app.js";
 import { installErrorHandler } from "../src/api/errors.js";
+import { loadConfig } from "../src/config.js";
 import { ApiError } from "../src/errors.js";
 import { createLogger, type Logger, logBackgroundFailure } from "../src/log.js";
+import { checkSharedConfig } from "../src/shared-config.js";
+import { migrate } from "../src/storage/migrate.js";
+import { openStore } from "../src/storage/store.js";
 import { runCall, setupAccount } from "./helpers/api.js";
 import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
@@ -229,6 +233,39 @@ test("a process whose shared settings differ from the one started before it on t
     assert.deepEqual(differing(await run("1s,8s")), []);
   } finally {
     await first.kill();
+    dir.remove();
+  }
+});
+
+test("an API process on PORT=0 without KLEN_PUBLIC_URL records no public URL to compare with; a given one still is", async () => {
+  const dir = tempDir();
+  const lines: Array<{ msg: string; variable?: string }> = [];
+  const log = pino(
+    { level: "info" },
+    { write: (l: string) => lines.push(JSON.parse(l)) },
+  ) as unknown as Logger;
+  const config = (env: Record<string, string>) => loadConfig({ KLEN_DATA_DIR: dir.path, ...env });
+  const store = await openStore(config({}).databaseUrl);
+  try {
+    await migrate(store);
+    const warned = () =>
+      lines.filter((l) => l.msg.includes("differs from the process")).map((l) => l.variable);
+    // The API process (its URL becomes http://localhost:<picked> once it listens), then a worker
+    // that adopted that URL: nothing to warn about.
+    await checkSharedConfig(store.db, config({ PORT: "0" }), log);
+    const worker = config({ PORT: "8080" });
+    worker.publicUrl = "http://localhost:41234";
+    await checkSharedConfig(store.db, worker, log);
+    assert.deepEqual(warned(), []);
+    // Named by the variable, a different URL is still a difference, whatever the port.
+    await checkSharedConfig(
+      store.db,
+      config({ PORT: "0", KLEN_PUBLIC_URL: "https://hooks.example.test" }),
+      log,
+    );
+    assert.deepEqual(warned(), ["KLEN_PUBLIC_URL"]);
+  } finally {
+    await store.close();
     dir.remove();
   }
 });
