@@ -21,17 +21,26 @@ export type ClaimResult =
 /**
  * Where claims live. The in-memory store serves one process; implement this over SQL or
  * Redis (see the README) when several processes receive webhooks.
+ *
+ * Each run passes a `token` of its own (unique per run) to all three calls. A store that keeps it
+ * with the claim and releases only a claim that still holds the same token stays correct when a
+ * lease runs out mid-handler: the slow first run's failure then cannot free the claim of the run
+ * that took over (which would let a third delivery run the handler beside it). Stores written
+ * before the token (three calls without it) keep working as they did.
  */
 export interface IdempotencyStore {
   /**
-   * Atomically: if `key` is absent or its claim has expired, claim it for `leaseMs` and answer
-   * "claimed"; otherwise answer "done" or "pending".
+   * Atomically: if `key` is absent or its claim has expired, claim it for `leaseMs` (held by
+   * `token`) and answer "claimed"; otherwise answer "done" or "pending".
    */
-  claim(key: string, leaseMs: number): ClaimResult | Promise<ClaimResult>;
-  /** Marks `key` done, remembered for `ttlMs`. */
-  complete(key: string, ttlMs: number): void | Promise<void>;
-  /** Forgets the claim on `key`, so that it can be claimed again. */
-  release(key: string): void | Promise<void>;
+  claim(key: string, leaseMs: number, token: string): ClaimResult | Promise<ClaimResult>;
+  /** Marks `key` done, remembered for `ttlMs` (the handler ran, whoever holds the claim now). */
+  complete(key: string, ttlMs: number, token: string): void | Promise<void>;
+  /**
+   * Forgets the claim on `key`, so that it can be claimed again: only while the claim is still
+   * pending and held by `token`.
+   */
+  release(key: string, token: string): void | Promise<void>;
 }
 
 /** Options of `createIdempotency`. */
@@ -118,10 +127,10 @@ export function createIdempotency(opts: IdempotencyOptions = {}): Idempotency {
   // In-process duplicates wait on the first call's promise instead of polling the store.
   const inFlight = new Map<string, Promise<OnceResult<unknown>>>();
 
-  async function claimOrWait(key: string): Promise<"claimed" | "done"> {
+  async function claimOrWait(key: string, token: string): Promise<"claimed" | "done"> {
     const deadline = Date.now() + waitTimeoutMs;
     for (;;) {
-      const result = await store.claim(key, leaseMs);
+      const result = await store.claim(key, leaseMs, token);
       if (result !== "pending") return result;
       // Another process is running the handler: wait for it to finish or release. Polling is
       // the one portable way across stores; the interval bounds the extra latency of a duplicate.
@@ -131,15 +140,16 @@ export function createIdempotency(opts: IdempotencyOptions = {}): Idempotency {
   }
 
   async function execute<T>(key: string, handler: () => T | Promise<T>): Promise<OnceResult<T>> {
-    if ((await claimOrWait(key)) === "done") return { duplicate: true, value: undefined };
+    const token = runToken();
+    if ((await claimOrWait(key, token)) === "done") return { duplicate: true, value: undefined };
     let value: T;
     try {
       value = await handler();
     } catch (err) {
-      await store.release(key);
+      await store.release(key, token);
       throw err;
     }
-    await store.complete(key, ttlMs);
+    await store.complete(key, ttlMs, token);
     return { duplicate: false, value };
   }
 
@@ -161,6 +171,11 @@ export function createIdempotency(opts: IdempotencyOptions = {}): Idempotency {
       }
     },
   };
+}
+
+/** Unique per run, across processes: Web Crypto's UUID (Node, browsers, Deno, Bun, workers). */
+function runToken(): string {
+  return globalThis.crypto.randomUUID();
 }
 
 function stillRunning(key: string, where: string): IdempotencyTimeoutError {
@@ -202,7 +217,10 @@ export interface MemoryIdempotencyStoreOptions {
  */
 export class MemoryIdempotencyStore implements IdempotencyStore {
   // Map keeps insertion order, and every write re-inserts, so the first key is the oldest.
-  readonly #entries = new Map<string, { state: "pending" | "done"; expiresAt: number }>();
+  readonly #entries = new Map<
+    string,
+    { state: "pending" | "done"; expiresAt: number; token?: string | undefined }
+  >();
   readonly #maxEntries: number;
   readonly #now: () => number;
 
@@ -217,24 +235,27 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
     return this.#entries.size;
   }
 
-  claim(key: string, leaseMs: number): ClaimResult {
+  claim(key: string, leaseMs: number, token?: string): ClaimResult {
     const entry = this.#entries.get(key);
     if (entry && entry.expiresAt > this.#now()) return entry.state === "done" ? "done" : "pending";
-    this.#set(key, "pending", leaseMs);
+    this.#set(key, "pending", leaseMs, token);
     return "claimed";
   }
 
-  complete(key: string, ttlMs: number): void {
+  complete(key: string, ttlMs: number, _token?: string): void {
     this.#set(key, "done", ttlMs);
   }
 
-  release(key: string): void {
+  /** With a `token`, only the pending claim that token holds is forgotten; without, any entry. */
+  release(key: string, token?: string): void {
+    const entry = this.#entries.get(key);
+    if (token !== undefined && (entry?.state !== "pending" || entry.token !== token)) return;
     this.#entries.delete(key);
   }
 
-  #set(key: string, state: "pending" | "done", ms: number): void {
+  #set(key: string, state: "pending" | "done", ms: number, token?: string): void {
     this.#entries.delete(key);
-    this.#entries.set(key, { state, expiresAt: this.#now() + ms });
+    this.#entries.set(key, { state, expiresAt: this.#now() + ms, token });
     while (this.#entries.size > this.#maxEntries) {
       const oldest = this.#entries.keys().next();
       if (oldest.done) break;

@@ -3,6 +3,7 @@ import * as assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
   createIdempotency,
+  type Idempotency,
   type IdempotencyStore,
   IdempotencyTimeoutError,
   MemoryIdempotencyStore,
@@ -103,6 +104,81 @@ describe("idempotency", () => {
     never.resolve();
     assert.equal((await first).duplicate, false);
     assert.deepEqual(await once.run("evt_1", () => "third"), { duplicate: true, value: undefined });
+  });
+
+  test("a run whose lease ran out and then fails does not free the claim of the run that took over", async () => {
+    let now = 1_000;
+    const store = new MemoryIdempotencyStore({ now: () => now });
+    const processes = [1, 2, 3].map(() => createIdempotency({ store, leaseMs: 100, waitTimeoutMs: 0 }));
+    const [slow, takeover, third] = processes as [Idempotency, Idempotency, Idempotency];
+    const slowGate = deferred();
+    const takeoverGate = deferred();
+    let runs = 0;
+    const first = slow.run("evt_1", async () => {
+      runs++;
+      await slowGate.promise;
+      throw new Error("db down");
+    });
+    now += 100; // the slow run's lease is over: another process takes the id
+    const second = takeover.run("evt_1", async () => {
+      runs++;
+      await takeoverGate.promise;
+      return "second";
+    });
+    await new Promise((r) => setImmediate(r));
+    slowGate.resolve();
+    await assert.rejects(first, /db down/);
+    // The second run still holds the id: a third delivery waits for it (here: gives up at once).
+    await assert.rejects(
+      third.run("evt_1", () => ++runs),
+      IdempotencyTimeoutError,
+    );
+    takeoverGate.resolve();
+    assert.deepEqual(await second, { duplicate: false, value: "second" });
+    assert.deepEqual(await third.run("evt_1", () => ++runs), { duplicate: true, value: undefined });
+    assert.equal(runs, 2);
+  });
+
+  test("a store without tokens (written before them) still works: release frees the key", async () => {
+    const keys = new Map<string, "pending" | "done">();
+    const legacy: IdempotencyStore = {
+      claim(key: string) {
+        const state = keys.get(key);
+        if (state) return state;
+        keys.set(key, "pending");
+        return "claimed";
+      },
+      complete(key: string) {
+        keys.set(key, "done");
+      },
+      release(key: string) {
+        keys.delete(key);
+      },
+    };
+    const once = createIdempotency({ store: legacy });
+    await assert.rejects(
+      once.run("evt_1", () => {
+        throw new Error("first try");
+      }),
+      /first try/,
+    );
+    assert.deepEqual(await once.run("evt_1", () => "retried"), { duplicate: false, value: "retried" });
+    assert.equal(keys.get("evt_1"), "done");
+  });
+
+  test("memory store: a release with another run's token leaves the claim; without a token it frees it", () => {
+    const store = new MemoryIdempotencyStore();
+    assert.equal(store.claim("k", 60_000, "run-a"), "claimed");
+    store.release("k", "run-b");
+    assert.equal(store.claim("k", 60_000, "run-c"), "pending");
+    store.release("k", "run-a");
+    assert.equal(store.claim("k", 60_000, "run-c"), "claimed");
+    store.complete("k", 60_000, "run-c");
+    store.release("k", "run-c");
+    assert.equal(store.claim("k", 60_000, "run-d"), "done", "a done key is not released");
+    assert.equal(store.claim("j", 60_000), "claimed");
+    store.release("j");
+    assert.equal(store.claim("j", 60_000), "claimed");
   });
 
   test("memory store: TTL and lease expiry with an injected clock", () => {
