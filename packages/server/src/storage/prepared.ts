@@ -1,5 +1,6 @@
 import type { Compilable, CompiledQuery, QueryResult, RawBuilder } from "kysely";
 import { type ColumnType, rowListOf, rowListValues } from "./lists.js";
+import { nameStatement } from "./statement-names.js";
 import type { DialectCaps } from "./store.js";
 import type { Db } from "./types.js";
 
@@ -41,6 +42,7 @@ export function preparedResult<P extends string, R>(
       // A query builder compiles by itself, an `sql` template against the database it runs on.
       c = (build(db, slots, caps) as { compile(db: Db): CompiledQuery<R> }).compile(db);
       compiled.set(caps.name, c);
+      if (caps.name === "postgres") nameStatement(c.sql);
     }
     const parameters = c.parameters.map((v) => (v instanceof Slot ? values[v.name as P] : v));
     // The compiled query's own id: plugins that noted something about the query when it was

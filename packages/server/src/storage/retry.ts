@@ -1,3 +1,4 @@
+import { preparedStatementMiss } from "./statement-names.js";
 /**
  * Runs a transaction again when the database rolled it back only because of another transaction,
  * so that running it again succeeds. Nothing of it was committed.
@@ -8,7 +9,9 @@
  *   transaction upgrading to write beside another writer may get SQLITE_BUSY without waiting, to
  *   avoid a deadlock.
  * - PostgreSQL: a deadlock (40P01), where the server chose this transaction to roll back, or a
- *   serialization failure (40001). Both are the documented cue to run the transaction again.
+ *   serialization failure (40001). Both are the documented cue to run the transaction again. And
+ *   a prepared statement that stopped fitting its connection (`preparedStatementMiss`), which the
+ *   next run sends unprepared.
  *
  * `run` must hold no effect outside the database that a second run would repeat. What is left
  * after `tries` is thrown (the API answers 503 `database_unavailable`, storage/store.ts).
@@ -29,5 +32,5 @@ const PG_CONFLICTS = new Set(["40P01", "40001"]);
 
 function isConflict(err: unknown): boolean {
   const code = String((err as { code?: unknown } | null)?.code);
-  return code.startsWith("SQLITE_BUSY") || PG_CONFLICTS.has(code);
+  return code.startsWith("SQLITE_BUSY") || PG_CONFLICTS.has(code) || preparedStatementMiss(err) !== undefined;
 }

@@ -1,6 +1,7 @@
 import type { Kysely } from "kysely";
 import type { FieldCipher } from "./encryption.js";
 import type { Database } from "./schema.js";
+import { preparedStatementMiss } from "./statement-names.js";
 
 /**
  * What differs between the backends, as data rather than `if`s through the code (pg-boss style).
@@ -163,6 +164,8 @@ export function isDatabaseUnavailable(err: unknown): boolean {
     // Only for a connect, so that a missing file elsewhere is not taken for a database outage.
     if (code === "ENOENT" && syscall === "connect") return true;
     if (typeof message === "string" && UNAVAILABLE_MESSAGE.test(message)) return true;
+    // Run again, the statement goes unprepared and succeeds.
+    if (preparedStatementMiss(e)) return true;
     e = cause;
   }
   return false;

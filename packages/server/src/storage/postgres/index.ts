@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import type { Database } from "../schema.js";
+import { preparedStatementMiss, statementName } from "../statement-names.js";
 import type { DialectCaps, Store } from "../store.js";
 
 const caps: DialectCaps = { name: "postgres", skipLocked: true, rowLocks: true, crossProcessNotify: true };
@@ -47,6 +48,31 @@ function boundQueries(
 }
 
 /**
+ * Sends the marked hot-path statements (`statementName`) as named, prepared statements. One that
+ * stopped fitting (`preparedStatementMiss`) fails its transaction once, to be run again: a stale
+ * one is sent unprepared on this connection from then on; a missing one turns names off for the
+ * whole pool (`names.off`), since the server connections are not the pool's own.
+ */
+function useStatementNames(client: pg.PoolClient, names: { off: boolean }): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  const stale = new Set<string>();
+  (client as { query: unknown }).query = (...args: unknown[]) => {
+    const [text, values] = args;
+    const name =
+      !names.off && args.length === 2 && typeof text === "string" && !stale.has(text)
+        ? statementName(text)
+        : undefined;
+    if (!name) return query(...args);
+    return (query({ name, text, values }) as Promise<unknown>).catch((err: unknown) => {
+      const miss = preparedStatementMiss(err);
+      if (miss === "stale") stale.add(text as string);
+      if (miss === "missing") names.off = true;
+      throw err;
+    });
+  };
+}
+
+/**
  * Runs a multi-statement script on `client`. One that fails after its own BEGIN leaves the session
  * in an aborted transaction, which is rolled back before the connection is used again.
  */
@@ -82,11 +108,13 @@ export function openPostgres(
   // checked out, say between the statements of a transaction). An "error" with no listener would
   // crash the process; the query in progress is rejected either way, and its caller retries.
   pool.on("error", () => {});
+  const names = { off: false };
   // Queries under the migration lock (migrations, and waiting for it: the first account) may
   // rightly run for minutes.
   let unbounded = 0;
   pool.on("connect", (client) => {
     client.on("error", () => {});
+    useStatementNames(client, names);
     if (opts.queryTimeoutMs)
       boundQueries(
         client,

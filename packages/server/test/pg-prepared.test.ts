@@ -1,0 +1,124 @@
+/**
+ * PostgreSQL keeps the hot-path statements prepared on each pooled connection
+ * (storage/statement-names.ts); a prepared statement that stops fitting its connection costs its
+ * transaction one more run, never a failed request.
+ */
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { sql } from "kysely";
+import pg from "pg";
+import { openPostgres } from "../src/storage/postgres/index.js";
+import { prepared } from "../src/storage/prepared.js";
+import { retryConflicts } from "../src/storage/retry.js";
+import { preparedStatementMiss } from "../src/storage/statement-names.js";
+import { isDatabaseUnavailable } from "../src/storage/store.js";
+import type { Db } from "../src/storage/types.js";
+import { startPostgres, stopPostgres } from "./helpers/postgres.js";
+
+after(() => stopPostgres());
+
+// A hot-path statement of this test's own, on a table every database has.
+const setting = prepared((db, p: Record<"name", never>) =>
+  db.selectFrom("settings").selectAll().where("name", "=", p.name),
+);
+
+async function preparedHere(db: Db): Promise<string[]> {
+  const r = await sql<{ name: string }>`SELECT name FROM pg_prepared_statements ORDER BY name`.execute(db);
+  return r.rows.map((x) => x.name);
+}
+
+/** One connection, so that every statement below runs where the last one did. */
+async function oneConnectionStore(url: string) {
+  const store = openPostgres(url, { poolSize: 1 });
+  await store.execScript(
+    "CREATE TABLE settings (name text PRIMARY KEY, value text NOT NULL, created_at bigint NOT NULL)",
+  );
+  await sql`INSERT INTO settings VALUES ('a', 'one', 1)`.execute(store.db);
+  return store;
+}
+
+test("postgres: a hot-path statement is prepared once on its connection, and answers as before", async () => {
+  const db = await (await startPostgres()).freshDatabase();
+  const store = await oneConnectionStore(db.url);
+  try {
+    assert.deepEqual(await preparedHere(store.db), []);
+    for (let i = 0; i < 3; i++)
+      assert.deepEqual(await setting(store.db, store.caps, { name: "a" }), [
+        { name: "a", value: "one", created_at: 1 },
+      ]);
+    const names = await preparedHere(store.db);
+    assert.equal(names.length, 1);
+    assert.match(names[0]!, /^klen_\d+$/);
+  } finally {
+    await store.close();
+    await db.drop();
+  }
+});
+
+test("postgres: a table changed under a prepared SELECT * (another process's migration) costs one more run of the transaction", async () => {
+  const db = await (await startPostgres()).freshDatabase();
+  const store = await oneConnectionStore(db.url);
+  const other = new pg.Client({ connectionString: db.url });
+  try {
+    await setting(store.db, store.caps, { name: "a" });
+    await other.connect();
+    await other.query("ALTER TABLE settings ADD COLUMN note text");
+    const errors: unknown[] = [];
+    const rows = await retryConflicts(() =>
+      store.db
+        .transaction()
+        .execute((trx) => setting(trx, store.caps, { name: "a" }))
+        .catch((err: unknown) => {
+          errors.push(err);
+          throw err;
+        }),
+    );
+    assert.deepEqual(rows, [{ name: "a", value: "one", created_at: 1, note: null }]);
+    assert.equal(errors.length, 1, "one run refused, the next one answered");
+    assert.equal(preparedStatementMiss(errors[0]), "stale");
+    // From then on it runs unprepared on that connection, with the new column.
+    assert.deepEqual(await setting(store.db, store.caps, { name: "a" }), rows);
+  } finally {
+    await other.end();
+    await store.close();
+    await db.drop();
+  }
+});
+
+test("postgres: a connection that lost its prepared statements (a pooler's other server connection, DISCARD ALL) turns them off and runs the transaction again", async () => {
+  const db = await (await startPostgres()).freshDatabase();
+  const store = await oneConnectionStore(db.url);
+  try {
+    await setting(store.db, store.caps, { name: "a" });
+    assert.equal((await preparedHere(store.db)).length, 1);
+    await sql`DEALLOCATE ALL`.execute(store.db);
+    let runs = 0;
+    const rows = await retryConflicts(() => {
+      runs++;
+      return store.db.transaction().execute((trx) => setting(trx, store.caps, { name: "a" }));
+    });
+    assert.deepEqual(rows, [{ name: "a", value: "one", created_at: 1 }]);
+    assert.equal(runs, 2);
+    // Names are off for the pool: nothing is prepared again.
+    await setting(store.db, store.caps, { name: "a" });
+    assert.deepEqual(await preparedHere(store.db), []);
+  } finally {
+    await store.close();
+    await db.drop();
+  }
+});
+
+test("a prepared statement's miss is told from other errors, and answered as unavailable (503), not as a bad query", () => {
+  const misses: Array<[Record<string, string>, string]> = [
+    [{ code: "26000", message: 'prepared statement "klen_3" does not exist' }, "missing"],
+    [{ code: "42P05", message: 'prepared statement "klen_3" already exists' }, "missing"],
+    [{ code: "0A000", message: "cached plan must not change result type" }, "stale"],
+  ];
+  for (const [err, kind] of misses) {
+    assert.equal(preparedStatementMiss(Object.assign(new Error(err.message), err)), kind);
+    assert.equal(isDatabaseUnavailable(Object.assign(new Error(err.message), err)), true);
+  }
+  const other = Object.assign(new Error("LOCK TABLE is not supported here"), { code: "0A000" });
+  assert.equal(preparedStatementMiss(other), undefined);
+  assert.equal(isDatabaseUnavailable(other), false);
+});
