@@ -16,7 +16,7 @@ import { checkEndpointUrl } from "./endpoints/url.js";
 import { Health } from "./health.js";
 import type { Logger } from "./log.js";
 import { retentionJob } from "./retention/job.js";
-import { apiPublicUrl, checkSharedConfig, recordApiPublicUrl } from "./shared-config.js";
+import { apiPublicUrl, checkSharedConfig, recordApiPublicUrl, SHARED_BEAT_MS } from "./shared-config.js";
 import { testCallResumer } from "./simulator/resumer.js";
 import { handOverTestCalls, stopTestCalls } from "./simulator/run.js";
 import { migrate } from "./storage/migrate.js";
@@ -201,6 +201,8 @@ export async function startServer(
      * listens: `serve` shows it if a signal stops the start there (it was lost for good).
      */
     onGeneratedKey?: (key: string) => void;
+    /** How often the shared-settings record is written again (tests shorten it). */
+    sharedBeatMs?: number;
   } = {},
 ): Promise<Running> {
   const role = opts.role ?? "all";
@@ -218,20 +220,54 @@ export async function startServer(
   // A process started while PostgreSQL is down or still starting up (a restart, a supervisor
   // bringing everything up at once) waits for it rather than exiting; so does one whose database
   // goes away during these start-up steps, each of which can run again.
-  await untilAvailable(log, () => migrate(store));
+  await untilAvailable(log, () => migrate(store)).catch((err: unknown) => {
+    // Reached but refused (a wrong password or user, no such database): say which database, as
+    // `migrate` does. PostgreSQL opens its connections lazily, so this is the first query.
+    const code = (err as { code?: unknown }).code;
+    throw typeof code === "string" && (code.startsWith("28") || code === "3D000")
+      ? cannotOpenDatabase(config.databaseUrl, err)
+      : err;
+  });
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
-  if (role === "worker" && !config.publicUrlGiven) {
-    const recorded = await untilAvailable(log, () => apiPublicUrl(store.db));
-    if (recorded) {
-      log.info(
-        { public_url: recorded },
-        "KLEN_PUBLIC_URL is not set: using the one the API processes serve at, for the URLs this worker makes",
+  // A worker without KLEN_PUBLIC_URL follows the URL the API processes serve at: read at start and
+  // again with each beat of its shared-settings record, so a worker started before any API process
+  // takes it up once one has started.
+  const followApiUrl =
+    role === "worker" && !config.publicUrlGiven
+      ? async () => {
+          const recorded = await apiPublicUrl(store.db);
+          if (!recorded || recorded === config.publicUrl) return;
+          log.info(
+            { public_url: recorded },
+            "KLEN_PUBLIC_URL is not set: using the one the API processes serve at, for the URLs this worker makes",
+          );
+          config.publicUrl = recorded;
+        }
+      : undefined;
+  if (followApiUrl) {
+    const own = config.publicUrl;
+    await untilAvailable(log, followApiUrl);
+    if (config.publicUrl === own)
+      log.warn(
+        { public_url: own },
+        "KLEN_PUBLIC_URL is not set and no API process has started on this database yet: the URLs this worker makes use its own default, where nothing serves blobs, until one starts (looked for every 30 s); set KLEN_PUBLIC_URL",
       );
-      config.publicUrl = recorded;
-    }
   }
-  const removeSharedConfigRecord = await untilAvailable(log, () => checkSharedConfig(store.db, config, log));
+  const sharedRecord = await untilAvailable(log, () => checkSharedConfig(store.db, config, log, { role }));
+  // Kept fresh while this process runs: processes that start later compare with it (shared-config.ts).
+  const beat = new Periodic(
+    async () => {
+      try {
+        await followApiUrl?.();
+        await sharedRecord.beat();
+      } catch {
+        // The database is away: the next beat writes it; a record unwritten for 90 s is taken for
+        // a process that is gone, which only spares later starts a comparison with this one.
+      }
+    },
+    () => opts.sharedBeatMs ?? SHARED_BEAT_MS,
+  );
   if (config.retentionMs < config.urlTtlMs)
     log.warn(
       { retention: formatDuration(config.retentionMs), url_ttl: formatDuration(config.urlTtlMs) },
@@ -274,7 +310,7 @@ export async function startServer(
   // Only a worker listens there; the others serve /healthz and /metrics on PORT.
   if (role !== "worker" && config.workerPort !== undefined)
     log.warn(
-      { role, port: config.port },
+      { port: config.port },
       "KLEN_WORKER_PORT is for --role worker only: this process serves /healthz and /metrics on PORT",
     );
   const dispatcher = role === "api" ? undefined : new Dispatcher(ctx, opts.dispatcher);
@@ -297,12 +333,13 @@ export async function startServer(
   } catch (err) {
     // Its port taken, this process never ran: the next start is not compared with it, and the
     // account it made, whose key it never printed, is undone so that the next start prints one.
-    await removeSharedConfigRecord().catch(() => {});
+    await sharedRecord.remove().catch(() => {});
     if (generatedKey) await undoFirstAccount(store, generatedKey).catch(() => {});
     await store.close().catch(() => {});
     throw err;
   }
   dispatcher?.start();
+  beat.start();
   if (dispatcher && !config.dev) void warnDevOnlyEndpoints(ctx);
   void warnUnsharedBlobs(ctx);
   // Background work of worker processes: generated summaries, the retention purge, and test
@@ -350,9 +387,10 @@ export async function startServer(
       await keyWatch?.stop();
       await testCalls?.stop();
       await handOverTestCalls(ctx);
-      await removeSharedConfigRecord().catch((err: unknown) =>
-        log.warn({ err }, "could not remove this process's shared-settings record"),
-      );
+      await beat.stop();
+      await sharedRecord
+        .remove()
+        .catch((err: unknown) => log.warn({ err }, "could not remove this process's shared-settings record"));
       await store.close();
     },
   };

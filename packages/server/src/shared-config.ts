@@ -1,10 +1,23 @@
 import type { Config } from "./config.js";
 import type { Logger } from "./log.js";
 import type { Db } from "./storage/types.js";
+import { newId } from "./util/ids.js";
 import { formatDuration } from "./util/units.js";
 
-/** `settings` row: the shared settings of the process that started last. */
-const NAME = "shared_config";
+/**
+ * `settings` rows `shared_config:<process>`: the shared settings of each process running on the
+ * database, written at start and again every `SHARED_BEAT_MS` while it runs, removed when it stops.
+ * (`shared_config` alone is the single record of versions before: the latest start's.)
+ */
+const PREFIX = "shared_config:";
+const LEGACY = "shared_config";
+
+/** How often a running process writes its record again. */
+export const SHARED_BEAT_MS = 30_000;
+/** A record not written again for this long is a process that is gone (killed, its host lost). */
+export const SHARED_LIVE_MS = 3 * SHARED_BEAT_MS;
+/** Records of processes gone this long are deleted at the next start. */
+const SHARED_FORGET_MS = 86_400_000;
 
 /**
  * The settings every process on one database must agree on, as the variables name them: each
@@ -13,15 +26,16 @@ const NAME = "shared_config";
  * URL and TTL, and so on. A worker on `1s` beside one on the full schedule gave deliveries up after
  * two attempts, and a worker without KLEN_PUBLIC_URL sent `http://localhost:8080/…` URLs.
  */
-function shared(config: Config): Record<string, string> {
+function shared(config: Config, role: string): Record<string, string> {
+  // Not a setting of its own to compare: a worker without KLEN_PUBLIC_URL follows the API
+  // processes' (`apiPublicUrl`), and with PORT=0 the URL is known only once the process listens.
+  const ownUrl = config.publicUrlGiven || (role !== "worker" && config.port !== 0);
   return {
     KLEN_RETRY_SCHEDULE: config.retrySchedule.map(formatDuration).join(","),
     KLEN_DISABLE_AFTER: formatDuration(config.disableAfterMs),
     KLEN_DELIVERY_TIMEOUT: formatDuration(config.deliveryTimeoutMs),
     KLEN_LEASE: formatDuration(config.leaseMs),
-    // With PORT=0 and no KLEN_PUBLIC_URL the URL is not known until the process listens (the
-    // port picked then, `recordApiPublicUrl`): `http://localhost:0` is no one's URL to compare with.
-    ...(config.port === 0 && !config.publicUrlGiven ? {} : { KLEN_PUBLIC_URL: config.publicUrl }),
+    ...(ownUrl ? { KLEN_PUBLIC_URL: config.publicUrl } : {}),
     KLEN_URL_TTL: formatDuration(config.urlTtlMs),
     KLEN_INLINE_LIMIT: String(config.inlineLimit),
     KLEN_RETENTION: formatDuration(config.retentionMs),
@@ -30,66 +44,81 @@ function shared(config: Config): Record<string, string> {
   };
 }
 
+/** A process's record of its shared settings: written again by `beat`, removed by `remove`. */
+export interface SharedConfigRecord {
+  beat(now?: number): Promise<void>;
+  remove(): Promise<void>;
+}
+
 /**
  * At start: warns, naming each variable and both values, where this process's shared settings
- * differ from those of the process that started last on the database, then records its own. A
- * warning, not a refusal: changing a setting means restarting every process, one after another.
- * Returns what removes the record on a graceful stop (see `removeRecord`).
+ * differ from those of any process running on the database (its record written within
+ * `SHARED_LIVE_MS`), then records its own. A warning, not a refusal: changing a setting means
+ * restarting every process, one after another. The caller writes the record again every
+ * `SHARED_BEAT_MS` (`beat`) and removes it on a graceful stop or a start that fails (`remove`).
  */
 export async function checkSharedConfig(
   db: Db,
   config: Config,
   log: Logger,
-  now = Date.now(),
-): Promise<() => Promise<void>> {
-  const mine = shared(config);
-  const row = await db
-    .selectFrom("settings")
-    .select(["value", "created_at"])
-    .where("name", "=", NAME)
-    .executeTakeFirst();
-  if (row) {
-    let theirs: Record<string, unknown> = {};
-    try {
-      theirs = JSON.parse(row.value) as Record<string, unknown>;
-    } catch {
-      // Unreadable: recorded again below.
-    }
-    const differs = Object.keys(mine).filter((k) => k in theirs && theirs[k] !== mine[k]);
-    for (const variable of differs)
-      log.warn(
-        {
-          variable,
-          here: mine[variable],
-          there: theirs[variable],
-          there_started: new Date(Number(row.created_at)).toISOString(),
-        },
-        `${variable} differs from the process that started before this one on this database: every process must have the same value (docs/scaling.md); restart each with it`,
-      );
-  }
-  const value = JSON.stringify(mine);
-  await db
-    .insertInto("settings")
-    .values({ name: NAME, value, created_at: now })
-    .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: now }))
-    .execute();
-  return () => removeRecord(db, { value, created_at: now });
-}
-
-/**
- * A process stopping gracefully while its record is still the latest removes it: a single process
- * restarted with new settings (dev mode, another port) is then not warned about itself. The
- * record it replaced is not put back: its process may have died, and would be warned about at
- * every start from then on. So the next start is compared with no one, at the cost of not hearing
- * again about a process that still runs with other settings (the first start beside it was warned).
- */
-async function removeRecord(db: Db, mine: { value: string; created_at: number }): Promise<void> {
+  opts: { role?: string; now?: number } = {},
+): Promise<SharedConfigRecord> {
+  const role = opts.role ?? "all";
+  const now = opts.now ?? Date.now();
+  const mine = shared(config, role);
   await db
     .deleteFrom("settings")
-    .where("name", "=", NAME)
-    .where("value", "=", mine.value)
-    .where("created_at", "=", mine.created_at)
+    .where("name", "like", `${PREFIX}%`)
+    .where("created_at", "<", now - SHARED_FORGET_MS)
     .execute();
+  const rows = await db
+    .selectFrom("settings")
+    .select(["name", "value", "created_at"])
+    .where((eb) => eb.or([eb("name", "like", `${PREFIX}%`), eb("name", "=", LEGACY)]))
+    .execute();
+  const warned = new Set<string>();
+  for (const row of rows) {
+    const legacy = row.name === LEGACY;
+    // The single record of an older version is compared with once, as it was, then replaced.
+    if (!legacy && row.created_at < now - SHARED_LIVE_MS) continue;
+    let theirs: Record<string, unknown> = {};
+    let started = row.created_at;
+    try {
+      const parsed = JSON.parse(row.value) as { settings?: Record<string, unknown>; started_at?: number };
+      theirs = legacy ? (parsed as Record<string, unknown>) : (parsed.settings ?? {});
+      if (!legacy && typeof parsed.started_at === "number") started = parsed.started_at;
+    } catch {
+      // Unreadable: nothing to compare with.
+    }
+    for (const variable of Object.keys(mine)) {
+      const there = theirs[variable];
+      if (!(variable in theirs) || there === mine[variable] || warned.has(`${variable}\n${String(there)}`))
+        continue;
+      warned.add(`${variable}\n${String(there)}`);
+      log.warn(
+        { variable, here: mine[variable], there, there_started: new Date(Number(started)).toISOString() },
+        `${variable} differs from a process running on this database: every process must have the same value (docs/scaling.md); restart each with it`,
+      );
+    }
+  }
+  if (rows.some((r) => r.name === LEGACY))
+    await db.deleteFrom("settings").where("name", "=", LEGACY).execute();
+  const name = `${PREFIX}${newId("proc", now)}`;
+  const write = async (at: number) => {
+    const value = JSON.stringify({ settings: shared(config, role), started_at: now, role });
+    await db
+      .insertInto("settings")
+      .values({ name, value, created_at: at })
+      .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: at }))
+      .execute();
+  };
+  await write(now);
+  return {
+    beat: (at = Date.now()) => write(at),
+    remove: async () => {
+      await db.deleteFrom("settings").where("name", "=", name).execute();
+    },
+  };
 }
 
 /** `settings` row: the public URL of the process that serves the API and started last. */

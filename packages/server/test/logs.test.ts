@@ -7,6 +7,7 @@ import { installErrorHandler } from "../src/api/errors.js";
 import { loadConfig } from "../src/config.js";
 import { ApiError } from "../src/errors.js";
 import { createLogger, type Logger, logBackgroundFailure } from "../src/log.js";
+import { type Running, startServer } from "../src/server.js";
 import { checkSharedConfig } from "../src/shared-config.js";
 import { migrate } from "../src/storage/migrate.js";
 import { openStore } from "../src/storage/store.js";
@@ -189,7 +190,7 @@ test("requests failing for the same server-side reason log one line per 30 s, no
   assert.equal(httpLogLevel(createLogger({ level: "silent" })), "silent");
 });
 
-test("a process whose shared settings differ from the one started before it on the database warns, naming each variable and both values; one that stopped is not compared with", async () => {
+test("a process whose shared settings differ from any process running on the database warns, naming each variable and both values; one that stopped is not compared with, one killed is until its record ages", async () => {
   const dir = tempDir();
   const start = (schedule: string) =>
     spawnServer({
@@ -209,9 +210,12 @@ test("a process whose shared settings differ from the one started before it on t
   const differing = (output: string) =>
     output
       .split("\n")
-      .filter((l) => l.includes("differs from the process"))
+      .filter((l) => l.includes("differs from a process running"))
       .map((l) => JSON.parse(l) as { variable: string; here: string; there: string; level: number })
-      .map((w) => [w.variable, w.here, w.there, w.level]);
+      .map((w) => [w.variable, w.here, w.there, w.level])
+      .sort();
+  // A process restarted alone with new settings is not warned about itself.
+  assert.deepEqual(differing(await run("1s,1s")), []);
   const first = await start("1s,2s");
   try {
     assert.deepEqual(differing(first.output()), []);
@@ -221,18 +225,88 @@ test("a process whose shared settings differ from the one started before it on t
       /"retention":"1d","url_ttl":"7d".*KLEN_RETENTION is shorter than KLEN_URL_TTL/,
     );
     assert.deepEqual(differing(await run("1s,3s")), [["KLEN_RETRY_SCHEDULE", "1s,3s", "1s,2s", 40]]);
-    // Stopped gracefully, it took its record with it: the next start is compared with no one.
-    assert.deepEqual(differing(await run("1s,4s")), []);
-    // Killed, a process leaves its record, and the next one is compared with it, once.
+    // Stopped gracefully, it took its own record with it; the first one still runs, and is named.
+    assert.deepEqual(differing(await run("1s,4s")), [["KLEN_RETRY_SCHEDULE", "1s,4s", "1s,2s", 40]]);
+    // Killed, a process leaves its record: compared with beside the one still running.
     const killed = await start("1s,5s");
     await killed.kill("SIGKILL");
-    assert.deepEqual(differing(await run("1s,6s")), [["KLEN_RETRY_SCHEDULE", "1s,6s", "1s,5s", 40]]);
-    assert.deepEqual(differing(await run("1s,7s")), []);
-    // A process restarted alone with new settings is not warned about itself.
+    assert.deepEqual(differing(await run("1s,6s")), [
+      ["KLEN_RETRY_SCHEDULE", "1s,6s", "1s,2s", 40],
+      ["KLEN_RETRY_SCHEDULE", "1s,6s", "1s,5s", 40],
+    ]);
     await first.kill();
-    assert.deepEqual(differing(await run("1s,8s")), []);
+    // Until its record ages (90 s unwritten: the unit test below), the killed one still is.
+    assert.deepEqual(differing(await run("1s,2s")), [["KLEN_RETRY_SCHEDULE", "1s,2s", "1s,5s", 40]]);
   } finally {
     await first.kill();
+    dir.remove();
+  }
+});
+
+test("shared settings: a record not written again for 90 s is a process gone; an older version's single record is compared with once; a worker following the API's URL is not compared on it", async () => {
+  const dir = tempDir();
+  const lines: Array<{ msg: string; variable?: string; there?: string }> = [];
+  const log = pino(
+    { level: "info" },
+    { write: (l: string) => lines.push(JSON.parse(l)) },
+  ) as unknown as Logger;
+  const config = (env: Record<string, string>) => loadConfig({ KLEN_DATA_DIR: dir.path, ...env });
+  const store = await openStore(config({}).databaseUrl);
+  const warned = () => {
+    const w = lines
+      .filter((l) => l.msg.includes("differs from a process running"))
+      .map((l) => [l.variable, l.there]);
+    lines.length = 0;
+    return w;
+  };
+  try {
+    await migrate(store);
+    const t0 = 1_800_000_000_000;
+    const a = await checkSharedConfig(store.db, config({ KLEN_RETRY_SCHEDULE: "1s,2s" }), log, { now: t0 });
+    const other = config({ KLEN_RETRY_SCHEDULE: "5s" });
+    await checkSharedConfig(store.db, other, log, { now: t0 + 60_000 });
+    assert.deepEqual(warned(), [["KLEN_RETRY_SCHEDULE", "1s,2s"]]);
+    // A's record unwritten for more than 90 s: A is taken for gone.
+    await checkSharedConfig(store.db, other, log, { now: t0 + 100_000 });
+    assert.deepEqual(warned(), []);
+    // Written again (its beat), A is compared with again.
+    await a.beat(t0 + 110_000);
+    await checkSharedConfig(store.db, other, log, { now: t0 + 120_000 });
+    assert.deepEqual(warned(), [["KLEN_RETRY_SCHEDULE", "1s,2s"]]);
+    // Removed (a graceful stop), it is not.
+    await a.remove();
+    await checkSharedConfig(store.db, other, log, { now: t0 + 130_000 });
+    assert.deepEqual(warned(), []);
+    // The single record of a version before: compared with once, then gone.
+    const legacy = JSON.stringify({ KLEN_RETRY_SCHEDULE: "9s", KLEN_DEV: "off" });
+    await store.db
+      .insertInto("settings")
+      .values({ name: "shared_config", value: legacy, created_at: t0 })
+      .execute();
+    await checkSharedConfig(store.db, other, log, { now: t0 + 140_000 });
+    assert.deepEqual(warned(), [["KLEN_RETRY_SCHEDULE", "9s"]]);
+    await checkSharedConfig(store.db, other, log, { now: t0 + 150_000 });
+    assert.deepEqual(warned(), []);
+    // An API process with its own public URL, and a worker without one (it follows the API's).
+    const api = config({ KLEN_RETRY_SCHEDULE: "5s", KLEN_PUBLIC_URL: "https://hooks.example.test" });
+    await checkSharedConfig(store.db, api, log, { role: "api", now: t0 + 160_000 });
+    lines.length = 0;
+    await checkSharedConfig(store.db, other, log, { role: "worker", now: t0 + 170_000 });
+    assert.deepEqual(warned(), []);
+    // Records of processes gone a day are deleted at the next start.
+    const count = async () =>
+      (
+        await store.db
+          .selectFrom("settings")
+          .select("name")
+          .where("name", "like", "shared_config:%")
+          .execute()
+      ).length;
+    assert.ok((await count()) > 1);
+    await checkSharedConfig(store.db, other, log, { now: t0 + 2 * 86_400_000 });
+    assert.equal(await count(), 1);
+  } finally {
+    await store.close();
     dir.remove();
   }
 });
@@ -249,7 +323,7 @@ test("an API process on PORT=0 without KLEN_PUBLIC_URL records no public URL to 
   try {
     await migrate(store);
     const warned = () =>
-      lines.filter((l) => l.msg.includes("differs from the process")).map((l) => l.variable);
+      lines.filter((l) => l.msg.includes("differs from a process running")).map((l) => l.variable);
     // The API process (its URL becomes http://localhost:<picked> once it listens), then a worker
     // that adopted that URL: nothing to warn about.
     await checkSharedConfig(store.db, config({ PORT: "0" }), log);
@@ -266,6 +340,35 @@ test("an API process on PORT=0 without KLEN_PUBLIC_URL records no public URL to 
     assert.deepEqual(warned(), ["KLEN_PUBLIC_URL"]);
   } finally {
     await store.close();
+    dir.remove();
+  }
+});
+
+test("a worker started before any API process says its URLs use its own default, then takes up the API's URL once one starts", async () => {
+  const dir = tempDir();
+  const lines: Array<{ msg: string; public_url?: string }> = [];
+  const log = pino(
+    { level: "info" },
+    { write: (l: string) => lines.push(JSON.parse(l)) },
+  ) as unknown as Logger;
+  const env = { KLEN_DATA_DIR: dir.path, KLEN_DEV: "1" };
+  const worker = await startServer(loadConfig(env), log, { role: "worker", sharedBeatMs: 20 });
+  let api: Running | undefined;
+  try {
+    const alone = lines.find((l) => l.msg.includes("no API process has started on this database yet"));
+    assert.equal(alone?.public_url, "http://localhost:8080");
+    api = await startServer(
+      loadConfig({ ...env, PORT: "0", KLEN_API_KEY: "klen_test_key_follow" }),
+      createLogger({ level: "silent" }),
+      { role: "api" },
+    );
+    const url = `http://localhost:${new URL(api.address!).port}`;
+    await waitFor("the worker to take up the API's URL", () => worker.ctx.config.publicUrl === url);
+    const taken = lines.find((l) => l.msg.includes("using the one the API processes serve at"));
+    assert.equal(taken?.public_url, url);
+  } finally {
+    await api?.stop(1000);
+    await worker.stop(1000);
     dir.remove();
   }
 });

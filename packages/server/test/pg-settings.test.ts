@@ -115,3 +115,39 @@ test("postgres: a session the server ends for idling (idle_session_timeout, idle
     await db.drop();
   }
 });
+
+test("serve that reaches PostgreSQL but is refused (no such database, a wrong user) says which database, without its password", async () => {
+  const server = await startPostgres();
+  const url = new URL(server.adminUrl);
+  const tmp = mkdtempSync(join(tmpdir(), "klen-refused-"));
+  try {
+    const cases: Array<[string, string, RegExp]> = [
+      [
+        url.username,
+        `/klen_nodb_${process.pid}`,
+        new RegExp(`database "klen_nodb_${process.pid}" does not exist`),
+      ],
+      ["klen_nouser", url.pathname, /role "klen_nouser" does not exist/],
+    ];
+    for (const [user, path, why] of cases) {
+      const target = new URL(url);
+      target.username = user;
+      target.pathname = path;
+      target.password = "S3cretPw";
+      const r = spawnSync(process.execPath, [CLI, "serve"], {
+        env: { ...process.env, KLEN_DATABASE_URL: target.toString(), KLEN_DATA_DIR: tmp, PORT: "0" },
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(
+        r.stderr,
+        /cannot open the database postgres:\/\/[^ ]*\*\*\*@[^ ]* \(KLEN_DATABASE_URL\): /,
+      );
+      assert.match(r.stderr, why);
+      assert.doesNotMatch(r.stderr + r.stdout, /S3cretPw/);
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});

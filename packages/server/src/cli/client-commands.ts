@@ -279,12 +279,17 @@ Where it listens and what it stores (all variables: the README's Configuration t
   KLEN_BLOB_STORE      local (blobs as files in KLEN_DATA_DIR, default) or database
   KLEN_DATABASE_URL    sqlite:<path> or postgres://… (default sqlite:$KLEN_DATA_DIR/klen.db)
   KLEN_API_KEY         an API key for the default account (created if there is none)
+  KLEN_PUBLIC_URL      where clients reach the API (the base of recording and text URLs)
+
+Several processes on one PostgreSQL need the same shared settings (docs/scaling.md), and the
+same blobs: KLEN_BLOB_STORE=database, or one KLEN_DATA_DIR shared by all.
 
 Examples:
   $ klen-webhooks serve --dev                      # SQLite in ./data, http://127.0.0.1:8080
   $ PORT=9000 KLEN_HOST=0.0.0.0 klen-webhooks serve
-  $ KLEN_DATABASE_URL=postgres://... klen-webhooks serve --role api
-  $ KLEN_DATABASE_URL=postgres://... KLEN_WORKER_PORT=9090 klen-webhooks serve --role worker`,
+  $ export KLEN_DATABASE_URL=postgres://... KLEN_PUBLIC_URL=https://hooks.example.com KLEN_BLOB_STORE=database
+  $ klen-webhooks serve --role api
+  $ KLEN_WORKER_PORT=9090 klen-webhooks serve --role worker`,
   );
   find("migrate")?.addHelpText(
     "after",

@@ -137,6 +137,8 @@ program
     // was registered when it came, and a listener swapped meanwhile lost it (the process ran on).
     let onSignal: (signal: NodeJS.Signals) => void = (signal) => {
       if (madeKey) showKey(madeKey);
+      // Nothing in flight yet; said so a supervisor's log shows why the process ended.
+      log.warn({ signal }, "stopped by a signal while starting");
       process.exit(signal === "SIGINT" ? 130 : 143);
     };
     process.on("SIGINT", (signal) => onSignal(signal));
@@ -172,7 +174,12 @@ program
         process.exit(1);
       }
       stopping = true;
-      log.info({ signal }, "stopping: finishing in-flight attempts");
+      log.info(
+        { signal },
+        opts.role === "api"
+          ? "stopping: finishing requests in progress"
+          : "stopping: finishing in-flight attempts",
+      );
       // Everything is bounded by the grace period; this only guards against what is not.
       setTimeout(() => {
         log.error(

@@ -353,7 +353,9 @@ export class Dispatcher {
     this.ctx.work.on("endpoint", this.onEndpointChange);
     this.ctx.store.onWork(this.onWork);
     this.sweepTimer = setInterval(() => {
-      this.forgetGoneEndpoints().catch((err) => this.ctx.log.warn({ err }, "failing-endpoint sweep failed"));
+      this.forgetGoneEndpoints().catch((err) =>
+        logBackgroundFailure(this.ctx.log, {}, "failing-endpoint sweep failed", err),
+      );
       // A change older than any lease concerns no claim still held.
       const before = this.ctx.clock.now() - this.ctx.config.leaseMs;
       for (const [id, at] of this.changedEndpoints)
@@ -368,7 +370,7 @@ export class Dispatcher {
             this.wake();
           }
         })
-        .catch((err) => this.ctx.log.warn({ err }, "ordering sweep failed"));
+        .catch((err) => logBackgroundFailure(this.ctx.log, {}, "ordering sweep failed", err));
     }, this.opts.sweepMs);
     this.sweepTimer.unref();
     // The sender thread comes up first (for up to 2 s): started by the first attempts, it would
