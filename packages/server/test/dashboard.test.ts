@@ -697,6 +697,56 @@ describe("dashboard in Chromium", () => {
     }
   });
 
+  test("a delivery whose attempt is being sent says so, with no due time and no Retry now", async () => {
+    // A long delivery timeout and a receiver that answers only when told: the attempt stays in flight.
+    const sendDir = tempDir();
+    const sender = await spawnServer({ dataDir: sendDir.path, env: { KLEN_DELIVERY_TIMEOUT: "60s" } });
+    const held = await startReceiver({ respond: () => ({ status: 200, hang: true }) });
+    const other = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    other.setDefaultTimeout(15_000);
+    other.on("pageerror", (err) => pageErrors.push(err.message));
+    try {
+      const { agentId: agent } = await setupAccount(sender.api, { endpointUrl: held.url });
+      const c = await sender.api.post("/v1/calls", {
+        agent_id: agent,
+        type: "inbound",
+        phone_number: "+15550004002",
+      });
+      assert.equal((await sender.api.post(`/v1/calls/${c.body.id}/start`, {})).status, 200);
+      await held.waitForCount(1);
+      const d = (await sender.api.get(`/v1/deliveries?call_id=${c.body.id}`)).body.data[0] as {
+        id: string;
+        sending_since: string | null;
+      };
+      assert.ok(d.sending_since, "in flight");
+
+      await other.goto(sender.url);
+      await other.getByLabel("API key").fill(sender.apiKey);
+      await other.getByRole("button", { name: "Sign in" }).click();
+      await other.getByRole("heading", { name: "Overview" }).waitFor();
+      await other.evaluate(() => {
+        location.hash = "#/deliveries";
+      });
+      const cell = other
+        .locator(`tr.delivery[data-delivery="${d.id}"]`)
+        .getByText("sending", { exact: true });
+      await cell.waitFor();
+      assert.match((await cell.getAttribute("title"))!, /^Being sent since /);
+      await other.getByRole("button", { name: `Attempts of ${d.id}` }).click();
+      const detail = other.locator(`tr.delivery[data-delivery="${d.id}"] + tr.detail`);
+      await detail.getByText(/^being sent since /).waitFor();
+      await detail.getByText(/^First attempt being sent since /).waitFor();
+      assert.equal(await detail.getByText(/First attempt due/).count(), 0);
+      // The API would refuse it (409 delivery_in_flight): the page does not offer it.
+      assert.equal(await detail.getByRole("button", { name: "Retry now" }).count(), 0);
+    } finally {
+      await other.close();
+      await sender.kill("SIGKILL");
+      await held.close();
+      sendDir.remove();
+    }
+  });
+
   test("Add endpoint can be cancelled; the overview links to every endpoint", async () => {
     const count = async () => (await server.api.get("/v1/endpoints?limit=100")).body.data.length as number;
     const before = await count();

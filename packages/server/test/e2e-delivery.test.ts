@@ -682,6 +682,11 @@ describe("manual retry beside an attempt in flight", () => {
       await startedCall(server.api, agentId, "+15550005555");
       await waitFor("the attempt to arrive", () => received === 1);
       const d = (await server.api.get(`/v1/deliveries?endpoint_id=${endpoint.id}`)).body.data[0];
+      // It says so: being sent since the worker took it, sent again when the lease ends if lost.
+      assert.equal(d.status, "pending");
+      assert.equal(d.attempts.length, 0);
+      assert.ok(d.sending_since && Date.parse(d.sending_since) <= Date.now(), JSON.stringify(d));
+      assert.ok(Date.parse(d.next_attempt_at) > Date.parse(d.sending_since) + 60_000, "the lease's end");
       const retry = await server.api.post(`/v1/deliveries/${d.id}/retry`);
       assert.equal(retry.status, 409);
       assert.equal(retry.body.error.code, "delivery_in_flight");
@@ -691,6 +696,7 @@ describe("manual retry beside an attempt in flight", () => {
         return x.status === "succeeded" ? x : undefined;
       });
       assert.equal(done.attempts.length, 1);
+      assert.equal(done.sending_since, null);
       // Once finished, a retry goes through: one more attempt, numbered 2.
       assert.equal((await server.api.post(`/v1/deliveries/${d.id}/retry`)).status, 202);
       await waitFor("second attempt", () => received === 2);

@@ -58,6 +58,7 @@ export async function loadEndpoints() {
  * to the same endpoint are finished, so that they arrive in order (docs/api.md, Deliveries).
  */
 const parked = (d) => d.status === "pending" && !d.next_attempt_at;
+const sending = (d) => d.status === "pending" && Boolean(d.sending_since);
 
 /** Why a delivery that failed was not sent (again): its endpoint was disabled or deleted. */
 const NOT_SENT = {
@@ -79,7 +80,10 @@ function lastResponse(d) {
       },
       "waits for an earlier event",
     );
-  // Due (or being sent), with no attempt logged yet.
+  // Being sent now (a worker holds it): its next_attempt_at is the lease's end, not a due time.
+  if (sending(d))
+    return h("span", { class: "muted", title: `Being sent since ${fmtTime(d.sending_since)}` }, "sending");
+  // Due, with no attempt logged yet.
   if (!a && d.status === "pending")
     return h("span", { class: "muted", title: `First attempt due ${fmtTime(d.next_attempt_at)}` }, "queued");
   if (!a) return h("span", { class: "muted" }, "—");
@@ -147,11 +151,13 @@ function attemptsOnly(d) {
     return h(
       "p",
       { class: "muted small" },
-      d.next_attempt_at
-        ? `First attempt due ${fmtTime(d.next_attempt_at)}.`
-        : parked(d)
-          ? `No attempt yet: it is sent after the earlier events of call #${d.call_id} to this endpoint.`
-          : "No attempt yet.",
+      sending(d)
+        ? `First attempt being sent since ${fmtTime(d.sending_since)}.`
+        : d.next_attempt_at
+          ? `First attempt due ${fmtTime(d.next_attempt_at)}.`
+          : parked(d)
+            ? `No attempt yet: it is sent after the earlier events of call #${d.call_id} to this endpoint.`
+            : "No attempt yet.",
     );
   return h(
     "table",
@@ -277,12 +283,22 @@ function deliveryRows(d, opts) {
             h("a", { href: `#/events?event_id=${d.event_id}` }, mono(d.event_id)),
           ),
           h("span", { class: "spacer" }),
-          d.next_attempt_at && d.status === "pending"
-            ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
-            : parked(d)
-              ? h("span", { class: "muted small parked" }, "waits for an earlier event of its call")
-              : null,
-          parked(d) ? null : retry,
+          sending(d)
+            ? h(
+                "span",
+                {
+                  class: "muted small",
+                  title: `If its outcome is lost, it is sent again at ${fmtTime(d.next_attempt_at)}`,
+                },
+                `being sent since ${fmtTime(d.sending_since)}`,
+              )
+            : d.next_attempt_at && d.status === "pending"
+              ? h("span", { class: "muted small" }, `next attempt ${fmtTime(d.next_attempt_at)}`)
+              : parked(d)
+                ? h("span", { class: "muted small parked" }, "waits for an earlier event of its call")
+                : null,
+          // Parked: the API refuses it (delivery_waiting); being sent: it would (delivery_in_flight).
+          parked(d) || sending(d) ? null : retry,
         ),
         status,
         attemptsTable(d),

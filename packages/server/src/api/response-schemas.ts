@@ -190,6 +190,7 @@ const delivery = object(
     status: { type: "string", enum: ["pending", "succeeded", "failed"] },
     attempt_count: { type: "integer", minimum: 0 },
     next_attempt_at: nullable(millis),
+    sending_since: nullable(millis),
     last_error: nullable(str),
     created_at: millis,
     updated_at: millis,

@@ -254,6 +254,8 @@ export interface DeliveryObject {
     response_body?: string | null;
   }>;
   next_attempt_at: string | null;
+  /** Set while a worker sends its attempt (older servers leave it out). */
+  sending_since?: string | null;
 }
 export interface Page<T> {
   data: T[];

@@ -83,6 +83,8 @@ function endpointLine(out: Output, e: EndpointObject): string {
 
 /** What a pending delivery waits for, or why a finished one failed. */
 function deliveryState(d: DeliveryDetail): string {
+  if (d.status === "pending" && d.sending_since)
+    return `, being sent since ${d.sending_since} (sent again at ${d.next_attempt_at} if the attempt is lost)`;
   if (d.status === "pending")
     return d.next_attempt_at
       ? `, next attempt ${d.next_attempt_at}`

@@ -36,6 +36,12 @@ const deliveryObject = (d: DeliveryRow, x: Details) => ({
   attempt_count: d.attempt_count,
   next_attempt_at:
     d.status === "pending" && d.next_attempt_at !== null ? isoMillis(Number(d.next_attempt_at)) : null,
+  // Claimed by a worker: its attempt is being sent (or waits for the endpoint's rate limit), and
+  // `next_attempt_at` is when the lease runs out, when it is sent again if the attempt is lost.
+  sending_since:
+    d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > x.now
+      ? isoMillis(Number(d.leased_at ?? d.updated_at))
+      : null,
   last_error: d.last_error,
   created_at: isoMillis(Number(d.created_at)),
   updated_at: isoMillis(Number(d.updated_at)),
@@ -46,14 +52,16 @@ const deliveryObject = (d: DeliveryRow, x: Details) => ({
 interface Details {
   attempts: Map<string, AttemptRow[]>;
   eventTypes: Map<string, string>;
+  /** When they were read: a lease that has run out is no attempt in flight. */
+  now: number;
 }
 
 /**
  * The attempts of several deliveries (each list in ascending `number` order) and their events'
  * types, in one query each.
  */
-async function detailsOf(db: Db, deliveries: DeliveryRow[]): Promise<Details> {
-  const out: Details = { attempts: new Map(), eventTypes: new Map() };
+async function detailsOf(db: Db, deliveries: DeliveryRow[], now: number): Promise<Details> {
+  const out: Details = { attempts: new Map(), eventTypes: new Map(), now };
   if (deliveries.length === 0) return out;
   const [attempts, events] = await Promise.all([
     db
@@ -151,7 +159,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         .orderBy("id", "desc")
         .limit(q.limit + 1)
         .execute();
-      const details = await detailsOf(ctx.store.db, rows.slice(0, q.limit));
+      const details = await detailsOf(ctx.store.db, rows.slice(0, q.limit), ctx.clock.now());
       return page(
         rows,
         q.limit,
@@ -163,7 +171,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
 
   app.get("/v1/deliveries/:id", { schema: { params: idParam } }, async (req) => {
     const d = await findDelivery(ctx.store.db, req.account.id, (req.params as { id: string }).id);
-    return deliveryObject(d, await detailsOf(ctx.store.db, [d]));
+    return deliveryObject(d, await detailsOf(ctx.store.db, [d], ctx.clock.now()));
   });
 
   app.post("/v1/deliveries/:id/retry", { schema: { params: idParam } }, (req, reply) =>
@@ -273,7 +281,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
         if (d.status !== "pending")
           await reorderChains(trx, { endpointId: d.endpoint_id, callIds: [Number(d.call_id)] }, now);
         const after = await findDelivery(trx, req.account.id, d.id);
-        return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after])) };
+        return { status: 202, body: deliveryObject(after, await detailsOf(trx, [after], now)) };
       },
       { work: true },
     ),
