@@ -81,7 +81,10 @@ export function deliveryChart(stats, width = 760) {
       s("text", { class: "axis", x: PAD_L - 8, y: y + 4, "text-anchor": "end" }, label),
     );
   for (const v of counts.ticks) gridLine(yCount(v), String(v));
-  for (const l of latencies.ticks) gridLine(yLat(l), fmtMs(l));
+  // Ticks are round values: "8 s" and "16 s", not "8.00 s" and "16.0 s" (fmtMs keeps a measured
+  // figure's precision).
+  for (const l of latencies.ticks)
+    gridLine(yLat(l), l < 1000 ? fmtMs(l) : `${Number((l / 1000).toFixed(2))} s`);
   const empty = buckets.every((b) => b.succeeded + b.failed === 0);
 
   const bars = buckets.map((b, i) => {

@@ -1301,6 +1301,23 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
       [one.id],
     );
     assert.deepEqual(JSON.parse((await inRange("--before")).stdout).data, []);
+    // An id of the wrong form is refused before asking, naming the option (not the API's pattern).
+    for (const [option, value] of [
+      ["--endpoint-id", "ep_nope"],
+      ["--event-id", "evt_nope"],
+    ] as const) {
+      const r = await cli(["deliveries", "list", option, value, "--json"], env);
+      assert.equal(r.code, 1);
+      const error = JSON.parse(r.stdout).error as { code: string; message: string };
+      assert.equal(error.code, "usage");
+      assert.match(error.message, new RegExp(`${option} must be an id like`));
+    }
+    const badKey = await cli(["api-keys", "revoke", "abc", "--json"], env);
+    assert.equal(badKey.code, 1);
+    assert.deepEqual(
+      [JSON.parse(badKey.stdout).error.code, JSON.parse(badKey.stdout).error.message],
+      ["usage", "key_id must be a positive integer"],
+    );
     const badTime = await cli(["deliveries", "list", "--before", "2026-11-31T00:00:00Z"], env);
     assert.equal(badTime.code, 1);
     assert.match(badTime.stderr, /400 .*"before" is not an ISO-8601 timestamp/);
@@ -1333,7 +1350,7 @@ test("endpoints create/list and deliveries list/retry show and drive what the AP
     for (const bad of ["0", "1.5", "100001", "fast"]) {
       const r = await cli(["endpoints", "rate-limit", ep.id, bad], env);
       assert.equal(r.code, 1, bad);
-      assert.match(r.stderr, /rate limit must be/, bad);
+      assert.match(r.stderr, /rate limit must be a whole number from 1 to 100000 a second, or none/, bad);
     }
     const limitedEp = JSON.parse(
       (await cli(["endpoints", "create", "--url", `${rx.url}/slow`, "--rate-limit", "5", "--json"], env))

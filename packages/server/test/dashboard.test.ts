@@ -351,6 +351,10 @@ describe("dashboard in Chromium", () => {
     // The header shows what was saved, without a reload.
     assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "CRM sync (edited)");
     assert.equal(await page.locator(".endpoint-meta .url").textContent(), `${receiver.url}/hooks/v2`);
+    assert.match(
+      (await page.locator(".endpoint-meta .endpoint-filters").textContent())!,
+      new RegExp(`^only call\\.(ended|failed), call\\.(ended|failed) of agents ${agentId}$`),
+    );
 
     // A rate limit: a bad value is named before sending, one over the API's range by the API's
     // error, a good one is saved and shown, and emptying the field removes it.
@@ -463,10 +467,19 @@ describe("dashboard in Chromium", () => {
     const agents = (await server.api.get("/v1/agents")).body.data as Array<{ id: number; name: string }>;
     const testAgent = agents.find((a) => a.name === "Test Agent")!;
     await page.getByRole("button", { name: "Send test call" }).click();
-    await status
-      .filter({ hasText: `leaves out test calls, which run as agent ${testAgent.id} (Test Agent)` })
-      .waitFor();
+    const warning = status.filter({
+      hasText: `leaves out test calls, which run as agent ${testAgent.id} (Test Agent)`,
+    });
+    await warning.waitFor();
     assert.equal(await newestCall(), before, "no test call was started");
+    // The warning is about the endpoint as it was: a Save or a Refresh takes it away.
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText("Saved.").waitFor();
+    await warning.waitFor({ state: "detached" });
+    await page.getByRole("button", { name: "Send test call" }).click();
+    await warning.waitFor();
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await warning.waitFor({ state: "detached" });
   });
 
   test("an endpoint changed behind the page: its header and Enable / Disable button follow, and do what they say", async () => {
@@ -1425,6 +1438,28 @@ describe("dashboard in Chromium", () => {
     assert.equal((await server.api.get(`/v1/endpoints/${made.body.id}`)).status, 404);
     await page.getByRole("heading", { name: "Endpoints", exact: true }).waitFor();
     assert.equal(await page.getByText("To delete").count(), 0);
+    // Its deliveries filtered by it: the filter says which endpoint, and that it is deleted.
+    await page.goto(`${server.url}/#/deliveries?endpoint_id=${made.body.id}`);
+    const filter = page.locator('select[name="endpoint_id"]');
+    await filter.locator(`option[value="${made.body.id}"]`).waitFor({ state: "attached" });
+    assert.equal(await filter.inputValue(), made.body.id);
+    assert.equal(
+      await filter.locator(`option[value="${made.body.id}"]`).textContent(),
+      `${made.body.id} (deleted)`,
+    );
+  });
+
+  test("a list whose first page could not be loaded says why and offers to try again", async () => {
+    await page.route("**/v1/events?**", (r) => r.abort("connectionrefused"));
+    try {
+      await section("Events");
+      await page.getByText(/^Cannot reach the server/).waitFor();
+    } finally {
+      await page.unroute("**/v1/events?**");
+    }
+    await page.getByRole("button", { name: "Try again" }).click();
+    await page.locator("table tbody tr").first().waitFor();
+    assert.equal(await page.getByRole("button", { name: "Try again" }).count(), 0);
   });
 
   test("settings: renames the account, turns on auto summary, creates an API key once and revokes the old one", async () => {
@@ -1451,6 +1486,21 @@ describe("dashboard in Chromium", () => {
     assert.equal((await fresh.get("/v1/account")).body.name, "Acme Voice");
     await page.locator("tr.api-key").nth(1).waitFor();
     assert.ok(!(await page.locator("table[aria-label='API keys']").textContent())!.includes(key));
+
+    // A second new key, revoked at once: the box that showed it no longer offers it.
+    await page.getByRole("button", { name: "Create API key" }).click();
+    const secondKey = page.getByLabel("New API key").filter({ hasNotText: key });
+    await secondKey.waitFor();
+    // Its row, by the 12 characters of its prefix (generated keys).
+    const second = page
+      .locator("tr.api-key")
+      .filter({ hasText: (await secondKey.textContent())!.slice(0, 12) });
+    await second.waitFor();
+    await second.getByRole("button", { name: /^Revoke/ }).click();
+    await second.locator("button[data-armed=ready]").click();
+    await page.getByText(/revoked: it no longer signs in/).waitFor();
+    assert.equal(await page.getByLabel("New API key").count(), 0);
+    assert.equal(await page.getByRole("button", { name: "Copy API key" }).count(), 0);
 
     // Revoking the key this tab is signed in with takes a second click, then signs out; the two
     // clicks of a double-click only ask.

@@ -129,7 +129,17 @@ export function pagedTable(opts) {
         stale.hidden = false;
         return undefined;
       }
-      mount(status, describe(err));
+      // Nothing shown yet: what went wrong, and a way to try again (as a page that failed whole).
+      mount(
+        status,
+        describe(err),
+        " ",
+        h(
+          "button",
+          { class: "btn btn-secondary btn-sm", type: "button", onclick: () => loadPage(true) },
+          "Try again",
+        ),
+      );
       status.className = "note note-error";
       status.hidden = false;
     } finally {

@@ -443,9 +443,20 @@ export async function renderDeliveries(main, query) {
     ],
     filters.status,
   );
+  // The filter's endpoint missing from the list (deleted, or past the first 1,000) still is the
+  // filter: it gets an option of its own rather than the select reading "All endpoints".
+  const gone =
+    filters.endpoint_id && !endpoints.some((e) => e.id === filters.endpoint_id)
+      ? [
+          await api("GET", `/v1/endpoints/${encodeURIComponent(filters.endpoint_id)}`).then(
+            (e) => [e.id, endpointLabel(e)],
+            (err) => [filters.endpoint_id, `${filters.endpoint_id}${err.status === 404 ? " (deleted)" : ""}`],
+          ),
+        ]
+      : [];
   const endpoint = select(
     "endpoint_id",
-    [["", "All endpoints"], ...endpoints.map((e) => [e.id, endpointLabel(e)])],
+    [["", "All endpoints"], ...endpoints.map((e) => [e.id, endpointLabel(e)]), ...gone],
     filters.endpoint_id,
   );
   // Applied when the form is sent, not on every change: a date is typed one part at a time.

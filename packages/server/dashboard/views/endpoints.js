@@ -63,7 +63,9 @@ function parseAgentIds(text) {
 function parseRateLimit(text) {
   const t = text.trim();
   if (t === "") return null;
-  if (!WHOLE.test(t)) throw new Error(`Rate limit: "${t}" is not a whole number of attempts per second`);
+  // The upper bound (100,000) is the API's to say: its error marks the field too.
+  if (!WHOLE.test(t))
+    throw new Error(`Rate limit: "${t}" is not a whole number of attempts per second (1 or more)`);
   return Number(t);
 }
 
@@ -544,6 +546,12 @@ export async function renderEndpoint(main, id) {
   let e = await api("GET", `/v1/endpoints/${encodeURIComponent(id)}`);
   rememberEndpoint(e);
   const status = h("p", { class: "note", role: "status" });
+  const clearWarning = () => {
+    if (!status.classList.contains("note-warn")) return;
+    status.replaceChildren();
+    status.className = "note";
+    status.hidden = true;
+  };
 
   const testButton = testCallButton(e.id, status, (callId, expected) =>
     followTestCall(deliveries, callId, expected, refreshEndpoint),
@@ -607,6 +615,15 @@ export async function renderEndpoint(main, id) {
         endpointStatus(e),
         e.disabled && e.disabled_reason ? h("span", { class: "muted small" }, e.disabled_reason) : null,
         h("span", { class: "muted small" }, "ID ", mono(e.id)),
+        // Its filters, when it has any: what a test call or a new event reaches it with.
+        e.event_types.length || e.agent_ids.length
+          ? h(
+              "span",
+              { class: "muted small endpoint-filters" },
+              `only ${e.event_types.length ? e.event_types.join(", ") : "all events"}`,
+              e.agent_ids.length ? ` of agents ${e.agent_ids.join(", ")}` : "",
+            )
+          : null,
         e.failing_since
           ? h("span", { class: "muted small" }, "every attempt failed since ", fmtTime(e.failing_since))
           : null,
@@ -652,6 +669,8 @@ export async function renderEndpoint(main, id) {
           const { url, ...rest } = body;
           e = await api("PATCH", `/v1/endpoints/${e.id}`, url === e.url ? rest : body);
           rememberEndpoint(e);
+          // A warning about the endpoint as it was (a test call its filters left out) is stale now.
+          clearWarning();
           drawHeader();
           setTitle(e.description || "Endpoint");
           note(st, "Saved.");
@@ -662,7 +681,13 @@ export async function renderEndpoint(main, id) {
       null,
       cardHead(
         "Recent deliveries",
-        refreshButton(() => Promise.all([deliveries.reload(), refreshEndpoint()]), { small: true }),
+        refreshButton(
+          () => {
+            clearWarning();
+            return Promise.all([deliveries.reload(), refreshEndpoint()]);
+          },
+          { small: true },
+        ),
       ),
       deliveries.el,
     ),

@@ -41,6 +41,16 @@ async function loadStats(range) {
   );
 }
 
+/**
+ * A URL shortened in its middle: endpoints of one receiver differ at the end of their paths, which
+ * cutting at the end (as the card's width does) hid ("http://127.0.0.…" for all of them).
+ */
+function middleCut(text, max = 40) {
+  if (text.length <= max) return text;
+  const tail = Math.floor((max - 1) / 2);
+  return `${text.slice(0, max - 1 - tail)}…${text.slice(-tail)}`;
+}
+
 /** `#/overview`: delivery health over time, recent failures, endpoints. */
 export async function renderOverview(main) {
   const range = select(
@@ -127,7 +137,11 @@ export async function renderOverview(main) {
               h(
                 "li",
                 {},
-                h("a", { href: `#/endpoints/${e.id}`, class: "ellipsis" }, e.description || e.url),
+                h(
+                  "a",
+                  { href: `#/endpoints/${e.id}`, class: "ellipsis", title: e.url },
+                  e.description || middleCut(e.url.replace(/^https?:\/\//, "")),
+                ),
                 endpointStatus(e),
               ),
             )

@@ -81,6 +81,12 @@ function apiKeysCard() {
             location.reload();
             return;
           }
+          // The new key shown above, if it is this one: it no longer works, so it is not offered.
+          if (shown.dataset.keyId === String(k.id)) {
+            shown.replaceChildren();
+            shown.hidden = true;
+            delete shown.dataset.keyId;
+          }
           note(status, `Key ${k.prefix}… revoked: it no longer signs in or calls the API.`);
           await load();
         } catch (err) {
@@ -128,6 +134,7 @@ function apiKeysCard() {
         ),
       );
       shown.hidden = false;
+      shown.dataset.keyId = String(made.id);
       note(status, "");
       await load();
     } catch (err) {

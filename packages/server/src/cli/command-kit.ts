@@ -20,6 +20,15 @@ export const wholeNumber =
     return n;
   };
 
+/** An id of the API's own kind (`ep_…`, `evt_…`): the prefix and 26 letters and digits. */
+export const prefixedId = (name: string, prefix: string) => (v: string) => {
+  if (!new RegExp(`^${prefix}_[0-9a-z]{26}$`).test(v))
+    throw new InvalidArgumentError(
+      `${name} must be an id like ${prefix}_01j9z3…: ${prefix}_ and 26 letters and digits`,
+    );
+  return v;
+};
+
 export const positiveInt = (name: string) =>
   wholeNumber(name, 1, Number.MAX_SAFE_INTEGER, `${name} must be a positive integer`);
 

@@ -15,6 +15,7 @@ import {
   type PageOpts,
   pageQuery,
   positiveInt,
+  prefixedId,
   run,
   wholeNumber,
   willAsk,
@@ -65,11 +66,12 @@ interface DeliveryDetail extends DeliveryObject {
 }
 
 /** `--rate-limit` and `endpoints rate-limit`: what the API takes, checked before asking it. */
-const rateLimit = (v: string) => {
-  const n = positiveInt("rate limit")(v);
-  if (n > 100_000) throw new InvalidArgumentError("rate limit must be at most 100000 a second");
-  return n;
-};
+const rateLimit = wholeNumber(
+  "rate limit",
+  1,
+  100_000,
+  "rate limit must be a whole number from 1 to 100000 a second",
+);
 
 function endpointLine(out: Output, e: EndpointObject): string {
   const state = e.disabled ? out.red(`disabled (${e.disabled_reason ?? "no reason"})`) : out.green("enabled");
@@ -130,6 +132,8 @@ function idCommand<T>(
      * once the target is looked up, so that a wrong id or key fails before anything is asked.
      */
     confirm?: (c: ApiClient, id: string) => Promise<string>;
+    /** Refuses an argument of the wrong form before any request (a usage error). */
+    check?: (id: string) => unknown;
   },
 ): void {
   const command = withApiOptions(
@@ -142,6 +146,7 @@ function idCommand<T>(
   command.addHelpText("after", `\n${spec.help}`).action(
     run<ApiOpts & { yes?: boolean }>(async (o, out, cmd) => {
       const raw = cmd.processedArgs[0] as string;
+      spec.check?.(raw);
       const client = apiClient(o);
       // The target is looked up for the question only: a script is not asked, nor made to wait.
       if (spec.confirm && willAsk(o) && !(await goAhead(out, await spec.confirm(client, raw), o))) return 1;
@@ -353,9 +358,16 @@ Examples:
       .command("rate-limit")
       .description("set or remove an endpoint's rate limit (PATCH /v1/endpoints/{id})")
       .argument("<endpoint_id>", "the endpoint (ep_…)")
-      .argument("<per_second>", "attempts per second at most, across every worker, or none", (v) =>
-        v === "none" ? null : rateLimit(v),
-      ),
+      .argument("<per_second>", "attempts per second at most, across every worker, or none", (v) => {
+        if (v === "none") return null;
+        try {
+          return rateLimit(v);
+        } catch {
+          throw new InvalidArgumentError(
+            "rate limit must be a whole number from 1 to 100000 a second, or none",
+          );
+        }
+      }),
   )
     .addHelpText(
       "after",
@@ -424,8 +436,8 @@ Examples:
         .addOption(
           new Option("--status <status>", "only this status").choices(["pending", "succeeded", "failed"]),
         )
-        .option("--endpoint-id <id>", "only this endpoint's (ep_…)")
-        .option("--event-id <id>", "only this event's (evt_…)")
+        .option("--endpoint-id <id>", "only this endpoint's (ep_…)", prefixedId("--endpoint-id", "ep"))
+        .option("--event-id <id>", "only this event's (evt_…)", prefixedId("--event-id", "evt"))
         .option("--call-id <id>", "only this call's", positiveInt("--call-id")),
       "those",
     ),
@@ -540,6 +552,7 @@ Examples:
 Examples:
   $ klen-webhooks api-keys revoke 1`,
     call: (c, id) => c.delete<{ id: number; prefix: string }>(`/v1/api-keys/${id}`),
+    check: positiveInt("key_id"),
     confirm: async (c, id) => {
       const n = positiveInt("key_id")(id);
       const key = (await listAll<ApiKeyObject>(c, "/v1/api-keys")).find((k) => k.id === n);
