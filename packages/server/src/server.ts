@@ -230,6 +230,7 @@ export async function startServer(
   });
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
+  let apiUrlFound = false;
   // A worker without KLEN_PUBLIC_URL follows the URL the API processes serve at: read at start and
   // again with each beat of its shared-settings record, so a worker started before any API process
   // takes it up once one has started.
@@ -237,6 +238,7 @@ export async function startServer(
     role === "worker" && !config.publicUrlGiven
       ? async () => {
           const recorded = await apiPublicUrl(store.db);
+          if (recorded) apiUrlFound = true;
           if (!recorded || recorded === config.publicUrl) return;
           log.info(
             { public_url: recorded },
@@ -246,11 +248,11 @@ export async function startServer(
         }
       : undefined;
   if (followApiUrl) {
-    const own = config.publicUrl;
     await untilAvailable(log, followApiUrl);
-    if (config.publicUrl === own)
+    // Not when the API's URL is the worker's own default (both on PORT 8080 on one machine).
+    if (!apiUrlFound)
       log.warn(
-        { public_url: own },
+        { public_url: config.publicUrl },
         "KLEN_PUBLIC_URL is not set and no API process has started on this database yet: the URLs this worker makes use its own default, where nothing serves blobs, until one starts (looked for every 30 s); set KLEN_PUBLIC_URL",
       );
   }
@@ -267,6 +269,8 @@ export async function startServer(
       }
     },
     () => opts.sharedBeatMs ?? SHARED_BEAT_MS,
+    // Once at once: the record was written before the start's slower steps (the account, listening).
+    0,
   );
   if (config.retentionMs < config.urlTtlMs)
     log.warn(

@@ -482,6 +482,27 @@ describe("dashboard in Chromium", () => {
     await warning.waitFor({ state: "detached" });
   });
 
+  test("a test call none of whose events reached the endpoint turns its banner into a warning", async () => {
+    const made = await server.api.post("/v1/endpoints", {
+      url: `${failing.url}/test-call`,
+      description: "Down",
+    });
+    assert.equal(made.status, 201);
+    await page.goto(`${server.url}/#/endpoints/${made.body.id}`);
+    await page.getByRole("button", { name: "Send test call" }).click();
+    const status = page.getByRole("status");
+    await status.filter({ hasText: "Its events arrive here in a few seconds." }).waitFor();
+    const warned = status.filter({
+      hasText: /^No event of test call #\d+ has reached this endpoint: every attempt so far failed/,
+    });
+    await warned.waitFor();
+    assert.equal(await warned.getAttribute("class"), "note note-warn");
+    assert.equal((await server.api.patch(`/v1/endpoints/${made.body.id}`, { disabled: true })).status, 200);
+    // Back where the next test starts.
+    await page.goto(`${server.url}/#/endpoints/${endpointId}`);
+    await page.getByRole("heading", { name: "CRM sync (edited)" }).waitFor();
+  });
+
   test("an endpoint changed behind the page: its header and Enable / Disable button follow, and do what they say", async () => {
     const toggle = page.locator(".page-header .actions button:last-child");
     assert.equal(await toggle.textContent(), "Disable endpoint");
@@ -931,6 +952,17 @@ describe("dashboard in Chromium", () => {
     await section("Events");
     const rows = page.locator("tr.event");
     await waitFor("the first page of events", async () => (await rows.count()) === 25);
+    // A Load more that fails says so and keeps its button, which then asks for that page again
+    // (no Try again, which would load the first page over the rows shown).
+    await page.route("**/v1/events?*cursor=*", (r) => r.abort("connectionrefused"));
+    try {
+      await page.getByRole("button", { name: "Load more" }).click();
+      await page.getByText(/^Cannot reach the server/).waitFor();
+    } finally {
+      await page.unroute("**/v1/events?*cursor=*");
+    }
+    assert.equal(await page.getByRole("button", { name: "Try again" }).count(), 0);
+    assert.equal(await rows.count(), 25);
     await page.getByRole("button", { name: "Load more" }).click();
     await waitFor(`all ${total} events`, async () => (await rows.count()) === total);
     await page.getByRole("button", { name: "Load more" }).waitFor({ state: "hidden" });

@@ -366,6 +366,19 @@ test("a worker started before any API process says its URLs use its own default,
     await waitFor("the worker to take up the API's URL", () => worker.ctx.config.publicUrl === url);
     const taken = lines.find((l) => l.msg.includes("using the one the API processes serve at"));
     assert.equal(taken?.public_url, url);
+    // A worker whose own default is the API's URL (the same PORT on one machine) has nothing to say.
+    const twinLines: Array<{ msg: string }> = [];
+    const twin = await startServer(
+      loadConfig({ ...env, PORT: new URL(api.address!).port }),
+      pino({ level: "info" }, { write: (l: string) => twinLines.push(JSON.parse(l)) }) as unknown as Logger,
+      { role: "worker" },
+    );
+    await twin.stop(1000);
+    assert.equal(twin.ctx.config.publicUrl, url);
+    assert.deepEqual(
+      twinLines.filter((l) => /no API process has started|KLEN_PUBLIC_URL is not set/.test(l.msg)),
+      [],
+    );
   } finally {
     await api?.stop(1000);
     await worker.stop(1000);

@@ -4,13 +4,14 @@
  * transaction one more run, never a failed request.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { after, test } from "node:test";
 import { sql } from "kysely";
 import pg from "pg";
 import { openPostgres } from "../src/storage/postgres/index.js";
 import { prepared } from "../src/storage/prepared.js";
 import { retryConflicts } from "../src/storage/retry.js";
-import { preparedStatementMiss } from "../src/storage/statement-names.js";
+import { preparedStatementMiss, statementName } from "../src/storage/statement-names.js";
 import { isDatabaseUnavailable } from "../src/storage/store.js";
 import type { Db } from "../src/storage/types.js";
 import { startPostgres, stopPostgres } from "./helpers/postgres.js";
@@ -21,6 +22,12 @@ after(() => stopPostgres());
 const setting = prepared((db, p: Record<"name", never>) =>
   db.selectFrom("settings").selectAll().where("name", "=", p.name),
 );
+
+/** The text of the statement prepared on this connection (one only). */
+async function preparedText(db: Db): Promise<string | undefined> {
+  const r = await sql<{ statement: string }>`SELECT statement FROM pg_prepared_statements`.execute(db);
+  return r.rows[0]?.statement;
+}
 
 async function preparedHere(db: Db): Promise<string[]> {
   const r = await sql<{ name: string }>`SELECT name FROM pg_prepared_statements ORDER BY name`.execute(db);
@@ -48,7 +55,11 @@ test("postgres: a hot-path statement is prepared once on its connection, and ans
       ]);
     const names = await preparedHere(store.db);
     assert.equal(names.length, 1);
-    assert.match(names[0]!, /^klen_\d+$/);
+    // Named by its text, so that one name means one statement in every process (behind a pooler a
+    // server connection may hold another process's): the same text, the same name.
+    const sql = (await preparedText(store.db)) ?? "";
+    assert.equal(names[0], `klen_${createHash("sha256").update(sql).digest("hex").slice(0, 32)}`);
+    assert.equal(statementName(sql), names[0]);
   } finally {
     await store.close();
     await db.drop();
@@ -78,6 +89,32 @@ test("postgres: a table changed under a prepared SELECT * (another process's mig
     assert.equal(preparedStatementMiss(errors[0]), "stale");
     // From then on it runs unprepared on that connection, with the new column.
     assert.deepEqual(await setting(store.db, store.caps, { name: "a" }), rows);
+  } finally {
+    await other.end();
+    await store.close();
+    await db.drop();
+  }
+});
+
+test("postgres: outside a transaction, a statement that stopped fitting is sent again at once, unprepared (a claim's reads after its commit)", async () => {
+  const db = await (await startPostgres()).freshDatabase();
+  const store = await oneConnectionStore(db.url);
+  const other = new pg.Client({ connectionString: db.url });
+  try {
+    await setting(store.db, store.caps, { name: "a" });
+    await other.connect();
+    await other.query("ALTER TABLE settings ADD COLUMN note text");
+    assert.deepEqual(await setting(store.db, store.caps, { name: "a" }), [
+      { name: "a", value: "one", created_at: 1, note: null },
+    ]);
+    // Lost from the connection: the same, and names are off for the pool from then on.
+    const fresh = prepared((q, p: Record<"name", never>) =>
+      q.selectFrom("settings").select(["name", "value"]).where("name", "=", p.name),
+    );
+    await fresh(store.db, store.caps, { name: "a" });
+    await sql`DEALLOCATE ALL`.execute(store.db);
+    assert.deepEqual(await fresh(store.db, store.caps, { name: "a" }), [{ name: "a", value: "one" }]);
+    assert.deepEqual(await preparedHere(store.db), []);
   } finally {
     await other.end();
     await store.close();

@@ -130,15 +130,18 @@ export function pagedTable(opts) {
         return undefined;
       }
       // Nothing shown yet: what went wrong, and a way to try again (as a page that failed whole).
+      // A Load more that failed keeps its button, which asks for that page again.
       mount(
         status,
         describe(err),
-        " ",
-        h(
-          "button",
-          { class: "btn btn-secondary btn-sm", type: "button", onclick: () => loadPage(true) },
-          "Try again",
-        ),
+        reset ? " " : null,
+        reset
+          ? h(
+              "button",
+              { class: "btn btn-secondary btn-sm", type: "button", onclick: () => loadPage(true) },
+              "Try again",
+            )
+          : null,
       );
       status.className = "note note-error";
       status.hidden = false;

@@ -57,7 +57,7 @@ export async function loadEndpoints() {
  * A pending delivery without a due time is parked: it waits until the earlier events of its call
  * to the same endpoint are finished, so that they arrive in order (docs/api.md, Deliveries).
  */
-const parked = (d) => d.status === "pending" && !d.next_attempt_at;
+export const parked = (d) => d.status === "pending" && !d.next_attempt_at;
 const sending = (d) => d.status === "pending" && Boolean(d.sending_since);
 
 /** Why a delivery that failed was not sent (again): its endpoint was disabled or deleted. */

@@ -14,7 +14,7 @@ import {
   select,
   setTitle,
 } from "./common.js";
-import { deliveryTable, rememberEndpoint } from "./deliveries.js";
+import { deliveryTable, parked, rememberEndpoint } from "./deliveries.js";
 import { testCallButton } from "./test-call.js";
 
 export const EVENT_TYPES = [
@@ -531,14 +531,33 @@ function recoverCard(current, done) {
 const FOLLOW_EVERY_MS = 1500;
 const FOLLOW_TIMES = 12;
 
-async function followTestCall(table, callId, expected, also = async () => {}) {
+/**
+ * Reloads the deliveries until the call's are all there and finished, telling `seen` the call's
+ * deliveries after each reload.
+ */
+async function followTestCall(table, callId, expected, also, seen) {
   for (let i = 0; i < FOLLOW_TIMES; i++) {
     await new Promise((r) => setTimeout(r, FOLLOW_EVERY_MS));
     if (!table.el.isConnected) return; // the page was left
     const [rows] = await Promise.all([table.reload(), also()]);
     const mine = (rows ?? []).filter((d) => d.call_id === callId);
+    seen(mine);
     if (mine.length >= expected && mine.every((d) => d.status !== "pending")) return;
   }
+}
+
+/**
+ * Not one of the call's deliveries answered 2xx, and each was tried or waits behind one that was
+ * (a call's later events are held back while an earlier one is being retried).
+ */
+function noneArrived(deliveries) {
+  const ok = (a) => a.status_code !== null && a.status_code >= 200 && a.status_code < 300;
+  const tried = (d) => d.status === "failed" || d.attempts.length > 0;
+  return (
+    deliveries.some(tried) &&
+    !deliveries.some((d) => d.attempts.some(ok)) &&
+    deliveries.every((d) => tried(d) || parked(d))
+  );
 }
 
 /** `#/endpoints/{id}` */
@@ -554,7 +573,16 @@ export async function renderEndpoint(main, id) {
   };
 
   const testButton = testCallButton(e.id, status, (callId, expected) =>
-    followTestCall(deliveries, callId, expected, refreshEndpoint),
+    followTestCall(deliveries, callId, expected, refreshEndpoint, (mine) => {
+      // The green "started" banner of this call, while none of its events got through.
+      const ours = status.classList.contains("note-ok") && status.textContent.includes(`call #${callId}.`);
+      if (!ours || !noneArrived(mine)) return;
+      note(
+        status,
+        `No event of test call #${callId} has reached this endpoint: every attempt so far failed (its deliveries are below, with each response).`,
+        "warn",
+      );
+    }),
   );
 
   /**

@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+
 /**
  * The hot-path statements (storage/prepared.ts) that PostgreSQL keeps prepared on each pooled
  * connection: parsed once per connection, and planned once when a generic plan serves, where an
@@ -7,9 +9,14 @@
  */
 const names = new Map<string, string>();
 
-/** Marks `sql` as one to keep prepared; its name is fixed for the life of the process. */
+/**
+ * Marks `sql` as one to keep prepared. Its name is made from its text, so that one name means
+ * one statement in every process and version: behind a pooler, a server connection may hold
+ * another process's prepared statements (numbered names had `klen_1` run one process's DELETE
+ * where another meant its SELECT).
+ */
 export function nameStatement(sql: string): void {
-  if (!names.has(sql)) names.set(sql, `klen_${names.size + 1}`);
+  if (!names.has(sql)) names.set(sql, `klen_${createHash("sha256").update(sql).digest("hex").slice(0, 32)}`);
 }
 
 /** The name `sql` is prepared under, when it is one of the marked statements. */
@@ -18,8 +25,9 @@ export function statementName(sql: string): string | undefined {
 }
 
 /**
- * A prepared statement that no longer fits its connection; the transaction that ran it can run
- * again and succeed (storage/retry.ts), since the statement is then sent unprepared:
+ * A prepared statement that no longer fits its connection. Outside a transaction the statement is
+ * sent again at once, unprepared; inside one, the transaction runs again (storage/retry.ts) and
+ * succeeds, the statement then unprepared:
  * - `stale`: a migration changed a table a `SELECT *` statement returns (another process's
  *   upgrade), and PostgreSQL refuses to return other columns under the same statement (0A000);
  * - `missing`: the statement is not on the server connection, or another client's is (26000,

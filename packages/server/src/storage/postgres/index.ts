@@ -49,9 +49,11 @@ function boundQueries(
 
 /**
  * Sends the marked hot-path statements (`statementName`) as named, prepared statements. One that
- * stopped fitting (`preparedStatementMiss`) fails its transaction once, to be run again: a stale
- * one is sent unprepared on this connection from then on; a missing one turns names off for the
- * whole pool (`names.off`), since the server connections are not the pool's own.
+ * stopped fitting (`preparedStatementMiss`) is sent unprepared from then on: a stale one on this
+ * connection, and every one for the whole pool when one is missing (`names.off`: the server
+ * connections are not the pool's own). The statement did not run: outside a transaction it is
+ * sent again at once; inside one, the transaction is aborted and the error goes to the caller,
+ * which runs it again (`retryConflicts`; a claim or a completion by its own retries).
  */
 function useStatementNames(client: pg.PoolClient, names: { off: boolean }): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
@@ -63,10 +65,13 @@ function useStatementNames(client: pg.PoolClient, names: { off: boolean }): void
         ? statementName(text)
         : undefined;
     if (!name) return query(...args);
+    // Kysely sends one statement at a time on a connection: this is its state for this one.
+    const alone = client.getTransactionStatus() === "I";
     return (query({ name, text, values }) as Promise<unknown>).catch((err: unknown) => {
       const miss = preparedStatementMiss(err);
       if (miss === "stale") stale.add(text as string);
       if (miss === "missing") names.off = true;
+      if (miss && alone) return query(text, values);
       throw err;
     });
   };
