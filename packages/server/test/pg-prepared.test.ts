@@ -23,6 +23,10 @@ const setting = prepared((db, p: Record<"name", never>) =>
   db.selectFrom("settings").selectAll().where("name", "=", p.name),
 );
 
+async function planCacheMode(db: Db): Promise<string | undefined> {
+  return (await sql<{ plan_cache_mode: string }>`SHOW plan_cache_mode`.execute(db)).rows[0]?.plan_cache_mode;
+}
+
 /** The text of the statement prepared on this connection (one only). */
 async function preparedText(db: Db): Promise<string | undefined> {
   const r = await sql<{ statement: string }>`SELECT statement FROM pg_prepared_statements`.execute(db);
@@ -60,6 +64,9 @@ test("postgres: a hot-path statement is prepared once on its connection, and ans
     const sql = (await preparedText(store.db)) ?? "";
     assert.equal(names[0], `klen_${createHash("sha256").update(sql).digest("hex").slice(0, 32)}`);
     assert.equal(statementName(sql), names[0]);
+    // Planned for its values at each run: no generic plan made on a small table outlives its growth.
+    const mode = await planCacheMode(store.db);
+    assert.equal(mode, "force_custom_plan");
   } finally {
     await store.close();
     await db.drop();

@@ -2,10 +2,10 @@ import { createHash } from "node:crypto";
 
 /**
  * The hot-path statements (storage/prepared.ts) that PostgreSQL keeps prepared on each pooled
- * connection: parsed once per connection, and planned once when a generic plan serves, where an
- * unnamed statement is parsed, analysed and planned at every run. Planning was a third of
- * PostgreSQL's CPU on the delivery path, and 1.1 ms of the 1.9 ms of the check each new event
- * runs for its call's pending deliveries (docs/performance.md).
+ * connection: parsed and analysed once per connection, where an unnamed statement is parsed,
+ * analysed and planned at every run. They are still planned at each run, for their values
+ * (`plan_cache_mode = force_custom_plan`, postgres/index.ts): a generic plan made on a small
+ * table outlived its growth (docs/performance.md, 33).
  */
 const names = new Map<string, string>();
 
