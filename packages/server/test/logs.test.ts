@@ -16,6 +16,13 @@ import { startReceiver } from "./helpers/receiver.js";
 import { spawnServer, tempDir } from "./helpers/server.js";
 import { waitFor } from "./helpers/wait.js";
 
+/** A logger at info level whose lines, parsed, land in `lines`. */
+function collectingLog<T>(): { lines: T[]; log: Logger } {
+  const lines: T[] = [];
+  const log = pino({ level: "info" }, { write: (l: string) => lines.push(JSON.parse(l)) });
+  return { lines, log: log as unknown as Logger };
+}
+
 test("logs are JSON and never contain the API key or an endpoint secret, even at trace level", async () => {
   const dir = tempDir();
   const apiKey = "klen_sk_log_test_0123456789abcdef";
@@ -141,11 +148,7 @@ test("at LOG_LEVEL=debug each attempt is one line; an endpoint disabled by the d
 });
 
 test("background work that fails while the database is down logs one short warning per 30 s; other failures every time", () => {
-  const lines: Array<Record<string, unknown>> = [];
-  const log = pino(
-    { level: "info" },
-    { write: (l: string) => lines.push(JSON.parse(l)) },
-  ) as unknown as Logger;
+  const { lines, log } = collectingLog<Record<string, unknown>>();
   const down = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" });
   for (let i = 0; i < 50; i++) logBackgroundFailure(log, { component: "t" }, "test round A failed", down);
   assert.equal(lines.length, 1, "one line for fifty failures in the same outage");
@@ -245,11 +248,7 @@ test("a process whose shared settings differ from any process running on the dat
 
 test("shared settings: a record not written again for 90 s is a process gone; an older version's single record is compared with once; a worker following the API's URL is not compared on it", async () => {
   const dir = tempDir();
-  const lines: Array<{ msg: string; variable?: string; there?: string }> = [];
-  const log = pino(
-    { level: "info" },
-    { write: (l: string) => lines.push(JSON.parse(l)) },
-  ) as unknown as Logger;
+  const { lines, log } = collectingLog<{ msg: string; variable?: string; there?: string }>();
   const config = (env: Record<string, string>) => loadConfig({ KLEN_DATA_DIR: dir.path, ...env });
   const store = await openStore(config({}).databaseUrl);
   const warned = () => {
@@ -313,11 +312,7 @@ test("shared settings: a record not written again for 90 s is a process gone; an
 
 test("an API process on PORT=0 without KLEN_PUBLIC_URL records no public URL to compare with; a given one still is", async () => {
   const dir = tempDir();
-  const lines: Array<{ msg: string; variable?: string }> = [];
-  const log = pino(
-    { level: "info" },
-    { write: (l: string) => lines.push(JSON.parse(l)) },
-  ) as unknown as Logger;
+  const { lines, log } = collectingLog<{ msg: string; variable?: string }>();
   const config = (env: Record<string, string>) => loadConfig({ KLEN_DATA_DIR: dir.path, ...env });
   const store = await openStore(config({}).databaseUrl);
   try {
@@ -346,11 +341,7 @@ test("an API process on PORT=0 without KLEN_PUBLIC_URL records no public URL to 
 
 test("a worker started before any API process says its URLs use its own default, then takes up the API's URL once one starts", async () => {
   const dir = tempDir();
-  const lines: Array<{ msg: string; public_url?: string }> = [];
-  const log = pino(
-    { level: "info" },
-    { write: (l: string) => lines.push(JSON.parse(l)) },
-  ) as unknown as Logger;
+  const { lines, log } = collectingLog<{ msg: string; public_url?: string }>();
   const env = { KLEN_DATA_DIR: dir.path, KLEN_DEV: "1" };
   const worker = await startServer(loadConfig(env), log, { role: "worker", sharedBeatMs: 20 });
   let api: Running | undefined;
@@ -367,12 +358,10 @@ test("a worker started before any API process says its URLs use its own default,
     const taken = lines.find((l) => l.msg.includes("using the one the API processes serve at"));
     assert.equal(taken?.public_url, url);
     // A worker whose own default is the API's URL (the same PORT on one machine) has nothing to say.
-    const twinLines: Array<{ msg: string }> = [];
-    const twin = await startServer(
-      loadConfig({ ...env, PORT: new URL(api.address!).port }),
-      pino({ level: "info" }, { write: (l: string) => twinLines.push(JSON.parse(l)) }) as unknown as Logger,
-      { role: "worker" },
-    );
+    const { lines: twinLines, log: twinLog } = collectingLog<{ msg: string }>();
+    const twin = await startServer(loadConfig({ ...env, PORT: new URL(api.address!).port }), twinLog, {
+      role: "worker",
+    });
     await twin.stop(1000);
     assert.equal(twin.ctx.config.publicUrl, url);
     assert.deepEqual(

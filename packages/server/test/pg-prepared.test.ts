@@ -73,14 +73,27 @@ test("postgres: a hot-path statement is prepared once on its connection, and ans
   }
 });
 
-test("postgres: a table changed under a prepared SELECT * (another process's migration) costs one more run of the transaction", async () => {
+/** A one-connection store whose prepared `setting` read had its table changed since (a migration). */
+async function alteredUnderPrepared() {
   const db = await (await startPostgres()).freshDatabase();
   const store = await oneConnectionStore(db.url);
+  await setting(store.db, store.caps, { name: "a" });
   const other = new pg.Client({ connectionString: db.url });
+  await other.connect();
+  await other.query("ALTER TABLE settings ADD COLUMN note text");
+  await other.end();
+  return {
+    store,
+    async cleanup() {
+      await store.close();
+      await db.drop();
+    },
+  };
+}
+
+test("postgres: a table changed under a prepared SELECT * (another process's migration) costs one more run of the transaction", async () => {
+  const { store, cleanup } = await alteredUnderPrepared();
   try {
-    await setting(store.db, store.caps, { name: "a" });
-    await other.connect();
-    await other.query("ALTER TABLE settings ADD COLUMN note text");
     const errors: unknown[] = [];
     const rows = await retryConflicts(() =>
       store.db
@@ -97,20 +110,13 @@ test("postgres: a table changed under a prepared SELECT * (another process's mig
     // From then on it runs unprepared on that connection, with the new column.
     assert.deepEqual(await setting(store.db, store.caps, { name: "a" }), rows);
   } finally {
-    await other.end();
-    await store.close();
-    await db.drop();
+    await cleanup();
   }
 });
 
 test("postgres: outside a transaction, a statement that stopped fitting is sent again at once, unprepared (a claim's reads after its commit)", async () => {
-  const db = await (await startPostgres()).freshDatabase();
-  const store = await oneConnectionStore(db.url);
-  const other = new pg.Client({ connectionString: db.url });
+  const { store, cleanup } = await alteredUnderPrepared();
   try {
-    await setting(store.db, store.caps, { name: "a" });
-    await other.connect();
-    await other.query("ALTER TABLE settings ADD COLUMN note text");
     assert.deepEqual(await setting(store.db, store.caps, { name: "a" }), [
       { name: "a", value: "one", created_at: 1, note: null },
     ]);
@@ -123,9 +129,7 @@ test("postgres: outside a transaction, a statement that stopped fitting is sent 
     assert.deepEqual(await fresh(store.db, store.caps, { name: "a" }), [{ name: "a", value: "one" }]);
     assert.deepEqual(await preparedHere(store.db), []);
   } finally {
-    await other.end();
-    await store.close();
-    await db.drop();
+    await cleanup();
   }
 });
 
