@@ -230,32 +230,28 @@ export async function startServer(
   });
   // Created (or read) outside any transaction, so every process agrees on it from the start.
   await untilAvailable(log, () => signingKey(store, store.db));
-  let apiUrlFound = false;
   // A worker without KLEN_PUBLIC_URL follows the URL the API processes serve at: read at start and
   // again with each beat of its shared-settings record, so a worker started before any API process
-  // takes it up once one has started.
+  // takes it up once one has started. Answers whether an API process has recorded one.
   const followApiUrl =
     role === "worker" && !config.publicUrlGiven
       ? async () => {
           const recorded = await apiPublicUrl(store.db);
-          if (recorded) apiUrlFound = true;
-          if (!recorded || recorded === config.publicUrl) return;
+          if (!recorded || recorded === config.publicUrl) return recorded !== undefined;
           log.info(
             { public_url: recorded },
             "KLEN_PUBLIC_URL is not set: using the one the API processes serve at, for the URLs this worker makes",
           );
           config.publicUrl = recorded;
+          return true;
         }
       : undefined;
-  if (followApiUrl) {
-    await untilAvailable(log, followApiUrl);
-    // Not when the API's URL is the worker's own default (both on PORT 8080 on one machine).
-    if (!apiUrlFound)
-      log.warn(
-        { public_url: config.publicUrl },
-        "KLEN_PUBLIC_URL is not set and no API process has started on this database yet: the URLs this worker makes use its own default, where nothing serves blobs, until one starts (looked for every 30 s); set KLEN_PUBLIC_URL",
-      );
-  }
+  // Not when the API's URL is the worker's own default (both on PORT 8080 on one machine).
+  if (followApiUrl && !(await untilAvailable(log, followApiUrl)))
+    log.warn(
+      { public_url: config.publicUrl },
+      "KLEN_PUBLIC_URL is not set and no API process has started on this database yet: the URLs this worker makes use its own default, where nothing serves blobs, until one starts (looked for every 30 s); set KLEN_PUBLIC_URL",
+    );
   const sharedRecord = await untilAvailable(log, () => checkSharedConfig(store.db, config, log, { role }));
   // Kept fresh while this process runs: processes that start later compare with it (shared-config.ts).
   const beat = new Periodic(

@@ -92,9 +92,10 @@ export async function checkSharedConfig(
     }
     for (const variable of Object.keys(mine)) {
       const there = theirs[variable];
-      if (!(variable in theirs) || there === mine[variable] || warned.has(`${variable}\n${String(there)}`))
-        continue;
-      warned.add(`${variable}\n${String(there)}`);
+      // Each value that differs is said once, however many processes have it.
+      const seen = `${variable}\n${String(there)}`;
+      if (!(variable in theirs) || there === mine[variable] || warned.has(seen)) continue;
+      warned.add(seen);
       log.warn(
         { variable, here: mine[variable], there, there_started: new Date(Number(started)).toISOString() },
         `${variable} differs from a process running on this database: every process must have the same value (docs/scaling.md); restart each with it`,
@@ -104,14 +105,8 @@ export async function checkSharedConfig(
   if (rows.some((r) => r.name === LEGACY))
     await db.deleteFrom("settings").where("name", "=", LEGACY).execute();
   const name = `${PREFIX}${newId("proc", now)}`;
-  const write = async (at: number) => {
-    const value = JSON.stringify({ settings: shared(config, role), started_at: now, role });
-    await db
-      .insertInto("settings")
-      .values({ name, value, created_at: at })
-      .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: at }))
-      .execute();
-  };
+  const write = (at: number) =>
+    putSetting(db, name, JSON.stringify({ settings: shared(config, role), started_at: now, role }), at);
   await write(now);
   return {
     beat: (at = Date.now()) => write(at),
@@ -128,11 +123,16 @@ const API_PUBLIC_URL = "api_public_url";
  * Recorded by every process that serves the API once it listens: the base of the URLs it serves
  * blobs at, which a worker without KLEN_PUBLIC_URL then uses for the URLs it makes (`apiPublicUrl`).
  */
-export async function recordApiPublicUrl(db: Db, url: string, now = Date.now()): Promise<void> {
+export function recordApiPublicUrl(db: Db, url: string, now = Date.now()): Promise<void> {
+  return putSetting(db, API_PUBLIC_URL, url, now);
+}
+
+/** Writes the `settings` row `name`, made or replaced. */
+async function putSetting(db: Db, name: string, value: string, at: number): Promise<void> {
   await db
     .insertInto("settings")
-    .values({ name: API_PUBLIC_URL, value: url, created_at: now })
-    .onConflict((oc) => oc.column("name").doUpdateSet({ value: url, created_at: now }))
+    .values({ name, value, created_at: at })
+    .onConflict((oc) => oc.column("name").doUpdateSet({ value, created_at: at }))
     .execute();
 }
 

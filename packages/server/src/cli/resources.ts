@@ -73,6 +73,13 @@ const rateLimit = wholeNumber(
   "rate limit must be a whole number from 1 to 100000 a second",
 );
 
+const rateLimitOrNone = wholeNumber(
+  "rate limit",
+  1,
+  100_000,
+  "rate limit must be a whole number from 1 to 100000 a second, or none",
+);
+
 function endpointLine(out: Output, e: EndpointObject): string {
   const state = e.disabled ? out.red(`disabled (${e.disabled_reason ?? "no reason"})`) : out.green("enabled");
   const agents = e.agent_ids?.length ? ` of agents ${e.agent_ids.join(",")}` : "";
@@ -358,16 +365,9 @@ Examples:
       .command("rate-limit")
       .description("set or remove an endpoint's rate limit (PATCH /v1/endpoints/{id})")
       .argument("<endpoint_id>", "the endpoint (ep_…)")
-      .argument("<per_second>", "attempts per second at most, across every worker, or none", (v) => {
-        if (v === "none") return null;
-        try {
-          return rateLimit(v);
-        } catch {
-          throw new InvalidArgumentError(
-            "rate limit must be a whole number from 1 to 100000 a second, or none",
-          );
-        }
-      }),
+      .argument("<per_second>", "attempts per second at most, across every worker, or none", (v) =>
+        v === "none" ? null : rateLimitOrNone(v),
+      ),
   )
     .addHelpText(
       "after",
@@ -554,8 +554,8 @@ Examples:
     call: (c, id) => c.delete<{ id: number; prefix: string }>(`/v1/api-keys/${id}`),
     check: positiveInt("key_id"),
     confirm: async (c, id) => {
-      const n = positiveInt("key_id")(id);
-      const key = (await listAll<ApiKeyObject>(c, "/v1/api-keys")).find((k) => k.id === n);
+      // A positive integer: `check` ran first.
+      const key = (await listAll<ApiKeyObject>(c, "/v1/api-keys")).find((k) => k.id === Number(id));
       if (!key) throw new ApiRequestError(404, "not_found", `api key ${id} not found`);
       const mine = key.current ? ", the key this command uses" : "";
       return `Revoke API key ${key.id} (${key.prefix}…${mine})? It stops working for good.`;

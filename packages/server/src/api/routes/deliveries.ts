@@ -26,6 +26,13 @@ const attemptObject = (a: AttemptRow) => ({
   response_body: a.response_body,
 });
 
+/**
+ * Claimed by a worker and not yet finished: its attempt is being sent (or waits for the endpoint's
+ * rate limit), and `next_attempt_at` is when the lease runs out, when it is sent again if lost.
+ */
+const inFlight = (d: DeliveryRow, now: number) =>
+  d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > now;
+
 const deliveryObject = (d: DeliveryRow, x: Details) => ({
   id: d.id,
   event_id: d.event_id,
@@ -36,12 +43,7 @@ const deliveryObject = (d: DeliveryRow, x: Details) => ({
   attempt_count: d.attempt_count,
   next_attempt_at:
     d.status === "pending" && d.next_attempt_at !== null ? isoMillis(Number(d.next_attempt_at)) : null,
-  // Claimed by a worker: its attempt is being sent (or waits for the endpoint's rate limit), and
-  // `next_attempt_at` is when the lease runs out, when it is sent again if the attempt is lost.
-  sending_since:
-    d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > x.now
-      ? isoMillis(Number(d.leased_at ?? d.updated_at))
-      : null,
+  sending_since: inFlight(d, x.now) ? isoMillis(Number(d.leased_at ?? d.updated_at)) : null,
   last_error: d.last_error,
   created_at: isoMillis(Number(d.created_at)),
   updated_at: isoMillis(Number(d.updated_at)),
@@ -246,7 +248,7 @@ export const deliveryRoutes: RouteModule = (app, ctx, h) => {
             earlier ? { waiting_for: earlier.id } : job ? { job_id: job.id } : undefined,
           );
         }
-        if (d.status === "pending" && d.leased_until !== null && Number(d.leased_until) > now) {
+        if (inFlight(d, now)) {
           throw new ApiError(
             409,
             "delivery_in_flight",
