@@ -673,13 +673,26 @@ describe("dashboard in Chromium", () => {
     assert.equal(await detail.getByRole("button", { name: "Retry now" }).count(), 0);
   });
 
+  /** A second tab, signed in to another server, on its Deliveries page. */
+  async function deliveriesTabOf(other: ServerProcess): Promise<Page> {
+    const tab = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    tab.setDefaultTimeout(15_000);
+    tab.on("pageerror", (err) => pageErrors.push(err.message));
+    await tab.goto(other.url);
+    await tab.getByLabel("API key").fill(other.apiKey);
+    await tab.getByRole("button", { name: "Sign in" }).click();
+    await tab.getByRole("heading", { name: "Overview" }).waitFor();
+    await tab.evaluate(() => {
+      location.hash = "#/deliveries";
+    });
+    return tab;
+  }
+
   test("a delivery not sent yet says whether it is queued or waits for an earlier event; only a queued one offers Retry now", async () => {
     // An API without a dispatcher: call.started stays due and unsent, call.ended waits behind it.
     const apiDir = tempDir();
     const api = await spawnServer({ dataDir: apiDir.path, role: "api" });
-    const other = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    other.setDefaultTimeout(15_000);
-    other.on("pageerror", (err) => pageErrors.push(err.message));
+    let other: Page | undefined;
     try {
       const { agentId: agent } = await setupAccount(api.api, { endpointUrl: `${receiver.url}/unsent` });
       const c = await api.api.post("/v1/calls", {
@@ -696,13 +709,7 @@ describe("dashboard in Chromium", () => {
       assert.ok(started.status === "pending" && started.next_attempt_at, "call.started is due");
       assert.ok(ended.status === "pending" && ended.next_attempt_at === null, "call.ended is parked");
 
-      await other.goto(api.url);
-      await other.getByLabel("API key").fill(api.apiKey);
-      await other.getByRole("button", { name: "Sign in" }).click();
-      await other.getByRole("heading", { name: "Overview" }).waitFor();
-      await other.evaluate(() => {
-        location.hash = "#/deliveries";
-      });
+      other = await deliveriesTabOf(api);
       const due = other
         .locator(`tr.delivery[data-delivery="${started.id}"]`)
         .getByText("queued", { exact: true });
@@ -725,7 +732,7 @@ describe("dashboard in Chromium", () => {
       const dueDetail = other.locator(`tr.delivery[data-delivery="${started.id}"] + tr.detail`);
       await dueDetail.getByRole("button", { name: "Retry now" }).waitFor();
     } finally {
-      await other.close();
+      await other?.close();
       await api.kill();
       apiDir.remove();
     }
@@ -736,9 +743,7 @@ describe("dashboard in Chromium", () => {
     const sendDir = tempDir();
     const sender = await spawnServer({ dataDir: sendDir.path, env: { KLEN_DELIVERY_TIMEOUT: "60s" } });
     const held = await startReceiver({ respond: () => ({ status: 200, hang: true }) });
-    const other = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    other.setDefaultTimeout(15_000);
-    other.on("pageerror", (err) => pageErrors.push(err.message));
+    let other: Page | undefined;
     try {
       const { agentId: agent } = await setupAccount(sender.api, { endpointUrl: held.url });
       const c = await sender.api.post("/v1/calls", {
@@ -754,13 +759,7 @@ describe("dashboard in Chromium", () => {
       };
       assert.ok(d.sending_since, "in flight");
 
-      await other.goto(sender.url);
-      await other.getByLabel("API key").fill(sender.apiKey);
-      await other.getByRole("button", { name: "Sign in" }).click();
-      await other.getByRole("heading", { name: "Overview" }).waitFor();
-      await other.evaluate(() => {
-        location.hash = "#/deliveries";
-      });
+      other = await deliveriesTabOf(sender);
       const cell = other
         .locator(`tr.delivery[data-delivery="${d.id}"]`)
         .getByText("sending", { exact: true });
@@ -774,7 +773,7 @@ describe("dashboard in Chromium", () => {
       // The API would refuse it (409 delivery_in_flight): the page does not offer it.
       assert.equal(await detail.getByRole("button", { name: "Retry now" }).count(), 0);
     } finally {
-      await other.close();
+      await other?.close();
       await sender.kill("SIGKILL");
       await held.close();
       sendDir.remove();
